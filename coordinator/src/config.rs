@@ -1,0 +1,475 @@
+//! The TOML config file, with environment overrides, validated into [`Config`].
+//!
+//! Every error names the field at fault (`tasks[1].kind`, `limits.max_pause`, …) in one
+//! line, and is a [`UsageError`] (exit code 2).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use snapshot_runner::{RowChecksumSpec, TaskSpec};
+
+use crate::units::{parse_bytes, parse_duration};
+use crate::UsageError;
+
+/// A validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The primary.
+    pub primary: Dsn,
+    /// Replicas pgmaint may pause.
+    pub replicas: Vec<ReplicaConfig>,
+    /// Guards of the pause.
+    pub limits: Limits,
+    /// Where result files go.
+    pub results_dir: PathBuf,
+    /// Scan settings.
+    pub scan: ScanSettings,
+    /// Upload worker settings.
+    pub uploader: UploaderSettings,
+    /// Tasks, in config order.
+    pub tasks: Vec<TaskConfig>,
+}
+
+/// A connection string and the config field it came from (for error messages).
+#[derive(Debug, Clone)]
+pub struct Dsn {
+    /// Parsed libpq string or URL.
+    pub config: tokio_postgres::Config,
+    /// `primary.dsn`, `replicas[0].dsn`, or the environment variable.
+    pub field: String,
+}
+
+/// One replica.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// Name used in runs, leases and results.
+    pub name: String,
+    /// How to reach it.
+    pub dsn: Dsn,
+}
+
+/// Limits that guard a pause.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest pause; over it the cycle aborts its scans and resumes.
+    pub max_pause: Duration,
+    /// Largest receive − replay backlog, in bytes.
+    pub max_replay_backlog: u64,
+    /// Lease on the primary; renewed every third of it.
+    pub lease: Duration,
+    /// How long to wait for `pg_get_wal_replay_pause_state()` to reach `paused`.
+    pub pause_timeout: Duration,
+}
+
+/// How scans run.
+#[derive(Debug, Clone)]
+pub struct ScanSettings {
+    /// `lock_timeout` of every scan session.
+    pub lock_timeout: Duration,
+    /// Rows per fetch.
+    pub batch_rows: i32,
+    /// Interval of progress log lines when not on a terminal.
+    pub progress_interval: Duration,
+}
+
+/// How the upload worker runs.
+#[derive(Debug, Clone)]
+pub struct UploaderSettings {
+    /// Lease of a running upload task.
+    pub lease: Duration,
+    /// Attempts before a task is failed.
+    pub max_attempts: i32,
+    /// Concurrent slots of `pgmaint uploader`.
+    pub slots: usize,
+    /// Poll interval, in case a NOTIFY is missed.
+    pub poll_interval: Duration,
+    /// `lock_timeout` of an apply.
+    pub lock_timeout: Duration,
+}
+
+/// One task.
+#[derive(Debug, Clone)]
+pub struct TaskConfig {
+    /// Unique name; also the data file name.
+    pub name: String,
+    /// What it does.
+    pub spec: TaskSpec,
+    /// Stop cleanly with partial results after this long.
+    pub soft_timeout: Option<Duration>,
+    /// Scheduling interval for `pgmaint daemon`.
+    pub every: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    primary: Option<RawPrimary>,
+    #[serde(default)]
+    replicas: Vec<RawReplica>,
+    #[serde(default)]
+    limits: RawLimits,
+    results: Option<RawResults>,
+    #[serde(default)]
+    scan: RawScan,
+    #[serde(default)]
+    uploader: RawUploader,
+    #[serde(default)]
+    tasks: Vec<RawTask>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrimary {
+    dsn: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplica {
+    name: String,
+    dsn: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_pause: Option<String>,
+    max_replay_backlog: Option<String>,
+    lease: Option<String>,
+    pause_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResults {
+    dir: PathBuf,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawScan {
+    lock_timeout: Option<String>,
+    batch_rows: Option<i32>,
+    progress_interval: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUploader {
+    lease: Option<String>,
+    max_attempts: Option<i32>,
+    slots: Option<usize>,
+    poll_interval: Option<String>,
+    lock_timeout: Option<String>,
+}
+
+/// Every field any kind takes; each kind checks that it got what it needs and nothing
+/// it does not understand.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    name: Option<String>,
+    kind: Option<String>,
+    soft_timeout: Option<String>,
+    every: Option<String>,
+    table: Option<String>,
+    key: Option<String>,
+    content: Option<String>,
+    checksum: Option<String>,
+    parallelism: Option<usize>,
+}
+
+/// Where to find the config and what the environment overrides.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `PGMAINT_PRIMARY`: the primary's DSN.
+    pub primary: Option<String>,
+    /// `PGMAINT_REPLICA`: the DSN of the replica (the first in config, or a lone one).
+    pub replica: Option<String>,
+}
+
+fn usage(msg: impl Into<String>) -> UsageError {
+    UsageError(msg.into())
+}
+
+fn duration(field: &str, v: &Option<String>, default: Duration) -> Result<Duration, UsageError> {
+    match v {
+        None => Ok(default),
+        Some(s) => parse_duration(s).map_err(|e| usage(format!("{field}: {e}"))),
+    }
+}
+
+fn parse_dsn(field: &str, text: &str) -> Result<Dsn, UsageError> {
+    let config: tokio_postgres::Config = text
+        .parse()
+        .map_err(|e| usage(format!("{field}: invalid connection string: {e}")))?;
+    Ok(Dsn { config, field: field.to_string() })
+}
+
+/// Task names become file names and appear in SQL values only as bound parameters.
+fn valid_task_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Config {
+    /// Read and validate a config file, then apply the environment overrides.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, UsageError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| usage(format!("config {}: {e}", path.display())))?;
+        Self::parse(&text, overrides).map_err(|e| usage(format!("config {}: {}", path.display(), e.0)))
+    }
+
+    /// Validate config text.
+    pub fn parse(text: &str, overrides: &Overrides) -> Result<Config, UsageError> {
+        let de = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let msg = e.inner().message().trim().replace('\n', "; ");
+            if path == "." || path.is_empty() {
+                let line = e.inner().span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+                usage(match line {
+                    Some(l) => format!("line {l}: {msg}"),
+                    None => msg,
+                })
+            } else {
+                usage(format!("{path}: {msg}"))
+            }
+        })?;
+
+        let primary = match (&overrides.primary, &raw.primary) {
+            (Some(dsn), _) => parse_dsn("PGMAINT_PRIMARY", dsn)?,
+            (None, Some(p)) => parse_dsn("primary.dsn", &p.dsn)?,
+            (None, None) => return Err(usage("primary.dsn: missing (or set PGMAINT_PRIMARY)")),
+        };
+
+        let mut replicas = Vec::new();
+        for (i, r) in raw.replicas.iter().enumerate() {
+            let field = format!("replicas[{i}]");
+            if r.name.is_empty() || !valid_task_name(&r.name) {
+                return Err(usage(format!("{field}.name: {:?} is not a valid name (letters, digits, - _ .)", r.name)));
+            }
+            if replicas.iter().any(|x: &ReplicaConfig| x.name == r.name) {
+                return Err(usage(format!("{field}.name: duplicate replica name {:?}", r.name)));
+            }
+            let dsn = match (&overrides.replica, i) {
+                (Some(d), 0) => parse_dsn("PGMAINT_REPLICA", d)?,
+                _ => parse_dsn(&format!("{field}.dsn"), &r.dsn)?,
+            };
+            replicas.push(ReplicaConfig { name: r.name.clone(), dsn });
+        }
+        if replicas.is_empty() {
+            match &overrides.replica {
+                Some(d) => replicas.push(ReplicaConfig { name: "replica".into(), dsn: parse_dsn("PGMAINT_REPLICA", d)? }),
+                None => return Err(usage("replicas: at least one [[replicas]] entry is required (or set PGMAINT_REPLICA)")),
+            }
+        }
+
+        let l = &raw.limits;
+        let limits = Limits {
+            max_pause: duration("limits.max_pause", &l.max_pause, Duration::from_secs(2 * 3600))?,
+            max_replay_backlog: match &l.max_replay_backlog {
+                None => 8 << 30,
+                Some(s) => parse_bytes(s).map_err(|e| usage(format!("limits.max_replay_backlog: {e}")))?,
+            },
+            lease: duration("limits.lease", &l.lease, Duration::from_secs(60))?,
+            pause_timeout: duration("limits.pause_timeout", &l.pause_timeout, Duration::from_secs(60))?,
+        };
+        if limits.lease < Duration::from_secs(1) {
+            return Err(usage("limits.lease: must be at least 1s"));
+        }
+        if limits.max_pause.is_zero() {
+            return Err(usage("limits.max_pause: must be more than zero"));
+        }
+
+        let results_dir = raw
+            .results
+            .map(|r| r.dir)
+            .ok_or_else(|| usage("results.dir: missing"))?;
+        if !results_dir.is_absolute() {
+            return Err(usage(format!("results.dir: {} must be an absolute path", results_dir.display())));
+        }
+
+        let s = &raw.scan;
+        let scan = ScanSettings {
+            lock_timeout: duration("scan.lock_timeout", &s.lock_timeout, Duration::from_secs(5))?,
+            batch_rows: match s.batch_rows {
+                Some(n) if n < 1 => return Err(usage("scan.batch_rows: must be at least 1")),
+                Some(n) => n,
+                None => 2000,
+            },
+            progress_interval: duration("scan.progress_interval", &s.progress_interval, Duration::from_secs(10))?,
+        };
+
+        let u = &raw.uploader;
+        let uploader = UploaderSettings {
+            lease: duration("uploader.lease", &u.lease, Duration::from_secs(60))?,
+            max_attempts: match u.max_attempts {
+                Some(n) if n < 1 => return Err(usage("uploader.max_attempts: must be at least 1")),
+                Some(n) => n,
+                None => 5,
+            },
+            slots: match u.slots {
+                Some(0) => return Err(usage("uploader.slots: must be at least 1")),
+                Some(n) => n,
+                None => 2,
+            },
+            poll_interval: duration("uploader.poll_interval", &u.poll_interval, Duration::from_secs(5))?,
+            lock_timeout: duration("uploader.lock_timeout", &u.lock_timeout, Duration::from_secs(5))?,
+        };
+
+        let mut tasks: Vec<TaskConfig> = Vec::new();
+        for (i, t) in raw.tasks.iter().enumerate() {
+            let task = parse_task(i, t)?;
+            if tasks.iter().any(|x| x.name == task.name) {
+                return Err(usage(format!("tasks[{i}].name: duplicate task name {:?}", task.name)));
+            }
+            tasks.push(task);
+        }
+
+        Ok(Config { primary, replicas, limits, results_dir, scan, uploader, tasks })
+    }
+
+    /// The replica called `name`, or the first one.
+    pub fn replica(&self, name: Option<&str>) -> Result<&ReplicaConfig, UsageError> {
+        match name {
+            None => Ok(&self.replicas[0]),
+            Some(n) => self.replicas.iter().find(|r| r.name == n).ok_or_else(|| {
+                let known: Vec<&str> = self.replicas.iter().map(|r| r.name.as_str()).collect();
+                usage(format!("--replica: no replica named {n:?} in config (known: {})", known.join(", ")))
+            }),
+        }
+    }
+
+    /// The tasks named in `names`, in the order given; all tasks if `names` is empty.
+    pub fn select_tasks(&self, names: &[String]) -> Result<Vec<&TaskConfig>, UsageError> {
+        if names.is_empty() {
+            if self.tasks.is_empty() {
+                return Err(usage("tasks: no [[tasks]] in config"));
+            }
+            return Ok(self.tasks.iter().collect());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.tasks.iter().find(|t| &t.name == n).ok_or_else(|| {
+                    let known: Vec<&str> = self.tasks.iter().map(|t| t.name.as_str()).collect();
+                    usage(format!("--task: no task named {n:?} in config (known: {})", known.join(", ")))
+                })
+            })
+            .collect()
+    }
+}
+
+fn parse_task(i: usize, t: &RawTask) -> Result<TaskConfig, UsageError> {
+    let at = |f: &str| format!("tasks[{i}].{f}");
+    let name = t.name.clone().ok_or_else(|| usage(format!("{}: missing", at("name"))))?;
+    if !valid_task_name(&name) {
+        return Err(usage(format!(
+            "{}: {name:?} is not a valid task name (1-63 letters, digits, - _ .; it names the data file)",
+            at("name")
+        )));
+    }
+    let kind = t.kind.clone().ok_or_else(|| usage(format!("{}: missing (task {name:?})", at("kind"))))?;
+    let need = |field: &str, v: &Option<String>| -> Result<String, UsageError> {
+        v.clone().ok_or_else(|| usage(format!("{}: missing (task {name:?}, kind {kind})", at(field))))
+    };
+    let spec = match kind.as_str() {
+        "row_checksum" => TaskSpec::RowChecksum(RowChecksumSpec {
+            table: need("table", &t.table)?,
+            key: need("key", &t.key)?,
+            content: need("content", &t.content)?,
+            checksum: need("checksum", &t.checksum)?,
+            parallelism: match t.parallelism {
+                Some(0) => return Err(usage(format!("{}: must be at least 1", at("parallelism")))),
+                Some(n) => n,
+                None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            },
+        }),
+        other => {
+            return Err(usage(format!(
+                "{}: unknown kind {other:?} (task {name:?}; known kinds: row_checksum)",
+                at("kind")
+            )))
+        }
+    };
+    Ok(TaskConfig {
+        soft_timeout: t
+            .soft_timeout
+            .as_ref()
+            .map(|s| parse_duration(s).map_err(|e| usage(format!("{}: {e}", at("soft_timeout")))))
+            .transpose()?,
+        every: t
+            .every
+            .as_ref()
+            .map(|s| parse_duration(s).map_err(|e| usage(format!("{}: {e}", at("every")))))
+            .transpose()?,
+        name,
+        spec,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[primary]
+dsn = "host=127.0.0.1 port=55432 user=postgres dbname=app"
+[[replicas]]
+name = "r1"
+dsn  = "postgres://postgres@127.0.0.1:55433/app"
+[limits]
+max_pause = "2h"
+max_replay_backlog = "8GB"
+lease = "60s"
+[results]
+dir = "/var/lib/pgmaint/results"
+[[tasks]]
+name = "blob-integrity"
+kind = "row_checksum"
+table = "public.blobs"
+key = "id"
+content = "payload"
+checksum = "payload_md5"
+soft_timeout = "00:30:00"
+every = "24h"
+"#;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, &Overrides::default()).unwrap_err().0
+    }
+
+    #[test]
+    fn the_design_example_parses() {
+        let c = Config::parse(GOOD, &Overrides::default()).unwrap();
+        assert_eq!(c.limits.max_replay_backlog, 8 << 30);
+        assert_eq!(c.tasks[0].soft_timeout, Some(Duration::from_secs(1800)));
+        assert_eq!(c.replicas[0].dsn.config.get_ports(), &[55433]);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(err(&GOOD.replace("kind = \"row_checksum\"", "kind = \"nope\"")).starts_with("tasks[0].kind: unknown kind \"nope\""));
+        assert!(err(&GOOD.replace("max_pause = \"2h\"", "max_pause = \"2x\"")).starts_with("limits.max_pause: bad duration"));
+        assert!(err(&GOOD.replace("checksum = \"payload_md5\"\n", "")).starts_with("tasks[0].checksum: missing"));
+        assert!(err(&GOOD.replace("dsn = \"host=127.0.0.1 port=55432 user=postgres dbname=app\"\n", "")).contains("primary: missing field `dsn`"));
+        assert!(err(&GOOD.replace("lease = \"60s\"", "lease = \"60s\"\nleese = 1")).starts_with("limits.leese: unknown field `leese`"));
+        assert!(err(&GOOD.replace("name = \"blob-integrity\"", "name = \"../x\"")).starts_with("tasks[0].name:"));
+        assert!(err(&GOOD.replace("port=55432", "port=notaport")).starts_with("primary.dsn: invalid connection string"));
+        for e in [err("garbage = ["), err(&GOOD.replace("kind", "knd"))] {
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn environment_overrides_the_dsns() {
+        let o = Overrides { primary: Some("host=10.0.0.1".into()), replica: Some("host=10.0.0.2".into()) };
+        let c = Config::parse(GOOD, &o).unwrap();
+        assert_eq!(c.primary.field, "PGMAINT_PRIMARY");
+        assert_eq!(c.replicas[0].dsn.field, "PGMAINT_REPLICA");
+    }
+}

@@ -1,0 +1,403 @@
+//! One maintenance cycle: pause → scan → queue → resume.
+//!
+//! [`run`] reads top to bottom in the order of the design: lease, pre-checks, pause,
+//! snapshot, tasks, validity check, results and manifest, queue, resume. Everything
+//! after the pause request runs inside [`Cycle::paused_work`], and whatever that returns
+//! (success, error, abort or panic), [`Cycle::close_and_resume`] runs next.
+
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
+use serde::Serialize;
+use snapshot_runner::{ManifestTask, ResultManifest, ScanContext, SnapshotInfo, TaskReport};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use uploader::{ApplyKind, UploadRequest};
+
+use crate::config::{Config, ReplicaConfig, TaskConfig};
+use crate::lease::{self, Abort, AbortReason, PauseLease};
+use crate::replica::{read_state, PauseOwnership, ReplicaControl, ResumeOutcome};
+use crate::{db, schema, UsageError};
+
+/// How many times to retry a pause that landed while replayed WAL held an
+/// AccessExclusiveLock on a relation a task reads.
+const PAUSE_ATTEMPTS: u32 = 5;
+
+/// What a cycle did, for printing and for `--json`.
+#[derive(Debug, Serialize)]
+pub struct RunSummary {
+    /// Run id.
+    pub run_id: i64,
+    /// Replica name.
+    pub replica: String,
+    /// Final state of the run.
+    pub state: String,
+    /// The snapshot, if the pause was confirmed.
+    pub snapshot: Option<SnapshotInfo>,
+    /// When the pause was confirmed.
+    pub paused_at: Option<DateTime<Utc>>,
+    /// When replay was resumed.
+    pub resumed_at: Option<DateTime<Utc>>,
+    /// receive − replay at resume, in bytes.
+    pub backlog_at_resume: Option<i64>,
+    /// Per-task results.
+    pub tasks: Vec<ManifestTask>,
+    /// Seconds per task.
+    pub task_seconds: Vec<f64>,
+    /// Upload task ids queued on the primary.
+    pub queued: Vec<i64>,
+    /// Where the results are.
+    pub results_dir: Option<PathBuf>,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+    /// True when the error was the operator's input (exit code 2).
+    #[serde(skip)]
+    pub usage_error: bool,
+}
+
+impl RunSummary {
+    /// True if the cycle succeeded and every task has results.
+    pub fn ok(&self) -> bool {
+        self.state == "succeeded" && self.error.is_none()
+    }
+}
+
+struct Cycle<'a> {
+    cfg: &'a Config,
+    tasks: &'a [&'a TaskConfig],
+    primary: Client,
+    replica: ReplicaControl,
+    lease: PauseLease,
+    abort: Abort,
+    run_dir: PathBuf,
+    /// Set just before the pause is requested: from then on, resume is due.
+    pause: Option<PauseOwnership>,
+    snapshot: Option<SnapshotInfo>,
+    paused_at: Option<DateTime<Utc>>,
+    reports: Vec<TaskReport>,
+    queued: Vec<i64>,
+}
+
+/// Run one cycle against `replica`. Returns a summary whatever happened after the
+/// lease was taken; errors before that (bad config, unreachable servers, a replica in
+/// use) are returned as errors.
+pub async fn run(cfg: &Config, replica_cfg: &ReplicaConfig, tasks: &[&TaskConfig], abort: Abort) -> Result<RunSummary> {
+    let mut primary = db::connect(&cfg.primary, "pgmaint").await?;
+    schema::require_current(&primary).await?;
+    let replica = ReplicaControl::connect(replica_cfg).await?;
+    // A run that died may have left this replica paused: resume it before anything else.
+    if let lease::Recovery::Recovered { run_id, note, .. } = lease::recover_expired(&mut primary, replica_cfg).await? {
+        eprintln!("recovered replica {}: run {run_id} had died; {note}", replica_cfg.name);
+    }
+    let names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
+    let lease = PauseLease::acquire(&mut primary, &replica_cfg.name, "run", &names, cfg.limits.lease).await?;
+    let heartbeat = lease.spawn_heartbeat(cfg.primary.clone(), abort.clone());
+    let run_id = lease.run_id;
+    tracing::info!(run_id, replica = %replica_cfg.name, "run started");
+
+    let mut cycle = Cycle {
+        cfg,
+        tasks,
+        primary,
+        replica,
+        lease,
+        abort: abort.clone(),
+        run_dir: cfg.results_dir.join(run_id.to_string()),
+        pause: None,
+        snapshot: None,
+        paused_at: None,
+        reports: Vec::new(),
+        queued: Vec::new(),
+    };
+
+    let outcome = match AssertUnwindSafe(cycle.paused_work()).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => Err(anyhow!("internal error (panic): {}", panic_message(&panic))),
+    };
+    // On every path: close the scan sessions, then resume replay if the pause is ours.
+    let resume = cycle.close_and_resume().await;
+    heartbeat.stop().await;
+
+    let (state, error, usage_error) = match (&outcome, abort.reason()) {
+        (Ok(()), _) => ("succeeded", failed_tasks(&cycle.reports), false),
+        (Err(e), Some(reason)) => (reason.run_state(), Some(format!("{reason}: {e:#}")), false),
+        (Err(e), None) => ("failed", Some(format!("{e:#}")), e.downcast_ref::<UsageError>().is_some()),
+    };
+    let (resumed_at, backlog, release, resume_error) = match &resume {
+        Ok(Some((outcome, backlog))) => {
+            tracing::info!(run_id, ?outcome, backlog, "replay resumed");
+            (Some(Utc::now()), Some(*backlog), true, None)
+        }
+        Ok(None) => (None, None, true, None),
+        // Keep the lease: when it expires, the next command (or `pgmaint recover`) retries.
+        Err(e) => (None, None, false, Some(format!("could not resume replay on {}: {e:#}; run `pgmaint recover`", replica_cfg.name))),
+    };
+    let error = match (error, resume_error) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
+    };
+    if let Err(e) = cycle
+        .lease
+        .finish(&mut cycle.primary, state, error.as_deref(), resumed_at.zip(backlog), release)
+        .await
+    {
+        tracing::error!(run_id, error = %format!("{e:#}"), "could not record the end of the run on the primary");
+    }
+    Ok(RunSummary {
+        run_id,
+        replica: replica_cfg.name.clone(),
+        state: state.to_string(),
+        snapshot: cycle.snapshot.clone(),
+        paused_at: cycle.paused_at,
+        resumed_at,
+        backlog_at_resume: backlog,
+        tasks: cycle.reports.iter().map(TaskReport::to_manifest).collect(),
+        task_seconds: cycle.reports.iter().map(|r| r.elapsed.as_secs_f64()).collect(),
+        queued: cycle.queued.clone(),
+        results_dir: cycle.snapshot.as_ref().map(|_| cycle.run_dir.clone()),
+        error,
+        usage_error,
+    })
+}
+
+fn failed_tasks(reports: &[TaskReport]) -> Option<String> {
+    let failed: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.status.has_results())
+        .map(|r| format!("task {} failed: {}", r.name, r.error.as_deref().unwrap_or(r.status.as_str())))
+        .collect();
+    (!failed.is_empty()).then(|| failed.join("; "))
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl Cycle<'_> {
+    fn scan_context(&self) -> ScanContext {
+        let mut ctx = ScanContext::new(self.replica.config.dsn.config.clone(), self.run_dir.clone(), self.lease.run_id);
+        ctx.lock_timeout = self.cfg.scan.lock_timeout;
+        ctx.batch_rows = self.cfg.scan.batch_rows;
+        ctx.cancel = self.abort.token().clone();
+        ctx.progress = snapshot_runner::progress::ProgressMode::detect(self.cfg.scan.progress_interval);
+        ctx
+    }
+
+    /// Everything from the task checks to the queued uploads. Once it sets
+    /// `self.pause`, the caller resumes replay whatever this returns.
+    async fn paused_work(&mut self) -> Result<()> {
+        let ctx = self.scan_context();
+
+        // 1. Check the tasks against the catalog, and create the run directory, before
+        //    pausing: a typo or a full disk never costs a pause.
+        let mut prepared = Vec::new();
+        for t in self.tasks {
+            let p = snapshot_runner::prepare(&t.name, &t.spec, &ctx).await.map_err(|e| match e {
+                e if e.is_config() => anyhow!(UsageError(e.to_string())),
+                e => anyhow!(e).context(format!("checking task {}", t.name)),
+            })?;
+            prepared.push((p, t.soft_timeout));
+        }
+        std::fs::create_dir_all(&self.cfg.results_dir)
+            .with_context(|| format!("results.dir {}", self.cfg.results_dir.display()))?;
+        std::fs::create_dir(&self.run_dir)
+            .with_context(|| format!("creating the run directory {}", self.run_dir.display()))?;
+
+        // 2. Pre-checks: in recovery, streaming, 'not paused', not a remote_apply sync
+        //    standby, backlog under the limit.
+        self.replica.precheck(&self.primary, self.cfg.limits.max_replay_backlog).await?;
+        if let Some(reason) = self.abort.reason() {
+            bail!("{reason}");
+        }
+
+        // 3. Pause and wait for 'paused'; record the snapshot.
+        let relations: Vec<(String, String)> = prepared.iter().flat_map(|(p, _)| p.relations()).collect();
+        let pause_started = Instant::now();
+        self.pause_confirmed(&relations).await?;
+        let snapshot = self.snapshot.clone().expect("set by pause_confirmed");
+
+        // 4. Run the tasks, with the watchdog guarding the pause limits.
+        let watchdog = self.spawn_watchdog(snapshot.clone(), pause_started);
+        for (task, soft_timeout) in &prepared {
+            if self.abort.reason().is_some() {
+                break;
+            }
+            let report = task.run(&ctx, soft_timeout.map(|d| Instant::now() + d)).await;
+            tracing::info!(task = %report.name, status = report.status.as_str(), rows = report.rows_scanned,
+                           findings = report.findings, secs = report.elapsed.as_secs_f64(), "task finished");
+            self.reports.push(report);
+        }
+        watchdog.cancel();
+        let scans_ended = Utc::now();
+
+        // 5. Is the snapshot still the one we paused at?
+        let moved = match self.abort.reason() {
+            Some(AbortReason::SnapshotLost(why)) => Some(why.clone()),
+            Some(reason) => bail!("{reason}"),
+            None => self.replica.snapshot_moved(&snapshot).await,
+        };
+
+        // 6. Results and manifest (an invalid run's manifest says so).
+        let manifest = ResultManifest {
+            run_id: self.lease.run_id,
+            replica: self.replica.name().to_string(),
+            snapshot: snapshot.clone(),
+            started_at: self.paused_at.unwrap_or(scans_ended),
+            finished_at: scans_ended,
+            valid: moved.is_none(),
+            tasks: self.reports.iter().map(TaskReport::to_manifest).collect(),
+        };
+        manifest.write(&self.run_dir)?;
+        if let Some(why) = moved {
+            self.abort.trigger(AbortReason::SnapshotLost(why.clone()));
+            bail!("results discarded, nothing queued");
+        }
+
+        // 7. In one transaction on the primary: record the run, queue its uploads.
+        self.queue_uploads().await
+    }
+
+    /// Request the pause, wait for `paused`, make sure the replayed WAL holds no
+    /// AccessExclusiveLock on a relation we read (else resume and try again later), and
+    /// record the snapshot.
+    async fn pause_confirmed(&mut self, relations: &[(String, String)]) -> Result<()> {
+        for attempt in 1..=PAUSE_ATTEMPTS {
+            let before = self.replica.state().await?;
+            // Recorded on the primary *before* the request: a run that dies from here
+            // on left a pause that `recover` can prove is its own.
+            self.lease.mark_pause_requested(&self.primary, before.postmaster_start).await?;
+            self.pause = Some(PauseOwnership { postmaster_start: before.postmaster_start, snapshot_lsn: None });
+            self.replica.pause(self.cfg.limits.pause_timeout).await?;
+            let locked = self.replica.startup_locks(relations).await?;
+            if locked.is_empty() {
+                let snap = self.replica.snapshot().await?;
+                if snap.postmaster_start != before.postmaster_start {
+                    bail!("replica {} restarted while pausing", self.replica.name());
+                }
+                self.lease.record_snapshot(&self.primary, &snap).await?;
+                self.pause.as_mut().expect("set above").snapshot_lsn = Some(snap.lsn.clone());
+                self.paused_at = Some(Utc::now());
+                tracing::info!(replica = self.replica.name(), lsn = %snap.lsn, "replay paused");
+                self.snapshot = Some(snap);
+                return Ok(());
+            }
+            tracing::warn!(attempt, locked = ?locked, "replayed WAL holds AccessExclusiveLock at the pause point; resuming to retry");
+            let own = self.pause.take().expect("set above");
+            self.replica.resume_if_owned(&own).await?;
+            if attempt == PAUSE_ATTEMPTS {
+                bail!(
+                    "relation(s) {} locked AccessExclusive by replayed WAL at every pause point ({PAUSE_ATTEMPTS} tries); try later",
+                    locked.join(", ")
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2 * attempt as u64)) => {}
+                _ = self.abort.token().cancelled() => bail!("cancelled while waiting to pause"),
+            }
+        }
+        unreachable!("the loop returns or bails")
+    }
+
+    /// Watch the pause while tasks run: max pause, max backlog, and a replica that
+    /// restarted (its pause silently gone). Any of them aborts the scans.
+    fn spawn_watchdog(&self, snap: SnapshotInfo, pause_started: Instant) -> CancellationToken {
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let (abort, dsn, limits) = (self.abort.clone(), self.replica.config.dsn.clone(), self.cfg.limits.clone());
+        let name = self.replica.name().to_string();
+        tokio::spawn(async move {
+            let mut client: Option<Client> = None;
+            let tick = Duration::from_millis(500).min(limits.max_pause / 4).max(Duration::from_millis(50));
+            loop {
+                tokio::select! {
+                    _ = stopped.cancelled() => return,
+                    _ = tokio::time::sleep(tick) => {}
+                }
+                if pause_started.elapsed() >= limits.max_pause {
+                    return abort.trigger(AbortReason::MaxPause(limits.max_pause));
+                }
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client = db::connect(&dsn, "pgmaint-watchdog").await.ok();
+                }
+                let Some(c) = &client else { continue };
+                match read_state(c).await {
+                    Ok(st) if st.postmaster_start != snap.postmaster_start => {
+                        return abort.trigger(AbortReason::SnapshotLost(format!(
+                            "replica {name} restarted at {} (its pause was lost and replay went on)",
+                            st.postmaster_start
+                        )))
+                    }
+                    Ok(st) if st.pause_state != "paused" => {
+                        return abort.trigger(AbortReason::SnapshotLost(format!(
+                            "replica {name} is no longer paused (state '{}')",
+                            st.pause_state
+                        )))
+                    }
+                    Ok(st) if st.backlog_bytes as u64 > limits.max_replay_backlog => {
+                        return abort.trigger(AbortReason::Backlog(st.backlog_bytes as u64, limits.max_replay_backlog))
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "watchdog could not read the replay state"),
+                }
+            }
+        });
+        stop
+    }
+
+    /// Mark the run succeeded and queue its uploads, in one transaction: either both
+    /// happen or neither does.
+    async fn queue_uploads(&mut self) -> Result<()> {
+        let run_id = self.lease.run_id;
+        let uploads: Vec<UploadRequest> = self
+            .reports
+            .iter()
+            .filter(|r| r.status.has_results())
+            .filter_map(|r| {
+                let file = r.file.as_ref()?;
+                Some(UploadRequest {
+                    task_name: r.name.clone(),
+                    kind: ApplyKind::Findings,
+                    file: format!("{run_id}/{}", file.name),
+                    manifest: format!("{run_id}/{}", snapshot_runner::manifest::MANIFEST_FILE),
+                    params: serde_json::json!({ "relation": r.relation }),
+                })
+            })
+            .collect();
+        let tx = self.primary.transaction().await?;
+        let updated = tx
+            .execute(
+                "UPDATE pgmaint.runs SET state = 'succeeded', finished_at = now(), results_dir = $2
+                  WHERE id = $1 AND state = 'running'",
+                &[&run_id, &self.run_dir.display().to_string()],
+            )
+            .await?;
+        if updated == 0 {
+            bail!("run {run_id} is no longer running on the primary (dropped after a lost lease?); nothing queued");
+        }
+        self.queued = uploader::enqueue(&tx, run_id, &uploads, self.cfg.uploader.max_attempts).await?;
+        tx.commit().await.context("committing the run and its uploads")?;
+        Ok(())
+    }
+
+    /// Close every scan session, then resume replay if the pause is ours. Returns the
+    /// outcome and the backlog at resume, or `None` if no pause was ever requested.
+    async fn close_and_resume(&mut self) -> Result<Option<(ResumeOutcome, i64)>> {
+        let Some(own) = self.pause.clone() else { return Ok(None) };
+        let app = snapshot_runner::scan_application_name(self.lease.run_id);
+        if let Err(e) = self.replica.close_sessions(&app).await {
+            tracing::warn!(error = %format!("{e:#}"), "could not check for open scan sessions");
+        }
+        let (outcome, st) = self.replica.resume_if_owned(&own).await?;
+        if outcome != ResumeOutcome::Resumed {
+            tracing::warn!(?outcome, replica = self.replica.name(), "did not resume replay: the pause was not ours");
+        }
+        Ok(Some((outcome, st.backlog_bytes)))
+    }
+}

@@ -1,0 +1,37 @@
+//! Connections to the primary and the replicas.
+
+use tokio_postgres::Client;
+
+use crate::config::Dsn;
+use crate::UsageError;
+
+/// Describe where a DSN points, without its password.
+pub fn describe(dsn: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = dsn
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .collect();
+    let ports: Vec<String> = dsn.get_ports().iter().map(|p| p.to_string()).collect();
+    format!(
+        "host={} port={} dbname={}",
+        if hosts.is_empty() { "localhost".into() } else { hosts.join(",") },
+        if ports.is_empty() { "5432".into() } else { ports.join(",") },
+        dsn.get_dbname().unwrap_or("-")
+    )
+}
+
+/// Connect, or fail with a usage error naming the config field of the DSN: an
+/// unreachable server at start-up is a config problem to the operator.
+pub async fn connect(dsn: &Dsn, application_name: &str) -> Result<Client, UsageError> {
+    let mut config = dsn.config.clone();
+    config.application_name(application_name);
+    snapshot_runner::connect(&config).await.map_err(|e| {
+        let cause = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+        let cause = if cause.is_empty() { e.to_string() } else { format!("{e}: {cause}") };
+        UsageError(format!("{}: cannot connect ({}): {}", dsn.field, describe(&dsn.config), cause.replace('\n', " ")))
+    })
+}

@@ -1,0 +1,340 @@
+//! The run row and the replica lease on the primary: one coordinator per replica, and
+//! the recovery of replicas left paused by a run that died.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use snapshot_runner::SnapshotInfo;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Dsn, ReplicaConfig};
+use crate::db;
+use crate::replica::{PauseOwnership, ReplicaControl, ResumeOutcome};
+
+/// Why a cycle stopped early.
+#[derive(Debug, Clone)]
+pub enum AbortReason {
+    /// SIGINT or SIGTERM.
+    Signal(&'static str),
+    /// `limits.max_pause` exceeded.
+    MaxPause(Duration),
+    /// `limits.max_replay_backlog` exceeded (bytes, limit).
+    Backlog(u64, u64),
+    /// The lease could not be renewed: another command may take the replica over.
+    LeaseLost(String),
+    /// The replica restarted or replay moved: the snapshot is gone.
+    SnapshotLost(String),
+}
+
+impl AbortReason {
+    /// The run state this abort leads to.
+    pub fn run_state(&self) -> &'static str {
+        match self {
+            AbortReason::Signal(_) => "cancelled",
+            AbortReason::SnapshotLost(_) => "invalid",
+            _ => "aborted",
+        }
+    }
+}
+
+impl std::fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AbortReason::Signal(s) => write!(f, "cancelled by {s}"),
+            AbortReason::MaxPause(d) => write!(f, "pause exceeded limits.max_pause ({}s)", d.as_secs()),
+            AbortReason::Backlog(b, l) => write!(
+                f,
+                "replay backlog {} exceeded limits.max_replay_backlog ({})",
+                crate::units::human_bytes(*b),
+                crate::units::human_bytes(*l)
+            ),
+            AbortReason::LeaseLost(e) => write!(f, "lease on the primary lost: {e}"),
+            AbortReason::SnapshotLost(e) => write!(f, "snapshot no longer valid: {e}"),
+        }
+    }
+}
+
+/// A cancellation token that remembers the first reason it was cancelled for.
+#[derive(Clone, Default)]
+pub struct Abort {
+    token: CancellationToken,
+    reason: Arc<OnceLock<AbortReason>>,
+}
+
+impl Abort {
+    /// Cancel, recording `reason` if it is the first.
+    pub fn trigger(&self, reason: AbortReason) {
+        if self.reason.set(reason.clone()).is_ok() {
+            tracing::warn!(%reason, "aborting the cycle");
+        }
+        self.token.cancel();
+    }
+    /// The first reason, if cancelled.
+    pub fn reason(&self) -> Option<&AbortReason> {
+        self.reason.get()
+    }
+    /// The token tasks watch.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
+/// The lease a run holds on its replica.
+pub struct PauseLease {
+    /// The run (row in `pgmaint.runs`).
+    pub run_id: i64,
+    replica: String,
+    duration: Duration,
+}
+
+fn holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl PauseLease {
+    /// Record a new run and take the replica's lease, atomically. Fails if a live run
+    /// holds the lease.
+    pub async fn acquire(
+        primary: &mut Client,
+        replica: &str,
+        purpose: &str,
+        tasks: &[String],
+        duration: Duration,
+    ) -> Result<PauseLease> {
+        let holder = holder();
+        let tx = primary.transaction().await?;
+        let run_id: i64 = tx
+            .query_one(
+                "INSERT INTO pgmaint.runs (replica, purpose, holder, tasks) VALUES ($1, $2, $3, $4) RETURNING id",
+                &[&replica, &purpose, &holder, &tasks],
+            )
+            .await
+            .context("recording the run")?
+            .get(0);
+        let taken = tx
+            .execute(
+                "INSERT INTO pgmaint.replica_leases (replica, run_id, holder, expires_at)
+                 VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond')
+                 ON CONFLICT (replica) DO NOTHING",
+                &[&replica, &run_id, &holder, &millis(duration)],
+            )
+            .await
+            .context("taking the replica lease")?;
+        if taken == 0 {
+            drop(tx);
+            let row = primary
+                .query_opt(
+                    "SELECT run_id, holder, expires_at FROM pgmaint.replica_leases WHERE replica = $1",
+                    &[&replica],
+                )
+                .await?;
+            match row {
+                Some(r) => bail!(
+                    "replica {replica} is in use by run {} ({}), lease valid until {}",
+                    r.get::<_, i64>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, DateTime<Utc>>(2)
+                ),
+                None => bail!("replica {replica} lease was busy; try again"),
+            }
+        }
+        tx.commit().await?;
+        Ok(PauseLease { run_id, replica: replica.to_string(), duration })
+    }
+
+    /// Renew the lease every third of its duration from a session of its own. If it
+    /// cannot be renewed before it would expire, `abort` fires: a run must not go on
+    /// holding a pause that another command may be about to take over.
+    pub fn spawn_heartbeat(&self, primary: Dsn, abort: Abort) -> HeartbeatHandle {
+        let stop = CancellationToken::new();
+        let (run_id, replica, duration) = (self.run_id, self.replica.clone(), self.duration);
+        let stopped = stop.clone();
+        let handle = tokio::spawn(async move {
+            let mut client: Option<Client> = None;
+            let mut renewed = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = stopped.cancelled() => return,
+                    _ = tokio::time::sleep(duration / 3) => {}
+                }
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client = db::connect(&primary, "pgmaint-lease").await.ok();
+                }
+                let result = match &client {
+                    Some(c) => c
+                        .execute(
+                            "UPDATE pgmaint.replica_leases SET expires_at = now() + $3 * interval '1 millisecond'
+                              WHERE replica = $1 AND run_id = $2 AND expires_at > now()",
+                            &[&replica, &run_id, &millis(duration)],
+                        )
+                        .await
+                        .map_err(|e| e.to_string()),
+                    None => Err("primary unreachable".to_string()),
+                };
+                match result {
+                    Ok(1) => renewed = Instant::now(),
+                    Ok(_) => {
+                        abort.trigger(AbortReason::LeaseLost(format!("run {run_id} no longer holds the lease")));
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lease renewal failed");
+                        if renewed.elapsed() + duration / 3 >= duration {
+                            abort.trigger(AbortReason::LeaseLost(e));
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        HeartbeatHandle { stop, handle: Some(handle) }
+    }
+
+    /// Record, before `pg_wal_replay_pause()` is called, that this run may own a pause.
+    pub async fn mark_pause_requested(&self, primary: &Client, postmaster_start: DateTime<Utc>) -> Result<()> {
+        primary
+            .execute(
+                "UPDATE pgmaint.runs SET pause_requested_at = now(), replica_started_at = $2 WHERE id = $1",
+                &[&self.run_id, &postmaster_start],
+            )
+            .await
+            .context("recording the pause request")?;
+        Ok(())
+    }
+
+    /// Record the confirmed pause and its snapshot.
+    pub async fn record_snapshot(&self, primary: &Client, snap: &SnapshotInfo) -> Result<()> {
+        primary
+            .execute(
+                "UPDATE pgmaint.runs SET paused_at = now(), snapshot_lsn = $2::text::pg_lsn, timeline = $3,
+                        system_identifier = $4 WHERE id = $1",
+                &[&self.run_id, &snap.lsn, &snap.timeline, &snap.system_identifier],
+            )
+            .await
+            .context("recording the snapshot")?;
+        Ok(())
+    }
+
+    /// Close the run: final state (only if still `running`: a recover may have marked it
+    /// dropped), resume details, and release the lease unless the replica may still be
+    /// paused by us (then the lease must expire so that a later command recovers it).
+    pub async fn finish(
+        &self,
+        primary: &mut Client,
+        state: &str,
+        error: Option<&str>,
+        resumed: Option<(DateTime<Utc>, i64)>,
+        release: bool,
+    ) -> Result<()> {
+        let tx = primary.transaction().await?;
+        tx.execute(
+            "UPDATE pgmaint.runs SET state = CASE WHEN state = 'running' THEN $2 ELSE state END,
+                    finished_at = coalesce(finished_at, now()),
+                    error = coalesce($3, error),
+                    resumed_at = $4, backlog_at_resume = $5
+              WHERE id = $1",
+            &[&self.run_id, &state, &error, &resumed.map(|r| r.0), &resumed.map(|r| r.1)],
+        )
+        .await?;
+        if release {
+            tx.execute(
+                "DELETE FROM pgmaint.replica_leases WHERE replica = $1 AND run_id = $2",
+                &[&self.replica, &self.run_id],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Stops the heartbeat when told to (or dropped).
+pub struct HeartbeatHandle {
+    stop: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl HeartbeatHandle {
+    /// Stop renewing.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+impl Drop for HeartbeatHandle {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// What `recover` did for one replica.
+#[derive(Debug, Clone, serde::Serialize)]
+pub enum Recovery {
+    /// No lease: nothing to do.
+    Nothing,
+    /// A live run holds the lease.
+    Alive { run_id: i64, holder: String, expires_at: DateTime<Utc> },
+    /// A dead run's lease was cleared.
+    Recovered { run_id: i64, resumed: bool, note: String },
+}
+
+/// Recover the replica from a run whose lease expired: resume the pause it left (only
+/// if it is provably that run's pause), mark the run DROPPED, clear the lease.
+pub async fn recover_expired(primary: &mut Client, replica: &ReplicaConfig) -> Result<Recovery> {
+    let tx = primary.transaction().await?;
+    let row = tx
+        .query_opt(
+            "SELECT l.run_id, l.holder, l.expires_at, l.expires_at < now(),
+                    r.pause_requested_at IS NOT NULL, r.replica_started_at, r.snapshot_lsn::text
+               FROM pgmaint.replica_leases l JOIN pgmaint.runs r ON r.id = l.run_id
+              WHERE l.replica = $1 FOR UPDATE OF l",
+            &[&replica.name],
+        )
+        .await
+        .context("reading the replica lease")?;
+    let Some(row) = row else { return Ok(Recovery::Nothing) };
+    let run_id: i64 = row.get(0);
+    if !row.get::<_, bool>(3) {
+        return Ok(Recovery::Alive { run_id, holder: row.get(1), expires_at: row.get(2) });
+    }
+    let mut resumed = false;
+    let note = if row.get::<_, bool>(4) {
+        let own = PauseOwnership { postmaster_start: row.get(5), snapshot_lsn: row.get(6) };
+        let mut ctl = ReplicaControl::connect(replica).await.map_err(|e| anyhow::anyhow!(e.0))?;
+        let (outcome, _) = ctl.resume_if_owned(&own).await?;
+        resumed = outcome == ResumeOutcome::Resumed;
+        match outcome {
+            ResumeOutcome::Resumed => "resumed the replay it left paused".to_string(),
+            ResumeOutcome::AlreadyRunning => "replay was already running".to_string(),
+            ResumeOutcome::LostToRestart => "the replica restarted since, so its pause was already gone".to_string(),
+            ResumeOutcome::NotOurs => "the replica is paused elsewhere, by someone else: left paused".to_string(),
+        }
+    } else {
+        "it never paused the replica".to_string()
+    };
+    tx.execute(
+        "UPDATE pgmaint.runs SET state = 'dropped', finished_at = now(),
+                error = coalesce(error || '; ', '') || 'lease expired: coordinator died or hung'
+          WHERE id = $1 AND state = 'running'",
+        &[&run_id],
+    )
+    .await?;
+    tx.execute("UPDATE pgmaint.runs SET resumed_at = now() WHERE id = $1 AND $2", &[&run_id, &resumed]).await?;
+    tx.execute("DELETE FROM pgmaint.replica_leases WHERE replica = $1", &[&replica.name]).await?;
+    tx.commit().await?;
+    tracing::warn!(replica = %replica.name, run_id, resumed, "recovered a dead run: {note}");
+    Ok(Recovery::Recovered { run_id, resumed, note })
+}

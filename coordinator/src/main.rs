@@ -1,0 +1,278 @@
+//! `pgmaint`: heavy PostgreSQL maintenance on a streaming replica whose WAL replay is
+//! paused. See README.md for the config reference.
+
+mod config;
+mod cycle;
+mod db;
+mod lease;
+mod replica;
+mod schema;
+mod status;
+mod units;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use config::{Config, Overrides};
+use lease::{Abort, AbortReason};
+
+/// An error in the operator's input: config, arguments, unreachable DSN. Exit code 2.
+#[derive(Debug, Clone)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for UsageError {}
+
+/// Heavy PostgreSQL maintenance on a streaming replica whose WAL replay is paused.
+///
+/// A cycle pauses replay on a replica, runs scans against the frozen snapshot, writes
+/// results stamped with the snapshot LSN, queues short upload tasks on the primary and
+/// resumes replay. Replay is resumed on every exit path; a replica left paused by a
+/// coordinator that died is resumed by the next pgmaint command once its lease expires.
+///
+/// Exit codes: 0 ok; 1 runtime failure; 2 bad usage or config.
+#[derive(Parser)]
+#[command(name = "pgmaint", version, max_term_width = 100)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalOpts,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options shared by every subcommand.
+#[derive(Args)]
+struct GlobalOpts {
+    /// Config file (TOML).
+    #[arg(long, short = 'c', env = "PGMAINT_CONFIG", global = true, default_value = "/etc/pgmaint/pgmaint.toml")]
+    config: PathBuf,
+    /// The primary's DSN (libpq string or postgres:// URL); overrides primary.dsn.
+    #[arg(long, env = "PGMAINT_PRIMARY", global = true, hide_env_values = true)]
+    primary_dsn: Option<String>,
+    /// The replica's DSN; overrides the first [[replicas]] entry's dsn.
+    #[arg(long, env = "PGMAINT_REPLICA", global = true, hide_env_values = true)]
+    replica_dsn: Option<String>,
+    /// Log filter (RUST_LOG syntax), e.g. "debug" or "pgmaint=debug".
+    #[arg(long, env = "PGMAINT_LOG", global = true, default_value = "info")]
+    log: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply pgmaint's schema migrations to the primary (idempotent).
+    Init,
+    /// One cycle: pause the replica, run the tasks, queue uploads, resume.
+    Run {
+        /// Run only this task (repeatable); default: every task in config.
+        #[arg(long = "task", value_name = "NAME")]
+        tasks: Vec<String>,
+        /// Replica to use (by name); default: the first in config.
+        #[arg(long)]
+        replica: Option<String>,
+        /// Print the run summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload worker: apply queued results on the primary.
+    Uploader {
+        /// Drain the queue of what is runnable now, then exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Replicas (pause state, backlog), recent runs, upload queue.
+    Status {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume a replica left paused by a dead run (expired lease); mark the run DROPPED.
+    Recover {
+        /// Only this replica; default: every replica in config.
+        #[arg(long)]
+        replica: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Server NOTICEs ("relation already exists, skipping") are noise to an operator.
+    let filter = format!("tokio_postgres=warn,{}", cli.global.log);
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let usage = e.downcast_ref::<UsageError>().is_some();
+            eprintln!("pgmaint: error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+fn load_config(g: &GlobalOpts) -> Result<Config> {
+    let overrides = Overrides { primary: g.primary_dsn.clone(), replica: g.replica_dsn.clone() };
+    Ok(Config::load(&g.config, &overrides)?)
+}
+
+/// SIGINT/SIGTERM abort the cycle (which then resumes replay); they never kill the
+/// process outright while a replica may be paused.
+fn install_signal_handlers(abort: Abort) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+            abort.trigger(AbortReason::Signal(name));
+        }
+    });
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let cfg = load_config(&cli.global)?;
+    match cli.command {
+        Command::Init => {
+            let mut primary = db::connect(&cfg.primary, "pgmaint").await?;
+            let (before, after) = schema::init(&mut primary).await?;
+            if before == after {
+                println!("pgmaint schema is up to date (version {after})");
+            } else {
+                println!("pgmaint schema migrated from version {before} to {after}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { tasks, replica, json } => {
+            let replica = cfg.replica(replica.as_deref())?;
+            let tasks = cfg.select_tasks(&tasks)?;
+            let abort = Abort::default();
+            install_signal_handlers(abort.clone());
+            let summary = cycle::run(&cfg, replica, &tasks, abort).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{}", render_summary(&summary));
+            }
+            if let Some(e) = &summary.error {
+                eprintln!("pgmaint: error: run {}: {e}", summary.run_id);
+            }
+            Ok(match (summary.ok(), summary.usage_error) {
+                (true, _) => ExitCode::SUCCESS,
+                (false, true) => ExitCode::from(2),
+                (false, false) => ExitCode::from(1),
+            })
+        }
+        Command::Uploader { once } => {
+            if !once {
+                anyhow::bail!(UsageError("uploader: only --once is available in this version".into()));
+            }
+            let primary = db::connect(&cfg.primary, "pgmaint").await?;
+            schema::require_current(&primary).await?;
+            let mut worker = uploader::Worker::new(cfg.primary.config.clone(), cfg.results_dir.clone());
+            worker.lease = cfg.uploader.lease;
+            worker.lock_timeout = cfg.uploader.lock_timeout;
+            let stats = worker.drain().await?;
+            println!(
+                "uploader: {} task(s) applied ({} rows), {} failed, {} to retry",
+                stats.completed, stats.rows, stats.failed, stats.retried
+            );
+            Ok(if stats.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Command::Status { json } => {
+            let mut primary = db::connect(&cfg.primary, "pgmaint").await?;
+            schema::require_current(&primary).await?;
+            recover_all(&cfg, &mut primary, None, true).await?;
+            let status = status::gather(&cfg, &primary).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status::render(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Recover { replica } => {
+            let mut primary = db::connect(&cfg.primary, "pgmaint").await?;
+            schema::require_current(&primary).await?;
+            recover_all(&cfg, &mut primary, replica.as_deref(), false).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Recover every replica (or one) from dead runs. `quiet` prints only what was done.
+async fn recover_all(cfg: &Config, primary: &mut tokio_postgres::Client, only: Option<&str>, quiet: bool) -> Result<()> {
+    let replicas: Vec<_> = match only {
+        Some(n) => vec![cfg.replica(Some(n))?],
+        None => cfg.replicas.iter().collect(),
+    };
+    for r in replicas {
+        let outcome = lease::recover_expired(primary, r)
+            .await
+            .with_context(|| format!("recovering replica {}", r.name))?;
+        match outcome {
+            lease::Recovery::Recovered { run_id, note, .. } => {
+                println!("{}: run {run_id} had died (lease expired): {note}; run {run_id} marked dropped", r.name)
+            }
+            lease::Recovery::Alive { run_id, holder, expires_at } if !quiet => println!(
+                "{}: run {run_id} ({holder}) is alive, lease valid until {expires_at}; not touched",
+                r.name
+            ),
+            _ if !quiet => println!("{}: nothing to recover", r.name),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn render_summary(s: &cycle::RunSummary) -> String {
+    let mut out = format!("run {} on replica {}: {}\n", s.run_id, s.replica, s.state);
+    if let Some(snap) = &s.snapshot {
+        out.push_str(&format!(
+            "snapshot LSN {} (timeline {}, system {})\n",
+            snap.lsn, snap.timeline, snap.system_identifier
+        ));
+    }
+    if let Some(p) = s.paused_at {
+        let (end, secs) = match s.resumed_at {
+            Some(r) => (r.format("%H:%M:%S%.3f").to_string(), format!("{:.1}s", (r - p).num_milliseconds() as f64 / 1000.0)),
+            None => ("NOT RESUMED".to_string(), "-".to_string()),
+        };
+        out.push_str(&format!(
+            "pause window {} -> {} UTC ({secs}), backlog at resume {}\n",
+            p.format("%Y-%m-%d %H:%M:%S%.3f"),
+            end,
+            s.backlog_at_resume.map(|b| units::human_bytes(b as u64)).unwrap_or_else(|| "-".into())
+        ));
+    }
+    if !s.tasks.is_empty() {
+        out.push_str(&format!("{:<24} {:<14} {:<10} {:>12} {:>9} {:>9}\n", "TASK", "KIND", "STATUS", "ROWS", "FINDINGS", "TIME"));
+        for (t, secs) in s.tasks.iter().zip(&s.task_seconds) {
+            out.push_str(&format!(
+                "{:<24} {:<14} {:<10} {:>12} {:>9} {:>8.1}s\n",
+                t.name, t.kind, t.status, t.rows_scanned, t.findings, secs
+            ));
+        }
+    }
+    if let Some(dir) = &s.results_dir {
+        out.push_str(&format!("results: {}\n", dir.display()));
+    }
+    if !s.queued.is_empty() {
+        out.push_str(&format!("queued {} upload task(s) on the primary\n", s.queued.len()));
+    }
+    out
+}

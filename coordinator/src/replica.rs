@@ -1,0 +1,383 @@
+//! Control of WAL replay on one replica: checks, pause, snapshot, resume.
+//!
+//! The traps this module works around (all verified on PG 15):
+//! - `pg_wal_replay_pause()` only *requests* a pause; `pg_is_wal_replay_paused()` is true
+//!   already at "pause requested". Only `pg_get_wal_replay_pause_state() = 'paused'`
+//!   confirms it.
+//! - A pause does not survive a restart: replay silently resumes. The postmaster start
+//!   time tells a restarted replica apart, so we never resume a pause that is not ours.
+//! - PG pauses recovery by itself in some cases (e.g. a parameter mismatch with the
+//!   primary): we never touch a replica that is not `not paused` when we start.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::{DateTime, Utc};
+use snapshot_runner::SnapshotInfo;
+use tokio_postgres::Client;
+
+use crate::config::ReplicaConfig;
+use crate::db;
+use crate::units::human_bytes;
+use crate::UsageError;
+
+/// Where replay stands right now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReplayState {
+    /// `pg_is_in_recovery()`.
+    pub in_recovery: bool,
+    /// `not paused`, `pause requested`, `paused` (or `not in recovery`).
+    pub pause_state: String,
+    /// `pg_last_wal_receive_lsn()`.
+    pub receive_lsn: Option<String>,
+    /// `pg_last_wal_replay_lsn()`.
+    pub replay_lsn: Option<String>,
+    /// receive − replay, in bytes (never negative).
+    pub backlog_bytes: i64,
+    /// `pg_postmaster_start_time()`.
+    pub postmaster_start: DateTime<Utc>,
+    /// `pg_stat_wal_receiver.status`, if a walreceiver runs.
+    pub walreceiver: Option<String>,
+    /// Time of the last replayed transaction, if any.
+    pub last_replayed_xact: Option<DateTime<Utc>>,
+}
+
+/// What makes a pause ours: the replica was not restarted since we requested it, and
+/// (once confirmed) replay still stands where we recorded it.
+#[derive(Debug, Clone)]
+pub struct PauseOwnership {
+    /// `pg_postmaster_start_time()` when we requested the pause.
+    pub postmaster_start: DateTime<Utc>,
+    /// The snapshot LSN, once the pause was confirmed.
+    pub snapshot_lsn: Option<String>,
+}
+
+/// What a resume found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeOutcome {
+    /// We resumed our pause.
+    Resumed,
+    /// Replay was already running (someone resumed it).
+    AlreadyRunning,
+    /// The replica restarted, so our pause was gone; any pause now is someone else's.
+    LostToRestart,
+    /// The replica is paused, but not where we paused it: not ours, left alone.
+    NotOurs,
+}
+
+/// A control session on one replica.
+pub struct ReplicaControl {
+    /// The replica's config.
+    pub config: ReplicaConfig,
+    client: Client,
+}
+
+const STATE_SQL: &str = "SELECT pg_is_in_recovery(),
+        CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE 'not in recovery' END,
+        pg_last_wal_receive_lsn()::text,
+        pg_last_wal_replay_lsn()::text,
+        greatest(coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0), 0)::int8,
+        pg_postmaster_start_time(),
+        (SELECT status FROM pg_stat_wal_receiver),
+        pg_last_xact_replay_timestamp()";
+
+impl ReplicaControl {
+    /// Connect; an unreachable replica is a usage error naming its DSN field.
+    pub async fn connect(config: &ReplicaConfig) -> Result<Self, UsageError> {
+        let client = db::connect(&config.dsn, "pgmaint-control").await?;
+        Ok(ReplicaControl { config: config.clone(), client })
+    }
+
+    /// The replica's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The control session (for ad-hoc queries).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Reconnect if the session broke (the replica restarted, say). Tries for up to `patience`.
+    pub async fn ensure_connected(&mut self, patience: Duration) -> Result<()> {
+        if !self.client.is_closed() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + patience;
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match db::connect(&self.config.dsn, "pgmaint-control").await {
+                Ok(c) => {
+                    self.client = c;
+                    return Ok(());
+                }
+                Err(e) if Instant::now() >= deadline => return Err(anyhow!(e.0)),
+                Err(_) => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Read the replay state.
+    pub async fn state(&self) -> Result<ReplayState> {
+        read_state(&self.client).await.with_context(|| format!("reading the replay state of replica {}", self.name()))
+    }
+
+    /// Every condition for a safe pause, checked before we request one.
+    pub async fn precheck(&self, primary: &Client, max_backlog: u64) -> Result<ReplayState> {
+        let name = self.name();
+        let st = self.state().await?;
+        if !st.in_recovery {
+            bail!("replica {name} is not in recovery: it is a primary, not a standby (was it promoted?)");
+        }
+        if st.pause_state != "not paused" {
+            bail!(
+                "replica {name}: WAL replay is already '{}' by someone else (or by PostgreSQL itself); \
+                 pgmaint only pauses a replica that is 'not paused', and leaves this one as it is",
+                st.pause_state
+            );
+        }
+        if st.walreceiver.as_deref() != Some("streaming") {
+            bail!(
+                "replica {name} is not streaming from the primary (walreceiver: {})",
+                st.walreceiver.as_deref().unwrap_or("not running")
+            );
+        }
+        if st.backlog_bytes as u64 > max_backlog {
+            bail!(
+                "replica {name} has {} of received WAL not yet replayed, over limits.max_replay_backlog ({})",
+                human_bytes(st.backlog_bytes as u64),
+                human_bytes(max_backlog)
+            );
+        }
+        self.refuse_synchronous_remote_apply(primary).await?;
+        Ok(st)
+    }
+
+    /// A synchronous standby under `synchronous_commit = remote_apply` blocks every commit
+    /// on the primary while its replay is paused.
+    async fn refuse_synchronous_remote_apply(&self, primary: &Client) -> Result<()> {
+        let app: String = self
+            .client
+            .query_one(
+                "SELECT coalesce(substring((SELECT conninfo FROM pg_stat_wal_receiver)
+                                          FROM 'application_name=([^ ]+)'),
+                                 nullif(current_setting('cluster_name'), ''), 'walreceiver')",
+                &[],
+            )
+            .await
+            .context("reading the replica's application_name")?
+            .get(0);
+        let row = primary
+            .query_opt(
+                "SELECT r.sync_state,
+                        current_setting('synchronous_commit') = 'remote_apply'
+                        OR EXISTS (SELECT 1 FROM pg_db_role_setting s, unnest(s.setconfig) c
+                                    WHERE c = 'synchronous_commit=remote_apply')
+                   FROM pg_stat_replication r WHERE r.application_name = $1
+                  ORDER BY r.sync_state = 'async' LIMIT 1",
+                &[&app],
+            )
+            .await
+            .context("reading pg_stat_replication on the primary")?;
+        if let Some(row) = row {
+            let sync_state: String = row.get(0);
+            let remote_apply: bool = row.get(1);
+            if remote_apply && (sync_state == "sync" || sync_state == "quorum") {
+                bail!(
+                    "replica {} is a synchronous standby (sync_state={sync_state}) and the primary uses \
+                     synchronous_commit=remote_apply: pausing its replay would block every commit on the primary",
+                    self.name()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Request a pause and wait until `pg_get_wal_replay_pause_state()` says `paused`.
+    pub async fn pause(&self, timeout: Duration) -> Result<()> {
+        self.client.execute("SELECT pg_wal_replay_pause()", &[]).await.context("pg_wal_replay_pause()")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let state: String = self
+                .client
+                .query_one("SELECT pg_get_wal_replay_pause_state()", &[])
+                .await
+                .context("pg_get_wal_replay_pause_state()")?
+                .get(0);
+            match state.as_str() {
+                "paused" => return Ok(()),
+                "pause requested" if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                "pause requested" => bail!(
+                    "replica {}: replay did not reach 'paused' within limits.pause_timeout ({}s)",
+                    self.name(),
+                    timeout.as_secs()
+                ),
+                other => bail!("replica {}: replay pause state became '{other}' while pausing", self.name()),
+            }
+        }
+    }
+
+    /// Relations among `wanted` on which the replayed WAL holds an AccessExclusiveLock:
+    /// a scan of them would wait forever while replay is paused.
+    pub async fn startup_locks(&self, wanted: &[(String, String)]) -> Result<Vec<String>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT n.nspname::text, c.relname::text
+                   FROM pg_locks l
+                   JOIN pg_class c ON c.oid = l.relation
+                   JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock' AND l.granted
+                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                    AND l.pid IN (SELECT pid FROM pg_stat_activity WHERE backend_type = 'startup')",
+                &[],
+            )
+            .await
+            .context("reading pg_locks")?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .filter(|rel| wanted.contains(rel))
+            .map(|(s, n)| format!("{s}.{n}"))
+            .collect())
+    }
+
+    /// The frozen state: replay LSN, timeline, system identifier, start time.
+    pub async fn snapshot(&self) -> Result<SnapshotInfo> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT pg_last_wal_replay_lsn()::text, (pg_control_checkpoint()).timeline_id,
+                        (pg_control_system()).system_identifier, pg_postmaster_start_time()",
+                &[],
+            )
+            .await
+            .context("reading the snapshot position")?;
+        Ok(SnapshotInfo {
+            lsn: row.get(0),
+            timeline: row.get(1),
+            system_identifier: row.get(2),
+            postmaster_start: row.get(3),
+        })
+    }
+
+    /// Why the snapshot is no longer the one we paused at, if it is not.
+    pub async fn snapshot_moved(&mut self, snap: &SnapshotInfo) -> Option<String> {
+        if let Err(e) = self.ensure_connected(Duration::from_secs(10)).await {
+            return Some(format!("replica unreachable: {e:#}"));
+        }
+        let st = match self.state().await {
+            Ok(st) => st,
+            Err(e) => return Some(format!("{e:#}")),
+        };
+        if st.postmaster_start != snap.postmaster_start {
+            return Some(format!(
+                "replica {} restarted at {} (its pause was lost and replay went on)",
+                self.name(),
+                st.postmaster_start
+            ));
+        }
+        if st.pause_state != "paused" {
+            return Some(format!("replica {} is no longer paused (state '{}')", self.name(), st.pause_state));
+        }
+        if st.replay_lsn.as_deref() != Some(snap.lsn.as_str()) {
+            return Some(format!(
+                "replica {} replay moved from {} to {}",
+                self.name(),
+                snap.lsn,
+                st.replay_lsn.unwrap_or_default()
+            ));
+        }
+        None
+    }
+
+    /// Resume replay if the pause is ours. Retries the connection for a while: a replica
+    /// must never be left paused because of a passing network error.
+    pub async fn resume_if_owned(&mut self, own: &PauseOwnership) -> Result<(ResumeOutcome, ReplayState)> {
+        let mut last_err = None;
+        for attempt in 0..5 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1 << attempt.min(3))).await;
+            }
+            match self.try_resume(own).await {
+                Ok(r) => return Ok(r),
+                Err(e) => {
+                    tracing::warn!(replica = self.name(), error = %format!("{e:#}"), attempt, "resume failed; retrying");
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.expect("at least one attempt"))
+    }
+
+    async fn try_resume(&mut self, own: &PauseOwnership) -> Result<(ResumeOutcome, ReplayState)> {
+        self.ensure_connected(Duration::from_secs(10)).await?;
+        let st = self.state().await?;
+        let outcome = decide_resume(own, &st);
+        if outcome == ResumeOutcome::Resumed {
+            self.client.execute("SELECT pg_wal_replay_resume()", &[]).await.context("pg_wal_replay_resume()")?;
+        }
+        Ok((outcome, st))
+    }
+
+    /// Wait until the sessions named `application_name` are gone; terminate stragglers.
+    /// Sessions still open at resume would be cancelled by recovery conflicts anyway, but
+    /// their half-read results must not be mistaken for good ones.
+    pub async fn close_sessions(&mut self, application_name: &str) -> Result<()> {
+        self.ensure_connected(Duration::from_secs(10)).await?;
+        let count_sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()";
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let n: i64 = self.client.query_one(count_sql, &[&application_name]).await?.get(0);
+            if n == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::warn!(replica = self.name(), application_name, "terminating scan sessions still open");
+        self.client
+            .execute(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                &[&application_name],
+            )
+            .await
+            .context("terminating scan sessions")?;
+        Ok(())
+    }
+}
+
+/// Read the replay state through any session.
+pub async fn read_state(client: &Client) -> Result<ReplayState, tokio_postgres::Error> {
+    let row = client.query_one(STATE_SQL, &[]).await?;
+    Ok(ReplayState {
+        in_recovery: row.get(0),
+        pause_state: row.get(1),
+        receive_lsn: row.get(2),
+        replay_lsn: row.get(3),
+        backlog_bytes: row.get(4),
+        postmaster_start: row.get(5),
+        walreceiver: row.get(6),
+        last_replayed_xact: row.get(7),
+    })
+}
+
+/// Is the pause we see ours to resume?
+pub fn decide_resume(own: &PauseOwnership, st: &ReplayState) -> ResumeOutcome {
+    if st.postmaster_start != own.postmaster_start {
+        return ResumeOutcome::LostToRestart;
+    }
+    match st.pause_state.as_str() {
+        "paused" => match &own.snapshot_lsn {
+            Some(lsn) if st.replay_lsn.as_deref() != Some(lsn.as_str()) => ResumeOutcome::NotOurs,
+            _ => ResumeOutcome::Resumed,
+        },
+        "pause requested" => ResumeOutcome::Resumed,
+        _ => ResumeOutcome::AlreadyRunning,
+    }
+}

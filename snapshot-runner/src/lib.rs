@@ -1,0 +1,43 @@
+//! Scan tasks against a frozen PostgreSQL replica, and the result files they write.
+//!
+//! The coordinator pauses WAL replay on a streaming replica; every scan in this crate
+//! then reads the same frozen state, from as many connections as it likes, without
+//! recovery conflicts. Each task writes one CSV data file under the run directory; the
+//! coordinator collects the [`TaskReport`]s into a [`ResultManifest`] stamped with the
+//! [`SnapshotInfo`].
+//!
+//! This crate knows nothing about pausing or about the upload queue.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), snapshot_runner::ScanError> {
+//! use snapshot_runner::{ScanContext, TaskSpec, RowChecksumSpec};
+//! let replica: tokio_postgres::Config = "host=127.0.0.1 port=55433 user=postgres dbname=app".parse()?;
+//! let ctx = ScanContext::new(replica, "/var/lib/pgmaint/results/42".into(), 42);
+//! let spec = TaskSpec::RowChecksum(RowChecksumSpec {
+//!     table: "public.blobs".into(), key: "id".into(), content: "payload".into(),
+//!     checksum: "payload_md5".into(), parallelism: 2,
+//! });
+//! let task = snapshot_runner::prepare("blob-integrity", &spec, &ctx).await?;
+//! let report = task.run(&ctx, None).await;
+//! println!("{} rows, {} findings", report.rows_scanned, report.findings);
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod error;
+pub mod ident;
+pub mod manifest;
+pub mod output;
+pub mod progress;
+mod row_checksum;
+mod session;
+mod task;
+
+pub use error::ScanError;
+pub use manifest::{DataFile, ManifestTask, ResultManifest, SnapshotInfo};
+pub use row_checksum::RowChecksumSpec;
+pub use session::{connect, scan_application_name, ScanContext};
+pub use task::{prepare, PreparedTask, TaskReport, TaskSpec, TaskStatus};
+
+/// Columns of every findings CSV: one row per problem found.
+pub const FINDINGS_COLUMNS: [&str; 4] = ["relation", "row_key", "finding", "detail"];

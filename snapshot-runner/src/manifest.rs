@@ -1,0 +1,110 @@
+//! `manifest.json`: what a run produced, stamped with the snapshot it read.
+
+use std::io::Write;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ScanError;
+
+/// Manifest file name inside a run directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// The frozen state a run read: where replay stood while it was paused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// `pg_last_wal_replay_lsn()` while paused, e.g. `0/3000148`.
+    pub lsn: String,
+    /// Timeline of the replica's last restartpoint.
+    pub timeline: i32,
+    /// `pg_control_system().system_identifier`: which cluster this is.
+    pub system_identifier: i64,
+    /// `pg_postmaster_start_time()`: a restart silently ends a pause.
+    pub postmaster_start: DateTime<Utc>,
+}
+
+/// One data file, as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFile {
+    /// File name inside the run directory.
+    pub name: String,
+    /// CSV header.
+    pub columns: Vec<String>,
+    /// Data rows (header excluded).
+    pub rows: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// MD5 of the whole file, lower-case hex.
+    pub md5: String,
+}
+
+/// One task's entry in the manifest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestTask {
+    /// Task name from config.
+    pub name: String,
+    /// Task kind (`row_checksum`, …).
+    pub kind: String,
+    /// `completed`, `partial`, `failed` or `cancelled`.
+    pub status: String,
+    /// Rows (or files) examined.
+    pub rows_scanned: u64,
+    /// Findings reported.
+    pub findings: u64,
+    /// The relation the findings speak of, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relation: Option<String>,
+    /// The data file, if the task wrote one.
+    pub file: Option<DataFile>,
+    /// Error text of a failed task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Everything a run wrote, and the snapshot it is from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResultManifest {
+    /// Run id (row in `pgmaint.runs` on the primary).
+    pub run_id: i64,
+    /// Replica name from config.
+    pub replica: String,
+    /// The snapshot every task read.
+    pub snapshot: SnapshotInfo,
+    /// When the pause was confirmed.
+    pub started_at: DateTime<Utc>,
+    /// When the scans ended.
+    pub finished_at: DateTime<Utc>,
+    /// False when the snapshot moved during the run: such results are never uploaded.
+    pub valid: bool,
+    /// The tasks, in run order.
+    pub tasks: Vec<ManifestTask>,
+}
+
+impl ResultManifest {
+    /// Write `dir/manifest.json` atomically (temp file, fsync, rename).
+    pub fn write(&self, dir: &Path) -> Result<(), ScanError> {
+        let tmp = dir.join(".manifest.json.tmp");
+        let path = dir.join(MANIFEST_FILE);
+        let body = serde_json::to_vec_pretty(self).expect("manifest serializes");
+        let mut f = std::fs::File::create(&tmp).map_err(ScanError::io(&tmp))?;
+        f.write_all(&body).map_err(ScanError::io(&tmp))?;
+        f.sync_all().map_err(ScanError::io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(ScanError::io(&path))?;
+        Ok(())
+    }
+
+    /// Read and parse a manifest file.
+    pub fn read(path: &Path) -> Result<Self, ScanError> {
+        let body = std::fs::read(path).map_err(ScanError::io(path))?;
+        serde_json::from_slice(&body).map_err(|e| ScanError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })
+    }
+
+    /// The entry of task `name`.
+    pub fn task(&self, name: &str) -> Option<&ManifestTask> {
+        self.tasks.iter().find(|t| t.name == name)
+    }
+}

@@ -1,0 +1,148 @@
+//! Result data files: CSV written through a hashing writer, so the MD5 and size that go
+//! into the manifest are computed while the bytes are written, not by a second read.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use md5::{Digest, Md5};
+
+use crate::manifest::DataFile;
+use crate::ScanError;
+
+/// A writer that counts and hashes every byte it passes on.
+pub struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Md5,
+    bytes: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    /// Wrap `inner`.
+    pub fn new(inner: W) -> Self {
+        HashingWriter { inner, hasher: Md5::new(), bytes: 0 }
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A CSV data file being written for one task.
+pub struct CsvFile {
+    path: PathBuf,
+    name: String,
+    columns: Vec<String>,
+    writer: csv::Writer<HashingWriter<BufWriter<File>>>,
+    rows: u64,
+}
+
+impl CsvFile {
+    /// Create `dir/name` (it must not exist yet) and write the header row.
+    pub fn create(dir: &Path, name: &str, columns: &[&str]) -> Result<Self, ScanError> {
+        let path = dir.join(name);
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(ScanError::io(&path))?;
+        let mut writer = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(HashingWriter::new(BufWriter::with_capacity(1 << 20, file)));
+        writer.write_record(columns).map_err(|e| csv_err(&path, e))?;
+        Ok(CsvFile {
+            path,
+            name: name.to_string(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            writer,
+            rows: 0,
+        })
+    }
+
+    /// Append one record.
+    pub fn write<I, T>(&mut self, record: I) -> Result<(), ScanError>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        self.writer.write_record(record).map_err(|e| csv_err(&self.path, e))?;
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Records written so far (not counting the header).
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Flush, fsync and describe the file for the manifest.
+    pub fn finish(self) -> Result<DataFile, ScanError> {
+        let path = self.path.clone();
+        let hashing = self.writer.into_inner().map_err(|e| ScanError::Io {
+            path: path.clone(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        let HashingWriter { inner, hasher, bytes } = hashing;
+        let file = inner.into_inner().map_err(|e| ScanError::Io {
+            path: path.clone(),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(ScanError::io(&path))?;
+        Ok(DataFile {
+            name: self.name,
+            columns: self.columns,
+            rows: self.rows,
+            size: bytes,
+            md5: hex::encode(hasher.finalize()),
+        })
+    }
+}
+
+fn csv_err(path: &Path, e: csv::Error) -> ScanError {
+    ScanError::Io { path: path.to_path_buf(), source: io::Error::other(e.to_string()) }
+}
+
+/// MD5 (hex) and size of a file, read in large sequential chunks.
+pub fn file_md5(path: &Path) -> io::Result<(String, u64)> {
+    let mut file = File::open(path)?;
+    let mut hasher = Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_md5_matches_the_bytes_on_disk() {
+        let dir = std::env::temp_dir().join(format!("pgmaint-out-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = std::fs::remove_file(dir.join("t.csv"));
+        let mut f = CsvFile::create(&dir, "t.csv", &["a", "b"]).unwrap();
+        f.write(["1", "x,y"]).unwrap();
+        f.write(["2", "quote\"d"]).unwrap();
+        let df = f.finish().unwrap();
+        let (md5, size) = file_md5(&dir.join("t.csv")).unwrap();
+        assert_eq!((df.md5, df.size, df.rows), (md5, size, 2));
+        assert!(CsvFile::create(&dir, "t.csv", &["a"]).is_err(), "never overwrites");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,308 @@
+//! `row_checksum`: md5 of a content column against a stored md5 column, computed on the
+//! replica's server, with the key range split across parallel sessions.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures_util::future::join_all;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, IsolationLevel, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use crate::ident::{parse_ident, quote_ident, QualifiedName};
+use crate::output::CsvFile;
+use crate::progress::{Counters, ProgressReporter};
+use crate::task::{TaskReport, TaskStatus};
+use crate::{ScanContext, ScanError, FINDINGS_COLUMNS};
+
+/// Keys sampled to choose the split points of the key range.
+const SAMPLE_TARGET: f64 = 20_000.0;
+
+/// Config of a `row_checksum` task. Names are in SQL syntax (`schema.table`, `"Mixed Case"`).
+#[derive(Debug, Clone)]
+pub struct RowChecksumSpec {
+    /// The table.
+    pub table: String,
+    /// Key column: any type with a btree ordering (integer, text, uuid, …).
+    pub key: String,
+    /// Content column (bytea or text).
+    pub content: String,
+    /// Stored md5 column: hex text, 16-byte bytea, or uuid.
+    pub checksum: String,
+    /// Parallel sessions; the key range is split into this many parts.
+    pub parallelism: usize,
+}
+
+/// A row_checksum task checked against the catalog, with its key range split.
+pub(crate) struct PreparedRowChecksum {
+    pub(crate) table: QualifiedName,
+    key: String,
+    key_type: String,
+    content: String,
+    stored_expr: String,
+    estimated_rows: u64,
+    /// Split points: range i is [bounds[i-1], bounds[i]), the first and last open-ended.
+    bounds: Vec<String>,
+}
+
+struct Column {
+    name: String,
+    type_sql: String,
+    type_name: String,
+    category: String,
+}
+
+async fn column(client: &Client, table_oid: u32, field: &str, text: &str, table: &QualifiedName) -> Result<Column, ScanError> {
+    let name = parse_ident(text).map_err(|e| ScanError::Config(format!("{field}: {e}")))?;
+    let row = client
+        .query_opt(
+            "SELECT format_type(a.atttypid, a.atttypmod), t.typname::text, t.typcategory::text
+               FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+              WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&table_oid, &name],
+        )
+        .await
+        .map_err(ScanError::db("reading the catalog"))?;
+    let row = row.ok_or_else(|| {
+        ScanError::Config(format!("{field}: column {} does not exist in table {table}", quote_ident(&name)))
+    })?;
+    Ok(Column { name, type_sql: row.get(0), type_name: row.get(1), category: row.get(2) })
+}
+
+/// Resolve a table in SQL syntax on the replica: `(oid, name, estimated rows)`.
+pub(crate) async fn resolve_table(client: &Client, text: &str) -> Result<(u32, QualifiedName, u64), ScanError> {
+    let table = QualifiedName::parse(text).map_err(|e| ScanError::Config(format!("table: {e}")))?;
+    let row = client
+        .query_opt(
+            "SELECT c.oid, c.reltuples::float8, pg_relation_size(c.oid)
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'm')",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(ScanError::db("reading the catalog"))?
+        .ok_or_else(|| ScanError::Config(format!("table: {table} does not exist on the replica")))?;
+    let reltuples: f64 = row.get(1);
+    let bytes: i64 = row.get(2);
+    // reltuples is -1 until the first VACUUM/ANALYZE; guess from the size then.
+    let estimate = if reltuples >= 0.0 { reltuples as u64 } else { (bytes as u64 / 8192) * 50 };
+    Ok((row.get(0), table, estimate))
+}
+
+pub(crate) async fn prepare(client: &Client, spec: &RowChecksumSpec) -> Result<PreparedRowChecksum, ScanError> {
+    if spec.parallelism == 0 {
+        return Err(ScanError::Config("parallelism: must be at least 1".into()));
+    }
+    let (oid, table, estimated_rows) = resolve_table(client, &spec.table).await?;
+    let key = column(client, oid, "key", &spec.key, &table).await?;
+    let content = column(client, oid, "content", &spec.content, &table).await?;
+    let checksum = column(client, oid, "checksum", &spec.checksum, &table).await?;
+    if !(content.type_name == "bytea" || content.category == "S") {
+        return Err(ScanError::Config(format!(
+            "content: column {} has type {}; row_checksum needs bytea or text",
+            quote_ident(&content.name),
+            content.type_sql
+        )));
+    }
+    let c = quote_ident(&checksum.name);
+    let stored_expr = match (checksum.type_name.as_str(), checksum.category.as_str()) {
+        ("bytea", _) => format!("encode({c}, 'hex')"),
+        ("uuid", _) => format!("replace({c}::text, '-', '')"),
+        (_, "S") => format!("lower({c}::text)"),
+        _ => {
+            return Err(ScanError::Config(format!(
+                "checksum: column {c} has type {}; row_checksum needs hex text, bytea or uuid",
+                checksum.type_sql
+            )))
+        }
+    };
+    let mut prepared = PreparedRowChecksum {
+        table,
+        key: quote_ident(&key.name),
+        key_type: key.type_sql,
+        content: quote_ident(&content.name),
+        stored_expr,
+        estimated_rows,
+        bounds: Vec::new(),
+    };
+    prepared.bounds = split_points(client, &prepared, spec.parallelism).await?;
+    Ok(prepared)
+}
+
+/// Choose `parts - 1` split points from a sample of keys. Any split points partition
+/// the key space, so they need not come from the snapshot: they are chosen before the
+/// pause, and sampling also proves the key type is orderable.
+async fn split_points(client: &Client, p: &PreparedRowChecksum, parts: usize) -> Result<Vec<String>, ScanError> {
+    if parts < 2 {
+        return Ok(Vec::new());
+    }
+    let percent = if p.estimated_rows as f64 <= SAMPLE_TARGET {
+        100.0
+    } else {
+        (SAMPLE_TARGET * 100.0 / p.estimated_rows as f64).clamp(0.0001, 100.0)
+    };
+    let sql = format!(
+        "SELECT s.k::text FROM (SELECT {key} AS k FROM {table} TABLESAMPLE SYSTEM ($1::float8) \
+          WHERE {key} IS NOT NULL) s ORDER BY s.k",
+        key = p.key,
+        table = p.table.quoted()
+    );
+    let rows = client.query(&sql, &[&percent]).await.map_err(|e| {
+        if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) {
+            ScanError::Config(format!("key: type {} has no ordering; choose an orderable key", p.key_type))
+        } else {
+            ScanError::Db { context: format!("sampling keys of {}", p.table), source: e }
+        }
+    })?;
+    let keys: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let mut bounds: Vec<String> = Vec::new();
+    for i in 1..parts {
+        if let Some(k) = keys.get(i * keys.len() / parts) {
+            if bounds.last() != Some(k) {
+                bounds.push(k.clone());
+            }
+        }
+    }
+    Ok(bounds)
+}
+
+/// SQL and bound values for range `i` of the split.
+fn range_query(p: &PreparedRowChecksum, i: usize) -> (String, Vec<String>) {
+    let (k, t) = (&p.key, &p.key_type);
+    let lo = if i == 0 { None } else { p.bounds.get(i - 1) };
+    let hi = p.bounds.get(i);
+    let (filter, params) = match (lo, hi) {
+        (None, None) => ("TRUE".to_string(), vec![]),
+        (None, Some(h)) => (format!("({k} < $1::text::{t} OR {k} IS NULL)"), vec![h.clone()]),
+        (Some(l), None) => (format!("{k} >= $1::text::{t}"), vec![l.clone()]),
+        (Some(l), Some(h)) => (format!("{k} >= $1::text::{t} AND {k} < $2::text::{t}"), vec![l.clone(), h.clone()]),
+    };
+    let sql = format!(
+        "SELECT key_text, \
+                CASE WHEN computed IS NULL THEN 'null_content' \
+                     WHEN stored IS NULL THEN 'null_checksum' \
+                     WHEN computed <> stored THEN 'mismatch' END, \
+                stored, computed, coalesce(bytes, 0)::int8 \
+           FROM (SELECT {k}::text AS key_text, {stored} AS stored, md5({c}) AS computed, \
+                        octet_length({c}) AS bytes \
+                   FROM {table} WHERE {filter}) s",
+        stored = p.stored_expr,
+        c = p.content,
+        table = p.table.quoted(),
+    );
+    (sql, params)
+}
+
+pub(crate) async fn run(
+    name: &str,
+    p: &PreparedRowChecksum,
+    ctx: &ScanContext,
+    deadline: Option<Instant>,
+    report: &mut TaskReport,
+) -> Result<(), ScanError> {
+    let file = CsvFile::create(&ctx.run_dir, &format!("{name}.csv"), &FINDINGS_COLUMNS)?;
+    let sink = Mutex::new(file);
+    let counters = Arc::new(Counters::default());
+    let progress = ProgressReporter::start(ctx.progress, name, "rows", Some(p.estimated_rows), counters.clone());
+    // A failing worker stops its siblings; a cancelled run stops them all.
+    let stop = ctx.cancel.child_token();
+    let relation = p.table.to_string();
+    let workers = (0..=p.bounds.len()).map(|i| {
+        let (sql, params) = range_query(p, i);
+        let (sink, counters, stop, relation) = (&sink, counters.clone(), stop.clone(), relation.as_str());
+        async move {
+            let r = scan_range(ctx, &sql, &params, relation, sink, &counters, deadline, &stop).await;
+            if r.is_err() {
+                stop.cancel();
+            }
+            r
+        }
+    });
+    let results = join_all(workers).await;
+    progress.finish().await;
+    report.rows_scanned = counters.items.load(Ordering::Relaxed);
+    report.bytes_scanned = counters.bytes.load(Ordering::Relaxed);
+    report.findings = counters.findings.load(Ordering::Relaxed);
+    let mut partial = false;
+    // Prefer the real error over the Cancelled of the siblings it stopped.
+    let mut cancelled = false;
+    for r in results {
+        match r {
+            Ok(p) => partial |= p,
+            Err(ScanError::Cancelled) => cancelled = true,
+            Err(e) => return Err(e),
+        }
+    }
+    if cancelled {
+        return Err(ScanError::Cancelled);
+    }
+    let file = sink.into_inner().expect("sink lock").finish()?;
+    report.file = Some(file);
+    if partial {
+        report.status = TaskStatus::Partial;
+    }
+    Ok(())
+}
+
+/// Scan one key range in batches; returns `true` if the soft deadline cut it short.
+#[allow(clippy::too_many_arguments)]
+async fn scan_range(
+    ctx: &ScanContext,
+    sql: &str,
+    params: &[String],
+    relation: &str,
+    sink: &Mutex<CsvFile>,
+    counters: &Counters,
+    deadline: Option<Instant>,
+    stop: &CancellationToken,
+) -> Result<bool, ScanError> {
+    let mut client = ctx.connect().await?;
+    let cancel_token = client.cancel_token();
+    let context = || format!("scanning {relation}");
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(ScanError::db(context()))?;
+    let stmt = tx.prepare(sql).await.map_err(ScanError::db(context()))?;
+    let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    let portal = tx.bind(&stmt, &params).await.map_err(ScanError::db(context()))?;
+    loop {
+        let rows = tokio::select! {
+            rows = tx.query_portal(&portal, ctx.batch_rows) => rows.map_err(ScanError::db(context()))?,
+            _ = stop.cancelled() => {
+                // Stop the server-side work too, not just our side of the socket.
+                let _ = cancel_token.cancel_query(NoTls).await;
+                return Err(ScanError::Cancelled);
+            }
+        };
+        let mut bytes = 0u64;
+        for row in &rows {
+            bytes += row.get::<_, i64>(4) as u64;
+            let Some(finding) = row.get::<_, Option<&str>>(1) else { continue };
+            let key = row.get::<_, Option<&str>>(0).unwrap_or("");
+            let stored = row.get::<_, Option<&str>>(2);
+            let computed = row.get::<_, Option<&str>>(3);
+            let detail = match finding {
+                "mismatch" => format!("stored={} computed={}", stored.unwrap_or(""), computed.unwrap_or("")),
+                "null_checksum" => format!("computed={}", computed.unwrap_or("")),
+                _ => match stored {
+                    Some(s) => format!("stored={s}"),
+                    None => "stored=NULL".to_string(),
+                },
+            };
+            sink.lock().expect("sink lock").write([relation, key, finding, detail.as_str()])?;
+            counters.findings.fetch_add(1, Ordering::Relaxed);
+        }
+        counters.add(rows.len() as u64, bytes);
+        if rows.len() < ctx.batch_rows as usize {
+            return Ok(false);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(true);
+        }
+    }
+}

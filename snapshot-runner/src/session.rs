@@ -1,0 +1,86 @@
+//! Scan sessions on the frozen replica.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use crate::progress::ProgressMode;
+use crate::ScanError;
+
+/// Open a connection and drive it in the background. The one place pgmaint connects,
+/// so every session gets the same time-outs and TLS handling.
+pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
+    let mut config = config.clone();
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "connection closed with an error");
+        }
+    });
+    Ok(client)
+}
+
+/// What every task of one run shares: where to connect, where to write, when to stop.
+#[derive(Clone)]
+pub struct ScanContext {
+    /// The replica (paused while tasks run).
+    pub replica: tokio_postgres::Config,
+    /// `results.dir/<run-id>`: data files go here.
+    pub run_dir: PathBuf,
+    /// The run id, used to name scan sessions.
+    pub run_id: i64,
+    /// `lock_timeout` of every scan session. A relation locked AccessExclusive by the
+    /// replayed WAL at the pause point would otherwise block a scan forever.
+    pub lock_timeout: Duration,
+    /// Rows fetched per round trip; the soft time-out and cancellation are checked
+    /// between batches.
+    pub batch_rows: i32,
+    /// Cancelled on signals, limits and lost leases: tasks stop at once.
+    pub cancel: CancellationToken,
+    /// Bars on a terminal, periodic log lines otherwise.
+    pub progress: ProgressMode,
+}
+
+impl ScanContext {
+    /// A context with defaults: 5 s lock time-out, 2000-row batches.
+    pub fn new(replica: tokio_postgres::Config, run_dir: PathBuf, run_id: i64) -> Self {
+        ScanContext {
+            replica,
+            run_dir,
+            run_id,
+            lock_timeout: Duration::from_secs(5),
+            batch_rows: 2000,
+            cancel: CancellationToken::new(),
+            progress: ProgressMode::detect(Duration::from_secs(10)),
+        }
+    }
+
+    /// `application_name` of this run's scan sessions. The coordinator looks for it in
+    /// `pg_stat_activity` to make sure every session is gone before it resumes replay.
+    pub fn application_name(&self) -> String {
+        scan_application_name(self.run_id)
+    }
+
+    /// A read-only scan session with `lock_timeout` set.
+    pub async fn connect(&self) -> Result<Client, ScanError> {
+        let mut config = self.replica.clone();
+        config.application_name(&self.application_name());
+        let client = connect(&config).await.map_err(ScanError::db("connecting to the replica"))?;
+        let setup = format!(
+            "SET default_transaction_read_only = on; SET lock_timeout = {}; SET statement_timeout = 0",
+            self.lock_timeout.as_millis().max(1)
+        );
+        client.batch_execute(&setup).await.map_err(ScanError::db("setting up a scan session"))?;
+        Ok(client)
+    }
+}
+
+/// `application_name` used by the scan sessions of run `run_id`.
+pub fn scan_application_name(run_id: i64) -> String {
+    format!("pgmaint-scan-{run_id}")
+}

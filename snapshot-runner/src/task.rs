@@ -1,0 +1,182 @@
+//! Task specs, their preparation (catalog checks, before the pause) and their reports.
+
+use std::time::{Duration, Instant};
+
+use crate::manifest::{DataFile, ManifestTask};
+use crate::row_checksum::{self, PreparedRowChecksum, RowChecksumSpec};
+use crate::{ScanContext, ScanError};
+
+/// What a task does. Each kind has its own spec.
+#[derive(Debug, Clone)]
+pub enum TaskSpec {
+    /// md5 of a content column against a stored checksum column.
+    RowChecksum(RowChecksumSpec),
+}
+
+impl TaskSpec {
+    /// The kind's name as written in config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TaskSpec::RowChecksum(_) => "row_checksum",
+        }
+    }
+}
+
+/// A task whose configuration has been checked against the replica's catalog.
+pub struct PreparedTask {
+    /// Task name from config.
+    pub name: String,
+    inner: Prepared,
+}
+
+enum Prepared {
+    RowChecksum(PreparedRowChecksum),
+}
+
+/// Check a task against the replica's catalog: tables and columns exist and have
+/// usable types. Run this before pausing, so a typo never costs a pause.
+pub async fn prepare(name: &str, spec: &TaskSpec, ctx: &ScanContext) -> Result<PreparedTask, ScanError> {
+    let client = ctx.connect().await?;
+    let inner = match spec {
+        TaskSpec::RowChecksum(s) => Prepared::RowChecksum(
+            row_checksum::prepare(&client, s)
+                .await
+                .map_err(|e| prefix_config(name, e))?,
+        ),
+    };
+    Ok(PreparedTask { name: name.to_string(), inner })
+}
+
+fn prefix_config(task: &str, e: ScanError) -> ScanError {
+    match e {
+        ScanError::Config(msg) => ScanError::Config(format!("task {task:?}: {msg}")),
+        other => other,
+    }
+}
+
+impl PreparedTask {
+    /// The kind's name.
+    pub fn kind(&self) -> &'static str {
+        match &self.inner {
+            Prepared::RowChecksum(_) => "row_checksum",
+        }
+    }
+
+    /// The relations this task reads, as `(schema, name)`, so the coordinator can check
+    /// that the replayed WAL holds no AccessExclusiveLock on them at the pause point.
+    pub fn relations(&self) -> Vec<(String, String)> {
+        match &self.inner {
+            Prepared::RowChecksum(p) => vec![(p.table.schema.clone(), p.table.name.clone())],
+        }
+    }
+
+    /// Run the task against the (paused) replica. Never fails as a whole: errors are
+    /// reported in the [`TaskReport`]. `soft_deadline` stops the task cleanly after the
+    /// batch in flight, with partial results.
+    pub async fn run(&self, ctx: &ScanContext, soft_deadline: Option<Instant>) -> TaskReport {
+        let started = Instant::now();
+        let mut report = TaskReport::new(&self.name, self.kind());
+        let result = match &self.inner {
+            Prepared::RowChecksum(p) => {
+                report.relation = Some(p.table.to_string());
+                row_checksum::run(&self.name, p, ctx, soft_deadline, &mut report).await
+            }
+        };
+        report.elapsed = started.elapsed();
+        match result {
+            Ok(()) => {}
+            Err(ScanError::Cancelled) => report.status = TaskStatus::Cancelled,
+            Err(e) => {
+                report.status = TaskStatus::Failed;
+                report.error = Some(e.to_string());
+            }
+        }
+        report
+    }
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskStatus {
+    /// Scanned everything.
+    Completed,
+    /// Stopped by its soft time-out; the results cover part of the data.
+    Partial,
+    /// Failed with an error.
+    Failed,
+    /// Stopped by cancellation.
+    Cancelled,
+}
+
+impl TaskStatus {
+    /// Lower-case name, as in the manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Completed => "completed",
+            TaskStatus::Partial => "partial",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// True when the results may be uploaded.
+    pub fn has_results(self) -> bool {
+        matches!(self, TaskStatus::Completed | TaskStatus::Partial)
+    }
+}
+
+/// What a task did.
+#[derive(Debug, Clone)]
+pub struct TaskReport {
+    /// Task name.
+    pub name: String,
+    /// Task kind.
+    pub kind: &'static str,
+    /// How it ended.
+    pub status: TaskStatus,
+    /// Rows (or files) examined.
+    pub rows_scanned: u64,
+    /// Bytes examined.
+    pub bytes_scanned: u64,
+    /// Findings written.
+    pub findings: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// The relation the findings are about.
+    pub relation: Option<String>,
+    /// The data file written.
+    pub file: Option<DataFile>,
+    /// Error of a failed task.
+    pub error: Option<String>,
+}
+
+impl TaskReport {
+    fn new(name: &str, kind: &'static str) -> Self {
+        TaskReport {
+            name: name.to_string(),
+            kind,
+            status: TaskStatus::Completed,
+            rows_scanned: 0,
+            bytes_scanned: 0,
+            findings: 0,
+            elapsed: Duration::ZERO,
+            relation: None,
+            file: None,
+            error: None,
+        }
+    }
+
+    /// The manifest entry for this report.
+    pub fn to_manifest(&self) -> ManifestTask {
+        ManifestTask {
+            name: self.name.clone(),
+            kind: self.kind.to_string(),
+            status: self.status.as_str().to_string(),
+            rows_scanned: self.rows_scanned,
+            findings: self.findings,
+            relation: self.relation.clone(),
+            file: self.file.clone(),
+            error: self.error.clone(),
+        }
+    }
+}

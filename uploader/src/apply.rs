@@ -1,0 +1,147 @@
+//! Checking a result file against its manifest, and applying it.
+
+use std::path::{Path, PathBuf};
+
+use futures_util::SinkExt;
+use md5::{Digest, Md5};
+use snapshot_runner::{DataFile, ResultManifest, FINDINGS_COLUMNS};
+use tokio::io::AsyncReadExt;
+use tokio_postgres::Transaction;
+
+use crate::queue::Claimed;
+use crate::UploadError;
+
+fn rejected(task: &Claimed, why: impl std::fmt::Display) -> UploadError {
+    UploadError::Rejected(format!("upload task {} (run {}, task {}): {why}", task.id, task.run_id, task.task_name))
+}
+
+/// Resolve `rel` under `root`, refusing anything that lands outside it (absolute paths,
+/// `..`, symlinks pointing out).
+fn inside(task: &Claimed, root: &Path, rel: &str, what: &str) -> Result<PathBuf, UploadError> {
+    let root = root
+        .canonicalize()
+        .map_err(|e| rejected(task, format!("results.dir {}: {e}", root.display())))?;
+    let path = root.join(rel);
+    let canon = match path.canonicalize() {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(rejected(task, format!("{what} {} is missing", path.display())))
+        }
+        Err(e) => return Err(rejected(task, format!("{what} {}: {e}", path.display()))),
+    };
+    if !canon.starts_with(&root) {
+        return Err(rejected(task, format!("{what} {rel:?} is outside results.dir {}", root.display())));
+    }
+    Ok(canon)
+}
+
+/// What the manifest says of the task's file, once the run and paths are checked.
+pub(crate) struct Checked {
+    pub path: PathBuf,
+    pub expected: DataFile,
+    pub snapshot_lsn: String,
+}
+
+/// Check the run (valid, in the database and in the manifest) and the paths, and read
+/// what the manifest promises about the data file.
+pub(crate) async fn check(tx: &Transaction<'_>, task: &Claimed, results_dir: &Path) -> Result<Checked, UploadError> {
+    let run = tx
+        .query_opt("SELECT state, snapshot_lsn::text FROM pgmaint.runs WHERE id = $1", &[&task.run_id])
+        .await
+        .map_err(UploadError::db("reading the run"))?
+        .ok_or_else(|| rejected(task, "its run does not exist"))?;
+    let (state, lsn): (String, Option<String>) = (run.get(0), run.get(1));
+    if state != "succeeded" {
+        return Err(rejected(task, format!("its run is {state}, not a valid completed run")));
+    }
+    let manifest_path = inside(task, results_dir, &task.manifest, "manifest")?;
+    let data_path = inside(task, results_dir, &task.file, "data file")?;
+    let manifest = ResultManifest::read(&manifest_path).map_err(|e| rejected(task, format!("manifest: {e}")))?;
+    if manifest.run_id != task.run_id || !manifest.valid || Some(&manifest.snapshot.lsn) != lsn.as_ref() {
+        return Err(rejected(task, "the manifest is not that of a valid run with this id and snapshot"));
+    }
+    let entry = manifest
+        .task(&task.task_name)
+        .and_then(|t| t.file.clone())
+        .ok_or_else(|| rejected(task, "the manifest lists no data file for this task"))?;
+    if data_path.file_name().and_then(|n| n.to_str()) != Some(entry.name.as_str())
+        || data_path.parent() != manifest_path.parent()
+    {
+        return Err(rejected(task, "the data file is not the one the manifest lists"));
+    }
+    Ok(Checked { path: data_path, expected: entry, snapshot_lsn: manifest.snapshot.lsn })
+}
+
+/// Stream `path` into an open `COPY … FROM STDIN`, hashing as it goes, and fail before
+/// the COPY ends if the bytes differ from the manifest. Checking while loading (not
+/// before) leaves no window for the file to change between check and load.
+pub(crate) async fn copy_checked(
+    tx: &Transaction<'_>,
+    task: &Claimed,
+    copy_sql: &str,
+    checked: &Checked,
+) -> Result<u64, UploadError> {
+    let sink = tx.copy_in(copy_sql).await.map_err(UploadError::db("starting COPY"))?;
+    futures_util::pin_mut!(sink);
+    let io = |e| UploadError::Io { path: checked.path.clone(), source: e };
+    let mut file = tokio::fs::File::open(&checked.path).await.map_err(io)?;
+    let mut hasher = Md5::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf).await.map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+        if size > checked.expected.size {
+            break;
+        }
+        sink.send(bytes::Bytes::copy_from_slice(&buf[..n])).await.map_err(UploadError::db("COPY"))?;
+    }
+    let md5 = hex::encode(hasher.finalize());
+    if size != checked.expected.size || md5 != checked.expected.md5 {
+        // Dropping the sink aborts the COPY; the caller's transaction rolls back.
+        return Err(rejected(
+            task,
+            format!(
+                "data file {} differs from the manifest (size {size} vs {}, md5 {md5} vs {})",
+                checked.path.display(),
+                checked.expected.size,
+                checked.expected.md5
+            ),
+        ));
+    }
+    sink.as_mut().finish().await.map_err(UploadError::db("COPY"))
+}
+
+/// Apply a findings file: COPY into a temporary table, insert what is new.
+pub(crate) async fn findings(tx: &Transaction<'_>, task: &Claimed, results_dir: &Path) -> Result<i64, UploadError> {
+    let checked = check(tx, task, results_dir).await?;
+    if checked.expected.columns != FINDINGS_COLUMNS {
+        return Err(rejected(task, format!("not a findings file (columns {:?})", checked.expected.columns)));
+    }
+    tx.batch_execute(
+        "CREATE TEMP TABLE pgmaint_findings_load (relation text, row_key text, finding text, detail text) ON COMMIT DROP",
+    )
+    .await
+    .map_err(UploadError::db("creating the load table"))?;
+    copy_checked(
+        tx,
+        task,
+        "COPY pgmaint_findings_load (relation, row_key, finding, detail) FROM STDIN (FORMAT csv, HEADER true)",
+        &checked,
+    )
+    .await?;
+    let inserted = tx
+        .execute(
+            "INSERT INTO pgmaint.integrity_findings (run_id, task_name, snapshot_lsn, relation, row_key, finding, detail)
+             SELECT $1, $2, $3::text::pg_lsn, relation, row_key, finding, detail FROM pgmaint_findings_load
+             ON CONFLICT (run_id, task_name, relation, row_key, finding) DO NOTHING",
+            &[&task.run_id, &task.task_name, &checked.snapshot_lsn],
+        )
+        .await
+        .map_err(UploadError::db("inserting findings"))?;
+    Ok(inserted as i64)
+}
