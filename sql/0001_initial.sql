@@ -84,3 +84,23 @@ CREATE TABLE pgmaint.integrity_findings (
     still_holds  boolean,
     UNIQUE (run_id, task_name, relation, row_key, finding)
 );
+
+-- Cursors of tasks that cover a large store over several runs (file_checksum's
+-- files_per_run). Written in the same transaction that queues the run's uploads, so a
+-- cursor only moves for a valid run.
+CREATE TABLE pgmaint.task_cursors (
+    task_name  text        PRIMARY KEY,
+    cursor     text        NOT NULL,
+    run_id     bigint      NOT NULL REFERENCES pgmaint.runs (id),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Which snapshot each materialized target reflects (written by the swap apply).
+CREATE TABLE pgmaint.materializations (
+    target       text        PRIMARY KEY,
+    run_id       bigint      NOT NULL REFERENCES pgmaint.runs (id),
+    task_name    text        NOT NULL,
+    snapshot_lsn pg_lsn      NOT NULL,
+    rows         bigint      NOT NULL,
+    swapped_at   timestamptz NOT NULL DEFAULT now()
+);

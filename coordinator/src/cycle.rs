@@ -225,11 +225,13 @@ impl Cycle<'_> {
 
         // 4. Run the tasks, with the watchdog guarding the pause limits.
         let watchdog = self.spawn_watchdog(snapshot.clone(), pause_started);
+        let cursors = self.task_cursors().await?;
         for (task, soft_timeout) in &prepared {
             if self.abort.reason().is_some() {
                 break;
             }
-            let report = task.run(&ctx, soft_timeout.map(|d| Instant::now() + d)).await;
+            let cursor = cursors.get(&task.name).map(String::as_str);
+            let report = task.run(&ctx, soft_timeout.map(|d| Instant::now() + d), cursor).await;
             tracing::info!(task = %report.name, status = report.status.as_str(), rows = report.rows_scanned,
                            findings = report.findings, secs = report.elapsed.as_secs_f64(), "task finished");
             self.reports.push(report);
@@ -351,25 +353,34 @@ impl Cycle<'_> {
         stop
     }
 
-    /// Mark the run succeeded and queue its uploads, in one transaction: either both
-    /// happen or neither does.
+    /// Where each task's previous valid run stopped, from the primary.
+    async fn task_cursors(&self) -> Result<std::collections::HashMap<String, String>> {
+        let names: Vec<&str> = self.tasks.iter().map(|t| t.name.as_str()).collect();
+        let rows = self
+            .primary
+            .query("SELECT task_name, cursor FROM pgmaint.task_cursors WHERE task_name = ANY($1)", &[&names])
+            .await
+            .context("reading task cursors")?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Mark the run succeeded, queue its uploads and move the task cursors, in one
+    /// transaction: all of it happens or none does.
     async fn queue_uploads(&mut self) -> Result<()> {
         let run_id = self.lease.run_id;
-        let uploads: Vec<UploadRequest> = self
-            .reports
-            .iter()
-            .filter(|r| r.status.has_results())
-            .filter_map(|r| {
-                let file = r.file.as_ref()?;
-                Some(UploadRequest {
-                    task_name: r.name.clone(),
-                    kind: ApplyKind::Findings,
-                    file: format!("{run_id}/{}", file.name),
-                    manifest: format!("{run_id}/{}", snapshot_runner::manifest::MANIFEST_FILE),
-                    params: serde_json::json!({ "relation": r.relation }),
-                })
-            })
-            .collect();
+        let mut uploads: Vec<UploadRequest> = Vec::new();
+        for r in self.reports.iter().filter(|r| r.status.has_results()) {
+            let (Some(file), Some(plan)) = (&r.file, &r.apply) else { continue };
+            let kind = ApplyKind::parse(plan.kind)
+                .ok_or_else(|| anyhow!("task {}: this uploader cannot apply {:?}", r.name, plan.kind))?;
+            uploads.push(UploadRequest {
+                task_name: r.name.clone(),
+                kind,
+                file: format!("{run_id}/{}", file.name),
+                manifest: format!("{run_id}/{}", snapshot_runner::manifest::MANIFEST_FILE),
+                params: plan.params.clone(),
+            });
+        }
         let tx = self.primary.transaction().await?;
         let updated = tx
             .execute(
@@ -382,6 +393,17 @@ impl Cycle<'_> {
             bail!("run {run_id} is no longer running on the primary (dropped after a lost lease?); nothing queued");
         }
         self.queued = uploader::enqueue(&tx, run_id, &uploads, self.cfg.uploader.max_attempts).await?;
+        for r in self.reports.iter().filter(|r| r.status.has_results()) {
+            if let Some(cursor) = &r.cursor {
+                tx.execute(
+                    "INSERT INTO pgmaint.task_cursors (task_name, cursor, run_id) VALUES ($1, $2, $3)
+                     ON CONFLICT (task_name) DO UPDATE SET cursor = $2, run_id = $3, updated_at = now()",
+                    &[&r.name, cursor, &run_id],
+                )
+                .await
+                .context("moving the task cursor")?;
+            }
+        }
         tx.commit().await.context("committing the run and its uploads")?;
         Ok(())
     }

@@ -18,7 +18,7 @@
 //!     checksum: "payload_md5".into(), parallelism: 2,
 //! });
 //! let task = snapshot_runner::prepare("blob-integrity", &spec, &ctx).await?;
-//! let report = task.run(&ctx, None).await;
+//! let report = task.run(&ctx, None, None).await;
 //! println!("{} rows, {} findings", report.rows_scanned, report.findings);
 //! # Ok(()) }
 //! ```
@@ -37,7 +37,7 @@ pub use error::ScanError;
 pub use manifest::{DataFile, ManifestTask, ResultManifest, SnapshotInfo};
 pub use row_checksum::RowChecksumSpec;
 pub use session::{connect, scan_application_name, ScanContext};
-pub use task::{prepare, PreparedTask, TaskReport, TaskSpec, TaskStatus};
+pub use task::{prepare, ApplyPlan, PreparedTask, TaskReport, TaskSpec, TaskStatus};
 
 /// Columns of every findings CSV: one row per problem found.
 pub const FINDINGS_COLUMNS: [&str; 4] = ["relation", "row_key", "finding", "detail"];

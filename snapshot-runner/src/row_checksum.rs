@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ident::{parse_ident, quote_ident, QualifiedName};
 use crate::output::CsvFile;
 use crate::progress::{Counters, ProgressReporter};
-use crate::task::{TaskReport, TaskStatus};
+use crate::task::{ApplyPlan, TaskReport, TaskStatus};
 use crate::{ScanContext, ScanError, FINDINGS_COLUMNS};
 
 /// Keys sampled to choose the split points of the key range.
@@ -41,6 +41,9 @@ pub(crate) struct PreparedRowChecksum {
     key_type: String,
     content: String,
     stored_expr: String,
+    key_name: String,
+    content_name: String,
+    checksum_name: String,
     estimated_rows: u64,
     /// Split points: range i is [bounds[i-1], bounds[i]), the first and last open-ended.
     bounds: Vec<String>,
@@ -123,6 +126,9 @@ pub(crate) async fn prepare(client: &Client, spec: &RowChecksumSpec) -> Result<P
         key_type: key.type_sql,
         content: quote_ident(&content.name),
         stored_expr,
+        key_name: key.name,
+        content_name: content.name,
+        checksum_name: checksum.name,
         estimated_rows,
         bounds: Vec::new(),
     };
@@ -239,6 +245,19 @@ pub(crate) async fn run(
     }
     let file = sink.into_inner().expect("sink lock").finish()?;
     report.file = Some(file);
+    // The uploader re-checks each finding on the primary with these (names, not SQL).
+    report.apply = Some(ApplyPlan {
+        kind: "findings",
+        params: serde_json::json!({
+            "relation": relation,
+            "check": "row_checksum",
+            "schema": p.table.schema,
+            "table": p.table.name,
+            "key": p.key_name,
+            "content": p.content_name,
+            "checksum": p.checksum_name,
+        }),
+    });
     if partial {
         report.status = TaskStatus::Partial;
     }

@@ -72,8 +72,10 @@ impl PreparedTask {
 
     /// Run the task against the (paused) replica. Never fails as a whole: errors are
     /// reported in the [`TaskReport`]. `soft_deadline` stops the task cleanly after the
-    /// batch in flight, with partial results.
-    pub async fn run(&self, ctx: &ScanContext, soft_deadline: Option<Instant>) -> TaskReport {
+    /// batch in flight, with partial results. `cursor` is where the previous valid run
+    /// of this task stopped (the coordinator keeps it on the primary).
+    pub async fn run(&self, ctx: &ScanContext, soft_deadline: Option<Instant>, cursor: Option<&str>) -> TaskReport {
+        let _ = cursor; // no kind uses it yet
         let started = Instant::now();
         let mut report = TaskReport::new(&self.name, self.kind());
         let result = match &self.inner {
@@ -148,6 +150,20 @@ pub struct TaskReport {
     pub file: Option<DataFile>,
     /// Error of a failed task.
     pub error: Option<String>,
+    /// How the data file should be applied on the primary; `None`: not uploaded.
+    pub apply: Option<ApplyPlan>,
+    /// Where the next run should carry on (tasks that cover a store over several runs).
+    pub cursor: Option<String>,
+}
+
+/// How a task's data file is to be applied on the primary. The uploader interprets it;
+/// this crate only says what the file is for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApplyPlan {
+    /// `findings`, `swap` or `merge`.
+    pub kind: &'static str,
+    /// Kind-specific parameters (target table, key columns, …), stored with the upload.
+    pub params: serde_json::Value,
 }
 
 impl TaskReport {
@@ -163,6 +179,8 @@ impl TaskReport {
             relation: None,
             file: None,
             error: None,
+            apply: None,
+            cursor: None,
         }
     }
 

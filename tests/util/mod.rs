@@ -1,0 +1,226 @@
+//! Harness for pgmaint's end-to-end tests: a real throwaway primary and streaming
+//! replica(s) per test (`scripts/cluster.sh`), and the built `pgmaint` binary.
+//!
+//! Each test gets its own cluster, so tests never see each other's rows or pauses and
+//! can run in parallel. The cluster is stopped and removed when the [`Cluster`] drops,
+//! even if the test panics.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
+
+/// The workspace root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The `pgmaint` binary: `$PGMAINT_BIN`, else `target/debug/pgmaint` (built by
+/// `scripts/test.sh` before the tests run).
+pub fn pgmaint_bin() -> PathBuf {
+    let bin = std::env::var_os("PGMAINT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/debug/pgmaint"));
+    assert!(bin.exists(), "{} is missing: run scripts/test.sh (or cargo build -p pgmaint) first", bin.display());
+    bin
+}
+
+/// A finished command, with its output as text.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+    /// Panic with the output unless the exit code is `code`.
+    pub fn expect_code(self, code: i32) -> Run {
+        assert_eq!(self.code, code, "exit code; stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+    /// The `pgmaint: error: …` line, if any.
+    pub fn error_line(&self) -> Option<&str> {
+        self.stderr.lines().find(|l| l.starts_with("pgmaint: error:"))
+    }
+}
+
+/// A throwaway primary + replicas, removed on drop.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub env: HashMap<String, String>,
+}
+
+impl Cluster {
+    /// Start a cluster for test `name` with `replicas` streaming replicas.
+    pub fn up(name: &str, replicas: usize) -> Cluster {
+        let dir = repo().join("target/e2e").join(name);
+        // A leftover from an aborted earlier run of the same test.
+        let _ = Command::new("bash").arg(repo().join("scripts/cluster.sh")).args(["down", "--dir"]).arg(&dir).output();
+        let out = Command::new("bash")
+            .arg(repo().join("scripts/cluster.sh"))
+            .args(["up", "--replicas", &replicas.to_string(), "--dir"])
+            .arg(&dir)
+            .output()
+            .expect("run scripts/cluster.sh");
+        assert!(out.status.success(), "cluster.sh up failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let env = std::fs::read_to_string(dir.join("cluster.env"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Cluster { dir, env }
+    }
+
+    pub fn primary_port(&self) -> u16 {
+        self.env["PRIMARY_PORT"].parse().unwrap()
+    }
+    /// Port of replica `i` (1-based).
+    pub fn replica_port(&self, i: usize) -> u16 {
+        self.env[&format!("R{i}_PORT")].parse().unwrap()
+    }
+    pub fn primary_dsn(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname=app", self.primary_port())
+    }
+    pub fn replica_dsn(&self, i: usize) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname=app", self.replica_port(i))
+    }
+    pub fn results_dir(&self) -> PathBuf {
+        PathBuf::from(&self.env["RESULTS_DIR"])
+    }
+
+    pub async fn primary(&self) -> Client {
+        connect(&self.primary_dsn()).await
+    }
+    pub async fn replica(&self, i: usize) -> Client {
+        connect(&self.replica_dsn(i)).await
+    }
+
+    /// Write a config file: the cluster's primary, replicas and results dir, then `body`
+    /// (`[limits]`, `[[tasks]]`, …). Returns its path.
+    pub fn write_config(&self, file: &str, body: &str) -> PathBuf {
+        let n: usize = self.env["REPLICAS"].parse().unwrap();
+        let mut text = format!("[primary]\ndsn = \"{}\"\n", self.primary_dsn());
+        for i in 1..=n {
+            text.push_str(&format!("[[replicas]]\nname = \"r{i}\"\ndsn = \"{}\"\n", self.replica_dsn(i)));
+        }
+        text.push_str(&format!("[results]\ndir = \"{}\"\n", self.results_dir().display()));
+        text.push_str(body);
+        let path = self.dir.join(file);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A `pgmaint` command with `--config`.
+    pub fn pgmaint(&self, config: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(pgmaint_bin());
+        cmd.args(args).env("PGMAINT_CONFIG", config).env_remove("PGMAINT_PRIMARY").env_remove("PGMAINT_REPLICA");
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// Run `pgmaint args…` to completion.
+    pub fn run(&self, config: &Path, args: &[&str]) -> Run {
+        Run::from(self.pgmaint(config, args).output().expect("run pgmaint"))
+    }
+
+    /// `scripts/cluster.sh ACTION NAME` (start, stop, restart).
+    pub fn server(&self, action: &str, name: &str) {
+        let out = Command::new("bash")
+            .arg(repo().join("scripts/cluster.sh"))
+            .args([action, name, "--dir"])
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cluster.sh {action} {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// `pg_get_wal_replay_pause_state()` of replica `i`.
+    pub async fn pause_state(&self, i: usize) -> String {
+        self.replica(i).await.query_one("SELECT pg_get_wal_replay_pause_state()", &[]).await.unwrap().get(0)
+    }
+
+    /// Wait until replica `i` has replayed everything the primary has written so far.
+    pub async fn wait_caught_up(&self, i: usize) {
+        let target: String =
+            self.primary().await.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+        let replica = self.replica(i).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let done: bool = replica
+                .query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&target])
+                .await
+                .unwrap()
+                .get(0);
+            if done {
+                return;
+            }
+            assert!(Instant::now() < deadline, "replica r{i} did not catch up to {target}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("scripts/cluster.sh"))
+            .args(["down", "--dir"])
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+/// Connect and drive the connection in the background.
+pub async fn connect(dsn: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(dsn, NoTls).await.unwrap_or_else(|e| panic!("connect {dsn}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// Poll `check` every 50 ms until it returns true, or panic after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// MD5 hex of `data`.
+pub fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest;
+    hex::encode(md5::Md5::digest(data))
+}
+
+/// Create `table` (SQL, already quoted) with `n` rows of bytea content and a correct
+/// md5 column: `(id <key_type>, payload bytea, payload_md5 text)`. `key_expr` turns the
+/// series value `g` into a key (e.g. `g` or `md5(g::text)::uuid`).
+pub async fn seed_blobs(client: &Client, table: &str, key_type: &str, key_expr: &str, n: i64) {
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id {key_type} PRIMARY KEY, payload bytea, payload_md5 text);
+             INSERT INTO {table}
+             SELECT {key_expr}, p, md5(p)
+               FROM (SELECT g, convert_to(repeat(md5(g::text), 1 + g % 7), 'UTF8') AS p
+                       FROM generate_series(1, {n}) g) s;"
+        ))
+        .await
+        .unwrap();
+}

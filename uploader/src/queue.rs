@@ -20,7 +20,8 @@ impl ApplyKind {
             ApplyKind::Findings => "findings",
         }
     }
-    pub(crate) fn parse(s: &str) -> Option<Self> {
+    /// The kind called `s`, if this uploader knows it.
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
             "findings" => Some(ApplyKind::Findings),
             _ => None,
