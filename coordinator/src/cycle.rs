@@ -89,10 +89,9 @@ pub async fn run(cfg: &Config, replica_cfg: &ReplicaConfig, tasks: &[&TaskConfig
     let mut primary = db::connect(&cfg.primary, "pgmaint").await?;
     schema::require_current(&primary).await?;
     let replica = ReplicaControl::connect(replica_cfg).await?;
-    // A run that died may have left this replica paused: resume it before anything else.
-    if let lease::Recovery::Recovered { run_id, note, .. } = lease::recover_expired(&mut primary, replica_cfg).await? {
-        eprintln!("recovered replica {}: run {run_id} had died; {note}", replica_cfg.name);
-    }
+    // A run that died may have left this replica paused: resume it before anything else
+    // (recover_expired logs what it did).
+    lease::recover_expired(&mut primary, replica_cfg).await?;
     let names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
     let lease = PauseLease::acquire(&mut primary, &replica_cfg.name, "run", &names, cfg.limits.lease).await?;
     let heartbeat = lease.spawn_heartbeat(cfg.primary.clone(), abort.clone());

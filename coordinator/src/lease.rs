@@ -335,6 +335,6 @@ pub async fn recover_expired(primary: &mut Client, replica: &ReplicaConfig) -> R
     tx.execute("UPDATE pgmaint.runs SET resumed_at = now() WHERE id = $1 AND $2", &[&run_id, &resumed]).await?;
     tx.execute("DELETE FROM pgmaint.replica_leases WHERE replica = $1", &[&replica.name]).await?;
     tx.commit().await?;
-    tracing::warn!(replica = %replica.name, run_id, resumed, "recovered a dead run: {note}");
+    tracing::warn!("replica {}: run {run_id} had died (lease expired): {note}; run {run_id} marked dropped", replica.name);
     Ok(Recovery::Recovered { run_id, resumed, note })
 }

@@ -224,3 +224,63 @@ pub async fn seed_blobs(client: &Client, table: &str, key_type: &str, key_expr: 
         .await
         .unwrap();
 }
+
+/// `[[tasks]]` TOML for a row_checksum task.
+pub fn row_checksum_task(name: &str, table: &str, key: &str, content: &str, checksum: &str, extra: &str) -> String {
+    format!(
+        "[[tasks]]\nname = \"{name}\"\nkind = \"row_checksum\"\ntable = '{table}'\nkey = '{key}'\n\
+         content = '{content}'\nchecksum = '{checksum}'\n{extra}\n"
+    )
+}
+
+/// Parse `pgmaint run --json` output.
+pub fn run_summary(run: &Run) -> serde_json::Value {
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("run --json: {e}\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr))
+}
+
+/// Read a run's manifest.
+pub fn manifest(results_dir: &Path, run_id: i64) -> serde_json::Value {
+    let text = std::fs::read_to_string(results_dir.join(run_id.to_string()).join("manifest.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The data rows of a findings CSV as (row_key, finding), sorted.
+pub fn findings_in_csv(path: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut rows: Vec<(String, String)> = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let cols: Vec<&str> = l.split(',').collect();
+            (cols[1].trim_matches('"').to_string(), cols[2].to_string())
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Wait until replica `i` reports `paused`.
+pub async fn wait_paused(c: &Cluster, i: usize) {
+    wait_for("the replica to pause", Duration::from_secs(60), || async { c.pause_state(i).await == "paused" }).await;
+}
+
+/// State of run `id` on the primary.
+pub async fn run_state(c: &Cluster, id: i64) -> String {
+    c.primary().await.query_one("SELECT state FROM pgmaint.runs WHERE id = $1", &[&id]).await.unwrap().get(0)
+}
+
+/// The newest run's id on the primary.
+pub async fn last_run_id(c: &Cluster) -> i64 {
+    c.primary().await.query_one("SELECT max(id) FROM pgmaint.runs", &[]).await.unwrap().get(0)
+}
+
+/// Upload tasks queued for run `id`.
+pub async fn uploads_of_run(c: &Cluster, id: i64) -> i64 {
+    c.primary().await.query_one("SELECT count(*) FROM pgmaint.upload_tasks WHERE run_id = $1", &[&id]).await.unwrap().get(0)
+}
+
+/// Send a signal to a process.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success();
+    assert!(ok, "kill -{sig} {pid}");
+}
