@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests, then end-to-end tests of the pgmaint binary
+# against real throwaway PostgreSQL primaries and streaming replicas
+# (scripts/cluster.sh; one cluster per test). Stops every server it started.
+#
+#   scripts/test.sh [extra cargo test args, e.g. a test name filter]
+#
+# Environment: PGMAINT_TEST_THREADS (default 3) — e2e tests run in parallel, each
+# with its own cluster; they mostly wait on PostgreSQL, so 3 suits 2 cores.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if ! command -v cargo >/dev/null; then
+    [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+fi
+
+cleanup() {
+    # Any cluster a test left behind (a panic in Drop, a killed test binary).
+    for d in target/e2e/*/ target/e2e-probe/; do
+        [ -d "$d" ] && bash scripts/cluster.sh down --dir "${d%/}" >/dev/null 2>&1 || true
+    done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "== build"
+cargo build --workspace --all-targets
+
+echo "== PostgreSQL for the tests (installs the server if missing; warms the template)"
+bash scripts/cluster.sh up --dir target/e2e-probe >/dev/null
+bash scripts/cluster.sh down --dir target/e2e-probe >/dev/null
+
+echo "== unit tests"
+cargo test --workspace --exclude pgmaint-e2e
+
+echo "== end-to-end tests (real primary + streaming replicas)"
+PGMAINT_BIN="$PWD/target/debug/pgmaint" \
+    cargo test -p pgmaint-e2e -- --test-threads="${PGMAINT_TEST_THREADS:-3}" "$@"
