@@ -376,3 +376,39 @@ pub fn decide_resume(own: &PauseOwnership, st: &ReplayState) -> ResumeOutcome {
         _ => ResumeOutcome::AlreadyRunning,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(pause: &str, lsn: &str, start: i64) -> ReplayState {
+        ReplayState {
+            in_recovery: true,
+            pause_state: pause.into(),
+            receive_lsn: Some(lsn.into()),
+            replay_lsn: Some(lsn.into()),
+            backlog_bytes: 0,
+            postmaster_start: DateTime::from_timestamp(start, 0).unwrap(),
+            walreceiver: Some("streaming".into()),
+            last_replayed_xact: None,
+        }
+    }
+
+    fn own(lsn: Option<&str>) -> PauseOwnership {
+        PauseOwnership { postmaster_start: DateTime::from_timestamp(1000, 0).unwrap(), snapshot_lsn: lsn.map(Into::into) }
+    }
+
+    #[test]
+    fn resumes_only_a_pause_it_owns() {
+        use ResumeOutcome::*;
+        assert_eq!(decide_resume(&own(Some("0/10")), &state("paused", "0/10", 1000)), Resumed);
+        // Requested but never confirmed: still ours.
+        assert_eq!(decide_resume(&own(None), &state("pause requested", "0/8", 1000)), Resumed);
+        assert_eq!(decide_resume(&own(None), &state("paused", "0/8", 1000)), Resumed);
+        // Restarted: our pause is gone; a pause now is someone else's.
+        assert_eq!(decide_resume(&own(Some("0/10")), &state("paused", "0/10", 2000)), LostToRestart);
+        // Paused somewhere else: someone resumed ours and paused again.
+        assert_eq!(decide_resume(&own(Some("0/10")), &state("paused", "0/20", 1000)), NotOurs);
+        assert_eq!(decide_resume(&own(Some("0/10")), &state("not paused", "0/20", 1000)), AlreadyRunning);
+    }
+}
