@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use tokio_postgres::Client;
 
 /// Migrations in order; the number is the schema version.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "initial", include_str!("../../sql/0001_initial.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "initial", include_str!("../../sql/0001_initial.sql")), (2, "upload_queue", include_str!("../../sql/0002_upload_queue.sql"))];
 
 /// The schema version this binary knows.
 pub fn latest() -> i32 {

@@ -1,18 +1,91 @@
 //! Checking a result file against its manifest, and applying it.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
 use md5::{Digest, Md5};
 use snapshot_runner::{DataFile, ResultManifest, FINDINGS_COLUMNS};
 use tokio::io::AsyncReadExt;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Transaction;
 
 use crate::queue::Claimed;
 use crate::UploadError;
 
-fn rejected(task: &Claimed, why: impl std::fmt::Display) -> UploadError {
-    UploadError::Rejected(format!("upload task {} (run {}, task {}): {why}", task.id, task.run_id, task.task_name))
+pub(crate) use crate::merge::merge;
+pub(crate) use crate::swap::swap;
+
+/// What an apply needs besides its transaction.
+pub(crate) struct Ctx<'a> {
+    pub task: &'a Claimed,
+    pub results_dir: &'a Path,
+    /// `lock_timeout` of the transaction, also the base of the lock retry backoff.
+    pub lock_timeout: Duration,
+}
+
+/// What an apply did.
+pub(crate) struct Applied {
+    /// Rows loaded (or findings inserted).
+    pub rows: i64,
+    /// When a swap took its ACCESS EXCLUSIVE lock on the target (held until commit).
+    pub exclusive_since: Option<Instant>,
+}
+
+/// Lock waits are bounded by `lock_timeout`; a statement that times out on a lock is
+/// retried this many times (inside a savepoint, so the work before it is kept).
+const LOCK_TRIES: u32 = 5;
+
+/// Run `sql` (no parameters) in a savepoint, retrying when it times out waiting for a
+/// lock. After the last try the lock error is returned (and the task retried later).
+pub(crate) async fn execute_retrying_locks(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    sql: &str,
+    what: &str,
+) -> Result<u64, UploadError> {
+    for attempt in 1..=LOCK_TRIES {
+        tx.batch_execute("SAVEPOINT pgmaint_lock")
+            .await
+            .map_err(UploadError::db(what))?;
+        match tx.execute(sql, &[]).await {
+            Ok(n) => {
+                tx.batch_execute("RELEASE SAVEPOINT pgmaint_lock")
+                    .await
+                    .map_err(UploadError::db(what))?;
+                return Ok(n);
+            }
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) && attempt < LOCK_TRIES => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT pgmaint_lock")
+                    .await
+                    .map_err(UploadError::db(what))?;
+                let wait = Duration::from_millis(50 * 2u64.pow(attempt))
+                    .min(ctx.lock_timeout)
+                    .mul_f64(0.5 + rand::random::<f64>());
+                tracing::info!(
+                    task = ctx.task.id,
+                    attempt,
+                    ?wait,
+                    "{what}: lock_timeout; retrying"
+                );
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => {
+                return Err(UploadError::Db {
+                    context: what.to_string(),
+                    source: e,
+                })
+            }
+        }
+    }
+    unreachable!("the last try returns")
+}
+
+pub(crate) fn rejected(task: &Claimed, why: impl std::fmt::Display) -> UploadError {
+    UploadError::Rejected(format!(
+        "upload task {} (run {}, task {}): {why}",
+        task.id, task.run_id, task.task_name
+    ))
 }
 
 /// Resolve `rel` under `root`, refusing anything that lands outside it (absolute paths,
@@ -25,12 +98,18 @@ fn inside(task: &Claimed, root: &Path, rel: &str, what: &str) -> Result<PathBuf,
     let canon = match path.canonicalize() {
         Ok(p) => p,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(rejected(task, format!("{what} {} is missing", path.display())))
+            return Err(rejected(
+                task,
+                format!("{what} {} is missing", path.display()),
+            ))
         }
         Err(e) => return Err(rejected(task, format!("{what} {}: {e}", path.display()))),
     };
     if !canon.starts_with(&root) {
-        return Err(rejected(task, format!("{what} {rel:?} is outside results.dir {}", root.display())));
+        return Err(rejected(
+            task,
+            format!("{what} {rel:?} is outside results.dir {}", root.display()),
+        ));
     }
     Ok(canon)
 }
@@ -44,21 +123,38 @@ pub(crate) struct Checked {
 
 /// Check the run (valid, in the database and in the manifest) and the paths, and read
 /// what the manifest promises about the data file.
-pub(crate) async fn check(tx: &Transaction<'_>, task: &Claimed, results_dir: &Path) -> Result<Checked, UploadError> {
+pub(crate) async fn check(
+    tx: &Transaction<'_>,
+    task: &Claimed,
+    results_dir: &Path,
+) -> Result<Checked, UploadError> {
     let run = tx
-        .query_opt("SELECT state, snapshot_lsn::text FROM pgmaint.runs WHERE id = $1", &[&task.run_id])
+        .query_opt(
+            "SELECT state, snapshot_lsn::text FROM pgmaint.runs WHERE id = $1",
+            &[&task.run_id],
+        )
         .await
         .map_err(UploadError::db("reading the run"))?
         .ok_or_else(|| rejected(task, "its run does not exist"))?;
     let (state, lsn): (String, Option<String>) = (run.get(0), run.get(1));
     if state != "succeeded" {
-        return Err(rejected(task, format!("its run is {state}, not a valid completed run")));
+        return Err(rejected(
+            task,
+            format!("its run is {state}, not a valid completed run"),
+        ));
     }
     let manifest_path = inside(task, results_dir, &task.manifest, "manifest")?;
     let data_path = inside(task, results_dir, &task.file, "data file")?;
-    let manifest = ResultManifest::read(&manifest_path).map_err(|e| rejected(task, format!("manifest: {e}")))?;
-    if manifest.run_id != task.run_id || !manifest.valid || Some(&manifest.snapshot.lsn) != lsn.as_ref() {
-        return Err(rejected(task, "the manifest is not that of a valid run with this id and snapshot"));
+    let manifest = ResultManifest::read(&manifest_path)
+        .map_err(|e| rejected(task, format!("manifest: {e}")))?;
+    if manifest.run_id != task.run_id
+        || !manifest.valid
+        || Some(&manifest.snapshot.lsn) != lsn.as_ref()
+    {
+        return Err(rejected(
+            task,
+            "the manifest is not that of a valid run with this id and snapshot",
+        ));
     }
     let entry = manifest
         .task(&task.task_name)
@@ -67,9 +163,16 @@ pub(crate) async fn check(tx: &Transaction<'_>, task: &Claimed, results_dir: &Pa
     if data_path.file_name().and_then(|n| n.to_str()) != Some(entry.name.as_str())
         || data_path.parent() != manifest_path.parent()
     {
-        return Err(rejected(task, "the data file is not the one the manifest lists"));
+        return Err(rejected(
+            task,
+            "the data file is not the one the manifest lists",
+        ));
     }
-    Ok(Checked { path: data_path, expected: entry, snapshot_lsn: manifest.snapshot.lsn })
+    Ok(Checked {
+        path: data_path,
+        expected: entry,
+        snapshot_lsn: manifest.snapshot.lsn,
+    })
 }
 
 /// Stream `path` into an open `COPY … FROM STDIN`, hashing as it goes, and fail before
@@ -81,9 +184,15 @@ pub(crate) async fn copy_checked(
     copy_sql: &str,
     checked: &Checked,
 ) -> Result<u64, UploadError> {
-    let sink = tx.copy_in(copy_sql).await.map_err(UploadError::db("starting COPY"))?;
+    let sink = tx
+        .copy_in(copy_sql)
+        .await
+        .map_err(UploadError::db("starting COPY"))?;
     futures_util::pin_mut!(sink);
-    let io = |e| UploadError::Io { path: checked.path.clone(), source: e };
+    let io = |e| UploadError::Io {
+        path: checked.path.clone(),
+        source: e,
+    };
     let mut file = tokio::fs::File::open(&checked.path).await.map_err(io)?;
     let mut hasher = Md5::new();
     let mut size = 0u64;
@@ -98,7 +207,9 @@ pub(crate) async fn copy_checked(
         if size > checked.expected.size {
             break;
         }
-        sink.send(bytes::Bytes::copy_from_slice(&buf[..n])).await.map_err(UploadError::db("COPY"))?;
+        sink.send(bytes::Bytes::copy_from_slice(&buf[..n]))
+            .await
+            .map_err(UploadError::db("COPY"))?;
     }
     let md5 = hex::encode(hasher.finalize());
     if size != checked.expected.size || md5 != checked.expected.md5 {
@@ -113,14 +224,25 @@ pub(crate) async fn copy_checked(
             ),
         ));
     }
-    sink.as_mut().finish().await.map_err(UploadError::db("COPY"))
+    sink.as_mut()
+        .finish()
+        .await
+        .map_err(UploadError::db("COPY"))
 }
 
-/// Apply a findings file: COPY into a temporary table, insert what is new.
-pub(crate) async fn findings(tx: &Transaction<'_>, task: &Claimed, results_dir: &Path) -> Result<i64, UploadError> {
-    let checked = check(tx, task, results_dir).await?;
+/// Apply a findings file: COPY into a temporary table, insert what is new, then
+/// re-check on the primary the rows the findings name (see [`crate::confirm`]).
+pub(crate) async fn findings(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied, UploadError> {
+    let task = ctx.task;
+    let checked = check(tx, task, ctx.results_dir).await?;
     if checked.expected.columns != FINDINGS_COLUMNS {
-        return Err(rejected(task, format!("not a findings file (columns {:?})", checked.expected.columns)));
+        return Err(rejected(
+            task,
+            format!(
+                "not a findings file (columns {:?})",
+                checked.expected.columns
+            ),
+        ));
     }
     tx.batch_execute(
         "CREATE TEMP TABLE pgmaint_findings_load (relation text, row_key text, finding text, detail text) ON COMMIT DROP",
@@ -143,5 +265,9 @@ pub(crate) async fn findings(tx: &Transaction<'_>, task: &Claimed, results_dir: 
         )
         .await
         .map_err(UploadError::db("inserting findings"))?;
-    Ok(inserted as i64)
+    crate::confirm::confirm(tx, task).await?;
+    Ok(Applied {
+        rows: inserted as i64,
+        exclusive_since: None,
+    })
 }

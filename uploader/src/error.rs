@@ -7,6 +7,11 @@ pub enum UploadError {
     /// `results.dir`, invalid run. Retrying cannot help.
     #[error("{0}")]
     Rejected(String),
+    /// The target table on the primary cannot take this apply as it stands (missing,
+    /// wrong columns, no unique key for a merge, a view depending on a swapped table).
+    /// Retrying cannot help until an operator changes the table; then `pgmaint tasks retry`.
+    #[error("{0}")]
+    Target(String),
     /// A database error (may be passing: lock time-out, lost connection).
     #[error("{context}: {source}")]
     Db {
@@ -28,17 +33,43 @@ pub enum UploadError {
     /// The worker's lease on the task expired before it could complete it.
     #[error("lease on upload task {0} expired; another worker may own it now")]
     Fenced(i64),
+    /// An operator cancelled the task (`pgmaint tasks cancel`) while it ran.
+    #[error("upload task {0} was cancelled")]
+    Cancelled(i64),
+    /// A queue operation the task's state does not allow (cancel a completed task, …),
+    /// or an unknown task id.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl UploadError {
     /// True when retrying cannot help.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, UploadError::Rejected(_))
+        matches!(self, UploadError::Rejected(_) | UploadError::Target(_))
     }
 
     /// True when the connection to the primary is gone.
     pub fn is_closed(&self) -> bool {
-        matches!(self, UploadError::Db { source, .. } if source.is_closed())
+        match self {
+            UploadError::Db { source, .. } => {
+                source.is_closed()
+                    || source.code().is_some_and(|c| {
+                        // admin_shutdown, crash_shutdown, cannot_connect_now: the server
+                        // is going away; the connection is as good as closed.
+                        matches!(c.code(), "57P01" | "57P02" | "57P03")
+                    })
+                    || std::error::Error::source(source).is_some_and(|s| s.is::<std::io::Error>())
+            }
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE of a database error, if any.
+    pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            UploadError::Db { source, .. } => source.code(),
+            _ => None,
+        }
     }
 
     pub(crate) fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
@@ -49,6 +80,9 @@ impl UploadError {
 
 impl From<tokio_postgres::Error> for UploadError {
     fn from(source: tokio_postgres::Error) -> Self {
-        UploadError::Db { context: "database".into(), source }
+        UploadError::Db {
+            context: "database".into(),
+            source,
+        }
     }
 }

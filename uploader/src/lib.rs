@@ -1,10 +1,19 @@
 //! pgmaint's upload queue on the primary, and the worker that applies results.
 //!
 //! The uploader is the only part of pgmaint that writes to the primary. Each upload
-//! task is applied in one short transaction that also marks it completed, so a crash
-//! never leaves a partial or a double apply. Before anything is applied, the data file
-//! is checked against the run's manifest (path inside `results.dir`, size, MD5) and the
-//! run must be recorded as valid.
+//! task is applied in one transaction that also marks it completed (fenced by the
+//! worker's lease), so a crash never leaves a partial or a double apply. Before anything
+//! is applied, the data file is checked against the run's manifest (path inside
+//! `results.dir`, size, MD5) and the run must be recorded as valid.
+//!
+//! Apply kinds: `findings` (insert into `pgmaint.integrity_findings`, re-checking
+//! row_checksum findings on the primary), `swap` (replace a table by a staged copy,
+//! under a short exclusive lock) and `merge` (upsert by key). All load with COPY.
+//!
+//! The queue (`pgmaint.upload_tasks`): states waiting → running → completed / failed /
+//! cancelled / dropped; attempts capped, retried with exponential backoff and jitter;
+//! `not_before`; prerequisites (`depends_on`); one task per (run, task); leases renewed
+//! by heartbeat; a rescuer for expired leases; cooperative cancellation.
 //!
 //! This crate knows nothing about pausing replicas.
 //!
@@ -19,10 +28,17 @@
 #![warn(missing_docs)]
 
 mod apply;
+mod confirm;
 mod error;
+mod merge;
 mod queue;
+mod swap;
+mod target;
 mod worker;
 
 pub use error::UploadError;
-pub use queue::{enqueue, ApplyKind, UploadRequest};
+pub use queue::{
+    cancel_task, enqueue, get_task, list_tasks, retry_task, ApplyKind, CancelOutcome, TaskRow,
+    UploadRequest, CHANNEL, STATES,
+};
 pub use worker::{DrainStats, Worker};

@@ -1,16 +1,33 @@
-//! The task table `pgmaint.upload_tasks`: enqueue, claim, finish.
+//! The task table `pgmaint.upload_tasks`: enqueue, claim, heartbeat, complete, fail,
+//! rescue; and the operator's view of it (list, show, cancel, retry).
+//!
+//! States: `waiting` → `running` → `completed`, or back to `waiting` (retry with
+//! backoff), or `failed` (permanent error, attempts used up), `cancelled` (operator),
+//! `dropped` (a prerequisite ended failed, cancelled or dropped).
+//!
+//! Fencing: a claim increments `attempts`; that number is the claim's token. Every
+//! write a worker makes to its task names (id, worker, attempts) and, to complete it,
+//! also requires an unexpired lease. Completion happens in the apply transaction, so
+//! a worker whose lease expired (and whose task a rescuer gave to someone else) can
+//! never commit its apply.
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, GenericClient, Transaction};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::{Client, GenericClient, Row, Transaction};
 
 use crate::UploadError;
 
 /// How an upload is applied on the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyKind {
-    /// Insert findings into `pgmaint.integrity_findings`.
+    /// Insert findings into `pgmaint.integrity_findings` (and re-check them).
     Findings,
+    /// Replace a table by a staged copy: `params.target`.
+    Swap,
+    /// Upsert rows into a table by key: `params.target`, `params.key`.
+    Merge,
 }
 
 impl ApplyKind {
@@ -18,12 +35,16 @@ impl ApplyKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ApplyKind::Findings => "findings",
+            ApplyKind::Swap => "swap",
+            ApplyKind::Merge => "merge",
         }
     }
     /// The kind called `s`, if this uploader knows it.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "findings" => Some(ApplyKind::Findings),
+            "swap" => Some(ApplyKind::Swap),
+            "merge" => Some(ApplyKind::Merge),
             _ => None,
         }
     }
@@ -44,6 +65,9 @@ pub struct UploadRequest {
     pub params: serde_json::Value,
 }
 
+/// The notification channel `enqueue` (and `retry`) notify, and workers listen on.
+pub const CHANNEL: &str = "pgmaint_upload";
+
 /// Queue a run's uploads inside the caller's transaction (which also records the run's
 /// outcome). Each upload depends on the previous one, so one run's results are applied
 /// in order. Queueing the same (run, task) again is a no-op. Returns the task ids.
@@ -60,8 +84,8 @@ pub async fn enqueue(
             .query_one(
                 "WITH ins AS (
                      INSERT INTO pgmaint.upload_tasks
-                            (run_id, task_name, apply_kind, file, manifest, params, depends_on, max_attempts)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                            (run_id, task_name, apply_kind, file, manifest, params, depends_on, max_attempts, target)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $6::jsonb ->> 'target')
                      ON CONFLICT (run_id, task_name) DO NOTHING RETURNING id)
                  SELECT id FROM ins
                  UNION ALL SELECT id FROM pgmaint.upload_tasks WHERE run_id = $1 AND task_name = $2
@@ -72,7 +96,7 @@ pub async fn enqueue(
             .map_err(UploadError::db(format!("queueing upload of task {}", u.task_name)))?;
         ids.push(row.get(0));
     }
-    tx.execute("SELECT pg_notify('pgmaint_upload', $1)", &[&run_id.to_string()])
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &run_id.to_string()])
         .await
         .map_err(UploadError::db("notifying uploaders"))?;
     Ok(ids)
@@ -87,6 +111,7 @@ pub(crate) struct Claimed {
     pub kind: String,
     pub file: String,
     pub manifest: String,
+    pub params: serde_json::Value,
     /// The fencing token: the attempt number this claim made.
     pub attempt: i32,
     pub max_attempts: i32,
@@ -96,13 +121,19 @@ fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Claim the next runnable task: waiting, due, prerequisites completed.
-pub(crate) async fn claim(client: &Client, worker: &str, lease: Duration) -> Result<Option<Claimed>, UploadError> {
+/// Claim the next runnable task: waiting, due, prerequisites completed. SKIP LOCKED
+/// lets any number of workers claim at once without waiting on each other.
+pub(crate) async fn claim(
+    client: &Client,
+    worker: &str,
+    lease: Duration,
+) -> Result<Option<Claimed>, UploadError> {
     let row = client
         .query_opt(
             "UPDATE pgmaint.upload_tasks t
                 SET state = 'running', attempts = t.attempts + 1, worker = $1,
-                    started_at = now(), lease_expires_at = now() + $2 * interval '1 millisecond'
+                    started_at = now(), heartbeat_at = now(),
+                    lease_expires_at = now() + $2 * interval '1 millisecond'
               WHERE t.id = (
                     SELECT w.id FROM pgmaint.upload_tasks w
                      WHERE w.state = 'waiting' AND w.not_before <= now()
@@ -110,7 +141,8 @@ pub(crate) async fn claim(client: &Client, worker: &str, lease: Duration) -> Res
                                         WHERE d.id = ANY (w.depends_on) AND d.state <> 'completed')
                      ORDER BY w.not_before, w.id
                      FOR UPDATE SKIP LOCKED LIMIT 1)
-             RETURNING t.id, t.run_id, t.task_name, t.apply_kind, t.file, t.manifest, t.attempts, t.max_attempts",
+             RETURNING t.id, t.run_id, t.task_name, t.apply_kind, t.file, t.manifest, t.params,
+                       t.attempts, t.max_attempts",
             &[&worker, &millis(lease)],
         )
         .await
@@ -122,56 +154,477 @@ pub(crate) async fn claim(client: &Client, worker: &str, lease: Duration) -> Res
         kind: r.get(3),
         file: r.get(4),
         manifest: r.get(5),
-        attempt: r.get(6),
-        max_attempts: r.get(7),
+        params: r.get(6),
+        attempt: r.get(7),
+        max_attempts: r.get(8),
     }))
 }
 
-/// Inside the apply transaction: lock the task row and check that this worker still
-/// holds it (same attempt, lease not expired). The row lock keeps the rescuer away until
-/// the transaction ends, so a task is applied and completed at most once.
-pub(crate) async fn fence(tx: &impl GenericClient, task: &Claimed, worker: &str) -> Result<(), UploadError> {
-    let ok = tx
+/// What a heartbeat learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Beat {
+    /// Lease renewed.
+    Held,
+    /// An operator asked to cancel the task.
+    CancelRequested,
+    /// The task is no longer ours (rescued after the lease expired).
+    Lost,
+}
+
+/// Renew the lease of a running task, from a connection other than the apply's.
+/// The apply transaction takes no lock on the task row until its last statement, so
+/// this never waits behind it for long.
+pub(crate) async fn heartbeat(
+    client: &Client,
+    task: &Claimed,
+    worker: &str,
+    lease: Duration,
+) -> Result<Beat, UploadError> {
+    let row = client
         .query_opt(
-            "SELECT 1 FROM pgmaint.upload_tasks
-              WHERE id = $1 AND state = 'running' AND worker = $2 AND attempts = $3
+            "UPDATE pgmaint.upload_tasks
+                SET lease_expires_at = now() + $4 * interval '1 millisecond', heartbeat_at = now()
+              WHERE id = $1 AND worker = $2 AND attempts = $3 AND state = 'running'
                 AND lease_expires_at > clock_timestamp()
-              FOR UPDATE",
+             RETURNING cancel_requested",
+            &[&task.id, &worker, &task.attempt, &millis(lease)],
+        )
+        .await
+        .map_err(UploadError::db("renewing the task lease"))?;
+    Ok(match row {
+        None => Beat::Lost,
+        Some(r) if r.get::<_, bool>(0) => Beat::CancelRequested,
+        Some(_) => Beat::Held,
+    })
+}
+
+/// Inside the apply transaction, as its last statement: mark the task completed, but
+/// only if this worker still holds it (same attempt, lease not expired, no cancel
+/// request). Otherwise the caller rolls the whole apply back. The row lock this takes
+/// keeps the rescuer away until the transaction ends; the rescuer then sees
+/// `completed` and leaves the task alone.
+pub(crate) async fn complete(
+    tx: &impl GenericClient,
+    task: &Claimed,
+    worker: &str,
+    rows: i64,
+) -> Result<(), UploadError> {
+    let done = tx
+        .execute(
+            "UPDATE pgmaint.upload_tasks
+                SET state = 'completed', finished_at = now(), rows_applied = $4,
+                    lease_expires_at = NULL, last_error = NULL
+              WHERE id = $1 AND worker = $2 AND attempts = $3 AND state = 'running'
+                AND lease_expires_at > clock_timestamp() AND NOT cancel_requested",
+            &[&task.id, &worker, &task.attempt, &rows],
+        )
+        .await
+        .map_err(UploadError::db("completing the task"))?;
+    if done == 1 {
+        return Ok(());
+    }
+    let cancel = tx
+        .query_opt(
+            "SELECT 1 FROM pgmaint.upload_tasks WHERE id = $1 AND worker = $2 AND attempts = $3
+                AND state = 'running' AND cancel_requested",
             &[&task.id, &worker, &task.attempt],
         )
         .await
-        .map_err(UploadError::db("checking the task lease"))?;
-    ok.map(|_| ()).ok_or(UploadError::Fenced(task.id))
+        .map_err(UploadError::db("completing the task"))?;
+    Err(if cancel.is_some() {
+        UploadError::Cancelled(task.id)
+    } else {
+        UploadError::Fenced(task.id)
+    })
 }
 
-/// Inside the apply transaction: mark the task completed.
-pub(crate) async fn complete(tx: &impl GenericClient, task: &Claimed, rows: i64) -> Result<(), UploadError> {
-    tx.execute(
-        "UPDATE pgmaint.upload_tasks SET state = 'completed', finished_at = now(), rows_applied = $2,
-                lease_expires_at = NULL, last_error = NULL WHERE id = $1",
-        &[&task.id, &rows],
-    )
-    .await
-    .map_err(UploadError::db("completing the task"))?;
-    Ok(())
+/// Seconds to wait before attempt `attempt + 1`: exponential, capped at 5 minutes,
+/// with ±50 % jitter so that failed tasks do not come back in lockstep.
+pub(crate) fn backoff_secs(attempt: i32) -> f64 {
+    let base = 2f64.powi((attempt - 1).clamp(0, 12)).min(300.0);
+    base * (0.5 + rand::random::<f64>())
 }
 
 /// After a failed apply: back to waiting with exponential backoff and jitter, or
-/// failed for good when the error is permanent or the attempts are used up.
-pub(crate) async fn fail(client: &Client, task: &Claimed, worker: &str, error: &UploadError) -> Result<&'static str, UploadError> {
+/// failed for good when the error is permanent or the attempts are used up (and then
+/// the tasks that depend on it are dropped). Returns the new state, or `None` if the
+/// task was no longer ours.
+pub(crate) async fn fail(
+    client: &Client,
+    task: &Claimed,
+    worker: &str,
+    error: &UploadError,
+) -> Result<Option<&'static str>, UploadError> {
     let permanent = error.is_permanent() || task.attempt >= task.max_attempts;
-    let backoff = 2f64.powi(task.attempt.min(10)) * (0.5 + rand::random::<f64>());
     let state = if permanent { "failed" } else { "waiting" };
-    client
+    let n = client
         .execute(
             "UPDATE pgmaint.upload_tasks
                 SET state = $4, last_error = $5, worker = NULL, lease_expires_at = NULL,
                     not_before = now() + $6 * interval '1 second',
                     finished_at = CASE WHEN $4 = 'failed' THEN now() END
               WHERE id = $1 AND worker = $2 AND attempts = $3 AND state = 'running'",
-            &[&task.id, &worker, &task.attempt, &state, &error.to_string(), &backoff],
+            &[
+                &task.id,
+                &worker,
+                &task.attempt,
+                &state,
+                &error.to_string(),
+                &backoff_secs(task.attempt),
+            ],
         )
         .await
         .map_err(UploadError::db("recording the failure"))?;
-    Ok(state)
+    if n == 0 {
+        return Ok(None);
+    }
+    if permanent {
+        drop_dependents(client, &[task.id]).await?;
+    }
+    Ok(Some(state))
+}
+
+/// Give a task back without counting the attempt (graceful shutdown).
+pub(crate) async fn release(
+    client: &Client,
+    task: &Claimed,
+    worker: &str,
+) -> Result<bool, UploadError> {
+    let n = client
+        .execute(
+            "UPDATE pgmaint.upload_tasks
+                SET state = 'waiting', attempts = attempts - 1, worker = NULL, lease_expires_at = NULL,
+                    not_before = now(), last_error = 'released by a worker shutting down'
+              WHERE id = $1 AND worker = $2 AND attempts = $3 AND state = 'running'",
+            &[&task.id, &worker, &task.attempt],
+        )
+        .await
+        .map_err(UploadError::db("releasing the task"))?;
+    if n == 1 {
+        notify(client).await?;
+    }
+    Ok(n == 1)
+}
+
+/// The worker stopped a task an operator cancelled: record it.
+pub(crate) async fn mark_cancelled(
+    client: &Client,
+    task: &Claimed,
+    worker: &str,
+) -> Result<(), UploadError> {
+    let n = client
+        .execute(
+            "UPDATE pgmaint.upload_tasks
+                SET state = 'cancelled', worker = NULL, lease_expires_at = NULL, finished_at = now(),
+                    last_error = 'cancelled by an operator while running'
+              WHERE id = $1 AND worker = $2 AND attempts = $3 AND state = 'running'",
+            &[&task.id, &worker, &task.attempt],
+        )
+        .await
+        .map_err(UploadError::db("recording the cancellation"))?;
+    if n == 1 {
+        drop_dependents(client, &[task.id]).await?;
+    }
+    Ok(())
+}
+
+/// Drop every waiting task that depends, directly or through others, on one of `ids`
+/// (which ended failed, cancelled or dropped): it can never run.
+pub(crate) async fn drop_dependents(
+    client: &impl GenericClient,
+    ids: &[i64],
+) -> Result<u64, UploadError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    client
+        .execute(
+            "WITH RECURSIVE doomed(id, because) AS (
+                 SELECT w.id, d FROM unnest($1::bigint[]) d
+                   JOIN pgmaint.upload_tasks w ON w.depends_on @> ARRAY[d] AND w.state = 'waiting'
+                 UNION
+                 SELECT w.id, doomed.id FROM doomed
+                   JOIN pgmaint.upload_tasks w ON w.depends_on @> ARRAY[doomed.id] AND w.state = 'waiting')
+             UPDATE pgmaint.upload_tasks t
+                SET state = 'dropped', finished_at = now(),
+                    last_error = format('prerequisite task %s will never complete', doomed.because)
+               FROM doomed WHERE t.id = doomed.id AND t.state = 'waiting'",
+            &[&ids],
+        )
+        .await
+        .map_err(UploadError::db("dropping the tasks that depend on a failed one"))
+}
+
+/// What a rescue did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Rescued {
+    pub requeued: u64,
+    pub failed: u64,
+}
+
+/// Return running tasks whose lease expired (their worker died or lost the primary)
+/// to waiting, with backoff; or fail them when their attempts are used up. A task whose
+/// row is locked is being completed right now: SKIP LOCKED leaves it to its worker.
+pub(crate) async fn rescue(client: &Client) -> Result<Rescued, UploadError> {
+    let rows = client
+        .query(
+            "UPDATE pgmaint.upload_tasks t
+                SET state = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'waiting' END,
+                    finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
+                    last_error = format('lease expired at %s (worker %s gone?)', t.lease_expires_at, t.worker),
+                    not_before = now() + least(power(2, greatest(t.attempts - 1, 0)), 300)
+                                         * (0.5 + random()) * interval '1 second',
+                    worker = NULL, lease_expires_at = NULL
+              WHERE t.id IN (SELECT id FROM pgmaint.upload_tasks
+                              WHERE state = 'running' AND lease_expires_at < now()
+                              FOR UPDATE SKIP LOCKED)
+             RETURNING t.id, t.state",
+            &[],
+        )
+        .await
+        .map_err(UploadError::db("rescuing tasks with expired leases"))?;
+    let failed: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.get::<_, &str>(1) == "failed")
+        .map(|r| r.get(0))
+        .collect();
+    drop_dependents(client, &failed).await?;
+    for r in &rows {
+        tracing::warn!(
+            task = r.get::<_, i64>(0),
+            now = r.get::<_, &str>(1),
+            "rescued a task whose lease expired"
+        );
+    }
+    if !rows.is_empty() {
+        notify(client).await?;
+    }
+    Ok(Rescued {
+        requeued: (rows.len() - failed.len()) as u64,
+        failed: failed.len() as u64,
+    })
+}
+
+async fn notify(client: &impl GenericClient) -> Result<(), UploadError> {
+    client
+        .execute("SELECT pg_notify($1, 'wake')", &[&CHANNEL])
+        .await
+        .map_err(UploadError::db("notifying uploaders"))?;
+    Ok(())
+}
+
+/// One row of `pgmaint.upload_tasks`, as an operator sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskRow {
+    /// Task id.
+    pub id: i64,
+    /// The run whose results it applies.
+    pub run_id: i64,
+    /// The scan task that produced the file.
+    pub task_name: String,
+    /// `findings`, `swap` or `merge`.
+    pub apply_kind: String,
+    /// Target table, for swap and merge.
+    pub target: Option<String>,
+    /// `waiting`, `running`, `completed`, `failed`, `cancelled` or `dropped`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+    /// Not claimed before this time.
+    pub not_before: DateTime<Utc>,
+    /// Tasks that must complete first.
+    pub depends_on: Vec<i64>,
+    /// Worker running it.
+    pub worker: Option<String>,
+    /// When the running worker's lease ends.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Last heartbeat of the running worker.
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    /// An operator asked to cancel it while it ran.
+    pub cancel_requested: bool,
+    /// Rows applied, once completed.
+    pub rows_applied: Option<i64>,
+    /// Error of the last attempt.
+    pub last_error: Option<String>,
+    /// Data file, relative to `results.dir`.
+    pub file: String,
+    /// Manifest, relative to `results.dir`.
+    pub manifest: String,
+    /// Kind-specific parameters.
+    pub params: serde_json::Value,
+    /// Queued at.
+    pub created_at: DateTime<Utc>,
+    /// Last claimed at.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Ended at.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+const TASK_COLUMNS: &str = "id, run_id, task_name, apply_kind, target, state, attempts, max_attempts, not_before,
+     depends_on, worker, lease_expires_at, heartbeat_at, cancel_requested, rows_applied, last_error, file,
+     manifest, params, created_at, started_at, finished_at";
+
+impl TaskRow {
+    fn from_row(r: &Row) -> Self {
+        TaskRow {
+            id: r.get(0),
+            run_id: r.get(1),
+            task_name: r.get(2),
+            apply_kind: r.get(3),
+            target: r.get(4),
+            state: r.get(5),
+            attempts: r.get(6),
+            max_attempts: r.get(7),
+            not_before: r.get(8),
+            depends_on: r.get(9),
+            worker: r.get(10),
+            lease_expires_at: r.get(11),
+            heartbeat_at: r.get(12),
+            cancel_requested: r.get(13),
+            rows_applied: r.get(14),
+            last_error: r.get(15),
+            file: r.get(16),
+            manifest: r.get(17),
+            params: r.get(18),
+            created_at: r.get(19),
+            started_at: r.get(20),
+            finished_at: r.get(21),
+        }
+    }
+}
+
+/// The states a task can be in.
+pub const STATES: [&str; 6] = [
+    "waiting",
+    "running",
+    "completed",
+    "failed",
+    "cancelled",
+    "dropped",
+];
+
+/// Tasks, newest first, optionally only in `state` and/or of `run`; at most `limit`.
+pub async fn list_tasks(
+    client: &Client,
+    state: Option<&str>,
+    run: Option<i64>,
+    limit: i64,
+) -> Result<Vec<TaskRow>, UploadError> {
+    if let Some(s) = state {
+        if !STATES.contains(&s) {
+            return Err(UploadError::Refused(format!(
+                "--state: unknown state {s:?} (known: {})",
+                STATES.join(", ")
+            )));
+        }
+    }
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {TASK_COLUMNS} FROM pgmaint.upload_tasks
+                  WHERE ($1::text IS NULL OR state = $1) AND ($2::bigint IS NULL OR run_id = $2)
+                  ORDER BY id DESC LIMIT $3"
+            ),
+            &[&state, &run, &limit],
+        )
+        .await
+        .map_err(UploadError::db("listing upload tasks"))?;
+    Ok(rows.iter().map(TaskRow::from_row).collect())
+}
+
+/// One task.
+pub async fn get_task(client: &impl GenericClient, id: i64) -> Result<TaskRow, UploadError> {
+    client
+        .query_opt(
+            &format!("SELECT {TASK_COLUMNS} FROM pgmaint.upload_tasks WHERE id = $1"),
+            &[&id],
+        )
+        .await
+        .map_err(UploadError::db("reading the upload task"))?
+        .map(|r| TaskRow::from_row(&r))
+        .ok_or_else(|| UploadError::Refused(format!("upload task {id} does not exist")))
+}
+
+/// What `cancel_task` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelOutcome {
+    /// It was waiting: cancelled now (and its dependents dropped).
+    Cancelled,
+    /// It is running: its worker stops it at its next heartbeat (or at completion),
+    /// rolls the apply back and marks it cancelled.
+    Requested,
+}
+
+/// Cancel a task. Cooperative for a running task: see [`CancelOutcome::Requested`].
+pub async fn cancel_task(client: &Client, id: i64) -> Result<CancelOutcome, UploadError> {
+    let row = client
+        .query_opt(
+            "WITH old AS (SELECT id, state FROM pgmaint.upload_tasks WHERE id = $1 FOR UPDATE)
+             UPDATE pgmaint.upload_tasks t
+                SET state = CASE WHEN old.state = 'waiting' THEN 'cancelled' ELSE t.state END,
+                    finished_at = CASE WHEN old.state = 'waiting' THEN now() ELSE t.finished_at END,
+                    last_error = CASE WHEN old.state = 'waiting' THEN 'cancelled by an operator' ELSE t.last_error END,
+                    cancel_requested = true
+               FROM old WHERE t.id = old.id AND old.state IN ('waiting', 'running')
+             RETURNING old.state",
+            &[&id],
+        )
+        .await
+        .map_err(UploadError::db("cancelling the upload task"))?;
+    match row {
+        Some(r) if r.get::<_, &str>(0) == "waiting" => {
+            drop_dependents(client, &[id]).await?;
+            Ok(CancelOutcome::Cancelled)
+        }
+        Some(_) => Ok(CancelOutcome::Requested),
+        None => {
+            let t = get_task(client, id).await?;
+            Err(UploadError::Refused(format!(
+                "upload task {id} is {}; only a waiting or running task can be cancelled",
+                t.state
+            )))
+        }
+    }
+}
+
+/// Put a failed, cancelled or dropped task back to waiting with its attempts reset,
+/// and with it the tasks that were dropped because of it. Returns the ids re-queued.
+pub async fn retry_task(client: &mut Client, id: i64) -> Result<Vec<i64>, UploadError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(UploadError::db("retrying the upload task"))?;
+    let rows = tx
+        .query(
+            "WITH RECURSIVE again(id) AS (
+                 SELECT id FROM pgmaint.upload_tasks WHERE id = $1 AND state IN ('failed', 'cancelled', 'dropped')
+                 UNION
+                 SELECT w.id FROM again JOIN pgmaint.upload_tasks w
+                     ON w.depends_on @> ARRAY[again.id] AND w.state = 'dropped')
+             UPDATE pgmaint.upload_tasks t
+                SET state = 'waiting', attempts = 0, not_before = now(), cancel_requested = false,
+                    worker = NULL, lease_expires_at = NULL, finished_at = NULL
+               FROM again WHERE t.id = again.id
+             RETURNING t.id",
+            &[&id],
+        )
+        .await
+        .map_err(UploadError::db("retrying the upload task"))?;
+    if rows.is_empty() {
+        let t = get_task(&tx, id).await?;
+        return Err(UploadError::Refused(format!(
+            "upload task {id} is {}; only a failed, cancelled or dropped task can be retried",
+            t.state
+        )));
+    }
+    notify(&tx).await?;
+    tx.commit()
+        .await
+        .map_err(UploadError::db("retrying the upload task"))?;
+    let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    ids.sort_unstable();
+    Ok(ids)
 }

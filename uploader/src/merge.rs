@@ -1,0 +1,138 @@
+//! `merge`: upsert the result rows into the target by key. COPY into a temporary
+//! table, then one `INSERT … ON CONFLICT (key) DO UPDATE`, in the apply transaction.
+
+use snapshot_runner::ident::{parse_ident, quote_ident};
+use tokio_postgres::Transaction;
+
+use crate::apply::{check, copy_checked, execute_retrying_locks, rejected, Applied, Ctx};
+use crate::target::{check_columns, record_materialization, resolve, target_name};
+use crate::UploadError;
+
+/// Apply a merge task. Params: `{"target": "<table, SQL syntax>", "key": ["col", …]}`
+/// (key columns in SQL syntax too; a unique index on exactly them must exist).
+pub(crate) async fn merge(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied, UploadError> {
+    let task = ctx.task;
+    let name = target_name(task)?;
+    let keys: Vec<String> = task
+        .params
+        .get("key")
+        .and_then(|v| v.as_array())
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| {
+            rejected(
+                task,
+                "merge task without params.key (a list of key columns)",
+            )
+        })?
+        .iter()
+        .map(|k| {
+            k.as_str()
+                .ok_or_else(|| rejected(task, "params.key: not a list of column names"))
+                .and_then(|s| {
+                    parse_ident(s).map_err(|e| rejected(task, format!("params.key: {e}")))
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let checked = check(tx, task, ctx.results_dir).await?;
+    let target = resolve(tx, task, name).await?;
+    let columns = &checked.expected.columns;
+    let column_list = check_columns(tx, task, &target, columns).await?;
+    let missing: Vec<String> = keys
+        .iter()
+        .filter(|k| !columns.contains(k))
+        .map(|k| quote_ident(k))
+        .collect();
+    if !missing.is_empty() {
+        return Err(rejected(
+            task,
+            format!(
+                "key column(s) {} are not in the result file",
+                missing.join(", ")
+            ),
+        ));
+    }
+    let unique: bool = tx
+        .query_one(
+            "SELECT EXISTS (
+                 SELECT 1 FROM pg_index x
+                  WHERE x.indrelid = $1 AND x.indisunique AND x.indimmediate
+                    AND x.indpred IS NULL AND x.indexprs IS NULL
+                    AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text)
+                           FROM generate_series(0, x.indnkeyatts - 1) i
+                           JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[i])
+                        = (SELECT array_agg(k ORDER BY k) FROM unnest($2::text[]) k))",
+            &[&target.oid, &keys],
+        )
+        .await
+        .map_err(UploadError::db(format!("reading the indexes of {}", target.name)))?
+        .get(0);
+    if !unique {
+        return Err(UploadError::Target(format!(
+            "merge target {}: no primary key or unique index on exactly ({}) to merge by (upload task {})",
+            target.name,
+            keys.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", "),
+            task.id
+        )));
+    }
+
+    // The load table has the target's column types, so COPY parses each value once,
+    // as the target would.
+    tx.batch_execute(&format!(
+        "CREATE TEMP TABLE pgmaint_merge_load ON COMMIT DROP AS SELECT {column_list} FROM {} WITH NO DATA",
+        target.name.quoted()
+    ))
+    .await
+    .map_err(UploadError::db("creating the merge load table"))?;
+    let rows = copy_checked(
+        tx,
+        task,
+        &format!("COPY pgmaint_merge_load ({column_list}) FROM STDIN (FORMAT csv, HEADER true)"),
+        &checked,
+    )
+    .await? as i64;
+
+    let key_list = keys
+        .iter()
+        .map(|k| quote_ident(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let others: Vec<String> = columns
+        .iter()
+        .filter(|c| !keys.contains(c))
+        .map(|c| quote_ident(c))
+        .collect();
+    let action = if others.is_empty() {
+        "DO NOTHING".to_string()
+    } else {
+        // Rows that did not change are not rewritten: no dead tuples, no WAL for them.
+        format!(
+            "DO UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})",
+            others
+                .iter()
+                .map(|c| format!("{c} = EXCLUDED.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            others
+                .iter()
+                .map(|c| format!("t.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            others
+                .iter()
+                .map(|c| format!("EXCLUDED.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    };
+    let upsert = format!(
+        "INSERT INTO {} AS t ({column_list}) SELECT {column_list} FROM pgmaint_merge_load
+         ON CONFLICT ({key_list}) {action}",
+        target.name.quoted()
+    );
+    execute_retrying_locks(tx, ctx, &upsert, &format!("merging into {}", target.name)).await?;
+    record_materialization(tx, task, &target, &checked.snapshot_lsn, rows).await?;
+    Ok(Applied {
+        rows,
+        exclusive_since: None,
+    })
+}

@@ -1,0 +1,330 @@
+//! `swap`: replace the target's contents by the result file, in one transaction.
+//!
+//! 1. Build a staging table next to the target (`LIKE target` with defaults, CHECK
+//!    and NOT NULL constraints, identity, storage, compression, column comments and
+//!    statistics objects), COPY the file into it, then create the target's indexes on
+//!    it (building an index once after the load is faster than maintaining it during
+//!    the load), and ANALYZE it. Readers of the target are not disturbed meanwhile.
+//! 2. Take ACCESS EXCLUSIVE on the target (bounded by `lock_timeout`, retried), drop
+//!    it, rename the staging table and its indexes to the old names, turn the
+//!    constraint indexes back into PRIMARY KEY / UNIQUE constraints, and re-apply
+//!    owner, grants (table and column), table comment, index comments, CLUSTER and
+//!    REPLICA IDENTITY settings. Then commit: readers waiting on the lock see the new
+//!    table, never an empty or half-built one. `\d target` and `\dp target` look as
+//!    before.
+//!
+//! A swap refuses (with a message naming each obstacle) a target that other objects
+//! depend on or that carries state a rename would lose: views, foreign keys in either
+//! direction, triggers, row-level security, inheritance or partitioning,
+//! publications, rules, exclusion constraints, or anything else that depends on the
+//! table or its row type. Those need a `merge` instead, or an operator's decision.
+
+use std::time::Instant;
+
+use snapshot_runner::ident::quote_ident;
+use tokio_postgres::Transaction;
+
+use crate::apply::{check, copy_checked, execute_retrying_locks, Applied, Ctx};
+use crate::target::{check_columns, record_materialization, resolve, target_name, Target};
+use crate::UploadError;
+
+/// Everything that would make dropping and renaming the target unsafe or lossy.
+const BLOCKERS: &str = "
+SELECT format('view %s depends on it', r.ev_class::regclass)
+  FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+ WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+   AND d.refobjid = $1 AND r.ev_class <> $1
+UNION ALL
+SELECT format('foreign key %I of %s references it', conname, conrelid::regclass)
+  FROM pg_constraint WHERE contype = 'f' AND confrelid = $1 AND conrelid <> $1
+UNION ALL
+SELECT format('it has foreign key %I', conname) FROM pg_constraint WHERE contype = 'f' AND conrelid = $1
+UNION ALL
+SELECT format('it has exclusion constraint %I', conname) FROM pg_constraint WHERE contype = 'x' AND conrelid = $1
+UNION ALL
+SELECT format('it has trigger %I', tgname) FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal
+UNION ALL
+SELECT 'it has row-level security or policies' FROM pg_class c
+ WHERE c.oid = $1 AND (c.relrowsecurity OR EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = $1))
+UNION ALL
+SELECT 'it is part of an inheritance or partition tree'
+ WHERE EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = $1 OR inhparent = $1)
+UNION ALL
+SELECT format('it is in publication %I', p.pubname)
+  FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid WHERE pr.prrelid = $1
+UNION ALL
+SELECT format('it has rule %I', rulename) FROM pg_rewrite WHERE ev_class = $1 AND rulename <> '_RETURN'
+UNION ALL
+SELECT format('%s depends on it', pg_describe_object(d.classid, d.objid, d.objsubid))
+  FROM pg_depend d, pg_class c
+ WHERE c.oid = $1 AND d.deptype = 'n'
+   AND ((d.refclassid = 'pg_class'::regclass AND d.refobjid = $1) OR (d.refclassid = 'pg_type'::regclass AND d.refobjid = c.reltype))
+   AND d.classid NOT IN ('pg_rewrite'::regclass, 'pg_constraint'::regclass, 'pg_trigger'::regclass,
+                         'pg_policy'::regclass, 'pg_publication_rel'::regclass)
+   AND NOT (d.classid = 'pg_class'::regclass AND d.objid = $1)";
+
+async fn refuse_if_blocked(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    t: &Target,
+) -> Result<(), UploadError> {
+    let rows = tx
+        .query(BLOCKERS, &[&t.oid])
+        .await
+        .map_err(UploadError::db(format!(
+            "checking what depends on {}",
+            t.name
+        )))?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let why: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    Err(UploadError::Target(format!(
+        "swap target {} cannot be replaced safely: {} (remove them, or apply with kind merge; upload task {})",
+        t.name,
+        why.join("; "),
+        ctx.task.id
+    )))
+}
+
+/// One index of the target, and how to rebuild it on the staging table.
+struct IndexPlan {
+    name: String,
+    temp: String,
+    /// `CREATE INDEX temp ON staging USING …`.
+    create: String,
+    /// PRIMARY KEY or UNIQUE constraint it backs: `(kind, deferrable, deferred)`.
+    constraint: Option<(String, bool, bool)>,
+    /// `quote_literal()` of the index's and the constraint's comments.
+    comment: Option<String>,
+    constraint_comment: Option<String>,
+    clustered: bool,
+    replica_identity: bool,
+}
+
+async fn plan_indexes(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    t: &Target,
+    staging: &str,
+) -> Result<Vec<IndexPlan>, UploadError> {
+    // pg_get_indexdef() prints `CREATE [UNIQUE ]INDEX <name> ON <schema>.<table> USING …`
+    // with quote_ident() quoting; the rest (method, columns, opclasses, INCLUDE,
+    // WITH, WHERE) is what we reuse on the staging table.
+    let rows = tx
+        .query(
+            "SELECT ic.relname::text, x.indisunique, pg_get_indexdef(x.indexrelid),
+                    format('CREATE %sINDEX %s ON %s.%s USING ', CASE WHEN x.indisunique THEN 'UNIQUE ' ELSE '' END,
+                           quote_ident(ic.relname), quote_ident(n.nspname), quote_ident(c.relname)),
+                    con.contype::text, coalesce(con.condeferrable, false), coalesce(con.condeferred, false),
+                    quote_literal(obj_description(x.indexrelid, 'pg_class')),
+                    quote_literal(obj_description(con.oid, 'pg_constraint')),
+                    x.indisclustered, x.indisreplident
+               FROM pg_index x
+               JOIN pg_class ic ON ic.oid = x.indexrelid
+               JOIN pg_class c ON c.oid = x.indrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+               LEFT JOIN pg_constraint con ON con.conindid = x.indexrelid AND con.conrelid = x.indrelid
+                                          AND con.contype IN ('p', 'u')
+              WHERE x.indrelid = $1 ORDER BY x.indexrelid",
+            &[&t.oid],
+        )
+        .await
+        .map_err(UploadError::db(format!("reading the indexes of {}", t.name)))?;
+    let mut plans = Vec::new();
+    for (k, r) in rows.iter().enumerate() {
+        let name: String = r.get(0);
+        let unique: bool = r.get(1);
+        let def: String = r.get(2);
+        let prefix: String = r.get(3);
+        let rest = def.strip_prefix(&prefix).ok_or_else(|| {
+            UploadError::Target(format!(
+                "swap target {}: cannot reproduce index {} ({def}); upload task {}",
+                t.name,
+                quote_ident(&name),
+                ctx.task.id
+            ))
+        })?;
+        let temp = format!("pgmaint_swap_{}_i{k}", ctx.task.id);
+        plans.push(IndexPlan {
+            create: format!(
+                "CREATE {}INDEX {} ON {staging} USING {rest}",
+                if unique { "UNIQUE " } else { "" },
+                quote_ident(&temp)
+            ),
+            temp,
+            constraint: r
+                .get::<_, Option<String>>(4)
+                .map(|kind| (kind, r.get(5), r.get(6))),
+            comment: r.get(7),
+            constraint_comment: r.get(8),
+            clustered: r.get(9),
+            replica_identity: r.get(10),
+            name,
+        });
+    }
+    Ok(plans)
+}
+
+/// Apply a swap task. Params: `{"target": "<table, SQL syntax>"}`.
+pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied, UploadError> {
+    let task = ctx.task;
+    let name = target_name(task)?;
+    let checked = check(tx, task, ctx.results_dir).await?;
+    let t = resolve(tx, task, name).await?;
+    let column_list = check_columns(tx, task, &t, &checked.expected.columns).await?;
+    refuse_if_blocked(tx, ctx, &t).await?;
+
+    let schema = quote_ident(&t.name.schema);
+    let staging_name = format!("pgmaint_swap_{}", task.id);
+    let staging = format!("{schema}.{}", quote_ident(&staging_name));
+    let target = t.name.quoted();
+    let db = |what: &str| UploadError::db(format!("swap of {}: {what}", t.name));
+
+    // 1. Build the staging table beside the target.
+    tx.batch_execute(&format!(
+        "CREATE {}TABLE {staging} (LIKE {target} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED
+             INCLUDING IDENTITY INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING COMMENTS INCLUDING STATISTICS)",
+        if t.persistence == "u" { "UNLOGGED " } else { "" }
+    ))
+    .await
+    .map_err(db("creating the staging table"))?;
+    let reloptions: Option<String> = tx
+        .query_one(
+            "SELECT format('ALTER TABLE %s SET (%s)', $2::text, array_to_string(reloptions, ', '))
+               FROM pg_class WHERE oid = $1 AND reloptions IS NOT NULL
+             UNION ALL SELECT NULL LIMIT 1",
+            &[&t.oid, &staging],
+        )
+        .await
+        .map_err(db("reading storage parameters"))?
+        .get(0);
+    if let Some(sql) = reloptions {
+        tx.batch_execute(&sql)
+            .await
+            .map_err(db("copying storage parameters"))?;
+    }
+    let rows = copy_checked(
+        tx,
+        task,
+        &format!("COPY {staging} ({column_list}) FROM STDIN (FORMAT csv, HEADER true)"),
+        &checked,
+    )
+    .await? as i64;
+    let indexes = plan_indexes(tx, ctx, &t, &staging).await?;
+    for ix in &indexes {
+        tx.batch_execute(&ix.create).await.map_err(db(&format!(
+            "building index {} on the staging table",
+            quote_ident(&ix.name)
+        )))?;
+    }
+    tx.batch_execute(&format!("ANALYZE {staging}"))
+        .await
+        .map_err(db("analyzing the staging table"))?;
+
+    // 2. The short exclusive part.
+    execute_retrying_locks(
+        tx,
+        ctx,
+        &format!("LOCK TABLE {target} IN ACCESS EXCLUSIVE MODE"),
+        &format!("locking {}", t.name),
+    )
+    .await?;
+    let locked_at = Instant::now();
+    // Nothing can change the table now; make sure nothing was added since the check.
+    refuse_if_blocked(tx, ctx, &t).await?;
+    // Owner, grants and comment of the old table, as statements for the new one (the
+    // server quotes names with %I and texts with %L).
+    let restore: Vec<String> = tx
+        .query(
+            "SELECT stmt FROM (
+             SELECT 1, format('ALTER TABLE %s OWNER TO %I', $2::text, pg_get_userbyid(relowner)) FROM pg_class WHERE oid = $1
+             UNION ALL
+             SELECT 2, format('REVOKE ALL ON TABLE %s FROM %I', $2::text, pg_get_userbyid(relowner))
+               FROM pg_class WHERE oid = $1 AND relacl IS NOT NULL
+             UNION ALL
+             SELECT 3, format('GRANT %s ON TABLE %s TO %s%s', a.privilege_type, $2::text,
+                           CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                           CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+               FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = $1
+             UNION ALL
+             SELECT 4, format('GRANT %s (%I) ON TABLE %s TO %s%s', a.privilege_type, att.attname, $2::text,
+                           CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                           CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+               FROM pg_attribute att, aclexplode(att.attacl) a
+              WHERE att.attrelid = $1 AND att.attnum > 0 AND NOT att.attisdropped AND att.attacl IS NOT NULL
+             UNION ALL
+             SELECT 5, format('COMMENT ON TABLE %s IS %L', $2::text, obj_description($1, 'pg_class'))
+              WHERE obj_description($1, 'pg_class') IS NOT NULL
+             UNION ALL
+             SELECT 6, format('ALTER TABLE %s REPLICA IDENTITY %s', $2::text,
+                           CASE relreplident WHEN 'f' THEN 'FULL' WHEN 'n' THEN 'NOTHING' END)
+               FROM pg_class WHERE oid = $1 AND relreplident IN ('f', 'n')) s(ord, stmt) ORDER BY ord",
+            &[&t.oid, &target],
+        )
+        .await
+        .map_err(db("reading owner, grants and comment"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // Sequences owned by the target's columns (serial) would go with it: hand them over.
+    let sequences: Vec<String> = tx
+        .query(
+            "SELECT format('ALTER SEQUENCE %s OWNED BY %s.%I', d.objid::regclass, $2::text, a.attname)
+               FROM pg_depend d
+               JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+               JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+              WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                AND d.refobjid = $1 AND d.deptype = 'a'",
+            &[&t.oid, &staging],
+        )
+        .await
+        .map_err(db("reading owned sequences"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+
+    let mut sql: Vec<String> = sequences;
+    sql.push(format!("DROP TABLE {target}"));
+    sql.push(format!(
+        "ALTER TABLE {staging} RENAME TO {}",
+        quote_ident(&t.name.name)
+    ));
+    for ix in &indexes {
+        let (temp, name) = (quote_ident(&ix.temp), quote_ident(&ix.name));
+        match &ix.constraint {
+            Some((kind, deferrable, deferred)) => sql.push(format!(
+                "ALTER TABLE {target} ADD CONSTRAINT {name} {} USING INDEX {temp}{}{}",
+                if kind == "p" { "PRIMARY KEY" } else { "UNIQUE" },
+                if *deferrable { " DEFERRABLE" } else { "" },
+                if *deferred { " INITIALLY DEFERRED" } else { "" }
+            )),
+            None => sql.push(format!("ALTER INDEX {schema}.{temp} RENAME TO {name}")),
+        }
+        if let Some(c) = &ix.comment {
+            sql.push(format!("COMMENT ON INDEX {schema}.{name} IS {c}"));
+        }
+        if let Some(c) = &ix.constraint_comment {
+            sql.push(format!("COMMENT ON CONSTRAINT {name} ON {target} IS {c}"));
+        }
+        if ix.clustered {
+            sql.push(format!("ALTER TABLE {target} CLUSTER ON {name}"));
+        }
+        if ix.replica_identity {
+            sql.push(format!(
+                "ALTER TABLE {target} REPLICA IDENTITY USING INDEX {name}"
+            ));
+        }
+    }
+    sql.extend(restore);
+    // One round trip for the whole exchange: the lock is held for as short as possible.
+    tx.batch_execute(&sql.join(";\n"))
+        .await
+        .map_err(db("exchanging the tables"))?;
+    record_materialization(tx, task, &t, &checked.snapshot_lsn, rows).await?;
+    tracing::debug!(task = task.id, target = %t.name, owner = %t.owner, rows, indexes = indexes.len(), "swap staged");
+    Ok(Applied {
+        rows,
+        exclusive_since: Some(locked_at),
+    })
+}

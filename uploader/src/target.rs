@@ -1,0 +1,143 @@
+//! The table a swap or merge writes: named in the task's params (SQL syntax, from
+//! config), resolved and checked against the primary's catalog.
+
+use snapshot_runner::ident::{quote_ident, QualifiedName};
+use tokio_postgres::Transaction;
+
+use crate::apply::rejected;
+use crate::queue::Claimed;
+use crate::UploadError;
+
+/// A target table found on the primary.
+pub(crate) struct Target {
+    pub oid: u32,
+    pub name: QualifiedName,
+    /// Owner role name.
+    pub owner: String,
+    /// `p` permanent, `u` unlogged.
+    pub persistence: String,
+}
+
+/// `params.target` of a swap or merge task, parsed (SQL syntax: `public.t`, `"Sales"."Totals"`).
+pub(crate) fn target_name(task: &Claimed) -> Result<QualifiedName, UploadError> {
+    let text = task
+        .params
+        .get("target")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| rejected(task, format!("{} task without params.target", task.kind)))?;
+    QualifiedName::parse(text).map_err(|e| rejected(task, format!("params.target: {e}")))
+}
+
+/// Find the target on the primary: an ordinary table, or a clear error naming it.
+pub(crate) async fn resolve(
+    tx: &Transaction<'_>,
+    task: &Claimed,
+    name: QualifiedName,
+) -> Result<Target, UploadError> {
+    let row = tx
+        .query_opt(
+            "SELECT c.oid, c.relkind::text, pg_get_userbyid(c.relowner)::text, c.relpersistence::text
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2",
+            &[&name.schema, &name.name],
+        )
+        .await
+        .map_err(UploadError::db(format!("looking up {name}")))?;
+    let Some(row) = row else {
+        return Err(UploadError::Target(format!(
+            "{} target {name} does not exist on the primary (create it first; upload task {})",
+            task.kind, task.id
+        )));
+    };
+    let relkind: String = row.get(1);
+    if relkind != "r" {
+        return Err(UploadError::Target(format!(
+            "{} target {name} is not an ordinary table (relkind {relkind}; upload task {})",
+            task.kind, task.id
+        )));
+    }
+    Ok(Target {
+        oid: row.get(0),
+        name,
+        owner: row.get(2),
+        persistence: row.get(3),
+    })
+}
+
+/// Check that every column of the result file exists on the target and can be
+/// written (not generated). Returns the column list, quoted, for COPY and INSERT.
+pub(crate) async fn check_columns(
+    tx: &Transaction<'_>,
+    task: &Claimed,
+    t: &Target,
+    columns: &[String],
+) -> Result<String, UploadError> {
+    let rows = tx
+        .query(
+            "SELECT attname::text, attgenerated::text FROM pg_attribute
+              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+            &[&t.oid],
+        )
+        .await
+        .map_err(UploadError::db(format!(
+            "reading the columns of {}",
+            t.name
+        )))?;
+    let have: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let missing: Vec<String> = columns
+        .iter()
+        .filter(|c| !have.iter().any(|(n, _)| n == *c))
+        .map(|c| quote_ident(c))
+        .collect();
+    if !missing.is_empty() {
+        return Err(UploadError::Target(format!(
+            "{} target {}: column(s) {} of the result file do not exist on the primary (upload task {})",
+            task.kind,
+            t.name,
+            missing.join(", "),
+            task.id
+        )));
+    }
+    let generated: Vec<String> = columns
+        .iter()
+        .filter(|c| have.iter().any(|(n, g)| n == *c && !g.is_empty()))
+        .map(|c| quote_ident(c))
+        .collect();
+    if !generated.is_empty() {
+        return Err(UploadError::Target(format!(
+            "{} target {}: column(s) {} are generated and cannot be loaded (upload task {})",
+            task.kind,
+            t.name,
+            generated.join(", "),
+            task.id
+        )));
+    }
+    if columns.is_empty() {
+        return Err(rejected(task, "the result file has no columns"));
+    }
+    Ok(columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+/// Record which snapshot the target now reflects.
+pub(crate) async fn record_materialization(
+    tx: &Transaction<'_>,
+    task: &Claimed,
+    t: &Target,
+    snapshot_lsn: &str,
+    rows: i64,
+) -> Result<(), UploadError> {
+    tx.execute(
+        "INSERT INTO pgmaint.materializations (target, run_id, task_name, snapshot_lsn, rows)
+         VALUES ($1, $2, $3, $4::text::pg_lsn, $5)
+         ON CONFLICT (target) DO UPDATE SET run_id = $2, task_name = $3, snapshot_lsn = $4::text::pg_lsn,
+                                            rows = $5, swapped_at = now()",
+        &[&t.name.to_string(), &task.run_id, &task.task_name, &snapshot_lsn, &rows],
+    )
+    .await
+    .map_err(UploadError::db(format!("recording the materialization of {}", t.name)))?;
+    Ok(())
+}
