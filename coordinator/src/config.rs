@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use snapshot_runner::{RowChecksumSpec, TaskSpec};
+use snapshot_runner::{AmcheckSpec, ExportSpec, FileChecksumSpec, MaterializeSpec, RowChecksumSpec, TaskSpec};
 
 use crate::units::{parse_bytes, parse_duration};
 use crate::UsageError;
@@ -180,7 +180,66 @@ struct RawTask {
     content: Option<String>,
     checksum: Option<String>,
     parallelism: Option<usize>,
+    /// file_checksum: column of paths relative to `root`.
+    path: Option<String>,
+    /// file_checksum: column of file sizes.
+    size: Option<String>,
+    /// file_checksum: directory the paths are relative to.
+    root: Option<PathBuf>,
+    /// file_checksum: only files ingested within this many days.
+    age_in_days: Option<u32>,
+    /// file_checksum: column of ingest times (with `age_in_days`).
+    ingested_at: Option<String>,
+    /// file_checksum: files checked per run; a cursor carries on next run.
+    files_per_run: Option<u64>,
+    /// materialize, export: a query run on the snapshot.
+    query: Option<String>,
+    /// materialize: the table on the primary the result replaces.
+    target: Option<String>,
+    /// materialize: merge on these columns instead of swapping.
+    merge_key: Option<Vec<String>>,
+    /// amcheck, export: tables.
+    tables: Option<Vec<String>>,
+    /// amcheck: also check that every heap tuple is indexed.
+    heapallindexed: Option<bool>,
 }
+
+impl RawTask {
+    /// The kind-specific fields that are set, by config name.
+    fn fields_set(&self) -> Vec<&'static str> {
+        let set = [
+            ("table", self.table.is_some()),
+            ("key", self.key.is_some()),
+            ("content", self.content.is_some()),
+            ("checksum", self.checksum.is_some()),
+            ("parallelism", self.parallelism.is_some()),
+            ("path", self.path.is_some()),
+            ("size", self.size.is_some()),
+            ("root", self.root.is_some()),
+            ("age_in_days", self.age_in_days.is_some()),
+            ("ingested_at", self.ingested_at.is_some()),
+            ("files_per_run", self.files_per_run.is_some()),
+            ("query", self.query.is_some()),
+            ("target", self.target.is_some()),
+            ("merge_key", self.merge_key.is_some()),
+            ("tables", self.tables.is_some()),
+            ("heapallindexed", self.heapallindexed.is_some()),
+        ];
+        set.iter().filter(|(_, on)| *on).map(|(f, _)| *f).collect()
+    }
+}
+
+/// Task kinds and the kind-specific fields each understands.
+const KINDS: &[(&str, &[&str])] = &[
+    ("row_checksum", &["table", "key", "content", "checksum", "parallelism"]),
+    (
+        "file_checksum",
+        &["table", "key", "path", "checksum", "size", "root", "age_in_days", "ingested_at", "files_per_run", "parallelism"],
+    ),
+    ("materialize", &["query", "target", "merge_key"]),
+    ("amcheck", &["tables", "heapallindexed", "parallelism"]),
+    ("export", &["tables", "query"]),
+];
 
 /// Where to find the config and what the environment overrides.
 #[derive(Debug, Clone, Default)]
@@ -379,24 +438,96 @@ fn parse_task(i: usize, t: &RawTask) -> Result<TaskConfig, UsageError> {
     let need = |field: &str, v: &Option<String>| -> Result<String, UsageError> {
         v.clone().ok_or_else(|| usage(format!("{}: missing (task {name:?}, kind {kind})", at(field))))
     };
+    let known = KINDS.iter().find(|(k, _)| *k == kind).ok_or_else(|| {
+        let names: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
+        usage(format!("{}: unknown kind {kind:?} (task {name:?}; known kinds: {})", at("kind"), names.join(", ")))
+    })?;
+    if let Some(extra) = t.fields_set().into_iter().find(|f| !known.1.contains(f)) {
+        return Err(usage(format!(
+            "{}: not a field of kind {kind} (task {name:?}; its fields: {})",
+            at(extra),
+            known.1.join(", ")
+        )));
+    }
+    let parallelism = || -> Result<usize, UsageError> {
+        match t.parallelism {
+            Some(0) => Err(usage(format!("{}: must be at least 1", at("parallelism")))),
+            Some(n) => Ok(n),
+            None => Ok(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+        }
+    };
     let spec = match kind.as_str() {
         "row_checksum" => TaskSpec::RowChecksum(RowChecksumSpec {
             table: need("table", &t.table)?,
             key: need("key", &t.key)?,
             content: need("content", &t.content)?,
             checksum: need("checksum", &t.checksum)?,
-            parallelism: match t.parallelism {
-                Some(0) => return Err(usage(format!("{}: must be at least 1", at("parallelism")))),
-                Some(n) => n,
-                None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            parallelism: parallelism()?,
+        }),
+        "file_checksum" => TaskSpec::FileChecksum(FileChecksumSpec {
+            table: need("table", &t.table)?,
+            key: need("key", &t.key)?,
+            path: need("path", &t.path)?,
+            checksum: need("checksum", &t.checksum)?,
+            size: t.size.clone(),
+            root: match &t.root {
+                None => return Err(usage(format!("{}: missing (task {name:?}, kind {kind})", at("root")))),
+                Some(r) if !r.is_absolute() => {
+                    return Err(usage(format!("{}: {} must be an absolute path", at("root"), r.display())))
+                }
+                Some(r) => r.clone(),
+            },
+            age_in_days: match (t.age_in_days, &t.ingested_at) {
+                (Some(0), _) => return Err(usage(format!("{}: must be at least 1", at("age_in_days")))),
+                (Some(_), None) => {
+                    return Err(usage(format!(
+                        "{}: needs ingested_at, the column of ingest times (task {name:?})",
+                        at("age_in_days")
+                    )))
+                }
+                (None, Some(_)) => {
+                    return Err(usage(format!("{}: needs age_in_days (task {name:?})", at("ingested_at"))))
+                }
+                (days, _) => days,
+            },
+            ingested_at: t.ingested_at.clone(),
+            files_per_run: match t.files_per_run {
+                Some(0) => return Err(usage(format!("{}: must be at least 1", at("files_per_run")))),
+                n => n,
+            },
+            parallelism: parallelism()?,
+        }),
+        "materialize" => TaskSpec::Materialize(MaterializeSpec {
+            query: need("query", &t.query)?,
+            target: need("target", &t.target)?,
+            merge_key: match &t.merge_key {
+                Some(k) if k.is_empty() => {
+                    return Err(usage(format!("{}: list at least one column", at("merge_key"))))
+                }
+                k => k.clone(),
             },
         }),
-        other => {
-            return Err(usage(format!(
-                "{}: unknown kind {other:?} (task {name:?}; known kinds: row_checksum)",
-                at("kind")
-            )))
-        }
+        "amcheck" => TaskSpec::Amcheck(AmcheckSpec {
+            tables: match &t.tables {
+                Some(v) if v.is_empty() => {
+                    return Err(usage(format!("{}: empty list (leave it out to check every table)", at("tables"))))
+                }
+                v => v.clone(),
+            },
+            heapallindexed: t.heapallindexed.unwrap_or(false),
+            parallelism: parallelism()?,
+        }),
+        "export" => match (&t.tables, &t.query) {
+            (Some(_), Some(_)) => {
+                return Err(usage(format!("{}: give either tables or query, not both (task {name:?})", at("query"))))
+            }
+            (None, None) => {
+                return Err(usage(format!("{}: missing, or give a query (task {name:?}, kind {kind})", at("tables"))))
+            }
+            (Some(v), None) if v.is_empty() => return Err(usage(format!("{}: empty list", at("tables")))),
+            (tables, query) => TaskSpec::Export(ExportSpec { tables: tables.clone().unwrap_or_default(), query: query.clone() }),
+        },
+        _ => unreachable!("checked against KINDS above"),
     };
     Ok(TaskConfig {
         soft_timeout: t
@@ -465,6 +596,63 @@ every = "24h"
         for e in [err("garbage = ["), err(&GOOD.replace("kind", "knd"))] {
             assert!(!e.contains('\n'), "one line: {e}");
         }
+    }
+
+    const BASE: &str = r#"
+[primary]
+dsn = "host=127.0.0.1"
+[[replicas]]
+name = "r1"
+dsn  = "host=127.0.0.1 port=55433"
+[results]
+dir = "/tmp/r"
+"#;
+
+    fn with_task(task: &str) -> Result<Config, String> {
+        Config::parse(&format!("{BASE}[[tasks]]\nname = \"t\"\n{task}"), &Overrides::default()).map_err(|e| e.0)
+    }
+
+    const FILES: &str = "kind = \"file_checksum\"\ntable = \"files\"\nkey = \"id\"\npath = \"path\"\nchecksum = \"md5\"\nroot = \"/srv/store\"\n";
+
+    #[test]
+    fn file_checksum_fields() {
+        let c = with_task(&format!("{FILES}size = \"bytes\"\nage_in_days = 7\ningested_at = \"created\"\nfiles_per_run = 1000\nparallelism = 3\n")).unwrap();
+        let TaskSpec::FileChecksum(s) = &c.tasks[0].spec else { panic!("kind") };
+        assert_eq!((s.age_in_days, s.files_per_run, s.parallelism), (Some(7), Some(1000), 3));
+        assert_eq!((s.size.as_deref(), s.ingested_at.as_deref()), (Some("bytes"), Some("created")));
+        assert_eq!(
+            with_task(&FILES.replace("root = \"/srv/store\"\n", "")).unwrap_err(),
+            "tasks[0].root: missing (task \"t\", kind file_checksum)"
+        );
+        assert!(with_task(&FILES.replace("/srv/store", "store")).unwrap_err().starts_with("tasks[0].root: store must be an absolute path"));
+        assert!(with_task(&format!("{FILES}age_in_days = 3\n")).unwrap_err().starts_with("tasks[0].age_in_days: needs ingested_at"));
+        assert!(with_task(&format!("{FILES}ingested_at = \"c\"\n")).unwrap_err().starts_with("tasks[0].ingested_at: needs age_in_days"));
+        assert!(with_task(&format!("{FILES}files_per_run = 0\n")).unwrap_err().starts_with("tasks[0].files_per_run: must be at least 1"));
+        assert!(with_task(&format!("{FILES}content = \"x\"\n")).unwrap_err().starts_with("tasks[0].content: not a field of kind file_checksum"));
+        assert!(with_task(&FILES.replace("path = \"path\"\n", "")).unwrap_err().starts_with("tasks[0].path: missing"));
+    }
+
+    #[test]
+    fn materialize_amcheck_export_fields() {
+        let c = with_task("kind = \"materialize\"\nquery = \"SELECT 1 AS x\"\ntarget = \"public.t\"\nmerge_key = [\"x\"]\n").unwrap();
+        let TaskSpec::Materialize(s) = &c.tasks[0].spec else { panic!("kind") };
+        assert_eq!((s.target.as_str(), s.merge_key.clone()), ("public.t", Some(vec!["x".to_string()])));
+        assert!(with_task("kind = \"materialize\"\nquery = \"SELECT 1\"\n").unwrap_err().starts_with("tasks[0].target: missing"));
+        assert!(with_task("kind = \"materialize\"\nquery = \"q\"\ntarget = \"t\"\nmerge_key = []\n").unwrap_err().starts_with("tasks[0].merge_key:"));
+
+        let c = with_task("kind = \"amcheck\"\nheapallindexed = true\n").unwrap();
+        let TaskSpec::Amcheck(s) = &c.tasks[0].spec else { panic!("kind") };
+        assert!(s.heapallindexed && s.tables.is_none());
+        assert!(with_task("kind = \"amcheck\"\ntables = []\n").unwrap_err().starts_with("tasks[0].tables: empty list"));
+        assert!(with_task("kind = \"amcheck\"\ntable = \"x\"\n").unwrap_err().starts_with("tasks[0].table: not a field of kind amcheck"));
+
+        let c = with_task("kind = \"export\"\ntables = [\"a\", \"s.b\"]\n").unwrap();
+        let TaskSpec::Export(s) = &c.tasks[0].spec else { panic!("kind") };
+        assert_eq!((s.tables.len(), s.query.is_none()), (2, true));
+        assert!(with_task("kind = \"export\"\n").unwrap_err().starts_with("tasks[0].tables: missing"));
+        assert!(with_task("kind = \"export\"\ntables = [\"a\"]\nquery = \"q\"\n").unwrap_err().starts_with("tasks[0].query: give either"));
+        let e = with_task("kind = \"nope\"\n").unwrap_err();
+        assert!(e.contains("known kinds: row_checksum, file_checksum, materialize, amcheck, export"), "{e}");
     }
 
     #[test]

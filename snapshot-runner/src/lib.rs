@@ -24,8 +24,13 @@
 //! ```
 #![warn(missing_docs)]
 
+mod amcheck;
+mod copy;
 mod error;
+mod export;
+mod file_checksum;
 pub mod ident;
+mod materialize;
 pub mod manifest;
 pub mod output;
 pub mod progress;
@@ -35,6 +40,10 @@ mod task;
 
 pub use error::ScanError;
 pub use manifest::{DataFile, ManifestTask, ResultManifest, SnapshotInfo};
+pub use amcheck::AmcheckSpec;
+pub use export::ExportSpec;
+pub use file_checksum::FileChecksumSpec;
+pub use materialize::MaterializeSpec;
 pub use row_checksum::RowChecksumSpec;
 pub use session::{connect, scan_application_name, ScanContext};
 pub use task::{prepare, ApplyPlan, PreparedTask, TaskReport, TaskSpec, TaskStatus};

@@ -55,8 +55,13 @@ pub struct ManifestTask {
     /// The relation the findings speak of, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relation: Option<String>,
-    /// The data file, if the task wrote one.
+    /// The data file, if the task wrote one. Single-file tasks (the ones the uploader
+    /// applies) use this.
     pub file: Option<DataFile>,
+    /// The data files of a multi-file task (`export`: one per table), in the order
+    /// written. Every file is from the run's snapshot (`snapshot.lsn`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<DataFile>,
     /// Error text of a failed task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

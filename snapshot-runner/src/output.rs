@@ -106,6 +106,64 @@ impl CsvFile {
     }
 }
 
+/// A data file whose bytes come ready-made (the output of `COPY … TO STDOUT (FORMAT
+/// csv, HEADER true)`), hashed and counted as they are written, like [`CsvFile`].
+pub struct RawFile {
+    path: PathBuf,
+    name: String,
+    columns: Vec<String>,
+    writer: HashingWriter<BufWriter<File>>,
+    rows: u64,
+}
+
+impl RawFile {
+    /// Create `dir/name` (it must not exist yet). `columns` describe the header the
+    /// bytes will carry; the caller writes that header itself.
+    pub fn create(dir: &Path, name: &str, columns: Vec<String>) -> Result<Self, ScanError> {
+        let path = dir.join(name);
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(ScanError::io(&path))?;
+        Ok(RawFile {
+            path,
+            name: name.to_string(),
+            columns,
+            writer: HashingWriter::new(BufWriter::with_capacity(1 << 20, file)),
+            rows: 0,
+        })
+    }
+
+    /// Append bytes.
+    pub fn write_all(&mut self, bytes: &[u8]) -> Result<(), ScanError> {
+        self.writer.write_all(bytes).map_err(ScanError::io(&self.path))
+    }
+
+    /// Count `n` more data rows (the caller knows where rows end; the header is not one).
+    pub fn add_rows(&mut self, n: u64) {
+        self.rows += n;
+    }
+
+    /// Data rows counted so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Bytes written so far.
+    pub fn bytes(&self) -> u64 {
+        self.writer.bytes
+    }
+
+    /// Flush, fsync and describe the file for the manifest.
+    pub fn finish(self) -> Result<DataFile, ScanError> {
+        let HashingWriter { inner, hasher, bytes } = self.writer;
+        let file = inner.into_inner().map_err(|e| ScanError::Io { path: self.path.clone(), source: e.into_error() })?;
+        file.sync_all().map_err(ScanError::io(&self.path))?;
+        Ok(DataFile { name: self.name, columns: self.columns, rows: self.rows, size: bytes, md5: hex::encode(hasher.finalize()) })
+    }
+}
+
 fn csv_err(path: &Path, e: csv::Error) -> ScanError {
     ScanError::Io { path: path.to_path_buf(), source: io::Error::other(e.to_string()) }
 }
@@ -143,6 +201,13 @@ mod tests {
         let (md5, size) = file_md5(&dir.join("t.csv")).unwrap();
         assert_eq!((df.md5, df.size, df.rows), (md5, size, 2));
         assert!(CsvFile::create(&dir, "t.csv", &["a"]).is_err(), "never overwrites");
+        let _ = std::fs::remove_file(dir.join("r.csv"));
+        let mut r = RawFile::create(&dir, "r.csv", vec!["a".into()]).unwrap();
+        r.write_all(b"a\n1\n").unwrap();
+        r.add_rows(1);
+        let df = r.finish().unwrap();
+        let (md5, size) = file_md5(&dir.join("r.csv")).unwrap();
+        assert_eq!((df.md5, df.size, df.rows), (md5, size, 1));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -49,14 +49,16 @@ pub(crate) struct PreparedRowChecksum {
     bounds: Vec<String>,
 }
 
-struct Column {
-    name: String,
-    type_sql: String,
-    type_name: String,
-    category: String,
+/// A column of a configured table, as the catalog describes it.
+pub(crate) struct Column {
+    pub(crate) name: String,
+    pub(crate) type_sql: String,
+    pub(crate) type_name: String,
+    pub(crate) category: String,
 }
 
-async fn column(client: &Client, table_oid: u32, field: &str, text: &str, table: &QualifiedName) -> Result<Column, ScanError> {
+/// Look up column `text` (SQL syntax, from config field `field`) of `table`.
+pub(crate) async fn column(client: &Client, table_oid: u32, field: &str, text: &str, table: &QualifiedName) -> Result<Column, ScanError> {
     let name = parse_ident(text).map_err(|e| ScanError::Config(format!("{field}: {e}")))?;
     let row = client
         .query_opt(
@@ -71,6 +73,23 @@ async fn column(client: &Client, table_oid: u32, field: &str, text: &str, table:
         ScanError::Config(format!("{field}: column {} does not exist in table {table}", quote_ident(&name)))
     })?;
     Ok(Column { name, type_sql: row.get(0), type_name: row.get(1), category: row.get(2) })
+}
+
+/// SQL giving a stored md5 column as lower-case hex text: the column may be hex text,
+/// 16-byte bytea or uuid.
+pub(crate) fn stored_md5_expr(checksum: &Column, kind: &str) -> Result<String, ScanError> {
+    let c = quote_ident(&checksum.name);
+    Ok(match (checksum.type_name.as_str(), checksum.category.as_str()) {
+        ("bytea", _) => format!("encode({c}, 'hex')"),
+        ("uuid", _) => format!("replace({c}::text, '-', '')"),
+        (_, "S") => format!("lower({c}::text)"),
+        _ => {
+            return Err(ScanError::Config(format!(
+                "checksum: column {c} has type {}; {kind} needs hex text, bytea or uuid",
+                checksum.type_sql
+            )))
+        }
+    })
 }
 
 /// Resolve a table in SQL syntax on the replica: `(oid, name, estimated rows)`.
@@ -108,18 +127,7 @@ pub(crate) async fn prepare(client: &Client, spec: &RowChecksumSpec) -> Result<P
             content.type_sql
         )));
     }
-    let c = quote_ident(&checksum.name);
-    let stored_expr = match (checksum.type_name.as_str(), checksum.category.as_str()) {
-        ("bytea", _) => format!("encode({c}, 'hex')"),
-        ("uuid", _) => format!("replace({c}::text, '-', '')"),
-        (_, "S") => format!("lower({c}::text)"),
-        _ => {
-            return Err(ScanError::Config(format!(
-                "checksum: column {c} has type {}; row_checksum needs hex text, bytea or uuid",
-                checksum.type_sql
-            )))
-        }
-    };
+    let stored_expr = stored_md5_expr(&checksum, "row_checksum")?;
     let mut prepared = PreparedRowChecksum {
         table,
         key: quote_ident(&key.name),

@@ -2,7 +2,11 @@
 
 use std::time::{Duration, Instant};
 
+use crate::amcheck::{self, AmcheckSpec, PreparedAmcheck};
+use crate::export::{self, ExportSpec, PreparedExport};
+use crate::file_checksum::{self, FileChecksumSpec, PreparedFileChecksum};
 use crate::manifest::{DataFile, ManifestTask};
+use crate::materialize::{self, MaterializeSpec, PreparedMaterialize};
 use crate::row_checksum::{self, PreparedRowChecksum, RowChecksumSpec};
 use crate::{ScanContext, ScanError};
 
@@ -11,6 +15,14 @@ use crate::{ScanContext, ScanError};
 pub enum TaskSpec {
     /// md5 of a content column against a stored checksum column.
     RowChecksum(RowChecksumSpec),
+    /// md5 of files under a root directory against a catalog table.
+    FileChecksum(FileChecksumSpec),
+    /// A query's result, swapped in for (or merged into) a table on the primary.
+    Materialize(MaterializeSpec),
+    /// amcheck's `bt_index_check` and `verify_heapam`.
+    Amcheck(AmcheckSpec),
+    /// CSV copies of tables or a query, not uploaded.
+    Export(ExportSpec),
 }
 
 impl TaskSpec {
@@ -18,6 +30,10 @@ impl TaskSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             TaskSpec::RowChecksum(_) => "row_checksum",
+            TaskSpec::FileChecksum(_) => "file_checksum",
+            TaskSpec::Materialize(_) => "materialize",
+            TaskSpec::Amcheck(_) => "amcheck",
+            TaskSpec::Export(_) => "export",
         }
     }
 }
@@ -26,11 +42,16 @@ impl TaskSpec {
 pub struct PreparedTask {
     /// Task name from config.
     pub name: String,
+    kind: &'static str,
     inner: Prepared,
 }
 
 enum Prepared {
     RowChecksum(PreparedRowChecksum),
+    FileChecksum(PreparedFileChecksum),
+    Materialize(PreparedMaterialize),
+    Amcheck(PreparedAmcheck),
+    Export(PreparedExport),
 }
 
 /// Check a task against the replica's catalog: tables and columns exist and have
@@ -38,18 +59,19 @@ enum Prepared {
 pub async fn prepare(name: &str, spec: &TaskSpec, ctx: &ScanContext) -> Result<PreparedTask, ScanError> {
     let client = ctx.connect().await?;
     let inner = match spec {
-        TaskSpec::RowChecksum(s) => Prepared::RowChecksum(
-            row_checksum::prepare(&client, s)
-                .await
-                .map_err(|e| prefix_config(name, e))?,
-        ),
-    };
-    Ok(PreparedTask { name: name.to_string(), inner })
+        TaskSpec::RowChecksum(s) => row_checksum::prepare(&client, s).await.map(Prepared::RowChecksum),
+        TaskSpec::FileChecksum(s) => file_checksum::prepare(&client, s).await.map(Prepared::FileChecksum),
+        TaskSpec::Materialize(s) => materialize::prepare(&client, s).await.map(Prepared::Materialize),
+        TaskSpec::Amcheck(s) => amcheck::prepare(&client, s).await.map(Prepared::Amcheck),
+        TaskSpec::Export(s) => export::prepare(&client, name, s).await.map(Prepared::Export),
+    }
+    .map_err(|e| prefix_config(name, spec.kind(), e))?;
+    Ok(PreparedTask { name: name.to_string(), kind: spec.kind(), inner })
 }
 
-fn prefix_config(task: &str, e: ScanError) -> ScanError {
+fn prefix_config(task: &str, kind: &str, e: ScanError) -> ScanError {
     match e {
-        ScanError::Config(msg) => ScanError::Config(format!("task {task:?}: {msg}")),
+        ScanError::Config(msg) => ScanError::Config(format!("task {task:?} ({kind}): {msg}")),
         other => other,
     }
 }
@@ -57,9 +79,7 @@ fn prefix_config(task: &str, e: ScanError) -> ScanError {
 impl PreparedTask {
     /// The kind's name.
     pub fn kind(&self) -> &'static str {
-        match &self.inner {
-            Prepared::RowChecksum(_) => "row_checksum",
-        }
+        self.kind
     }
 
     /// The relations this task reads, as `(schema, name)`, so the coordinator can check
@@ -67,6 +87,10 @@ impl PreparedTask {
     pub fn relations(&self) -> Vec<(String, String)> {
         match &self.inner {
             Prepared::RowChecksum(p) => vec![(p.table.schema.clone(), p.table.name.clone())],
+            Prepared::FileChecksum(p) => vec![(p.table.schema.clone(), p.table.name.clone())],
+            Prepared::Materialize(p) => p.relations(),
+            Prepared::Amcheck(p) => p.relations(),
+            Prepared::Export(p) => p.relations(),
         }
     }
 
@@ -75,7 +99,6 @@ impl PreparedTask {
     /// batch in flight, with partial results. `cursor` is where the previous valid run
     /// of this task stopped (the coordinator keeps it on the primary).
     pub async fn run(&self, ctx: &ScanContext, soft_deadline: Option<Instant>, cursor: Option<&str>) -> TaskReport {
-        let _ = cursor; // no kind uses it yet
         let started = Instant::now();
         let mut report = TaskReport::new(&self.name, self.kind());
         let result = match &self.inner {
@@ -83,6 +106,13 @@ impl PreparedTask {
                 report.relation = Some(p.table.to_string());
                 row_checksum::run(&self.name, p, ctx, soft_deadline, &mut report).await
             }
+            Prepared::FileChecksum(p) => {
+                report.relation = Some(p.table.to_string());
+                file_checksum::run(&self.name, p, ctx, soft_deadline, cursor, &mut report).await
+            }
+            Prepared::Materialize(p) => materialize::run(&self.name, p, ctx, soft_deadline, &mut report).await,
+            Prepared::Amcheck(p) => amcheck::run(&self.name, p, ctx, soft_deadline, &mut report).await,
+            Prepared::Export(p) => export::run(&self.name, p, ctx, soft_deadline, &mut report).await,
         };
         report.elapsed = started.elapsed();
         match result {
@@ -146,8 +176,10 @@ pub struct TaskReport {
     pub elapsed: Duration,
     /// The relation the findings are about.
     pub relation: Option<String>,
-    /// The data file written.
+    /// The data file written (single-file tasks).
     pub file: Option<DataFile>,
+    /// The data files written by a multi-file task (`export`).
+    pub files: Vec<DataFile>,
     /// Error of a failed task.
     pub error: Option<String>,
     /// How the data file should be applied on the primary; `None`: not uploaded.
@@ -178,6 +210,7 @@ impl TaskReport {
             elapsed: Duration::ZERO,
             relation: None,
             file: None,
+            files: Vec::new(),
             error: None,
             apply: None,
             cursor: None,
@@ -194,6 +227,7 @@ impl TaskReport {
             findings: self.findings,
             relation: self.relation.clone(),
             file: self.file.clone(),
+            files: self.files.clone(),
             error: self.error.clone(),
         }
     }

@@ -1,0 +1,163 @@
+//! Queries from config (`materialize`, `export`): checked on the replica before the
+//! pause, then streamed with `COPY (query) TO STDOUT (FORMAT csv, HEADER true)` into a
+//! hashing data file. Nothing is held in memory but the chunk in flight: tokio-postgres
+//! stops reading the socket while a chunk waits to be written.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use tokio_postgres::{Client, NoTls, Transaction};
+use tokio_util::sync::CancellationToken;
+
+use crate::ident::QualifiedName;
+use crate::output::RawFile;
+use crate::progress::Counters;
+use crate::ScanError;
+
+/// A query from config, checked on the replica.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckedQuery {
+    /// The query text without a trailing `;`.
+    pub(crate) text: String,
+    /// Result column names, as the CSV header will name them.
+    pub(crate) columns: Vec<String>,
+    /// Tables and materialized views it reads (from its plan).
+    pub(crate) relations: Vec<QualifiedName>,
+}
+
+impl CheckedQuery {
+    /// `COPY (query) TO STDOUT (FORMAT csv, HEADER true)`. The newlines keep a trailing
+    /// `-- comment` in the query from swallowing the closing parenthesis.
+    pub(crate) fn copy_sql(&self) -> String {
+        format!("COPY (\n{}\n) TO STDOUT (FORMAT csv, HEADER true)", self.text)
+    }
+}
+
+/// Check a query from config field `field`: it parses and plans on the replica, takes
+/// no parameters, and names its columns uniquely (they become the CSV header).
+pub(crate) async fn check_query(client: &Client, field: &str, text: &str) -> Result<CheckedQuery, ScanError> {
+    let text = text.trim().trim_end_matches(|c: char| c == ';' || c.is_whitespace()).to_string();
+    if text.is_empty() {
+        return Err(ScanError::Config(format!("{field}: empty query")));
+    }
+    let stmt = client.prepare(&text).await.map_err(|e| query_error(field, e))?;
+    if !stmt.params().is_empty() {
+        return Err(ScanError::Config(format!("{field}: the query takes parameters ($1, …); write the values in")));
+    }
+    if stmt.columns().is_empty() {
+        return Err(ScanError::Config(format!("{field}: the statement returns no columns; it must be a query")));
+    }
+    let columns: Vec<String> = stmt.columns().iter().map(|c| c.name().to_string()).collect();
+    let mut seen = BTreeSet::new();
+    for c in &columns {
+        if c == "?column?" {
+            return Err(ScanError::Config(format!(
+                "{field}: a result column has no name; name every expression (… AS name)"
+            )));
+        }
+        if !seen.insert(c.as_str()) {
+            return Err(ScanError::Config(format!("{field}: column {c:?} appears twice in the result")));
+        }
+    }
+    let relations = relations_read(client, &text).await.map_err(|e| query_error(field, e))?;
+    Ok(CheckedQuery { text, columns, relations })
+}
+
+fn query_error(field: &str, e: tokio_postgres::Error) -> ScanError {
+    match e.as_db_error() {
+        Some(db) => ScanError::Config(format!("{field}: the replica rejects the query: {}", db.message())),
+        None => ScanError::Db { context: format!("checking {field}"), source: e },
+    }
+}
+
+/// The relations a query's plan scans, from `EXPLAIN (VERBOSE, FORMAT JSON)`.
+async fn relations_read(client: &Client, text: &str) -> Result<Vec<QualifiedName>, tokio_postgres::Error> {
+    let row = client.query_one(&format!("EXPLAIN (VERBOSE, FORMAT JSON)\n{text}\n"), &[]).await?;
+    // EXPLAIN's JSON output comes back as text (or json on some versions).
+    let plan: serde_json::Value = match row.try_get::<_, String>(0) {
+        Ok(s) => serde_json::from_str(&s).unwrap_or_default(),
+        Err(_) => row.try_get::<_, serde_json::Value>(0).unwrap_or_default(),
+    };
+    let mut found = BTreeSet::new();
+    collect_relations(&plan, &mut found);
+    Ok(found.into_iter().map(|(schema, name)| QualifiedName { schema, name }).collect())
+}
+
+fn collect_relations(v: &serde_json::Value, out: &mut BTreeSet<(String, String)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let (Some(serde_json::Value::String(s)), Some(serde_json::Value::String(r))) =
+                (m.get("Schema"), m.get("Relation Name"))
+            {
+                out.insert((s.clone(), r.clone()));
+            }
+            m.values().for_each(|x| collect_relations(x, out));
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_relations(x, out)),
+        _ => {}
+    }
+}
+
+/// How a COPY into a file ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CopyEnd {
+    /// Every row was written.
+    Complete,
+    /// The soft deadline passed; the file holds the rows copied until then.
+    Deadline,
+}
+
+/// Stream `COPY … TO STDOUT` into `file`. Each CopyData message PostgreSQL sends is one
+/// CSV line of the result (the first one is the header), so rows are counted by message.
+pub(crate) async fn copy_to_file(
+    client: &Transaction<'_>,
+    cancel_token: &tokio_postgres::CancelToken,
+    copy_sql: &str,
+    file: &mut RawFile,
+    counters: &Arc<Counters>,
+    deadline: Option<Instant>,
+    stop: &CancellationToken,
+) -> Result<CopyEnd, ScanError> {
+    let context = "streaming COPY from the replica";
+    let stream = tokio::select! {
+        s = client.copy_out(copy_sql) => s.map_err(ScanError::db(context))?,
+        _ = stop.cancelled() => {
+            let _ = cancel_token.cancel_query(NoTls).await;
+            return Err(ScanError::Cancelled);
+        }
+    };
+    futures_util::pin_mut!(stream);
+    let mut header = true;
+    let deadline_sleep = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline_sleep);
+    loop {
+        let chunk = tokio::select! {
+            c = stream.next() => c,
+            _ = stop.cancelled() => {
+                // Stop the server-side work too, not just our side of the socket.
+                let _ = cancel_token.cancel_query(NoTls).await;
+                return Err(ScanError::Cancelled);
+            }
+            _ = &mut deadline_sleep => {
+                let _ = cancel_token.cancel_query(NoTls).await;
+                return Ok(CopyEnd::Deadline);
+            }
+        };
+        let Some(chunk) = chunk else { return Ok(CopyEnd::Complete) };
+        let chunk = chunk.map_err(ScanError::db(context))?;
+        file.write_all(&chunk)?;
+        if header {
+            header = false;
+        } else {
+            file.add_rows(1);
+            counters.add(1, chunk.len() as u64);
+        }
+    }
+}
