@@ -8,6 +8,7 @@ mod lease;
 mod replica;
 mod schema;
 mod status;
+mod tasks_cmd;
 mod units;
 
 use std::path::PathBuf;
@@ -86,6 +87,14 @@ enum Command {
         /// Drain the queue of what is runnable now, then exit.
         #[arg(long)]
         once: bool,
+        /// Tasks applied at once; default: uploader.slots.
+        #[arg(long)]
+        slots: Option<usize>,
+    },
+    /// The upload queue on the primary: list, show, cancel, retry tasks.
+    Tasks {
+        #[command(subcommand)]
+        command: tasks_cmd::TasksCommand,
     },
     /// Replicas (pause state, backlog), recent runs, upload queue.
     Status {
@@ -177,22 +186,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 (false, false) => ExitCode::from(1),
             })
         }
-        Command::Uploader { once } => {
-            if !once {
-                anyhow::bail!(UsageError("uploader: only --once is available in this version".into()));
-            }
-            let primary = db::connect(&cfg.primary, "pgmaint").await?;
-            schema::require_current(&primary).await?;
-            let mut worker = uploader::Worker::new(cfg.primary.config.clone(), cfg.results_dir.clone());
-            worker.lease = cfg.uploader.lease;
-            worker.lock_timeout = cfg.uploader.lock_timeout;
-            let stats = worker.drain().await?;
-            println!(
-                "uploader: {} task(s) applied ({} rows), {} failed, {} to retry",
-                stats.completed, stats.rows, stats.failed, stats.retried
-            );
-            Ok(if stats.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
-        }
+        Command::Uploader { once, slots } => tasks_cmd::run_uploader(&cfg, once, slots).await,
+        Command::Tasks { command } => tasks_cmd::tasks(&cfg, command).await,
         Command::Status { json } => {
             let mut primary = db::connect(&cfg.primary, "pgmaint").await?;
             schema::require_current(&primary).await?;

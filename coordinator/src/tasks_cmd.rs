@@ -1,0 +1,251 @@
+//! The upload queue's commands: `pgmaint uploader` (the worker) and
+//! `pgmaint tasks list|show|cancel|retry` (the operator's view of the queue).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Subcommand;
+use tokio_util::sync::CancellationToken;
+use uploader::{CancelOutcome, TaskRow, UploadError};
+
+use crate::config::Config;
+use crate::{db, schema, UsageError};
+
+/// `pgmaint tasks …`.
+#[derive(Subcommand)]
+pub enum TasksCommand {
+    /// Upload tasks, newest first.
+    List {
+        /// Only tasks in this state (waiting, running, completed, failed, cancelled, dropped).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only the tasks of this run.
+        #[arg(long)]
+        run: Option<i64>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One task in full: params, lease, last error.
+    Show {
+        /// Task id.
+        id: i64,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a waiting task now, or ask the worker running it to stop (the apply is
+    /// rolled back). Tasks that depend on it are dropped.
+    Cancel {
+        /// Task id.
+        id: i64,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a failed, cancelled or dropped task back to waiting, attempts reset (and the
+    /// tasks that were dropped because of it).
+    Retry {
+        /// Task id.
+        id: i64,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Operator errors (unknown id, wrong state, bad --state) exit with code 2.
+fn queue_error(e: UploadError) -> anyhow::Error {
+    match e {
+        UploadError::Refused(msg) => anyhow::anyhow!(UsageError(msg)),
+        other => anyhow::anyhow!(other),
+    }
+}
+
+/// `pgmaint tasks …`.
+pub async fn tasks(cfg: &Config, cmd: TasksCommand) -> Result<ExitCode> {
+    let mut primary = db::connect(&cfg.primary, "pgmaint").await?;
+    schema::require_current(&primary).await?;
+    match cmd {
+        TasksCommand::List { state, run, limit, json } => {
+            let rows = uploader::list_tasks(&primary, state.as_deref(), run, limit).await.map_err(queue_error)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", render_list(&rows));
+            }
+        }
+        TasksCommand::Show { id, json } => {
+            let t = uploader::get_task(&primary, id).await.map_err(queue_error)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                print!("{}", render_one(&t));
+            }
+        }
+        TasksCommand::Cancel { id, json } => {
+            let outcome = uploader::cancel_task(&primary, id).await.map_err(queue_error)?;
+            if json {
+                println!("{}", serde_json::json!({ "id": id, "outcome": outcome }));
+            } else {
+                match outcome {
+                    CancelOutcome::Cancelled => println!("upload task {id} cancelled"),
+                    CancelOutcome::Requested => {
+                        println!("upload task {id} is running: cancel requested; its worker stops it at its next heartbeat")
+                    }
+                }
+            }
+        }
+        TasksCommand::Retry { id, json } => {
+            let ids = uploader::retry_task(&mut primary, id).await.map_err(queue_error)?;
+            if json {
+                println!("{}", serde_json::json!({ "id": id, "requeued": ids }));
+            } else {
+                let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+                println!("upload task(s) {} back to waiting", list.join(", "));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ago(t: chrono::DateTime<chrono::Utc>) -> String {
+    let s = (chrono::Utc::now() - t).num_seconds();
+    match s {
+        i64::MIN..=-1 => format!("in {}s", -s),
+        0..=119 => format!("{s}s ago"),
+        120..=7199 => format!("{}m ago", s / 60),
+        7200..=172_799 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
+fn one_line(s: &str, max: usize) -> String {
+    let s = s.replace('\n', " ");
+    if s.chars().count() <= max {
+        s
+    } else {
+        format!("{}…", s.chars().take(max - 1).collect::<String>())
+    }
+}
+
+fn render_list(rows: &[TaskRow]) -> String {
+    if rows.is_empty() {
+        return "no upload tasks\n".into();
+    }
+    let mut out = format!(
+        "{:>6} {:>6} {:<20} {:<8} {:<10} {:>8} {:>10} {:<10} {}\n",
+        "ID", "RUN", "TASK", "KIND", "STATE", "ATTEMPTS", "ROWS", "UPDATED", "TARGET / LAST ERROR"
+    );
+    for t in rows {
+        let updated = t.finished_at.or(t.heartbeat_at).or(t.started_at).unwrap_or(t.created_at);
+        let note = match (&t.last_error, &t.target) {
+            (Some(e), _) if t.state != "completed" => one_line(e, 60),
+            (_, Some(target)) => target.clone(),
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "{:>6} {:>6} {:<20} {:<8} {:<10} {:>8} {:>10} {:<10} {}\n",
+            t.id,
+            t.run_id,
+            one_line(&t.task_name, 20),
+            t.apply_kind,
+            t.state,
+            format!("{}/{}", t.attempts, t.max_attempts),
+            t.rows_applied.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            ago(updated),
+            note
+        ));
+    }
+    out
+}
+
+fn render_one(t: &TaskRow) -> String {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let time = |v: Option<chrono::DateTime<chrono::Utc>>| opt(v.map(|t| format!("{} ({})", t.format("%Y-%m-%d %H:%M:%S%.3f UTC"), ago(t))));
+    let deps: Vec<String> = t.depends_on.iter().map(|d| d.to_string()).collect();
+    format!(
+        "upload task {id}\n  run:              {run}\n  task:             {name}\n  kind:             {kind}\n  target:           {target}\n  state:            {state}{cancel}\n  attempts:         {a}/{m}\n  not before:       {nb}\n  depends on:       {deps}\n  worker:           {worker}\n  lease expires:    {lease}\n  last heartbeat:   {hb}\n  rows applied:     {rows}\n  file:             {file}\n  manifest:         {manifest}\n  params:           {params}\n  created:          {created}\n  started:          {started}\n  finished:         {finished}\n  last error:       {err}\n",
+        id = t.id,
+        run = t.run_id,
+        name = t.task_name,
+        kind = t.apply_kind,
+        target = opt(t.target.clone()),
+        state = t.state,
+        cancel = if t.cancel_requested && t.state == "running" { " (cancel requested)" } else { "" },
+        a = t.attempts,
+        m = t.max_attempts,
+        nb = time(Some(t.not_before)),
+        deps = if deps.is_empty() { "-".into() } else { deps.join(", ") },
+        worker = opt(t.worker.clone()),
+        lease = time(t.lease_expires_at),
+        hb = time(t.heartbeat_at),
+        rows = opt(t.rows_applied.map(|r| r.to_string())),
+        file = t.file,
+        manifest = t.manifest,
+        params = t.params,
+        created = time(Some(t.created_at)),
+        started = time(t.started_at),
+        finished = time(t.finished_at),
+        err = opt(t.last_error.clone()),
+    )
+}
+
+/// `pgmaint uploader [--once] [--slots N]`.
+pub async fn run_uploader(cfg: &Config, once: bool, slots: Option<usize>) -> Result<ExitCode> {
+    let primary = db::connect(&cfg.primary, "pgmaint").await?;
+    schema::require_current(&primary).await?;
+    drop(primary);
+    let mut worker = uploader::Worker::new(cfg.primary.config.clone(), cfg.results_dir.clone());
+    worker.lease = cfg.uploader.lease;
+    worker.lock_timeout = cfg.uploader.lock_timeout;
+    worker.poll_interval = cfg.uploader.poll_interval;
+    worker.slots = match slots {
+        Some(0) => anyhow::bail!(UsageError("--slots: must be at least 1".into())),
+        Some(n) => n,
+        None => cfg.uploader.slots,
+    };
+    let stats = if once {
+        worker.drain().await?
+    } else {
+        let shutdown = CancellationToken::new();
+        spawn_shutdown_on_signal(shutdown.clone());
+        tracing::info!(slots = worker.slots, worker = worker.id(), "uploader started");
+        worker.run(shutdown).await?
+    };
+    println!(
+        "uploader: {} task(s) applied ({} rows), {} failed, {} to retry, {} cancelled",
+        stats.completed, stats.rows, stats.failed, stats.retried, stats.cancelled
+    );
+    Ok(if once && stats.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// First SIGTERM/SIGINT: stop claiming, finish (or release) the tasks in hand, exit.
+/// A second one exits at once; leases then expire and the rescuer hands the tasks on.
+fn spawn_shutdown_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::spawn(async move {
+        let mut seen = 0;
+        loop {
+            let name = tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+            seen += 1;
+            if seen == 1 {
+                tracing::info!(signal = name, "shutting down: finishing the tasks in hand");
+                shutdown.cancel();
+            } else {
+                tracing::warn!(signal = name, "second signal: exiting now");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                std::process::exit(130);
+            }
+        }
+    });
+}
