@@ -71,8 +71,15 @@ pub async fn tasks(cfg: &Config, cmd: TasksCommand) -> Result<ExitCode> {
     let mut primary = db::connect(&cfg.primary, "pgmaint").await?;
     schema::require_current(&primary).await?;
     match cmd {
-        TasksCommand::List { state, run, limit, json } => {
-            let rows = uploader::list_tasks(&primary, state.as_deref(), run, limit).await.map_err(queue_error)?;
+        TasksCommand::List {
+            state,
+            run,
+            limit,
+            json,
+        } => {
+            let rows = uploader::list_tasks(&primary, state.as_deref(), run, limit)
+                .await
+                .map_err(queue_error)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
@@ -80,7 +87,9 @@ pub async fn tasks(cfg: &Config, cmd: TasksCommand) -> Result<ExitCode> {
             }
         }
         TasksCommand::Show { id, json } => {
-            let t = uploader::get_task(&primary, id).await.map_err(queue_error)?;
+            let t = uploader::get_task(&primary, id)
+                .await
+                .map_err(queue_error)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&t)?);
             } else {
@@ -88,7 +97,9 @@ pub async fn tasks(cfg: &Config, cmd: TasksCommand) -> Result<ExitCode> {
             }
         }
         TasksCommand::Cancel { id, json } => {
-            let outcome = uploader::cancel_task(&primary, id).await.map_err(queue_error)?;
+            let outcome = uploader::cancel_task(&primary, id)
+                .await
+                .map_err(queue_error)?;
             if json {
                 println!("{}", serde_json::json!({ "id": id, "outcome": outcome }));
             } else {
@@ -101,7 +112,9 @@ pub async fn tasks(cfg: &Config, cmd: TasksCommand) -> Result<ExitCode> {
             }
         }
         TasksCommand::Retry { id, json } => {
-            let ids = uploader::retry_task(&mut primary, id).await.map_err(queue_error)?;
+            let ids = uploader::retry_task(&mut primary, id)
+                .await
+                .map_err(queue_error)?;
             if json {
                 println!("{}", serde_json::json!({ "id": id, "requeued": ids }));
             } else {
@@ -142,7 +155,11 @@ fn render_list(rows: &[TaskRow]) -> String {
         "ID", "RUN", "TASK", "KIND", "STATE", "ATTEMPTS", "ROWS", "UPDATED", "TARGET / LAST ERROR"
     );
     for t in rows {
-        let updated = t.finished_at.or(t.heartbeat_at).or(t.started_at).unwrap_or(t.created_at);
+        let updated = t
+            .finished_at
+            .or(t.heartbeat_at)
+            .or(t.started_at)
+            .unwrap_or(t.created_at);
         let note = match (&t.last_error, &t.target) {
             (Some(e), _) if t.state != "completed" => one_line(e, 60),
             (_, Some(target)) => target.clone(),
@@ -156,7 +173,9 @@ fn render_list(rows: &[TaskRow]) -> String {
             t.apply_kind,
             t.state,
             format!("{}/{}", t.attempts, t.max_attempts),
-            t.rows_applied.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            t.rows_applied
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "-".into()),
             ago(updated),
             note
         ));
@@ -166,7 +185,9 @@ fn render_list(rows: &[TaskRow]) -> String {
 
 fn render_one(t: &TaskRow) -> String {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-    let time = |v: Option<chrono::DateTime<chrono::Utc>>| opt(v.map(|t| format!("{} ({})", t.format("%Y-%m-%d %H:%M:%S%.3f UTC"), ago(t))));
+    let time = |v: Option<chrono::DateTime<chrono::Utc>>| {
+        opt(v.map(|t| format!("{} ({})", t.format("%Y-%m-%d %H:%M:%S%.3f UTC"), ago(t))))
+    };
     let deps: Vec<String> = t.depends_on.iter().map(|d| d.to_string()).collect();
     format!(
         "upload task {id}\n  run:              {run}\n  task:             {name}\n  kind:             {kind}\n  target:           {target}\n  state:            {state}{cancel}\n  attempts:         {a}/{m}\n  not before:       {nb}\n  depends on:       {deps}\n  worker:           {worker}\n  lease expires:    {lease}\n  last heartbeat:   {hb}\n  rows applied:     {rows}\n  file:             {file}\n  manifest:         {manifest}\n  params:           {params}\n  created:          {created}\n  started:          {started}\n  finished:         {finished}\n  last error:       {err}\n",
@@ -214,14 +235,22 @@ pub async fn run_uploader(cfg: &Config, once: bool, slots: Option<usize>) -> Res
     } else {
         let shutdown = CancellationToken::new();
         spawn_shutdown_on_signal(shutdown.clone());
-        tracing::info!(slots = worker.slots, worker = worker.id(), "uploader started");
+        tracing::info!(
+            slots = worker.slots,
+            worker = worker.id(),
+            "uploader started"
+        );
         worker.run(shutdown).await?
     };
     println!(
         "uploader: {} task(s) applied ({} rows), {} failed, {} to retry, {} cancelled",
         stats.completed, stats.rows, stats.failed, stats.retried, stats.cancelled
     );
-    Ok(if once && stats.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if once && stats.failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// First SIGTERM/SIGINT: stop claiming, finish (or release) the tasks in hand, exit.

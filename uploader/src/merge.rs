@@ -1,15 +1,16 @@
 //! `merge`: upsert the result rows into the target by key. COPY into a temporary
 //! table, then one `INSERT … ON CONFLICT (key) DO UPDATE`, in the apply transaction.
 
-use snapshot_runner::ident::{parse_ident, quote_ident};
+use snapshot_runner::ident::quote_ident;
 use tokio_postgres::Transaction;
 
 use crate::apply::{check, copy_checked, execute_retrying_locks, rejected, Applied, Ctx};
 use crate::target::{check_columns, record_materialization, resolve, target_name};
 use crate::UploadError;
 
-/// Apply a merge task. Params: `{"target": "<table, SQL syntax>", "key": ["col", …]}`
-/// (key columns in SQL syntax too; a unique index on exactly them must exist).
+/// Apply a merge task. Params: `{"target": "<table, SQL syntax>", "key": ["col", …]}`;
+/// key columns are raw names, as in the result file's header. A primary key or unique
+/// index on exactly them must exist.
 pub(crate) async fn merge(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied, UploadError> {
     let task = ctx.task;
     let name = target_name(task)?;
@@ -27,10 +28,8 @@ pub(crate) async fn merge(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied
         .iter()
         .map(|k| {
             k.as_str()
+                .map(str::to_string)
                 .ok_or_else(|| rejected(task, "params.key: not a list of column names"))
-                .and_then(|s| {
-                    parse_ident(s).map_err(|e| rejected(task, format!("params.key: {e}")))
-                })
         })
         .collect::<Result<_, _>>()?;
     let checked = check(tx, task, ctx.results_dir).await?;
