@@ -30,9 +30,18 @@ echo "== PostgreSQL for the tests (installs the server if missing; warms the tem
 bash scripts/cluster.sh up --dir target/e2e-probe >/dev/null
 bash scripts/cluster.sh down --dir target/e2e-probe >/dev/null
 
+log=$(mktemp)
+status=0
 echo "== unit tests"
-cargo test --workspace --exclude pgmaint-e2e
+cargo test --workspace --exclude pgmaint-e2e 2>&1 | tee -a "$log" || status=1
 
 echo "== end-to-end tests (real primary + streaming replicas)"
 PGMAINT_BIN="$PWD/target/debug/pgmaint" \
-    cargo test -p pgmaint-e2e -- --test-threads="${PGMAINT_TEST_THREADS:-3}" "$@"
+    cargo test -p pgmaint-e2e --test '*' -- --test-threads="${PGMAINT_TEST_THREADS:-3}" "$@" 2>&1 \
+    | tee -a "$log" || status=1
+
+# One closing line over every test binary (cargo prints one per binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "\ntotal: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+rm -f "$log"
+exit $status
