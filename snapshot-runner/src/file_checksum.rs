@@ -194,7 +194,14 @@ impl PreparedFileChecksum {
             filters.push(format!("{col} >= now() - make_interval(days => ${}::int4)", params.len()));
         }
         let mut sql =
-            format!("SELECT {} FROM {} WHERE {} ORDER BY {k}", self.select, self.table.quoted(), filters.join(" AND "));
+            // ORDER BY the qualified column: a bare name would match the `key::text` output
+            // column first, and sort as text (1, 10, 2, …).
+            format!(
+                "SELECT {} FROM {} AS catalog WHERE {} ORDER BY catalog.{k}",
+                self.select,
+                self.table.quoted(),
+                filters.join(" AND ")
+            );
         if self.files_per_run.is_some() {
             params.push("limit");
             sql.push_str(&format!(" LIMIT ${}::int8", params.len()));

@@ -54,8 +54,11 @@ impl CsvFile {
             .create_new(true)
             .open(&path)
             .map_err(ScanError::io(&path))?;
+        // Text fields are always quoted: in COPY's CSV format an unquoted empty field is
+        // NULL, and an empty row_key or detail must load as an empty string.
         let mut writer = csv::WriterBuilder::new()
             .has_headers(false)
+            .quote_style(csv::QuoteStyle::NonNumeric)
             .from_writer(HashingWriter::new(BufWriter::with_capacity(1 << 20, file)));
         writer.write_record(columns).map_err(|e| csv_err(&path, e))?;
         Ok(CsvFile {

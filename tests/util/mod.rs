@@ -284,3 +284,46 @@ pub fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success();
     assert!(ok, "kill -{sig} {pid}");
 }
+
+/// Run `pgmaint run --json [extra…]` and parse its summary (printed on success and on
+/// a failed cycle alike).
+pub fn run_json(c: &Cluster, config: &Path, extra: &[&str]) -> (Run, serde_json::Value) {
+    let mut args = vec!["run", "--json"];
+    args.extend_from_slice(extra);
+    let run = c.run(config, &args);
+    let json = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("run --json printed no summary ({e}); stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr));
+    (run, json)
+}
+
+/// The `manifest.json` of run directory `dir`.
+pub fn read_manifest(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The rows of a CSV result file, without its header.
+pub fn csv_rows(path: &Path) -> Vec<Vec<String>> {
+    csv::Reader::from_path(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_string).collect())
+        .collect()
+}
+
+/// The data directory of server `name` (`primary`, `r1`, …) of cluster `c`.
+pub fn server_data_dir(c: &Cluster, name: &str) -> PathBuf {
+    PathBuf::from(&c.env["DATA"]).join(name)
+}
+
+/// Overwrite block `block` (8 kB pages) of relation file `relpath` (as given by
+/// `pg_relation_filepath`) in server `name`'s data directory with zeros. The server
+/// must be stopped.
+pub fn zero_block(c: &Cluster, name: &str, relpath: &str, block: u64) {
+    use std::io::{Seek, SeekFrom, Write};
+    let path = server_data_dir(c, name).join(relpath);
+    let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    f.seek(SeekFrom::Start(block * 8192)).unwrap();
+    f.write_all(&[0u8; 8192]).unwrap();
+    f.sync_all().unwrap();
+}

@@ -1,0 +1,356 @@
+//! Scan kinds end to end against a real primary and a paused streaming replica:
+//! file_checksum, amcheck, materialize, export, and the time limits of a scan.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use pgmaint_e2e::*;
+
+/// `(row_key, finding)` pairs of a findings CSV.
+fn findings(path: &Path) -> BTreeSet<(String, String)> {
+    csv_rows(path).into_iter().map(|r| (r[1].clone(), r[2].clone())).collect()
+}
+
+fn pairs(v: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+}
+
+fn task<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    summary["tasks"].as_array().unwrap().iter().find(|t| t["name"] == name).unwrap_or_else(|| panic!("task {name}"))
+}
+
+fn results_dir(summary: &serde_json::Value) -> std::path::PathBuf {
+    summary["results_dir"].as_str().expect("results_dir").into()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_checksum_finds_planted_corruptions_and_sweeps_with_a_cursor() {
+    let c = Cluster::up("scans-files", 1);
+    let root = c.dir.join("store");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(c.dir.join("secret.txt"), b"not yours").unwrap();
+    // Ten good files (ids 1..=10), stored md5 and size as ingested.
+    let p = c.primary().await;
+    p.batch_execute(
+        "CREATE TABLE store_files (id int PRIMARY KEY, rel_path text, md5 text, bytes bigint,
+                                   ingested timestamptz NOT NULL DEFAULT now())",
+    )
+    .await
+    .unwrap();
+    for id in 1..=10i32 {
+        let rel = format!("sub/f{id:02}.bin");
+        let data: Vec<u8> = (0..(1000 + id as usize * 37)).map(|i| (i * 7 + id as usize) as u8).collect();
+        std::fs::write(root.join(&rel), &data).unwrap();
+        p.execute(
+            "INSERT INTO store_files (id, rel_path, md5, bytes) VALUES ($1, $2, $3, $4)",
+            &[&id, &rel, &md5_hex(&data), &(data.len() as i64)],
+        )
+        .await
+        .unwrap();
+    }
+    // Plant: 2 a flipped byte, 3 truncated, 4 deleted, 5 a symlink leading out of the
+    // root, 6 a `..` path. Row 11 was ingested long ago (outside any age window).
+    let f = |id: i32| root.join(format!("sub/f{id:02}.bin"));
+    let mut data = std::fs::read(f(2)).unwrap();
+    data[500] ^= 0x01;
+    std::fs::write(f(2), &data).unwrap();
+    let data = std::fs::read(f(3)).unwrap();
+    std::fs::write(f(3), &data[..data.len() / 2]).unwrap();
+    std::fs::remove_file(f(4)).unwrap();
+    std::fs::remove_file(f(5)).unwrap();
+    std::os::unix::fs::symlink(c.dir.join("secret.txt"), f(5)).unwrap();
+    p.batch_execute(
+        "UPDATE store_files SET rel_path = '../secret.txt' WHERE id = 6;
+         INSERT INTO store_files (id, rel_path, md5, bytes, ingested)
+              VALUES (11, 'sub/old.bin', md5(''), 0, now() - interval '30 days');",
+    )
+    .await
+    .unwrap();
+    std::fs::write(root.join("sub/old.bin"), b"").unwrap();
+    std::fs::remove_file(root.join("sub/f06.bin")).unwrap();
+
+    let common = format!(
+        "kind = \"file_checksum\"\ntable = \"store_files\"\nkey = \"id\"\npath = \"rel_path\"\nchecksum = \"md5\"\nsize = \"bytes\"\nroot = \"{}\"\nparallelism = 2\n",
+        root.display()
+    );
+    let cfg = c.write_config(
+        "files.toml",
+        &format!(
+            "[[tasks]]\nname = \"files\"\n{common}age_in_days = 7\ningested_at = \"ingested\"\n\
+             [[tasks]]\nname = \"sweep\"\n{common}files_per_run = 6\n"
+        ),
+    );
+    c.run(&cfg, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+
+    // Every planted corruption, and nothing else; row 11 is outside the age window.
+    let (run, s) = run_json(&c, &cfg, &["--task", "files"]);
+    let run = run.expect_code(0);
+    let t = task(&s, "files");
+    assert_eq!((t["status"].as_str(), t["rows_scanned"].as_u64()), (Some("completed"), Some(10)), "{}", run.stdout);
+    let expected = pairs(&[
+        ("2", "mismatch"),
+        ("3", "size_differs"),
+        ("4", "missing"),
+        ("5", "path_outside_root"),
+        ("6", "path_outside_root"),
+    ]);
+    assert_eq!(findings(&results_dir(&s).join("files.csv")), expected);
+    assert_eq!(c.pause_state(1).await, "not paused");
+
+    // The findings reach the primary.
+    c.run(&cfg, &["uploader", "--once"]).expect_code(0);
+    let rows = p
+        .query(
+            "SELECT row_key, finding FROM pgmaint.integrity_findings WHERE task_name = 'files' AND relation = 'public.store_files'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: BTreeSet<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, expected);
+
+    // files_per_run = 6 over 11 files: the first run checks ids 1..=6, the second 7..=11
+    // and wraps to 1; together they cover every file, the planted ones exactly once
+    // before the wrap.
+    let mut seen = Vec::new();
+    for expected_cursor in ["6", "1"] {
+        let (run, s) = run_json(&c, &cfg, &["--task", "sweep"]);
+        run.expect_code(0);
+        assert_eq!(task(&s, "sweep")["rows_scanned"].as_u64(), Some(6));
+        let cursor: String =
+            p.query_one("SELECT cursor FROM pgmaint.task_cursors WHERE task_name = 'sweep'", &[]).await.unwrap().get(0);
+        assert_eq!(cursor, expected_cursor);
+        seen.push(findings(&results_dir(&s).join("sweep.csv")));
+    }
+    assert_eq!(seen[0], expected, "ids 1..=6 hold every planted corruption");
+    assert_eq!(seen[1], BTreeSet::new(), "ids 7..=11 are intact and id 1 is fine");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn amcheck_finds_a_corrupt_index_on_the_replica() {
+    let c = Cluster::up("scans-amcheck", 1);
+    let p = c.primary().await;
+    p.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
+         CREATE INDEX t_v_idx ON t (v);
+         CHECKPOINT;",
+    )
+    .await
+    .unwrap();
+    let relpath: String = p.query_one("SELECT pg_relation_filepath('t_pkey')", &[]).await.unwrap().get(0);
+    let cfg = c.write_config(
+        "amcheck.toml",
+        "[[tasks]]\nname = \"storage\"\nkind = \"amcheck\"\ntables = [\"t\"]\nheapallindexed = true\n",
+    );
+    c.run(&cfg, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+
+    // A healthy replica: nothing found, three relations checked.
+    let (run, s) = run_json(&c, &cfg, &[]);
+    run.expect_code(0);
+    assert_eq!(task(&s, "storage")["rows_scanned"].as_u64(), Some(3));
+    assert_eq!(task(&s, "storage")["findings"].as_u64(), Some(0));
+
+    // Zero a leaf page of the primary key index in the replica's copy only.
+    c.server("stop", "r1");
+    zero_block(&c, "r1", &relpath, 1);
+    c.server("start", "r1");
+    c.wait_caught_up(1).await;
+
+    let (run, s) = run_json(&c, &cfg, &[]);
+    run.expect_code(0);
+    let t = task(&s, "storage");
+    assert_eq!(t["rows_scanned"].as_u64(), Some(3), "the other index and the heap are still checked");
+    let rows = csv_rows(&results_dir(&s).join("storage.csv"));
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0][0].as_str(), rows[0][2].as_str()), ("public.t_pkey", "index_corrupt"));
+    assert_eq!(c.pause_state(1).await, "not paused");
+
+    c.run(&cfg, &["uploader", "--once"]).expect_code(0);
+    let n: i64 = p
+        .query_one(
+            "SELECT count(*) FROM pgmaint.integrity_findings
+              WHERE task_name = 'storage' AND relation = 'public.t_pkey' AND finding = 'index_corrupt'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+
+    // Without the extension the task is refused before any pause, naming the fix.
+    p.batch_execute("DROP EXTENSION amcheck").await.unwrap();
+    c.wait_caught_up(1).await;
+    let run = c.run(&cfg, &["run"]).expect_code(2);
+    let line = run.error_line().unwrap_or_default().to_string();
+    assert!(
+        line.contains("amcheck extension is not installed in database app: CREATE EXTENSION amcheck on the primary"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// A query that yields a row every 5 ms for 10 s: COPY streams it as it goes.
+/// Rows are wide so that the server's 8 kB send buffer flushes every few rows.
+const SLOW_QUERY: &str = "SELECT g AS n, rpad(pg_sleep(0.005)::text, 2000, 'x') AS z FROM generate_series(1, 2000) g";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn soft_timeout_stops_a_task_with_partial_results() {
+    let c = Cluster::up("scans-soft-timeout", 1);
+    let cfg = c.write_config(
+        "soft.toml",
+        &format!("[[tasks]]\nname = \"slow\"\nkind = \"export\"\nquery = \"{SLOW_QUERY}\"\nsoft_timeout = \"1s\"\n"),
+    );
+    c.run(&cfg, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+    let started = Instant::now();
+    let (run, s) = run_json(&c, &cfg, &[]);
+    run.expect_code(0);
+    assert!(started.elapsed() < Duration::from_secs(8), "stopped at the soft time-out, took {:?}", started.elapsed());
+    let manifest = read_manifest(&results_dir(&s));
+    let t = &manifest["tasks"][0];
+    assert_eq!(t["status"], "partial");
+    let file = &t["files"][0];
+    let rows = file["rows"].as_u64().unwrap();
+    assert!(rows > 0 && rows < 2000, "partial rows: {rows}");
+    // The file holds exactly the rows the manifest says, and its MD5.
+    let path = results_dir(&s).join(file["name"].as_str().unwrap());
+    assert_eq!(csv_rows(&path).len() as u64, rows);
+    assert_eq!(md5_hex(&std::fs::read(&path).unwrap()), file["md5"].as_str().unwrap());
+    assert_eq!(c.pause_state(1).await, "not paused");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_pause_aborts_the_cycle_and_uploads_nothing() {
+    let c = Cluster::up("scans-max-pause", 1);
+    let cfg = c.write_config(
+        "maxpause.toml",
+        &format!(
+            "[limits]\nmax_pause = \"2s\"\n\
+             [[tasks]]\nname = \"storage\"\nkind = \"amcheck\"\n\
+             [[tasks]]\nname = \"slow\"\nkind = \"export\"\nquery = \"{SLOW_QUERY}\"\n"
+        ),
+    );
+    c.run(&cfg, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+    let started = Instant::now();
+    let (run, s) = run_json(&c, &cfg, &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(started.elapsed() < Duration::from_secs(8), "aborted at max_pause, took {:?}", started.elapsed());
+    assert_eq!(s["state"], "aborted", "{s}");
+    assert_eq!(c.pause_state(1).await, "not paused");
+    let run_id = s["run_id"].as_i64().unwrap();
+    let p = c.primary().await;
+    let queued: i64 =
+        p.query_one("SELECT count(*) FROM pgmaint.upload_tasks WHERE run_id = $1", &[&run_id]).await.unwrap().get(0);
+    assert_eq!(queued, 0, "nothing of an aborted run is uploaded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn export_writes_one_file_per_table_from_the_snapshot() {
+    let c = Cluster::up("scans-export", 1);
+    let p = c.primary().await;
+    p.batch_execute(
+        "CREATE SCHEMA s;
+         CREATE TABLE a (id int PRIMARY KEY, v text);
+         INSERT INTO a SELECT g, 'v' || g FROM generate_series(1, 500) g;
+         CREATE TABLE s.\"Odd Name\" (x int);
+         INSERT INTO s.\"Odd Name\" SELECT generate_series(1, 7);",
+    )
+    .await
+    .unwrap();
+    let cfg = c.write_config(
+        "export.toml",
+        "[[tasks]]\nname = \"dump\"\nkind = \"export\"\ntables = [\"a\", 's.\"Odd Name\"']\n",
+    );
+    c.run(&cfg, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+    let (run, s) = run_json(&c, &cfg, &[]);
+    run.expect_code(0);
+    let dir = results_dir(&s);
+    let manifest = read_manifest(&dir);
+    let files = manifest["tasks"][0]["files"].as_array().unwrap().clone();
+    let got: Vec<(String, u64)> =
+        files.iter().map(|f| (f["name"].as_str().unwrap().to_string(), f["rows"].as_u64().unwrap())).collect();
+    assert_eq!(got, vec![("dump.public.a.csv".to_string(), 500), ("dump.s.Odd_Name.csv".to_string(), 7)]);
+    for f in &files {
+        let bytes = std::fs::read(dir.join(f["name"].as_str().unwrap())).unwrap();
+        assert_eq!(md5_hex(&bytes), f["md5"].as_str().unwrap());
+        assert_eq!(bytes.len() as u64, f["size"].as_u64().unwrap());
+    }
+    assert_eq!(std::fs::read_to_string(dir.join("dump.s.Odd_Name.csv")).unwrap().lines().next(), Some("x"));
+    assert!(manifest["snapshot"]["lsn"].as_str().is_some());
+    assert_eq!(s["queued"].as_array().unwrap().len(), 0, "exports are not uploaded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the swap apply (uploader)"]
+async fn materialize_swaps_the_target_under_a_reader() {
+    let c = Cluster::up("scans-materialize", 1);
+    let p = c.primary().await;
+    p.batch_execute(
+        "CREATE TABLE words (id int PRIMARY KEY, word text NOT NULL);
+         INSERT INTO words SELECT g, 'w' || (g % 100) FROM generate_series(1, 50000) g;
+         CREATE TABLE word_counts (word text PRIMARY KEY, n bigint NOT NULL);
+         CREATE INDEX word_counts_n ON word_counts (n);
+         INSERT INTO word_counts VALUES ('stale', 1);
+         CREATE ROLE reader;
+         GRANT SELECT ON word_counts TO reader;",
+    )
+    .await
+    .unwrap();
+    let cfg = c.write_config(
+        "mat.toml",
+        "[[tasks]]\nname = \"counts\"\nkind = \"materialize\"\n\
+         query = \"SELECT word, count(*)::bigint AS n FROM words GROUP BY word\"\ntarget = \"public.word_counts\"\n",
+    );
+    c.run(&cfg, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+    let (run, s) = run_json(&c, &cfg, &[]);
+    run.expect_code(0);
+    let t = task(&s, "counts");
+    assert_eq!(t["file"]["rows"].as_u64(), Some(100));
+
+    // A reader queries the target in a loop while the uploader swaps it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (dsn, stop) = (c.primary_dsn(), stop.clone());
+        tokio::spawn(async move {
+            let r = connect(&dsn).await;
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let n: i64 = r
+                    .query_one("SELECT count(*) FROM word_counts", &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("reader got an error during the swap: {e}"))
+                    .get(0);
+                assert!(n > 0, "reader saw an empty target");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.run(&cfg, &["uploader", "--once"]).expect_code(0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.await.unwrap() > 10);
+
+    let row = p
+        .query_one(
+            "SELECT count(*), sum(n)::int8, bool_or(word = 'stale'),
+                    (SELECT count(*) FROM pg_indexes WHERE tablename = 'word_counts'),
+                    has_table_privilege('reader', 'word_counts', 'SELECT')
+               FROM word_counts",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (count, sum, stale, indexes, granted): (i64, i64, bool, i64, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    assert_eq!((count, sum, stale), (100, 50000, false), "the target holds the snapshot's result");
+    assert_eq!((indexes, granted), (2, true), "indexes and grants survive the swap");
+}
