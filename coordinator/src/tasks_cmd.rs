@@ -146,6 +146,14 @@ fn one_line(s: &str, max: usize) -> String {
     }
 }
 
+/// Errors start with `upload task N (run R, task T): `; the table already says that.
+fn strip_task_prefix(e: &str) -> &str {
+    match (e.starts_with("upload task "), e.find("): ")) {
+        (true, Some(i)) => &e[i + 3..],
+        _ => e,
+    }
+}
+
 fn render_list(rows: &[TaskRow]) -> String {
     if rows.is_empty() {
         return "no upload tasks\n".into();
@@ -161,7 +169,7 @@ fn render_list(rows: &[TaskRow]) -> String {
             .or(t.started_at)
             .unwrap_or(t.created_at);
         let note = match (&t.last_error, &t.target) {
-            (Some(e), _) if t.state != "completed" => one_line(e, 60),
+            (Some(e), _) if t.state != "completed" => one_line(strip_task_prefix(e), 70),
             (_, Some(target)) => target.clone(),
             _ => String::new(),
         };

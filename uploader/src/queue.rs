@@ -212,7 +212,7 @@ pub(crate) async fn complete(
     let done = tx
         .execute(
             "UPDATE pgmaint.upload_tasks
-                SET state = 'completed', finished_at = now(), rows_applied = $4,
+                SET state = 'completed', finished_at = clock_timestamp(), rows_applied = $4,
                     lease_expires_at = NULL, last_error = NULL
               WHERE id = $1 AND worker = $2 AND attempts = $3 AND state = 'running'
                 AND lease_expires_at > clock_timestamp() AND NOT cancel_requested",
@@ -363,7 +363,8 @@ pub(crate) struct Rescued {
 }
 
 /// Return running tasks whose lease expired (their worker died or lost the primary)
-/// to waiting, with backoff; or fail them when their attempts are used up. A task whose
+/// to waiting, due at once (the attempt counts, so a task that kills its workers
+/// still ends up failed); or fail them when their attempts are used up. A task whose
 /// row is locked is being completed right now: SKIP LOCKED leaves it to its worker.
 pub(crate) async fn rescue(client: &Client) -> Result<Rescued, UploadError> {
     let rows = client
@@ -372,8 +373,7 @@ pub(crate) async fn rescue(client: &Client) -> Result<Rescued, UploadError> {
                 SET state = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'waiting' END,
                     finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
                     last_error = format('lease expired at %s (worker %s gone?)', t.lease_expires_at, t.worker),
-                    not_before = now() + least(power(2, greatest(t.attempts - 1, 0)), 300)
-                                         * (0.5 + random()) * interval '1 second',
+                    not_before = now(),
                     worker = NULL, lease_expires_at = NULL
               WHERE t.id IN (SELECT id FROM pgmaint.upload_tasks
                               WHERE state = 'running' AND lease_expires_at < now()

@@ -1,0 +1,915 @@
+//! The upload queue and the uploader worker, against a real primary.
+//!
+//! Runs, result files and manifests are made directly by the tests (a valid run row
+//! in `pgmaint.runs`, files with correct MD5s), so a test can queue hundreds of tasks
+//! in a moment; the cycle that produces them for real is covered by `tests/cycle.rs`.
+
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use pgmaint_e2e::*;
+use serde_json::{json, Value};
+use tokio_postgres::Client;
+
+/// A cluster (primary only: the uploader never touches a replica), its config, and
+/// a connection to the primary.
+struct Fx {
+    c: Cluster,
+    cfg: PathBuf,
+    p: Client,
+}
+
+async fn setup(name: &str, uploader_toml: &str) -> Fx {
+    let c = Cluster::up(name, 0);
+    // Config needs a replica entry; the uploader never connects to it.
+    let body = format!(
+        "[[replicas]]\nname = \"r1\"\ndsn = \"{}\"\n[uploader]\n{uploader_toml}\n",
+        c.primary_dsn()
+    );
+    let cfg = c.write_config("uploader.toml", &body);
+    c.run(&cfg, &["init"]).expect_code(0);
+    let p = c.primary().await;
+    Fx { c, cfg, p }
+}
+
+/// One result file of a fake run.
+struct FileSpec {
+    task: String,
+    kind: &'static str,
+    csv: String,
+    params: Value,
+}
+
+fn csv_columns(csv: &str) -> Vec<String> {
+    csv.lines()
+        .next()
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect()
+}
+
+/// A run recorded as succeeded on the primary, its files and manifest under
+/// results.dir, and its upload tasks queued (chained in order, like `enqueue`).
+/// Returns (run id, task ids).
+async fn fake_run(fx: &Fx, files: &[FileSpec]) -> (i64, Vec<i64>) {
+    let row = fx
+        .p
+        .query_one(
+            "INSERT INTO pgmaint.runs (replica, state, holder, snapshot_lsn, timeline, system_identifier, finished_at)
+             VALUES ('r1', 'succeeded', 'e2e', pg_current_wal_lsn(), 1, 1, now()) RETURNING id, snapshot_lsn::text",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (run_id, lsn): (i64, String) = (row.get(0), row.get(1));
+    let dir = fx.c.results_dir().join(run_id.to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut tasks = Vec::new();
+    for f in files {
+        let name = format!("{}.csv", f.task);
+        std::fs::write(dir.join(&name), &f.csv).unwrap();
+        tasks.push(json!({
+            "name": f.task, "kind": "materialize", "status": "completed",
+            "rows_scanned": f.csv.lines().count() - 1, "findings": 0,
+            "file": { "name": name, "columns": csv_columns(&f.csv), "rows": f.csv.lines().count() - 1,
+                      "size": f.csv.len(), "md5": md5_hex(f.csv.as_bytes()) }
+        }));
+    }
+    let manifest = json!({
+        "run_id": run_id, "replica": "r1",
+        "snapshot": { "lsn": lsn, "timeline": 1, "system_identifier": 1, "postmaster_start": "2026-01-01T00:00:00Z" },
+        "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:01Z",
+        "valid": true, "tasks": tasks,
+    });
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    let mut ids: Vec<i64> = Vec::new();
+    for f in files {
+        let deps: Vec<i64> = ids.last().copied().into_iter().collect();
+        let id: i64 = fx
+            .p
+            .query_one(
+                "INSERT INTO pgmaint.upload_tasks (run_id, task_name, apply_kind, file, manifest, params, depends_on, target)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $6::jsonb ->> 'target') RETURNING id",
+                &[&run_id, &f.task, &f.kind, &format!("{run_id}/{}.csv", f.task), &format!("{run_id}/manifest.json"), &f.params, &deps],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        ids.push(id);
+    }
+    (run_id, ids)
+}
+
+fn merge_file(task: &str, target: &str, csv: String) -> FileSpec {
+    FileSpec {
+        task: task.into(),
+        kind: "merge",
+        csv,
+        params: json!({ "target": target, "key": ["id"] }),
+    }
+}
+
+/// `id,v` rows `from..to`.
+fn rows_csv(from: i64, to: i64) -> String {
+    let mut s = String::from("id,v\n");
+    for i in from..to {
+        s.push_str(&format!("{i},value {i}\n"));
+    }
+    s
+}
+
+async fn count(p: &Client, sql: &str) -> i64 {
+    p.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+async fn task_state(p: &Client, id: i64) -> String {
+    p.query_one(
+        "SELECT state FROM pgmaint.upload_tasks WHERE id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// A long-running `pgmaint uploader`, logging to a file in the cluster dir.
+fn spawn_uploader(fx: &Fx, tag: &str, args: &[&str]) -> Child {
+    let log = std::fs::File::create(fx.c.dir.join(format!("uploader-{tag}.log"))).unwrap();
+    let mut all = vec!["uploader"];
+    all.extend_from_slice(args);
+    fx.c.pgmaint(&fx.cfg, &all)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn pgmaint uploader")
+}
+
+fn uploader_log(fx: &Fx, tag: &str) -> String {
+    std::fs::read_to_string(fx.c.dir.join(format!("uploader-{tag}.log"))).unwrap_or_default()
+}
+
+/// Wait for a child to exit; its exit code.
+fn wait_exit(child: &mut Child, timeout: Duration) -> i32 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not exit within {timeout:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Wait until an uploader backend waits on a lock (its apply is blocked).
+async fn wait_apply_blocked(p: &Client) {
+    wait_for(
+        "an uploader apply to block on a lock",
+        Duration::from_secs(20),
+        || async {
+            count(
+                p,
+                "SELECT count(*) FROM pg_stat_activity
+              WHERE application_name LIKE 'pgmaint-uploader-%' AND wait_event_type = 'Lock'",
+            )
+            .await
+                > 0
+        },
+    )
+    .await;
+}
+
+/// A target for merges whose BEFORE INSERT trigger logs every row an apply proposes
+/// (even one that then conflicts): a task applied twice would log its rows twice.
+async fn audited_target(p: &Client, table: &str) {
+    p.batch_execute(&format!(
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, v text);
+         CREATE TABLE {table}_audit (id bigint, txid bigint DEFAULT txid_current());
+         CREATE FUNCTION {table}_log() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO {table}_audit (id) VALUES (NEW.id); RETURN NEW; END $$;
+         CREATE TRIGGER log BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {table}_log();"
+    ))
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_uploaders_apply_1000_tasks_exactly_once() {
+    let fx = setup(
+        "up_exactly_once",
+        "lease = \"10s\"\npoll_interval = \"500ms\"",
+    )
+    .await;
+    audited_target(&fx.p, "applied").await;
+    // 100 runs of 10 chained tasks, 3 rows each: 1,000 tasks, 3,000 rows.
+    let mut next = 0i64;
+    for _ in 0..100 {
+        let files: Vec<FileSpec> = (0..10)
+            .map(|t| {
+                let f = merge_file(&format!("t{t}"), "public.applied", rows_csv(next, next + 3));
+                next += 3;
+                f
+            })
+            .collect();
+        fake_run(&fx, &files).await;
+    }
+    let started = Instant::now();
+    let mut a = spawn_uploader(&fx, "a", &["--slots", "2"]);
+    let mut b = spawn_uploader(&fx, "b", &["--slots", "2"]);
+    wait_for(
+        "1,000 tasks completed",
+        Duration::from_secs(120),
+        || async {
+            count(
+                &fx.p,
+                "SELECT count(*) FROM pgmaint.upload_tasks WHERE state = 'completed'",
+            )
+            .await
+                == 1000
+        },
+    )
+    .await;
+    let secs = started.elapsed().as_secs_f64();
+    signal(a.id(), "TERM");
+    signal(b.id(), "TERM");
+    assert_eq!(
+        wait_exit(&mut a, Duration::from_secs(20)),
+        0,
+        "uploader a: {}",
+        uploader_log(&fx, "a")
+    );
+    assert_eq!(
+        wait_exit(&mut b, Duration::from_secs(20)),
+        0,
+        "uploader b: {}",
+        uploader_log(&fx, "b")
+    );
+
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM applied").await, 3000);
+    // Every row was proposed exactly once by a committed apply: no task applied twice.
+    assert_eq!(
+        count(&fx.p, "SELECT count(*) FROM applied_audit").await,
+        3000
+    );
+    assert_eq!(
+        count(&fx.p, "SELECT count(DISTINCT id) FROM applied_audit").await,
+        3000
+    );
+    // One transaction per task.
+    assert_eq!(
+        count(&fx.p, "SELECT count(DISTINCT txid) FROM applied_audit").await,
+        1000
+    );
+    assert_eq!(
+        count(
+            &fx.p,
+            "SELECT sum(rows_applied)::int8 FROM pgmaint.upload_tasks"
+        )
+        .await,
+        3000
+    );
+    // Both processes did work.
+    assert_eq!(
+        count(
+            &fx.p,
+            "SELECT count(DISTINCT split_part(worker, '/', 1)) FROM pgmaint.upload_tasks"
+        )
+        .await,
+        2,
+        "both uploaders should have applied tasks"
+    );
+    eprintln!("1,000 tasks applied by 2 uploaders x 2 slots in {secs:.1}s");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_uploader_leaves_no_partial_rows_and_task_is_rescued() {
+    let fx = setup(
+        "up_kill9",
+        "lease = \"2s\"\nlock_timeout = \"60s\"\npoll_interval = \"500ms\"",
+    )
+    .await;
+    fx.p.batch_execute("CREATE TABLE k (id bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.k", rows_csv(0, 5000))]).await;
+    // Hold a lock that the merge's INSERT conflicts with: the apply COPYs its 5,000
+    // rows into its load table, then blocks.
+    let holder = fx.c.primary().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE k IN SHARE MODE")
+        .await
+        .unwrap();
+    let mut w = spawn_uploader(&fx, "killed", &["--slots", "1"]);
+    wait_apply_blocked(&fx.p).await;
+    assert_eq!(task_state(&fx.p, ids[0]).await, "running");
+    let killed_worker: String =
+        fx.p.query_one(
+            "SELECT worker FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    w.kill().unwrap(); // SIGKILL
+    w.wait().unwrap();
+    holder.batch_execute("COMMIT").await.unwrap();
+    // The orphaned backend finishes its statement, finds its client gone and rolls back.
+    wait_for("the killed uploader's sessions to end", Duration::from_secs(20), || async {
+        count(&fx.p, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgmaint-uploader-%'").await == 0
+    })
+    .await;
+    assert_eq!(
+        count(&fx.p, "SELECT count(*) FROM k").await,
+        0,
+        "no partial rows"
+    );
+
+    // Once the lease has expired, another worker rescues the task and completes it.
+    wait_for("the lease to expire", Duration::from_secs(10), || async {
+        count(&fx.p, &format!("SELECT count(*) FROM pgmaint.upload_tasks WHERE id = {} AND lease_expires_at < now()", ids[0]))
+            .await
+            == 1
+    })
+    .await;
+    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert!(
+        out.stdout.contains("1 task(s) applied (5000 rows)"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM k").await, 5000);
+    let row =
+        fx.p.query_one(
+            "SELECT state, attempts, worker FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "completed");
+    assert_eq!(row.get::<_, i32>(1), 2, "the killed attempt counts");
+    assert_ne!(
+        row.get::<_, String>(2),
+        killed_worker,
+        "completed by another worker"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uploader_reconnects_after_primary_restart_and_finishes() {
+    let fx = setup(
+        "up_restart",
+        "lease = \"5s\"\nlock_timeout = \"60s\"\npoll_interval = \"500ms\"",
+    )
+    .await;
+    fx.p.batch_execute("CREATE TABLE rs (id bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.rs", rows_csv(0, 2000))]).await;
+    let holder = fx.c.primary().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE rs IN SHARE MODE")
+        .await
+        .unwrap();
+    let mut w = spawn_uploader(&fx, "restart", &["--slots", "1"]);
+    wait_apply_blocked(&fx.p).await;
+    assert_eq!(task_state(&fx.p, ids[0]).await, "running");
+
+    fx.c.server("restart", "primary"); // ends the lock holder and the apply alike
+    let p = fx.c.primary().await;
+    wait_for(
+        "the task to complete after the restart",
+        Duration::from_secs(60),
+        || async { task_state(&p, ids[0]).await == "completed" },
+    )
+    .await;
+    assert_eq!(count(&p, "SELECT count(*) FROM rs").await, 2000);
+    assert!(w.try_wait().unwrap().is_none(), "the worker carried on");
+    signal(w.id(), "TERM");
+    assert_eq!(
+        wait_exit(&mut w, Duration::from_secs(20)),
+        0,
+        "{}",
+        uploader_log(&fx, "restart")
+    );
+    assert!(
+        uploader_log(&fx, "restart").contains("reconnected to the primary"),
+        "{}",
+        uploader_log(&fx, "restart")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prerequisites_are_respected() {
+    let fx = setup("up_prereq", "poll_interval = \"500ms\"").await;
+    fx.p.batch_execute("CREATE TABLE pr (id bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    // Run 1: three chained tasks. Run 2: its first task is tampered with, so the two
+    // after it can never run. Run 3: one task not due for an hour.
+    let (_, good) = fake_run(
+        &fx,
+        &[
+            merge_file("a1", "public.pr", rows_csv(0, 10)),
+            merge_file("a2", "public.pr", rows_csv(10, 20)),
+            merge_file("a3", "public.pr", rows_csv(20, 30)),
+        ],
+    )
+    .await;
+    let (run2, bad) = fake_run(
+        &fx,
+        &[
+            merge_file("b1", "public.pr", rows_csv(100, 110)),
+            merge_file("b2", "public.pr", rows_csv(110, 120)),
+            merge_file("b3", "public.pr", rows_csv(120, 130)),
+        ],
+    )
+    .await;
+    let b1 = fx.c.results_dir().join(run2.to_string()).join("b1.csv");
+    std::fs::write(
+        &b1,
+        std::fs::read_to_string(&b1)
+            .unwrap()
+            .replace("value 105", "value 666"),
+    )
+    .unwrap();
+    let (_, later) = fake_run(&fx, &[merge_file("c1", "public.pr", rows_csv(200, 210))]).await;
+    fx.p.execute(
+        "UPDATE pgmaint.upload_tasks SET not_before = now() + interval '1 hour' WHERE id = $1",
+        &[&later[0]],
+    )
+    .await
+    .unwrap();
+
+    let out = fx.c.run(&fx.cfg, &["uploader", "--once", "--slots", "4"]);
+    assert_eq!(out.code, 1, "a task failed: exit 1; {}", out.stderr);
+
+    // Run 1: in order, each started only after its prerequisite completed.
+    let rows = fx
+        .p
+        .query("SELECT state, started_at, finished_at FROM pgmaint.upload_tasks WHERE id = ANY($1) ORDER BY id", &[&good])
+        .await
+        .unwrap();
+    for r in &rows {
+        assert_eq!(r.get::<_, String>(0), "completed");
+    }
+    for w in rows.windows(2) {
+        let prev_done: chrono_free::Ts = w[0].get(2);
+        let next_start: chrono_free::Ts = w[1].get(1);
+        assert!(
+            next_start.0 >= prev_done.0,
+            "a task started before its prerequisite completed"
+        );
+    }
+    // Run 2: the first failed for good, the rest were dropped, nothing applied.
+    assert_eq!(task_state(&fx.p, bad[0]).await, "failed");
+    assert_eq!(task_state(&fx.p, bad[1]).await, "dropped");
+    assert_eq!(task_state(&fx.p, bad[2]).await, "dropped");
+    assert_eq!(
+        count(&fx.p, "SELECT count(*) FROM pr WHERE id >= 100").await,
+        0
+    );
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM pr").await, 30);
+    // Run 3: not due yet.
+    assert_eq!(task_state(&fx.p, later[0]).await, "waiting");
+
+    // The operator's view: list, show, retry, cancel.
+    let list =
+        fx.c.run(
+            &fx.cfg,
+            &["tasks", "list", "--run", &run2.to_string(), "--json"],
+        )
+        .expect_code(0);
+    let list: Value = serde_json::from_str(&list.stdout).unwrap();
+    let states: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["dropped", "dropped", "failed"]);
+    let table =
+        fx.c.run(&fx.cfg, &["tasks", "list", "--state", "failed"])
+            .expect_code(0);
+    assert!(
+        table
+            .stdout
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains(" b1 ") && l.contains(" failed ")),
+        "{}",
+        table.stdout
+    );
+    assert_eq!(table.stdout.lines().count(), 2, "{}", table.stdout);
+    let show =
+        fx.c.run(&fx.cfg, &["tasks", "show", &bad[0].to_string()])
+            .expect_code(0);
+    assert!(
+        show.stdout.contains("differs from the manifest"),
+        "{}",
+        show.stdout
+    );
+    let show =
+        fx.c.run(&fx.cfg, &["tasks", "show", &bad[1].to_string()])
+            .expect_code(0);
+    assert!(
+        show.stdout
+            .contains(&format!("prerequisite task {} will never complete", bad[0])),
+        "{}",
+        show.stdout
+    );
+    let retry =
+        fx.c.run(&fx.cfg, &["tasks", "retry", &bad[0].to_string(), "--json"])
+            .expect_code(0);
+    let retry: Value = serde_json::from_str(&retry.stdout).unwrap();
+    assert_eq!(retry["requeued"], json!(bad));
+    assert_eq!(task_state(&fx.p, bad[2]).await, "waiting");
+    let again = fx.c.run(&fx.cfg, &["tasks", "retry", &good[0].to_string()]);
+    assert_eq!(again.code, 2, "retrying a completed task is refused");
+    assert!(
+        again.error_line().unwrap().contains("is completed"),
+        "{}",
+        again.stderr
+    );
+    fx.c.run(&fx.cfg, &["tasks", "cancel", &later[0].to_string()])
+        .expect_code(0);
+    assert_eq!(task_state(&fx.p, later[0]).await, "cancelled");
+}
+
+/// Timestamps without pulling chrono into the test crate: microseconds since 2000.
+mod chrono_free {
+    use tokio_postgres::types::{FromSql, Type};
+    pub struct Ts(pub i64);
+    impl<'a> FromSql<'a> for Ts {
+        fn from_sql(
+            _: &Type,
+            raw: &'a [u8],
+        ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+            Ok(Ts(i64::from_be_bytes(raw.try_into()?)))
+        }
+        fn accepts(ty: &Type) -> bool {
+            *ty == Type::TIMESTAMPTZ
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finding_fixed_after_the_snapshot_is_marked_resolved() {
+    let fx = setup("up_confirm", "").await;
+    seed_blobs(&fx.p, "public.blobs", "uuid", "md5(g::text)::uuid", 100).await;
+    // Three corrupt rows at the "snapshot".
+    fx.p.batch_execute("UPDATE blobs SET payload_md5 = 'bad' WHERE id IN (md5('1')::uuid, md5('2')::uuid, md5('3')::uuid)")
+        .await
+        .unwrap();
+    let key = |g: i32| format!("{:x}", md5_uuid(g));
+    let mut csv = String::from("relation,row_key,finding,detail\n");
+    for g in 1..=3 {
+        csv.push_str(&format!(
+            "public.blobs,{},mismatch,stored=bad computed=x\n",
+            key(g)
+        ));
+    }
+    let params = json!({ "relation": "public.blobs", "check": "row_checksum", "schema": "public", "table": "blobs",
+                         "key": "id", "content": "payload", "checksum": "payload_md5" });
+    let other =
+        "relation,row_key,finding,detail\nfiles,a/b.bin,checksum_mismatch,stored=1 computed=2\n"
+            .to_string();
+    let (run, _) = fake_run(
+        &fx,
+        &[
+            FileSpec {
+                task: "blob-integrity".into(),
+                kind: "findings",
+                csv,
+                params,
+            },
+            FileSpec {
+                task: "files".into(),
+                kind: "findings",
+                csv: other,
+                params: json!({ "relation": "files", "check": "file_checksum" }),
+            },
+        ],
+    )
+    .await;
+    // After the snapshot: row 2 is repaired, row 3 deleted; row 1 is still corrupt.
+    fx.p.batch_execute(
+        "UPDATE blobs SET payload_md5 = md5(payload) WHERE id = md5('2')::uuid;
+         DELETE FROM blobs WHERE id = md5('3')::uuid;",
+    )
+    .await
+    .unwrap();
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    let rows = fx
+        .p
+        .query(
+            "SELECT row_key, still_holds FROM pgmaint.integrity_findings WHERE run_id = $1 AND relation = 'public.blobs'",
+            &[&run],
+        )
+        .await
+        .unwrap();
+    let holds = |g: i32| {
+        rows.iter()
+            .find(|r| r.get::<_, String>(0) == key(g))
+            .map(|r| r.get::<_, Option<bool>>(1))
+    };
+    assert_eq!(holds(1), Some(Some(true)), "still corrupt");
+    assert_eq!(
+        holds(2),
+        Some(Some(false)),
+        "fixed after the snapshot: resolved"
+    );
+    assert_eq!(
+        holds(3),
+        Some(Some(false)),
+        "deleted after the snapshot: resolved"
+    );
+    let other: Option<bool> = fx
+        .p
+        .query_one("SELECT still_holds FROM pgmaint.integrity_findings WHERE run_id = $1 AND relation = 'files'", &[&run])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(other, None, "no re-check for file_checksum findings");
+}
+
+/// The uuid `md5(g::text)::uuid`, as the text `uuid::text` prints.
+fn md5_uuid(g: i32) -> UuidText {
+    UuidText(md5_hex(g.to_string().as_bytes()))
+}
+struct UuidText(String);
+impl std::fmt::LowerHex for UuidText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let h = &self.0;
+        write!(
+            f,
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tampered_escaping_and_invalid_uploads_are_rejected() {
+    let fx = setup("up_reject", "").await;
+    fx.p.batch_execute("CREATE TABLE rj (id bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    // 1. Tampered: one byte changed after the manifest was written.
+    let (r1, t1) = fake_run(&fx, &[merge_file("m", "public.rj", rows_csv(0, 10))]).await;
+    let f1 = fx.c.results_dir().join(r1.to_string()).join("m.csv");
+    std::fs::write(
+        &f1,
+        std::fs::read_to_string(&f1)
+            .unwrap()
+            .replace("value 3", "value 4"),
+    )
+    .unwrap();
+    // 2. A path that escapes results.dir (to a copy of a valid file, MD5 and all).
+    let (r2, t2) = fake_run(&fx, &[merge_file("m", "public.rj", rows_csv(10, 20))]).await;
+    let outside = fx.c.dir.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::copy(
+        fx.c.results_dir().join(r2.to_string()).join("m.csv"),
+        outside.join("m.csv"),
+    )
+    .unwrap();
+    let escape = format!("{r2}/../../outside/m.csv");
+    fx.p.execute(
+        "UPDATE pgmaint.upload_tasks SET file = $2 WHERE id = $1",
+        &[&t2[0], &escape],
+    )
+    .await
+    .unwrap();
+    // 3. A run marked invalid (its snapshot moved).
+    let (r3, t3) = fake_run(&fx, &[merge_file("m", "public.rj", rows_csv(20, 30))]).await;
+    fx.p.execute(
+        "UPDATE pgmaint.runs SET state = 'invalid' WHERE id = $1",
+        &[&r3],
+    )
+    .await
+    .unwrap();
+
+    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stdout.contains("0 task(s) applied"), "{}", out.stdout);
+    assert_eq!(
+        count(&fx.p, "SELECT count(*) FROM rj").await,
+        0,
+        "nothing applied"
+    );
+    let err = |id: i64| {
+        let p = &fx.p;
+        async move {
+            let r = p
+                .query_one(
+                    "SELECT state, last_error FROM pgmaint.upload_tasks WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap();
+            (
+                r.get::<_, String>(0),
+                r.get::<_, Option<String>>(1).unwrap_or_default(),
+            )
+        }
+    };
+    let (s1, e1) = err(t1[0]).await;
+    assert_eq!(s1, "failed");
+    assert!(e1.contains("differs from the manifest"), "{e1}");
+    let (s2, e2) = err(t2[0]).await;
+    assert_eq!(s2, "failed");
+    assert!(e2.contains("outside results.dir"), "{e2}");
+    let (s3, e3) = err(t3[0]).await;
+    assert_eq!(s3, "failed");
+    assert!(e3.contains("its run is invalid"), "{e3}");
+    for e in [e1, e2, e3] {
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+}
+
+/// What an operator sees of a table: `\d` (columns, indexes, constraints) and `\dp`.
+async fn describe(p: &Client, table: &str) -> Vec<String> {
+    let rows = p
+        .query(
+            "SELECT 'col ' || attname || ' ' || format_type(atttypid, atttypmod) || ' ' || attnotnull
+                    || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '') || ' ' || coalesce(col_description(a.attrelid, a.attnum), '')
+               FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+              WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped
+             UNION ALL
+             SELECT 'index ' || pg_get_indexdef(indexrelid) || ' ' || coalesce(obj_description(indexrelid, 'pg_class'), '')
+               FROM pg_index WHERE indrelid = $1::text::regclass
+             UNION ALL
+             SELECT 'constraint ' || conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = $1::text::regclass
+             UNION ALL
+             SELECT 'acl ' || coalesce(relacl::text, 'default') || ' owner ' || pg_get_userbyid(relowner)
+                    || ' comment ' || coalesce(obj_description(oid, 'pg_class'), '')
+               FROM pg_class WHERE oid = $1::text::regclass
+             UNION ALL
+             SELECT 'colacl ' || attname || ' ' || attacl::text FROM pg_attribute
+              WHERE attrelid = $1::text::regclass AND attacl IS NOT NULL
+             ORDER BY 1",
+            &[&table],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn swap_replaces_contents_and_keeps_indexes_grants_comment() {
+    let fx = setup("up_swap", "").await;
+    fx.p.batch_execute(
+        "CREATE ROLE reader; CREATE ROLE app_owner;
+         CREATE TABLE public.citation_counts (
+             doc_id bigint PRIMARY KEY, cites integer NOT NULL DEFAULT 0 CHECK (cites >= 0), label text);
+         CREATE UNIQUE INDEX citation_counts_label ON citation_counts (lower(label)) WHERE label IS NOT NULL;
+         CREATE INDEX citation_counts_cites ON citation_counts (cites DESC);
+         COMMENT ON TABLE citation_counts IS 'citations per document';
+         COMMENT ON COLUMN citation_counts.cites IS 'how many';
+         COMMENT ON INDEX citation_counts_cites IS 'for top-N';
+         ALTER TABLE citation_counts OWNER TO app_owner;
+         GRANT SELECT ON citation_counts TO reader;
+         GRANT UPDATE (label) ON citation_counts TO reader;
+         INSERT INTO citation_counts SELECT g, g, 'old ' || g FROM generate_series(1, 50) g;",
+    )
+    .await
+    .unwrap();
+    let before = describe(&fx.p, "public.citation_counts").await;
+    let mut csv = String::from("doc_id,cites,label\n");
+    for g in 1..=200 {
+        csv.push_str(&format!("{g},{},new {g}\n", g * 2));
+    }
+    csv.push_str("201,0,\n"); // NULL label
+    let (run, ids) = fake_run(
+        &fx,
+        &[FileSpec {
+            task: "cites".into(),
+            kind: "swap",
+            csv,
+            params: json!({ "target": "public.citation_counts" }),
+        }],
+    )
+    .await;
+    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert!(
+        out.stderr.contains("swap: exclusive lock held"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
+    assert_eq!(
+        count(&fx.p, "SELECT count(*) FROM citation_counts").await,
+        201
+    );
+    assert_eq!(
+        count(
+            &fx.p,
+            "SELECT count(*) FROM citation_counts WHERE label LIKE 'old%'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &fx.p,
+            "SELECT count(*) FROM citation_counts WHERE label IS NULL"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        describe(&fx.p, "public.citation_counts").await,
+        before,
+        "\\d and \\dp look the same"
+    );
+    let m = fx.p.query_one("SELECT run_id, rows, snapshot_lsn = (SELECT snapshot_lsn FROM pgmaint.runs WHERE id = $1) FROM pgmaint.materializations WHERE target = 'public.citation_counts'", &[&run]).await.unwrap();
+    assert_eq!(
+        (m.get::<_, i64>(0), m.get::<_, i64>(1), m.get::<_, bool>(2)),
+        (run, 201, true)
+    );
+    assert_eq!(
+        count(
+            &fx.p,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgmaint_swap_%'"
+        )
+        .await,
+        0,
+        "no staging left"
+    );
+
+    // A view on the target: the swap refuses, naming it, and changes nothing.
+    fx.p.batch_execute("CREATE VIEW top_cited AS SELECT * FROM citation_counts WHERE cites > 100")
+        .await
+        .unwrap();
+    let (_, ids) = fake_run(
+        &fx,
+        &[FileSpec {
+            task: "cites".into(),
+            kind: "swap",
+            csv: "doc_id,cites,label\n1,1,x\n".into(),
+            params: json!({ "target": "public.citation_counts" }),
+        }],
+    )
+    .await;
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
+    let r =
+        fx.p.query_one(
+            "SELECT state, last_error FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "failed");
+    let e: String = r.get(1);
+    assert!(e.contains("view top_cited depends on it"), "{e}");
+    assert_eq!(
+        count(&fx.p, "SELECT count(*) FROM citation_counts").await,
+        201
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_stops_a_running_apply() {
+    let fx = setup(
+        "up_cancel",
+        "lease = \"3s\"\nlock_timeout = \"60s\"\npoll_interval = \"500ms\"",
+    )
+    .await;
+    fx.p.batch_execute("CREATE TABLE cn (id bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.cn", rows_csv(0, 100))]).await;
+    let holder = fx.c.primary().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE cn IN SHARE MODE")
+        .await
+        .unwrap();
+    let mut w = spawn_uploader(&fx, "cancel", &["--slots", "1"]);
+    wait_apply_blocked(&fx.p).await;
+    let out =
+        fx.c.run(&fx.cfg, &["tasks", "cancel", &ids[0].to_string()])
+            .expect_code(0);
+    assert!(out.stdout.contains("cancel requested"), "{}", out.stdout);
+    wait_for(
+        "the task to be cancelled",
+        Duration::from_secs(15),
+        || async { task_state(&fx.p, ids[0]).await == "cancelled" },
+    )
+    .await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM cn").await, 0);
+    signal(w.id(), "TERM");
+    assert_eq!(wait_exit(&mut w, Duration::from_secs(20)), 0);
+}
