@@ -287,7 +287,6 @@ async fn export_writes_one_file_per_table_from_the_snapshot() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the swap apply (uploader)"]
 async fn materialize_swaps_the_target_under_a_reader() {
     let c = Cluster::up("scans-materialize", 1);
     let p = c.primary().await;
