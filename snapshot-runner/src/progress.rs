@@ -113,6 +113,15 @@ impl ProgressReporter {
                         .filter(|t| *t > 0)
                         .map(|t| format!("{:.1}%", 100.0 * items as f64 / t as f64))
                         .unwrap_or_else(|| "-".into());
+                    // Remaining items at the rate so far; unknown without a total or a rate.
+                    let eta = match total {
+                        Some(t) if items > 0 && t > items => {
+                            let left = (t - items) as f64 * secs / items as f64;
+                            format!("{}s", left.round() as u64)
+                        }
+                        Some(_) if items > 0 => "0s".to_string(),
+                        _ => "-".to_string(),
+                    };
                     tracing::info!(
                         task = %task,
                         done = items,
@@ -121,6 +130,7 @@ impl ProgressReporter {
                         mb = bytes / 1_000_000,
                         mb_per_s = format!("{:.1}", bytes as f64 / 1e6 / secs),
                         findings = counters.findings.load(Ordering::Relaxed),
+                        eta = %eta,
                         "progress"
                     );
                 },
