@@ -913,3 +913,33 @@ async fn cancel_stops_a_running_apply() {
     signal(w.id(), "TERM");
     assert_eq!(wait_exit(&mut w, Duration::from_secs(20)), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notify_wakes_an_idle_uploader() {
+    // Polling every minute: only the NOTIFY can make the task run within seconds.
+    let fx = setup("up_notify", "poll_interval = \"60s\"").await;
+    fx.p.batch_execute("CREATE TABLE nt (id bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let mut w = spawn_uploader(&fx, "notify", &["--slots", "2"]);
+    wait_for("the uploader to LISTEN", Duration::from_secs(10), || async {
+        count(&fx.p, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgmaint-uploader-listen'").await == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // past its first (empty) claim
+    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.nt", rows_csv(0, 10))]).await;
+    fx.p.execute("SELECT pg_notify('pgmaint_upload', 'test')", &[])
+        .await
+        .unwrap();
+    let woke = Instant::now();
+    wait_for(
+        "the notified task to complete",
+        Duration::from_secs(10),
+        || async { task_state(&fx.p, ids[0]).await == "completed" },
+    )
+    .await;
+    assert!(woke.elapsed() < Duration::from_secs(5));
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM nt").await, 10);
+    signal(w.id(), "TERM");
+    assert_eq!(wait_exit(&mut w, Duration::from_secs(20)), 0);
+}

@@ -124,7 +124,7 @@ impl Worker {
 
     async fn connect(&self, role: &str) -> Result<Client, UploadError> {
         let mut config = self.primary.clone();
-        config.application_name(&format!("pgmaint-uploader-{role}"));
+        config.application_name(format!("pgmaint-uploader-{role}"));
         snapshot_runner::connect(&config)
             .await
             .map_err(UploadError::db("connecting to the primary"))
@@ -164,11 +164,18 @@ impl Worker {
                 started,
             )
         });
-        let results = futures_util::future::join_all(slots).await;
-        listener_stop.cancel();
-        if let Some(l) = listener {
-            l.await;
-        }
+        // The listener runs alongside the slots and stops when they are all done.
+        let slots_done = async {
+            let results = futures_util::future::join_all(slots).await;
+            listener_stop.cancel();
+            results
+        };
+        let listening = async {
+            if let Some(l) = listener {
+                l.await;
+            }
+        };
+        let (results, ()) = tokio::join!(slots_done, listening);
         let stats = *stats.lock().expect("stats lock");
         for r in results {
             r?;
@@ -178,12 +185,8 @@ impl Worker {
 
     /// LISTEN on the queue's channel and wake the slots on every notification (and on
     /// every reconnect, in case one was missed while disconnected).
-    fn listen(
-        &self,
-        wake: Arc<Notify>,
-        stop: CancellationToken,
-    ) -> impl std::future::Future<Output = ()> + '_ {
-        async move {
+    async fn listen(&self, wake: Arc<Notify>, stop: CancellationToken) {
+        {
             let mut backoff = Backoff::new(self.reconnect_max);
             loop {
                 let mut config = self.primary.clone();
@@ -385,6 +388,8 @@ impl Worker {
                         task = id,
                         "lease lost before completion; the apply was rolled back"
                     );
+                    // The apply may have been stopped mid-statement: start afresh.
+                    conns = None;
                 }
                 Outcome::Failed(UploadError::Cancelled(id)) => {
                     match queue::mark_cancelled(&c.side, &task, &me).await {
@@ -397,6 +402,7 @@ impl Worker {
                         task = id,
                         "cancelled by an operator; the apply was rolled back"
                     );
+                    conns = None;
                 }
                 Outcome::Failed(e) => match queue::fail(&c.side, &task, &me, &e).await {
                     Ok(state) => self.count_failure(&stats, &task, &e, state),
