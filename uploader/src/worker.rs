@@ -79,6 +79,10 @@ impl Backoff {
 struct Conns {
     apply: Client,
     side: Client,
+    /// Prepared on `side` (claim, heartbeat).
+    side_stmts: queue::Statements,
+    /// Prepared on `apply` (complete).
+    apply_stmts: queue::Statements,
 }
 
 impl Conns {
@@ -342,7 +346,7 @@ impl Worker {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let task = match queue::claim(&c.side, &me, self.lease).await {
+            let task = match queue::claim(&c.side, &c.side_stmts.claim, &me, self.lease).await {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(slot = n, error = %e, "claim failed");
@@ -444,7 +448,14 @@ impl Worker {
     async fn connect_slot(&self, n: usize) -> Result<Conns, UploadError> {
         let apply = self.connect(&format!("{n}")).await?;
         let side = self.connect(&format!("{n}-side")).await?;
-        Ok(Conns { apply, side })
+        let side_stmts = queue::Statements::prepare(&side).await?;
+        let apply_stmts = queue::Statements::prepare(&apply).await?;
+        Ok(Conns {
+            apply,
+            side,
+            side_stmts,
+            apply_stmts,
+        })
     }
 
     /// Apply one task while heartbeating its lease. A lost lease or a cancel request
@@ -460,13 +471,14 @@ impl Worker {
     ) -> Outcome {
         let cancel = c.apply.cancel_token();
         let side = &c.side;
-        let apply = self.apply(&mut c.apply, task, me);
+        let heartbeat_stmt = &c.side_stmts.heartbeat;
+        let apply = self.apply(&mut c.apply, &c.apply_stmts.complete, task, me);
         tokio::pin!(apply);
         let beat_every = self.lease / 3;
         let heartbeat = async {
             loop {
                 tokio::time::sleep(beat_every).await;
-                match queue::heartbeat(side, task, me, self.lease).await {
+                match queue::heartbeat(side, heartbeat_stmt, task, me, self.lease).await {
                     Ok(Beat::Held) => {}
                     Ok(b) => return b,
                     Err(e) => tracing::warn!(task = task.id, error = %e, "heartbeat failed"),
@@ -511,6 +523,7 @@ impl Worker {
     async fn apply(
         &self,
         client: &mut Client,
+        complete_stmt: &tokio_postgres::Statement,
         task: &Claimed,
         me: &str,
     ) -> Result<i64, UploadError> {
@@ -540,7 +553,7 @@ impl Worker {
                 )))
             }
         };
-        queue::complete(&tx, task, me, applied.rows).await?;
+        queue::complete(&tx, complete_stmt, task, me, applied.rows).await?;
         tx.commit()
             .await
             .map_err(UploadError::db("committing the apply"))?;
