@@ -943,3 +943,89 @@ async fn notify_wakes_an_idle_uploader() {
     signal(w.id(), "TERM");
     assert_eq!(wait_exit(&mut w, Duration::from_secs(20)), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn merge_updates_changed_rows_inserts_new_ones_and_leaves_the_rest() {
+    let fx = setup("up_merge", "").await;
+    fx.p.batch_execute(
+        "CREATE TABLE \"Totals\" (\"Day\" int, region text, amount numeric, note text, PRIMARY KEY (\"Day\", region));
+         INSERT INTO \"Totals\" SELECT d, 'eu', d * 10, 'kept' FROM generate_series(1, 10) d;",
+    )
+    .await
+    .unwrap();
+    let xmin_of = |d: i32| {
+        let p = &fx.p;
+        async move {
+            p.query_one(
+                "SELECT xmin::text FROM \"Totals\" WHERE \"Day\" = $1 AND region = 'eu'",
+                &[&d],
+            )
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+        }
+    };
+    let (x1, x6) = (xmin_of(1).await, xmin_of(6).await);
+    // Days 5..=10 again (6 unchanged, the others changed), 11..=12 new; no `note` column.
+    let mut csv = String::from("Day,region,amount\n");
+    for d in 5..=12 {
+        let amount = if d == 6 { d * 10 } else { d * 100 };
+        csv.push_str(&format!("{d},eu,{amount}\n"));
+    }
+    let (_, ids) = fake_run(
+        &fx,
+        &[FileSpec {
+            task: "totals".into(),
+            kind: "merge",
+            csv,
+            params: json!({ "target": "\"Totals\"", "key": ["Day", "region"] }),
+        }],
+    )
+    .await;
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM \"Totals\"").await, 12);
+    assert_eq!(
+        count(
+            &fx.p,
+            "SELECT count(*) FROM \"Totals\" WHERE amount = \"Day\" * 100"
+        )
+        .await,
+        7,
+        "5, 7..=12"
+    );
+    assert_eq!(
+        count(&fx.p, "SELECT count(*) FROM \"Totals\" WHERE note = 'kept'").await,
+        10,
+        "columns not in the file are kept"
+    );
+    assert_eq!(xmin_of(1).await, x1, "a row not in the file is untouched");
+    assert_eq!(xmin_of(6).await, x6, "an unchanged row is not rewritten");
+
+    // No unique key on the merge key: refused with a message naming table and columns.
+    let (_, ids) = fake_run(
+        &fx,
+        &[FileSpec {
+            task: "totals".into(),
+            kind: "merge",
+            csv: "Day,region,amount\n1,eu,1\n".into(),
+            params: json!({ "target": "\"Totals\"", "key": ["Day"] }),
+        }],
+    )
+    .await;
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
+    let e: String =
+        fx.p.query_one(
+            "SELECT last_error FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        e.contains(
+            "merge target public.\"Totals\": no primary key or unique index on exactly (\"Day\")"
+        ),
+        "{e}"
+    );
+}

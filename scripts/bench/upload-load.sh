@@ -44,11 +44,11 @@ t0=$(now); psql_p -c "\\copy t_copy FROM '$work/rows.csv' (FORMAT csv, HEADER tr
 s_copy=$(secs "$t0" "$t1")
 
 cp "$work/rows.csv" "$work/merge.csv"
-fake_upload load t_merge "$work/merge.csv" '{"target": "public.t_merge", "key": ["id"]}' >/dev/null
+fake_upload load merge "$work/merge.csv" '{"target": "public.t_merge", "key": ["id"]}' >/dev/null
 t0=$(now); "$PGMAINT" --config "$UPLOAD_CONFIG" uploader --once >/dev/null 2>"$work/merge.log"; t1=$(now)
 s_merge=$(secs "$t0" "$t1")
 cp "$work/rows.csv" "$work/swap.csv"
-fake_upload load t_swap "$work/swap.csv" '{"target": "public.t_swap"}' >/dev/null
+fake_upload load swap "$work/swap.csv" '{"target": "public.t_swap"}' >/dev/null
 t0=$(now); "$PGMAINT" --config "$UPLOAD_CONFIG" uploader --once >/dev/null 2>"$work/swap.log"; t1=$(now)
 s_swap=$(secs "$t0" "$t1")
 for t in t_insert t_values t_copy t_merge t_swap; do
