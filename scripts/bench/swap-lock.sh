@@ -39,7 +39,7 @@ readers() {
 max_latency_ms() { cat "$work/$1".* | awk 'BEGIN{m=0} {if ($3>m) m=$3} END{printf "%.1f", m/1000}'; }
 
 # Baseline: refresh in place under an exclusive lock for the whole load.
-readers base 12
+readers readers-base 12
 sleep 2
 t0=$(now)
 psql_p <<SQL
@@ -51,19 +51,20 @@ SQL
 t1=$(now)
 wait "$READERS_PID"
 base_ms=$(echo "($t1 - $t0) * 1000" | bc -l | xargs printf '%.0f')
-base_reader=$(max_latency_ms base)
+base_reader=$(max_latency_ms readers-base)
 
 # pgmaint swap.
 fake_upload cites swap "$work/new.csv" '{"target": "public.citation_counts"}' >/dev/null
-readers swap 20
+readers readers-swap 20
 sleep 2
 t0=$(now)
-PGMAINT_LOG=info "$PGMAINT" --config "$UPLOAD_CONFIG" uploader --once >/dev/null 2>"$work/swap.log"
+PGMAINT_LOG=${PGMAINT_LOG:-info} "$PGMAINT" --config "$UPLOAD_CONFIG" uploader --once >/dev/null 2>"$work/swap.log"
 t1=$(now)
 wait "$READERS_PID"
 swap_total=$(secs "$t0" "$t1")
+cp "$work/swap.log" "$BENCH_ROOT/swap-lock.uploader.log"
 lock_ms=$(grep -o 'lock_ms="\?[0-9.]*' "$work/swap.log" | tail -1 | grep -o '[0-9.]*$')
-swap_reader=$(max_latency_ms swap)
+swap_reader=$(max_latency_ms readers-swap)
 [[ $(psql_p -Atc "SELECT count(*) FROM citation_counts WHERE title = md5((doc_id + 1)::text)") == "$ROWS" ]] ||
     { echo "the swap did not load the new contents" >&2; cat "$work/swap.log" >&2; exit 1; }
 [[ $(psql_p -Atc "SELECT has_table_privilege('reader', 'citation_counts', 'SELECT')

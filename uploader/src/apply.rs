@@ -30,6 +30,8 @@ pub(crate) struct Applied {
     pub rows: i64,
     /// When a swap took its ACCESS EXCLUSIVE lock on the target (held until commit).
     pub exclusive_since: Option<Instant>,
+    /// A swap renamed the old table away: drop it once committed.
+    pub drop_after: bool,
 }
 
 /// Lock waits are bounded by `lock_timeout`; a statement that times out on a lock is
@@ -269,5 +271,6 @@ pub(crate) async fn findings(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Appl
     Ok(Applied {
         rows: inserted as i64,
         exclusive_since: None,
+        drop_after: false,
     })
 }

@@ -155,5 +155,6 @@ pub(crate) async fn merge(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied
     Ok(Applied {
         rows,
         exclusive_since: None,
+        drop_after: false,
     })
 }

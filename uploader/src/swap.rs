@@ -28,6 +28,43 @@ use crate::apply::{check, copy_checked, execute_retrying_locks, Applied, Ctx};
 use crate::target::{check_columns, record_materialization, resolve, target_name, Target};
 use crate::UploadError;
 
+/// Name prefix of a swapped-out table, dropped after the swap commits.
+const OLD_PREFIX: &str = "pgmaint_swap_old_";
+
+/// Drop the tables earlier swaps renamed away (normally just the one the swap that
+/// just committed left; more if a worker died between its commit and this drop).
+/// Each in its own short transaction, bounded by `lock_timeout`; failures are left
+/// for the next swap.
+pub(crate) async fn drop_old_tables(
+    client: &tokio_postgres::Client,
+    lock_timeout: std::time::Duration,
+) {
+    let old = match client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind = 'r' AND c.relname LIKE 'pgmaint\\_swap\\_old\\_%'",
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>(),
+        Err(e) => return tracing::warn!(error = %e, "could not list swapped-out tables"),
+    };
+    for name in old {
+        let sql = format!(
+            "SET lock_timeout = {}; DROP TABLE IF EXISTS {name}; RESET lock_timeout",
+            lock_timeout.as_millis().max(1)
+        );
+        match client.batch_execute(&sql).await {
+            Ok(()) => tracing::debug!(table = %name, "dropped the swapped-out table"),
+            Err(e) => {
+                let _ = client.batch_execute("RESET lock_timeout").await;
+                tracing::warn!(table = %name, error = %e, "could not drop a swapped-out table; the next swap retries")
+            }
+        }
+    }
+}
+
 /// Everything that would make dropping and renaming the target unsafe or lossy.
 const BLOCKERS: &str = "
 SELECT format('view %s depends on it', r.ev_class::regclass)
@@ -284,8 +321,23 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
         .map(|r| r.get(0))
         .collect();
 
+    // The old table is renamed away, not dropped: dropping a big table makes COMMIT
+    // unlink its files while the lock is still held (about 60 ms for 1M rows). It is
+    // dropped right after the commit instead (`drop_old_tables`).
+    let old_name = format!("{OLD_PREFIX}{}", task.id);
     let mut sql: Vec<String> = sequences;
-    sql.push(format!("DROP TABLE {target}"));
+    sql.push(format!(
+        "ALTER TABLE {target} RENAME TO {}",
+        quote_ident(&old_name)
+    ));
+    for (k, ix) in indexes.iter().enumerate() {
+        // Frees the index (and constraint) names for the new table's indexes.
+        sql.push(format!(
+            "ALTER INDEX {schema}.{} RENAME TO {}",
+            quote_ident(&ix.name),
+            quote_ident(&format!("{old_name}_i{k}"))
+        ));
+    }
     sql.push(format!(
         "ALTER TABLE {staging} RENAME TO {}",
         quote_ident(&t.name.name)
@@ -318,13 +370,16 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
     }
     sql.extend(restore);
     // One round trip for the whole exchange: the lock is held for as short as possible.
+    let read_ms = locked_at.elapsed().as_secs_f64() * 1000.0;
     tx.batch_execute(&sql.join(";\n"))
         .await
         .map_err(db("exchanging the tables"))?;
     record_materialization(tx, task, &t, &checked.snapshot_lsn, rows).await?;
-    tracing::debug!(task = task.id, target = %t.name, owner = %t.owner, rows, indexes = indexes.len(), "swap staged");
+    tracing::debug!(task = task.id, target = %t.name, owner = %t.owner, rows, indexes = indexes.len(),
+                    catalog_ms = read_ms, exchanged_ms = locked_at.elapsed().as_secs_f64() * 1000.0, "swap exchanged");
     Ok(Applied {
         rows,
         exclusive_since: Some(locked_at),
+        drop_after: true,
     })
 }

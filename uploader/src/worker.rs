@@ -566,6 +566,9 @@ impl Worker {
                 "swap: exclusive lock held"
             );
         }
+        if applied.drop_after {
+            crate::swap::drop_old_tables(client, self.lock_timeout).await;
+        }
         Ok(applied.rows)
     }
 }
