@@ -1029,3 +1029,163 @@ async fn merge_updates_changed_rows_inserts_new_ones_and_leaves_the_rest() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_whose_lease_expired_cannot_complete_its_task() {
+    let fx = setup(
+        "up_fenced",
+        "lease = \"1s\"\nlock_timeout = \"60s\"\npoll_interval = \"500ms\"",
+    )
+    .await;
+    fx.p.batch_execute(
+        "CREATE TABLE fz (id bigint PRIMARY KEY, v text); INSERT INTO fz VALUES (0, 'old')",
+    )
+    .await
+    .unwrap();
+    let (_, ids) = fake_run(
+        &fx,
+        &[FileSpec {
+            task: "fz".into(),
+            kind: "swap",
+            csv: rows_csv(1, 101),
+            params: json!({ "target": "public.fz" }),
+        }],
+    )
+    .await;
+    // Worker A's swap blocks on LOCK TABLE behind a reader; then A freezes (SIGSTOP),
+    // so its heartbeats stop and its lease expires.
+    let reader = fx.c.primary().await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM fz")
+        .await
+        .unwrap();
+    let mut a = spawn_uploader(&fx, "a", &["--slots", "1"]);
+    wait_apply_blocked(&fx.p).await;
+    let a_worker: String =
+        fx.p.query_one(
+            "SELECT worker FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    signal(a.id(), "STOP");
+    wait_for("A's lease to expire", Duration::from_secs(10), || async {
+        count(&fx.p, &format!("SELECT count(*) FROM pgmaint.upload_tasks WHERE id = {} AND lease_expires_at < now()", ids[0])).await
+            == 1
+    })
+    .await;
+    // Worker B rescues the task and applies it too; it queues for the lock behind A.
+    let mut b = spawn_uploader(&fx, "b", &["--once"]);
+    wait_for("B to claim the task", Duration::from_secs(10), || async {
+        count(
+            &fx.p,
+            &format!(
+                "SELECT count(*) FROM pgmaint.upload_tasks WHERE id = {} AND attempts = 2",
+                ids[0]
+            ),
+        )
+        .await
+            == 1
+    })
+    .await;
+    wait_for(
+        "B to wait for the lock too",
+        Duration::from_secs(10),
+        || async {
+            count(
+                &fx.p,
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'fz'::regclass",
+            )
+            .await
+                == 2
+        },
+    )
+    .await;
+    reader.batch_execute("COMMIT").await.unwrap(); // A's backend gets the lock first
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(a.id(), "CONT"); // A wakes up with an expired lease: it must not complete
+    assert_eq!(
+        wait_exit(&mut b, Duration::from_secs(30)),
+        0,
+        "{}",
+        uploader_log(&fx, "b")
+    );
+    let r =
+        fx.p.query_one(
+            "SELECT state, worker, attempts FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "completed");
+    assert_ne!(
+        r.get::<_, String>(1),
+        a_worker,
+        "completed by B, not by the fenced A"
+    );
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM fz").await, 100);
+    assert_eq!(
+        count(&fx.p, "SELECT count(*) FROM fz WHERE id = 0").await,
+        0
+    );
+    assert_eq!(
+        count(
+            &fx.p,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgmaint_swap%'"
+        )
+        .await,
+        0
+    );
+    signal(a.id(), "TERM");
+    assert_eq!(
+        wait_exit(&mut a, Duration::from_secs(20)),
+        0,
+        "{}",
+        uploader_log(&fx, "a")
+    );
+    let log = uploader_log(&fx, "a");
+    assert!(
+        log.contains("lease lost before completion") || log.contains("lease on upload task"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn heartbeats_keep_a_long_apply_alive() {
+    let fx = setup(
+        "up_heartbeat",
+        "lease = \"1s\"\nlock_timeout = \"60s\"\npoll_interval = \"500ms\"",
+    )
+    .await;
+    fx.p.batch_execute("CREATE TABLE hb (id bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.hb", rows_csv(0, 100))]).await;
+    let holder = fx.c.primary().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE hb IN SHARE MODE")
+        .await
+        .unwrap();
+    let mut w = spawn_uploader(&fx, "hb", &["--slots", "1"]);
+    wait_apply_blocked(&fx.p).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // three leases long
+    assert_eq!(task_state(&fx.p, ids[0]).await, "running");
+    holder.batch_execute("COMMIT").await.unwrap();
+    wait_for("the task to complete", Duration::from_secs(10), || async {
+        task_state(&fx.p, ids[0]).await == "completed"
+    })
+    .await;
+    let attempts: i32 =
+        fx.p.query_one(
+            "SELECT attempts FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 1, "never rescued while its worker was alive");
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM hb").await, 100);
+    signal(w.id(), "TERM");
+    assert_eq!(wait_exit(&mut w, Duration::from_secs(20)), 0);
+}
