@@ -71,6 +71,22 @@ enum Command {
     /// Apply pgmaint's schema migrations to the primary (idempotent).
     Init,
     /// One cycle: pause the replica, run the tasks, queue uploads, resume.
+    ///
+    /// In order: take the replica's lease on the primary; check every task against the
+    /// replica's catalog; check the replica (in recovery, streaming, 'not paused', not a
+    /// synchronous standby under remote_apply, backlog under limits.max_replay_backlog);
+    /// pause replay and wait for 'paused'; record the snapshot (replay LSN, timeline,
+    /// system identifier, postmaster start time); run the tasks; check the snapshot did
+    /// not move; write results.dir/<run-id>/ (CSV files + manifest.json); in one
+    /// transaction on the primary, record the run and queue its uploads; close the scan
+    /// sessions and resume replay.
+    ///
+    /// Replay is resumed on every path: errors, SIGINT/SIGTERM, limits.max_pause or
+    /// limits.max_replay_backlog exceeded, a lost lease. A replica that restarted during
+    /// the scan (its pause silently lost) makes the run invalid: nothing is uploaded.
+    ///
+    /// Exit code 0 when the run succeeded and every task has results; 1 otherwise; 2 for
+    /// bad config, including a task naming a missing table or column.
     Run {
         /// Run only this task (repeatable); default: every task in config.
         #[arg(long = "task", value_name = "NAME")]
