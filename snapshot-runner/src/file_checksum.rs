@@ -4,9 +4,9 @@
 //!
 //! The catalog is read in key order through a portal, a batch at a time, and handed to
 //! blocking reader threads through a bounded channel, so memory does not grow with the
-//! store. Each reader hashes with large sequential reads. A path never leads out of the
-//! root: absolute paths and `..` are refused, and a symlink that resolves outside the
-//! root is reported, never read.
+//! store. Each reader hashes with sequential reads (and tells the kernel so). A path
+//! never leads out of the root: absolute paths and `..` are refused, and a symlink that
+//! resolves outside the root is reported, never read.
 //!
 //! With `files_per_run`, a run checks that many files after the cursor (the last key the
 //! previous run checked) and wraps to the start at the end of the catalog, so successive
@@ -32,8 +32,11 @@ use crate::row_checksum::{column, resolve_table, stored_md5_expr};
 use crate::task::{ApplyPlan, TaskReport, TaskStatus};
 use crate::{ScanContext, ScanError, FINDINGS_COLUMNS};
 
-/// Read size of the file readers: large sequential reads keep disks streaming.
-const READ_BUF: usize = 1 << 20;
+/// Read size of the file readers. Disk reads are large anyway: with
+/// `POSIX_FADV_SEQUENTIAL` the kernel's readahead fetches big sequential chunks whatever
+/// the read size. A buffer that stays in the CPU cache between the copy and the hash is
+/// what matters here: 64 KiB hashed ~10% faster than 1 MiB in scripts/bench.
+const READ_BUF: usize = 64 << 10;
 
 /// Config of a `file_checksum` task. Names are in SQL syntax.
 #[derive(Debug, Clone)]
@@ -511,7 +514,7 @@ fn check_file(
     }
 }
 
-/// MD5 of a file with large sequential reads; `None` if cancelled mid-way.
+/// MD5 of a file, read front to back; `None` if cancelled mid-way.
 fn md5_of(mut file: File, buf: &mut [u8], counters: &Counters, stop: &CancellationToken) -> io::Result<Option<String>> {
     {
         use std::os::fd::AsRawFd;

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Primary impact: pgbench TPC-B (4 clients) on the primary, three times: idle, while
+# pgmaint scans the paused replica, and while the same scan runs on the primary itself.
+# The primary and pgbench are pinned to CPU 0, the replica and pgmaint to CPU 1
+# (goal: >= 0.95 of idle TPS while pgmaint scans the replica).
+#   SECONDS_EACH=20   ROWS=8192 (x 64 KiB = 512 MiB scanned per pass)   SCALE=10
+source "$(dirname "$0")/common.sh"
+SECONDS_EACH=${SECONDS_EACH:-20}
+ROWS=${ROWS:-8192}
+SCALE=${SCALE:-10}
+[[ $(nproc) -ge 2 ]] || { echo "needs 2 CPUs" >&2; exit 2; }
+bench_cluster bench-primary-impact
+
+# Pin a server: its postmaster and every process it has started (backends it forks
+# later inherit the postmaster's affinity).
+pin() {
+    local pid
+    pid=$(head -1 "$DATA/$1/postmaster.pid")
+    taskset -a -p -c "$2" "$pid" >/dev/null
+    for c in $(pgrep -P "$pid"); do taskset -a -p -c "$2" "$c" >/dev/null; done
+}
+pin primary 0
+pin r1 1
+
+echo "seeding pgbench (scale $SCALE) and $ROWS x 64 KiB of bytea ..." >&2
+"$PG_BIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres app >/dev/null 2>&1
+psql_p <<SQL
+CREATE TABLE blobs (id bigint PRIMARY KEY, payload bytea, payload_md5 text);
+ALTER TABLE blobs ALTER payload SET STORAGE EXTERNAL;
+INSERT INTO blobs SELECT g, p, md5(p)
+  FROM (SELECT g, decode(repeat(md5(g::text), 4096), 'hex') AS p FROM generate_series(1, $ROWS) g) s;
+VACUUM ANALYZE blobs;
+CHECKPOINT;
+SQL
+wait_caught_up
+config "$CLUSTER_DIR/bench.toml" "[[tasks]]
+name = \"blobs\"
+kind = \"row_checksum\"
+table = \"blobs\"
+key = \"id\"
+content = \"payload\"
+checksum = \"payload_md5\"
+parallelism = 2"
+"$PGMAINT" --config "$CLUSTER_DIR/bench.toml" init >/dev/null
+query="SELECT count(*) FROM blobs WHERE md5(payload) <> payload_md5"
+psql_p -Atc "$query" >/dev/null; psql_r -Atc "$query" >/dev/null     # warm both caches
+
+tps() {
+    taskset -c 0 "$PG_BIN/pgbench" -n -c 4 -j 1 -T "$SECONDS_EACH" -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres app 2>/dev/null |
+        sed -n 's/^tps = \([0-9]*\)[.0-9]* .*/\1/p' | head -1
+}
+# while_looping CMD…: measure TPS while CMD runs over and over in the background.
+while_looping() {
+    local stop=$CLUSTER_DIR/stop.flag n=0
+    rm -f "$stop"
+    ( while [[ ! -e $stop ]]; do "$@" >/dev/null 2>&1 || true; done ) &
+    local loop=$!
+    sleep 1
+    tps
+    touch "$stop"
+    wait "$loop"
+}
+
+idle=$(tps)
+replica=$(while_looping taskset -c 1 "$PGMAINT" --config "$CLUSTER_DIR/bench.toml" run --task blobs)
+primary=$(while_looping taskset -c 1 "$PG_BIN/psql" -X -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -d app -Atc "$query")
+runs=$(psql_p -Atc "SELECT count(*) FROM pgmaint.runs WHERE state = 'succeeded'")
+[[ $(psql_r -Atc "SELECT pg_get_wal_replay_pause_state()") == "not paused" ]] || { echo "replica left paused" >&2; exit 1; }
+result "primary impact (pgbench TPC-B, 4 clients, ${SECONDS_EACH}s each): idle $idle tps; pgmaint scanning the paused replica $replica tps ($(ratio "$replica" "$idle")x of idle, $runs scan cycles); same scan on the primary $primary tps ($(ratio "$primary" "$idle")x of idle); goal >= 0.95x while scanning the replica"
