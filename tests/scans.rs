@@ -297,14 +297,18 @@ async fn materialize_swaps_the_target_under_a_reader() {
          CREATE INDEX word_counts_n ON word_counts (n);
          INSERT INTO word_counts VALUES ('stale', 1);
          CREATE ROLE reader;
-         GRANT SELECT ON word_counts TO reader;",
+         GRANT SELECT ON word_counts TO reader;
+         CREATE TABLE word_totals (word text PRIMARY KEY, n bigint NOT NULL);
+         INSERT INTO word_totals VALUES ('w1', 0), ('extra', 5);",
     )
     .await
     .unwrap();
     let cfg = c.write_config(
         "mat.toml",
         "[[tasks]]\nname = \"counts\"\nkind = \"materialize\"\n\
-         query = \"SELECT word, count(*)::bigint AS n FROM words GROUP BY word\"\ntarget = \"public.word_counts\"\n",
+         query = \"SELECT word, count(*)::bigint AS n FROM words GROUP BY word\"\ntarget = \"public.word_counts\"\n\
+         [[tasks]]\nname = \"totals\"\nkind = \"materialize\"\nmerge_key = [\"word\"]\n\
+         query = \"SELECT word, count(*)::bigint AS n FROM words GROUP BY word\"\ntarget = \"word_totals\"\n",
     );
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
@@ -352,4 +356,16 @@ async fn materialize_swaps_the_target_under_a_reader() {
         (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
     assert_eq!((count, sum, stale), (100, 50000, false), "the target holds the snapshot's result");
     assert_eq!((indexes, granted), (2, true), "indexes and grants survive the swap");
+
+    // The merge task upserted by key: matching rows updated, others kept.
+    let row = p
+        .query_one(
+            "SELECT count(*), (SELECT n FROM word_totals WHERE word = 'w1'), (SELECT n FROM word_totals WHERE word = 'extra')
+               FROM word_totals",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (count, w1, extra): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!((count, w1, extra), (101, 500, 5));
 }
