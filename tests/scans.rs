@@ -282,7 +282,8 @@ async fn export_writes_one_file_per_table_from_the_snapshot() {
         assert_eq!(bytes.len() as u64, f["size"].as_u64().unwrap());
     }
     assert_eq!(std::fs::read_to_string(dir.join("dump.s.Odd_Name.csv")).unwrap().lines().next(), Some("x"));
-    assert!(manifest["snapshot"]["lsn"].as_str().is_some());
+    let lsn = manifest["snapshot"]["lsn"].as_str().unwrap();
+    assert!(files.iter().all(|f| f["snapshot_lsn"] == lsn), "every file records the snapshot LSN");
     assert_eq!(s["queued"].as_array().unwrap().len(), 0, "exports are not uploaded");
 }
 

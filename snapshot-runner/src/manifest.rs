@@ -37,6 +37,11 @@ pub struct DataFile {
     pub size: u64,
     /// MD5 of the whole file, lower-case hex.
     pub md5: String,
+    /// The snapshot the file was read from (`pg_last_wal_replay_lsn()` while paused).
+    /// Filled in from the run's snapshot when the manifest is written, so a file copied
+    /// away with its manifest entry still says which state it shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_lsn: Option<String>,
 }
 
 /// One task's entry in the manifest.
@@ -88,10 +93,17 @@ pub struct ResultManifest {
 
 impl ResultManifest {
     /// Write `dir/manifest.json` atomically (temp file, fsync, rename).
+    /// Every data file is stamped with the run's snapshot LSN.
     pub fn write(&self, dir: &Path) -> Result<(), ScanError> {
         let tmp = dir.join(".manifest.json.tmp");
         let path = dir.join(MANIFEST_FILE);
-        let body = serde_json::to_vec_pretty(self).expect("manifest serializes");
+        let mut stamped = self.clone();
+        for t in &mut stamped.tasks {
+            for f in t.file.iter_mut().chain(t.files.iter_mut()) {
+                f.snapshot_lsn.get_or_insert_with(|| self.snapshot.lsn.clone());
+            }
+        }
+        let body = serde_json::to_vec_pretty(&stamped).expect("manifest serializes");
         let mut f = std::fs::File::create(&tmp).map_err(ScanError::io(&tmp))?;
         f.write_all(&body).map_err(ScanError::io(&tmp))?;
         f.sync_all().map_err(ScanError::io(&tmp))?;

@@ -105,6 +105,7 @@ impl CsvFile {
             rows: self.rows,
             size: bytes,
             md5: hex::encode(hasher.finalize()),
+            snapshot_lsn: None,
         })
     }
 }
@@ -163,7 +164,14 @@ impl RawFile {
         let HashingWriter { inner, hasher, bytes } = self.writer;
         let file = inner.into_inner().map_err(|e| ScanError::Io { path: self.path.clone(), source: e.into_error() })?;
         file.sync_all().map_err(ScanError::io(&self.path))?;
-        Ok(DataFile { name: self.name, columns: self.columns, rows: self.rows, size: bytes, md5: hex::encode(hasher.finalize()) })
+        Ok(DataFile {
+            name: self.name,
+            columns: self.columns,
+            rows: self.rows,
+            size: bytes,
+            md5: hex::encode(hasher.finalize()),
+            snapshot_lsn: None,
+        })
     }
 }
 
