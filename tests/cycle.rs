@@ -402,3 +402,38 @@ async fn bad_config_exits_2_naming_the_field() {
         assert!(lines[0].contains(needle), "{what}: {stderr}");
     }
 }
+
+/// With `sslmode=require` in the DSNs, every pgmaint session is encrypted (libpq's
+/// `require`: encrypted, certificate not verified), and the cycle works as usual. The
+/// servers refuse the role pgmaint uses here without TLS, so a single plaintext session
+/// anywhere (control, scans, watchdog, lease, uploader) would fail the test.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_sslmode_require() {
+    let c = Cluster::up("cycle-tls", 1);
+    enable_tls(&c).await;
+    let p = c.primary().await;
+    seed_blobs(&p, BLOBS, "bigint", "g", 2_000).await;
+    let want = plant(&p, BLOBS, "id", "payload", "payload_md5", ["10", "20", "30", "40"]).await;
+    let cfg = c.write_config("t.toml", &row_checksum_task("blobs", BLOBS, "id", "payload", "payload_md5", "parallelism = 2"));
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let with_mode = |mode: &str| {
+        let path = c.dir.join(format!("{mode}.toml"));
+        std::fs::write(&path, text.replace("user=postgres dbname=app\"", &format!("user=pgmaint_tls dbname=app sslmode={mode}\""))).unwrap();
+        path
+    };
+    let (require, disable) = (with_mode("require"), with_mode("disable"));
+    // The servers really refuse this role in plaintext.
+    let refused = c.run(&disable, &["init"]).expect_code(2);
+    assert!(refused.error_line().unwrap().contains("primary.dsn: cannot connect"), "{}", refused.stderr);
+
+    c.run(&require, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+    let s = run_summary(&c.run(&require, &["run", "--json"]).expect_code(0));
+    let id = s["run_id"].as_i64().unwrap();
+    assert_eq!(findings_in_csv(&c.results_dir().join(format!("{id}/blobs.csv"))), want);
+    let up = c.run(&require, &["uploader", "--once"]).expect_code(0);
+    assert!(up.stdout.contains("1 task(s) applied"), "{}", up.stdout);
+    c.run(&require, &["status"]).expect_code(0);
+    let n: i64 = p.query_one("SELECT count(*) FROM pgmaint.integrity_findings WHERE run_id = $1", &[&id]).await.unwrap().get(0);
+    assert_eq!(n, 4);
+}

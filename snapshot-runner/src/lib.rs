@@ -37,6 +37,7 @@ pub mod progress;
 mod row_checksum;
 mod session;
 mod task;
+pub mod tls;
 
 pub use error::ScanError;
 pub use manifest::{DataFile, ManifestTask, ResultManifest, SnapshotInfo};

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::progress::ProgressMode;
@@ -16,7 +16,7 @@ pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_po
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
-    let (client, connection) = config.connect(NoTls).await?;
+    let (client, connection) = config.connect(crate::tls::connector()).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "connection closed with an error");

@@ -246,13 +246,12 @@ pub fn manifest(results_dir: &Path, run_id: i64) -> serde_json::Value {
 
 /// The data rows of a findings CSV as (row_key, finding), sorted.
 pub fn findings_in_csv(path: &Path) -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut rows: Vec<(String, String)> = text
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let cols: Vec<&str> = l.split(',').collect();
-            (cols[1].trim_matches('"').to_string(), cols[2].to_string())
+    let mut reader = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut rows: Vec<(String, String)> = reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            (r[1].to_string(), r[2].to_string())
         })
         .collect();
     rows.sort();
@@ -326,4 +325,50 @@ pub fn zero_block(c: &Cluster, name: &str, relpath: &str, block: u64) {
     f.seek(SeekFrom::Start(block * 8192)).unwrap();
     f.write_all(&[0u8; 8192]).unwrap();
     f.sync_all().unwrap();
+}
+
+/// Turn on TLS on every server of the cluster with a fresh self-signed certificate, and
+/// create role `pgmaint_tls`, which the servers accept only over TLS.
+pub async fn enable_tls(c: &Cluster) {
+    let n: usize = c.env["REPLICAS"].parse().unwrap();
+    let data = PathBuf::from(&c.env["DATA"]);
+    let run_as = c.env["RUN_AS"].clone();
+    let servers = std::iter::once("primary".to_string()).chain((1..=n).map(|i| format!("r{i}")));
+    for name in servers {
+        let dir = data.join(&name);
+        let ok = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=pgmaint-test"])
+            .arg("-keyout")
+            .arg(dir.join("server.key"))
+            .arg("-out")
+            .arg(dir.join("server.crt"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "openssl req");
+        for f in ["server.key", "server.crt"] {
+            let p = dir.join(f);
+            Command::new("chown").arg(&run_as).arg(&p).status().unwrap();
+            Command::new("chmod").arg("600").arg(&p).status().unwrap();
+        }
+        // ALTER SYSTEM on the primary does not reach a replica's own config: write each.
+        let conf = dir.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap_or_default();
+        text.push_str("\nssl = on\n");
+        std::fs::write(&conf, text).unwrap();
+        // Role `pgmaint_tls` may log in only over TLS (the first matching line wins).
+        let hba = dir.join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(&hba, format!("hostnossl all pgmaint_tls 127.0.0.1/32 reject\n{text}")).unwrap();
+    }
+    let p = c.primary().await;
+    p.batch_execute("DO $$ BEGIN CREATE ROLE pgmaint_tls SUPERUSER LOGIN; EXCEPTION WHEN duplicate_object THEN END $$")
+        .await
+        .unwrap();
+    p.execute("SELECT pg_reload_conf()", &[]).await.unwrap();
+    for i in 1..=n {
+        c.replica(i).await.execute("SELECT pg_reload_conf()", &[]).await.unwrap();
+    }
 }
