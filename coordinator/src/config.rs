@@ -262,6 +262,11 @@ fn duration(field: &str, v: &Option<String>, default: Duration) -> Result<Durati
 }
 
 fn parse_dsn(field: &str, text: &str) -> Result<Dsn, UsageError> {
+    if let Some(mode) = ["verify-ca", "verify-full"].iter().find(|m| text.contains(*m)) {
+        return Err(usage(format!(
+            "{field}: sslmode={mode} is not supported yet (sslmode=require encrypts without verifying the certificate)"
+        )));
+    }
     let config: tokio_postgres::Config = text
         .parse()
         .map_err(|e| usage(format!("{field}: invalid connection string: {e}")))?;
@@ -593,6 +598,7 @@ every = "24h"
         assert!(err(&GOOD.replace("lease = \"60s\"", "lease = \"60s\"\nleese = 1")).starts_with("limits.leese: unknown field `leese`"));
         assert!(err(&GOOD.replace("name = \"blob-integrity\"", "name = \"../x\"")).starts_with("tasks[0].name:"));
         assert!(err(&GOOD.replace("port=55432", "port=notaport")).starts_with("primary.dsn: invalid connection string"));
+        assert!(err(&GOOD.replace("dbname=app\"", "dbname=app sslmode=verify-full\"")).starts_with("primary.dsn: sslmode=verify-full is not supported yet"));
         for e in [err("garbage = ["), err(&GOOD.replace("kind", "knd"))] {
             assert!(!e.contains('\n'), "one line: {e}");
         }
