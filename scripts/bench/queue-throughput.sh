@@ -2,7 +2,7 @@
 # Queue throughput: no-op upload tasks claimed and completed by 4 concurrent workers,
 # in tasks/s, using the uploader's own SQL (uploader/src/queue.rs: claim with
 # FOR UPDATE SKIP LOCKED and the prerequisite check, then completion with the fencing
-# check inside a transaction with lock_timeout), driven by pgbench with prepared
+# check inside a transaction; lock_timeout set per session), driven by pgbench with prepared
 # statements, as the worker prepares them once per connection.
 #   TASKS=40000   WORKERS=4
 # Baseline in the same run: `SELECT 1` round trips by the same 4 clients (the ceiling
@@ -38,7 +38,6 @@ UPDATE pgmaint.upload_tasks t
                 FOR UPDATE SKIP LOCKED LIMIT 1)
 RETURNING t.id AS id, t.attempts AS attempt \gset
 BEGIN;
-SET LOCAL lock_timeout = 5000;
 UPDATE pgmaint.upload_tasks
    SET state = 'completed', finished_at = clock_timestamp(), rows_applied = 0, lease_expires_at = NULL, last_error = NULL
  WHERE id = :id AND worker = 'bench/' || :client_id AND attempts = :attempt AND state = 'running'
@@ -47,7 +46,7 @@ COMMIT;
 SQL
 echo 'SELECT 1;' >"$work/select1.sql"
 
-pgb() { "$PG_BIN/pgbench" -n -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -c "$WORKERS" -j "$WORKERS" "$@" app 2>&1; }
+pgb() { PGOPTIONS="-c lock_timeout=5000" "$PG_BIN/pgbench" -n -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -c "$WORKERS" -j "$WORKERS" "$@" app 2>&1; }
 base=$(pgb -M prepared -T 5 -f "$work/select1.sql" | awk '/^tps/ {printf "%.0f", $3}')
 t0=$(now)
 out=$(pgb -M prepared -t "$per" -f "$work/task.sql")
@@ -58,4 +57,4 @@ dupes=$(psql_p -Atc "SELECT count(*) FROM pgmaint.upload_tasks WHERE attempts <>
 [[ $dupes == 0 ]] || { echo "$dupes tasks were claimed more than once" >&2; exit 1; }
 tps=$(rate "$TASKS" "$(secs "$t0" "$t1")")
 result "queue: baseline SELECT 1 by $WORKERS clients: $base round trips/s"
-result "queue: $TASKS no-op tasks claimed+completed by $WORKERS workers: $tps tasks/s ($(ratio "$tps" "$base")x the SELECT 1 rate; each task is 4 round trips: claim, BEGIN+SET, complete, COMMIT); anchors River ~46k/s (8 cores), graphile-worker ~15.6k/s"
+result "queue: $TASKS no-op tasks claimed+completed by $WORKERS workers: $tps tasks/s ($(ratio "$tps" "$base")x the SELECT 1 rate; each task is 4 round trips: claim, BEGIN, complete, COMMIT); anchors River ~46k/s (8 cores), graphile-worker ~15.6k/s"

@@ -33,12 +33,9 @@ const OLD_PREFIX: &str = "pgmaint_swap_old_";
 
 /// Drop the tables earlier swaps renamed away (normally just the one the swap that
 /// just committed left; more if a worker died between its commit and this drop).
-/// Each in its own short transaction, bounded by `lock_timeout`; failures are left
-/// for the next swap.
-pub(crate) async fn drop_old_tables(
-    client: &tokio_postgres::Client,
-    lock_timeout: std::time::Duration,
-) {
+/// Each in its own short transaction (on the apply connection, whose session bounds
+/// lock waits with `lock_timeout`); failures are left for the next swap.
+pub(crate) async fn drop_old_tables(client: &tokio_postgres::Client) {
     let old = match client
         .query(
             "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -50,15 +47,14 @@ pub(crate) async fn drop_old_tables(
         Ok(rows) => rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>(),
         Err(e) => return tracing::warn!(error = %e, "could not list swapped-out tables"),
     };
+    // The apply connection's session has lock_timeout set: a drop never waits long.
     for name in old {
-        let sql = format!(
-            "SET lock_timeout = {}; DROP TABLE IF EXISTS {name}; RESET lock_timeout",
-            lock_timeout.as_millis().max(1)
-        );
-        match client.batch_execute(&sql).await {
+        match client
+            .batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
+            .await
+        {
             Ok(()) => tracing::debug!(table = %name, "dropped the swapped-out table"),
             Err(e) => {
-                let _ = client.batch_execute("RESET lock_timeout").await;
                 tracing::warn!(table = %name, error = %e, "could not drop a swapped-out table; the next swap retries")
             }
         }

@@ -447,6 +447,14 @@ impl Worker {
 
     async fn connect_slot(&self, n: usize) -> Result<Conns, UploadError> {
         let apply = self.connect(&format!("{n}")).await?;
+        // Every lock wait of an apply is bounded; set once per session, not per task.
+        apply
+            .batch_execute(&format!(
+                "SET lock_timeout = {}",
+                self.lock_timeout.as_millis().max(1)
+            ))
+            .await
+            .map_err(UploadError::db("setting lock_timeout"))?;
         let side = self.connect(&format!("{n}-side")).await?;
         let side_stmts = queue::Statements::prepare(&side).await?;
         let apply_stmts = queue::Statements::prepare(&apply).await?;
@@ -531,12 +539,7 @@ impl Worker {
             .transaction()
             .await
             .map_err(UploadError::db("starting the apply"))?;
-        tx.batch_execute(&format!(
-            "SET LOCAL lock_timeout = {}",
-            self.lock_timeout.as_millis().max(1)
-        ))
-        .await
-        .map_err(UploadError::db("starting the apply"))?;
+        // lock_timeout is set once for the apply connection's session (connect_slot).
         let ctx = apply::Ctx {
             task,
             results_dir: &self.results_dir,
@@ -567,7 +570,7 @@ impl Worker {
             );
         }
         if applied.drop_after {
-            crate::swap::drop_old_tables(client, self.lock_timeout).await;
+            crate::swap::drop_old_tables(client).await;
         }
         Ok(applied.rows)
     }
