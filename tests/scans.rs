@@ -197,20 +197,77 @@ async fn amcheck_finds_a_corrupt_index_on_the_replica() {
 /// Rows are wide so that the server's 8 kB send buffer flushes every few rows.
 const SLOW_QUERY: &str = "SELECT g AS n, rpad(pg_sleep(0.005)::text, 2000, 'x') AS z FROM generate_series(1, 2000) g";
 
+/// `n` sparse files of `size` bytes under `c.dir/<table>` (reading them costs CPU, not
+/// disk), listed in a new catalog table `table (id, path, md5)`: with their correct md5
+/// if `with_md5`, else with a wrong one (for files no run is meant to finish).
+async fn sparse_store(c: &Cluster, table: &str, n: i32, size: u64, with_md5: bool) -> std::path::PathBuf {
+    let root = c.dir.join(table);
+    std::fs::create_dir_all(&root).unwrap();
+    for i in 1..=n {
+        std::fs::File::create(root.join(format!("f{i}"))).unwrap().set_len(size).unwrap();
+    }
+    let md5 = if with_md5 {
+        let out = std::process::Command::new("md5sum").arg(root.join("f1")).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()[..32].to_string()
+    } else {
+        md5_hex(b"")
+    };
+    let p = c.primary().await;
+    p.batch_execute(&format!("CREATE TABLE {table} (id int PRIMARY KEY, path text, md5 text)")).await.unwrap();
+    p.execute(&format!("INSERT INTO {table} SELECT g, 'f' || g, $1 FROM generate_series(1, $2) g"), &[&md5, &n])
+        .await
+        .unwrap();
+    root
+}
+
+fn file_task(name: &str, table: &str, root: &Path, extra: &str) -> String {
+    format!(
+        "[[tasks]]\nname = \"{name}\"\nkind = \"file_checksum\"\ntable = \"{table}\"\nkey = \"id\"\npath = \"path\"\n\
+         checksum = \"md5\"\nroot = \"{}\"\nparallelism = 2\n{extra}",
+        root.display()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn soft_timeout_stops_a_task_with_partial_results() {
     let c = Cluster::up("scans-soft-timeout", 1);
+    // 48 x 128 MiB: about ten seconds of hashing on two cores.
+    let root = sparse_store(&c, "big_files", 48, 128 << 20, true).await;
     let cfg = c.write_config(
         "soft.toml",
-        &format!("[[tasks]]\nname = \"slow\"\nkind = \"export\"\nquery = \"{SLOW_QUERY}\"\nsoft_timeout = \"1s\"\n"),
+        &format!(
+            "[[tasks]]\nname = \"slow\"\nkind = \"export\"\nquery = \"{SLOW_QUERY}\"\nsoft_timeout = \"1s\"\n{}",
+            file_task("files", "big_files", &root, "soft_timeout = \"1s\"\nfiles_per_run = 1000\n")
+        ),
     );
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
     let started = Instant::now();
     let (run, s) = run_json(&c, &cfg, &[]);
     run.expect_code(0);
-    assert!(started.elapsed() < Duration::from_secs(8), "stopped at the soft time-out, took {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(8), "stopped at the soft time-outs, took {:?}", started.elapsed());
+    assert_eq!(c.pause_state(1).await, "not paused");
     let manifest = read_manifest(&results_dir(&s));
+
+    // file_checksum: part of the files, all intact; the cursor is the last one checked,
+    // so the next run carries on right after it.
+    let t = &manifest["tasks"][1];
+    assert_eq!(
+        (t["name"].as_str(), t["status"].as_str(), t["findings"].as_u64()),
+        (Some("files"), Some("partial"), Some(0))
+    );
+    let checked = t["rows_scanned"].as_u64().unwrap();
+    assert!(checked > 0 && checked < 48, "files checked: {checked}");
+    let cursor: String = c
+        .primary()
+        .await
+        .query_one("SELECT cursor FROM pgmaint.task_cursors WHERE task_name = 'files'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cursor, checked.to_string());
+
+    // export: the rows streamed until the time-out.
     let t = &manifest["tasks"][0];
     assert_eq!(t["status"], "partial");
     let file = &t["files"][0];
@@ -220,33 +277,45 @@ async fn soft_timeout_stops_a_task_with_partial_results() {
     let path = results_dir(&s).join(file["name"].as_str().unwrap());
     assert_eq!(csv_rows(&path).len() as u64, rows);
     assert_eq!(md5_hex(&std::fs::read(&path).unwrap()), file["md5"].as_str().unwrap());
-    assert_eq!(c.pause_state(1).await, "not paused");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn max_pause_aborts_the_cycle_and_uploads_nothing() {
     let c = Cluster::up("scans-max-pause", 1);
+    // One 16 GiB file: half a minute of hashing, cut short by the limit.
+    let root = sparse_store(&c, "huge_file", 1, 16 << 30, false).await;
     let cfg = c.write_config(
         "maxpause.toml",
         &format!(
             "[limits]\nmax_pause = \"2s\"\n\
              [[tasks]]\nname = \"storage\"\nkind = \"amcheck\"\n\
-             [[tasks]]\nname = \"slow\"\nkind = \"export\"\nquery = \"{SLOW_QUERY}\"\n"
+             [[tasks]]\nname = \"slow\"\nkind = \"export\"\nquery = \"{SLOW_QUERY}\"\n{}",
+            file_task("huge", "huge_file", &root, "")
         ),
     );
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
-    let started = Instant::now();
-    let (run, s) = run_json(&c, &cfg, &[]);
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(started.elapsed() < Duration::from_secs(8), "aborted at max_pause, took {:?}", started.elapsed());
-    assert_eq!(s["state"], "aborted", "{s}");
-    assert_eq!(c.pause_state(1).await, "not paused");
-    let run_id = s["run_id"].as_i64().unwrap();
     let p = c.primary().await;
-    let queued: i64 =
-        p.query_one("SELECT count(*) FROM pgmaint.upload_tasks WHERE run_id = $1", &[&run_id]).await.unwrap().get(0);
-    assert_eq!(queued, 0, "nothing of an aborted run is uploaded");
+    // A COPY on the replica, then a file being hashed: each is stopped at the limit.
+    for slow in ["slow", "huge"] {
+        let started = Instant::now();
+        let (run, s) = run_json(&c, &cfg, &["--task", "storage", "--task", slow]);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{slow}: aborted at max_pause, took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(s["state"], "aborted", "{s}");
+        assert_eq!(c.pause_state(1).await, "not paused");
+        let run_id = s["run_id"].as_i64().unwrap();
+        let queued: i64 = p
+            .query_one("SELECT count(*) FROM pgmaint.upload_tasks WHERE run_id = $1", &[&run_id])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(queued, 0, "nothing of an aborted run is uploaded");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -14,7 +14,7 @@ use futures_util::future::join_all;
 use futures_util::{pin_mut, StreamExt};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::ident::{quote_ident, QualifiedName};
@@ -257,7 +257,7 @@ async fn worker(
             r = check_one(p, &client, &item, &mut write) => r,
             _ = stop.cancelled() => {
                 // Stop the server-side work too, not just our side of the socket.
-                let _ = cancel_token.cancel_query(NoTls).await;
+                let _ = cancel_token.cancel_query(crate::tls::connector()).await;
                 return Err(ScanError::Cancelled);
             }
         };

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use tokio_postgres::{Client, NoTls, Transaction};
+use tokio_postgres::{Client, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use crate::ident::QualifiedName;
@@ -124,7 +124,7 @@ pub(crate) async fn copy_to_file(
     let stream = tokio::select! {
         s = client.copy_out(copy_sql) => s.map_err(ScanError::db(context))?,
         _ = stop.cancelled() => {
-            let _ = cancel_token.cancel_query(NoTls).await;
+            let _ = cancel_token.cancel_query(crate::tls::connector()).await;
             return Err(ScanError::Cancelled);
         }
     };
@@ -142,11 +142,11 @@ pub(crate) async fn copy_to_file(
             c = stream.next() => c,
             _ = stop.cancelled() => {
                 // Stop the server-side work too, not just our side of the socket.
-                let _ = cancel_token.cancel_query(NoTls).await;
+                let _ = cancel_token.cancel_query(crate::tls::connector()).await;
                 return Err(ScanError::Cancelled);
             }
             _ = &mut deadline_sleep => {
-                let _ = cancel_token.cancel_query(NoTls).await;
+                let _ = cancel_token.cancel_query(crate::tls::connector()).await;
                 return Ok(CopyEnd::Deadline);
             }
         };

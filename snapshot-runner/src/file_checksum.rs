@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use md5::{Digest, Md5};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, IsolationLevel, NoTls};
+use tokio_postgres::{Client, IsolationLevel};
 use tokio_util::sync::CancellationToken;
 
 use crate::ident::{quote_ident, QualifiedName};
@@ -242,12 +242,12 @@ pub(crate) async fn run(
 
     // Reader threads: blocking reads with big buffers, fed through a bounded channel.
     let (tx, rx) = tokio::sync::mpsc::channel::<Job>(p.parallelism * 4);
-    let rx = Arc::new(Mutex::new(rx));
+    let queue = Arc::new(Mutex::new(JobQueue { rx, deadline, last_taken: None, skipped: false }));
     let readers: Vec<_> = (0..p.parallelism)
         .map(|_| {
-            let (rx, sink, counters, stop, root, relation) =
-                (rx.clone(), sink.clone(), counters.clone(), stop.clone(), p.root.clone(), relation.clone());
-            tokio::task::spawn_blocking(move || reader(&rx, &sink, &counters, &stop, &root, &relation))
+            let (queue, sink, counters, stop, root, relation) =
+                (queue.clone(), sink.clone(), counters.clone(), stop.clone(), p.root.clone(), relation.clone());
+            tokio::task::spawn_blocking(move || reader(&queue, &sink, &counters, &stop, &root, &relation))
         })
         .collect();
 
@@ -270,7 +270,7 @@ pub(crate) async fn run(
     report.rows_scanned = counters.items.load(Ordering::Relaxed);
     report.bytes_scanned = counters.bytes.load(Ordering::Relaxed);
     report.findings = counters.findings.load(Ordering::Relaxed);
-    let Dispatched { last_key, cut_short } = match (dispatched, reader_error) {
+    let Dispatched { cut_short } = match (dispatched, reader_error) {
         (Err(ScanError::Cancelled), Some(e)) | (Ok(_), Some(e)) => return Err(e),
         (Err(e), _) => return Err(e),
         (Ok(d), None) => d,
@@ -290,12 +290,13 @@ pub(crate) async fn run(
             "root": p.root.display().to_string(),
         }),
     });
-    // Every dispatched file has been checked (the readers drained the channel), so the
-    // last dispatched key is where the next run carries on.
+    // Files are taken in key order and every file taken has been checked, so the last
+    // key taken is where the next run carries on.
+    let queue = queue.lock().expect("job lock");
     if p.files_per_run.is_some() {
-        report.cursor = last_key.or_else(|| cursor.map(str::to_string));
+        report.cursor = queue.last_taken.clone().or_else(|| cursor.map(str::to_string));
     }
-    if cut_short {
+    if cut_short || queue.skipped {
         report.status = TaskStatus::Partial;
         report.error = Some(format!("soft_timeout reached after {} files", report.rows_scanned));
     }
@@ -303,8 +304,36 @@ pub(crate) async fn run(
 }
 
 struct Dispatched {
-    last_key: Option<String>,
     cut_short: bool,
+}
+
+/// The readers' side of the job channel. Taking a job and checking the soft deadline
+/// happen under one lock, so the files checked are always a prefix of the key order,
+/// however the readers interleave: the cursor never skips a file.
+struct JobQueue {
+    rx: tokio::sync::mpsc::Receiver<Job>,
+    deadline: Option<Instant>,
+    /// Key of the last job taken to be checked.
+    last_taken: Option<String>,
+    /// A job was dropped because the soft deadline had passed.
+    skipped: bool,
+}
+
+impl JobQueue {
+    /// The next job to check, or `None` when the channel is closed. Past the deadline,
+    /// queued jobs are drained unchecked.
+    fn take(queue: &Mutex<JobQueue>) -> Option<Job> {
+        let mut q = queue.lock().expect("job lock");
+        loop {
+            let job = q.rx.blocking_recv()?;
+            if q.deadline.is_some_and(|d| Instant::now() >= d) {
+                q.skipped = true;
+                continue;
+            }
+            q.last_taken = Some(job.key.clone());
+            return Some(job);
+        }
+    }
 }
 
 /// Read the catalog in key order and queue each row for the readers. With a cursor and
@@ -331,7 +360,7 @@ async fn dispatch(
         (Some(_), Some(_)) => &[Pass::After, Pass::UpTo],
         _ => &[Pass::All],
     };
-    let mut done = Dispatched { last_key: None, cut_short: false };
+    let mut done = Dispatched { cut_short: false };
     let mut count: u64 = 0;
     for &pass in passes {
         let remaining = p.files_per_run.map(|n| n - count);
@@ -364,7 +393,7 @@ async fn dispatch(
             let rows = tokio::select! {
                 rows = tx.query_portal(&portal, ctx.batch_rows) => rows.map_err(ScanError::db(context()))?,
                 _ = stop.cancelled() => {
-                    let _ = cancel_token.cancel_query(NoTls).await;
+                    let _ = cancel_token.cancel_query(crate::tls::connector()).await;
                     return Err(ScanError::Cancelled);
                 }
             };
@@ -377,7 +406,6 @@ async fn dispatch(
                     return Ok(done);
                 }
                 let job = Job { key: row.get(0), path: row.get(1), stored: row.get(2), size: row.get(3) };
-                let key = job.key.clone();
                 tokio::select! {
                     sent = jobs.send(job) => if sent.is_err() {
                         // Every reader is gone: one of them failed; it reports why.
@@ -385,7 +413,6 @@ async fn dispatch(
                     },
                     _ = stop.cancelled() => return Err(ScanError::Cancelled),
                 }
-                done.last_key = Some(key);
                 count += 1;
             }
             if n < ctx.batch_rows as usize {
@@ -398,7 +425,7 @@ async fn dispatch(
 
 /// A reader thread: check files until the channel closes.
 fn reader(
-    rx: &Mutex<tokio::sync::mpsc::Receiver<Job>>,
+    queue: &Mutex<JobQueue>,
     sink: &Mutex<CsvFile>,
     counters: &Counters,
     stop: &CancellationToken,
@@ -407,8 +434,7 @@ fn reader(
 ) -> Result<(), ScanError> {
     let mut buf = vec![0u8; READ_BUF];
     loop {
-        let job = rx.lock().expect("job lock").blocking_recv();
-        let Some(job) = job else { return Ok(()) };
+        let Some(job) = JobQueue::take(queue) else { return Ok(()) };
         if stop.is_cancelled() {
             return Ok(());
         }

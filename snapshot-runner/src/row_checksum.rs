@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use futures_util::future::join_all;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, IsolationLevel, NoTls};
+use tokio_postgres::{Client, IsolationLevel};
 use tokio_util::sync::CancellationToken;
 
 use crate::ident::{parse_ident, quote_ident, QualifiedName};
@@ -304,7 +304,7 @@ async fn scan_range(
             rows = tx.query_portal(&portal, ctx.batch_rows) => rows.map_err(ScanError::db(context()))?,
             _ = stop.cancelled() => {
                 // Stop the server-side work too, not just our side of the socket.
-                let _ = cancel_token.cancel_query(NoTls).await;
+                let _ = cancel_token.cancel_query(crate::tls::connector()).await;
                 return Err(ScanError::Cancelled);
             }
         };
