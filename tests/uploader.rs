@@ -1189,3 +1189,81 @@ async fn heartbeats_keep_a_long_apply_alive() {
     signal(w.id(), "TERM");
     assert_eq!(wait_exit(&mut w, Duration::from_secs(20)), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lock_timeouts_are_retried_with_backoff_until_attempts_run_out() {
+    let fx = setup("up_backoff", "lock_timeout = \"100ms\"").await;
+    fx.p.batch_execute("CREATE TABLE bo (id bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.bo", rows_csv(0, 10))]).await;
+    fx.p.execute(
+        "UPDATE pgmaint.upload_tasks SET max_attempts = 2 WHERE id = $1",
+        &[&ids[0]],
+    )
+    .await
+    .unwrap();
+    let holder = fx.c.primary().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE bo IN SHARE MODE")
+        .await
+        .unwrap();
+
+    // Attempt 1: the lock waits time out (retried inside the apply, then given up):
+    // back to waiting, due only after a backoff.
+    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert!(
+        out.stdout.contains("0 failed, 1 to retry"),
+        "{}",
+        out.stdout
+    );
+    let r = fx
+        .p
+        .query_one(
+            "SELECT state, attempts, last_error, extract(epoch FROM not_before - now())::float8 FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.get::<_, String>(0).as_str(), r.get::<_, i32>(1)),
+        ("waiting", 1)
+    );
+    assert!(
+        r.get::<_, String>(2).contains("lock timeout"),
+        "{}",
+        r.get::<_, String>(2)
+    );
+    let wait: f64 = r.get(3);
+    assert!(
+        wait > 0.2 && wait <= 1.5,
+        "backoff of attempt 1 is 1s +-50%: {wait}"
+    );
+    // Not due yet: a drain right now leaves it alone.
+    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert!(out.stdout.contains("0 task(s) applied"), "{}", out.stdout);
+
+    // Attempt 2, the last: failed for good, nothing applied.
+    tokio::time::sleep(Duration::from_secs_f64(wait + 0.1)).await;
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
+    let r =
+        fx.p.query_one(
+            "SELECT state, attempts FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.get::<_, String>(0).as_str(), r.get::<_, i32>(1)),
+        ("failed", 2)
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM bo").await, 0);
+
+    // An operator retries it once the table is free: applied.
+    fx.c.run(&fx.cfg, &["tasks", "retry", &ids[0].to_string()])
+        .expect_code(0);
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM bo").await, 10);
+}

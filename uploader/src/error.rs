@@ -13,7 +13,7 @@ pub enum UploadError {
     #[error("{0}")]
     Target(String),
     /// A database error (may be passing: lock time-out, lost connection).
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", describe(source))]
     Db {
         /// What the uploader was doing.
         context: String,
@@ -40,6 +40,22 @@ pub enum UploadError {
     /// or an unknown task id.
     #[error("{0}")]
     Refused(String),
+}
+
+/// The driver's error in one line: the server's message and SQLSTATE, or the cause of
+/// a connection error (tokio-postgres alone prints just "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+        if let Some(d) = db.detail() {
+            s.push_str(&format!("; {d}"));
+        }
+        return s.replace('\n', " ");
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}").replace('\n', " "),
+        None => e.to_string(),
+    }
 }
 
 impl UploadError {
