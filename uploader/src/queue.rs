@@ -656,3 +656,28 @@ pub async fn retry_task(client: &mut Client, id: i64) -> Result<Vec<i64>, Upload
     ids.sort_unstable();
     Ok(ids)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        for attempt in 1..=20 {
+            let base = 2f64.powi((attempt - 1).min(12)).min(300.0);
+            for _ in 0..50 {
+                let b = backoff_secs(attempt);
+                assert!(b >= base * 0.5 && b <= base * 1.5, "attempt {attempt}: {b}");
+            }
+        }
+        assert!(backoff_secs(100) <= 450.0);
+    }
+
+    #[test]
+    fn apply_kinds_round_trip() {
+        for k in [ApplyKind::Findings, ApplyKind::Swap, ApplyKind::Merge] {
+            assert_eq!(ApplyKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(ApplyKind::parse("truncate"), None);
+    }
+}
