@@ -9,7 +9,8 @@
 //!    it, rename the staging table and its indexes to the old names, turn the
 //!    constraint indexes back into PRIMARY KEY / UNIQUE constraints, and re-apply
 //!    owner, grants (table and column), table comment, index comments, CLUSTER and
-//!    REPLICA IDENTITY settings. Then commit: readers waiting on the lock see the new
+//!    REPLICA IDENTITY settings; serial sequences are handed over, identity sequences
+//!    carry on from the old value. Then commit: readers waiting on the lock see the new
 //!    table, never an empty or half-built one. `\d target` and `\dp target` look as
 //!    before.
 //!
@@ -316,6 +317,23 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
         .iter()
         .map(|r| r.get(0))
         .collect();
+    // Identity columns got a new sequence with the staging table: carry on from where
+    // the old one stood, so the next generated value does not collide.
+    let identities: Vec<String> = tx
+        .query(
+            "SELECT format('SELECT setval(%L, s.last_value, s.is_called) FROM %s s',
+                           pg_get_serial_sequence($2::text, a.attname), pg_get_serial_sequence($3::text, a.attname))
+               FROM pg_attribute a
+              WHERE a.attrelid = $1 AND a.attidentity <> '' AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&t.oid, &staging, &target],
+        )
+        .await
+        .map_err(db("reading identity sequences"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut sequences = sequences;
+    sequences.extend(identities);
 
     // The old table is renamed away, not dropped: dropping a big table makes COMMIT
     // unlink its files while the lock is still held (about 60 ms for 1M rows). It is
