@@ -1298,3 +1298,73 @@ async fn swap_keeps_serial_and_identity_sequences_going() {
     assert_eq!((r.get::<_, i32>(0), r.get::<_, i64>(1)), (6, 6));
     assert_eq!(count(&fx.p, "SELECT count(*) FROM s1").await, 3);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_the_task_in_hand_or_releases_it() {
+    let fx = setup(
+        "up_sigterm",
+        "lock_timeout = \"60s\"\npoll_interval = \"500ms\"\nshutdown_grace = \"1s\"",
+    )
+    .await;
+    fx.p.batch_execute("CREATE TABLE st (id bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let holder = fx.c.primary().await;
+
+    // 1. The task in hand finishes within the grace period: applied, then exit 0.
+    let (_, first) = fake_run(&fx, &[merge_file("load", "public.st", rows_csv(0, 10))]).await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE st IN SHARE MODE")
+        .await
+        .unwrap();
+    let mut w = spawn_uploader(&fx, "finish", &["--slots", "1"]);
+    wait_apply_blocked(&fx.p).await;
+    signal(w.id(), "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        wait_exit(&mut w, Duration::from_secs(20)),
+        0,
+        "{}",
+        uploader_log(&fx, "finish")
+    );
+    assert_eq!(task_state(&fx.p, first[0]).await, "completed");
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM st").await, 10);
+
+    // 2. It does not finish in time: rolled back and released (the attempt does not
+    //    count), then exit 0; the next worker applies it.
+    let (_, second) = fake_run(&fx, &[merge_file("load", "public.st", rows_csv(10, 20))]).await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE st IN SHARE MODE")
+        .await
+        .unwrap();
+    let mut w = spawn_uploader(&fx, "release", &["--slots", "1"]);
+    wait_apply_blocked(&fx.p).await;
+    signal(w.id(), "TERM");
+    assert_eq!(
+        wait_exit(&mut w, Duration::from_secs(20)),
+        0,
+        "{}",
+        uploader_log(&fx, "release")
+    );
+    let r =
+        fx.p.query_one(
+            "SELECT state, attempts, worker FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&second[0]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.get::<_, String>(0).as_str(),
+            r.get::<_, i32>(1),
+            r.get::<_, Option<String>>(2)
+        ),
+        ("waiting", 0, None)
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM st").await, 10);
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert_eq!(task_state(&fx.p, second[0]).await, "completed");
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM st").await, 20);
+}

@@ -86,6 +86,9 @@ pub struct UploaderSettings {
     pub poll_interval: Duration,
     /// `lock_timeout` of an apply.
     pub lock_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long a task in hand may take to finish before it is
+    /// stopped (rolled back) and released to another worker.
+    pub shutdown_grace: Duration,
 }
 
 /// One task.
@@ -164,6 +167,7 @@ struct RawUploader {
     slots: Option<usize>,
     poll_interval: Option<String>,
     lock_timeout: Option<String>,
+    shutdown_grace: Option<String>,
 }
 
 /// Every field any kind takes; each kind checks that it got what it needs and nothing
@@ -385,7 +389,17 @@ impl Config {
             },
             poll_interval: duration("uploader.poll_interval", &u.poll_interval, Duration::from_secs(5))?,
             lock_timeout: duration("uploader.lock_timeout", &u.lock_timeout, Duration::from_secs(5))?,
+            shutdown_grace: duration("uploader.shutdown_grace", &u.shutdown_grace, Duration::from_secs(30))?,
         };
+        if uploader.lease < Duration::from_secs(1) {
+            return Err(usage("uploader.lease: must be at least 1s (it is renewed every third of it)"));
+        }
+        if uploader.poll_interval.is_zero() {
+            return Err(usage("uploader.poll_interval: must be more than zero"));
+        }
+        if uploader.lock_timeout.is_zero() {
+            return Err(usage("uploader.lock_timeout: must be more than zero (0 would wait for locks forever)"));
+        }
 
         let mut tasks: Vec<TaskConfig> = Vec::new();
         for (i, t) in raw.tasks.iter().enumerate() {

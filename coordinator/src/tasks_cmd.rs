@@ -233,6 +233,7 @@ pub async fn run_uploader(cfg: &Config, once: bool, slots: Option<usize>) -> Res
     worker.lease = cfg.uploader.lease;
     worker.lock_timeout = cfg.uploader.lock_timeout;
     worker.poll_interval = cfg.uploader.poll_interval;
+    worker.shutdown_grace = cfg.uploader.shutdown_grace;
     worker.slots = match slots {
         Some(0) => anyhow::bail!(UsageError("--slots: must be at least 1".into())),
         Some(n) => n,
