@@ -1368,3 +1368,66 @@ async fn sigterm_finishes_the_task_in_hand_or_releases_it() {
     assert_eq!(task_state(&fx.p, second[0]).await, "completed");
     assert_eq!(count(&fx.p, "SELECT count(*) FROM st").await, 20);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_the_target_cannot_take_fails_at_once_naming_the_problem() {
+    let fx = setup("up_baddata", "").await;
+    fx.p.batch_execute("CREATE TABLE bd (id bigint PRIMARY KEY, n integer NOT NULL, v text)")
+        .await
+        .unwrap();
+    // Not a number in an integer column; a column the target lacks.
+    let (_, bad) = fake_run(
+        &fx,
+        &[merge_file("load", "public.bd", "id,n,v\n1,x,a\n".into())],
+    )
+    .await;
+    let (_, missing) = fake_run(
+        &fx,
+        &[merge_file("load", "public.bd", "id,w\n1,a\n".into())],
+    )
+    .await;
+    let (_, notnull) = fake_run(
+        &fx,
+        &[FileSpec {
+            task: "s".into(),
+            kind: "swap",
+            csv: "id,v\n1,a\n".into(),
+            params: json!({ "target": "public.bd" }),
+        }],
+    )
+    .await;
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
+    let err = |id: i64| {
+        let p = &fx.p;
+        async move {
+            let r = p
+                .query_one(
+                    "SELECT state, attempts, last_error FROM pgmaint.upload_tasks WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap();
+            (
+                r.get::<_, String>(0),
+                r.get::<_, i32>(1),
+                r.get::<_, String>(2),
+            )
+        }
+    };
+    let (s, a, e) = err(bad[0]).await;
+    assert_eq!((s.as_str(), a), ("failed", 1), "{e}");
+    assert!(
+        e.contains("invalid input syntax for type integer") && e.contains("22P02"),
+        "{e}"
+    );
+    let (s, a, e) = err(missing[0]).await;
+    assert_eq!((s.as_str(), a), ("failed", 1), "{e}");
+    assert!(e.contains("merge target public.bd: column(s) \"w\" of the result file do not exist on the primary"), "{e}");
+    let (s, a, e) = err(notnull[0]).await;
+    assert_eq!((s.as_str(), a), ("failed", 1), "{e}");
+    assert!(
+        e.contains("null value in column \"n\"") && e.contains("23502"),
+        "{e}"
+    );
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM bd").await, 0);
+}

@@ -61,7 +61,19 @@ fn describe(e: &tokio_postgres::Error) -> String {
 impl UploadError {
     /// True when retrying cannot help.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, UploadError::Rejected(_) | UploadError::Target(_))
+        match self {
+            UploadError::Rejected(_) | UploadError::Target(_) => true,
+            // Bad data (22), a constraint the file breaks (23) and a statement the target
+            // cannot take (42: missing column, no privilege) fail the same way every
+            // time, until an operator fixes something and runs `pgmaint tasks retry`. A
+            // unique violation may come from a concurrent insert (merge): retried.
+            UploadError::Db { source, .. } => source.code().is_some_and(|c| {
+                let code = c.code();
+                (code.starts_with("22") || code.starts_with("23") || code.starts_with("42"))
+                    && code != "23505"
+            }),
+            _ => false,
+        }
     }
 
     /// True when the connection to the primary is gone.
