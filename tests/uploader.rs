@@ -1431,3 +1431,56 @@ async fn a_file_the_target_cannot_take_fails_at_once_naming_the_problem() {
     );
     assert_eq!(count(&fx.p, "SELECT count(*) FROM bd").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rescuer_fails_a_task_whose_attempts_are_used_up_and_drops_its_dependents() {
+    let fx = setup("up_rescue_fail", "lease = \"1s\"\nlock_timeout = \"60s\"").await;
+    fx.p.batch_execute("CREATE TABLE rf (id bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let (_, ids) = fake_run(
+        &fx,
+        &[
+            merge_file("a", "public.rf", rows_csv(0, 10)),
+            merge_file("b", "public.rf", rows_csv(10, 20)),
+        ],
+    )
+    .await;
+    fx.p.execute(
+        "UPDATE pgmaint.upload_tasks SET max_attempts = 1 WHERE id = $1",
+        &[&ids[0]],
+    )
+    .await
+    .unwrap();
+    let holder = fx.c.primary().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE rf IN SHARE MODE")
+        .await
+        .unwrap();
+    let mut w = spawn_uploader(&fx, "killed", &["--slots", "1"]);
+    wait_apply_blocked(&fx.p).await;
+    w.kill().unwrap();
+    w.wait().unwrap();
+    holder.batch_execute("COMMIT").await.unwrap();
+    wait_for("the lease to expire", Duration::from_secs(10), || async {
+        count(&fx.p, &format!("SELECT count(*) FROM pgmaint.upload_tasks WHERE id = {} AND lease_expires_at < now()", ids[0])).await
+            == 1
+    })
+    .await;
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    let r =
+        fx.p.query_one(
+            "SELECT state, last_error FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "failed");
+    assert!(
+        r.get::<_, String>(1).contains("lease expired"),
+        "{}",
+        r.get::<_, String>(1)
+    );
+    assert_eq!(task_state(&fx.p, ids[1]).await, "dropped");
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM rf").await, 0);
+}
