@@ -1484,3 +1484,86 @@ async fn rescuer_fails_a_task_whose_attempts_are_used_up_and_drops_its_dependent
     assert_eq!(task_state(&fx.p, ids[1]).await, "dropped");
     assert_eq!(count(&fx.p, "SELECT count(*) FROM rf").await, 0);
 }
+
+/// With `sslmode=require`, every uploader session is encrypted: the slots, the LISTEN
+/// connection (only a NOTIFY can wake the worker in time here) and cancel requests.
+/// The server refuses the role in plaintext, so one plaintext session would fail.
+#[tokio::test(flavor = "multi_thread")]
+async fn long_running_uploader_over_tls() {
+    let fx = setup(
+        "up_tls",
+        "poll_interval = \"60s\"\nlease = \"2s\"\nlock_timeout = \"60s\"",
+    )
+    .await;
+    enable_tls(&fx.c).await;
+    let text = std::fs::read_to_string(&fx.cfg).unwrap();
+    let cfg = fx.c.dir.join("tls.toml");
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "user=postgres dbname=app\"",
+            "user=pgmaint_tls dbname=app sslmode=require\"",
+        ),
+    )
+    .unwrap();
+    let fx = Fx { cfg, ..fx };
+    fx.p.batch_execute("CREATE TABLE tl (id bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let mut w = spawn_uploader(&fx, "tls", &["--slots", "2"]);
+    wait_for("the uploader to LISTEN", Duration::from_secs(10), || async {
+        count(&fx.p, "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.application_name = 'pgmaint-uploader-listen'")
+            .await
+            == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.tl", rows_csv(0, 10))]).await;
+    fx.p.execute("SELECT pg_notify('pgmaint_upload', 'test')", &[])
+        .await
+        .unwrap();
+    wait_for(
+        "the notified task to complete",
+        Duration::from_secs(10),
+        || async { task_state(&fx.p, ids[0]).await == "completed" },
+    )
+    .await;
+    // A cancel of a running apply goes through a (TLS) cancel request.
+    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.tl", rows_csv(10, 20))]).await;
+    let holder = fx.c.primary().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE tl IN SHARE MODE")
+        .await
+        .unwrap();
+    fx.p.execute("SELECT pg_notify('pgmaint_upload', 'test')", &[])
+        .await
+        .unwrap();
+    wait_apply_blocked(&fx.p).await;
+    fx.c.run(&fx.cfg, &["tasks", "cancel", &ids[0].to_string()])
+        .expect_code(0);
+    wait_for(
+        "the task to be cancelled",
+        Duration::from_secs(10),
+        || async { task_state(&fx.p, ids[0]).await == "cancelled" },
+    )
+    .await;
+    wait_for("the blocked statement to be cancelled", Duration::from_secs(10), || async {
+        count(&fx.p, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgmaint-uploader-%' AND wait_event_type = 'Lock'")
+            .await
+            == 0
+    })
+    .await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM tl").await, 10);
+    assert_eq!(
+        count(&fx.p, "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE NOT s.ssl AND a.application_name LIKE 'pgmaint-uploader%'").await,
+        0
+    );
+    signal(w.id(), "TERM");
+    assert_eq!(
+        wait_exit(&mut w, Duration::from_secs(20)),
+        0,
+        "{}",
+        uploader_log(&fx, "tls")
+    );
+}

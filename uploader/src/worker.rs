@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 
 use crate::queue::{self, ApplyKind, Beat, Claimed};
@@ -199,7 +199,7 @@ impl Worker {
                     config.connect_timeout(Duration::from_secs(10));
                 }
                 let connected = tokio::select! {
-                    c = config.connect(NoTls) => c,
+                    c = config.connect(snapshot_runner::tls::connector()) => c,
                     _ = stop.cancelled() => return,
                 };
                 match connected {
@@ -511,7 +511,7 @@ impl Worker {
         };
         // Stop the server-side statement, then let the apply future see the error so
         // its transaction is rolled back on a live connection.
-        let _ = cancel.cancel_query(NoTls).await;
+        let _ = cancel.cancel_query(snapshot_runner::tls::connector()).await;
         let r = tokio::time::timeout(Duration::from_secs(10), &mut apply).await;
         match (stop, r) {
             (_, Ok(Ok(rows))) => Outcome::Applied(rows), // it committed before the cancel landed
