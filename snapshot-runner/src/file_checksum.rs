@@ -20,12 +20,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use md5::{Digest, Md5};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, IsolationLevel};
 use tokio_util::sync::CancellationToken;
 
 use crate::ident::{quote_ident, QualifiedName};
+use crate::md5file::FileMd5;
 use crate::output::CsvFile;
 use crate::progress::{Counters, ProgressReporter};
 use crate::row_checksum::{column, resolve_table, stored_md5_expr};
@@ -550,7 +550,7 @@ fn md5_of(mut file: File, buf: &mut [u8], counters: &Counters, stop: &Cancellati
             libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
         }
     }
-    let mut hasher = Md5::new();
+    let mut hasher = FileMd5::new();
     loop {
         if stop.is_cancelled() {
             return Ok(None);
@@ -564,7 +564,7 @@ fn md5_of(mut file: File, buf: &mut [u8], counters: &Counters, stop: &Cancellati
         hasher.update(&buf[..n]);
         counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
-    Ok(Some(hex::encode(hasher.finalize())))
+    Ok(Some(hasher.hex()))
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ mod export;
 mod file_checksum;
 pub mod ident;
 mod materialize;
+mod md5file;
 pub mod manifest;
 pub mod output;
 pub mod progress;
