@@ -1567,3 +1567,63 @@ async fn long_running_uploader_over_tls() {
         uploader_log(&fx, "tls")
     );
 }
+
+/// The same, through a real cycle: the row_checksum scan's own params drive the
+/// re-check, for each kind of finding (mismatch, NULL checksum, NULL content).
+#[tokio::test(flavor = "multi_thread")]
+async fn findings_of_a_real_cycle_are_rechecked_on_the_primary() {
+    let c = Cluster::up("up_confirm_cycle", 1);
+    let p = c.primary().await;
+    seed_blobs(&p, "public.blobs", "bigint", "g", 500).await;
+    p.batch_execute(
+        "UPDATE blobs SET payload_md5 = md5('tampered') WHERE id IN (10, 20);
+         UPDATE blobs SET payload_md5 = NULL WHERE id IN (30, 35);
+         UPDATE blobs SET payload = NULL WHERE id IN (40, 45);",
+    )
+    .await
+    .unwrap();
+    let cfg = c.write_config(
+        "t.toml",
+        &row_checksum_task(
+            "blobs",
+            "public.blobs",
+            "id",
+            "payload",
+            "payload_md5",
+            "parallelism = 2",
+        ),
+    );
+    c.run(&cfg, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+    let s = run_summary(&c.run(&cfg, &["run", "--json"]).expect_code(0));
+    let run = s["run_id"].as_i64().unwrap();
+    // After the snapshot: one of each kind is repaired, and one mismatch deleted.
+    p.batch_execute(
+        "UPDATE blobs SET payload_md5 = md5(payload) WHERE id IN (10, 30);
+         UPDATE blobs SET payload = convert_to('x', 'UTF8'), payload_md5 = md5('x') WHERE id = 40;
+         DELETE FROM blobs WHERE id = 20;",
+    )
+    .await
+    .unwrap();
+    c.run(&cfg, &["uploader", "--once"]).expect_code(0);
+    let rows = p
+        .query("SELECT row_key, finding, still_holds FROM pgmaint.integrity_findings WHERE run_id = $1 ORDER BY row_key::int", &[&run])
+        .await
+        .unwrap();
+    let got: Vec<(String, String, Option<bool>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let want: Vec<(String, String, Option<bool>)> = [
+        ("10", "mismatch", false),
+        ("20", "mismatch", false),
+        ("30", "null_checksum", false),
+        ("35", "null_checksum", true),
+        ("40", "null_content", false),
+        ("45", "null_content", true),
+    ]
+    .iter()
+    .map(|(k, f, h)| (k.to_string(), f.to_string(), Some(*h)))
+    .collect();
+    assert_eq!(got, want);
+}
