@@ -757,6 +757,8 @@ async fn describe(p: &Client, table: &str) -> Vec<String> {
                     || ' comment ' || coalesce(obj_description(oid, 'pg_class'), '')
                FROM pg_class WHERE oid = $1::text::regclass
              UNION ALL
+             SELECT 'stat ' || stxname || ' ' || pg_get_statisticsobjdef(oid) FROM pg_statistic_ext WHERE stxrelid = $1::text::regclass
+             UNION ALL
              SELECT 'colacl ' || attname || ' ' || attacl::text FROM pg_attribute
               WHERE attrelid = $1::text::regclass AND attacl IS NOT NULL
              ORDER BY 1",
@@ -779,6 +781,7 @@ async fn swap_replaces_contents_and_keeps_indexes_grants_comment() {
          COMMENT ON TABLE citation_counts IS 'citations per document';
          COMMENT ON COLUMN citation_counts.cites IS 'how many';
          COMMENT ON INDEX citation_counts_cites IS 'for top-N';
+         CREATE STATISTICS citation_counts_stats (dependencies) ON cites, label FROM citation_counts;
          ALTER TABLE citation_counts OWNER TO app_owner;
          GRANT SELECT ON citation_counts TO reader;
          GRANT UPDATE (label) ON citation_counts TO reader;

@@ -352,6 +352,27 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
             quote_ident(&format!("{old_name}_i{k}"))
         ));
     }
+    // Extended statistics: LIKE copied them (in OID order) under generated names;
+    // give them the old names.
+    let stats = tx
+        .query(
+            "WITH o AS (SELECT stxnamespace::regnamespace::text AS nsp, stxname, row_number() OVER (ORDER BY oid) AS k
+                          FROM pg_statistic_ext WHERE stxrelid = $1),
+                  n AS (SELECT stxnamespace::regnamespace::text AS nsp, stxname, row_number() OVER (ORDER BY oid) AS k
+                          FROM pg_statistic_ext WHERE stxrelid = $2::text::regclass)
+             SELECT format('ALTER STATISTICS %s.%I RENAME TO %I', o.nsp, o.stxname, $3 || '_s' || o.k),
+                    format('ALTER STATISTICS %s.%I RENAME TO %I', n.nsp, n.stxname, o.stxname)
+               FROM o JOIN n USING (k)",
+            &[&t.oid, &staging, &old_name],
+        )
+        .await
+        .map_err(db("reading statistics objects"))?;
+    for r in &stats {
+        sql.push(r.get(0));
+    }
+    for r in &stats {
+        sql.push(r.get(1));
+    }
     sql.push(format!(
         "ALTER TABLE {staging} RENAME TO {}",
         quote_ident(&t.name.name)
