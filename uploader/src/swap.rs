@@ -5,14 +5,21 @@
 //!    statistics objects), COPY the file into it, then create the target's indexes on
 //!    it (building an index once after the load is faster than maintaining it during
 //!    the load), and ANALYZE it. Readers of the target are not disturbed meanwhile.
-//! 2. Take ACCESS EXCLUSIVE on the target (bounded by `lock_timeout`, retried), drop
-//!    it, rename the staging table and its indexes to the old names, turn the
-//!    constraint indexes back into PRIMARY KEY / UNIQUE constraints, and re-apply
-//!    owner, grants (table and column), table comment, index comments, CLUSTER and
-//!    REPLICA IDENTITY settings; serial sequences are handed over, identity sequences
-//!    carry on from the old value. Then commit: readers waiting on the lock see the new
-//!    table, never an empty or half-built one. `\d target` and `\dp target` look as
-//!    before.
+//! 2. Take ACCESS EXCLUSIVE on the target (bounded by `lock_timeout`, retried in a
+//!    savepoint), rename it and its indexes away, rename the staging table, its
+//!    indexes and statistics objects to the old names, turn the constraint indexes
+//!    back into PRIMARY KEY / UNIQUE constraints, and re-apply owner, grants (table and
+//!    column), table comment, index comments, CLUSTER and REPLICA IDENTITY settings;
+//!    serial sequences are handed over, identity sequences carry on from the old
+//!    value. All of that is one round trip of catalog updates. Then commit: readers
+//!    waiting on the lock see the new table, never an empty or half-built one.
+//!    `\d target` and `\dp target` look as before.
+//! 3. After the commit, drop the old table in its own transaction (dropping it inside
+//!    the swap would make COMMIT unlink its files while the lock is held).
+//!
+//! Not carried over: the table's tablespace, per-column statistics targets, and the
+//! grantor recorded on grants (they are re-granted by the uploader's role, or by the
+//! owner when it is a superuser).
 //!
 //! A swap refuses (with a message naming each obstacle) a target that other objects
 //! depend on or that carries state a rename would lose: views, foreign keys in either
