@@ -160,7 +160,15 @@ fn render_list(rows: &[TaskRow]) -> String {
     }
     let mut out = format!(
         "{:>6} {:>6} {:<20} {:<8} {:<10} {:>8} {:>10} {:<10} {}\n",
-        "ID", "RUN", "TASK", "KIND", "STATE", "ATTEMPTS", "ROWS", "UPDATED", "TARGET / LAST ERROR"
+        "ID",
+        "RUN",
+        "TASK",
+        "KIND",
+        "STATE",
+        "ATTEMPTS",
+        "ROWS",
+        "UPDATED",
+        "TARGET / LAST ERROR / WORKER"
     );
     for t in rows {
         let updated = t
@@ -169,6 +177,16 @@ fn render_list(rows: &[TaskRow]) -> String {
             .or(t.started_at)
             .unwrap_or(t.created_at);
         let note = match (&t.last_error, &t.target) {
+            _ if t.state == "running" => format!(
+                "{} (lease {}{})",
+                t.worker.as_deref().unwrap_or("-"),
+                t.lease_expires_at.map(ago).unwrap_or_else(|| "-".into()),
+                if t.cancel_requested {
+                    ", cancel requested"
+                } else {
+                    ""
+                }
+            ),
             (Some(e), _) if t.state != "completed" => one_line(strip_task_prefix(e), 70),
             (_, Some(target)) => target.clone(),
             _ => String::new(),
