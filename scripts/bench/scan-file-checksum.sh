@@ -2,7 +2,7 @@
 # file_checksum over >= 1 GiB of files, against `md5sum` in 2 parallel processes over
 # the same files (goal >= 0.9x). Both read from the page cache (warmed first).
 #   FILES=256 (x 4 MiB = 1 GiB)   PARALLELISM=2
-source "$(dirname "$0")/common.sh"
+source "$(dirname "$0")/scan-common.sh"
 FILES=${FILES:-256}
 PARALLELISM=${PARALLELISM:-2}
 bench_cluster bench-file-checksum

@@ -3,9 +3,11 @@
 # pgmaint scans the paused replica, and while the same scan runs on the primary itself.
 # The primary and pgbench are pinned to CPU 0, the replica and pgmaint to CPU 1
 # (goal: >= 0.95 of idle TPS while pgmaint scans the replica).
-#   SECONDS_EACH=20   ROWS=8192 (x 64 KiB = 512 MiB scanned per pass)   SCALE=10
-source "$(dirname "$0")/common.sh"
-SECONDS_EACH=${SECONDS_EACH:-20}
+#   SECONDS_EACH=10   ROUNDS=3   ROWS=8192 (x 64 KiB = 512 MiB per scan pass)   SCALE=10
+source "$(dirname "$0")/scan-common.sh"
+SECONDS_EACH=${SECONDS_EACH:-10}
+ROUNDS=${ROUNDS:-3}
+max() { if ((${1:-0} > ${2:-0})); then echo "$1"; else echo "$2"; fi; }
 ROWS=${ROWS:-8192}
 SCALE=${SCALE:-10}
 [[ $(nproc) -ge 2 ]] || { echo "needs 2 CPUs" >&2; exit 2; }
@@ -61,9 +63,14 @@ while_looping() {
     wait "$loop"
 }
 
-idle=$(tps)
-replica=$(while_looping taskset -c 1 "$PGMAINT" --config "$CLUSTER_DIR/bench.toml" run --task blobs)
+# Idle and replica-scan rounds alternate, best of $ROUNDS each: other load on a shared
+# machine only ever lowers a number, and alternating spreads it over both.
+idle=0 replica=0
+for ((r = 0; r < ROUNDS; r++)); do
+    idle=$(max "$idle" "$(tps)")
+    replica=$(max "$replica" "$(while_looping taskset -c 1 "$PGMAINT" --config "$CLUSTER_DIR/bench.toml" run --task blobs)")
+done
 primary=$(while_looping taskset -c 1 "$PG_BIN/psql" -X -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -d app -Atc "$query")
 runs=$(psql_p -Atc "SELECT count(*) FROM pgmaint.runs WHERE state = 'succeeded'")
 [[ $(psql_r -Atc "SELECT pg_get_wal_replay_pause_state()") == "not paused" ]] || { echo "replica left paused" >&2; exit 1; }
-result "primary impact (pgbench TPC-B, 4 clients, ${SECONDS_EACH}s each): idle $idle tps; pgmaint scanning the paused replica $replica tps ($(ratio "$replica" "$idle")x of idle, $runs scan cycles); same scan on the primary $primary tps ($(ratio "$primary" "$idle")x of idle); goal >= 0.95x while scanning the replica"
+result "primary impact (pgbench TPC-B, 4 clients, ${SECONDS_EACH}s each, best of $ROUNDS alternating rounds): idle $idle tps; pgmaint scanning the paused replica $replica tps ($(ratio "$replica" "$idle")x of idle, $runs scan cycles); same scan on the primary $primary tps ($(ratio "$primary" "$idle")x of idle); goal >= 0.95x while scanning the replica"

@@ -2,7 +2,7 @@
 # row_checksum over >= 1 GiB of bytea on the paused replica, against the baseline of one
 # `SELECT count(*) … WHERE md5(content) <> checksum` on the same replica (goal >= 1.0x).
 #   ROWS=16384 (x 64 KiB = 1 GiB)   PARALLELISM=2
-source "$(dirname "$0")/common.sh"
+source "$(dirname "$0")/scan-common.sh"
 ROWS=${ROWS:-16384}
 PARALLELISM=${PARALLELISM:-2}
 bench_cluster bench-row-checksum

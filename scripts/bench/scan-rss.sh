@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Peak RSS of `pgmaint run` per scan kind at 1x and 5x the data (goal: flat).
 # 1x = 128 MiB of bytea rows and 128 MiB of files; 5x = 640 MiB of each.
-source "$(dirname "$0")/common.sh"
+source "$(dirname "$0")/scan-common.sh"
 ROWS_1X=${ROWS_1X:-2048}      # x 64 KiB
 FILES_1X=${FILES_1X:-32}      # x 4 MiB
 bench_cluster bench-rss

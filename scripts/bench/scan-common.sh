@@ -37,7 +37,7 @@ wait_caught_up() {
 now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc -l | xargs printf '%.2f'; }
 min() { echo "if ($1 < $2) $1 else $2" | bc -l | xargs printf '%.2f'; }
-REPEAT=${REPEAT:-3}
+REPEAT=${REPEAT:-5}
 ratio() { echo "$1 / $2" | bc -l | xargs printf '%.2f'; }
 
 # peak_rss_kb CMD…: run CMD, print its peak RSS in kB on fd 3 (stdout/stderr pass through).
