@@ -58,3 +58,38 @@ dupes=$(psql_p -Atc "SELECT count(*) FROM pgmaint.upload_tasks WHERE attempts <>
 tps=$(rate "$TASKS" "$(secs "$t0" "$t1")")
 result "queue: baseline SELECT 1 by $WORKERS clients: $base round trips/s"
 result "queue: $TASKS no-op tasks claimed+completed by $WORKERS workers: $tps tasks/s ($(ratio "$tps" "$base")x the SELECT 1 rate; each task is 4 round trips: claim, BEGIN, complete, COMMIT); anchors River ~46k/s (8 cores), graphile-worker ~15.6k/s"
+
+# The real worker: REAL_TASKS findings tasks with empty findings files (one per run),
+# applied by `pgmaint uploader --once --slots WORKERS`: claim, run and manifest checks,
+# MD5 while COPYing, insert, fenced completion, commit; one transaction per task.
+REAL_TASKS=${REAL_TASKS:-2000}
+first=$(psql_p -Atc "WITH ins AS (INSERT INTO pgmaint.runs (replica, state, holder, snapshot_lsn, timeline, system_identifier, finished_at)
+    SELECT 'r1', 'succeeded', 'bench', pg_current_wal_lsn(), 1, 1, now() FROM generate_series(1, $REAL_TASKS)
+    RETURNING id) SELECT min(id) FROM ins")
+lsn=$(psql_p -Atc "SELECT snapshot_lsn::text FROM pgmaint.runs WHERE id = $first")
+python3 - "$RESULTS_DIR" "$first" "$REAL_TASKS" "$lsn" >"$work/real.sql" <<'PY'
+import hashlib, json, os, sys
+root, first, n, lsn = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+body = b"relation,row_key,finding,detail\n"
+for run in range(first, first + n):
+    d = os.path.join(root, str(run))
+    os.makedirs(d, exist_ok=True)
+    open(os.path.join(d, "f.csv"), "wb").write(body)
+    entry = {"name": "f", "kind": "row_checksum", "status": "completed", "rows_scanned": 0, "findings": 0,
+             "file": {"name": "f.csv", "columns": ["relation", "row_key", "finding", "detail"], "rows": 0,
+                      "size": len(body), "md5": hashlib.md5(body).hexdigest()}}
+    m = {"run_id": run, "replica": "r1",
+         "snapshot": {"lsn": lsn, "timeline": 1, "system_identifier": 1, "postmaster_start": "2026-01-01T00:00:00Z"},
+         "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:01Z", "valid": True, "tasks": [entry]}
+    json.dump(m, open(os.path.join(d, "manifest.json"), "w"))
+print("INSERT INTO pgmaint.upload_tasks (run_id, task_name, apply_kind, file, manifest)")
+print("SELECT r, 'f', 'findings', r || '/f.csv', r || '/manifest.json' FROM generate_series(%d, %d) r;" % (first, first + n - 1))
+PY
+psql_p -f "$work/real.sql" >/dev/null
+psql_p -c "UPDATE pgmaint.runs SET snapshot_lsn = '$lsn'::pg_lsn WHERE id >= $first" >/dev/null
+t0=$(now)
+"$PGMAINT" --config "$UPLOAD_CONFIG" uploader --once --slots "$WORKERS" >"$work/real.out" 2>"$work/real.log"
+t1=$(now)
+grep -q "^uploader: $REAL_TASKS task(s) applied" "$work/real.out" || { cat "$work/real.out" "$work/real.log" >&2; exit 1; }
+real=$(rate "$REAL_TASKS" "$(secs "$t0" "$t1")")
+result "queue: pgmaint uploader --once --slots $WORKERS, $REAL_TASKS findings tasks with empty files (each: checks, COPY, insert, fenced completion, commit): $real tasks/s"
