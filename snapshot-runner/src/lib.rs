@@ -2,9 +2,16 @@
 //!
 //! The coordinator pauses WAL replay on a streaming replica; every scan in this crate
 //! then reads the same frozen state, from as many connections as it likes, without
-//! recovery conflicts. Each task writes one CSV data file under the run directory; the
-//! coordinator collects the [`TaskReport`]s into a [`ResultManifest`] stamped with the
-//! [`SnapshotInfo`].
+//! recovery conflicts. Each task writes its CSV data file under the run directory (an
+//! `export` writes one per table); the coordinator collects the [`TaskReport`]s into a
+//! [`ResultManifest`] stamped with the [`SnapshotInfo`].
+//!
+//! Kinds: `row_checksum` ([`RowChecksumSpec`]) and `file_checksum` ([`FileChecksumSpec`])
+//! write findings, as does `amcheck` ([`AmcheckSpec`]); `materialize`
+//! ([`MaterializeSpec`]) writes a query's result for the uploader to swap in or merge;
+//! `export` ([`ExportSpec`]) writes copies that are not uploaded. Every kind streams,
+//! stops cleanly at its soft deadline with partial results, and stops at once (server
+//! side too) when the run is cancelled.
 //!
 //! This crate knows nothing about pausing or about the upload queue.
 //!
