@@ -50,7 +50,8 @@ async fn file_checksum_finds_planted_corruptions_and_sweeps_with_a_cursor() {
         .unwrap();
     }
     // Plant: 2 a flipped byte, 3 truncated, 4 deleted, 5 a symlink leading out of the
-    // root, 6 a `..` path. Row 11 was ingested long ago (outside any age window).
+    // root, 6 a `..` path, 12 a directory. Row 11 was ingested long ago (outside any age
+    // window).
     let f = |id: i32| root.join(format!("sub/f{id:02}.bin"));
     let mut data = std::fs::read(f(2)).unwrap();
     data[500] ^= 0x01;
@@ -63,7 +64,8 @@ async fn file_checksum_finds_planted_corruptions_and_sweeps_with_a_cursor() {
     p.batch_execute(
         "UPDATE store_files SET rel_path = '../secret.txt' WHERE id = 6;
          INSERT INTO store_files (id, rel_path, md5, bytes, ingested)
-              VALUES (11, 'sub/old.bin', md5(''), 0, now() - interval '30 days');",
+              VALUES (11, 'sub/old.bin', md5(''), 0, now() - interval '30 days');
+         INSERT INTO store_files (id, rel_path, md5, bytes) VALUES (12, 'sub', md5(''), 0);",
     )
     .await
     .unwrap();
@@ -78,7 +80,7 @@ async fn file_checksum_finds_planted_corruptions_and_sweeps_with_a_cursor() {
         "files.toml",
         &format!(
             "[[tasks]]\nname = \"files\"\n{common}age_in_days = 7\ningested_at = \"ingested\"\n\
-             [[tasks]]\nname = \"sweep\"\n{common}files_per_run = 6\n"
+             [[tasks]]\nname = \"sweep\"\n{common}files_per_run = 5\n"
         ),
     );
     c.run(&cfg, &["init"]).expect_code(0);
@@ -88,13 +90,14 @@ async fn file_checksum_finds_planted_corruptions_and_sweeps_with_a_cursor() {
     let (run, s) = run_json(&c, &cfg, &["--task", "files"]);
     let run = run.expect_code(0);
     let t = task(&s, "files");
-    assert_eq!((t["status"].as_str(), t["rows_scanned"].as_u64()), (Some("completed"), Some(10)), "{}", run.stdout);
+    assert_eq!((t["status"].as_str(), t["rows_scanned"].as_u64()), (Some("completed"), Some(11)), "{}", run.stdout);
     let expected = pairs(&[
         ("2", "mismatch"),
         ("3", "size_differs"),
         ("4", "missing"),
         ("5", "path_outside_root"),
         ("6", "path_outside_root"),
+        ("12", "unreadable"),
     ]);
     assert_eq!(findings(&results_dir(&s).join("files.csv")), expected);
     assert_eq!(c.pause_state(1).await, "not paused");
@@ -111,21 +114,24 @@ async fn file_checksum_finds_planted_corruptions_and_sweeps_with_a_cursor() {
     let got: BTreeSet<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(got, expected);
 
-    // files_per_run = 6 over 11 files: the first run checks ids 1..=6, the second 7..=11
-    // and wraps to 1; together they cover every file, the planted ones exactly once
-    // before the wrap.
+    // files_per_run = 5 over 12 files: the runs check ids 1..=5, 6..=10, then 11, 12 and
+    // wrap to 1..=3. The first two and a half runs cover every file exactly once.
     let mut seen = Vec::new();
-    for expected_cursor in ["6", "1"] {
+    for expected_cursor in ["5", "10", "3"] {
         let (run, s) = run_json(&c, &cfg, &["--task", "sweep"]);
         run.expect_code(0);
-        assert_eq!(task(&s, "sweep")["rows_scanned"].as_u64(), Some(6));
+        assert_eq!(task(&s, "sweep")["rows_scanned"].as_u64(), Some(5));
         let cursor: String =
             p.query_one("SELECT cursor FROM pgmaint.task_cursors WHERE task_name = 'sweep'", &[]).await.unwrap().get(0);
         assert_eq!(cursor, expected_cursor);
         seen.push(findings(&results_dir(&s).join("sweep.csv")));
     }
-    assert_eq!(seen[0], expected, "ids 1..=6 hold every planted corruption");
-    assert_eq!(seen[1], BTreeSet::new(), "ids 7..=11 are intact and id 1 is fine");
+    let only = |keys: &[&str]| -> BTreeSet<(String, String)> {
+        expected.iter().filter(|(k, _)| keys.contains(&k.as_str())).cloned().collect()
+    };
+    assert_eq!(seen[0], only(&["2", "3", "4", "5"]));
+    assert_eq!(seen[1], only(&["6"]));
+    assert_eq!(seen[2], only(&["12", "2", "3"]), "11 and 12, then the wrap to 1..=3");
 }
 
 #[tokio::test(flavor = "multi_thread")]
