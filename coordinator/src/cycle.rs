@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use uploader::{ApplyKind, UploadRequest};
 
 use crate::config::{Config, ReplicaConfig, TaskConfig};
+use crate::dump::{self, DumpSpec};
 use crate::lease::{self, Abort, AbortReason, PauseLease};
 use crate::replica::{read_state, PauseOwnership, ReplicaControl, ResumeOutcome};
 use crate::{db, schema, UsageError};
@@ -26,6 +27,29 @@ use crate::{db, schema, UsageError};
 /// How many times to retry a pause that landed while replayed WAL held an
 /// AccessExclusiveLock on a relation a task reads.
 const PAUSE_ATTEMPTS: u32 = 5;
+
+/// What a cycle does while the replica is paused.
+pub enum Work<'a> {
+    /// Scan tasks; their results are queued for upload.
+    Tasks(&'a [&'a TaskConfig]),
+    /// A consistent `pg_dump -Fd -j N` of the frozen replica.
+    Dump(DumpSpec),
+}
+
+impl Work<'_> {
+    fn purpose(&self) -> &'static str {
+        match self {
+            Work::Tasks(_) => "run",
+            Work::Dump(_) => "dump",
+        }
+    }
+    fn names(&self) -> Vec<String> {
+        match self {
+            Work::Tasks(tasks) => tasks.iter().map(|t| t.name.clone()).collect(),
+            Work::Dump(_) => vec!["dump".to_string()],
+        }
+    }
+}
 
 /// What a cycle did, for printing and for `--json`.
 #[derive(Debug, Serialize)]
@@ -50,7 +74,7 @@ pub struct RunSummary {
     pub task_seconds: Vec<f64>,
     /// Upload task ids queued on the primary.
     pub queued: Vec<i64>,
-    /// Where the results are.
+    /// Where the results are (for a dump: the dump directory).
     pub results_dir: Option<PathBuf>,
     /// What went wrong, if anything.
     pub error: Option<String>,
@@ -68,7 +92,7 @@ impl RunSummary {
 
 struct Cycle<'a> {
     cfg: &'a Config,
-    tasks: &'a [&'a TaskConfig],
+    work: Work<'a>,
     primary: Client,
     replica: ReplicaControl,
     lease: PauseLease,
@@ -85,22 +109,21 @@ struct Cycle<'a> {
 /// Run one cycle against `replica`. Returns a summary whatever happened after the
 /// lease was taken; errors before that (bad config, unreachable servers, a replica in
 /// use) are returned as errors.
-pub async fn run(cfg: &Config, replica_cfg: &ReplicaConfig, tasks: &[&TaskConfig], abort: Abort) -> Result<RunSummary> {
+pub async fn run(cfg: &Config, replica_cfg: &ReplicaConfig, work: Work<'_>, abort: Abort) -> Result<RunSummary> {
     let mut primary = db::connect(&cfg.primary, "pgmaint").await?;
     schema::require_current(&primary).await?;
     let replica = ReplicaControl::connect(replica_cfg).await?;
     // A run that died may have left this replica paused: resume it before anything else
     // (recover_expired logs what it did).
     lease::recover_expired(&mut primary, replica_cfg).await?;
-    let names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
-    let lease = PauseLease::acquire(&mut primary, &replica_cfg.name, "run", &names, cfg.limits.lease).await?;
+    let lease = PauseLease::acquire(&mut primary, &replica_cfg.name, work.purpose(), &work.names(), cfg.limits.lease).await?;
     let heartbeat = lease.spawn_heartbeat(cfg.primary.clone(), abort.clone());
     let run_id = lease.run_id;
     tracing::info!(run_id, replica = %replica_cfg.name, "run started");
 
     let mut cycle = Cycle {
         cfg,
-        tasks,
+        work,
         primary,
         replica,
         lease,
@@ -135,10 +158,28 @@ pub async fn run(cfg: &Config, replica_cfg: &ReplicaConfig, tasks: &[&TaskConfig
         // Keep the lease: when it expires, the next command (or `pgmaint recover`) retries.
         Err(e) => (None, None, false, Some(format!("could not resume replay on {}: {e:#}; run `pgmaint recover`", replica_cfg.name))),
     };
-    let error = match (error, resume_error) {
+    let mut error = match (error, resume_error) {
         (Some(a), Some(b)) => Some(format!("{a}; {b}")),
         (a, b) => a.or(b),
     };
+    // A dump's files are hashed once replay is running again: not worth a longer pause.
+    let mut results_dir = cycle.snapshot.as_ref().map(|_| cycle.run_dir.clone());
+    if let (Work::Dump(spec), "succeeded", Some(snapshot)) = (&cycle.work, state, &cycle.snapshot) {
+        results_dir = Some(spec.out.clone());
+        let manifest = ResultManifest {
+            run_id,
+            replica: replica_cfg.name.clone(),
+            snapshot: snapshot.clone(),
+            started_at: cycle.paused_at.unwrap_or_else(Utc::now),
+            finished_at: Utc::now(),
+            valid: true,
+            tasks: Vec::new(),
+        };
+        let elapsed = cycle.paused_at.map(|p| (Utc::now() - p).to_std().unwrap_or_default()).unwrap_or_default();
+        if let Err(e) = dump::write_manifest(&spec.out, manifest, elapsed) {
+            error = Some(format!("dump written, but its manifest was not: {e:#}"));
+        }
+    }
     if let Err(e) = cycle
         .lease
         .finish(&mut cycle.primary, state, error.as_deref(), resumed_at.zip(backlog), release)
@@ -157,10 +198,26 @@ pub async fn run(cfg: &Config, replica_cfg: &ReplicaConfig, tasks: &[&TaskConfig
         tasks: cycle.reports.iter().map(TaskReport::to_manifest).collect(),
         task_seconds: cycle.reports.iter().map(|r| r.elapsed.as_secs_f64()).collect(),
         queued: cycle.queued.clone(),
-        results_dir: cycle.snapshot.as_ref().map(|_| cycle.run_dir.clone()),
+        results_dir,
         error,
         usage_error,
     })
+}
+
+/// Inside the transaction that records a run's outcome: mark it succeeded, unless it is
+/// no longer running (a recover dropped it after its lease was lost).
+async fn mark_succeeded(tx: &tokio_postgres::Transaction<'_>, run_id: i64, results: &std::path::Path) -> Result<()> {
+    let updated = tx
+        .execute(
+            "UPDATE pgmaint.runs SET state = 'succeeded', finished_at = now(), results_dir = $2
+              WHERE id = $1 AND state = 'running'",
+            &[&run_id, &results.display().to_string()],
+        )
+        .await?;
+    if updated == 0 {
+        bail!("run {run_id} is no longer running on the primary (dropped after a lost lease?); nothing recorded");
+    }
+    Ok(())
 }
 
 fn failed_tasks(reports: &[TaskReport]) -> Option<String> {
@@ -197,12 +254,21 @@ impl Cycle<'_> {
         // 1. Check the tasks against the catalog, and create the run directory, before
         //    pausing: a typo or a full disk never costs a pause.
         let mut prepared = Vec::new();
-        for t in self.tasks {
-            let p = snapshot_runner::prepare(&t.name, &t.spec, &ctx).await.map_err(|e| match e {
-                e if e.is_config() => anyhow!(UsageError(e.to_string())),
-                e => anyhow!(e).context(format!("checking task {}", t.name)),
-            })?;
-            prepared.push((p, t.soft_timeout));
+        let mut pg_dump = None;
+        match &self.work {
+            Work::Tasks(tasks) => {
+                for t in tasks.iter() {
+                    let p = snapshot_runner::prepare(&t.name, &t.spec, &ctx).await.map_err(|e| match e {
+                        e if e.is_config() => anyhow!(UsageError(e.to_string())),
+                        e => anyhow!(e).context(format!("checking task {}", t.name)),
+                    })?;
+                    prepared.push((p, t.soft_timeout));
+                }
+            }
+            Work::Dump(spec) => {
+                spec.check_out()?;
+                pg_dump = Some(dump::find_pg_dump(spec, self.replica.server_major().await?)?);
+            }
         }
         std::fs::create_dir_all(&self.cfg.results_dir)
             .with_context(|| format!("results.dir {}", self.cfg.results_dir.display()))?;
@@ -217,13 +283,42 @@ impl Cycle<'_> {
         }
 
         // 3. Pause and wait for 'paused'; record the snapshot.
-        let relations: Vec<(String, String)> = prepared.iter().flat_map(|(p, _)| p.relations()).collect();
+        // A dump reads every relation; tasks read theirs.
+        let relations: Option<Vec<(String, String)>> = match &self.work {
+            Work::Tasks(_) => Some(prepared.iter().flat_map(|(p, _)| p.relations()).collect()),
+            Work::Dump(_) => None,
+        };
         let pause_started = Instant::now();
-        self.pause_confirmed(&relations).await?;
+        self.pause_confirmed(relations.as_deref()).await?;
         let snapshot = self.snapshot.clone().expect("set by pause_confirmed");
 
-        // 4. Run the tasks, with the watchdog guarding the pause limits.
+        // 4. Run the tasks (or the dump), with the watchdog guarding the pause limits.
         let watchdog = self.spawn_watchdog(snapshot.clone(), pause_started);
+        if let (Work::Dump(spec), Some(pg_dump)) = (&self.work, &pg_dump) {
+            let dumped = dump::run_pg_dump(
+                pg_dump,
+                &self.replica.config.dsn.config,
+                spec,
+                &ctx.application_name(),
+                self.cfg.scan.lock_timeout,
+                self.cfg.scan.progress_interval,
+                self.abort.token(),
+            )
+            .await;
+            watchdog.cancel();
+            if let Some(reason) = self.abort.reason() {
+                bail!("{reason}");
+            }
+            dumped?;
+            if let Some(why) = self.replica.snapshot_moved(&snapshot).await {
+                self.abort.trigger(AbortReason::SnapshotLost(why));
+                bail!("the dump is not of one snapshot; discard it");
+            }
+            let out = spec.out.clone();
+            let tx = self.primary.transaction().await?;
+            mark_succeeded(&tx, self.lease.run_id, &out).await?;
+            return tx.commit().await.context("recording the dump");
+        }
         let cursors = self.task_cursors().await?;
         for (task, soft_timeout) in &prepared {
             if self.abort.reason().is_some() {
@@ -268,7 +363,7 @@ impl Cycle<'_> {
     /// Request the pause, wait for `paused`, make sure the replayed WAL holds no
     /// AccessExclusiveLock on a relation we read (else resume and try again later), and
     /// record the snapshot.
-    async fn pause_confirmed(&mut self, relations: &[(String, String)]) -> Result<()> {
+    async fn pause_confirmed(&mut self, relations: Option<&[(String, String)]>) -> Result<()> {
         for attempt in 1..=PAUSE_ATTEMPTS {
             let before = self.replica.state().await?;
             // Recorded on the primary *before* the request: a run that dies from here
@@ -354,7 +449,7 @@ impl Cycle<'_> {
 
     /// Where each task's previous valid run stopped, from the primary.
     async fn task_cursors(&self) -> Result<std::collections::HashMap<String, String>> {
-        let names: Vec<&str> = self.tasks.iter().map(|t| t.name.as_str()).collect();
+        let names = self.work.names();
         let rows = self
             .primary
             .query("SELECT task_name, cursor FROM pgmaint.task_cursors WHERE task_name = ANY($1)", &[&names])
@@ -381,16 +476,7 @@ impl Cycle<'_> {
             });
         }
         let tx = self.primary.transaction().await?;
-        let updated = tx
-            .execute(
-                "UPDATE pgmaint.runs SET state = 'succeeded', finished_at = now(), results_dir = $2
-                  WHERE id = $1 AND state = 'running'",
-                &[&run_id, &self.run_dir.display().to_string()],
-            )
-            .await?;
-        if updated == 0 {
-            bail!("run {run_id} is no longer running on the primary (dropped after a lost lease?); nothing queued");
-        }
+        mark_succeeded(&tx, run_id, &self.run_dir).await?;
         self.queued = uploader::enqueue(&tx, run_id, &uploads, self.cfg.uploader.max_attempts).await?;
         for r in self.reports.iter().filter(|r| r.status.has_results()) {
             if let Some(cursor) = &r.cursor {

@@ -4,6 +4,7 @@
 mod config;
 mod cycle;
 mod db;
+mod dump;
 mod lease;
 mod replica;
 mod schema;
@@ -118,6 +119,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A consistent dump of the frozen replica: pause, `pg_dump -Fd -j N`, resume.
+    ///
+    /// The dump gets the cycle's safety: lease, pre-checks, confirmed pause, limits,
+    /// and resume on every path. Every pg_dump worker reads the same paused state. A
+    /// replica that restarts during the dump (its pause lost) fails the dump. The files
+    /// are then hashed and `manifest.json` (snapshot LSN, timeline, system identifier,
+    /// MD5 and size of every file) is written next to pg_dump's own. Restore with
+    /// `pg_restore -d DBNAME DIR`.
+    Dump {
+        /// Output directory (must not exist, or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// Parallel pg_dump jobs (pg_dump -j).
+        #[arg(long, short = 'j', default_value_t = 2)]
+        jobs: u32,
+        /// pg_dump binary; default: the one of the server's major version.
+        #[arg(long)]
+        pg_dump: Option<PathBuf>,
+        /// Replica to use (by name); default: the first in config.
+        #[arg(long)]
+        replica: Option<String>,
+        /// Print the run summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Resume a replica left paused by a dead run (expired lease); mark the run DROPPED.
     Recover {
         /// Only this replica; default: every replica in config.
@@ -187,20 +213,16 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let tasks = cfg.select_tasks(&tasks)?;
             let abort = Abort::default();
             install_signal_handlers(abort.clone());
-            let summary = cycle::run(&cfg, replica, &tasks, abort).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
-            } else {
-                print!("{}", render_summary(&summary));
-            }
-            if let Some(e) = &summary.error {
-                eprintln!("pgmaint: error: run {}: {e}", summary.run_id);
-            }
-            Ok(match (summary.ok(), summary.usage_error) {
-                (true, _) => ExitCode::SUCCESS,
-                (false, true) => ExitCode::from(2),
-                (false, false) => ExitCode::from(1),
-            })
+            let summary = cycle::run(&cfg, replica, cycle::Work::Tasks(&tasks), abort).await?;
+            Ok(report_cycle(&summary, json)?)
+        }
+        Command::Dump { out, jobs, pg_dump, replica, json } => {
+            let replica = cfg.replica(replica.as_deref())?;
+            let abort = Abort::default();
+            install_signal_handlers(abort.clone());
+            let spec = dump::DumpSpec { out, jobs, pg_dump };
+            let summary = cycle::run(&cfg, replica, cycle::Work::Dump(spec), abort).await?;
+            Ok(report_cycle(&summary, json)?)
         }
         Command::Uploader { once, slots } => tasks_cmd::run_uploader(&cfg, once, slots).await,
         Command::Tasks { command } => tasks_cmd::tasks(&cfg, command).await,
@@ -248,6 +270,23 @@ async fn recover_all(cfg: &Config, primary: &mut tokio_postgres::Client, only: O
         }
     }
     Ok(())
+}
+
+/// Print a cycle's summary; its exit code.
+fn report_cycle(summary: &cycle::RunSummary, json: bool) -> Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(summary)?);
+    } else {
+        print!("{}", render_summary(summary));
+    }
+    if let Some(e) = &summary.error {
+        eprintln!("pgmaint: error: run {}: {e}", summary.run_id);
+    }
+    Ok(match (summary.ok(), summary.usage_error) {
+        (true, _) => ExitCode::SUCCESS,
+        (false, true) => ExitCode::from(2),
+        (false, false) => ExitCode::from(1),
+    })
 }
 
 fn render_summary(s: &cycle::RunSummary) -> String {

@@ -217,7 +217,8 @@ impl ReplicaControl {
 
     /// Relations among `wanted` on which the replayed WAL holds an AccessExclusiveLock:
     /// a scan of them would wait forever while replay is paused.
-    pub async fn startup_locks(&self, wanted: &[(String, String)]) -> Result<Vec<String>> {
+    /// `None` means every relation (a dump reads them all).
+    pub async fn startup_locks(&self, wanted: Option<&[(String, String)]>) -> Result<Vec<String>> {
         let rows = self
             .client
             .query(
@@ -235,9 +236,15 @@ impl ReplicaControl {
         Ok(rows
             .iter()
             .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
-            .filter(|rel| wanted.contains(rel))
+            .filter(|rel| wanted.is_none_or(|w| w.contains(rel)))
             .map(|(s, n)| format!("{s}.{n}"))
             .collect())
+    }
+
+    /// The server's major version (15 for 15.4).
+    pub async fn server_major(&self) -> Result<u32> {
+        let num: String = self.client.query_one("SHOW server_version_num", &[]).await?.get(0);
+        Ok(num.parse::<u32>().context("server_version_num")? / 10000)
     }
 
     /// The frozen state: replay LSN, timeline, system identifier, start time.

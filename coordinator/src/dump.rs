@@ -1,0 +1,232 @@
+//! `pgmaint dump`: an operator-triggered consistent dump of the frozen replica, through
+//! `pg_dump -Fd -j N` (pg_dump's parallel mode works on a standby: it shares one
+//! snapshot exported with `pg_export_snapshot()` among its workers).
+//!
+//! The dump runs inside the same cycle as scans (lease, pre-checks, confirmed pause,
+//! watchdog, validity check, resume on every path); this module only knows how to find
+//! pg_dump, run it, and describe what it wrote.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use snapshot_runner::{DataFile, ManifestTask, ResultManifest};
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::UsageError;
+
+/// What to dump, and where.
+#[derive(Debug, Clone)]
+pub struct DumpSpec {
+    /// Output directory: must not exist yet, or be empty.
+    pub out: PathBuf,
+    /// `pg_dump -j`.
+    pub jobs: u32,
+    /// pg_dump to use; default: the one matching the server's major version.
+    pub pg_dump: Option<PathBuf>,
+}
+
+impl DumpSpec {
+    /// Check the output directory before anything is paused.
+    pub fn check_out(&self) -> Result<()> {
+        if self.jobs == 0 {
+            bail!(UsageError("--jobs: must be at least 1".into()));
+        }
+        match std::fs::read_dir(&self.out) {
+            Ok(entries) => {
+                if entries.count() > 0 {
+                    bail!(UsageError(format!("--out: {} exists and is not empty", self.out.display())));
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let parent = self.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                if !parent.is_dir() {
+                    bail!(UsageError(format!("--out: parent directory {} does not exist", parent.display())));
+                }
+                Ok(())
+            }
+            Err(e) => bail!(UsageError(format!("--out: {}: {e}", self.out.display()))),
+        }
+    }
+}
+
+/// pg_dump must be at least as new as the server; prefer the server's own major version.
+pub fn find_pg_dump(spec: &DumpSpec, server_major: u32) -> Result<PathBuf> {
+    if let Some(p) = &spec.pg_dump {
+        return Ok(p.clone());
+    }
+    let packaged = PathBuf::from(format!("/usr/lib/postgresql/{server_major}/bin/pg_dump"));
+    if packaged.exists() {
+        return Ok(packaged);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|d| d.join("pg_dump")).find(|p| p.exists()))
+        .unwrap_or_default();
+    on_path.ok_or_else(|| {
+        anyhow!(UsageError(format!(
+            "pg_dump for PostgreSQL {server_major} not found (looked in /usr/lib/postgresql/{server_major}/bin and PATH); \
+             install it or pass --pg-dump"
+        )))
+    })
+}
+
+/// A libpq connection string for `config`, without the password (passed in the
+/// environment instead, so it never shows in `ps`).
+pub fn libpq_conninfo(config: &tokio_postgres::Config) -> (String, Option<String>) {
+    fn quote(v: &str) -> String {
+        format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+    let mut parts = Vec::new();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .collect();
+    if !hosts.is_empty() {
+        parts.push(format!("host={}", quote(&hosts.join(","))));
+    }
+    let ports: Vec<String> = config.get_ports().iter().map(|p| p.to_string()).collect();
+    if !ports.is_empty() {
+        parts.push(format!("port={}", quote(&ports.join(","))));
+    }
+    if let Some(u) = config.get_user() {
+        parts.push(format!("user={}", quote(u)));
+    }
+    if let Some(d) = config.get_dbname() {
+        parts.push(format!("dbname={}", quote(d)));
+    }
+    let sslmode = match config.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Disable => "disable",
+        tokio_postgres::config::SslMode::Require => "require",
+        _ => "prefer",
+    };
+    parts.push(format!("sslmode={sslmode}"));
+    if let Some(t) = config.get_connect_timeout() {
+        parts.push(format!("connect_timeout={}", t.as_secs().max(1)));
+    }
+    let password = config.get_password().map(|p| String::from_utf8_lossy(p).into_owned());
+    (parts.join(" "), password)
+}
+
+/// Run pg_dump against the paused replica. `cancel` kills it (the cycle then closes the
+/// sessions it left, found by `application_name`).
+pub async fn run_pg_dump(
+    pg_dump: &Path,
+    replica: &tokio_postgres::Config,
+    spec: &DumpSpec,
+    application_name: &str,
+    lock_timeout: Duration,
+    progress_every: Duration,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let (conninfo, password) = libpq_conninfo(replica);
+    let mut cmd = tokio::process::Command::new(pg_dump);
+    cmd.arg("--format=directory")
+        .arg(format!("--jobs={}", spec.jobs))
+        .arg(format!("--lock-wait-timeout={}", lock_timeout.as_millis().max(1)))
+        .arg("--no-password")
+        .arg("--file")
+        .arg(&spec.out)
+        .arg("--dbname")
+        .arg(&conninfo)
+        .env("PGAPPNAME", application_name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", pg_dump.display()))?;
+    let mut stderr = child.stderr.take().expect("piped");
+    let collect = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let started = Instant::now();
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status.context("waiting for pg_dump")?,
+            _ = cancel.cancelled() => {
+                let _ = child.kill().await;
+                bail!("pg_dump stopped: the cycle was aborted");
+            }
+            _ = tokio::time::sleep(progress_every) => {
+                let (files, bytes) = dir_usage(&spec.out);
+                tracing::info!(files, mb = bytes / 1_000_000, secs = started.elapsed().as_secs(), "dump in progress");
+            }
+        }
+    };
+    let stderr = collect.await.unwrap_or_default();
+    if !status.success() {
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+        bail!("pg_dump failed ({status}): {last}");
+    }
+    Ok(())
+}
+
+fn dir_usage(dir: &Path) -> (u64, u64) {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .fold((0, 0), |(n, b), m| (n + 1, b + m.len()))
+        })
+        .unwrap_or((0, 0))
+}
+
+/// Hash every file pg_dump wrote (after replay resumed: hashing is not worth a longer
+/// pause) and write the manifest into the dump directory, next to pg_dump's own files.
+pub fn write_manifest(out: &Path, mut manifest: ResultManifest, elapsed: Duration) -> Result<ManifestTask> {
+    let mut files = Vec::new();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(out)
+        .with_context(|| format!("reading {}", out.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    names.sort();
+    for path in names {
+        let (md5, size) = snapshot_runner::output::file_md5(&path).with_context(|| format!("hashing {}", path.display()))?;
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        files.push(DataFile { name, columns: Vec::new(), rows: 0, size, md5, snapshot_lsn: None });
+    }
+    let task = ManifestTask {
+        name: "dump".into(),
+        kind: "pg_dump".into(),
+        status: "completed".into(),
+        rows_scanned: 0,
+        findings: 0,
+        relation: None,
+        file: None,
+        files,
+        error: None,
+    };
+    manifest.tasks = vec![task.clone()];
+    manifest.write(out)?;
+    tracing::info!(dir = %out.display(), files = task.files.len(), secs = elapsed.as_secs_f64(), "dump manifest written");
+    Ok(task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conninfo_quotes_values_and_keeps_the_password_out() {
+        let c: tokio_postgres::Config = "host=db1 port=5433 user=o'neil dbname='my db' password=s3cret sslmode=require"
+            .parse()
+            .unwrap();
+        let (info, password) = libpq_conninfo(&c);
+        assert_eq!(info, r"host='db1' port='5433' user='o\'neil' dbname='my db' sslmode=require");
+        assert_eq!(password.as_deref(), Some("s3cret"));
+    }
+}
