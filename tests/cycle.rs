@@ -231,7 +231,7 @@ async fn signals_during_a_scan_resume_replay_and_queue_nothing() {
 
 /// kill -9 of the coordinator during a scan: the replica stays paused until the lease
 /// expires; then `pgmaint recover` resumes it and marks the run dropped. The next
-/// `pgmaint run` does the same by itself.
+/// `pgmaint run` does the same by itself, and so does any other command (`uploader`).
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_coordinator_is_recovered_after_its_lease_expires() {
     let c = Cluster::up("cycle-kill9", 1);
@@ -250,7 +250,7 @@ async fn killed_coordinator_is_recovered_after_its_lease_expires() {
     );
     c.run(&slow, &["init"]).expect_code(0);
 
-    for recover_with in ["recover", "run"] {
+    for recover_with in ["recover", "run", "uploader"] {
         c.wait_caught_up(1).await;
         let mut child = c.pgmaint(&slow, &["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         wait_paused(&c, 1).await;
@@ -265,7 +265,8 @@ async fn killed_coordinator_is_recovered_after_its_lease_expires() {
             assert_eq!(c.pause_state(1).await, "paused");
         }
         tokio::time::sleep(Duration::from_millis(2500)).await;
-        let out = c.run(&fast, &[recover_with]).expect_code(0);
+        let args: &[&str] = if recover_with == "uploader" { &["uploader", "--once"] } else { &[recover_with] };
+        let out = c.run(&fast, args).expect_code(0);
         let said = format!("{}{}", out.stdout, out.stderr);
         assert!(said.contains(&format!("run {dead} had died")), "{said}");
         assert_eq!(c.pause_state(1).await, "not paused");

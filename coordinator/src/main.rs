@@ -15,7 +15,7 @@ mod units;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -224,12 +224,15 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let summary = cycle::run(&cfg, replica, cycle::Work::Dump(spec), abort).await?;
             Ok(report_cycle(&summary, json)?)
         }
-        Command::Uploader { once, slots } => tasks_cmd::run_uploader(&cfg, once, slots).await,
+        Command::Uploader { once, slots } => {
+            recover_in_passing(&cfg).await;
+            tasks_cmd::run_uploader(&cfg, once, slots).await
+        }
         Command::Tasks { command } => tasks_cmd::tasks(&cfg, command).await,
         Command::Status { json } => {
-            let mut primary = db::connect(&cfg.primary, "pgmaint").await?;
+            let primary = db::connect(&cfg.primary, "pgmaint").await?;
             schema::require_current(&primary).await?;
-            recover_all(&cfg, &mut primary, None, true).await?;
+            recover_in_passing(&cfg).await;
             let status = status::gather(&cfg, &primary).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
@@ -247,6 +250,20 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Any pgmaint command resumes a replica that a dead run left paused (DESIGN: a run
+/// whose lease expired is dropped). Commands that are not about replicas do it in
+/// passing: a failure here is logged, and the command goes on with its own work.
+async fn recover_in_passing(cfg: &Config) {
+    let attempt = async {
+        let mut primary = db::connect(&cfg.primary, "pgmaint").await?;
+        schema::require_current(&primary).await?;
+        recover_all(cfg, &mut primary, None, true).await
+    };
+    if let Err(e) = attempt.await {
+        tracing::warn!("could not check for replicas left paused by dead runs: {}", format!("{e:#}").replace('\n', " "));
+    }
+}
+
 /// Recover every replica (or one) from dead runs. `quiet` prints only what was done.
 async fn recover_all(cfg: &Config, primary: &mut tokio_postgres::Client, only: Option<&str>, quiet: bool) -> Result<()> {
     let replicas: Vec<_> = match only {
@@ -254,9 +271,15 @@ async fn recover_all(cfg: &Config, primary: &mut tokio_postgres::Client, only: O
         None => cfg.replicas.iter().collect(),
     };
     for r in replicas {
-        let outcome = lease::recover_expired(primary, r)
-            .await
-            .with_context(|| format!("recovering replica {}", r.name))?;
+        let outcome = match lease::recover_expired(primary, r).await {
+            Ok(o) => o,
+            // One unreachable replica must not keep the others paused.
+            Err(e) if quiet => {
+                tracing::warn!("replica {}: could not check for a dead run: {e:#}", r.name);
+                continue;
+            }
+            Err(e) => return Err(e.context(format!("recovering replica {}", r.name))),
+        };
         match outcome {
             lease::Recovery::Recovered { run_id, note, .. } => {
                 println!("{}: run {run_id} had died (lease expired): {note}; run {run_id} marked dropped", r.name)

@@ -98,6 +98,11 @@ impl ReplicaControl {
         if !self.client.is_closed() {
             return Ok(());
         }
+        self.reconnect(patience).await
+    }
+
+    /// Open a new control session. Tries for up to `patience`.
+    async fn reconnect(&mut self, patience: Duration) -> Result<()> {
         let deadline = Instant::now() + patience;
         let mut wait = Duration::from_millis(200);
         loop {
@@ -111,6 +116,20 @@ impl ReplicaControl {
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(2));
                 }
+            }
+        }
+    }
+
+    /// Read the replay state, reconnecting once if the session turns out to be broken: a
+    /// restart terminates it, and the client may learn that only from this query.
+    pub async fn fresh_state(&mut self) -> Result<ReplayState> {
+        self.ensure_connected(Duration::from_secs(10)).await?;
+        match self.state().await {
+            Ok(st) => Ok(st),
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "control session broke; reconnecting");
+                self.reconnect(Duration::from_secs(10)).await?;
+                self.state().await
             }
         }
     }
@@ -268,10 +287,7 @@ impl ReplicaControl {
 
     /// Why the snapshot is no longer the one we paused at, if it is not.
     pub async fn snapshot_moved(&mut self, snap: &SnapshotInfo) -> Option<String> {
-        if let Err(e) = self.ensure_connected(Duration::from_secs(10)).await {
-            return Some(format!("replica unreachable: {e:#}"));
-        }
-        let st = match self.state().await {
+        let st = match self.fresh_state().await {
             Ok(st) => st,
             Err(e) => return Some(format!("{e:#}")),
         };
@@ -316,8 +332,7 @@ impl ReplicaControl {
     }
 
     async fn try_resume(&mut self, own: &PauseOwnership) -> Result<(ResumeOutcome, ReplayState)> {
-        self.ensure_connected(Duration::from_secs(10)).await?;
-        let st = self.state().await?;
+        let st = self.fresh_state().await?;
         let outcome = decide_resume(own, &st);
         if outcome == ResumeOutcome::Resumed {
             self.client.execute("SELECT pg_wal_replay_resume()", &[]).await.context("pg_wal_replay_resume()")?;
