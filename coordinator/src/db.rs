@@ -5,9 +5,9 @@ use tokio_postgres::Client;
 use crate::config::Dsn;
 use crate::UsageError;
 
-/// Describe where a DSN points, without its password.
-pub fn describe(dsn: &tokio_postgres::Config) -> String {
-    let hosts: Vec<String> = dsn
+/// The hosts of a DSN (names, addresses or socket directories) and its ports, as text.
+pub fn hosts_and_ports(dsn: &tokio_postgres::Config) -> (Vec<String>, Vec<String>) {
+    let hosts = dsn
         .get_hosts()
         .iter()
         .map(|h| match h {
@@ -15,7 +15,12 @@ pub fn describe(dsn: &tokio_postgres::Config) -> String {
             tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
         })
         .collect();
-    let ports: Vec<String> = dsn.get_ports().iter().map(|p| p.to_string()).collect();
+    (hosts, dsn.get_ports().iter().map(|p| p.to_string()).collect())
+}
+
+/// Describe where a DSN points, without its password.
+pub fn describe(dsn: &tokio_postgres::Config) -> String {
+    let (hosts, ports) = hosts_and_ports(dsn);
     format!(
         "host={} port={} dbname={}",
         if hosts.is_empty() { "localhost".into() } else { hosts.join(",") },

@@ -80,18 +80,10 @@ pub fn libpq_conninfo(config: &tokio_postgres::Config) -> (String, Option<String
         format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
     }
     let mut parts = Vec::new();
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .map(|h| match h {
-            tokio_postgres::config::Host::Tcp(h) => h.clone(),
-            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-        })
-        .collect();
+    let (hosts, ports) = crate::db::hosts_and_ports(config);
     if !hosts.is_empty() {
         parts.push(format!("host={}", quote(&hosts.join(","))));
     }
-    let ports: Vec<String> = config.get_ports().iter().map(|p| p.to_string()).collect();
     if !ports.is_empty() {
         parts.push(format!("port={}", quote(&ports.join(","))));
     }

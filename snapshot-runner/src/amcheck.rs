@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ident::{quote_ident, QualifiedName};
 use crate::output::CsvFile;
 use crate::progress::{Counters, ProgressReporter};
-use crate::task::{ApplyPlan, TaskReport, TaskStatus};
+use crate::task::{join_worker_results, ApplyPlan, TaskReport, TaskStatus};
 use crate::{ScanContext, ScanError, FINDINGS_COLUMNS};
 
 /// Config of an `amcheck` task.
@@ -201,21 +201,8 @@ pub(crate) async fn run(
     });
     let results = join_all(workers).await;
     progress.finish().await;
-    report.rows_scanned = counters.items.load(Ordering::Relaxed);
-    report.bytes_scanned = counters.bytes.load(Ordering::Relaxed);
-    report.findings = counters.findings.load(Ordering::Relaxed);
-    let mut partial = false;
-    let mut cancelled = false;
-    for r in results {
-        match r {
-            Ok(cut) => partial |= cut,
-            Err(ScanError::Cancelled) => cancelled = true,
-            Err(e) => return Err(e),
-        }
-    }
-    if cancelled {
-        return Err(ScanError::Cancelled);
-    }
+    report.take_counters(&counters);
+    let partial = join_worker_results(results)?;
     report.file = Some(sink.into_inner().expect("sink lock").finish()?);
     report.apply = Some(ApplyPlan {
         kind: "findings",

@@ -3,11 +3,10 @@
 //! is uploaded to the primary.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio_postgres::{Client, IsolationLevel};
+use tokio_postgres::Client;
 
 use crate::copy::{check_query, copy_to_file, CopyEnd};
 use crate::ident::QualifiedName;
@@ -123,8 +122,7 @@ pub(crate) async fn run(
     let progress = ProgressReporter::start(ctx.progress, name, "rows", p.estimated_rows, counters.clone());
     let result = export_all(p, ctx, deadline, &counters, report).await;
     progress.finish().await;
-    report.rows_scanned = counters.items.load(Ordering::Relaxed);
-    report.bytes_scanned = counters.bytes.load(Ordering::Relaxed);
+    report.take_counters(&counters);
     result
 }
 
@@ -139,11 +137,7 @@ async fn export_all(
     let cancel_token = client.cancel_token();
     // One transaction for all files: on a paused replica every statement sees the same
     // state anyway, and this keeps the export consistent should it ever run unpaused.
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
+    let tx = crate::session::snapshot_transaction(&mut client)
         .await
         .map_err(ScanError::db("starting the export transaction"))?;
     let stop = ctx.cancel.child_token();

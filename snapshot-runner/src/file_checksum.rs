@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, IsolationLevel};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::ident::{quote_ident, QualifiedName};
@@ -267,9 +267,7 @@ pub(crate) async fn run(
         }
     }
     progress.finish().await;
-    report.rows_scanned = counters.items.load(Ordering::Relaxed);
-    report.bytes_scanned = counters.bytes.load(Ordering::Relaxed);
-    report.findings = counters.findings.load(Ordering::Relaxed);
+    report.take_counters(&counters);
     let Dispatched { cut_short } = match (dispatched, reader_error) {
         (Err(ScanError::Cancelled), Some(e)) | (Ok(_), Some(e)) => return Err(e),
         (Err(e), _) => return Err(e),
@@ -349,11 +347,7 @@ async fn dispatch(
     let mut client = ctx.connect().await?;
     let cancel_token = client.cancel_token();
     let context = || format!("reading the catalog {}", p.table);
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
+    let tx = crate::session::snapshot_transaction(&mut client)
         .await
         .map_err(ScanError::db(context()))?;
     let passes: &[Pass] = match (cursor, p.files_per_run) {

@@ -1,11 +1,10 @@
 //! `materialize`: run a query on the frozen snapshot and stream its result into a CSV
 //! file that the uploader swaps in for a table on the primary (or merges into it).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio_postgres::{Client, IsolationLevel};
+use tokio_postgres::Client;
 
 use crate::copy::{check_query, copy_to_file, CheckedQuery, CopyEnd};
 use crate::ident::{parse_ident, QualifiedName};
@@ -78,18 +77,13 @@ pub(crate) async fn run(
     let progress = ProgressReporter::start(ctx.progress, name, "rows", None, counters.clone());
     let mut client = ctx.connect().await?;
     let cancel_token = client.cancel_token();
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
+    let tx = crate::session::snapshot_transaction(&mut client)
         .await
         .map_err(ScanError::db("starting the materialize transaction"))?;
     let stop = ctx.cancel.child_token();
     let end = copy_to_file(&tx, &cancel_token, &p.query.copy_sql(), &mut file, &counters, deadline, &stop).await;
     progress.finish().await;
-    report.rows_scanned = counters.items.load(Ordering::Relaxed);
-    report.bytes_scanned = counters.bytes.load(Ordering::Relaxed);
+    report.take_counters(&counters);
     let end = end?;
     report.file = Some(file.finish()?);
     if end == CopyEnd::Deadline {

@@ -7,13 +7,13 @@ use std::time::Instant;
 
 use futures_util::future::join_all;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, IsolationLevel};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::ident::{parse_ident, quote_ident, QualifiedName};
 use crate::output::CsvFile;
 use crate::progress::{Counters, ProgressReporter};
-use crate::task::{ApplyPlan, TaskReport, TaskStatus};
+use crate::task::{join_worker_results, ApplyPlan, TaskReport, TaskStatus};
 use crate::{ScanContext, ScanError, FINDINGS_COLUMNS};
 
 /// Keys sampled to choose the split points of the key range.
@@ -237,22 +237,8 @@ pub(crate) async fn run(
     });
     let results = join_all(workers).await;
     progress.finish().await;
-    report.rows_scanned = counters.items.load(Ordering::Relaxed);
-    report.bytes_scanned = counters.bytes.load(Ordering::Relaxed);
-    report.findings = counters.findings.load(Ordering::Relaxed);
-    let mut partial = false;
-    // Prefer the real error over the Cancelled of the siblings it stopped.
-    let mut cancelled = false;
-    for r in results {
-        match r {
-            Ok(p) => partial |= p,
-            Err(ScanError::Cancelled) => cancelled = true,
-            Err(e) => return Err(e),
-        }
-    }
-    if cancelled {
-        return Err(ScanError::Cancelled);
-    }
+    report.take_counters(&counters);
+    let partial = join_worker_results(results)?;
     let file = sink.into_inner().expect("sink lock").finish()?;
     report.file = Some(file);
     // The uploader re-checks each finding on the primary with these (names, not SQL).
@@ -289,11 +275,7 @@ async fn scan_range(
     let mut client = ctx.connect().await?;
     let cancel_token = client.cancel_token();
     let context = || format!("scanning {relation}");
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
+    let tx = crate::session::snapshot_transaction(&mut client)
         .await
         .map_err(ScanError::db(context()))?;
     let stmt = tx.prepare(sql).await.map_err(ScanError::db(context()))?;

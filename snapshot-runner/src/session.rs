@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, IsolationLevel, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use crate::progress::ProgressMode;
@@ -69,7 +69,7 @@ impl ScanContext {
     /// A read-only scan session with `lock_timeout` set.
     pub async fn connect(&self) -> Result<Client, ScanError> {
         let mut config = self.replica.clone();
-        config.application_name(&self.application_name());
+        config.application_name(self.application_name());
         let client = connect(&config).await.map_err(ScanError::db("connecting to the replica"))?;
         let setup = format!(
             "SET default_transaction_read_only = on; SET lock_timeout = {}; SET statement_timeout = 0",
@@ -83,4 +83,11 @@ impl ScanContext {
 /// `application_name` used by the scan sessions of run `run_id`.
 pub fn scan_application_name(run_id: i64) -> String {
     format!("pgmaint-scan-{run_id}")
+}
+
+/// A read-only REPEATABLE READ transaction: every scan reads through one. On a paused
+/// replica every statement sees the same state anyway; this keeps a multi-statement scan
+/// consistent should it ever run unpaused.
+pub(crate) async fn snapshot_transaction(client: &mut Client) -> Result<Transaction<'_>, tokio_postgres::Error> {
+    client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await
 }

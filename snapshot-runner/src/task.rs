@@ -199,6 +199,14 @@ pub struct ApplyPlan {
 }
 
 impl TaskReport {
+    /// Copy a task's progress counters into the report.
+    pub(crate) fn take_counters(&mut self, counters: &crate::progress::Counters) {
+        use std::sync::atomic::Ordering;
+        self.rows_scanned = counters.items.load(Ordering::Relaxed);
+        self.bytes_scanned = counters.bytes.load(Ordering::Relaxed);
+        self.findings = counters.findings.load(Ordering::Relaxed);
+    }
+
     fn new(name: &str, kind: &'static str) -> Self {
         TaskReport {
             name: name.to_string(),
@@ -231,4 +239,22 @@ impl TaskReport {
             error: self.error.clone(),
         }
     }
+}
+
+/// Fold the results of a task's parallel workers: `Ok(true)` if any was cut short by the
+/// soft deadline. A real error wins over the `Cancelled` of the siblings it stopped.
+pub(crate) fn join_worker_results(results: Vec<Result<bool, ScanError>>) -> Result<bool, ScanError> {
+    let mut partial = false;
+    let mut cancelled = false;
+    for r in results {
+        match r {
+            Ok(cut) => partial |= cut,
+            Err(ScanError::Cancelled) => cancelled = true,
+            Err(e) => return Err(e),
+        }
+    }
+    if cancelled {
+        return Err(ScanError::Cancelled);
+    }
+    Ok(partial)
 }
