@@ -12,9 +12,17 @@ fn main() {
     if std::env::var_os("PGMAINT_NO_LIBCRYPTO").is_some() {
         return;
     }
-    let pkg = |args: &[&str]| Command::new("pkg-config").args(args).arg("libcrypto").output().ok();
+    let pkg = |args: &[&str]| {
+        Command::new("pkg-config")
+            .args(args)
+            .arg("libcrypto")
+            .output()
+            .ok()
+    };
     // OpenSSL 1.1 or newer: EVP_MD_CTX_new and friends.
-    let Some(out) = pkg(&["--atleast-version=1.1.0"]) else { return };
+    let Some(out) = pkg(&["--atleast-version=1.1.0"]) else {
+        return;
+    };
     if !out.status.success() {
         return;
     }

@@ -10,7 +10,14 @@ const BLOBS: &str = "public.blobs";
 
 /// Plant one of each corruption in a seeded blobs-like table; returns the expected
 /// findings as (key text, finding), sorted.
-async fn plant(p: &tokio_postgres::Client, table: &str, key_col: &str, content: &str, checksum: &str, keys: [&str; 4]) -> Vec<(String, String)> {
+async fn plant(
+    p: &tokio_postgres::Client,
+    table: &str,
+    key_col: &str,
+    content: &str,
+    checksum: &str,
+    keys: [&str; 4],
+) -> Vec<(String, String)> {
     let k = |i: usize| keys[i].to_string();
     p.batch_execute(&format!(
         "UPDATE {table} SET {checksum} = md5('tampered') WHERE {key_col}::text IN ('{}', '{}');
@@ -50,8 +57,26 @@ async fn finds_planted_corruptions_exactly_and_uploads_them_once() {
     let c = Cluster::up("cycle-exact", 1);
     let p = c.primary().await;
     seed_blobs(&p, BLOBS, "bigint", "g", 20_000).await;
-    let want = plant(&p, BLOBS, "id", "payload", "payload_md5", ["17", "5000", "777", "19999"]).await;
-    let cfg = c.write_config("t.toml", &row_checksum_task("blobs", BLOBS, "id", "payload", "payload_md5", "parallelism = 3"));
+    let want = plant(
+        &p,
+        BLOBS,
+        "id",
+        "payload",
+        "payload_md5",
+        ["17", "5000", "777", "19999"],
+    )
+    .await;
+    let cfg = c.write_config(
+        "t.toml",
+        &row_checksum_task(
+            "blobs",
+            BLOBS,
+            "id",
+            "payload",
+            "payload_md5",
+            "parallelism = 3",
+        ),
+    );
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
 
@@ -60,19 +85,29 @@ async fn finds_planted_corruptions_exactly_and_uploads_them_once() {
     let id = s["run_id"].as_i64().unwrap();
     assert_eq!(s["state"], "succeeded");
     assert_eq!(s["tasks"][0]["rows_scanned"], 20_000);
-    assert_eq!(findings_in_csv(&c.results_dir().join(format!("{id}/blobs.csv"))), want);
+    assert_eq!(
+        findings_in_csv(&c.results_dir().join(format!("{id}/blobs.csv"))),
+        want
+    );
     assert_eq!(c.pause_state(1).await, "not paused");
 
     c.run(&cfg, &["uploader", "--once"]).expect_code(0);
     assert_eq!(findings_on_primary(&c, id).await, want);
     let lsn: String = p
-        .query_one("SELECT DISTINCT snapshot_lsn::text FROM pgmaint.integrity_findings WHERE run_id = $1", &[&id])
+        .query_one(
+            "SELECT DISTINCT snapshot_lsn::text FROM pgmaint.integrity_findings WHERE run_id = $1",
+            &[&id],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(lsn, s["snapshot"]["lsn"].as_str().unwrap());
     c.run(&cfg, &["uploader", "--once"]).expect_code(0);
-    assert_eq!(findings_on_primary(&c, id).await.len(), want.len(), "nothing inserted twice");
+    assert_eq!(
+        findings_on_primary(&c, id).await.len(),
+        want.len(),
+        "nothing inserted twice"
+    );
 }
 
 /// Same with a uuid key, and with a mixed-case quoted schema, table and columns.
@@ -83,9 +118,22 @@ async fn uuid_keys_and_quoted_mixed_case_names() {
     seed_blobs(&p, "public.ublobs", "uuid", "md5(g::text)::uuid", 5_000).await;
     let mut keys = Vec::new();
     for g in [3, 1000, 2500, 4999] {
-        keys.push(p.query_one("SELECT md5($1::int::text)::uuid::text", &[&g]).await.unwrap().get::<_, String>(0));
+        keys.push(
+            p.query_one("SELECT md5($1::int::text)::uuid::text", &[&g])
+                .await
+                .unwrap()
+                .get::<_, String>(0),
+        );
     }
-    let want_u = plant(&p, "public.ublobs", "id", "payload", "payload_md5", [&keys[0], &keys[1], &keys[2], &keys[3]]).await;
+    let want_u = plant(
+        &p,
+        "public.ublobs",
+        "id",
+        "payload",
+        "payload_md5",
+        [&keys[0], &keys[1], &keys[2], &keys[3]],
+    )
+    .await;
 
     p.batch_execute(
         r#"CREATE SCHEMA "Sales";
@@ -96,18 +144,44 @@ async fn uuid_keys_and_quoted_mixed_case_names() {
     )
     .await
     .unwrap();
-    let want_q = plant(&p, r#""Sales"."Order Items""#, r#""Item Id""#, r#""Body""#, r#""Body MD5""#,
-                       ["item-1", "item-2999", "item-500", "item-42"]).await;
+    let want_q = plant(
+        &p,
+        r#""Sales"."Order Items""#,
+        r#""Item Id""#,
+        r#""Body""#,
+        r#""Body MD5""#,
+        ["item-1", "item-2999", "item-500", "item-42"],
+    )
+    .await;
 
-    let tasks = row_checksum_task("uuids", "public.ublobs", "id", "payload", "payload_md5", "parallelism = 2")
-        + &row_checksum_task("sales", r#""Sales"."Order Items""#, r#""Item Id""#, r#""Body""#, r#""Body MD5""#, "parallelism = 2");
+    let tasks = row_checksum_task(
+        "uuids",
+        "public.ublobs",
+        "id",
+        "payload",
+        "payload_md5",
+        "parallelism = 2",
+    ) + &row_checksum_task(
+        "sales",
+        r#""Sales"."Order Items""#,
+        r#""Item Id""#,
+        r#""Body""#,
+        r#""Body MD5""#,
+        "parallelism = 2",
+    );
     let cfg = c.write_config("t.toml", &tasks);
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
     let s = run_summary(&c.run(&cfg, &["run", "--json"]).expect_code(0));
     let id = s["run_id"].as_i64().unwrap();
-    assert_eq!(findings_in_csv(&c.results_dir().join(format!("{id}/uuids.csv"))), want_u);
-    assert_eq!(findings_in_csv(&c.results_dir().join(format!("{id}/sales.csv"))), want_q);
+    assert_eq!(
+        findings_in_csv(&c.results_dir().join(format!("{id}/uuids.csv"))),
+        want_u
+    );
+    assert_eq!(
+        findings_in_csv(&c.results_dir().join(format!("{id}/sales.csv"))),
+        want_q
+    );
 
     c.run(&cfg, &["uploader", "--once"]).expect_code(0);
     let all = findings_on_primary(&c, id).await;
@@ -115,13 +189,22 @@ async fn uuid_keys_and_quoted_mixed_case_names() {
     want.sort();
     assert_eq!(all, want);
     let rels: Vec<String> = p
-        .query("SELECT DISTINCT relation FROM pgmaint.integrity_findings ORDER BY 1", &[])
+        .query(
+            "SELECT DISTINCT relation FROM pgmaint.integrity_findings ORDER BY 1",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(rels, vec![r#""Sales"."Order Items""#.to_string(), "public.ublobs".to_string()]);
+    assert_eq!(
+        rels,
+        vec![
+            r#""Sales"."Order Items""#.to_string(),
+            "public.ublobs".to_string()
+        ]
+    );
 }
 
 /// Rows written on the primary during the scan are not in the results; the manifest's
@@ -132,18 +215,45 @@ async fn snapshot_isolation() {
     let c = Cluster::up("cycle-isolation", 1);
     let p = c.primary().await;
     seed_blobs(&p, BLOBS, "bigint", "g", 30_000).await;
-    let want = plant(&p, BLOBS, "id", "payload", "payload_md5", ["1", "2", "3", "4"]).await;
+    let want = plant(
+        &p,
+        BLOBS,
+        "id",
+        "payload",
+        "payload_md5",
+        ["1", "2", "3", "4"],
+    )
+    .await;
     let cfg = c.write_config(
         "t.toml",
-        &format!("[scan]\nbatch_rows = 1\n{}", row_checksum_task("blobs", BLOBS, "id", "payload", "payload_md5", "parallelism = 1")),
+        &format!(
+            "[scan]\nbatch_rows = 1\n{}",
+            row_checksum_task(
+                "blobs",
+                BLOBS,
+                "id",
+                "payload",
+                "payload_md5",
+                "parallelism = 1"
+            )
+        ),
     );
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
 
-    let child = c.pgmaint(&cfg, &["run", "--json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = c
+        .pgmaint(&cfg, &["run", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_paused(&c, 1).await;
     let r = c.replica(1).await;
-    let lsn_during: String = r.query_one("SELECT pg_last_wal_replay_lsn()::text", &[]).await.unwrap().get(0);
+    let lsn_during: String = r
+        .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     // Corrupt more rows and add corrupt rows, on the primary, while the scan runs.
     p.batch_execute(
         "UPDATE blobs SET payload_md5 = 'x' WHERE id BETWEEN 100 AND 110;
@@ -154,25 +264,51 @@ async fn snapshot_isolation() {
     // Those writes really landed during the pause: the replica is still paused where it was.
     let still: (String, String) = {
         let row = r
-            .query_one("SELECT pg_get_wal_replay_pause_state(), pg_last_wal_replay_lsn()::text", &[])
+            .query_one(
+                "SELECT pg_get_wal_replay_pause_state(), pg_last_wal_replay_lsn()::text",
+                &[],
+            )
             .await
             .unwrap();
         (row.get(0), row.get(1))
     };
-    assert_eq!(still, ("paused".to_string(), lsn_during.clone()), "scan must still be running: make it slower");
+    assert_eq!(
+        still,
+        ("paused".to_string(), lsn_during.clone()),
+        "scan must still be running: make it slower"
+    );
 
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = s["run_id"].as_i64().unwrap();
-    assert_eq!(findings_in_csv(&c.results_dir().join(format!("{id}/blobs.csv"))), want);
-    assert_eq!(manifest(&c.results_dir(), id)["snapshot"]["lsn"].as_str().unwrap(), lsn_during);
+    assert_eq!(
+        findings_in_csv(&c.results_dir().join(format!("{id}/blobs.csv"))),
+        want
+    );
+    assert_eq!(
+        manifest(&c.results_dir(), id)["snapshot"]["lsn"]
+            .as_str()
+            .unwrap(),
+        lsn_during
+    );
     assert_eq!(s["tasks"][0]["rows_scanned"], 30_000);
 
     assert_eq!(c.pause_state(1).await, "not paused");
     c.wait_caught_up(1).await;
-    let n: i64 = r.query_one("SELECT count(*) FROM blobs WHERE id > 100000", &[]).await.unwrap().get(0);
-    assert_eq!(n, 2, "the replica caught up with the writes made during the pause");
+    let n: i64 = r
+        .query_one("SELECT count(*) FROM blobs WHERE id > 100000", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        n, 2,
+        "the replica caught up with the writes made during the pause"
+    );
 }
 
 /// A task naming a missing table or column: clear error, exit 2, replica not paused.
@@ -182,14 +318,25 @@ async fn missing_table_or_column_fails_clearly_and_leaves_replay_running() {
     let p = c.primary().await;
     seed_blobs(&p, BLOBS, "bigint", "g", 100).await;
     for (file, task, needle) in [
-        ("t1.toml", row_checksum_task("t", "public.nope", "id", "payload", "payload_md5", ""), "public.nope does not exist"),
-        ("t2.toml", row_checksum_task("t", BLOBS, "id", "payload", "md5sum", ""), r#"column "md5sum" does not exist"#),
+        (
+            "t1.toml",
+            row_checksum_task("t", "public.nope", "id", "payload", "payload_md5", ""),
+            "public.nope does not exist",
+        ),
+        (
+            "t2.toml",
+            row_checksum_task("t", BLOBS, "id", "payload", "md5sum", ""),
+            r#"column "md5sum" does not exist"#,
+        ),
     ] {
         let cfg = c.write_config(file, &task);
         c.run(&cfg, &["init"]).expect_code(0);
         let run = c.run(&cfg, &["run"]).expect_code(2);
         let line = run.error_line().expect("an error line");
-        assert!(line.contains(needle) && line.contains("task \"t\""), "{line}");
+        assert!(
+            line.contains(needle) && line.contains("task \"t\""),
+            "{line}"
+        );
         assert_eq!(c.pause_state(1).await, "not paused");
         let id = last_run_id(&c).await;
         assert_eq!(run_state(&c, id).await, "failed");
@@ -204,16 +351,36 @@ async fn signals_during_a_scan_resume_replay_and_queue_nothing() {
     seed_blobs(&p, BLOBS, "bigint", "g", 100_000).await;
     let cfg = c.write_config(
         "t.toml",
-        &format!("[scan]\nbatch_rows = 1\n{}", row_checksum_task("blobs", BLOBS, "id", "payload", "payload_md5", "parallelism = 1")),
+        &format!(
+            "[scan]\nbatch_rows = 1\n{}",
+            row_checksum_task(
+                "blobs",
+                BLOBS,
+                "id",
+                "payload",
+                "payload_md5",
+                "parallelism = 1"
+            )
+        ),
     );
     c.run(&cfg, &["init"]).expect_code(0);
     for sig in ["INT", "TERM"] {
         c.wait_caught_up(1).await;
-        let child = c.pgmaint(&cfg, &["run"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let child = c
+            .pgmaint(&cfg, &["run"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         wait_paused(&c, 1).await;
         signal(child.id(), sig);
         let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(c.pause_state(1).await, "not paused", "after SIG{sig}");
         let id = last_run_id(&c).await;
         assert_eq!(run_state(&c, id).await, "cancelled");
@@ -241,23 +408,42 @@ async fn killed_coordinator_is_recovered_after_its_lease_expires() {
         "slow.toml",
         &format!(
             "[limits]\nlease = \"2s\"\n[scan]\nbatch_rows = 1\n{}",
-            row_checksum_task("blobs", BLOBS, "id", "payload", "payload_md5", "parallelism = 1")
+            row_checksum_task(
+                "blobs",
+                BLOBS,
+                "id",
+                "payload",
+                "payload_md5",
+                "parallelism = 1"
+            )
         ),
     );
     let fast = c.write_config(
         "fast.toml",
-        &format!("[limits]\nlease = \"2s\"\n{}", row_checksum_task("blobs", BLOBS, "id", "payload", "payload_md5", "")),
+        &format!(
+            "[limits]\nlease = \"2s\"\n{}",
+            row_checksum_task("blobs", BLOBS, "id", "payload", "payload_md5", "")
+        ),
     );
     c.run(&slow, &["init"]).expect_code(0);
 
     for recover_with in ["recover", "run", "uploader"] {
         c.wait_caught_up(1).await;
-        let mut child = c.pgmaint(&slow, &["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = c
+            .pgmaint(&slow, &["run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         wait_paused(&c, 1).await;
         let dead = last_run_id(&c).await;
         signal(child.id(), "KILL");
         child.wait().unwrap();
-        assert_eq!(c.pause_state(1).await, "paused", "nobody resumes while the lease is valid");
+        assert_eq!(
+            c.pause_state(1).await,
+            "paused",
+            "nobody resumes while the lease is valid"
+        );
         if recover_with == "recover" {
             // The lease is still valid: recover leaves the replica alone.
             let early = c.run(&slow, &["recover"]).expect_code(0);
@@ -265,7 +451,11 @@ async fn killed_coordinator_is_recovered_after_its_lease_expires() {
             assert_eq!(c.pause_state(1).await, "paused");
         }
         tokio::time::sleep(Duration::from_millis(2500)).await;
-        let args: &[&str] = if recover_with == "uploader" { &["uploader", "--once"] } else { &[recover_with] };
+        let args: &[&str] = if recover_with == "uploader" {
+            &["uploader", "--once"]
+        } else {
+            &[recover_with]
+        };
         let out = c.run(&fast, args).expect_code(0);
         let said = format!("{}{}", out.stdout, out.stderr);
         assert!(said.contains(&format!("run {dead} had died")), "{said}");
@@ -283,13 +473,26 @@ async fn killed_coordinator_is_recovered_after_its_lease_expires() {
 async fn replica_paused_by_someone_else_is_refused_and_left_paused() {
     let c = Cluster::up("cycle-foreign-pause", 1);
     seed_blobs(&c.primary().await, BLOBS, "bigint", "g", 100).await;
-    let cfg = c.write_config("t.toml", &row_checksum_task("blobs", BLOBS, "id", "payload", "payload_md5", ""));
+    let cfg = c.write_config(
+        "t.toml",
+        &row_checksum_task("blobs", BLOBS, "id", "payload", "payload_md5", ""),
+    );
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
-    c.replica(1).await.execute("SELECT pg_wal_replay_pause()", &[]).await.unwrap();
+    c.replica(1)
+        .await
+        .execute("SELECT pg_wal_replay_pause()", &[])
+        .await
+        .unwrap();
     wait_paused(&c, 1).await;
     let run = c.run(&cfg, &["run"]).expect_code(1);
-    assert!(run.error_line().unwrap().contains("already 'paused' by someone else"), "{}", run.stderr);
+    assert!(
+        run.error_line()
+            .unwrap()
+            .contains("already 'paused' by someone else"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(c.pause_state(1).await, "paused");
     // And a recover does not touch it either: the pause is not pgmaint's.
     c.run(&cfg, &["recover"]).expect_code(0);
@@ -305,25 +508,55 @@ async fn replica_restart_during_scan_invalidates_the_run() {
     seed_blobs(&p, BLOBS, "bigint", "g", 100_000).await;
     let cfg = c.write_config(
         "t.toml",
-        &format!("[scan]\nbatch_rows = 1\n{}", row_checksum_task("blobs", BLOBS, "id", "payload", "payload_md5", "parallelism = 1")),
+        &format!(
+            "[scan]\nbatch_rows = 1\n{}",
+            row_checksum_task(
+                "blobs",
+                BLOBS,
+                "id",
+                "payload",
+                "payload_md5",
+                "parallelism = 1"
+            )
+        ),
     );
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
-    let child = c.pgmaint(&cfg, &["run", "--json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = c
+        .pgmaint(&cfg, &["run", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_paused(&c, 1).await;
-    p.execute("INSERT INTO blobs VALUES (200000, 'x', 'y')", &[]).await.unwrap();
+    p.execute("INSERT INTO blobs VALUES (200000, 'x', 'y')", &[])
+        .await
+        .unwrap();
     c.server("restart", "r1");
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = s["run_id"].as_i64().unwrap();
     assert_eq!(s["state"], "invalid");
-    assert!(s["error"].as_str().unwrap().contains("restarted"), "{}", s["error"]);
+    assert!(
+        s["error"].as_str().unwrap().contains("restarted"),
+        "{}",
+        s["error"]
+    );
     assert_eq!(run_state(&c, id).await, "invalid");
     assert_eq!(uploads_of_run(&c, id).await, 0);
     assert_eq!(manifest(&c.results_dir(), id)["valid"], false);
     c.run(&cfg, &["uploader", "--once"]).expect_code(0);
-    let n: i64 = p.query_one("SELECT count(*) FROM pgmaint.integrity_findings", &[]).await.unwrap().get(0);
+    let n: i64 = p
+        .query_one("SELECT count(*) FROM pgmaint.integrity_findings", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0);
     assert_eq!(c.pause_state(1).await, "not paused");
 }
@@ -334,8 +567,19 @@ async fn tampered_result_file_is_refused() {
     let c = Cluster::up("cycle-tamper", 1);
     let p = c.primary().await;
     seed_blobs(&p, BLOBS, "bigint", "g", 1000).await;
-    plant(&p, BLOBS, "id", "payload", "payload_md5", ["1", "2", "3", "4"]).await;
-    let cfg = c.write_config("t.toml", &row_checksum_task("blobs", BLOBS, "id", "payload", "payload_md5", ""));
+    plant(
+        &p,
+        BLOBS,
+        "id",
+        "payload",
+        "payload_md5",
+        ["1", "2", "3", "4"],
+    )
+    .await;
+    let cfg = c.write_config(
+        "t.toml",
+        &row_checksum_task("blobs", BLOBS, "id", "payload", "payload_md5", ""),
+    );
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
     let s = run_summary(&c.run(&cfg, &["run", "--json"]).expect_code(0));
@@ -344,10 +588,25 @@ async fn tampered_result_file_is_refused() {
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, text.replace("mismatch", "mismatcH")).unwrap(); // same size, other bytes
     let up = c.run(&cfg, &["uploader", "--once"]).expect_code(1);
-    assert!(up.stderr.contains("differs from the manifest"), "{}", up.stderr);
-    let n: i64 = p.query_one("SELECT count(*) FROM pgmaint.integrity_findings", &[]).await.unwrap().get(0);
+    assert!(
+        up.stderr.contains("differs from the manifest"),
+        "{}",
+        up.stderr
+    );
+    let n: i64 = p
+        .query_one("SELECT count(*) FROM pgmaint.integrity_findings", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0);
-    let state: String = p.query_one("SELECT state FROM pgmaint.upload_tasks WHERE run_id = $1", &[&id]).await.unwrap().get(0);
+    let state: String = p
+        .query_one(
+            "SELECT state FROM pgmaint.upload_tasks WHERE run_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(state, "failed");
 }
 
@@ -356,15 +615,38 @@ async fn tampered_result_file_is_refused() {
 async fn init_is_idempotent_and_refuses_a_newer_schema() {
     let c = Cluster::up("cycle-init", 1);
     let cfg = c.write_config("t.toml", "");
-    assert!(c.run(&cfg, &["init"]).expect_code(0).stdout.contains("migrated from version 0"));
-    assert!(c.run(&cfg, &["init"]).expect_code(0).stdout.contains("up to date"));
+    assert!(c
+        .run(&cfg, &["init"])
+        .expect_code(0)
+        .stdout
+        .contains("migrated from version 0"));
+    assert!(c
+        .run(&cfg, &["init"])
+        .expect_code(0)
+        .stdout
+        .contains("up to date"));
     let p = c.primary().await;
-    let v: i32 = p.query_one("SELECT max(version) FROM pgmaint.schema_migrations", &[]).await.unwrap().get(0);
+    let v: i32 = p
+        .query_one("SELECT max(version) FROM pgmaint.schema_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert!(v >= 1);
-    p.execute("INSERT INTO pgmaint.schema_migrations (version, name) VALUES (999, 'future')", &[]).await.unwrap();
+    p.execute(
+        "INSERT INTO pgmaint.schema_migrations (version, name) VALUES (999, 'future')",
+        &[],
+    )
+    .await
+    .unwrap();
     let run = c.run(&cfg, &["init"]);
     assert_ne!(run.code, 0);
-    assert!(run.error_line().unwrap().contains("version 999, newer than this pgmaint knows"), "{}", run.stderr);
+    assert!(
+        run.error_line()
+            .unwrap()
+            .contains("version 999, newer than this pgmaint knows"),
+        "{}",
+        run.stderr
+    );
     let st = c.run(&cfg, &["status"]);
     assert_ne!(st.code, 0, "other commands refuse it too");
 }
@@ -374,17 +656,42 @@ async fn init_is_idempotent_and_refuses_a_newer_schema() {
 async fn bad_config_exits_2_naming_the_field() {
     let dir = repo().join("target/e2e/bad-config");
     std::fs::create_dir_all(&dir).unwrap();
-    let base = "[primary]\ndsn = \"host=127.0.0.1 port=1 user=postgres dbname=app connect_timeout=2\"\n\
+    let base =
+        "[primary]\ndsn = \"host=127.0.0.1 port=1 user=postgres dbname=app connect_timeout=2\"\n\
                 [[replicas]]\nname = \"r1\"\ndsn = \"host=127.0.0.1 port=1 user=postgres\"\n\
                 [results]\ndir = \"/tmp/pgmaint-bad-config\"\n";
     let task = "[[tasks]]\nname = \"t\"\nkind = \"row_checksum\"\ntable = \"blobs\"\nkey = \"id\"\ncontent = \"c\"\nchecksum = \"m\"\n";
     let cases = [
-        ("missing field", base.replace("[results]\ndir = \"/tmp/pgmaint-bad-config\"\n", ""), "results.dir: missing"),
-        ("missing task field", format!("{base}{}", task.replace("key = \"id\"\n", "")), "tasks[0].key: missing"),
-        ("unknown kind", format!("{base}{}", task.replace("row_checksum", "row_chksum")), "tasks[0].kind: unknown kind \"row_chksum\""),
-        ("bad duration", format!("{base}[limits]\nmax_pause = \"2 hours\"\n"), "limits.max_pause: bad duration \"2 hours\""),
-        ("bad size", format!("{base}[limits]\nmax_replay_backlog = \"8 gigs\"\n"), "limits.max_replay_backlog: bad size"),
-        ("unreachable dsn", format!("{base}{task}"), "primary.dsn: cannot connect (host=127.0.0.1 port=1"),
+        (
+            "missing field",
+            base.replace("[results]\ndir = \"/tmp/pgmaint-bad-config\"\n", ""),
+            "results.dir: missing",
+        ),
+        (
+            "missing task field",
+            format!("{base}{}", task.replace("key = \"id\"\n", "")),
+            "tasks[0].key: missing",
+        ),
+        (
+            "unknown kind",
+            format!("{base}{}", task.replace("row_checksum", "row_chksum")),
+            "tasks[0].kind: unknown kind \"row_chksum\"",
+        ),
+        (
+            "bad duration",
+            format!("{base}[limits]\nmax_pause = \"2 hours\"\n"),
+            "limits.max_pause: bad duration \"2 hours\"",
+        ),
+        (
+            "bad size",
+            format!("{base}[limits]\nmax_replay_backlog = \"8 gigs\"\n"),
+            "limits.max_replay_backlog: bad size",
+        ),
+        (
+            "unreachable dsn",
+            format!("{base}{task}"),
+            "primary.dsn: cannot connect (host=127.0.0.1 port=1",
+        ),
     ];
     for (what, text, needle) in cases {
         let path = dir.join("bad.toml");
@@ -414,27 +721,69 @@ async fn tls_sslmode_require() {
     enable_tls(&c).await;
     let p = c.primary().await;
     seed_blobs(&p, BLOBS, "bigint", "g", 2_000).await;
-    let want = plant(&p, BLOBS, "id", "payload", "payload_md5", ["10", "20", "30", "40"]).await;
-    let cfg = c.write_config("t.toml", &row_checksum_task("blobs", BLOBS, "id", "payload", "payload_md5", "parallelism = 2"));
+    let want = plant(
+        &p,
+        BLOBS,
+        "id",
+        "payload",
+        "payload_md5",
+        ["10", "20", "30", "40"],
+    )
+    .await;
+    let cfg = c.write_config(
+        "t.toml",
+        &row_checksum_task(
+            "blobs",
+            BLOBS,
+            "id",
+            "payload",
+            "payload_md5",
+            "parallelism = 2",
+        ),
+    );
     let text = std::fs::read_to_string(&cfg).unwrap();
     let with_mode = |mode: &str| {
         let path = c.dir.join(format!("{mode}.toml"));
-        std::fs::write(&path, text.replace("user=postgres dbname=app\"", &format!("user=pgmaint_tls dbname=app sslmode={mode}\""))).unwrap();
+        std::fs::write(
+            &path,
+            text.replace(
+                "user=postgres dbname=app\"",
+                &format!("user=pgmaint_tls dbname=app sslmode={mode}\""),
+            ),
+        )
+        .unwrap();
         path
     };
     let (require, disable) = (with_mode("require"), with_mode("disable"));
     // The servers really refuse this role in plaintext.
     let refused = c.run(&disable, &["init"]).expect_code(2);
-    assert!(refused.error_line().unwrap().contains("primary.dsn: cannot connect"), "{}", refused.stderr);
+    assert!(
+        refused
+            .error_line()
+            .unwrap()
+            .contains("primary.dsn: cannot connect"),
+        "{}",
+        refused.stderr
+    );
 
     c.run(&require, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
     let s = run_summary(&c.run(&require, &["run", "--json"]).expect_code(0));
     let id = s["run_id"].as_i64().unwrap();
-    assert_eq!(findings_in_csv(&c.results_dir().join(format!("{id}/blobs.csv"))), want);
+    assert_eq!(
+        findings_in_csv(&c.results_dir().join(format!("{id}/blobs.csv"))),
+        want
+    );
     let up = c.run(&require, &["uploader", "--once"]).expect_code(0);
     assert!(up.stdout.contains("1 task(s) applied"), "{}", up.stdout);
     c.run(&require, &["status"]).expect_code(0);
-    let n: i64 = p.query_one("SELECT count(*) FROM pgmaint.integrity_findings WHERE run_id = $1", &[&id]).await.unwrap().get(0);
+    let n: i64 = p
+        .query_one(
+            "SELECT count(*) FROM pgmaint.integrity_findings WHERE run_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 4);
 }

@@ -21,15 +21,33 @@ async fn dump_of_the_paused_replica_restores_and_is_described_by_its_manifest() 
     c.wait_caught_up(1).await;
 
     let out = c.dir.join("dump1");
-    let s = run_summary(&c.run(&cfg, &["dump", "--out", out.to_str().unwrap(), "--jobs", "2", "--json"]).expect_code(0));
+    let s = run_summary(
+        &c.run(
+            &cfg,
+            &[
+                "dump",
+                "--out",
+                out.to_str().unwrap(),
+                "--jobs",
+                "2",
+                "--json",
+            ],
+        )
+        .expect_code(0),
+    );
     assert_eq!(s["state"], "succeeded");
     assert_eq!(c.pause_state(1).await, "not paused");
     let id = s["run_id"].as_i64().unwrap();
-    let purpose: String = p.query_one("SELECT purpose FROM pgmaint.runs WHERE id = $1", &[&id]).await.unwrap().get(0);
+    let purpose: String = p
+        .query_one("SELECT purpose FROM pgmaint.runs WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(purpose, "dump");
 
     // The manifest next to pg_dump's files: the snapshot, and the MD5 of every file.
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["valid"], true);
     assert_eq!(m["snapshot"]["lsn"], s["snapshot"]["lsn"]);
     let files = m["tasks"][0]["files"].as_array().unwrap();
@@ -43,21 +61,52 @@ async fn dump_of_the_paused_replica_restores_and_is_described_by_its_manifest() 
     // It restores, with every row.
     p.execute("CREATE DATABASE restored", &[]).await.unwrap();
     let restore = Command::new(format!("{}/pg_restore", c.env["PG_BIN"]))
-        .args(["-h", "127.0.0.1", "-p", &c.primary_port().to_string(), "-U", "postgres", "-d", "restored", "-j", "2"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &c.primary_port().to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "restored",
+            "-j",
+            "2",
+        ])
         .arg(&out)
         .output()
         .unwrap();
-    assert!(restore.status.success(), "{}", String::from_utf8_lossy(&restore.stderr));
-    let r = connect(&format!("host=127.0.0.1 port={} user=postgres dbname=restored", c.primary_port())).await;
+    assert!(
+        restore.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    let r = connect(&format!(
+        "host=127.0.0.1 port={} user=postgres dbname=restored",
+        c.primary_port()
+    ))
+    .await;
     let counts: (i64, i64) = {
-        let row = r.query_one("SELECT (SELECT count(*) FROM blobs), (SELECT count(*) FROM notes)", &[]).await.unwrap();
+        let row = r
+            .query_one(
+                "SELECT (SELECT count(*) FROM blobs), (SELECT count(*) FROM notes)",
+                &[],
+            )
+            .await
+            .unwrap();
         (row.get(0), row.get(1))
     };
     assert_eq!(counts, (20_000, 500));
 
     // A non-empty --out is refused before anything is paused.
-    let again = c.run(&cfg, &["dump", "--out", out.to_str().unwrap()]).expect_code(2);
-    assert!(again.error_line().unwrap().contains("--out:"), "{}", again.stderr);
+    let again = c
+        .run(&cfg, &["dump", "--out", out.to_str().unwrap()])
+        .expect_code(2);
+    assert!(
+        again.error_line().unwrap().contains("--out:"),
+        "{}",
+        again.stderr
+    );
     assert_eq!(c.pause_state(1).await, "not paused");
 }
 
@@ -75,26 +124,36 @@ async fn replayed_access_exclusive_lock_at_the_pause_point_is_waited_out() {
     c.wait_caught_up(1).await;
 
     let locker = c.primary().await;
-    locker.batch_execute("BEGIN; LOCK TABLE blobs IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    locker
+        .batch_execute("BEGIN; LOCK TABLE blobs IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
     let r = c.replica(1).await;
-    wait_for("the replica's startup process to hold the lock", std::time::Duration::from_secs(20), || async {
-        let n: i64 = r
-            .query_one(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+    wait_for(
+        "the replica's startup process to hold the lock",
+        std::time::Duration::from_secs(20),
+        || async {
+            let n: i64 = r
+                .query_one(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
                   WHERE a.backend_type = 'startup' AND l.mode = 'AccessExclusiveLock'
                     AND l.relation = 'public.blobs'::regclass",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        n > 0
-    })
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n > 0
+        },
+    )
     .await;
 
     let out_dir = c.dir.join("dump-after-lock");
     let child = c
-        .pgmaint(&cfg, &["dump", "--out", out_dir.to_str().unwrap(), "--json"])
+        .pgmaint(
+            &cfg,
+            &["dump", "--out", out_dir.to_str().unwrap(), "--json"],
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -104,7 +163,10 @@ async fn replayed_access_exclusive_lock_at_the_pause_point_is_waited_out() {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("AccessExclusiveLock at the pause point"), "it saw the lock and retried: {stderr}");
+    assert!(
+        stderr.contains("AccessExclusiveLock at the pause point"),
+        "it saw the lock and retried: {stderr}"
+    );
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["state"], "succeeded");
     assert_eq!(c.pause_state(1).await, "not paused");

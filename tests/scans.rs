@@ -9,15 +9,25 @@ use pgmaint_e2e::*;
 
 /// `(row_key, finding)` pairs of a findings CSV.
 fn findings(path: &Path) -> BTreeSet<(String, String)> {
-    csv_rows(path).into_iter().map(|r| (r[1].clone(), r[2].clone())).collect()
+    csv_rows(path)
+        .into_iter()
+        .map(|r| (r[1].clone(), r[2].clone()))
+        .collect()
 }
 
 fn pairs(v: &[(&str, &str)]) -> BTreeSet<(String, String)> {
-    v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 fn task<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    summary["tasks"].as_array().unwrap().iter().find(|t| t["name"] == name).unwrap_or_else(|| panic!("task {name}"))
+    summary["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("task {name}"))
 }
 
 fn results_dir(summary: &serde_json::Value) -> std::path::PathBuf {
@@ -40,7 +50,9 @@ async fn file_checksum_finds_planted_corruptions_and_sweeps_with_a_cursor() {
     .unwrap();
     for id in 1..=10i32 {
         let rel = format!("sub/f{id:02}.bin");
-        let data: Vec<u8> = (0..(1000 + id as usize * 37)).map(|i| (i * 7 + id as usize) as u8).collect();
+        let data: Vec<u8> = (0..(1000 + id as usize * 37))
+            .map(|i| (i * 7 + id as usize) as u8)
+            .collect();
         std::fs::write(root.join(&rel), &data).unwrap();
         p.execute(
             "INSERT INTO store_files (id, rel_path, md5, bytes) VALUES ($1, $2, $3, $4)",
@@ -90,7 +102,12 @@ async fn file_checksum_finds_planted_corruptions_and_sweeps_with_a_cursor() {
     let (run, s) = run_json(&c, &cfg, &["--task", "files"]);
     let run = run.expect_code(0);
     let t = task(&s, "files");
-    assert_eq!((t["status"].as_str(), t["rows_scanned"].as_u64()), (Some("completed"), Some(11)), "{}", run.stdout);
+    assert_eq!(
+        (t["status"].as_str(), t["rows_scanned"].as_u64()),
+        (Some("completed"), Some(11)),
+        "{}",
+        run.stdout
+    );
     let expected = pairs(&[
         ("2", "mismatch"),
         ("3", "size_differs"),
@@ -121,17 +138,31 @@ async fn file_checksum_finds_planted_corruptions_and_sweeps_with_a_cursor() {
         let (run, s) = run_json(&c, &cfg, &["--task", "sweep"]);
         run.expect_code(0);
         assert_eq!(task(&s, "sweep")["rows_scanned"].as_u64(), Some(5));
-        let cursor: String =
-            p.query_one("SELECT cursor FROM pgmaint.task_cursors WHERE task_name = 'sweep'", &[]).await.unwrap().get(0);
+        let cursor: String = p
+            .query_one(
+                "SELECT cursor FROM pgmaint.task_cursors WHERE task_name = 'sweep'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(cursor, expected_cursor);
         seen.push(findings(&results_dir(&s).join("sweep.csv")));
     }
     let only = |keys: &[&str]| -> BTreeSet<(String, String)> {
-        expected.iter().filter(|(k, _)| keys.contains(&k.as_str())).cloned().collect()
+        expected
+            .iter()
+            .filter(|(k, _)| keys.contains(&k.as_str()))
+            .cloned()
+            .collect()
     };
     assert_eq!(seen[0], only(&["2", "3", "4", "5"]));
     assert_eq!(seen[1], only(&["6"]));
-    assert_eq!(seen[2], only(&["12", "2", "3"]), "11 and 12, then the wrap to 1..=3");
+    assert_eq!(
+        seen[2],
+        only(&["12", "2", "3"]),
+        "11 and 12, then the wrap to 1..=3"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -146,7 +177,11 @@ async fn amcheck_finds_a_corrupt_index_on_the_replica() {
     )
     .await
     .unwrap();
-    let relpath: String = p.query_one("SELECT pg_relation_filepath('t_pkey')", &[]).await.unwrap().get(0);
+    let relpath: String = p
+        .query_one("SELECT pg_relation_filepath('t_pkey')", &[])
+        .await
+        .unwrap()
+        .get(0);
     let cfg = c.write_config(
         "amcheck.toml",
         "[[tasks]]\nname = \"storage\"\nkind = \"amcheck\"\ntables = [\"t\"]\nheapallindexed = true\n",
@@ -169,10 +204,17 @@ async fn amcheck_finds_a_corrupt_index_on_the_replica() {
     let (run, s) = run_json(&c, &cfg, &[]);
     run.expect_code(0);
     let t = task(&s, "storage");
-    assert_eq!(t["rows_scanned"].as_u64(), Some(3), "the other index and the heap are still checked");
+    assert_eq!(
+        t["rows_scanned"].as_u64(),
+        Some(3),
+        "the other index and the heap are still checked"
+    );
     let rows = csv_rows(&results_dir(&s).join("storage.csv"));
     assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!((rows[0][0].as_str(), rows[0][2].as_str()), ("public.t_pkey", "index_corrupt"));
+    assert_eq!(
+        (rows[0][0].as_str(), rows[0][2].as_str()),
+        ("public.t_pkey", "index_corrupt")
+    );
     assert_eq!(c.pause_state(1).await, "not paused");
 
     c.run(&cfg, &["uploader", "--once"]).expect_code(0);
@@ -201,28 +243,48 @@ async fn amcheck_finds_a_corrupt_index_on_the_replica() {
 
 /// A query that yields a row every 5 ms for 10 s: COPY streams it as it goes.
 /// Rows are wide so that the server's 8 kB send buffer flushes every few rows.
-const SLOW_QUERY: &str = "SELECT g AS n, rpad(pg_sleep(0.005)::text, 2000, 'x') AS z FROM generate_series(1, 2000) g";
+const SLOW_QUERY: &str =
+    "SELECT g AS n, rpad(pg_sleep(0.005)::text, 2000, 'x') AS z FROM generate_series(1, 2000) g";
 
 /// `n` sparse files of `size` bytes under `c.dir/<table>` (reading them costs CPU, not
 /// disk), listed in a new catalog table `table (id, path, md5)`: with their correct md5
 /// if `with_md5`, else with a wrong one (for files no run is meant to finish).
-async fn sparse_store(c: &Cluster, table: &str, n: i32, size: u64, with_md5: bool) -> std::path::PathBuf {
+async fn sparse_store(
+    c: &Cluster,
+    table: &str,
+    n: i32,
+    size: u64,
+    with_md5: bool,
+) -> std::path::PathBuf {
     let root = c.dir.join(table);
     std::fs::create_dir_all(&root).unwrap();
     for i in 1..=n {
-        std::fs::File::create(root.join(format!("f{i}"))).unwrap().set_len(size).unwrap();
+        std::fs::File::create(root.join(format!("f{i}")))
+            .unwrap()
+            .set_len(size)
+            .unwrap();
     }
     let md5 = if with_md5 {
-        let out = std::process::Command::new("md5sum").arg(root.join("f1")).output().unwrap();
+        let out = std::process::Command::new("md5sum")
+            .arg(root.join("f1"))
+            .output()
+            .unwrap();
         String::from_utf8(out.stdout).unwrap()[..32].to_string()
     } else {
         md5_hex(b"")
     };
     let p = c.primary().await;
-    p.batch_execute(&format!("CREATE TABLE {table} (id int PRIMARY KEY, path text, md5 text)")).await.unwrap();
-    p.execute(&format!("INSERT INTO {table} SELECT g, 'f' || g, $1 FROM generate_series(1, $2) g"), &[&md5, &n])
-        .await
-        .unwrap();
+    p.batch_execute(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, path text, md5 text)"
+    ))
+    .await
+    .unwrap();
+    p.execute(
+        &format!("INSERT INTO {table} SELECT g, 'f' || g, $1 FROM generate_series(1, $2) g"),
+        &[&md5, &n],
+    )
+    .await
+    .unwrap();
     root
 }
 
@@ -251,7 +313,11 @@ async fn soft_timeout_stops_a_task_with_partial_results() {
     let started = Instant::now();
     let (run, s) = run_json(&c, &cfg, &[]);
     run.expect_code(0);
-    assert!(started.elapsed() < Duration::from_secs(12), "stopped at the soft time-outs, took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "stopped at the soft time-outs, took {:?}",
+        started.elapsed()
+    );
     assert_eq!(c.pause_state(1).await, "not paused");
     let manifest = read_manifest(&results_dir(&s));
 
@@ -259,7 +325,11 @@ async fn soft_timeout_stops_a_task_with_partial_results() {
     // so the next run carries on right after it.
     let t = &manifest["tasks"][1];
     assert_eq!(
-        (t["name"].as_str(), t["status"].as_str(), t["findings"].as_u64()),
+        (
+            t["name"].as_str(),
+            t["status"].as_str(),
+            t["findings"].as_u64()
+        ),
         (Some("files"), Some("partial"), Some(0))
     );
     let checked = t["rows_scanned"].as_u64().unwrap();
@@ -267,7 +337,10 @@ async fn soft_timeout_stops_a_task_with_partial_results() {
     let cursor: String = c
         .primary()
         .await
-        .query_one("SELECT cursor FROM pgmaint.task_cursors WHERE task_name = 'files'", &[])
+        .query_one(
+            "SELECT cursor FROM pgmaint.task_cursors WHERE task_name = 'files'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -282,7 +355,10 @@ async fn soft_timeout_stops_a_task_with_partial_results() {
     // The file holds exactly the rows the manifest says, and its MD5.
     let path = results_dir(&s).join(file["name"].as_str().unwrap());
     assert_eq!(csv_rows(&path).len() as u64, rows);
-    assert_eq!(md5_hex(&std::fs::read(&path).unwrap()), file["md5"].as_str().unwrap());
+    assert_eq!(
+        md5_hex(&std::fs::read(&path).unwrap()),
+        file["md5"].as_str().unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -316,7 +392,10 @@ async fn max_pause_aborts_the_cycle_and_uploads_nothing() {
         assert_eq!(c.pause_state(1).await, "not paused");
         let run_id = s["run_id"].as_i64().unwrap();
         let queued: i64 = p
-            .query_one("SELECT count(*) FROM pgmaint.upload_tasks WHERE run_id = $1", &[&run_id])
+            .query_one(
+                "SELECT count(*) FROM pgmaint.upload_tasks WHERE run_id = $1",
+                &[&run_id],
+            )
             .await
             .unwrap()
             .get(0);
@@ -348,18 +427,44 @@ async fn export_writes_one_file_per_table_from_the_snapshot() {
     let dir = results_dir(&s);
     let manifest = read_manifest(&dir);
     let files = manifest["tasks"][0]["files"].as_array().unwrap().clone();
-    let got: Vec<(String, u64)> =
-        files.iter().map(|f| (f["name"].as_str().unwrap().to_string(), f["rows"].as_u64().unwrap())).collect();
-    assert_eq!(got, vec![("dump.public.a.csv".to_string(), 500), ("dump.s.Odd_Name.csv".to_string(), 7)]);
+    let got: Vec<(String, u64)> = files
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().to_string(),
+                f["rows"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("dump.public.a.csv".to_string(), 500),
+            ("dump.s.Odd_Name.csv".to_string(), 7)
+        ]
+    );
     for f in &files {
         let bytes = std::fs::read(dir.join(f["name"].as_str().unwrap())).unwrap();
         assert_eq!(md5_hex(&bytes), f["md5"].as_str().unwrap());
         assert_eq!(bytes.len() as u64, f["size"].as_u64().unwrap());
     }
-    assert_eq!(std::fs::read_to_string(dir.join("dump.s.Odd_Name.csv")).unwrap().lines().next(), Some("x"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("dump.s.Odd_Name.csv"))
+            .unwrap()
+            .lines()
+            .next(),
+        Some("x")
+    );
     let lsn = manifest["snapshot"]["lsn"].as_str().unwrap();
-    assert!(files.iter().all(|f| f["snapshot_lsn"] == lsn), "every file records the snapshot LSN");
-    assert_eq!(s["queued"].as_array().unwrap().len(), 0, "exports are not uploaded");
+    assert!(
+        files.iter().all(|f| f["snapshot_lsn"] == lsn),
+        "every file records the snapshot LSN"
+    );
+    assert_eq!(
+        s["queued"].as_array().unwrap().len(),
+        0,
+        "exports are not uploaded"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -430,8 +535,16 @@ async fn materialize_swaps_the_target_under_a_reader() {
         .unwrap();
     let (count, sum, stale, indexes, granted): (i64, i64, bool, i64, bool) =
         (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-    assert_eq!((count, sum, stale), (100, 50000, false), "the target holds the snapshot's result");
-    assert_eq!((indexes, granted), (2, true), "indexes and grants survive the swap");
+    assert_eq!(
+        (count, sum, stale),
+        (100, 50000, false),
+        "the target holds the snapshot's result"
+    );
+    assert_eq!(
+        (indexes, granted),
+        (2, true),
+        "indexes and grants survive the swap"
+    );
 
     // The merge task upserted by key: matching rows updated, others kept.
     let row = p

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use snapshot_runner::{AmcheckSpec, ExportSpec, FileChecksumSpec, MaterializeSpec, RowChecksumSpec, TaskSpec};
+use snapshot_runner::{
+    AmcheckSpec, ExportSpec, FileChecksumSpec, MaterializeSpec, RowChecksumSpec, TaskSpec,
+};
 
 use crate::units::{parse_bytes, parse_duration};
 use crate::UsageError;
@@ -235,10 +237,24 @@ impl RawTask {
 
 /// Task kinds and the kind-specific fields each understands.
 const KINDS: &[(&str, &[&str])] = &[
-    ("row_checksum", &["table", "key", "content", "checksum", "parallelism"]),
+    (
+        "row_checksum",
+        &["table", "key", "content", "checksum", "parallelism"],
+    ),
     (
         "file_checksum",
-        &["table", "key", "path", "checksum", "size", "root", "age_in_days", "ingested_at", "files_per_run", "parallelism"],
+        &[
+            "table",
+            "key",
+            "path",
+            "checksum",
+            "size",
+            "root",
+            "age_in_days",
+            "ingested_at",
+            "files_per_run",
+            "parallelism",
+        ],
     ),
     ("materialize", &["query", "target", "merge_key"]),
     ("amcheck", &["tables", "heapallindexed", "parallelism"]),
@@ -266,7 +282,10 @@ fn duration(field: &str, v: &Option<String>, default: Duration) -> Result<Durati
 }
 
 fn parse_dsn(field: &str, text: &str) -> Result<Dsn, UsageError> {
-    if let Some(mode) = ["verify-ca", "verify-full"].iter().find(|m| text.contains(*m)) {
+    if let Some(mode) = ["verify-ca", "verify-full"]
+        .iter()
+        .find(|m| text.contains(*m))
+    {
         return Err(usage(format!(
             "{field}: sslmode={mode} is not supported yet (sslmode=require encrypts without verifying the certificate)"
         )));
@@ -274,7 +293,10 @@ fn parse_dsn(field: &str, text: &str) -> Result<Dsn, UsageError> {
     let config: tokio_postgres::Config = text
         .parse()
         .map_err(|e| usage(format!("{field}: invalid connection string: {e}")))?;
-    Ok(Dsn { config, field: field.to_string() })
+    Ok(Dsn {
+        config,
+        field: field.to_string(),
+    })
 }
 
 /// Task names become file names and appear in SQL values only as bound parameters.
@@ -282,7 +304,9 @@ fn valid_task_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 impl Config {
@@ -290,7 +314,8 @@ impl Config {
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, UsageError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| usage(format!("config {}: {e}", path.display())))?;
-        Self::parse(&text, overrides).map_err(|e| usage(format!("config {}: {}", path.display(), e.0)))
+        Self::parse(&text, overrides)
+            .map_err(|e| usage(format!("config {}: {}", path.display(), e.0)))
     }
 
     /// Validate config text.
@@ -300,7 +325,10 @@ impl Config {
             let path = e.path().to_string();
             let msg = e.inner().message().trim().replace('\n', "; ");
             if path == "." || path.is_empty() {
-                let line = e.inner().span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+                let line = e
+                    .inner()
+                    .span()
+                    .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
                 usage(match line {
                     Some(l) => format!("line {l}: {msg}"),
                     None => msg,
@@ -320,16 +348,25 @@ impl Config {
         for (i, r) in raw.replicas.iter().enumerate() {
             let field = format!("replicas[{i}]");
             if r.name.is_empty() || !valid_task_name(&r.name) {
-                return Err(usage(format!("{field}.name: {:?} is not a valid name (letters, digits, - _ .)", r.name)));
+                return Err(usage(format!(
+                    "{field}.name: {:?} is not a valid name (letters, digits, - _ .)",
+                    r.name
+                )));
             }
             if replicas.iter().any(|x: &ReplicaConfig| x.name == r.name) {
-                return Err(usage(format!("{field}.name: duplicate replica name {:?}", r.name)));
+                return Err(usage(format!(
+                    "{field}.name: duplicate replica name {:?}",
+                    r.name
+                )));
             }
             let dsn = match (&overrides.replica, i) {
                 (Some(d), 0) => parse_dsn("PGMAINT_REPLICA", d)?,
                 _ => parse_dsn(&format!("{field}.dsn"), &r.dsn)?,
             };
-            replicas.push(ReplicaConfig { name: r.name.clone(), dsn });
+            replicas.push(ReplicaConfig {
+                name: r.name.clone(),
+                dsn,
+            });
         }
         if replicas.is_empty() {
             match &overrides.replica {
@@ -340,13 +377,23 @@ impl Config {
 
         let l = &raw.limits;
         let limits = Limits {
-            max_pause: duration("limits.max_pause", &l.max_pause, Duration::from_secs(2 * 3600))?,
+            max_pause: duration(
+                "limits.max_pause",
+                &l.max_pause,
+                Duration::from_secs(2 * 3600),
+            )?,
             max_replay_backlog: match &l.max_replay_backlog {
                 None => 8 << 30,
-                Some(s) => parse_bytes(s).map_err(|e| usage(format!("limits.max_replay_backlog: {e}")))?,
+                Some(s) => {
+                    parse_bytes(s).map_err(|e| usage(format!("limits.max_replay_backlog: {e}")))?
+                }
             },
             lease: duration("limits.lease", &l.lease, Duration::from_secs(60))?,
-            pause_timeout: duration("limits.pause_timeout", &l.pause_timeout, Duration::from_secs(60))?,
+            pause_timeout: duration(
+                "limits.pause_timeout",
+                &l.pause_timeout,
+                Duration::from_secs(60),
+            )?,
         };
         if limits.lease < Duration::from_secs(1) {
             return Err(usage("limits.lease: must be at least 1s"));
@@ -360,7 +407,10 @@ impl Config {
             .map(|r| r.dir)
             .ok_or_else(|| usage("results.dir: missing"))?;
         if !results_dir.is_absolute() {
-            return Err(usage(format!("results.dir: {} must be an absolute path", results_dir.display())));
+            return Err(usage(format!(
+                "results.dir: {} must be an absolute path",
+                results_dir.display()
+            )));
         }
 
         let s = &raw.scan;
@@ -371,7 +421,11 @@ impl Config {
                 Some(n) => n,
                 None => 2000,
             },
-            progress_interval: duration("scan.progress_interval", &s.progress_interval, Duration::from_secs(10))?,
+            progress_interval: duration(
+                "scan.progress_interval",
+                &s.progress_interval,
+                Duration::from_secs(10),
+            )?,
         };
 
         let u = &raw.uploader;
@@ -387,30 +441,57 @@ impl Config {
                 Some(n) => n,
                 None => 2,
             },
-            poll_interval: duration("uploader.poll_interval", &u.poll_interval, Duration::from_secs(5))?,
-            lock_timeout: duration("uploader.lock_timeout", &u.lock_timeout, Duration::from_secs(5))?,
-            shutdown_grace: duration("uploader.shutdown_grace", &u.shutdown_grace, Duration::from_secs(30))?,
+            poll_interval: duration(
+                "uploader.poll_interval",
+                &u.poll_interval,
+                Duration::from_secs(5),
+            )?,
+            lock_timeout: duration(
+                "uploader.lock_timeout",
+                &u.lock_timeout,
+                Duration::from_secs(5),
+            )?,
+            shutdown_grace: duration(
+                "uploader.shutdown_grace",
+                &u.shutdown_grace,
+                Duration::from_secs(30),
+            )?,
         };
         if uploader.lease < Duration::from_secs(1) {
-            return Err(usage("uploader.lease: must be at least 1s (it is renewed every third of it)"));
+            return Err(usage(
+                "uploader.lease: must be at least 1s (it is renewed every third of it)",
+            ));
         }
         if uploader.poll_interval.is_zero() {
             return Err(usage("uploader.poll_interval: must be more than zero"));
         }
         if uploader.lock_timeout.is_zero() {
-            return Err(usage("uploader.lock_timeout: must be more than zero (0 would wait for locks forever)"));
+            return Err(usage(
+                "uploader.lock_timeout: must be more than zero (0 would wait for locks forever)",
+            ));
         }
 
         let mut tasks: Vec<TaskConfig> = Vec::new();
         for (i, t) in raw.tasks.iter().enumerate() {
             let task = parse_task(i, t)?;
             if tasks.iter().any(|x| x.name == task.name) {
-                return Err(usage(format!("tasks[{i}].name: duplicate task name {:?}", task.name)));
+                return Err(usage(format!(
+                    "tasks[{i}].name: duplicate task name {:?}",
+                    task.name
+                )));
             }
             tasks.push(task);
         }
 
-        Ok(Config { primary, replicas, limits, results_dir, scan, uploader, tasks })
+        Ok(Config {
+            primary,
+            replicas,
+            limits,
+            results_dir,
+            scan,
+            uploader,
+            tasks,
+        })
     }
 
     /// The replica called `name`, or the first one.
@@ -419,7 +500,10 @@ impl Config {
             None => Ok(&self.replicas[0]),
             Some(n) => self.replicas.iter().find(|r| r.name == n).ok_or_else(|| {
                 let known: Vec<&str> = self.replicas.iter().map(|r| r.name.as_str()).collect();
-                usage(format!("--replica: no replica named {n:?} in config (known: {})", known.join(", ")))
+                usage(format!(
+                    "--replica: no replica named {n:?} in config (known: {})",
+                    known.join(", ")
+                ))
             }),
         }
     }
@@ -437,7 +521,10 @@ impl Config {
             .map(|n| {
                 self.tasks.iter().find(|t| &t.name == n).ok_or_else(|| {
                     let known: Vec<&str> = self.tasks.iter().map(|t| t.name.as_str()).collect();
-                    usage(format!("--task: no task named {n:?} in config (known: {})", known.join(", ")))
+                    usage(format!(
+                        "--task: no task named {n:?} in config (known: {})",
+                        known.join(", ")
+                    ))
                 })
             })
             .collect()
@@ -446,20 +533,35 @@ impl Config {
 
 fn parse_task(i: usize, t: &RawTask) -> Result<TaskConfig, UsageError> {
     let at = |f: &str| format!("tasks[{i}].{f}");
-    let name = t.name.clone().ok_or_else(|| usage(format!("{}: missing", at("name"))))?;
+    let name = t
+        .name
+        .clone()
+        .ok_or_else(|| usage(format!("{}: missing", at("name"))))?;
     if !valid_task_name(&name) {
         return Err(usage(format!(
             "{}: {name:?} is not a valid task name (1-63 letters, digits, - _ .; it names the data file)",
             at("name")
         )));
     }
-    let kind = t.kind.clone().ok_or_else(|| usage(format!("{}: missing (task {name:?})", at("kind"))))?;
+    let kind = t
+        .kind
+        .clone()
+        .ok_or_else(|| usage(format!("{}: missing (task {name:?})", at("kind"))))?;
     let need = |field: &str, v: &Option<String>| -> Result<String, UsageError> {
-        v.clone().ok_or_else(|| usage(format!("{}: missing (task {name:?}, kind {kind})", at(field))))
+        v.clone().ok_or_else(|| {
+            usage(format!(
+                "{}: missing (task {name:?}, kind {kind})",
+                at(field)
+            ))
+        })
     };
     let known = KINDS.iter().find(|(k, _)| *k == kind).ok_or_else(|| {
         let names: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
-        usage(format!("{}: unknown kind {kind:?} (task {name:?}; known kinds: {})", at("kind"), names.join(", ")))
+        usage(format!(
+            "{}: unknown kind {kind:?} (task {name:?}; known kinds: {})",
+            at("kind"),
+            names.join(", ")
+        ))
     })?;
     if let Some(extra) = t.fields_set().into_iter().find(|f| !known.1.contains(f)) {
         return Err(usage(format!(
@@ -472,7 +574,9 @@ fn parse_task(i: usize, t: &RawTask) -> Result<TaskConfig, UsageError> {
         match t.parallelism {
             Some(0) => Err(usage(format!("{}: must be at least 1", at("parallelism")))),
             Some(n) => Ok(n),
-            None => Ok(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+            None => Ok(std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)),
         }
     };
     let spec = match kind.as_str() {
@@ -490,14 +594,25 @@ fn parse_task(i: usize, t: &RawTask) -> Result<TaskConfig, UsageError> {
             checksum: need("checksum", &t.checksum)?,
             size: t.size.clone(),
             root: match &t.root {
-                None => return Err(usage(format!("{}: missing (task {name:?}, kind {kind})", at("root")))),
+                None => {
+                    return Err(usage(format!(
+                        "{}: missing (task {name:?}, kind {kind})",
+                        at("root")
+                    )))
+                }
                 Some(r) if !r.is_absolute() => {
-                    return Err(usage(format!("{}: {} must be an absolute path", at("root"), r.display())))
+                    return Err(usage(format!(
+                        "{}: {} must be an absolute path",
+                        at("root"),
+                        r.display()
+                    )))
                 }
                 Some(r) => r.clone(),
             },
             age_in_days: match (t.age_in_days, &t.ingested_at) {
-                (Some(0), _) => return Err(usage(format!("{}: must be at least 1", at("age_in_days")))),
+                (Some(0), _) => {
+                    return Err(usage(format!("{}: must be at least 1", at("age_in_days"))))
+                }
                 (Some(_), None) => {
                     return Err(usage(format!(
                         "{}: needs ingested_at, the column of ingest times (task {name:?})",
@@ -505,13 +620,21 @@ fn parse_task(i: usize, t: &RawTask) -> Result<TaskConfig, UsageError> {
                     )))
                 }
                 (None, Some(_)) => {
-                    return Err(usage(format!("{}: needs age_in_days (task {name:?})", at("ingested_at"))))
+                    return Err(usage(format!(
+                        "{}: needs age_in_days (task {name:?})",
+                        at("ingested_at")
+                    )))
                 }
                 (days, _) => days,
             },
             ingested_at: t.ingested_at.clone(),
             files_per_run: match t.files_per_run {
-                Some(0) => return Err(usage(format!("{}: must be at least 1", at("files_per_run")))),
+                Some(0) => {
+                    return Err(usage(format!(
+                        "{}: must be at least 1",
+                        at("files_per_run")
+                    )))
+                }
                 n => n,
             },
             parallelism: parallelism()?,
@@ -521,7 +644,10 @@ fn parse_task(i: usize, t: &RawTask) -> Result<TaskConfig, UsageError> {
             target: need("target", &t.target)?,
             merge_key: match &t.merge_key {
                 Some(k) if k.is_empty() => {
-                    return Err(usage(format!("{}: list at least one column", at("merge_key"))))
+                    return Err(usage(format!(
+                        "{}: list at least one column",
+                        at("merge_key")
+                    )))
                 }
                 k => k.clone(),
             },
@@ -529,7 +655,10 @@ fn parse_task(i: usize, t: &RawTask) -> Result<TaskConfig, UsageError> {
         "amcheck" => TaskSpec::Amcheck(AmcheckSpec {
             tables: match &t.tables {
                 Some(v) if v.is_empty() => {
-                    return Err(usage(format!("{}: empty list (leave it out to check every table)", at("tables"))))
+                    return Err(usage(format!(
+                        "{}: empty list (leave it out to check every table)",
+                        at("tables")
+                    )))
                 }
                 v => v.clone(),
             },
@@ -538,13 +667,24 @@ fn parse_task(i: usize, t: &RawTask) -> Result<TaskConfig, UsageError> {
         }),
         "export" => match (&t.tables, &t.query) {
             (Some(_), Some(_)) => {
-                return Err(usage(format!("{}: give either tables or query, not both (task {name:?})", at("query"))))
+                return Err(usage(format!(
+                    "{}: give either tables or query, not both (task {name:?})",
+                    at("query")
+                )))
             }
             (None, None) => {
-                return Err(usage(format!("{}: missing, or give a query (task {name:?}, kind {kind})", at("tables"))))
+                return Err(usage(format!(
+                    "{}: missing, or give a query (task {name:?}, kind {kind})",
+                    at("tables")
+                )))
             }
-            (Some(v), None) if v.is_empty() => return Err(usage(format!("{}: empty list", at("tables")))),
-            (tables, query) => TaskSpec::Export(ExportSpec { tables: tables.clone().unwrap_or_default(), query: query.clone() }),
+            (Some(v), None) if v.is_empty() => {
+                return Err(usage(format!("{}: empty list", at("tables"))))
+            }
+            (tables, query) => TaskSpec::Export(ExportSpec {
+                tables: tables.clone().unwrap_or_default(),
+                query: query.clone(),
+            }),
         },
         _ => unreachable!("checked against KINDS above"),
     };
@@ -605,14 +745,35 @@ every = "24h"
 
     #[test]
     fn errors_name_the_field() {
-        assert!(err(&GOOD.replace("kind = \"row_checksum\"", "kind = \"nope\"")).starts_with("tasks[0].kind: unknown kind \"nope\""));
-        assert!(err(&GOOD.replace("max_pause = \"2h\"", "max_pause = \"2x\"")).starts_with("limits.max_pause: bad duration"));
-        assert!(err(&GOOD.replace("checksum = \"payload_md5\"\n", "")).starts_with("tasks[0].checksum: missing"));
-        assert!(err(&GOOD.replace("dsn = \"host=127.0.0.1 port=55432 user=postgres dbname=app\"\n", "")).contains("primary: missing field `dsn`"));
-        assert!(err(&GOOD.replace("lease = \"60s\"", "lease = \"60s\"\nleese = 1")).starts_with("limits.leese: unknown field `leese`"));
-        assert!(err(&GOOD.replace("name = \"blob-integrity\"", "name = \"../x\"")).starts_with("tasks[0].name:"));
-        assert!(err(&GOOD.replace("port=55432", "port=notaport")).starts_with("primary.dsn: invalid connection string"));
-        assert!(err(&GOOD.replace("dbname=app\"", "dbname=app sslmode=verify-full\"")).starts_with("primary.dsn: sslmode=verify-full is not supported yet"));
+        assert!(
+            err(&GOOD.replace("kind = \"row_checksum\"", "kind = \"nope\""))
+                .starts_with("tasks[0].kind: unknown kind \"nope\"")
+        );
+        assert!(
+            err(&GOOD.replace("max_pause = \"2h\"", "max_pause = \"2x\""))
+                .starts_with("limits.max_pause: bad duration")
+        );
+        assert!(err(&GOOD.replace("checksum = \"payload_md5\"\n", ""))
+            .starts_with("tasks[0].checksum: missing"));
+        assert!(err(&GOOD.replace(
+            "dsn = \"host=127.0.0.1 port=55432 user=postgres dbname=app\"\n",
+            ""
+        ))
+        .contains("primary: missing field `dsn`"));
+        assert!(
+            err(&GOOD.replace("lease = \"60s\"", "lease = \"60s\"\nleese = 1"))
+                .starts_with("limits.leese: unknown field `leese`")
+        );
+        assert!(
+            err(&GOOD.replace("name = \"blob-integrity\"", "name = \"../x\""))
+                .starts_with("tasks[0].name:")
+        );
+        assert!(err(&GOOD.replace("port=55432", "port=notaport"))
+            .starts_with("primary.dsn: invalid connection string"));
+        assert!(
+            err(&GOOD.replace("dbname=app\"", "dbname=app sslmode=verify-full\""))
+                .starts_with("primary.dsn: sslmode=verify-full is not supported yet")
+        );
         for e in [err("garbage = ["), err(&GOOD.replace("kind", "knd"))] {
             assert!(!e.contains('\n'), "one line: {e}");
         }
@@ -629,7 +790,11 @@ dir = "/tmp/r"
 "#;
 
     fn with_task(task: &str) -> Result<Config, String> {
-        Config::parse(&format!("{BASE}[[tasks]]\nname = \"t\"\n{task}"), &Overrides::default()).map_err(|e| e.0)
+        Config::parse(
+            &format!("{BASE}[[tasks]]\nname = \"t\"\n{task}"),
+            &Overrides::default(),
+        )
+        .map_err(|e| e.0)
     }
 
     const FILES: &str = "kind = \"file_checksum\"\ntable = \"files\"\nkey = \"id\"\npath = \"path\"\nchecksum = \"md5\"\nroot = \"/srv/store\"\n";
@@ -637,47 +802,98 @@ dir = "/tmp/r"
     #[test]
     fn file_checksum_fields() {
         let c = with_task(&format!("{FILES}size = \"bytes\"\nage_in_days = 7\ningested_at = \"created\"\nfiles_per_run = 1000\nparallelism = 3\n")).unwrap();
-        let TaskSpec::FileChecksum(s) = &c.tasks[0].spec else { panic!("kind") };
-        assert_eq!((s.age_in_days, s.files_per_run, s.parallelism), (Some(7), Some(1000), 3));
-        assert_eq!((s.size.as_deref(), s.ingested_at.as_deref()), (Some("bytes"), Some("created")));
+        let TaskSpec::FileChecksum(s) = &c.tasks[0].spec else {
+            panic!("kind")
+        };
+        assert_eq!(
+            (s.age_in_days, s.files_per_run, s.parallelism),
+            (Some(7), Some(1000), 3)
+        );
+        assert_eq!(
+            (s.size.as_deref(), s.ingested_at.as_deref()),
+            (Some("bytes"), Some("created"))
+        );
         assert_eq!(
             with_task(&FILES.replace("root = \"/srv/store\"\n", "")).unwrap_err(),
             "tasks[0].root: missing (task \"t\", kind file_checksum)"
         );
-        assert!(with_task(&FILES.replace("/srv/store", "store")).unwrap_err().starts_with("tasks[0].root: store must be an absolute path"));
-        assert!(with_task(&format!("{FILES}age_in_days = 3\n")).unwrap_err().starts_with("tasks[0].age_in_days: needs ingested_at"));
-        assert!(with_task(&format!("{FILES}ingested_at = \"c\"\n")).unwrap_err().starts_with("tasks[0].ingested_at: needs age_in_days"));
-        assert!(with_task(&format!("{FILES}files_per_run = 0\n")).unwrap_err().starts_with("tasks[0].files_per_run: must be at least 1"));
-        assert!(with_task(&format!("{FILES}content = \"x\"\n")).unwrap_err().starts_with("tasks[0].content: not a field of kind file_checksum"));
-        assert!(with_task(&FILES.replace("path = \"path\"\n", "")).unwrap_err().starts_with("tasks[0].path: missing"));
+        assert!(with_task(&FILES.replace("/srv/store", "store"))
+            .unwrap_err()
+            .starts_with("tasks[0].root: store must be an absolute path"));
+        assert!(with_task(&format!("{FILES}age_in_days = 3\n"))
+            .unwrap_err()
+            .starts_with("tasks[0].age_in_days: needs ingested_at"));
+        assert!(with_task(&format!("{FILES}ingested_at = \"c\"\n"))
+            .unwrap_err()
+            .starts_with("tasks[0].ingested_at: needs age_in_days"));
+        assert!(with_task(&format!("{FILES}files_per_run = 0\n"))
+            .unwrap_err()
+            .starts_with("tasks[0].files_per_run: must be at least 1"));
+        assert!(with_task(&format!("{FILES}content = \"x\"\n"))
+            .unwrap_err()
+            .starts_with("tasks[0].content: not a field of kind file_checksum"));
+        assert!(with_task(&FILES.replace("path = \"path\"\n", ""))
+            .unwrap_err()
+            .starts_with("tasks[0].path: missing"));
     }
 
     #[test]
     fn materialize_amcheck_export_fields() {
         let c = with_task("kind = \"materialize\"\nquery = \"SELECT 1 AS x\"\ntarget = \"public.t\"\nmerge_key = [\"x\"]\n").unwrap();
-        let TaskSpec::Materialize(s) = &c.tasks[0].spec else { panic!("kind") };
-        assert_eq!((s.target.as_str(), s.merge_key.clone()), ("public.t", Some(vec!["x".to_string()])));
-        assert!(with_task("kind = \"materialize\"\nquery = \"SELECT 1\"\n").unwrap_err().starts_with("tasks[0].target: missing"));
-        assert!(with_task("kind = \"materialize\"\nquery = \"q\"\ntarget = \"t\"\nmerge_key = []\n").unwrap_err().starts_with("tasks[0].merge_key:"));
+        let TaskSpec::Materialize(s) = &c.tasks[0].spec else {
+            panic!("kind")
+        };
+        assert_eq!(
+            (s.target.as_str(), s.merge_key.clone()),
+            ("public.t", Some(vec!["x".to_string()]))
+        );
+        assert!(with_task("kind = \"materialize\"\nquery = \"SELECT 1\"\n")
+            .unwrap_err()
+            .starts_with("tasks[0].target: missing"));
+        assert!(with_task(
+            "kind = \"materialize\"\nquery = \"q\"\ntarget = \"t\"\nmerge_key = []\n"
+        )
+        .unwrap_err()
+        .starts_with("tasks[0].merge_key:"));
 
         let c = with_task("kind = \"amcheck\"\nheapallindexed = true\n").unwrap();
-        let TaskSpec::Amcheck(s) = &c.tasks[0].spec else { panic!("kind") };
+        let TaskSpec::Amcheck(s) = &c.tasks[0].spec else {
+            panic!("kind")
+        };
         assert!(s.heapallindexed && s.tables.is_none());
-        assert!(with_task("kind = \"amcheck\"\ntables = []\n").unwrap_err().starts_with("tasks[0].tables: empty list"));
-        assert!(with_task("kind = \"amcheck\"\ntable = \"x\"\n").unwrap_err().starts_with("tasks[0].table: not a field of kind amcheck"));
+        assert!(with_task("kind = \"amcheck\"\ntables = []\n")
+            .unwrap_err()
+            .starts_with("tasks[0].tables: empty list"));
+        assert!(with_task("kind = \"amcheck\"\ntable = \"x\"\n")
+            .unwrap_err()
+            .starts_with("tasks[0].table: not a field of kind amcheck"));
 
         let c = with_task("kind = \"export\"\ntables = [\"a\", \"s.b\"]\n").unwrap();
-        let TaskSpec::Export(s) = &c.tasks[0].spec else { panic!("kind") };
+        let TaskSpec::Export(s) = &c.tasks[0].spec else {
+            panic!("kind")
+        };
         assert_eq!((s.tables.len(), s.query.is_none()), (2, true));
-        assert!(with_task("kind = \"export\"\n").unwrap_err().starts_with("tasks[0].tables: missing"));
-        assert!(with_task("kind = \"export\"\ntables = [\"a\"]\nquery = \"q\"\n").unwrap_err().starts_with("tasks[0].query: give either"));
+        assert!(with_task("kind = \"export\"\n")
+            .unwrap_err()
+            .starts_with("tasks[0].tables: missing"));
+        assert!(
+            with_task("kind = \"export\"\ntables = [\"a\"]\nquery = \"q\"\n")
+                .unwrap_err()
+                .starts_with("tasks[0].query: give either")
+        );
         let e = with_task("kind = \"nope\"\n").unwrap_err();
-        assert!(e.contains("known kinds: row_checksum, file_checksum, materialize, amcheck, export"), "{e}");
+        assert!(
+            e.contains("known kinds: row_checksum, file_checksum, materialize, amcheck, export"),
+            "{e}"
+        );
     }
 
     #[test]
     fn environment_overrides_the_dsns() {
-        let o = Overrides { primary: Some("host=10.0.0.1".into()), replica: Some("host=10.0.0.2".into()) };
+        let o = Overrides {
+            primary: Some("host=10.0.0.1".into()),
+            replica: Some("host=10.0.0.2".into()),
+        };
         let c = Config::parse(GOOD, &o).unwrap();
         assert_eq!(c.primary.field, "PGMAINT_PRIMARY");
         assert_eq!(c.replicas[0].dsn.field, "PGMAINT_REPLICA");

@@ -109,14 +109,26 @@ struct Cycle<'a> {
 /// Run one cycle against `replica`. Returns a summary whatever happened after the
 /// lease was taken; errors before that (bad config, unreachable servers, a replica in
 /// use) are returned as errors.
-pub async fn run(cfg: &Config, replica_cfg: &ReplicaConfig, work: Work<'_>, abort: Abort) -> Result<RunSummary> {
+pub async fn run(
+    cfg: &Config,
+    replica_cfg: &ReplicaConfig,
+    work: Work<'_>,
+    abort: Abort,
+) -> Result<RunSummary> {
     let mut primary = db::connect(&cfg.primary, "pgmaint").await?;
     schema::require_current(&primary).await?;
     let replica = ReplicaControl::connect(replica_cfg).await?;
     // A run that died may have left this replica paused: resume it before anything else
     // (recover_expired logs what it did).
     lease::recover_expired(&mut primary, replica_cfg).await?;
-    let lease = PauseLease::acquire(&mut primary, &replica_cfg.name, work.purpose(), &work.names(), cfg.limits.lease).await?;
+    let lease = PauseLease::acquire(
+        &mut primary,
+        &replica_cfg.name,
+        work.purpose(),
+        &work.names(),
+        cfg.limits.lease,
+    )
+    .await?;
     let heartbeat = lease.spawn_heartbeat(cfg.primary.clone(), abort.clone());
     let run_id = lease.run_id;
     tracing::info!(run_id, replica = %replica_cfg.name, "run started");
@@ -147,7 +159,11 @@ pub async fn run(cfg: &Config, replica_cfg: &ReplicaConfig, work: Work<'_>, abor
     let (state, error, usage_error) = match (&outcome, abort.reason()) {
         (Ok(()), _) => ("succeeded", failed_tasks(&cycle.reports), false),
         (Err(e), Some(reason)) => (reason.run_state(), Some(format!("{reason}: {e:#}")), false),
-        (Err(e), None) => ("failed", Some(format!("{e:#}")), e.downcast_ref::<UsageError>().is_some()),
+        (Err(e), None) => (
+            "failed",
+            Some(format!("{e:#}")),
+            e.downcast_ref::<UsageError>().is_some(),
+        ),
     };
     let (resumed_at, backlog, release, resume_error) = match &resume {
         Ok(Some((outcome, backlog))) => {
@@ -156,7 +172,15 @@ pub async fn run(cfg: &Config, replica_cfg: &ReplicaConfig, work: Work<'_>, abor
         }
         Ok(None) => (None, None, true, None),
         // Keep the lease: when it expires, the next command (or `pgmaint recover`) retries.
-        Err(e) => (None, None, false, Some(format!("could not resume replay on {}: {e:#}; run `pgmaint recover`", replica_cfg.name))),
+        Err(e) => (
+            None,
+            None,
+            false,
+            Some(format!(
+                "could not resume replay on {}: {e:#}; run `pgmaint recover`",
+                replica_cfg.name
+            )),
+        ),
     };
     let mut error = match (error, resume_error) {
         (Some(a), Some(b)) => Some(format!("{a}; {b}")),
@@ -175,14 +199,23 @@ pub async fn run(cfg: &Config, replica_cfg: &ReplicaConfig, work: Work<'_>, abor
             valid: true,
             tasks: Vec::new(),
         };
-        let elapsed = cycle.paused_at.map(|p| (Utc::now() - p).to_std().unwrap_or_default()).unwrap_or_default();
+        let elapsed = cycle
+            .paused_at
+            .map(|p| (Utc::now() - p).to_std().unwrap_or_default())
+            .unwrap_or_default();
         if let Err(e) = dump::write_manifest(&spec.out, manifest, elapsed) {
             error = Some(format!("dump written, but its manifest was not: {e:#}"));
         }
     }
     if let Err(e) = cycle
         .lease
-        .finish(&mut cycle.primary, state, error.as_deref(), resumed_at.zip(backlog), release)
+        .finish(
+            &mut cycle.primary,
+            state,
+            error.as_deref(),
+            resumed_at.zip(backlog),
+            release,
+        )
         .await
     {
         tracing::error!(run_id, error = %format!("{e:#}"), "could not record the end of the run on the primary");
@@ -196,7 +229,11 @@ pub async fn run(cfg: &Config, replica_cfg: &ReplicaConfig, work: Work<'_>, abor
         resumed_at,
         backlog_at_resume: backlog,
         tasks: cycle.reports.iter().map(TaskReport::to_manifest).collect(),
-        task_seconds: cycle.reports.iter().map(|r| r.elapsed.as_secs_f64()).collect(),
+        task_seconds: cycle
+            .reports
+            .iter()
+            .map(|r| r.elapsed.as_secs_f64())
+            .collect(),
         queued: cycle.queued.clone(),
         results_dir,
         error,
@@ -206,7 +243,11 @@ pub async fn run(cfg: &Config, replica_cfg: &ReplicaConfig, work: Work<'_>, abor
 
 /// Inside the transaction that records a run's outcome: mark it succeeded, unless it is
 /// no longer running (a recover dropped it after its lease was lost).
-async fn mark_succeeded(tx: &tokio_postgres::Transaction<'_>, run_id: i64, results: &std::path::Path) -> Result<()> {
+async fn mark_succeeded(
+    tx: &tokio_postgres::Transaction<'_>,
+    run_id: i64,
+    results: &std::path::Path,
+) -> Result<()> {
     let updated = tx
         .execute(
             "UPDATE pgmaint.runs SET state = 'succeeded', finished_at = now(), results_dir = $2
@@ -224,7 +265,13 @@ fn failed_tasks(reports: &[TaskReport]) -> Option<String> {
     let failed: Vec<String> = reports
         .iter()
         .filter(|r| !r.status.has_results())
-        .map(|r| format!("task {} failed: {}", r.name, r.error.as_deref().unwrap_or(r.status.as_str())))
+        .map(|r| {
+            format!(
+                "task {} failed: {}",
+                r.name,
+                r.error.as_deref().unwrap_or(r.status.as_str())
+            )
+        })
         .collect();
     (!failed.is_empty()).then(|| failed.join("; "))
 }
@@ -238,11 +285,16 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 
 impl Cycle<'_> {
     fn scan_context(&self) -> ScanContext {
-        let mut ctx = ScanContext::new(self.replica.config.dsn.config.clone(), self.run_dir.clone(), self.lease.run_id);
+        let mut ctx = ScanContext::new(
+            self.replica.config.dsn.config.clone(),
+            self.run_dir.clone(),
+            self.lease.run_id,
+        );
         ctx.lock_timeout = self.cfg.scan.lock_timeout;
         ctx.batch_rows = self.cfg.scan.batch_rows;
         ctx.cancel = self.abort.token().clone();
-        ctx.progress = snapshot_runner::progress::ProgressMode::detect(self.cfg.scan.progress_interval);
+        ctx.progress =
+            snapshot_runner::progress::ProgressMode::detect(self.cfg.scan.progress_interval);
         ctx
     }
 
@@ -258,16 +310,21 @@ impl Cycle<'_> {
         match &self.work {
             Work::Tasks(tasks) => {
                 for t in tasks.iter() {
-                    let p = snapshot_runner::prepare(&t.name, &t.spec, &ctx).await.map_err(|e| match e {
-                        e if e.is_config() => anyhow!(UsageError(e.to_string())),
-                        e => anyhow!(e).context(format!("checking task {}", t.name)),
-                    })?;
+                    let p = snapshot_runner::prepare(&t.name, &t.spec, &ctx)
+                        .await
+                        .map_err(|e| match e {
+                            e if e.is_config() => anyhow!(UsageError(e.to_string())),
+                            e => anyhow!(e).context(format!("checking task {}", t.name)),
+                        })?;
                     prepared.push((p, t.soft_timeout));
                 }
             }
             Work::Dump(spec) => {
                 spec.check_out()?;
-                pg_dump = Some(dump::find_pg_dump(spec, self.replica.server_major().await?)?);
+                pg_dump = Some(dump::find_pg_dump(
+                    spec,
+                    self.replica.server_major().await?,
+                )?);
             }
         }
         std::fs::create_dir_all(&self.cfg.results_dir)
@@ -277,7 +334,9 @@ impl Cycle<'_> {
 
         // 2. Pre-checks: in recovery, streaming, 'not paused', not a remote_apply sync
         //    standby, backlog under the limit.
-        self.replica.precheck(&self.primary, self.cfg.limits.max_replay_backlog).await?;
+        self.replica
+            .precheck(&self.primary, self.cfg.limits.max_replay_backlog)
+            .await?;
         if let Some(reason) = self.abort.reason() {
             bail!("{reason}");
         }
@@ -325,7 +384,9 @@ impl Cycle<'_> {
                 break;
             }
             let cursor = cursors.get(&task.name).map(String::as_str);
-            let report = task.run(&ctx, soft_timeout.map(|d| Instant::now() + d), cursor).await;
+            let report = task
+                .run(&ctx, soft_timeout.map(|d| Instant::now() + d), cursor)
+                .await;
             tracing::info!(task = %report.name, status = report.status.as_str(), rows = report.rows_scanned,
                            findings = report.findings, secs = report.elapsed.as_secs_f64(), "task finished");
             self.reports.push(report);
@@ -368,8 +429,13 @@ impl Cycle<'_> {
             let before = self.replica.state().await?;
             // Recorded on the primary *before* the request: a run that dies from here
             // on left a pause that `recover` can prove is its own.
-            self.lease.mark_pause_requested(&self.primary, before.postmaster_start).await?;
-            self.pause = Some(PauseOwnership { postmaster_start: before.postmaster_start, snapshot_lsn: None });
+            self.lease
+                .mark_pause_requested(&self.primary, before.postmaster_start)
+                .await?;
+            self.pause = Some(PauseOwnership {
+                postmaster_start: before.postmaster_start,
+                snapshot_lsn: None,
+            });
             self.replica.pause(self.cfg.limits.pause_timeout).await?;
             let locked = self.replica.startup_locks(relations).await?;
             if locked.is_empty() {
@@ -406,11 +472,17 @@ impl Cycle<'_> {
     fn spawn_watchdog(&self, snap: SnapshotInfo, pause_started: Instant) -> CancellationToken {
         let stop = CancellationToken::new();
         let stopped = stop.clone();
-        let (abort, dsn, limits) = (self.abort.clone(), self.replica.config.dsn.clone(), self.cfg.limits.clone());
+        let (abort, dsn, limits) = (
+            self.abort.clone(),
+            self.replica.config.dsn.clone(),
+            self.cfg.limits.clone(),
+        );
         let name = self.replica.name().to_string();
         tokio::spawn(async move {
             let mut client: Option<Client> = None;
-            let tick = Duration::from_millis(500).min(limits.max_pause / 4).max(Duration::from_millis(50));
+            let tick = Duration::from_millis(500)
+                .min(limits.max_pause / 4)
+                .max(Duration::from_millis(50));
             loop {
                 tokio::select! {
                     _ = stopped.cancelled() => return,
@@ -452,7 +524,10 @@ impl Cycle<'_> {
         let names = self.work.names();
         let rows = self
             .primary
-            .query("SELECT task_name, cursor FROM pgmaint.task_cursors WHERE task_name = ANY($1)", &[&names])
+            .query(
+                "SELECT task_name, cursor FROM pgmaint.task_cursors WHERE task_name = ANY($1)",
+                &[&names],
+            )
             .await
             .context("reading task cursors")?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
@@ -464,9 +539,16 @@ impl Cycle<'_> {
         let run_id = self.lease.run_id;
         let mut uploads: Vec<UploadRequest> = Vec::new();
         for r in self.reports.iter().filter(|r| r.status.has_results()) {
-            let (Some(file), Some(plan)) = (&r.file, &r.apply) else { continue };
-            let kind = ApplyKind::parse(plan.kind)
-                .ok_or_else(|| anyhow!("task {}: this uploader cannot apply {:?}", r.name, plan.kind))?;
+            let (Some(file), Some(plan)) = (&r.file, &r.apply) else {
+                continue;
+            };
+            let kind = ApplyKind::parse(plan.kind).ok_or_else(|| {
+                anyhow!(
+                    "task {}: this uploader cannot apply {:?}",
+                    r.name,
+                    plan.kind
+                )
+            })?;
             uploads.push(UploadRequest {
                 task_name: r.name.clone(),
                 kind,
@@ -477,7 +559,8 @@ impl Cycle<'_> {
         }
         let tx = self.primary.transaction().await?;
         mark_succeeded(&tx, run_id, &self.run_dir).await?;
-        self.queued = uploader::enqueue(&tx, run_id, &uploads, self.cfg.uploader.max_attempts).await?;
+        self.queued =
+            uploader::enqueue(&tx, run_id, &uploads, self.cfg.uploader.max_attempts).await?;
         for r in self.reports.iter().filter(|r| r.status.has_results()) {
             if let Some(cursor) = &r.cursor {
                 tx.execute(
@@ -489,21 +572,29 @@ impl Cycle<'_> {
                 .context("moving the task cursor")?;
             }
         }
-        tx.commit().await.context("committing the run and its uploads")?;
+        tx.commit()
+            .await
+            .context("committing the run and its uploads")?;
         Ok(())
     }
 
     /// Close every scan session, then resume replay if the pause is ours. Returns the
     /// outcome and the backlog at resume, or `None` if no pause was ever requested.
     async fn close_and_resume(&mut self) -> Result<Option<(ResumeOutcome, i64)>> {
-        let Some(own) = self.pause.clone() else { return Ok(None) };
+        let Some(own) = self.pause.clone() else {
+            return Ok(None);
+        };
         let app = snapshot_runner::scan_application_name(self.lease.run_id);
         if let Err(e) = self.replica.close_sessions(&app).await {
             tracing::warn!(error = %format!("{e:#}"), "could not check for open scan sessions");
         }
         let (outcome, st) = self.replica.resume_if_owned(&own).await?;
         if outcome != ResumeOutcome::Resumed {
-            tracing::warn!(?outcome, replica = self.replica.name(), "did not resume replay: the pause was not ours");
+            tracing::warn!(
+                ?outcome,
+                replica = self.replica.name(),
+                "did not resume replay: the pause was not ours"
+            );
         }
         Ok(Some((outcome, st.backlog_bytes)))
     }

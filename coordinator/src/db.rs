@@ -15,7 +15,10 @@ pub fn hosts_and_ports(dsn: &tokio_postgres::Config) -> (Vec<String>, Vec<String
             tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
         })
         .collect();
-    (hosts, dsn.get_ports().iter().map(|p| p.to_string()).collect())
+    (
+        hosts,
+        dsn.get_ports().iter().map(|p| p.to_string()).collect(),
+    )
 }
 
 /// Describe where a DSN points, without its password.
@@ -23,8 +26,16 @@ pub fn describe(dsn: &tokio_postgres::Config) -> String {
     let (hosts, ports) = hosts_and_ports(dsn);
     format!(
         "host={} port={} dbname={}",
-        if hosts.is_empty() { "localhost".into() } else { hosts.join(",") },
-        if ports.is_empty() { "5432".into() } else { ports.join(",") },
+        if hosts.is_empty() {
+            "localhost".into()
+        } else {
+            hosts.join(",")
+        },
+        if ports.is_empty() {
+            "5432".into()
+        } else {
+            ports.join(",")
+        },
         dsn.get_dbname().unwrap_or("-")
     )
 }
@@ -35,8 +46,19 @@ pub async fn connect(dsn: &Dsn, application_name: &str) -> Result<Client, UsageE
     let mut config = dsn.config.clone();
     config.application_name(application_name);
     snapshot_runner::connect(&config).await.map_err(|e| {
-        let cause = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
-        let cause = if cause.is_empty() { e.to_string() } else { format!("{e}: {cause}") };
-        UsageError(format!("{}: cannot connect ({}): {}", dsn.field, describe(&dsn.config), cause.replace('\n', " ")))
+        let cause = std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        let cause = if cause.is_empty() {
+            e.to_string()
+        } else {
+            format!("{e}: {cause}")
+        };
+        UsageError(format!(
+            "{}: cannot connect ({}): {}",
+            dsn.field,
+            describe(&dsn.config),
+            cause.replace('\n', " ")
+        ))
     })
 }

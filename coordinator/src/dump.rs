@@ -37,14 +37,24 @@ impl DumpSpec {
         match std::fs::read_dir(&self.out) {
             Ok(entries) => {
                 if entries.count() > 0 {
-                    bail!(UsageError(format!("--out: {} exists and is not empty", self.out.display())));
+                    bail!(UsageError(format!(
+                        "--out: {} exists and is not empty",
+                        self.out.display()
+                    )));
                 }
                 Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let parent = self.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let parent = self
+                    .out
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
                 if !parent.is_dir() {
-                    bail!(UsageError(format!("--out: parent directory {} does not exist", parent.display())));
+                    bail!(UsageError(format!(
+                        "--out: parent directory {} does not exist",
+                        parent.display()
+                    )));
                 }
                 Ok(())
             }
@@ -63,7 +73,11 @@ pub fn find_pg_dump(spec: &DumpSpec, server_major: u32) -> Result<PathBuf> {
         return Ok(packaged);
     }
     let on_path = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|d| d.join("pg_dump")).find(|p| p.exists()))
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("pg_dump"))
+                .find(|p| p.exists())
+        })
         .unwrap_or_default();
     on_path.ok_or_else(|| {
         anyhow!(UsageError(format!(
@@ -102,7 +116,9 @@ pub fn libpq_conninfo(config: &tokio_postgres::Config) -> (String, Option<String
     if let Some(t) = config.get_connect_timeout() {
         parts.push(format!("connect_timeout={}", t.as_secs().max(1)));
     }
-    let password = config.get_password().map(|p| String::from_utf8_lossy(p).into_owned());
+    let password = config
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
     (parts.join(" "), password)
 }
 
@@ -121,7 +137,10 @@ pub async fn run_pg_dump(
     let mut cmd = tokio::process::Command::new(pg_dump);
     cmd.arg("--format=directory")
         .arg(format!("--jobs={}", spec.jobs))
-        .arg(format!("--lock-wait-timeout={}", lock_timeout.as_millis().max(1)))
+        .arg(format!(
+            "--lock-wait-timeout={}",
+            lock_timeout.as_millis().max(1)
+        ))
         .arg("--no-password")
         .arg("--file")
         .arg(&spec.out)
@@ -135,7 +154,9 @@ pub async fn run_pg_dump(
     if let Some(p) = password {
         cmd.env("PGPASSWORD", p);
     }
-    let mut child = cmd.spawn().with_context(|| format!("starting {}", pg_dump.display()))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", pg_dump.display()))?;
     let mut stderr = child.stderr.take().expect("piped");
     let collect = tokio::spawn(async move {
         let mut text = String::new();
@@ -158,7 +179,11 @@ pub async fn run_pg_dump(
     };
     let stderr = collect.await.unwrap_or_default();
     if !status.success() {
-        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no message");
         bail!("pg_dump failed ({status}): {last}");
     }
     Ok(())
@@ -177,7 +202,11 @@ fn dir_usage(dir: &Path) -> (u64, u64) {
 
 /// Hash every file pg_dump wrote (after replay resumed: hashing is not worth a longer
 /// pause) and write the manifest into the dump directory, next to pg_dump's own files.
-pub fn write_manifest(out: &Path, mut manifest: ResultManifest, elapsed: Duration) -> Result<ManifestTask> {
+pub fn write_manifest(
+    out: &Path,
+    mut manifest: ResultManifest,
+    elapsed: Duration,
+) -> Result<ManifestTask> {
     let mut files = Vec::new();
     let mut names: Vec<PathBuf> = std::fs::read_dir(out)
         .with_context(|| format!("reading {}", out.display()))?
@@ -187,9 +216,21 @@ pub fn write_manifest(out: &Path, mut manifest: ResultManifest, elapsed: Duratio
         .collect();
     names.sort();
     for path in names {
-        let (md5, size) = snapshot_runner::output::file_md5(&path).with_context(|| format!("hashing {}", path.display()))?;
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        files.push(DataFile { name, columns: Vec::new(), rows: 0, size, md5, snapshot_lsn: None });
+        let (md5, size) = snapshot_runner::output::file_md5(&path)
+            .with_context(|| format!("hashing {}", path.display()))?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        files.push(DataFile {
+            name,
+            columns: Vec::new(),
+            rows: 0,
+            size,
+            md5,
+            snapshot_lsn: None,
+        });
     }
     let task = ManifestTask {
         name: "dump".into(),
@@ -214,11 +255,15 @@ mod tests {
 
     #[test]
     fn conninfo_quotes_values_and_keeps_the_password_out() {
-        let c: tokio_postgres::Config = "host=db1 port=5433 user=o'neil dbname='my db' password=s3cret sslmode=require"
-            .parse()
-            .unwrap();
+        let c: tokio_postgres::Config =
+            "host=db1 port=5433 user=o'neil dbname='my db' password=s3cret sslmode=require"
+                .parse()
+                .unwrap();
         let (info, password) = libpq_conninfo(&c);
-        assert_eq!(info, r"host='db1' port='5433' user='o\'neil' dbname='my db' sslmode=require");
+        assert_eq!(
+            info,
+            r"host='db1' port='5433' user='o\'neil' dbname='my db' sslmode=require"
+        );
         assert_eq!(password.as_deref(), Some("s3cret"));
     }
 }

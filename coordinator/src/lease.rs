@@ -44,7 +44,9 @@ impl std::fmt::Display for AbortReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AbortReason::Signal(s) => write!(f, "cancelled by {s}"),
-            AbortReason::MaxPause(d) => write!(f, "pause exceeded limits.max_pause ({}s)", d.as_secs()),
+            AbortReason::MaxPause(d) => {
+                write!(f, "pause exceeded limits.max_pause ({}s)", d.as_secs())
+            }
             AbortReason::Backlog(b, l) => write!(
                 f,
                 "replay backlog {} exceeded limits.max_replay_backlog ({})",
@@ -149,7 +151,11 @@ impl PauseLease {
             }
         }
         tx.commit().await?;
-        Ok(PauseLease { run_id, replica: replica.to_string(), duration })
+        Ok(PauseLease {
+            run_id,
+            replica: replica.to_string(),
+            duration,
+        })
     }
 
     /// Renew the lease every third of its duration from a session of its own. If it
@@ -184,7 +190,9 @@ impl PauseLease {
                 match result {
                     Ok(1) => renewed = Instant::now(),
                     Ok(_) => {
-                        abort.trigger(AbortReason::LeaseLost(format!("run {run_id} no longer holds the lease")));
+                        abort.trigger(AbortReason::LeaseLost(format!(
+                            "run {run_id} no longer holds the lease"
+                        )));
                         return;
                     }
                     Err(e) => {
@@ -197,11 +205,18 @@ impl PauseLease {
                 }
             }
         });
-        HeartbeatHandle { stop, handle: Some(handle) }
+        HeartbeatHandle {
+            stop,
+            handle: Some(handle),
+        }
     }
 
     /// Record, before `pg_wal_replay_pause()` is called, that this run may own a pause.
-    pub async fn mark_pause_requested(&self, primary: &Client, postmaster_start: DateTime<Utc>) -> Result<()> {
+    pub async fn mark_pause_requested(
+        &self,
+        primary: &Client,
+        postmaster_start: DateTime<Utc>,
+    ) -> Result<()> {
         primary
             .execute(
                 "UPDATE pgmaint.runs SET pause_requested_at = now(), replica_started_at = $2 WHERE id = $1",
@@ -243,7 +258,13 @@ impl PauseLease {
                     error = coalesce($3, error),
                     resumed_at = $4, backlog_at_resume = $5
               WHERE id = $1",
-            &[&self.run_id, &state, &error, &resumed.map(|r| r.0), &resumed.map(|r| r.1)],
+            &[
+                &self.run_id,
+                &state,
+                &error,
+                &resumed.map(|r| r.0),
+                &resumed.map(|r| r.1),
+            ],
         )
         .await?;
         if release {
@@ -286,9 +307,17 @@ pub enum Recovery {
     /// No lease: nothing to do.
     Nothing,
     /// A live run holds the lease.
-    Alive { run_id: i64, holder: String, expires_at: DateTime<Utc> },
+    Alive {
+        run_id: i64,
+        holder: String,
+        expires_at: DateTime<Utc>,
+    },
     /// A dead run's lease was cleared.
-    Recovered { run_id: i64, resumed: bool, note: String },
+    Recovered {
+        run_id: i64,
+        resumed: bool,
+        note: String,
+    },
 }
 
 /// Recover the replica from a run whose lease expired: resume the pause it left (only
@@ -305,22 +334,37 @@ pub async fn recover_expired(primary: &mut Client, replica: &ReplicaConfig) -> R
         )
         .await
         .context("reading the replica lease")?;
-    let Some(row) = row else { return Ok(Recovery::Nothing) };
+    let Some(row) = row else {
+        return Ok(Recovery::Nothing);
+    };
     let run_id: i64 = row.get(0);
     if !row.get::<_, bool>(3) {
-        return Ok(Recovery::Alive { run_id, holder: row.get(1), expires_at: row.get(2) });
+        return Ok(Recovery::Alive {
+            run_id,
+            holder: row.get(1),
+            expires_at: row.get(2),
+        });
     }
     let mut resumed = false;
     let note = if row.get::<_, bool>(4) {
-        let own = PauseOwnership { postmaster_start: row.get(5), snapshot_lsn: row.get(6) };
-        let mut ctl = ReplicaControl::connect(replica).await.map_err(|e| anyhow::anyhow!(e.0))?;
+        let own = PauseOwnership {
+            postmaster_start: row.get(5),
+            snapshot_lsn: row.get(6),
+        };
+        let mut ctl = ReplicaControl::connect(replica)
+            .await
+            .map_err(|e| anyhow::anyhow!(e.0))?;
         let (outcome, _) = ctl.resume_if_owned(&own).await?;
         resumed = outcome == ResumeOutcome::Resumed;
         match outcome {
             ResumeOutcome::Resumed => "resumed the replay it left paused".to_string(),
             ResumeOutcome::AlreadyRunning => "replay was already running".to_string(),
-            ResumeOutcome::LostToRestart => "the replica restarted since, so its pause was already gone".to_string(),
-            ResumeOutcome::NotOurs => "the replica is paused elsewhere, by someone else: left paused".to_string(),
+            ResumeOutcome::LostToRestart => {
+                "the replica restarted since, so its pause was already gone".to_string()
+            }
+            ResumeOutcome::NotOurs => {
+                "the replica is paused elsewhere, by someone else: left paused".to_string()
+            }
         }
     } else {
         "it never paused the replica".to_string()
@@ -332,9 +376,24 @@ pub async fn recover_expired(primary: &mut Client, replica: &ReplicaConfig) -> R
         &[&run_id],
     )
     .await?;
-    tx.execute("UPDATE pgmaint.runs SET resumed_at = now() WHERE id = $1 AND $2", &[&run_id, &resumed]).await?;
-    tx.execute("DELETE FROM pgmaint.replica_leases WHERE replica = $1", &[&replica.name]).await?;
+    tx.execute(
+        "UPDATE pgmaint.runs SET resumed_at = now() WHERE id = $1 AND $2",
+        &[&run_id, &resumed],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM pgmaint.replica_leases WHERE replica = $1",
+        &[&replica.name],
+    )
+    .await?;
     tx.commit().await?;
-    tracing::warn!("replica {}: run {run_id} had died (lease expired): {note}; run {run_id} marked dropped", replica.name);
-    Ok(Recovery::Recovered { run_id, resumed, note })
+    tracing::warn!(
+        "replica {}: run {run_id} had died (lease expired): {note}; run {run_id} marked dropped",
+        replica.name
+    );
+    Ok(Recovery::Recovered {
+        run_id,
+        resumed,
+        note,
+    })
 }

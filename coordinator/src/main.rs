@@ -54,7 +54,13 @@ struct Cli {
 #[derive(Args)]
 struct GlobalOpts {
     /// Config file (TOML).
-    #[arg(long, short = 'c', env = "PGMAINT_CONFIG", global = true, default_value = "/etc/pgmaint/pgmaint.toml")]
+    #[arg(
+        long,
+        short = 'c',
+        env = "PGMAINT_CONFIG",
+        global = true,
+        default_value = "/etc/pgmaint/pgmaint.toml"
+    )]
     config: PathBuf,
     /// The primary's DSN (libpq string or postgres:// URL); overrides primary.dsn.
     #[arg(long, env = "PGMAINT_PRIMARY", global = true, hide_env_values = true)]
@@ -162,7 +168,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
@@ -174,7 +183,10 @@ fn main() -> ExitCode {
 }
 
 fn load_config(g: &GlobalOpts) -> Result<Config> {
-    let overrides = Overrides { primary: g.primary_dsn.clone(), replica: g.replica_dsn.clone() };
+    let overrides = Overrides {
+        primary: g.primary_dsn.clone(),
+        replica: g.replica_dsn.clone(),
+    };
     Ok(Config::load(&g.config, &overrides)?)
 }
 
@@ -208,7 +220,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { tasks, replica, json } => {
+        Command::Run {
+            tasks,
+            replica,
+            json,
+        } => {
             let replica = cfg.replica(replica.as_deref())?;
             let tasks = cfg.select_tasks(&tasks)?;
             let abort = Abort::default();
@@ -216,7 +232,13 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let summary = cycle::run(&cfg, replica, cycle::Work::Tasks(&tasks), abort).await?;
             Ok(report_cycle(&summary, json)?)
         }
-        Command::Dump { out, jobs, pg_dump, replica, json } => {
+        Command::Dump {
+            out,
+            jobs,
+            pg_dump,
+            replica,
+            json,
+        } => {
             let replica = cfg.replica(replica.as_deref())?;
             let abort = Abort::default();
             install_signal_handlers(abort.clone());
@@ -260,12 +282,20 @@ async fn recover_in_passing(cfg: &Config) {
         recover_all(cfg, &mut primary, None, true).await
     };
     if let Err(e) = attempt.await {
-        tracing::warn!("could not check for replicas left paused by dead runs: {}", format!("{e:#}").replace('\n', " "));
+        tracing::warn!(
+            "could not check for replicas left paused by dead runs: {}",
+            format!("{e:#}").replace('\n', " ")
+        );
     }
 }
 
 /// Recover every replica (or one) from dead runs. `quiet` prints only what was done.
-async fn recover_all(cfg: &Config, primary: &mut tokio_postgres::Client, only: Option<&str>, quiet: bool) -> Result<()> {
+async fn recover_all(
+    cfg: &Config,
+    primary: &mut tokio_postgres::Client,
+    only: Option<&str>,
+    quiet: bool,
+) -> Result<()> {
     let replicas: Vec<_> = match only {
         Some(n) => vec![cfg.replica(Some(n))?],
         None => cfg.replicas.iter().collect(),
@@ -284,7 +314,11 @@ async fn recover_all(cfg: &Config, primary: &mut tokio_postgres::Client, only: O
             lease::Recovery::Recovered { run_id, note, .. } => {
                 println!("{}: run {run_id} had died (lease expired): {note}; run {run_id} marked dropped", r.name)
             }
-            lease::Recovery::Alive { run_id, holder, expires_at } if !quiet => println!(
+            lease::Recovery::Alive {
+                run_id,
+                holder,
+                expires_at,
+            } if !quiet => println!(
                 "{}: run {run_id} ({holder}) is alive, lease valid until {expires_at}; not touched",
                 r.name
             ),
@@ -322,18 +356,26 @@ fn render_summary(s: &cycle::RunSummary) -> String {
     }
     if let Some(p) = s.paused_at {
         let (end, secs) = match s.resumed_at {
-            Some(r) => (r.format("%H:%M:%S%.3f").to_string(), format!("{:.1}s", (r - p).num_milliseconds() as f64 / 1000.0)),
+            Some(r) => (
+                r.format("%H:%M:%S%.3f").to_string(),
+                format!("{:.1}s", (r - p).num_milliseconds() as f64 / 1000.0),
+            ),
             None => ("NOT RESUMED".to_string(), "-".to_string()),
         };
         out.push_str(&format!(
             "pause window {} -> {} UTC ({secs}), backlog at resume {}\n",
             p.format("%Y-%m-%d %H:%M:%S%.3f"),
             end,
-            s.backlog_at_resume.map(|b| units::human_bytes(b as u64)).unwrap_or_else(|| "-".into())
+            s.backlog_at_resume
+                .map(|b| units::human_bytes(b as u64))
+                .unwrap_or_else(|| "-".into())
         ));
     }
     if !s.tasks.is_empty() {
-        out.push_str(&format!("{:<24} {:<14} {:<10} {:>12} {:>9} {:>9}\n", "TASK", "KIND", "STATUS", "ROWS", "FINDINGS", "TIME"));
+        out.push_str(&format!(
+            "{:<24} {:<14} {:<10} {:>12} {:>9} {:>9}\n",
+            "TASK", "KIND", "STATUS", "ROWS", "FINDINGS", "TIME"
+        ));
         for (t, secs) in s.tasks.iter().zip(&s.task_seconds) {
             out.push_str(&format!(
                 "{:<24} {:<14} {:<10} {:>12} {:>9} {:>8.1}s\n",
@@ -345,7 +387,10 @@ fn render_summary(s: &cycle::RunSummary) -> String {
         out.push_str(&format!("results: {}\n", dir.display()));
     }
     if !s.queued.is_empty() {
-        out.push_str(&format!("queued {} upload task(s) on the primary\n", s.queued.len()));
+        out.push_str(&format!(
+            "queued {} upload task(s) on the primary\n",
+            s.queued.len()
+        ));
     }
     out
 }

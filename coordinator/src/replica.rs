@@ -85,7 +85,10 @@ impl ReplicaControl {
     /// Connect; an unreachable replica is a usage error naming its DSN field.
     pub async fn connect(config: &ReplicaConfig) -> Result<Self, UsageError> {
         let client = db::connect(&config.dsn, "pgmaint-control").await?;
-        Ok(ReplicaControl { config: config.clone(), client })
+        Ok(ReplicaControl {
+            config: config.clone(),
+            client,
+        })
     }
 
     /// The replica's name.
@@ -136,7 +139,9 @@ impl ReplicaControl {
 
     /// Read the replay state.
     pub async fn state(&self) -> Result<ReplayState> {
-        read_state(&self.client).await.with_context(|| format!("reading the replay state of replica {}", self.name()))
+        read_state(&self.client)
+            .await
+            .with_context(|| format!("reading the replay state of replica {}", self.name()))
     }
 
     /// Every condition for a safe pause, checked before we request one.
@@ -212,7 +217,10 @@ impl ReplicaControl {
 
     /// Request a pause and wait until `pg_get_wal_replay_pause_state()` says `paused`.
     pub async fn pause(&self, timeout: Duration) -> Result<()> {
-        self.client.execute("SELECT pg_wal_replay_pause()", &[]).await.context("pg_wal_replay_pause()")?;
+        self.client
+            .execute("SELECT pg_wal_replay_pause()", &[])
+            .await
+            .context("pg_wal_replay_pause()")?;
         let deadline = Instant::now() + timeout;
         loop {
             let state: String = self
@@ -223,13 +231,18 @@ impl ReplicaControl {
                 .get(0);
             match state.as_str() {
                 "paused" => return Ok(()),
-                "pause requested" if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                "pause requested" if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
                 "pause requested" => bail!(
                     "replica {}: replay did not reach 'paused' within limits.pause_timeout ({}s)",
                     self.name(),
                     timeout.as_secs()
                 ),
-                other => bail!("replica {}: replay pause state became '{other}' while pausing", self.name()),
+                other => bail!(
+                    "replica {}: replay pause state became '{other}' while pausing",
+                    self.name()
+                ),
             }
         }
     }
@@ -262,7 +275,11 @@ impl ReplicaControl {
 
     /// The server's major version (15 for 15.4).
     pub async fn server_major(&self) -> Result<u32> {
-        let num: String = self.client.query_one("SHOW server_version_num", &[]).await?.get(0);
+        let num: String = self
+            .client
+            .query_one("SHOW server_version_num", &[])
+            .await?
+            .get(0);
         Ok(num.parse::<u32>().context("server_version_num")? / 10000)
     }
 
@@ -299,7 +316,11 @@ impl ReplicaControl {
             ));
         }
         if st.pause_state != "paused" {
-            return Some(format!("replica {} is no longer paused (state '{}')", self.name(), st.pause_state));
+            return Some(format!(
+                "replica {} is no longer paused (state '{}')",
+                self.name(),
+                st.pause_state
+            ));
         }
         if st.replay_lsn.as_deref() != Some(snap.lsn.as_str()) {
             return Some(format!(
@@ -314,7 +335,10 @@ impl ReplicaControl {
 
     /// Resume replay if the pause is ours. Retries the connection for a while: a replica
     /// must never be left paused because of a passing network error.
-    pub async fn resume_if_owned(&mut self, own: &PauseOwnership) -> Result<(ResumeOutcome, ReplayState)> {
+    pub async fn resume_if_owned(
+        &mut self,
+        own: &PauseOwnership,
+    ) -> Result<(ResumeOutcome, ReplayState)> {
         let mut last_err = None;
         for attempt in 0..5 {
             if attempt > 0 {
@@ -335,7 +359,10 @@ impl ReplicaControl {
         let st = self.fresh_state().await?;
         let outcome = decide_resume(own, &st);
         if outcome == ResumeOutcome::Resumed {
-            self.client.execute("SELECT pg_wal_replay_resume()", &[]).await.context("pg_wal_replay_resume()")?;
+            self.client
+                .execute("SELECT pg_wal_replay_resume()", &[])
+                .await
+                .context("pg_wal_replay_resume()")?;
         }
         Ok((outcome, st))
     }
@@ -348,7 +375,11 @@ impl ReplicaControl {
         let count_sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()";
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
-            let n: i64 = self.client.query_one(count_sql, &[&application_name]).await?.get(0);
+            let n: i64 = self
+                .client
+                .query_one(count_sql, &[&application_name])
+                .await?
+                .get(0);
             if n == 0 {
                 return Ok(());
             }
@@ -357,7 +388,11 @@ impl ReplicaControl {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tracing::warn!(replica = self.name(), application_name, "terminating scan sessions still open");
+        tracing::warn!(
+            replica = self.name(),
+            application_name,
+            "terminating scan sessions still open"
+        );
         self.client
             .execute(
                 "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
@@ -417,20 +452,41 @@ mod tests {
     }
 
     fn own(lsn: Option<&str>) -> PauseOwnership {
-        PauseOwnership { postmaster_start: DateTime::from_timestamp(1000, 0).unwrap(), snapshot_lsn: lsn.map(Into::into) }
+        PauseOwnership {
+            postmaster_start: DateTime::from_timestamp(1000, 0).unwrap(),
+            snapshot_lsn: lsn.map(Into::into),
+        }
     }
 
     #[test]
     fn resumes_only_a_pause_it_owns() {
         use ResumeOutcome::*;
-        assert_eq!(decide_resume(&own(Some("0/10")), &state("paused", "0/10", 1000)), Resumed);
+        assert_eq!(
+            decide_resume(&own(Some("0/10")), &state("paused", "0/10", 1000)),
+            Resumed
+        );
         // Requested but never confirmed: still ours.
-        assert_eq!(decide_resume(&own(None), &state("pause requested", "0/8", 1000)), Resumed);
-        assert_eq!(decide_resume(&own(None), &state("paused", "0/8", 1000)), Resumed);
+        assert_eq!(
+            decide_resume(&own(None), &state("pause requested", "0/8", 1000)),
+            Resumed
+        );
+        assert_eq!(
+            decide_resume(&own(None), &state("paused", "0/8", 1000)),
+            Resumed
+        );
         // Restarted: our pause is gone; a pause now is someone else's.
-        assert_eq!(decide_resume(&own(Some("0/10")), &state("paused", "0/10", 2000)), LostToRestart);
+        assert_eq!(
+            decide_resume(&own(Some("0/10")), &state("paused", "0/10", 2000)),
+            LostToRestart
+        );
         // Paused somewhere else: someone resumed ours and paused again.
-        assert_eq!(decide_resume(&own(Some("0/10")), &state("paused", "0/20", 1000)), NotOurs);
-        assert_eq!(decide_resume(&own(Some("0/10")), &state("not paused", "0/20", 1000)), AlreadyRunning);
+        assert_eq!(
+            decide_resume(&own(Some("0/10")), &state("paused", "0/20", 1000)),
+            NotOurs
+        );
+        assert_eq!(
+            decide_resume(&own(Some("0/10")), &state("not paused", "0/20", 1000)),
+            AlreadyRunning
+        );
     }
 }

@@ -4,7 +4,14 @@ use anyhow::{bail, Context, Result};
 use tokio_postgres::Client;
 
 /// Migrations in order; the number is the schema version.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "initial", include_str!("../../sql/0001_initial.sql")), (2, "upload_queue", include_str!("../../sql/0002_upload_queue.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "initial", include_str!("../../sql/0001_initial.sql")),
+    (
+        2,
+        "upload_queue",
+        include_str!("../../sql/0002_upload_queue.sql"),
+    ),
+];
 
 /// The schema version this binary knows.
 pub fn latest() -> i32 {
@@ -18,7 +25,8 @@ const INIT_LOCK: i64 = 0x7067_6d61_696e_7401;
 /// Returns `(version before, version after)`.
 pub async fn init(client: &mut Client) -> Result<(i32, i32)> {
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&INIT_LOCK]).await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&INIT_LOCK])
+        .await?;
     tx.batch_execute(
         "CREATE SCHEMA IF NOT EXISTS pgmaint;
          CREATE TABLE IF NOT EXISTS pgmaint.schema_migrations (
@@ -29,14 +37,22 @@ pub async fn init(client: &mut Client) -> Result<(i32, i32)> {
     .await
     .context("creating pgmaint.schema_migrations")?;
     let before: i32 = tx
-        .query_one("SELECT coalesce(max(version), 0) FROM pgmaint.schema_migrations", &[])
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM pgmaint.schema_migrations",
+            &[],
+        )
         .await?
         .get(0);
     check_not_newer(before)?;
     for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > before) {
-        tx.batch_execute(sql).await.with_context(|| format!("applying migration {version} ({name})"))?;
-        tx.execute("INSERT INTO pgmaint.schema_migrations (version, name) VALUES ($1, $2)", &[version, name])
-            .await?;
+        tx.batch_execute(sql)
+            .await
+            .with_context(|| format!("applying migration {version} ({name})"))?;
+        tx.execute(
+            "INSERT INTO pgmaint.schema_migrations (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )
+        .await?;
         tracing::info!(version, name, "applied migration");
     }
     tx.commit().await?;
@@ -56,7 +72,10 @@ fn check_not_newer(version: i32) -> Result<()> {
 /// Fail unless the primary has exactly the schema this binary knows.
 pub async fn require_current(client: &Client) -> Result<()> {
     let installed: bool = client
-        .query_one("SELECT to_regclass('pgmaint.schema_migrations') IS NOT NULL", &[])
+        .query_one(
+            "SELECT to_regclass('pgmaint.schema_migrations') IS NOT NULL",
+            &[],
+        )
         .await
         .context("reading pgmaint's schema version")?
         .get(0);
@@ -64,7 +83,10 @@ pub async fn require_current(client: &Client) -> Result<()> {
         bail!("pgmaint's schema is not installed on the primary: run `pgmaint init`");
     }
     let version: i32 = client
-        .query_one("SELECT coalesce(max(version), 0) FROM pgmaint.schema_migrations", &[])
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM pgmaint.schema_migrations",
+            &[],
+        )
         .await
         .context("reading pgmaint's schema version")?
         .get(0);

@@ -98,20 +98,35 @@ pub async fn gather(cfg: &Config, primary: &Client) -> Result<Status> {
         })
         .collect();
     let mut queue = std::collections::BTreeMap::new();
-    for s in ["waiting", "running", "completed", "failed", "cancelled", "dropped"] {
+    for s in [
+        "waiting",
+        "running",
+        "completed",
+        "failed",
+        "cancelled",
+        "dropped",
+    ] {
         queue.insert(s.to_string(), 0);
     }
     for row in primary
-        .query("SELECT state, count(*) FROM pgmaint.upload_tasks GROUP BY state", &[])
+        .query(
+            "SELECT state, count(*) FROM pgmaint.upload_tasks GROUP BY state",
+            &[],
+        )
         .await?
     {
         queue.insert(row.get(0), row.get(1));
     }
-    Ok(Status { replicas, runs, queue })
+    Ok(Status {
+        replicas,
+        runs,
+        queue,
+    })
 }
 
 fn ts(t: Option<DateTime<Utc>>) -> String {
-    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into())
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 /// Human-readable rendering.
@@ -124,7 +139,10 @@ pub fn render(s: &Status) -> String {
     ));
     for r in &s.replicas {
         let lease = match (r.lease_run, r.lease_expires_at) {
-            (Some(id), Some(exp)) if exp < Utc::now() => format!("run {id} DEAD (lease expired {}): run `pgmaint recover`", ts(Some(exp))),
+            (Some(id), Some(exp)) if exp < Utc::now() => format!(
+                "run {id} DEAD (lease expired {}): run `pgmaint recover`",
+                ts(Some(exp))
+            ),
             (Some(id), _) => format!("run {id}, paused since {}", ts(r.paused_since)),
             _ => "-".into(),
         };

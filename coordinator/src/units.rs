@@ -5,7 +5,11 @@ use std::time::Duration;
 /// Parse `30s`, `30m`, `2h`, `1d`, `1h30m`, `500ms`, or `HH:MM:SS`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let bad = || format!("bad duration {text:?} (use e.g. \"90s\", \"30m\", \"2h\", \"1h30m\" or \"HH:MM:SS\")");
+    let bad = || {
+        format!(
+            "bad duration {text:?} (use e.g. \"90s\", \"30m\", \"2h\", \"1h30m\" or \"HH:MM:SS\")"
+        )
+    };
     if t.contains(':') {
         let parts: Vec<&str> = t.split(':').collect();
         if parts.len() != 3 {
@@ -27,13 +31,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad());
         }
         let value: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         total += match unit {
@@ -91,7 +99,10 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("00:30:00").unwrap(), Duration::from_secs(1800));
+        assert_eq!(
+            parse_duration("00:30:00").unwrap(),
+            Duration::from_secs(1800)
+        );
         assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));

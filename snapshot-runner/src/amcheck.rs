@@ -59,11 +59,17 @@ pub(crate) struct PreparedAmcheck {
 
 impl PreparedAmcheck {
     pub(crate) fn relations(&self) -> Vec<(String, String)> {
-        self.items.iter().map(|i| (i.name.schema.clone(), i.name.name.clone())).collect()
+        self.items
+            .iter()
+            .map(|i| (i.name.schema.clone(), i.name.name.clone()))
+            .collect()
     }
 }
 
-pub(crate) async fn prepare(client: &Client, spec: &AmcheckSpec) -> Result<PreparedAmcheck, ScanError> {
+pub(crate) async fn prepare(
+    client: &Client,
+    spec: &AmcheckSpec,
+) -> Result<PreparedAmcheck, ScanError> {
     if spec.parallelism == 0 {
         return Err(ScanError::Config("parallelism: must be at least 1".into()));
     }
@@ -104,16 +110,28 @@ pub(crate) async fn prepare(client: &Client, spec: &AmcheckSpec) -> Result<Prepa
             .await
             .map_err(ScanError::db("listing tables"))?
             .iter()
-            .map(|r| (r.get(0), QualifiedName { schema: r.get(1), name: r.get(2) }, r.get::<_, i64>(3) as u64))
+            .map(|r| {
+                (
+                    r.get(0),
+                    QualifiedName {
+                        schema: r.get(1),
+                        name: r.get(2),
+                    },
+                    r.get::<_, i64>(3) as u64,
+                )
+            })
             .collect(),
         Some(list) if list.is_empty() => {
-            return Err(ScanError::Config("tables: empty list (leave it out to check every table)".into()))
+            return Err(ScanError::Config(
+                "tables: empty list (leave it out to check every table)".into(),
+            ))
         }
         Some(list) => {
             let mut out = Vec::new();
             for (i, text) in list.iter().enumerate() {
                 let field = format!("tables[{i}]");
-                let t = QualifiedName::parse(text).map_err(|e| ScanError::Config(format!("{field}: {e}")))?;
+                let t = QualifiedName::parse(text)
+                    .map_err(|e| ScanError::Config(format!("{field}: {e}")))?;
                 let row = client
                     .query_opt(
                         "SELECT c.oid, c.relkind::text, c.relpersistence::text, pg_relation_size(c.oid)
@@ -157,12 +175,20 @@ pub(crate) async fn prepare(client: &Client, spec: &AmcheckSpec) -> Result<Prepa
         .map_err(ScanError::db("listing indexes"))?;
     let mut items = Vec::new();
     for (oid, name, bytes) in tables {
-        items.push(Item { check: Check::Heap, oid, name, bytes });
+        items.push(Item {
+            check: Check::Heap,
+            oid,
+            name,
+            bytes,
+        });
         for r in indexes.iter().filter(|r| r.get::<_, u32>(4) == oid) {
             items.push(Item {
                 check: Check::Index,
                 oid: r.get(0),
-                name: QualifiedName { schema: r.get(1), name: r.get(2) },
+                name: QualifiedName {
+                    schema: r.get(1),
+                    name: r.get(2),
+                },
                 bytes: r.get::<_, i64>(3) as u64,
             });
         }
@@ -185,8 +211,13 @@ pub(crate) async fn run(
     let file = CsvFile::create(&ctx.run_dir, &format!("{name}.csv"), &FINDINGS_COLUMNS)?;
     let sink = Mutex::new(file);
     let counters = Arc::new(Counters::default());
-    let progress =
-        ProgressReporter::start(ctx.progress, name, "relations", Some(p.items.len() as u64), counters.clone());
+    let progress = ProgressReporter::start(
+        ctx.progress,
+        name,
+        "relations",
+        Some(p.items.len() as u64),
+        counters.clone(),
+    );
     let queue = Mutex::new(p.items.iter().cloned().collect::<VecDeque<_>>());
     let stop = ctx.cancel.child_token();
     let workers = (0..p.parallelism.min(p.items.len()).max(1)).map(|_| {
@@ -210,8 +241,11 @@ pub(crate) async fn run(
     });
     if partial {
         report.status = TaskStatus::Partial;
-        report.error =
-            Some(format!("soft_timeout reached: {} of {} relations checked", report.rows_scanned, p.items.len()));
+        report.error = Some(format!(
+            "soft_timeout reached: {} of {} relations checked",
+            report.rows_scanned,
+            p.items.len()
+        ));
     }
     Ok(())
 }
@@ -233,10 +267,14 @@ async fn worker(
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(!queue.lock().expect("queue lock").is_empty());
         }
-        let Some(item) = queue.lock().expect("queue lock").pop_front() else { return Ok(false) };
+        let Some(item) = queue.lock().expect("queue lock").pop_front() else {
+            return Ok(false);
+        };
         let relation = item.name.to_string();
         let mut write = |row_key: &str, finding: &str, detail: &str| -> Result<(), ScanError> {
-            sink.lock().expect("sink lock").write([relation.as_str(), row_key, finding, detail])?;
+            sink.lock()
+                .expect("sink lock")
+                .write([relation.as_str(), row_key, finding, detail])?;
             counters.findings.fetch_add(1, Ordering::Relaxed);
             Ok(())
         };
@@ -294,14 +332,19 @@ fn handle_db_error(
             tracing::warn!(relation = %item.name, finding, detail = %detail, "amcheck finding");
             write("", finding, &detail)
         }
-        e => Err(ScanError::Db { context: format!("checking {}", item.name), source: e }),
+        e => Err(ScanError::Db {
+            context: format!("checking {}", item.name),
+            source: e,
+        }),
     }
 }
 
 /// SQLSTATEs amcheck raises for corruption (class XX), and the generic internal error
 /// some corrupt pages trigger first.
 fn is_corruption(code: &SqlState) -> bool {
-    *code == SqlState::INDEX_CORRUPTED || *code == SqlState::DATA_CORRUPTED || *code == SqlState::INTERNAL_ERROR
+    *code == SqlState::INDEX_CORRUPTED
+        || *code == SqlState::DATA_CORRUPTED
+        || *code == SqlState::INTERNAL_ERROR
 }
 
 async fn check_one(
@@ -312,8 +355,13 @@ async fn check_one(
 ) -> Result<(), Failure> {
     match item.check {
         Check::Index => {
-            let sql = format!("SELECT {}.bt_index_check($1::oid::regclass, $2)", p.ext_schema);
-            client.execute(&sql, &[&item.oid, &p.heapallindexed]).await?;
+            let sql = format!(
+                "SELECT {}.bt_index_check($1::oid::regclass, $2)",
+                p.ext_schema
+            );
+            client
+                .execute(&sql, &[&item.oid, &p.heapallindexed])
+                .await?;
         }
         Check::Heap => {
             // One row per corrupt tuple, streamed: a badly damaged table cannot fill memory.

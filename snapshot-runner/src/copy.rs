@@ -31,25 +31,46 @@ impl CheckedQuery {
     /// `COPY (query) TO STDOUT (FORMAT csv, HEADER true)`. The newlines keep a trailing
     /// `-- comment` in the query from swallowing the closing parenthesis.
     pub(crate) fn copy_sql(&self) -> String {
-        format!("COPY (\n{}\n) TO STDOUT (FORMAT csv, HEADER true)", self.text)
+        format!(
+            "COPY (\n{}\n) TO STDOUT (FORMAT csv, HEADER true)",
+            self.text
+        )
     }
 }
 
 /// Check a query from config field `field`: it parses and plans on the replica, takes
 /// no parameters, and names its columns uniquely (they become the CSV header).
-pub(crate) async fn check_query(client: &Client, field: &str, text: &str) -> Result<CheckedQuery, ScanError> {
-    let text = text.trim().trim_end_matches(|c: char| c == ';' || c.is_whitespace()).to_string();
+pub(crate) async fn check_query(
+    client: &Client,
+    field: &str,
+    text: &str,
+) -> Result<CheckedQuery, ScanError> {
+    let text = text
+        .trim()
+        .trim_end_matches(|c: char| c == ';' || c.is_whitespace())
+        .to_string();
     if text.is_empty() {
         return Err(ScanError::Config(format!("{field}: empty query")));
     }
-    let stmt = client.prepare(&text).await.map_err(|e| query_error(field, e))?;
+    let stmt = client
+        .prepare(&text)
+        .await
+        .map_err(|e| query_error(field, e))?;
     if !stmt.params().is_empty() {
-        return Err(ScanError::Config(format!("{field}: the query takes parameters ($1, …); write the values in")));
+        return Err(ScanError::Config(format!(
+            "{field}: the query takes parameters ($1, …); write the values in"
+        )));
     }
     if stmt.columns().is_empty() {
-        return Err(ScanError::Config(format!("{field}: the statement returns no columns; it must be a query")));
+        return Err(ScanError::Config(format!(
+            "{field}: the statement returns no columns; it must be a query"
+        )));
     }
-    let columns: Vec<String> = stmt.columns().iter().map(|c| c.name().to_string()).collect();
+    let columns: Vec<String> = stmt
+        .columns()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
     let mut seen = BTreeSet::new();
     for c in &columns {
         if c == "?column?" {
@@ -58,23 +79,42 @@ pub(crate) async fn check_query(client: &Client, field: &str, text: &str) -> Res
             )));
         }
         if !seen.insert(c.as_str()) {
-            return Err(ScanError::Config(format!("{field}: column {c:?} appears twice in the result")));
+            return Err(ScanError::Config(format!(
+                "{field}: column {c:?} appears twice in the result"
+            )));
         }
     }
-    let relations = relations_read(client, &text).await.map_err(|e| query_error(field, e))?;
-    Ok(CheckedQuery { text, columns, relations })
+    let relations = relations_read(client, &text)
+        .await
+        .map_err(|e| query_error(field, e))?;
+    Ok(CheckedQuery {
+        text,
+        columns,
+        relations,
+    })
 }
 
 fn query_error(field: &str, e: tokio_postgres::Error) -> ScanError {
     match e.as_db_error() {
-        Some(db) => ScanError::Config(format!("{field}: the replica rejects the query: {}", db.message())),
-        None => ScanError::Db { context: format!("checking {field}"), source: e },
+        Some(db) => ScanError::Config(format!(
+            "{field}: the replica rejects the query: {}",
+            db.message()
+        )),
+        None => ScanError::Db {
+            context: format!("checking {field}"),
+            source: e,
+        },
     }
 }
 
 /// The relations a query's plan scans, from `EXPLAIN (VERBOSE, FORMAT JSON)`.
-async fn relations_read(client: &Client, text: &str) -> Result<Vec<QualifiedName>, tokio_postgres::Error> {
-    let row = client.query_one(&format!("EXPLAIN (VERBOSE, FORMAT JSON)\n{text}\n"), &[]).await?;
+async fn relations_read(
+    client: &Client,
+    text: &str,
+) -> Result<Vec<QualifiedName>, tokio_postgres::Error> {
+    let row = client
+        .query_one(&format!("EXPLAIN (VERBOSE, FORMAT JSON)\n{text}\n"), &[])
+        .await?;
     // EXPLAIN's JSON output comes back as text (or json on some versions).
     let plan: serde_json::Value = match row.try_get::<_, String>(0) {
         Ok(s) => serde_json::from_str(&s).unwrap_or_default(),
@@ -82,7 +122,10 @@ async fn relations_read(client: &Client, text: &str) -> Result<Vec<QualifiedName
     };
     let mut found = BTreeSet::new();
     collect_relations(&plan, &mut found);
-    Ok(found.into_iter().map(|(schema, name)| QualifiedName { schema, name }).collect())
+    Ok(found
+        .into_iter()
+        .map(|(schema, name)| QualifiedName { schema, name })
+        .collect())
 }
 
 fn collect_relations(v: &serde_json::Value, out: &mut BTreeSet<(String, String)>) {
@@ -150,7 +193,9 @@ pub(crate) async fn copy_to_file(
                 return Ok(CopyEnd::Deadline);
             }
         };
-        let Some(chunk) = chunk else { return Ok(CopyEnd::Complete) };
+        let Some(chunk) = chunk else {
+            return Ok(CopyEnd::Complete);
+        };
         let chunk = chunk.map_err(ScanError::db(context))?;
         file.write_all(&chunk)?;
         if header {

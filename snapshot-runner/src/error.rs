@@ -57,6 +57,9 @@ impl ScanError {
 
 impl From<tokio_postgres::Error> for ScanError {
     fn from(source: tokio_postgres::Error) -> Self {
-        ScanError::Db { context: "database".into(), source }
+        ScanError::Db {
+            context: "database".into(),
+            source,
+        }
     }
 }

@@ -38,19 +38,42 @@ pub(crate) struct PreparedExport {
 
 impl PreparedExport {
     pub(crate) fn relations(&self) -> Vec<(String, String)> {
-        self.relations.iter().map(|r| (r.schema.clone(), r.name.clone())).collect()
+        self.relations
+            .iter()
+            .map(|r| (r.schema.clone(), r.name.clone()))
+            .collect()
     }
 }
 
 /// A file-name-safe form of a name: letters, digits, `_` and `-` kept, the rest `_`.
 fn file_part(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
-pub(crate) async fn prepare(client: &Client, task: &str, spec: &ExportSpec) -> Result<PreparedExport, ScanError> {
+pub(crate) async fn prepare(
+    client: &Client,
+    task: &str,
+    spec: &ExportSpec,
+) -> Result<PreparedExport, ScanError> {
     match (&spec.query, spec.tables.is_empty()) {
-        (Some(_), false) => return Err(ScanError::Config("tables: give either tables or query, not both".into())),
-        (None, true) => return Err(ScanError::Config("tables: missing (or give a query)".into())),
+        (Some(_), false) => {
+            return Err(ScanError::Config(
+                "tables: give either tables or query, not both".into(),
+            ))
+        }
+        (None, true) => {
+            return Err(ScanError::Config(
+                "tables: missing (or give a query)".into(),
+            ))
+        }
         _ => {}
     }
     if let Some(q) = &spec.query {
@@ -71,7 +94,8 @@ pub(crate) async fn prepare(client: &Client, task: &str, spec: &ExportSpec) -> R
     let mut estimate = 0u64;
     for (i, text) in spec.tables.iter().enumerate() {
         let field = format!("tables[{i}]");
-        let table = QualifiedName::parse(text).map_err(|e| ScanError::Config(format!("{field}: {e}")))?;
+        let table =
+            QualifiedName::parse(text).map_err(|e| ScanError::Config(format!("{field}: {e}")))?;
         let row = client
             .query_opt(
                 "SELECT c.oid, greatest(c.reltuples, 0)::float8
@@ -95,20 +119,35 @@ pub(crate) async fn prepare(client: &Client, task: &str, spec: &ExportSpec) -> R
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let mut file_name = format!("{task}.{}.{}.csv", file_part(&table.schema), file_part(&table.name));
+        let mut file_name = format!(
+            "{task}.{}.{}.csv",
+            file_part(&table.schema),
+            file_part(&table.name)
+        );
         if !names.insert(file_name.clone()) {
             // Two names that differ only in characters a file name cannot carry.
-            file_name = format!("{task}.{}.{}.{i}.csv", file_part(&table.schema), file_part(&table.name));
+            file_name = format!(
+                "{task}.{}.{}.{i}.csv",
+                file_part(&table.schema),
+                file_part(&table.name)
+            );
             names.insert(file_name.clone());
         }
         items.push(ExportItem {
             file_name,
-            copy_sql: format!("COPY (SELECT * FROM {}) TO STDOUT (FORMAT csv, HEADER true)", table.quoted()),
+            copy_sql: format!(
+                "COPY (SELECT * FROM {}) TO STDOUT (FORMAT csv, HEADER true)",
+                table.quoted()
+            ),
             columns,
         });
         relations.push(table);
     }
-    Ok(PreparedExport { items, relations, estimated_rows: Some(estimate) })
+    Ok(PreparedExport {
+        items,
+        relations,
+        estimated_rows: Some(estimate),
+    })
 }
 
 pub(crate) async fn run(
@@ -119,7 +158,13 @@ pub(crate) async fn run(
     report: &mut TaskReport,
 ) -> Result<(), ScanError> {
     let counters = Arc::new(Counters::default());
-    let progress = ProgressReporter::start(ctx.progress, name, "rows", p.estimated_rows, counters.clone());
+    let progress = ProgressReporter::start(
+        ctx.progress,
+        name,
+        "rows",
+        p.estimated_rows,
+        counters.clone(),
+    );
     let result = export_all(p, ctx, deadline, &counters, report).await;
     progress.finish().await;
     report.take_counters(&counters);
@@ -147,7 +192,16 @@ async fn export_all(
             break;
         }
         let mut file = RawFile::create(&ctx.run_dir, &item.file_name, item.columns.clone())?;
-        let end = copy_to_file(&tx, &cancel_token, &item.copy_sql, &mut file, counters, deadline, &stop).await?;
+        let end = copy_to_file(
+            &tx,
+            &cancel_token,
+            &item.copy_sql,
+            &mut file,
+            counters,
+            deadline,
+            &stop,
+        )
+        .await?;
         report.files.push(file.finish()?);
         if end == CopyEnd::Deadline {
             report.status = TaskStatus::Partial;

@@ -78,12 +78,17 @@ pub(crate) struct PreparedFileChecksum {
     estimated_rows: u64,
 }
 
-pub(crate) async fn prepare(client: &Client, spec: &FileChecksumSpec) -> Result<PreparedFileChecksum, ScanError> {
+pub(crate) async fn prepare(
+    client: &Client,
+    spec: &FileChecksumSpec,
+) -> Result<PreparedFileChecksum, ScanError> {
     if spec.parallelism == 0 {
         return Err(ScanError::Config("parallelism: must be at least 1".into()));
     }
     if spec.files_per_run == Some(0) {
-        return Err(ScanError::Config("files_per_run: must be at least 1".into()));
+        return Err(ScanError::Config(
+            "files_per_run: must be at least 1".into(),
+        ));
     }
     if spec.age_in_days.is_some() != spec.ingested_at.is_some() {
         return Err(ScanError::Config(
@@ -91,12 +96,20 @@ pub(crate) async fn prepare(client: &Client, spec: &FileChecksumSpec) -> Result<
         ));
     }
     if !spec.root.is_absolute() {
-        return Err(ScanError::Config(format!("root: {} must be an absolute path", spec.root.display())));
+        return Err(ScanError::Config(format!(
+            "root: {} must be an absolute path",
+            spec.root.display()
+        )));
     }
-    let root =
-        spec.root.canonicalize().map_err(|e| ScanError::Config(format!("root: {}: {e}", spec.root.display())))?;
+    let root = spec
+        .root
+        .canonicalize()
+        .map_err(|e| ScanError::Config(format!("root: {}: {e}", spec.root.display())))?;
     if !root.is_dir() {
-        return Err(ScanError::Config(format!("root: {} is not a directory", spec.root.display())));
+        return Err(ScanError::Config(format!(
+            "root: {} is not a directory",
+            spec.root.display()
+        )));
     }
 
     let (oid, table, estimated_rows) = resolve_table(client, &spec.table).await?;
@@ -135,7 +148,8 @@ pub(crate) async fn prepare(client: &Client, spec: &FileChecksumSpec) -> Result<
                     c.type_sql
                 )));
             }
-            let days = i32::try_from(days).map_err(|_| ScanError::Config("age_in_days: too large".into()))?;
+            let days = i32::try_from(days)
+                .map_err(|_| ScanError::Config("age_in_days: too large".into()))?;
             Some((quote_ident(&c.name), days))
         }
         _ => None,
@@ -143,7 +157,10 @@ pub(crate) async fn prepare(client: &Client, spec: &FileChecksumSpec) -> Result<
     let k = quote_ident(&key.name);
     let prepared = PreparedFileChecksum {
         table,
-        select: format!("{k}::text, {}::text, {stored}, {size}", quote_ident(&path.name)),
+        select: format!(
+            "{k}::text, {}::text, {stored}, {size}",
+            quote_ident(&path.name)
+        ),
         key: k,
         key_type: key.type_sql,
         age_filter,
@@ -155,10 +172,14 @@ pub(crate) async fn prepare(client: &Client, spec: &FileChecksumSpec) -> Result<
     // Plan the real query once: proves the key is orderable and the cursor cast works.
     let (sql, _) = prepared.pass_query(Pass::After);
     client.prepare(&sql).await.map_err(|e| match e.code() {
-        Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) => {
-            ScanError::Config(format!("key: type {} has no ordering; choose an orderable key", prepared.key_type))
-        }
-        _ => ScanError::Db { context: format!("checking the catalog query on {}", prepared.table), source: e },
+        Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) => ScanError::Config(format!(
+            "key: type {} has no ordering; choose an orderable key",
+            prepared.key_type
+        )),
+        _ => ScanError::Db {
+            context: format!("checking the catalog query on {}", prepared.table),
+            source: e,
+        },
     })?;
     Ok(prepared)
 }
@@ -194,7 +215,10 @@ impl PreparedFileChecksum {
         }
         if let Some((col, _)) = &self.age_filter {
             params.push("days");
-            filters.push(format!("{col} >= now() - make_interval(days => ${}::int4)", params.len()));
+            filters.push(format!(
+                "{col} >= now() - make_interval(days => ${}::int4)",
+                params.len()
+            ));
         }
         let mut sql =
             // ORDER BY the qualified column: a bare name would match the `key::text` output
@@ -236,18 +260,32 @@ pub(crate) async fn run(
         Some(n) => n.min(p.estimated_rows.max(1)),
         None => p.estimated_rows,
     };
-    let progress = ProgressReporter::start(ctx.progress, name, "files", Some(total), counters.clone());
+    let progress =
+        ProgressReporter::start(ctx.progress, name, "files", Some(total), counters.clone());
     let stop = ctx.cancel.child_token();
     let relation = p.table.to_string();
 
     // Reader threads: blocking reads with big buffers, fed through a bounded channel.
     let (tx, rx) = tokio::sync::mpsc::channel::<Job>(p.parallelism * 4);
-    let queue = Arc::new(Mutex::new(JobQueue { rx, deadline, last_taken: None, skipped: false }));
+    let queue = Arc::new(Mutex::new(JobQueue {
+        rx,
+        deadline,
+        last_taken: None,
+        skipped: false,
+    }));
     let readers: Vec<_> = (0..p.parallelism)
         .map(|_| {
-            let (queue, sink, counters, stop, root, relation) =
-                (queue.clone(), sink.clone(), counters.clone(), stop.clone(), p.root.clone(), relation.clone());
-            tokio::task::spawn_blocking(move || reader(&queue, &sink, &counters, &stop, &root, &relation))
+            let (queue, sink, counters, stop, root, relation) = (
+                queue.clone(),
+                sink.clone(),
+                counters.clone(),
+                stop.clone(),
+                p.root.clone(),
+                relation.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                reader(&queue, &sink, &counters, &stop, &root, &relation)
+            })
         })
         .collect();
 
@@ -292,11 +330,17 @@ pub(crate) async fn run(
     // key taken is where the next run carries on.
     let queue = queue.lock().expect("job lock");
     if p.files_per_run.is_some() {
-        report.cursor = queue.last_taken.clone().or_else(|| cursor.map(str::to_string));
+        report.cursor = queue
+            .last_taken
+            .clone()
+            .or_else(|| cursor.map(str::to_string));
     }
     if cut_short || queue.skipped {
         report.status = TaskStatus::Partial;
-        report.error = Some(format!("soft_timeout reached after {} files", report.rows_scanned));
+        report.error = Some(format!(
+            "soft_timeout reached after {} files",
+            report.rows_scanned
+        ));
     }
     Ok(())
 }
@@ -399,7 +443,12 @@ async fn dispatch(
                     done.cut_short = true;
                     return Ok(done);
                 }
-                let job = Job { key: row.get(0), path: row.get(1), stored: row.get(2), size: row.get(3) };
+                let job = Job {
+                    key: row.get(0),
+                    path: row.get(1),
+                    stored: row.get(2),
+                    size: row.get(3),
+                };
                 tokio::select! {
                     sent = jobs.send(job) => if sent.is_err() {
                         // Every reader is gone: one of them failed; it reports why.
@@ -428,7 +477,9 @@ fn reader(
 ) -> Result<(), ScanError> {
     let mut buf = vec![0u8; READ_BUF];
     loop {
-        let Some(job) = JobQueue::take(queue) else { return Ok(()) };
+        let Some(job) = JobQueue::take(queue) else {
+            return Ok(());
+        };
         if stop.is_cancelled() {
             return Ok(());
         }
@@ -437,7 +488,12 @@ fn reader(
             if finding == "cancelled" {
                 return Ok(());
             }
-            sink.lock().expect("sink lock").write([relation, job.key.as_str(), finding, detail.as_str()])?;
+            sink.lock().expect("sink lock").write([
+                relation,
+                job.key.as_str(),
+                finding,
+                detail.as_str(),
+            ])?;
             counters.findings.fetch_add(1, Ordering::Relaxed);
         }
         counters.items.fetch_add(1, Ordering::Relaxed);
@@ -464,17 +520,27 @@ fn resolve(root: &Path, rel: &str) -> Resolved {
     if relp.is_absolute() {
         return Resolved::Outside("absolute path".into());
     }
-    if relp.components().any(|c| matches!(c, Component::ParentDir | Component::Prefix(_) | Component::RootDir)) {
+    if relp.components().any(|c| {
+        matches!(
+            c,
+            Component::ParentDir | Component::Prefix(_) | Component::RootDir
+        )
+    }) {
         return Resolved::Outside("path contains '..'".into());
     }
     let full = root.join(relp);
     match full.canonicalize() {
         Ok(canon) if canon.starts_with(root) => Resolved::Inside(canon),
-        Ok(canon) => Resolved::Outside(format!("resolves to {} (a symlink leads out of the root)", canon.display())),
+        Ok(canon) => Resolved::Outside(format!(
+            "resolves to {} (a symlink leads out of the root)",
+            canon.display()
+        )),
         Err(e) if e.kind() == io::ErrorKind::NotFound => match std::fs::symlink_metadata(&full) {
             Ok(m) if m.file_type().is_symlink() => Resolved::Missing(format!(
                 "dangling symlink to {}",
-                std::fs::read_link(&full).map(|t| t.display().to_string()).unwrap_or_default()
+                std::fs::read_link(&full)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default()
             )),
             _ => Resolved::Missing("no such file".into()),
         },
@@ -491,7 +557,9 @@ fn check_file(
     counters: &Counters,
     stop: &CancellationToken,
 ) -> Option<(&'static str, String)> {
-    let Some(rel) = job.path.as_deref() else { return Some(("missing", "path is NULL".into())) };
+    let Some(rel) = job.path.as_deref() else {
+        return Some(("missing", "path is NULL".into()));
+    };
     let path = match resolve(root, rel) {
         Resolved::Inside(p) => p,
         Resolved::Outside(why) => return Some(("path_outside_root", format!("{rel}: {why}"))),
@@ -499,11 +567,20 @@ fn check_file(
         Resolved::Unreadable(why) => return Some(("unreadable", format!("{rel}: {why}"))),
     };
     // The canonical path has no symlinks left; O_NOFOLLOW refuses one swapped in since.
-    let file = match File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
+    let file = match File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+    {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Some(("missing", format!("{rel}: no such file"))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Some(("missing", format!("{rel}: no such file")))
+        }
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Some(("path_outside_root", format!("{rel}: became a symlink while checking")))
+            return Some((
+                "path_outside_root",
+                format!("{rel}: became a symlink while checking"),
+            ))
         }
         Err(e) => return Some(("unreadable", format!("{rel}: {e}"))),
     };
@@ -516,7 +593,10 @@ fn check_file(
     }
     if let Some(expected) = job.size {
         if meta.len() as i64 != expected {
-            return Some(("size_differs", format!("stored={expected} actual={}", meta.len())));
+            return Some((
+                "size_differs",
+                format!("stored={expected} actual={}", meta.len()),
+            ));
         }
     }
     let Some(stored) = job.stored.as_deref() else {
@@ -535,7 +615,12 @@ fn check_file(
 }
 
 /// MD5 of a file, read front to back; `None` if cancelled mid-way.
-fn md5_of(mut file: File, buf: &mut [u8], counters: &Counters, stop: &CancellationToken) -> io::Result<Option<String>> {
+fn md5_of(
+    mut file: File,
+    buf: &mut [u8],
+    counters: &Counters,
+    stop: &CancellationToken,
+) -> io::Result<Option<String>> {
     {
         use std::os::fd::AsRawFd;
         // Tell the kernel we read front to back: it reads ahead more aggressively.
@@ -583,8 +668,14 @@ mod tests {
         assert!(matches!(resolve(&root, "out"), Resolved::Outside(_)));
         assert!(matches!(resolve(&root, "up/secret"), Resolved::Outside(_)));
         assert!(matches!(resolve(&root, "../secret"), Resolved::Outside(_)));
-        assert!(matches!(resolve(&root, "d/../../secret"), Resolved::Outside(_)));
-        assert!(matches!(resolve(&root, "/etc/passwd"), Resolved::Outside(_)));
+        assert!(matches!(
+            resolve(&root, "d/../../secret"),
+            Resolved::Outside(_)
+        ));
+        assert!(matches!(
+            resolve(&root, "/etc/passwd"),
+            Resolved::Outside(_)
+        ));
         assert!(matches!(resolve(&root, "nope"), Resolved::Missing(_)));
         std::fs::remove_dir_all(&base).unwrap();
     }

@@ -39,9 +39,17 @@ impl QualifiedName {
     pub fn parse(text: &str) -> Result<Self, String> {
         let parts = split_name(text)?;
         match parts.as_slice() {
-            [name] => Ok(QualifiedName { schema: "public".into(), name: name.clone() }),
-            [schema, name] => Ok(QualifiedName { schema: schema.clone(), name: name.clone() }),
-            _ => Err(format!("{text:?} is not a table name (expected schema.table)")),
+            [name] => Ok(QualifiedName {
+                schema: "public".into(),
+                name: name.clone(),
+            }),
+            [schema, name] => Ok(QualifiedName {
+                schema: schema.clone(),
+                name: name.clone(),
+            }),
+            _ => Err(format!(
+                "{text:?} is not a table name (expected schema.table)"
+            )),
         }
     }
 }
@@ -49,14 +57,24 @@ impl QualifiedName {
 /// Displays the name as a user would type it: parts are quoted only when they must be.
 impl std::fmt::Display for QualifiedName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", display_ident(&self.schema), display_ident(&self.name))
+        write!(
+            f,
+            "{}.{}",
+            display_ident(&self.schema),
+            display_ident(&self.name)
+        )
     }
 }
 
 /// An identifier as a user would type it: bare when it is plain lower case, else quoted.
 pub fn display_ident(name: &str) -> String {
-    let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if plain {
         name.to_string()
     } else {
@@ -69,7 +87,9 @@ pub fn parse_ident(text: &str) -> Result<String, String> {
     let parts = split_name(text)?;
     match parts.as_slice() {
         [one] => Ok(one.clone()),
-        _ => Err(format!("{text:?} is not a single identifier (quote it if it contains a dot)")),
+        _ => Err(format!(
+            "{text:?} is not a single identifier (quote it if it contains a dot)"
+        )),
     }
 }
 
@@ -136,10 +156,16 @@ mod tests {
     #[test]
     fn parses_sql_names() {
         let q = QualifiedName::parse("\"Sales\".\"Order Items\"").unwrap();
-        assert_eq!((q.schema.as_str(), q.name.as_str()), ("Sales", "Order Items"));
+        assert_eq!(
+            (q.schema.as_str(), q.name.as_str()),
+            ("Sales", "Order Items")
+        );
         assert_eq!(q.quoted(), "\"Sales\".\"Order Items\"");
         assert_eq!(q.to_string(), "\"Sales\".\"Order Items\"");
-        assert_eq!(QualifiedName::parse("public.blobs").unwrap().to_string(), "public.blobs");
+        assert_eq!(
+            QualifiedName::parse("public.blobs").unwrap().to_string(),
+            "public.blobs"
+        );
         let q = QualifiedName::parse("Public.Blobs").unwrap();
         assert_eq!((q.schema.as_str(), q.name.as_str()), ("public", "blobs"));
         let q = QualifiedName::parse("blobs").unwrap();

@@ -100,7 +100,8 @@ impl ResultManifest {
         let mut stamped = self.clone();
         for t in &mut stamped.tasks {
             for f in t.file.iter_mut().chain(t.files.iter_mut()) {
-                f.snapshot_lsn.get_or_insert_with(|| self.snapshot.lsn.clone());
+                f.snapshot_lsn
+                    .get_or_insert_with(|| self.snapshot.lsn.clone());
             }
         }
         let body = serde_json::to_vec_pretty(&stamped).expect("manifest serializes");

@@ -34,23 +34,33 @@ pub(crate) struct PreparedMaterialize {
 
 impl PreparedMaterialize {
     pub(crate) fn relations(&self) -> Vec<(String, String)> {
-        self.query.relations.iter().map(|r| (r.schema.clone(), r.name.clone())).collect()
+        self.query
+            .relations
+            .iter()
+            .map(|r| (r.schema.clone(), r.name.clone()))
+            .collect()
     }
 }
 
-pub(crate) async fn prepare(client: &Client, spec: &MaterializeSpec) -> Result<PreparedMaterialize, ScanError> {
+pub(crate) async fn prepare(
+    client: &Client,
+    spec: &MaterializeSpec,
+) -> Result<PreparedMaterialize, ScanError> {
     // The target lives on the primary; here we only check that it is a table name.
     QualifiedName::parse(&spec.target).map_err(|e| ScanError::Config(format!("target: {e}")))?;
     let query = check_query(client, "query", &spec.query).await?;
     let merge_key = match &spec.merge_key {
         None => None,
         Some(cols) if cols.is_empty() => {
-            return Err(ScanError::Config("merge_key: list at least one column".into()));
+            return Err(ScanError::Config(
+                "merge_key: list at least one column".into(),
+            ));
         }
         Some(cols) => {
             let mut key = Vec::new();
             for c in cols {
-                let name = parse_ident(c).map_err(|e| ScanError::Config(format!("merge_key: {e}")))?;
+                let name =
+                    parse_ident(c).map_err(|e| ScanError::Config(format!("merge_key: {e}")))?;
                 if !query.columns.contains(&name) {
                     return Err(ScanError::Config(format!(
                         "merge_key: column {name:?} is not in the query's result (columns: {})",
@@ -62,7 +72,11 @@ pub(crate) async fn prepare(client: &Client, spec: &MaterializeSpec) -> Result<P
             Some(key)
         }
     };
-    Ok(PreparedMaterialize { query, target: spec.target.clone(), merge_key })
+    Ok(PreparedMaterialize {
+        query,
+        target: spec.target.clone(),
+        merge_key,
+    })
 }
 
 pub(crate) async fn run(
@@ -72,7 +86,11 @@ pub(crate) async fn run(
     deadline: Option<Instant>,
     report: &mut TaskReport,
 ) -> Result<(), ScanError> {
-    let mut file = RawFile::create(&ctx.run_dir, &format!("{name}.csv"), p.query.columns.clone())?;
+    let mut file = RawFile::create(
+        &ctx.run_dir,
+        &format!("{name}.csv"),
+        p.query.columns.clone(),
+    )?;
     let counters = Arc::new(Counters::default());
     let progress = ProgressReporter::start(ctx.progress, name, "rows", None, counters.clone());
     let mut client = ctx.connect().await?;
@@ -81,7 +99,16 @@ pub(crate) async fn run(
         .await
         .map_err(ScanError::db("starting the materialize transaction"))?;
     let stop = ctx.cancel.child_token();
-    let end = copy_to_file(&tx, &cancel_token, &p.query.copy_sql(), &mut file, &counters, deadline, &stop).await;
+    let end = copy_to_file(
+        &tx,
+        &cancel_token,
+        &p.query.copy_sql(),
+        &mut file,
+        &counters,
+        deadline,
+        &stop,
+    )
+    .await;
     progress.finish().await;
     report.take_counters(&counters);
     let end = end?;
@@ -89,12 +116,21 @@ pub(crate) async fn run(
     if end == CopyEnd::Deadline {
         // A partial result must never replace the target: keep the file, upload nothing.
         report.status = TaskStatus::Partial;
-        report.error = Some("soft_timeout reached before the query finished: partial result kept, not uploaded".into());
+        report.error = Some(
+            "soft_timeout reached before the query finished: partial result kept, not uploaded"
+                .into(),
+        );
         return Ok(());
     }
     report.apply = Some(match &p.merge_key {
-        None => ApplyPlan { kind: "swap", params: serde_json::json!({ "target": p.target }) },
-        Some(key) => ApplyPlan { kind: "merge", params: serde_json::json!({ "target": p.target, "key": key }) },
+        None => ApplyPlan {
+            kind: "swap",
+            params: serde_json::json!({ "target": p.target }),
+        },
+        Some(key) => ApplyPlan {
+            kind: "merge",
+            params: serde_json::json!({ "target": p.target, "key": key }),
+        },
     });
     Ok(())
 }

@@ -70,7 +70,10 @@ mod libcrypto {
                 let ctx = EVP_MD_CTX_new();
                 assert!(!ctx.is_null(), "EVP_MD_CTX_new failed (out of memory)");
                 let ok = EVP_DigestInit_ex(ctx, EVP_md5(), std::ptr::null_mut());
-                assert!(ok == 1, "EVP_DigestInit_ex(md5) failed: MD5 disabled in this OpenSSL?");
+                assert!(
+                    ok == 1,
+                    "EVP_DigestInit_ex(md5) failed: MD5 disabled in this OpenSSL?"
+                );
                 Md5(ctx)
             }
         }

@@ -20,7 +20,11 @@ pub struct HashingWriter<W: Write> {
 impl<W: Write> HashingWriter<W> {
     /// Wrap `inner`.
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Md5::new(), bytes: 0 }
+        HashingWriter {
+            inner,
+            hasher: Md5::new(),
+            bytes: 0,
+        }
     }
 }
 
@@ -60,7 +64,9 @@ impl CsvFile {
             .has_headers(false)
             .quote_style(csv::QuoteStyle::NonNumeric)
             .from_writer(HashingWriter::new(BufWriter::with_capacity(1 << 20, file)));
-        writer.write_record(columns).map_err(|e| csv_err(&path, e))?;
+        writer
+            .write_record(columns)
+            .map_err(|e| csv_err(&path, e))?;
         Ok(CsvFile {
             path,
             name: name.to_string(),
@@ -76,7 +82,9 @@ impl CsvFile {
         I: IntoIterator<Item = T>,
         T: AsRef<[u8]>,
     {
-        self.writer.write_record(record).map_err(|e| csv_err(&self.path, e))?;
+        self.writer
+            .write_record(record)
+            .map_err(|e| csv_err(&self.path, e))?;
         self.rows += 1;
         Ok(())
     }
@@ -93,7 +101,11 @@ impl CsvFile {
             path: path.clone(),
             source: io::Error::other(e.to_string()),
         })?;
-        let HashingWriter { inner, hasher, bytes } = hashing;
+        let HashingWriter {
+            inner,
+            hasher,
+            bytes,
+        } = hashing;
         let file = inner.into_inner().map_err(|e| ScanError::Io {
             path: path.clone(),
             source: e.into_error(),
@@ -141,7 +153,9 @@ impl RawFile {
 
     /// Append bytes.
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<(), ScanError> {
-        self.writer.write_all(bytes).map_err(ScanError::io(&self.path))
+        self.writer
+            .write_all(bytes)
+            .map_err(ScanError::io(&self.path))
     }
 
     /// Count `n` more data rows (the caller knows where rows end; the header is not one).
@@ -161,8 +175,15 @@ impl RawFile {
 
     /// Flush, fsync and describe the file for the manifest.
     pub fn finish(self) -> Result<DataFile, ScanError> {
-        let HashingWriter { inner, hasher, bytes } = self.writer;
-        let file = inner.into_inner().map_err(|e| ScanError::Io { path: self.path.clone(), source: e.into_error() })?;
+        let HashingWriter {
+            inner,
+            hasher,
+            bytes,
+        } = self.writer;
+        let file = inner.into_inner().map_err(|e| ScanError::Io {
+            path: self.path.clone(),
+            source: e.into_error(),
+        })?;
         file.sync_all().map_err(ScanError::io(&self.path))?;
         Ok(DataFile {
             name: self.name,
@@ -176,7 +197,10 @@ impl RawFile {
 }
 
 fn csv_err(path: &Path, e: csv::Error) -> ScanError {
-    ScanError::Io { path: path.to_path_buf(), source: io::Error::other(e.to_string()) }
+    ScanError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::other(e.to_string()),
+    }
 }
 
 /// MD5 (hex) and size of a file, read in large sequential chunks.
@@ -211,7 +235,10 @@ mod tests {
         let df = f.finish().unwrap();
         let (md5, size) = file_md5(&dir.join("t.csv")).unwrap();
         assert_eq!((df.md5, df.size, df.rows), (md5, size, 2));
-        assert!(CsvFile::create(&dir, "t.csv", &["a"]).is_err(), "never overwrites");
+        assert!(
+            CsvFile::create(&dir, "t.csv", &["a"]).is_err(),
+            "never overwrites"
+        );
         let _ = std::fs::remove_file(dir.join("r.csv"));
         let mut r = RawFile::create(&dir, "r.csv", vec!["a".into()]).unwrap();
         r.write_all(b"a\n1\n").unwrap();

@@ -136,7 +136,10 @@ impl ProgressReporter {
                 },
             }
         });
-        ProgressReporter { stop, handle: Some(handle) }
+        ProgressReporter {
+            stop,
+            handle: Some(handle),
+        }
     }
 
     /// Stop and wait for the reporter to clear its bar.

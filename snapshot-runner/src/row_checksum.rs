@@ -58,7 +58,13 @@ pub(crate) struct Column {
 }
 
 /// Look up column `text` (SQL syntax, from config field `field`) of `table`.
-pub(crate) async fn column(client: &Client, table_oid: u32, field: &str, text: &str, table: &QualifiedName) -> Result<Column, ScanError> {
+pub(crate) async fn column(
+    client: &Client,
+    table_oid: u32,
+    field: &str,
+    text: &str,
+    table: &QualifiedName,
+) -> Result<Column, ScanError> {
     let name = parse_ident(text).map_err(|e| ScanError::Config(format!("{field}: {e}")))?;
     let row = client
         .query_opt(
@@ -70,30 +76,43 @@ pub(crate) async fn column(client: &Client, table_oid: u32, field: &str, text: &
         .await
         .map_err(ScanError::db("reading the catalog"))?;
     let row = row.ok_or_else(|| {
-        ScanError::Config(format!("{field}: column {} does not exist in table {table}", quote_ident(&name)))
+        ScanError::Config(format!(
+            "{field}: column {} does not exist in table {table}",
+            quote_ident(&name)
+        ))
     })?;
-    Ok(Column { name, type_sql: row.get(0), type_name: row.get(1), category: row.get(2) })
+    Ok(Column {
+        name,
+        type_sql: row.get(0),
+        type_name: row.get(1),
+        category: row.get(2),
+    })
 }
 
 /// SQL giving a stored md5 column as lower-case hex text: the column may be hex text,
 /// 16-byte bytea or uuid.
 pub(crate) fn stored_md5_expr(checksum: &Column, kind: &str) -> Result<String, ScanError> {
     let c = quote_ident(&checksum.name);
-    Ok(match (checksum.type_name.as_str(), checksum.category.as_str()) {
-        ("bytea", _) => format!("encode({c}, 'hex')"),
-        ("uuid", _) => format!("replace({c}::text, '-', '')"),
-        (_, "S") => format!("lower({c}::text)"),
-        _ => {
-            return Err(ScanError::Config(format!(
-                "checksum: column {c} has type {}; {kind} needs hex text, bytea or uuid",
-                checksum.type_sql
-            )))
-        }
-    })
+    Ok(
+        match (checksum.type_name.as_str(), checksum.category.as_str()) {
+            ("bytea", _) => format!("encode({c}, 'hex')"),
+            ("uuid", _) => format!("replace({c}::text, '-', '')"),
+            (_, "S") => format!("lower({c}::text)"),
+            _ => {
+                return Err(ScanError::Config(format!(
+                    "checksum: column {c} has type {}; {kind} needs hex text, bytea or uuid",
+                    checksum.type_sql
+                )))
+            }
+        },
+    )
 }
 
 /// Resolve a table in SQL syntax on the replica: `(oid, name, estimated rows)`.
-pub(crate) async fn resolve_table(client: &Client, text: &str) -> Result<(u32, QualifiedName, u64), ScanError> {
+pub(crate) async fn resolve_table(
+    client: &Client,
+    text: &str,
+) -> Result<(u32, QualifiedName, u64), ScanError> {
     let table = QualifiedName::parse(text).map_err(|e| ScanError::Config(format!("table: {e}")))?;
     let row = client
         .query_opt(
@@ -104,15 +123,24 @@ pub(crate) async fn resolve_table(client: &Client, text: &str) -> Result<(u32, Q
         )
         .await
         .map_err(ScanError::db("reading the catalog"))?
-        .ok_or_else(|| ScanError::Config(format!("table: {table} does not exist on the replica")))?;
+        .ok_or_else(|| {
+            ScanError::Config(format!("table: {table} does not exist on the replica"))
+        })?;
     let reltuples: f64 = row.get(1);
     let bytes: i64 = row.get(2);
     // reltuples is -1 until the first VACUUM/ANALYZE; guess from the size then.
-    let estimate = if reltuples >= 0.0 { reltuples as u64 } else { (bytes as u64 / 8192) * 50 };
+    let estimate = if reltuples >= 0.0 {
+        reltuples as u64
+    } else {
+        (bytes as u64 / 8192) * 50
+    };
     Ok((row.get(0), table, estimate))
 }
 
-pub(crate) async fn prepare(client: &Client, spec: &RowChecksumSpec) -> Result<PreparedRowChecksum, ScanError> {
+pub(crate) async fn prepare(
+    client: &Client,
+    spec: &RowChecksumSpec,
+) -> Result<PreparedRowChecksum, ScanError> {
     if spec.parallelism == 0 {
         return Err(ScanError::Config("parallelism: must be at least 1".into()));
     }
@@ -147,7 +175,11 @@ pub(crate) async fn prepare(client: &Client, spec: &RowChecksumSpec) -> Result<P
 /// Choose `parts - 1` split points from a sample of keys. Any split points partition
 /// the key space, so they need not come from the snapshot: they are chosen before the
 /// pause, and sampling also proves the key type is orderable.
-async fn split_points(client: &Client, p: &PreparedRowChecksum, parts: usize) -> Result<Vec<String>, ScanError> {
+async fn split_points(
+    client: &Client,
+    p: &PreparedRowChecksum,
+    parts: usize,
+) -> Result<Vec<String>, ScanError> {
     if parts < 2 {
         return Ok(Vec::new());
     }
@@ -164,9 +196,15 @@ async fn split_points(client: &Client, p: &PreparedRowChecksum, parts: usize) ->
     );
     let rows = client.query(&sql, &[&percent]).await.map_err(|e| {
         if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) {
-            ScanError::Config(format!("key: type {} has no ordering; choose an orderable key", p.key_type))
+            ScanError::Config(format!(
+                "key: type {} has no ordering; choose an orderable key",
+                p.key_type
+            ))
         } else {
-            ScanError::Db { context: format!("sampling keys of {}", p.table), source: e }
+            ScanError::Db {
+                context: format!("sampling keys of {}", p.table),
+                source: e,
+            }
         }
     })?;
     let keys: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
@@ -188,9 +226,15 @@ fn range_query(p: &PreparedRowChecksum, i: usize) -> (String, Vec<String>) {
     let hi = p.bounds.get(i);
     let (filter, params) = match (lo, hi) {
         (None, None) => ("TRUE".to_string(), vec![]),
-        (None, Some(h)) => (format!("({k} < $1::text::{t} OR {k} IS NULL)"), vec![h.clone()]),
+        (None, Some(h)) => (
+            format!("({k} < $1::text::{t} OR {k} IS NULL)"),
+            vec![h.clone()],
+        ),
         (Some(l), None) => (format!("{k} >= $1::text::{t}"), vec![l.clone()]),
-        (Some(l), Some(h)) => (format!("{k} >= $1::text::{t} AND {k} < $2::text::{t}"), vec![l.clone(), h.clone()]),
+        (Some(l), Some(h)) => (
+            format!("{k} >= $1::text::{t} AND {k} < $2::text::{t}"),
+            vec![l.clone(), h.clone()],
+        ),
     };
     // OFFSET 0 keeps the planner from pulling the subquery up: it would copy md5(content)
     // into each of the three places that use `computed`, and hash every value three times.
@@ -220,15 +264,25 @@ pub(crate) async fn run(
     let file = CsvFile::create(&ctx.run_dir, &format!("{name}.csv"), &FINDINGS_COLUMNS)?;
     let sink = Mutex::new(file);
     let counters = Arc::new(Counters::default());
-    let progress = ProgressReporter::start(ctx.progress, name, "rows", Some(p.estimated_rows), counters.clone());
+    let progress = ProgressReporter::start(
+        ctx.progress,
+        name,
+        "rows",
+        Some(p.estimated_rows),
+        counters.clone(),
+    );
     // A failing worker stops its siblings; a cancelled run stops them all.
     let stop = ctx.cancel.child_token();
     let relation = p.table.to_string();
     let workers = (0..=p.bounds.len()).map(|i| {
         let (sql, params) = range_query(p, i);
-        let (sink, counters, stop, relation) = (&sink, counters.clone(), stop.clone(), relation.as_str());
+        let (sink, counters, stop, relation) =
+            (&sink, counters.clone(), stop.clone(), relation.as_str());
         async move {
-            let r = scan_range(ctx, &sql, &params, relation, sink, &counters, deadline, &stop).await;
+            let r = scan_range(
+                ctx, &sql, &params, relation, sink, &counters, deadline, &stop,
+            )
+            .await;
             if r.is_err() {
                 stop.cancel();
             }
@@ -279,8 +333,12 @@ async fn scan_range(
         .await
         .map_err(ScanError::db(context()))?;
     let stmt = tx.prepare(sql).await.map_err(ScanError::db(context()))?;
-    let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-    let portal = tx.bind(&stmt, &params).await.map_err(ScanError::db(context()))?;
+    let params: Vec<&(dyn ToSql + Sync)> =
+        params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    let portal = tx
+        .bind(&stmt, &params)
+        .await
+        .map_err(ScanError::db(context()))?;
     loop {
         let rows = tokio::select! {
             rows = tx.query_portal(&portal, ctx.batch_rows) => rows.map_err(ScanError::db(context()))?,
@@ -293,19 +351,27 @@ async fn scan_range(
         let mut bytes = 0u64;
         for row in &rows {
             bytes += row.get::<_, i64>(4) as u64;
-            let Some(finding) = row.get::<_, Option<&str>>(1) else { continue };
+            let Some(finding) = row.get::<_, Option<&str>>(1) else {
+                continue;
+            };
             let key = row.get::<_, Option<&str>>(0).unwrap_or("");
             let stored = row.get::<_, Option<&str>>(2);
             let computed = row.get::<_, Option<&str>>(3);
             let detail = match finding {
-                "mismatch" => format!("stored={} computed={}", stored.unwrap_or(""), computed.unwrap_or("")),
+                "mismatch" => format!(
+                    "stored={} computed={}",
+                    stored.unwrap_or(""),
+                    computed.unwrap_or("")
+                ),
                 "null_checksum" => format!("computed={}", computed.unwrap_or("")),
                 _ => match stored {
                     Some(s) => format!("stored={s}"),
                     None => "stored=NULL".to_string(),
                 },
             };
-            sink.lock().expect("sink lock").write([relation, key, finding, detail.as_str()])?;
+            sink.lock()
+                .expect("sink lock")
+                .write([relation, key, finding, detail.as_str()])?;
             counters.findings.fetch_add(1, Ordering::Relaxed);
         }
         counters.add(rows.len() as u64, bytes);

@@ -70,12 +70,17 @@ impl ScanContext {
     pub async fn connect(&self) -> Result<Client, ScanError> {
         let mut config = self.replica.clone();
         config.application_name(self.application_name());
-        let client = connect(&config).await.map_err(ScanError::db("connecting to the replica"))?;
+        let client = connect(&config)
+            .await
+            .map_err(ScanError::db("connecting to the replica"))?;
         let setup = format!(
             "SET default_transaction_read_only = on; SET lock_timeout = {}; SET statement_timeout = 0",
             self.lock_timeout.as_millis().max(1)
         );
-        client.batch_execute(&setup).await.map_err(ScanError::db("setting up a scan session"))?;
+        client
+            .batch_execute(&setup)
+            .await
+            .map_err(ScanError::db("setting up a scan session"))?;
         Ok(client)
     }
 }
@@ -88,6 +93,13 @@ pub fn scan_application_name(run_id: i64) -> String {
 /// A read-only REPEATABLE READ transaction: every scan reads through one. On a paused
 /// replica every statement sees the same state anyway; this keeps a multi-statement scan
 /// consistent should it ever run unpaused.
-pub(crate) async fn snapshot_transaction(client: &mut Client) -> Result<Transaction<'_>, tokio_postgres::Error> {
-    client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await
+pub(crate) async fn snapshot_transaction(
+    client: &mut Client,
+) -> Result<Transaction<'_>, tokio_postgres::Error> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
 }

@@ -56,17 +56,33 @@ enum Prepared {
 
 /// Check a task against the replica's catalog: tables and columns exist and have
 /// usable types. Run this before pausing, so a typo never costs a pause.
-pub async fn prepare(name: &str, spec: &TaskSpec, ctx: &ScanContext) -> Result<PreparedTask, ScanError> {
+pub async fn prepare(
+    name: &str,
+    spec: &TaskSpec,
+    ctx: &ScanContext,
+) -> Result<PreparedTask, ScanError> {
     let client = ctx.connect().await?;
     let inner = match spec {
-        TaskSpec::RowChecksum(s) => row_checksum::prepare(&client, s).await.map(Prepared::RowChecksum),
-        TaskSpec::FileChecksum(s) => file_checksum::prepare(&client, s).await.map(Prepared::FileChecksum),
-        TaskSpec::Materialize(s) => materialize::prepare(&client, s).await.map(Prepared::Materialize),
+        TaskSpec::RowChecksum(s) => row_checksum::prepare(&client, s)
+            .await
+            .map(Prepared::RowChecksum),
+        TaskSpec::FileChecksum(s) => file_checksum::prepare(&client, s)
+            .await
+            .map(Prepared::FileChecksum),
+        TaskSpec::Materialize(s) => materialize::prepare(&client, s)
+            .await
+            .map(Prepared::Materialize),
         TaskSpec::Amcheck(s) => amcheck::prepare(&client, s).await.map(Prepared::Amcheck),
-        TaskSpec::Export(s) => export::prepare(&client, name, s).await.map(Prepared::Export),
+        TaskSpec::Export(s) => export::prepare(&client, name, s)
+            .await
+            .map(Prepared::Export),
     }
     .map_err(|e| prefix_config(name, spec.kind(), e))?;
-    Ok(PreparedTask { name: name.to_string(), kind: spec.kind(), inner })
+    Ok(PreparedTask {
+        name: name.to_string(),
+        kind: spec.kind(),
+        inner,
+    })
 }
 
 fn prefix_config(task: &str, kind: &str, e: ScanError) -> ScanError {
@@ -98,7 +114,12 @@ impl PreparedTask {
     /// reported in the [`TaskReport`]. `soft_deadline` stops the task cleanly after the
     /// batch in flight, with partial results. `cursor` is where the previous valid run
     /// of this task stopped (the coordinator keeps it on the primary).
-    pub async fn run(&self, ctx: &ScanContext, soft_deadline: Option<Instant>, cursor: Option<&str>) -> TaskReport {
+    pub async fn run(
+        &self,
+        ctx: &ScanContext,
+        soft_deadline: Option<Instant>,
+        cursor: Option<&str>,
+    ) -> TaskReport {
         let started = Instant::now();
         let mut report = TaskReport::new(&self.name, self.kind());
         let result = match &self.inner {
@@ -110,9 +131,15 @@ impl PreparedTask {
                 report.relation = Some(p.table.to_string());
                 file_checksum::run(&self.name, p, ctx, soft_deadline, cursor, &mut report).await
             }
-            Prepared::Materialize(p) => materialize::run(&self.name, p, ctx, soft_deadline, &mut report).await,
-            Prepared::Amcheck(p) => amcheck::run(&self.name, p, ctx, soft_deadline, &mut report).await,
-            Prepared::Export(p) => export::run(&self.name, p, ctx, soft_deadline, &mut report).await,
+            Prepared::Materialize(p) => {
+                materialize::run(&self.name, p, ctx, soft_deadline, &mut report).await
+            }
+            Prepared::Amcheck(p) => {
+                amcheck::run(&self.name, p, ctx, soft_deadline, &mut report).await
+            }
+            Prepared::Export(p) => {
+                export::run(&self.name, p, ctx, soft_deadline, &mut report).await
+            }
         };
         report.elapsed = started.elapsed();
         match result {
@@ -243,7 +270,9 @@ impl TaskReport {
 
 /// Fold the results of a task's parallel workers: `Ok(true)` if any was cut short by the
 /// soft deadline. A real error wins over the `Cancelled` of the siblings it stopped.
-pub(crate) fn join_worker_results(results: Vec<Result<bool, ScanError>>) -> Result<bool, ScanError> {
+pub(crate) fn join_worker_results(
+    results: Vec<Result<bool, ScanError>>,
+) -> Result<bool, ScanError> {
     let mut partial = false;
     let mut cancelled = false;
     for r in results {

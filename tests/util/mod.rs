@@ -14,7 +14,10 @@ use tokio_postgres::{Client, NoTls};
 
 /// The workspace root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The `pgmaint` binary: `$PGMAINT_BIN`, else `target/debug/pgmaint` (built by
@@ -23,7 +26,11 @@ pub fn pgmaint_bin() -> PathBuf {
     let bin = std::env::var_os("PGMAINT_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("target/debug/pgmaint"));
-    assert!(bin.exists(), "{} is missing: run scripts/test.sh (or cargo build -p pgmaint) first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/test.sh (or cargo build -p pgmaint) first",
+        bin.display()
+    );
     bin
 }
 
@@ -45,12 +52,18 @@ impl Run {
     }
     /// Panic with the output unless the exit code is `code`.
     pub fn expect_code(self, code: i32) -> Run {
-        assert_eq!(self.code, code, "exit code; stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "exit code; stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
     /// The `pgmaint: error: …` line, if any.
     pub fn error_line(&self) -> Option<&str> {
-        self.stderr.lines().find(|l| l.starts_with("pgmaint: error:"))
+        self.stderr
+            .lines()
+            .find(|l| l.starts_with("pgmaint: error:"))
     }
 }
 
@@ -65,14 +78,22 @@ impl Cluster {
     pub fn up(name: &str, replicas: usize) -> Cluster {
         let dir = repo().join("target/e2e").join(name);
         // A leftover from an aborted earlier run of the same test.
-        let _ = Command::new("bash").arg(repo().join("scripts/cluster.sh")).args(["down", "--dir"]).arg(&dir).output();
+        let _ = Command::new("bash")
+            .arg(repo().join("scripts/cluster.sh"))
+            .args(["down", "--dir"])
+            .arg(&dir)
+            .output();
         let out = Command::new("bash")
             .arg(repo().join("scripts/cluster.sh"))
             .args(["up", "--replicas", &replicas.to_string(), "--dir"])
             .arg(&dir)
             .output()
             .expect("run scripts/cluster.sh");
-        assert!(out.status.success(), "cluster.sh up failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "cluster.sh up failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let env = std::fs::read_to_string(dir.join("cluster.env"))
             .unwrap()
             .lines()
@@ -90,10 +111,16 @@ impl Cluster {
         self.env[&format!("R{i}_PORT")].parse().unwrap()
     }
     pub fn primary_dsn(&self) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname=app", self.primary_port())
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=app",
+            self.primary_port()
+        )
     }
     pub fn replica_dsn(&self, i: usize) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname=app", self.replica_port(i))
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=app",
+            self.replica_port(i)
+        )
     }
     pub fn results_dir(&self) -> PathBuf {
         PathBuf::from(&self.env["RESULTS_DIR"])
@@ -112,9 +139,15 @@ impl Cluster {
         let n: usize = self.env["REPLICAS"].parse().unwrap();
         let mut text = format!("[primary]\ndsn = \"{}\"\n", self.primary_dsn());
         for i in 1..=n {
-            text.push_str(&format!("[[replicas]]\nname = \"r{i}\"\ndsn = \"{}\"\n", self.replica_dsn(i)));
+            text.push_str(&format!(
+                "[[replicas]]\nname = \"r{i}\"\ndsn = \"{}\"\n",
+                self.replica_dsn(i)
+            ));
         }
-        text.push_str(&format!("[results]\ndir = \"{}\"\n", self.results_dir().display()));
+        text.push_str(&format!(
+            "[results]\ndir = \"{}\"\n",
+            self.results_dir().display()
+        ));
         text.push_str(body);
         let path = self.dir.join(file);
         std::fs::write(&path, text).unwrap();
@@ -124,7 +157,10 @@ impl Cluster {
     /// A `pgmaint` command with `--config`.
     pub fn pgmaint(&self, config: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(pgmaint_bin());
-        cmd.args(args).env("PGMAINT_CONFIG", config).env_remove("PGMAINT_PRIMARY").env_remove("PGMAINT_REPLICA");
+        cmd.args(args)
+            .env("PGMAINT_CONFIG", config)
+            .env_remove("PGMAINT_PRIMARY")
+            .env_remove("PGMAINT_REPLICA");
         cmd.stdin(Stdio::null());
         cmd
     }
@@ -142,30 +178,50 @@ impl Cluster {
             .arg(&self.dir)
             .output()
             .unwrap();
-        assert!(out.status.success(), "cluster.sh {action} {name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "cluster.sh {action} {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// `pg_get_wal_replay_pause_state()` of replica `i`.
     pub async fn pause_state(&self, i: usize) -> String {
-        self.replica(i).await.query_one("SELECT pg_get_wal_replay_pause_state()", &[]).await.unwrap().get(0)
+        self.replica(i)
+            .await
+            .query_one("SELECT pg_get_wal_replay_pause_state()", &[])
+            .await
+            .unwrap()
+            .get(0)
     }
 
     /// Wait until replica `i` has replayed everything the primary has written so far.
     pub async fn wait_caught_up(&self, i: usize) {
-        let target: String =
-            self.primary().await.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+        let target: String = self
+            .primary()
+            .await
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
         let replica = self.replica(i).await;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let done: bool = replica
-                .query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&target])
+                .query_one(
+                    "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                    &[&target],
+                )
                 .await
                 .unwrap()
                 .get(0);
             if done {
                 return;
             }
-            assert!(Instant::now() < deadline, "replica r{i} did not catch up to {target}");
+            assert!(
+                Instant::now() < deadline,
+                "replica r{i} did not catch up to {target}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -183,7 +239,9 @@ impl Drop for Cluster {
 
 /// Connect and drive the connection in the background.
 pub async fn connect(dsn: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(dsn, NoTls).await.unwrap_or_else(|e| panic!("connect {dsn}: {e}"));
+    let (client, conn) = tokio_postgres::connect(dsn, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {dsn}: {e}"));
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -226,7 +284,14 @@ pub async fn seed_blobs(client: &Client, table: &str, key_type: &str, key_expr: 
 }
 
 /// `[[tasks]]` TOML for a row_checksum task.
-pub fn row_checksum_task(name: &str, table: &str, key: &str, content: &str, checksum: &str, extra: &str) -> String {
+pub fn row_checksum_task(
+    name: &str,
+    table: &str,
+    key: &str,
+    content: &str,
+    checksum: &str,
+    extra: &str,
+) -> String {
     format!(
         "[[tasks]]\nname = \"{name}\"\nkind = \"row_checksum\"\ntable = '{table}'\nkey = '{key}'\n\
          content = '{content}'\nchecksum = '{checksum}'\n{extra}\n"
@@ -235,18 +300,25 @@ pub fn row_checksum_task(name: &str, table: &str, key: &str, content: &str, chec
 
 /// Parse `pgmaint run --json` output.
 pub fn run_summary(run: &Run) -> serde_json::Value {
-    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("run --json: {e}\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr))
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
+        panic!(
+            "run --json: {e}\nstdout:\n{}\nstderr:\n{}",
+            run.stdout, run.stderr
+        )
+    })
 }
 
 /// Read a run's manifest.
 pub fn manifest(results_dir: &Path, run_id: i64) -> serde_json::Value {
-    let text = std::fs::read_to_string(results_dir.join(run_id.to_string()).join("manifest.json")).unwrap();
+    let text = std::fs::read_to_string(results_dir.join(run_id.to_string()).join("manifest.json"))
+        .unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
 /// The data rows of a findings CSV as (row_key, finding), sorted.
 pub fn findings_in_csv(path: &Path) -> Vec<(String, String)> {
-    let mut reader = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader =
+        csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut rows: Vec<(String, String)> = reader
         .records()
         .map(|r| {
@@ -260,27 +332,52 @@ pub fn findings_in_csv(path: &Path) -> Vec<(String, String)> {
 
 /// Wait until replica `i` reports `paused`.
 pub async fn wait_paused(c: &Cluster, i: usize) {
-    wait_for("the replica to pause", Duration::from_secs(60), || async { c.pause_state(i).await == "paused" }).await;
+    wait_for("the replica to pause", Duration::from_secs(60), || async {
+        c.pause_state(i).await == "paused"
+    })
+    .await;
 }
 
 /// State of run `id` on the primary.
 pub async fn run_state(c: &Cluster, id: i64) -> String {
-    c.primary().await.query_one("SELECT state FROM pgmaint.runs WHERE id = $1", &[&id]).await.unwrap().get(0)
+    c.primary()
+        .await
+        .query_one("SELECT state FROM pgmaint.runs WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0)
 }
 
 /// The newest run's id on the primary.
 pub async fn last_run_id(c: &Cluster) -> i64 {
-    c.primary().await.query_one("SELECT max(id) FROM pgmaint.runs", &[]).await.unwrap().get(0)
+    c.primary()
+        .await
+        .query_one("SELECT max(id) FROM pgmaint.runs", &[])
+        .await
+        .unwrap()
+        .get(0)
 }
 
 /// Upload tasks queued for run `id`.
 pub async fn uploads_of_run(c: &Cluster, id: i64) -> i64 {
-    c.primary().await.query_one("SELECT count(*) FROM pgmaint.upload_tasks WHERE run_id = $1", &[&id]).await.unwrap().get(0)
+    c.primary()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pgmaint.upload_tasks WHERE run_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }
 
 /// Send a signal to a process.
 pub fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success();
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "kill -{sig} {pid}");
 }
 
@@ -290,8 +387,12 @@ pub fn run_json(c: &Cluster, config: &Path, extra: &[&str]) -> (Run, serde_json:
     let mut args = vec!["run", "--json"];
     args.extend_from_slice(extra);
     let run = c.run(config, &args);
-    let json = serde_json::from_str(&run.stdout)
-        .unwrap_or_else(|e| panic!("run --json printed no summary ({e}); stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr));
+    let json = serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
+        panic!(
+            "run --json printed no summary ({e}); stdout:\n{}\nstderr:\n{}",
+            run.stdout, run.stderr
+        )
+    });
     (run, json)
 }
 
@@ -321,7 +422,10 @@ pub fn server_data_dir(c: &Cluster, name: &str) -> PathBuf {
 pub fn zero_block(c: &Cluster, name: &str, relpath: &str, block: u64) {
     use std::io::{Seek, SeekFrom, Write};
     let path = server_data_dir(c, name).join(relpath);
-    let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     f.seek(SeekFrom::Start(block * 8192)).unwrap();
     f.write_all(&[0u8; 8192]).unwrap();
     f.sync_all().unwrap();
@@ -337,7 +441,17 @@ pub async fn enable_tls(c: &Cluster) {
     for name in servers {
         let dir = data.join(&name);
         let ok = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=pgmaint-test"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=pgmaint-test",
+            ])
             .arg("-keyout")
             .arg(dir.join("server.key"))
             .arg("-out")
@@ -361,7 +475,11 @@ pub async fn enable_tls(c: &Cluster) {
         // Role `pgmaint_tls` may log in only over TLS (the first matching line wins).
         let hba = dir.join("pg_hba.conf");
         let text = std::fs::read_to_string(&hba).unwrap();
-        std::fs::write(&hba, format!("hostnossl all pgmaint_tls 127.0.0.1/32 reject\n{text}")).unwrap();
+        std::fs::write(
+            &hba,
+            format!("hostnossl all pgmaint_tls 127.0.0.1/32 reject\n{text}"),
+        )
+        .unwrap();
     }
     let p = c.primary().await;
     p.batch_execute("DO $$ BEGIN CREATE ROLE pgmaint_tls SUPERUSER LOGIN; EXCEPTION WHEN duplicate_object THEN END $$")
@@ -369,6 +487,10 @@ pub async fn enable_tls(c: &Cluster) {
         .unwrap();
     p.execute("SELECT pg_reload_conf()", &[]).await.unwrap();
     for i in 1..=n {
-        c.replica(i).await.execute("SELECT pg_reload_conf()", &[]).await.unwrap();
+        c.replica(i)
+            .await
+            .execute("SELECT pg_reload_conf()", &[])
+            .await
+            .unwrap();
     }
 }
