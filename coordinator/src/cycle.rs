@@ -555,6 +555,8 @@ impl Cycle<'_> {
                 file: format!("{run_id}/{}", file.name),
                 manifest: format!("{run_id}/{}", snapshot_runner::manifest::MANIFEST_FILE),
                 params: plan.params.clone(),
+                file_md5: file.md5.clone(),
+                file_size: file.size as i64,
             });
         }
         let tx = self.primary.transaction().await?;

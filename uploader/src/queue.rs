@@ -63,6 +63,11 @@ pub struct UploadRequest {
     pub manifest: String,
     /// Kind-specific parameters.
     pub params: serde_json::Value,
+    /// MD5 (hex) of the data file, as the coordinator wrote it. Kept on the primary, so
+    /// a file rewritten together with its manifest is still refused.
+    pub file_md5: String,
+    /// Size of the data file in bytes, as written.
+    pub file_size: i64,
 }
 
 /// The notification channel `enqueue` (and `retry`) notify, and workers listen on.
