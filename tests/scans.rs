@@ -558,3 +558,54 @@ async fn materialize_swaps_the_target_under_a_reader() {
     let (count, w1, extra): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
     assert_eq!((count, w1, extra), (101, 500, 5));
 }
+
+/// A FIFO listed in the catalog is reported as unreadable; it must not hang the reader
+/// (and with it the pause, which would then last until the abort grace).
+#[tokio::test(flavor = "multi_thread")]
+async fn file_checksum_reports_a_fifo_without_hanging() {
+    let c = Cluster::up("scans-fifo", 1);
+    let root = c.dir.join("store");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("a.bin"), b"payload").unwrap();
+    let ok = std::process::Command::new("mkfifo").arg(root.join("pipe")).status().unwrap().success();
+    assert!(ok, "mkfifo");
+    let p = c.primary().await;
+    p.batch_execute(&format!(
+        "CREATE TABLE files (id int PRIMARY KEY, rel_path text, md5 text);
+         INSERT INTO files VALUES (1, 'a.bin', '{}'), (2, 'pipe', md5(''));",
+        md5_hex(b"payload")
+    ))
+    .await
+    .unwrap();
+    let cfg = c.write_config(
+        "fifo.toml",
+        &format!(
+            "[[tasks]]\nname = \"files\"\nkind = \"file_checksum\"\ntable = \"files\"\nkey = \"id\"\n\
+             path = \"rel_path\"\nchecksum = \"md5\"\nroot = \"{}\"\n",
+            root.display()
+        ),
+    );
+    c.run(&cfg, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+    let mut child = c
+        .pgmaint(&cfg, &["run", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("pgmaint run hung on a FIFO");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = s["run_id"].as_i64().unwrap();
+    let got = findings_in_csv(&c.results_dir().join(format!("{id}/files.csv")));
+    assert_eq!(got, vec![("2".to_string(), "unreadable".to_string())]);
+    assert_eq!(c.pause_state(1).await, "not paused");
+}

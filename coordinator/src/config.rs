@@ -573,6 +573,7 @@ fn parse_task(i: usize, t: &RawTask) -> Result<TaskConfig, UsageError> {
     let parallelism = || -> Result<usize, UsageError> {
         match t.parallelism {
             Some(0) => Err(usage(format!("{}: must be at least 1", at("parallelism")))),
+            Some(n) if n > 256 => Err(usage(format!("{}: at most 256", at("parallelism")))),
             Some(n) => Ok(n),
             None => Ok(std::thread::available_parallelism()
                 .map(|n| n.get())

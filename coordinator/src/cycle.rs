@@ -28,6 +28,9 @@ use crate::{db, schema, UsageError};
 /// AccessExclusiveLock on a relation a task reads.
 const PAUSE_ATTEMPTS: u32 = 5;
 
+/// How long aborted work may take to stop before the cycle resumes replay regardless.
+const ABORT_GRACE: Duration = Duration::from_secs(10);
+
 /// What a cycle does while the replica is paused.
 pub enum Work<'a> {
     /// Scan tasks; their results are queued for upload.
@@ -148,9 +151,18 @@ pub async fn run(
         queued: Vec::new(),
     };
 
-    let outcome = match AssertUnwindSafe(cycle.paused_work()).catch_unwind().await {
-        Ok(r) => r,
-        Err(panic) => Err(anyhow!("internal error (panic): {}", panic_message(&panic))),
+    // Once aborted (signal, limits, lost lease), the work gets ABORT_GRACE to wind down;
+    // then it is dropped wherever it hangs (a stalled primary, a hung file read), so that
+    // limits.max_pause bounds the pause whatever else goes wrong.
+    let outcome = tokio::select! {
+        r = AssertUnwindSafe(cycle.paused_work()).catch_unwind() => match r {
+            Ok(r) => r,
+            Err(panic) => Err(anyhow!("internal error (panic): {}", panic_message(&panic))),
+        },
+        _ = async {
+            abort.token().cancelled().await;
+            tokio::time::sleep(ABORT_GRACE).await;
+        } => Err(anyhow!("the work did not stop within {}s of the abort; resuming replay anyway", ABORT_GRACE.as_secs())),
     };
     // On every path: close the scan sessions, then resume replay if the pause is ours.
     let resume = cycle.close_and_resume().await;
@@ -206,6 +218,10 @@ pub async fn run(
         if let Err(e) = dump::write_manifest(&spec.out, manifest, elapsed) {
             error = Some(format!("dump written, but its manifest was not: {e:#}"));
         }
+    } else if let (Work::Dump(spec), Some(why), Some(_)) = (&cycle.work, &error, &cycle.snapshot) {
+        // Paused, so --out passed its checks (it was absent or empty): whatever pg_dump
+        // left there is not a dump of one snapshot. Say so where it lies.
+        dump::mark_invalid(&spec.out, why);
     }
     if let Err(e) = cycle
         .lease
@@ -427,6 +443,16 @@ impl Cycle<'_> {
     async fn pause_confirmed(&mut self, relations: Option<&[(String, String)]>) -> Result<()> {
         for attempt in 1..=PAUSE_ATTEMPTS {
             let before = self.replica.state().await?;
+            // Replay ran between attempts: PostgreSQL may have paused by itself meanwhile
+            // (a recovery target, a parameter mismatch). Such a pause is never ours.
+            if !(before.in_recovery && before.pause_state == "not paused") {
+                bail!(
+                    "replica {} is now '{}' (in recovery: {}) between pause attempts: not pgmaint's to pause; left as it is",
+                    self.replica.name(),
+                    before.pause_state,
+                    before.in_recovery
+                );
+            }
             // Recorded on the primary *before* the request: a run that dies from here
             // on left a pause that `recover` can prove is its own.
             self.lease
@@ -451,8 +477,11 @@ impl Cycle<'_> {
                 return Ok(());
             }
             tracing::warn!(attempt, locked = ?locked, "replayed WAL holds AccessExclusiveLock at the pause point; resuming to retry");
-            let own = self.pause.take().expect("set above");
+            // If this resume fails, `self.pause` still says the pause is ours: the caller
+            // tries again, and keeps the lease (for `recover`) if that fails too.
+            let own = self.pause.clone().expect("set above");
             self.replica.resume_if_owned(&own).await?;
+            self.pause = None;
             if attempt == PAUSE_ATTEMPTS {
                 bail!(
                     "relation(s) {} locked AccessExclusive by replayed WAL at every pause point ({PAUSE_ATTEMPTS} tries); try later",
@@ -580,12 +609,40 @@ impl Cycle<'_> {
         Ok(())
     }
 
+    /// Has another command taken the replica over (our lease lost, the run dropped by a
+    /// `recover`, perhaps a new run paused it, possibly at the same LSN)? Then its pause
+    /// is not ours to resume. If the primary cannot tell us within a few seconds, we
+    /// assume not: a replica left paused is the worse failure, and `resume_if_owned`
+    /// still checks the start time and LSN.
+    async fn taken_over(&self) -> Option<String> {
+        let run_id = self.lease.run_id;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&run_id];
+        let query = self.primary.query_one(
+            "SELECT r.state, (SELECT l.run_id FROM pgmaint.replica_leases l WHERE l.replica = r.replica)
+               FROM pgmaint.runs r WHERE r.id = $1",
+            &params,
+        );
+        let row = tokio::time::timeout(Duration::from_secs(5), query).await.ok()?.ok()?;
+        let (state, holder): (String, Option<i64>) = (row.get(0), row.get(1));
+        if state == "dropped" {
+            return Some(format!("run {} was dropped by a recover after its lease expired", self.lease.run_id));
+        }
+        match holder {
+            Some(other) if other != self.lease.run_id => Some(format!("run {other} holds the replica's lease now")),
+            _ => None,
+        }
+    }
+
     /// Close every scan session, then resume replay if the pause is ours. Returns the
     /// outcome and the backlog at resume, or `None` if no pause was ever requested.
     async fn close_and_resume(&mut self) -> Result<Option<(ResumeOutcome, i64)>> {
         let Some(own) = self.pause.clone() else {
             return Ok(None);
         };
+        if let Some(other) = self.taken_over().await {
+            tracing::warn!(replica = self.replica.name(), "not resuming replay: {other}");
+            return Ok(Some((ResumeOutcome::NotOurs, 0)));
+        }
         let app = snapshot_runner::scan_application_name(self.lease.run_id);
         if let Err(e) = self.replica.close_sessions(&app).await {
             tracing::warn!(error = %format!("{e:#}"), "could not check for open scan sessions");

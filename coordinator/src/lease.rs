@@ -177,14 +177,20 @@ impl PauseLease {
                     client = db::connect(&primary, "pgmaint-lease").await.ok();
                 }
                 let result = match &client {
-                    Some(c) => c
-                        .execute(
+                    // Bounded: a stalled primary must not stall the renewal past expiry.
+                    Some(c) => match tokio::time::timeout(
+                        duration / 3,
+                        c.execute(
                             "UPDATE pgmaint.replica_leases SET expires_at = now() + $3 * interval '1 millisecond'
                               WHERE replica = $1 AND run_id = $2 AND expires_at > now()",
                             &[&replica, &run_id, &millis(duration)],
-                        )
-                        .await
-                        .map_err(|e| e.to_string()),
+                        ),
+                    )
+                    .await
+                    {
+                        Ok(r) => r.map_err(|e| e.to_string()),
+                        Err(_) => Err("lease renewal timed out".to_string()),
+                    },
                     None => Err("primary unreachable".to_string()),
                 };
                 match result {

@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+/// The longest duration config may hold (about ten years): more is surely a typo, and
+/// adding it to a clock would overflow.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 86400);
+
 /// Parse `30s`, `30m`, `2h`, `1d`, `1h30m`, `500ms`, or `HH:MM:SS`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
@@ -10,7 +14,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "bad duration {text:?} (use e.g. \"90s\", \"30m\", \"2h\", \"1h30m\" or \"HH:MM:SS\")"
         )
     };
-    if t.contains(':') {
+    let too_long = || format!("duration {text:?} is too long (at most 10 years)");
+    let total = if t.contains(':') {
         let parts: Vec<&str> = t.split(':').collect();
         if parts.len() != 3 {
             return Err(bad());
@@ -21,37 +26,39 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             if i > 0 && v >= 60 {
                 return Err(bad());
             }
-            secs = secs * 60 + v;
+            secs = secs.checked_mul(60).and_then(|s| s.checked_add(v)).ok_or_else(too_long)?;
         }
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = t;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
+        Duration::from_secs(secs)
+    } else {
+        if t.is_empty() {
             return Err(bad());
         }
-        let value: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        total += match unit {
-            "ms" => Duration::from_millis(value),
-            "s" | "sec" => Duration::from_secs(value),
-            "m" | "min" => Duration::from_secs(value * 60),
-            "h" => Duration::from_secs(value * 3600),
-            "d" => Duration::from_secs(value * 86400),
-            _ => return Err(bad()),
-        };
+        let mut total = Duration::ZERO;
+        let mut rest = t;
+        while !rest.is_empty() {
+            let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            if digits == 0 {
+                return Err(bad());
+            }
+            let value: u64 = rest[..digits].parse().map_err(|_| too_long())?;
+            rest = &rest[digits..];
+            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let unit = &rest[..unit_len];
+            rest = &rest[unit_len..];
+            let part = match unit {
+                "ms" => Some(Duration::from_millis(value)),
+                "s" | "sec" => Some(Duration::from_secs(value)),
+                "m" | "min" => value.checked_mul(60).map(Duration::from_secs),
+                "h" => value.checked_mul(3600).map(Duration::from_secs),
+                "d" => value.checked_mul(86400).map(Duration::from_secs),
+                _ => return Err(bad()),
+            };
+            total = part.and_then(|p| total.checked_add(p)).ok_or_else(too_long)?;
+        }
+        total
+    };
+    if total > MAX_DURATION {
+        return Err(too_long());
     }
     Ok(total)
 }
@@ -109,6 +116,10 @@ mod tests {
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
         for bad in ["", "2x", "h", "1:2", "00:61:00", "-5s", "1.5h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        // Huge values are errors, not panics or silent wrap-arounds.
+        for huge in ["18446744073709551615s1s", "5124095576030432h", "99999999999999999:00:00", "4000d", "99999999999999999999999s"] {
+            assert!(parse_duration(huge).unwrap_err().contains("too long"), "{huge}");
         }
     }
 

@@ -567,9 +567,11 @@ fn check_file(
         Resolved::Unreadable(why) => return Some(("unreadable", format!("{rel}: {why}"))),
     };
     // The canonical path has no symlinks left; O_NOFOLLOW refuses one swapped in since.
+    // O_NONBLOCK: opening a FIFO (or a device) must not hang the reader, and with it the
+    // pause; regular files ignore the flag.
     let file = match File::options()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(&path)
     {
         Ok(f) => f,

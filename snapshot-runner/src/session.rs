@@ -16,6 +16,22 @@ pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_po
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
+    // A peer that vanishes (host down, network partition) must fail our calls within
+    // a minute, not after the kernel's default of many minutes: while a replica is
+    // paused, every hung call stretches the pause.
+    config.keepalives(true);
+    if config.get_keepalives_idle() > Duration::from_secs(30) {
+        config.keepalives_idle(Duration::from_secs(30));
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(Duration::from_secs(10));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(3);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(60));
+    }
     let (client, connection) = config.connect(crate::tls::connector()).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
