@@ -11,6 +11,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "upload_queue",
         include_str!("../../sql/0002_upload_queue.sql"),
     ),
+    (
+        3,
+        "expected_file",
+        include_str!("../../sql/0003_expected_file.sql"),
+    ),
 ];
 
 /// The schema version this binary knows.
