@@ -787,3 +787,63 @@ async fn tls_sslmode_require() {
         .get(0);
     assert_eq!(n, 4);
 }
+
+/// limits.max_pause bounds the pause even when the primary freezes mid-run (every call
+/// to it hangs): the cycle aborts, gives its work a short grace, and resumes replay
+/// while the primary is still frozen.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_pause_holds_even_when_the_primary_freezes() {
+    let c = Cluster::up("cycle-frozen-primary", 1);
+    let p = c.primary().await;
+    seed_blobs(&p, BLOBS, "bigint", "g", 5_000).await;
+    let cfg = c.write_config(
+        "t.toml",
+        &format!(
+            "[limits]\nmax_pause = \"8s\"\n[scan]\nbatch_rows = 1\n{}",
+            row_checksum_task(
+                "blobs",
+                BLOBS,
+                "id",
+                "payload",
+                "payload_md5",
+                "parallelism = 1"
+            )
+        ),
+    );
+    c.run(&cfg, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+    let child = c
+        .pgmaint(&cfg, &["run"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_paused(&c, 1).await;
+    signal_server(&c, "primary", "STOP");
+    let frozen = std::time::Instant::now();
+    // The scan (replica only) ends well within max_pause; the calls to the frozen
+    // primary around it hang. 8 s max_pause + 10 s grace + the time-outs of the calls on
+    // the way out, with margin.
+    let mut r = false;
+    while frozen.elapsed() < Duration::from_secs(40) {
+        if c.pause_state(1).await == "not paused" {
+            r = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let waited = frozen.elapsed();
+    signal_server(&c, "primary", "CONT");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        r,
+        "replica still paused {waited:?} after the primary froze\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -107,6 +107,8 @@ struct Cycle<'a> {
     paused_at: Option<DateTime<Utc>>,
     reports: Vec<TaskReport>,
     queued: Vec<i64>,
+    /// Stops the watchdog; set while the replica is paused.
+    watchdog: Option<CancellationToken>,
 }
 
 /// Run one cycle against `replica`. Returns a summary whatever happened after the
@@ -149,6 +151,7 @@ pub async fn run(
         paused_at: None,
         reports: Vec::new(),
         queued: Vec::new(),
+        watchdog: None,
     };
 
     // Once aborted (signal, limits, lost lease), the work gets ABORT_GRACE to wind down;
@@ -164,6 +167,9 @@ pub async fn run(
             tokio::time::sleep(ABORT_GRACE).await;
         } => Err(anyhow!("the work did not stop within {}s of the abort; resuming replay anyway", ABORT_GRACE.as_secs())),
     };
+    if let Some(w) = cycle.watchdog.take() {
+        w.cancel();
+    }
     // On every path: close the scan sessions, then resume replay if the pause is ours.
     let resume = cycle.close_and_resume().await;
     heartbeat.stop().await;
@@ -367,8 +373,10 @@ impl Cycle<'_> {
         self.pause_confirmed(relations.as_deref()).await?;
         let snapshot = self.snapshot.clone().expect("set by pause_confirmed");
 
-        // 4. Run the tasks (or the dump), with the watchdog guarding the pause limits.
-        let watchdog = self.spawn_watchdog(snapshot.clone(), pause_started);
+        // 4. Run the tasks (or the dump). The watchdog guards the pause limits from now
+        //    until the caller resumes replay: through the scans, and through the calls
+        //    to the primary after them, which may hang too.
+        self.watchdog = Some(self.spawn_watchdog(snapshot.clone(), pause_started));
         if let (Work::Dump(spec), Some(pg_dump)) = (&self.work, &pg_dump) {
             let dumped = dump::run_pg_dump(
                 pg_dump,
@@ -380,7 +388,6 @@ impl Cycle<'_> {
                 self.abort.token(),
             )
             .await;
-            watchdog.cancel();
             if let Some(reason) = self.abort.reason() {
                 bail!("{reason}");
             }
@@ -407,7 +414,6 @@ impl Cycle<'_> {
                            findings = report.findings, secs = report.elapsed.as_secs_f64(), "task finished");
             self.reports.push(report);
         }
-        watchdog.cancel();
         let scans_ended = Utc::now();
 
         // 5. Is the snapshot still the one we paused at?
@@ -496,8 +502,8 @@ impl Cycle<'_> {
         unreachable!("the loop returns or bails")
     }
 
-    /// Watch the pause while tasks run: max pause, max backlog, and a replica that
-    /// restarted (its pause silently gone). Any of them aborts the scans.
+    /// Watch the pause until replay is resumed: max pause, max backlog, and a replica
+    /// that restarted (its pause silently gone). Any of them aborts the cycle.
     fn spawn_watchdog(&self, snap: SnapshotInfo, pause_started: Instant) -> CancellationToken {
         let stop = CancellationToken::new();
         let stopped = stop.clone();
@@ -622,13 +628,21 @@ impl Cycle<'_> {
                FROM pgmaint.runs r WHERE r.id = $1",
             &params,
         );
-        let row = tokio::time::timeout(Duration::from_secs(5), query).await.ok()?.ok()?;
+        let row = tokio::time::timeout(Duration::from_secs(5), query)
+            .await
+            .ok()?
+            .ok()?;
         let (state, holder): (String, Option<i64>) = (row.get(0), row.get(1));
         if state == "dropped" {
-            return Some(format!("run {} was dropped by a recover after its lease expired", self.lease.run_id));
+            return Some(format!(
+                "run {} was dropped by a recover after its lease expired",
+                self.lease.run_id
+            ));
         }
         match holder {
-            Some(other) if other != self.lease.run_id => Some(format!("run {other} holds the replica's lease now")),
+            Some(other) if other != self.lease.run_id => {
+                Some(format!("run {other} holds the replica's lease now"))
+            }
             _ => None,
         }
     }
@@ -640,7 +654,10 @@ impl Cycle<'_> {
             return Ok(None);
         };
         if let Some(other) = self.taken_over().await {
-            tracing::warn!(replica = self.replica.name(), "not resuming replay: {other}");
+            tracing::warn!(
+                replica = self.replica.name(),
+                "not resuming replay: {other}"
+            );
             return Ok(Some((ResumeOutcome::NotOurs, 0)));
         }
         let app = snapshot_runner::scan_application_name(self.lease.run_id);

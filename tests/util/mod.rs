@@ -494,3 +494,26 @@ pub async fn enable_tls(c: &Cluster) {
             .unwrap();
     }
 }
+
+/// Send `sig` (STOP, CONT) to a server's postmaster and all its backends: a frozen
+/// server that accepts nothing and answers nothing.
+pub fn signal_server(c: &Cluster, name: &str, sig: &str) {
+    let pid_file = PathBuf::from(&c.env["DATA"])
+        .join(name)
+        .join("postmaster.pid");
+    let pm = std::fs::read_to_string(pid_file)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    Command::new("pkill")
+        .args([&format!("-{sig}"), "-P", &pm])
+        .status()
+        .unwrap();
+    Command::new("kill")
+        .args([&format!("-{sig}"), &pm])
+        .status()
+        .unwrap();
+}
