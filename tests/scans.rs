@@ -567,7 +567,11 @@ async fn file_checksum_reports_a_fifo_without_hanging() {
     let root = c.dir.join("store");
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("a.bin"), b"payload").unwrap();
-    let ok = std::process::Command::new("mkfifo").arg(root.join("pipe")).status().unwrap().success();
+    let ok = std::process::Command::new("mkfifo")
+        .arg(root.join("pipe"))
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "mkfifo");
     let p = c.primary().await;
     p.batch_execute(&format!(
@@ -602,7 +606,11 @@ async fn file_checksum_reports_a_fifo_without_hanging() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = s["run_id"].as_i64().unwrap();
     let got = findings_in_csv(&c.results_dir().join(format!("{id}/files.csv")));

@@ -203,7 +203,9 @@ fn dir_usage(dir: &Path) -> (u64, u64) {
 /// Leave `INVALID` (with the reason) in a dump directory whose dump failed or whose
 /// snapshot moved, if pg_dump got as far as writing anything there.
 pub fn mark_invalid(out: &Path, why: &str) {
-    let written = std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false);
+    let written = std::fs::read_dir(out)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
     if written {
         let text = format!("This is not a usable pgmaint dump: {why}\n");
         if let Err(e) = std::fs::write(out.join("INVALID"), text) {

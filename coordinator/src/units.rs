@@ -26,7 +26,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             if i > 0 && v >= 60 {
                 return Err(bad());
             }
-            secs = secs.checked_mul(60).and_then(|s| s.checked_add(v)).ok_or_else(too_long)?;
+            secs = secs
+                .checked_mul(60)
+                .and_then(|s| s.checked_add(v))
+                .ok_or_else(too_long)?;
         }
         Duration::from_secs(secs)
     } else {
@@ -36,13 +39,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let mut total = Duration::ZERO;
         let mut rest = t;
         while !rest.is_empty() {
-            let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
             if digits == 0 {
                 return Err(bad());
             }
             let value: u64 = rest[..digits].parse().map_err(|_| too_long())?;
             rest = &rest[digits..];
-            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
             let unit = &rest[..unit_len];
             rest = &rest[unit_len..];
             let part = match unit {
@@ -53,7 +60,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
                 "d" => value.checked_mul(86400).map(Duration::from_secs),
                 _ => return Err(bad()),
             };
-            total = part.and_then(|p| total.checked_add(p)).ok_or_else(too_long)?;
+            total = part
+                .and_then(|p| total.checked_add(p))
+                .ok_or_else(too_long)?;
         }
         total
     };
@@ -118,8 +127,17 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         // Huge values are errors, not panics or silent wrap-arounds.
-        for huge in ["18446744073709551615s1s", "5124095576030432h", "99999999999999999:00:00", "4000d", "99999999999999999999999s"] {
-            assert!(parse_duration(huge).unwrap_err().contains("too long"), "{huge}");
+        for huge in [
+            "18446744073709551615s1s",
+            "5124095576030432h",
+            "99999999999999999:00:00",
+            "4000d",
+            "99999999999999999999999s",
+        ] {
+            assert!(
+                parse_duration(huge).unwrap_err().contains("too long"),
+                "{huge}"
+            );
         }
     }
 
