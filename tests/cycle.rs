@@ -343,7 +343,8 @@ async fn missing_table_or_column_fails_clearly_and_leaves_replay_running() {
     }
 }
 
-/// SIGINT or SIGTERM during a scan: replay resumed, run cancelled, nothing queued.
+/// SIGINT, SIGTERM or SIGHUP (the operator's ssh session dropped) during a scan:
+/// replay resumed, run cancelled, nothing queued.
 #[tokio::test(flavor = "multi_thread")]
 async fn signals_during_a_scan_resume_replay_and_queue_nothing() {
     let c = Cluster::up("cycle-signals", 1);
@@ -364,7 +365,7 @@ async fn signals_during_a_scan_resume_replay_and_queue_nothing() {
         ),
     );
     c.run(&cfg, &["init"]).expect_code(0);
-    for sig in ["INT", "TERM"] {
+    for sig in ["INT", "TERM", "HUP"] {
         c.wait_caught_up(1).await;
         let child = c
             .pgmaint(&cfg, &["run"])

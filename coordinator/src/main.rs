@@ -88,7 +88,7 @@ enum Command {
     /// transaction on the primary, record the run and queue its uploads; close the scan
     /// sessions and resume replay.
     ///
-    /// Replay is resumed on every path: errors, SIGINT/SIGTERM, limits.max_pause or
+    /// Replay is resumed on every path: errors, SIGINT/SIGTERM/SIGHUP, limits.max_pause or
     /// limits.max_replay_backlog exceeded, a lost lease. A replica that restarted during
     /// the scan (its pause silently lost) makes the run invalid: nothing is uploaded.
     ///
@@ -194,17 +194,20 @@ fn load_config(g: &GlobalOpts) -> Result<Config> {
     Ok(Config::load(&g.config, &overrides)?)
 }
 
-/// SIGINT/SIGTERM abort the cycle (which then resumes replay); they never kill the
-/// process outright while a replica may be paused.
+/// SIGINT/SIGTERM/SIGHUP abort the cycle (which then resumes replay); they never kill
+/// the process outright while a replica may be paused.
 fn install_signal_handlers(abort: Abort) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    // The operator's terminal or ssh session going away must not kill a paused cycle.
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     tokio::spawn(async move {
         loop {
             let name = tokio::select! {
                 _ = int.recv() => "SIGINT",
                 _ = term.recv() => "SIGTERM",
+                _ = hup.recv() => "SIGHUP",
             };
             abort.trigger(AbortReason::Signal(name));
         }
@@ -335,13 +338,17 @@ async fn recover_all(
 
 /// Print a cycle's summary; its exit code.
 fn report_cycle(summary: &cycle::RunSummary, json: bool) -> Result<ExitCode> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(summary)?);
+    use std::io::Write;
+    // After a SIGHUP the terminal may be gone: the outcome is on the primary already,
+    // so a failed write here is not worth a panic.
+    let text = if json {
+        format!("{}\n", serde_json::to_string_pretty(summary)?)
     } else {
-        print!("{}", render_summary(summary));
-    }
+        render_summary(summary)
+    };
+    let _ = std::io::stdout().write_all(text.as_bytes());
     if let Some(e) = &summary.error {
-        eprintln!("pgmaint: error: run {}: {e}", summary.run_id);
+        let _ = writeln!(std::io::stderr(), "pgmaint: error: run {}: {e}", summary.run_id);
     }
     Ok(match (summary.ok(), summary.usage_error) {
         (true, _) => ExitCode::SUCCESS,
