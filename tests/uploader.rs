@@ -51,7 +51,8 @@ fn csv_columns(csv: &str) -> Vec<String> {
 }
 
 /// A run recorded as succeeded on the primary, its files and manifest under
-/// results.dir, and its upload tasks queued (chained in order, like `enqueue`).
+/// results.dir, and its upload tasks queued (chained in order, with the files' MD5
+/// and size, like `enqueue`).
 /// Returns (run id, task ids).
 async fn fake_run(fx: &Fx, files: &[FileSpec]) -> (i64, Vec<i64>) {
     let row = fx
@@ -94,9 +95,11 @@ async fn fake_run(fx: &Fx, files: &[FileSpec]) -> (i64, Vec<i64>) {
         let id: i64 = fx
             .p
             .query_one(
-                "INSERT INTO pgmaint.upload_tasks (run_id, task_name, apply_kind, file, manifest, params, depends_on, target)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $6::jsonb ->> 'target') RETURNING id",
-                &[&run_id, &f.task, &f.kind, &format!("{run_id}/{}.csv", f.task), &format!("{run_id}/manifest.json"), &f.params, &deps],
+                "INSERT INTO pgmaint.upload_tasks (run_id, task_name, apply_kind, file, manifest, params, depends_on, target,
+                                                   file_md5, file_size)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $6::jsonb ->> 'target', $8, $9) RETURNING id",
+                &[&run_id, &f.task, &f.kind, &format!("{run_id}/{}.csv", f.task), &format!("{run_id}/manifest.json"), &f.params, &deps,
+                  &md5_hex(f.csv.as_bytes()), &(f.csv.len() as i64)],
             )
             .await
             .unwrap()
@@ -209,12 +212,28 @@ async fn two_uploaders_apply_1000_tasks_exactly_once() {
     )
     .await;
     audited_target(&fx.p, "applied").await;
+    // One target per run: uploads of different runs are not ordered, and a merge into
+    // a target that a newer run has already written is superseded (not applied). Each
+    // run's target inherits from `applied` (to count them all) and logs like it.
+    fx.p.batch_execute(
+        "DO $$ BEGIN FOR r IN 0..99 LOOP
+             EXECUTE format('CREATE TABLE %I (PRIMARY KEY (id)) INHERITS (applied)', 'applied_' || r);
+             EXECUTE format('CREATE TRIGGER log BEFORE INSERT ON %I FOR EACH ROW EXECUTE FUNCTION applied_log()',
+                            'applied_' || r);
+         END LOOP; END $$",
+    )
+    .await
+    .unwrap();
     // 100 runs of 10 chained tasks, 3 rows each: 1,000 tasks, 3,000 rows.
     let mut next = 0i64;
-    for _ in 0..100 {
+    for r in 0..100 {
         let files: Vec<FileSpec> = (0..10)
             .map(|t| {
-                let f = merge_file(&format!("t{t}"), "public.applied", rows_csv(next, next + 3));
+                let f = merge_file(
+                    &format!("t{t}"),
+                    &format!("public.applied_{r}"),
+                    rows_csv(next, next + 3),
+                );
                 next += 3;
                 f
             })
@@ -1629,4 +1648,504 @@ async fn findings_of_a_real_cycle_are_rechecked_on_the_primary() {
     .map(|(k, f, h)| (k.to_string(), f.to_string(), Some(*h)))
     .collect();
     assert_eq!(got, want);
+}
+
+/// The snapshot LSN of run `id`, as text.
+async fn run_lsn(p: &Client, id: i64) -> String {
+    p.query_one(
+        "SELECT snapshot_lsn::text FROM pgmaint.runs WHERE id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// (run_id, snapshot LSN) that `pgmaint.materializations` records for `target`.
+async fn materialized(p: &Client, target: &str) -> (i64, String) {
+    let r = p
+        .query_one(
+            "SELECT run_id, snapshot_lsn::text FROM pgmaint.materializations WHERE target = $1",
+            &[&target],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
+/// Two runs of the same swap and merge, applied newest first (the uploader was down,
+/// or the older one was retried after a backoff): the older one must not overwrite the
+/// newer content, nor the LSN `pgmaint.materializations` records.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_snapshot_never_overwrites_a_newer_one() {
+    let fx = setup("up_superseded", "").await;
+    fx.p.batch_execute(
+        "CREATE TABLE sw (id bigint PRIMARY KEY, v text); INSERT INTO sw VALUES (0, 'original');
+         CREATE TABLE mg (id bigint PRIMARY KEY, v text);",
+    )
+    .await
+    .unwrap();
+    let files = |tag: &str, ids: &[i64]| {
+        let mut csv = String::from("id,v\n");
+        for i in ids {
+            csv.push_str(&format!("{i},{tag}\n"));
+        }
+        vec![
+            FileSpec {
+                task: "sw".into(),
+                kind: "swap",
+                csv: csv.clone(),
+                params: json!({ "target": "public.sw" }),
+            },
+            merge_file("mg", "public.mg", csv),
+        ]
+    };
+    let (old_run, old_ids) = fake_run(&fx, &files("old", &[1, 2, 3])).await;
+    let (new_run, new_ids) = fake_run(&fx, &files("new", &[1, 2])).await;
+    let (old_lsn, new_lsn) = (run_lsn(&fx.p, old_run).await, run_lsn(&fx.p, new_run).await);
+    let newer: bool =
+        fx.p.query_one(
+            "SELECT $1::text::pg_lsn > $2::text::pg_lsn",
+            &[&new_lsn, &old_lsn],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        newer,
+        "run {new_run} ({new_lsn}) is newer than run {old_run} ({old_lsn})"
+    );
+
+    // The newer run first.
+    fx.p.execute(
+        "UPDATE pgmaint.upload_tasks SET not_before = now() + interval '1 hour' WHERE run_id = $1",
+        &[&old_run],
+    )
+    .await
+    .unwrap();
+    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert!(out.stdout.contains("2 task(s) applied"), "{}", out.stdout);
+    // Then the older one.
+    fx.p.execute(
+        "UPDATE pgmaint.upload_tasks SET not_before = now() WHERE run_id = $1",
+        &[&old_run],
+    )
+    .await
+    .unwrap();
+    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert!(
+        out.stdout.contains("2 task(s) applied (0 rows)"),
+        "{}",
+        out.stdout
+    );
+
+    for id in old_ids {
+        let r =
+            fx.p.query_one(
+                "SELECT state, rows_applied, last_error FROM pgmaint.upload_tasks WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        let e: String = r.get::<_, Option<String>>(2).unwrap_or_default();
+        assert_eq!(r.get::<_, String>(0), "completed", "{e}");
+        assert_eq!(r.get::<_, Option<i64>>(1), Some(0), "{e}");
+        assert!(
+            e.contains(&format!("superseded by run {new_run} at LSN {new_lsn}")),
+            "{e}"
+        );
+    }
+    for id in new_ids {
+        assert_eq!(task_state(&fx.p, id).await, "completed");
+    }
+    // The newer content stays: the swap's rows and the merge's alone.
+    let content = |table: &'static str| {
+        let p = &fx.p;
+        async move {
+            p.query(&format!("SELECT id, v FROM {table} ORDER BY id"), &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)))
+                .collect::<Vec<_>>()
+        }
+    };
+    let want = vec![(1, "new".to_string()), (2, "new".to_string())];
+    assert_eq!(content("sw").await, want);
+    assert_eq!(content("mg").await, want);
+    for target in ["public.sw", "public.mg"] {
+        assert_eq!(
+            materialized(&fx.p, target).await,
+            (new_run, new_lsn.clone()),
+            "{target}"
+        );
+    }
+    assert_eq!(
+        count(
+            &fx.p,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgmaint_swap%'"
+        )
+        .await,
+        0,
+        "no staging left"
+    );
+}
+
+/// The same race with both applies in flight: the newer run's swap holds the target's
+/// materializations row while it waits for its exclusive lock; the older run's swap,
+/// already past its early check (nothing was materialized yet), builds its staging
+/// table, then waits on that row, sees the newer snapshot once it commits, and
+/// completes without applying (its staging table rolled back).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_swap_racing_a_newer_one_is_superseded() {
+    let fx = setup(
+        "up_superseded_race",
+        "lock_timeout = \"60s\"\nlease = \"10s\"\npoll_interval = \"500ms\"",
+    )
+    .await;
+    fx.p.batch_execute(
+        "CREATE TABLE sr (id bigint PRIMARY KEY, v text); INSERT INTO sr VALUES (0, 'original')",
+    )
+    .await
+    .unwrap();
+    let swap = |csv: String| FileSpec {
+        task: "sr".into(),
+        kind: "swap",
+        csv,
+        params: json!({ "target": "public.sr" }),
+    };
+    let (old_run, old_ids) = fake_run(&fx, &[swap("id,v\n1,old\n2,old\n".into())]).await;
+    let (new_run, new_ids) = fake_run(&fx, &[swap("id,v\n1,new\n".into())]).await;
+    let new_lsn = run_lsn(&fx.p, new_run).await;
+    fx.p.execute(
+        "UPDATE pgmaint.upload_tasks SET not_before = now() + interval '1 hour' WHERE run_id = $1",
+        &[&old_run],
+    )
+    .await
+    .unwrap();
+    // A reader holds the target: the newer swap blocks on LOCK TABLE.
+    let reader = fx.c.primary().await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM sr")
+        .await
+        .unwrap();
+    let mut a = spawn_uploader(&fx, "new", &["--slots", "1"]);
+    wait_apply_blocked(&fx.p).await;
+    // The older one, on another uploader: it blocks on the materializations row.
+    fx.p.execute(
+        "UPDATE pgmaint.upload_tasks SET not_before = now() WHERE run_id = $1",
+        &[&old_run],
+    )
+    .await
+    .unwrap();
+    let mut b = spawn_uploader(&fx, "old", &["--slots", "1"]);
+    wait_for(
+        "both applies to wait on a lock",
+        Duration::from_secs(20),
+        || async {
+            count(
+                &fx.p,
+                "SELECT count(*) FROM pg_stat_activity
+              WHERE application_name LIKE 'pgmaint-uploader-%' AND wait_event_type = 'Lock'",
+            )
+            .await
+                == 2
+        },
+    )
+    .await;
+    assert_eq!(task_state(&fx.p, old_ids[0]).await, "running");
+    reader.batch_execute("COMMIT").await.unwrap();
+    wait_for(
+        "both tasks to complete",
+        Duration::from_secs(20),
+        || async {
+            task_state(&fx.p, old_ids[0]).await == "completed"
+                && task_state(&fx.p, new_ids[0]).await == "completed"
+        },
+    )
+    .await;
+    for (w, tag) in [(&mut a, "new"), (&mut b, "old")] {
+        signal(w.id(), "TERM");
+        assert_eq!(
+            wait_exit(w, Duration::from_secs(20)),
+            0,
+            "{}",
+            uploader_log(&fx, tag)
+        );
+    }
+    let e: String =
+        fx.p.query_one(
+            "SELECT last_error FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&old_ids[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(e.contains(&format!("superseded by run {new_run}")), "{e}");
+    assert_eq!(
+        count(&fx.p, "SELECT count(*) FROM sr WHERE v = 'new'").await,
+        1
+    );
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM sr").await, 1);
+    assert_eq!(materialized(&fx.p, "public.sr").await, (new_run, new_lsn));
+    assert_eq!(
+        count(
+            &fx.p,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgmaint_swap%'"
+        )
+        .await,
+        0,
+        "no staging left"
+    );
+}
+
+/// An index built on the target (or a view created on it) while the swap's staging
+/// table was built and it waited for its exclusive lock: the swap must not commit a
+/// table without that index (or leave the view on the old table). The attempt is
+/// rolled back and retried against the table as it now is.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
+    let fx = setup("up_swap_race", "lock_timeout = \"60s\"").await;
+    fx.p.batch_execute(
+        "CREATE TABLE ix (id bigint PRIMARY KEY, v text); INSERT INTO ix VALUES (0, 'old')",
+    )
+    .await
+    .unwrap();
+    let (_, ids) = fake_run(
+        &fx,
+        &[FileSpec {
+            task: "ix".into(),
+            kind: "swap",
+            csv: rows_csv(1, 101),
+            params: json!({ "target": "public.ix" }),
+        }],
+    )
+    .await;
+    // The test holds the target; the swap builds its staging table, then waits.
+    let holder = fx.c.primary().await;
+    holder
+        .batch_execute("BEGIN; SELECT count(*) FROM ix")
+        .await
+        .unwrap();
+    let mut once = spawn_uploader(&fx, "race", &["--once", "--slots", "1"]);
+    wait_apply_blocked(&fx.p).await;
+    // Meanwhile an index is built on the target (the holder already holds a lock on
+    // it, so it does not queue behind the swap's request).
+    holder
+        .batch_execute("CREATE INDEX ix_v ON ix (v); COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_exit(&mut once, Duration::from_secs(30)),
+        0,
+        "{}",
+        uploader_log(&fx, "race")
+    );
+    let r =
+        fx.p.query_one(
+            "SELECT state, last_error FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap();
+    let e: String = r.get::<_, Option<String>>(1).unwrap_or_default();
+    assert_eq!(
+        r.get::<_, String>(0),
+        "waiting",
+        "retried, not completed: {e}"
+    );
+    assert!(
+        e.contains("changed during the apply") && e.contains("ix_v"),
+        "{e}"
+    );
+    assert_eq!(
+        count(&fx.p, "SELECT count(*) FROM ix").await,
+        1,
+        "nothing applied yet"
+    );
+    // The retry swaps, and the new table has the index.
+    fx.p.execute(
+        "UPDATE pgmaint.upload_tasks SET not_before = now() WHERE id = $1",
+        &[&ids[0]],
+    )
+    .await
+    .unwrap();
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM ix").await, 100);
+    assert_eq!(
+        count(
+            &fx.p,
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'ix' AND indexname = 'ix_v'"
+        )
+        .await,
+        1,
+        "the index built during the first attempt is on the new table"
+    );
+
+    // A view created while the next swap waits: never left on the old table.
+    let (_, ids) = fake_run(
+        &fx,
+        &[FileSpec {
+            task: "ix".into(),
+            kind: "swap",
+            csv: rows_csv(1, 51),
+            params: json!({ "target": "public.ix" }),
+        }],
+    )
+    .await;
+    holder
+        .batch_execute("BEGIN; SELECT count(*) FROM ix")
+        .await
+        .unwrap();
+    let mut once = spawn_uploader(&fx, "race-view", &["--once", "--slots", "1"]);
+    wait_apply_blocked(&fx.p).await;
+    holder
+        .batch_execute("CREATE VIEW ix_view AS SELECT * FROM ix; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_exit(&mut once, Duration::from_secs(30)),
+        0,
+        "{}",
+        uploader_log(&fx, "race-view")
+    );
+    let e: String =
+        fx.p.query_one(
+            "SELECT last_error FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap()
+        .get::<_, Option<String>>(0)
+        .unwrap_or_default();
+    assert_eq!(task_state(&fx.p, ids[0]).await, "waiting", "{e}");
+    assert!(e.contains("view ix_view depends on it"), "{e}");
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM ix_view").await, 100);
+    assert_eq!(
+        count(
+            &fx.p,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgmaint_swap%'"
+        )
+        .await,
+        0,
+        "no staging or old table left"
+    );
+}
+
+/// Whoever can write results.dir can rewrite a data file and its manifest so that they
+/// agree. The queue row on the primary keeps the MD5 and size the coordinator wrote:
+/// the upload is refused and nothing is applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_file_rewritten_with_its_manifest_is_refused() {
+    let c = Cluster::up("up_rewritten", 1);
+    let p = c.primary().await;
+    p.batch_execute(
+        "CREATE TABLE src (id int PRIMARY KEY, v text);
+         INSERT INTO src SELECT g, 'v' || g FROM generate_series(1, 20) g;
+         CREATE TABLE dst (id int PRIMARY KEY, v text);
+         INSERT INTO dst VALUES (0, 'before');",
+    )
+    .await
+    .unwrap();
+    let cfg = c.write_config(
+        "rw.toml",
+        "[[tasks]]\nname = \"dst\"\nkind = \"materialize\"\n\
+         query = \"SELECT id, v FROM src\"\ntarget = \"public.dst\"\n",
+    );
+    c.run(&cfg, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+    let (run, s) = run_json(&c, &cfg, &[]);
+    run.expect_code(0);
+    let run_id = s["run_id"].as_i64().unwrap();
+    let dir = c.results_dir().join(run_id.to_string());
+    let mut manifest = read_manifest(&dir);
+    let task = manifest["tasks"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|t| t["name"] == "dst")
+        .unwrap();
+    let name = task["file"]["name"].as_str().unwrap().to_string();
+    let data = std::fs::read_to_string(dir.join(&name)).unwrap();
+    let forged = data.replace(",v7\n", ",forged\n");
+    assert_ne!(forged, data);
+    std::fs::write(dir.join(&name), &forged).unwrap();
+    task["file"]["md5"] = json!(md5_hex(forged.as_bytes()));
+    task["file"]["size"] = json!(forged.len());
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+
+    let out = c.run(&cfg, &["uploader", "--once"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("0 task(s) applied"), "{}", out.stdout);
+    let r = p
+        .query_one(
+            "SELECT state, last_error FROM pgmaint.upload_tasks WHERE run_id = $1",
+            &[&run_id],
+        )
+        .await
+        .unwrap();
+    let e: String = r.get::<_, Option<String>>(1).unwrap_or_default();
+    assert_eq!(r.get::<_, String>(0), "failed", "{e}");
+    assert!(
+        e.contains("differ from those recorded when the task was queued"),
+        "{e}"
+    );
+    let rows: Vec<(i32, String)> = p
+        .query("SELECT id, v FROM dst ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, vec![(0, "before".to_string())], "nothing applied");
+}
+
+/// A NULL in a merge key matches no row (`t.k = l.k`), so every run would insert that
+/// row again: the file is refused, naming the column.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_merge_file_with_a_null_key_is_refused() {
+    let fx = setup("up_merge_null_key", "").await;
+    fx.p.batch_execute(
+        "CREATE TABLE nk (k text UNIQUE, v text); INSERT INTO nk VALUES ('a', 'old')",
+    )
+    .await
+    .unwrap();
+    let file = || FileSpec {
+        task: "nk".into(),
+        kind: "merge",
+        csv: "k,v\na,new\n,orphan\n".into(),
+        params: json!({ "target": "public.nk", "key": ["k"] }),
+    };
+    let (_, first) = fake_run(&fx, &[file()]).await;
+    let (_, second) = fake_run(&fx, &[file()]).await;
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
+    for id in [first[0], second[0]] {
+        let r =
+            fx.p.query_one(
+                "SELECT state, attempts, last_error FROM pgmaint.upload_tasks WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        let e: String = r.get::<_, Option<String>>(2).unwrap_or_default();
+        assert_eq!(
+            (r.get::<_, String>(0).as_str(), r.get::<_, i32>(1)),
+            ("failed", 1),
+            "{e}"
+        );
+        assert!(e.contains("key column \"k\" is NULL in 1 row(s)"), "{e}");
+    }
+    let rows: Vec<(Option<String>, String)> =
+        fx.p.query("SELECT k, v FROM nk ORDER BY k", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+    assert_eq!(rows, vec![(Some("a".to_string()), "old".to_string())]);
 }

@@ -8,7 +8,8 @@ use md5::{Digest, Md5};
 use snapshot_runner::{DataFile, ResultManifest, FINDINGS_COLUMNS};
 use tokio::io::AsyncReadExt;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::Transaction;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Transaction};
 
 use crate::queue::Claimed;
 use crate::UploadError;
@@ -32,6 +33,20 @@ pub(crate) struct Applied {
     pub exclusive_since: Option<Instant>,
     /// A swap renamed the old table away: drop it once committed.
     pub drop_after: bool,
+    /// Kept in the completed task's `last_error`: why nothing was applied (superseded).
+    pub note: Option<String>,
+}
+
+impl Applied {
+    /// Nothing applied, for the reason `note`; the task completes with 0 rows.
+    pub(crate) fn skipped(note: String) -> Self {
+        Applied {
+            rows: 0,
+            exclusive_since: None,
+            drop_after: false,
+            note: Some(note),
+        }
+    }
 }
 
 /// Lock waits are bounded by `lock_timeout`; a statement that times out on a lock is
@@ -46,11 +61,36 @@ pub(crate) async fn execute_retrying_locks(
     sql: &str,
     what: &str,
 ) -> Result<u64, UploadError> {
+    retrying_locks(tx, ctx, what, || tx.execute(sql, &[])).await
+}
+
+/// Run `sql` with `params` in a savepoint, retrying lock time-outs like
+/// [`execute_retrying_locks`]; its rows.
+pub(crate) async fn query_retrying_locks(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    what: &str,
+) -> Result<Vec<Row>, UploadError> {
+    retrying_locks(tx, ctx, what, || tx.query(sql, params)).await
+}
+
+async fn retrying_locks<T, F, Fut>(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    what: &str,
+    mut op: F,
+) -> Result<T, UploadError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+{
     for attempt in 1..=LOCK_TRIES {
         tx.batch_execute("SAVEPOINT pgmaint_lock")
             .await
             .map_err(UploadError::db(what))?;
-        match tx.execute(sql, &[]).await {
+        match op().await {
             Ok(n) => {
                 tx.batch_execute("RELEASE SAVEPOINT pgmaint_lock")
                     .await
@@ -120,6 +160,9 @@ fn inside(task: &Claimed, root: &Path, rel: &str, what: &str) -> Result<PathBuf,
 pub(crate) struct Checked {
     pub path: PathBuf,
     pub expected: DataFile,
+    /// MD5 and size the coordinator recorded in the queue (tasks queued since
+    /// migration 3): the file must match these too, whatever the manifest says.
+    pub recorded: Option<(String, u64)>,
     pub snapshot_lsn: String,
 }
 
@@ -170,16 +213,50 @@ pub(crate) async fn check(
             "the data file is not the one the manifest lists",
         ));
     }
+    // The manifest lives beside the file, so whoever can rewrite one can rewrite the
+    // other: the queue row on the primary is the reference.
+    let recorded = match (&task.file_md5, task.file_size) {
+        (Some(md5), Some(size)) => {
+            let size = u64::try_from(size)
+                .map_err(|_| rejected(task, format!("recorded file size {size} is negative")))?;
+            if !md5.eq_ignore_ascii_case(&entry.md5) || size != entry.size {
+                return Err(rejected(
+                    task,
+                    format!(
+                        "the manifest's md5 {} and size {} of data file {} differ from those recorded when the task \
+                         was queued (md5 {md5}, size {size}): file and manifest rewritten since",
+                        entry.md5, entry.size, entry.name
+                    ),
+                ));
+            }
+            Some((md5.to_ascii_lowercase(), size))
+        }
+        (None, None) => {
+            tracing::debug!(
+                task = task.id,
+                "queued before file_md5/file_size were recorded: checked against the manifest only"
+            );
+            None
+        }
+        _ => {
+            return Err(rejected(
+                task,
+                "the queue records only one of file_md5 and file_size",
+            ))
+        }
+    };
     Ok(Checked {
         path: data_path,
         expected: entry,
+        recorded,
         snapshot_lsn: manifest.snapshot.lsn,
     })
 }
 
 /// Stream `path` into an open `COPY … FROM STDIN`, hashing as it goes, and fail before
-/// the COPY ends if the bytes differ from the manifest. Checking while loading (not
-/// before) leaves no window for the file to change between check and load.
+/// the COPY ends if the bytes differ from the manifest or from what the queue recorded.
+/// Checking while loading (not before) leaves no window for the file to change between
+/// check and load.
 pub(crate) async fn copy_checked(
     tx: &Transaction<'_>,
     task: &Claimed,
@@ -206,7 +283,8 @@ pub(crate) async fn copy_checked(
         }
         hasher.update(&buf[..n]);
         size += n as u64;
-        if size > checked.expected.size {
+        if size > checked.expected.size || checked.recorded.as_ref().is_some_and(|(_, s)| size > *s)
+        {
             break;
         }
         sink.send(bytes::Bytes::copy_from_slice(&buf[..n]))
@@ -225,6 +303,18 @@ pub(crate) async fn copy_checked(
                 checked.expected.md5
             ),
         ));
+    }
+    if let Some((want_md5, want_size)) = &checked.recorded {
+        if size != *want_size || md5 != *want_md5 {
+            return Err(rejected(
+                task,
+                format!(
+                    "data file {} differs from what was recorded when the task was queued \
+                     (size {size} vs {want_size}, md5 {md5} vs {want_md5})",
+                    checked.path.display()
+                ),
+            ));
+        }
     }
     sink.as_mut()
         .finish()
@@ -286,5 +376,6 @@ pub(crate) async fn findings(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Appl
         rows: inserted as i64,
         exclusive_since: None,
         drop_after: false,
+        note: None,
     })
 }

@@ -12,6 +12,11 @@ pub enum UploadError {
     /// Retrying cannot help until an operator changes the table; then `pgmaint tasks retry`.
     #[error("{0}")]
     Target(String),
+    /// The target changed while the apply ran (an index, view, foreign key, trigger or
+    /// column added or altered before the apply took its exclusive lock): this attempt
+    /// is rolled back and the task retried, against the table as it now is.
+    #[error("{0}")]
+    Changed(String),
     /// A database error (may be passing: lock time-out, lost connection).
     #[error("{context}: {}", describe(source))]
     Db {

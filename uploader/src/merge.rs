@@ -6,7 +6,7 @@ use snapshot_runner::ident::quote_ident;
 use tokio_postgres::Transaction;
 
 use crate::apply::{check, copy_checked, execute_retrying_locks, rejected, Applied, Ctx};
-use crate::target::{check_columns, record_materialization, resolve, target_name};
+use crate::target::{check_columns, record_materialization, resolve, superseded, target_name};
 use crate::UploadError;
 
 /// Apply a merge task. Params: `{"target": "<table, SQL syntax>", "key": ["col", …]}`;
@@ -35,6 +35,9 @@ pub(crate) async fn merge(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied
         .collect::<Result<_, _>>()?;
     let checked = check(tx, task, ctx.results_dir).await?;
     let target = resolve(tx, task, name).await?;
+    if let Some(note) = superseded(tx, ctx, &target, &checked.snapshot_lsn, false).await? {
+        return Ok(Applied::skipped(note));
+    }
     let columns = &checked.expected.columns;
     let column_list = check_columns(tx, task, &target, columns).await?;
     let missing: Vec<String> = keys
@@ -75,6 +78,10 @@ pub(crate) async fn merge(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied
         )));
     }
 
+    // Undone if another run turns out to have materialized a newer snapshot meanwhile.
+    tx.batch_execute("SAVEPOINT pgmaint_apply")
+        .await
+        .map_err(UploadError::db("starting the merge savepoint"))?;
     // The load table has the target's column types, so COPY parses each value once,
     // as the target would.
     tx.batch_execute(&format!(
@@ -91,8 +98,43 @@ pub(crate) async fn merge(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied
     )
     .await? as i64;
 
-    let table = target.name.quoted();
     let q = |c: &String| quote_ident(c);
+    // `t.k = l.k` never matches a NULL key: such a row would be inserted again by every
+    // run (a unique index lets NULLs repeat). Refuse the file, naming the column.
+    let nulls = tx
+        .query_one(
+            &format!(
+                "SELECT ARRAY[{}]::bigint[] FROM pgmaint_merge_load",
+                keys.iter()
+                    .map(|k| format!("count(*) FILTER (WHERE {} IS NULL)", q(k)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            &[],
+        )
+        .await
+        .map_err(UploadError::db("checking the merge keys for NULLs"))?
+        .get::<_, Vec<i64>>(0);
+    if let Some((k, n)) = keys.iter().zip(&nulls).find(|(_, n)| **n > 0) {
+        return Err(rejected(
+            task,
+            format!(
+                "key column {} is NULL in {n} row(s) of the result file: a NULL key matches no row, so a merge \
+                 would insert those rows again on every run (make the key NOT NULL in the query, or filter them out)",
+                q(k)
+            ),
+        ));
+    }
+
+    // Lock the target's materializations row (held to commit) before writing the target.
+    if let Some(note) = superseded(tx, ctx, &target, &checked.snapshot_lsn, true).await? {
+        tx.batch_execute("ROLLBACK TO SAVEPOINT pgmaint_apply")
+            .await
+            .map_err(UploadError::db("discarding the merge load"))?;
+        return Ok(Applied::skipped(note));
+    }
+
+    let table = target.name.quoted();
     let key_match: Vec<String> = keys
         .iter()
         .map(|k| format!("t.{k} = l.{k}", k = q(k)))
@@ -156,5 +198,6 @@ pub(crate) async fn merge(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied
         rows,
         exclusive_since: None,
         drop_after: false,
+        note: None,
     })
 }

@@ -89,13 +89,25 @@ pub async fn enqueue(
             .query_one(
                 "WITH ins AS (
                      INSERT INTO pgmaint.upload_tasks
-                            (run_id, task_name, apply_kind, file, manifest, params, depends_on, max_attempts, target)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $6::jsonb ->> 'target')
+                            (run_id, task_name, apply_kind, file, manifest, params, depends_on, max_attempts, target,
+                             file_md5, file_size)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $6::jsonb ->> 'target', $9, $10)
                      ON CONFLICT (run_id, task_name) DO NOTHING RETURNING id)
                  SELECT id FROM ins
                  UNION ALL SELECT id FROM pgmaint.upload_tasks WHERE run_id = $1 AND task_name = $2
                  LIMIT 1",
-                &[&run_id, &u.task_name, &u.kind.as_str(), &u.file, &u.manifest, &u.params, &depends_on, &max_attempts],
+                &[
+                    &run_id,
+                    &u.task_name,
+                    &u.kind.as_str(),
+                    &u.file,
+                    &u.manifest,
+                    &u.params,
+                    &depends_on,
+                    &max_attempts,
+                    &u.file_md5,
+                    &u.file_size,
+                ],
             )
             .await
             .map_err(UploadError::db(format!("queueing upload of task {}", u.task_name)))?;
@@ -120,6 +132,10 @@ pub(crate) struct Claimed {
     /// The fencing token: the attempt number this claim made.
     pub attempt: i32,
     pub max_attempts: i32,
+    /// MD5 and size of the data file as the coordinator recorded them at enqueue
+    /// (`None` for tasks queued before migration 3).
+    pub file_md5: Option<String>,
+    pub file_size: Option<i64>,
 }
 
 /// Claim the next runnable task (see [`claim`]).
@@ -135,7 +151,7 @@ const CLAIM: &str = "UPDATE pgmaint.upload_tasks t
                      ORDER BY w.not_before, w.id
                      FOR UPDATE SKIP LOCKED LIMIT 1)
              RETURNING t.id, t.run_id, t.task_name, t.apply_kind, t.file, t.manifest, t.params,
-                       t.attempts, t.max_attempts";
+                       t.attempts, t.max_attempts, t.file_md5, t.file_size";
 
 /// Renew a lease (see [`heartbeat`]).
 const HEARTBEAT: &str = "UPDATE pgmaint.upload_tasks
@@ -144,10 +160,11 @@ const HEARTBEAT: &str = "UPDATE pgmaint.upload_tasks
                 AND lease_expires_at > clock_timestamp()
              RETURNING cancel_requested";
 
-/// Complete a task, fenced (see [`complete`]).
+/// Complete a task, fenced (see [`complete`]). `$5` is a note kept in `last_error`
+/// (a superseded apply says so there), normally NULL.
 const COMPLETE: &str = "UPDATE pgmaint.upload_tasks
                 SET state = 'completed', finished_at = clock_timestamp(), rows_applied = $4,
-                    lease_expires_at = NULL, last_error = NULL
+                    lease_expires_at = NULL, last_error = $5::text
               WHERE id = $1 AND worker = $2 AND attempts = $3 AND state = 'running'
                 AND lease_expires_at > clock_timestamp() AND NOT cancel_requested";
 
@@ -202,6 +219,8 @@ pub(crate) async fn claim(
         params: r.get(6),
         attempt: r.get(7),
         max_attempts: r.get(8),
+        file_md5: r.get(9),
+        file_size: r.get(10),
     }))
 }
 
@@ -248,9 +267,10 @@ pub(crate) async fn complete(
     task: &Claimed,
     worker: &str,
     rows: i64,
+    note: Option<&str>,
 ) -> Result<(), UploadError> {
     let done = tx
-        .execute(stmt, &[&task.id, &worker, &task.attempt, &rows])
+        .execute(stmt, &[&task.id, &worker, &task.attempt, &rows, &note])
         .await
         .map_err(UploadError::db("completing the task"))?;
     if done == 1 {

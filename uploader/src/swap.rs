@@ -5,13 +5,18 @@
 //!    statistics objects), COPY the file into it, then create the target's indexes on
 //!    it (building an index once after the load is faster than maintaining it during
 //!    the load), and ANALYZE it. Readers of the target are not disturbed meanwhile.
-//! 2. Take ACCESS EXCLUSIVE on the target (bounded by `lock_timeout`, retried in a
-//!    savepoint), rename it and its indexes away, rename the staging table, its
-//!    indexes and statistics objects to the old names, turn the constraint indexes
-//!    back into PRIMARY KEY / UNIQUE constraints, and re-apply owner, grants (table and
-//!    column), table comment, index comments, CLUSTER and REPLICA IDENTITY settings;
-//!    serial sequences are handed over, identity sequences carry on from the old
-//!    value. All of that is one round trip of catalog updates. Then commit: readers
+//! 2. Lock the target's `pgmaint.materializations` row and give up (completed,
+//!    nothing applied, the staging work rolled back) if another run already put a
+//!    snapshot at least as new into it. Take ACCESS EXCLUSIVE on the target (bounded
+//!    by `lock_timeout`, retried in a savepoint) and check again what step 1 relied
+//!    on: a view, foreign key or trigger that appeared, or a column, constraint or
+//!    index added or altered meanwhile (even `CREATE INDEX CONCURRENTLY`), fails the
+//!    attempt, which is retried later. Then rename the target and its indexes away,
+//!    rename the staging table, its indexes and statistics objects to the old names,
+//!    turn the constraint indexes back into PRIMARY KEY / UNIQUE constraints, and
+//!    re-apply owner, grants (table and column), table comment, index comments,
+//!    CLUSTER and REPLICA IDENTITY settings; serial sequences are handed over,
+//!    identity sequences carry on from the old value. All of that is one round trip of catalog updates. Then commit: readers
 //!    waiting on the lock see the new table, never an empty or half-built one.
 //!    `\d target` and `\dp target` look as before.
 //! 3. After the commit, drop the old table in its own transaction (dropping it inside
@@ -33,7 +38,9 @@ use snapshot_runner::ident::quote_ident;
 use tokio_postgres::Transaction;
 
 use crate::apply::{check, copy_checked, execute_retrying_locks, Applied, Ctx};
-use crate::target::{check_columns, record_materialization, resolve, target_name, Target};
+use crate::target::{
+    check_columns, record_materialization, resolve, superseded, target_name, Target,
+};
 use crate::UploadError;
 
 /// Name prefix of a swapped-out table, dropped after the swap commits.
@@ -104,28 +111,125 @@ SELECT format('%s depends on it', pg_describe_object(d.classid, d.objid, d.objsu
                          'pg_policy'::regclass, 'pg_publication_rel'::regclass)
    AND NOT (d.classid = 'pg_class'::regclass AND d.objid = $1)";
 
-async fn refuse_if_blocked(
-    tx: &Transaction<'_>,
-    ctx: &Ctx<'_>,
-    t: &Target,
-) -> Result<(), UploadError> {
-    let rows = tx
+async fn blockers(tx: &Transaction<'_>, t: &Target) -> Result<Vec<String>, UploadError> {
+    Ok(tx
         .query(BLOCKERS, &[&t.oid])
         .await
         .map_err(UploadError::db(format!(
             "checking what depends on {}",
             t.name
-        )))?;
-    if rows.is_empty() {
+        )))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+async fn refuse_if_blocked(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    t: &Target,
+) -> Result<(), UploadError> {
+    let why = blockers(tx, t).await?;
+    if why.is_empty() {
         return Ok(());
     }
-    let why: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     Err(UploadError::Target(format!(
         "swap target {} cannot be replaced safely: {} (remove them, or apply with kind merge; upload task {})",
         t.name,
         why.join("; "),
         ctx.task.id
     )))
+}
+
+/// The target's definition as the staging table copies it: persistence and storage
+/// parameters, columns (type, NOT NULL, default, identity, generated, collation,
+/// storage, compression, comment), constraints, indexes (definition, CLUSTER, REPLICA
+/// IDENTITY, validity, comments) and statistics objects, one line each. Read before the
+/// staging table is built and again under the exclusive lock: any difference means
+/// something was added or altered meanwhile, which the new table would lack.
+const SHAPE: &str = "
+SELECT format('rel %s %s %s', relkind, relpersistence, reloptions) FROM pg_class WHERE oid = $1
+UNION ALL
+SELECT format('col %s %I %s notnull=%s identity=%s generated=%s collation=%s storage=%s compression=%s default=%s comment=%s',
+              a.attnum, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attidentity, a.attgenerated,
+              a.attcollation, a.attstorage, a.attcompression, pg_get_expr(d.adbin, d.adrelid),
+              col_description(a.attrelid, a.attnum))
+  FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+ WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+UNION ALL
+SELECT format('constraint %I %s comment=%s', conname, pg_get_constraintdef(oid), obj_description(oid, 'pg_constraint'))
+  FROM pg_constraint WHERE conrelid = $1
+UNION ALL
+SELECT format('index %s clustered=%s replident=%s valid=%s comment=%s', pg_get_indexdef(indexrelid), indisclustered,
+              indisreplident, indisvalid, obj_description(indexrelid, 'pg_class'))
+  FROM pg_index WHERE indrelid = $1
+UNION ALL
+SELECT format('statistics %s', pg_get_statisticsobjdef(oid)) FROM pg_statistic_ext WHERE stxrelid = $1
+ORDER BY 1";
+
+async fn shape(tx: &Transaction<'_>, t: &Target) -> Result<Vec<String>, UploadError> {
+    Ok(tx
+        .query(SHAPE, &[&t.oid])
+        .await
+        .map_err(UploadError::db(format!(
+            "reading the definition of {}",
+            t.name
+        )))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Under the exclusive lock: fail this attempt (retried later, against the table as
+/// it now is) if a view, foreign key, trigger, … appeared, or the definition changed,
+/// since the checks and plans made before the staging table was built.
+async fn recheck_under_lock(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    t: &Target,
+    before: &[String],
+) -> Result<(), UploadError> {
+    let why = blockers(tx, t).await?;
+    if !why.is_empty() {
+        return Err(UploadError::Changed(
+            format!(
+                "swap target {} changed during the apply: {} (appeared while the staging table was built; \
+                 rolled back, to be retried; upload task {})",
+                t.name,
+                why.join("; "),
+                ctx.task.id
+            )
+            .replace('\n', " "),
+        ));
+    }
+    let now = shape(tx, t).await?;
+    if now != before {
+        let mut diff: Vec<String> = before
+            .iter()
+            .filter(|l| !now.contains(l))
+            .map(|l| format!("was: {l}"))
+            .chain(
+                now.iter()
+                    .filter(|l| !before.contains(l))
+                    .map(|l| format!("now: {l}")),
+            )
+            .collect();
+        let more = diff.len().saturating_sub(4);
+        diff.truncate(4);
+        if more > 0 {
+            diff.push(format!("{more} more"));
+        }
+        return Err(UploadError::Changed(
+            format!(
+                "swap target {} changed during the apply ({}); rolled back, to be retried (upload task {})",
+                t.name,
+                diff.join("; "),
+                ctx.task.id
+            )
+            .replace('\n', " "),
+        ));
+    }
+    Ok(())
 }
 
 /// One index of the target, and how to rebuild it on the staging table.
@@ -214,6 +318,9 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
     let checked = check(tx, task, ctx.results_dir).await?;
     let t = resolve(tx, task, name).await?;
     let column_list = check_columns(tx, task, &t, &checked.expected.columns).await?;
+    if let Some(note) = superseded(tx, ctx, &t, &checked.snapshot_lsn, false).await? {
+        return Ok(Applied::skipped(note));
+    }
     refuse_if_blocked(tx, ctx, &t).await?;
 
     let schema = quote_ident(&t.name.schema);
@@ -221,6 +328,14 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
     let staging = format!("{schema}.{}", quote_ident(&staging_name));
     let target = t.name.quoted();
     let db = |what: &str| UploadError::db(format!("swap of {}: {what}", t.name));
+
+    // What the staging table is built from; checked again under the exclusive lock.
+    let before = shape(tx, &t).await?;
+    let indexes = plan_indexes(tx, ctx, &t, &staging).await?;
+    // Undone if another run turns out to have materialized a newer snapshot meanwhile.
+    tx.batch_execute("SAVEPOINT pgmaint_apply")
+        .await
+        .map_err(db("starting the staging savepoint"))?;
 
     // 1. Build the staging table beside the target.
     tx.batch_execute(&format!(
@@ -252,7 +367,6 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
         &checked,
     )
     .await? as i64;
-    let indexes = plan_indexes(tx, ctx, &t, &staging).await?;
     for ix in &indexes {
         tx.batch_execute(&ix.create).await.map_err(db(&format!(
             "building index {} on the staging table",
@@ -263,7 +377,15 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
         .await
         .map_err(db("analyzing the staging table"))?;
 
-    // 2. The short exclusive part.
+    // 2. The short exclusive part. First the target's materializations row (held to
+    // commit: a concurrent apply of the same target decides after this one), then the
+    // table; every apply takes them in that order.
+    if let Some(note) = superseded(tx, ctx, &t, &checked.snapshot_lsn, true).await? {
+        tx.batch_execute("ROLLBACK TO SAVEPOINT pgmaint_apply")
+            .await
+            .map_err(db("dropping the staging table"))?;
+        return Ok(Applied::skipped(note));
+    }
     execute_retrying_locks(
         tx,
         ctx,
@@ -272,8 +394,12 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
     )
     .await?;
     let locked_at = Instant::now();
-    // A view or foreign key added since the check makes DROP TABLE fail (RESTRICT):
-    // the apply rolls back, and its retry refuses with the check's clear message.
+    // Nothing can alter the target now. A view, foreign key or trigger created, or an
+    // index built (even CONCURRENTLY), since the checks above would be left on the old
+    // table, or missing from the new one, by the renames below (and the DROP of the
+    // old table only runs after the commit, so it cannot roll this back): check again,
+    // and retry the whole apply if anything changed.
+    recheck_under_lock(tx, ctx, &t, &before).await?;
     // Owner, grants and comment of the old table, as statements for the new one (the
     // server quotes names with %I and texts with %L).
     let restore: Vec<String> = tx
@@ -423,5 +549,6 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
         rows,
         exclusive_since: Some(locked_at),
         drop_after: true,
+        note: None,
     })
 }

@@ -4,7 +4,7 @@
 use snapshot_runner::ident::{quote_ident, QualifiedName};
 use tokio_postgres::Transaction;
 
-use crate::apply::rejected;
+use crate::apply::{query_retrying_locks, rejected, Ctx};
 use crate::queue::Claimed;
 use crate::UploadError;
 
@@ -120,6 +120,77 @@ pub(crate) async fn check_columns(
         .map(|c| quote_ident(c))
         .collect::<Vec<_>>()
         .join(", "))
+}
+
+/// Has another run already put a snapshot at least as new as `snapshot_lsn` into the
+/// target? Then this task must not apply: uploads of different runs are not ordered
+/// (runs 5 and 6 both queued while the uploader was down, or run 5's apply retried
+/// after a backoff), and the one that commits last would otherwise win. Returns the
+/// note to record on the task.
+///
+/// With `lock`, the target's `pgmaint.materializations` row is locked until the apply
+/// commits (inserted first with this task's values if there is none, so a first
+/// materialization is serialised too): a concurrent apply of the same target then
+/// waits here and decides after this one has committed. Without, it is a plain read
+/// that lets an apply skip its work early; the locked check decides.
+pub(crate) async fn superseded(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    t: &Target,
+    snapshot_lsn: &str,
+    lock: bool,
+) -> Result<Option<String>, UploadError> {
+    let task = ctx.task;
+    let target = t.name.to_string();
+    let what = format!("reading the materialization of {}", t.name);
+    let rows = if lock {
+        let inserted = query_retrying_locks(
+            tx,
+            ctx,
+            "INSERT INTO pgmaint.materializations (target, run_id, task_name, snapshot_lsn, rows)
+             VALUES ($1, $2, $3, $4::text::pg_lsn, 0)
+             ON CONFLICT (target) DO NOTHING RETURNING run_id",
+            &[&target, &task.run_id, &task.task_name, &snapshot_lsn],
+            &what,
+        )
+        .await?;
+        if !inserted.is_empty() {
+            return Ok(None);
+        }
+        query_retrying_locks(
+            tx,
+            ctx,
+            "SELECT run_id, snapshot_lsn::text, snapshot_lsn >= $2::text::pg_lsn
+               FROM pgmaint.materializations WHERE target = $1 FOR UPDATE",
+            &[&target, &snapshot_lsn],
+            &what,
+        )
+        .await?
+    } else {
+        tx.query(
+            "SELECT run_id, snapshot_lsn::text, snapshot_lsn >= $2::text::pg_lsn
+               FROM pgmaint.materializations WHERE target = $1",
+            &[&target, &snapshot_lsn],
+        )
+        .await
+        .map_err(UploadError::db(what))?
+    };
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    let (run_id, lsn, not_older): (i64, String, bool) = (row.get(0), row.get(1), row.get(2));
+    // The same run may write one target from several tasks (chained in order).
+    if run_id == task.run_id || !not_older {
+        return Ok(None);
+    }
+    let note = format!(
+        "superseded by run {run_id} at LSN {lsn}: {} already reflects a snapshot at least as new as this \
+         run's ({snapshot_lsn}); nothing applied",
+        t.name
+    );
+    tracing::warn!(task = task.id, run = task.run_id, target = %t.name, newer_run = run_id, newer_lsn = %lsn,
+                   lsn = %snapshot_lsn, "{note}");
+    Ok(Some(note))
 }
 
 /// Record which snapshot the target now reflects.

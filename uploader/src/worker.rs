@@ -47,6 +47,9 @@ pub struct DrainStats {
     pub retried: u64,
     /// Tasks stopped by an operator's cancel.
     pub cancelled: u64,
+    /// Of the tasks counted in `completed`: swaps and merges completed without applying
+    /// anything, because another run had already materialized a newer snapshot.
+    pub superseded: u64,
     /// Rows applied.
     pub rows: u64,
 }
@@ -93,7 +96,8 @@ impl Conns {
 
 /// How one task in hand ended.
 enum Outcome {
-    Applied(i64),
+    /// Completed: rows applied, and whether it was superseded (nothing applied).
+    Applied(i64, bool),
     Failed(UploadError),
     /// The connection to the primary broke mid-apply: record the failure once back.
     Orphaned(UploadError),
@@ -372,11 +376,17 @@ impl Worker {
             };
             tracing::debug!(slot = n, task = task.id, attempt = task.attempt, "claimed");
             match self.run_task(c, &task, &me, &shutdown).await {
-                Outcome::Applied(rows) => {
+                Outcome::Applied(rows, superseded) => {
                     let mut s = stats.lock().expect("stats lock");
                     s.completed += 1;
                     s.rows += rows as u64;
-                    tracing::info!(task = task.id, run = task.run_id, name = %task.task_name, kind = %task.kind, rows, "applied");
+                    if superseded {
+                        s.superseded += 1;
+                        tracing::info!(task = task.id, run = task.run_id, name = %task.task_name, kind = %task.kind,
+                                       "completed as superseded: nothing applied");
+                    } else {
+                        tracing::info!(task = task.id, run = task.run_id, name = %task.task_name, kind = %task.kind, rows, "applied");
+                    }
                 }
                 Outcome::Released => {
                     tracing::info!(task = task.id, "released on shutdown");
@@ -502,7 +512,7 @@ impl Worker {
         tokio::pin!(grace);
         let stop = tokio::select! {
             r = &mut apply => return match r {
-                Ok(rows) => Outcome::Applied(rows),
+                Ok((rows, superseded)) => Outcome::Applied(rows, superseded),
                 Err(e) if e.is_closed() => Outcome::Orphaned(e),
                 Err(e) => Outcome::Failed(e),
             },
@@ -514,7 +524,8 @@ impl Worker {
         let _ = cancel.cancel_query(snapshot_runner::tls::connector()).await;
         let r = tokio::time::timeout(Duration::from_secs(10), &mut apply).await;
         match (stop, r) {
-            (_, Ok(Ok(rows))) => Outcome::Applied(rows), // it committed before the cancel landed
+            // It committed before the cancel landed.
+            (_, Ok(Ok((rows, superseded)))) => Outcome::Applied(rows, superseded),
             (Some(Beat::CancelRequested), _) => Outcome::Failed(UploadError::Cancelled(task.id)),
             (Some(_), _) => Outcome::Failed(UploadError::Fenced(task.id)),
             (None, _) => match queue::release(side, task, me).await {
@@ -527,14 +538,15 @@ impl Worker {
         }
     }
 
-    /// One task, in one transaction: check, load, complete (fenced).
+    /// One task, in one transaction: check, load, complete (fenced). Returns the rows
+    /// applied, and whether the task was superseded (completed, nothing applied).
     async fn apply(
         &self,
         client: &mut Client,
         complete_stmt: &tokio_postgres::Statement,
         task: &Claimed,
         me: &str,
-    ) -> Result<i64, UploadError> {
+    ) -> Result<(i64, bool), UploadError> {
         let tx = client
             .transaction()
             .await
@@ -556,7 +568,15 @@ impl Worker {
                 )))
             }
         };
-        queue::complete(&tx, complete_stmt, task, me, applied.rows).await?;
+        queue::complete(
+            &tx,
+            complete_stmt,
+            task,
+            me,
+            applied.rows,
+            applied.note.as_deref(),
+        )
+        .await?;
         tx.commit()
             .await
             .map_err(UploadError::db("committing the apply"))?;
@@ -572,6 +592,6 @@ impl Worker {
         if applied.drop_after {
             crate::swap::drop_old_tables(client).await;
         }
-        Ok(applied.rows)
+        Ok((applied.rows, applied.note.is_some()))
     }
 }
