@@ -861,22 +861,46 @@ async fn replay_backlog_over_the_limit_aborts_the_cycle() {
         "t.toml",
         &format!(
             "[limits]\nmax_replay_backlog = \"1MB\"\n[scan]\nbatch_rows = 1\n{}",
-            row_checksum_task("blobs", BLOBS, "id", "payload", "payload_md5", "parallelism = 1")
+            row_checksum_task(
+                "blobs",
+                BLOBS,
+                "id",
+                "payload",
+                "payload_md5",
+                "parallelism = 1"
+            )
         ),
     );
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
-    let child = c.pgmaint(&cfg, &["run", "--json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = c
+        .pgmaint(&cfg, &["run", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_paused(&c, 1).await;
     // A few MB of WAL on the primary, streamed to the paused replica.
     p.batch_execute("CREATE TABLE wal_filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 20000) g")
         .await
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["state"], "aborted");
-    assert!(s["error"].as_str().unwrap().contains("limits.max_replay_backlog"), "{}", s["error"]);
+    assert!(
+        s["error"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_replay_backlog"),
+        "{}",
+        s["error"]
+    );
     let id = s["run_id"].as_i64().unwrap();
     assert_eq!(uploads_of_run(&c, id).await, 0);
     assert_eq!(c.pause_state(1).await, "not paused");

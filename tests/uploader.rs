@@ -1734,7 +1734,8 @@ async fn an_older_snapshot_never_overwrites_a_newer_one() {
     .unwrap();
     let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
     assert!(
-        out.stdout.contains("2 task(s) applied (0 rows)"),
+        out.stdout
+            .contains("2 task(s) applied (0 rows; 2 superseded by a newer snapshot)"),
         "{}",
         out.stdout
     );

@@ -348,7 +348,11 @@ fn report_cycle(summary: &cycle::RunSummary, json: bool) -> Result<ExitCode> {
     };
     let _ = std::io::stdout().write_all(text.as_bytes());
     if let Some(e) = &summary.error {
-        let _ = writeln!(std::io::stderr(), "pgmaint: error: run {}: {e}", summary.run_id);
+        let _ = writeln!(
+            std::io::stderr(),
+            "pgmaint: error: run {}: {e}",
+            summary.run_id
+        );
     }
     Ok(match (summary.ok(), summary.usage_error) {
         (true, _) => ExitCode::SUCCESS,

@@ -269,8 +269,12 @@ pub async fn run_uploader(cfg: &Config, once: bool, slots: Option<usize>) -> Res
         );
         worker.run(shutdown).await?
     };
+    let superseded = match stats.superseded {
+        0 => String::new(),
+        n => format!("; {n} superseded by a newer snapshot"),
+    };
     println!(
-        "uploader: {} task(s) applied ({} rows), {} failed, {} to retry, {} cancelled",
+        "uploader: {} task(s) applied ({} rows{superseded}), {} failed, {} to retry, {} cancelled",
         stats.completed, stats.rows, stats.failed, stats.retried, stats.cancelled
     );
     Ok(if once && stats.failed > 0 {
