@@ -224,29 +224,11 @@ async fn snapshot_isolation() {
         ["1", "2", "3", "4"],
     )
     .await;
-    let cfg = c.write_config(
-        "t.toml",
-        &format!(
-            "[scan]\nbatch_rows = 1\n{}",
-            row_checksum_task(
-                "blobs",
-                BLOBS,
-                "id",
-                "payload",
-                "payload_md5",
-                "parallelism = 1"
-            )
-        ),
-    );
+    let cfg = slow_blobs_config(&c, "t.toml", "");
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
 
-    let child = c
-        .pgmaint(&cfg, &["run", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(&c, &cfg, &["run", "--json"]);
     wait_paused(&c, 1).await;
     let r = c.replica(1).await;
     let lsn_during: String = r
@@ -350,29 +332,11 @@ async fn signals_during_a_scan_resume_replay_and_queue_nothing() {
     let c = Cluster::up("cycle-signals", 1);
     let p = c.primary().await;
     seed_blobs(&p, BLOBS, "bigint", "g", 100_000).await;
-    let cfg = c.write_config(
-        "t.toml",
-        &format!(
-            "[scan]\nbatch_rows = 1\n{}",
-            row_checksum_task(
-                "blobs",
-                BLOBS,
-                "id",
-                "payload",
-                "payload_md5",
-                "parallelism = 1"
-            )
-        ),
-    );
+    let cfg = slow_blobs_config(&c, "t.toml", "");
     c.run(&cfg, &["init"]).expect_code(0);
     for sig in ["INT", "TERM", "HUP"] {
         c.wait_caught_up(1).await;
-        let child = c
-            .pgmaint(&cfg, &["run"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = spawn_piped(&c, &cfg, &["run"]);
         wait_paused(&c, 1).await;
         signal(child.id(), sig);
         let out = child.wait_with_output().unwrap();
@@ -405,20 +369,7 @@ async fn killed_coordinator_is_recovered_after_its_lease_expires() {
     let c = Cluster::up("cycle-kill9", 1);
     let p = c.primary().await;
     seed_blobs(&p, BLOBS, "bigint", "g", 100_000).await;
-    let slow = c.write_config(
-        "slow.toml",
-        &format!(
-            "[limits]\nlease = \"2s\"\n[scan]\nbatch_rows = 1\n{}",
-            row_checksum_task(
-                "blobs",
-                BLOBS,
-                "id",
-                "payload",
-                "payload_md5",
-                "parallelism = 1"
-            )
-        ),
-    );
+    let slow = slow_blobs_config(&c, "slow.toml", "lease = \"2s\"");
     let fast = c.write_config(
         "fast.toml",
         &format!(
@@ -507,28 +458,10 @@ async fn replica_restart_during_scan_invalidates_the_run() {
     let c = Cluster::up("cycle-restart", 1);
     let p = c.primary().await;
     seed_blobs(&p, BLOBS, "bigint", "g", 100_000).await;
-    let cfg = c.write_config(
-        "t.toml",
-        &format!(
-            "[scan]\nbatch_rows = 1\n{}",
-            row_checksum_task(
-                "blobs",
-                BLOBS,
-                "id",
-                "payload",
-                "payload_md5",
-                "parallelism = 1"
-            )
-        ),
-    );
+    let cfg = slow_blobs_config(&c, "t.toml", "");
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
-    let child = c
-        .pgmaint(&cfg, &["run", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(&c, &cfg, &["run", "--json"]);
     wait_paused(&c, 1).await;
     p.execute("INSERT INTO blobs VALUES (200000, 'x', 'y')", &[])
         .await
@@ -797,28 +730,10 @@ async fn max_pause_holds_even_when_the_primary_freezes() {
     let c = Cluster::up("cycle-frozen-primary", 1);
     let p = c.primary().await;
     seed_blobs(&p, BLOBS, "bigint", "g", 5_000).await;
-    let cfg = c.write_config(
-        "t.toml",
-        &format!(
-            "[limits]\nmax_pause = \"8s\"\n[scan]\nbatch_rows = 1\n{}",
-            row_checksum_task(
-                "blobs",
-                BLOBS,
-                "id",
-                "payload",
-                "payload_md5",
-                "parallelism = 1"
-            )
-        ),
-    );
+    let cfg = slow_blobs_config(&c, "t.toml", "max_pause = \"8s\"");
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
-    let child = c
-        .pgmaint(&cfg, &["run"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(&c, &cfg, &["run"]);
     wait_paused(&c, 1).await;
     signal_server(&c, "primary", "STOP");
     let frozen = std::time::Instant::now();
@@ -857,28 +772,10 @@ async fn replay_backlog_over_the_limit_aborts_the_cycle() {
     let c = Cluster::up("cycle-backlog", 1);
     let p = c.primary().await;
     seed_blobs(&p, BLOBS, "bigint", "g", 30_000).await;
-    let cfg = c.write_config(
-        "t.toml",
-        &format!(
-            "[limits]\nmax_replay_backlog = \"1MB\"\n[scan]\nbatch_rows = 1\n{}",
-            row_checksum_task(
-                "blobs",
-                BLOBS,
-                "id",
-                "payload",
-                "payload_md5",
-                "parallelism = 1"
-            )
-        ),
-    );
+    let cfg = slow_blobs_config(&c, "t.toml", "max_replay_backlog = \"1MB\"");
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
-    let child = c
-        .pgmaint(&cfg, &["run", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(&c, &cfg, &["run", "--json"]);
     wait_paused(&c, 1).await;
     // A few MB of WAL on the primary, streamed to the paused replica.
     p.batch_execute("CREATE TABLE wal_filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 20000) g")

@@ -170,6 +170,19 @@ pub async fn run(
     if let Some(w) = cycle.watchdog.take() {
         w.cancel();
     }
+    // A failure after the pause request may be a restart of the replica in disguise (a
+    // session terminated mid-query before the watchdog saw it): then the snapshot is
+    // lost, whatever the error said.
+    if let (Err(_), None, Some(own)) = (&outcome, abort.reason(), &cycle.pause) {
+        if let Ok(st) = cycle.replica.fresh_state().await {
+            if st.postmaster_start != own.postmaster_start {
+                abort.trigger(AbortReason::SnapshotLost(format!(
+                    "replica {} restarted at {} during the run (its pause was lost)",
+                    replica_cfg.name, st.postmaster_start
+                )));
+            }
+        }
+    }
     // On every path: close the scan sessions, then resume replay if the pause is ours.
     let resume = cycle.close_and_resume().await;
     heartbeat.stop().await;

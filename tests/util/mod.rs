@@ -517,3 +517,30 @@ pub fn signal_server(c: &Cluster, name: &str, sig: &str) {
         .status()
         .unwrap();
 }
+
+/// A config whose one task checksums `public.blobs` one row per round trip in one
+/// session: a scan slow enough for a test to act while it runs. `limits` holds
+/// `[limits]` lines (may be empty).
+pub fn slow_blobs_config(c: &Cluster, file: &str, limits: &str) -> PathBuf {
+    let task = row_checksum_task(
+        "blobs",
+        "public.blobs",
+        "id",
+        "payload",
+        "payload_md5",
+        "parallelism = 1",
+    );
+    c.write_config(
+        file,
+        &format!("[limits]\n{limits}\n[scan]\nbatch_rows = 1\n{task}"),
+    )
+}
+
+/// Start `pgmaint args…` in the background, its output piped.
+pub fn spawn_piped(c: &Cluster, config: &Path, args: &[&str]) -> std::process::Child {
+    c.pgmaint(config, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
