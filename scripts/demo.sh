@@ -67,14 +67,17 @@ step "pgmaint run   (pause replay, scan the frozen snapshot, queue uploads, resu
 sleep 1
 "$pgmaint" run
 
-step "pgmaint uploader --once   (apply the findings on the primary)"
+step "meanwhile, someone repairs row 4242 on the primary (after the snapshot)"
+psql_p -c "UPDATE public.blobs SET payload_md5 = md5(payload) WHERE id = 4242"
+
+step "pgmaint uploader --once   (apply the findings on the primary, re-checking each row there)"
 "$pgmaint" uploader --once
 
 step "pgmaint status"
 "$pgmaint" status
 
-step "findings on the primary (pgmaint.integrity_findings)"
-psql_p -c "SELECT run_id, snapshot_lsn, relation, row_key, finding, detail
+step "findings on the primary (pgmaint.integrity_findings; still_holds = f: fixed since the snapshot)"
+psql_p -c "SELECT run_id, snapshot_lsn, relation, row_key, finding, still_holds, detail
              FROM pgmaint.integrity_findings ORDER BY row_key::bigint"
 
 if [ "$keep" = 1 ]; then
