@@ -803,3 +803,30 @@ async fn replay_backlog_over_the_limit_aborts_the_cycle() {
     assert_eq!(c.pause_state(1).await, "not paused");
     c.wait_caught_up(1).await;
 }
+
+/// When the terminal is gone (stderr a dead pipe, as after a hangup), logging must not
+/// take the process down before it resumes: a signal still aborts the cycle cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_stderr_does_not_stop_the_resume() {
+    let c = Cluster::up("cycle-dead-stderr", 1);
+    let p = c.primary().await;
+    seed_blobs(&p, BLOBS, "bigint", "g", 100_000).await;
+    let cfg = slow_blobs_config(&c, "t.toml", "");
+    c.run(&cfg, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+    let mut child = spawn_piped(&c, &cfg, &["run"]);
+    // Close our end of its stderr: every log line it writes from now on fails (EPIPE).
+    drop(child.stderr.take());
+    wait_paused(&c, 1).await;
+    signal(child.id(), "INT");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pgmaint did not stop after SIGINT"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(c.pause_state(1).await, "not paused");
+    assert_eq!(run_state(&c, last_run_id(&c).await).await, "cancelled");
+}

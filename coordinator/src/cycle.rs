@@ -174,7 +174,9 @@ pub async fn run(
     // session terminated mid-query before the watchdog saw it): then the snapshot is
     // lost, whatever the error said.
     if let (Err(_), None, Some(own)) = (&outcome, abort.reason(), &cycle.pause) {
-        if let Ok(st) = cycle.replica.fresh_state().await {
+        let state =
+            tokio::time::timeout(Duration::from_secs(15), cycle.replica.fresh_state()).await;
+        if let Ok(Ok(st)) = state {
             if st.postmaster_start != own.postmaster_start {
                 abort.trigger(AbortReason::SnapshotLost(format!(
                     "replica {} restarted at {} during the run (its pause was lost)",
@@ -185,7 +187,6 @@ pub async fn run(
     }
     // On every path: close the scan sessions, then resume replay if the pause is ours.
     let resume = cycle.close_and_resume().await;
-    heartbeat.stop().await;
 
     let (state, error, usage_error) = match (&outcome, abort.reason()) {
         (Ok(()), _) => ("succeeded", failed_tasks(&cycle.reports), false),
@@ -197,10 +198,12 @@ pub async fn run(
         ),
     };
     let (resumed_at, backlog, release, resume_error) = match &resume {
-        Ok(Some((outcome, backlog))) => {
-            tracing::info!(run_id, ?outcome, backlog, "replay resumed");
+        Ok(Some((ResumeOutcome::Resumed, backlog))) => {
+            tracing::info!(run_id, backlog, "replay resumed");
             (Some(Utc::now()), Some(*backlog), true, None)
         }
+        // Not ours to resume (logged where decided): nothing to record as resumed.
+        Ok(Some(_)) => (None, None, true, None),
         Ok(None) => (None, None, true, None),
         // Keep the lease: when it expires, the next command (or `pgmaint recover`) retries.
         Err(e) => (
@@ -242,18 +245,34 @@ pub async fn run(
         // left there is not a dump of one snapshot. Say so where it lies.
         dump::mark_invalid(&spec.out, why);
     }
-    if let Err(e) = cycle
-        .lease
-        .finish(
-            &mut cycle.primary,
-            state,
-            error.as_deref(),
-            resumed_at.zip(backlog),
-            release,
-        )
-        .await
-    {
-        tracing::error!(run_id, error = %format!("{e:#}"), "could not record the end of the run on the primary");
+    // The run is over (a dump's files hashed too): stop renewing, record the end. The
+    // primary may have restarted or stalled meanwhile: reconnect, and do not wait
+    // forever; an unreleased lease expires, and the next command tidies up.
+    heartbeat.stop().await;
+    let finish = async {
+        if cycle.primary.is_closed() {
+            cycle.primary = db::connect(&cfg.primary, "pgmaint").await?;
+        }
+        cycle
+            .lease
+            .finish(
+                &mut cycle.primary,
+                state,
+                error.as_deref(),
+                resumed_at.zip(backlog),
+                release,
+            )
+            .await
+    };
+    match tokio::time::timeout(Duration::from_secs(30), finish).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(run_id, error = %format!("{e:#}"), "could not record the end of the run on the primary")
+        }
+        Err(_) => tracing::error!(
+            run_id,
+            "timed out recording the end of the run on the primary"
+        ),
     }
     Ok(RunSummary {
         run_id,
@@ -501,6 +520,9 @@ impl Cycle<'_> {
             let own = self.pause.clone().expect("set above");
             self.replica.resume_if_owned(&own).await?;
             self.pause = None;
+            // Should this process die before the next attempt, `recover` must not
+            // take a pause it then finds for one of ours.
+            self.lease.clear_pause_request(&self.primary).await?;
             if attempt == PAUSE_ATTEMPTS {
                 bail!(
                     "relation(s) {} locked AccessExclusive by replayed WAL at every pause point ({PAUSE_ATTEMPTS} tries); try later",
@@ -531,36 +553,46 @@ impl Cycle<'_> {
             let tick = Duration::from_millis(500)
                 .min(limits.max_pause / 4)
                 .max(Duration::from_millis(50));
+            // max_pause is a deadline of its own: a state query that hangs cannot delay it.
+            let deadline = tokio::time::Instant::from_std(pause_started + limits.max_pause);
             loop {
-                tokio::select! {
-                    _ = stopped.cancelled() => return,
-                    _ = tokio::time::sleep(tick) => {}
-                }
-                if pause_started.elapsed() >= limits.max_pause {
-                    return abort.trigger(AbortReason::MaxPause(limits.max_pause));
-                }
-                if client.as_ref().is_none_or(|c| c.is_closed()) {
-                    client = db::connect(&dsn, "pgmaint-watchdog").await.ok();
-                }
-                let Some(c) = &client else { continue };
-                match read_state(c).await {
-                    Ok(st) if st.postmaster_start != snap.postmaster_start => {
-                        return abort.trigger(AbortReason::SnapshotLost(format!(
-                            "replica {name} restarted at {} (its pause was lost and replay went on)",
-                            st.postmaster_start
-                        )))
+                let check = async {
+                    tokio::time::sleep(tick).await;
+                    if client.as_ref().is_none_or(|c| c.is_closed()) {
+                        client = db::connect(&dsn, "pgmaint-watchdog").await.ok();
                     }
-                    Ok(st) if st.pause_state != "paused" => {
-                        return abort.trigger(AbortReason::SnapshotLost(format!(
+                    let c = client.as_ref()?;
+                    match read_state(c).await {
+                        Ok(st) if st.postmaster_start != snap.postmaster_start => {
+                            Some(AbortReason::SnapshotLost(format!(
+                                "replica {name} restarted at {} (its pause was lost and replay went on)",
+                                st.postmaster_start
+                            )))
+                        }
+                        Ok(st) if st.pause_state != "paused" => Some(AbortReason::SnapshotLost(format!(
                             "replica {name} is no longer paused (state '{}')",
                             st.pause_state
-                        )))
+                        ))),
+                        Ok(st) if st.backlog_bytes as u64 > limits.max_replay_backlog => Some(
+                            AbortReason::Backlog(st.backlog_bytes as u64, limits.max_replay_backlog),
+                        ),
+                        Ok(_) => None,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "watchdog could not read the replay state");
+                            None
+                        }
                     }
-                    Ok(st) if st.backlog_bytes as u64 > limits.max_replay_backlog => {
-                        return abort.trigger(AbortReason::Backlog(st.backlog_bytes as u64, limits.max_replay_backlog))
+                };
+                tokio::select! {
+                    _ = stopped.cancelled() => return,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        return abort.trigger(AbortReason::MaxPause(limits.max_pause));
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(error = %e, "watchdog could not read the replay state"),
+                    found = check => {
+                        if let Some(reason) = found {
+                            return abort.trigger(reason);
+                        }
+                    }
                 }
             }
         });
@@ -674,8 +706,14 @@ impl Cycle<'_> {
             return Ok(Some((ResumeOutcome::NotOurs, 0)));
         }
         let app = snapshot_runner::scan_application_name(self.lease.run_id);
-        if let Err(e) = self.replica.close_sessions(&app).await {
-            tracing::warn!(error = %format!("{e:#}"), "could not check for open scan sessions");
+        // Bounded: closing sessions must not delay the resume for long.
+        match tokio::time::timeout(Duration::from_secs(15), self.replica.close_sessions(&app)).await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "could not check for open scan sessions")
+            }
+            Err(_) => tracing::warn!("gave up waiting for scan sessions to close"),
         }
         let (outcome, st) = self.replica.resume_if_owned(&own).await?;
         if outcome != ResumeOutcome::Resumed {

@@ -98,6 +98,16 @@ pub fn libpq_conninfo(config: &tokio_postgres::Config) -> (String, Option<String
     if !hosts.is_empty() {
         parts.push(format!("host={}", quote(&hosts.join(","))));
     }
+    // Without it, pg_dump would go by `host` (or the local socket) and might reach
+    // another server than the paused replica pgmaint checks.
+    let hostaddrs: Vec<String> = config
+        .get_hostaddrs()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    if !hostaddrs.is_empty() {
+        parts.push(format!("hostaddr={}", quote(&hostaddrs.join(","))));
+    }
     if !ports.is_empty() {
         parts.push(format!("port={}", quote(&ports.join(","))));
     }
@@ -279,5 +289,13 @@ mod tests {
             r"host='db1' port='5433' user='o\'neil' dbname='my db' sslmode=require"
         );
         assert_eq!(password.as_deref(), Some("s3cret"));
+        let c: tokio_postgres::Config = "hostaddr=10.0.0.5 port=5433 user=u dbname=d"
+            .parse()
+            .unwrap();
+        assert!(
+            libpq_conninfo(&c).0.contains("hostaddr='10.0.0.5'"),
+            "{}",
+            libpq_conninfo(&c).0
+        );
     }
 }

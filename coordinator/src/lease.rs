@@ -69,10 +69,12 @@ pub struct Abort {
 impl Abort {
     /// Cancel, recording `reason` if it is the first.
     pub fn trigger(&self, reason: AbortReason) {
-        if self.reason.set(reason.clone()).is_ok() {
+        let first = self.reason.set(reason.clone()).is_ok();
+        // Cancel first: nothing (not even logging) may stand between a reason and the stop.
+        self.token.cancel();
+        if first {
             tracing::warn!(%reason, "aborting the cycle");
         }
-        self.token.cancel();
     }
     /// The first reason, if cancelled.
     pub fn reason(&self) -> Option<&AbortReason> {
@@ -173,8 +175,15 @@ impl PauseLease {
                     _ = stopped.cancelled() => return,
                     _ = tokio::time::sleep(duration / 3) => {}
                 }
+                // The lease counts from the primary's clock when the UPDATE runs, which is
+                // after this moment: timing renewals from here errs on the safe side.
+                let sent = Instant::now();
                 if client.as_ref().is_none_or(|c| c.is_closed()) {
-                    client = db::connect(&primary, "pgmaint-lease").await.ok();
+                    client =
+                        tokio::time::timeout(duration / 3, db::connect(&primary, "pgmaint-lease"))
+                            .await
+                            .ok()
+                            .and_then(|c| c.ok());
                 }
                 let result = match &client {
                     // Bounded: a stalled primary must not stall the renewal past expiry.
@@ -194,7 +203,7 @@ impl PauseLease {
                     None => Err("primary unreachable".to_string()),
                 };
                 match result {
-                    Ok(1) => renewed = Instant::now(),
+                    Ok(1) => renewed = sent,
                     Ok(_) => {
                         abort.trigger(AbortReason::LeaseLost(format!(
                             "run {run_id} no longer holds the lease"
@@ -203,7 +212,9 @@ impl PauseLease {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "lease renewal failed");
-                        if renewed.elapsed() + duration / 3 >= duration {
+                        // Give up with half the lease still to run: time to stop and
+                        // resume before anyone may take the replica over.
+                        if renewed.elapsed() >= duration / 2 {
                             abort.trigger(AbortReason::LeaseLost(e));
                             return;
                         }
@@ -223,13 +234,36 @@ impl PauseLease {
         primary: &Client,
         postmaster_start: DateTime<Utc>,
     ) -> Result<()> {
-        primary
+        // Only while this run still holds a live lease: once it expired, a `recover` may
+        // have dropped the run, and a pause requested now would be tracked by nobody.
+        let n = primary
             .execute(
-                "UPDATE pgmaint.runs SET pause_requested_at = now(), replica_started_at = $2 WHERE id = $1",
+                "UPDATE pgmaint.runs SET pause_requested_at = now(), replica_started_at = $2
+                  WHERE id = $1 AND state = 'running'
+                    AND EXISTS (SELECT 1 FROM pgmaint.replica_leases l
+                                 WHERE l.run_id = $1 AND l.expires_at > now())",
                 &[&self.run_id, &postmaster_start],
             )
             .await
             .context("recording the pause request")?;
+        if n == 0 {
+            bail!(
+                "run {} no longer holds the replica's lease: not pausing",
+                self.run_id
+            );
+        }
+        Ok(())
+    }
+
+    /// Forget a pause request whose pause this run has resumed itself.
+    pub async fn clear_pause_request(&self, primary: &Client) -> Result<()> {
+        primary
+            .execute(
+                "UPDATE pgmaint.runs SET pause_requested_at = NULL, replica_started_at = NULL WHERE id = $1",
+                &[&self.run_id],
+            )
+            .await
+            .context("clearing the pause request")?;
         Ok(())
     }
 
@@ -262,7 +296,7 @@ impl PauseLease {
             "UPDATE pgmaint.runs SET state = CASE WHEN state = 'running' THEN $2 ELSE state END,
                     finished_at = coalesce(finished_at, now()),
                     error = coalesce($3, error),
-                    resumed_at = $4, backlog_at_resume = $5
+                    resumed_at = coalesce($4, resumed_at), backlog_at_resume = coalesce($5, backlog_at_resume)
               WHERE id = $1",
             &[
                 &self.run_id,
@@ -296,6 +330,8 @@ impl HeartbeatHandle {
     pub async fn stop(mut self) {
         self.stop.cancel();
         if let Some(h) = self.handle.take() {
+            // It may be stuck in a call to a stalled primary: do not wait for that.
+            h.abort();
             let _ = h.await;
         }
     }

@@ -167,6 +167,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        // After a SIGHUP, stderr may be a dead terminal: a failed log write must be
+        // dropped, not reported with eprintln! (which panics, before replay resumes).
+        .log_internal_errors(false)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -429,7 +429,10 @@ pub fn decide_resume(own: &PauseOwnership, st: &ReplayState) -> ResumeOutcome {
             Some(lsn) if st.replay_lsn.as_deref() != Some(lsn.as_str()) => ResumeOutcome::NotOurs,
             _ => ResumeOutcome::Resumed,
         },
-        "pause requested" => ResumeOutcome::Resumed,
+        // Requested but never confirmed: our request. Once ours was confirmed, a pause
+        // that is only "requested" now is somebody else's, in progress.
+        "pause requested" if own.snapshot_lsn.is_none() => ResumeOutcome::Resumed,
+        "pause requested" => ResumeOutcome::NotOurs,
         _ => ResumeOutcome::AlreadyRunning,
     }
 }
@@ -487,6 +490,11 @@ mod tests {
         assert_eq!(
             decide_resume(&own(Some("0/10")), &state("not paused", "0/20", 1000)),
             AlreadyRunning
+        );
+        // Ours was confirmed at 0/10; a pause being requested now is someone else's.
+        assert_eq!(
+            decide_resume(&own(Some("0/10")), &state("pause requested", "0/20", 1000)),
+            NotOurs
         );
     }
 }
