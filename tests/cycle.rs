@@ -37,6 +37,11 @@ async fn plant(
     want
 }
 
+/// [`plant`] in the seeded `public.blobs`.
+async fn plant_blobs(p: &tokio_postgres::Client, keys: [&str; 4]) -> Vec<(String, String)> {
+    plant(p, BLOBS, "id", "payload", "payload_md5", keys).await
+}
+
 async fn findings_on_primary(c: &Cluster, run_id: i64) -> Vec<(String, String)> {
     let rows = c
         .primary()
@@ -57,26 +62,8 @@ async fn finds_planted_corruptions_exactly_and_uploads_them_once() {
     let c = Cluster::up("cycle-exact", 1);
     let p = c.primary().await;
     seed_blobs(&p, BLOBS, "bigint", "g", 20_000).await;
-    let want = plant(
-        &p,
-        BLOBS,
-        "id",
-        "payload",
-        "payload_md5",
-        ["17", "5000", "777", "19999"],
-    )
-    .await;
-    let cfg = c.write_config(
-        "t.toml",
-        &row_checksum_task(
-            "blobs",
-            BLOBS,
-            "id",
-            "payload",
-            "payload_md5",
-            "parallelism = 3",
-        ),
-    );
+    let want = plant_blobs(&p, ["17", "5000", "777", "19999"]).await;
+    let cfg = c.write_config("t.toml", &blobs_task("parallelism = 3"));
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
 
@@ -215,15 +202,7 @@ async fn snapshot_isolation() {
     let c = Cluster::up("cycle-isolation", 1);
     let p = c.primary().await;
     seed_blobs(&p, BLOBS, "bigint", "g", 30_000).await;
-    let want = plant(
-        &p,
-        BLOBS,
-        "id",
-        "payload",
-        "payload_md5",
-        ["1", "2", "3", "4"],
-    )
-    .await;
+    let want = plant_blobs(&p, ["1", "2", "3", "4"]).await;
     let cfg = slow_blobs_config(&c, "t.toml", "");
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
@@ -372,10 +351,7 @@ async fn killed_coordinator_is_recovered_after_its_lease_expires() {
     let slow = slow_blobs_config(&c, "slow.toml", "lease = \"2s\"");
     let fast = c.write_config(
         "fast.toml",
-        &format!(
-            "[limits]\nlease = \"2s\"\n{}",
-            row_checksum_task("blobs", BLOBS, "id", "payload", "payload_md5", "")
-        ),
+        &format!("[limits]\nlease = \"2s\"\n{}", blobs_task("")),
     );
     c.run(&slow, &["init"]).expect_code(0);
 
@@ -425,10 +401,7 @@ async fn killed_coordinator_is_recovered_after_its_lease_expires() {
 async fn replica_paused_by_someone_else_is_refused_and_left_paused() {
     let c = Cluster::up("cycle-foreign-pause", 1);
     seed_blobs(&c.primary().await, BLOBS, "bigint", "g", 100).await;
-    let cfg = c.write_config(
-        "t.toml",
-        &row_checksum_task("blobs", BLOBS, "id", "payload", "payload_md5", ""),
-    );
+    let cfg = c.write_config("t.toml", &blobs_task(""));
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
     c.replica(1)
@@ -501,19 +474,8 @@ async fn tampered_result_file_is_refused() {
     let c = Cluster::up("cycle-tamper", 1);
     let p = c.primary().await;
     seed_blobs(&p, BLOBS, "bigint", "g", 1000).await;
-    plant(
-        &p,
-        BLOBS,
-        "id",
-        "payload",
-        "payload_md5",
-        ["1", "2", "3", "4"],
-    )
-    .await;
-    let cfg = c.write_config(
-        "t.toml",
-        &row_checksum_task("blobs", BLOBS, "id", "payload", "payload_md5", ""),
-    );
+    plant_blobs(&p, ["1", "2", "3", "4"]).await;
+    let cfg = c.write_config("t.toml", &blobs_task(""));
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
     let s = run_summary(&c.run(&cfg, &["run", "--json"]).expect_code(0));
@@ -655,26 +617,8 @@ async fn tls_sslmode_require() {
     enable_tls(&c).await;
     let p = c.primary().await;
     seed_blobs(&p, BLOBS, "bigint", "g", 2_000).await;
-    let want = plant(
-        &p,
-        BLOBS,
-        "id",
-        "payload",
-        "payload_md5",
-        ["10", "20", "30", "40"],
-    )
-    .await;
-    let cfg = c.write_config(
-        "t.toml",
-        &row_checksum_task(
-            "blobs",
-            BLOBS,
-            "id",
-            "payload",
-            "payload_md5",
-            "parallelism = 2",
-        ),
-    );
+    let want = plant_blobs(&p, ["10", "20", "30", "40"]).await;
+    let cfg = c.write_config("t.toml", &blobs_task("parallelism = 2"));
     let text = std::fs::read_to_string(&cfg).unwrap();
     let with_mode = |mode: &str| {
         let path = c.dir.join(format!("{mode}.toml"));

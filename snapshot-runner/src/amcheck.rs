@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use futures_util::future::join_all;
 use futures_util::{pin_mut, StreamExt};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -20,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ident::{quote_ident, QualifiedName};
 use crate::output::CsvFile;
 use crate::progress::{Counters, ProgressReporter};
-use crate::task::{join_worker_results, ApplyPlan, TaskReport, TaskStatus};
+use crate::task::{run_workers, ApplyPlan, TaskReport, TaskStatus};
 use crate::{ScanContext, ScanError, FINDINGS_COLUMNS};
 
 /// Config of an `amcheck` task.
@@ -220,20 +219,12 @@ pub(crate) async fn run(
     );
     let queue = Mutex::new(p.items.iter().cloned().collect::<VecDeque<_>>());
     let stop = ctx.cancel.child_token();
-    let workers = (0..p.parallelism.min(p.items.len()).max(1)).map(|_| {
-        let (queue, sink, counters, stop) = (&queue, &sink, counters.clone(), stop.clone());
-        async move {
-            let r = worker(p, ctx, queue, sink, &counters, deadline, &stop).await;
-            if r.is_err() {
-                stop.cancel();
-            }
-            r
-        }
-    });
-    let results = join_all(workers).await;
+    let workers = (0..p.parallelism.min(p.items.len()).max(1))
+        .map(|_| worker(p, ctx, &queue, &sink, &counters, deadline, &stop));
+    let partial = run_workers(&stop, workers).await;
     progress.finish().await;
     report.take_counters(&counters);
-    let partial = join_worker_results(results)?;
+    let partial = partial?;
     report.file = Some(sink.into_inner().expect("sink lock").finish()?);
     report.apply = Some(ApplyPlan {
         kind: "findings",

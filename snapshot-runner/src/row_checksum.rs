@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use futures_util::future::join_all;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ident::{parse_ident, quote_ident, QualifiedName};
 use crate::output::CsvFile;
 use crate::progress::{Counters, ProgressReporter};
-use crate::task::{join_worker_results, ApplyPlan, TaskReport, TaskStatus};
+use crate::task::{run_workers, ApplyPlan, TaskReport, TaskStatus};
 use crate::{ScanContext, ScanError, FINDINGS_COLUMNS};
 
 /// Keys sampled to choose the split points of the key range.
@@ -276,23 +275,13 @@ pub(crate) async fn run(
     let relation = p.table.to_string();
     let workers = (0..=p.bounds.len()).map(|i| {
         let (sql, params) = range_query(p, i);
-        let (sink, counters, stop, relation) =
-            (&sink, counters.clone(), stop.clone(), relation.as_str());
-        async move {
-            let r = scan_range(
-                ctx, &sql, &params, relation, sink, &counters, deadline, &stop,
-            )
-            .await;
-            if r.is_err() {
-                stop.cancel();
-            }
-            r
-        }
+        let (sink, counters, stop, relation) = (&sink, &counters, &stop, relation.as_str());
+        async move { scan_range(ctx, &sql, &params, relation, sink, counters, deadline, stop).await }
     });
-    let results = join_all(workers).await;
+    let partial = run_workers(&stop, workers).await;
     progress.finish().await;
     report.take_counters(&counters);
-    let partial = join_worker_results(results)?;
+    let partial = partial?;
     let file = sink.into_inner().expect("sink lock").finish()?;
     report.file = Some(file);
     // The uploader re-checks each finding on the primary with these (names, not SQL).

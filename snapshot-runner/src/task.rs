@@ -268,6 +268,26 @@ impl TaskReport {
     }
 }
 
+/// Run a task's parallel workers to the end. A failing worker cancels `stop`, so its
+/// siblings stop too; the results are folded by [`join_worker_results`].
+pub(crate) async fn run_workers<W>(
+    stop: &tokio_util::sync::CancellationToken,
+    workers: W,
+) -> Result<bool, ScanError>
+where
+    W: IntoIterator,
+    W::Item: std::future::Future<Output = Result<bool, ScanError>>,
+{
+    let guarded = workers.into_iter().map(|w| async move {
+        let r = w.await;
+        if r.is_err() {
+            stop.cancel();
+        }
+        r
+    });
+    join_worker_results(futures_util::future::join_all(guarded).await)
+}
+
 /// Fold the results of a task's parallel workers: `Ok(true)` if any was cut short by the
 /// soft deadline. A real error wins over the `Cancelled` of the siblings it stopped.
 pub(crate) fn join_worker_results(

@@ -298,6 +298,18 @@ pub fn row_checksum_task(
     )
 }
 
+/// The row_checksum task over the table [`seed_blobs`] makes as `public.blobs`.
+pub fn blobs_task(extra: &str) -> String {
+    row_checksum_task(
+        "blobs",
+        "public.blobs",
+        "id",
+        "payload",
+        "payload_md5",
+        extra,
+    )
+}
+
 /// Parse `pgmaint run --json` output.
 pub fn run_summary(run: &Run) -> serde_json::Value {
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
@@ -522,14 +534,7 @@ pub fn signal_server(c: &Cluster, name: &str, sig: &str) {
 /// session: a scan slow enough for a test to act while it runs. `limits` holds
 /// `[limits]` lines (may be empty).
 pub fn slow_blobs_config(c: &Cluster, file: &str, limits: &str) -> PathBuf {
-    let task = row_checksum_task(
-        "blobs",
-        "public.blobs",
-        "id",
-        "payload",
-        "payload_md5",
-        "parallelism = 1",
-    );
+    let task = blobs_task("parallelism = 1");
     c.write_config(
         file,
         &format!("[limits]\n{limits}\n[scan]\nbatch_rows = 1\n{task}"),
