@@ -1,0 +1,148 @@
+//! What a cycle must refuse before it pauses anything (issue "Defects found under
+//! hostile input and faults"): a synchronous standby whose pause would freeze the
+//! primary, a replica of another cluster, work that cannot succeed on the replica.
+
+use std::time::{Duration, Instant};
+
+use pgmaint_e2e::*;
+
+const BLOBS: &str = "public.blobs";
+
+/// `ALTER SYSTEM SET name = 'value'`, then reload.
+async fn alter_system(client: &tokio_postgres::Client, name: &str, value: &str) {
+    client
+        .batch_execute(&format!(
+            "ALTER SYSTEM SET {name} = '{}'",
+            value.replace('\'', "''")
+        ))
+        .await
+        .unwrap();
+    client
+        .execute("SELECT pg_reload_conf()", &[])
+        .await
+        .unwrap();
+}
+
+/// Set the primary's `synchronous_standby_names` and wait until it has taken effect
+/// (`pg_stat_replication.sync_state` of `standby` is one of `states`).
+async fn set_sync_standbys(c: &Cluster, names: &str, standby: &str, states: &[&str]) {
+    let p = c.primary().await;
+    alter_system(&p, "synchronous_standby_names", names).await;
+    let states: Vec<String> = states.iter().map(|s| s.to_string()).collect();
+    wait_for(
+        &format!("sync_state of {standby:?} in {states:?} under {names}"),
+        Duration::from_secs(20),
+        || async {
+            let state: Option<String> = c
+                .primary()
+                .await
+                .query_opt(
+                    "SELECT sync_state FROM pg_stat_replication WHERE application_name = $1",
+                    &[&standby],
+                )
+                .await
+                .unwrap()
+                .map(|r| r.get(0));
+            state.is_some_and(|s| states.contains(&s))
+        },
+    )
+    .await;
+}
+
+/// Bug: the standby's application_name was parsed out of `pg_stat_wal_receiver.conninfo`
+/// with `[^ ]+`, so `my standby` read as `my`, the synchronous standby went unrecognised
+/// and was paused under `synchronous_commit = remote_apply`: every commit on the
+/// primary blocked (pgmaint's own too) until the lease was lost. Every form of
+/// `synchronous_standby_names` must be recognised, and the primary's commits must never
+/// wait while pgmaint refuses.
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_standby_with_spaced_name_is_refused() {
+    let c = Cluster::up("refuse-sync-standby", 1);
+    let p = c.primary().await;
+    seed_blobs(&p, BLOBS, "bigint", "g", 2_000).await;
+    p.batch_execute("CREATE TABLE writes (at timestamptz DEFAULT now())")
+        .await
+        .unwrap();
+    let cfg = c.write_config("t.toml", &blobs_task(""));
+    c.run(&cfg, &["init"]).expect_code(0);
+    // The standby connects as 'my standby'.
+    let r = c.replica(1).await;
+    let conninfo: String = r
+        .query_one("SHOW primary_conninfo", &[])
+        .await
+        .unwrap()
+        .get(0);
+    alter_system(
+        &r,
+        "primary_conninfo",
+        &format!("{conninfo} application_name='my standby'"),
+    )
+    .await;
+    wait_for("the standby to reconnect as 'my standby'", Duration::from_secs(20), || async {
+        c.primary()
+            .await
+            .query_opt(
+                "SELECT 1 FROM pg_stat_replication WHERE application_name = 'my standby' AND state = 'streaming'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    alter_system(&p, "synchronous_commit", "remote_apply").await;
+
+    for (names, states) in [
+        ("\"my standby\"", &["sync"][..]),
+        ("FIRST 1 (\"my standby\", other)", &["sync"][..]),
+        ("ANY 1 (other, \"my standby\")", &["quorum"][..]),
+        ("*", &["sync"][..]),
+        // Next in line: becomes synchronous the moment the other one goes away.
+        (
+            "FIRST 1 (other, \"my standby\")",
+            &["sync", "potential"][..],
+        ),
+    ] {
+        set_sync_standbys(&c, names, "my standby", states).await;
+        c.wait_caught_up(1).await;
+        // Commits on the primary, timed, while pgmaint runs and refuses.
+        let child = spawn_piped(&c, &cfg, &["run"]);
+        let mut slowest = Duration::ZERO;
+        let mut child = child;
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            let t = Instant::now();
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                p.execute("INSERT INTO writes DEFAULT VALUES", &[]),
+            )
+            .await
+            .expect("an INSERT on the primary blocked while pgmaint ran")
+            .unwrap();
+            slowest = slowest.max(t.elapsed());
+            assert!(
+                started.elapsed() < Duration::from_secs(50),
+                "pgmaint run did not end"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{names}: {stderr}");
+        assert!(
+            stderr.contains("synchronous standby") && stderr.contains("my standby"),
+            "{names}: {stderr}"
+        );
+        assert!(
+            slowest < Duration::from_secs(1),
+            "{names}: an INSERT took {slowest:?}"
+        );
+        assert_eq!(c.pause_state(1).await, "not paused", "{names}");
+    }
+
+    // An asynchronous standby beside a synchronous one is still pgmaint's to pause.
+    alter_system(&p, "synchronous_standby_names", "").await;
+    set_sync_standbys(&c, "", "my standby", &["async"]).await;
+    c.run(&cfg, &["run"]).expect_code(0);
+    assert_eq!(c.pause_state(1).await, "not paused");
+}
