@@ -49,6 +49,9 @@ Environment:
   PGMAINT_CLUSTER_DIR      default for --dir
   PGMAINT_KEEP_ON_FAILURE  if 1, a failed `up` leaves its servers/files
   PGMAINT_READY_TIMEOUT    seconds to wait for replicas to stream (default 30)
+  PGMAINT_CLUSTER_FRESH    if 1, `up` runs initdb for this cluster instead of
+                           cloning the shared template, so that its system
+                           identifier differs from every other cluster's
 
 As root, the servers run as user postgres (created if missing) via runuser.
 EOF
@@ -245,13 +248,18 @@ host    replication     all     127.0.0.1/32    trust
 # building it once per PostgreSQL version/config under a lock.
 ensure_template() {
     local key base lock tmp sock locale ok=0
-    key=$(printf '%s\n' "$TEMPLATE_REV" "$PG_VERSION_STRING" "$TEMPLATE_CONF" "$TEMPLATE_HBA" | md5sum | cut -c1-10)
-    base=$REPO/target
-    if ! mkdir -p "$base" 2>/dev/null || ! [[ -w $base ]] || ! run_as_can_access "$base"; then
-        base=/tmp
+    if [[ ${PGMAINT_CLUSTER_FRESH:-0} == 1 ]]; then
+        # A cluster of its own: initdb gives it a system identifier no other has.
+        TEMPLATE=$DATA/template
+    else
+        key=$(printf '%s\n' "$TEMPLATE_REV" "$PG_VERSION_STRING" "$TEMPLATE_CONF" "$TEMPLATE_HBA" | md5sum | cut -c1-10)
+        base=$REPO/target
+        if ! mkdir -p "$base" 2>/dev/null || ! [[ -w $base ]] || ! run_as_can_access "$base"; then
+            base=/tmp
+        fi
+        TEMPLATE=$base/pgmaint-initdb-template-$PG_MAJOR-$RUN_AS-$key
+        [[ -f $TEMPLATE/PG_VERSION ]] && return 0
     fi
-    TEMPLATE=$base/pgmaint-initdb-template-$PG_MAJOR-$RUN_AS-$key
-    [[ -f $TEMPLATE/PG_VERSION ]] && return 0
 
     lock=$TEMPLATE.lock
     exec {lockfd}>>"$lock" || die "cannot create lock file $lock"

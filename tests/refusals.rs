@@ -146,3 +146,89 @@ async fn sync_standby_with_spaced_name_is_refused() {
     c.run(&cfg, &["run"]).expect_code(0);
     assert_eq!(c.pause_state(1).await, "not paused");
 }
+
+/// Bug: pgmaint never compared the replica with the primary. A replica DSN pointing at
+/// a standby of another cluster ran, and its rows were swapped into the primary. Now
+/// a replica of another cluster (system identifier), or of another history (timeline),
+/// is refused before anything is recorded or paused: exit 2, naming both servers.
+#[tokio::test(flavor = "multi_thread")]
+async fn replica_of_another_cluster_or_timeline_is_refused_before_the_lease() {
+    let a = Cluster::up("refuse-other-cluster-a", 2);
+    let b = Cluster::up_fresh("refuse-other-cluster-b", 1);
+    seed_blobs(&a.primary().await, BLOBS, "bigint", "g", 100).await;
+    seed_blobs(&b.primary().await, BLOBS, "bigint", "g", 100).await;
+    b.wait_caught_up(1).await;
+    let init = a.write_config("init.toml", "");
+    a.run(&init, &["init"]).expect_code(0);
+    // a's primary, b's replica.
+    let cfg = a.dir.join("mixed.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[primary]\ndsn = \"{}\"\n[[replicas]]\nname = \"r1\"\ndsn = \"{}\"\n[results]\ndir = \"{}\"\n{}",
+            a.primary_dsn(),
+            b.replica_dsn(1),
+            a.results_dir().display(),
+            blobs_task("")
+        ),
+    )
+    .unwrap();
+    for args in [&["run"][..], &["dump", "--out"][..]] {
+        let mut args = args.to_vec();
+        let out = a.dir.join("dump-out");
+        let out = out.to_str().unwrap();
+        if args[0] == "dump" {
+            args.push(out);
+        }
+        let run = a.run(&cfg, &args).expect_code(2);
+        let line = run.error_line().unwrap();
+        assert!(
+            line.contains("is not a standby of the primary")
+                && line.contains(&format!("port={}", a.primary_port()))
+                && line.contains(&format!("port={}", b.replica_port(1))),
+            "{line}"
+        );
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    }
+    let runs: i64 = a
+        .primary()
+        .await
+        .query_one("SELECT count(*) FROM pgmaint.runs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 0, "a run was recorded for a foreign replica");
+    assert_eq!(b.pause_state(1).await, "not paused");
+
+    // Same cluster, other history: r2 promoted is a primary on timeline 2; r1 still
+    // streams timeline 1 from the old primary.
+    let r2 = a.replica(2).await;
+    r2.execute("SELECT pg_promote(true, 60)", &[])
+        .await
+        .unwrap();
+    let cfg = a.dir.join("timeline.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[primary]\ndsn = \"{}\"\n[[replicas]]\nname = \"r1\"\ndsn = \"{}\"\n[results]\ndir = \"{}\"\n{}",
+            a.replica_dsn(2),
+            a.replica_dsn(1),
+            a.results_dir().display(),
+            blobs_task("")
+        ),
+    )
+    .unwrap();
+    let run = a.run(&cfg, &["run"]).expect_code(2);
+    let line = run.error_line().unwrap();
+    assert!(
+        line.contains("is on timeline 1 but the primary") && line.contains("is on timeline 2"),
+        "{line}"
+    );
+    assert_eq!(a.pause_state(1).await, "not paused");
+    let promoted_runs: i64 = r2
+        .query_one("SELECT count(*) FROM pgmaint.runs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(promoted_runs, 0);
+}

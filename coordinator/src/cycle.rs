@@ -123,6 +123,8 @@ pub async fn run(
     let mut primary = db::connect(&cfg.primary, "pgmaint").await?;
     schema::require_current(&primary).await?;
     let replica = ReplicaControl::connect(replica_cfg).await?;
+    // Before anything is recorded: results of another cluster must never reach this one.
+    replica.check_belongs_to(&primary, &cfg.primary).await?;
     // A run that died may have left this replica paused: resume it before anything else
     // (recover_expired logs what it did).
     lease::recover_expired(&mut primary, replica_cfg).await?;

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use snapshot_runner::SnapshotInfo;
 use tokio_postgres::Client;
 
-use crate::config::ReplicaConfig;
+use crate::config::{Dsn, ReplicaConfig};
 use crate::db;
 use crate::units::human_bytes;
 use crate::UsageError;
@@ -80,6 +80,66 @@ const STATE_SQL: &str = "SELECT pg_is_in_recovery(),
         pg_postmaster_start_time(),
         (SELECT status FROM pg_stat_wal_receiver),
         pg_last_xact_replay_timestamp()";
+
+/// Which cluster and history a server belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerIdentity {
+    /// `pg_control_system().system_identifier`: set by initdb, shared by every standby
+    /// made from it.
+    pub system_identifier: i64,
+    /// The timeline the server writes (a primary) or receives (a streaming standby).
+    pub timeline: i32,
+}
+
+/// The primary's identity; refuses a `primary.dsn` that points at a standby.
+pub async fn primary_identity(primary: &Client, dsn: &Dsn) -> Result<ServerIdentity> {
+    let row = primary
+        .query_one(
+            "SELECT (pg_control_system()).system_identifier, pg_is_in_recovery(),
+                    CASE WHEN NOT pg_is_in_recovery()
+                         THEN ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END",
+            &[],
+        )
+        .await
+        .context("reading the primary's system identifier and timeline")?;
+    if row.get::<_, bool>(1) {
+        return Err(anyhow!(UsageError(format!(
+            "{} ({}) is in recovery: it is a standby, not the primary",
+            dsn.field,
+            db::describe(&dsn.config)
+        ))));
+    }
+    Ok(ServerIdentity {
+        system_identifier: row.get(0),
+        timeline: row.get(2),
+    })
+}
+
+/// Is `replica` a standby of `primary`, on its timeline? The reason if not, naming both.
+pub fn check_same_cluster(
+    replica_name: &str,
+    replica_at: &str,
+    replica: ServerIdentity,
+    primary_at: &str,
+    primary: ServerIdentity,
+) -> Result<(), String> {
+    if replica.system_identifier != primary.system_identifier {
+        return Err(format!(
+            "replica {replica_name} ({replica_at}) is not a standby of the primary ({primary_at}): its system \
+             identifier {} differs from the primary's {} (a replica of another cluster?)",
+            replica.system_identifier, primary.system_identifier
+        ));
+    }
+    if replica.timeline != primary.timeline {
+        return Err(format!(
+            "replica {replica_name} ({replica_at}) is on timeline {} but the primary ({primary_at}) is on timeline {}: \
+             it does not follow this primary's history (a failover it has not followed, or a promoted server \
+             that is not the primary)",
+            replica.timeline, primary.timeline
+        ));
+    }
+    Ok(())
+}
 
 /// Is `remote_apply` in effect on the primary: in pgmaint's session (server default,
 /// or its role or database), or set for any role or database? And does pgmaint's
@@ -189,6 +249,40 @@ impl ReplicaControl {
         read_state(&self.client)
             .await
             .with_context(|| format!("reading the replay state of replica {}", self.name()))
+    }
+
+    /// Refuse (a usage error, exit 2) a replica that belongs to another cluster or
+    /// another timeline than `primary`: its snapshot would be uploaded into the wrong
+    /// database. Checked before the lease, so nothing is recorded for it.
+    pub async fn check_belongs_to(
+        &self,
+        primary: &Client,
+        primary_dsn: &Dsn,
+    ) -> Result<ServerIdentity> {
+        let want = primary_identity(primary, primary_dsn).await?;
+        let row = self
+            .client
+            .query_one(
+                "SELECT (pg_control_system()).system_identifier,
+                        coalesce((SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'),
+                                 (pg_control_checkpoint()).timeline_id)",
+                &[],
+            )
+            .await
+            .context("reading the replica's system identifier and timeline")?;
+        let have = ServerIdentity {
+            system_identifier: row.get(0),
+            timeline: row.get(1),
+        };
+        check_same_cluster(
+            self.name(),
+            &db::describe(&self.config.dsn.config),
+            have,
+            &db::describe(&primary_dsn.config),
+            want,
+        )
+        .map_err(|e| anyhow!(UsageError(e)))?;
+        Ok(want)
     }
 
     /// Every condition for a safe pause, checked before we request one.
@@ -545,6 +639,27 @@ mod tests {
             postmaster_start: DateTime::from_timestamp(1000, 0).unwrap(),
             snapshot_lsn: lsn.map(Into::into),
         }
+    }
+
+    #[test]
+    fn a_replica_of_another_cluster_or_timeline_is_told_apart() {
+        let id = |s, t| ServerIdentity {
+            system_identifier: s,
+            timeline: t,
+        };
+        assert_eq!(
+            check_same_cluster("r1", "R", id(7, 2), "P", id(7, 2)),
+            Ok(())
+        );
+        let e = check_same_cluster("r1", "host=b", id(8, 1), "host=a", id(7, 1)).unwrap_err();
+        assert!(e.starts_with("replica r1 (host=b) is not a standby of the primary (host=a): its system identifier 8 differs from the primary's 7"), "{e}");
+        let e = check_same_cluster("r1", "host=b", id(7, 1), "host=a", id(7, 2)).unwrap_err();
+        assert!(
+            e.starts_with(
+                "replica r1 (host=b) is on timeline 1 but the primary (host=a) is on timeline 2"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -76,6 +76,16 @@ pub struct Cluster {
 impl Cluster {
     /// Start a cluster for test `name` with `replicas` streaming replicas.
     pub fn up(name: &str, replicas: usize) -> Cluster {
+        Cluster::up_with(name, replicas, false)
+    }
+
+    /// Like [`Cluster::up`], from an initdb of its own rather than the shared template:
+    /// its system identifier differs from every other test cluster's.
+    pub fn up_fresh(name: &str, replicas: usize) -> Cluster {
+        Cluster::up_with(name, replicas, true)
+    }
+
+    fn up_with(name: &str, replicas: usize, fresh: bool) -> Cluster {
         let dir = repo().join("target/e2e").join(name);
         // A leftover from an aborted earlier run of the same test.
         let _ = Command::new("bash")
@@ -87,6 +97,7 @@ impl Cluster {
             .arg(repo().join("scripts/cluster.sh"))
             .args(["up", "--replicas", &replicas.to_string(), "--dir"])
             .arg(&dir)
+            .env("PGMAINT_CLUSTER_FRESH", if fresh { "1" } else { "0" })
             .output()
             .expect("run scripts/cluster.sh");
         assert!(
