@@ -232,3 +232,99 @@ async fn replica_of_another_cluster_or_timeline_is_refused_before_the_lease() {
         .get(0);
     assert_eq!(promoted_runs, 0);
 }
+
+/// A run's pause-time (task-visible) state: was a pause ever requested for it?
+async fn pause_was_requested(c: &Cluster, run_id: i64) -> bool {
+    c.primary()
+        .await
+        .query_one(
+            "SELECT pause_requested_at IS NOT NULL FROM pgmaint.runs WHERE id = $1",
+            &[&run_id],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Bug: scan errors read "streaming COPY from the replica: db error" (and, with
+/// parallelism = 200, "connecting to the replica: db error"), in the output, in
+/// pgmaint.runs.error and in manifest.json. The server's message and SQLSTATE must
+/// show; and what can be known before the pause (a query that writes, more sessions
+/// than the replica has, two tasks writing one file) must be refused before it.
+#[tokio::test(flavor = "multi_thread")]
+async fn scan_errors_name_the_servers_message_and_doomed_tasks_never_pause() {
+    let c = Cluster::up("refuse-doomed-tasks", 1);
+    let p = c.primary().await;
+    seed_blobs(&p, BLOBS, "bigint", "g", 1_000).await;
+    let init = c.write_config("init.toml", "");
+    c.run(&init, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+    let materialize = |name: &str, query: &str| {
+        format!(
+            "[[tasks]]\nname = \"{name}\"\nkind = \"materialize\"\nquery = \"{query}\"\ntarget = \"public.out\"\n"
+        )
+    };
+
+    // A failure only the scan can meet: the server's words reach every record of it.
+    let cfg = c.write_config(
+        "fails.toml",
+        &materialize(
+            "div",
+            "SELECT g, 1 / (g - 500) AS x FROM generate_series(1, 1000) g",
+        ),
+    );
+    let (run, summary) = run_json(&c, &cfg, &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let id = summary["run_id"].as_i64().unwrap();
+    let want = "division by zero (SQLSTATE 22012)";
+    assert!(run.stderr.contains(want), "{}", run.stderr);
+    let recorded: String = p
+        .query_one("SELECT error FROM pgmaint.runs WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(recorded.contains(want), "{recorded}");
+    let m = manifest(&c.results_dir(), id);
+    let task_error = m["tasks"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(task_error.contains(want), "{m}");
+    assert!(!recorded.contains("db error") && !task_error.contains("db error"));
+    assert_eq!(c.pause_state(1).await, "not paused");
+
+    // Refused before any pause, exit 2, naming the task and what is wrong.
+    let cases = [
+        (
+            materialize("locks", "SELECT id FROM public.blobs FOR UPDATE"),
+            "query: the query locks rows",
+        ),
+        (
+            materialize(
+                "writes",
+                "WITH d AS (DELETE FROM public.blobs RETURNING id) SELECT id FROM d",
+            ),
+            "query: the query writes (DELETE on blobs)",
+        ),
+        (blobs_task("parallelism = 200"), "parallelism = 200"),
+        (
+            format!(
+                "[[tasks]]\nname = \"x\"\nkind = \"export\"\ntables = [\"public.blobs\"]\n{}",
+                row_checksum_task("x.public.blobs", BLOBS, "id", "payload", "payload_md5", "")
+            ),
+            "tasks \"x\" and \"x.public.blobs\" would both write x.public.blobs.csv",
+        ),
+    ];
+    for (i, (tasks, want)) in cases.iter().enumerate() {
+        let cfg = c.write_config(&format!("doomed{i}.toml"), tasks);
+        let run = c.run(&cfg, &["run"]);
+        assert_eq!(run.code, 2, "{want}: {}", run.stderr);
+        let line = run.error_line().unwrap();
+        assert!(line.contains(want), "{line}");
+        assert!(
+            !pause_was_requested(&c, last_run_id(&c).await).await,
+            "{want}"
+        );
+        assert_eq!(c.pause_state(1).await, "not paused");
+    }
+}

@@ -20,6 +20,7 @@ use uploader::{ApplyKind, UploadRequest};
 
 use crate::config::{Config, ReplicaConfig, TaskConfig};
 use crate::dump::{self, DumpSpec};
+use crate::error_text::{with_reason, OneLine};
 use crate::lease::{self, Abort, AbortReason, PauseLease};
 use crate::replica::{read_state, PauseOwnership, ReplicaControl, ResumeOutcome};
 use crate::{db, schema, UsageError};
@@ -192,10 +193,10 @@ pub async fn run(
 
     let (state, error, usage_error) = match (&outcome, abort.reason()) {
         (Ok(()), _) => ("succeeded", failed_tasks(&cycle.reports), false),
-        (Err(e), Some(reason)) => (reason.run_state(), Some(format!("{reason}: {e:#}")), false),
+        (Err(e), Some(reason)) => (reason.run_state(), Some(with_reason(reason, e)), false),
         (Err(e), None) => (
             "failed",
-            Some(format!("{e:#}")),
+            Some(e.one_line()),
             e.downcast_ref::<UsageError>().is_some(),
         ),
     };
@@ -213,8 +214,9 @@ pub async fn run(
             None,
             false,
             Some(format!(
-                "could not resume replay on {}: {e:#}; run `pgmaint recover`",
-                replica_cfg.name
+                "could not resume replay on {}: {}; run `pgmaint recover`",
+                replica_cfg.name,
+                e.one_line()
             )),
         ),
     };
@@ -240,7 +242,10 @@ pub async fn run(
             .map(|p| (Utc::now() - p).to_std().unwrap_or_default())
             .unwrap_or_default();
         if let Err(e) = dump::write_manifest(&spec.out, manifest, elapsed) {
-            error = Some(format!("dump written, but its manifest was not: {e:#}"));
+            error = Some(format!(
+                "dump written, but its manifest was not: {}",
+                e.one_line()
+            ));
         }
     } else if let (Work::Dump(spec), Some(why), Some(_)) = (&cycle.work, &error, &cycle.snapshot) {
         // Paused, so --out passed its checks (it was absent or empty): whatever pg_dump
@@ -269,7 +274,7 @@ pub async fn run(
     match tokio::time::timeout(Duration::from_secs(30), finish).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            tracing::error!(run_id, error = %format!("{e:#}"), "could not record the end of the run on the primary")
+            tracing::error!(run_id, error = %e.one_line(), "could not record the end of the run on the primary")
         }
         Err(_) => tracing::error!(
             run_id,
@@ -374,6 +379,7 @@ impl Cycle<'_> {
                         })?;
                     prepared.push((p, t.soft_timeout));
                 }
+                self.check_room(tasks, &prepared).await?;
             }
             Work::Dump(spec) => {
                 spec.check_out()?;
@@ -475,6 +481,42 @@ impl Cycle<'_> {
 
         // 7. In one transaction on the primary: record the run, queue its uploads.
         self.queue_uploads().await
+    }
+
+    /// What would fail only once paused, refused before: two tasks writing one file,
+    /// and a task wanting more sessions than the replica has free (the watchdog and
+    /// the control session need theirs too).
+    async fn check_room(
+        &self,
+        tasks: &[&TaskConfig],
+        prepared: &[(snapshot_runner::PreparedTask, Option<Duration>)],
+    ) -> Result<()> {
+        let mut writers: std::collections::BTreeMap<String, &str> = Default::default();
+        for (p, _) in prepared {
+            for file in p.file_names() {
+                if let Some(other) = writers.insert(file.clone(), &p.name) {
+                    return Err(anyhow!(UsageError(format!(
+                        "tasks {other:?} and {:?} would both write {file} in the run directory: rename one of them",
+                        p.name
+                    ))));
+                }
+            }
+        }
+        let free = self.replica.free_connections().await?;
+        for t in tasks {
+            let wanted = t.spec.sessions() as i64;
+            // One more for the watchdog, opened once paused.
+            if wanted + 1 > free {
+                return Err(anyhow!(UsageError(format!(
+                    "task {:?}: parallelism = {wanted} needs {wanted} sessions on replica {}, which has {free} \
+                     free connection(s) (max_connections less those in use), one of them for pgmaint's watchdog; \
+                     lower parallelism",
+                    t.name,
+                    self.replica.name()
+                ))));
+            }
+        }
+        Ok(())
     }
 
     /// Request the pause, wait for `paused`, make sure the replayed WAL holds no
@@ -713,7 +755,7 @@ impl Cycle<'_> {
         {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::warn!(error = %format!("{e:#}"), "could not check for open scan sessions")
+                tracing::warn!(error = %e.one_line(), "could not check for open scan sessions")
             }
             Err(_) => tracing::warn!("gave up waiting for scan sessions to close"),
         }

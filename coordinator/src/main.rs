@@ -5,6 +5,7 @@ mod config;
 mod cycle;
 mod db;
 mod dump;
+mod error_text;
 mod lease;
 mod replica;
 mod schema;
@@ -20,6 +21,7 @@ use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use config::{Config, Overrides};
+use error_text::OneLine;
 use lease::{Abort, AbortReason};
 
 /// An error in the operator's input: config, arguments, unreachable DSN. Exit code 2.
@@ -183,7 +185,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             let usage = e.downcast_ref::<UsageError>().is_some();
-            eprintln!("pgmaint: error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("pgmaint: error: {}", e.one_line());
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
@@ -294,7 +296,7 @@ async fn recover_in_passing(cfg: &Config) {
     if let Err(e) = attempt.await {
         tracing::warn!(
             "could not check for replicas left paused by dead runs: {}",
-            format!("{e:#}").replace('\n', " ")
+            e.one_line()
         );
     }
 }
@@ -315,7 +317,11 @@ async fn recover_all(
             Ok(o) => o,
             // One unreachable replica must not keep the others paused.
             Err(e) if quiet => {
-                tracing::warn!("replica {}: could not check for a dead run: {e:#}", r.name);
+                tracing::warn!(
+                    "replica {}: could not check for a dead run: {}",
+                    r.name,
+                    e.one_line()
+                );
                 continue;
             }
             Err(e) => return Err(e.context(format!("recovering replica {}", r.name))),

@@ -18,6 +18,7 @@ use tokio_postgres::Client;
 
 use crate::config::{Dsn, ReplicaConfig};
 use crate::db;
+use crate::error_text::OneLine;
 use crate::units::human_bytes;
 use crate::UsageError;
 
@@ -237,7 +238,7 @@ impl ReplicaControl {
         match self.state().await {
             Ok(st) => Ok(st),
             Err(e) => {
-                tracing::debug!(error = %format!("{e:#}"), "control session broke; reconnecting");
+                tracing::debug!(error = %e.one_line(), "control session broke; reconnecting");
                 self.reconnect(Duration::from_secs(10)).await?;
                 self.state().await
             }
@@ -395,6 +396,23 @@ impl ReplicaControl {
         }
     }
 
+    /// Connections a new session of ours could still get: `max_connections` less the
+    /// sessions open now, less `superuser_reserved_connections` unless we are a superuser.
+    pub async fn free_connections(&self) -> Result<i64> {
+        Ok(self
+            .client
+            .query_one(
+                "SELECT current_setting('max_connections')::int
+                        - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')
+                        - CASE WHEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN 0
+                               ELSE current_setting('superuser_reserved_connections')::int END",
+                &[],
+            )
+            .await
+            .context("reading the replica's free connections")?
+            .get(0))
+    }
+
     /// Request a pause and wait until `pg_get_wal_replay_pause_state()` says `paused`.
     pub async fn pause(&self, timeout: Duration) -> Result<()> {
         self.client
@@ -486,7 +504,7 @@ impl ReplicaControl {
     pub async fn snapshot_moved(&mut self, snap: &SnapshotInfo) -> Option<String> {
         let st = match self.fresh_state().await {
             Ok(st) => st,
-            Err(e) => return Some(format!("{e:#}")),
+            Err(e) => return Some(e.one_line()),
         };
         if st.postmaster_start != snap.postmaster_start {
             return Some(format!(
@@ -527,7 +545,7 @@ impl ReplicaControl {
             match self.try_resume(own).await {
                 Ok(r) => return Ok(r),
                 Err(e) => {
-                    tracing::warn!(replica = self.name(), error = %format!("{e:#}"), attempt, "resume failed; retrying");
+                    tracing::warn!(replica = self.name(), error = %e.one_line(), attempt, "resume failed; retrying");
                     last_err = Some(e);
                 }
             }

@@ -325,7 +325,7 @@ fn handle_db_error(
         }
         e => Err(ScanError::Db {
             context: format!("checking {}", item.name),
-            source: e,
+            cause: e,
         }),
     }
 }

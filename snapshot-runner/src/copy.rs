@@ -84,9 +84,22 @@ pub(crate) async fn check_query(
             )));
         }
     }
-    let relations = relations_read(client, &text)
+    let plan = plan_of(client, &text)
         .await
         .map_err(|e| query_error(field, e))?;
+    // A write fails on the paused replica (read-only) only once the pause is taken:
+    // refuse it now, when it costs nothing.
+    if let Some(what) = writes(&plan) {
+        return Err(ScanError::Config(format!(
+            "{field}: the query {what}; a replica is read-only: materialize and export queries may only read"
+        )));
+    }
+    let mut found = BTreeSet::new();
+    collect_relations(&plan, &mut found);
+    let relations = found
+        .into_iter()
+        .map(|(schema, name)| QualifiedName { schema, name })
+        .collect();
     Ok(CheckedQuery {
         text,
         columns,
@@ -102,30 +115,48 @@ fn query_error(field: &str, e: tokio_postgres::Error) -> ScanError {
         )),
         None => ScanError::Db {
             context: format!("checking {field}"),
-            source: e,
+            cause: e,
         },
     }
 }
 
-/// The relations a query's plan scans, from `EXPLAIN (VERBOSE, FORMAT JSON)`.
-async fn relations_read(
-    client: &Client,
-    text: &str,
-) -> Result<Vec<QualifiedName>, tokio_postgres::Error> {
+/// The query's plan, from `EXPLAIN (VERBOSE, FORMAT JSON)` (planned, not run).
+async fn plan_of(client: &Client, text: &str) -> Result<serde_json::Value, tokio_postgres::Error> {
     let row = client
         .query_one(&format!("EXPLAIN (VERBOSE, FORMAT JSON)\n{text}\n"), &[])
         .await?;
     // EXPLAIN's JSON output comes back as text (or json on some versions).
-    let plan: serde_json::Value = match row.try_get::<_, String>(0) {
+    Ok(match row.try_get::<_, String>(0) {
         Ok(s) => serde_json::from_str(&s).unwrap_or_default(),
         Err(_) => row.try_get::<_, serde_json::Value>(0).unwrap_or_default(),
-    };
-    let mut found = BTreeSet::new();
-    collect_relations(&plan, &mut found);
-    Ok(found
-        .into_iter()
-        .map(|(schema, name)| QualifiedName { schema, name })
-        .collect())
+    })
+}
+
+/// What in a plan writes or locks rows (a data-modifying statement or CTE, `FOR
+/// UPDATE`/`FOR SHARE`), if anything.
+fn writes(plan: &serde_json::Value) -> Option<String> {
+    match plan {
+        serde_json::Value::Object(m) => {
+            match m.get("Node Type").and_then(|t| t.as_str()) {
+                Some("ModifyTable") => {
+                    let op = m
+                        .get("Operation")
+                        .and_then(|o| o.as_str())
+                        .unwrap_or("modify");
+                    let rel = m
+                        .get("Relation Name")
+                        .and_then(|r| r.as_str())
+                        .unwrap_or("a table");
+                    return Some(format!("writes ({} on {rel})", op.to_uppercase()));
+                }
+                Some("LockRows") => return Some("locks rows (FOR UPDATE/SHARE)".into()),
+                _ => {}
+            }
+            m.values().find_map(writes)
+        }
+        serde_json::Value::Array(a) => a.iter().find_map(writes),
+        _ => None,
+    }
 }
 
 fn collect_relations(v: &serde_json::Value, out: &mut BTreeSet<(String, String)>) {

@@ -7,23 +7,23 @@ pub enum ScanError {
     /// (a missing table or column, a column of the wrong type). Fix the config.
     #[error("{0}")]
     Config(String),
-    /// The database returned an error or the connection failed.
-    #[error("{context}: {source}")]
+    /// The database returned an error or the connection failed. Shown with the
+    /// server's message and SQLSTATE. (The driver's error is not this error's `source`:
+    /// the message already holds it, and a chain printed in full would repeat it.)
+    #[error("{context}: {}", crate::pg_error::describe(cause))]
     Db {
         /// What pgmaint was doing.
         context: String,
         /// The driver's error.
-        #[source]
-        source: tokio_postgres::Error,
+        cause: tokio_postgres::Error,
     },
     /// Reading or writing a result file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file at fault.
         path: PathBuf,
         /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The task was cancelled (signal, limit, lost lease).
     #[error("cancelled")]
@@ -39,27 +39,27 @@ impl ScanError {
     /// The SQLSTATE of a database error, if any.
     pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
         match self {
-            ScanError::Db { source, .. } => source.code(),
+            ScanError::Db { cause, .. } => cause.code(),
             _ => None,
         }
     }
 
     pub(crate) fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
         let context = context.into();
-        move |source| ScanError::Db { context, source }
+        move |cause| ScanError::Db { context, cause }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| ScanError::Io { path, source }
+        move |cause| ScanError::Io { path, cause }
     }
 }
 
 impl From<tokio_postgres::Error> for ScanError {
-    fn from(source: tokio_postgres::Error) -> Self {
+    fn from(cause: tokio_postgres::Error) -> Self {
         ScanError::Db {
             context: "database".into(),
-            source,
+            cause,
         }
     }
 }

@@ -37,6 +37,10 @@ pub(crate) struct PreparedExport {
 }
 
 impl PreparedExport {
+    pub(crate) fn file_names(&self) -> Vec<String> {
+        self.items.iter().map(|i| i.file_name.clone()).collect()
+    }
+
     pub(crate) fn relations(&self) -> Vec<(String, String)> {
         self.relations
             .iter()

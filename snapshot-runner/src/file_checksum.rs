@@ -178,7 +178,7 @@ pub(crate) async fn prepare(
         )),
         _ => ScanError::Db {
             context: format!("checking the catalog query on {}", prepared.table),
-            source: e,
+            cause: e,
         },
     })?;
     Ok(prepared)
@@ -299,7 +299,7 @@ pub(crate) async fn run(
             Err(join) => {
                 reader_error = reader_error.or(Some(ScanError::Io {
                     path: p.root.clone(),
-                    source: io::Error::other(format!("file reader panicked: {join}")),
+                    cause: io::Error::other(format!("file reader panicked: {join}")),
                 }))
             }
         }
@@ -425,7 +425,7 @@ async fn dispatch(
                 "stored cursor {:?} is not a valid key; DELETE FROM pgmaint.task_cursors for this task to start over",
                 cursor.unwrap_or("")
             )),
-            _ => ScanError::Db { context: context(), source: e },
+            _ => ScanError::Db { context: context(), cause: e },
         })?;
         loop {
             let rows = tokio::select! {

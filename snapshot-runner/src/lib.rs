@@ -41,6 +41,7 @@ pub mod manifest;
 mod materialize;
 mod md5file;
 pub mod output;
+pub mod pg_error;
 pub mod progress;
 mod row_checksum;
 mod session;

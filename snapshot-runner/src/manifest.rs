@@ -117,7 +117,7 @@ impl ResultManifest {
         let body = std::fs::read(path).map_err(ScanError::io(path))?;
         serde_json::from_slice(&body).map_err(|e| ScanError::Io {
             path: path.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            cause: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
         })
     }
 

@@ -99,7 +99,7 @@ impl CsvFile {
         let path = self.path.clone();
         let hashing = self.writer.into_inner().map_err(|e| ScanError::Io {
             path: path.clone(),
-            source: io::Error::other(e.to_string()),
+            cause: io::Error::other(e.to_string()),
         })?;
         let HashingWriter {
             inner,
@@ -108,7 +108,7 @@ impl CsvFile {
         } = hashing;
         let file = inner.into_inner().map_err(|e| ScanError::Io {
             path: path.clone(),
-            source: e.into_error(),
+            cause: e.into_error(),
         })?;
         file.sync_all().map_err(ScanError::io(&path))?;
         Ok(DataFile {
@@ -182,7 +182,7 @@ impl RawFile {
         } = self.writer;
         let file = inner.into_inner().map_err(|e| ScanError::Io {
             path: self.path.clone(),
-            source: e.into_error(),
+            cause: e.into_error(),
         })?;
         file.sync_all().map_err(ScanError::io(&self.path))?;
         Ok(DataFile {
@@ -199,7 +199,7 @@ impl RawFile {
 fn csv_err(path: &Path, e: csv::Error) -> ScanError {
     ScanError::Io {
         path: path.to_path_buf(),
-        source: io::Error::other(e.to_string()),
+        cause: io::Error::other(e.to_string()),
     }
 }
 

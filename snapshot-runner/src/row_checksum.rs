@@ -202,7 +202,7 @@ async fn split_points(
         } else {
             ScanError::Db {
                 context: format!("sampling keys of {}", p.table),
-                source: e,
+                cause: e,
             }
         }
     })?;

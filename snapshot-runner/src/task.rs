@@ -36,6 +36,15 @@ impl TaskSpec {
             TaskSpec::Export(_) => "export",
         }
     }
+
+    /// How many sessions the task opens on the replica at most, all at once.
+    pub fn sessions(&self) -> usize {
+        match self {
+            TaskSpec::RowChecksum(s) => s.parallelism,
+            TaskSpec::Amcheck(s) => s.parallelism,
+            _ => 1,
+        }
+    }
 }
 
 /// A task whose configuration has been checked against the replica's catalog.
@@ -96,6 +105,14 @@ impl PreparedTask {
     /// The kind's name.
     pub fn kind(&self) -> &'static str {
         self.kind
+    }
+
+    /// The data files the task writes into the run directory.
+    pub fn file_names(&self) -> Vec<String> {
+        match &self.inner {
+            Prepared::Export(p) => p.file_names(),
+            _ => vec![format!("{}.csv", self.name)],
+        }
     }
 
     /// The relations this task reads, as `(schema, name)`, so the coordinator can check

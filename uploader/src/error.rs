@@ -18,7 +18,7 @@ pub enum UploadError {
     #[error("{0}")]
     Changed(String),
     /// A database error (may be passing: lock time-out, lost connection).
-    #[error("{context}: {}", describe(source))]
+    #[error("{context}: {}", snapshot_runner::pg_error::describe(source))]
     Db {
         /// What the uploader was doing.
         context: String,
@@ -45,22 +45,6 @@ pub enum UploadError {
     /// or an unknown task id.
     #[error("{0}")]
     Refused(String),
-}
-
-/// The driver's error in one line: the server's message and SQLSTATE, or the cause of
-/// a connection error (tokio-postgres alone prints just "db error").
-fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-        if let Some(d) = db.detail() {
-            s.push_str(&format!("; {d}"));
-        }
-        return s.replace('\n', " ");
-    }
-    match std::error::Error::source(e) {
-        Some(cause) => format!("{e}: {cause}").replace('\n', " "),
-        None => e.to_string(),
-    }
 }
 
 impl UploadError {
