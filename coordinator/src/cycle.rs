@@ -13,7 +13,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use serde::Serialize;
-use snapshot_runner::{ManifestTask, ResultManifest, ScanContext, SnapshotInfo, TaskReport};
+use snapshot_runner::{
+    ManifestTask, ResultManifest, ScanContext, SnapshotInfo, TaskReport, TaskStatus,
+};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use uploader::{ApplyKind, UploadRequest};
@@ -21,7 +23,7 @@ use uploader::{ApplyKind, UploadRequest};
 use crate::config::{Config, ReplicaConfig, TaskConfig};
 use crate::dump::{self, DumpSpec};
 use crate::error_text::{with_reason, OneLine};
-use crate::lease::{self, Abort, AbortReason, PauseLease};
+use crate::lease::{self, Abort, AbortReason, PauseLease, RunOutcome};
 use crate::replica::{read_state, PauseOwnership, ReplicaControl, ResumeOutcome};
 use crate::{db, schema, UsageError};
 
@@ -128,7 +130,7 @@ pub async fn run(
     replica.check_belongs_to(&primary, &cfg.primary).await?;
     // A run that died may have left this replica paused: resume it before anything else
     // (recover_expired logs what it did).
-    lease::recover_expired(&mut primary, replica_cfg).await?;
+    lease::recover_expired(&mut primary, replica_cfg, &cfg.results_dir).await?;
     let lease = PauseLease::acquire(
         &mut primary,
         &replica_cfg.name,
@@ -253,33 +255,31 @@ pub async fn run(
         dump::mark_invalid(&spec.out, why);
     }
     // The run is over (a dump's files hashed too): stop renewing, record the end. The
-    // primary may have restarted or stalled meanwhile: reconnect, and do not wait
-    // forever; an unreleased lease expires, and the next command tidies up.
+    // primary may have restarted or stalled meanwhile: keep trying (reconnecting) for up
+    // to a lease; failing that, keep the outcome in the run directory, from where the
+    // command that later recovers the expired lease records it.
     heartbeat.stop().await;
-    let finish = async {
-        if cycle.primary.is_closed() {
-            cycle.primary = db::connect(&cfg.primary, "pgmaint").await?;
-        }
-        cycle
-            .lease
-            .finish(
-                &mut cycle.primary,
-                state,
-                error.as_deref(),
-                resumed_at.zip(backlog),
-                release,
-            )
-            .await
+    let outcome = RunOutcome {
+        run_id,
+        state: state.to_string(),
+        error: error.clone(),
+        resumed: resumed_at.zip(backlog),
+        finished_at: Utc::now(),
     };
-    match tokio::time::timeout(Duration::from_secs(30), finish).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(run_id, error = %e.one_line(), "could not record the end of the run on the primary")
-        }
-        Err(_) => tracing::error!(
-            run_id,
-            "timed out recording the end of the run on the primary"
-        ),
+    if let Err(e) = cycle.record_end(&outcome, release).await {
+        let kept = match (state, outcome.write(&cycle.run_dir)) {
+            // A success is on the primary already (with its uploads); only the lease is left.
+            ("succeeded", _) => String::new(),
+            (_, Ok(path)) => format!(
+                "; kept in {}, recorded by the next pgmaint command",
+                path.display()
+            ),
+            (_, Err(w)) => format!(
+                "; could not keep it in the run directory either: {}",
+                w.one_line()
+            ),
+        };
+        tracing::error!(run_id, error = %e.one_line(), "could not record the end of the run on the primary{kept}");
     }
     Ok(RunSummary {
         run_id,
@@ -322,16 +322,21 @@ async fn mark_succeeded(
     Ok(())
 }
 
+/// Tasks that did not do their job: failed ones, and a materialize cut short by its
+/// soft_timeout (a partial result never replaces the target, so nothing is uploaded:
+/// the operator must hear of it, not only the manifest).
 fn failed_tasks(reports: &[TaskReport]) -> Option<String> {
     let failed: Vec<String> = reports
         .iter()
-        .filter(|r| !r.status.has_results())
-        .map(|r| {
-            format!(
-                "task {} failed: {}",
-                r.name,
-                r.error.as_deref().unwrap_or(r.status.as_str())
-            )
+        .filter_map(|r| {
+            let why = r.error.as_deref().unwrap_or(r.status.as_str());
+            if !r.status.has_results() {
+                Some(format!("task {} failed: {why}", r.name))
+            } else if r.status == TaskStatus::Partial && r.kind == "materialize" {
+                Some(format!("task {} uploaded nothing: {why}", r.name))
+            } else {
+                None
+            }
         })
         .collect();
     (!failed.is_empty()).then(|| failed.join("; "))
@@ -345,6 +350,55 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 impl Cycle<'_> {
+    /// Record the end of the run on the primary, reconnecting as needed, for up to a
+    /// lease (at least 10 s). Each attempt is bounded: a stalled primary hangs it.
+    async fn record_end(&mut self, outcome: &RunOutcome, release: bool) -> Result<()> {
+        let deadline = Instant::now()
+            + self
+                .cfg
+                .limits
+                .lease
+                .clamp(Duration::from_secs(10), Duration::from_secs(60));
+        let mut fresh = false;
+        loop {
+            let attempt = async {
+                if fresh || self.primary.is_closed() {
+                    self.primary = db::connect(&self.cfg.primary, "pgmaint")
+                        .await
+                        .map_err(|e| anyhow!(e.0))?;
+                }
+                self.lease
+                    .finish(
+                        &mut self.primary,
+                        &outcome.state,
+                        outcome.error.as_deref(),
+                        outcome.resumed,
+                        release,
+                    )
+                    .await
+            };
+            let result = match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                Ok(r) => r,
+                Err(_) => Err(anyhow!("the primary did not answer within 5s")),
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(e.context(format!(
+                        "primary ({})",
+                        db::describe(&self.cfg.primary.config)
+                    )))
+                }
+                Err(e) => {
+                    tracing::warn!(run_id = self.lease.run_id, error = %e.one_line(), "recording the end of the run failed; retrying");
+                    // A hung call may still sit on this session: start a new one.
+                    fresh = true;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
     fn scan_context(&self) -> ScanContext {
         let mut ctx = ScanContext::new(
             self.replica.config.dsn.config.clone(),
@@ -525,14 +579,20 @@ impl Cycle<'_> {
     async fn pause_confirmed(&mut self, relations: Option<&[(String, String)]>) -> Result<()> {
         for attempt in 1..=PAUSE_ATTEMPTS {
             let before = self.replica.state().await?;
-            // Replay ran between attempts: PostgreSQL may have paused by itself meanwhile
-            // (a recovery target, a parameter mismatch). Such a pause is never ours.
+            // Replay ran since the pre-checks (or between attempts): PostgreSQL may have
+            // paused by itself meanwhile (a recovery target, a parameter mismatch), or
+            // someone else did. Such a pause is never ours.
             if !(before.in_recovery && before.pause_state == "not paused") {
                 bail!(
-                    "replica {} is now '{}' (in recovery: {}) between pause attempts: not pgmaint's to pause; left as it is",
+                    "replica {} became '{}' (in recovery: {}) {}: not pgmaint's to pause; left as it is",
                     self.replica.name(),
                     before.pause_state,
-                    before.in_recovery
+                    before.in_recovery,
+                    if attempt == 1 {
+                        "just before pgmaint paused it"
+                    } else {
+                        "between pause attempts"
+                    }
                 );
             }
             // Recorded on the primary *before* the request: a run that dies from here
@@ -683,10 +743,62 @@ impl Cycle<'_> {
                 file_size: file.size as i64,
             });
         }
+        // The snapshot is verified and the replica still paused: a primary that
+        // restarted just now must not cost a valid run. Reconnect and try again; a
+        // commit whose acknowledgement was lost is recognised by the run's state.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let error = match self.commit_run(&uploads).await {
+                Ok(queued) => {
+                    self.queued = queued;
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            let retry = tries < 4 && self.abort.reason().is_none() && self.primary.is_closed();
+            if !retry {
+                return Err(error.context(format!(
+                    "the snapshot was verified, but run {run_id} and its uploads could not be recorded on the \
+                     primary ({}); nothing was queued",
+                    db::describe(&self.cfg.primary.config)
+                )));
+            }
+            tracing::warn!(run_id, error = %error.one_line(), "the primary's session broke while queueing; reconnecting");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match db::connect(&self.cfg.primary, "pgmaint").await {
+                Ok(c) => self.primary = c,
+                Err(e) => tracing::warn!(run_id, error = %e, "reconnecting to the primary failed"),
+            }
+            if let Ok(Some(row)) = self
+                .primary
+                .query_opt("SELECT state FROM pgmaint.runs WHERE id = $1", &[&run_id])
+                .await
+            {
+                if row.get::<_, String>(0) == "succeeded" {
+                    // The lost commit went through.
+                    let ids = self
+                        .primary
+                        .query(
+                            "SELECT id FROM pgmaint.upload_tasks WHERE run_id = $1 ORDER BY id",
+                            &[&run_id],
+                        )
+                        .await?;
+                    self.queued = ids.iter().map(|r| r.get(0)).collect();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// In one transaction: mark the run succeeded, queue its uploads, move the task
+    /// cursors. The ids of the queued uploads.
+    async fn commit_run(&mut self, uploads: &[UploadRequest]) -> Result<Vec<i64>> {
+        let run_id = self.lease.run_id;
         let tx = self.primary.transaction().await?;
         mark_succeeded(&tx, run_id, &self.run_dir).await?;
-        self.queued =
-            uploader::enqueue(&tx, run_id, &uploads, self.cfg.uploader.max_attempts).await?;
+        let queued =
+            uploader::enqueue(&tx, run_id, uploads, self.cfg.uploader.max_attempts).await?;
         for r in self.reports.iter().filter(|r| r.status.has_results()) {
             if let Some(cursor) = &r.cursor {
                 tx.execute(
@@ -701,7 +813,7 @@ impl Cycle<'_> {
         tx.commit()
             .await
             .context("committing the run and its uploads")?;
-        Ok(())
+        Ok(queued)
     }
 
     /// Has another command taken the replica over (our lease lost, the run dropped by a

@@ -319,6 +319,48 @@ impl PauseLease {
     }
 }
 
+/// How a run ended, kept in `results.dir/<run-id>/outcome.json` when the run could not
+/// record it on the primary (a stalled or restarting primary at the end of the run).
+/// The command that later recovers the run's expired lease records it from there, so
+/// the run's history says how it really ended, not that its coordinator died.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunOutcome {
+    /// The run.
+    pub run_id: i64,
+    /// Its final state: failed, cancelled, aborted or invalid.
+    pub state: String,
+    /// What went wrong.
+    pub error: Option<String>,
+    /// When the run resumed replay itself, and the backlog then.
+    pub resumed: Option<(DateTime<Utc>, i64)>,
+    /// When it ended.
+    pub finished_at: DateTime<Utc>,
+}
+
+/// The file name of a [`RunOutcome`] in the run directory.
+pub const OUTCOME_FILE: &str = "outcome.json";
+
+impl RunOutcome {
+    /// Keep the outcome in `run_dir` (created if need be).
+    pub fn write(&self, run_dir: &std::path::Path) -> Result<std::path::PathBuf> {
+        std::fs::create_dir_all(run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
+        let path = run_dir.join(OUTCOME_FILE);
+        std::fs::write(&path, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// The outcome kept for `run_id` under `results_dir`, if any (and if it is one: a
+    /// run that succeeded recorded that on the primary, with its uploads).
+    pub fn read(results_dir: &std::path::Path, run_id: i64) -> Option<RunOutcome> {
+        let path = results_dir.join(run_id.to_string()).join(OUTCOME_FILE);
+        let outcome: RunOutcome = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        let known = ["failed", "cancelled", "aborted", "invalid"];
+        (outcome.run_id == run_id && known.contains(&outcome.state.as_str())).then_some(outcome)
+    }
+}
+
 /// Stops the heartbeat when told to (or dropped).
 pub struct HeartbeatHandle {
     stop: CancellationToken,
@@ -358,13 +400,20 @@ pub enum Recovery {
     Recovered {
         run_id: i64,
         resumed: bool,
+        /// What happened, starting with a verb: "had died (lease expired): …".
         note: String,
+        /// The state the run was marked: `dropped`, or how it had ended by itself.
+        state: String,
     },
 }
 
 /// Recover the replica from a run whose lease expired: resume the pause it left (only
 /// if it is provably that run's pause), mark the run DROPPED, clear the lease.
-pub async fn recover_expired(primary: &mut Client, replica: &ReplicaConfig) -> Result<Recovery> {
+pub async fn recover_expired(
+    primary: &mut Client,
+    replica: &ReplicaConfig,
+    results_dir: &std::path::Path,
+) -> Result<Recovery> {
     let tx = primary.transaction().await?;
     let row = tx
         .query_opt(
@@ -411,13 +460,35 @@ pub async fn recover_expired(primary: &mut Client, replica: &ReplicaConfig) -> R
     } else {
         "it never paused the replica".to_string()
     };
-    tx.execute(
-        "UPDATE pgmaint.runs SET state = 'dropped', finished_at = now(),
-                error = coalesce(error || '; ', '') || 'lease expired: coordinator died or hung'
-          WHERE id = $1 AND state = 'running'",
-        &[&run_id],
-    )
-    .await?;
+    // The run may have ended by itself and only failed to say so (the primary stalled
+    // or restarted as it ended): then record how it ended, from its results directory.
+    let kept = RunOutcome::read(results_dir, run_id);
+    let note = match &kept {
+        Some(o) => {
+            tx.execute(
+                "UPDATE pgmaint.runs SET state = $2, finished_at = $3, resumed_at = coalesce($5, resumed_at),
+                        backlog_at_resume = coalesce($6, backlog_at_resume),
+                        error = coalesce($4 || '; ', '') || 'recorded later from results.dir: the run could not reach the primary when it ended'
+                  WHERE id = $1 AND state = 'running'",
+                &[&run_id, &o.state, &o.finished_at, &o.error, &o.resumed.map(|r| r.0), &o.resumed.map(|r| r.1)],
+            )
+            .await?;
+            format!(
+                "had ended ({}) without recording it on the primary (its lease expired): {note}",
+                o.state
+            )
+        }
+        None => {
+            tx.execute(
+                "UPDATE pgmaint.runs SET state = 'dropped', finished_at = now(),
+                        error = coalesce(error || '; ', '') || 'lease expired: coordinator died or hung'
+                  WHERE id = $1 AND state = 'running'",
+                &[&run_id],
+            )
+            .await?;
+            format!("had died (lease expired): {note}")
+        }
+    };
     tx.execute(
         "UPDATE pgmaint.runs SET resumed_at = now() WHERE id = $1 AND $2",
         &[&run_id, &resumed],
@@ -429,13 +500,15 @@ pub async fn recover_expired(primary: &mut Client, replica: &ReplicaConfig) -> R
     )
     .await?;
     tx.commit().await?;
+    let state = kept.map_or("dropped".to_string(), |o| o.state);
     tracing::warn!(
-        "replica {}: run {run_id} had died (lease expired): {note}; run {run_id} marked dropped",
+        "replica {}: run {run_id} {note}; run {run_id} marked {state}",
         replica.name
     );
     Ok(Recovery::Recovered {
         run_id,
         resumed,
         note,
+        state,
     })
 }

@@ -313,7 +313,7 @@ async fn recover_all(
         None => cfg.replicas.iter().collect(),
     };
     for r in replicas {
-        let outcome = match lease::recover_expired(primary, r).await {
+        let outcome = match lease::recover_expired(primary, r, &cfg.results_dir).await {
             Ok(o) => o,
             // One unreachable replica must not keep the others paused.
             Err(e) if quiet => {
@@ -327,8 +327,16 @@ async fn recover_all(
             Err(e) => return Err(e.context(format!("recovering replica {}", r.name))),
         };
         match outcome {
-            lease::Recovery::Recovered { run_id, note, .. } => {
-                println!("{}: run {run_id} had died (lease expired): {note}; run {run_id} marked dropped", r.name)
+            lease::Recovery::Recovered {
+                run_id,
+                note,
+                state,
+                ..
+            } => {
+                println!(
+                    "{}: run {run_id} {note}; run {run_id} marked {state}",
+                    r.name
+                )
             }
             lease::Recovery::Alive {
                 run_id,

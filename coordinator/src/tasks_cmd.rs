@@ -23,8 +23,8 @@ pub enum TasksCommand {
         /// Only the tasks of this run.
         #[arg(long)]
         run: Option<i64>,
-        /// At most this many.
-        #[arg(long, default_value_t = 50)]
+        /// At most this many (1 or more).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..))]
         limit: i64,
         /// Print as JSON.
         #[arg(long)]

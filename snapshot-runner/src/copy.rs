@@ -221,6 +221,7 @@ pub(crate) async fn copy_to_file(
             }
             _ = &mut deadline_sleep => {
                 let _ = cancel_token.cancel_query(crate::tls::connector()).await;
+                file.ensure_header()?;
                 return Ok(CopyEnd::Deadline);
             }
         };

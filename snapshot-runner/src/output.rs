@@ -158,6 +158,28 @@ impl RawFile {
             .map_err(ScanError::io(&self.path))
     }
 
+    /// Write the CSV header line of `columns`, quoted as PostgreSQL's `COPY … (FORMAT
+    /// csv, HEADER true)` quotes it, if nothing has been written yet: a COPY cut short
+    /// before its first message still leaves a file with its header.
+    pub fn ensure_header(&mut self) -> Result<(), ScanError> {
+        if self.bytes() > 0 {
+            return Ok(());
+        }
+        let line = self
+            .columns
+            .iter()
+            .map(|c| {
+                if c.contains([',', '"', '\n', '\r']) || c == "\\." {
+                    format!("\"{}\"", c.replace('"', "\"\""))
+                } else {
+                    c.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        self.write_all(format!("{line}\n").as_bytes())
+    }
+
     /// Count `n` more data rows (the caller knows where rows end; the header is not one).
     pub fn add_rows(&mut self, n: u64) {
         self.rows += n;

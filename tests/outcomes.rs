@@ -1,0 +1,178 @@
+//! What the operator is told when a run ends badly (issue "Defects found under hostile
+//! input and faults", point 10): the right exit code, each message once, a valid run
+//! kept through a primary restart, a run's history as it really ended.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use pgmaint_e2e::*;
+
+const BLOBS: &str = "public.blobs";
+
+/// Rows arrive slowly and small: PostgreSQL sends nothing (not even COPY's header,
+/// which waits in its 8 kB send buffer) for seconds.
+const TRICKLE: &str = "SELECT g, pg_sleep(0.005) AS s FROM generate_series(1, 4000) g";
+
+/// Bugs: `tasks list --limit=-1` exited 1 with a server error; a materialize cut by its
+/// soft_timeout exited 0 as "succeeded" with nothing uploaded, saying so only in the
+/// manifest; an export cut before its first rows left a 0-byte CSV, without the header
+/// the README promises; a signal's error said "cancelled by SIGTERM: cancelled by SIGTERM".
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_hears_of_partial_results_and_bad_usage_once() {
+    let c = Cluster::up("outcomes-told", 1);
+    seed_blobs(&c.primary().await, BLOBS, "bigint", "g", 30_000).await;
+    let init = c.write_config("init.toml", "");
+    c.run(&init, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+
+    let run = c
+        .run(&init, &["tasks", "list", "--limit=-1"])
+        .expect_code(2);
+    assert!(run.stderr.contains("--limit"), "{}", run.stderr);
+
+    let cfg = c.write_config(
+        "partial.toml",
+        &format!(
+            "[[tasks]]\nname = \"m\"\nkind = \"materialize\"\nquery = \"{TRICKLE}\"\ntarget = \"public.out\"\n\
+             soft_timeout = \"1s\"\n\
+             [[tasks]]\nname = \"e\"\nkind = \"export\"\nquery = \"{TRICKLE}\"\nsoft_timeout = \"1s\"\n"
+        ),
+    );
+    let (run, s) = run_json(&c, &cfg, &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let line = run.error_line().unwrap();
+    assert!(
+        line.contains("task m uploaded nothing: soft_timeout reached before the query finished"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("task e"),
+        "a partial export is still an export: {line}"
+    );
+    assert_eq!(s["queued"].as_array().unwrap().len(), 0);
+    let dir = c
+        .results_dir()
+        .join(s["run_id"].as_i64().unwrap().to_string());
+    for file in ["m.csv", "e.csv"] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert!(text.starts_with("g,s\n"), "{file}: {text:?}");
+    }
+
+    // One signal, said once.
+    let slow = slow_blobs_config(&c, "slow.toml", "");
+    let child = spawn_piped(&c, &slow, &["run"]);
+    wait_paused(&c, 1).await;
+    signal(child.id(), "TERM");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("pgmaint: error:"))
+        .unwrap();
+    assert_eq!(line.matches("cancelled by SIGTERM").count(), 1, "{line}");
+    assert_eq!(c.pause_state(1).await, "not paused");
+}
+
+/// Bug: a primary restarted near the end of a run made the run fail with a bare
+/// "connection closed": a valid snapshot, scanned and verified, thrown away. The
+/// queue commit reconnects and goes through; the findings are uploaded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_restart_during_a_run_does_not_discard_the_run() {
+    let c = Cluster::up("outcomes-primary-restart", 1);
+    let p = c.primary().await;
+    seed_blobs(&p, BLOBS, "bigint", "g", 30_000).await;
+    p.batch_execute("UPDATE public.blobs SET payload_md5 = md5('x') WHERE id = 29999")
+        .await
+        .unwrap();
+    let cfg = slow_blobs_config(&c, "slow.toml", "");
+    c.run(&cfg, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+    let mut child = spawn_piped(&c, &cfg, &["run", "--json"]);
+    wait_paused(&c, 1).await;
+    c.server("restart", "primary");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the scan ended before the primary restarted: make it slower"
+    );
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["state"], "succeeded");
+    assert_eq!(s["queued"].as_array().unwrap().len(), 1);
+    assert_eq!(c.pause_state(1).await, "not paused");
+    c.run(&cfg, &["uploader", "--once"]).expect_code(0);
+    let found: Vec<String> = c
+        .primary()
+        .await
+        .query("SELECT row_key FROM pgmaint.integrity_findings", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(found, vec!["29999".to_string()]);
+}
+
+/// Bug: when the primary stalled, the run gave up its lease, resumed replay itself and
+/// could not record that; the next command then marked it "lease expired: coordinator
+/// died or hung". The run keeps its outcome in its results directory, and the command
+/// that recovers the lease records how it really ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_resumed_during_a_primary_stall_is_recorded_as_it_ended() {
+    let c = Cluster::up("outcomes-primary-stall", 1);
+    let p = c.primary().await;
+    seed_blobs(&p, BLOBS, "bigint", "g", 100_000).await;
+    let cfg = slow_blobs_config(&c, "slow.toml", "lease = \"4s\"");
+    c.run(&cfg, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+    let child = c
+        .pgmaint(&cfg, &["run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_paused(&c, 1).await;
+    let id = last_run_id(&c).await;
+    signal_server(&c, "primary", "STOP");
+    let frozen = Instant::now();
+    let mut resumed = false;
+    while frozen.elapsed() < Duration::from_secs(40) {
+        if c.pause_state(1).await == "not paused" {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The run gives up on the frozen primary and exits; only then does it come back.
+    let out = child.wait_with_output().unwrap();
+    signal_server(&c, "primary", "CONT");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(resumed, "replica still paused\n{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("outcome.json"), "{stderr}");
+
+    let said = c.run(&cfg, &["recover"]).expect_code(0);
+    assert!(
+        said.stdout
+            .contains(&format!("run {id} had ended (aborted)")),
+        "{}",
+        said.stdout
+    );
+    let row = c
+        .primary()
+        .await
+        .query_one(
+            "SELECT state, error, resumed_at IS NOT NULL FROM pgmaint.runs WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let (state, error, resumed_at): (String, String, bool) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(state, "aborted", "{error}");
+    assert!(error.contains("lease on the primary lost"), "{error}");
+    assert!(!error.contains("died or hung"), "{error}");
+    assert!(resumed_at);
+    assert_eq!(c.pause_state(1).await, "not paused");
+}
