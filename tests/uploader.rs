@@ -2150,3 +2150,165 @@ async fn a_merge_file_with_a_null_key_is_refused() {
             .collect();
     assert_eq!(rows, vec![(Some("a".to_string()), "old".to_string())]);
 }
+
+/// Every upload task's state, attempts, not_before, last error and finished_at.
+async fn queue_snapshot(p: &Client) -> Vec<(i64, String, i32, String, String, String)> {
+    p.query(
+        "SELECT id, state, attempts, not_before::text, coalesce(last_error, ''), coalesce(finished_at::text, '')
+           FROM pgmaint.upload_tasks ORDER BY id",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+    .collect()
+}
+
+/// The `key=N` field of the first log line containing `message`, if any.
+fn log_field(log: &str, message: &str, key: &str) -> Option<i64> {
+    let line = log.lines().find(|l| l.contains(message))?;
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_null_key_and_an_empty_key_stay_distinct_findings_end_to_end() {
+    let c = Cluster::up("up_null_empty_key", 1);
+    let p = c.primary().await;
+    // A unique text key holding NULL, '' and 'a'; every row's stored md5 is wrong.
+    p.batch_execute(
+        "CREATE TABLE tk (k text UNIQUE, payload bytea, payload_md5 text);
+         INSERT INTO tk VALUES (NULL, '\\x01', md5('x')), ('', '\\x02', md5('x')), ('a', '\\x03', md5('x'));",
+    )
+    .await
+    .unwrap();
+    let cfg = c.write_config(
+        "t.toml",
+        &row_checksum_task("keys", "public.tk", "k", "payload", "payload_md5", ""),
+    );
+    c.run(&cfg, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+    let s = run_summary(&c.run(&cfg, &["run", "--json"]).expect_code(0));
+    let run = s["run_id"].as_i64().unwrap();
+    let m = manifest(&c.results_dir(), run);
+    let t = m["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "keys")
+        .unwrap();
+    assert_eq!(t["findings"].as_u64(), Some(3), "{m}");
+    assert_eq!(t["file"]["rows"].as_u64(), Some(3), "{m}");
+
+    // After the snapshot the '' row is repaired; the NULL and 'a' rows stay corrupt.
+    p.batch_execute("UPDATE tk SET payload_md5 = md5(payload) WHERE k = ''")
+        .await
+        .unwrap();
+    let up = c.run(&cfg, &["uploader", "--once"]).expect_code(0);
+
+    let rows: Vec<(Option<String>, String, Option<bool>)> = p
+        .query(
+            "SELECT row_key, finding, still_holds FROM pgmaint.integrity_findings
+              WHERE run_id = $1 ORDER BY row_key NULLS FIRST",
+            &[&run],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let want: Vec<(Option<String>, String, Option<bool>)> = vec![
+        (None, "mismatch".into(), Some(true)),
+        (Some(String::new()), "mismatch".into(), Some(false)),
+        (Some("a".into()), "mismatch".into(), Some(true)),
+    ];
+    assert_eq!(rows, want, "uploader stderr:\n{}", up.stderr);
+
+    // What the uploader reports counts the findings it inserted, no more.
+    let confirmed = log_field(
+        &up.stderr,
+        "findings re-checked on the primary",
+        "confirmed",
+    );
+    let resolved = log_field(&up.stderr, "findings re-checked on the primary", "resolved");
+    assert_eq!(
+        (confirmed, resolved),
+        (Some(2), Some(1)),
+        "uploader stderr:\n{}",
+        up.stderr
+    );
+    let rows_applied: i64 = p
+        .query_one(
+            "SELECT rows_applied FROM pgmaint.upload_tasks WHERE run_id = $1",
+            &[&run],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows_applied, 3);
+    assert!(
+        up.stdout.contains("1 task(s) applied (3 rows"),
+        "{}",
+        up.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retrying_a_task_whose_prerequisite_failed_is_refused_naming_the_prerequisite() {
+    let fx = setup("up_retry_blocked", "").await;
+    // The first merge's target does not exist yet: it fails for good, the second is dropped.
+    let (_, ids) = fake_run(
+        &fx,
+        &[
+            merge_file("first", "public.later", rows_csv(0, 10)),
+            merge_file("second", "public.later", rows_csv(10, 20)),
+        ],
+    )
+    .await;
+    let (first, second) = (ids[0], ids[1]);
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
+    assert_eq!(task_state(&fx.p, first).await, "failed");
+    assert_eq!(task_state(&fx.p, second).await, "dropped");
+    let before = queue_snapshot(&fx.p).await;
+
+    // Retrying the dependent alone would leave it waiting forever: refused, nothing changed.
+    let out = fx.c.run(&fx.cfg, &["tasks", "retry", &second.to_string()]);
+    assert_eq!(
+        out.code, 1,
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout, out.stderr
+    );
+    let line = out.error_line().unwrap_or_default().to_string();
+    assert!(
+        line.contains(&format!("upload task {first} (run"))
+            && line.contains("task first)")
+            && line.contains("is failed")
+            && line.contains(&format!("retry task {first} first")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        queue_snapshot(&fx.p).await,
+        before,
+        "a refused retry changes nothing"
+    );
+
+    // Once the cause is fixed, retrying the prerequisite brings both back.
+    fx.p.batch_execute("CREATE TABLE later (id bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let retry =
+        fx.c.run(&fx.cfg, &["tasks", "retry", &first.to_string(), "--json"])
+            .expect_code(0);
+    let retry: Value = serde_json::from_str(&retry.stdout).unwrap();
+    assert_eq!(retry["requeued"], json!([first, second]));
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert_eq!(task_state(&fx.p, first).await, "completed");
+    assert_eq!(task_state(&fx.p, second).await, "completed");
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM later").await, 20);
+}
