@@ -2312,3 +2312,148 @@ async fn retrying_a_task_whose_prerequisite_failed_is_refused_naming_the_prerequ
     assert_eq!(task_state(&fx.p, second).await, "completed");
     assert_eq!(count(&fx.p, "SELECT count(*) FROM later").await, 20);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migration_5_keeps_recorded_findings_and_makes_null_keys_distinct_from_empty_ones() {
+    let c = Cluster::up("up_migrate_null_key", 0);
+    let cfg = c.write_config(
+        "t.toml",
+        &format!(
+            "[[replicas]]\nname = \"r1\"\ndsn = \"{}\"\n",
+            c.primary_dsn()
+        ),
+    );
+    let p = c.primary().await;
+    // A primary at schema version 3, with findings already recorded.
+    p.batch_execute(
+        "CREATE SCHEMA pgmaint;
+         CREATE TABLE pgmaint.schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                                                  applied_at timestamptz NOT NULL DEFAULT now());",
+    )
+    .await
+    .unwrap();
+    for sql in [
+        include_str!("../sql/0001_initial.sql"),
+        include_str!("../sql/0002_upload_queue.sql"),
+        include_str!("../sql/0003_expected_file.sql"),
+    ] {
+        p.batch_execute(sql).await.unwrap();
+    }
+    p.batch_execute(
+        "INSERT INTO pgmaint.schema_migrations (version, name) VALUES (1, 'initial'), (2, 'upload_queue'), (3, 'expected_file');
+         INSERT INTO pgmaint.runs (replica, state, holder, snapshot_lsn) VALUES ('r1', 'succeeded', 'e2e', '0/1');
+         INSERT INTO pgmaint.integrity_findings (run_id, task_name, snapshot_lsn, relation, row_key, finding, detail)
+         VALUES (1, 't', '0/1', 'public.x', '', 'mismatch', 'old empty'),
+                (1, 't', '0/1', 'public.x', 'k', 'mismatch', 'old k');",
+    )
+    .await
+    .unwrap();
+
+    c.run(&cfg, &["init"]).expect_code(0);
+    let kept: Vec<(Option<String>, String)> = p
+        .query(
+            "SELECT row_key, detail FROM pgmaint.integrity_findings ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            (Some(String::new()), "old empty".to_string()),
+            (Some("k".to_string()), "old k".to_string())
+        ]
+    );
+    // The uploader's insert: a NULL key is new beside '', then a repeat of either is not.
+    let insert = |key: Option<&'static str>| {
+        let p = &p;
+        async move {
+            p.execute(
+                "INSERT INTO pgmaint.integrity_findings (run_id, task_name, snapshot_lsn, relation, row_key, finding)
+                 VALUES (1, 't', '0/1', 'public.x', $1, 'mismatch')
+                 ON CONFLICT (run_id, task_name, relation, (row_key IS NULL), coalesce(row_key, ''), finding) DO NOTHING",
+                &[&key],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(insert(None).await, 1, "a NULL key is not the empty key");
+    assert_eq!(insert(None).await, 0, "NULL keys are equal to each other");
+    assert_eq!(insert(Some("")).await, 0);
+    assert_eq!(insert(Some("k")).await, 0);
+    let old_constraints: i64 = p
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'pgmaint.integrity_findings'::regclass AND contype = 'u'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(old_constraints, 0, "the old unique constraint is gone");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_recheck_counts_only_the_findings_inserted_and_a_repeat_is_reported() {
+    let fx = setup("up_recheck_counts", "").await;
+    fx.p.batch_execute(
+        "CREATE TABLE rc (k text PRIMARY KEY, payload bytea, payload_md5 text);
+         INSERT INTO rc VALUES ('a', '\\x01', md5('x')), ('b', '\\x02', md5('\\x02'::bytea));",
+    )
+    .await
+    .unwrap();
+    // 'a' twice (the second is a repeat), 'b' fixed since the snapshot.
+    let csv = "relation,row_key,finding,detail\n\
+               \"public.rc\",\"a\",\"mismatch\",\"first\"\n\
+               \"public.rc\",\"a\",\"mismatch\",\"again\"\n\
+               \"public.rc\",\"b\",\"mismatch\",\"fixed since\"\n"
+        .to_string();
+    let params = json!({ "relation": "public.rc", "check": "row_checksum", "schema": "public", "table": "rc",
+                         "key": "k", "content": "payload", "checksum": "payload_md5" });
+    let (run, ids) = fake_run(
+        &fx,
+        &[FileSpec {
+            task: "rc".into(),
+            kind: "findings",
+            csv,
+            params,
+        }],
+    )
+    .await;
+    let up = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    let inserted = count(
+        &fx.p,
+        &format!("SELECT count(*) FROM pgmaint.integrity_findings WHERE run_id = {run}"),
+    )
+    .await;
+    assert_eq!(inserted, 2);
+    let msg = "findings re-checked on the primary";
+    assert_eq!(
+        (
+            log_field(&up.stderr, msg, "confirmed"),
+            log_field(&up.stderr, msg, "resolved")
+        ),
+        (Some(1), Some(1)),
+        "{}",
+        up.stderr
+    );
+    assert!(
+        up.stderr
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("1 finding(s) repeat")),
+        "{}",
+        up.stderr
+    );
+    let rows_applied: i64 =
+        fx.p.query_one(
+            "SELECT rows_applied FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows_applied, inserted);
+}
