@@ -2261,19 +2261,22 @@ async fn a_null_key_and_an_empty_key_stay_distinct_findings_end_to_end() {
 #[tokio::test(flavor = "multi_thread")]
 async fn retrying_a_task_whose_prerequisite_failed_is_refused_naming_the_prerequisite() {
     let fx = setup("up_retry_blocked", "").await;
-    // The first merge's target does not exist yet: it fails for good, the second is dropped.
+    // The first merge's target does not exist yet: it fails for good, the second and
+    // third are dropped.
     let (_, ids) = fake_run(
         &fx,
         &[
             merge_file("first", "public.later", rows_csv(0, 10)),
             merge_file("second", "public.later", rows_csv(10, 20)),
+            merge_file("third", "public.later", rows_csv(20, 30)),
         ],
     )
     .await;
-    let (first, second) = (ids[0], ids[1]);
+    let (first, second, third) = (ids[0], ids[1], ids[2]);
     fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
     assert_eq!(task_state(&fx.p, first).await, "failed");
     assert_eq!(task_state(&fx.p, second).await, "dropped");
+    assert_eq!(task_state(&fx.p, third).await, "dropped");
     let before = queue_snapshot(&fx.p).await;
 
     // Retrying the dependent alone would leave it waiting forever: refused, nothing changed.
@@ -2292,6 +2295,18 @@ async fn retrying_a_task_whose_prerequisite_failed_is_refused_naming_the_prerequ
         "{}",
         out.stderr
     );
+    // Two steps down the chain: the dropped prerequisite, and the failed task behind it.
+    let out = fx.c.run(&fx.cfg, &["tasks", "retry", &third.to_string()]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let line = out.error_line().unwrap_or_default().to_string();
+    assert!(
+        line.contains(&format!("prerequisite upload task {second} (run"))
+            && line.contains("is dropped because upload task")
+            && line.contains("task first) is failed")
+            && line.contains(&format!("retry task {first} first")),
+        "{}",
+        out.stderr
+    );
     assert_eq!(
         queue_snapshot(&fx.p).await,
         before,
@@ -2306,11 +2321,12 @@ async fn retrying_a_task_whose_prerequisite_failed_is_refused_naming_the_prerequ
         fx.c.run(&fx.cfg, &["tasks", "retry", &first.to_string(), "--json"])
             .expect_code(0);
     let retry: Value = serde_json::from_str(&retry.stdout).unwrap();
-    assert_eq!(retry["requeued"], json!([first, second]));
+    assert_eq!(retry["requeued"], json!([first, second, third]));
     fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert_eq!(task_state(&fx.p, first).await, "completed");
-    assert_eq!(task_state(&fx.p, second).await, "completed");
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM later").await, 20);
+    for id in [first, second, third] {
+        assert_eq!(task_state(&fx.p, id).await, "completed");
+    }
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM later").await, 30);
 }
 
 #[tokio::test(flavor = "multi_thread")]
