@@ -2150,3 +2150,326 @@ async fn a_merge_file_with_a_null_key_is_refused() {
             .collect();
     assert_eq!(rows, vec![(Some("a".to_string()), "old".to_string())]);
 }
+
+/// Every upload task's state, attempts, not_before, last error and finished_at.
+async fn queue_snapshot(p: &Client) -> Vec<(i64, String, i32, String, String, String)> {
+    p.query(
+        "SELECT id, state, attempts, not_before::text, coalesce(last_error, ''), coalesce(finished_at::text, '')
+           FROM pgmaint.upload_tasks ORDER BY id",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+    .collect()
+}
+
+/// The `key=N` field of the first log line containing `message`, if any.
+fn log_field(log: &str, message: &str, key: &str) -> Option<i64> {
+    let line = log.lines().find(|l| l.contains(message))?;
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_null_key_and_an_empty_key_stay_distinct_findings_end_to_end() {
+    let c = Cluster::up("up_null_empty_key", 1);
+    let p = c.primary().await;
+    // A unique text key holding NULL, '' and 'a'; every row's stored md5 is wrong.
+    p.batch_execute(
+        "CREATE TABLE tk (k text UNIQUE, payload bytea, payload_md5 text);
+         INSERT INTO tk VALUES (NULL, '\\x01', md5('x')), ('', '\\x02', md5('x')), ('a', '\\x03', md5('x'));",
+    )
+    .await
+    .unwrap();
+    let cfg = c.write_config(
+        "t.toml",
+        &row_checksum_task("keys", "public.tk", "k", "payload", "payload_md5", ""),
+    );
+    c.run(&cfg, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+    let s = run_summary(&c.run(&cfg, &["run", "--json"]).expect_code(0));
+    let run = s["run_id"].as_i64().unwrap();
+    let m = manifest(&c.results_dir(), run);
+    let t = m["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "keys")
+        .unwrap();
+    assert_eq!(t["findings"].as_u64(), Some(3), "{m}");
+    assert_eq!(t["file"]["rows"].as_u64(), Some(3), "{m}");
+
+    // After the snapshot the '' row is repaired; the NULL and 'a' rows stay corrupt.
+    p.batch_execute("UPDATE tk SET payload_md5 = md5(payload) WHERE k = ''")
+        .await
+        .unwrap();
+    let up = c.run(&cfg, &["uploader", "--once"]).expect_code(0);
+
+    let rows: Vec<(Option<String>, String, Option<bool>)> = p
+        .query(
+            "SELECT row_key, finding, still_holds FROM pgmaint.integrity_findings
+              WHERE run_id = $1 ORDER BY row_key NULLS FIRST",
+            &[&run],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let want: Vec<(Option<String>, String, Option<bool>)> = vec![
+        (None, "mismatch".into(), Some(true)),
+        (Some(String::new()), "mismatch".into(), Some(false)),
+        (Some("a".into()), "mismatch".into(), Some(true)),
+    ];
+    assert_eq!(rows, want, "uploader stderr:\n{}", up.stderr);
+
+    // What the uploader reports counts the findings it inserted, no more.
+    let confirmed = log_field(
+        &up.stderr,
+        "findings re-checked on the primary",
+        "confirmed",
+    );
+    let resolved = log_field(&up.stderr, "findings re-checked on the primary", "resolved");
+    assert_eq!(
+        (confirmed, resolved),
+        (Some(2), Some(1)),
+        "uploader stderr:\n{}",
+        up.stderr
+    );
+    let rows_applied: i64 = p
+        .query_one(
+            "SELECT rows_applied FROM pgmaint.upload_tasks WHERE run_id = $1",
+            &[&run],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows_applied, 3);
+    assert!(
+        up.stdout.contains("1 task(s) applied (3 rows"),
+        "{}",
+        up.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retrying_a_task_whose_prerequisite_failed_is_refused_naming_the_prerequisite() {
+    let fx = setup("up_retry_blocked", "").await;
+    // The first merge's target does not exist yet: it fails for good, the second and
+    // third are dropped.
+    let (_, ids) = fake_run(
+        &fx,
+        &[
+            merge_file("first", "public.later", rows_csv(0, 10)),
+            merge_file("second", "public.later", rows_csv(10, 20)),
+            merge_file("third", "public.later", rows_csv(20, 30)),
+        ],
+    )
+    .await;
+    let (first, second, third) = (ids[0], ids[1], ids[2]);
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
+    assert_eq!(task_state(&fx.p, first).await, "failed");
+    assert_eq!(task_state(&fx.p, second).await, "dropped");
+    assert_eq!(task_state(&fx.p, third).await, "dropped");
+    let before = queue_snapshot(&fx.p).await;
+
+    // Retrying the dependent alone would leave it waiting forever: refused, nothing changed.
+    let out = fx.c.run(&fx.cfg, &["tasks", "retry", &second.to_string()]);
+    assert_eq!(
+        out.code, 1,
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout, out.stderr
+    );
+    let line = out.error_line().unwrap_or_default().to_string();
+    assert!(
+        line.contains(&format!("upload task {first} (run"))
+            && line.contains("task first)")
+            && line.contains("is failed")
+            && line.contains(&format!("retry task {first} first")),
+        "{}",
+        out.stderr
+    );
+    // Two steps down the chain: the dropped prerequisite, and the failed task behind it.
+    let out = fx.c.run(&fx.cfg, &["tasks", "retry", &third.to_string()]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let line = out.error_line().unwrap_or_default().to_string();
+    assert!(
+        line.contains(&format!("prerequisite upload task {second} (run"))
+            && line.contains("is dropped because upload task")
+            && line.contains("task first) is failed")
+            && line.contains(&format!("retry task {first} first")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        queue_snapshot(&fx.p).await,
+        before,
+        "a refused retry changes nothing"
+    );
+
+    // Once the cause is fixed, retrying the prerequisite brings both back.
+    fx.p.batch_execute("CREATE TABLE later (id bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let retry =
+        fx.c.run(&fx.cfg, &["tasks", "retry", &first.to_string(), "--json"])
+            .expect_code(0);
+    let retry: Value = serde_json::from_str(&retry.stdout).unwrap();
+    assert_eq!(retry["requeued"], json!([first, second, third]));
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    for id in [first, second, third] {
+        assert_eq!(task_state(&fx.p, id).await, "completed");
+    }
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM later").await, 30);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migration_5_keeps_recorded_findings_and_makes_null_keys_distinct_from_empty_ones() {
+    let c = Cluster::up("up_migrate_null_key", 0);
+    let cfg = c.write_config(
+        "t.toml",
+        &format!(
+            "[[replicas]]\nname = \"r1\"\ndsn = \"{}\"\n",
+            c.primary_dsn()
+        ),
+    );
+    let p = c.primary().await;
+    // A primary at schema version 3, with findings already recorded.
+    p.batch_execute(
+        "CREATE SCHEMA pgmaint;
+         CREATE TABLE pgmaint.schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                                                  applied_at timestamptz NOT NULL DEFAULT now());",
+    )
+    .await
+    .unwrap();
+    for sql in [
+        include_str!("../sql/0001_initial.sql"),
+        include_str!("../sql/0002_upload_queue.sql"),
+        include_str!("../sql/0003_expected_file.sql"),
+    ] {
+        p.batch_execute(sql).await.unwrap();
+    }
+    p.batch_execute(
+        "INSERT INTO pgmaint.schema_migrations (version, name) VALUES (1, 'initial'), (2, 'upload_queue'), (3, 'expected_file');
+         INSERT INTO pgmaint.runs (replica, state, holder, snapshot_lsn) VALUES ('r1', 'succeeded', 'e2e', '0/1');
+         INSERT INTO pgmaint.integrity_findings (run_id, task_name, snapshot_lsn, relation, row_key, finding, detail)
+         VALUES (1, 't', '0/1', 'public.x', '', 'mismatch', 'old empty'),
+                (1, 't', '0/1', 'public.x', 'k', 'mismatch', 'old k');",
+    )
+    .await
+    .unwrap();
+
+    c.run(&cfg, &["init"]).expect_code(0);
+    let kept: Vec<(Option<String>, String)> = p
+        .query(
+            "SELECT row_key, detail FROM pgmaint.integrity_findings ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            (Some(String::new()), "old empty".to_string()),
+            (Some("k".to_string()), "old k".to_string())
+        ]
+    );
+    // The uploader's insert: a NULL key is new beside '', then a repeat of either is not.
+    let insert = |key: Option<&'static str>| {
+        let p = &p;
+        async move {
+            p.execute(
+                "INSERT INTO pgmaint.integrity_findings (run_id, task_name, snapshot_lsn, relation, row_key, finding)
+                 VALUES (1, 't', '0/1', 'public.x', $1, 'mismatch')
+                 ON CONFLICT (run_id, task_name, relation, (row_key IS NULL), coalesce(row_key, ''), finding) DO NOTHING",
+                &[&key],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(insert(None).await, 1, "a NULL key is not the empty key");
+    assert_eq!(insert(None).await, 0, "NULL keys are equal to each other");
+    assert_eq!(insert(Some("")).await, 0);
+    assert_eq!(insert(Some("k")).await, 0);
+    let old_constraints: i64 = p
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'pgmaint.integrity_findings'::regclass AND contype = 'u'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(old_constraints, 0, "the old unique constraint is gone");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_recheck_counts_only_the_findings_inserted_and_a_repeat_is_reported() {
+    let fx = setup("up_recheck_counts", "").await;
+    fx.p.batch_execute(
+        "CREATE TABLE rc (k text PRIMARY KEY, payload bytea, payload_md5 text);
+         INSERT INTO rc VALUES ('a', '\\x01', md5('x')), ('b', '\\x02', md5('\\x02'::bytea));",
+    )
+    .await
+    .unwrap();
+    // 'a' twice (the second is a repeat), 'b' fixed since the snapshot.
+    let csv = "relation,row_key,finding,detail\n\
+               \"public.rc\",\"a\",\"mismatch\",\"first\"\n\
+               \"public.rc\",\"a\",\"mismatch\",\"again\"\n\
+               \"public.rc\",\"b\",\"mismatch\",\"fixed since\"\n"
+        .to_string();
+    let params = json!({ "relation": "public.rc", "check": "row_checksum", "schema": "public", "table": "rc",
+                         "key": "k", "content": "payload", "checksum": "payload_md5" });
+    let (run, ids) = fake_run(
+        &fx,
+        &[FileSpec {
+            task: "rc".into(),
+            kind: "findings",
+            csv,
+            params,
+        }],
+    )
+    .await;
+    let up = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    let inserted = count(
+        &fx.p,
+        &format!("SELECT count(*) FROM pgmaint.integrity_findings WHERE run_id = {run}"),
+    )
+    .await;
+    assert_eq!(inserted, 2);
+    let msg = "findings re-checked on the primary";
+    assert_eq!(
+        (
+            log_field(&up.stderr, msg, "confirmed"),
+            log_field(&up.stderr, msg, "resolved")
+        ),
+        (Some(1), Some(1)),
+        "{}",
+        up.stderr
+    );
+    assert!(
+        up.stderr
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("1 finding(s) repeat")),
+        "{}",
+        up.stderr
+    );
+    let rows_applied: i64 =
+        fx.p.query_one(
+            "SELECT rows_applied FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows_applied, inserted);
+}

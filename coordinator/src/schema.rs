@@ -16,6 +16,12 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "expected_file",
         include_str!("../../sql/0003_expected_file.sql"),
     ),
+    // Version 4 is taken on another branch; this one does not depend on it.
+    (
+        5,
+        "findings_null_key",
+        include_str!("../../sql/0005_findings_null_key.sql"),
+    ),
 ];
 
 /// The schema version this binary knows.

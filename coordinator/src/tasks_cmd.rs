@@ -48,7 +48,8 @@ pub enum TasksCommand {
         json: bool,
     },
     /// Put a failed, cancelled or dropped task back to waiting, attempts reset (and the
-    /// tasks that were dropped because of it).
+    /// tasks that were dropped because of it). Refused (exit 1) while a prerequisite of
+    /// the task is failed, cancelled or dropped: the error names the task to retry.
     Retry {
         /// Task id.
         id: i64,
@@ -58,7 +59,8 @@ pub enum TasksCommand {
     },
 }
 
-/// Operator errors (unknown id, wrong state, bad --state) exit with code 2.
+/// Operator errors (unknown id, wrong state, bad --state) exit with code 2; a retry
+/// blocked by a failed prerequisite is a runtime condition (exit 1).
 fn queue_error(e: UploadError) -> anyhow::Error {
     match e {
         UploadError::Refused(msg) => anyhow::anyhow!(UsageError(msg)),

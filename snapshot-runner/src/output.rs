@@ -40,13 +40,38 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// A CSV data file being written for one task.
+/// A CSV data file being written for one task, in the dialect of PostgreSQL's
+/// `COPY … (FORMAT csv)`: every value is quoted (`"` doubled inside), and a NULL is
+/// an empty unquoted field. COPY reads an unquoted empty field as NULL and a quoted
+/// one (`""`) as an empty string, so the two stay distinct.
 pub struct CsvFile {
     path: PathBuf,
     name: String,
     columns: Vec<String>,
-    writer: csv::Writer<HashingWriter<BufWriter<File>>>,
+    writer: HashingWriter<BufWriter<File>>,
     rows: u64,
+    /// One record's bytes, reused.
+    line: Vec<u8>,
+}
+
+/// Append `fields` to `line` as one CSV record (see [`CsvFile`]).
+fn encode_record<'a>(line: &mut Vec<u8>, fields: impl IntoIterator<Item = Option<&'a [u8]>>) {
+    for (i, field) in fields.into_iter().enumerate() {
+        if i > 0 {
+            line.push(b',');
+        }
+        if let Some(value) = field {
+            line.push(b'"');
+            for &b in value {
+                if b == b'"' {
+                    line.push(b'"');
+                }
+                line.push(b);
+            }
+            line.push(b'"');
+        }
+    }
+    line.push(b'\n');
 }
 
 impl CsvFile {
@@ -58,33 +83,46 @@ impl CsvFile {
             .create_new(true)
             .open(&path)
             .map_err(ScanError::io(&path))?;
-        // Text fields are always quoted: in COPY's CSV format an unquoted empty field is
-        // NULL, and an empty row_key or detail must load as an empty string.
-        let mut writer = csv::WriterBuilder::new()
-            .has_headers(false)
-            .quote_style(csv::QuoteStyle::NonNumeric)
-            .from_writer(HashingWriter::new(BufWriter::with_capacity(1 << 20, file)));
-        writer
-            .write_record(columns)
-            .map_err(|e| csv_err(&path, e))?;
-        Ok(CsvFile {
+        let mut file = CsvFile {
             path,
             name: name.to_string(),
             columns: columns.iter().map(|c| c.to_string()).collect(),
-            writer,
+            writer: HashingWriter::new(BufWriter::with_capacity(1 << 20, file)),
             rows: 0,
-        })
+            line: Vec::with_capacity(256),
+        };
+        file.put(columns.iter().map(|c| Some(c.as_bytes())))?;
+        Ok(file)
     }
 
-    /// Append one record.
+    fn put<'a>(
+        &mut self,
+        fields: impl IntoIterator<Item = Option<&'a [u8]>>,
+    ) -> Result<(), ScanError> {
+        self.line.clear();
+        encode_record(&mut self.line, fields);
+        self.writer
+            .write_all(&self.line)
+            .map_err(ScanError::io(&self.path))
+    }
+
+    /// Append one record of values (none of them NULL).
     pub fn write<I, T>(&mut self, record: I) -> Result<(), ScanError>
     where
         I: IntoIterator<Item = T>,
         T: AsRef<[u8]>,
     {
-        self.writer
-            .write_record(record)
-            .map_err(|e| csv_err(&self.path, e))?;
+        let values: Vec<T> = record.into_iter().collect();
+        self.write_nullable(values.iter().map(|v| Some(v.as_ref())))
+    }
+
+    /// Append one record whose `None` fields are NULL (as opposed to `Some("")`, an
+    /// empty string).
+    pub fn write_nullable<'a, I>(&mut self, record: I) -> Result<(), ScanError>
+    where
+        I: IntoIterator<Item = Option<&'a [u8]>>,
+    {
+        self.put(record)?;
         self.rows += 1;
         Ok(())
     }
@@ -97,15 +135,11 @@ impl CsvFile {
     /// Flush, fsync and describe the file for the manifest.
     pub fn finish(self) -> Result<DataFile, ScanError> {
         let path = self.path.clone();
-        let hashing = self.writer.into_inner().map_err(|e| ScanError::Io {
-            path: path.clone(),
-            cause: io::Error::other(e.to_string()),
-        })?;
         let HashingWriter {
             inner,
             hasher,
             bytes,
-        } = hashing;
+        } = self.writer;
         let file = inner.into_inner().map_err(|e| ScanError::Io {
             path: path.clone(),
             cause: e.into_error(),
@@ -218,13 +252,6 @@ impl RawFile {
     }
 }
 
-fn csv_err(path: &Path, e: csv::Error) -> ScanError {
-    ScanError::Io {
-        path: path.to_path_buf(),
-        cause: io::Error::other(e.to_string()),
-    }
-}
-
 /// MD5 (hex) and size of a file, read in large sequential chunks.
 pub fn file_md5(path: &Path) -> io::Result<(String, u64)> {
     let mut file = File::open(path)?;
@@ -269,5 +296,22 @@ mod tests {
         let (md5, size) = file_md5(&dir.join("r.csv")).unwrap();
         assert_eq!((df.md5, df.size, df.rows), (md5, size, 1));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn null_is_an_unquoted_empty_field_and_every_value_is_quoted() {
+        let mut line = Vec::new();
+        encode_record(
+            &mut line,
+            [
+                None,
+                Some(&b""[..]),
+                Some(&b"a"[..]),
+                Some(&b"say \"hi\",\nbye"[..]),
+                Some(&b"12"[..]),
+                None,
+            ],
+        );
+        assert_eq!(line, b",\"\",\"a\",\"say \"\"hi\"\",\nbye\",\"12\",\n");
     }
 }

@@ -343,7 +343,8 @@ async fn scan_range(
             let Some(finding) = row.get::<_, Option<&str>>(1) else {
                 continue;
             };
-            let key = row.get::<_, Option<&str>>(0).unwrap_or("");
+            // A NULL key stays NULL in the file: it is not the empty string.
+            let key = row.get::<_, Option<&str>>(0);
             let stored = row.get::<_, Option<&str>>(2);
             let computed = row.get::<_, Option<&str>>(3);
             let detail = match finding {
@@ -358,9 +359,12 @@ async fn scan_range(
                     None => "stored=NULL".to_string(),
                 },
             };
-            sink.lock()
-                .expect("sink lock")
-                .write([relation, key, finding, detail.as_str()])?;
+            sink.lock().expect("sink lock").write_nullable([
+                Some(relation.as_bytes()),
+                key.map(str::as_bytes),
+                Some(finding.as_bytes()),
+                Some(detail.as_bytes()),
+            ])?;
             counters.findings.fetch_add(1, Ordering::Relaxed);
         }
         counters.add(rows.len() as u64, bytes);

@@ -352,16 +352,48 @@ pub(crate) async fn findings(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Appl
         &checked,
     )
     .await?;
-    let inserted = tx
-        .execute(
-            "INSERT INTO pgmaint.integrity_findings (run_id, task_name, snapshot_lsn, relation, row_key, finding, detail)
+    // The conflict target is the unique index of migration 5, under which NULL keys
+    // are equal to each other and distinct from ''.
+    let insert = "INSERT INTO pgmaint.integrity_findings (run_id, task_name, snapshot_lsn, relation, row_key, finding, detail)
              SELECT $1, $2, $3::text::pg_lsn, relation, row_key, finding, detail FROM pgmaint_findings_load
-             ON CONFLICT (run_id, task_name, relation, row_key, finding) DO NOTHING",
-            &[&task.run_id, &task.task_name, &checked.snapshot_lsn],
-        )
-        .await
-        .map_err(UploadError::db("inserting findings"))?;
-    crate::confirm::confirm(tx, task).await?;
+             ON CONFLICT (run_id, task_name, relation, (row_key IS NULL), coalesce(row_key, ''), finding) DO NOTHING";
+    let params: [&(dyn ToSql + Sync); 3] = [&task.run_id, &task.task_name, &checked.snapshot_lsn];
+    let inserted = if crate::confirm::applies(task) {
+        // The findings to re-check are the ones inserted, exactly.
+        let rows = tx
+            .query(
+                &format!("{insert} RETURNING id, relation, row_key, finding"),
+                &params,
+            )
+            .await
+            .map_err(UploadError::db("inserting findings"))?;
+        let inserted: Vec<crate::confirm::Inserted> = rows
+            .iter()
+            .map(|r| crate::confirm::Inserted {
+                id: r.get(0),
+                relation: r.get(1),
+                row_key: r.get(2),
+                finding: r.get(3),
+            })
+            .collect();
+        crate::confirm::confirm(tx, task, &inserted).await?;
+        inserted.len() as u64
+    } else {
+        tx.execute(insert, &params)
+            .await
+            .map_err(UploadError::db("inserting findings"))?
+    };
+    if inserted < loaded {
+        // Only a finding the file repeats (same relation, key and kind) is not
+        // inserted: say so rather than lose it quietly.
+        tracing::warn!(
+            task = task.id,
+            loaded,
+            inserted,
+            "{} finding(s) repeat a (relation, row_key, finding) already recorded for this run and task: kept once",
+            loaded - inserted
+        );
+    }
     // Small loads: DELETE (the dead rows are pruned on the next access). Large ones:
     // TRUNCATE, so the session's table does not stay big.
     let clear = if loaded > 10_000 {

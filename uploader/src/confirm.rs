@@ -5,8 +5,10 @@
 //! the primary, by key, with the same computation as the scan, and
 //! `integrity_findings.still_holds` records the outcome: `false` marks a finding
 //! resolved after the snapshot. Findings of other checks keep `still_holds` NULL.
+//! A finding's key is NULL when the row's key is NULL: it is re-checked against the
+//! rows whose key IS NULL, while an empty text key is looked up like any other.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use snapshot_runner::ident::quote_ident;
 use tokio_postgres::Transaction;
@@ -21,9 +23,29 @@ fn param<'a>(task: &'a Claimed, name: &str) -> Option<&'a str> {
     task.params.get(name).and_then(|v| v.as_str())
 }
 
-/// Re-check the findings of `task` just loaded into `pgmaint_findings_load`.
-pub(crate) async fn confirm(tx: &Transaction<'_>, task: &Claimed) -> Result<(), UploadError> {
-    if param(task, "check") != Some("row_checksum") {
+/// A finding just inserted into `pgmaint.integrity_findings`.
+pub(crate) struct Inserted {
+    pub id: i64,
+    pub relation: String,
+    /// NULL when the row's key is NULL (not the same as an empty key).
+    pub row_key: Option<String>,
+    pub finding: String,
+}
+
+/// Whether the findings of `task` are re-checked on the primary.
+pub(crate) fn applies(task: &Claimed) -> bool {
+    param(task, "check") == Some("row_checksum")
+}
+
+/// Re-check on the primary the findings of `task` just inserted (`inserted`), and
+/// record `still_holds` for each. A NULL key is looked up with `IS NULL` (all rows
+/// whose key is NULL), any other key with `=`, an empty text key included.
+pub(crate) async fn confirm(
+    tx: &Transaction<'_>,
+    task: &Claimed,
+    inserted: &[Inserted],
+) -> Result<(), UploadError> {
+    if !applies(task) {
         return Ok(());
     }
     let (Some(relation), Some(schema), Some(table), Some(key), Some(content), Some(checksum)) = (
@@ -40,6 +62,10 @@ pub(crate) async fn confirm(tx: &Transaction<'_>, task: &Claimed) -> Result<(), 
         );
         return Ok(());
     };
+    let findings: Vec<&Inserted> = inserted.iter().filter(|f| f.relation == relation).collect();
+    if findings.is_empty() {
+        return Ok(());
+    }
     let db = |what: &str| UploadError::db(format!("re-checking findings on {relation}: {what}"));
     // The columns' real types on the primary (names are raw catalog names).
     let rows = tx
@@ -72,68 +98,78 @@ pub(crate) async fn confirm(tx: &Transaction<'_>, task: &Claimed) -> Result<(), 
         }
     };
     let (kq, cq) = (quote_ident(key), quote_ident(content));
-    let recheck = format!(
-        "SELECT {kq}::text,
-                CASE WHEN md5({cq}) IS NULL THEN 'null_content' WHEN {stored} IS NULL THEN 'null_checksum'
-                     WHEN md5({cq}) <> {stored} THEN 'mismatch' END
-           FROM {}.{} WHERE {kq} = ANY ($1::text[]::{key_type}[])",
-        quote_ident(schema),
-        quote_ident(table)
+    let table_sql = format!("{}.{}", quote_ident(schema), quote_ident(table));
+    let check = format!(
+        "CASE WHEN md5({cq}) IS NULL THEN 'null_content' WHEN {stored} IS NULL THEN 'null_checksum'
+              WHEN md5({cq}) <> {stored} THEN 'mismatch' END"
     );
-
-    let found = tx
-        .query(
-            "SELECT row_key, finding FROM pgmaint_findings_load WHERE relation = $1 ORDER BY row_key",
-            &[&relation],
+    let recheck = format!(
+        "SELECT {kq}::text, {check} FROM {table_sql} WHERE {kq} = ANY ($1::text[]::{key_type}[])"
+    );
+    // What the rows whose key is NULL show now (a unique key allows several).
+    let null_now: HashSet<String> = if findings.iter().any(|f| f.row_key.is_none()) {
+        tx.query(
+            &format!("SELECT {check} FROM {table_sql} WHERE {kq} IS NULL"),
+            &[],
         )
         .await
-        .map_err(db("reading the findings"))?;
-    let findings: Vec<(String, String)> = found.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let (mut confirmed, mut resolved) = (0usize, 0usize);
+        .map_err(db("re-checking rows with a NULL key"))?
+        .iter()
+        .filter_map(|r| r.get::<_, Option<String>>(0))
+        .collect()
+    } else {
+        HashSet::new()
+    };
+
+    let (mut confirmed, mut resolved, mut unknown) = (0usize, 0usize, 0usize);
     for chunk in findings.chunks(CHUNK) {
-        // An empty key stands for a NULL key in the findings file: it cannot be
-        // looked up, so its finding stays unknown (unless the key type is text).
+        // Only a text key can be empty: an empty key of another type names no row
+        // (and cannot be cast to it), so its finding stays unknown.
+        let lookup = |k: &str| key_is_text || !k.is_empty();
         let keys: Vec<&str> = chunk
             .iter()
-            .map(|(k, _)| k.as_str())
-            .filter(|k| key_is_text || !k.is_empty())
+            .filter_map(|f| f.row_key.as_deref())
+            .filter(|k| lookup(k))
             .collect();
-        let now: HashMap<String, Option<String>> = tx
-            .query(&recheck, &[&keys])
-            .await
-            .map_err(db("re-checking rows"))?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        let (mut ks, mut fs, mut holds) = (Vec::new(), Vec::new(), Vec::new());
-        for (key, finding) in chunk {
-            if !key_is_text && key.is_empty() {
-                continue;
-            }
+        // (key, finding) of the rows as they are now.
+        let now: HashSet<(String, String)> = if keys.is_empty() {
+            HashSet::new()
+        } else {
+            tx.query(&recheck, &[&keys])
+                .await
+                .map_err(db("re-checking rows"))?
+                .iter()
+                .filter_map(|r| Some((r.get::<_, String>(0), r.get::<_, Option<String>>(1)?)))
+                .collect()
+        };
+        let (mut ids, mut holds) = (Vec::new(), Vec::new());
+        for f in chunk {
             // A row that is gone, or whose content now matches, no longer holds.
-            let h = now
-                .get(key)
-                .is_some_and(|f| f.as_deref() == Some(finding.as_str()));
+            let h = match f.row_key.as_deref() {
+                None => null_now.contains(&f.finding),
+                Some(k) if lookup(k) => now.contains(&(k.to_string(), f.finding.clone())),
+                Some(_) => {
+                    unknown += 1;
+                    continue;
+                }
+            };
             if h {
                 confirmed += 1;
             } else {
                 resolved += 1;
             }
-            ks.push(key.as_str());
-            fs.push(finding.as_str());
+            ids.push(f.id);
             holds.push(h);
         }
         tx.execute(
             "UPDATE pgmaint.integrity_findings f SET still_holds = v.h
-               FROM unnest($4::text[], $5::text[], $6::bool[]) v(k, fi, h)
-              WHERE f.run_id = $1 AND f.task_name = $2 AND f.relation = $3 AND f.row_key = v.k AND f.finding = v.fi",
-            &[&task.run_id, &task.task_name, &relation, &ks, &fs, &holds],
+               FROM unnest($1::bigint[], $2::bool[]) v(id, h) WHERE f.id = v.id",
+            &[&ids, &holds],
         )
         .await
         .map_err(db("recording still_holds"))?;
     }
-    if !findings.is_empty() {
-        tracing::info!(task = task.id, %relation, confirmed, resolved, "findings re-checked on the primary");
-    }
+    // Counts of the findings inserted by this apply: confirmed + resolved + unknown.
+    tracing::info!(task = task.id, %relation, confirmed, resolved, unknown, "findings re-checked on the primary");
     Ok(())
 }

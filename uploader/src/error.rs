@@ -45,6 +45,10 @@ pub enum UploadError {
     /// or an unknown task id.
     #[error("{0}")]
     Refused(String),
+    /// A queue operation that cannot succeed while another task stays as it is: a
+    /// retry whose prerequisite failed (the message names it). Nothing was changed.
+    #[error("{0}")]
+    Blocked(String),
 }
 
 impl UploadError {

@@ -643,40 +643,152 @@ pub async fn cancel_task(client: &Client, id: i64) -> Result<CancelOutcome, Uplo
     }
 }
 
+/// States a task never leaves by itself: its dependents can never run.
+const DEAD_END: [&str; 3] = ["failed", "cancelled", "dropped"];
+
 /// Put a failed, cancelled or dropped task back to waiting with its attempts reset,
 /// and with it the tasks that were dropped because of it. Returns the ids re-queued.
+///
+/// A task whose prerequisite is itself failed, cancelled or dropped would wait
+/// forever: that retry is refused ([`UploadError::Blocked`]), naming the task to retry
+/// instead (the failed or cancelled one at the head of the chain), and nothing
+/// changes. A dropped dependent that has such a prerequisite of its own, outside what
+/// is re-queued, stays dropped.
 pub async fn retry_task(client: &mut Client, id: i64) -> Result<Vec<i64>, UploadError> {
-    let tx = client
-        .transaction()
-        .await
-        .map_err(UploadError::db("retrying the upload task"))?;
-    let rows = tx
-        .query(
-            "WITH RECURSIVE again(id) AS (
-                 SELECT id FROM pgmaint.upload_tasks WHERE id = $1 AND state IN ('failed', 'cancelled', 'dropped')
-                 UNION
-                 SELECT w.id FROM again JOIN pgmaint.upload_tasks w
-                     ON w.depends_on @> ARRAY[again.id] AND w.state = 'dropped')
-             UPDATE pgmaint.upload_tasks t
-                SET state = 'waiting', attempts = 0, not_before = now(), cancel_requested = false,
-                    worker = NULL, lease_expires_at = NULL, finished_at = NULL
-               FROM again WHERE t.id = again.id
-             RETURNING t.id",
+    let what = "retrying the upload task";
+    let tx = client.transaction().await.map_err(UploadError::db(what))?;
+    let task = tx
+        .query_opt(
+            "SELECT state, depends_on, run_id, task_name FROM pgmaint.upload_tasks WHERE id = $1 FOR UPDATE",
             &[&id],
         )
         .await
-        .map_err(UploadError::db("retrying the upload task"))?;
-    if rows.is_empty() {
-        let t = get_task(&tx, id).await?;
+        .map_err(UploadError::db(what))?
+        .ok_or_else(|| UploadError::Refused(format!("upload task {id} does not exist")))?;
+    let state: String = task.get(0);
+    if !DEAD_END.contains(&state.as_str()) {
         return Err(UploadError::Refused(format!(
-            "upload task {id} is {}; only a failed, cancelled or dropped task can be retried",
-            t.state
+            "upload task {id} is {state}; only a failed, cancelled or dropped task can be retried"
         )));
     }
-    notify(&tx).await?;
-    tx.commit()
+    let depends_on: Vec<i64> = task.get(1);
+    // FOR SHARE: a prerequisite cannot fail (and drop its dependents, which only
+    // touches waiting ones) between this check and the commit.
+    let blocked = tx
+        .query(
+            "SELECT id, run_id, task_name, state FROM pgmaint.upload_tasks
+              WHERE id = ANY ($1) ORDER BY id FOR SHARE",
+            &[&depends_on],
+        )
         .await
-        .map_err(UploadError::db("retrying the upload task"))?;
+        .map_err(UploadError::db(what))?
+        .into_iter()
+        .find(|r| DEAD_END.contains(&r.get::<_, &str>(3)));
+    if let Some(p) = blocked {
+        let (pid, prun, pname, pstate): (i64, i64, String, String) =
+            (p.get(0), p.get(1), p.get(2), p.get(3));
+        // Up the chain through dropped tasks to the one that failed (or was cancelled).
+        let head = tx
+            .query_opt(
+                "WITH RECURSIVE up(id) AS (
+                     SELECT $1::bigint
+                     UNION
+                     SELECT d FROM up JOIN pgmaint.upload_tasks t ON t.id = up.id AND t.state = 'dropped',
+                            unnest(t.depends_on) d)
+                 SELECT t.id, t.run_id, t.task_name, t.state FROM up JOIN pgmaint.upload_tasks t ON t.id = up.id
+                  WHERE t.state IN ('failed', 'cancelled') ORDER BY t.id LIMIT 1",
+                &[&pid],
+            )
+            .await
+            .map_err(UploadError::db(what))?;
+        let (run, name): (i64, String) = (task.get(2), task.get(3));
+        let prefix = format!(
+            "upload task {id} (run {run}, task {name}) cannot be retried: its prerequisite upload task {pid} \
+             (run {prun}, task {pname}) is {pstate}"
+        );
+        return Err(UploadError::Blocked(match head {
+            Some(h) if h.get::<_, i64>(0) != pid => {
+                let (hid, hrun, hname, hstate): (i64, i64, String, String) =
+                    (h.get(0), h.get(1), h.get(2), h.get(3));
+                format!(
+                    "{prefix} because upload task {hid} (run {hrun}, task {hname}) is {hstate}; \
+                     retry task {hid} first (that re-queues the tasks dropped because of it)"
+                )
+            }
+            _ => format!(
+                "{prefix}; retry task {pid} first (that re-queues the tasks dropped because of it)"
+            ),
+        }));
+    }
+    // The task and, transitively, the tasks dropped because of it.
+    let closure: Vec<(i64, Vec<i64>)> = tx
+        .query(
+            "WITH RECURSIVE again(id) AS (
+                 SELECT $1::bigint
+                 UNION
+                 SELECT w.id FROM again JOIN pgmaint.upload_tasks w
+                     ON w.depends_on @> ARRAY[again.id] AND w.state = 'dropped')
+             SELECT t.id, t.depends_on FROM pgmaint.upload_tasks t JOIN again USING (id)
+              ORDER BY t.id FOR UPDATE OF t",
+            &[&id],
+        )
+        .await
+        .map_err(UploadError::db(what))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    // Prerequisites outside the closure that can never complete.
+    let inside: std::collections::HashSet<i64> = closure.iter().map(|(i, _)| *i).collect();
+    let outside: Vec<i64> = closure
+        .iter()
+        .flat_map(|(_, deps)| deps.iter().copied())
+        .filter(|d| !inside.contains(d))
+        .collect();
+    let dead: std::collections::HashSet<i64> = tx
+        .query(
+            "SELECT id FROM pgmaint.upload_tasks WHERE id = ANY ($1) AND state = ANY ($2) FOR SHARE",
+            &[&outside, &DEAD_END.as_slice()],
+        )
+        .await
+        .map_err(UploadError::db(what))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // Re-queue only what can run: drop from the set, until nothing changes, every
+    // task with a prerequisite that is neither re-queued nor able to complete.
+    let mut requeue = inside.clone();
+    loop {
+        let stuck: Vec<i64> = closure
+            .iter()
+            .filter(|(i, deps)| {
+                requeue.contains(i)
+                    && deps
+                        .iter()
+                        .any(|d| dead.contains(d) || (inside.contains(d) && !requeue.contains(d)))
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        if stuck.is_empty() {
+            break;
+        }
+        for i in stuck {
+            requeue.remove(&i);
+        }
+    }
+    let requeue: Vec<i64> = requeue.into_iter().collect();
+    let rows = tx
+        .query(
+            "UPDATE pgmaint.upload_tasks
+                SET state = 'waiting', attempts = 0, not_before = now(), cancel_requested = false,
+                    worker = NULL, lease_expires_at = NULL, finished_at = NULL
+              WHERE id = ANY ($1) AND state = ANY ($2)
+             RETURNING id",
+            &[&requeue, &DEAD_END.as_slice()],
+        )
+        .await
+        .map_err(UploadError::db(what))?;
+    notify(&tx).await?;
+    tx.commit().await.map_err(UploadError::db(what))?;
     let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     ids.sort_unstable();
     Ok(ids)
