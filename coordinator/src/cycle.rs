@@ -20,10 +20,12 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use uploader::{ApplyKind, UploadRequest};
 
+use crate::abort::{Abort, AbortReason};
 use crate::config::{Config, ReplicaConfig, TaskConfig};
 use crate::dump::{self, DumpSpec};
 use crate::error_text::{with_reason, OneLine};
-use crate::lease::{self, Abort, AbortReason, PauseLease, RunOutcome};
+use crate::errors::ErrorClass;
+use crate::lease::{self, PauseLease, RunOutcome};
 use crate::replica::{read_state, PauseOwnership, ReplicaControl, ResumeOutcome};
 use crate::{db, schema, UsageError};
 
@@ -84,9 +86,9 @@ pub struct RunSummary {
     pub results_dir: Option<PathBuf>,
     /// What went wrong, if anything.
     pub error: Option<String>,
-    /// True when the error was the operator's input (exit code 2).
+    /// Whose problem the error is (the operator's input: exit code 2).
     #[serde(skip)]
-    pub usage_error: bool,
+    pub error_class: ErrorClass,
 }
 
 impl RunSummary {
@@ -123,9 +125,11 @@ pub async fn run(
     work: Work<'_>,
     abort: Abort,
 ) -> Result<RunSummary> {
-    let mut primary = db::connect(&cfg.primary, "pgmaint").await?;
+    let mut primary = db::connect_at_start(&cfg.primary, "pgmaint").await?;
     schema::require_current(&primary).await?;
-    let replica = ReplicaControl::connect(replica_cfg).await?;
+    let replica = ReplicaControl::connect(replica_cfg)
+        .await
+        .map_err(UsageError::from)?;
     // Before anything is recorded: results of another cluster must never reach this one.
     replica.check_belongs_to(&primary, &cfg.primary).await?;
     // A run that died may have left this replica paused: resume it before anything else
@@ -193,14 +197,18 @@ pub async fn run(
     // On every path: close the scan sessions, then resume replay if the pause is ours.
     let resume = cycle.close_and_resume().await;
 
-    let (state, error, usage_error) = match (&outcome, abort.reason()) {
-        (Ok(()), _) => ("succeeded", failed_tasks(&cycle.reports), false),
-        (Err(e), Some(reason)) => (reason.run_state(), Some(with_reason(reason, e)), false),
-        (Err(e), None) => (
-            "failed",
-            Some(e.one_line()),
-            e.downcast_ref::<UsageError>().is_some(),
+    let (state, error, error_class) = match (&outcome, abort.reason()) {
+        (Ok(()), _) => (
+            "succeeded",
+            failed_tasks(&cycle.reports),
+            ErrorClass::Runtime,
         ),
+        (Err(e), Some(reason)) => (
+            reason.run_state(),
+            Some(with_reason(reason, e)),
+            ErrorClass::Runtime,
+        ),
+        (Err(e), None) => ("failed", Some(e.one_line()), ErrorClass::of(e)),
     };
     let (resumed_at, backlog, release, resume_error) = match &resume {
         Ok(Some((ResumeOutcome::Resumed, backlog))) => {
@@ -298,7 +306,7 @@ pub async fn run(
         queued: cycle.queued.clone(),
         results_dir,
         error,
-        usage_error,
+        error_class,
     })
 }
 
@@ -363,9 +371,7 @@ impl Cycle<'_> {
         loop {
             let attempt = async {
                 if fresh || self.primary.is_closed() {
-                    self.primary = db::connect(&self.cfg.primary, "pgmaint")
-                        .await
-                        .map_err(|e| anyhow!(e.0))?;
+                    self.primary = db::connect(&self.cfg.primary, "pgmaint").await?;
                 }
                 self.lease
                     .finish(

@@ -40,9 +40,21 @@ pub fn describe(dsn: &tokio_postgres::Config) -> String {
     )
 }
 
-/// Connect, or fail with a usage error naming the config field of the DSN: an
-/// unreachable server at start-up is a config problem to the operator.
-pub async fn connect(dsn: &Dsn, application_name: &str) -> Result<Client, UsageError> {
+/// A connection that failed, naming the config field and the server. By itself a
+/// runtime failure (a server gone in the middle of a run); [`connect_at_start`] makes
+/// it the operator's.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnectError(pub String);
+
+impl From<ConnectError> for UsageError {
+    fn from(e: ConnectError) -> Self {
+        UsageError(e.0)
+    }
+}
+
+/// Connect, or fail with an error naming the config field of the DSN.
+pub async fn connect(dsn: &Dsn, application_name: &str) -> Result<Client, ConnectError> {
     let mut config = dsn.config.clone();
     config.application_name(application_name);
     snapshot_runner::connect(&config).await.map_err(|e| {
@@ -54,11 +66,17 @@ pub async fn connect(dsn: &Dsn, application_name: &str) -> Result<Client, UsageE
         } else {
             format!("{e}: {cause}")
         };
-        UsageError(format!(
+        ConnectError(format!(
             "{}: cannot connect ({}): {}",
             dsn.field,
             describe(&dsn.config),
             cause.replace('\n', " ")
         ))
     })
+}
+
+/// Connect when a command starts: a server that cannot be reached then is a problem
+/// of the operator's input (exit code 2).
+pub async fn connect_at_start(dsn: &Dsn, application_name: &str) -> Result<Client, UsageError> {
+    Ok(connect(dsn, application_name).await?)
 }

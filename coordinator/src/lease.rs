@@ -1,7 +1,6 @@
 //! The run row and the replica lease on the primary: one coordinator per replica, and
 //! the recovery of replicas left paused by a run that died.
 
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -10,81 +9,10 @@ use snapshot_runner::SnapshotInfo;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::abort::{Abort, AbortReason};
 use crate::config::{Dsn, ReplicaConfig};
 use crate::db;
 use crate::replica::{PauseOwnership, ReplicaControl, ResumeOutcome};
-
-/// Why a cycle stopped early.
-#[derive(Debug, Clone)]
-pub enum AbortReason {
-    /// SIGINT or SIGTERM.
-    Signal(&'static str),
-    /// `limits.max_pause` exceeded.
-    MaxPause(Duration),
-    /// `limits.max_replay_backlog` exceeded (bytes, limit).
-    Backlog(u64, u64),
-    /// The lease could not be renewed: another command may take the replica over.
-    LeaseLost(String),
-    /// The replica restarted or replay moved: the snapshot is gone.
-    SnapshotLost(String),
-}
-
-impl AbortReason {
-    /// The run state this abort leads to.
-    pub fn run_state(&self) -> &'static str {
-        match self {
-            AbortReason::Signal(_) => "cancelled",
-            AbortReason::SnapshotLost(_) => "invalid",
-            _ => "aborted",
-        }
-    }
-}
-
-impl std::fmt::Display for AbortReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AbortReason::Signal(s) => write!(f, "cancelled by {s}"),
-            AbortReason::MaxPause(d) => {
-                write!(f, "pause exceeded limits.max_pause ({}s)", d.as_secs())
-            }
-            AbortReason::Backlog(b, l) => write!(
-                f,
-                "replay backlog {} exceeded limits.max_replay_backlog ({})",
-                crate::units::human_bytes(*b),
-                crate::units::human_bytes(*l)
-            ),
-            AbortReason::LeaseLost(e) => write!(f, "lease on the primary lost: {e}"),
-            AbortReason::SnapshotLost(e) => write!(f, "snapshot no longer valid: {e}"),
-        }
-    }
-}
-
-/// A cancellation token that remembers the first reason it was cancelled for.
-#[derive(Clone, Default)]
-pub struct Abort {
-    token: CancellationToken,
-    reason: Arc<OnceLock<AbortReason>>,
-}
-
-impl Abort {
-    /// Cancel, recording `reason` if it is the first.
-    pub fn trigger(&self, reason: AbortReason) {
-        let first = self.reason.set(reason.clone()).is_ok();
-        // Cancel first: nothing (not even logging) may stand between a reason and the stop.
-        self.token.cancel();
-        if first {
-            tracing::warn!(%reason, "aborting the cycle");
-        }
-    }
-    /// The first reason, if cancelled.
-    pub fn reason(&self) -> Option<&AbortReason> {
-        self.reason.get()
-    }
-    /// The token tasks watch.
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
-    }
-}
 
 /// The lease a run holds on its replica.
 pub struct PauseLease {
@@ -442,9 +370,7 @@ pub async fn recover_expired(
             postmaster_start: row.get(5),
             snapshot_lsn: row.get(6),
         };
-        let mut ctl = ReplicaControl::connect(replica)
-            .await
-            .map_err(|e| anyhow::anyhow!(e.0))?;
+        let mut ctl = ReplicaControl::connect(replica).await?;
         let (outcome, _) = ctl.resume_if_owned(&own).await?;
         resumed = outcome == ResumeOutcome::Resumed;
         match outcome {

@@ -190,8 +190,8 @@ pub fn walreceiver_name<'a>(
 }
 
 impl ReplicaControl {
-    /// Connect; an unreachable replica is a usage error naming its DSN field.
-    pub async fn connect(config: &ReplicaConfig) -> Result<Self, UsageError> {
+    /// Connect; the error names the replica's DSN field.
+    pub async fn connect(config: &ReplicaConfig) -> Result<Self, db::ConnectError> {
         let client = db::connect(&config.dsn, "pgmaint-control").await?;
         Ok(ReplicaControl {
             config: config.clone(),
@@ -222,7 +222,7 @@ impl ReplicaControl {
                     self.client = c;
                     return Ok(());
                 }
-                Err(e) if Instant::now() >= deadline => return Err(anyhow!(e.0)),
+                Err(e) if Instant::now() >= deadline => return Err(e.into()),
                 Err(_) => {
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(2));

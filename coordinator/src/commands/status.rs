@@ -1,14 +1,31 @@
 //! `pgmaint status`: replicas, leases, recent runs, upload queue.
 
+use std::process::ExitCode;
+
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use crate::commands::recover::recover_in_passing;
 use crate::config::Config;
-use crate::db;
 use crate::replica::{read_state, ReplayState};
 use crate::units::human_bytes;
+use crate::{db, schema};
+
+/// `pgmaint status [--json]`.
+pub async fn run(cfg: &Config, json: bool) -> Result<ExitCode> {
+    let primary = db::connect_at_start(&cfg.primary, "pgmaint").await?;
+    schema::require_current(&primary).await?;
+    recover_in_passing(cfg).await;
+    let status = gather(cfg, &primary).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", render(&status));
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 /// One replica's line.
 #[derive(Serialize)]

@@ -1,63 +1,13 @@
-//! The upload queue's commands: `pgmaint uploader` (the worker) and
-//! `pgmaint tasks list|show|cancel|retry` (the operator's view of the queue).
+//! `pgmaint tasks list|show|cancel|retry`: the operator's view of the upload queue.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Result;
-use clap::Subcommand;
-use tokio_util::sync::CancellationToken;
 use uploader::{CancelOutcome, TaskRow, UploadError};
 
+use crate::cli::TasksCommand;
 use crate::config::Config;
 use crate::{db, schema, UsageError};
-
-/// `pgmaint tasks …`.
-#[derive(Subcommand)]
-pub enum TasksCommand {
-    /// Upload tasks, newest first.
-    List {
-        /// Only tasks in this state (waiting, running, completed, failed, cancelled, dropped).
-        #[arg(long)]
-        state: Option<String>,
-        /// Only the tasks of this run.
-        #[arg(long)]
-        run: Option<i64>,
-        /// At most this many (1 or more).
-        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..))]
-        limit: i64,
-        /// Print as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// One task in full: params, lease, last error.
-    Show {
-        /// Task id.
-        id: i64,
-        /// Print as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Cancel a waiting task now, or ask the worker running it to stop (the apply is
-    /// rolled back). Tasks that depend on it are dropped.
-    Cancel {
-        /// Task id.
-        id: i64,
-        /// Print as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Put a failed, cancelled or dropped task back to waiting, attempts reset (and the
-    /// tasks that were dropped because of it). Refused (exit 1) while a prerequisite of
-    /// the task is failed, cancelled or dropped: the error names the task to retry.
-    Retry {
-        /// Task id.
-        id: i64,
-        /// Print as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
 
 /// Operator errors (unknown id, wrong state, bad --state) exit with code 2; a retry
 /// blocked by a failed prerequisite is a runtime condition (exit 1).
@@ -69,8 +19,8 @@ fn queue_error(e: UploadError) -> anyhow::Error {
 }
 
 /// `pgmaint tasks …`.
-pub async fn tasks(cfg: &Config, cmd: TasksCommand) -> Result<ExitCode> {
-    let mut primary = db::connect(&cfg.primary, "pgmaint").await?;
+pub async fn run(cfg: &Config, cmd: TasksCommand) -> Result<ExitCode> {
+    let mut primary = db::connect_at_start(&cfg.primary, "pgmaint").await?;
     schema::require_current(&primary).await?;
     match cmd {
         TasksCommand::List {
@@ -242,72 +192,4 @@ fn render_one(t: &TaskRow) -> String {
         finished = time(t.finished_at),
         err = opt(t.last_error.clone()),
     )
-}
-
-/// `pgmaint uploader [--once] [--slots N]`.
-pub async fn run_uploader(cfg: &Config, once: bool, slots: Option<usize>) -> Result<ExitCode> {
-    let primary = db::connect(&cfg.primary, "pgmaint").await?;
-    schema::require_current(&primary).await?;
-    drop(primary);
-    let mut worker = uploader::Worker::new(cfg.primary.config.clone(), cfg.results_dir.clone());
-    worker.lease = cfg.uploader.lease;
-    worker.lock_timeout = cfg.uploader.lock_timeout;
-    worker.poll_interval = cfg.uploader.poll_interval;
-    worker.shutdown_grace = cfg.uploader.shutdown_grace;
-    worker.slots = match slots {
-        Some(0) => anyhow::bail!(UsageError("--slots: must be at least 1".into())),
-        Some(n) => n,
-        None => cfg.uploader.slots,
-    };
-    let stats = if once {
-        worker.drain().await?
-    } else {
-        let shutdown = CancellationToken::new();
-        spawn_shutdown_on_signal(shutdown.clone());
-        tracing::info!(
-            slots = worker.slots,
-            worker = worker.id(),
-            "uploader started"
-        );
-        worker.run(shutdown).await?
-    };
-    let superseded = match stats.superseded {
-        0 => String::new(),
-        n => format!("; {n} superseded by a newer snapshot"),
-    };
-    println!(
-        "uploader: {} task(s) applied ({} rows{superseded}), {} failed, {} to retry, {} cancelled",
-        stats.completed, stats.rows, stats.failed, stats.retried, stats.cancelled
-    );
-    Ok(if once && stats.failed > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
-/// First SIGTERM/SIGINT: stop claiming, finish (or release) the tasks in hand, exit.
-/// A second one exits at once; leases then expire and the rescuer hands the tasks on.
-fn spawn_shutdown_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::spawn(async move {
-        let mut seen = 0;
-        loop {
-            let name = tokio::select! {
-                _ = int.recv() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
-            };
-            seen += 1;
-            if seen == 1 {
-                tracing::info!(signal = name, "shutting down: finishing the tasks in hand");
-                shutdown.cancel();
-            } else {
-                tracing::warn!(signal = name, "second signal: exiting now");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                std::process::exit(130);
-            }
-        }
-    });
 }

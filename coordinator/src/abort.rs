@@ -1,0 +1,78 @@
+//! `Abort`: a cancellation token that remembers the first reason it fired for.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// Why a cycle stopped early.
+#[derive(Debug, Clone)]
+pub enum AbortReason {
+    /// SIGINT or SIGTERM.
+    Signal(&'static str),
+    /// `limits.max_pause` exceeded.
+    MaxPause(Duration),
+    /// `limits.max_replay_backlog` exceeded (bytes, limit).
+    Backlog(u64, u64),
+    /// The lease could not be renewed: another command may take the replica over.
+    LeaseLost(String),
+    /// The replica restarted or replay moved: the snapshot is gone.
+    SnapshotLost(String),
+}
+
+impl AbortReason {
+    /// The run state this abort leads to.
+    pub fn run_state(&self) -> &'static str {
+        match self {
+            AbortReason::Signal(_) => "cancelled",
+            AbortReason::SnapshotLost(_) => "invalid",
+            _ => "aborted",
+        }
+    }
+}
+
+impl std::fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AbortReason::Signal(s) => write!(f, "cancelled by {s}"),
+            AbortReason::MaxPause(d) => {
+                write!(f, "pause exceeded limits.max_pause ({}s)", d.as_secs())
+            }
+            AbortReason::Backlog(b, l) => write!(
+                f,
+                "replay backlog {} exceeded limits.max_replay_backlog ({})",
+                crate::units::human_bytes(*b),
+                crate::units::human_bytes(*l)
+            ),
+            AbortReason::LeaseLost(e) => write!(f, "lease on the primary lost: {e}"),
+            AbortReason::SnapshotLost(e) => write!(f, "snapshot no longer valid: {e}"),
+        }
+    }
+}
+
+/// A cancellation token that remembers the first reason it was cancelled for.
+#[derive(Clone, Default)]
+pub struct Abort {
+    token: CancellationToken,
+    reason: Arc<OnceLock<AbortReason>>,
+}
+
+impl Abort {
+    /// Cancel, recording `reason` if it is the first.
+    pub fn trigger(&self, reason: AbortReason) {
+        let first = self.reason.set(reason.clone()).is_ok();
+        // Cancel first: nothing (not even logging) may stand between a reason and the stop.
+        self.token.cancel();
+        if first {
+            tracing::warn!(%reason, "aborting the cycle");
+        }
+    }
+    /// The first reason, if cancelled.
+    pub fn reason(&self) -> Option<&AbortReason> {
+        self.reason.get()
+    }
+    /// The token tasks watch.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}

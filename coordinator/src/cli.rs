@@ -1,0 +1,190 @@
+//! The command line: every subcommand and option, with the `--help` text as doc
+//! comments. One definition for `--help` and the README's command list.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, Overrides};
+
+/// Heavy PostgreSQL maintenance on a streaming replica whose WAL replay is paused.
+///
+/// A cycle pauses replay on a replica, runs scans against the frozen snapshot, writes
+/// results stamped with the snapshot LSN, queues short upload tasks on the primary and
+/// resumes replay. Replay is resumed on every exit path; a replica left paused by a
+/// coordinator that died is resumed by the next pgmaint command once its lease expires.
+///
+/// Exit codes: 0 ok; 1 runtime failure; 2 bad usage or config.
+#[derive(Parser)]
+#[command(name = "pgmaint", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every subcommand.
+#[derive(Args)]
+pub struct GlobalOpts {
+    /// Config file (TOML).
+    #[arg(
+        long,
+        short = 'c',
+        env = "PGMAINT_CONFIG",
+        global = true,
+        default_value = "/etc/pgmaint/pgmaint.toml"
+    )]
+    pub config: PathBuf,
+    /// The primary's DSN (libpq string or postgres:// URL); overrides primary.dsn.
+    #[arg(long, env = "PGMAINT_PRIMARY", global = true, hide_env_values = true)]
+    pub primary_dsn: Option<String>,
+    /// The replica's DSN; overrides the first [[replicas]] entry's dsn.
+    #[arg(long, env = "PGMAINT_REPLICA", global = true, hide_env_values = true)]
+    pub replica_dsn: Option<String>,
+    /// Log filter (RUST_LOG syntax), e.g. "debug" or "pgmaint=debug".
+    #[arg(long, env = "PGMAINT_LOG", global = true, default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Apply pgmaint's schema migrations to the primary (idempotent).
+    Init,
+    /// One cycle: pause the replica, run the tasks, queue uploads, resume.
+    ///
+    /// In order: take the replica's lease on the primary; check every task against the
+    /// replica's catalog; check the replica (in recovery, streaming, 'not paused', not a
+    /// synchronous standby under remote_apply, backlog under limits.max_replay_backlog);
+    /// pause replay and wait for 'paused'; record the snapshot (replay LSN, timeline,
+    /// system identifier, postmaster start time); run the tasks; check the snapshot did
+    /// not move; write results.dir/<run-id>/ (CSV files + manifest.json); in one
+    /// transaction on the primary, record the run and queue its uploads; close the scan
+    /// sessions and resume replay.
+    ///
+    /// Replay is resumed on every path: errors, SIGINT/SIGTERM/SIGHUP, limits.max_pause or
+    /// limits.max_replay_backlog exceeded, a lost lease. A replica that restarted during
+    /// the scan (its pause silently lost) makes the run invalid: nothing is uploaded.
+    ///
+    /// Exit code 0 when the run succeeded and every task has results; 1 otherwise; 2 for
+    /// bad config, including a task naming a missing table or column.
+    Run {
+        /// Run only this task (repeatable); default: every task in config.
+        #[arg(long = "task", value_name = "NAME")]
+        tasks: Vec<String>,
+        /// Replica to use (by name); default: the first in config.
+        #[arg(long)]
+        replica: Option<String>,
+        /// Print the run summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload worker: apply queued results on the primary.
+    Uploader {
+        /// Drain the queue of what is runnable now, then exit.
+        #[arg(long)]
+        once: bool,
+        /// Tasks applied at once; default: uploader.slots.
+        #[arg(long)]
+        slots: Option<usize>,
+    },
+    /// The upload queue on the primary: list, show, cancel, retry tasks.
+    Tasks {
+        #[command(subcommand)]
+        command: TasksCommand,
+    },
+    /// Replicas (pause state, backlog), recent runs, upload queue.
+    Status {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A consistent dump of the frozen replica: pause, `pg_dump -Fd -j N`, resume.
+    ///
+    /// The dump gets the cycle's safety: lease, pre-checks, confirmed pause, limits,
+    /// and resume on every path. Every pg_dump worker reads the same paused state. A
+    /// replica that restarts during the dump (its pause lost) fails the dump. The files
+    /// are then hashed and `manifest.json` (snapshot LSN, timeline, system identifier,
+    /// MD5 and size of every file) is written next to pg_dump's own. Restore with
+    /// `pg_restore -d DBNAME DIR`.
+    Dump {
+        /// Output directory (must not exist, or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// Parallel pg_dump jobs (pg_dump -j).
+        #[arg(long, short = 'j', default_value_t = 2)]
+        jobs: u32,
+        /// pg_dump binary; default: the one of the server's major version.
+        #[arg(long)]
+        pg_dump: Option<PathBuf>,
+        /// Replica to use (by name); default: the first in config.
+        #[arg(long)]
+        replica: Option<String>,
+        /// Print the run summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume a replica left paused by a dead run (expired lease); mark the run DROPPED.
+    Recover {
+        /// Only this replica; default: every replica in config.
+        #[arg(long)]
+        replica: Option<String>,
+    },
+}
+
+/// `pgmaint tasks …`.
+#[derive(Subcommand)]
+pub enum TasksCommand {
+    /// Upload tasks, newest first.
+    List {
+        /// Only tasks in this state (waiting, running, completed, failed, cancelled, dropped).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only the tasks of this run.
+        #[arg(long)]
+        run: Option<i64>,
+        /// At most this many (1 or more).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..))]
+        limit: i64,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One task in full: params, lease, last error.
+    Show {
+        /// Task id.
+        id: i64,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a waiting task now, or ask the worker running it to stop (the apply is
+    /// rolled back). Tasks that depend on it are dropped.
+    Cancel {
+        /// Task id.
+        id: i64,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a failed, cancelled or dropped task back to waiting, attempts reset (and the
+    /// tasks that were dropped because of it). Refused (exit 1) while a prerequisite of
+    /// the task is failed, cancelled or dropped: the error names the task to retry.
+    Retry {
+        /// Task id.
+        id: i64,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The config file with the command line's and environment's overrides.
+pub fn load_config(g: &GlobalOpts) -> Result<Config> {
+    let overrides = Overrides {
+        primary: g.primary_dsn.clone(),
+        replica: g.replica_dsn.clone(),
+    };
+    Ok(Config::load(&g.config, &overrides)?)
+}

@@ -1,0 +1,28 @@
+//! `pgmaint dump`: an operator-triggered consistent dump of the frozen replica.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::abort::Abort;
+use crate::commands::run::report_cycle;
+use crate::config::Config;
+use crate::{cycle, dump, signals};
+
+/// `pgmaint dump --out DIR [-j N] [--pg-dump PATH] [--replica NAME] [--json]`.
+pub async fn run(
+    cfg: &Config,
+    out: PathBuf,
+    jobs: u32,
+    pg_dump: Option<PathBuf>,
+    replica: Option<&str>,
+    json: bool,
+) -> Result<ExitCode> {
+    let replica = cfg.replica(replica)?;
+    let abort = Abort::default();
+    signals::abort_on_signals(abort.clone());
+    let spec = dump::DumpSpec { out, jobs, pg_dump };
+    let summary = cycle::run(cfg, replica, cycle::Work::Dump(spec), abort).await?;
+    report_cycle(&summary, json)
+}

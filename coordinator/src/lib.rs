@@ -1,0 +1,25 @@
+//! `pgmaint`: heavy PostgreSQL maintenance on a streaming replica whose WAL replay is
+//! paused. See README.md for the config reference.
+//!
+//! The binary (`main.rs`) parses the command line ([`cli`]) and hands each command to
+//! its module in [`commands`]. The cycle (`pause → scan → queue → resume`) is
+//! [`cycle::run`]; the replica's replay control is [`replica`]; the run's lease on the
+//! primary is [`lease`]; [`abort`] and [`signals`] stop a cycle, which then resumes
+//! replay on every path.
+
+pub mod abort;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod cycle;
+pub mod db;
+pub mod dump;
+pub mod error_text;
+pub mod errors;
+pub mod lease;
+pub mod replica;
+pub mod schema;
+pub mod signals;
+pub mod units;
+
+pub use errors::UsageError;
