@@ -2150,3 +2150,182 @@ async fn a_merge_file_with_a_null_key_is_refused() {
             .collect();
     assert_eq!(rows, vec![(Some("a".to_string()), "old".to_string())]);
 }
+
+/// Two tasks merge different rows into one target. The newer snapshot of one task
+/// must not make the other task's older upload "superseded": each task's rows are
+/// its own. Within one task, an older snapshot is still superseded by a newer one.
+/// A swap shares its target with no other task: a config error at start-up.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
+    let fx = setup("up_merge_two_tasks", "").await;
+    fx.p.batch_execute("CREATE TABLE sales_summary (id bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let file = |task: &str, ids: std::ops::Range<i64>, tag: &str| {
+        let mut csv = String::from("id,v\n");
+        for i in ids {
+            csv.push_str(&format!("{i},{task} {tag}\n"));
+        }
+        merge_file(task, "public.sales_summary", csv)
+    };
+    let hold = |run: i64| {
+        let p = &fx.p;
+        async move {
+            p.execute(
+                "UPDATE pgmaint.upload_tasks SET not_before = now() + interval '1 hour' WHERE run_id = $1",
+                &[&run],
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let release = |run: i64| {
+        let p = &fx.p;
+        async move {
+            p.execute(
+                "UPDATE pgmaint.upload_tasks SET not_before = now() WHERE run_id = $1",
+                &[&run],
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let content = || {
+        let p = &fx.p;
+        async move {
+            p.query(
+                "SELECT v, count(*) FROM sales_summary GROUP BY v ORDER BY v",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+            .collect::<Vec<_>>()
+        }
+    };
+
+    // `us` (older snapshot), then `eu` (newer); `us` waits (as after a lock time-out)
+    // while `eu` applies; then `us` is retried.
+    let (us_run, us_ids) = fake_run(&fx, &[file("us", 1..4, "1")]).await;
+    let (eu_run, eu_ids) = fake_run(&fx, &[file("eu", 101..104, "1")]).await;
+    hold(us_run).await;
+    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert!(
+        out.stdout.contains("1 task(s) applied (3 rows)"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(task_state(&fx.p, eu_ids[0]).await, "completed");
+    release(us_run).await;
+    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert!(
+        out.stdout.contains("1 task(s) applied (3 rows)"),
+        "us applies after eu: {}",
+        out.stdout
+    );
+    let r =
+        fx.p.query_one(
+            "SELECT state, rows_applied, last_error FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&us_ids[0]],
+        )
+        .await
+        .unwrap();
+    let e: Option<String> = r.get(2);
+    assert_eq!(
+        (r.get::<_, String>(0), r.get::<_, Option<i64>>(1)),
+        ("completed".to_string(), Some(3)),
+        "{e:?}"
+    );
+    assert_eq!(e, None, "not superseded");
+    assert_eq!(
+        content().await,
+        vec![("eu 1".to_string(), 3), ("us 1".to_string(), 3)]
+    );
+    let recorded: Vec<(String, i64)> =
+        fx.p.query(
+            "SELECT task_name, run_id FROM pgmaint.materializations
+              WHERE target = 'public.sales_summary' ORDER BY task_name",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        recorded,
+        vec![("eu".to_string(), eu_run), ("us".to_string(), us_run)]
+    );
+
+    // The other order: `eu` older, `us` newer, `us` applied first.
+    let (eu2, _) = fake_run(&fx, &[file("eu", 101..104, "2")]).await;
+    let (us2, _) = fake_run(&fx, &[file("us", 1..4, "2")]).await;
+    hold(eu2).await;
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    release(eu2).await;
+    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert!(
+        out.stdout.contains("1 task(s) applied (3 rows)"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        content().await,
+        vec![("eu 2".to_string(), 3), ("us 2".to_string(), 3)]
+    );
+    let _ = us2;
+
+    // Within one task, an older snapshot applied after a newer one is still superseded.
+    let (us3, us3_ids) = fake_run(&fx, &[file("us", 1..4, "3")]).await;
+    let (us4, _) = fake_run(&fx, &[file("us", 1..4, "4")]).await;
+    hold(us3).await;
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    release(us3).await;
+    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert!(
+        out.stdout
+            .contains("1 task(s) applied (0 rows; 1 superseded by a newer snapshot)"),
+        "{}",
+        out.stdout
+    );
+    let e: String =
+        fx.p.query_one(
+            "SELECT last_error FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&us3_ids[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(e.contains(&format!("superseded by run {us4}")), "{e}");
+    assert_eq!(
+        content().await,
+        vec![("eu 2".to_string(), 3), ("us 4".to_string(), 3)]
+    );
+
+    // A swap into a target that other tasks write: refused at start-up, naming it.
+    let task = |name: &str, merge: bool| {
+        format!(
+            "[[tasks]]\nname = \"{name}\"\nkind = \"materialize\"\nquery = \"SELECT 1 AS id\"\n\
+             target = \"public.sales_summary\"\n{}",
+            if merge { "merge_key = [\"id\"]\n" } else { "" }
+        )
+    };
+    let cfg = fx.c.write_config(
+        "shared-target.toml",
+        &format!(
+            "[[replicas]]\nname = \"r1\"\ndsn = \"{}\"\n{}{}{}",
+            fx.c.primary_dsn(),
+            task("us", true),
+            task("eu", true),
+            task("all", false)
+        ),
+    );
+    let out = fx.c.run(&cfg, &["uploader", "--once"]).expect_code(2);
+    let line = out.error_line().unwrap_or_default().to_string();
+    assert!(
+        line.contains("tasks[2].target: public.sales_summary is written by task \"us\" (merge) and task \"all\" (swap)"),
+        "{}",
+        out.stderr
+    );
+}

@@ -16,6 +16,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "expected_file",
         include_str!("../../sql/0003_expected_file.sql"),
     ),
+    (
+        4,
+        "swap_records",
+        include_str!("../../sql/0004_swap_records.sql"),
+    ),
 ];
 
 /// The schema version this binary knows.

@@ -6,7 +6,9 @@ use snapshot_runner::ident::quote_ident;
 use tokio_postgres::Transaction;
 
 use crate::apply::{check, copy_checked, execute_retrying_locks, rejected, Applied, Ctx};
-use crate::target::{check_columns, record_materialization, resolve, superseded, target_name};
+use crate::target::{
+    check_columns, record_materialization, resolve, superseded, target_name, Scope,
+};
 use crate::UploadError;
 
 /// Apply a merge task. Params: `{"target": "<table, SQL syntax>", "key": ["col", …]}`;
@@ -35,7 +37,9 @@ pub(crate) async fn merge(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied
         .collect::<Result<_, _>>()?;
     let checked = check(tx, task, ctx.results_dir).await?;
     let target = resolve(tx, task, name).await?;
-    if let Some(note) = superseded(tx, ctx, &target, &checked.snapshot_lsn, false).await? {
+    if let Some(note) =
+        superseded(tx, ctx, &target, &checked.snapshot_lsn, Scope::Task, false).await?
+    {
         return Ok(Applied::skipped(note));
     }
     let columns = &checked.expected.columns;
@@ -126,8 +130,11 @@ pub(crate) async fn merge(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied
         ));
     }
 
-    // Lock the target's materializations row (held to commit) before writing the target.
-    if let Some(note) = superseded(tx, ctx, &target, &checked.snapshot_lsn, true).await? {
+    // Lock this task's materializations row of the target (held to commit) before
+    // writing the target.
+    if let Some(note) =
+        superseded(tx, ctx, &target, &checked.snapshot_lsn, Scope::Task, true).await?
+    {
         tx.batch_execute("ROLLBACK TO SAVEPOINT pgmaint_apply")
             .await
             .map_err(UploadError::db("discarding the merge load"))?;

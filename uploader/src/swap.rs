@@ -5,9 +5,9 @@
 //!    statistics objects), COPY the file into it, then create the target's indexes on
 //!    it (building an index once after the load is faster than maintaining it during
 //!    the load), and ANALYZE it. Readers of the target are not disturbed meanwhile.
-//! 2. Lock the target's `pgmaint.materializations` row and give up (completed,
-//!    nothing applied, the staging work rolled back) if another run already put a
-//!    snapshot at least as new into it. Take ACCESS EXCLUSIVE on the target (bounded
+//! 2. Lock the target's `pgmaint.materializations` rows and give up (completed,
+//!    nothing applied, the staging work rolled back) if another run (of any task)
+//!    already put a snapshot at least as new into it. Take ACCESS EXCLUSIVE on the target (bounded
 //!    by `lock_timeout`, retried in a savepoint) and check again what step 1 relied
 //!    on: a view, foreign key or trigger that appeared, or a column, constraint or
 //!    index added or altered meanwhile (even `CREATE INDEX CONCURRENTLY`), fails the
@@ -39,7 +39,7 @@ use tokio_postgres::Transaction;
 
 use crate::apply::{check, copy_checked, execute_retrying_locks, Applied, Ctx};
 use crate::target::{
-    check_columns, record_materialization, resolve, superseded, target_name, Target,
+    check_columns, record_materialization, resolve, superseded, target_name, Scope, Target,
 };
 use crate::UploadError;
 
@@ -318,7 +318,8 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
     let checked = check(tx, task, ctx.results_dir).await?;
     let t = resolve(tx, task, name).await?;
     let column_list = check_columns(tx, task, &t, &checked.expected.columns).await?;
-    if let Some(note) = superseded(tx, ctx, &t, &checked.snapshot_lsn, false).await? {
+    if let Some(note) = superseded(tx, ctx, &t, &checked.snapshot_lsn, Scope::Target, false).await?
+    {
         return Ok(Applied::skipped(note));
     }
     refuse_if_blocked(tx, ctx, &t).await?;
@@ -377,10 +378,10 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
         .await
         .map_err(db("analyzing the staging table"))?;
 
-    // 2. The short exclusive part. First the target's materializations row (held to
+    // 2. The short exclusive part. First the target's materializations rows (held to
     // commit: a concurrent apply of the same target decides after this one), then the
     // table; every apply takes them in that order.
-    if let Some(note) = superseded(tx, ctx, &t, &checked.snapshot_lsn, true).await? {
+    if let Some(note) = superseded(tx, ctx, &t, &checked.snapshot_lsn, Scope::Target, true).await? {
         tx.batch_execute("ROLLBACK TO SAVEPOINT pgmaint_apply")
             .await
             .map_err(db("dropping the staging table"))?;
