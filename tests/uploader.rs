@@ -2151,6 +2151,161 @@ async fn a_merge_file_with_a_null_key_is_refused() {
     assert_eq!(rows, vec![(Some("a".to_string()), "old".to_string())]);
 }
 
+/// The names of the tables in the database that look like pgmaint's swapped-out
+/// tables (`schema.name`), sorted.
+async fn swap_old_tables(p: &Client) -> Vec<String> {
+    p.query(
+        "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind = 'r' AND c.relname LIKE 'pgmaint\\_swap\\_old\\_%' ORDER BY 1",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+fn swap_file(target: &str, csv: &str) -> FileSpec {
+    FileSpec {
+        task: "sw".into(),
+        kind: "swap",
+        csv: csv.into(),
+        params: json!({ "target": target }),
+    }
+}
+
+/// pgmaint drops only the tables it renamed away itself. A user's tables named like
+/// them (`pgmaint_swap_old_…`, in any schema) survive any number of swaps. A table a
+/// swap left behind (the worker died, or the drop failed, after the commit) is still
+/// dropped by a later swap; but not once someone renamed it, nor a user's table
+/// created under its name.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
+    let fx = setup("up_swap_old_user", "").await;
+    fx.p.batch_execute(
+        "CREATE TABLE sw (id bigint PRIMARY KEY, v text);
+         CREATE TABLE other (id bigint PRIMARY KEY, v text);
+         CREATE SCHEMA keep;
+         CREATE TABLE public.pgmaint_swap_old_important (id int, v text);
+         INSERT INTO public.pgmaint_swap_old_important VALUES (1, 'precious');
+         CREATE TABLE keep.pgmaint_swap_old_1 (id int);
+         INSERT INTO keep.pgmaint_swap_old_1 VALUES (1);",
+    )
+    .await
+    .unwrap();
+    let users = vec![
+        "keep.pgmaint_swap_old_1".to_string(),
+        "public.pgmaint_swap_old_important".to_string(),
+    ];
+    for round in 0..3 {
+        let (_, ids) = fake_run(
+            &fx,
+            &[swap_file("public.sw", &format!("id,v\n1,round {round}\n"))],
+        )
+        .await;
+        fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+        assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
+        assert_eq!(
+            swap_old_tables(&fx.p).await,
+            users,
+            "after swap {round}: only the user's tables are left"
+        );
+    }
+    assert_eq!(
+        count(
+            &fx.p,
+            "SELECT count(*) FROM public.pgmaint_swap_old_important WHERE v = 'precious'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&fx.p, "SELECT count(*) FROM keep.pgmaint_swap_old_1").await,
+        1
+    );
+
+    // The drop after the commit fails (as if the worker had died before it): the
+    // swapped-out table is left behind.
+    fx.p.batch_execute(
+        "CREATE FUNCTION keep_swapped_out() RETURNS event_trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects()
+                       WHERE object_type = 'table' AND object_name LIKE 'pgmaint\\_swap\\_old\\_%') THEN
+             RAISE EXCEPTION 'test: swapped-out tables are kept';
+           END IF;
+         END $$;
+         CREATE EVENT TRIGGER keep_swapped_out ON sql_drop EXECUTE FUNCTION keep_swapped_out();",
+    )
+    .await
+    .unwrap();
+    let (_, left) = fake_run(&fx, &[swap_file("public.sw", "id,v\n1,left\n")]).await;
+    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert!(
+        out.stderr.contains("could not drop"),
+        "the drop was attempted and failed: {}",
+        out.stderr
+    );
+    assert_eq!(task_state(&fx.p, left[0]).await, "completed");
+    let leftover = format!("public.pgmaint_swap_old_{}", left[0]);
+    // A second one, which its user then renames to keep it, and whose name a new user
+    // table takes.
+    let (_, renamed) = fake_run(&fx, &[swap_file("public.sw", "id,v\n1,renamed\n")]).await;
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert_eq!(task_state(&fx.p, renamed[0]).await, "completed");
+    let taken = format!("public.pgmaint_swap_old_{}", renamed[0]);
+    let mut want = users.clone();
+    want.extend([leftover.clone(), taken.clone()]);
+    want.sort();
+    assert_eq!(swap_old_tables(&fx.p).await, want);
+    fx.p.batch_execute(&format!(
+        "ALTER TABLE {taken} RENAME TO kept_copy;
+         CREATE TABLE {taken} (id int); INSERT INTO {taken} VALUES (7);
+         ALTER EVENT TRIGGER keep_swapped_out DISABLE;"
+    ))
+    .await
+    .unwrap();
+
+    // The next swap, of another target, cleans up pgmaint's own leftover only.
+    let (_, next) = fake_run(
+        &fx,
+        &[FileSpec {
+            task: "other".into(),
+            kind: "swap",
+            csv: "id,v\n1,x\n".into(),
+            params: json!({ "target": "public.other" }),
+        }],
+    )
+    .await;
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert_eq!(task_state(&fx.p, next[0]).await, "completed");
+    let mut want = users.clone();
+    want.push(taken.clone());
+    want.sort();
+    assert_eq!(
+        swap_old_tables(&fx.p).await,
+        want,
+        "{leftover} dropped; the user's tables kept"
+    );
+    assert_eq!(
+        count(&fx.p, &format!("SELECT count(*) FROM {taken} WHERE id = 7")).await,
+        1
+    );
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM kept_copy").await, 1);
+    assert_eq!(
+        count(
+            &fx.p,
+            "SELECT count(*) FROM public.pgmaint_swap_old_important WHERE v = 'precious'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&fx.p, "SELECT count(*) FROM sw WHERE v = 'renamed'").await,
+        1
+    );
+}
+
 /// Two tasks merge different rows into one target. The newer snapshot of one task
 /// must not make the other task's older upload "superseded": each task's rows are
 /// its own. Within one task, an older snapshot is still superseded by a newer one.

@@ -20,7 +20,11 @@
 //!    waiting on the lock see the new table, never an empty or half-built one.
 //!    `\d target` and `\dp target` look as before.
 //! 3. After the commit, drop the old table in its own transaction (dropping it inside
-//!    the swap would make COMMIT unlink its files while the lock is held).
+//!    the swap would make COMMIT unlink its files while the lock is held). The swap's
+//!    transaction records the old table's OID and new name in `pgmaint.swapped_out`;
+//!    only a table recorded there, still under that name, is ever dropped (a leftover
+//!    of a worker that died before its drop is dropped after a later swap). A user's
+//!    table named like one (`pgmaint_swap_old_…`) is never touched.
 //!
 //! Not carried over: the table's tablespace, per-column statistics targets, and the
 //! grantor recorded on grants (they are re-granted by the uploader's role, or by the
@@ -47,33 +51,100 @@ use crate::UploadError;
 const OLD_PREFIX: &str = "pgmaint_swap_old_";
 
 /// Drop the tables earlier swaps renamed away (normally just the one the swap that
-/// just committed left; more if a worker died between its commit and this drop).
-/// Each in its own short transaction (on the apply connection, whose session bounds
-/// lock waits with `lock_timeout`); failures are left for the next swap.
-pub(crate) async fn drop_old_tables(client: &tokio_postgres::Client) {
-    let old = match client
+/// just committed left; more if a worker died between its commit and this drop, or a
+/// drop failed). Only tables recorded in `pgmaint.swapped_out` by the swap's own
+/// transaction are candidates, and each is dropped only while its recorded OID still
+/// has its recorded name: a user's table named like one (`pgmaint_swap_old_…`) is
+/// never touched. Each in its own short transaction (on the apply connection, whose
+/// session bounds lock waits with `lock_timeout`); failures are left for the next swap.
+pub(crate) async fn drop_old_tables(client: &mut tokio_postgres::Client) {
+    let recorded = match client
         .query(
-            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.relkind = 'r' AND c.relname LIKE 'pgmaint\\_swap\\_old\\_%'",
+            "SELECT relid, schema_name, table_name FROM pgmaint.swapped_out ORDER BY swapped_at, relid",
             &[],
         )
         .await
     {
-        Ok(rows) => rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>(),
+        Ok(rows) => rows
+            .iter()
+            .map(|r| (r.get::<_, u32>(0), r.get::<_, String>(1), r.get::<_, String>(2)))
+            .collect::<Vec<_>>(),
         Err(e) => return tracing::warn!(error = %e, "could not list swapped-out tables"),
     };
-    // The apply connection's session has lock_timeout set: a drop never waits long.
-    for name in old {
-        match client
-            .batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
-            .await
-        {
-            Ok(()) => tracing::debug!(table = %name, "dropped the swapped-out table"),
+    for (relid, schema, name) in recorded {
+        let table = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
+        match drop_old_table(client, relid, &schema, &name, &table).await {
+            Ok(Dropped::Yes) => tracing::debug!(table = %table, "dropped the swapped-out table"),
+            Ok(Dropped::Busy) => {}
+            Ok(Dropped::Forgotten(why)) => {
+                tracing::info!(table = %table, relid, "swapped-out table {why}: left alone, no longer tracked")
+            }
             Err(e) => {
-                tracing::warn!(table = %name, error = %e, "could not drop a swapped-out table; the next swap retries")
+                tracing::warn!(table = %table, error = %e, "could not drop a swapped-out table; the next swap retries")
             }
         }
     }
+}
+
+enum Dropped {
+    Yes,
+    /// Another worker is on it, or it was renamed back and forth meanwhile: next time.
+    Busy,
+    /// Renamed, moved or dropped by someone else: not ours to drop any more.
+    Forgotten(&'static str),
+}
+
+async fn drop_old_table(
+    client: &mut tokio_postgres::Client,
+    relid: u32,
+    schema: &str,
+    name: &str,
+    table: &str,
+) -> Result<Dropped, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let claimed = tx
+        .query_opt(
+            "SELECT 1 FROM pgmaint.swapped_out WHERE relid = $1 FOR UPDATE SKIP LOCKED",
+            &[&relid],
+        )
+        .await?;
+    if claimed.is_none() {
+        return Ok(Dropped::Busy);
+    }
+    let row = tx
+        .query_one(
+            "SELECT (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE n.nspname = $2 AND c.relname = $3) = $1,
+                    EXISTS (SELECT 1 FROM pg_class WHERE oid = $1)",
+            &[&relid, &schema, &name],
+        )
+        .await?;
+    let (named, exists): (Option<bool>, bool) = (row.get(0), row.get(1));
+    let forget = "DELETE FROM pgmaint.swapped_out WHERE relid = $1";
+    if named != Some(true) {
+        tx.execute(forget, &[&relid]).await?;
+        tx.commit().await?;
+        return Ok(Dropped::Forgotten(if exists {
+            "was renamed or moved since the swap"
+        } else {
+            "was dropped by someone else"
+        }));
+    }
+    // Lock it by name, then check that the name still leads to the recorded OID: under
+    // the lock nothing can rename it, so the DROP below drops exactly that table.
+    tx.batch_execute(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        .await?;
+    let same: Option<bool> = tx
+        .query_one("SELECT to_regclass($1)::oid = $2", &[&table, &relid])
+        .await?
+        .get(0);
+    if same != Some(true) {
+        return Ok(Dropped::Busy);
+    }
+    tx.batch_execute(&format!("DROP TABLE {table}")).await?;
+    tx.execute(forget, &[&relid]).await?;
+    tx.commit().await?;
+    Ok(Dropped::Yes)
 }
 
 /// Everything that would make dropping and renaming the target unsafe or lossy.
@@ -543,6 +614,16 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
     tx.batch_execute(&sql.join(";\n"))
         .await
         .map_err(db("exchanging the tables"))?;
+    // The renamed-away table is pgmaint's to drop: recorded by OID in this transaction.
+    tx.execute(
+        "INSERT INTO pgmaint.swapped_out (relid, schema_name, table_name, upload_task_id, run_id)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (relid) DO UPDATE SET schema_name = $2, table_name = $3, upload_task_id = $4, run_id = $5,
+                                           swapped_at = now()",
+        &[&t.oid, &t.name.schema, &old_name, &task.id, &task.run_id],
+    )
+    .await
+    .map_err(db("recording the swapped-out table"))?;
     record_materialization(tx, task, &t, &checked.snapshot_lsn, rows).await?;
     tracing::debug!(task = task.id, target = %t.name, owner = %t.owner, rows, indexes = indexes.len(),
                     catalog_ms = read_ms, exchanged_ms = locked_at.elapsed().as_secs_f64() * 1000.0, "swap exchanged");
