@@ -2484,3 +2484,112 @@ async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
         out.stderr
     );
 }
+
+/// The merge's change check must work for types without an equality operator (json,
+/// xml, point, arrays of composites holding json) as well as for ordinary ones: the
+/// first apply inserts, the second updates what changed and leaves unchanged rows
+/// unwritten.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_merge_handles_json_xml_point_and_custom_array_columns() {
+    let fx = setup("up_merge_types", "").await;
+    fx.p.batch_execute(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+         CREATE TYPE pair AS (a int, j json);
+         CREATE TABLE odd (id bigint PRIMARY KEY, j json, x xml, p point, moods mood[], pairs pair[], f float8);",
+    )
+    .await
+    .unwrap();
+    let header = "id,j,x,p,moods,pairs,f\n";
+    let first = format!(
+        "{header}\
+         1,\"{{\"\"a\"\": 1}}\",<a>1</a>,\"(1,2)\",\"{{sad,ok}}\",\"{{\"\"(1,{{}})\"\"}}\",0.1\n\
+         2,\"{{\"\"a\"\": 2}}\",<a>2</a>,\"(2,2)\",\"{{ok}}\",\"{{\"\"(2,{{}})\"\"}}\",0.2\n\
+         3,\"[1, 2]\",<b/>,\"(3,2)\",\"{{happy}}\",{{}},0.3\n\
+         4,,,,,,\n"
+    );
+    let (_, ids) = fake_run(
+        &fx,
+        &[FileSpec {
+            task: "odd".into(),
+            kind: "merge",
+            csv: first,
+            params: json!({ "target": "public.odd", "key": ["id"] }),
+        }],
+    )
+    .await;
+    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]);
+    let e: Option<String> =
+        fx.p.query_one(
+            "SELECT last_error FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(out.code, 0, "{e:?}\n{}", out.stderr);
+    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM odd").await, 4);
+    let rows = || {
+        let p = &fx.p;
+        async move {
+            p.query(
+                "SELECT id, xmin::text, concat_ws(' | ', j::text, x::text, p::text, moods::text, pairs::text, f::text)
+                   FROM odd ORDER BY id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, String>(2)))
+            .collect::<Vec<_>>()
+        }
+    };
+    let before = rows().await;
+    assert_eq!(
+        before[0].2,
+        "{\"a\": 1} | <a>1</a> | (1,2) | {sad,ok} | {\"(1,{})\"} | 0.1"
+    );
+
+    // Row 1 unchanged; 2: json; 3: only the float, by its last bit (which a server
+    // printing floats with 15 digits would not show); 4: from NULLs to values; 5 new.
+    fx.p.batch_execute("ALTER DATABASE app SET extra_float_digits = 0")
+        .await
+        .unwrap();
+    let second = format!(
+        "{header}\
+         1,\"{{\"\"a\"\": 1}}\",<a>1</a>,\"(1,2)\",\"{{sad,ok}}\",\"{{\"\"(1,{{}})\"\"}}\",0.1\n\
+         2,\"{{\"\"a\"\": 20}}\",<a>2</a>,\"(2,2)\",\"{{ok}}\",\"{{\"\"(2,{{}})\"\"}}\",0.2\n\
+         3,\"[1, 2]\",<b/>,\"(3,2)\",\"{{happy}}\",{{}},0.30000000000000004\n\
+         4,{{}},<d/>,\"(4,4)\",\"{{sad,happy}}\",\"{{\"\"(4,\\\"\"[4]\\\"\")\"\"}}\",4\n\
+         5,null,<e/>,\"(5,5)\",{{}},{{}},5\n"
+    );
+    let (_, ids) = fake_run(
+        &fx,
+        &[FileSpec {
+            task: "odd".into(),
+            kind: "merge",
+            csv: second,
+            params: json!({ "target": "public.odd", "key": ["id"] }),
+        }],
+    )
+    .await;
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
+    let after = rows().await;
+    assert_eq!(after.len(), 5);
+    assert_eq!(after[0], before[0], "an unchanged row is not rewritten");
+    let values: Vec<&str> = after.iter().map(|r| r.2.as_str()).collect();
+    assert_eq!(
+        values,
+        vec![
+            "{\"a\": 1} | <a>1</a> | (1,2) | {sad,ok} | {\"(1,{})\"} | 0.1",
+            "{\"a\": 20} | <a>2</a> | (2,2) | {ok} | {\"(2,{})\"} | 0.2",
+            "[1, 2] | <b/> | (3,2) | {happy} | {} | 0.30000000000000004",
+            "{} | <d/> | (4,4) | {sad,happy} | {\"(4,[4])\"} | 4",
+            "null | <e/> | (5,5) | {} | {} | 5",
+        ]
+    );
+    for i in 1..4 {
+        assert_ne!(after[i].1, before[i].1, "row {} was updated", after[i].0);
+    }
+}
