@@ -2631,8 +2631,9 @@ async fn a_swap_keeps_the_identity_sequence_name_grants_comment_and_position() {
     .unwrap();
     let before = identity_sequence(&fx.p).await;
     assert!(before.starts_with("idt_id_seq | "), "{before}");
-    let mut next = 48;
     for round in 0..2 {
+        // The sequence stood at 47 (47 rows inserted); each round inserts one more.
+        let next = 48 + round;
         let mut csv = String::from("id,v\n");
         for i in 1..=40 {
             csv.push_str(&format!("{i},new {round}\n"));
@@ -2671,7 +2672,6 @@ async fn a_swap_keeps_the_identity_sequence_name_grants_comment_and_position() {
                 .unwrap()
                 .get(0);
         assert_eq!(id, next, "after swap {round}: no collision");
-        next += 1;
         assert_eq!(
             count(
                 &fx.p,
