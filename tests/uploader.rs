@@ -2473,3 +2473,575 @@ async fn the_recheck_counts_only_the_findings_inserted_and_a_repeat_is_reported(
         .get(0);
     assert_eq!(rows_applied, inserted);
 }
+
+/// The names of the tables in the database that look like pgmaint's swapped-out
+/// tables (`schema.name`), sorted.
+async fn swap_old_tables(p: &Client) -> Vec<String> {
+    p.query(
+        "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind = 'r' AND c.relname LIKE 'pgmaint\\_swap\\_old\\_%' ORDER BY 1",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+fn swap_file(target: &str, csv: &str) -> FileSpec {
+    FileSpec {
+        task: "sw".into(),
+        kind: "swap",
+        csv: csv.into(),
+        params: json!({ "target": target }),
+    }
+}
+
+/// pgmaint drops only the tables it renamed away itself. A user's tables named like
+/// them (`pgmaint_swap_old_…`, in any schema) survive any number of swaps. A table a
+/// swap left behind (the worker died, or the drop failed, after the commit) is still
+/// dropped by a later swap; but not once someone renamed it, nor a user's table
+/// created under its name.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
+    let fx = setup("up_swap_old_user", "").await;
+    fx.p.batch_execute(
+        "CREATE TABLE sw (id bigint PRIMARY KEY, v text);
+         CREATE TABLE other (id bigint PRIMARY KEY, v text);
+         CREATE SCHEMA keep;
+         CREATE TABLE public.pgmaint_swap_old_important (id int, v text);
+         INSERT INTO public.pgmaint_swap_old_important VALUES (1, 'precious');
+         CREATE TABLE keep.pgmaint_swap_old_1 (id int);
+         INSERT INTO keep.pgmaint_swap_old_1 VALUES (1);",
+    )
+    .await
+    .unwrap();
+    let users = vec![
+        "keep.pgmaint_swap_old_1".to_string(),
+        "public.pgmaint_swap_old_important".to_string(),
+    ];
+    for round in 0..3 {
+        let (_, ids) = fake_run(
+            &fx,
+            &[swap_file("public.sw", &format!("id,v\n1,round {round}\n"))],
+        )
+        .await;
+        fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+        assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
+        assert_eq!(
+            swap_old_tables(&fx.p).await,
+            users,
+            "after swap {round}: only the user's tables are left"
+        );
+    }
+    assert_eq!(
+        count(
+            &fx.p,
+            "SELECT count(*) FROM public.pgmaint_swap_old_important WHERE v = 'precious'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&fx.p, "SELECT count(*) FROM keep.pgmaint_swap_old_1").await,
+        1
+    );
+
+    // The drop after the commit fails (as if the worker had died before it): the
+    // swapped-out table is left behind.
+    fx.p.batch_execute(
+        "CREATE FUNCTION keep_swapped_out() RETURNS event_trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects()
+                       WHERE object_type = 'table' AND object_name LIKE 'pgmaint\\_swap\\_old\\_%') THEN
+             RAISE EXCEPTION 'test: swapped-out tables are kept';
+           END IF;
+         END $$;
+         CREATE EVENT TRIGGER keep_swapped_out ON sql_drop EXECUTE FUNCTION keep_swapped_out();",
+    )
+    .await
+    .unwrap();
+    let (_, left) = fake_run(&fx, &[swap_file("public.sw", "id,v\n1,left\n")]).await;
+    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert!(
+        out.stderr.contains("could not drop"),
+        "the drop was attempted and failed: {}",
+        out.stderr
+    );
+    assert_eq!(task_state(&fx.p, left[0]).await, "completed");
+    let leftover = format!("public.pgmaint_swap_old_{}", left[0]);
+    // A second one, which its user then renames to keep it, and whose name a new user
+    // table takes.
+    let (_, renamed) = fake_run(&fx, &[swap_file("public.sw", "id,v\n1,renamed\n")]).await;
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert_eq!(task_state(&fx.p, renamed[0]).await, "completed");
+    let taken = format!("public.pgmaint_swap_old_{}", renamed[0]);
+    let mut want = users.clone();
+    want.extend([leftover.clone(), taken.clone()]);
+    want.sort();
+    assert_eq!(swap_old_tables(&fx.p).await, want);
+    fx.p.batch_execute(&format!(
+        "ALTER TABLE {taken} RENAME TO kept_copy;
+         CREATE TABLE {taken} (id int); INSERT INTO {taken} VALUES (7);
+         ALTER EVENT TRIGGER keep_swapped_out DISABLE;"
+    ))
+    .await
+    .unwrap();
+
+    // The next swap, of another target, cleans up pgmaint's own leftover only.
+    let (_, next) = fake_run(
+        &fx,
+        &[FileSpec {
+            task: "other".into(),
+            kind: "swap",
+            csv: "id,v\n1,x\n".into(),
+            params: json!({ "target": "public.other" }),
+        }],
+    )
+    .await;
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert_eq!(task_state(&fx.p, next[0]).await, "completed");
+    let mut want = users.clone();
+    want.push(taken.clone());
+    want.sort();
+    assert_eq!(
+        swap_old_tables(&fx.p).await,
+        want,
+        "{leftover} dropped; the user's tables kept"
+    );
+    assert_eq!(
+        count(&fx.p, &format!("SELECT count(*) FROM {taken} WHERE id = 7")).await,
+        1
+    );
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM kept_copy").await, 1);
+    assert_eq!(
+        count(
+            &fx.p,
+            "SELECT count(*) FROM public.pgmaint_swap_old_important WHERE v = 'precious'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&fx.p, "SELECT count(*) FROM sw WHERE v = 'renamed'").await,
+        1
+    );
+}
+
+/// Two tasks merge different rows into one target. The newer snapshot of one task
+/// must not make the other task's older upload "superseded": each task's rows are
+/// its own. Within one task, an older snapshot is still superseded by a newer one.
+/// A swap shares its target with no other task: a config error at start-up.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
+    let fx = setup("up_merge_two_tasks", "").await;
+    fx.p.batch_execute("CREATE TABLE sales_summary (id bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let file = |task: &str, ids: std::ops::Range<i64>, tag: &str| {
+        let mut csv = String::from("id,v\n");
+        for i in ids {
+            csv.push_str(&format!("{i},{task} {tag}\n"));
+        }
+        merge_file(task, "public.sales_summary", csv)
+    };
+    let hold = |run: i64| {
+        let p = &fx.p;
+        async move {
+            p.execute(
+                "UPDATE pgmaint.upload_tasks SET not_before = now() + interval '1 hour' WHERE run_id = $1",
+                &[&run],
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let release = |run: i64| {
+        let p = &fx.p;
+        async move {
+            p.execute(
+                "UPDATE pgmaint.upload_tasks SET not_before = now() WHERE run_id = $1",
+                &[&run],
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let content = || {
+        let p = &fx.p;
+        async move {
+            p.query(
+                "SELECT v, count(*) FROM sales_summary GROUP BY v ORDER BY v",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+            .collect::<Vec<_>>()
+        }
+    };
+
+    // `us` (older snapshot), then `eu` (newer); `us` waits (as after a lock time-out)
+    // while `eu` applies; then `us` is retried.
+    let (us_run, us_ids) = fake_run(&fx, &[file("us", 1..4, "1")]).await;
+    let (eu_run, eu_ids) = fake_run(&fx, &[file("eu", 101..104, "1")]).await;
+    hold(us_run).await;
+    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert!(
+        out.stdout.contains("1 task(s) applied (3 rows)"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(task_state(&fx.p, eu_ids[0]).await, "completed");
+    release(us_run).await;
+    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert!(
+        out.stdout.contains("1 task(s) applied (3 rows)"),
+        "us applies after eu: {}",
+        out.stdout
+    );
+    let r =
+        fx.p.query_one(
+            "SELECT state, rows_applied, last_error FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&us_ids[0]],
+        )
+        .await
+        .unwrap();
+    let e: Option<String> = r.get(2);
+    assert_eq!(
+        (r.get::<_, String>(0), r.get::<_, Option<i64>>(1)),
+        ("completed".to_string(), Some(3)),
+        "{e:?}"
+    );
+    assert_eq!(e, None, "not superseded");
+    assert_eq!(
+        content().await,
+        vec![("eu 1".to_string(), 3), ("us 1".to_string(), 3)]
+    );
+    let recorded: Vec<(String, i64)> =
+        fx.p.query(
+            "SELECT task_name, run_id FROM pgmaint.materializations
+              WHERE target = 'public.sales_summary' ORDER BY task_name",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        recorded,
+        vec![("eu".to_string(), eu_run), ("us".to_string(), us_run)]
+    );
+
+    // The other order: `eu` older, `us` newer, `us` applied first.
+    let (eu2, _) = fake_run(&fx, &[file("eu", 101..104, "2")]).await;
+    let (us2, _) = fake_run(&fx, &[file("us", 1..4, "2")]).await;
+    hold(eu2).await;
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    release(eu2).await;
+    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert!(
+        out.stdout.contains("1 task(s) applied (3 rows)"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        content().await,
+        vec![("eu 2".to_string(), 3), ("us 2".to_string(), 3)]
+    );
+    let _ = us2;
+
+    // Within one task, an older snapshot applied after a newer one is still superseded.
+    let (us3, us3_ids) = fake_run(&fx, &[file("us", 1..4, "3")]).await;
+    let (us4, _) = fake_run(&fx, &[file("us", 1..4, "4")]).await;
+    hold(us3).await;
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    release(us3).await;
+    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert!(
+        out.stdout
+            .contains("1 task(s) applied (0 rows; 1 superseded by a newer snapshot)"),
+        "{}",
+        out.stdout
+    );
+    let e: String =
+        fx.p.query_one(
+            "SELECT last_error FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&us3_ids[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(e.contains(&format!("superseded by run {us4}")), "{e}");
+    assert_eq!(
+        content().await,
+        vec![("eu 2".to_string(), 3), ("us 4".to_string(), 3)]
+    );
+
+    // A swap into a target that other tasks write: refused at start-up, naming it.
+    let task = |name: &str, merge: bool| {
+        format!(
+            "[[tasks]]\nname = \"{name}\"\nkind = \"materialize\"\nquery = \"SELECT 1 AS id\"\n\
+             target = \"public.sales_summary\"\n{}",
+            if merge { "merge_key = [\"id\"]\n" } else { "" }
+        )
+    };
+    let cfg = fx.c.write_config(
+        "shared-target.toml",
+        &format!(
+            "[[replicas]]\nname = \"r1\"\ndsn = \"{}\"\n{}{}{}",
+            fx.c.primary_dsn(),
+            task("us", true),
+            task("eu", true),
+            task("all", false)
+        ),
+    );
+    let out = fx.c.run(&cfg, &["uploader", "--once"]).expect_code(2);
+    let line = out.error_line().unwrap_or_default().to_string();
+    assert!(
+        line.contains("tasks[2].target: public.sales_summary is written by task \"us\" (merge) and task \"all\" (swap)"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// The merge's change check must work for types without an equality operator (json,
+/// xml, point, arrays of composites holding json) as well as for ordinary ones: the
+/// first apply inserts, the second updates what changed and leaves unchanged rows
+/// unwritten.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_merge_handles_json_xml_point_and_custom_array_columns() {
+    let fx = setup("up_merge_types", "").await;
+    fx.p.batch_execute(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+         CREATE TYPE pair AS (a int, j json);
+         CREATE TABLE odd (id bigint PRIMARY KEY, j json, x xml, p point, moods mood[], pairs pair[], f float8);",
+    )
+    .await
+    .unwrap();
+    let header = "id,j,x,p,moods,pairs,f\n";
+    let first = format!(
+        "{header}\
+         1,\"{{\"\"a\"\": 1}}\",<a>1</a>,\"(1,2)\",\"{{sad,ok}}\",\"{{\"\"(1,{{}})\"\"}}\",0.1\n\
+         2,\"{{\"\"a\"\": 2}}\",<a>2</a>,\"(2,2)\",\"{{ok}}\",\"{{\"\"(2,{{}})\"\"}}\",0.2\n\
+         3,\"[1, 2]\",<b/>,\"(3,2)\",\"{{happy}}\",{{}},0.3\n\
+         4,,,,,,\n"
+    );
+    let (_, ids) = fake_run(
+        &fx,
+        &[FileSpec {
+            task: "odd".into(),
+            kind: "merge",
+            csv: first,
+            params: json!({ "target": "public.odd", "key": ["id"] }),
+        }],
+    )
+    .await;
+    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]);
+    let e: Option<String> =
+        fx.p.query_one(
+            "SELECT last_error FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(out.code, 0, "{e:?}\n{}", out.stderr);
+    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
+    assert_eq!(count(&fx.p, "SELECT count(*) FROM odd").await, 4);
+    let rows = || {
+        let p = &fx.p;
+        async move {
+            p.query(
+                "SELECT id, xmin::text, concat_ws(' | ', j::text, x::text, p::text, moods::text, pairs::text, f::text)
+                   FROM odd ORDER BY id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, String>(2)))
+            .collect::<Vec<_>>()
+        }
+    };
+    let before = rows().await;
+    assert_eq!(
+        before[0].2,
+        "{\"a\": 1} | <a>1</a> | (1,2) | {sad,ok} | {\"(1,{})\"} | 0.1"
+    );
+
+    // Row 1 unchanged; 2: json; 3: only the float, by its last bit (which a server
+    // printing floats with 15 digits would not show); 4: from NULLs to values; 5 new.
+    fx.p.batch_execute("ALTER DATABASE app SET extra_float_digits = 0")
+        .await
+        .unwrap();
+    let second = format!(
+        "{header}\
+         1,\"{{\"\"a\"\": 1}}\",<a>1</a>,\"(1,2)\",\"{{sad,ok}}\",\"{{\"\"(1,{{}})\"\"}}\",0.1\n\
+         2,\"{{\"\"a\"\": 20}}\",<a>2</a>,\"(2,2)\",\"{{ok}}\",\"{{\"\"(2,{{}})\"\"}}\",0.2\n\
+         3,\"[1, 2]\",<b/>,\"(3,2)\",\"{{happy}}\",{{}},0.30000000000000004\n\
+         4,{{}},<d/>,\"(4,4)\",\"{{sad,happy}}\",\"{{\"\"(4,\\\"\"[4]\\\"\")\"\"}}\",4\n\
+         5,null,<e/>,\"(5,5)\",{{}},{{}},5\n"
+    );
+    let (_, ids) = fake_run(
+        &fx,
+        &[FileSpec {
+            task: "odd".into(),
+            kind: "merge",
+            csv: second,
+            params: json!({ "target": "public.odd", "key": ["id"] }),
+        }],
+    )
+    .await;
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
+    let after = rows().await;
+    assert_eq!(after.len(), 5);
+    assert_eq!(after[0], before[0], "an unchanged row is not rewritten");
+    let values: Vec<&str> = after.iter().map(|r| r.2.as_str()).collect();
+    assert_eq!(
+        values,
+        vec![
+            "{\"a\": 1} | <a>1</a> | (1,2) | {sad,ok} | {\"(1,{})\"} | 0.1",
+            "{\"a\": 20} | <a>2</a> | (2,2) | {ok} | {\"(2,{})\"} | 0.2",
+            "[1, 2] | <b/> | (3,2) | {happy} | {} | 0.30000000000000004",
+            "{} | <d/> | (4,4) | {sad,happy} | {\"(4,[4])\"} | 4",
+            "null | <e/> | (5,5) | {} | {} | 5",
+        ]
+    );
+    for i in 1..4 {
+        assert_ne!(after[i].1, before[i].1, "row {} was updated", after[i].0);
+    }
+}
+
+/// What an operator sees of the identity sequence of `idt.id`: its name, grants,
+/// owner, comment and options.
+async fn identity_sequence(p: &Client) -> String {
+    p.query_one(
+        "SELECT concat_ws(' | ', c.oid::regclass::text, c.relacl::text, pg_get_userbyid(c.relowner),
+                          obj_description(c.oid, 'pg_class'), s.seqtypid::regtype::text, s.seqstart, s.seqincrement,
+                          s.seqmax, s.seqmin, s.seqcache, s.seqcycle)
+           FROM pg_class c JOIN pg_sequence s ON s.seqrelid = c.oid
+          WHERE c.oid = pg_get_serial_sequence('idt', 'id')::regclass",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// A swap keeps the target's identity sequence as users know it: `idt_id_seq` keeps
+/// its name, grants, owner, comment and options, `pg_get_serial_sequence` returns it,
+/// and it carries on from its position. A view reading that sequence (it would be left
+/// on the old one) makes the swap refuse, naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_swap_keeps_the_identity_sequence_name_grants_comment_and_position() {
+    let fx = setup("up_swap_identity", "").await;
+    fx.p.batch_execute(
+        "CREATE ROLE seq_reader; CREATE ROLE idt_owner;
+         CREATE TABLE idt (id bigint GENERATED BY DEFAULT AS IDENTITY (MAXVALUE 1000000 CACHE 1) PRIMARY KEY, v text);
+         ALTER TABLE idt OWNER TO idt_owner;
+         INSERT INTO idt (v) SELECT 'old' FROM generate_series(1, 47);
+         GRANT USAGE, SELECT ON SEQUENCE idt_id_seq TO seq_reader;
+         COMMENT ON SEQUENCE idt_id_seq IS 'ids of idt';
+         -- New sequences (the staging table's) get a grant the old one does not have.
+         ALTER DEFAULT PRIVILEGES GRANT UPDATE ON SEQUENCES TO PUBLIC;",
+    )
+    .await
+    .unwrap();
+    let before = identity_sequence(&fx.p).await;
+    assert!(before.starts_with("idt_id_seq | "), "{before}");
+    for round in 0..2 {
+        // The sequence stood at 47 (47 rows inserted); each round inserts one more.
+        let next = 48 + round;
+        let mut csv = String::from("id,v\n");
+        for i in 1..=40 {
+            csv.push_str(&format!("{i},new {round}\n"));
+        }
+        let (_, ids) = fake_run(
+            &fx,
+            &[FileSpec {
+                task: "idt".into(),
+                kind: "swap",
+                csv,
+                params: json!({ "target": "public.idt" }),
+            }],
+        )
+        .await;
+        fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+        assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
+        assert_eq!(
+            identity_sequence(&fx.p).await,
+            before,
+            "after swap {round}: name, grants, owner, comment and options as before"
+        );
+        assert_eq!(
+            count(&fx.p, "SELECT last_value FROM idt_id_seq").await,
+            next - 1,
+            "after swap {round}"
+        );
+        let serial: String =
+            fx.p.query_one("SELECT pg_get_serial_sequence('idt', 'id')", &[])
+                .await
+                .unwrap()
+                .get(0);
+        assert_eq!(serial, "public.idt_id_seq");
+        let id: i64 =
+            fx.p.query_one("INSERT INTO idt (v) VALUES ('app') RETURNING id", &[])
+                .await
+                .unwrap()
+                .get(0);
+        assert_eq!(id, next, "after swap {round}: no collision");
+        assert_eq!(
+            count(
+                &fx.p,
+                "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgmaint_swap%'"
+            )
+            .await,
+            0,
+            "nothing left of the swap"
+        );
+    }
+    let reader = fx.c.primary().await;
+    reader
+        .batch_execute("SET ROLE seq_reader; SELECT last_value FROM idt_id_seq; RESET ROLE")
+        .await
+        .unwrap();
+
+    // A view reads the sequence: the swap refuses, naming it, and changes nothing.
+    fx.p.batch_execute("CREATE VIEW idt_position AS SELECT last_value FROM idt_id_seq")
+        .await
+        .unwrap();
+    let (_, ids) = fake_run(
+        &fx,
+        &[FileSpec {
+            task: "idt".into(),
+            kind: "swap",
+            csv: "id,v\n1,refused\n".into(),
+            params: json!({ "target": "public.idt" }),
+        }],
+    )
+    .await;
+    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
+    let r =
+        fx.p.query_one(
+            "SELECT state, last_error FROM pgmaint.upload_tasks WHERE id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap();
+    let e: String = r.get::<_, Option<String>>(1).unwrap_or_default();
+    assert_eq!(r.get::<_, String>(0), "failed", "{e}");
+    assert!(
+        e.contains("view idt_position depends on its identity sequence idt_id_seq"),
+        "{e}"
+    );
+    assert_eq!(
+        count(&fx.p, "SELECT count(*) FROM idt WHERE v = 'refused'").await,
+        0
+    );
+    assert_eq!(identity_sequence(&fx.p).await, before);
+}

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use snapshot_runner::ident::QualifiedName;
 use snapshot_runner::{
     AmcheckSpec, ExportSpec, FileChecksumSpec, MaterializeSpec, RowChecksumSpec, TaskSpec,
 };
@@ -482,6 +483,7 @@ impl Config {
             }
             tasks.push(task);
         }
+        check_shared_targets(&tasks)?;
 
         Ok(Config {
             primary,
@@ -529,6 +531,46 @@ impl Config {
             })
             .collect()
     }
+}
+
+/// A swap replaces the whole target, so it must be the only task writing it: another
+/// task's rows would be wiped by every swap, and the older-snapshot check of a swap
+/// would hold back on that task's newer snapshots. Several merges may share a target
+/// (each task's rows are its own). Names are compared as the catalog spells them
+/// (`t`, `public.t` and `"public"."t"` are one table); a name that does not parse is
+/// reported when the task runs.
+fn check_shared_targets(tasks: &[TaskConfig]) -> Result<(), UsageError> {
+    let writes = |t: &TaskConfig| match &t.spec {
+        TaskSpec::Materialize(m) => QualifiedName::parse(&m.target).ok().map(|target| {
+            (
+                target,
+                if m.merge_key.is_some() {
+                    "merge"
+                } else {
+                    "swap"
+                },
+            )
+        }),
+        _ => None,
+    };
+    for (i, task) in tasks.iter().enumerate() {
+        let Some((target, kind)) = writes(task) else {
+            continue;
+        };
+        for earlier in &tasks[..i] {
+            match writes(earlier) {
+                Some((t, k)) if t == target && (k == "swap" || kind == "swap") => {
+                    return Err(usage(format!(
+                        "tasks[{i}].target: {target} is written by task {:?} ({k}) and task {:?} ({kind}); a swap \
+                         replaces the whole table, so only merges (merge_key) may share a target",
+                        earlier.name, task.name
+                    )))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_task(i: usize, t: &RawTask) -> Result<TaskConfig, UsageError> {
@@ -887,6 +929,50 @@ dir = "/tmp/r"
             e.contains("known kinds: row_checksum, file_checksum, materialize, amcheck, export"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_swap_target_shared_with_another_task_is_a_config_error() {
+        let task = |name: &str, target: &str, merge: bool| {
+            format!(
+                "[[tasks]]\nname = \"{name}\"\nkind = \"materialize\"\nquery = \"SELECT 1 AS id\"\ntarget = '{target}'\n{}",
+                if merge { "merge_key = [\"id\"]\n" } else { "" }
+            )
+        };
+        let parse = |tasks: &[String]| {
+            Config::parse(&format!("{BASE}{}", tasks.concat()), &Overrides::default())
+                .map_err(|e| e.0)
+        };
+        // Merges of several tasks into one target are fine, and so are swaps into
+        // different targets.
+        let c = parse(&[
+            task("us", "public.sales", true),
+            task("eu", "sales", true),
+            task("all", "public.totals", false),
+            task("other", "\"Totals\"", false),
+        ])
+        .unwrap();
+        assert_eq!(c.tasks.len(), 4);
+        assert_eq!(
+            parse(&[
+                task("us", "public.sales", true),
+                task("eu", "sales", true),
+                task("all", "\"public\".\"sales\"", false),
+            ])
+            .unwrap_err(),
+            "tasks[2].target: public.sales is written by task \"us\" (merge) and task \"all\" (swap); a swap \
+             replaces the whole table, so only merges (merge_key) may share a target"
+        );
+        assert_eq!(
+            parse(&[task("a", "s.t", false), task("b", "S.T", false)]).unwrap_err(),
+            "tasks[1].target: s.t is written by task \"a\" (swap) and task \"b\" (swap); a swap \
+             replaces the whole table, so only merges (merge_key) may share a target"
+        );
+        assert!(parse(&[task("a", "s.t", false), task("b", "s.t", true)])
+            .unwrap_err()
+            .starts_with(
+                "tasks[1].target: s.t is written by task \"a\" (swap) and task \"b\" (merge);"
+            ));
     }
 
     #[test]

@@ -16,7 +16,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "expected_file",
         include_str!("../../sql/0003_expected_file.sql"),
     ),
-    // Version 4 is taken on another branch; this one does not depend on it.
+    (
+        4,
+        "swap_records",
+        include_str!("../../sql/0004_swap_records.sql"),
+    ),
     (
         5,
         "findings_null_key",

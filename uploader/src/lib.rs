@@ -10,9 +10,11 @@
 //! row_checksum findings on the primary), `swap` (replace a table by a staged copy,
 //! under a short exclusive lock) and `merge` (upsert by key). All load with COPY, and
 //! check the bytes streamed against the manifest and against the MD5 and size the
-//! coordinator recorded in the queue. A swap or merge locks the target's row in
+//! coordinator recorded in the queue. A swap or merge locks its rows in
 //! `pgmaint.materializations` and completes without applying anything (superseded)
-//! when another run already materialized a snapshot at least as new.
+//! when another run already materialized a snapshot at least as new: for a swap, into
+//! the target; for a merge, into the target from the same task (several tasks may
+//! merge their own rows into one target).
 //!
 //! The queue (`pgmaint.upload_tasks`): states waiting → running → completed / failed /
 //! cancelled / dropped; attempts capped, retried with exponential backoff and jitter;

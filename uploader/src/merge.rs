@@ -6,7 +6,9 @@ use snapshot_runner::ident::quote_ident;
 use tokio_postgres::Transaction;
 
 use crate::apply::{check, copy_checked, execute_retrying_locks, rejected, Applied, Ctx};
-use crate::target::{check_columns, record_materialization, resolve, superseded, target_name};
+use crate::target::{
+    check_columns, record_materialization, resolve, superseded, target_name, Scope,
+};
 use crate::UploadError;
 
 /// Apply a merge task. Params: `{"target": "<table, SQL syntax>", "key": ["col", …]}`;
@@ -35,7 +37,9 @@ pub(crate) async fn merge(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied
         .collect::<Result<_, _>>()?;
     let checked = check(tx, task, ctx.results_dir).await?;
     let target = resolve(tx, task, name).await?;
-    if let Some(note) = superseded(tx, ctx, &target, &checked.snapshot_lsn, false).await? {
+    if let Some(note) =
+        superseded(tx, ctx, &target, &checked.snapshot_lsn, Scope::Task, false).await?
+    {
         return Ok(Applied::skipped(note));
     }
     let columns = &checked.expected.columns;
@@ -126,8 +130,11 @@ pub(crate) async fn merge(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied
         ));
     }
 
-    // Lock the target's materializations row (held to commit) before writing the target.
-    if let Some(note) = superseded(tx, ctx, &target, &checked.snapshot_lsn, true).await? {
+    // Lock this task's materializations row of the target (held to commit) before
+    // writing the target.
+    if let Some(note) =
+        superseded(tx, ctx, &target, &checked.snapshot_lsn, Scope::Task, true).await?
+    {
         tx.batch_execute("ROLLBACK TO SAVEPOINT pgmaint_apply")
             .await
             .map_err(UploadError::db("discarding the merge load"))?;
@@ -154,24 +161,33 @@ pub(crate) async fn merge(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied
         .map_err(UploadError::db("analyzing the merge load table"))?;
     if !others.is_empty() {
         // Rows that did not change are not rewritten: no dead tuples, no WAL for them.
+        // Values are compared as text (bytewise): every type has a text form, while
+        // json, xml, point, or a composite holding one, have no `=` for IS DISTINCT
+        // FROM. A change in the printed form counts as a change, so an equal value
+        // printed differently (1.0 and 1.00, '1 day' and '24 hours', -0 and 0, another
+        // json spacing) is rewritten, as the result has it; no real change is missed.
+        // Floats print exactly (shortest round-trip form) with extra_float_digits > 0,
+        // whatever the server's setting.
+        tx.batch_execute("SET LOCAL extra_float_digits = 3")
+            .await
+            .map_err(UploadError::db("setting extra_float_digits"))?;
+        let as_text = |side: &str| {
+            others
+                .iter()
+                .map(|c| format!("{side}.{c}::text COLLATE \"C\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let update = format!(
             "UPDATE {table} AS t SET {set} FROM pgmaint_merge_load l
-              WHERE {key_match} AND ({old}) IS DISTINCT FROM ({new})",
+              WHERE {key_match} AND ROW({old}) IS DISTINCT FROM ROW({new})",
             set = others
                 .iter()
                 .map(|c| format!("{c} = l.{c}"))
                 .collect::<Vec<_>>()
                 .join(", "),
-            old = others
-                .iter()
-                .map(|c| format!("t.{c}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            new = others
-                .iter()
-                .map(|c| format!("l.{c}"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            old = as_text("t"),
+            new = as_text("l"),
         );
         execute_retrying_locks(
             tx,

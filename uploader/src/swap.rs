@@ -5,22 +5,30 @@
 //!    statistics objects), COPY the file into it, then create the target's indexes on
 //!    it (building an index once after the load is faster than maintaining it during
 //!    the load), and ANALYZE it. Readers of the target are not disturbed meanwhile.
-//! 2. Lock the target's `pgmaint.materializations` row and give up (completed,
-//!    nothing applied, the staging work rolled back) if another run already put a
-//!    snapshot at least as new into it. Take ACCESS EXCLUSIVE on the target (bounded
-//!    by `lock_timeout`, retried in a savepoint) and check again what step 1 relied
-//!    on: a view, foreign key or trigger that appeared, or a column, constraint or
-//!    index added or altered meanwhile (even `CREATE INDEX CONCURRENTLY`), fails the
-//!    attempt, which is retried later. Then rename the target and its indexes away,
-//!    rename the staging table, its indexes and statistics objects to the old names,
-//!    turn the constraint indexes back into PRIMARY KEY / UNIQUE constraints, and
-//!    re-apply owner, grants (table and column), table comment, index comments,
-//!    CLUSTER and REPLICA IDENTITY settings; serial sequences are handed over,
-//!    identity sequences carry on from the old value. All of that is one round trip of catalog updates. Then commit: readers
-//!    waiting on the lock see the new table, never an empty or half-built one.
-//!    `\d target` and `\dp target` look as before.
+//! 2. Lock the target's `pgmaint.materializations` rows and give up (completed,
+//!    nothing applied, the staging work rolled back) if another run (of any task)
+//!    already put a snapshot at least as new into it. Take ACCESS EXCLUSIVE on the
+//!    target (bounded by `lock_timeout`, retried in a savepoint) and check again
+//!    what step 1 relied on: a view, foreign key or trigger that appeared, or a
+//!    column, constraint or index added or altered meanwhile (even `CREATE INDEX
+//!    CONCURRENTLY`), fails the attempt, which is retried later. Then rename the
+//!    target and its indexes away, rename the staging table, its indexes and
+//!    statistics objects to the old names, turn the constraint indexes back into
+//!    PRIMARY KEY / UNIQUE constraints, and re-apply owner, grants (table and
+//!    column), table comment, index comments, CLUSTER and REPLICA IDENTITY
+//!    settings; serial sequences are handed over; an identity column's new sequence
+//!    takes its old one's place: its name, position (`last_value`), grants and
+//!    comment (owner and options are the table's and were copied), so
+//!    `pg_get_serial_sequence` and `SELECT … FROM idt_id_seq` work as before. All
+//!    of that is one round trip of catalog updates. Then commit: readers waiting on
+//!    the lock see the new table, never an empty or half-built one. `\d target` and
+//!    `\dp target` look as before.
 //! 3. After the commit, drop the old table in its own transaction (dropping it inside
-//!    the swap would make COMMIT unlink its files while the lock is held).
+//!    the swap would make COMMIT unlink its files while the lock is held). The swap's
+//!    transaction records the old table's OID and new name in `pgmaint.swapped_out`;
+//!    only a table recorded there, still under that name, is ever dropped (a leftover
+//!    of a worker that died before its drop is dropped after a later swap). A user's
+//!    table named like one (`pgmaint_swap_old_…`) is never touched.
 //!
 //! Not carried over: the table's tablespace, per-column statistics targets, and the
 //! grantor recorded on grants (they are re-granted by the uploader's role, or by the
@@ -30,7 +38,9 @@
 //! depend on or that carries state a rename would lose: views, foreign keys in either
 //! direction, triggers, row-level security, inheritance or partitioning,
 //! publications, rules, exclusion constraints, or anything else that depends on the
-//! table or its row type. Those need a `merge` instead, or an operator's decision.
+//! table, its row type or its identity sequences (a view or default reading the
+//! sequence would stay with the old one, which goes with the old table). Those need a
+//! `merge` instead, or an operator's decision.
 
 use std::time::Instant;
 
@@ -39,7 +49,7 @@ use tokio_postgres::Transaction;
 
 use crate::apply::{check, copy_checked, execute_retrying_locks, Applied, Ctx};
 use crate::target::{
-    check_columns, record_materialization, resolve, superseded, target_name, Target,
+    check_columns, record_materialization, resolve, superseded, target_name, Scope, Target,
 };
 use crate::UploadError;
 
@@ -47,33 +57,100 @@ use crate::UploadError;
 const OLD_PREFIX: &str = "pgmaint_swap_old_";
 
 /// Drop the tables earlier swaps renamed away (normally just the one the swap that
-/// just committed left; more if a worker died between its commit and this drop).
-/// Each in its own short transaction (on the apply connection, whose session bounds
-/// lock waits with `lock_timeout`); failures are left for the next swap.
-pub(crate) async fn drop_old_tables(client: &tokio_postgres::Client) {
-    let old = match client
+/// just committed left; more if a worker died between its commit and this drop, or a
+/// drop failed). Only tables recorded in `pgmaint.swapped_out` by the swap's own
+/// transaction are candidates, and each is dropped only while its recorded OID still
+/// has its recorded name: a user's table named like one (`pgmaint_swap_old_…`) is
+/// never touched. Each in its own short transaction (on the apply connection, whose
+/// session bounds lock waits with `lock_timeout`); failures are left for the next swap.
+pub(crate) async fn drop_old_tables(client: &mut tokio_postgres::Client) {
+    let recorded = match client
         .query(
-            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.relkind = 'r' AND c.relname LIKE 'pgmaint\\_swap\\_old\\_%'",
+            "SELECT relid, schema_name, table_name FROM pgmaint.swapped_out ORDER BY swapped_at, relid",
             &[],
         )
         .await
     {
-        Ok(rows) => rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>(),
+        Ok(rows) => rows
+            .iter()
+            .map(|r| (r.get::<_, u32>(0), r.get::<_, String>(1), r.get::<_, String>(2)))
+            .collect::<Vec<_>>(),
         Err(e) => return tracing::warn!(error = %e, "could not list swapped-out tables"),
     };
-    // The apply connection's session has lock_timeout set: a drop never waits long.
-    for name in old {
-        match client
-            .batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
-            .await
-        {
-            Ok(()) => tracing::debug!(table = %name, "dropped the swapped-out table"),
+    for (relid, schema, name) in recorded {
+        let table = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
+        match drop_old_table(client, relid, &schema, &name, &table).await {
+            Ok(Dropped::Yes) => tracing::debug!(table = %table, "dropped the swapped-out table"),
+            Ok(Dropped::Busy) => {}
+            Ok(Dropped::Forgotten(why)) => {
+                tracing::info!(table = %table, relid, "swapped-out table {why}: left alone, no longer tracked")
+            }
             Err(e) => {
-                tracing::warn!(table = %name, error = %e, "could not drop a swapped-out table; the next swap retries")
+                tracing::warn!(table = %table, error = %e, "could not drop a swapped-out table; the next swap retries")
             }
         }
     }
+}
+
+enum Dropped {
+    Yes,
+    /// Another worker is on it, or it was renamed back and forth meanwhile: next time.
+    Busy,
+    /// Renamed, moved or dropped by someone else: not ours to drop any more.
+    Forgotten(&'static str),
+}
+
+async fn drop_old_table(
+    client: &mut tokio_postgres::Client,
+    relid: u32,
+    schema: &str,
+    name: &str,
+    table: &str,
+) -> Result<Dropped, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let claimed = tx
+        .query_opt(
+            "SELECT 1 FROM pgmaint.swapped_out WHERE relid = $1 FOR UPDATE SKIP LOCKED",
+            &[&relid],
+        )
+        .await?;
+    if claimed.is_none() {
+        return Ok(Dropped::Busy);
+    }
+    let row = tx
+        .query_one(
+            "SELECT (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE n.nspname = $2 AND c.relname = $3) = $1,
+                    EXISTS (SELECT 1 FROM pg_class WHERE oid = $1)",
+            &[&relid, &schema, &name],
+        )
+        .await?;
+    let (named, exists): (Option<bool>, bool) = (row.get(0), row.get(1));
+    let forget = "DELETE FROM pgmaint.swapped_out WHERE relid = $1";
+    if named != Some(true) {
+        tx.execute(forget, &[&relid]).await?;
+        tx.commit().await?;
+        return Ok(Dropped::Forgotten(if exists {
+            "was renamed or moved since the swap"
+        } else {
+            "was dropped by someone else"
+        }));
+    }
+    // Lock it by name, then check that the name still leads to the recorded OID: under
+    // the lock nothing can rename it, so the DROP below drops exactly that table.
+    tx.batch_execute(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        .await?;
+    let same: Option<bool> = tx
+        .query_one("SELECT to_regclass($1)::oid = $2", &[&table, &relid])
+        .await?
+        .get(0);
+    if same != Some(true) {
+        return Ok(Dropped::Busy);
+    }
+    tx.batch_execute(&format!("DROP TABLE {table}")).await?;
+    tx.execute(forget, &[&relid]).await?;
+    tx.commit().await?;
+    Ok(Dropped::Yes)
 }
 
 /// Everything that would make dropping and renaming the target unsafe or lossy.
@@ -109,7 +186,18 @@ SELECT format('%s depends on it', pg_describe_object(d.classid, d.objid, d.objsu
    AND ((d.refclassid = 'pg_class'::regclass AND d.refobjid = $1) OR (d.refclassid = 'pg_type'::regclass AND d.refobjid = c.reltype))
    AND d.classid NOT IN ('pg_rewrite'::regclass, 'pg_constraint'::regclass, 'pg_trigger'::regclass,
                          'pg_policy'::regclass, 'pg_publication_rel'::regclass)
-   AND NOT (d.classid = 'pg_class'::regclass AND d.objid = $1)";
+   AND NOT (d.classid = 'pg_class'::regclass AND d.objid = $1)
+UNION ALL
+SELECT DISTINCT format('%s depends on its identity sequence %s',
+                       CASE WHEN d.classid = 'pg_rewrite'::regclass
+                            THEN (SELECT format('view %s', r.ev_class::regclass) FROM pg_rewrite r WHERE r.oid = d.objid)
+                            ELSE pg_describe_object(d.classid, d.objid, d.objsubid) END,
+                       s.oid::regclass)
+  FROM pg_depend i
+  JOIN pg_class s ON s.oid = i.objid AND s.relkind = 'S'
+  JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = s.oid AND d.deptype = 'n'
+ WHERE i.classid = 'pg_class'::regclass AND i.refclassid = 'pg_class'::regclass AND i.refobjid = $1
+   AND i.deptype = 'i'";
 
 async fn blockers(tx: &Transaction<'_>, t: &Target) -> Result<Vec<String>, UploadError> {
     Ok(tx
@@ -144,7 +232,8 @@ async fn refuse_if_blocked(
 /// The target's definition as the staging table copies it: persistence and storage
 /// parameters, columns (type, NOT NULL, default, identity, generated, collation,
 /// storage, compression, comment), constraints, indexes (definition, CLUSTER, REPLICA
-/// IDENTITY, validity, comments) and statistics objects, one line each. Read before the
+/// IDENTITY, validity, comments), statistics objects and identity sequence options,
+/// one line each. Read before the
 /// staging table is built and again under the exclusive lock: any difference means
 /// something was added or altered meanwhile, which the new table would lack.
 const SHAPE: &str = "
@@ -165,6 +254,14 @@ SELECT format('index %s clustered=%s replident=%s valid=%s comment=%s', pg_get_i
   FROM pg_index WHERE indrelid = $1
 UNION ALL
 SELECT format('statistics %s', pg_get_statisticsobjdef(oid)) FROM pg_statistic_ext WHERE stxrelid = $1
+UNION ALL
+SELECT format('identity sequence of %I: %s start=%s increment=%s min=%s max=%s cache=%s cycle=%s',
+              a.attname, s.seqtypid::regtype, s.seqstart, s.seqincrement, s.seqmin, s.seqmax, s.seqcache, s.seqcycle)
+  FROM pg_depend d
+  JOIN pg_sequence s ON s.seqrelid = d.objid
+  JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+ WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass AND d.refobjid = $1
+   AND d.deptype = 'i'
 ORDER BY 1";
 
 async fn shape(tx: &Transaction<'_>, t: &Target) -> Result<Vec<String>, UploadError> {
@@ -231,6 +328,57 @@ async fn recheck_under_lock(
     }
     Ok(())
 }
+
+/// The identity sequences of the target ($1) and of the staging table ($2), paired by
+/// column, as statements that give the new sequence the old one's place: phase 0, at
+/// the start of the exchange, renames the old sequence away (`$3_q<k>`, $3 being the
+/// old table's new name), carries its position over and gives its name to the new
+/// one; phase 1, once the table's owner is restored (an identity sequence's owner is
+/// its table's), copies its grants (when either has any: `REVOKE` what the new one
+/// holds, `GRANT` what the old one held) and its comment. Sequence options were copied
+/// by `LIKE … INCLUDING IDENTITY` (and are part of the shape checked under the lock).
+const IDENTITY_SEQUENCES: &str = "
+WITH cols AS (
+  SELECT row_number() OVER (ORDER BY a.attnum) AS k, a.attname, od.objid AS old_oid, nd.objid AS new_oid
+    FROM pg_attribute a
+    JOIN pg_depend od ON od.classid = 'pg_class'::regclass AND od.refclassid = 'pg_class'::regclass
+                     AND od.refobjid = a.attrelid AND od.refobjsubid = a.attnum AND od.deptype = 'i'
+    JOIN pg_attribute na ON na.attrelid = $2::text::regclass AND na.attname = a.attname
+    JOIN pg_depend nd ON nd.classid = 'pg_class'::regclass AND nd.refclassid = 'pg_class'::regclass
+                     AND nd.refobjid = na.attrelid AND nd.refobjsubid = na.attnum AND nd.deptype = 'i'
+   WHERE a.attrelid = $1 AND a.attidentity <> '' AND a.attnum > 0 AND NOT a.attisdropped),
+pairs AS (
+  SELECT k, old_oid, os.relname AS name, os.relacl AS old_acl, os.relowner AS old_owner, ns.relacl AS new_acl,
+         format('%I.%I', ons.nspname, os.relname) AS old_seq,
+         $3 || '_q' || k AS away,
+         format('%I.%I', ons.nspname, $3 || '_q' || k) AS old_away,
+         format('%I.%I', nns.nspname, ns.relname) AS new_seq,
+         format('%I.%I', nns.nspname, os.relname) AS final
+    FROM cols
+    JOIN pg_class os ON os.oid = old_oid AND os.relkind = 'S' JOIN pg_namespace ons ON ons.oid = os.relnamespace
+    JOIN pg_class ns ON ns.oid = new_oid AND ns.relkind = 'S' JOIN pg_namespace nns ON nns.oid = ns.relnamespace)
+SELECT phase, stmt FROM (
+  SELECT 0, k, 1, format('ALTER SEQUENCE %s RENAME TO %I', old_seq, away) FROM pairs
+  UNION ALL
+  SELECT 0, k, 2, format('SELECT setval(%L, s.last_value, s.is_called) FROM %s s', new_seq, old_away) FROM pairs
+  UNION ALL
+  SELECT 0, k, 3, format('ALTER SEQUENCE %s RENAME TO %I', new_seq, name) FROM pairs
+  UNION ALL
+  SELECT 1, k, 4, format('REVOKE ALL ON SEQUENCE %s FROM %s', final,
+                         CASE WHEN g.r = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.r)) END)
+    FROM pairs, LATERAL (SELECT old_owner UNION SELECT grantee FROM aclexplode(new_acl)) g(r)
+   WHERE old_acl IS NOT NULL OR new_acl IS NOT NULL
+  UNION ALL
+  SELECT 1, k, 5, format('GRANT %s ON SEQUENCE %s TO %s%s', a.privilege_type, final,
+                         CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                         CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+    FROM pairs, aclexplode(coalesce(old_acl, acldefault('s', old_owner))) a
+   WHERE old_acl IS NOT NULL OR new_acl IS NOT NULL
+  UNION ALL
+  SELECT 1, k, 6, format('COMMENT ON SEQUENCE %s IS %L', final, obj_description(old_oid, 'pg_class'))
+    FROM pairs WHERE obj_description(old_oid, 'pg_class') IS NOT NULL
+) s(phase, k, step, stmt)
+ORDER BY phase, k, step";
 
 /// One index of the target, and how to rebuild it on the staging table.
 struct IndexPlan {
@@ -318,7 +466,8 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
     let checked = check(tx, task, ctx.results_dir).await?;
     let t = resolve(tx, task, name).await?;
     let column_list = check_columns(tx, task, &t, &checked.expected.columns).await?;
-    if let Some(note) = superseded(tx, ctx, &t, &checked.snapshot_lsn, false).await? {
+    if let Some(note) = superseded(tx, ctx, &t, &checked.snapshot_lsn, Scope::Target, false).await?
+    {
         return Ok(Applied::skipped(note));
     }
     refuse_if_blocked(tx, ctx, &t).await?;
@@ -377,10 +526,10 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
         .await
         .map_err(db("analyzing the staging table"))?;
 
-    // 2. The short exclusive part. First the target's materializations row (held to
+    // 2. The short exclusive part. First the target's materializations rows (held to
     // commit: a concurrent apply of the same target decides after this one), then the
     // table; every apply takes them in that order.
-    if let Some(note) = superseded(tx, ctx, &t, &checked.snapshot_lsn, true).await? {
+    if let Some(note) = superseded(tx, ctx, &t, &checked.snapshot_lsn, Scope::Target, true).await? {
         tx.batch_execute("ROLLBACK TO SAVEPOINT pgmaint_apply")
             .await
             .map_err(db("dropping the staging table"))?;
@@ -450,28 +599,23 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
         .iter()
         .map(|r| r.get(0))
         .collect();
-    // Identity columns got a new sequence with the staging table: carry on from where
-    // the old one stood, so the next generated value does not collide.
-    let identities: Vec<String> = tx
-        .query(
-            "SELECT format('SELECT setval(%L, s.last_value, s.is_called) FROM %s s',
-                           pg_get_serial_sequence($2::text, a.attname), pg_get_serial_sequence($3::text, a.attname))
-               FROM pg_attribute a
-              WHERE a.attrelid = $1 AND a.attidentity <> '' AND a.attnum > 0 AND NOT a.attisdropped",
-            &[&t.oid, &staging, &target],
-        )
-        .await
-        .map_err(db("reading identity sequences"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let mut sequences = sequences;
-    sequences.extend(identities);
-
     // The old table is renamed away, not dropped: dropping a big table makes COMMIT
     // unlink its files while the lock is still held (about 60 ms for 1M rows). It is
     // dropped right after the commit instead (`drop_old_tables`).
     let old_name = format!("{OLD_PREFIX}{}", task.id);
+    // Identity columns got a new sequence with the staging table (an identity sequence
+    // cannot change tables). It takes the old one's place: the old one is renamed away
+    // (it goes with the old table), the new one carries on from the old position and
+    // takes its name; after the owner is restored, its grants and comment too.
+    let identity = tx
+        .query(IDENTITY_SEQUENCES, &[&t.oid, &staging, &old_name])
+        .await
+        .map_err(db("reading identity sequences"))?;
+    let (identity_pre, identity_post): (Vec<_>, Vec<_>) =
+        identity.iter().partition(|r| r.get::<_, i32>(0) == 0);
+    let mut sequences = sequences;
+    sequences.extend(identity_pre.iter().map(|r| r.get::<_, String>(1)));
+
     let mut sql: Vec<String> = sequences;
     sql.push(format!(
         "ALTER TABLE {target} RENAME TO {}",
@@ -537,11 +681,22 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
         }
     }
     sql.extend(restore);
+    sql.extend(identity_post.iter().map(|r| r.get::<_, String>(1)));
     // One round trip for the whole exchange: the lock is held for as short as possible.
     let read_ms = locked_at.elapsed().as_secs_f64() * 1000.0;
     tx.batch_execute(&sql.join(";\n"))
         .await
         .map_err(db("exchanging the tables"))?;
+    // The renamed-away table is pgmaint's to drop: recorded by OID in this transaction.
+    tx.execute(
+        "INSERT INTO pgmaint.swapped_out (relid, schema_name, table_name, upload_task_id, run_id)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (relid) DO UPDATE SET schema_name = $2, table_name = $3, upload_task_id = $4, run_id = $5,
+                                           swapped_at = now()",
+        &[&t.oid, &t.name.schema, &old_name, &task.id, &task.run_id],
+    )
+    .await
+    .map_err(db("recording the swapped-out table"))?;
     record_materialization(tx, task, &t, &checked.snapshot_lsn, rows).await?;
     tracing::debug!(task = task.id, target = %t.name, owner = %t.owner, rows, indexes = indexes.len(),
                     catalog_ms = read_ms, exchanged_ms = locked_at.elapsed().as_secs_f64() * 1000.0, "swap exchanged");

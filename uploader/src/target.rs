@@ -122,78 +122,104 @@ pub(crate) async fn check_columns(
         .join(", "))
 }
 
+/// Whose snapshots an apply must not go back behind.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// A swap replaces the whole table: a newer snapshot put into the target by any
+    /// task supersedes it (config allows no other task to write a swap's target).
+    Target,
+    /// A merge writes its own task's rows only: only a newer snapshot of the same task
+    /// supersedes it. Another task merging other rows into the same target is
+    /// independent, whichever of their snapshots is newer.
+    Task,
+}
+
 /// Has another run already put a snapshot at least as new as `snapshot_lsn` into the
-/// target? Then this task must not apply: uploads of different runs are not ordered
-/// (runs 5 and 6 both queued while the uploader was down, or run 5's apply retried
-/// after a backoff), and the one that commits last would otherwise win. Returns the
-/// note to record on the task.
+/// target (for `Scope::Task`: from this task)? Then this task must not apply: uploads
+/// of different runs are not ordered (runs 5 and 6 both queued while the uploader was
+/// down, or run 5's apply retried after a backoff), and the one that commits last
+/// would otherwise win. Returns the note to record on the task.
 ///
-/// With `lock`, the target's `pgmaint.materializations` row is locked until the apply
-/// commits (inserted first with this task's values if there is none, so a first
-/// materialization is serialised too): a concurrent apply of the same target then
-/// waits here and decides after this one has committed. Without, it is a plain read
-/// that lets an apply skip its work early; the locked check decides.
+/// With `lock`, the `pgmaint.materializations` rows in scope are locked until the apply
+/// commits (this task's row inserted first with its values if there is none, so a
+/// first materialization is serialised too): a concurrent apply of the same task into
+/// the same target then waits here and decides after this one has committed. Without,
+/// it is a plain read that lets an apply skip its work early; the locked check decides.
 pub(crate) async fn superseded(
     tx: &Transaction<'_>,
     ctx: &Ctx<'_>,
     t: &Target,
     snapshot_lsn: &str,
+    scope: Scope,
     lock: bool,
 ) -> Result<Option<String>, UploadError> {
     let task = ctx.task;
     let target = t.name.to_string();
     let what = format!("reading the materialization of {}", t.name);
+    let whole_target = scope == Scope::Target;
+    // Newest first.
+    let select = "SELECT run_id, snapshot_lsn::text, snapshot_lsn >= $2::text::pg_lsn
+                    FROM pgmaint.materializations
+                   WHERE target = $1 AND (task_name = $3 OR $4)
+                   ORDER BY snapshot_lsn DESC";
     let rows = if lock {
         let inserted = query_retrying_locks(
             tx,
             ctx,
             "INSERT INTO pgmaint.materializations (target, run_id, task_name, snapshot_lsn, rows)
              VALUES ($1, $2, $3, $4::text::pg_lsn, 0)
-             ON CONFLICT (target) DO NOTHING RETURNING run_id",
+             ON CONFLICT (target, task_name) DO NOTHING RETURNING run_id",
             &[&target, &task.run_id, &task.task_name, &snapshot_lsn],
             &what,
         )
         .await?;
-        if !inserted.is_empty() {
+        if !inserted.is_empty() && !whole_target {
             return Ok(None);
         }
         query_retrying_locks(
             tx,
             ctx,
-            "SELECT run_id, snapshot_lsn::text, snapshot_lsn >= $2::text::pg_lsn
-               FROM pgmaint.materializations WHERE target = $1 FOR UPDATE",
-            &[&target, &snapshot_lsn],
+            &format!("{select} FOR UPDATE"),
+            &[&target, &snapshot_lsn, &task.task_name, &whole_target],
             &what,
         )
         .await?
     } else {
         tx.query(
-            "SELECT run_id, snapshot_lsn::text, snapshot_lsn >= $2::text::pg_lsn
-               FROM pgmaint.materializations WHERE target = $1",
-            &[&target, &snapshot_lsn],
+            select,
+            &[&target, &snapshot_lsn, &task.task_name, &whole_target],
         )
         .await
         .map_err(UploadError::db(what))?
     };
-    let Some(row) = rows.first() else {
+    // The same run may write one target from several tasks (chained in order).
+    let newer = rows.iter().find(|r| {
+        let (run_id, not_older): (i64, bool) = (r.get(0), r.get(2));
+        run_id != task.run_id && not_older
+    });
+    let Some(row) = newer else {
         return Ok(None);
     };
-    let (run_id, lsn, not_older): (i64, String, bool) = (row.get(0), row.get(1), row.get(2));
-    // The same run may write one target from several tasks (chained in order).
-    if run_id == task.run_id || !not_older {
-        return Ok(None);
-    }
-    let note = format!(
-        "superseded by run {run_id} at LSN {lsn}: {} already reflects a snapshot at least as new as this \
-         run's ({snapshot_lsn}); nothing applied",
-        t.name
-    );
+    let (run_id, lsn): (i64, String) = (row.get(0), row.get(1));
+    let note = if whole_target {
+        format!(
+            "superseded by run {run_id} at LSN {lsn}: {} already reflects a snapshot at least as new as this \
+             run's ({snapshot_lsn}); nothing applied",
+            t.name
+        )
+    } else {
+        format!(
+            "superseded by run {run_id} at LSN {lsn}: {} already holds task {}'s rows from a snapshot at least \
+             as new as this run's ({snapshot_lsn}); nothing applied",
+            t.name, task.task_name
+        )
+    };
     tracing::warn!(task = task.id, run = task.run_id, target = %t.name, newer_run = run_id, newer_lsn = %lsn,
                    lsn = %snapshot_lsn, "{note}");
     Ok(Some(note))
 }
 
-/// Record which snapshot the target now reflects.
+/// Record which snapshot of this task the target now reflects.
 pub(crate) async fn record_materialization(
     tx: &Transaction<'_>,
     task: &Claimed,
@@ -204,11 +230,20 @@ pub(crate) async fn record_materialization(
     tx.execute(
         "INSERT INTO pgmaint.materializations (target, run_id, task_name, snapshot_lsn, rows)
          VALUES ($1, $2, $3, $4::text::pg_lsn, $5)
-         ON CONFLICT (target) DO UPDATE SET run_id = $2, task_name = $3, snapshot_lsn = $4::text::pg_lsn,
-                                            rows = $5, swapped_at = now()",
-        &[&t.name.to_string(), &task.run_id, &task.task_name, &snapshot_lsn, &rows],
+         ON CONFLICT (target, task_name) DO UPDATE SET run_id = $2, snapshot_lsn = $4::text::pg_lsn,
+                                                      rows = $5, swapped_at = now()",
+        &[
+            &t.name.to_string(),
+            &task.run_id,
+            &task.task_name,
+            &snapshot_lsn,
+            &rows,
+        ],
     )
     .await
-    .map_err(UploadError::db(format!("recording the materialization of {}", t.name)))?;
+    .map_err(UploadError::db(format!(
+        "recording the materialization of {}",
+        t.name
+    )))?;
     Ok(())
 }
