@@ -4,6 +4,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use uploader::RunState;
 
 /// Why a cycle stopped early.
 #[derive(Debug, Clone)]
@@ -22,11 +23,11 @@ pub enum AbortReason {
 
 impl AbortReason {
     /// The run state this abort leads to.
-    pub fn run_state(&self) -> &'static str {
+    pub fn run_state(&self) -> RunState {
         match self {
-            AbortReason::Signal(_) => "cancelled",
-            AbortReason::SnapshotLost(_) => "invalid",
-            _ => "aborted",
+            AbortReason::Signal(_) => RunState::Cancelled,
+            AbortReason::SnapshotLost(_) => RunState::Invalid,
+            _ => RunState::Aborted,
         }
     }
 }

@@ -18,7 +18,7 @@ use snapshot_runner::{
 };
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
-use uploader::{ApplyKind, UploadRequest};
+use uploader::{ApplyKind, RunState, UploadRequest};
 
 use crate::abort::{Abort, AbortReason};
 use crate::config::{Config, ReplicaConfig, TaskConfig};
@@ -26,7 +26,7 @@ use crate::dump::{self, DumpSpec};
 use crate::error_text::{with_reason, OneLine};
 use crate::errors::ErrorClass;
 use crate::lease::{self, PauseLease, RunOutcome};
-use crate::replica::{read_state, PauseOwnership, ReplicaControl, ResumeOutcome};
+use crate::replica::{read_state, PauseOwnership, PauseState, ReplicaControl, ResumeOutcome};
 use crate::{db, schema, UsageError};
 
 /// How many times to retry a pause that landed while replayed WAL held an
@@ -67,7 +67,7 @@ pub struct RunSummary {
     /// Replica name.
     pub replica: String,
     /// Final state of the run.
-    pub state: String,
+    pub state: RunState,
     /// The snapshot, if the pause was confirmed.
     pub snapshot: Option<SnapshotInfo>,
     /// When the pause was confirmed.
@@ -94,7 +94,7 @@ pub struct RunSummary {
 impl RunSummary {
     /// True if the cycle succeeded and every task has results.
     pub fn ok(&self) -> bool {
-        self.state == "succeeded" && self.error.is_none()
+        self.state == RunState::Succeeded && self.error.is_none()
     }
 }
 
@@ -199,7 +199,7 @@ pub async fn run(
 
     let (state, error, error_class) = match (&outcome, abort.reason()) {
         (Ok(()), _) => (
-            "succeeded",
+            RunState::Succeeded,
             failed_tasks(&cycle.reports),
             ErrorClass::Runtime,
         ),
@@ -208,7 +208,7 @@ pub async fn run(
             Some(with_reason(reason, e)),
             ErrorClass::Runtime,
         ),
-        (Err(e), None) => ("failed", Some(e.one_line()), ErrorClass::of(e)),
+        (Err(e), None) => (RunState::Failed, Some(e.one_line()), ErrorClass::of(e)),
     };
     let (resumed_at, backlog, release, resume_error) = match &resume {
         Ok(Some((ResumeOutcome::Resumed, backlog))) => {
@@ -236,7 +236,9 @@ pub async fn run(
     };
     // A dump's files are hashed once replay is running again: not worth a longer pause.
     let mut results_dir = cycle.snapshot.as_ref().map(|_| cycle.run_dir.clone());
-    if let (Work::Dump(spec), "succeeded", Some(snapshot)) = (&cycle.work, state, &cycle.snapshot) {
+    if let (Work::Dump(spec), RunState::Succeeded, Some(snapshot)) =
+        (&cycle.work, state, &cycle.snapshot)
+    {
         results_dir = Some(spec.out.clone());
         let manifest = ResultManifest {
             run_id,
@@ -269,7 +271,7 @@ pub async fn run(
     heartbeat.stop().await;
     let outcome = RunOutcome {
         run_id,
-        state: state.to_string(),
+        state,
         error: error.clone(),
         resumed: resumed_at.zip(backlog),
         finished_at: Utc::now(),
@@ -277,7 +279,7 @@ pub async fn run(
     if let Err(e) = cycle.record_end(&outcome, release).await {
         let kept = match (state, outcome.write(&cycle.run_dir)) {
             // A success is on the primary already (with its uploads); only the lease is left.
-            ("succeeded", _) => String::new(),
+            (RunState::Succeeded, _) => String::new(),
             (_, Ok(path)) => format!(
                 "; kept in {}, recorded by the next pgmaint command",
                 path.display()
@@ -292,7 +294,7 @@ pub async fn run(
     Ok(RunSummary {
         run_id,
         replica: replica_cfg.name.clone(),
-        state: state.to_string(),
+        state,
         snapshot: cycle.snapshot.clone(),
         paused_at: cycle.paused_at,
         resumed_at,
@@ -376,7 +378,7 @@ impl Cycle<'_> {
                 self.lease
                     .finish(
                         &mut self.primary,
-                        &outcome.state,
+                        outcome.state,
                         outcome.error.as_deref(),
                         outcome.resumed,
                         release,
@@ -588,7 +590,7 @@ impl Cycle<'_> {
             // Replay ran since the pre-checks (or between attempts): PostgreSQL may have
             // paused by itself meanwhile (a recovery target, a parameter mismatch), or
             // someone else did. Such a pause is never ours.
-            if !(before.in_recovery && before.pause_state == "not paused") {
+            if !(before.in_recovery && before.pause_state == PauseState::NotPaused) {
                 bail!(
                     "replica {} became '{}' (in recovery: {}) {}: not pgmaint's to pause; left as it is",
                     self.replica.name(),
@@ -679,7 +681,7 @@ impl Cycle<'_> {
                                 st.postmaster_start
                             )))
                         }
-                        Ok(st) if st.pause_state != "paused" => Some(AbortReason::SnapshotLost(format!(
+                        Ok(st) if st.pause_state != PauseState::Paused => Some(AbortReason::SnapshotLost(format!(
                             "replica {name} is no longer paused (state '{}')",
                             st.pause_state
                         ))),
@@ -781,7 +783,7 @@ impl Cycle<'_> {
                 .query_opt("SELECT state FROM pgmaint.runs WHERE id = $1", &[&run_id])
                 .await
             {
-                if row.get::<_, String>(0) == "succeeded" {
+                if RunState::parse(row.get(0)) == Some(RunState::Succeeded) {
                     // The lost commit went through.
                     let ids = self
                         .primary
@@ -839,8 +841,8 @@ impl Cycle<'_> {
             .await
             .ok()?
             .ok()?;
-        let (state, holder): (String, Option<i64>) = (row.get(0), row.get(1));
-        if state == "dropped" {
+        let (state, holder): (&str, Option<i64>) = (row.get(0), row.get(1));
+        if RunState::parse(state) == Some(RunState::Dropped) {
             return Some(format!(
                 "run {} was dropped by a recover after its lease expired",
                 self.lease.run_id

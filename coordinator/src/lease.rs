@@ -9,6 +9,8 @@ use snapshot_runner::SnapshotInfo;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use uploader::RunState;
+
 use crate::abort::{Abort, AbortReason};
 use crate::config::{Dsn, ReplicaConfig};
 use crate::db;
@@ -214,7 +216,7 @@ impl PauseLease {
     pub async fn finish(
         &self,
         primary: &mut Client,
-        state: &str,
+        state: RunState,
         error: Option<&str>,
         resumed: Option<(DateTime<Utc>, i64)>,
         release: bool,
@@ -228,7 +230,7 @@ impl PauseLease {
               WHERE id = $1",
             &[
                 &self.run_id,
-                &state,
+                &state.as_str(),
                 &error,
                 &resumed.map(|r| r.0),
                 &resumed.map(|r| r.1),
@@ -256,7 +258,7 @@ pub struct RunOutcome {
     /// The run.
     pub run_id: i64,
     /// Its final state: failed, cancelled, aborted or invalid.
-    pub state: String,
+    pub state: RunState,
     /// What went wrong.
     pub error: Option<String>,
     /// When the run resumed replay itself, and the backlog then.
@@ -284,8 +286,13 @@ impl RunOutcome {
     pub fn read(results_dir: &std::path::Path, run_id: i64) -> Option<RunOutcome> {
         let path = results_dir.join(run_id.to_string()).join(OUTCOME_FILE);
         let outcome: RunOutcome = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-        let known = ["failed", "cancelled", "aborted", "invalid"];
-        (outcome.run_id == run_id && known.contains(&outcome.state.as_str())).then_some(outcome)
+        let ended = [
+            RunState::Failed,
+            RunState::Cancelled,
+            RunState::Aborted,
+            RunState::Invalid,
+        ];
+        (outcome.run_id == run_id && ended.contains(&outcome.state)).then_some(outcome)
     }
 }
 
@@ -331,7 +338,7 @@ pub enum Recovery {
         /// What happened, starting with a verb: "had died (lease expired): …".
         note: String,
         /// The state the run was marked: `dropped`, or how it had ended by itself.
-        state: String,
+        state: RunState,
     },
 }
 
@@ -396,7 +403,7 @@ pub async fn recover_expired(
                         backlog_at_resume = coalesce($6, backlog_at_resume),
                         error = coalesce($4 || '; ', '') || 'recorded later from results.dir: the run could not reach the primary when it ended'
                   WHERE id = $1 AND state = 'running'",
-                &[&run_id, &o.state, &o.finished_at, &o.error, &o.resumed.map(|r| r.0), &o.resumed.map(|r| r.1)],
+                &[&run_id, &o.state.as_str(), &o.finished_at, &o.error, &o.resumed.map(|r| r.0), &o.resumed.map(|r| r.1)],
             )
             .await?;
             format!(
@@ -426,7 +433,7 @@ pub async fn recover_expired(
     )
     .await?;
     tx.commit().await?;
-    let state = kept.map_or("dropped".to_string(), |o| o.state);
+    let state = kept.map_or(RunState::Dropped, |o| o.state);
     tracing::warn!(
         "replica {}: run {run_id} {note}; run {run_id} marked {state}",
         replica.name

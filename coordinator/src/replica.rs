@@ -22,13 +22,61 @@ use crate::error_text::OneLine;
 use crate::units::human_bytes;
 use crate::UsageError;
 
+/// `pg_get_wal_replay_pause_state()`, or that the server is not in recovery at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum PauseState {
+    /// Replay runs.
+    #[serde(rename = "not paused")]
+    NotPaused,
+    /// `pg_wal_replay_pause()` was called; replay has not stopped yet.
+    #[serde(rename = "pause requested")]
+    PauseRequested,
+    /// Replay has stopped: the snapshot is frozen.
+    #[serde(rename = "paused")]
+    Paused,
+    /// A primary (or a promoted standby): there is no replay.
+    #[serde(rename = "not in recovery")]
+    NotInRecovery,
+}
+
+impl PauseState {
+    /// The text form, as PostgreSQL gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseState::NotPaused => "not paused",
+            PauseState::PauseRequested => "pause requested",
+            PauseState::Paused => "paused",
+            PauseState::NotInRecovery => "not in recovery",
+        }
+    }
+
+    /// The state PostgreSQL reported as `text`.
+    pub fn parse(text: &str) -> Result<PauseState> {
+        [
+            PauseState::NotPaused,
+            PauseState::PauseRequested,
+            PauseState::Paused,
+            PauseState::NotInRecovery,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+        .ok_or_else(|| anyhow!("unknown replay pause state {text:?}"))
+    }
+}
+
+impl std::fmt::Display for PauseState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// Where replay stands right now.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ReplayState {
     /// `pg_is_in_recovery()`.
     pub in_recovery: bool,
     /// `not paused`, `pause requested`, `paused` (or `not in recovery`).
-    pub pause_state: String,
+    pub pause_state: PauseState,
     /// `pg_last_wal_receive_lsn()`.
     pub receive_lsn: Option<String>,
     /// `pg_last_wal_replay_lsn()`.
@@ -293,7 +341,7 @@ impl ReplicaControl {
         if !st.in_recovery {
             bail!("replica {name} is not in recovery: it is a primary, not a standby (was it promoted?)");
         }
-        if st.pause_state != "not paused" {
+        if st.pause_state != PauseState::NotPaused {
             bail!(
                 "replica {name}: WAL replay is already '{}' by someone else (or by PostgreSQL itself); \
                  pgmaint only pauses a replica that is 'not paused', and leaves this one as it is",
@@ -427,12 +475,12 @@ impl ReplicaControl {
                 .await
                 .context("pg_get_wal_replay_pause_state()")?
                 .get(0);
-            match state.as_str() {
-                "paused" => return Ok(()),
-                "pause requested" if Instant::now() < deadline => {
+            match PauseState::parse(&state)? {
+                PauseState::Paused => return Ok(()),
+                PauseState::PauseRequested if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await
                 }
-                "pause requested" => bail!(
+                PauseState::PauseRequested => bail!(
                     "replica {}: replay did not reach 'paused' within limits.pause_timeout ({}s)",
                     self.name(),
                     timeout.as_secs()
@@ -513,7 +561,7 @@ impl ReplicaControl {
                 st.postmaster_start
             ));
         }
-        if st.pause_state != "paused" {
+        if st.pause_state != PauseState::Paused {
             return Some(format!(
                 "replica {} is no longer paused (state '{}')",
                 self.name(),
@@ -603,11 +651,11 @@ impl ReplicaControl {
 }
 
 /// Read the replay state through any session.
-pub async fn read_state(client: &Client) -> Result<ReplayState, tokio_postgres::Error> {
+pub async fn read_state(client: &Client) -> Result<ReplayState> {
     let row = client.query_one(STATE_SQL, &[]).await?;
     Ok(ReplayState {
         in_recovery: row.get(0),
-        pause_state: row.get(1),
+        pause_state: PauseState::parse(row.get(1))?,
         receive_lsn: row.get(2),
         replay_lsn: row.get(3),
         backlog_bytes: row.get(4),
@@ -622,15 +670,15 @@ pub fn decide_resume(own: &PauseOwnership, st: &ReplayState) -> ResumeOutcome {
     if st.postmaster_start != own.postmaster_start {
         return ResumeOutcome::LostToRestart;
     }
-    match st.pause_state.as_str() {
-        "paused" => match &own.snapshot_lsn {
+    match st.pause_state {
+        PauseState::Paused => match &own.snapshot_lsn {
             Some(lsn) if st.replay_lsn.as_deref() != Some(lsn.as_str()) => ResumeOutcome::NotOurs,
             _ => ResumeOutcome::Resumed,
         },
         // Requested but never confirmed: our request. Once ours was confirmed, a pause
         // that is only "requested" now is somebody else's, in progress.
-        "pause requested" if own.snapshot_lsn.is_none() => ResumeOutcome::Resumed,
-        "pause requested" => ResumeOutcome::NotOurs,
+        PauseState::PauseRequested if own.snapshot_lsn.is_none() => ResumeOutcome::Resumed,
+        PauseState::PauseRequested => ResumeOutcome::NotOurs,
         _ => ResumeOutcome::AlreadyRunning,
     }
 }
@@ -642,7 +690,7 @@ mod tests {
     fn state(pause: &str, lsn: &str, start: i64) -> ReplayState {
         ReplayState {
             in_recovery: true,
-            pause_state: pause.into(),
+            pause_state: PauseState::parse(pause).unwrap(),
             receive_lsn: Some(lsn.into()),
             replay_lsn: Some(lsn.into()),
             backlog_bytes: 0,

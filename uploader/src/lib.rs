@@ -38,6 +38,7 @@ mod confirm;
 mod error;
 mod merge;
 mod queue;
+pub mod run_state;
 mod swap;
 mod target;
 mod worker;
@@ -47,4 +48,5 @@ pub use queue::{
     cancel_task, enqueue, get_task, list_tasks, retry_task, ApplyKind, CancelOutcome, TaskRow,
     UploadRequest, CHANNEL, STATES,
 };
+pub use run_state::RunState;
 pub use worker::{DrainStats, Worker};
