@@ -25,7 +25,7 @@ use crate::config::{Config, ReplicaConfig, TaskConfig};
 use crate::dump::{self, DumpSpec};
 use crate::error_text::{with_reason, OneLine};
 use crate::errors::ErrorClass;
-use crate::lease::{self, PauseLease, RunOutcome};
+use crate::lease::{self, HeartbeatHandle, PauseLease, RunOutcome};
 use crate::replica::{read_state, PauseOwnership, PauseState, ReplicaControl, ResumeOutcome};
 use crate::{db, schema, UsageError};
 
@@ -125,82 +125,49 @@ pub async fn run(
     work: Work<'_>,
     abort: Abort,
 ) -> Result<RunSummary> {
-    let mut primary = db::connect_at_start(&cfg.primary, "pgmaint").await?;
-    schema::require_current(&primary).await?;
-    let replica = ReplicaControl::connect(replica_cfg)
-        .await
-        .map_err(UsageError::from)?;
-    // Before anything is recorded: results of another cluster must never reach this one.
-    replica.check_belongs_to(&primary, &cfg.primary).await?;
-    // A run that died may have left this replica paused: resume it before anything else
-    // (recover_expired logs what it did).
-    lease::recover_expired(&mut primary, replica_cfg, &cfg.results_dir).await?;
-    let lease = PauseLease::acquire(
-        &mut primary,
-        &replica_cfg.name,
-        work.purpose(),
-        &work.names(),
-        cfg.limits.lease,
-    )
-    .await?;
-    let heartbeat = lease.spawn_heartbeat(cfg.primary.clone(), abort.clone());
-    let run_id = lease.run_id;
-    tracing::info!(run_id, replica = %replica_cfg.name, "run started");
-
-    let mut cycle = Cycle {
-        cfg,
-        work,
-        primary,
-        replica,
-        lease,
-        abort: abort.clone(),
-        run_dir: cfg.results_dir.join(run_id.to_string()),
-        pause: None,
-        snapshot: None,
-        paused_at: None,
-        reports: Vec::new(),
-        queued: Vec::new(),
-        watchdog: None,
-    };
-
-    // Once aborted (signal, limits, lost lease), the work gets ABORT_GRACE to wind down;
-    // then it is dropped wherever it hangs (a stalled primary, a hung file read), so that
-    // limits.max_pause bounds the pause whatever else goes wrong.
-    let outcome = tokio::select! {
-        r = AssertUnwindSafe(cycle.paused_work()).catch_unwind() => match r {
-            Ok(r) => r,
-            Err(panic) => Err(anyhow!("internal error (panic): {}", panic_message(&panic))),
-        },
-        _ = async {
-            abort.token().cancelled().await;
-            tokio::time::sleep(ABORT_GRACE).await;
-        } => Err(anyhow!("the work did not stop within {}s of the abort; resuming replay anyway", ABORT_GRACE.as_secs())),
-    };
-    if let Some(w) = cycle.watchdog.take() {
-        w.cancel();
-    }
-    // A failure after the pause request may be a restart of the replica in disguise (a
-    // session terminated mid-query before the watchdog saw it): then the snapshot is
-    // lost, whatever the error said.
-    if let (Err(_), None, Some(own)) = (&outcome, abort.reason(), &cycle.pause) {
-        let state =
-            tokio::time::timeout(Duration::from_secs(15), cycle.replica.fresh_state()).await;
-        if let Ok(Ok(st)) = state {
-            if st.postmaster_start != own.postmaster_start {
-                abort.trigger(AbortReason::SnapshotLost(format!(
-                    "replica {} restarted at {} during the run (its pause was lost)",
-                    replica_cfg.name, st.postmaster_start
-                )));
-            }
-        }
-    }
+    let (mut cycle, heartbeat) = Cycle::start(cfg, replica_cfg, work, abort.clone()).await?;
+    let outcome = cycle.paused_work_within_grace().await;
+    cycle.notice_a_restart(&outcome).await;
     // On every path: close the scan sessions, then resume replay if the pause is ours.
     let resume = cycle.close_and_resume().await;
 
-    let (state, error, error_class) = match (&outcome, abort.reason()) {
+    let (state, error, error_class) = judge(&outcome, abort.reason(), &cycle.reports);
+    let resumed = ResumeRecord::of(&resume, &replica_cfg.name);
+    if resumed.at.is_some() {
+        tracing::info!(
+            run_id = cycle.lease.run_id,
+            backlog = resumed.backlog,
+            "replay resumed"
+        );
+    }
+    let mut error = match (error, resumed.error) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
+    };
+    let results_dir = cycle.finish_dump(state, &mut error);
+    // The run is over (a dump's files hashed too): stop renewing, record the end.
+    heartbeat.stop().await;
+    let outcome = RunOutcome {
+        run_id: cycle.lease.run_id,
+        state,
+        error,
+        resumed: resumed.at.zip(resumed.backlog),
+        finished_at: Utc::now(),
+    };
+    cycle.record_or_keep_end(&outcome, resumed.release).await;
+    Ok(cycle.summary(outcome, results_dir, error_class))
+}
+
+/// The run's state and error, from what the work returned and why it was aborted.
+fn judge(
+    outcome: &Result<()>,
+    aborted: Option<&AbortReason>,
+    reports: &[TaskReport],
+) -> (RunState, Option<String>, ErrorClass) {
+    match (outcome, aborted) {
         (Ok(()), _) => (
             RunState::Succeeded,
-            failed_tasks(&cycle.reports),
+            failed_tasks(reports),
             ErrorClass::Runtime,
         ),
         (Err(e), Some(reason)) => (
@@ -209,107 +176,48 @@ pub async fn run(
             ErrorClass::Runtime,
         ),
         (Err(e), None) => (RunState::Failed, Some(e.one_line()), ErrorClass::of(e)),
-    };
-    let (resumed_at, backlog, release, resume_error) = match &resume {
-        Ok(Some((ResumeOutcome::Resumed, backlog))) => {
-            tracing::info!(run_id, backlog, "replay resumed");
-            (Some(Utc::now()), Some(*backlog), true, None)
-        }
-        // Not ours to resume (logged where decided): nothing to record as resumed.
-        Ok(Some(_)) => (None, None, true, None),
-        Ok(None) => (None, None, true, None),
-        // Keep the lease: when it expires, the next command (or `pgmaint recover`) retries.
-        Err(e) => (
-            None,
-            None,
-            false,
-            Some(format!(
-                "could not resume replay on {}: {}; run `pgmaint recover`",
-                replica_cfg.name,
-                e.one_line()
-            )),
-        ),
-    };
-    let mut error = match (error, resume_error) {
-        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
-        (a, b) => a.or(b),
-    };
-    // A dump's files are hashed once replay is running again: not worth a longer pause.
-    let mut results_dir = cycle.snapshot.as_ref().map(|_| cycle.run_dir.clone());
-    if let (Work::Dump(spec), RunState::Succeeded, Some(snapshot)) =
-        (&cycle.work, state, &cycle.snapshot)
-    {
-        results_dir = Some(spec.out.clone());
-        let manifest = ResultManifest {
-            run_id,
-            replica: replica_cfg.name.clone(),
-            snapshot: snapshot.clone(),
-            started_at: cycle.paused_at.unwrap_or_else(Utc::now),
-            finished_at: Utc::now(),
-            valid: true,
-            tasks: Vec::new(),
-        };
-        let elapsed = cycle
-            .paused_at
-            .map(|p| (Utc::now() - p).to_std().unwrap_or_default())
-            .unwrap_or_default();
-        if let Err(e) = dump::write_manifest(&spec.out, manifest, elapsed) {
-            error = Some(format!(
-                "dump written, but its manifest was not: {}",
-                e.one_line()
-            ));
-        }
-    } else if let (Work::Dump(spec), Some(why), Some(_)) = (&cycle.work, &error, &cycle.snapshot) {
-        // Paused, so --out passed its checks (it was absent or empty): whatever pg_dump
-        // left there is not a dump of one snapshot. Say so where it lies.
-        dump::mark_invalid(&spec.out, why);
     }
-    // The run is over (a dump's files hashed too): stop renewing, record the end. The
-    // primary may have restarted or stalled meanwhile: keep trying (reconnecting) for up
-    // to a lease; failing that, keep the outcome in the run directory, from where the
-    // command that later recovers the expired lease records it.
-    heartbeat.stop().await;
-    let outcome = RunOutcome {
-        run_id,
-        state,
-        error: error.clone(),
-        resumed: resumed_at.zip(backlog),
-        finished_at: Utc::now(),
-    };
-    if let Err(e) = cycle.record_end(&outcome, release).await {
-        let kept = match (state, outcome.write(&cycle.run_dir)) {
-            // A success is on the primary already (with its uploads); only the lease is left.
-            (RunState::Succeeded, _) => String::new(),
-            (_, Ok(path)) => format!(
-                "; kept in {}, recorded by the next pgmaint command",
-                path.display()
-            ),
-            (_, Err(w)) => format!(
-                "; could not keep it in the run directory either: {}",
-                w.one_line()
-            ),
-        };
-        tracing::error!(run_id, error = %e.one_line(), "could not record the end of the run on the primary{kept}");
+}
+
+/// What the resume means for the run's record.
+struct ResumeRecord {
+    /// When pgmaint resumed its pause.
+    at: Option<DateTime<Utc>>,
+    /// receive − replay then.
+    backlog: Option<i64>,
+    /// False when the resume failed: the lease is kept, so that once it expires the
+    /// next command (or `pgmaint recover`) retries.
+    release: bool,
+    error: Option<String>,
+}
+
+impl ResumeRecord {
+    fn of(resume: &Result<Option<(ResumeOutcome, i64)>>, replica: &str) -> ResumeRecord {
+        match resume {
+            Ok(Some((ResumeOutcome::Resumed, backlog))) => ResumeRecord {
+                at: Some(Utc::now()),
+                backlog: Some(*backlog),
+                release: true,
+                error: None,
+            },
+            // Not ours to resume (logged where decided), or never paused.
+            Ok(_) => ResumeRecord {
+                at: None,
+                backlog: None,
+                release: true,
+                error: None,
+            },
+            Err(e) => ResumeRecord {
+                at: None,
+                backlog: None,
+                release: false,
+                error: Some(format!(
+                    "could not resume replay on {replica}: {}; run `pgmaint recover`",
+                    e.one_line()
+                )),
+            },
+        }
     }
-    Ok(RunSummary {
-        run_id,
-        replica: replica_cfg.name.clone(),
-        state,
-        snapshot: cycle.snapshot.clone(),
-        paused_at: cycle.paused_at,
-        resumed_at,
-        backlog_at_resume: backlog,
-        tasks: cycle.reports.iter().map(TaskReport::to_manifest).collect(),
-        task_seconds: cycle
-            .reports
-            .iter()
-            .map(|r| r.elapsed.as_secs_f64())
-            .collect(),
-        queued: cycle.queued.clone(),
-        results_dir,
-        error,
-        error_class,
-    })
 }
 
 /// Inside the transaction that records a run's outcome: mark it succeeded, unless it is
@@ -330,6 +238,21 @@ async fn mark_succeeded(
         bail!("run {run_id} is no longer running on the primary (dropped after a lost lease?); nothing recorded");
     }
     Ok(())
+}
+
+/// Did `e` end the session (the server shut down or restarted, the socket broke)?
+/// Then a new session may well succeed.
+fn connection_lost(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<tokio_postgres::Error>())
+        .any(|pg| {
+            pg.is_closed()
+                || pg.code().is_some_and(|c| {
+                    let c = c.code();
+                    c.starts_with("08") || c.starts_with("57P")
+                })
+                || std::error::Error::source(pg).is_some_and(|s| s.is::<std::io::Error>())
+        })
 }
 
 /// Tasks that did not do their job: failed ones, and a materialize cut short by its
@@ -359,7 +282,182 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-impl Cycle<'_> {
+impl<'a> Cycle<'a> {
+    /// Connect, check that the replica belongs to the primary, recover what a dead run
+    /// left, take the lease and start renewing it.
+    async fn start(
+        cfg: &'a Config,
+        replica_cfg: &ReplicaConfig,
+        work: Work<'a>,
+        abort: Abort,
+    ) -> Result<(Cycle<'a>, HeartbeatHandle)> {
+        let mut primary = db::connect_at_start(&cfg.primary, "pgmaint").await?;
+        schema::require_current(&primary).await?;
+        let replica = ReplicaControl::connect(replica_cfg)
+            .await
+            .map_err(UsageError::from)?;
+        // Before anything is recorded: results of another cluster must never reach this one.
+        replica.check_belongs_to(&primary, &cfg.primary).await?;
+        // A run that died may have left this replica paused: resume it before anything
+        // else (recover_expired logs what it did).
+        lease::recover_expired(&mut primary, replica_cfg, &cfg.results_dir).await?;
+        let lease = PauseLease::acquire(
+            &mut primary,
+            &replica_cfg.name,
+            work.purpose(),
+            &work.names(),
+            cfg.limits.lease,
+        )
+        .await?;
+        let heartbeat = lease.spawn_heartbeat(cfg.primary.clone(), abort.clone());
+        let run_id = lease.run_id;
+        tracing::info!(run_id, replica = %replica_cfg.name, "run started");
+        let cycle = Cycle {
+            cfg,
+            work,
+            primary,
+            replica,
+            lease,
+            abort,
+            run_dir: cfg.results_dir.join(run_id.to_string()),
+            pause: None,
+            snapshot: None,
+            paused_at: None,
+            reports: Vec::new(),
+            queued: Vec::new(),
+            watchdog: None,
+        };
+        Ok((cycle, heartbeat))
+    }
+
+    /// [`Cycle::paused_work`], a panic in it turned into an error. Once aborted
+    /// (signal, limits, lost lease), the work gets ABORT_GRACE to wind down; then it is
+    /// dropped wherever it hangs (a stalled primary, a hung file read), so that
+    /// limits.max_pause bounds the pause whatever else goes wrong.
+    async fn paused_work_within_grace(&mut self) -> Result<()> {
+        let abort = self.abort.clone();
+        let outcome = tokio::select! {
+            r = AssertUnwindSafe(self.paused_work()).catch_unwind() => match r {
+                Ok(r) => r,
+                Err(panic) => Err(anyhow!("internal error (panic): {}", panic_message(&panic))),
+            },
+            _ = async {
+                abort.token().cancelled().await;
+                tokio::time::sleep(ABORT_GRACE).await;
+            } => Err(anyhow!("the work did not stop within {}s of the abort; resuming replay anyway", ABORT_GRACE.as_secs())),
+        };
+        if let Some(w) = self.watchdog.take() {
+            w.cancel();
+        }
+        outcome
+    }
+
+    /// A failure after the pause request may be a restart of the replica in disguise
+    /// (a session terminated mid-query before the watchdog saw it): then the snapshot is
+    /// lost, whatever the error said.
+    async fn notice_a_restart(&mut self, outcome: &Result<()>) {
+        let (Err(_), None, Some(own)) = (outcome, self.abort.reason(), &self.pause) else {
+            return;
+        };
+        let started = own.postmaster_start;
+        let state = tokio::time::timeout(Duration::from_secs(15), self.replica.fresh_state()).await;
+        if let Ok(Ok(st)) = state {
+            if st.postmaster_start != started {
+                self.abort.trigger(AbortReason::SnapshotLost(format!(
+                    "replica {} restarted at {} during the run (its pause was lost)",
+                    self.replica.name(),
+                    st.postmaster_start
+                )));
+            }
+        }
+    }
+
+    /// For a dump: its manifest once replay runs again (hashing the files is not worth
+    /// a longer pause), or an INVALID mark on a failed one. Where the results are.
+    fn finish_dump(&self, state: RunState, error: &mut Option<String>) -> Option<PathBuf> {
+        let results_dir = self.snapshot.as_ref().map(|_| self.run_dir.clone());
+        let (Work::Dump(spec), Some(snapshot)) = (&self.work, &self.snapshot) else {
+            return results_dir;
+        };
+        if state == RunState::Succeeded {
+            let manifest = ResultManifest {
+                run_id: self.lease.run_id,
+                replica: self.replica.name().to_string(),
+                snapshot: snapshot.clone(),
+                started_at: self.paused_at.unwrap_or_else(Utc::now),
+                finished_at: Utc::now(),
+                valid: true,
+                tasks: Vec::new(),
+            };
+            let elapsed = self
+                .paused_at
+                .map(|p| (Utc::now() - p).to_std().unwrap_or_default())
+                .unwrap_or_default();
+            if let Err(e) = dump::write_manifest(&spec.out, manifest, elapsed) {
+                *error = Some(format!(
+                    "dump written, but its manifest was not: {}",
+                    e.one_line()
+                ));
+            }
+            return Some(spec.out.clone());
+        }
+        if let Some(why) = error {
+            // Paused, so --out passed its checks (it was absent or empty): whatever
+            // pg_dump left there is not a dump of one snapshot. Say so where it lies.
+            dump::mark_invalid(&spec.out, why);
+        }
+        results_dir
+    }
+
+    /// Record the end on the primary; failing that, keep it in the run directory, from
+    /// where the command that later recovers the expired lease records it.
+    async fn record_or_keep_end(&mut self, outcome: &RunOutcome, release: bool) {
+        let Err(e) = self.record_end(outcome, release).await else {
+            return;
+        };
+        let kept = match (outcome.state, outcome.write(&self.run_dir)) {
+            // A success is on the primary already (with its uploads); only the lease is left.
+            (RunState::Succeeded, _) => String::new(),
+            (_, Ok(path)) => format!(
+                "; kept in {}, recorded by the next pgmaint command",
+                path.display()
+            ),
+            (_, Err(w)) => format!(
+                "; could not keep it in the run directory either: {}",
+                w.one_line()
+            ),
+        };
+        tracing::error!(run_id = self.lease.run_id, error = %e.one_line(), "could not record the end of the run on the primary{kept}");
+    }
+
+    /// What the cycle did, for printing.
+    fn summary(
+        &self,
+        outcome: RunOutcome,
+        results_dir: Option<PathBuf>,
+        error_class: ErrorClass,
+    ) -> RunSummary {
+        RunSummary {
+            run_id: outcome.run_id,
+            replica: self.replica.name().to_string(),
+            state: outcome.state,
+            snapshot: self.snapshot.clone(),
+            paused_at: self.paused_at,
+            resumed_at: outcome.resumed.map(|r| r.0),
+            backlog_at_resume: outcome.resumed.map(|r| r.1),
+            tasks: self.reports.iter().map(TaskReport::to_manifest).collect(),
+            task_seconds: self
+                .reports
+                .iter()
+                .map(|r| r.elapsed.as_secs_f64())
+                .collect(),
+            queued: self.queued.clone(),
+            results_dir,
+            error: outcome.error,
+            error_class,
+        }
+    }
+
     /// Record the end of the run on the primary, reconnecting as needed, for up to a
     /// lease (at least 10 s). Each attempt is bounded: a stalled primary hangs it.
     async fn record_end(&mut self, outcome: &RunOutcome, release: bool) -> Result<()> {
@@ -754,9 +852,8 @@ impl Cycle<'_> {
         // The snapshot is verified and the replica still paused: a primary that
         // restarted just now must not cost a valid run. Reconnect and try again; a
         // commit whose acknowledgement was lost is recognised by the run's state.
-        let mut tries = 0;
+        let give_up = Instant::now() + Duration::from_secs(30);
         loop {
-            tries += 1;
             let error = match self.commit_run(&uploads).await {
                 Ok(queued) => {
                     self.queued = queued;
@@ -764,7 +861,9 @@ impl Cycle<'_> {
                 }
                 Err(e) => e,
             };
-            let retry = tries < 4 && self.abort.reason().is_none() && self.primary.is_closed();
+            let retry = Instant::now() < give_up
+                && self.abort.reason().is_none()
+                && (self.primary.is_closed() || connection_lost(&error));
             if !retry {
                 return Err(error.context(format!(
                     "the snapshot was verified, but run {run_id} and its uploads could not be recorded on the \
