@@ -371,57 +371,15 @@ pub async fn recover_expired(
             expires_at: row.get(2),
         });
     }
-    let mut resumed = false;
-    let note = if row.get::<_, bool>(4) {
-        let own = PauseOwnership {
-            postmaster_start: row.get(5),
-            snapshot_lsn: row.get(6),
-        };
-        let mut ctl = ReplicaControl::connect(replica).await?;
-        let (outcome, _) = ctl.resume_if_owned(&own).await?;
-        resumed = outcome == ResumeOutcome::Resumed;
-        match outcome {
-            ResumeOutcome::Resumed => "resumed the replay it left paused".to_string(),
-            ResumeOutcome::AlreadyRunning => "replay was already running".to_string(),
-            ResumeOutcome::LostToRestart => {
-                "the replica restarted since, so its pause was already gone".to_string()
-            }
-            ResumeOutcome::NotOurs => {
-                "the replica is paused elsewhere, by someone else: left paused".to_string()
-            }
-        }
-    } else {
-        "it never paused the replica".to_string()
-    };
+    let paused: Option<PauseOwnership> = row.get::<_, bool>(4).then(|| PauseOwnership {
+        postmaster_start: row.get(5),
+        snapshot_lsn: row.get(6),
+    });
+    let (resumed, note) = resume_dead_runs_pause(replica, paused).await?;
     // The run may have ended by itself and only failed to say so (the primary stalled
     // or restarted as it ended): then record how it ended, from its results directory.
     let kept = RunOutcome::read(results_dir, run_id);
-    let note = match &kept {
-        Some(o) => {
-            tx.execute(
-                "UPDATE pgmaint.runs SET state = $2, finished_at = $3, resumed_at = coalesce($5, resumed_at),
-                        backlog_at_resume = coalesce($6, backlog_at_resume),
-                        error = coalesce($4 || '; ', '') || 'recorded later from results.dir: the run could not reach the primary when it ended'
-                  WHERE id = $1 AND state = 'running'",
-                &[&run_id, &o.state.as_str(), &o.finished_at, &o.error, &o.resumed.map(|r| r.0), &o.resumed.map(|r| r.1)],
-            )
-            .await?;
-            format!(
-                "had ended ({}) without recording it on the primary (its lease expired): {note}",
-                o.state
-            )
-        }
-        None => {
-            tx.execute(
-                "UPDATE pgmaint.runs SET state = 'dropped', finished_at = now(),
-                        error = coalesce(error || '; ', '') || 'lease expired: coordinator died or hung'
-                  WHERE id = $1 AND state = 'running'",
-                &[&run_id],
-            )
-            .await?;
-            format!("had died (lease expired): {note}")
-        }
-    };
+    let note = close_dead_run(&tx, run_id, kept.as_ref(), &note).await?;
     tx.execute(
         "UPDATE pgmaint.runs SET resumed_at = now() WHERE id = $1 AND $2",
         &[&run_id, &resumed],
@@ -444,4 +402,58 @@ pub async fn recover_expired(
         note,
         state,
     })
+}
+
+/// Resume the pause a dead run left, if it provably is that run's (`paused`: what the
+/// run recorded before requesting it). Whether it was resumed, and what was found.
+async fn resume_dead_runs_pause(
+    replica: &ReplicaConfig,
+    paused: Option<PauseOwnership>,
+) -> Result<(bool, String)> {
+    let Some(own) = paused else {
+        return Ok((false, "it never paused the replica".to_string()));
+    };
+    let mut ctl = ReplicaControl::connect(replica).await?;
+    let (outcome, _) = ctl.resume_if_owned(&own).await?;
+    let note = match outcome {
+        ResumeOutcome::Resumed => "resumed the replay it left paused",
+        ResumeOutcome::AlreadyRunning => "replay was already running",
+        ResumeOutcome::LostToRestart => {
+            "the replica restarted since, so its pause was already gone"
+        }
+        ResumeOutcome::NotOurs => "the replica is paused elsewhere, by someone else: left paused",
+    };
+    Ok((outcome == ResumeOutcome::Resumed, note.to_string()))
+}
+
+/// Close a dead run still marked `running`: as it had ended (`kept`, from its results
+/// directory), or `dropped`. What happened to it, starting with a verb.
+async fn close_dead_run(
+    tx: &tokio_postgres::Transaction<'_>,
+    run_id: i64,
+    kept: Option<&RunOutcome>,
+    note: &str,
+) -> Result<String> {
+    let Some(o) = kept else {
+        tx.execute(
+            "UPDATE pgmaint.runs SET state = 'dropped', finished_at = now(),
+                    error = coalesce(error || '; ', '') || 'lease expired: coordinator died or hung'
+              WHERE id = $1 AND state = 'running'",
+            &[&run_id],
+        )
+        .await?;
+        return Ok(format!("had died (lease expired): {note}"));
+    };
+    tx.execute(
+        "UPDATE pgmaint.runs SET state = $2, finished_at = $3, resumed_at = coalesce($5, resumed_at),
+                backlog_at_resume = coalesce($6, backlog_at_resume),
+                error = coalesce($4 || '; ', '') || 'recorded later from results.dir: the run could not reach the primary when it ended'
+          WHERE id = $1 AND state = 'running'",
+        &[&run_id, &o.state.as_str(), &o.finished_at, &o.error, &o.resumed.map(|r| r.0), &o.resumed.map(|r| r.1)],
+    )
+    .await?;
+    Ok(format!(
+        "had ended ({}) without recording it on the primary (its lease expired): {note}",
+        o.state
+    ))
 }
