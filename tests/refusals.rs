@@ -147,6 +147,19 @@ async fn sync_standby_with_spaced_name_is_refused() {
     assert_eq!(c.pause_state(1).await, "not paused");
 }
 
+/// A config (in `c`'s directory) naming any primary and replica r1, with the blobs task.
+fn pair_config(c: &Cluster, file: &str, primary: &str, replica: &str) -> std::path::PathBuf {
+    let cfg = c.dir.join(file);
+    let text = format!(
+        "[primary]\ndsn = \"{primary}\"\n[[replicas]]\nname = \"r1\"\ndsn = \"{replica}\"\n\
+         [results]\ndir = \"{}\"\n{}",
+        c.results_dir().display(),
+        blobs_task("")
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
 /// Bug: pgmaint never compared the replica with the primary. A replica DSN pointing at
 /// a standby of another cluster ran, and its rows were swapped into the primary. Now
 /// a replica of another cluster (system identifier), or of another history (timeline),
@@ -161,18 +174,7 @@ async fn replica_of_another_cluster_or_timeline_is_refused_before_the_lease() {
     let init = a.write_config("init.toml", "");
     a.run(&init, &["init"]).expect_code(0);
     // a's primary, b's replica.
-    let cfg = a.dir.join("mixed.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[primary]\ndsn = \"{}\"\n[[replicas]]\nname = \"r1\"\ndsn = \"{}\"\n[results]\ndir = \"{}\"\n{}",
-            a.primary_dsn(),
-            b.replica_dsn(1),
-            a.results_dir().display(),
-            blobs_task("")
-        ),
-    )
-    .unwrap();
+    let cfg = pair_config(&a, "mixed.toml", &a.primary_dsn(), &b.replica_dsn(1));
     for args in [&["run"][..], &["dump", "--out"][..]] {
         let mut args = args.to_vec();
         let out = a.dir.join("dump-out");
@@ -206,18 +208,7 @@ async fn replica_of_another_cluster_or_timeline_is_refused_before_the_lease() {
     r2.execute("SELECT pg_promote(true, 60)", &[])
         .await
         .unwrap();
-    let cfg = a.dir.join("timeline.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[primary]\ndsn = \"{}\"\n[[replicas]]\nname = \"r1\"\ndsn = \"{}\"\n[results]\ndir = \"{}\"\n{}",
-            a.replica_dsn(2),
-            a.replica_dsn(1),
-            a.results_dir().display(),
-            blobs_task("")
-        ),
-    )
-    .unwrap();
+    let cfg = pair_config(&a, "timeline.toml", &a.replica_dsn(2), &a.replica_dsn(1));
     let run = a.run(&cfg, &["run"]).expect_code(2);
     let line = run.error_line().unwrap();
     assert!(
