@@ -59,6 +59,16 @@ impl Work<'_> {
     }
 }
 
+/// A task checked against the replica's catalog, and its soft_timeout.
+type PreparedWithTimeout = (snapshot_runner::PreparedTask, Option<Duration>);
+
+/// The work, checked before the pause.
+enum Prepared {
+    Tasks(Vec<PreparedWithTimeout>),
+    /// The pg_dump binary to run.
+    Dump(PathBuf),
+}
+
 /// What a cycle did, for printing and for `--json`.
 #[derive(Debug, Serialize)]
 pub struct RunSummary {
@@ -524,31 +534,10 @@ impl<'a> Cycle<'a> {
     async fn paused_work(&mut self) -> Result<()> {
         let ctx = self.scan_context();
 
-        // 1. Check the tasks against the catalog, and create the run directory, before
-        //    pausing: a typo or a full disk never costs a pause.
-        let mut prepared = Vec::new();
-        let mut pg_dump = None;
-        match &self.work {
-            Work::Tasks(tasks) => {
-                for t in tasks.iter() {
-                    let p = snapshot_runner::prepare(&t.name, &t.spec, &ctx)
-                        .await
-                        .map_err(|e| match e {
-                            e if e.is_config() => anyhow!(UsageError(e.to_string())),
-                            e => anyhow!(e).context(format!("checking task {}", t.name)),
-                        })?;
-                    prepared.push((p, t.soft_timeout));
-                }
-                self.check_room(tasks, &prepared).await?;
-            }
-            Work::Dump(spec) => {
-                spec.check_out()?;
-                pg_dump = Some(dump::find_pg_dump(
-                    spec,
-                    self.replica.server_major().await?,
-                )?);
-            }
-        }
+        // 1. Check the tasks against the catalog (or the dump's output and pg_dump), and
+        //    create the run directory, before pausing: a typo or a full disk never
+        //    costs a pause.
+        let prepared = self.prepare(&ctx).await?;
         std::fs::create_dir_all(&self.cfg.results_dir)
             .with_context(|| format!("results.dir {}", self.cfg.results_dir.display()))?;
         std::fs::create_dir(&self.run_dir)
@@ -563,11 +552,11 @@ impl<'a> Cycle<'a> {
             bail!("{reason}");
         }
 
-        // 3. Pause and wait for 'paused'; record the snapshot.
-        // A dump reads every relation; tasks read theirs.
-        let relations: Option<Vec<(String, String)>> = match &self.work {
-            Work::Tasks(_) => Some(prepared.iter().flat_map(|(p, _)| p.relations()).collect()),
-            Work::Dump(_) => None,
+        // 3. Pause and wait for 'paused'; record the snapshot. A dump reads every
+        //    relation; tasks read theirs.
+        let relations: Option<Vec<(String, String)>> = match &prepared {
+            Prepared::Tasks(tasks) => Some(tasks.iter().flat_map(|(p, _)| p.relations()).collect()),
+            Prepared::Dump(_) => None,
         };
         let pause_started = Instant::now();
         self.pause_confirmed(relations.as_deref()).await?;
@@ -577,43 +566,11 @@ impl<'a> Cycle<'a> {
         //    until the caller resumes replay: through the scans, and through the calls
         //    to the primary after them, which may hang too.
         self.watchdog = Some(self.spawn_watchdog(snapshot.clone(), pause_started));
-        if let (Work::Dump(spec), Some(pg_dump)) = (&self.work, &pg_dump) {
-            let dumped = dump::run_pg_dump(
-                pg_dump,
-                &self.replica.config.dsn.config,
-                spec,
-                &ctx.application_name(),
-                self.cfg.scan.lock_timeout,
-                self.cfg.scan.progress_interval,
-                self.abort.token(),
-            )
-            .await;
-            if let Some(reason) = self.abort.reason() {
-                bail!("{reason}");
-            }
-            dumped?;
-            if let Some(why) = self.replica.snapshot_moved(&snapshot).await {
-                self.abort.trigger(AbortReason::SnapshotLost(why));
-                bail!("the dump is not of one snapshot; discard it");
-            }
-            let out = spec.out.clone();
-            let tx = self.primary.transaction().await?;
-            mark_succeeded(&tx, self.lease.run_id, &out).await?;
-            return tx.commit().await.context("recording the dump");
-        }
-        let cursors = self.task_cursors().await?;
-        for (task, soft_timeout) in &prepared {
-            if self.abort.reason().is_some() {
-                break;
-            }
-            let cursor = cursors.get(&task.name).map(String::as_str);
-            let report = task
-                .run(&ctx, soft_timeout.map(|d| Instant::now() + d), cursor)
-                .await;
-            tracing::info!(task = %report.name, status = report.status.as_str(), rows = report.rows_scanned,
-                           findings = report.findings, secs = report.elapsed.as_secs_f64(), "task finished");
-            self.reports.push(report);
-        }
+        let tasks = match prepared {
+            Prepared::Dump(pg_dump) => return self.dump(&ctx, &pg_dump, &snapshot).await,
+            Prepared::Tasks(tasks) => tasks,
+        };
+        self.run_tasks(&ctx, &tasks).await?;
         let scans_ended = Utc::now();
 
         // 5. Is the snapshot still the one we paused at?
@@ -643,13 +600,92 @@ impl<'a> Cycle<'a> {
         self.queue_uploads().await
     }
 
+    /// Step 1: the tasks checked against the replica's catalog, or the dump's output
+    /// directory checked and its pg_dump found.
+    async fn prepare(&self, ctx: &ScanContext) -> Result<Prepared> {
+        let tasks = match &self.work {
+            Work::Tasks(tasks) => tasks,
+            Work::Dump(spec) => {
+                spec.check_out()?;
+                let major = self.replica.server_major().await?;
+                return Ok(Prepared::Dump(dump::find_pg_dump(spec, major)?));
+            }
+        };
+        let mut prepared = Vec::new();
+        for t in tasks.iter() {
+            let p = snapshot_runner::prepare(&t.name, &t.spec, ctx)
+                .await
+                .map_err(|e| match e {
+                    e if e.is_config() => anyhow!(UsageError(e.to_string())),
+                    e => anyhow!(e).context(format!("checking task {}", t.name)),
+                })?;
+            prepared.push((p, t.soft_timeout));
+        }
+        self.check_room(tasks, &prepared).await?;
+        Ok(Prepared::Tasks(prepared))
+    }
+
+    /// Step 4 for a dump: pg_dump of the paused replica, its snapshot checked after,
+    /// recorded on the primary.
+    async fn dump(
+        &mut self,
+        ctx: &ScanContext,
+        pg_dump: &std::path::Path,
+        snapshot: &SnapshotInfo,
+    ) -> Result<()> {
+        let Work::Dump(spec) = &self.work else {
+            unreachable!("a dump's work is a dump")
+        };
+        let dumped = dump::run_pg_dump(
+            pg_dump,
+            &self.replica.config.dsn.config,
+            spec,
+            &ctx.application_name(),
+            self.cfg.scan.lock_timeout,
+            self.cfg.scan.progress_interval,
+            self.abort.token(),
+        )
+        .await;
+        if let Some(reason) = self.abort.reason() {
+            bail!("{reason}");
+        }
+        dumped?;
+        if let Some(why) = self.replica.snapshot_moved(snapshot).await {
+            self.abort.trigger(AbortReason::SnapshotLost(why));
+            bail!("the dump is not of one snapshot; discard it");
+        }
+        let out = spec.out.clone();
+        let tx = self.primary.transaction().await?;
+        mark_succeeded(&tx, self.lease.run_id, &out).await?;
+        tx.commit().await.context("recording the dump")
+    }
+
+    /// Step 4 for tasks: each in turn, from where its previous valid run stopped,
+    /// until all ran or the cycle is aborted.
+    async fn run_tasks(&mut self, ctx: &ScanContext, tasks: &[PreparedWithTimeout]) -> Result<()> {
+        let cursors = self.task_cursors().await?;
+        for (task, soft_timeout) in tasks {
+            if self.abort.reason().is_some() {
+                break;
+            }
+            let cursor = cursors.get(&task.name).map(String::as_str);
+            let report = task
+                .run(ctx, soft_timeout.map(|d| Instant::now() + d), cursor)
+                .await;
+            tracing::info!(task = %report.name, status = report.status.as_str(), rows = report.rows_scanned,
+                           findings = report.findings, secs = report.elapsed.as_secs_f64(), "task finished");
+            self.reports.push(report);
+        }
+        Ok(())
+    }
+
     /// What would fail only once paused, refused before: two tasks writing one file,
     /// and a task wanting more sessions than the replica has free (the watchdog and
     /// the control session need theirs too).
     async fn check_room(
         &self,
         tasks: &[&TaskConfig],
-        prepared: &[(snapshot_runner::PreparedTask, Option<Duration>)],
+        prepared: &[PreparedWithTimeout],
     ) -> Result<()> {
         let mut writers: std::collections::BTreeMap<String, &str> = Default::default();
         for (p, _) in prepared {
