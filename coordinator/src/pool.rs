@@ -1,0 +1,238 @@
+//! Which replica a cycle pauses, chosen with failover in mind.
+//!
+//! A replica pgmaint keeps paused is the worst failover candidate there is: promoting it
+//! first replays everything it received during the pause (xlogrecovery.c ends the pause
+//! on a promotion request, then replays the backlog before accepting writes). So the
+//! pool pauses, in order of preference, replicas that are never promoted
+//! (`failover_priority = 0`), then the one with the least backlog, and never one whose
+//! pause would leave fewer than `limits.keep_unpaused` failover candidates unpaused.
+//! [`choose`] is the whole policy, as a pure function.
+
+use std::fmt;
+
+/// One replica as the pool sees it right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaView {
+    /// `replicas[].name`.
+    pub name: String,
+    /// `replicas[].failover_priority`: 0 = never promoted.
+    pub failover_priority: u32,
+    /// Why it cannot be used at all (unreachable, fenced, diverged), if so.
+    pub unusable: Option<String>,
+    /// The run holding its lease, if any.
+    pub leased_by: Option<i64>,
+    /// `pg_is_in_recovery()`.
+    pub in_recovery: bool,
+    /// Its WAL receiver streams.
+    pub streaming: bool,
+    /// Replay is `not paused`.
+    pub unpaused: bool,
+    /// receive − replay, bytes.
+    pub backlog: u64,
+}
+
+/// Why a replica was not chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skipped {
+    /// Unreachable, fenced or diverged: the reason.
+    Unusable(String),
+    /// Another run holds its lease.
+    Leased(i64),
+    /// Not a standby (promoted?).
+    NotInRecovery,
+    /// Its WAL receiver does not stream.
+    NotStreaming,
+    /// Replay is paused or being paused by someone else.
+    Paused,
+    /// Backlog over `limits.max_replay_backlog` (bytes, limit).
+    Backlog(u64, u64),
+    /// Pausing it would leave fewer than `keep_unpaused` failover candidates unpaused
+    /// (how many would be left).
+    KeepUnpaused(usize, usize),
+    /// Another replica was preferred (failover priority, then backlog).
+    NotPreferred,
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Skipped::Unusable(why) => f.write_str(why),
+            Skipped::Leased(run) => write!(f, "in use by run {run}"),
+            Skipped::NotInRecovery => f.write_str("not in recovery (promoted?)"),
+            Skipped::NotStreaming => f.write_str("not streaming"),
+            Skipped::Paused => f.write_str("replay already paused by someone else"),
+            Skipped::Backlog(b, l) => write!(
+                f,
+                "replay backlog {} over limits.max_replay_backlog ({})",
+                crate::units::human_bytes(*b),
+                crate::units::human_bytes(*l)
+            ),
+            Skipped::KeepUnpaused(left, keep) => write!(
+                f,
+                "pausing it would leave {left} failover candidate(s) unpaused, under limits.keep_unpaused = {keep}"
+            ),
+            Skipped::NotPreferred => f.write_str("another replica is preferred"),
+        }
+    }
+}
+
+/// The pool's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// The replica to pause, if any may be.
+    pub chosen: Option<String>,
+    /// Every other replica, and why not.
+    pub skipped: Vec<(String, Skipped)>,
+}
+
+/// The default of `limits.keep_unpaused`: keep one failover candidate unpaused when
+/// there are two or more; with a single candidate, pausing it is the point.
+pub fn default_keep_unpaused(priorities: &[u32]) -> usize {
+    usize::from(priorities.iter().filter(|p| **p > 0).count() >= 2)
+}
+
+/// Choose the replica to pause among `replicas`.
+pub fn choose(replicas: &[ReplicaView], max_backlog: u64, keep_unpaused: usize) -> Choice {
+    // Failover candidates whose replay runs now: each one paused takes one away.
+    let unpaused_candidates = replicas
+        .iter()
+        .filter(|r| r.failover_priority > 0 && r.unusable.is_none() && r.in_recovery && r.unpaused)
+        .count();
+    let mut skipped = Vec::new();
+    let mut usable: Vec<&ReplicaView> = Vec::new();
+    for r in replicas {
+        let why = if let Some(u) = &r.unusable {
+            Some(Skipped::Unusable(u.clone()))
+        } else if let Some(run) = r.leased_by {
+            Some(Skipped::Leased(run))
+        } else if !r.in_recovery {
+            Some(Skipped::NotInRecovery)
+        } else if !r.unpaused {
+            Some(Skipped::Paused)
+        } else if !r.streaming {
+            Some(Skipped::NotStreaming)
+        } else if r.backlog > max_backlog {
+            Some(Skipped::Backlog(r.backlog, max_backlog))
+        } else if r.failover_priority > 0 && unpaused_candidates.saturating_sub(1) < keep_unpaused {
+            Some(Skipped::KeepUnpaused(
+                unpaused_candidates.saturating_sub(1),
+                keep_unpaused,
+            ))
+        } else {
+            None
+        };
+        match why {
+            Some(why) => skipped.push((r.name.clone(), why)),
+            None => usable.push(r),
+        }
+    }
+    usable.sort_by(|a, b| {
+        (a.failover_priority > 0, a.backlog, &a.name).cmp(&(
+            b.failover_priority > 0,
+            b.backlog,
+            &b.name,
+        ))
+    });
+    let chosen = usable.first().map(|r| r.name.clone());
+    skipped.extend(
+        usable
+            .iter()
+            .skip(1)
+            .map(|r| (r.name.clone(), Skipped::NotPreferred)),
+    );
+    skipped.sort_by(|a, b| a.0.cmp(&b.0));
+    Choice { chosen, skipped }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(name: &str, priority: u32) -> ReplicaView {
+        ReplicaView {
+            name: name.into(),
+            failover_priority: priority,
+            unusable: None,
+            leased_by: None,
+            in_recovery: true,
+            streaming: true,
+            unpaused: true,
+            backlog: 0,
+        }
+    }
+
+    fn chosen(replicas: &[ReplicaView], keep: usize) -> Option<String> {
+        choose(replicas, 1 << 30, keep).chosen
+    }
+
+    #[test]
+    fn the_pool_pauses_with_failover_in_mind() {
+        let two = [r("r1", 1), r("r2", 1)];
+        let keep = default_keep_unpaused(&[1, 1]);
+        assert_eq!(keep, 1);
+        // Either may go, the other stays a candidate: by name at equal backlog.
+        assert_eq!(chosen(&two, keep), Some("r1".into()));
+        // r1 leased (paused by a run): pausing r2 would leave no candidate unpaused.
+        let mut busy = two.clone();
+        busy[0].leased_by = Some(7);
+        busy[0].unpaused = false;
+        let c = choose(&busy, 1 << 30, keep);
+        assert_eq!(c.chosen, None);
+        assert_eq!(
+            c.skipped,
+            vec![
+                ("r1".into(), Skipped::Leased(7)),
+                ("r2".into(), Skipped::KeepUnpaused(0, 1))
+            ]
+        );
+        // A never-promoted replica is preferred, whatever its backlog, and pausing it
+        // costs no candidate.
+        let mut scan = [r("r1", 0), r("r2", 1)];
+        scan[0].backlog = 5000;
+        assert_eq!(chosen(&scan, 1), Some("r1".into()));
+        // Least backlog among candidates.
+        let mut lag = [r("a", 1), r("b", 1), r("c", 1)];
+        lag[0].backlog = 900;
+        lag[1].backlog = 100;
+        lag[2].backlog = 500;
+        let c = choose(&lag, 1 << 30, 1);
+        assert_eq!(c.chosen, Some("b".into()));
+        assert_eq!(c.skipped[0], ("a".into(), Skipped::NotPreferred));
+        // A single replica: pausing it is the point.
+        assert_eq!(default_keep_unpaused(&[1]), 0);
+        assert_eq!(chosen(&[r("r1", 1)], 0), Some("r1".into()));
+        assert_eq!(default_keep_unpaused(&[0, 1]), 0);
+    }
+
+    #[test]
+    fn the_pool_skips_what_cannot_be_paused_and_says_why() {
+        let mut v = [
+            r("a", 1),
+            r("b", 1),
+            r("c", 1),
+            r("d", 1),
+            r("e", 1),
+            r("f", 1),
+        ];
+        v[0].in_recovery = false;
+        v[1].streaming = false;
+        v[2].backlog = 2000;
+        v[3].unusable = Some("unreachable: connection refused".into());
+        v[4].unpaused = false;
+        let c = choose(&v, 1000, 0);
+        assert_eq!(c.chosen, Some("f".into()));
+        assert_eq!(
+            c.skipped,
+            vec![
+                ("a".into(), Skipped::NotInRecovery),
+                ("b".into(), Skipped::NotStreaming),
+                ("c".into(), Skipped::Backlog(2000, 1000)),
+                (
+                    "d".into(),
+                    Skipped::Unusable("unreachable: connection refused".into())
+                ),
+                ("e".into(), Skipped::Paused),
+            ]
+        );
+    }
+}
