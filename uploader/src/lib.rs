@@ -38,6 +38,7 @@ mod confirm;
 mod error;
 mod merge;
 mod queue;
+mod state;
 mod swap;
 mod target;
 mod worker;
@@ -45,6 +46,7 @@ mod worker;
 pub use error::UploadError;
 pub use queue::{
     cancel_task, enqueue, get_task, list_tasks, retry_task, ApplyKind, CancelOutcome, TaskRow,
-    UploadRequest, CHANNEL, STATES,
+    UploadRequest, CHANNEL,
 };
+pub use state::{UnknownUploadState, UploadState};
 pub use worker::{DrainStats, Worker};

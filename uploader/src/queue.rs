@@ -1,9 +1,7 @@
 //! The task table `pgmaint.upload_tasks`: enqueue, claim, heartbeat, complete, fail,
 //! rescue; and the operator's view of it (list, show, cancel, retry).
 //!
-//! States: `waiting` → `running` → `completed`, or back to `waiting` (retry with
-//! backoff), or `failed` (permanent error, attempts used up), `cancelled` (operator),
-//! `dropped` (a prerequisite ended failed, cancelled or dropped).
+//! States: see [`UploadState`].
 //!
 //! Fencing: a claim increments `attempts`; that number is the claim's token. Every
 //! write a worker makes to its task names (id, worker, attempts) and, to complete it,
@@ -17,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::{Client, GenericClient, Row, Statement, Transaction};
 
-use crate::UploadError;
+use crate::{UploadError, UploadState};
 
 /// How an upload is applied on the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,9 +305,13 @@ pub(crate) async fn fail(
     task: &Claimed,
     worker: &str,
     error: &UploadError,
-) -> Result<Option<&'static str>, UploadError> {
+) -> Result<Option<UploadState>, UploadError> {
     let permanent = error.is_permanent() || task.attempt >= task.max_attempts;
-    let state = if permanent { "failed" } else { "waiting" };
+    let state = if permanent {
+        UploadState::Failed
+    } else {
+        UploadState::Waiting
+    };
     let n = client
         .execute(
             "UPDATE pgmaint.upload_tasks
@@ -438,14 +440,14 @@ pub(crate) async fn rescue(client: &Client) -> Result<Rescued, UploadError> {
         .map_err(UploadError::db("rescuing tasks with expired leases"))?;
     let failed: Vec<i64> = rows
         .iter()
-        .filter(|r| r.get::<_, &str>(1) == "failed")
+        .filter(|r| r.get::<_, UploadState>(1) == UploadState::Failed)
         .map(|r| r.get(0))
         .collect();
     drop_dependents(client, &failed).await?;
     for r in &rows {
         tracing::warn!(
             task = r.get::<_, i64>(0),
-            now = r.get::<_, &str>(1),
+            now = r.get::<_, UploadState>(1).as_str(),
             "rescued a task whose lease expired"
         );
     }
@@ -479,8 +481,8 @@ pub struct TaskRow {
     pub apply_kind: String,
     /// Target table, for swap and merge.
     pub target: Option<String>,
-    /// `waiting`, `running`, `completed`, `failed`, `cancelled` or `dropped`.
-    pub state: String,
+    /// Its state (serialized as its text: `waiting`, `running`, …).
+    pub state: UploadState,
     /// Attempts made.
     pub attempts: i32,
     /// Attempts allowed.
@@ -548,31 +550,13 @@ impl TaskRow {
     }
 }
 
-/// The states a task can be in.
-pub const STATES: [&str; 6] = [
-    "waiting",
-    "running",
-    "completed",
-    "failed",
-    "cancelled",
-    "dropped",
-];
-
 /// Tasks, newest first, optionally only in `state` and/or of `run`; at most `limit`.
 pub async fn list_tasks(
     client: &Client,
-    state: Option<&str>,
+    state: Option<UploadState>,
     run: Option<i64>,
     limit: i64,
 ) -> Result<Vec<TaskRow>, UploadError> {
-    if let Some(s) = state {
-        if !STATES.contains(&s) {
-            return Err(UploadError::Refused(format!(
-                "--state: unknown state {s:?} (known: {})",
-                STATES.join(", ")
-            )));
-        }
-    }
     let rows = client
         .query(
             &format!(
@@ -628,7 +612,7 @@ pub async fn cancel_task(client: &Client, id: i64) -> Result<CancelOutcome, Uplo
         .await
         .map_err(UploadError::db("cancelling the upload task"))?;
     match row {
-        Some(r) if r.get::<_, &str>(0) == "waiting" => {
+        Some(r) if r.get::<_, UploadState>(0) == UploadState::Waiting => {
             drop_dependents(client, &[id]).await?;
             Ok(CancelOutcome::Cancelled)
         }
@@ -642,9 +626,6 @@ pub async fn cancel_task(client: &Client, id: i64) -> Result<CancelOutcome, Uplo
         }
     }
 }
-
-/// States a task never leaves by itself: its dependents can never run.
-const DEAD_END: [&str; 3] = ["failed", "cancelled", "dropped"];
 
 /// Put a failed, cancelled or dropped task back to waiting with its attempts reset,
 /// and with it the tasks that were dropped because of it. Returns the ids re-queued.
@@ -665,8 +646,8 @@ pub async fn retry_task(client: &mut Client, id: i64) -> Result<Vec<i64>, Upload
         .await
         .map_err(UploadError::db(what))?
         .ok_or_else(|| UploadError::Refused(format!("upload task {id} does not exist")))?;
-    let state: String = task.get(0);
-    if !DEAD_END.contains(&state.as_str()) {
+    let state: UploadState = task.get(0);
+    if !state.is_dead_end() {
         return Err(UploadError::Refused(format!(
             "upload task {id} is {state}; only a failed, cancelled or dropped task can be retried"
         )));
@@ -683,9 +664,9 @@ pub async fn retry_task(client: &mut Client, id: i64) -> Result<Vec<i64>, Upload
         .await
         .map_err(UploadError::db(what))?
         .into_iter()
-        .find(|r| DEAD_END.contains(&r.get::<_, &str>(3)));
+        .find(|r| r.get::<_, UploadState>(3).is_dead_end());
     if let Some(p) = blocked {
-        let (pid, prun, pname, pstate): (i64, i64, String, String) =
+        let (pid, prun, pname, pstate): (i64, i64, String, UploadState) =
             (p.get(0), p.get(1), p.get(2), p.get(3));
         // Up the chain through dropped tasks to the one that failed (or was cancelled).
         let head = tx
@@ -708,7 +689,7 @@ pub async fn retry_task(client: &mut Client, id: i64) -> Result<Vec<i64>, Upload
         );
         return Err(UploadError::Blocked(match head {
             Some(h) if h.get::<_, i64>(0) != pid => {
-                let (hid, hrun, hname, hstate): (i64, i64, String, String) =
+                let (hid, hrun, hname, hstate): (i64, i64, String, UploadState) =
                     (h.get(0), h.get(1), h.get(2), h.get(3));
                 format!(
                     "{prefix} because upload task {hid} (run {hrun}, task {hname}) is {hstate}; \
@@ -747,7 +728,7 @@ pub async fn retry_task(client: &mut Client, id: i64) -> Result<Vec<i64>, Upload
     let dead: std::collections::HashSet<i64> = tx
         .query(
             "SELECT id FROM pgmaint.upload_tasks WHERE id = ANY ($1) AND state = ANY ($2) FOR SHARE",
-            &[&outside, &DEAD_END.as_slice()],
+            &[&outside, &UploadState::DEAD_END.as_slice()],
         )
         .await
         .map_err(UploadError::db(what))?
@@ -783,7 +764,7 @@ pub async fn retry_task(client: &mut Client, id: i64) -> Result<Vec<i64>, Upload
                     worker = NULL, lease_expires_at = NULL, finished_at = NULL
               WHERE id = ANY ($1) AND state = ANY ($2)
              RETURNING id",
-            &[&requeue, &DEAD_END.as_slice()],
+            &[&requeue, &UploadState::DEAD_END.as_slice()],
         )
         .await
         .map_err(UploadError::db(what))?;

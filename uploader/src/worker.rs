@@ -12,7 +12,7 @@ use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 
 use crate::queue::{self, ApplyKind, Beat, Claimed};
-use crate::{apply, UploadError};
+use crate::{apply, UploadError, UploadState};
 
 /// Applies queued uploads on the primary.
 pub struct Worker {
@@ -437,11 +437,11 @@ impl Worker {
         stats: &Mutex<DrainStats>,
         task: &Claimed,
         e: &UploadError,
-        state: Option<&'static str>,
+        state: Option<UploadState>,
     ) {
         let mut s = stats.lock().expect("stats lock");
         match state {
-            Some("failed") => {
+            Some(UploadState::Failed) => {
                 s.failed += 1;
                 tracing::error!(task = task.id, run = task.run_id, name = %task.task_name, error = %e, "upload failed for good");
             }
