@@ -36,17 +36,26 @@
 mod apply;
 mod confirm;
 mod error;
+mod listener;
 mod merge;
 mod queue;
+mod reconnect;
+mod rescuer;
+mod slot;
 mod state;
 mod swap;
 mod target;
+mod wake;
 mod worker;
 
 pub use error::UploadError;
+pub use listener::Listener;
 pub use queue::{
     cancel_task, enqueue, get_task, list_tasks, retry_task, ApplyKind, CancelOutcome, TaskRow,
     UploadRequest, CHANNEL,
 };
+pub use rescuer::Rescuer;
+pub use slot::{DrainStats, Slot, WorkerMode};
 pub use state::{UnknownUploadState, UploadState};
-pub use worker::{DrainStats, Worker};
+pub use wake::Wake;
+pub use worker::{run_slots, Worker};
