@@ -31,6 +31,26 @@
 //! println!("{} applied, {} failed", stats.completed, stats.failed);
 //! # Ok(()) }
 //! ```
+//!
+//! The worker is made of parts, each a service that runs until its token is
+//! cancelled: a [`Listener`] (LISTEN/NOTIFY) that wakes idle slots, a [`Rescuer`] for
+//! expired leases, and [`Slot`]s that claim, apply and record. [`Worker::run`] and
+//! [`Worker::drain`] compose them; a process that hosts them next to other services
+//! (a scheduler) can compose them itself, under its own token:
+//!
+//! ```no_run
+//! # async fn example(worker: uploader::Worker) -> Result<(), uploader::UploadError> {
+//! use tokio_util::sync::CancellationToken;
+//! use uploader::{Wake, WorkerMode};
+//!
+//! let shutdown = CancellationToken::new();
+//! let wake = Wake::new();
+//! tokio::spawn(worker.listener(&wake).run(shutdown.clone()));
+//! tokio::spawn(worker.rescuer(&wake, WorkerMode::Serve).run(shutdown.clone()));
+//! let slots = worker.slots(&wake, WorkerMode::Serve);
+//! let stats = uploader::run_slots(slots, shutdown.clone()).await?;
+//! # Ok(()) }
+//! ```
 #![warn(missing_docs)]
 
 mod apply;
