@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use pgmaint_e2e::*;
 use serde_json::{json, Value};
 use tokio_postgres::Client;
+use uploader::{ApplyKind, UploadRequest};
 
 /// A cluster (primary only: the uploader never touches a replica), its config, and
 /// a connection to the primary.
@@ -33,6 +34,9 @@ async fn setup(name: &str, uploader_toml: &str) -> Fx {
     Fx { c, cfg, p }
 }
 
+/// `uploader.max_attempts` when the config leaves it out.
+const MAX_ATTEMPTS: i32 = 5;
+
 /// One result file of a fake run.
 struct FileSpec {
     task: String,
@@ -51,8 +55,8 @@ fn csv_columns(csv: &str) -> Vec<String> {
 }
 
 /// A run recorded as succeeded on the primary, its files and manifest under
-/// results.dir, and its upload tasks queued (chained in order, with the files' MD5
-/// and size, like `enqueue`).
+/// results.dir, and its upload tasks queued by the queue's own `enqueue` (chained in
+/// order, with the files' MD5 and size).
 /// Returns (run id, task ids).
 async fn fake_run(fx: &Fx, files: &[FileSpec]) -> (i64, Vec<i64>) {
     let row = fx
@@ -89,23 +93,25 @@ async fn fake_run(fx: &Fx, files: &[FileSpec]) -> (i64, Vec<i64>) {
         serde_json::to_vec_pretty(&manifest).unwrap(),
     )
     .unwrap();
-    let mut ids: Vec<i64> = Vec::new();
-    for f in files {
-        let deps: Vec<i64> = ids.last().copied().into_iter().collect();
-        let id: i64 = fx
-            .p
-            .query_one(
-                "INSERT INTO pgmaint.upload_tasks (run_id, task_name, apply_kind, file, manifest, params, depends_on, target,
-                                                   file_md5, file_size)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $6::jsonb ->> 'target', $8, $9) RETURNING id",
-                &[&run_id, &f.task, &f.kind, &format!("{run_id}/{}.csv", f.task), &format!("{run_id}/manifest.json"), &f.params, &deps,
-                  &md5_hex(f.csv.as_bytes()), &(f.csv.len() as i64)],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        ids.push(id);
-    }
+    let uploads: Vec<UploadRequest> = files
+        .iter()
+        .map(|f| UploadRequest {
+            task_name: f.task.clone(),
+            kind: ApplyKind::parse(f.kind)
+                .unwrap_or_else(|| panic!("unknown apply kind {}", f.kind)),
+            file: format!("{run_id}/{}.csv", f.task),
+            manifest: format!("{run_id}/manifest.json"),
+            params: f.params.clone(),
+            file_md5: md5_hex(f.csv.as_bytes()),
+            file_size: f.csv.len() as i64,
+        })
+        .collect();
+    let mut queue = fx.c.primary().await;
+    let tx = queue.transaction().await.unwrap();
+    let ids = uploader::enqueue(&tx, run_id, &uploads, MAX_ATTEMPTS)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
     (run_id, ids)
 }
 
@@ -188,6 +194,63 @@ async fn wait_apply_blocked(p: &Client) {
         },
     )
     .await;
+}
+
+/// A session on the primary in an open transaction that has run `sql`: it holds the
+/// locks `sql` took until it commits.
+async fn session_holding(fx: &Fx, sql: &str) -> Client {
+    let session = fx.c.primary().await;
+    session
+        .batch_execute(&format!("BEGIN; {sql}"))
+        .await
+        .unwrap();
+    session
+}
+
+/// A reader of `table` in an open transaction. A swap into `table` builds its staging
+/// table, then waits for its exclusive lock until the reader commits.
+async fn reader_of(fx: &Fx, table: &str) -> Client {
+    session_holding(fx, &format!("SELECT count(*) FROM {table}")).await
+}
+
+/// A session holding `table` IN SHARE MODE. A merge into `table` loads its rows, then
+/// its INSERT waits until the session commits.
+async fn share_lock_on(fx: &Fx, table: &str) -> Client {
+    session_holding(fx, &format!("LOCK TABLE {table} IN SHARE MODE")).await
+}
+
+/// Start `pgmaint uploader args…` (logging under `tag`) and wait until its apply
+/// blocks on a lock.
+async fn spawn_blocked_uploader(fx: &Fx, tag: &str, args: &[&str]) -> Child {
+    let uploader = spawn_uploader(fx, tag, args);
+    wait_apply_blocked(&fx.p).await;
+    uploader
+}
+
+/// A swap blocked behind a reader: a session reads `table` in an open transaction, then
+/// an uploader starts and its swap into `table` waits for its exclusive lock. Returns
+/// the reader (its COMMIT lets the swap go on) and the uploader.
+async fn swap_blocked_behind_a_reader(
+    fx: &Fx,
+    table: &str,
+    tag: &str,
+    args: &[&str],
+) -> (Client, Child) {
+    let reader = reader_of(fx, table).await;
+    (reader, spawn_blocked_uploader(fx, tag, args).await)
+}
+
+/// A merge blocked behind a lock: a session holds `table` IN SHARE MODE, then an
+/// uploader starts and its merge into `table` waits at its INSERT. Returns the lock
+/// holder (its COMMIT lets the merge go on) and the uploader.
+async fn merge_blocked_behind_a_lock(
+    fx: &Fx,
+    table: &str,
+    tag: &str,
+    args: &[&str],
+) -> (Client, Child) {
+    let holder = share_lock_on(fx, table).await;
+    (holder, spawn_blocked_uploader(fx, tag, args).await)
 }
 
 /// A target for merges whose BEFORE INSERT trigger logs every row an apply proposes
@@ -321,13 +384,7 @@ async fn killed_uploader_leaves_no_partial_rows_and_task_is_rescued() {
     let (_, ids) = fake_run(&fx, &[merge_file("load", "public.k", rows_csv(0, 5000))]).await;
     // Hold a lock that the merge's INSERT conflicts with: the apply COPYs its 5,000
     // rows into its load table, then blocks.
-    let holder = fx.c.primary().await;
-    holder
-        .batch_execute("BEGIN; LOCK TABLE k IN SHARE MODE")
-        .await
-        .unwrap();
-    let mut w = spawn_uploader(&fx, "killed", &["--slots", "1"]);
-    wait_apply_blocked(&fx.p).await;
+    let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "k", "killed", &["--slots", "1"]).await;
     assert_eq!(task_state(&fx.p, ids[0]).await, "running");
     let killed_worker: String =
         fx.p.query_one(
@@ -392,13 +449,9 @@ async fn uploader_reconnects_after_primary_restart_and_finishes() {
         .await
         .unwrap();
     let (_, ids) = fake_run(&fx, &[merge_file("load", "public.rs", rows_csv(0, 2000))]).await;
-    let holder = fx.c.primary().await;
-    holder
-        .batch_execute("BEGIN; LOCK TABLE rs IN SHARE MODE")
-        .await
-        .unwrap();
-    let mut w = spawn_uploader(&fx, "restart", &["--slots", "1"]);
-    wait_apply_blocked(&fx.p).await;
+    // The lock holder stays until the restart ends it.
+    let (_holder, mut w) =
+        merge_blocked_behind_a_lock(&fx, "rs", "restart", &["--slots", "1"]).await;
     assert_eq!(task_state(&fx.p, ids[0]).await, "running");
 
     fx.c.server("restart", "primary"); // ends the lock holder and the apply alike
@@ -913,13 +966,7 @@ async fn cancel_stops_a_running_apply() {
         .await
         .unwrap();
     let (_, ids) = fake_run(&fx, &[merge_file("load", "public.cn", rows_csv(0, 100))]).await;
-    let holder = fx.c.primary().await;
-    holder
-        .batch_execute("BEGIN; LOCK TABLE cn IN SHARE MODE")
-        .await
-        .unwrap();
-    let mut w = spawn_uploader(&fx, "cancel", &["--slots", "1"]);
-    wait_apply_blocked(&fx.p).await;
+    let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "cn", "cancel", &["--slots", "1"]).await;
     let out =
         fx.c.run(&fx.cfg, &["tasks", "cancel", &ids[0].to_string()])
             .expect_code(0);
@@ -1076,13 +1123,7 @@ async fn a_worker_whose_lease_expired_cannot_complete_its_task() {
     .await;
     // Worker A's swap blocks on LOCK TABLE behind a reader; then A freezes (SIGSTOP),
     // so its heartbeats stop and its lease expires.
-    let reader = fx.c.primary().await;
-    reader
-        .batch_execute("BEGIN; SELECT count(*) FROM fz")
-        .await
-        .unwrap();
-    let mut a = spawn_uploader(&fx, "a", &["--slots", "1"]);
-    wait_apply_blocked(&fx.p).await;
+    let (reader, mut a) = swap_blocked_behind_a_reader(&fx, "fz", "a", &["--slots", "1"]).await;
     let a_worker: String =
         fx.p.query_one(
             "SELECT worker FROM pgmaint.upload_tasks WHERE id = $1",
@@ -1184,13 +1225,7 @@ async fn heartbeats_keep_a_long_apply_alive() {
         .await
         .unwrap();
     let (_, ids) = fake_run(&fx, &[merge_file("load", "public.hb", rows_csv(0, 100))]).await;
-    let holder = fx.c.primary().await;
-    holder
-        .batch_execute("BEGIN; LOCK TABLE hb IN SHARE MODE")
-        .await
-        .unwrap();
-    let mut w = spawn_uploader(&fx, "hb", &["--slots", "1"]);
-    wait_apply_blocked(&fx.p).await;
+    let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "hb", "hb", &["--slots", "1"]).await;
     tokio::time::sleep(Duration::from_secs(3)).await; // three leases long
     assert_eq!(task_state(&fx.p, ids[0]).await, "running");
     holder.batch_execute("COMMIT").await.unwrap();
@@ -1225,11 +1260,7 @@ async fn lock_timeouts_are_retried_with_backoff_until_attempts_run_out() {
     )
     .await
     .unwrap();
-    let holder = fx.c.primary().await;
-    holder
-        .batch_execute("BEGIN; LOCK TABLE bo IN SHARE MODE")
-        .await
-        .unwrap();
+    let holder = share_lock_on(&fx, "bo").await;
 
     // Attempt 1: the lock waits time out (retried inside the apply, then given up):
     // back to waiting, due only after a backoff.
@@ -1331,16 +1362,10 @@ async fn sigterm_finishes_the_task_in_hand_or_releases_it() {
     fx.p.batch_execute("CREATE TABLE st (id bigint PRIMARY KEY, v text)")
         .await
         .unwrap();
-    let holder = fx.c.primary().await;
 
     // 1. The task in hand finishes within the grace period: applied, then exit 0.
     let (_, first) = fake_run(&fx, &[merge_file("load", "public.st", rows_csv(0, 10))]).await;
-    holder
-        .batch_execute("BEGIN; LOCK TABLE st IN SHARE MODE")
-        .await
-        .unwrap();
-    let mut w = spawn_uploader(&fx, "finish", &["--slots", "1"]);
-    wait_apply_blocked(&fx.p).await;
+    let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "st", "finish", &["--slots", "1"]).await;
     signal(w.id(), "TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
     holder.batch_execute("COMMIT").await.unwrap();
@@ -1356,12 +1381,8 @@ async fn sigterm_finishes_the_task_in_hand_or_releases_it() {
     // 2. It does not finish in time: rolled back and released (the attempt does not
     //    count), then exit 0; the next worker applies it.
     let (_, second) = fake_run(&fx, &[merge_file("load", "public.st", rows_csv(10, 20))]).await;
-    holder
-        .batch_execute("BEGIN; LOCK TABLE st IN SHARE MODE")
-        .await
-        .unwrap();
-    let mut w = spawn_uploader(&fx, "release", &["--slots", "1"]);
-    wait_apply_blocked(&fx.p).await;
+    let (holder, mut w) =
+        merge_blocked_behind_a_lock(&fx, "st", "release", &["--slots", "1"]).await;
     signal(w.id(), "TERM");
     assert_eq!(
         wait_exit(&mut w, Duration::from_secs(20)),
@@ -1474,13 +1495,7 @@ async fn rescuer_fails_a_task_whose_attempts_are_used_up_and_drops_its_dependent
     )
     .await
     .unwrap();
-    let holder = fx.c.primary().await;
-    holder
-        .batch_execute("BEGIN; LOCK TABLE rf IN SHARE MODE")
-        .await
-        .unwrap();
-    let mut w = spawn_uploader(&fx, "killed", &["--slots", "1"]);
-    wait_apply_blocked(&fx.p).await;
+    let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "rf", "killed", &["--slots", "1"]).await;
     w.kill().unwrap();
     w.wait().unwrap();
     holder.batch_execute("COMMIT").await.unwrap();
@@ -1550,13 +1565,10 @@ async fn long_running_uploader_over_tls() {
         || async { task_state(&fx.p, ids[0]).await == "completed" },
     )
     .await;
-    // A cancel of a running apply goes through a (TLS) cancel request.
+    // A cancel of a running apply goes through a (TLS) cancel request. The lock comes
+    // first: queueing notifies, and the uploader would apply the task before it.
+    let holder = share_lock_on(&fx, "tl").await;
     let (_, ids) = fake_run(&fx, &[merge_file("load", "public.tl", rows_csv(10, 20))]).await;
-    let holder = fx.c.primary().await;
-    holder
-        .batch_execute("BEGIN; LOCK TABLE tl IN SHARE MODE")
-        .await
-        .unwrap();
     fx.p.execute("SELECT pg_notify('pgmaint_upload', 'test')", &[])
         .await
         .unwrap();
@@ -1825,13 +1837,7 @@ async fn an_older_swap_racing_a_newer_one_is_superseded() {
     .await
     .unwrap();
     // A reader holds the target: the newer swap blocks on LOCK TABLE.
-    let reader = fx.c.primary().await;
-    reader
-        .batch_execute("BEGIN; SELECT count(*) FROM sr")
-        .await
-        .unwrap();
-    let mut a = spawn_uploader(&fx, "new", &["--slots", "1"]);
-    wait_apply_blocked(&fx.p).await;
+    let (reader, mut a) = swap_blocked_behind_a_reader(&fx, "sr", "new", &["--slots", "1"]).await;
     // The older one, on another uploader: it blocks on the materializations row.
     fx.p.execute(
         "UPDATE pgmaint.upload_tasks SET not_before = now() WHERE run_id = $1",
@@ -1923,13 +1929,8 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
     )
     .await;
     // The test holds the target; the swap builds its staging table, then waits.
-    let holder = fx.c.primary().await;
-    holder
-        .batch_execute("BEGIN; SELECT count(*) FROM ix")
-        .await
-        .unwrap();
-    let mut once = spawn_uploader(&fx, "race", &["--once", "--slots", "1"]);
-    wait_apply_blocked(&fx.p).await;
+    let (holder, mut once) =
+        swap_blocked_behind_a_reader(&fx, "ix", "race", &["--once", "--slots", "1"]).await;
     // Meanwhile an index is built on the target (the holder already holds a lock on
     // it, so it does not queue behind the swap's request).
     holder
@@ -1995,12 +1996,8 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
         }],
     )
     .await;
-    holder
-        .batch_execute("BEGIN; SELECT count(*) FROM ix")
-        .await
-        .unwrap();
-    let mut once = spawn_uploader(&fx, "race-view", &["--once", "--slots", "1"]);
-    wait_apply_blocked(&fx.p).await;
+    let (holder, mut once) =
+        swap_blocked_behind_a_reader(&fx, "ix", "race-view", &["--once", "--slots", "1"]).await;
     holder
         .batch_execute("CREATE VIEW ix_view AS SELECT * FROM ix; COMMIT")
         .await

@@ -31,22 +31,51 @@
 //! println!("{} applied, {} failed", stats.completed, stats.failed);
 //! # Ok(()) }
 //! ```
+//!
+//! The worker is made of parts, each a service that runs until its token is
+//! cancelled: a [`Listener`] (LISTEN/NOTIFY) that wakes idle slots, a [`Rescuer`] for
+//! expired leases, and [`Slot`]s that claim, apply and record. [`Worker::run`] and
+//! [`Worker::drain`] compose them; a process that hosts them next to other services
+//! (a scheduler) can compose them itself, under its own token:
+//!
+//! ```no_run
+//! # async fn example(worker: uploader::Worker) -> Result<(), uploader::UploadError> {
+//! use tokio_util::sync::CancellationToken;
+//! use uploader::{Wake, WorkerMode};
+//!
+//! let shutdown = CancellationToken::new();
+//! let wake = Wake::new();
+//! tokio::spawn(worker.listener(&wake).run(shutdown.clone()));
+//! tokio::spawn(worker.rescuer(&wake, WorkerMode::Serve).run(shutdown.clone()));
+//! let slots = worker.slots(&wake, WorkerMode::Serve);
+//! let stats = uploader::run_slots(slots, shutdown.clone()).await?;
+//! # Ok(()) }
+//! ```
 #![warn(missing_docs)]
 
 mod apply;
 mod confirm;
 mod error;
+mod listener;
 mod merge;
 mod queue;
-pub mod run_state;
+mod reconnect;
+mod rescuer;
+mod slot;
+mod state;
 mod swap;
 mod target;
+mod wake;
 mod worker;
 
 pub use error::UploadError;
+pub use listener::Listener;
 pub use queue::{
     cancel_task, enqueue, get_task, list_tasks, retry_task, ApplyKind, CancelOutcome, TaskRow,
-    UploadRequest, CHANNEL, STATES,
+    UploadRequest, CHANNEL,
 };
-pub use run_state::RunState;
-pub use worker::{DrainStats, Worker};
+pub use rescuer::Rescuer;
+pub use slot::{DrainStats, Slot, WorkerMode};
+pub use state::{RunState, UnknownUploadState, UploadState};
+pub use wake::Wake;
+pub use worker::{run_slots, Worker};

@@ -1,9 +1,7 @@
 //! The task table `pgmaint.upload_tasks`: enqueue, claim, heartbeat, complete, fail,
 //! rescue; and the operator's view of it (list, show, cancel, retry).
 //!
-//! States: `waiting` → `running` → `completed`, or back to `waiting` (retry with
-//! backoff), or `failed` (permanent error, attempts used up), `cancelled` (operator),
-//! `dropped` (a prerequisite ended failed, cancelled or dropped).
+//! States: see [`UploadState`].
 //!
 //! Fencing: a claim increments `attempts`; that number is the claim's token. Every
 //! write a worker makes to its task names (id, worker, attempts) and, to complete it,
@@ -11,13 +9,14 @@
 //! a worker whose lease expired (and whose task a rescuer gave to someone else) can
 //! never commit its apply.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::{Client, GenericClient, Row, Statement, Transaction};
 
-use crate::UploadError;
+use crate::{UploadError, UploadState};
 
 /// How an upload is applied on the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,9 +306,13 @@ pub(crate) async fn fail(
     task: &Claimed,
     worker: &str,
     error: &UploadError,
-) -> Result<Option<&'static str>, UploadError> {
+) -> Result<Option<UploadState>, UploadError> {
     let permanent = error.is_permanent() || task.attempt >= task.max_attempts;
-    let state = if permanent { "failed" } else { "waiting" };
+    let state = if permanent {
+        UploadState::Failed
+    } else {
+        UploadState::Waiting
+    };
     let n = client
         .execute(
             "UPDATE pgmaint.upload_tasks
@@ -438,14 +441,14 @@ pub(crate) async fn rescue(client: &Client) -> Result<Rescued, UploadError> {
         .map_err(UploadError::db("rescuing tasks with expired leases"))?;
     let failed: Vec<i64> = rows
         .iter()
-        .filter(|r| r.get::<_, &str>(1) == "failed")
+        .filter(|r| r.get::<_, UploadState>(1) == UploadState::Failed)
         .map(|r| r.get(0))
         .collect();
     drop_dependents(client, &failed).await?;
     for r in &rows {
         tracing::warn!(
             task = r.get::<_, i64>(0),
-            now = r.get::<_, &str>(1),
+            now = r.get::<_, UploadState>(1).as_str(),
             "rescued a task whose lease expired"
         );
     }
@@ -479,8 +482,8 @@ pub struct TaskRow {
     pub apply_kind: String,
     /// Target table, for swap and merge.
     pub target: Option<String>,
-    /// `waiting`, `running`, `completed`, `failed`, `cancelled` or `dropped`.
-    pub state: String,
+    /// Its state (serialized as its text: `waiting`, `running`, …).
+    pub state: UploadState,
     /// Attempts made.
     pub attempts: i32,
     /// Attempts allowed.
@@ -548,31 +551,13 @@ impl TaskRow {
     }
 }
 
-/// The states a task can be in.
-pub const STATES: [&str; 6] = [
-    "waiting",
-    "running",
-    "completed",
-    "failed",
-    "cancelled",
-    "dropped",
-];
-
 /// Tasks, newest first, optionally only in `state` and/or of `run`; at most `limit`.
 pub async fn list_tasks(
     client: &Client,
-    state: Option<&str>,
+    state: Option<UploadState>,
     run: Option<i64>,
     limit: i64,
 ) -> Result<Vec<TaskRow>, UploadError> {
-    if let Some(s) = state {
-        if !STATES.contains(&s) {
-            return Err(UploadError::Refused(format!(
-                "--state: unknown state {s:?} (known: {})",
-                STATES.join(", ")
-            )));
-        }
-    }
     let rows = client
         .query(
             &format!(
@@ -628,7 +613,7 @@ pub async fn cancel_task(client: &Client, id: i64) -> Result<CancelOutcome, Uplo
         .await
         .map_err(UploadError::db("cancelling the upload task"))?;
     match row {
-        Some(r) if r.get::<_, &str>(0) == "waiting" => {
+        Some(r) if r.get::<_, UploadState>(0) == UploadState::Waiting => {
             drop_dependents(client, &[id]).await?;
             Ok(CancelOutcome::Cancelled)
         }
@@ -643,9 +628,6 @@ pub async fn cancel_task(client: &Client, id: i64) -> Result<CancelOutcome, Uplo
     }
 }
 
-/// States a task never leaves by itself: its dependents can never run.
-const DEAD_END: [&str; 3] = ["failed", "cancelled", "dropped"];
-
 /// Put a failed, cancelled or dropped task back to waiting with its attempts reset,
 /// and with it the tasks that were dropped because of it. Returns the ids re-queued.
 ///
@@ -655,22 +637,53 @@ const DEAD_END: [&str; 3] = ["failed", "cancelled", "dropped"];
 /// changes. A dropped dependent that has such a prerequisite of its own, outside what
 /// is re-queued, stays dropped.
 pub async fn retry_task(client: &mut Client, id: i64) -> Result<Vec<i64>, UploadError> {
-    let what = "retrying the upload task";
-    let tx = client.transaction().await.map_err(UploadError::db(what))?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(UploadError::db(RETRYING))?;
     let task = tx
         .query_opt(
             "SELECT state, depends_on, run_id, task_name FROM pgmaint.upload_tasks WHERE id = $1 FOR UPDATE",
             &[&id],
         )
         .await
-        .map_err(UploadError::db(what))?
+        .map_err(UploadError::db(RETRYING))?
         .ok_or_else(|| UploadError::Refused(format!("upload task {id} does not exist")))?;
-    let state: String = task.get(0);
-    if !DEAD_END.contains(&state.as_str()) {
+    let state: UploadState = task.get(0);
+    if !state.is_dead_end() {
         return Err(UploadError::Refused(format!(
             "upload task {id} is {state}; only a failed, cancelled or dropped task can be retried"
         )));
     }
+    refuse_if_blocked(&tx, id, &task).await?;
+    let closure = dropped_because_of(&tx, id).await?;
+    let dead = dead_prerequisites(&tx, &closure).await?;
+    let requeue = runnable_again(&closure, &dead);
+    let rows = tx
+        .query(
+            "UPDATE pgmaint.upload_tasks
+                SET state = 'waiting', attempts = 0, not_before = now(), cancel_requested = false,
+                    worker = NULL, lease_expires_at = NULL, finished_at = NULL
+              WHERE id = ANY ($1) AND state = ANY ($2)
+             RETURNING id",
+            &[&requeue, &UploadState::DEAD_END.as_slice()],
+        )
+        .await
+        .map_err(UploadError::db(RETRYING))?;
+    notify(&tx).await?;
+    tx.commit().await.map_err(UploadError::db(RETRYING))?;
+    let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// What [`retry_task`] and its steps are doing, for their errors.
+const RETRYING: &str = "retrying the upload task";
+
+/// Refuse to retry task `id` (`task`: its state, prerequisites, run and name) while
+/// one of its prerequisites is failed, cancelled or dropped, naming the task to retry
+/// instead.
+async fn refuse_if_blocked(tx: &Transaction<'_>, id: i64, task: &Row) -> Result<(), UploadError> {
     let depends_on: Vec<i64> = task.get(1);
     // FOR SHARE: a prerequisite cannot fail (and drop its dependents, which only
     // touches waiting ones) between this check and the commit.
@@ -681,47 +694,55 @@ pub async fn retry_task(client: &mut Client, id: i64) -> Result<Vec<i64>, Upload
             &[&depends_on],
         )
         .await
-        .map_err(UploadError::db(what))?
+        .map_err(UploadError::db(RETRYING))?
         .into_iter()
-        .find(|r| DEAD_END.contains(&r.get::<_, &str>(3)));
-    if let Some(p) = blocked {
-        let (pid, prun, pname, pstate): (i64, i64, String, String) =
-            (p.get(0), p.get(1), p.get(2), p.get(3));
-        // Up the chain through dropped tasks to the one that failed (or was cancelled).
-        let head = tx
-            .query_opt(
-                "WITH RECURSIVE up(id) AS (
-                     SELECT $1::bigint
-                     UNION
-                     SELECT d FROM up JOIN pgmaint.upload_tasks t ON t.id = up.id AND t.state = 'dropped',
-                            unnest(t.depends_on) d)
-                 SELECT t.id, t.run_id, t.task_name, t.state FROM up JOIN pgmaint.upload_tasks t ON t.id = up.id
-                  WHERE t.state IN ('failed', 'cancelled') ORDER BY t.id LIMIT 1",
-                &[&pid],
+        .find(|r| r.get::<_, UploadState>(3).is_dead_end());
+    let Some(p) = blocked else {
+        return Ok(());
+    };
+    let (pid, prun, pname, pstate): (i64, i64, String, UploadState) =
+        (p.get(0), p.get(1), p.get(2), p.get(3));
+    // Up the chain through dropped tasks to the one that failed (or was cancelled).
+    let head = tx
+        .query_opt(
+            "WITH RECURSIVE up(id) AS (
+                 SELECT $1::bigint
+                 UNION
+                 SELECT d FROM up JOIN pgmaint.upload_tasks t ON t.id = up.id AND t.state = 'dropped',
+                        unnest(t.depends_on) d)
+             SELECT t.id, t.run_id, t.task_name, t.state FROM up JOIN pgmaint.upload_tasks t ON t.id = up.id
+              WHERE t.state IN ('failed', 'cancelled') ORDER BY t.id LIMIT 1",
+            &[&pid],
+        )
+        .await
+        .map_err(UploadError::db(RETRYING))?;
+    let (run, name): (i64, String) = (task.get(2), task.get(3));
+    let prefix = format!(
+        "upload task {id} (run {run}, task {name}) cannot be retried: its prerequisite upload task {pid} \
+         (run {prun}, task {pname}) is {pstate}"
+    );
+    Err(UploadError::Blocked(match head {
+        Some(h) if h.get::<_, i64>(0) != pid => {
+            let (hid, hrun, hname, hstate): (i64, i64, String, UploadState) =
+                (h.get(0), h.get(1), h.get(2), h.get(3));
+            format!(
+                "{prefix} because upload task {hid} (run {hrun}, task {hname}) is {hstate}; \
+                 retry task {hid} first (that re-queues the tasks dropped because of it)"
             )
-            .await
-            .map_err(UploadError::db(what))?;
-        let (run, name): (i64, String) = (task.get(2), task.get(3));
-        let prefix = format!(
-            "upload task {id} (run {run}, task {name}) cannot be retried: its prerequisite upload task {pid} \
-             (run {prun}, task {pname}) is {pstate}"
-        );
-        return Err(UploadError::Blocked(match head {
-            Some(h) if h.get::<_, i64>(0) != pid => {
-                let (hid, hrun, hname, hstate): (i64, i64, String, String) =
-                    (h.get(0), h.get(1), h.get(2), h.get(3));
-                format!(
-                    "{prefix} because upload task {hid} (run {hrun}, task {hname}) is {hstate}; \
-                     retry task {hid} first (that re-queues the tasks dropped because of it)"
-                )
-            }
-            _ => format!(
-                "{prefix}; retry task {pid} first (that re-queues the tasks dropped because of it)"
-            ),
-        }));
-    }
-    // The task and, transitively, the tasks dropped because of it.
-    let closure: Vec<(i64, Vec<i64>)> = tx
+        }
+        _ => format!(
+            "{prefix}; retry task {pid} first (that re-queues the tasks dropped because of it)"
+        ),
+    }))
+}
+
+/// Task `id` and, transitively, the tasks dropped because of it, each with its
+/// prerequisites; locked.
+async fn dropped_because_of(
+    tx: &Transaction<'_>,
+    id: i64,
+) -> Result<Vec<(i64, Vec<i64>)>, UploadError> {
+    Ok(tx
         .query(
             "WITH RECURSIVE again(id) AS (
                  SELECT $1::bigint
@@ -733,29 +754,40 @@ pub async fn retry_task(client: &mut Client, id: i64) -> Result<Vec<i64>, Upload
             &[&id],
         )
         .await
-        .map_err(UploadError::db(what))?
+        .map_err(UploadError::db(RETRYING))?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    // Prerequisites outside the closure that can never complete.
-    let inside: std::collections::HashSet<i64> = closure.iter().map(|(i, _)| *i).collect();
+        .collect())
+}
+
+/// The prerequisites of `closure`'s tasks, outside it, that can never complete.
+async fn dead_prerequisites(
+    tx: &Transaction<'_>,
+    closure: &[(i64, Vec<i64>)],
+) -> Result<HashSet<i64>, UploadError> {
+    let inside: HashSet<i64> = closure.iter().map(|(i, _)| *i).collect();
     let outside: Vec<i64> = closure
         .iter()
         .flat_map(|(_, deps)| deps.iter().copied())
         .filter(|d| !inside.contains(d))
         .collect();
-    let dead: std::collections::HashSet<i64> = tx
+    Ok(tx
         .query(
             "SELECT id FROM pgmaint.upload_tasks WHERE id = ANY ($1) AND state = ANY ($2) FOR SHARE",
-            &[&outside, &DEAD_END.as_slice()],
+            &[&outside, &UploadState::DEAD_END.as_slice()],
         )
         .await
-        .map_err(UploadError::db(what))?
+        .map_err(UploadError::db(RETRYING))?
         .iter()
         .map(|r| r.get(0))
-        .collect();
-    // Re-queue only what can run: drop from the set, until nothing changes, every
-    // task with a prerequisite that is neither re-queued nor able to complete.
+        .collect())
+}
+
+/// Of `closure` (tasks with their prerequisites), the ones that can run once re-queued:
+/// drop from the set, until nothing changes, every task with a prerequisite that is
+/// neither re-queued nor able to complete (`dead`).
+fn runnable_again(closure: &[(i64, Vec<i64>)], dead: &HashSet<i64>) -> Vec<i64> {
+    let inside: HashSet<i64> = closure.iter().map(|(i, _)| *i).collect();
     let mut requeue = inside.clone();
     loop {
         let stuck: Vec<i64> = closure
@@ -775,23 +807,7 @@ pub async fn retry_task(client: &mut Client, id: i64) -> Result<Vec<i64>, Upload
             requeue.remove(&i);
         }
     }
-    let requeue: Vec<i64> = requeue.into_iter().collect();
-    let rows = tx
-        .query(
-            "UPDATE pgmaint.upload_tasks
-                SET state = 'waiting', attempts = 0, not_before = now(), cancel_requested = false,
-                    worker = NULL, lease_expires_at = NULL, finished_at = NULL
-              WHERE id = ANY ($1) AND state = ANY ($2)
-             RETURNING id",
-            &[&requeue, &DEAD_END.as_slice()],
-        )
-        .await
-        .map_err(UploadError::db(what))?;
-    notify(&tx).await?;
-    tx.commit().await.map_err(UploadError::db(what))?;
-    let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-    ids.sort_unstable();
-    Ok(ids)
+    requeue.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -808,6 +824,19 @@ mod tests {
             }
         }
         assert!(backoff_secs(100) <= 450.0);
+    }
+
+    #[test]
+    fn a_retry_requeues_only_what_can_run() {
+        // 1 is retried; 2 and 3 were dropped because of it; 3 also waits on 9, which
+        // is dead outside the set, and 4 waits on 3.
+        let closure = vec![(1, vec![]), (2, vec![1]), (3, vec![2, 9]), (4, vec![3])];
+        let mut ids = runnable_again(&closure, &HashSet::from([9]));
+        ids.sort_unstable();
+        assert_eq!(ids, [1, 2]);
+        let mut ids = runnable_again(&closure, &HashSet::new());
+        ids.sort_unstable();
+        assert_eq!(ids, [1, 2, 3, 4]);
     }
 
     #[test]

@@ -115,15 +115,8 @@ pub async fn gather(cfg: &Config, primary: &Client) -> Result<Status> {
         })
         .collect();
     let mut queue = std::collections::BTreeMap::new();
-    for s in [
-        "waiting",
-        "running",
-        "completed",
-        "failed",
-        "cancelled",
-        "dropped",
-    ] {
-        queue.insert(s.to_string(), 0);
+    for s in uploader::UploadState::ALL {
+        queue.insert(s.as_str().to_string(), 0);
     }
     for row in primary
         .query(

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use uploader::{CancelOutcome, TaskRow, UploadError};
+use uploader::{CancelOutcome, TaskRow, UploadError, UploadState};
 
 use crate::cli::TasksCommand;
 use crate::config::Config;
@@ -29,7 +29,11 @@ pub async fn run(cfg: &Config, cmd: TasksCommand) -> Result<ExitCode> {
             limit,
             json,
         } => {
-            let rows = uploader::list_tasks(&primary, state.as_deref(), run, limit)
+            let state = state
+                .map(|s| s.parse::<UploadState>())
+                .transpose()
+                .map_err(|e| UsageError(format!("--state: {e}")))?;
+            let rows = uploader::list_tasks(&primary, state, run, limit)
                 .await
                 .map_err(queue_error)?;
             if json {
@@ -129,7 +133,7 @@ fn render_list(rows: &[TaskRow]) -> String {
             .or(t.started_at)
             .unwrap_or(t.created_at);
         let note = match (&t.last_error, &t.target) {
-            _ if t.state == "running" => format!(
+            _ if t.state == UploadState::Running => format!(
                 "{} (lease {}{})",
                 t.worker.as_deref().unwrap_or("-"),
                 t.lease_expires_at.map(ago).unwrap_or_else(|| "-".into()),
@@ -139,7 +143,7 @@ fn render_list(rows: &[TaskRow]) -> String {
                     ""
                 }
             ),
-            (Some(e), _) if t.state != "completed" => one_line(strip_task_prefix(e), 70),
+            (Some(e), _) if t.state != UploadState::Completed => one_line(strip_task_prefix(e), 70),
             (_, Some(target)) => target.clone(),
             _ => String::new(),
         };
@@ -175,7 +179,7 @@ fn render_one(t: &TaskRow) -> String {
         kind = t.apply_kind,
         target = opt(t.target.clone()),
         state = t.state,
-        cancel = if t.cancel_requested && t.state == "running" { " (cancel requested)" } else { "" },
+        cancel = if t.cancel_requested && t.state == UploadState::Running { " (cancel requested)" } else { "" },
         a = t.attempts,
         m = t.max_attempts,
         nb = time(Some(t.not_before)),
