@@ -11,6 +11,7 @@ pub mod abort;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod conninfo;
 pub mod cycle;
 pub mod db;
 pub mod dump;
