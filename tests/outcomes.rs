@@ -176,3 +176,34 @@ async fn a_run_that_resumed_during_a_primary_stall_is_recorded_as_it_ended() {
     assert!(resumed_at);
     assert_eq!(c.pause_state(1).await, "not paused");
 }
+
+/// A replica resumed behind pgmaint's back (Patroni 2.1+ resumes paused replicas unless
+/// the cluster is in maintenance mode): the run is invalid, uploads nothing, and says
+/// who resumed replay.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_resumed_by_another_process_invalidates_the_run_and_says_so() {
+    let c = Cluster::up("outcomes-foreign-resume", 1);
+    seed_blobs(&c.primary().await, BLOBS, "bigint", "g", 100_000).await;
+    let cfg = slow_blobs_config(&c, "slow.toml", "");
+    c.run(&cfg, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+    let child = spawn_piped(&c, &cfg, &["run", "--json"]);
+    wait_paused(&c, 1).await;
+    c.replica(1)
+        .await
+        .execute("SELECT pg_wal_replay_resume()", &[])
+        .await
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["state"], "invalid");
+    assert!(
+        s["error"]
+            .as_str()
+            .unwrap()
+            .contains("replay was resumed by another process during the pause"),
+        "{}",
+        s["error"]
+    );
+    assert_eq!(uploads_of_run(&c, s["run_id"].as_i64().unwrap()).await, 0);
+}

@@ -319,3 +319,58 @@ async fn scan_errors_name_the_servers_message_and_doomed_tasks_never_pause() {
         assert_eq!(c.pause_state(1).await, "not paused");
     }
 }
+
+/// Review finding: `remote_apply` set in an application's own session (`SET
+/// synchronous_commit = remote_apply`, common for read-your-writes) cannot be seen
+/// before the pause; a paused synchronous standby then held those commits until
+/// `limits.max_pause`. The watchdog watches the primary: commits waiting for this
+/// replica make it give the pause up and resume, within seconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn commits_waiting_for_a_paused_sync_standby_end_the_pause() {
+    let c = Cluster::up("refuse-sync-during-pause", 1);
+    let p = c.primary().await;
+    seed_blobs(&p, BLOBS, "bigint", "g", 100_000).await;
+    p.batch_execute("CREATE TABLE writes (at timestamptz DEFAULT now())")
+        .await
+        .unwrap();
+    let cfg = slow_blobs_config(&c, "slow.toml", "");
+    c.run(&cfg, &["init"]).expect_code(0);
+    // r1 synchronous; the server default stays `on` (flush): pausing r1 blocks nothing
+    // until a session asks for remote_apply.
+    set_sync_standbys(&c, "r1", "r1", &["sync"]).await;
+    c.wait_caught_up(1).await;
+    let child = spawn_piped(&c, &cfg, &["run", "--json"]);
+    wait_paused(&c, 1).await;
+    let app = c.primary().await;
+    app.batch_execute("SET synchronous_commit = remote_apply")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        app.execute("INSERT INTO writes DEFAULT VALUES", &[]),
+    )
+    .await
+    .expect("the remote_apply commit still waits for the paused standby")
+    .unwrap();
+    let waited = t.elapsed();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["state"], "aborted");
+    assert!(
+        s["error"]
+            .as_str()
+            .unwrap()
+            .contains("wait for a synchronous standby, and replica r1 may be it"),
+        "{}",
+        s["error"]
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "the commit waited {waited:?}"
+    );
+    assert_eq!(c.pause_state(1).await, "not paused");
+    assert_eq!(uploads_of_run(&c, s["run_id"].as_i64().unwrap()).await, 0);
+}

@@ -19,6 +19,8 @@ pub enum AbortReason {
     LeaseLost(String),
     /// The replica restarted or replay moved: the snapshot is gone.
     SnapshotLost(String),
+    /// Commits on the primary wait for the paused replica (a synchronous standby).
+    PrimaryBlocked(String),
 }
 
 impl AbortReason {
@@ -47,6 +49,7 @@ impl std::fmt::Display for AbortReason {
             ),
             AbortReason::LeaseLost(e) => write!(f, "lease on the primary lost: {e}"),
             AbortReason::SnapshotLost(e) => write!(f, "snapshot no longer valid: {e}"),
+            AbortReason::PrimaryBlocked(e) => write!(f, "pause given up: {e}"),
         }
     }
 }

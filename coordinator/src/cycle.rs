@@ -26,7 +26,8 @@ use crate::dump::{self, DumpSpec};
 use crate::error_text::{with_reason, OneLine};
 use crate::errors::ErrorClass;
 use crate::lease::{self, HeartbeatHandle, PauseLease, RunOutcome};
-use crate::replica::{read_state, PauseOwnership, PauseState, ReplicaControl, ResumeOutcome};
+use crate::replica::{PauseOwnership, PauseState, ReplicaControl, ResumeOutcome};
+use crate::watchdog::Watchdog;
 use crate::{db, schema, UsageError};
 
 /// How many times to retry a pause that landed while replayed WAL held an
@@ -565,7 +566,15 @@ impl<'a> Cycle<'a> {
         // 4. Run the tasks (or the dump). The watchdog guards the pause limits from now
         //    until the caller resumes replay: through the scans, and through the calls
         //    to the primary after them, which may hang too.
-        self.watchdog = Some(self.spawn_watchdog(snapshot.clone(), pause_started));
+        let watchdog = Watchdog {
+            replica: self.replica.name().to_string(),
+            replica_dsn: self.replica.config.dsn.clone(),
+            primary_dsn: self.cfg.primary.clone(),
+            snapshot: snapshot.clone(),
+            identity: self.replica.walreceiver_identity().await?,
+            limits: self.cfg.limits.clone(),
+        };
+        self.watchdog = Some(watchdog.spawn(self.abort.clone(), pause_started));
         let tasks = match prepared {
             Prepared::Dump(pg_dump) => return self.dump(&ctx, &pg_dump, &snapshot).await,
             Prepared::Tasks(tasks) => tasks,
@@ -781,68 +790,6 @@ impl<'a> Cycle<'a> {
             }
         }
         unreachable!("the loop returns or bails")
-    }
-
-    /// Watch the pause until replay is resumed: max pause, max backlog, and a replica
-    /// that restarted (its pause silently gone). Any of them aborts the cycle.
-    fn spawn_watchdog(&self, snap: SnapshotInfo, pause_started: Instant) -> CancellationToken {
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        let (abort, dsn, limits) = (
-            self.abort.clone(),
-            self.replica.config.dsn.clone(),
-            self.cfg.limits.clone(),
-        );
-        let name = self.replica.name().to_string();
-        tokio::spawn(async move {
-            let mut client: Option<Client> = None;
-            let tick = Duration::from_millis(500)
-                .min(limits.max_pause / 4)
-                .max(Duration::from_millis(50));
-            // max_pause is a deadline of its own: a state query that hangs cannot delay it.
-            let deadline = tokio::time::Instant::from_std(pause_started + limits.max_pause);
-            loop {
-                let check = async {
-                    tokio::time::sleep(tick).await;
-                    if client.as_ref().is_none_or(|c| c.is_closed()) {
-                        client = db::connect(&dsn, "pgmaint-watchdog").await.ok();
-                    }
-                    let c = client.as_ref()?;
-                    match read_state(c).await {
-                        Ok(st) if st.postmaster_start != snap.postmaster_start => {
-                            Some(AbortReason::SnapshotLost(format!(
-                                "replica {name} restarted at {} (its pause was lost and replay went on)",
-                                st.postmaster_start
-                            )))
-                        }
-                        Ok(st) if st.pause_state != PauseState::Paused => Some(AbortReason::SnapshotLost(format!(
-                            "replica {name} is no longer paused (state '{}')",
-                            st.pause_state
-                        ))),
-                        Ok(st) if st.backlog_bytes as u64 > limits.max_replay_backlog => Some(
-                            AbortReason::Backlog(st.backlog_bytes as u64, limits.max_replay_backlog),
-                        ),
-                        Ok(_) => None,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "watchdog could not read the replay state");
-                            None
-                        }
-                    }
-                };
-                tokio::select! {
-                    _ = stopped.cancelled() => return,
-                    _ = tokio::time::sleep_until(deadline) => {
-                        return abort.trigger(AbortReason::MaxPause(limits.max_pause));
-                    }
-                    found = check => {
-                        if let Some(reason) = found {
-                            return abort.trigger(reason);
-                        }
-                    }
-                }
-            }
-        });
-        stop
     }
 
     /// Where each task's previous valid run stopped, from the primary.

@@ -23,6 +23,8 @@ pub mod pool;
 pub mod replica;
 pub mod schema;
 pub mod signals;
+pub mod sync_standby;
 pub mod units;
+pub mod watchdog;
 
 pub use errors::UsageError;

@@ -19,6 +19,7 @@ use tokio_postgres::Client;
 use crate::config::{Dsn, ReplicaConfig};
 use crate::db;
 use crate::error_text::OneLine;
+use crate::sync_standby::{self, Standing};
 use crate::units::human_bytes;
 use crate::UsageError;
 
@@ -190,53 +191,6 @@ pub fn check_same_cluster(
     Ok(())
 }
 
-/// Is `remote_apply` in effect on the primary: in pgmaint's session (server default,
-/// or its role or database), or set for any role or database? And does pgmaint's
-/// session override the setting, hiding the server's default from it?
-const REMOTE_APPLY_SQL: &str = "SELECT current_setting('synchronous_commit') = 'remote_apply'
-            OR EXISTS (SELECT 1 FROM pg_db_role_setting s, unnest(s.setconfig) c
-                        WHERE c = 'synchronous_commit=remote_apply'),
-        (SELECT source IN ('database', 'user', 'database user', 'client', 'session')
-           FROM pg_settings WHERE name = 'synchronous_commit')";
-
-/// Which of the primary's standby names (`pg_stat_replication.application_name`) is
-/// this replica's walreceiver, given `pg_stat_wal_receiver.conninfo` and the replica's
-/// `cluster_name`. `conninfo` shows values unquoted, so a name may contain spaces: a
-/// candidate matches when `application_name=<name>` stands in it followed by a space
-/// or the end; the longest match wins (`my standby` over `my`). Without an
-/// `application_name` in conninfo, the walreceiver goes by `cluster_name`, else
-/// `walreceiver` (PostgreSQL's fallback). `None`: no candidate is this replica.
-pub fn walreceiver_name<'a>(
-    conninfo: &str,
-    cluster_name: &str,
-    candidates: &[&'a str],
-) -> Option<&'a str> {
-    const KEY: &str = "application_name=";
-    let has_key = conninfo
-        .match_indices(KEY)
-        .any(|(i, _)| i == 0 || conninfo.as_bytes()[i - 1] == b' ');
-    if !has_key {
-        let name = if cluster_name.is_empty() {
-            "walreceiver"
-        } else {
-            cluster_name
-        };
-        return candidates.iter().copied().find(|c| *c == name);
-    }
-    candidates
-        .iter()
-        .copied()
-        .filter(|c| {
-            let needle = format!("{KEY}{c}");
-            conninfo.match_indices(&needle).any(|(i, _)| {
-                let after = &conninfo[i + needle.len()..];
-                (i == 0 || conninfo.as_bytes()[i - 1] == b' ')
-                    && (after.is_empty() || after.starts_with(' '))
-            })
-        })
-        .max_by_key(|c| c.len())
-}
-
 impl ReplicaControl {
     /// Connect; the error names the replica's DSN field.
     pub async fn connect(config: &ReplicaConfig) -> Result<Self, db::ConnectError> {
@@ -366,82 +320,41 @@ impl ReplicaControl {
     }
 
     /// A synchronous standby under `synchronous_commit = remote_apply` blocks every commit
-    /// on the primary while its replay is paused.
-    ///
-    /// Which `pg_stat_replication` row of the primary is this replica? The walreceiver's
-    /// `application_name` cannot be parsed back out of `pg_stat_wal_receiver.conninfo`
-    /// (libpq prints values unquoted: `application_name=my standby fallback_…`). So the
-    /// primary's own list of names is matched against it ([`walreceiver_name`]), and
-    /// the primary's `sync_state` (its own reading of `synchronous_standby_names`, in
-    /// every form: a list, `FIRST n (…)`, `ANY n (…)`, `*`) decides. A standby that
-    /// cannot be told apart from a synchronous one is refused too.
+    /// on the primary while its replay is paused: refuse one, or one that cannot be told
+    /// apart from one (see [`sync_standby`]).
     async fn refuse_synchronous_remote_apply(&self, primary: &Client) -> Result<()> {
-        let mode = primary
-            .query_one(REMOTE_APPLY_SQL, &[])
-            .await
-            .context("reading synchronous_commit on the primary")?;
-        let (remote_apply, overridden): (bool, bool) = (mode.get(0), mode.get(1));
+        let (remote_apply, overridden) = sync_standby::remote_apply(primary).await?;
         if !(remote_apply || overridden) {
             return Ok(());
         }
-        let standbys: Vec<(String, String)> = primary
-            .query(
-                "SELECT application_name, sync_state FROM pg_stat_replication WHERE application_name IS NOT NULL",
-                &[],
-            )
-            .await
-            .context("reading pg_stat_replication on the primary")?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        if standbys.iter().all(|(_, state)| state == "async") {
-            return Ok(());
-        }
-        let own = self
-            .client
-            .query_one(
-                "SELECT (SELECT conninfo FROM pg_stat_wal_receiver), current_setting('cluster_name')",
-                &[],
-            )
-            .await
-            .context("reading the replica's walreceiver")?;
-        let names: Vec<&str> = standbys.iter().map(|(n, _)| n.as_str()).collect();
-        let me = walreceiver_name(
-            own.get::<_, Option<String>>(0).as_deref().unwrap_or(""),
-            own.get::<_, String>(1).as_str(),
-            &names,
-        );
-        let why = if overridden && !remote_apply {
+        let why = if remote_apply {
+            "the primary uses synchronous_commit=remote_apply"
+        } else {
             "pgmaint's own session on the primary overrides synchronous_commit, so the primary's \
              setting for other sessions may be remote_apply"
-        } else {
-            "the primary uses synchronous_commit=remote_apply"
         };
-        let sync_states: Vec<&str> = match &me {
-            Some(name) => standbys
-                .iter()
-                .filter(|(n, _)| n == name)
-                .map(|(_, s)| s.as_str())
-                .filter(|s| *s != "async")
-                .collect(),
-            None => Vec::new(),
-        };
-        match me {
-            Some(name) if !sync_states.is_empty() => bail!(
-                "replica {} is a synchronous standby of the primary (application_name {name:?}, sync_state={}) \
-                 and {why}: pausing its replay would block every commit on the primary",
-                self.name(),
-                sync_states.join(",")
+        let me = sync_standby::identity(&self.client).await?;
+        let name = self.name();
+        match sync_standby::standing(&me, &sync_standby::standbys(primary).await?) {
+            Standing::Async => Ok(()),
+            Standing::Sync(state, how) => bail!(
+                "replica {name} is a synchronous standby of the primary ({how}, sync_state={state}) and {why}: \
+                 pausing its replay would block every commit on the primary"
             ),
-            Some(_) => Ok(()),
-            None => bail!(
-                "replica {}: cannot tell which of the primary's standbys it is (its walreceiver's \
-                 application_name matches none of {:?}), some of them are synchronous, and {why}: \
-                 not pausing a replica that may block every commit on the primary",
-                self.name(),
-                names
+            Standing::Unknown(names) => bail!(
+                "replica {name}: cannot tell which of the primary's standbys it is (none of {names:?}), some of \
+                 them are synchronous, and {why}: not pausing a replica that may block every commit on the primary"
+            ),
+            Standing::Hidden => bail!(
+                "replica {name}: the primary hides pg_stat_replication.sync_state from pgmaint's role (grant it \
+                 pg_read_all_stats or pg_monitor), and {why}: not pausing a replica that may be a synchronous standby"
             ),
         }
+    }
+
+    /// How this replica's walreceiver presents itself to the primary.
+    pub async fn walreceiver_identity(&self) -> Result<sync_standby::WalreceiverIdentity> {
+        sync_standby::identity(&self.client).await
     }
 
     /// Connections a new session of ours could still get: `max_connections` less the
@@ -726,34 +639,6 @@ mod tests {
             ),
             "{e}"
         );
-    }
-
-    #[test]
-    fn walreceiver_name_matches_spaced_and_default_names() {
-        let ci = "user=postgres passfile=/x dbname=replication host=127.0.0.1 port=5432 \
-                  application_name=my standby fallback_application_name=walreceiver sslmode=prefer";
-        assert_eq!(
-            walreceiver_name(ci, "", &["my", "my standby", "other"]),
-            Some("my standby")
-        );
-        assert_eq!(walreceiver_name(ci, "", &["other", "walreceiver"]), None);
-        assert_eq!(walreceiver_name(ci, "", &["standby"]), None);
-        // At the end of conninfo.
-        assert_eq!(
-            walreceiver_name("host=a application_name=r 2", "", &["r 2", "r"]),
-            Some("r 2")
-        );
-        // No application_name: cluster_name, else PostgreSQL's fallback.
-        let plain = "host=a port=5432 fallback_application_name=walreceiver";
-        assert_eq!(
-            walreceiver_name(plain, "r1", &["r1", "walreceiver"]),
-            Some("r1")
-        );
-        assert_eq!(
-            walreceiver_name(plain, "", &["r1", "walreceiver"]),
-            Some("walreceiver")
-        );
-        assert_eq!(walreceiver_name(plain, "r9", &["r1"]), None);
     }
 
     #[test]
