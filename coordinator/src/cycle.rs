@@ -164,6 +164,7 @@ pub async fn run(
         error,
         resumed: resumed.at.zip(resumed.backlog),
         finished_at: Utc::now(),
+        holder: lease::holder(),
     };
     cycle.record_or_keep_end(&outcome, resumed.release).await;
     Ok(cycle.summary(outcome, results_dir, error_class))
@@ -231,24 +232,31 @@ impl ResumeRecord {
     }
 }
 
-/// Inside the transaction that records a run's outcome: mark it succeeded, unless it is
-/// no longer running (a recover dropped it after its lease was lost).
+/// Inside the transaction that records a run's outcome: mark it succeeded, if it is
+/// still running (a recover may have dropped it after its lease was lost). Whether it
+/// was.
 async fn mark_succeeded(
     tx: &tokio_postgres::Transaction<'_>,
     run_id: i64,
     results: &std::path::Path,
-) -> Result<()> {
+) -> Result<bool> {
     let updated = tx
         .execute(
-            "UPDATE pgmaint.runs SET state = 'succeeded', finished_at = now(), results_dir = $2
-              WHERE id = $1 AND state = 'running'",
-            &[&run_id, &results.display().to_string()],
+            "UPDATE pgmaint.runs SET state = $3, finished_at = now(), results_dir = $2
+              WHERE id = $1 AND state = $4",
+            &[
+                &run_id,
+                &results.display().to_string(),
+                &RunState::Succeeded.as_str(),
+                &RunState::Running.as_str(),
+            ],
         )
         .await?;
-    if updated == 0 {
-        bail!("run {run_id} is no longer running on the primary (dropped after a lost lease?); nothing recorded");
-    }
-    Ok(())
+    Ok(updated == 1)
+}
+
+fn no_longer_running(run_id: i64) -> anyhow::Error {
+    anyhow!("run {run_id} is no longer running on the primary (dropped after a lost lease?); nothing recorded")
 }
 
 /// Did `e` end the session (the server shut down or restarted, the socket broke)?
@@ -307,11 +315,12 @@ impl<'a> Cycle<'a> {
         let replica = ReplicaControl::connect(replica_cfg)
             .await
             .map_err(UsageError::from)?;
+        // A run that died may have left this replica paused: resume it before anything
+        // else (recover_expired logs what it did; it resumes only a pause it can prove
+        // was that run's, so it is safe even on a replica that turns out not to belong).
+        lease::recover_expired(&mut primary, replica_cfg, &cfg.results_dir).await?;
         // Before anything is recorded: results of another cluster must never reach this one.
         replica.check_belongs_to(&primary, &cfg.primary).await?;
-        // A run that died may have left this replica paused: resume it before anything
-        // else (recover_expired logs what it did).
-        lease::recover_expired(&mut primary, replica_cfg, &cfg.results_dir).await?;
         let lease = PauseLease::acquire(
             &mut primary,
             &replica_cfg.name,
@@ -616,6 +625,17 @@ impl<'a> Cycle<'a> {
             Work::Tasks(tasks) => tasks,
             Work::Dump(spec) => {
                 spec.check_out()?;
+                // pg_dump's leader and its -j workers, and the watchdog.
+                let (wanted, free) = (spec.jobs as i64 + 2, self.replica.free_connections().await?);
+                if wanted > free {
+                    return Err(anyhow!(UsageError(format!(
+                        "--jobs {}: pg_dump needs {} sessions on replica {} and pgmaint's watchdog one more, but \
+                         it has {free} free connection(s) (max_connections less those in use); lower --jobs",
+                        spec.jobs,
+                        spec.jobs + 1,
+                        self.replica.name()
+                    ))));
+                }
                 let major = self.replica.server_major().await?;
                 return Ok(Prepared::Dump(dump::find_pg_dump(spec, major)?));
             }
@@ -665,7 +685,9 @@ impl<'a> Cycle<'a> {
         }
         let out = spec.out.clone();
         let tx = self.primary.transaction().await?;
-        mark_succeeded(&tx, self.lease.run_id, &out).await?;
+        if !mark_succeeded(&tx, self.lease.run_id, &out).await? {
+            return Err(no_longer_running(self.lease.run_id));
+        }
         tx.commit().await.context("recording the dump")
     }
 
@@ -834,7 +856,8 @@ impl<'a> Cycle<'a> {
         }
         // The snapshot is verified and the replica still paused: a primary that
         // restarted just now must not cost a valid run. Reconnect and try again; a
-        // commit whose acknowledgement was lost is recognised by the run's state.
+        // commit whose acknowledgement was lost is recognised by the run's state
+        // (commit_run).
         let give_up = Instant::now() + Duration::from_secs(30);
         loop {
             let error = match self.commit_run(&uploads).await {
@@ -860,24 +883,6 @@ impl<'a> Cycle<'a> {
                 Ok(c) => self.primary = c,
                 Err(e) => tracing::warn!(run_id, error = %e, "reconnecting to the primary failed"),
             }
-            if let Ok(Some(row)) = self
-                .primary
-                .query_opt("SELECT state FROM pgmaint.runs WHERE id = $1", &[&run_id])
-                .await
-            {
-                if RunState::parse(row.get(0)) == Some(RunState::Succeeded) {
-                    // The lost commit went through.
-                    let ids = self
-                        .primary
-                        .query(
-                            "SELECT id FROM pgmaint.upload_tasks WHERE run_id = $1 ORDER BY id",
-                            &[&run_id],
-                        )
-                        .await?;
-                    self.queued = ids.iter().map(|r| r.get(0)).collect();
-                    return Ok(());
-                }
-            }
         }
     }
 
@@ -886,7 +891,26 @@ impl<'a> Cycle<'a> {
     async fn commit_run(&mut self, uploads: &[UploadRequest]) -> Result<Vec<i64>> {
         let run_id = self.lease.run_id;
         let tx = self.primary.transaction().await?;
-        mark_succeeded(&tx, run_id, &self.run_dir).await?;
+        if !mark_succeeded(&tx, run_id, &self.run_dir).await? {
+            drop(tx);
+            // A retry may find that the attempt whose answer was lost committed after
+            // all (the UPDATE above waited for it): then the uploads are queued.
+            let state = self
+                .primary
+                .query_one("SELECT state FROM pgmaint.runs WHERE id = $1", &[&run_id])
+                .await?;
+            if RunState::parse(state.get(0)) != Some(RunState::Succeeded) {
+                return Err(no_longer_running(run_id));
+            }
+            let ids = self
+                .primary
+                .query(
+                    "SELECT id FROM pgmaint.upload_tasks WHERE run_id = $1 ORDER BY id",
+                    &[&run_id],
+                )
+                .await?;
+            return Ok(ids.iter().map(|r| r.get(0)).collect());
+        }
         let queued =
             uploader::enqueue(&tx, run_id, uploads, self.cfg.uploader.max_attempts).await?;
         for r in self.reports.iter().filter(|r| r.status.has_results()) {

@@ -24,7 +24,8 @@ pub struct PauseLease {
     duration: Duration,
 }
 
-fn holder() -> String {
+/// `host:pid` of this process: who holds a lease, and who wrote an outcome.
+pub fn holder() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
@@ -265,6 +266,9 @@ pub struct RunOutcome {
     pub resumed: Option<(DateTime<Utc>, i64)>,
     /// When it ended.
     pub finished_at: DateTime<Utc>,
+    /// Who wrote it (`host:pid`, as in the run's lease): a file left by another run of
+    /// the same id (a results.dir reused after the schema was recreated) is not its.
+    pub holder: String,
 }
 
 /// The file name of a [`RunOutcome`] in the run directory.
@@ -378,7 +382,8 @@ pub async fn recover_expired(
     let (resumed, note) = resume_dead_runs_pause(replica, paused).await?;
     // The run may have ended by itself and only failed to say so (the primary stalled
     // or restarted as it ended): then record how it ended, from its results directory.
-    let kept = RunOutcome::read(results_dir, run_id);
+    let holder: String = row.get(1);
+    let kept = RunOutcome::read(results_dir, run_id).filter(|o| o.holder == holder);
     let note = close_dead_run(&tx, run_id, kept.as_ref(), &note).await?;
     tx.execute(
         "UPDATE pgmaint.runs SET resumed_at = now() WHERE id = $1 AND $2",
