@@ -743,7 +743,7 @@ impl Cycle<'_> {
                 task_name: r.name.clone(),
                 kind,
                 file: format!("{run_id}/{}", file.name),
-                manifest: format!("{run_id}/{}", snapshot_runner::manifest::MANIFEST_FILE),
+                manifest: format!("{run_id}/{}", snapshot_runner::results::MANIFEST_FILE),
                 params: plan.params.clone(),
                 file_md5: file.md5.clone(),
                 file_size: file.size as i64,

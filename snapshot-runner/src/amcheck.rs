@@ -17,10 +17,11 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::ident::{quote_ident, QualifiedName};
-use crate::output::CsvFile;
+use crate::results::data_files::CsvFile;
 use crate::progress::{Counters, ProgressReporter};
 use crate::task::{run_workers, ApplyPlan, TaskReport, TaskStatus};
-use crate::{ScanContext, ScanError, FINDINGS_COLUMNS};
+use crate::results::FINDINGS_COLUMNS;
+use crate::{ScanContext, ScanError};
 
 /// Config of an `amcheck` task.
 #[derive(Debug, Clone)]
@@ -272,8 +273,7 @@ async fn worker(
         let checked = tokio::select! {
             r = check_one(p, &client, &item, &mut write) => r,
             _ = stop.cancelled() => {
-                // Stop the server-side work too, not just our side of the socket.
-                let _ = cancel_token.cancel_query(crate::tls::connector()).await;
+                crate::connection::cancel_query(&cancel_token).await;
                 return Err(ScanError::Cancelled);
             }
         };

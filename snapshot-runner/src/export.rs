@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 
 use crate::copy::{check_query, copy_to_file, CopyEnd};
 use crate::ident::QualifiedName;
-use crate::output::RawFile;
+use crate::results::data_files::RawFile;
 use crate::progress::{Counters, ProgressReporter};
 use crate::task::{TaskReport, TaskStatus};
 use crate::{ScanContext, ScanError};

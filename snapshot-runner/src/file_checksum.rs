@@ -26,11 +26,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ident::{quote_ident, QualifiedName};
 use crate::md5file::FileMd5;
-use crate::output::CsvFile;
+use crate::results::data_files::CsvFile;
 use crate::progress::{Counters, ProgressReporter};
 use crate::row_checksum::{column, resolve_table, stored_md5_expr};
 use crate::task::{ApplyPlan, TaskReport, TaskStatus};
-use crate::{ScanContext, ScanError, FINDINGS_COLUMNS};
+use crate::results::FINDINGS_COLUMNS;
+use crate::{ScanContext, ScanError};
 
 /// Read size of the file readers. Disk reads are large anyway: with
 /// `POSIX_FADV_SEQUENTIAL` the kernel's readahead fetches big sequential chunks whatever
@@ -431,7 +432,7 @@ async fn dispatch(
             let rows = tokio::select! {
                 rows = tx.query_portal(&portal, ctx.batch_rows) => rows.map_err(ScanError::db(context()))?,
                 _ = stop.cancelled() => {
-                    let _ = cancel_token.cancel_query(crate::tls::connector()).await;
+                    crate::connection::cancel_query(&cancel_token).await;
                     return Err(ScanError::Cancelled);
                 }
             };

@@ -32,31 +32,30 @@
 #![warn(missing_docs)]
 
 mod amcheck;
+pub mod connection;
 mod copy;
 mod error;
 mod export;
 mod file_checksum;
 pub mod ident;
-pub mod manifest;
 mod materialize;
 mod md5file;
-pub mod output;
 pub mod pg_error;
 pub mod progress;
+pub mod results;
 mod row_checksum;
 mod session;
 mod task;
-pub mod tls;
 
 pub use amcheck::AmcheckSpec;
 pub use error::ScanError;
 pub use export::ExportSpec;
 pub use file_checksum::FileChecksumSpec;
-pub use manifest::{DataFile, ManifestTask, ResultManifest, SnapshotInfo};
+pub use results::{DataFile, ManifestTask, ResultManifest, SnapshotInfo, FINDINGS_COLUMNS};
 pub use materialize::MaterializeSpec;
 pub use row_checksum::RowChecksumSpec;
-pub use session::{connect, scan_application_name, ScanContext};
+pub use session::{scan_application_name, ScanContext};
+// The uploader and the coordinator connect (and cancel) through these too; the
+// definitions live in [`connection`].
+pub use connection::{connect, tls};
 pub use task::{prepare, ApplyPlan, PreparedTask, TaskReport, TaskSpec, TaskStatus};
-
-/// Columns of every findings CSV: one row per problem found.
-pub const FINDINGS_COLUMNS: [&str; 4] = ["relation", "row_key", "finding", "detail"];

@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 
 use crate::copy::{check_query, copy_to_file, CheckedQuery, CopyEnd};
 use crate::ident::{parse_ident, QualifiedName};
-use crate::output::RawFile;
+use crate::results::data_files::RawFile;
 use crate::progress::{Counters, ProgressReporter};
 use crate::task::{ApplyPlan, TaskReport, TaskStatus};
 use crate::{ScanContext, ScanError};

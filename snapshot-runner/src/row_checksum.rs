@@ -10,10 +10,11 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::ident::{parse_ident, quote_ident, QualifiedName};
-use crate::output::CsvFile;
+use crate::results::data_files::CsvFile;
 use crate::progress::{Counters, ProgressReporter};
 use crate::task::{run_workers, ApplyPlan, TaskReport, TaskStatus};
-use crate::{ScanContext, ScanError, FINDINGS_COLUMNS};
+use crate::results::FINDINGS_COLUMNS;
+use crate::{ScanContext, ScanError};
 
 /// Keys sampled to choose the split points of the key range.
 const SAMPLE_TARGET: f64 = 20_000.0;
@@ -332,8 +333,7 @@ async fn scan_range(
         let rows = tokio::select! {
             rows = tx.query_portal(&portal, ctx.batch_rows) => rows.map_err(ScanError::db(context()))?,
             _ = stop.cancelled() => {
-                // Stop the server-side work too, not just our side of the socket.
-                let _ = cancel_token.cancel_query(crate::tls::connector()).await;
+                crate::connection::cancel_query(&cancel_token).await;
                 return Err(ScanError::Cancelled);
             }
         };

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use crate::amcheck::{self, AmcheckSpec, PreparedAmcheck};
 use crate::export::{self, ExportSpec, PreparedExport};
 use crate::file_checksum::{self, FileChecksumSpec, PreparedFileChecksum};
-use crate::manifest::{DataFile, ManifestTask};
+use crate::results::manifest::{DataFile, ManifestTask};
 use crate::materialize::{self, MaterializeSpec, PreparedMaterialize};
 use crate::row_checksum::{self, PreparedRowChecksum, RowChecksumSpec};
 use crate::{ScanContext, ScanError};
