@@ -323,10 +323,7 @@ fn handle_db_error(
             tracing::warn!(relation = %item.name, finding, detail = %detail, "amcheck finding");
             write("", finding, &detail)
         }
-        e => Err(ScanError::Db {
-            context: format!("checking {}", item.name),
-            cause: e,
-        }),
+        e => Err(ScanError::db(format!("checking {}", item.name))(e)),
     }
 }
 

@@ -113,10 +113,7 @@ fn query_error(field: &str, e: tokio_postgres::Error) -> ScanError {
             "{field}: the replica rejects the query: {}",
             db.message()
         )),
-        None => ScanError::Db {
-            context: format!("checking {field}"),
-            cause: e,
-        },
+        None => ScanError::db(format!("checking {field}"))(e),
     }
 }
 

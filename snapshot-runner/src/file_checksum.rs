@@ -177,10 +177,7 @@ pub(crate) async fn prepare(
             "key: type {} has no ordering; choose an orderable key",
             prepared.key_type
         )),
-        _ => ScanError::Db {
-            context: format!("checking the catalog query on {}", prepared.table),
-            cause: e,
-        },
+        _ => ScanError::db(format!("checking the catalog query on {}", prepared.table))(e),
     })?;
     Ok(prepared)
 }
@@ -426,7 +423,7 @@ async fn dispatch(
                 "stored cursor {:?} is not a valid key; DELETE FROM pgmaint.task_cursors for this task to start over",
                 cursor.unwrap_or("")
             )),
-            _ => ScanError::Db { context: context(), cause: e },
+            _ => ScanError::db(context())(e),
         })?;
         loop {
             let rows = tokio::select! {

@@ -201,10 +201,7 @@ async fn split_points(
                 p.key_type
             ))
         } else {
-            ScanError::Db {
-                context: format!("sampling keys of {}", p.table),
-                cause: e,
-            }
+            ScanError::db(format!("sampling keys of {}", p.table))(e)
         }
     })?;
     let keys: Vec<String> = rows.iter().map(|r| r.get(0)).collect();

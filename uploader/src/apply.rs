@@ -112,12 +112,7 @@ where
                 );
                 tokio::time::sleep(wait).await;
             }
-            Err(e) => {
-                return Err(UploadError::Db {
-                    context: what.to_string(),
-                    source: e,
-                })
-            }
+            Err(e) => return Err(UploadError::db(what)(e)),
         }
     }
     unreachable!("the last try returns")

@@ -43,6 +43,8 @@ mod target;
 mod worker;
 
 pub use error::UploadError;
+/// The database error inside [`UploadError::Db`], shared with the scans.
+pub use snapshot_runner::pg_error::DbError;
 pub use queue::{
     cancel_task, enqueue, get_task, list_tasks, retry_task, ApplyKind, CancelOutcome, TaskRow,
     UploadRequest, CHANNEL, STATES,
