@@ -57,7 +57,7 @@ impl From<ConnectError> for UsageError {
 pub async fn connect(dsn: &Dsn, application_name: &str) -> Result<Client, ConnectError> {
     let mut config = dsn.config.clone();
     config.application_name(application_name);
-    snapshot_runner::connection::connect(&config).await.map_err(|e| {
+    snapshot_runner::connect(&config).await.map_err(|e| {
         let cause = std::error::Error::source(&e)
             .map(|s| s.to_string())
             .unwrap_or_default();

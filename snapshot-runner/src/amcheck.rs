@@ -17,10 +17,11 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::ident::{quote_ident, QualifiedName};
-use crate::results::data_files::CsvFile;
 use crate::progress::{Counters, ProgressReporter};
-use crate::task::{run_workers, ApplyPlan, TaskReport, TaskStatus};
+use crate::results::data_files::CsvFile;
 use crate::results::FINDINGS_COLUMNS;
+use crate::results::{AmcheckFindings, ApplyPlan, FindingsPlan};
+use crate::task::{run_workers, TaskReport, TaskStatus};
 use crate::{ScanContext, ScanError};
 
 /// Config of an `amcheck` task.
@@ -227,10 +228,11 @@ pub(crate) async fn run(
     report.take_counters(&counters);
     let partial = partial?;
     report.file = Some(sink.into_inner().expect("sink lock").finish()?);
-    report.apply = Some(ApplyPlan {
-        kind: "findings",
-        params: serde_json::json!({ "check": "amcheck", "heapallindexed": p.heapallindexed }),
-    });
+    report.apply = Some(ApplyPlan::Findings(FindingsPlan::Amcheck(
+        AmcheckFindings {
+            heapallindexed: p.heapallindexed,
+        },
+    )));
     if partial {
         report.status = TaskStatus::Partial;
         report.error = Some(format!(

@@ -12,8 +12,8 @@ use tokio_postgres::{Client, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use crate::ident::QualifiedName;
-use crate::results::data_files::RawFile;
 use crate::progress::Counters;
+use crate::results::data_files::RawFile;
 use crate::ScanError;
 
 /// A query from config, checked on the replica.

@@ -10,8 +10,8 @@ use tokio_postgres::Client;
 
 use crate::copy::{check_query, copy_to_file, CopyEnd};
 use crate::ident::QualifiedName;
-use crate::results::data_files::RawFile;
 use crate::progress::{Counters, ProgressReporter};
+use crate::results::data_files::RawFile;
 use crate::task::{TaskReport, TaskStatus};
 use crate::{ScanContext, ScanError};
 

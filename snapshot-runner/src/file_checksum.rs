@@ -26,11 +26,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ident::{quote_ident, QualifiedName};
 use crate::md5file::FileMd5;
-use crate::results::data_files::CsvFile;
 use crate::progress::{Counters, ProgressReporter};
-use crate::row_checksum::{column, resolve_table, stored_md5_expr};
-use crate::task::{ApplyPlan, TaskReport, TaskStatus};
+use crate::results::data_files::CsvFile;
 use crate::results::FINDINGS_COLUMNS;
+use crate::results::{ApplyPlan, FileChecksumFindings, FindingsPlan};
+use crate::row_checksum::{column, resolve_table, stored_md5_expr};
+use crate::task::{TaskReport, TaskStatus};
 use crate::{ScanContext, ScanError};
 
 /// Read size of the file readers. Disk reads are large anyway: with
@@ -314,16 +315,14 @@ pub(crate) async fn run(
     }
     let sink = Arc::try_unwrap(sink).map_err(|_| ScanError::Cancelled)?;
     report.file = Some(sink.into_inner().expect("sink lock").finish()?);
-    report.apply = Some(ApplyPlan {
-        kind: "findings",
-        params: serde_json::json!({
-            "relation": relation,
-            "check": "file_checksum",
-            "schema": p.table.schema,
-            "table": p.table.name,
-            "root": p.root.display().to_string(),
-        }),
-    });
+    report.apply = Some(ApplyPlan::Findings(FindingsPlan::FileChecksum(
+        FileChecksumFindings {
+            relation,
+            schema: p.table.schema.clone(),
+            table: p.table.name.clone(),
+            root: p.root.display().to_string(),
+        },
+    )));
     // Files are taken in key order and every file taken has been checked, so the last
     // key taken is where the next run carries on.
     let queue = queue.lock().expect("job lock");

@@ -51,11 +51,13 @@ pub use amcheck::AmcheckSpec;
 pub use error::ScanError;
 pub use export::ExportSpec;
 pub use file_checksum::FileChecksumSpec;
-pub use results::{DataFile, ManifestTask, ResultManifest, SnapshotInfo, FINDINGS_COLUMNS};
 pub use materialize::MaterializeSpec;
+pub use results::{
+    ApplyPlan, DataFile, ManifestTask, ResultManifest, SnapshotInfo, FINDINGS_COLUMNS,
+};
 pub use row_checksum::RowChecksumSpec;
 pub use session::{scan_application_name, ScanContext};
 // The uploader and the coordinator connect (and cancel) through these too; the
 // definitions live in [`connection`].
 pub use connection::{connect, tls};
-pub use task::{prepare, ApplyPlan, PreparedTask, TaskReport, TaskSpec, TaskStatus};
+pub use task::{prepare, PreparedTask, TaskReport, TaskSpec, TaskStatus};

@@ -7,10 +7,11 @@ use std::time::Instant;
 use tokio_postgres::Client;
 
 use crate::copy::{check_query, copy_to_file, CheckedQuery, CopyEnd};
-use crate::ident::{parse_ident, QualifiedName};
-use crate::results::data_files::RawFile;
+use crate::ident::parse_ident;
 use crate::progress::{Counters, ProgressReporter};
-use crate::task::{ApplyPlan, TaskReport, TaskStatus};
+use crate::results::data_files::RawFile;
+use crate::results::{ApplyPlan, MergePlan, SwapPlan, TargetTable};
+use crate::task::{TaskReport, TaskStatus};
 use crate::{ScanContext, ScanError};
 
 /// Config of a `materialize` task.
@@ -27,8 +28,8 @@ pub struct MaterializeSpec {
 
 pub(crate) struct PreparedMaterialize {
     pub(crate) query: CheckedQuery,
-    /// The target as written in config: the uploader parses it on the primary.
-    target: String,
+    /// The target as written in config: the uploader resolves it on the primary.
+    target: TargetTable,
     merge_key: Option<Vec<String>>,
 }
 
@@ -47,7 +48,8 @@ pub(crate) async fn prepare(
     spec: &MaterializeSpec,
 ) -> Result<PreparedMaterialize, ScanError> {
     // The target lives on the primary; here we only check that it is a table name.
-    QualifiedName::parse(&spec.target).map_err(|e| ScanError::Config(format!("target: {e}")))?;
+    let target =
+        TargetTable::parse(&spec.target).map_err(|e| ScanError::Config(format!("target: {e}")))?;
     let query = check_query(client, "query", &spec.query).await?;
     let merge_key = match &spec.merge_key {
         None => None,
@@ -74,7 +76,7 @@ pub(crate) async fn prepare(
     };
     Ok(PreparedMaterialize {
         query,
-        target: spec.target.clone(),
+        target,
         merge_key,
     })
 }
@@ -122,15 +124,13 @@ pub(crate) async fn run(
         );
         return Ok(());
     }
+    let target = p.target.clone();
     report.apply = Some(match &p.merge_key {
-        None => ApplyPlan {
-            kind: "swap",
-            params: serde_json::json!({ "target": p.target }),
-        },
-        Some(key) => ApplyPlan {
-            kind: "merge",
-            params: serde_json::json!({ "target": p.target, "key": key }),
-        },
+        None => ApplyPlan::Swap(SwapPlan { target }),
+        Some(key) => ApplyPlan::Merge(MergePlan {
+            target,
+            key: key.clone(),
+        }),
     });
     Ok(())
 }

@@ -10,10 +10,11 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::ident::{parse_ident, quote_ident, QualifiedName};
-use crate::results::data_files::CsvFile;
 use crate::progress::{Counters, ProgressReporter};
-use crate::task::{run_workers, ApplyPlan, TaskReport, TaskStatus};
+use crate::results::data_files::CsvFile;
 use crate::results::FINDINGS_COLUMNS;
+use crate::results::{ApplyPlan, FindingsPlan, RowRecheck};
+use crate::task::{run_workers, TaskReport, TaskStatus};
 use crate::{ScanContext, ScanError};
 
 /// Keys sampled to choose the split points of the key range.
@@ -283,18 +284,14 @@ pub(crate) async fn run(
     let file = sink.into_inner().expect("sink lock").finish()?;
     report.file = Some(file);
     // The uploader re-checks each finding on the primary with these (names, not SQL).
-    report.apply = Some(ApplyPlan {
-        kind: "findings",
-        params: serde_json::json!({
-            "relation": relation,
-            "check": "row_checksum",
-            "schema": p.table.schema,
-            "table": p.table.name,
-            "key": p.key_name,
-            "content": p.content_name,
-            "checksum": p.checksum_name,
-        }),
-    });
+    report.apply = Some(ApplyPlan::Findings(FindingsPlan::RowChecksum(RowRecheck {
+        relation,
+        schema: p.table.schema.clone(),
+        table: p.table.name.clone(),
+        key: p.key_name.clone(),
+        content: p.content_name.clone(),
+        checksum: p.checksum_name.clone(),
+    })));
     if partial {
         report.status = TaskStatus::Partial;
     }

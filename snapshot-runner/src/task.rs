@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 use crate::amcheck::{self, AmcheckSpec, PreparedAmcheck};
 use crate::export::{self, ExportSpec, PreparedExport};
 use crate::file_checksum::{self, FileChecksumSpec, PreparedFileChecksum};
-use crate::results::manifest::{DataFile, ManifestTask};
 use crate::materialize::{self, MaterializeSpec, PreparedMaterialize};
+use crate::results::manifest::{DataFile, ManifestTask};
+use crate::results::ApplyPlan;
 use crate::row_checksum::{self, PreparedRowChecksum, RowChecksumSpec};
 use crate::{ScanContext, ScanError};
 
@@ -230,16 +231,6 @@ pub struct TaskReport {
     pub apply: Option<ApplyPlan>,
     /// Where the next run should carry on (tasks that cover a store over several runs).
     pub cursor: Option<String>,
-}
-
-/// How a task's data file is to be applied on the primary. The uploader interprets it;
-/// this crate only says what the file is for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApplyPlan {
-    /// `findings`, `swap` or `merge`.
-    pub kind: &'static str,
-    /// Kind-specific parameters (target table, key columns, …), stored with the upload.
-    pub params: serde_json::Value,
 }
 
 impl TaskReport {

@@ -36,6 +36,7 @@
 mod apply;
 mod confirm;
 mod error;
+mod findings;
 mod merge;
 mod queue;
 mod swap;
@@ -43,10 +44,12 @@ mod target;
 mod worker;
 
 pub use error::UploadError;
+pub use queue::{
+    cancel_task, enqueue, get_task, list_tasks, retry_task, CancelOutcome, TaskRow, UploadRequest,
+    CHANNEL, STATES,
+};
 /// The database error inside [`UploadError::Db`], shared with the scans.
 pub use snapshot_runner::pg_error::DbError;
-pub use queue::{
-    cancel_task, enqueue, get_task, list_tasks, retry_task, ApplyKind, CancelOutcome, TaskRow,
-    UploadRequest, CHANNEL, STATES,
-};
+/// What an [`UploadRequest`] carries: the results format's apply plan.
+pub use snapshot_runner::results::{ApplyKind, ApplyPlan};
 pub use worker::{DrainStats, Worker};

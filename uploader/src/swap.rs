@@ -45,12 +45,11 @@
 use std::time::Instant;
 
 use snapshot_runner::ident::quote_ident;
+use snapshot_runner::results::SwapPlan;
 use tokio_postgres::Transaction;
 
 use crate::apply::{check, copy_checked, execute_retrying_locks, Applied, Ctx};
-use crate::target::{
-    check_columns, record_materialization, resolve, superseded, target_name, Scope, Target,
-};
+use crate::target::{check_columns, record_materialization, resolve, superseded, Scope, Target};
 use crate::UploadError;
 
 /// Name prefix of a swapped-out table, dropped after the swap commits.
@@ -459,12 +458,15 @@ async fn plan_indexes(
     Ok(plans)
 }
 
-/// Apply a swap task. Params: `{"target": "<table, SQL syntax>"}`.
-pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied, UploadError> {
+/// Apply a swap task: replace `plan.target` by the result file.
+pub(crate) async fn swap(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    plan: &SwapPlan,
+) -> Result<Applied, UploadError> {
     let task = ctx.task;
-    let name = target_name(task)?;
     let checked = check(tx, task, ctx.results_dir).await?;
-    let t = resolve(tx, task, name).await?;
+    let t = resolve(tx, task, plan.target.name().clone()).await?;
     let column_list = check_columns(tx, task, &t, &checked.expected.columns).await?;
     if let Some(note) = superseded(tx, ctx, &t, &checked.snapshot_lsn, Scope::Target, false).await?
     {

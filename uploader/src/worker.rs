@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::{self, ApplyKind, Beat, Claimed};
+use crate::queue::{self, Beat, Claimed};
 use crate::{apply, UploadError};
 
 /// Applies queued uploads on the primary.
@@ -557,17 +557,7 @@ impl Worker {
             results_dir: &self.results_dir,
             lock_timeout: self.lock_timeout,
         };
-        let applied = match ApplyKind::parse(&task.kind) {
-            Some(ApplyKind::Findings) => apply::findings(&tx, &ctx).await?,
-            Some(ApplyKind::Swap) => apply::swap(&tx, &ctx).await?,
-            Some(ApplyKind::Merge) => apply::merge(&tx, &ctx).await?,
-            None => {
-                return Err(UploadError::Rejected(format!(
-                    "upload task {}: unknown apply kind {:?}",
-                    task.id, task.kind
-                )))
-            }
-        };
+        let applied = apply::apply_task(&tx, &ctx).await?;
         queue::complete(
             &tx,
             complete_stmt,
