@@ -21,7 +21,8 @@ use crate::progress::{Counters, ProgressReporter};
 use crate::results::data_files::CsvFile;
 use crate::results::FINDINGS_COLUMNS;
 use crate::results::{AmcheckFindings, ApplyPlan, FindingsPlan};
-use crate::task::{run_workers, TaskReport, TaskStatus};
+use crate::task::fields::{at_least_one, parallelism_or_default, parallelism_within_cap};
+use crate::task::{run_workers, FieldError, TaskFields, TaskReport, TaskStatus};
 use crate::{ScanContext, ScanError};
 
 /// Config of an `amcheck` task.
@@ -34,6 +35,34 @@ pub struct AmcheckSpec {
     pub heapallindexed: bool,
     /// Relations checked at once, each on its own session.
     pub parallelism: usize,
+}
+
+impl AmcheckSpec {
+    /// The config fields of this kind.
+    pub const FIELDS: &'static [&'static str] = &["tables", "heapallindexed", "parallelism"];
+
+    /// The spec config's fields describe, checked.
+    pub fn from_fields(f: &TaskFields) -> Result<Self, FieldError> {
+        let spec = AmcheckSpec {
+            tables: f.tables.clone(),
+            heapallindexed: f.heapallindexed.unwrap_or(false),
+            parallelism: parallelism_or_default(f.parallelism),
+        };
+        spec.validate()?;
+        parallelism_within_cap(f.parallelism)?;
+        Ok(spec)
+    }
+
+    /// Check what the scan relies on, however the spec was made.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.tables.as_ref().is_some_and(Vec::is_empty) {
+            return Err(FieldError::invalid(
+                "tables",
+                "empty list (leave it out to check every table)",
+            ));
+        }
+        at_least_one("parallelism", self.parallelism as u64)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,9 +100,6 @@ pub(crate) async fn prepare(
     client: &Client,
     spec: &AmcheckSpec,
 ) -> Result<PreparedAmcheck, ScanError> {
-    if spec.parallelism == 0 {
-        return Err(ScanError::Config("parallelism: must be at least 1".into()));
-    }
     let row = client
         .query_one(
             "SELECT current_database()::text,
@@ -122,11 +148,6 @@ pub(crate) async fn prepare(
                 )
             })
             .collect(),
-        Some(list) if list.is_empty() => {
-            return Err(ScanError::Config(
-                "tables: empty list (leave it out to check every table)".into(),
-            ))
-        }
         Some(list) => {
             let mut out = Vec::new();
             for (i, text) in list.iter().enumerate() {

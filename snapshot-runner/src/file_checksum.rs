@@ -31,7 +31,8 @@ use crate::results::data_files::CsvFile;
 use crate::results::FINDINGS_COLUMNS;
 use crate::results::{ApplyPlan, FileChecksumFindings, FindingsPlan};
 use crate::row_checksum::{column, resolve_table, stored_md5_expr};
-use crate::task::{TaskReport, TaskStatus};
+use crate::task::fields::{at_least_one, parallelism_or_default, parallelism_within_cap, required};
+use crate::task::{FieldError, TaskFields, TaskReport, TaskStatus};
 use crate::{ScanContext, ScanError};
 
 /// Read size of the file readers. Disk reads are large anyway: with
@@ -65,6 +66,69 @@ pub struct FileChecksumSpec {
     pub parallelism: usize,
 }
 
+impl FileChecksumSpec {
+    /// The config fields of this kind.
+    pub const FIELDS: &'static [&'static str] = &[
+        "table",
+        "key",
+        "path",
+        "checksum",
+        "size",
+        "root",
+        "age_in_days",
+        "ingested_at",
+        "files_per_run",
+        "parallelism",
+    ];
+
+    /// The spec config's fields describe, checked.
+    pub fn from_fields(f: &TaskFields) -> Result<Self, FieldError> {
+        let spec = FileChecksumSpec {
+            table: required("table", &f.table)?,
+            key: required("key", &f.key)?,
+            path: required("path", &f.path)?,
+            checksum: required("checksum", &f.checksum)?,
+            size: f.size.clone(),
+            root: required("root", &f.root)?,
+            age_in_days: f.age_in_days,
+            ingested_at: f.ingested_at.clone(),
+            files_per_run: f.files_per_run,
+            parallelism: parallelism_or_default(f.parallelism),
+        };
+        spec.validate()?;
+        parallelism_within_cap(f.parallelism)?;
+        Ok(spec)
+    }
+
+    /// Check what the scan relies on, however the spec was made. (Whether `root` is a
+    /// directory is checked when the task is prepared, on the host that reads it.)
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if !self.root.is_absolute() {
+            return Err(FieldError::invalid(
+                "root",
+                format!("{} must be an absolute path", self.root.display()),
+            ));
+        }
+        match (self.age_in_days, &self.ingested_at) {
+            (Some(0), _) => return Err(FieldError::invalid("age_in_days", "must be at least 1")),
+            (Some(_), None) => {
+                return Err(FieldError::conflict(
+                    "age_in_days",
+                    "needs ingested_at, the column of ingest times",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(FieldError::conflict("ingested_at", "needs age_in_days"))
+            }
+            _ => {}
+        }
+        if let Some(n) = self.files_per_run {
+            at_least_one("files_per_run", n)?;
+        }
+        at_least_one("parallelism", self.parallelism as u64)
+    }
+}
+
 pub(crate) struct PreparedFileChecksum {
     pub(crate) table: QualifiedName,
     key: String,
@@ -84,25 +148,6 @@ pub(crate) async fn prepare(
     client: &Client,
     spec: &FileChecksumSpec,
 ) -> Result<PreparedFileChecksum, ScanError> {
-    if spec.parallelism == 0 {
-        return Err(ScanError::Config("parallelism: must be at least 1".into()));
-    }
-    if spec.files_per_run == Some(0) {
-        return Err(ScanError::Config(
-            "files_per_run: must be at least 1".into(),
-        ));
-    }
-    if spec.age_in_days.is_some() != spec.ingested_at.is_some() {
-        return Err(ScanError::Config(
-            "age_in_days: needs ingested_at (the column of ingest times), and ingested_at needs age_in_days".into(),
-        ));
-    }
-    if !spec.root.is_absolute() {
-        return Err(ScanError::Config(format!(
-            "root: {} must be an absolute path",
-            spec.root.display()
-        )));
-    }
     let root = spec
         .root
         .canonicalize()

@@ -60,4 +60,6 @@ pub use session::{scan_application_name, ScanContext};
 // The uploader and the coordinator connect (and cancel) through these too; the
 // definitions live in [`connection`].
 pub use connection::{connect, tls};
-pub use task::{prepare, PreparedTask, TaskReport, TaskSpec, TaskStatus};
+pub use task::{
+    prepare, FieldError, FieldProblem, PreparedTask, TaskFields, TaskReport, TaskSpec, TaskStatus,
+};

@@ -11,7 +11,8 @@ use crate::ident::parse_ident;
 use crate::progress::{Counters, ProgressReporter};
 use crate::results::data_files::RawFile;
 use crate::results::{ApplyPlan, MergePlan, SwapPlan, TargetTable};
-use crate::task::{TaskReport, TaskStatus};
+use crate::task::fields::required;
+use crate::task::{FieldError, TaskFields, TaskReport, TaskStatus};
 use crate::{ScanContext, ScanError};
 
 /// Config of a `materialize` task.
@@ -24,6 +25,31 @@ pub struct MaterializeSpec {
     /// If set, the result is merged into the target on these columns (upsert) instead
     /// of replacing it.
     pub merge_key: Option<Vec<String>>,
+}
+
+impl MaterializeSpec {
+    /// The config fields of this kind.
+    pub const FIELDS: &'static [&'static str] = &["query", "target", "merge_key"];
+
+    /// The spec config's fields describe, checked.
+    pub fn from_fields(f: &TaskFields) -> Result<Self, FieldError> {
+        let spec = MaterializeSpec {
+            query: required("query", &f.query)?,
+            target: required("target", &f.target)?,
+            merge_key: f.merge_key.clone(),
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Check what the scan relies on, however the spec was made. (The target is a
+    /// table on the primary; its name is checked when the task is prepared.)
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.merge_key.as_ref().is_some_and(Vec::is_empty) {
+            return Err(FieldError::invalid("merge_key", "list at least one column"));
+        }
+        Ok(())
+    }
 }
 
 pub(crate) struct PreparedMaterialize {
@@ -53,11 +79,6 @@ pub(crate) async fn prepare(
     let query = check_query(client, "query", &spec.query).await?;
     let merge_key = match &spec.merge_key {
         None => None,
-        Some(cols) if cols.is_empty() => {
-            return Err(ScanError::Config(
-                "merge_key: list at least one column".into(),
-            ));
-        }
         Some(cols) => {
             let mut key = Vec::new();
             for c in cols {

@@ -14,7 +14,8 @@ use crate::progress::{Counters, ProgressReporter};
 use crate::results::data_files::CsvFile;
 use crate::results::FINDINGS_COLUMNS;
 use crate::results::{ApplyPlan, FindingsPlan, RowRecheck};
-use crate::task::{run_workers, TaskReport, TaskStatus};
+use crate::task::fields::{at_least_one, parallelism_or_default, parallelism_within_cap, required};
+use crate::task::{run_workers, FieldError, TaskFields, TaskReport, TaskStatus};
 use crate::{ScanContext, ScanError};
 
 /// Keys sampled to choose the split points of the key range.
@@ -33,6 +34,31 @@ pub struct RowChecksumSpec {
     pub checksum: String,
     /// Parallel sessions; the key range is split into this many parts.
     pub parallelism: usize,
+}
+
+impl RowChecksumSpec {
+    /// The config fields of this kind.
+    pub const FIELDS: &'static [&'static str] =
+        &["table", "key", "content", "checksum", "parallelism"];
+
+    /// The spec config's fields describe, checked.
+    pub fn from_fields(f: &TaskFields) -> Result<Self, FieldError> {
+        let spec = RowChecksumSpec {
+            table: required("table", &f.table)?,
+            key: required("key", &f.key)?,
+            content: required("content", &f.content)?,
+            checksum: required("checksum", &f.checksum)?,
+            parallelism: parallelism_or_default(f.parallelism),
+        };
+        spec.validate()?;
+        parallelism_within_cap(f.parallelism)?;
+        Ok(spec)
+    }
+
+    /// Check what the scan relies on, however the spec was made.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        at_least_one("parallelism", self.parallelism as u64)
+    }
 }
 
 /// A row_checksum task checked against the catalog, with its key range split.
@@ -142,9 +168,6 @@ pub(crate) async fn prepare(
     client: &Client,
     spec: &RowChecksumSpec,
 ) -> Result<PreparedRowChecksum, ScanError> {
-    if spec.parallelism == 0 {
-        return Err(ScanError::Config("parallelism: must be at least 1".into()));
-    }
     let (oid, table, estimated_rows) = resolve_table(client, &spec.table).await?;
     let key = column(client, oid, "key", &spec.key, &table).await?;
     let content = column(client, oid, "content", &spec.content, &table).await?;
