@@ -7,22 +7,19 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use futures_util::{pin_mut, StreamExt};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
-use tokio_util::sync::CancellationToken;
 
+use crate::findings_scan::{FindingsScan, ScanEnd};
 use crate::ident::{quote_ident, QualifiedName};
-use crate::progress::{Counters, ProgressReporter};
-use crate::results::data_files::CsvFile;
-use crate::results::FINDINGS_COLUMNS;
-use crate::results::{AmcheckFindings, ApplyPlan, FindingsPlan};
+use crate::results::{AmcheckFindings, FindingsPlan};
 use crate::task::fields::{at_least_one, parallelism_or_default, parallelism_within_cap};
-use crate::task::{run_workers, FieldError, TaskFields, TaskReport, TaskStatus};
+use crate::task::{run_workers, FieldError, TaskFields, TaskReport};
 use crate::{ScanContext, ScanError};
 
 /// Config of an `amcheck` task.
@@ -230,39 +227,26 @@ pub(crate) async fn run(
     deadline: Option<Instant>,
     report: &mut TaskReport,
 ) -> Result<(), ScanError> {
-    let file = CsvFile::create(&ctx.run_dir, &format!("{name}.csv"), &FINDINGS_COLUMNS)?;
-    let sink = Mutex::new(file);
-    let counters = Arc::new(Counters::default());
-    let progress = ProgressReporter::start(
-        ctx.progress,
-        name,
-        "relations",
-        Some(p.items.len() as u64),
-        counters.clone(),
-    );
+    let scan = FindingsScan::start(ctx, name, "relations", Some(p.items.len() as u64))?;
     let queue = Mutex::new(p.items.iter().cloned().collect::<VecDeque<_>>());
-    let stop = ctx.cancel.child_token();
     let workers = (0..p.parallelism.min(p.items.len()).max(1))
-        .map(|_| worker(p, ctx, &queue, &sink, &counters, deadline, &stop));
-    let partial = run_workers(&stop, workers).await;
-    progress.finish().await;
-    report.take_counters(&counters);
-    let partial = partial?;
-    report.file = Some(sink.into_inner().expect("sink lock").finish()?);
-    report.apply = Some(ApplyPlan::Findings(FindingsPlan::Amcheck(
-        AmcheckFindings {
-            heapallindexed: p.heapallindexed,
-        },
-    )));
-    if partial {
-        report.status = TaskStatus::Partial;
-        report.error = Some(format!(
-            "soft_timeout reached: {} of {} relations checked",
-            report.rows_scanned,
-            p.items.len()
-        ));
-    }
-    Ok(())
+        .map(|_| worker(p, ctx, &queue, &scan, deadline));
+    let ended = run_workers(&scan.stop, workers).await.map(|cut_short| {
+        if !cut_short {
+            return ScanEnd::Complete;
+        }
+        ScanEnd::CutShort {
+            note: Some(format!(
+                "soft_timeout reached: {} of {} relations checked",
+                scan.items(),
+                p.items.len()
+            )),
+        }
+    });
+    let plan = FindingsPlan::Amcheck(AmcheckFindings {
+        heapallindexed: p.heapallindexed,
+    });
+    scan.finish(report, ended, plan).await
 }
 
 /// Check relations from the queue until it is empty; `true` if the soft deadline
@@ -271,11 +255,10 @@ async fn worker(
     p: &PreparedAmcheck,
     ctx: &ScanContext,
     queue: &Mutex<VecDeque<Item>>,
-    sink: &Mutex<CsvFile>,
-    counters: &Counters,
+    scan: &FindingsScan,
     deadline: Option<Instant>,
-    stop: &CancellationToken,
 ) -> Result<bool, ScanError> {
+    let (sink, counters, stop) = (&scan.sink, &scan.counters, &scan.stop);
     let client = ctx.connect().await?;
     let cancel_token = client.cancel_token();
     loop {

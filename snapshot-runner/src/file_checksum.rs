@@ -24,15 +24,15 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::catalog::{column, resolve_table, stored_md5_expr};
+use crate::findings_scan::{FindingsScan, ScanEnd};
 use crate::ident::{quote_ident, QualifiedName};
 use crate::md5file::FileMd5;
-use crate::progress::{Counters, ProgressReporter};
+use crate::progress::Counters;
 use crate::results::data_files::CsvFile;
-use crate::results::FINDINGS_COLUMNS;
-use crate::results::{ApplyPlan, FileChecksumFindings, FindingsPlan};
-use crate::row_checksum::{column, resolve_table, stored_md5_expr};
+use crate::results::{FileChecksumFindings, FindingsPlan};
 use crate::task::fields::{at_least_one, parallelism_or_default, parallelism_within_cap, required};
-use crate::task::{FieldError, TaskFields, TaskReport, TaskStatus};
+use crate::task::{FieldError, TaskFields, TaskReport};
 use crate::{ScanContext, ScanError};
 
 /// Read size of the file readers. Disk reads are large anyway: with
@@ -297,44 +297,86 @@ pub(crate) async fn run(
     cursor: Option<&str>,
     report: &mut TaskReport,
 ) -> Result<(), ScanError> {
-    let file = CsvFile::create(&ctx.run_dir, &format!("{name}.csv"), &FINDINGS_COLUMNS)?;
-    let sink = Arc::new(Mutex::new(file));
-    let counters = Arc::new(Counters::default());
     let total = match p.files_per_run {
         Some(n) => n.min(p.estimated_rows.max(1)),
         None => p.estimated_rows,
     };
-    let progress =
-        ProgressReporter::start(ctx.progress, name, "files", Some(total), counters.clone());
-    let stop = ctx.cancel.child_token();
+    let scan = FindingsScan::start(ctx, name, "files", Some(total))?;
     let relation = p.table.to_string();
-
-    // Reader threads: blocking reads with big buffers, fed through a bounded channel.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Job>(p.parallelism * 4);
+    let (jobs, rx) = tokio::sync::mpsc::channel::<Job>(p.parallelism * 4);
     let queue = Arc::new(Mutex::new(JobQueue {
         rx,
         deadline,
         last_taken: None,
         skipped: false,
     }));
-    let readers: Vec<_> = (0..p.parallelism)
+    let readers = spawn_readers(p, &scan, &queue, &relation);
+    let dispatched = dispatch(p, ctx, deadline, cursor, &jobs, &scan.stop).await;
+    drop(jobs);
+    let reader_error = join_readers(readers, &p.root).await;
+    let ended = match (dispatched, reader_error) {
+        (Err(ScanError::Cancelled), Some(e)) | (Ok(_), Some(e)) => Err(e),
+        (Err(e), _) => Err(e),
+        (Ok(_), None) if scan.stop.is_cancelled() => Err(ScanError::Cancelled),
+        (Ok(Dispatched { cut_short }), None) => {
+            if cut_short || queue.lock().expect("job lock").skipped {
+                Ok(ScanEnd::CutShort {
+                    note: Some(format!("soft_timeout reached after {} files", scan.items())),
+                })
+            } else {
+                Ok(ScanEnd::Complete)
+            }
+        }
+    };
+    let plan = FindingsPlan::FileChecksum(FileChecksumFindings {
+        relation,
+        schema: p.table.schema.clone(),
+        table: p.table.name.clone(),
+        root: p.root.display().to_string(),
+    });
+    scan.finish(report, ended, plan).await?;
+    // Files are taken in key order and every file taken has been checked, so the last
+    // key taken is where the next run carries on.
+    if p.files_per_run.is_some() {
+        report.cursor = queue
+            .lock()
+            .expect("job lock")
+            .last_taken
+            .clone()
+            .or_else(|| cursor.map(str::to_string));
+    }
+    Ok(())
+}
+
+/// Reader threads: blocking reads with big buffers, fed through a bounded channel.
+fn spawn_readers(
+    p: &PreparedFileChecksum,
+    scan: &FindingsScan,
+    queue: &Arc<Mutex<JobQueue>>,
+    relation: &str,
+) -> Vec<tokio::task::JoinHandle<Result<(), ScanError>>> {
+    (0..p.parallelism)
         .map(|_| {
             let (queue, sink, counters, stop, root, relation) = (
                 queue.clone(),
-                sink.clone(),
-                counters.clone(),
-                stop.clone(),
+                scan.sink.clone(),
+                scan.counters.clone(),
+                scan.stop.clone(),
                 p.root.clone(),
-                relation.clone(),
+                relation.to_string(),
             );
             tokio::task::spawn_blocking(move || {
                 reader(&queue, &sink, &counters, &stop, &root, &relation)
             })
         })
-        .collect();
+        .collect()
+}
 
-    let dispatched = dispatch(p, ctx, deadline, cursor, &tx, &stop).await;
-    drop(tx);
+/// Wait for every reader; the first error one of them met, if any.
+async fn join_readers(
+    readers: Vec<tokio::task::JoinHandle<Result<(), ScanError>>>,
+    root: &Path,
+) -> Option<ScanError> {
     let mut reader_error = None;
     for r in readers {
         match r.await {
@@ -342,49 +384,13 @@ pub(crate) async fn run(
             Ok(Err(e)) => reader_error = reader_error.or(Some(e)),
             Err(join) => {
                 reader_error = reader_error.or(Some(ScanError::Io {
-                    path: p.root.clone(),
+                    path: root.to_path_buf(),
                     cause: io::Error::other(format!("file reader panicked: {join}")),
                 }))
             }
         }
     }
-    progress.finish().await;
-    report.take_counters(&counters);
-    let Dispatched { cut_short } = match (dispatched, reader_error) {
-        (Err(ScanError::Cancelled), Some(e)) | (Ok(_), Some(e)) => return Err(e),
-        (Err(e), _) => return Err(e),
-        (Ok(d), None) => d,
-    };
-    if stop.is_cancelled() {
-        return Err(ScanError::Cancelled);
-    }
-    let sink = Arc::try_unwrap(sink).map_err(|_| ScanError::Cancelled)?;
-    report.file = Some(sink.into_inner().expect("sink lock").finish()?);
-    report.apply = Some(ApplyPlan::Findings(FindingsPlan::FileChecksum(
-        FileChecksumFindings {
-            relation,
-            schema: p.table.schema.clone(),
-            table: p.table.name.clone(),
-            root: p.root.display().to_string(),
-        },
-    )));
-    // Files are taken in key order and every file taken has been checked, so the last
-    // key taken is where the next run carries on.
-    let queue = queue.lock().expect("job lock");
-    if p.files_per_run.is_some() {
-        report.cursor = queue
-            .last_taken
-            .clone()
-            .or_else(|| cursor.map(str::to_string));
-    }
-    if cut_short || queue.skipped {
-        report.status = TaskStatus::Partial;
-        report.error = Some(format!(
-            "soft_timeout reached after {} files",
-            report.rows_scanned
-        ));
-    }
-    Ok(())
+    reader_error
 }
 
 struct Dispatched {

@@ -32,11 +32,13 @@
 #![warn(missing_docs)]
 
 mod amcheck;
+mod catalog;
 pub mod connection;
 mod copy;
 mod error;
 mod export;
 mod file_checksum;
+mod findings_scan;
 pub mod ident;
 mod materialize;
 mod md5file;
