@@ -97,6 +97,21 @@ pub(crate) async fn prepare(
     client: &Client,
     spec: &AmcheckSpec,
 ) -> Result<PreparedAmcheck, ScanError> {
+    let ext_schema = extension_schema(client).await?;
+    let tables = match &spec.tables {
+        None => all_tables(client).await?,
+        Some(list) => listed_tables(client, list).await?,
+    };
+    Ok(PreparedAmcheck {
+        ext_schema: quote_ident(&ext_schema),
+        heapallindexed: spec.heapallindexed,
+        parallelism: spec.parallelism,
+        items: with_indexes(client, tables).await?,
+    })
+}
+
+/// The schema of the amcheck extension, which must be there and new enough.
+async fn extension_schema(client: &Client) -> Result<String, ScanError> {
     let row = client
         .query_one(
             "SELECT current_database()::text,
@@ -119,65 +134,77 @@ pub(crate) async fn prepare(
             "amcheck extension in database {db} is too old (no verify_heapam): ALTER EXTENSION amcheck UPDATE on the primary"
         )));
     }
+    Ok(ext_schema)
+}
 
-    let tables: Vec<(u32, QualifiedName, u64)> = match &spec.tables {
-        None => client
-            .query(
-                "SELECT c.oid, n.nspname::text, c.relname::text, pg_relation_size(c.oid)
+/// A table to check: `(oid, name, size in bytes)`.
+type Table = (u32, QualifiedName, u64);
+
+/// Every permanent, populated user table and materialized view.
+async fn all_tables(client: &Client) -> Result<Vec<Table>, ScanError> {
+    Ok(client
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text, pg_relation_size(c.oid)
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'm') AND c.relpersistence = 'p' AND c.relispopulated
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                AND n.nspname !~ '^pg_(toast|temp_)'
+              ORDER BY 2, 3",
+            &[],
+        )
+        .await
+        .map_err(ScanError::db("listing tables"))?
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                QualifiedName {
+                    schema: r.get(1),
+                    name: r.get(2),
+                },
+                r.get::<_, i64>(3) as u64,
+            )
+        })
+        .collect())
+}
+
+/// The tables config lists (`tables[i]`): each must exist and hold data on a standby.
+async fn listed_tables(client: &Client, list: &[String]) -> Result<Vec<Table>, ScanError> {
+    let mut out = Vec::new();
+    for (i, text) in list.iter().enumerate() {
+        let field = format!("tables[{i}]");
+        let t =
+            QualifiedName::parse(text).map_err(|e| ScanError::Config(format!("{field}: {e}")))?;
+        let row = client
+            .query_opt(
+                "SELECT c.oid, c.relkind::text, c.relpersistence::text, pg_relation_size(c.oid)
                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE c.relkind IN ('r', 'm') AND c.relpersistence = 'p' AND c.relispopulated
-                    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                    AND n.nspname !~ '^pg_(toast|temp_)'
-                  ORDER BY 2, 3",
-                &[],
+                  WHERE n.nspname = $1 AND c.relname = $2",
+                &[&t.schema, &t.name],
             )
             .await
-            .map_err(ScanError::db("listing tables"))?
-            .iter()
-            .map(|r| {
-                (
-                    r.get(0),
-                    QualifiedName {
-                        schema: r.get(1),
-                        name: r.get(2),
-                    },
-                    r.get::<_, i64>(3) as u64,
-                )
-            })
-            .collect(),
-        Some(list) => {
-            let mut out = Vec::new();
-            for (i, text) in list.iter().enumerate() {
-                let field = format!("tables[{i}]");
-                let t = QualifiedName::parse(text)
-                    .map_err(|e| ScanError::Config(format!("{field}: {e}")))?;
-                let row = client
-                    .query_opt(
-                        "SELECT c.oid, c.relkind::text, c.relpersistence::text, pg_relation_size(c.oid)
-                           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                          WHERE n.nspname = $1 AND c.relname = $2",
-                        &[&t.schema, &t.name],
-                    )
-                    .await
-                    .map_err(ScanError::db("reading the catalog"))?
-                    .ok_or_else(|| ScanError::Config(format!("{field}: table {t} does not exist on the replica")))?;
-                let (kind, persistence): (String, String) = (row.get(1), row.get(2));
-                if !matches!(kind.as_str(), "r" | "m") {
-                    return Err(ScanError::Config(format!(
-                        "{field}: {t} is not a table or materialized view (list a partitioned table's partitions)"
-                    )));
-                }
-                if persistence != "p" {
-                    return Err(ScanError::Config(format!(
-                        "{field}: {t} is unlogged or temporary; a standby holds no data for it"
-                    )));
-                }
-                out.push((row.get(0), t, row.get::<_, i64>(3) as u64));
-            }
-            out
+            .map_err(ScanError::db("reading the catalog"))?
+            .ok_or_else(|| {
+                ScanError::Config(format!("{field}: table {t} does not exist on the replica"))
+            })?;
+        let (kind, persistence): (String, String) = (row.get(1), row.get(2));
+        if !matches!(kind.as_str(), "r" | "m") {
+            return Err(ScanError::Config(format!(
+                "{field}: {t} is not a table or materialized view (list a partitioned table's partitions)"
+            )));
         }
-    };
+        if persistence != "p" {
+            return Err(ScanError::Config(format!(
+                "{field}: {t} is unlogged or temporary; a standby holds no data for it"
+            )));
+        }
+        out.push((row.get(0), t, row.get::<_, i64>(3) as u64));
+    }
+    Ok(out)
+}
 
+/// The checks of `tables`: each heap, followed by its valid btree indexes.
+async fn with_indexes(client: &Client, tables: Vec<Table>) -> Result<Vec<Item>, ScanError> {
     let oids: Vec<u32> = tables.iter().map(|t| t.0).collect();
     let indexes = client
         .query(
@@ -212,12 +239,7 @@ pub(crate) async fn prepare(
             });
         }
     }
-    Ok(PreparedAmcheck {
-        ext_schema: quote_ident(&ext_schema),
-        heapallindexed: spec.heapallindexed,
-        parallelism: spec.parallelism,
-        items,
-    })
+    Ok(items)
 }
 
 pub(crate) async fn run(
