@@ -6,6 +6,7 @@
 use tokio_postgres::Client;
 
 use crate::ident::{parse_ident, quote_ident, QualifiedName};
+use crate::results::RowRecheck;
 use crate::ScanError;
 
 /// A column of a configured table, as the catalog describes it.
@@ -52,19 +53,12 @@ pub(crate) async fn column(
 /// 16-byte bytea or uuid.
 pub(crate) fn stored_md5_expr(checksum: &Column, kind: &str) -> Result<String, ScanError> {
     let c = quote_ident(&checksum.name);
-    Ok(
-        match (checksum.type_name.as_str(), checksum.category.as_str()) {
-            ("bytea", _) => format!("encode({c}, 'hex')"),
-            ("uuid", _) => format!("replace({c}::text, '-', '')"),
-            (_, "S") => format!("lower({c}::text)"),
-            _ => {
-                return Err(ScanError::Config(format!(
-                    "checksum: column {c} has type {}; {kind} needs hex text, bytea or uuid",
-                    checksum.type_sql
-                )))
-            }
-        },
-    )
+    RowRecheck::stored_md5_sql(&c, &checksum.type_name, &checksum.category).ok_or_else(|| {
+        ScanError::Config(format!(
+            "checksum: column {c} has type {}; {kind} needs hex text, bytea or uuid",
+            checksum.type_sql
+        ))
+    })
 }
 
 /// Resolve a table in SQL syntax on the replica: `(oid, name, estimated rows)`.

@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 
-use snapshot_runner::ident::quote_ident;
+use snapshot_runner::ident::{quote_ident, QualifiedName};
 use snapshot_runner::results::RowRecheck;
 use tokio_postgres::Transaction;
 
@@ -122,19 +122,18 @@ async fn recheck_sql(
         return Ok(None);
     };
     let key_type: String = k.get(1);
-    let c = quote_ident(&r.checksum);
-    // Same normalisation of the stored checksum as the scan (snapshot-runner row_checksum).
-    let stored = match (s.get::<_, &str>(2), s.get::<_, &str>(3)) {
-        ("bytea", _) => format!("encode({c}, 'hex')"),
-        ("uuid", _) => format!("replace({c}::text, '-', '')"),
-        (_, "S") => format!("lower({c}::text)"),
-        _ => {
-            tracing::warn!(task = task.id, %relation, "checksum column type changed on the primary; still_holds left unknown");
-            return Ok(None);
-        }
+    // The same reading of the stored checksum as the scan's.
+    let stored = RowRecheck::stored_md5_sql(&quote_ident(&r.checksum), s.get(2), s.get(3));
+    let Some(stored) = stored else {
+        tracing::warn!(task = task.id, %relation, "checksum column type changed on the primary; still_holds left unknown");
+        return Ok(None);
     };
     let (kq, cq) = (quote_ident(&r.key), quote_ident(&r.content));
-    let table_sql = format!("{}.{}", quote_ident(&r.schema), quote_ident(&r.table));
+    let table_sql = QualifiedName {
+        schema: r.schema.clone(),
+        name: r.table.clone(),
+    }
+    .quoted();
     let check = format!(
         "CASE WHEN md5({cq}) IS NULL THEN 'null_content' WHEN {stored} IS NULL THEN 'null_checksum'
               WHEN md5({cq}) <> {stored} THEN 'mismatch' END"

@@ -89,6 +89,21 @@ pub struct RowRecheck {
     pub checksum: String,
 }
 
+impl RowRecheck {
+    /// SQL giving the stored checksum column `column` (already quoted) as lower-case
+    /// hex text, for a column of type `type_name` in category `category` (from
+    /// `pg_type`): hex text, 16-byte bytea or uuid; `None` for any other type. The
+    /// scan and the re-check read a stored checksum through this, so that they agree.
+    pub fn stored_md5_sql(column: &str, type_name: &str, category: &str) -> Option<String> {
+        match (type_name, category) {
+            ("bytea", _) => Some(format!("encode({column}, 'hex')")),
+            ("uuid", _) => Some(format!("replace({column}::text, '-', '')")),
+            (_, "S") => Some(format!("lower({column}::text)")),
+            _ => None,
+        }
+    }
+}
+
 /// What a `file_checksum` scan records about its findings. For operators: the
 /// uploader does not re-check files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
