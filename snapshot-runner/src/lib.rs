@@ -13,6 +13,14 @@
 //! stops cleanly at its soft deadline with partial results, and stops at once (server
 //! side too) when the run is cancelled.
 //!
+//! A task's spec is built from config's fields by its kind ([`TaskSpec::from_fields`]),
+//! which names the field at fault ([`FieldError`]).
+//!
+//! Besides the scans, this crate holds what the rest of pgmaint shares with them: the
+//! [`results`] format (manifest, data files, findings columns, and the [`ApplyPlan`]
+//! the uploader follows), [`connection`]s to PostgreSQL, SQL identifiers ([`ident`])
+//! and database errors ([`pg_error`]).
+//!
 //! This crate knows nothing about pausing or about the upload queue.
 //!
 //! ```no_run

@@ -33,47 +33,65 @@ pub enum TaskSpec {
     Export(ExportSpec),
 }
 
-impl TaskSpec {
-    /// Every kind, by the name config gives it, with the fields it takes.
-    pub const KINDS: &'static [(&'static str, &'static [&'static str])] = &[
-        ("row_checksum", RowChecksumSpec::FIELDS),
-        ("file_checksum", FileChecksumSpec::FIELDS),
-        ("materialize", MaterializeSpec::FIELDS),
-        ("amcheck", AmcheckSpec::FIELDS),
-        ("export", ExportSpec::FIELDS),
-    ];
+/// A kind of task: its name in config, the fields it takes, and how its spec is made
+/// from them.
+struct Kind {
+    name: &'static str,
+    fields: &'static [&'static str],
+    from_fields: fn(&TaskFields) -> Result<TaskSpec, FieldError>,
+}
 
+const KINDS: &[Kind] = &[
+    Kind {
+        name: "row_checksum",
+        fields: RowChecksumSpec::FIELDS,
+        from_fields: |f| RowChecksumSpec::from_fields(f).map(TaskSpec::RowChecksum),
+    },
+    Kind {
+        name: "file_checksum",
+        fields: FileChecksumSpec::FIELDS,
+        from_fields: |f| FileChecksumSpec::from_fields(f).map(TaskSpec::FileChecksum),
+    },
+    Kind {
+        name: "materialize",
+        fields: MaterializeSpec::FIELDS,
+        from_fields: |f| MaterializeSpec::from_fields(f).map(TaskSpec::Materialize),
+    },
+    Kind {
+        name: "amcheck",
+        fields: AmcheckSpec::FIELDS,
+        from_fields: |f| AmcheckSpec::from_fields(f).map(TaskSpec::Amcheck),
+    },
+    Kind {
+        name: "export",
+        fields: ExportSpec::FIELDS,
+        from_fields: |f| ExportSpec::from_fields(f).map(TaskSpec::Export),
+    },
+];
+
+impl TaskSpec {
     /// The spec of a task of kind `kind` from config's fields: the kind must exist and
     /// take every field that is set, and its spec checks the rest.
     pub fn from_fields(kind: &str, fields: &TaskFields) -> Result<TaskSpec, FieldError> {
-        let (kind, kind_fields) =
-            *Self::KINDS
-                .iter()
-                .find(|(k, _)| *k == kind)
-                .ok_or_else(|| FieldError {
-                    field: "kind",
-                    problem: FieldProblem::UnknownKind {
-                        kind: kind.to_string(),
-                        known: Self::KINDS.iter().map(|(k, _)| *k).collect(),
-                    },
-                })?;
-        if let Some(extra) = fields.set().into_iter().find(|f| !kind_fields.contains(f)) {
+        let Some(known) = KINDS.iter().find(|k| k.name == kind) else {
+            return Err(FieldError {
+                field: "kind",
+                problem: FieldProblem::UnknownKind {
+                    kind: kind.to_string(),
+                    known: KINDS.iter().map(|k| k.name).collect(),
+                },
+            });
+        };
+        if let Some(extra) = fields.set().into_iter().find(|f| !known.fields.contains(f)) {
             return Err(FieldError {
                 field: extra,
                 problem: FieldProblem::NotOfKind {
-                    kind,
-                    fields: kind_fields,
+                    kind: known.name,
+                    fields: known.fields,
                 },
             });
         }
-        Ok(match kind {
-            "row_checksum" => TaskSpec::RowChecksum(RowChecksumSpec::from_fields(fields)?),
-            "file_checksum" => TaskSpec::FileChecksum(FileChecksumSpec::from_fields(fields)?),
-            "materialize" => TaskSpec::Materialize(MaterializeSpec::from_fields(fields)?),
-            "amcheck" => TaskSpec::Amcheck(AmcheckSpec::from_fields(fields)?),
-            "export" => TaskSpec::Export(ExportSpec::from_fields(fields)?),
-            _ => unreachable!("every kind in KINDS is built above"),
-        })
+        (known.from_fields)(fields)
     }
 
     /// Check what the kind's scan relies on. [`TaskSpec::from_fields`] already did;
@@ -132,8 +150,9 @@ pub async fn prepare(
     spec: &TaskSpec,
     ctx: &ScanContext,
 ) -> Result<PreparedTask, ScanError> {
-    spec.validate()
-        .map_err(|e| prefix_config(name, spec.kind(), ScanError::Config(e.to_string())))?;
+    let misconfigured =
+        |e: FieldError| prefix_config(name, spec.kind(), ScanError::Config(e.to_string()));
+    spec.validate().map_err(misconfigured)?;
     let client = ctx.connect().await?;
     let inner = match spec {
         TaskSpec::RowChecksum(s) => row_checksum::prepare(&client, s)
