@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use pgmaint_e2e::*;
 use serde_json::{json, Value};
 use tokio_postgres::Client;
-use uploader::{ApplyKind, UploadRequest};
+use uploader::UploadRequest;
 
 /// A cluster (primary only: the uploader never touches a replica), its config, and
 /// a connection to the primary.
@@ -97,11 +97,10 @@ async fn fake_run(fx: &Fx, files: &[FileSpec]) -> (i64, Vec<i64>) {
         .iter()
         .map(|f| UploadRequest {
             task_name: f.task.clone(),
-            kind: ApplyKind::parse(f.kind)
-                .unwrap_or_else(|| panic!("unknown apply kind {}", f.kind)),
+            plan: uploader::ApplyPlan::from_queued(f.kind, &f.params)
+                .unwrap_or_else(|e| panic!("apply plan {} {}: {e}", f.kind, f.params)),
             file: format!("{run_id}/{}.csv", f.task),
             manifest: format!("{run_id}/manifest.json"),
-            params: f.params.clone(),
             file_md5: md5_hex(f.csv.as_bytes()),
             file_size: f.csv.len() as i64,
         })

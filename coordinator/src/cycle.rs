@@ -18,7 +18,7 @@ use snapshot_runner::{
 };
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
-use uploader::{ApplyKind, RunState, UploadRequest};
+use uploader::{RunState, UploadRequest};
 
 use crate::abort::{Abort, AbortReason};
 use crate::config::{Config, ReplicaConfig, TaskConfig};
@@ -837,19 +837,11 @@ impl<'a> Cycle<'a> {
             let (Some(file), Some(plan)) = (&r.file, &r.apply) else {
                 continue;
             };
-            let kind = ApplyKind::parse(plan.kind).ok_or_else(|| {
-                anyhow!(
-                    "task {}: this uploader cannot apply {:?}",
-                    r.name,
-                    plan.kind
-                )
-            })?;
             uploads.push(UploadRequest {
                 task_name: r.name.clone(),
-                kind,
+                plan: plan.clone(),
                 file: format!("{run_id}/{}", file.name),
-                manifest: format!("{run_id}/{}", snapshot_runner::manifest::MANIFEST_FILE),
-                params: plan.params.clone(),
+                manifest: format!("{run_id}/{}", snapshot_runner::results::MANIFEST_FILE),
                 file_md5: file.md5.clone(),
                 file_size: file.size as i64,
             });

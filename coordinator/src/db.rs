@@ -57,22 +57,24 @@ impl From<ConnectError> for UsageError {
 pub async fn connect(dsn: &Dsn, application_name: &str) -> Result<Client, ConnectError> {
     let mut config = dsn.config.clone();
     config.application_name(application_name);
-    snapshot_runner::connect(&config).await.map_err(|e| {
-        let cause = std::error::Error::source(&e)
-            .map(|s| s.to_string())
-            .unwrap_or_default();
-        let cause = if cause.is_empty() {
-            e.to_string()
-        } else {
-            format!("{e}: {cause}")
-        };
-        ConnectError(format!(
-            "{}: cannot connect ({}): {}",
-            dsn.field,
-            describe(&dsn.config),
-            cause.replace('\n', " ")
-        ))
-    })
+    snapshot_runner::connection::connect(&config)
+        .await
+        .map_err(|e| {
+            let cause = std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            let cause = if cause.is_empty() {
+                e.to_string()
+            } else {
+                format!("{e}: {cause}")
+            };
+            ConnectError(format!(
+                "{}: cannot connect ({}): {}",
+                dsn.field,
+                describe(&dsn.config),
+                cause.replace('\n', " ")
+            ))
+        })
 }
 
 /// Connect when a command starts: a server that cannot be reached then is a problem

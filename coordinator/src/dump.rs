@@ -240,7 +240,7 @@ pub fn write_manifest(
         .collect();
     names.sort();
     for path in names {
-        let (md5, size) = snapshot_runner::output::file_md5(&path)
+        let (md5, size) = snapshot_runner::results::data_files::file_md5(&path)
             .with_context(|| format!("hashing {}", path.display()))?;
         let name = path
             .file_name()

@@ -7,20 +7,20 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use futures_util::{pin_mut, StreamExt};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
-use tokio_util::sync::CancellationToken;
 
+use crate::findings_scan::{FindingsScan, ScanEnd};
 use crate::ident::{quote_ident, QualifiedName};
-use crate::output::CsvFile;
-use crate::progress::{Counters, ProgressReporter};
-use crate::task::{run_workers, ApplyPlan, TaskReport, TaskStatus};
-use crate::{ScanContext, ScanError, FINDINGS_COLUMNS};
+use crate::results::{AmcheckFindings, FindingsPlan};
+use crate::task::fields::{at_least_one, parallelism_or_default, parallelism_within_cap};
+use crate::task::{run_workers, FieldError, TaskFields, TaskReport};
+use crate::{ScanContext, ScanError};
 
 /// Config of an `amcheck` task.
 #[derive(Debug, Clone)]
@@ -32,6 +32,34 @@ pub struct AmcheckSpec {
     pub heapallindexed: bool,
     /// Relations checked at once, each on its own session.
     pub parallelism: usize,
+}
+
+impl AmcheckSpec {
+    /// The config fields of this kind.
+    pub const FIELDS: &'static [&'static str] = &["tables", "heapallindexed", "parallelism"];
+
+    /// The spec config's fields describe, checked.
+    pub fn from_fields(f: &TaskFields) -> Result<Self, FieldError> {
+        let spec = AmcheckSpec {
+            tables: f.tables.clone(),
+            heapallindexed: f.heapallindexed.unwrap_or(false),
+            parallelism: parallelism_or_default(f.parallelism),
+        };
+        spec.validate()?;
+        parallelism_within_cap(f.parallelism)?;
+        Ok(spec)
+    }
+
+    /// Check what the scan relies on, however the spec was made.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.tables.as_ref().is_some_and(Vec::is_empty) {
+            return Err(FieldError::invalid(
+                "tables",
+                "empty list (leave it out to check every table)",
+            ));
+        }
+        at_least_one("parallelism", self.parallelism as u64)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,9 +97,21 @@ pub(crate) async fn prepare(
     client: &Client,
     spec: &AmcheckSpec,
 ) -> Result<PreparedAmcheck, ScanError> {
-    if spec.parallelism == 0 {
-        return Err(ScanError::Config("parallelism: must be at least 1".into()));
-    }
+    let ext_schema = extension_schema(client).await?;
+    let tables = match &spec.tables {
+        None => all_tables(client).await?,
+        Some(list) => listed_tables(client, list).await?,
+    };
+    Ok(PreparedAmcheck {
+        ext_schema: quote_ident(&ext_schema),
+        heapallindexed: spec.heapallindexed,
+        parallelism: spec.parallelism,
+        items: with_indexes(client, tables).await?,
+    })
+}
+
+/// The schema of the amcheck extension, which must be there and new enough.
+async fn extension_schema(client: &Client) -> Result<String, ScanError> {
     let row = client
         .query_one(
             "SELECT current_database()::text,
@@ -94,70 +134,77 @@ pub(crate) async fn prepare(
             "amcheck extension in database {db} is too old (no verify_heapam): ALTER EXTENSION amcheck UPDATE on the primary"
         )));
     }
+    Ok(ext_schema)
+}
 
-    let tables: Vec<(u32, QualifiedName, u64)> = match &spec.tables {
-        None => client
-            .query(
-                "SELECT c.oid, n.nspname::text, c.relname::text, pg_relation_size(c.oid)
+/// A table to check: `(oid, name, size in bytes)`.
+type Table = (u32, QualifiedName, u64);
+
+/// Every permanent, populated user table and materialized view.
+async fn all_tables(client: &Client) -> Result<Vec<Table>, ScanError> {
+    Ok(client
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text, pg_relation_size(c.oid)
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'm') AND c.relpersistence = 'p' AND c.relispopulated
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                AND n.nspname !~ '^pg_(toast|temp_)'
+              ORDER BY 2, 3",
+            &[],
+        )
+        .await
+        .map_err(ScanError::db("listing tables"))?
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                QualifiedName {
+                    schema: r.get(1),
+                    name: r.get(2),
+                },
+                r.get::<_, i64>(3) as u64,
+            )
+        })
+        .collect())
+}
+
+/// The tables config lists (`tables[i]`): each must exist and hold data on a standby.
+async fn listed_tables(client: &Client, list: &[String]) -> Result<Vec<Table>, ScanError> {
+    let mut out = Vec::new();
+    for (i, text) in list.iter().enumerate() {
+        let field = format!("tables[{i}]");
+        let t =
+            QualifiedName::parse(text).map_err(|e| ScanError::Config(format!("{field}: {e}")))?;
+        let row = client
+            .query_opt(
+                "SELECT c.oid, c.relkind::text, c.relpersistence::text, pg_relation_size(c.oid)
                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE c.relkind IN ('r', 'm') AND c.relpersistence = 'p' AND c.relispopulated
-                    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                    AND n.nspname !~ '^pg_(toast|temp_)'
-                  ORDER BY 2, 3",
-                &[],
+                  WHERE n.nspname = $1 AND c.relname = $2",
+                &[&t.schema, &t.name],
             )
             .await
-            .map_err(ScanError::db("listing tables"))?
-            .iter()
-            .map(|r| {
-                (
-                    r.get(0),
-                    QualifiedName {
-                        schema: r.get(1),
-                        name: r.get(2),
-                    },
-                    r.get::<_, i64>(3) as u64,
-                )
-            })
-            .collect(),
-        Some(list) if list.is_empty() => {
-            return Err(ScanError::Config(
-                "tables: empty list (leave it out to check every table)".into(),
-            ))
+            .map_err(ScanError::db("reading the catalog"))?
+            .ok_or_else(|| {
+                ScanError::Config(format!("{field}: table {t} does not exist on the replica"))
+            })?;
+        let (kind, persistence): (String, String) = (row.get(1), row.get(2));
+        if !matches!(kind.as_str(), "r" | "m") {
+            return Err(ScanError::Config(format!(
+                "{field}: {t} is not a table or materialized view (list a partitioned table's partitions)"
+            )));
         }
-        Some(list) => {
-            let mut out = Vec::new();
-            for (i, text) in list.iter().enumerate() {
-                let field = format!("tables[{i}]");
-                let t = QualifiedName::parse(text)
-                    .map_err(|e| ScanError::Config(format!("{field}: {e}")))?;
-                let row = client
-                    .query_opt(
-                        "SELECT c.oid, c.relkind::text, c.relpersistence::text, pg_relation_size(c.oid)
-                           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                          WHERE n.nspname = $1 AND c.relname = $2",
-                        &[&t.schema, &t.name],
-                    )
-                    .await
-                    .map_err(ScanError::db("reading the catalog"))?
-                    .ok_or_else(|| ScanError::Config(format!("{field}: table {t} does not exist on the replica")))?;
-                let (kind, persistence): (String, String) = (row.get(1), row.get(2));
-                if !matches!(kind.as_str(), "r" | "m") {
-                    return Err(ScanError::Config(format!(
-                        "{field}: {t} is not a table or materialized view (list a partitioned table's partitions)"
-                    )));
-                }
-                if persistence != "p" {
-                    return Err(ScanError::Config(format!(
-                        "{field}: {t} is unlogged or temporary; a standby holds no data for it"
-                    )));
-                }
-                out.push((row.get(0), t, row.get::<_, i64>(3) as u64));
-            }
-            out
+        if persistence != "p" {
+            return Err(ScanError::Config(format!(
+                "{field}: {t} is unlogged or temporary; a standby holds no data for it"
+            )));
         }
-    };
+        out.push((row.get(0), t, row.get::<_, i64>(3) as u64));
+    }
+    Ok(out)
+}
 
+/// The checks of `tables`: each heap, followed by its valid btree indexes.
+async fn with_indexes(client: &Client, tables: Vec<Table>) -> Result<Vec<Item>, ScanError> {
     let oids: Vec<u32> = tables.iter().map(|t| t.0).collect();
     let indexes = client
         .query(
@@ -192,12 +239,7 @@ pub(crate) async fn prepare(
             });
         }
     }
-    Ok(PreparedAmcheck {
-        ext_schema: quote_ident(&ext_schema),
-        heapallindexed: spec.heapallindexed,
-        parallelism: spec.parallelism,
-        items,
-    })
+    Ok(items)
 }
 
 pub(crate) async fn run(
@@ -207,38 +249,26 @@ pub(crate) async fn run(
     deadline: Option<Instant>,
     report: &mut TaskReport,
 ) -> Result<(), ScanError> {
-    let file = CsvFile::create(&ctx.run_dir, &format!("{name}.csv"), &FINDINGS_COLUMNS)?;
-    let sink = Mutex::new(file);
-    let counters = Arc::new(Counters::default());
-    let progress = ProgressReporter::start(
-        ctx.progress,
-        name,
-        "relations",
-        Some(p.items.len() as u64),
-        counters.clone(),
-    );
+    let scan = FindingsScan::start(ctx, name, "relations", Some(p.items.len() as u64))?;
     let queue = Mutex::new(p.items.iter().cloned().collect::<VecDeque<_>>());
-    let stop = ctx.cancel.child_token();
     let workers = (0..p.parallelism.min(p.items.len()).max(1))
-        .map(|_| worker(p, ctx, &queue, &sink, &counters, deadline, &stop));
-    let partial = run_workers(&stop, workers).await;
-    progress.finish().await;
-    report.take_counters(&counters);
-    let partial = partial?;
-    report.file = Some(sink.into_inner().expect("sink lock").finish()?);
-    report.apply = Some(ApplyPlan {
-        kind: "findings",
-        params: serde_json::json!({ "check": "amcheck", "heapallindexed": p.heapallindexed }),
+        .map(|_| worker(p, ctx, &queue, &scan, deadline));
+    let ended = run_workers(&scan.stop, workers).await.map(|cut_short| {
+        if !cut_short {
+            return ScanEnd::Complete;
+        }
+        ScanEnd::CutShort {
+            note: Some(format!(
+                "soft_timeout reached: {} of {} relations checked",
+                scan.items(),
+                p.items.len()
+            )),
+        }
     });
-    if partial {
-        report.status = TaskStatus::Partial;
-        report.error = Some(format!(
-            "soft_timeout reached: {} of {} relations checked",
-            report.rows_scanned,
-            p.items.len()
-        ));
-    }
-    Ok(())
+    let plan = FindingsPlan::Amcheck(AmcheckFindings {
+        heapallindexed: p.heapallindexed,
+    });
+    scan.finish(report, ended, plan).await
 }
 
 /// Check relations from the queue until it is empty; `true` if the soft deadline
@@ -247,11 +277,10 @@ async fn worker(
     p: &PreparedAmcheck,
     ctx: &ScanContext,
     queue: &Mutex<VecDeque<Item>>,
-    sink: &Mutex<CsvFile>,
-    counters: &Counters,
+    scan: &FindingsScan,
     deadline: Option<Instant>,
-    stop: &CancellationToken,
 ) -> Result<bool, ScanError> {
+    let (sink, counters, stop) = (&scan.sink, &scan.counters, &scan.stop);
     let client = ctx.connect().await?;
     let cancel_token = client.cancel_token();
     loop {
@@ -272,8 +301,7 @@ async fn worker(
         let checked = tokio::select! {
             r = check_one(p, &client, &item, &mut write) => r,
             _ = stop.cancelled() => {
-                // Stop the server-side work too, not just our side of the socket.
-                let _ = cancel_token.cancel_query(crate::tls::connector()).await;
+                crate::connection::cancel_query(&cancel_token).await;
                 return Err(ScanError::Cancelled);
             }
         };
@@ -323,10 +351,7 @@ fn handle_db_error(
             tracing::warn!(relation = %item.name, finding, detail = %detail, "amcheck finding");
             write("", finding, &detail)
         }
-        e => Err(ScanError::Db {
-            context: format!("checking {}", item.name),
-            cause: e,
-        }),
+        e => Err(ScanError::db(format!("checking {}", item.name))(e)),
     }
 }
 

@@ -12,8 +12,8 @@ use tokio_postgres::{Client, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use crate::ident::QualifiedName;
-use crate::output::RawFile;
 use crate::progress::Counters;
+use crate::results::data_files::RawFile;
 use crate::ScanError;
 
 /// A query from config, checked on the replica.
@@ -113,10 +113,7 @@ fn query_error(field: &str, e: tokio_postgres::Error) -> ScanError {
             "{field}: the replica rejects the query: {}",
             db.message()
         )),
-        None => ScanError::Db {
-            context: format!("checking {field}"),
-            cause: e,
-        },
+        None => ScanError::db(format!("checking {field}"))(e),
     }
 }
 
@@ -198,7 +195,7 @@ pub(crate) async fn copy_to_file(
     let stream = tokio::select! {
         s = client.copy_out(copy_sql) => s.map_err(ScanError::db(context))?,
         _ = stop.cancelled() => {
-            let _ = cancel_token.cancel_query(crate::tls::connector()).await;
+            crate::connection::cancel_query(cancel_token).await;
             return Err(ScanError::Cancelled);
         }
     };
@@ -215,12 +212,11 @@ pub(crate) async fn copy_to_file(
         let chunk = tokio::select! {
             c = stream.next() => c,
             _ = stop.cancelled() => {
-                // Stop the server-side work too, not just our side of the socket.
-                let _ = cancel_token.cancel_query(crate::tls::connector()).await;
+                crate::connection::cancel_query(cancel_token).await;
                 return Err(ScanError::Cancelled);
             }
             _ = &mut deadline_sleep => {
-                let _ = cancel_token.cancel_query(crate::tls::connector()).await;
+                crate::connection::cancel_query(cancel_token).await;
                 file.ensure_header()?;
                 return Ok(CopyEnd::Deadline);
             }

@@ -1,5 +1,7 @@
 use std::path::PathBuf;
 
+use crate::pg_error::DbError;
+
 /// Everything that can go wrong in a scan.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
@@ -8,15 +10,9 @@ pub enum ScanError {
     #[error("{0}")]
     Config(String),
     /// The database returned an error or the connection failed. Shown with the
-    /// server's message and SQLSTATE. (The driver's error is not this error's `source`:
-    /// the message already holds it, and a chain printed in full would repeat it.)
-    #[error("{context}: {}", crate::pg_error::describe(cause))]
-    Db {
-        /// What pgmaint was doing.
-        context: String,
-        /// The driver's error.
-        cause: tokio_postgres::Error,
-    },
+    /// server's message and SQLSTATE; like [`DbError`], without a `source`.
+    #[error(transparent)]
+    Db(DbError),
     /// Reading or writing a result file failed.
     #[error("{path}: {cause}")]
     Io {
@@ -39,14 +35,14 @@ impl ScanError {
     /// The SQLSTATE of a database error, if any.
     pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
         match self {
-            ScanError::Db { cause, .. } => cause.code(),
+            ScanError::Db(e) => e.code(),
             _ => None,
         }
     }
 
     pub(crate) fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
         let context = context.into();
-        move |cause| ScanError::Db { context, cause }
+        move |cause| ScanError::Db(DbError { context, cause })
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
@@ -57,9 +53,9 @@ impl ScanError {
 
 impl From<tokio_postgres::Error> for ScanError {
     fn from(cause: tokio_postgres::Error) -> Self {
-        ScanError::Db {
+        ScanError::Db(DbError {
             context: "database".into(),
             cause,
-        }
+        })
     }
 }

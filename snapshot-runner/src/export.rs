@@ -10,9 +10,9 @@ use tokio_postgres::Client;
 
 use crate::copy::{check_query, copy_to_file, CopyEnd};
 use crate::ident::QualifiedName;
-use crate::output::RawFile;
 use crate::progress::{Counters, ProgressReporter};
-use crate::task::{TaskReport, TaskStatus};
+use crate::results::data_files::RawFile;
+use crate::task::{FieldError, FieldProblem, TaskFields, TaskReport, TaskStatus};
 use crate::{ScanContext, ScanError};
 
 /// Config of an `export` task: `tables` or `query`, not both.
@@ -22,6 +22,49 @@ pub struct ExportSpec {
     pub tables: Vec<String>,
     /// A query; one CSV file named `<task>.csv`.
     pub query: Option<String>,
+}
+
+impl ExportSpec {
+    /// The config fields of this kind.
+    pub const FIELDS: &'static [&'static str] = &["tables", "query"];
+
+    /// The spec config's fields describe, checked. (`tables = []` is told apart from
+    /// no tables here; a spec cannot tell.)
+    pub fn from_fields(f: &TaskFields) -> Result<Self, FieldError> {
+        match (&f.tables, &f.query) {
+            (Some(_), Some(_)) => Err(both_tables_and_query()),
+            (Some(tables), None) if tables.is_empty() => {
+                Err(FieldError::invalid("tables", "empty list"))
+            }
+            (tables, query) => {
+                let spec = ExportSpec {
+                    tables: tables.clone().unwrap_or_default(),
+                    query: query.clone(),
+                };
+                spec.validate()?;
+                Ok(spec)
+            }
+        }
+    }
+
+    /// Check what the scan relies on, however the spec was made: tables or a query,
+    /// not both.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        match (&self.query, self.tables.is_empty()) {
+            (Some(_), false) => Err(both_tables_and_query()),
+            (None, true) => Err(FieldError {
+                field: "tables",
+                problem: FieldProblem::Missing {
+                    or: Some("give a query"),
+                },
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn both_tables_and_query() -> FieldError {
+    FieldError::conflict("query", "give either tables or query, not both")
 }
 
 struct ExportItem {
@@ -67,19 +110,6 @@ pub(crate) async fn prepare(
     task: &str,
     spec: &ExportSpec,
 ) -> Result<PreparedExport, ScanError> {
-    match (&spec.query, spec.tables.is_empty()) {
-        (Some(_), false) => {
-            return Err(ScanError::Config(
-                "tables: give either tables or query, not both".into(),
-            ))
-        }
-        (None, true) => {
-            return Err(ScanError::Config(
-                "tables: missing (or give a query)".into(),
-            ))
-        }
-        _ => {}
-    }
     if let Some(q) = &spec.query {
         let query = check_query(client, "query", q).await?;
         return Ok(PreparedExport {

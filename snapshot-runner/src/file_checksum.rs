@@ -24,13 +24,16 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::catalog::{column, resolve_table, stored_md5_expr};
+use crate::findings_scan::{FindingsScan, ScanEnd};
 use crate::ident::{quote_ident, QualifiedName};
 use crate::md5file::FileMd5;
-use crate::output::CsvFile;
-use crate::progress::{Counters, ProgressReporter};
-use crate::row_checksum::{column, resolve_table, stored_md5_expr};
-use crate::task::{ApplyPlan, TaskReport, TaskStatus};
-use crate::{ScanContext, ScanError, FINDINGS_COLUMNS};
+use crate::progress::Counters;
+use crate::results::data_files::CsvFile;
+use crate::results::{FileChecksumFindings, FindingsPlan};
+use crate::task::fields::{at_least_one, parallelism_or_default, parallelism_within_cap, required};
+use crate::task::{FieldError, TaskFields, TaskReport};
+use crate::{ScanContext, ScanError};
 
 /// Read size of the file readers. Disk reads are large anyway: with
 /// `POSIX_FADV_SEQUENTIAL` the kernel's readahead fetches big sequential chunks whatever
@@ -63,6 +66,69 @@ pub struct FileChecksumSpec {
     pub parallelism: usize,
 }
 
+impl FileChecksumSpec {
+    /// The config fields of this kind.
+    pub const FIELDS: &'static [&'static str] = &[
+        "table",
+        "key",
+        "path",
+        "checksum",
+        "size",
+        "root",
+        "age_in_days",
+        "ingested_at",
+        "files_per_run",
+        "parallelism",
+    ];
+
+    /// The spec config's fields describe, checked.
+    pub fn from_fields(f: &TaskFields) -> Result<Self, FieldError> {
+        let spec = FileChecksumSpec {
+            table: required("table", &f.table)?,
+            key: required("key", &f.key)?,
+            path: required("path", &f.path)?,
+            checksum: required("checksum", &f.checksum)?,
+            size: f.size.clone(),
+            root: required("root", &f.root)?,
+            age_in_days: f.age_in_days,
+            ingested_at: f.ingested_at.clone(),
+            files_per_run: f.files_per_run,
+            parallelism: parallelism_or_default(f.parallelism),
+        };
+        spec.validate()?;
+        parallelism_within_cap(f.parallelism)?;
+        Ok(spec)
+    }
+
+    /// Check what the scan relies on, however the spec was made. (Whether `root` is a
+    /// directory is checked when the task is prepared, on the host that reads it.)
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if !self.root.is_absolute() {
+            return Err(FieldError::invalid(
+                "root",
+                format!("{} must be an absolute path", self.root.display()),
+            ));
+        }
+        match (self.age_in_days, &self.ingested_at) {
+            (Some(0), _) => return Err(FieldError::invalid("age_in_days", "must be at least 1")),
+            (Some(_), None) => {
+                return Err(FieldError::conflict(
+                    "age_in_days",
+                    "needs ingested_at, the column of ingest times",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(FieldError::conflict("ingested_at", "needs age_in_days"))
+            }
+            _ => {}
+        }
+        if let Some(n) = self.files_per_run {
+            at_least_one("files_per_run", n)?;
+        }
+        at_least_one("parallelism", self.parallelism as u64)
+    }
+}
+
 pub(crate) struct PreparedFileChecksum {
     pub(crate) table: QualifiedName,
     key: String,
@@ -82,25 +148,6 @@ pub(crate) async fn prepare(
     client: &Client,
     spec: &FileChecksumSpec,
 ) -> Result<PreparedFileChecksum, ScanError> {
-    if spec.parallelism == 0 {
-        return Err(ScanError::Config("parallelism: must be at least 1".into()));
-    }
-    if spec.files_per_run == Some(0) {
-        return Err(ScanError::Config(
-            "files_per_run: must be at least 1".into(),
-        ));
-    }
-    if spec.age_in_days.is_some() != spec.ingested_at.is_some() {
-        return Err(ScanError::Config(
-            "age_in_days: needs ingested_at (the column of ingest times), and ingested_at needs age_in_days".into(),
-        ));
-    }
-    if !spec.root.is_absolute() {
-        return Err(ScanError::Config(format!(
-            "root: {} must be an absolute path",
-            spec.root.display()
-        )));
-    }
     let root = spec
         .root
         .canonicalize()
@@ -176,10 +223,7 @@ pub(crate) async fn prepare(
             "key: type {} has no ordering; choose an orderable key",
             prepared.key_type
         )),
-        _ => ScanError::Db {
-            context: format!("checking the catalog query on {}", prepared.table),
-            cause: e,
-        },
+        _ => ScanError::db(format!("checking the catalog query on {}", prepared.table))(e),
     })?;
     Ok(prepared)
 }
@@ -253,44 +297,86 @@ pub(crate) async fn run(
     cursor: Option<&str>,
     report: &mut TaskReport,
 ) -> Result<(), ScanError> {
-    let file = CsvFile::create(&ctx.run_dir, &format!("{name}.csv"), &FINDINGS_COLUMNS)?;
-    let sink = Arc::new(Mutex::new(file));
-    let counters = Arc::new(Counters::default());
     let total = match p.files_per_run {
         Some(n) => n.min(p.estimated_rows.max(1)),
         None => p.estimated_rows,
     };
-    let progress =
-        ProgressReporter::start(ctx.progress, name, "files", Some(total), counters.clone());
-    let stop = ctx.cancel.child_token();
+    let scan = FindingsScan::start(ctx, name, "files", Some(total))?;
     let relation = p.table.to_string();
-
-    // Reader threads: blocking reads with big buffers, fed through a bounded channel.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Job>(p.parallelism * 4);
+    let (jobs, rx) = tokio::sync::mpsc::channel::<Job>(p.parallelism * 4);
     let queue = Arc::new(Mutex::new(JobQueue {
         rx,
         deadline,
         last_taken: None,
         skipped: false,
     }));
-    let readers: Vec<_> = (0..p.parallelism)
+    let readers = spawn_readers(p, &scan, &queue, &relation);
+    let dispatched = dispatch(p, ctx, deadline, cursor, &jobs, &scan.stop).await;
+    drop(jobs);
+    let reader_error = join_readers(readers, &p.root).await;
+    let ended = match (dispatched, reader_error) {
+        (Err(ScanError::Cancelled), Some(e)) | (Ok(_), Some(e)) => Err(e),
+        (Err(e), _) => Err(e),
+        (Ok(_), None) if scan.stop.is_cancelled() => Err(ScanError::Cancelled),
+        (Ok(Dispatched { cut_short }), None) => {
+            if cut_short || queue.lock().expect("job lock").skipped {
+                Ok(ScanEnd::CutShort {
+                    note: Some(format!("soft_timeout reached after {} files", scan.items())),
+                })
+            } else {
+                Ok(ScanEnd::Complete)
+            }
+        }
+    };
+    let plan = FindingsPlan::FileChecksum(FileChecksumFindings {
+        relation,
+        schema: p.table.schema.clone(),
+        table: p.table.name.clone(),
+        root: p.root.display().to_string(),
+    });
+    scan.finish(report, ended, plan).await?;
+    // Files are taken in key order and every file taken has been checked, so the last
+    // key taken is where the next run carries on.
+    if p.files_per_run.is_some() {
+        report.cursor = queue
+            .lock()
+            .expect("job lock")
+            .last_taken
+            .clone()
+            .or_else(|| cursor.map(str::to_string));
+    }
+    Ok(())
+}
+
+/// Reader threads: blocking reads with big buffers, fed through a bounded channel.
+fn spawn_readers(
+    p: &PreparedFileChecksum,
+    scan: &FindingsScan,
+    queue: &Arc<Mutex<JobQueue>>,
+    relation: &str,
+) -> Vec<tokio::task::JoinHandle<Result<(), ScanError>>> {
+    (0..p.parallelism)
         .map(|_| {
             let (queue, sink, counters, stop, root, relation) = (
                 queue.clone(),
-                sink.clone(),
-                counters.clone(),
-                stop.clone(),
+                scan.sink.clone(),
+                scan.counters.clone(),
+                scan.stop.clone(),
                 p.root.clone(),
-                relation.clone(),
+                relation.to_string(),
             );
             tokio::task::spawn_blocking(move || {
                 reader(&queue, &sink, &counters, &stop, &root, &relation)
             })
         })
-        .collect();
+        .collect()
+}
 
-    let dispatched = dispatch(p, ctx, deadline, cursor, &tx, &stop).await;
-    drop(tx);
+/// Wait for every reader; the first error one of them met, if any.
+async fn join_readers(
+    readers: Vec<tokio::task::JoinHandle<Result<(), ScanError>>>,
+    root: &Path,
+) -> Option<ScanError> {
     let mut reader_error = None;
     for r in readers {
         match r.await {
@@ -298,51 +384,13 @@ pub(crate) async fn run(
             Ok(Err(e)) => reader_error = reader_error.or(Some(e)),
             Err(join) => {
                 reader_error = reader_error.or(Some(ScanError::Io {
-                    path: p.root.clone(),
+                    path: root.to_path_buf(),
                     cause: io::Error::other(format!("file reader panicked: {join}")),
                 }))
             }
         }
     }
-    progress.finish().await;
-    report.take_counters(&counters);
-    let Dispatched { cut_short } = match (dispatched, reader_error) {
-        (Err(ScanError::Cancelled), Some(e)) | (Ok(_), Some(e)) => return Err(e),
-        (Err(e), _) => return Err(e),
-        (Ok(d), None) => d,
-    };
-    if stop.is_cancelled() {
-        return Err(ScanError::Cancelled);
-    }
-    let sink = Arc::try_unwrap(sink).map_err(|_| ScanError::Cancelled)?;
-    report.file = Some(sink.into_inner().expect("sink lock").finish()?);
-    report.apply = Some(ApplyPlan {
-        kind: "findings",
-        params: serde_json::json!({
-            "relation": relation,
-            "check": "file_checksum",
-            "schema": p.table.schema,
-            "table": p.table.name,
-            "root": p.root.display().to_string(),
-        }),
-    });
-    // Files are taken in key order and every file taken has been checked, so the last
-    // key taken is where the next run carries on.
-    let queue = queue.lock().expect("job lock");
-    if p.files_per_run.is_some() {
-        report.cursor = queue
-            .last_taken
-            .clone()
-            .or_else(|| cursor.map(str::to_string));
-    }
-    if cut_short || queue.skipped {
-        report.status = TaskStatus::Partial;
-        report.error = Some(format!(
-            "soft_timeout reached after {} files",
-            report.rows_scanned
-        ));
-    }
-    Ok(())
+    reader_error
 }
 
 struct Dispatched {
@@ -425,13 +473,13 @@ async fn dispatch(
                 "stored cursor {:?} is not a valid key; DELETE FROM pgmaint.task_cursors for this task to start over",
                 cursor.unwrap_or("")
             )),
-            _ => ScanError::Db { context: context(), cause: e },
+            _ => ScanError::db(context())(e),
         })?;
         loop {
             let rows = tokio::select! {
                 rows = tx.query_portal(&portal, ctx.batch_rows) => rows.map_err(ScanError::db(context()))?,
                 _ = stop.cancelled() => {
-                    let _ = cancel_token.cancel_query(crate::tls::connector()).await;
+                    crate::connection::cancel_query(&cancel_token).await;
                     return Err(ScanError::Cancelled);
                 }
             };

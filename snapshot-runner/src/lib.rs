@@ -13,6 +13,14 @@
 //! stops cleanly at its soft deadline with partial results, and stops at once (server
 //! side too) when the run is cancelled.
 //!
+//! A task's spec is built from config's fields by its kind ([`TaskSpec::from_fields`]),
+//! which names the field at fault ([`FieldError`]).
+//!
+//! Besides the scans, this crate holds what the rest of pgmaint shares with them: the
+//! [`results`] format (manifest, data files, findings columns, and the [`ApplyPlan`]
+//! the uploader follows), [`connection`]s to PostgreSQL, SQL identifiers ([`ident`])
+//! and database errors ([`pg_error`]).
+//!
 //! This crate knows nothing about pausing or about the upload queue.
 //!
 //! ```no_run
@@ -32,31 +40,33 @@
 #![warn(missing_docs)]
 
 mod amcheck;
+mod catalog;
+pub mod connection;
 mod copy;
 mod error;
 mod export;
 mod file_checksum;
+mod findings_scan;
 pub mod ident;
-pub mod manifest;
 mod materialize;
 mod md5file;
-pub mod output;
 pub mod pg_error;
 pub mod progress;
+pub mod results;
 mod row_checksum;
 mod session;
 mod task;
-pub mod tls;
 
 pub use amcheck::AmcheckSpec;
 pub use error::ScanError;
 pub use export::ExportSpec;
 pub use file_checksum::FileChecksumSpec;
-pub use manifest::{DataFile, ManifestTask, ResultManifest, SnapshotInfo};
 pub use materialize::MaterializeSpec;
+pub use results::{
+    ApplyPlan, DataFile, ManifestTask, ResultManifest, SnapshotInfo, FINDINGS_COLUMNS,
+};
 pub use row_checksum::RowChecksumSpec;
-pub use session::{connect, scan_application_name, ScanContext};
-pub use task::{prepare, ApplyPlan, PreparedTask, TaskReport, TaskSpec, TaskStatus};
-
-/// Columns of every findings CSV: one row per problem found.
-pub const FINDINGS_COLUMNS: [&str; 4] = ["relation", "row_key", "finding", "detail"];
+pub use session::{scan_application_name, ScanContext};
+pub use task::{
+    prepare, FieldError, FieldProblem, PreparedTask, TaskFields, TaskReport, TaskSpec, TaskStatus,
+};

@@ -7,10 +7,12 @@ use std::time::Instant;
 use tokio_postgres::Client;
 
 use crate::copy::{check_query, copy_to_file, CheckedQuery, CopyEnd};
-use crate::ident::{parse_ident, QualifiedName};
-use crate::output::RawFile;
+use crate::ident::parse_ident;
 use crate::progress::{Counters, ProgressReporter};
-use crate::task::{ApplyPlan, TaskReport, TaskStatus};
+use crate::results::data_files::RawFile;
+use crate::results::{ApplyPlan, MergePlan, SwapPlan, TargetTable};
+use crate::task::fields::required;
+use crate::task::{FieldError, TaskFields, TaskReport, TaskStatus};
 use crate::{ScanContext, ScanError};
 
 /// Config of a `materialize` task.
@@ -25,10 +27,35 @@ pub struct MaterializeSpec {
     pub merge_key: Option<Vec<String>>,
 }
 
+impl MaterializeSpec {
+    /// The config fields of this kind.
+    pub const FIELDS: &'static [&'static str] = &["query", "target", "merge_key"];
+
+    /// The spec config's fields describe, checked.
+    pub fn from_fields(f: &TaskFields) -> Result<Self, FieldError> {
+        let spec = MaterializeSpec {
+            query: required("query", &f.query)?,
+            target: required("target", &f.target)?,
+            merge_key: f.merge_key.clone(),
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Check what the scan relies on, however the spec was made. (The target is a
+    /// table on the primary; its name is checked when the task is prepared.)
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.merge_key.as_ref().is_some_and(Vec::is_empty) {
+            return Err(FieldError::invalid("merge_key", "list at least one column"));
+        }
+        Ok(())
+    }
+}
+
 pub(crate) struct PreparedMaterialize {
     pub(crate) query: CheckedQuery,
-    /// The target as written in config: the uploader parses it on the primary.
-    target: String,
+    /// The target as written in config: the uploader resolves it on the primary.
+    target: TargetTable,
     merge_key: Option<Vec<String>>,
 }
 
@@ -47,15 +74,11 @@ pub(crate) async fn prepare(
     spec: &MaterializeSpec,
 ) -> Result<PreparedMaterialize, ScanError> {
     // The target lives on the primary; here we only check that it is a table name.
-    QualifiedName::parse(&spec.target).map_err(|e| ScanError::Config(format!("target: {e}")))?;
+    let target =
+        TargetTable::parse(&spec.target).map_err(|e| ScanError::Config(format!("target: {e}")))?;
     let query = check_query(client, "query", &spec.query).await?;
     let merge_key = match &spec.merge_key {
         None => None,
-        Some(cols) if cols.is_empty() => {
-            return Err(ScanError::Config(
-                "merge_key: list at least one column".into(),
-            ));
-        }
         Some(cols) => {
             let mut key = Vec::new();
             for c in cols {
@@ -74,7 +97,7 @@ pub(crate) async fn prepare(
     };
     Ok(PreparedMaterialize {
         query,
-        target: spec.target.clone(),
+        target,
         merge_key,
     })
 }
@@ -122,15 +145,13 @@ pub(crate) async fn run(
         );
         return Ok(());
     }
+    let target = p.target.clone();
     report.apply = Some(match &p.merge_key {
-        None => ApplyPlan {
-            kind: "swap",
-            params: serde_json::json!({ "target": p.target }),
-        },
-        Some(key) => ApplyPlan {
-            kind: "merge",
-            params: serde_json::json!({ "target": p.target, "key": key }),
-        },
+        None => ApplyPlan::Swap(SwapPlan { target }),
+        Some(key) => ApplyPlan::Merge(MergePlan {
+            target,
+            key: key.clone(),
+        }),
     });
     Ok(())
 }

@@ -2,18 +2,18 @@
 //! replica's server, with the key range split across parallel sessions.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
-use tokio_util::sync::CancellationToken;
 
-use crate::ident::{parse_ident, quote_ident, QualifiedName};
-use crate::output::CsvFile;
-use crate::progress::{Counters, ProgressReporter};
-use crate::task::{run_workers, ApplyPlan, TaskReport, TaskStatus};
-use crate::{ScanContext, ScanError, FINDINGS_COLUMNS};
+use crate::catalog::{column, resolve_table, stored_md5_expr};
+use crate::findings_scan::{FindingsScan, ScanEnd};
+use crate::ident::{quote_ident, QualifiedName};
+use crate::results::{FindingsPlan, RowRecheck};
+use crate::task::fields::{at_least_one, parallelism_or_default, parallelism_within_cap, required};
+use crate::task::{run_workers, FieldError, TaskFields, TaskReport};
+use crate::{ScanContext, ScanError};
 
 /// Keys sampled to choose the split points of the key range.
 const SAMPLE_TARGET: f64 = 20_000.0;
@@ -33,6 +33,31 @@ pub struct RowChecksumSpec {
     pub parallelism: usize,
 }
 
+impl RowChecksumSpec {
+    /// The config fields of this kind.
+    pub const FIELDS: &'static [&'static str] =
+        &["table", "key", "content", "checksum", "parallelism"];
+
+    /// The spec config's fields describe, checked.
+    pub fn from_fields(f: &TaskFields) -> Result<Self, FieldError> {
+        let spec = RowChecksumSpec {
+            table: required("table", &f.table)?,
+            key: required("key", &f.key)?,
+            content: required("content", &f.content)?,
+            checksum: required("checksum", &f.checksum)?,
+            parallelism: parallelism_or_default(f.parallelism),
+        };
+        spec.validate()?;
+        parallelism_within_cap(f.parallelism)?;
+        Ok(spec)
+    }
+
+    /// Check what the scan relies on, however the spec was made.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        at_least_one("parallelism", self.parallelism as u64)
+    }
+}
+
 /// A row_checksum task checked against the catalog, with its key range split.
 pub(crate) struct PreparedRowChecksum {
     pub(crate) table: QualifiedName,
@@ -48,101 +73,10 @@ pub(crate) struct PreparedRowChecksum {
     bounds: Vec<String>,
 }
 
-/// A column of a configured table, as the catalog describes it.
-pub(crate) struct Column {
-    pub(crate) name: String,
-    pub(crate) type_sql: String,
-    pub(crate) type_name: String,
-    pub(crate) category: String,
-}
-
-/// Look up column `text` (SQL syntax, from config field `field`) of `table`.
-pub(crate) async fn column(
-    client: &Client,
-    table_oid: u32,
-    field: &str,
-    text: &str,
-    table: &QualifiedName,
-) -> Result<Column, ScanError> {
-    let name = parse_ident(text).map_err(|e| ScanError::Config(format!("{field}: {e}")))?;
-    let row = client
-        .query_opt(
-            "SELECT format_type(a.atttypid, a.atttypmod), t.typname::text, t.typcategory::text
-               FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-              WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-            &[&table_oid, &name],
-        )
-        .await
-        .map_err(ScanError::db("reading the catalog"))?;
-    let row = row.ok_or_else(|| {
-        ScanError::Config(format!(
-            "{field}: column {} does not exist in table {table}",
-            quote_ident(&name)
-        ))
-    })?;
-    Ok(Column {
-        name,
-        type_sql: row.get(0),
-        type_name: row.get(1),
-        category: row.get(2),
-    })
-}
-
-/// SQL giving a stored md5 column as lower-case hex text: the column may be hex text,
-/// 16-byte bytea or uuid.
-pub(crate) fn stored_md5_expr(checksum: &Column, kind: &str) -> Result<String, ScanError> {
-    let c = quote_ident(&checksum.name);
-    Ok(
-        match (checksum.type_name.as_str(), checksum.category.as_str()) {
-            ("bytea", _) => format!("encode({c}, 'hex')"),
-            ("uuid", _) => format!("replace({c}::text, '-', '')"),
-            (_, "S") => format!("lower({c}::text)"),
-            _ => {
-                return Err(ScanError::Config(format!(
-                    "checksum: column {c} has type {}; {kind} needs hex text, bytea or uuid",
-                    checksum.type_sql
-                )))
-            }
-        },
-    )
-}
-
-/// Resolve a table in SQL syntax on the replica: `(oid, name, estimated rows)`.
-pub(crate) async fn resolve_table(
-    client: &Client,
-    text: &str,
-) -> Result<(u32, QualifiedName, u64), ScanError> {
-    let table = QualifiedName::parse(text).map_err(|e| ScanError::Config(format!("table: {e}")))?;
-    let row = client
-        .query_opt(
-            "SELECT c.oid, c.reltuples::float8, pg_relation_size(c.oid)
-               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'm')",
-            &[&table.schema, &table.name],
-        )
-        .await
-        .map_err(ScanError::db("reading the catalog"))?
-        .ok_or_else(|| {
-            ScanError::Config(format!("table: {table} does not exist on the replica"))
-        })?;
-    let reltuples: f64 = row.get(1);
-    let bytes: i64 = row.get(2);
-    // reltuples is -1 until the first VACUUM/ANALYZE; guess from the size then.
-    let estimate = if reltuples >= 0.0 {
-        reltuples as u64
-    } else {
-        (bytes as u64 / 8192) * 50
-    };
-    Ok((row.get(0), table, estimate))
-}
-
 pub(crate) async fn prepare(
     client: &Client,
     spec: &RowChecksumSpec,
 ) -> Result<PreparedRowChecksum, ScanError> {
-    if spec.parallelism == 0 {
-        return Err(ScanError::Config("parallelism: must be at least 1".into()));
-    }
     let (oid, table, estimated_rows) = resolve_table(client, &spec.table).await?;
     let key = column(client, oid, "key", &spec.key, &table).await?;
     let content = column(client, oid, "content", &spec.content, &table).await?;
@@ -200,10 +134,7 @@ async fn split_points(
                 p.key_type
             ))
         } else {
-            ScanError::Db {
-                context: format!("sampling keys of {}", p.table),
-                cause: e,
-            }
+            ScanError::db(format!("sampling keys of {}", p.table))(e)
         }
     })?;
     let keys: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
@@ -260,61 +191,38 @@ pub(crate) async fn run(
     deadline: Option<Instant>,
     report: &mut TaskReport,
 ) -> Result<(), ScanError> {
-    let file = CsvFile::create(&ctx.run_dir, &format!("{name}.csv"), &FINDINGS_COLUMNS)?;
-    let sink = Mutex::new(file);
-    let counters = Arc::new(Counters::default());
-    let progress = ProgressReporter::start(
-        ctx.progress,
-        name,
-        "rows",
-        Some(p.estimated_rows),
-        counters.clone(),
-    );
-    // A failing worker stops its siblings; a cancelled run stops them all.
-    let stop = ctx.cancel.child_token();
+    let scan = FindingsScan::start(ctx, name, "rows", Some(p.estimated_rows))?;
     let relation = p.table.to_string();
     let workers = (0..=p.bounds.len()).map(|i| {
         let (sql, params) = range_query(p, i);
-        let (sink, counters, stop, relation) = (&sink, &counters, &stop, relation.as_str());
-        async move { scan_range(ctx, &sql, &params, relation, sink, counters, deadline, stop).await }
+        let (scan, relation) = (&scan, relation.as_str());
+        async move { scan_range(ctx, scan, &sql, &params, relation, deadline).await }
     });
-    let partial = run_workers(&stop, workers).await;
-    progress.finish().await;
-    report.take_counters(&counters);
-    let partial = partial?;
-    let file = sink.into_inner().expect("sink lock").finish()?;
-    report.file = Some(file);
+    let ended = run_workers(&scan.stop, workers)
+        .await
+        .map(ScanEnd::cut_short_if);
     // The uploader re-checks each finding on the primary with these (names, not SQL).
-    report.apply = Some(ApplyPlan {
-        kind: "findings",
-        params: serde_json::json!({
-            "relation": relation,
-            "check": "row_checksum",
-            "schema": p.table.schema,
-            "table": p.table.name,
-            "key": p.key_name,
-            "content": p.content_name,
-            "checksum": p.checksum_name,
-        }),
+    let plan = FindingsPlan::RowChecksum(RowRecheck {
+        relation,
+        schema: p.table.schema.clone(),
+        table: p.table.name.clone(),
+        key: p.key_name.clone(),
+        content: p.content_name.clone(),
+        checksum: p.checksum_name.clone(),
     });
-    if partial {
-        report.status = TaskStatus::Partial;
-    }
-    Ok(())
+    scan.finish(report, ended, plan).await
 }
 
 /// Scan one key range in batches; returns `true` if the soft deadline cut it short.
-#[allow(clippy::too_many_arguments)]
 async fn scan_range(
     ctx: &ScanContext,
+    scan: &FindingsScan,
     sql: &str,
     params: &[String],
     relation: &str,
-    sink: &Mutex<CsvFile>,
-    counters: &Counters,
     deadline: Option<Instant>,
-    stop: &CancellationToken,
 ) -> Result<bool, ScanError> {
+    let (sink, counters, stop) = (&scan.sink, &scan.counters, &scan.stop);
     let mut client = ctx.connect().await?;
     let cancel_token = client.cancel_token();
     let context = || format!("scanning {relation}");
@@ -332,8 +240,7 @@ async fn scan_range(
         let rows = tokio::select! {
             rows = tx.query_portal(&portal, ctx.batch_rows) => rows.map_err(ScanError::db(context()))?,
             _ = stop.cancelled() => {
-                // Stop the server-side work too, not just our side of the socket.
-                let _ = cancel_token.cancel_query(crate::tls::connector()).await;
+                crate::connection::cancel_query(&cancel_token).await;
                 return Err(ScanError::Cancelled);
             }
         };

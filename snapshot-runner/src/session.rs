@@ -1,4 +1,5 @@
-//! Scan sessions on the frozen replica.
+//! Scan sessions on the frozen replica: read-only, with `lock_timeout`, named after
+//! the run so the coordinator can see that every one is gone before it resumes replay.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,38 +9,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::progress::ProgressMode;
 use crate::ScanError;
-
-/// Open a connection and drive it in the background. The one place pgmaint connects,
-/// so every session gets the same time-outs and TLS handling.
-pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
-    let mut config = config.clone();
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(10));
-    }
-    // A peer that vanishes (host down, network partition) must fail our calls within
-    // a minute, not after the kernel's default of many minutes: while a replica is
-    // paused, every hung call stretches the pause.
-    config.keepalives(true);
-    if config.get_keepalives_idle() > Duration::from_secs(30) {
-        config.keepalives_idle(Duration::from_secs(30));
-    }
-    if config.get_keepalives_interval().is_none() {
-        config.keepalives_interval(Duration::from_secs(10));
-    }
-    if config.get_keepalives_retries().is_none() {
-        config.keepalives_retries(3);
-    }
-    if config.get_tcp_user_timeout().is_none() {
-        config.tcp_user_timeout(Duration::from_secs(60));
-    }
-    let (client, connection) = config.connect(crate::tls::connector()).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "connection closed with an error");
-        }
-    });
-    Ok(client)
-}
 
 /// What every task of one run shares: where to connect, where to write, when to stop.
 #[derive(Clone)]
@@ -86,7 +55,7 @@ impl ScanContext {
     pub async fn connect(&self) -> Result<Client, ScanError> {
         let mut config = self.replica.clone();
         config.application_name(self.application_name());
-        let client = connect(&config)
+        let client = crate::connection::connect(&config)
             .await
             .map_err(ScanError::db("connecting to the replica"))?;
         let setup = format!(

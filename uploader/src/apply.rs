@@ -5,17 +5,16 @@ use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
 use md5::{Digest, Md5};
-use snapshot_runner::{DataFile, ResultManifest, FINDINGS_COLUMNS};
+use snapshot_runner::results::{ApplyPlan, PlanError};
+use snapshot_runner::{DataFile, ResultManifest};
 use tokio::io::AsyncReadExt;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Transaction};
 
 use crate::queue::Claimed;
+use crate::RunState;
 use crate::UploadError;
-
-pub(crate) use crate::merge::merge;
-pub(crate) use crate::swap::swap;
 
 /// What an apply needs besides its transaction.
 pub(crate) struct Ctx<'a> {
@@ -46,6 +45,27 @@ impl Applied {
             drop_after: false,
             note: Some(note),
         }
+    }
+}
+
+/// Apply a claimed task in `tx`: read its plan back from the queued row (here, once; a
+/// row this version cannot read is rejected) and apply it the way it says.
+pub(crate) async fn apply_task(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+) -> Result<Applied, UploadError> {
+    let task = ctx.task;
+    let plan = ApplyPlan::from_queued(&task.kind, &task.params).map_err(|e| match e {
+        PlanError::UnknownKind(kind) => UploadError::Rejected(format!(
+            "upload task {}: unknown apply kind {kind:?}",
+            task.id
+        )),
+        PlanError::Params(why) => rejected(task, why),
+    })?;
+    match &plan {
+        ApplyPlan::Findings(p) => crate::findings::findings(tx, ctx, p).await,
+        ApplyPlan::Swap(p) => crate::swap::swap(tx, ctx, p).await,
+        ApplyPlan::Merge(p) => crate::merge::merge(tx, ctx, p).await,
     }
 }
 
@@ -112,12 +132,7 @@ where
                 );
                 tokio::time::sleep(wait).await;
             }
-            Err(e) => {
-                return Err(UploadError::Db {
-                    context: what.to_string(),
-                    source: e,
-                })
-            }
+            Err(e) => return Err(UploadError::db(what)(e)),
         }
     }
     unreachable!("the last try returns")
@@ -182,7 +197,7 @@ pub(crate) async fn check(
         .map_err(UploadError::db("reading the run"))?
         .ok_or_else(|| rejected(task, "its run does not exist"))?;
     let (state, lsn): (String, Option<String>) = (run.get(0), run.get(1));
-    if state != "succeeded" {
+    if RunState::parse(&state) != Some(RunState::Succeeded) {
         return Err(rejected(
             task,
             format!("its run is {state}, not a valid completed run"),
@@ -320,94 +335,4 @@ pub(crate) async fn copy_checked(
         .finish()
         .await
         .map_err(UploadError::db("COPY"))
-}
-
-/// Apply a findings file: COPY into a temporary table, insert what is new, then
-/// re-check on the primary the rows the findings name (see [`crate::confirm`]).
-pub(crate) async fn findings(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied, UploadError> {
-    let task = ctx.task;
-    let checked = check(tx, task, ctx.results_dir).await?;
-    if checked.expected.columns != FINDINGS_COLUMNS {
-        return Err(rejected(
-            task,
-            format!(
-                "not a findings file (columns {:?})",
-                checked.expected.columns
-            ),
-        ));
-    }
-    // One load table per apply session, not per task: creating and dropping a temp
-    // table writes the catalogs and took 20-40 ms with 4 slots (most of a small task).
-    // It is emptied at the start (a rolled-back apply may have left rows) and the end.
-    tx.batch_execute(
-        "CREATE TEMP TABLE IF NOT EXISTS pgmaint_findings_load (relation text, row_key text, finding text, detail text);
-         DELETE FROM pgmaint_findings_load;",
-    )
-    .await
-    .map_err(UploadError::db("preparing the load table"))?;
-    let loaded = copy_checked(
-        tx,
-        task,
-        "COPY pgmaint_findings_load (relation, row_key, finding, detail) FROM STDIN (FORMAT csv, HEADER true)",
-        &checked,
-    )
-    .await?;
-    // The conflict target is the unique index of migration 5, under which NULL keys
-    // are equal to each other and distinct from ''.
-    let insert = "INSERT INTO pgmaint.integrity_findings (run_id, task_name, snapshot_lsn, relation, row_key, finding, detail)
-             SELECT $1, $2, $3::text::pg_lsn, relation, row_key, finding, detail FROM pgmaint_findings_load
-             ON CONFLICT (run_id, task_name, relation, (row_key IS NULL), coalesce(row_key, ''), finding) DO NOTHING";
-    let params: [&(dyn ToSql + Sync); 3] = [&task.run_id, &task.task_name, &checked.snapshot_lsn];
-    let inserted = if crate::confirm::applies(task) {
-        // The findings to re-check are the ones inserted, exactly.
-        let rows = tx
-            .query(
-                &format!("{insert} RETURNING id, relation, row_key, finding"),
-                &params,
-            )
-            .await
-            .map_err(UploadError::db("inserting findings"))?;
-        let inserted: Vec<crate::confirm::Inserted> = rows
-            .iter()
-            .map(|r| crate::confirm::Inserted {
-                id: r.get(0),
-                relation: r.get(1),
-                row_key: r.get(2),
-                finding: r.get(3),
-            })
-            .collect();
-        crate::confirm::confirm(tx, task, &inserted).await?;
-        inserted.len() as u64
-    } else {
-        tx.execute(insert, &params)
-            .await
-            .map_err(UploadError::db("inserting findings"))?
-    };
-    if inserted < loaded {
-        // Only a finding the file repeats (same relation, key and kind) is not
-        // inserted: say so rather than lose it quietly.
-        tracing::warn!(
-            task = task.id,
-            loaded,
-            inserted,
-            "{} finding(s) repeat a (relation, row_key, finding) already recorded for this run and task: kept once",
-            loaded - inserted
-        );
-    }
-    // Small loads: DELETE (the dead rows are pruned on the next access). Large ones:
-    // TRUNCATE, so the session's table does not stay big.
-    let clear = if loaded > 10_000 {
-        "TRUNCATE pgmaint_findings_load"
-    } else {
-        "DELETE FROM pgmaint_findings_load"
-    };
-    tx.batch_execute(clear)
-        .await
-        .map_err(UploadError::db("emptying the load table"))?;
-    Ok(Applied {
-        rows: inserted as i64,
-        exclusive_since: None,
-        drop_after: false,
-        note: None,
-    })
 }

@@ -10,7 +10,8 @@
 
 use std::collections::HashSet;
 
-use snapshot_runner::ident::quote_ident;
+use snapshot_runner::ident::{quote_ident, QualifiedName};
+use snapshot_runner::results::RowRecheck;
 use tokio_postgres::Transaction;
 
 use crate::queue::Claimed;
@@ -18,10 +19,6 @@ use crate::UploadError;
 
 /// Keys re-checked per query.
 const CHUNK: usize = 10_000;
-
-fn param<'a>(task: &'a Claimed, name: &str) -> Option<&'a str> {
-    task.params.get(name).and_then(|v| v.as_str())
-}
 
 /// A finding just inserted into `pgmaint.integrity_findings`.
 pub(crate) struct Inserted {
@@ -32,9 +29,26 @@ pub(crate) struct Inserted {
     pub finding: String,
 }
 
-/// Whether the findings of `task` are re-checked on the primary.
-pub(crate) fn applies(task: &Claimed) -> bool {
-    param(task, "check") == Some("row_checksum")
+/// The re-check of one table, as SQL for the primary, built from the columns' types
+/// there (names are quoted catalog names).
+struct RecheckSql {
+    /// `SELECT key::text, finding` of the rows whose key is in `$1` (text, cast to the
+    /// key's type).
+    by_key: String,
+    /// `SELECT finding` of the rows whose key is NULL.
+    null_key: String,
+    /// Only a text key can be empty: an empty key of another type names no row (and
+    /// cannot be cast to it).
+    key_is_text: bool,
+}
+
+/// How many of the findings re-checked still hold; counts of the findings inserted by
+/// this apply.
+#[derive(Default)]
+struct Tally {
+    confirmed: usize,
+    resolved: usize,
+    unknown: usize,
 }
 
 /// Re-check on the primary the findings of `task` just inserted (`inserted`), and
@@ -43,30 +57,51 @@ pub(crate) fn applies(task: &Claimed) -> bool {
 pub(crate) async fn confirm(
     tx: &Transaction<'_>,
     task: &Claimed,
+    r: &RowRecheck,
     inserted: &[Inserted],
 ) -> Result<(), UploadError> {
-    if !applies(task) {
-        return Ok(());
-    }
-    let (Some(relation), Some(schema), Some(table), Some(key), Some(content), Some(checksum)) = (
-        param(task, "relation"),
-        param(task, "schema"),
-        param(task, "table"),
-        param(task, "key"),
-        param(task, "content"),
-        param(task, "checksum"),
-    ) else {
-        tracing::warn!(
-            task = task.id,
-            "row_checksum findings without the params to re-check them; still_holds left unknown"
-        );
-        return Ok(());
-    };
+    let relation = r.relation.as_str();
     let findings: Vec<&Inserted> = inserted.iter().filter(|f| f.relation == relation).collect();
     if findings.is_empty() {
         return Ok(());
     }
+    let Some(sql) = recheck_sql(tx, task, r).await? else {
+        return Ok(());
+    };
     let db = |what: &str| UploadError::db(format!("re-checking findings on {relation}: {what}"));
+    // What the rows whose key is NULL show now (a unique key allows several).
+    let null_now: HashSet<String> = if findings.iter().any(|f| f.row_key.is_none()) {
+        tx.query(&sql.null_key, &[])
+            .await
+            .map_err(db("re-checking rows with a NULL key"))?
+            .iter()
+            .filter_map(|r| r.get::<_, Option<String>>(0))
+            .collect()
+    } else {
+        HashSet::new()
+    };
+    let mut tally = Tally::default();
+    for chunk in findings.chunks(CHUNK) {
+        recheck_chunk(tx, &sql, relation, chunk, &null_now, &mut tally).await?;
+    }
+    let Tally {
+        confirmed,
+        resolved,
+        unknown,
+    } = tally;
+    // Counts of the findings inserted by this apply: confirmed + resolved + unknown.
+    tracing::info!(task = task.id, %relation, confirmed, resolved, unknown, "findings re-checked on the primary");
+    Ok(())
+}
+
+/// The re-check SQL for the table as it is on the primary now; `None` (with a warning)
+/// when the table, a column or the checksum's type is not what the scan saw.
+async fn recheck_sql(
+    tx: &Transaction<'_>,
+    task: &Claimed,
+    r: &RowRecheck,
+) -> Result<Option<RecheckSql>, UploadError> {
+    let relation = &r.relation;
     // The columns' real types on the primary (names are raw catalog names).
     let rows = tx
         .query(
@@ -75,101 +110,95 @@ pub(crate) async fn confirm(
                JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                JOIN pg_type t ON t.oid = a.atttypid
               WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = ANY ($3)",
-            &[&schema, &table, &vec![key, content, checksum]],
+            &[&r.schema, &r.table, &vec![r.key.as_str(), &r.content, &r.checksum]],
         )
         .await
-        .map_err(db("reading the catalog"))?;
-    let col = |name: &str| rows.iter().find(|r| r.get::<_, &str>(0) == name);
-    let (Some(k), Some(_), Some(s)) = (col(key), col(content), col(checksum)) else {
+        .map_err(UploadError::db(format!(
+            "re-checking findings on {relation}: reading the catalog"
+        )))?;
+    let col = |name: &str| rows.iter().find(|row| row.get::<_, &str>(0) == name);
+    let (Some(k), Some(_), Some(s)) = (col(&r.key), col(&r.content), col(&r.checksum)) else {
         tracing::warn!(task = task.id, %relation, "table or columns gone on the primary; still_holds left unknown");
-        return Ok(());
+        return Ok(None);
     };
     let key_type: String = k.get(1);
-    let key_is_text = k.get::<_, &str>(3) == "S";
-    let c = quote_ident(checksum);
-    // Same normalisation of the stored checksum as the scan (snapshot-runner row_checksum).
-    let stored = match (s.get::<_, &str>(2), s.get::<_, &str>(3)) {
-        ("bytea", _) => format!("encode({c}, 'hex')"),
-        ("uuid", _) => format!("replace({c}::text, '-', '')"),
-        (_, "S") => format!("lower({c}::text)"),
-        _ => {
-            tracing::warn!(task = task.id, %relation, "checksum column type changed on the primary; still_holds left unknown");
-            return Ok(());
-        }
+    // The same reading of the stored checksum as the scan's.
+    let stored = RowRecheck::stored_md5_sql(&quote_ident(&r.checksum), s.get(2), s.get(3));
+    let Some(stored) = stored else {
+        tracing::warn!(task = task.id, %relation, "checksum column type changed on the primary; still_holds left unknown");
+        return Ok(None);
     };
-    let (kq, cq) = (quote_ident(key), quote_ident(content));
-    let table_sql = format!("{}.{}", quote_ident(schema), quote_ident(table));
+    let (kq, cq) = (quote_ident(&r.key), quote_ident(&r.content));
+    let table_sql = QualifiedName {
+        schema: r.schema.clone(),
+        name: r.table.clone(),
+    }
+    .quoted();
     let check = format!(
         "CASE WHEN md5({cq}) IS NULL THEN 'null_content' WHEN {stored} IS NULL THEN 'null_checksum'
               WHEN md5({cq}) <> {stored} THEN 'mismatch' END"
     );
-    let recheck = format!(
-        "SELECT {kq}::text, {check} FROM {table_sql} WHERE {kq} = ANY ($1::text[]::{key_type}[])"
-    );
-    // What the rows whose key is NULL show now (a unique key allows several).
-    let null_now: HashSet<String> = if findings.iter().any(|f| f.row_key.is_none()) {
-        tx.query(
-            &format!("SELECT {check} FROM {table_sql} WHERE {kq} IS NULL"),
-            &[],
-        )
-        .await
-        .map_err(db("re-checking rows with a NULL key"))?
-        .iter()
-        .filter_map(|r| r.get::<_, Option<String>>(0))
-        .collect()
-    } else {
-        HashSet::new()
-    };
+    Ok(Some(RecheckSql {
+        by_key: format!(
+            "SELECT {kq}::text, {check} FROM {table_sql} WHERE {kq} = ANY ($1::text[]::{key_type}[])"
+        ),
+        null_key: format!("SELECT {check} FROM {table_sql} WHERE {kq} IS NULL"),
+        key_is_text: k.get::<_, &str>(3) == "S",
+    }))
+}
 
-    let (mut confirmed, mut resolved, mut unknown) = (0usize, 0usize, 0usize);
-    for chunk in findings.chunks(CHUNK) {
-        // Only a text key can be empty: an empty key of another type names no row
-        // (and cannot be cast to it), so its finding stays unknown.
-        let lookup = |k: &str| key_is_text || !k.is_empty();
-        let keys: Vec<&str> = chunk
+/// Re-check one chunk of findings on `relation` and record `still_holds` for each.
+async fn recheck_chunk(
+    tx: &Transaction<'_>,
+    sql: &RecheckSql,
+    relation: &str,
+    chunk: &[&Inserted],
+    null_now: &HashSet<String>,
+    tally: &mut Tally,
+) -> Result<(), UploadError> {
+    let db = |what: &str| UploadError::db(format!("re-checking findings on {relation}: {what}"));
+    let lookup = |k: &str| sql.key_is_text || !k.is_empty();
+    let keys: Vec<&str> = chunk
+        .iter()
+        .filter_map(|f| f.row_key.as_deref())
+        .filter(|k| lookup(k))
+        .collect();
+    // (key, finding) of the rows as they are now.
+    let now: HashSet<(String, String)> = if keys.is_empty() {
+        HashSet::new()
+    } else {
+        tx.query(&sql.by_key, &[&keys])
+            .await
+            .map_err(db("re-checking rows"))?
             .iter()
-            .filter_map(|f| f.row_key.as_deref())
-            .filter(|k| lookup(k))
-            .collect();
-        // (key, finding) of the rows as they are now.
-        let now: HashSet<(String, String)> = if keys.is_empty() {
-            HashSet::new()
-        } else {
-            tx.query(&recheck, &[&keys])
-                .await
-                .map_err(db("re-checking rows"))?
-                .iter()
-                .filter_map(|r| Some((r.get::<_, String>(0), r.get::<_, Option<String>>(1)?)))
-                .collect()
-        };
-        let (mut ids, mut holds) = (Vec::new(), Vec::new());
-        for f in chunk {
-            // A row that is gone, or whose content now matches, no longer holds.
-            let h = match f.row_key.as_deref() {
-                None => null_now.contains(&f.finding),
-                Some(k) if lookup(k) => now.contains(&(k.to_string(), f.finding.clone())),
-                Some(_) => {
-                    unknown += 1;
-                    continue;
-                }
-            };
-            if h {
-                confirmed += 1;
-            } else {
-                resolved += 1;
+            .filter_map(|r| Some((r.get::<_, String>(0), r.get::<_, Option<String>>(1)?)))
+            .collect()
+    };
+    let (mut ids, mut holds) = (Vec::new(), Vec::new());
+    for f in chunk {
+        // A row that is gone, or whose content now matches, no longer holds.
+        let h = match f.row_key.as_deref() {
+            None => null_now.contains(&f.finding),
+            Some(k) if lookup(k) => now.contains(&(k.to_string(), f.finding.clone())),
+            Some(_) => {
+                tally.unknown += 1;
+                continue;
             }
-            ids.push(f.id);
-            holds.push(h);
+        };
+        if h {
+            tally.confirmed += 1;
+        } else {
+            tally.resolved += 1;
         }
-        tx.execute(
-            "UPDATE pgmaint.integrity_findings f SET still_holds = v.h
-               FROM unnest($1::bigint[], $2::bool[]) v(id, h) WHERE f.id = v.id",
-            &[&ids, &holds],
-        )
-        .await
-        .map_err(db("recording still_holds"))?;
+        ids.push(f.id);
+        holds.push(h);
     }
-    // Counts of the findings inserted by this apply: confirmed + resolved + unknown.
-    tracing::info!(task = task.id, %relation, confirmed, resolved, unknown, "findings re-checked on the primary");
+    tx.execute(
+        "UPDATE pgmaint.integrity_findings f SET still_holds = v.h
+           FROM unnest($1::bigint[], $2::bool[]) v(id, h) WHERE f.id = v.id",
+        &[&ids, &holds],
+    )
+    .await
+    .map_err(db("recording still_holds"))?;
     Ok(())
 }

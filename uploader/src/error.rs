@@ -1,5 +1,7 @@
 use std::path::PathBuf;
 
+use snapshot_runner::pg_error::DbError;
+
 /// Everything that can go wrong in an upload.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
@@ -17,15 +19,10 @@ pub enum UploadError {
     /// is rolled back and the task retried, against the table as it now is.
     #[error("{0}")]
     Changed(String),
-    /// A database error (may be passing: lock time-out, lost connection).
-    #[error("{context}: {}", snapshot_runner::pg_error::describe(source))]
-    Db {
-        /// What the uploader was doing.
-        context: String,
-        /// The driver's error.
-        #[source]
-        source: tokio_postgres::Error,
-    },
+    /// A database error (may be passing: lock time-out, lost connection). Shown with
+    /// the server's message and SQLSTATE, like the scans' database errors.
+    #[error(transparent)]
+    Db(DbError),
     /// Reading a result file failed.
     #[error("{path}: {source}")]
     Io {
@@ -60,7 +57,7 @@ impl UploadError {
             // cannot take (42: missing column, no privilege) fail the same way every
             // time, until an operator fixes something and runs `pgmaint tasks retry`. A
             // unique violation may come from a concurrent insert (merge): retried.
-            UploadError::Db { source, .. } => source.code().is_some_and(|c| {
+            UploadError::Db(e) => e.code().is_some_and(|c| {
                 let code = c.code();
                 (code.starts_with("22") || code.starts_with("23") || code.starts_with("42"))
                     && code != "23505"
@@ -72,14 +69,14 @@ impl UploadError {
     /// True when the connection to the primary is gone.
     pub fn is_closed(&self) -> bool {
         match self {
-            UploadError::Db { source, .. } => {
-                source.is_closed()
-                    || source.code().is_some_and(|c| {
+            UploadError::Db(DbError { cause, .. }) => {
+                cause.is_closed()
+                    || cause.code().is_some_and(|c| {
                         // admin_shutdown, crash_shutdown, cannot_connect_now: the server
                         // is going away; the connection is as good as closed.
                         matches!(c.code(), "57P01" | "57P02" | "57P03")
                     })
-                    || std::error::Error::source(source).is_some_and(|s| s.is::<std::io::Error>())
+                    || std::error::Error::source(cause).is_some_and(|s| s.is::<std::io::Error>())
             }
             _ => false,
         }
@@ -88,22 +85,22 @@ impl UploadError {
     /// The SQLSTATE of a database error, if any.
     pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
         match self {
-            UploadError::Db { source, .. } => source.code(),
+            UploadError::Db(e) => e.code(),
             _ => None,
         }
     }
 
     pub(crate) fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
         let context = context.into();
-        move |source| UploadError::Db { context, source }
+        move |cause| UploadError::Db(DbError { context, cause })
     }
 }
 
 impl From<tokio_postgres::Error> for UploadError {
-    fn from(source: tokio_postgres::Error) -> Self {
-        UploadError::Db {
+    fn from(cause: tokio_postgres::Error) -> Self {
+        UploadError::Db(DbError {
             context: "database".into(),
-            source,
-        }
+            cause,
+        })
     }
 }

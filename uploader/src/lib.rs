@@ -56,6 +56,7 @@
 mod apply;
 mod confirm;
 mod error;
+mod findings;
 mod listener;
 mod merge;
 mod queue;
@@ -71,11 +72,15 @@ mod worker;
 pub use error::UploadError;
 pub use listener::Listener;
 pub use queue::{
-    cancel_task, enqueue, get_task, list_tasks, retry_task, ApplyKind, CancelOutcome, TaskRow,
-    UploadRequest, CHANNEL,
+    cancel_task, enqueue, get_task, list_tasks, retry_task, CancelOutcome, TaskRow, UploadRequest,
+    CHANNEL,
 };
 pub use rescuer::Rescuer;
 pub use slot::{DrainStats, Slot, WorkerMode};
+/// The database error inside [`UploadError::Db`], shared with the scans.
+pub use snapshot_runner::pg_error::DbError;
+/// What an [`UploadRequest`] carries: the results format's apply plan.
+pub use snapshot_runner::results::{ApplyKind, ApplyPlan};
 pub use state::{RunState, UnknownUploadState, UploadState};
 pub use wake::Wake;
 pub use worker::{run_slots, Worker};

@@ -42,7 +42,7 @@ impl Listener {
                 config.connect_timeout(Duration::from_secs(10));
             }
             let connected = tokio::select! {
-                c = config.connect(snapshot_runner::tls::connector()) => c,
+                c = config.connect(snapshot_runner::connection::tls::connector()) => c,
                 _ = stop.cancelled() => return,
             };
             match connected {

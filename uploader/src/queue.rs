@@ -14,54 +14,22 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use snapshot_runner::ApplyPlan;
 use tokio_postgres::{Client, GenericClient, Row, Statement, Transaction};
 
 use crate::{UploadError, UploadState};
-
-/// How an upload is applied on the primary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApplyKind {
-    /// Insert findings into `pgmaint.integrity_findings` (and re-check them).
-    Findings,
-    /// Replace a table by a staged copy: `params.target`.
-    Swap,
-    /// Upsert rows into a table by key: `params.target`, `params.key`.
-    Merge,
-}
-
-impl ApplyKind {
-    /// The name stored in the queue.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApplyKind::Findings => "findings",
-            ApplyKind::Swap => "swap",
-            ApplyKind::Merge => "merge",
-        }
-    }
-    /// The kind called `s`, if this uploader knows it.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "findings" => Some(ApplyKind::Findings),
-            "swap" => Some(ApplyKind::Swap),
-            "merge" => Some(ApplyKind::Merge),
-            _ => None,
-        }
-    }
-}
 
 /// One upload to queue.
 #[derive(Debug, Clone)]
 pub struct UploadRequest {
     /// The scan task that produced the file; unique within a run.
     pub task_name: String,
-    /// How to apply it.
-    pub kind: ApplyKind,
+    /// How to apply it: queued as `apply_kind` and `params`.
+    pub plan: ApplyPlan,
     /// Data file, relative to `results.dir`.
     pub file: String,
     /// The run's manifest, relative to `results.dir`.
     pub manifest: String,
-    /// Kind-specific parameters.
-    pub params: serde_json::Value,
     /// MD5 (hex) of the data file, as the coordinator wrote it. Kept on the primary, so
     /// a file rewritten together with its manifest is still refused.
     pub file_md5: String,
@@ -84,6 +52,7 @@ pub async fn enqueue(
     let mut ids: Vec<i64> = Vec::new();
     for u in uploads {
         let depends_on: Vec<i64> = ids.last().copied().into_iter().collect();
+        let params = u.plan.params();
         let row = tx
             .query_one(
                 "WITH ins AS (
@@ -98,10 +67,10 @@ pub async fn enqueue(
                 &[
                     &run_id,
                     &u.task_name,
-                    &u.kind.as_str(),
+                    &u.plan.kind().as_str(),
                     &u.file,
                     &u.manifest,
-                    &u.params,
+                    &params,
                     &depends_on,
                     &max_attempts,
                     &u.file_md5,
@@ -837,13 +806,5 @@ mod tests {
         let mut ids = runnable_again(&closure, &HashSet::new());
         ids.sort_unstable();
         assert_eq!(ids, [1, 2, 3, 4]);
-    }
-
-    #[test]
-    fn apply_kinds_round_trip() {
-        for k in [ApplyKind::Findings, ApplyKind::Swap, ApplyKind::Merge] {
-            assert_eq!(ApplyKind::parse(k.as_str()), Some(k));
-        }
-        assert_eq!(ApplyKind::parse("truncate"), None);
     }
 }

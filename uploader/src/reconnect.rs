@@ -30,7 +30,7 @@ impl Primary {
 
     /// A session in `role` (with the keepalives and time-outs of every pgmaint session).
     pub(crate) async fn connect(&self, role: &str) -> Result<Client, UploadError> {
-        snapshot_runner::connect(&self.config(role))
+        snapshot_runner::connection::connect(&self.config(role))
             .await
             .map_err(UploadError::db("connecting to the primary"))
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::{self, ApplyKind, Beat, Claimed};
+use crate::queue::{self, Beat, Claimed};
 use crate::reconnect::{sleep_unless_stopped, Primary, Reconnect};
 use crate::wake::Wake;
 use crate::{apply, UploadError, UploadState};
@@ -403,7 +403,7 @@ impl Slot {
         };
         // Stop the server-side statement, then let the apply future see the error so
         // its transaction is rolled back on a live connection.
-        let _ = cancel.cancel_query(snapshot_runner::tls::connector()).await;
+        snapshot_runner::connection::cancel_query(&cancel).await;
         let r = tokio::time::timeout(Duration::from_secs(10), &mut apply).await;
         match (stop, r) {
             // It committed before the cancel landed.
@@ -438,17 +438,7 @@ impl Slot {
             results_dir: &self.settings.results_dir,
             lock_timeout: self.settings.lock_timeout,
         };
-        let applied = match ApplyKind::parse(&task.kind) {
-            Some(ApplyKind::Findings) => apply::findings(&tx, &ctx).await?,
-            Some(ApplyKind::Swap) => apply::swap(&tx, &ctx).await?,
-            Some(ApplyKind::Merge) => apply::merge(&tx, &ctx).await?,
-            None => {
-                return Err(UploadError::Rejected(format!(
-                    "upload task {}: unknown apply kind {:?}",
-                    task.id, task.kind
-                )))
-            }
-        };
+        let applied = apply::apply_task(&tx, &ctx).await?;
         queue::complete(
             &tx,
             complete_stmt,

@@ -45,12 +45,12 @@
 use std::time::Instant;
 
 use snapshot_runner::ident::quote_ident;
+use snapshot_runner::results::SwapPlan;
 use tokio_postgres::Transaction;
 
-use crate::apply::{check, copy_checked, execute_retrying_locks, Applied, Ctx};
-use crate::target::{
-    check_columns, record_materialization, resolve, superseded, target_name, Scope, Target,
-};
+use crate::apply::{check, copy_checked, execute_retrying_locks, Applied, Checked, Ctx};
+use crate::queue::Claimed;
+use crate::target::{check_columns, record_materialization, resolve, superseded, Scope, Target};
 use crate::UploadError;
 
 /// Name prefix of a swapped-out table, dropped after the swap commits.
@@ -459,12 +459,15 @@ async fn plan_indexes(
     Ok(plans)
 }
 
-/// Apply a swap task. Params: `{"target": "<table, SQL syntax>"}`.
-pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied, UploadError> {
+/// Apply a swap task: replace `plan.target` by the result file.
+pub(crate) async fn swap(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    plan: &SwapPlan,
+) -> Result<Applied, UploadError> {
     let task = ctx.task;
-    let name = target_name(task)?;
     let checked = check(tx, task, ctx.results_dir).await?;
-    let t = resolve(tx, task, name).await?;
+    let t = resolve(tx, task, plan.target.name().clone()).await?;
     let column_list = check_columns(tx, task, &t, &checked.expected.columns).await?;
     if let Some(note) = superseded(tx, ctx, &t, &checked.snapshot_lsn, Scope::Target, false).await?
     {
@@ -487,44 +490,7 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
         .map_err(db("starting the staging savepoint"))?;
 
     // 1. Build the staging table beside the target.
-    tx.batch_execute(&format!(
-        "CREATE {}TABLE {staging} (LIKE {target} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED
-             INCLUDING IDENTITY INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING COMMENTS INCLUDING STATISTICS)",
-        if t.persistence == "u" { "UNLOGGED " } else { "" }
-    ))
-    .await
-    .map_err(db("creating the staging table"))?;
-    let reloptions: Option<String> = tx
-        .query_one(
-            "SELECT format('ALTER TABLE %s SET (%s)', $2::text, array_to_string(reloptions, ', '))
-               FROM pg_class WHERE oid = $1 AND reloptions IS NOT NULL
-             UNION ALL SELECT NULL LIMIT 1",
-            &[&t.oid, &staging],
-        )
-        .await
-        .map_err(db("reading storage parameters"))?
-        .get(0);
-    if let Some(sql) = reloptions {
-        tx.batch_execute(&sql)
-            .await
-            .map_err(db("copying storage parameters"))?;
-    }
-    let rows = copy_checked(
-        tx,
-        task,
-        &format!("COPY {staging} ({column_list}) FROM STDIN (FORMAT csv, HEADER true)"),
-        &checked,
-    )
-    .await? as i64;
-    for ix in &indexes {
-        tx.batch_execute(&ix.create).await.map_err(db(&format!(
-            "building index {} on the staging table",
-            quote_ident(&ix.name)
-        )))?;
-    }
-    tx.batch_execute(&format!("ANALYZE {staging}"))
-        .await
-        .map_err(db("analyzing the staging table"))?;
+    let rows = build_staging(tx, task, &t, &staging, &column_list, &checked, &indexes).await?;
 
     // 2. The short exclusive part. First the target's materializations rows (held to
     // commit: a concurrent apply of the same target decides after this one), then the
@@ -654,7 +620,86 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
         "ALTER TABLE {staging} RENAME TO {}",
         quote_ident(&t.name.name)
     ));
-    for ix in &indexes {
+    sql.extend(install_indexes(&indexes, &schema, &target));
+    sql.extend(restore);
+    sql.extend(identity_post.iter().map(|r| r.get::<_, String>(1)));
+    // One round trip for the whole exchange: the lock is held for as short as possible.
+    let read_ms = locked_at.elapsed().as_secs_f64() * 1000.0;
+    tx.batch_execute(&sql.join(";\n"))
+        .await
+        .map_err(db("exchanging the tables"))?;
+    record_swapped_out(tx, task, &t, &old_name).await?;
+    record_materialization(tx, task, &t, &checked.snapshot_lsn, rows).await?;
+    tracing::debug!(task = task.id, target = %t.name, owner = %t.owner, rows, indexes = indexes.len(),
+                    catalog_ms = read_ms, exchanged_ms = locked_at.elapsed().as_secs_f64() * 1000.0, "swap exchanged");
+    Ok(Applied {
+        rows,
+        exclusive_since: Some(locked_at),
+        drop_after: true,
+        note: None,
+    })
+}
+
+/// Create the staging table beside the target (as the target: columns, defaults,
+/// constraints, storage parameters), load the result file into it, build the
+/// target's indexes on it and ANALYZE it. The rows loaded.
+async fn build_staging(
+    tx: &Transaction<'_>,
+    task: &Claimed,
+    t: &Target,
+    staging: &str,
+    column_list: &str,
+    checked: &Checked,
+    indexes: &[IndexPlan],
+) -> Result<i64, UploadError> {
+    let target = t.name.quoted();
+    let db = |what: &str| UploadError::db(format!("swap of {}: {what}", t.name));
+    tx.batch_execute(&format!(
+        "CREATE {}TABLE {staging} (LIKE {target} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED
+             INCLUDING IDENTITY INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING COMMENTS INCLUDING STATISTICS)",
+        if t.persistence == "u" { "UNLOGGED " } else { "" }
+    ))
+    .await
+    .map_err(db("creating the staging table"))?;
+    let reloptions: Option<String> = tx
+        .query_one(
+            "SELECT format('ALTER TABLE %s SET (%s)', $2::text, array_to_string(reloptions, ', '))
+               FROM pg_class WHERE oid = $1 AND reloptions IS NOT NULL
+             UNION ALL SELECT NULL LIMIT 1",
+            &[&t.oid, &staging],
+        )
+        .await
+        .map_err(db("reading storage parameters"))?
+        .get(0);
+    if let Some(sql) = reloptions {
+        tx.batch_execute(&sql)
+            .await
+            .map_err(db("copying storage parameters"))?;
+    }
+    let rows = copy_checked(
+        tx,
+        task,
+        &format!("COPY {staging} ({column_list}) FROM STDIN (FORMAT csv, HEADER true)"),
+        checked,
+    )
+    .await? as i64;
+    for ix in indexes {
+        tx.batch_execute(&ix.create).await.map_err(db(&format!(
+            "building index {} on the staging table",
+            quote_ident(&ix.name)
+        )))?;
+    }
+    tx.batch_execute(&format!("ANALYZE {staging}"))
+        .await
+        .map_err(db("analyzing the staging table"))?;
+    Ok(rows)
+}
+
+/// The statements that give the staging table's indexes the target's index names,
+/// constraints, comments and settings (once the target's own are renamed away).
+fn install_indexes(indexes: &[IndexPlan], schema: &str, target: &str) -> Vec<String> {
+    let mut sql = Vec::new();
+    for ix in indexes {
         let (temp, name) = (quote_ident(&ix.temp), quote_ident(&ix.name));
         match &ix.constraint {
             Some((kind, deferrable, deferred)) => sql.push(format!(
@@ -680,14 +725,17 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
             ));
         }
     }
-    sql.extend(restore);
-    sql.extend(identity_post.iter().map(|r| r.get::<_, String>(1)));
-    // One round trip for the whole exchange: the lock is held for as short as possible.
-    let read_ms = locked_at.elapsed().as_secs_f64() * 1000.0;
-    tx.batch_execute(&sql.join(";\n"))
-        .await
-        .map_err(db("exchanging the tables"))?;
-    // The renamed-away table is pgmaint's to drop: recorded by OID in this transaction.
+    sql
+}
+
+/// Record the renamed-away table as pgmaint's to drop, by OID, in the swap's
+/// transaction: only a table recorded there is ever dropped.
+async fn record_swapped_out(
+    tx: &Transaction<'_>,
+    task: &Claimed,
+    t: &Target,
+    old_name: &str,
+) -> Result<(), UploadError> {
     tx.execute(
         "INSERT INTO pgmaint.swapped_out (relid, schema_name, table_name, upload_task_id, run_id)
          VALUES ($1, $2, $3, $4, $5)
@@ -696,14 +744,9 @@ pub(crate) async fn swap(tx: &Transaction<'_>, ctx: &Ctx<'_>) -> Result<Applied,
         &[&t.oid, &t.name.schema, &old_name, &task.id, &task.run_id],
     )
     .await
-    .map_err(db("recording the swapped-out table"))?;
-    record_materialization(tx, task, &t, &checked.snapshot_lsn, rows).await?;
-    tracing::debug!(task = task.id, target = %t.name, owner = %t.owner, rows, indexes = indexes.len(),
-                    catalog_ms = read_ms, exchanged_ms = locked_at.elapsed().as_secs_f64() * 1000.0, "swap exchanged");
-    Ok(Applied {
-        rows,
-        exclusive_since: Some(locked_at),
-        drop_after: true,
-        note: None,
-    })
+    .map_err(UploadError::db(format!(
+        "swap of {}: recording the swapped-out table",
+        t.name
+    )))?;
+    Ok(())
 }

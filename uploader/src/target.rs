@@ -1,4 +1,4 @@
-//! The table a swap or merge writes: named in the task's params (SQL syntax, from
+//! The table a swap or merge writes: named in the task's plan (SQL syntax, from
 //! config), resolved and checked against the primary's catalog.
 
 use snapshot_runner::ident::{quote_ident, QualifiedName};
@@ -16,16 +16,6 @@ pub(crate) struct Target {
     pub owner: String,
     /// `p` permanent, `u` unlogged.
     pub persistence: String,
-}
-
-/// `params.target` of a swap or merge task, parsed (SQL syntax: `public.t`, `"Sales"."Totals"`).
-pub(crate) fn target_name(task: &Claimed) -> Result<QualifiedName, UploadError> {
-    let text = task
-        .params
-        .get("target")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| rejected(task, format!("{} task without params.target", task.kind)))?;
-    QualifiedName::parse(text).map_err(|e| rejected(task, format!("params.target: {e}")))
 }
 
 /// Find the target on the primary: an ordinary table, or a clear error naming it.

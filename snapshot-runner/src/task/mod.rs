@@ -1,14 +1,22 @@
-//! Task specs, their preparation (catalog checks, before the pause) and their reports.
+//! Task specs, built from config's fields ([`fields`]); their preparation (catalog
+//! checks, before the pause); running them; and their reports.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::amcheck::{self, AmcheckSpec, PreparedAmcheck};
 use crate::export::{self, ExportSpec, PreparedExport};
 use crate::file_checksum::{self, FileChecksumSpec, PreparedFileChecksum};
-use crate::manifest::{DataFile, ManifestTask};
 use crate::materialize::{self, MaterializeSpec, PreparedMaterialize};
 use crate::row_checksum::{self, PreparedRowChecksum, RowChecksumSpec};
 use crate::{ScanContext, ScanError};
+
+pub(crate) mod fields;
+mod report;
+mod workers;
+
+pub use fields::{FieldError, FieldProblem, TaskFields};
+pub use report::{TaskReport, TaskStatus};
+pub(crate) use workers::run_workers;
 
 /// What a task does. Each kind has its own spec.
 #[derive(Debug, Clone)]
@@ -25,7 +33,79 @@ pub enum TaskSpec {
     Export(ExportSpec),
 }
 
+/// A kind of task: its name in config, the fields it takes, and how its spec is made
+/// from them.
+struct Kind {
+    name: &'static str,
+    fields: &'static [&'static str],
+    from_fields: fn(&TaskFields) -> Result<TaskSpec, FieldError>,
+}
+
+const KINDS: &[Kind] = &[
+    Kind {
+        name: "row_checksum",
+        fields: RowChecksumSpec::FIELDS,
+        from_fields: |f| RowChecksumSpec::from_fields(f).map(TaskSpec::RowChecksum),
+    },
+    Kind {
+        name: "file_checksum",
+        fields: FileChecksumSpec::FIELDS,
+        from_fields: |f| FileChecksumSpec::from_fields(f).map(TaskSpec::FileChecksum),
+    },
+    Kind {
+        name: "materialize",
+        fields: MaterializeSpec::FIELDS,
+        from_fields: |f| MaterializeSpec::from_fields(f).map(TaskSpec::Materialize),
+    },
+    Kind {
+        name: "amcheck",
+        fields: AmcheckSpec::FIELDS,
+        from_fields: |f| AmcheckSpec::from_fields(f).map(TaskSpec::Amcheck),
+    },
+    Kind {
+        name: "export",
+        fields: ExportSpec::FIELDS,
+        from_fields: |f| ExportSpec::from_fields(f).map(TaskSpec::Export),
+    },
+];
+
 impl TaskSpec {
+    /// The spec of a task of kind `kind` from config's fields: the kind must exist and
+    /// take every field that is set, and its spec checks the rest.
+    pub fn from_fields(kind: &str, fields: &TaskFields) -> Result<TaskSpec, FieldError> {
+        let Some(known) = KINDS.iter().find(|k| k.name == kind) else {
+            return Err(FieldError {
+                field: "kind",
+                problem: FieldProblem::UnknownKind {
+                    kind: kind.to_string(),
+                    known: KINDS.iter().map(|k| k.name).collect(),
+                },
+            });
+        };
+        if let Some(extra) = fields.set().into_iter().find(|f| !known.fields.contains(f)) {
+            return Err(FieldError {
+                field: extra,
+                problem: FieldProblem::NotOfKind {
+                    kind: known.name,
+                    fields: known.fields,
+                },
+            });
+        }
+        (known.from_fields)(fields)
+    }
+
+    /// Check what the kind's scan relies on. [`TaskSpec::from_fields`] already did;
+    /// this is for a spec built by hand.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        match self {
+            TaskSpec::RowChecksum(s) => s.validate(),
+            TaskSpec::FileChecksum(s) => s.validate(),
+            TaskSpec::Materialize(s) => s.validate(),
+            TaskSpec::Amcheck(s) => s.validate(),
+            TaskSpec::Export(s) => s.validate(),
+        }
+    }
+
     /// The kind's name as written in config.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -70,6 +150,9 @@ pub async fn prepare(
     spec: &TaskSpec,
     ctx: &ScanContext,
 ) -> Result<PreparedTask, ScanError> {
+    let misconfigured =
+        |e: FieldError| prefix_config(name, spec.kind(), ScanError::Config(e.to_string()));
+    spec.validate().map_err(misconfigured)?;
     let client = ctx.connect().await?;
     let inner = match spec {
         TaskSpec::RowChecksum(s) => row_checksum::prepare(&client, s)
@@ -171,156 +254,89 @@ impl PreparedTask {
     }
 }
 
-/// How a task ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaskStatus {
-    /// Scanned everything.
-    Completed,
-    /// Stopped by its soft time-out; the results cover part of the data.
-    Partial,
-    /// Failed with an error.
-    Failed,
-    /// Stopped by cancellation.
-    Cancelled,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl TaskStatus {
-    /// Lower-case name, as in the manifest.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskStatus::Completed => "completed",
-            TaskStatus::Partial => "partial",
-            TaskStatus::Failed => "failed",
-            TaskStatus::Cancelled => "cancelled",
+    fn fields() -> TaskFields {
+        TaskFields {
+            table: Some("blobs".into()),
+            key: Some("id".into()),
+            content: Some("payload".into()),
+            checksum: Some("payload_md5".into()),
+            ..TaskFields::default()
         }
     }
 
-    /// True when the results may be uploaded.
-    pub fn has_results(self) -> bool {
-        matches!(self, TaskStatus::Completed | TaskStatus::Partial)
-    }
-}
-
-/// What a task did.
-#[derive(Debug, Clone)]
-pub struct TaskReport {
-    /// Task name.
-    pub name: String,
-    /// Task kind.
-    pub kind: &'static str,
-    /// How it ended.
-    pub status: TaskStatus,
-    /// Rows (or files) examined.
-    pub rows_scanned: u64,
-    /// Bytes examined.
-    pub bytes_scanned: u64,
-    /// Findings written.
-    pub findings: u64,
-    /// Wall time.
-    pub elapsed: Duration,
-    /// The relation the findings are about.
-    pub relation: Option<String>,
-    /// The data file written (single-file tasks).
-    pub file: Option<DataFile>,
-    /// The data files written by a multi-file task (`export`).
-    pub files: Vec<DataFile>,
-    /// Error of a failed task.
-    pub error: Option<String>,
-    /// How the data file should be applied on the primary; `None`: not uploaded.
-    pub apply: Option<ApplyPlan>,
-    /// Where the next run should carry on (tasks that cover a store over several runs).
-    pub cursor: Option<String>,
-}
-
-/// How a task's data file is to be applied on the primary. The uploader interprets it;
-/// this crate only says what the file is for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApplyPlan {
-    /// `findings`, `swap` or `merge`.
-    pub kind: &'static str,
-    /// Kind-specific parameters (target table, key columns, …), stored with the upload.
-    pub params: serde_json::Value,
-}
-
-impl TaskReport {
-    /// Copy a task's progress counters into the report.
-    pub(crate) fn take_counters(&mut self, counters: &crate::progress::Counters) {
-        use std::sync::atomic::Ordering;
-        self.rows_scanned = counters.items.load(Ordering::Relaxed);
-        self.bytes_scanned = counters.bytes.load(Ordering::Relaxed);
-        self.findings = counters.findings.load(Ordering::Relaxed);
+    #[test]
+    fn a_spec_names_the_field_at_fault() {
+        let err = |kind: &str, f: TaskFields| TaskSpec::from_fields(kind, &f).unwrap_err();
+        assert!(TaskSpec::from_fields("row_checksum", &fields()).is_ok());
+        let e = err(
+            "row_checksum",
+            TaskFields {
+                key: None,
+                ..fields()
+            },
+        );
+        assert_eq!((e.field, e.to_string().as_str()), ("key", "key: missing"));
+        let e = err(
+            "row_checksum",
+            TaskFields {
+                parallelism: Some(0),
+                ..fields()
+            },
+        );
+        assert_eq!(e.to_string(), "parallelism: must be at least 1");
+        let e = err(
+            "amcheck",
+            TaskFields {
+                table: Some("t".into()),
+                ..TaskFields::default()
+            },
+        );
+        assert_eq!(
+            e.to_string(),
+            "table: not a field of kind amcheck (its fields: tables, heapallindexed, parallelism)"
+        );
+        let e = err(
+            "export",
+            TaskFields {
+                tables: Some(vec!["a".into()]),
+                query: Some("q".into()),
+                ..TaskFields::default()
+            },
+        );
+        assert_eq!(
+            e,
+            FieldError::conflict("query", "give either tables or query, not both")
+        );
+        assert_eq!(
+            err("export", TaskFields::default()).to_string(),
+            "tables: missing, or give a query"
+        );
+        assert!(err("nope", fields())
+            .to_string()
+            .starts_with("kind: unknown kind \"nope\" (known kinds: row_checksum,"));
     }
 
-    fn new(name: &str, kind: &'static str) -> Self {
-        TaskReport {
-            name: name.to_string(),
-            kind,
-            status: TaskStatus::Completed,
-            rows_scanned: 0,
-            bytes_scanned: 0,
-            findings: 0,
-            elapsed: Duration::ZERO,
-            relation: None,
-            file: None,
-            files: Vec::new(),
-            error: None,
-            apply: None,
-            cursor: None,
-        }
+    #[test]
+    fn a_spec_built_by_hand_is_checked_as_config_would_check_it() {
+        let spec = TaskSpec::FileChecksum(FileChecksumSpec {
+            table: "files".into(),
+            key: "id".into(),
+            path: "path".into(),
+            checksum: "md5".into(),
+            size: None,
+            root: "/srv".into(),
+            age_in_days: Some(3),
+            ingested_at: None,
+            files_per_run: None,
+            parallelism: 2,
+        });
+        assert_eq!(
+            spec.validate().unwrap_err().to_string(),
+            "age_in_days: needs ingested_at, the column of ingest times"
+        );
     }
-
-    /// The manifest entry for this report.
-    pub fn to_manifest(&self) -> ManifestTask {
-        ManifestTask {
-            name: self.name.clone(),
-            kind: self.kind.to_string(),
-            status: self.status.as_str().to_string(),
-            rows_scanned: self.rows_scanned,
-            findings: self.findings,
-            relation: self.relation.clone(),
-            file: self.file.clone(),
-            files: self.files.clone(),
-            error: self.error.clone(),
-        }
-    }
-}
-
-/// Run a task's parallel workers to the end. A failing worker cancels `stop`, so its
-/// siblings stop too; the results are folded by [`join_worker_results`].
-pub(crate) async fn run_workers<W>(
-    stop: &tokio_util::sync::CancellationToken,
-    workers: W,
-) -> Result<bool, ScanError>
-where
-    W: IntoIterator,
-    W::Item: std::future::Future<Output = Result<bool, ScanError>>,
-{
-    let guarded = workers.into_iter().map(|w| async move {
-        let r = w.await;
-        if r.is_err() {
-            stop.cancel();
-        }
-        r
-    });
-    join_worker_results(futures_util::future::join_all(guarded).await)
-}
-
-/// Fold the results of a task's parallel workers: `Ok(true)` if any was cut short by the
-/// soft deadline. A real error wins over the `Cancelled` of the siblings it stopped.
-pub(crate) fn join_worker_results(
-    results: Vec<Result<bool, ScanError>>,
-) -> Result<bool, ScanError> {
-    let mut partial = false;
-    let mut cancelled = false;
-    for r in results {
-        match r {
-            Ok(cut) => partial |= cut,
-            Err(ScanError::Cancelled) => cancelled = true,
-            Err(e) => return Err(e),
-        }
-    }
-    if cancelled {
-        return Err(ScanError::Cancelled);
-    }
-    Ok(partial)
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use md5::{Digest, Md5};
 
-use crate::manifest::DataFile;
+use crate::results::manifest::DataFile;
 use crate::ScanError;
 
 /// A writer that counts and hashes every byte it passes on.

@@ -1,0 +1,438 @@
+//! The TOML config file, with environment overrides, validated into [`Config`].
+//!
+//! Every error names the field at fault (`tasks[1].kind`, `limits.max_pause`, …) in one
+//! line, and is a [`UsageError`] (exit code 2).
+//!
+//! One module per part of the file: [`dsn`] (`[primary]`, `[[replicas]]`), [`limits`]
+//! (`[limits]`), [`settings`] (`[scan]`, `[uploader]`) and [`tasks`] (`[[tasks]]`);
+//! `[results]` is one field, read here.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::units::parse_duration;
+use crate::UsageError;
+
+pub mod dsn;
+pub mod limits;
+pub mod settings;
+pub mod tasks;
+
+pub use dsn::{Dsn, ReplicaConfig};
+pub use limits::Limits;
+pub use settings::{ScanSettings, UploaderSettings};
+pub use tasks::TaskConfig;
+
+/// A validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The primary.
+    pub primary: Dsn,
+    /// Replicas pgmaint may pause.
+    pub replicas: Vec<ReplicaConfig>,
+    /// Guards of the pause.
+    pub limits: Limits,
+    /// Where result files go.
+    pub results_dir: PathBuf,
+    /// Scan settings.
+    pub scan: ScanSettings,
+    /// Upload worker settings.
+    pub uploader: UploaderSettings,
+    /// Tasks, in config order.
+    pub tasks: Vec<TaskConfig>,
+}
+
+/// Where to find the config and what the environment overrides.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `PGMAINT_PRIMARY`: the primary's DSN.
+    pub primary: Option<String>,
+    /// `PGMAINT_REPLICA`: the DSN of the replica (the first in config, or a lone one).
+    pub replica: Option<String>,
+}
+
+/// The file as written: each part checked by its own module.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    primary: Option<dsn::RawPrimary>,
+    #[serde(default)]
+    replicas: Vec<dsn::RawReplica>,
+    #[serde(default)]
+    limits: limits::RawLimits,
+    results: Option<RawResults>,
+    #[serde(default)]
+    scan: settings::RawScan,
+    #[serde(default)]
+    uploader: settings::RawUploader,
+    #[serde(default)]
+    tasks: Vec<tasks::RawTask>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResults {
+    dir: PathBuf,
+}
+
+fn usage(msg: impl Into<String>) -> UsageError {
+    UsageError(msg.into())
+}
+
+/// Duration field `field`: `default` when not set.
+fn duration(field: &str, v: &Option<String>, default: Duration) -> Result<Duration, UsageError> {
+    match v {
+        None => Ok(default),
+        Some(s) => parse_duration(s).map_err(|e| usage(format!("{field}: {e}"))),
+    }
+}
+
+/// A name of a task or replica. Task names become file names and appear in SQL values
+/// only as bound parameters.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Config {
+    /// Read and validate a config file, then apply the environment overrides.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, UsageError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| usage(format!("config {}: {e}", path.display())))?;
+        Self::parse(&text, overrides)
+            .map_err(|e| usage(format!("config {}: {}", path.display(), e.0)))
+    }
+
+    /// Validate config text, part by part in file order; the first error is reported.
+    pub fn parse(text: &str, overrides: &Overrides) -> Result<Config, UsageError> {
+        let raw = deserialize(text)?;
+        Ok(Config {
+            primary: dsn::primary(&raw.primary, overrides)?,
+            replicas: dsn::replicas(&raw.replicas, overrides)?,
+            limits: Limits::from_raw(&raw.limits)?,
+            results_dir: results_dir(raw.results)?,
+            scan: ScanSettings::from_raw(&raw.scan)?,
+            uploader: UploaderSettings::from_raw(&raw.uploader)?,
+            tasks: tasks::parse_tasks(&raw.tasks)?,
+        })
+    }
+
+    /// The replica called `name`, or the first one.
+    pub fn replica(&self, name: Option<&str>) -> Result<&ReplicaConfig, UsageError> {
+        match name {
+            None => Ok(&self.replicas[0]),
+            Some(n) => self.replicas.iter().find(|r| r.name == n).ok_or_else(|| {
+                let known: Vec<&str> = self.replicas.iter().map(|r| r.name.as_str()).collect();
+                usage(format!(
+                    "--replica: no replica named {n:?} in config (known: {})",
+                    known.join(", ")
+                ))
+            }),
+        }
+    }
+
+    /// The tasks named in `names`, in the order given; all tasks if `names` is empty.
+    pub fn select_tasks(&self, names: &[String]) -> Result<Vec<&TaskConfig>, UsageError> {
+        if names.is_empty() {
+            if self.tasks.is_empty() {
+                return Err(usage("tasks: no [[tasks]] in config"));
+            }
+            return Ok(self.tasks.iter().collect());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.tasks.iter().find(|t| &t.name == n).ok_or_else(|| {
+                    let known: Vec<&str> = self.tasks.iter().map(|t| t.name.as_str()).collect();
+                    usage(format!(
+                        "--task: no task named {n:?} in config (known: {})",
+                        known.join(", ")
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+/// The TOML text into [`RawConfig`]: a syntax error names its line, an unknown or
+/// mistyped field its path.
+fn deserialize(text: &str) -> Result<RawConfig, UsageError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.inner().message().trim().replace('\n', "; ");
+        if path == "." || path.is_empty() {
+            let line = e
+                .inner()
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            usage(match line {
+                Some(l) => format!("line {l}: {msg}"),
+                None => msg,
+            })
+        } else {
+            usage(format!("{path}: {msg}"))
+        }
+    })
+}
+
+/// `results.dir`: an absolute path.
+fn results_dir(raw: Option<RawResults>) -> Result<PathBuf, UsageError> {
+    let results_dir = raw
+        .map(|r| r.dir)
+        .ok_or_else(|| usage("results.dir: missing"))?;
+    if !results_dir.is_absolute() {
+        return Err(usage(format!(
+            "results.dir: {} must be an absolute path",
+            results_dir.display()
+        )));
+    }
+    Ok(results_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snapshot_runner::TaskSpec;
+
+    const GOOD: &str = r#"
+[primary]
+dsn = "host=127.0.0.1 port=55432 user=postgres dbname=app"
+[[replicas]]
+name = "r1"
+dsn  = "postgres://postgres@127.0.0.1:55433/app"
+[limits]
+max_pause = "2h"
+max_replay_backlog = "8GB"
+lease = "60s"
+[results]
+dir = "/var/lib/pgmaint/results"
+[[tasks]]
+name = "blob-integrity"
+kind = "row_checksum"
+table = "public.blobs"
+key = "id"
+content = "payload"
+checksum = "payload_md5"
+soft_timeout = "00:30:00"
+every = "24h"
+"#;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, &Overrides::default()).unwrap_err().0
+    }
+
+    #[test]
+    fn the_design_example_parses() {
+        let c = Config::parse(GOOD, &Overrides::default()).unwrap();
+        assert_eq!(c.limits.max_replay_backlog, 8 << 30);
+        assert_eq!(c.tasks[0].soft_timeout, Some(Duration::from_secs(1800)));
+        assert_eq!(c.replicas[0].dsn.config.get_ports(), &[55433]);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(
+            err(&GOOD.replace("kind = \"row_checksum\"", "kind = \"nope\""))
+                .starts_with("tasks[0].kind: unknown kind \"nope\"")
+        );
+        assert!(
+            err(&GOOD.replace("max_pause = \"2h\"", "max_pause = \"2x\""))
+                .starts_with("limits.max_pause: bad duration")
+        );
+        assert!(err(&GOOD.replace("checksum = \"payload_md5\"\n", ""))
+            .starts_with("tasks[0].checksum: missing"));
+        assert!(err(&GOOD.replace(
+            "dsn = \"host=127.0.0.1 port=55432 user=postgres dbname=app\"\n",
+            ""
+        ))
+        .contains("primary: missing field `dsn`"));
+        assert!(
+            err(&GOOD.replace("lease = \"60s\"", "lease = \"60s\"\nleese = 1"))
+                .starts_with("limits.leese: unknown field `leese`")
+        );
+        assert!(
+            err(&GOOD.replace("name = \"blob-integrity\"", "name = \"../x\""))
+                .starts_with("tasks[0].name:")
+        );
+        assert!(err(&GOOD.replace("port=55432", "port=notaport"))
+            .starts_with("primary.dsn: invalid connection string"));
+        assert!(
+            err(&GOOD.replace("dbname=app\"", "dbname=app sslmode=verify-full\""))
+                .starts_with("primary.dsn: sslmode=verify-full is not supported yet")
+        );
+        for e in [err("garbage = ["), err(&GOOD.replace("kind", "knd"))] {
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    const BASE: &str = r#"
+[primary]
+dsn = "host=127.0.0.1"
+[[replicas]]
+name = "r1"
+dsn  = "host=127.0.0.1 port=55433"
+[results]
+dir = "/tmp/r"
+"#;
+
+    fn with_task(task: &str) -> Result<Config, String> {
+        Config::parse(
+            &format!("{BASE}[[tasks]]\nname = \"t\"\n{task}"),
+            &Overrides::default(),
+        )
+        .map_err(|e| e.0)
+    }
+
+    const FILES: &str = "kind = \"file_checksum\"\ntable = \"files\"\nkey = \"id\"\npath = \"path\"\nchecksum = \"md5\"\nroot = \"/srv/store\"\n";
+
+    #[test]
+    fn file_checksum_fields() {
+        let c = with_task(&format!("{FILES}size = \"bytes\"\nage_in_days = 7\ningested_at = \"created\"\nfiles_per_run = 1000\nparallelism = 3\n")).unwrap();
+        let TaskSpec::FileChecksum(s) = &c.tasks[0].spec else {
+            panic!("kind")
+        };
+        assert_eq!(
+            (s.age_in_days, s.files_per_run, s.parallelism),
+            (Some(7), Some(1000), 3)
+        );
+        assert_eq!(
+            (s.size.as_deref(), s.ingested_at.as_deref()),
+            (Some("bytes"), Some("created"))
+        );
+        assert_eq!(
+            with_task(&FILES.replace("root = \"/srv/store\"\n", "")).unwrap_err(),
+            "tasks[0].root: missing (task \"t\", kind file_checksum)"
+        );
+        assert!(with_task(&FILES.replace("/srv/store", "store"))
+            .unwrap_err()
+            .starts_with("tasks[0].root: store must be an absolute path"));
+        assert!(with_task(&format!("{FILES}age_in_days = 3\n"))
+            .unwrap_err()
+            .starts_with("tasks[0].age_in_days: needs ingested_at"));
+        assert!(with_task(&format!("{FILES}ingested_at = \"c\"\n"))
+            .unwrap_err()
+            .starts_with("tasks[0].ingested_at: needs age_in_days"));
+        assert!(with_task(&format!("{FILES}files_per_run = 0\n"))
+            .unwrap_err()
+            .starts_with("tasks[0].files_per_run: must be at least 1"));
+        assert!(with_task(&format!("{FILES}content = \"x\"\n"))
+            .unwrap_err()
+            .starts_with("tasks[0].content: not a field of kind file_checksum"));
+        assert!(with_task(&FILES.replace("path = \"path\"\n", ""))
+            .unwrap_err()
+            .starts_with("tasks[0].path: missing"));
+    }
+
+    #[test]
+    fn materialize_amcheck_export_fields() {
+        let c = with_task("kind = \"materialize\"\nquery = \"SELECT 1 AS x\"\ntarget = \"public.t\"\nmerge_key = [\"x\"]\n").unwrap();
+        let TaskSpec::Materialize(s) = &c.tasks[0].spec else {
+            panic!("kind")
+        };
+        assert_eq!(
+            (s.target.as_str(), s.merge_key.clone()),
+            ("public.t", Some(vec!["x".to_string()]))
+        );
+        assert!(with_task("kind = \"materialize\"\nquery = \"SELECT 1\"\n")
+            .unwrap_err()
+            .starts_with("tasks[0].target: missing"));
+        assert!(with_task(
+            "kind = \"materialize\"\nquery = \"q\"\ntarget = \"t\"\nmerge_key = []\n"
+        )
+        .unwrap_err()
+        .starts_with("tasks[0].merge_key:"));
+
+        let c = with_task("kind = \"amcheck\"\nheapallindexed = true\n").unwrap();
+        let TaskSpec::Amcheck(s) = &c.tasks[0].spec else {
+            panic!("kind")
+        };
+        assert!(s.heapallindexed && s.tables.is_none());
+        assert!(with_task("kind = \"amcheck\"\ntables = []\n")
+            .unwrap_err()
+            .starts_with("tasks[0].tables: empty list"));
+        assert!(with_task("kind = \"amcheck\"\ntable = \"x\"\n")
+            .unwrap_err()
+            .starts_with("tasks[0].table: not a field of kind amcheck"));
+
+        let c = with_task("kind = \"export\"\ntables = [\"a\", \"s.b\"]\n").unwrap();
+        let TaskSpec::Export(s) = &c.tasks[0].spec else {
+            panic!("kind")
+        };
+        assert_eq!((s.tables.len(), s.query.is_none()), (2, true));
+        assert!(with_task("kind = \"export\"\n")
+            .unwrap_err()
+            .starts_with("tasks[0].tables: missing"));
+        assert!(
+            with_task("kind = \"export\"\ntables = [\"a\"]\nquery = \"q\"\n")
+                .unwrap_err()
+                .starts_with("tasks[0].query: give either")
+        );
+        let e = with_task("kind = \"nope\"\n").unwrap_err();
+        assert!(
+            e.contains("known kinds: row_checksum, file_checksum, materialize, amcheck, export"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_swap_target_shared_with_another_task_is_a_config_error() {
+        let task = |name: &str, target: &str, merge: bool| {
+            format!(
+                "[[tasks]]\nname = \"{name}\"\nkind = \"materialize\"\nquery = \"SELECT 1 AS id\"\ntarget = '{target}'\n{}",
+                if merge { "merge_key = [\"id\"]\n" } else { "" }
+            )
+        };
+        let parse = |tasks: &[String]| {
+            Config::parse(&format!("{BASE}{}", tasks.concat()), &Overrides::default())
+                .map_err(|e| e.0)
+        };
+        // Merges of several tasks into one target are fine, and so are swaps into
+        // different targets.
+        let c = parse(&[
+            task("us", "public.sales", true),
+            task("eu", "sales", true),
+            task("all", "public.totals", false),
+            task("other", "\"Totals\"", false),
+        ])
+        .unwrap();
+        assert_eq!(c.tasks.len(), 4);
+        assert_eq!(
+            parse(&[
+                task("us", "public.sales", true),
+                task("eu", "sales", true),
+                task("all", "\"public\".\"sales\"", false),
+            ])
+            .unwrap_err(),
+            "tasks[2].target: public.sales is written by task \"us\" (merge) and task \"all\" (swap); a swap \
+             replaces the whole table, so only merges (merge_key) may share a target"
+        );
+        assert_eq!(
+            parse(&[task("a", "s.t", false), task("b", "S.T", false)]).unwrap_err(),
+            "tasks[1].target: s.t is written by task \"a\" (swap) and task \"b\" (swap); a swap \
+             replaces the whole table, so only merges (merge_key) may share a target"
+        );
+        assert!(parse(&[task("a", "s.t", false), task("b", "s.t", true)])
+            .unwrap_err()
+            .starts_with(
+                "tasks[1].target: s.t is written by task \"a\" (swap) and task \"b\" (merge);"
+            ));
+    }
+
+    #[test]
+    fn environment_overrides_the_dsns() {
+        let o = Overrides {
+            primary: Some("host=10.0.0.1".into()),
+            replica: Some("host=10.0.0.2".into()),
+        };
+        let c = Config::parse(GOOD, &o).unwrap();
+        assert_eq!(c.primary.field, "PGMAINT_PRIMARY");
+        assert_eq!(c.replicas[0].dsn.field, "PGMAINT_REPLICA");
+    }
+}
