@@ -123,8 +123,9 @@ struct Cycle<'a> {
     paused_at: Option<DateTime<Utc>>,
     reports: Vec<TaskReport>,
     queued: Vec<i64>,
-    /// Stops the watchdog; set while the replica is paused.
-    watchdog: Option<CancellationToken>,
+    /// Stop the watchdog, and the max_pause deadline armed when the pause was
+    /// requested; set while the replica may be paused.
+    watchdog: Vec<CancellationToken>,
 }
 
 /// Run one cycle against `replica`. Returns a summary whatever happened after the
@@ -345,7 +346,7 @@ impl<'a> Cycle<'a> {
             paused_at: None,
             reports: Vec::new(),
             queued: Vec::new(),
-            watchdog: None,
+            watchdog: Vec::new(),
         };
         Ok((cycle, heartbeat))
     }
@@ -366,7 +367,7 @@ impl<'a> Cycle<'a> {
                 tokio::time::sleep(ABORT_GRACE).await;
             } => Err(anyhow!("the work did not stop within {}s of the abort; resuming replay anyway", ABORT_GRACE.as_secs())),
         };
-        if let Some(w) = self.watchdog.take() {
+        for w in self.watchdog.drain(..) {
             w.cancel();
         }
         outcome
@@ -568,7 +569,14 @@ impl<'a> Cycle<'a> {
             Prepared::Tasks(tasks) => Some(tasks.iter().flat_map(|(p, _)| p.relations()).collect()),
             Prepared::Dump(_) => None,
         };
+        // limits.max_pause counts from the request, and holds even if a call to the
+        // primary hangs before the watchdog starts (recording the snapshot, say).
         let pause_started = Instant::now();
+        self.watchdog.push(crate::watchdog::arm_deadline(
+            self.abort.clone(),
+            pause_started + self.cfg.limits.max_pause,
+            self.cfg.limits.max_pause,
+        ));
         self.pause_confirmed(relations.as_deref()).await?;
         let snapshot = self.snapshot.clone().expect("set by pause_confirmed");
 
@@ -583,7 +591,8 @@ impl<'a> Cycle<'a> {
             identity: self.replica.walreceiver_identity().await?,
             limits: self.cfg.limits.clone(),
         };
-        self.watchdog = Some(watchdog.spawn(self.abort.clone(), pause_started));
+        self.watchdog
+            .push(watchdog.spawn(self.abort.clone(), pause_started));
         let tasks = match prepared {
             Prepared::Dump(pg_dump) => return self.dump(&ctx, &pg_dump, &snapshot).await,
             Prepared::Tasks(tasks) => tasks,

@@ -13,6 +13,7 @@ use pgmaint::cli::{load_config, Cli, Command};
 use pgmaint::commands;
 use pgmaint::error_text::OneLine;
 use pgmaint::errors::ErrorClass;
+use pgmaint::{primary, UsageError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -46,7 +47,13 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
-    let cfg = load_config(&cli.global)?;
+    let mut cfg = load_config(&cli.global)?;
+    // The primary among the servers primary.dsn lists (a former primary never); every
+    // later connection of the command goes to that one server.
+    let (_, primary) = primary::connect(&cfg, "pgmaint")
+        .await
+        .map_err(UsageError::from)?;
+    cfg.primary = primary;
     match cli.command {
         Command::Init => commands::init::run(&cfg).await,
         Command::Run {

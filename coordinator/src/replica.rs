@@ -141,9 +141,9 @@ pub struct ServerIdentity {
     pub timeline: i32,
 }
 
-/// The primary's identity; refuses a `primary.dsn` that points at a standby.
-pub async fn primary_identity(primary: &Client, dsn: &Dsn) -> Result<ServerIdentity> {
-    let row = primary
+/// The identity of a server that is not in recovery; `None` for a standby.
+pub async fn server_identity(client: &Client) -> Result<Option<ServerIdentity>> {
+    let row = client
         .query_one(
             "SELECT (pg_control_system()).system_identifier, pg_is_in_recovery(),
                     CASE WHEN NOT pg_is_in_recovery()
@@ -151,17 +151,24 @@ pub async fn primary_identity(primary: &Client, dsn: &Dsn) -> Result<ServerIdent
             &[],
         )
         .await
-        .context("reading the primary's system identifier and timeline")?;
+        .context("reading the server's system identifier and timeline")?;
     if row.get::<_, bool>(1) {
-        return Err(anyhow!(UsageError(format!(
+        return Ok(None);
+    }
+    Ok(Some(ServerIdentity {
+        system_identifier: row.get(0),
+        timeline: row.get(2),
+    }))
+}
+
+/// The primary's identity; refuses a `primary.dsn` that points at a standby.
+pub async fn primary_identity(primary: &Client, dsn: &Dsn) -> Result<ServerIdentity> {
+    server_identity(primary).await?.ok_or_else(|| {
+        anyhow!(UsageError(format!(
             "{} ({}) is in recovery: it is a standby, not the primary",
             dsn.field,
             db::describe(&dsn.config)
-        ))));
-    }
-    Ok(ServerIdentity {
-        system_identifier: row.get(0),
-        timeline: row.get(2),
+        )))
     })
 }
 

@@ -26,6 +26,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "findings_null_key",
         include_str!("../../sql/0005_findings_null_key.sql"),
     ),
+    (
+        6,
+        "promotions",
+        include_str!("../../sql/0006_promotions.sql"),
+    ),
 ];
 
 /// The schema version this binary knows.

@@ -139,6 +139,22 @@ impl Watchdog {
     }
 }
 
+/// Abort with [`AbortReason::MaxPause`] at `deadline` unless the returned token is
+/// cancelled first.
+pub fn arm_deadline(abort: Abort, deadline: Instant, max_pause: Duration) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stopped.cancelled() => {}
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                abort.trigger(AbortReason::MaxPause(max_pause));
+            }
+        }
+    });
+    stop
+}
+
 /// The watchdog's session on `dsn`, opened (again) if need be.
 async fn session<'a>(client: &'a mut Option<Client>, dsn: &Dsn) -> Option<&'a Client> {
     if client.as_ref().is_none_or(|c| c.is_closed()) {

@@ -22,6 +22,9 @@ pub struct ReplicaConfig {
     pub name: String,
     /// How to reach it.
     pub dsn: Dsn,
+    /// `replicas[].failover_priority`: 0 = never promote it (pgmaint then prefers it for
+    /// scans); higher wins a tie between failover candidates. Default 1.
+    pub failover_priority: u32,
 }
 
 #[derive(Deserialize)]
@@ -35,6 +38,7 @@ pub(super) struct RawPrimary {
 pub(super) struct RawReplica {
     name: String,
     dsn: String,
+    failover_priority: Option<u32>,
 }
 
 fn parse_dsn(field: &str, text: &str) -> Result<Dsn, UsageError> {
@@ -92,6 +96,7 @@ pub(super) fn replicas(
         replicas.push(ReplicaConfig {
             name: r.name.clone(),
             dsn,
+            failover_priority: r.failover_priority.unwrap_or(1),
         });
     }
     if replicas.is_empty() {
@@ -99,6 +104,7 @@ pub(super) fn replicas(
             Some(d) => replicas.push(ReplicaConfig {
                 name: "replica".into(),
                 dsn: parse_dsn("PGMAINT_REPLICA", d)?,
+                failover_priority: 1,
             }),
             None => return Err(usage(
                 "replicas: at least one [[replicas]] entry is required (or set PGMAINT_REPLICA)",

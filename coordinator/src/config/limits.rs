@@ -19,6 +19,9 @@ pub struct Limits {
     pub lease: Duration,
     /// How long to wait for `pg_get_wal_replay_pause_state()` to reach `paused`.
     pub pause_timeout: Duration,
+    /// Failover candidates (`failover_priority > 0`) that must stay unpaused; `None`:
+    /// the default ([`crate::pool::default_keep_unpaused`]), resolved by [`super::Config`].
+    pub keep_unpaused: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -28,6 +31,7 @@ pub(super) struct RawLimits {
     max_replay_backlog: Option<String>,
     lease: Option<String>,
     pause_timeout: Option<String>,
+    keep_unpaused: Option<usize>,
 }
 
 impl Limits {
@@ -50,6 +54,7 @@ impl Limits {
                 &l.pause_timeout,
                 Duration::from_secs(60),
             )?,
+            keep_unpaused: l.keep_unpaused,
         };
         if limits.lease < Duration::from_secs(1) {
             return Err(usage("limits.lease: must be at least 1s"));

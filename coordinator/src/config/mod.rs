@@ -16,11 +16,13 @@ use crate::units::parse_duration;
 use crate::UsageError;
 
 pub mod dsn;
+pub mod failover;
 pub mod limits;
 pub mod settings;
 pub mod tasks;
 
 pub use dsn::{Dsn, ReplicaConfig};
+pub use failover::FailoverSettings;
 pub use limits::Limits;
 pub use settings::{ScanSettings, UploaderSettings};
 pub use tasks::TaskConfig;
@@ -42,6 +44,8 @@ pub struct Config {
     pub uploader: UploaderSettings,
     /// Tasks, in config order.
     pub tasks: Vec<TaskConfig>,
+    /// Failover (`pgmaint promote`).
+    pub failover: FailoverSettings,
 }
 
 /// Where to find the config and what the environment overrides.
@@ -69,6 +73,8 @@ struct RawConfig {
     uploader: settings::RawUploader,
     #[serde(default)]
     tasks: Vec<tasks::RawTask>,
+    #[serde(default)]
+    failover: failover::RawFailover,
 }
 
 #[derive(Deserialize)]
@@ -112,7 +118,7 @@ impl Config {
     /// Validate config text, part by part in file order; the first error is reported.
     pub fn parse(text: &str, overrides: &Overrides) -> Result<Config, UsageError> {
         let raw = deserialize(text)?;
-        Ok(Config {
+        let config = Config {
             primary: dsn::primary(&raw.primary, overrides)?,
             replicas: dsn::replicas(&raw.replicas, overrides)?,
             limits: Limits::from_raw(&raw.limits)?,
@@ -120,6 +126,34 @@ impl Config {
             scan: ScanSettings::from_raw(&raw.scan)?,
             uploader: UploaderSettings::from_raw(&raw.uploader)?,
             tasks: tasks::parse_tasks(&raw.tasks)?,
+            failover: FailoverSettings::from_raw(&raw.failover)?,
+        };
+        config.check_pins()?;
+        Ok(config)
+    }
+
+    /// `tasks[].replica` names a replica of the config.
+    fn check_pins(&self) -> Result<(), UsageError> {
+        for (i, t) in self.tasks.iter().enumerate() {
+            if let Some(r) = &t.replica {
+                if !self.replicas.iter().any(|x| &x.name == r) {
+                    let known: Vec<&str> = self.replicas.iter().map(|r| r.name.as_str()).collect();
+                    return Err(usage(format!(
+                        "tasks[{i}].replica: no replica named {r:?} in config (known: {})",
+                        known.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `limits.keep_unpaused`, or its default: one failover candidate kept unpaused
+    /// when there are two or more.
+    pub fn keep_unpaused(&self) -> usize {
+        self.limits.keep_unpaused.unwrap_or_else(|| {
+            let priorities: Vec<u32> = self.replicas.iter().map(|r| r.failover_priority).collect();
+            crate::pool::default_keep_unpaused(&priorities)
         })
     }
 

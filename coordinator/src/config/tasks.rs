@@ -22,6 +22,8 @@ pub struct TaskConfig {
     pub spec: TaskSpec,
     /// Stop cleanly with partial results after this long.
     pub soft_timeout: Option<Duration>,
+    /// `tasks[].replica`: the only replica this task runs on.
+    pub replica: Option<String>,
     /// Scheduling interval for `pgmaint daemon` (parsed and validated now; the
     /// scheduler that reads it is not built yet).
     #[allow(dead_code)]
@@ -38,6 +40,7 @@ pub(super) struct RawTask {
     kind: Option<String>,
     soft_timeout: Option<String>,
     every: Option<String>,
+    replica: Option<String>,
     table: Option<String>,
     key: Option<String>,
     content: Option<String>,
@@ -122,6 +125,7 @@ fn parse_task(i: usize, t: &RawTask) -> Result<TaskConfig, UsageError> {
     Ok(TaskConfig {
         soft_timeout: duration("soft_timeout", &t.soft_timeout)?,
         every: duration("every", &t.every)?,
+        replica: t.replica.clone(),
         name,
         spec,
     })
