@@ -25,7 +25,7 @@ use crate::config::{Config, ReplicaConfig, TaskConfig};
 use crate::dump::{self, DumpSpec};
 use crate::error_text::{with_reason, OneLine};
 use crate::errors::ErrorClass;
-use crate::lease::{self, HeartbeatHandle, PauseLease, RunOutcome};
+use crate::lease::{self, HeartbeatHandle, PauseLease, PoolGuard, RunOutcome};
 use crate::replica::{PauseOwnership, PauseState, ReplicaControl, ResumeOutcome};
 use crate::watchdog::Watchdog;
 use crate::{db, schema, UsageError};
@@ -328,6 +328,15 @@ impl<'a> Cycle<'a> {
             work.purpose(),
             &work.names(),
             cfg.limits.lease,
+            &PoolGuard {
+                candidates: cfg
+                    .replicas
+                    .iter()
+                    .filter(|r| r.failover_priority > 0)
+                    .map(|r| r.name.clone())
+                    .collect(),
+                keep: cfg.keep_unpaused(),
+            },
         )
         .await?;
         let heartbeat = lease.spawn_heartbeat(cfg.primary.clone(), abort.clone());

@@ -16,6 +16,50 @@ use crate::config::{Dsn, ReplicaConfig};
 use crate::db;
 use crate::replica::{PauseOwnership, ReplicaControl, ResumeOutcome};
 
+/// `limits.keep_unpaused`, enforced where leases are taken: two runs choosing their
+/// replicas at the same moment must not pause more failover candidates than allowed.
+#[derive(Debug, Clone)]
+pub struct PoolGuard {
+    /// The replicas with `failover_priority > 0`.
+    pub candidates: Vec<String>,
+    /// How many of them must stay unpaused.
+    pub keep: usize,
+}
+
+impl PoolGuard {
+    /// Inside the lease's transaction: refuse `replica` if leasing it would leave fewer
+    /// than `keep` candidates unleased. The table lock serialises concurrent takers.
+    async fn check(&self, tx: &tokio_postgres::Transaction<'_>, replica: &str) -> Result<()> {
+        if self.keep == 0 || !self.candidates.iter().any(|c| c == replica) {
+            return Ok(());
+        }
+        tx.batch_execute("LOCK TABLE pgmaint.replica_leases IN SHARE ROW EXCLUSIVE MODE")
+            .await
+            .context("locking the replica leases")?;
+        let held: Vec<String> = tx
+            .query(
+                "SELECT replica || ' (run ' || run_id || ')' FROM pgmaint.replica_leases
+                  WHERE replica = ANY($1) AND replica <> $2 AND expires_at > now() ORDER BY replica",
+                &[&self.candidates, &replica],
+            )
+            .await
+            .context("reading the replica leases")?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let left = self.candidates.len().saturating_sub(held.len() + 1);
+        if left < self.keep {
+            bail!(
+                "replica {replica}: pausing it would leave {left} failover candidate(s) unpaused, under \
+                 limits.keep_unpaused = {} (in use: {})",
+                self.keep,
+                held.join(", ")
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The lease a run holds on its replica.
 pub struct PauseLease {
     /// The run (row in `pgmaint.runs`).
@@ -45,9 +89,11 @@ impl PauseLease {
         purpose: &str,
         tasks: &[String],
         duration: Duration,
+        guard: &PoolGuard,
     ) -> Result<PauseLease> {
         let holder = holder();
         let tx = primary.transaction().await?;
+        guard.check(&tx, replica).await?;
         let run_id: i64 = tx
             .query_one(
                 "INSERT INTO pgmaint.runs (replica, purpose, holder, tasks) VALUES ($1, $2, $3, $4) RETURNING id",

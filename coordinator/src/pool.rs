@@ -10,6 +10,9 @@
 
 use std::fmt;
 
+use crate::config::{Config, ReplicaConfig};
+use crate::replica::ReplicaControl;
+
 /// One replica as the pool sees it right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaView {
@@ -96,7 +99,14 @@ pub fn choose(replicas: &[ReplicaView], max_backlog: u64, keep_unpaused: usize) 
     // Failover candidates whose replay runs now: each one paused takes one away.
     let unpaused_candidates = replicas
         .iter()
-        .filter(|r| r.failover_priority > 0 && r.unusable.is_none() && r.in_recovery && r.unpaused)
+        .filter(|r| {
+            r.failover_priority > 0
+                && r.unusable.is_none()
+                && r.in_recovery
+                && r.unpaused
+                // A lease means a run is about to pause it, or has.
+                && r.leased_by.is_none()
+        })
         .count();
     let mut skipped = Vec::new();
     let mut usable: Vec<&ReplicaView> = Vec::new();
@@ -142,6 +152,87 @@ pub fn choose(replicas: &[ReplicaView], max_backlog: u64, keep_unpaused: usize) 
     );
     skipped.sort_by(|a, b| a.0.cmp(&b.0));
     Choice { chosen, skipped }
+}
+
+/// Look at every replica of `among` now: reachable, of this primary's cluster and
+/// timeline, leased, in recovery, streaming, paused, backlog.
+pub async fn look(
+    cfg: &Config,
+    primary: &tokio_postgres::Client,
+    among: &[&ReplicaConfig],
+) -> anyhow::Result<Vec<ReplicaView>> {
+    let mut views = Vec::new();
+    for r in among {
+        let leased_by: Option<i64> = primary
+            .query_opt(
+                "SELECT run_id FROM pgmaint.replica_leases WHERE replica = $1 AND expires_at > now()",
+                &[&r.name],
+            )
+            .await?
+            .map(|row| row.get(0));
+        let mut view = ReplicaView {
+            name: r.name.clone(),
+            failover_priority: r.failover_priority,
+            unusable: None,
+            leased_by,
+            in_recovery: false,
+            streaming: false,
+            unpaused: false,
+            backlog: 0,
+        };
+        match ReplicaControl::connect(r).await {
+            Err(e) => view.unusable = Some(format!("unreachable: {}", e.0)),
+            Ok(ctl) => {
+                if let Err(e) = ctl.check_belongs_to(primary, &cfg.primary).await {
+                    view.unusable = Some(crate::error_text::OneLine::one_line(&e));
+                }
+                match ctl.state().await {
+                    Ok(st) => {
+                        view.in_recovery = st.in_recovery;
+                        view.streaming = st.walreceiver.as_deref() == Some("streaming");
+                        view.unpaused = st.pause_state == crate::replica::PauseState::NotPaused;
+                        view.backlog = st.backlog_bytes.max(0) as u64;
+                    }
+                    Err(e) => view.unusable = Some(crate::error_text::OneLine::one_line(&e)),
+                }
+            }
+        }
+        views.push(view);
+    }
+    Ok(views)
+}
+
+/// Choose the replica for a cycle among `among` (the config's replicas, or those a
+/// task is pinned to), saying which and why the others were skipped.
+pub async fn choose_replica<'c>(
+    cfg: &'c Config,
+    primary: &tokio_postgres::Client,
+    among: &[&'c ReplicaConfig],
+) -> anyhow::Result<&'c ReplicaConfig> {
+    let views = look(cfg, primary, among).await?;
+    let choice = choose(&views, cfg.limits.max_replay_backlog, cfg.keep_unpaused());
+    for (name, why) in &choice.skipped {
+        tracing::info!(replica = %name, "replica skipped: {why}");
+    }
+    match &choice.chosen {
+        Some(name) => {
+            tracing::info!(replica = %name, "replica chosen from the pool");
+            Ok(among
+                .iter()
+                .find(|r| &r.name == name)
+                .copied()
+                .expect("chosen among them"))
+        }
+        None => Err(anyhow::anyhow!(
+            "no replica can be paused now: {}",
+            choice
+                .skipped
+                .iter()
+                .map(|(n, why)| format!("{n}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )),
+    }
 }
 
 #[cfg(test)]

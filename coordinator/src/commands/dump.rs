@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::abort::Abort;
-use crate::commands::run::report_cycle;
+use crate::commands::run::{pick_replica, report_cycle};
 use crate::config::Config;
 use crate::{cycle, dump, signals};
 
@@ -19,10 +19,13 @@ pub async fn run(
     replica: Option<&str>,
     json: bool,
 ) -> Result<ExitCode> {
-    let replica = cfg.replica(replica)?;
+    let replica = match replica {
+        Some(name) => cfg.replica(Some(name))?,
+        None => pick_replica(cfg).await?,
+    };
     let abort = Abort::default();
     signals::abort_on_signals(abort.clone());
     let spec = dump::DumpSpec { out, jobs, pg_dump };
     let summary = cycle::run(cfg, replica, cycle::Work::Dump(spec), abort).await?;
-    report_cycle(&summary, json)
+    report_cycle(&summary, json, !json)
 }
