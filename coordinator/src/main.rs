@@ -48,6 +48,7 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let mut cfg = load_config(&cli.global)?;
+    let listed = cfg.primary.clone();
     // The primary among the servers primary.dsn lists (a former primary never); every
     // later connection of the command goes to that one server.
     let (_, primary) = primary::connect(&cfg, "pgmaint")
@@ -73,7 +74,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             commands::uploader::run(&cfg, once, slots).await
         }
         Command::Tasks { command } => commands::tasks::run(&cfg, command).await,
-        Command::Status { json } => commands::status::run(&cfg, json).await,
+        Command::Status { json } => commands::status::run(&cfg, &listed, json).await,
         Command::Recover { replica } => commands::recover::run(&cfg, replica.as_deref()).await,
     }
 }

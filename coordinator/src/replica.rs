@@ -90,6 +90,8 @@ pub struct ReplayState {
     pub walreceiver: Option<String>,
     /// Time of the last replayed transaction, if any.
     pub last_replayed_xact: Option<DateTime<Utc>>,
+    /// The server its WAL receiver streams from (`host:port`), if any.
+    pub upstream: Option<String>,
 }
 
 /// What makes a pause ours: the replica was not restarted since we requested it, and
@@ -129,7 +131,8 @@ const STATE_SQL: &str = "SELECT pg_is_in_recovery(),
         greatest(coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0), 0)::int8,
         pg_postmaster_start_time(),
         (SELECT status FROM pg_stat_wal_receiver),
-        pg_last_xact_replay_timestamp()";
+        pg_last_xact_replay_timestamp(),
+        (SELECT sender_host || ':' || sender_port FROM pg_stat_wal_receiver)";
 
 /// Which cluster and history a server belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -582,6 +585,7 @@ pub async fn read_state(client: &Client) -> Result<ReplayState> {
         postmaster_start: row.get(5),
         walreceiver: row.get(6),
         last_replayed_xact: row.get(7),
+        upstream: row.get(8),
     })
 }
 
@@ -617,6 +621,7 @@ mod tests {
             postmaster_start: DateTime::from_timestamp(start, 0).unwrap(),
             walreceiver: Some("streaming".into()),
             last_replayed_xact: None,
+            upstream: None,
         }
     }
 

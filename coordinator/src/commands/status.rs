@@ -9,16 +9,21 @@ use tokio_postgres::Client;
 
 use crate::commands::recover::recover_in_passing;
 use crate::config::Config;
-use crate::replica::{read_state, ReplayState};
+use crate::config::{Dsn, ReplicaConfig};
+use crate::error_text::OneLine;
+use crate::primary::{self, Found};
+use crate::replica::{PauseState, ReplayState, ReplicaControl};
 use crate::units::human_bytes;
 use crate::{db, schema};
 
-/// `pgmaint status [--json]`.
-pub async fn run(cfg: &Config, json: bool) -> Result<ExitCode> {
+/// `pgmaint status [--json]`. `listed`: `primary.dsn` as configured (every server it
+/// lists is shown; `cfg.primary` is the one in use).
+pub async fn run(cfg: &Config, listed: &Dsn, json: bool) -> Result<ExitCode> {
     let primary = db::connect_at_start(&cfg.primary, "pgmaint").await?;
     schema::require_current(&primary).await?;
     recover_in_passing(cfg).await;
-    let status = gather(cfg, &primary).await?;
+    let mut status = gather(cfg, &primary).await?;
+    status.primaries = primary_servers(cfg, listed).await;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
@@ -27,12 +32,26 @@ pub async fn run(cfg: &Config, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One server `primary.dsn` lists.
+#[derive(Serialize)]
+pub struct PrimaryServer {
+    address: String,
+    /// `primary (in use)`, `standby`, `former primary, fenced: …`, `unreachable: …`.
+    role: String,
+}
+
 /// One replica's line.
 #[derive(Serialize)]
 pub struct ReplicaStatus {
     name: String,
     reachable: bool,
     error: Option<String>,
+    /// `standby`, `primary` (promoted), or why it is not a standby of this primary.
+    role: String,
+    /// `replicas[].failover_priority`.
+    failover_priority: u32,
+    /// Who holds its pause: `run N (host:pid)`, or `someone else`.
+    paused_by: Option<String>,
     state: Option<ReplayState>,
     /// The run holding the lease, if any.
     lease_run: Option<i64>,
@@ -59,6 +78,7 @@ pub struct RunLine {
 /// Everything `status` shows.
 #[derive(Serialize)]
 pub struct Status {
+    primaries: Vec<PrimaryServer>,
     replicas: Vec<ReplicaStatus>,
     runs: Vec<RunLine>,
     queue: std::collections::BTreeMap<String, i64>,
@@ -68,29 +88,7 @@ pub struct Status {
 pub async fn gather(cfg: &Config, primary: &Client) -> Result<Status> {
     let mut replicas = Vec::new();
     for r in &cfg.replicas {
-        let lease = primary
-            .query_opt(
-                "SELECT l.run_id, l.expires_at, r.paused_at FROM pgmaint.replica_leases l
-                   JOIN pgmaint.runs r ON r.id = l.run_id WHERE l.replica = $1",
-                &[&r.name],
-            )
-            .await?;
-        let (state, error) = match db::connect(&r.dsn, "pgmaint-status").await {
-            Ok(c) => match read_state(&c).await {
-                Ok(s) => (Some(s), None),
-                Err(e) => (None, Some(e.to_string())),
-            },
-            Err(e) => (None, Some(e.0)),
-        };
-        replicas.push(ReplicaStatus {
-            name: r.name.clone(),
-            reachable: state.is_some(),
-            error,
-            state,
-            lease_run: lease.as_ref().map(|l| l.get(0)),
-            lease_expires_at: lease.as_ref().map(|l| l.get(1)),
-            paused_since: lease.as_ref().and_then(|l| l.get(2)),
-        });
+        replicas.push(replica_status(cfg, primary, r).await?);
     }
     let runs = primary
         .query(
@@ -128,6 +126,7 @@ pub async fn gather(cfg: &Config, primary: &Client) -> Result<Status> {
         queue.insert(row.get(0), row.get(1));
     }
     Ok(Status {
+        primaries: Vec::new(),
         replicas,
         runs,
         queue,
@@ -139,13 +138,101 @@ fn ts(t: Option<DateTime<Utc>>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// Every server `listed` names, and what it is.
+async fn primary_servers(cfg: &Config, listed: &Dsn) -> Vec<PrimaryServer> {
+    let mut survey_cfg = cfg.clone();
+    survey_cfg.primary = listed.clone();
+    let (survey, _) = primary::survey(&survey_cfg, "pgmaint-status").await;
+    survey
+        .servers
+        .iter()
+        .enumerate()
+        .map(|(i, (dsn, found))| PrimaryServer {
+            address: primary::address(dsn),
+            role: match found {
+                _ if Some(i) == survey.chosen => "primary (in use)".to_string(),
+                Found::Primary(_) => "primary".to_string(),
+                Found::Standby => "standby".to_string(),
+                Found::Fenced(_, why) => format!("former primary, fenced: {why}"),
+                Found::Unreachable(e) => format!("unreachable: {e}"),
+            },
+        })
+        .collect()
+}
+
+/// One replica: its state, role, lease and pause holder.
+async fn replica_status(
+    cfg: &Config,
+    primary: &Client,
+    r: &ReplicaConfig,
+) -> Result<ReplicaStatus> {
+    let lease = primary
+        .query_opt(
+            "SELECT l.run_id, l.expires_at, r.paused_at, l.holder FROM pgmaint.replica_leases l
+               JOIN pgmaint.runs r ON r.id = l.run_id WHERE l.replica = $1",
+            &[&r.name],
+        )
+        .await?;
+    let (state, error, belongs) = match ReplicaControl::connect(r).await {
+        Ok(c) => {
+            let belongs = c.check_belongs_to(primary, &cfg.primary).await.err();
+            match c.state().await {
+                Ok(s) => (Some(s), None, belongs),
+                Err(e) => (None, Some(e.one_line()), belongs),
+            }
+        }
+        Err(e) => (None, Some(e.0), None),
+    };
+    let role = match (&state, &belongs) {
+        (None, _) => "unreachable".to_string(),
+        (Some(st), _) if !st.in_recovery => "primary (promoted?)".to_string(),
+        (Some(_), Some(e)) => format!("standby, not of this primary: {}", e.one_line()),
+        (Some(_), None) => "standby".to_string(),
+    };
+    let paused_by = match (&state, &lease) {
+        (Some(st), _) if st.pause_state == PauseState::NotPaused => None,
+        (None, _) => None,
+        (Some(_), Some(l)) => Some(format!(
+            "run {} ({})",
+            l.get::<_, i64>(0),
+            l.get::<_, String>(3)
+        )),
+        (Some(_), None) => Some("someone else".to_string()),
+    };
+    Ok(ReplicaStatus {
+        name: r.name.clone(),
+        reachable: state.is_some(),
+        error,
+        role,
+        failover_priority: r.failover_priority,
+        paused_by,
+        state,
+        lease_run: lease.as_ref().map(|l| l.get(0)),
+        lease_expires_at: lease.as_ref().map(|l| l.get(1)),
+        paused_since: lease.as_ref().and_then(|l| l.get(2)),
+    })
+}
+
 /// Human-readable rendering.
 pub fn render(s: &Status) -> String {
     let mut out = String::new();
-    out.push_str("REPLICAS\n");
+    out.push_str("PRIMARY\n");
+    for p in &s.primaries {
+        out.push_str(&format!("  {:<22} {}\n", p.address, p.role));
+    }
+    out.push_str("\nREPLICAS\n");
     out.push_str(&format!(
-        "  {:<10} {:<16} {:<10} {:>12} {:<14} {:<14} {}\n",
-        "NAME", "REPLAY", "WALRECV", "BACKLOG", "RECEIVE LSN", "REPLAY LSN", "LEASE"
+        "  {:<10} {:<10} {:>4} {:<16} {:<10} {:>12} {:<14} {:<14} {:<22} {}\n",
+        "NAME",
+        "ROLE",
+        "PRIO",
+        "REPLAY",
+        "WALRECV",
+        "BACKLOG",
+        "RECEIVE LSN",
+        "REPLAY LSN",
+        "UPSTREAM",
+        "LEASE"
     ));
     for r in &s.replicas {
         let lease = match (r.lease_run, r.lease_expires_at) {
@@ -158,14 +245,20 @@ pub fn render(s: &Status) -> String {
         };
         match &r.state {
             Some(st) => out.push_str(&format!(
-                "  {:<10} {:<16} {:<10} {:>12} {:<14} {:<14} {}\n",
+                "  {:<10} {:<10} {:>4} {:<16} {:<10} {:>12} {:<14} {:<14} {:<22} {}\n",
                 r.name,
+                r.role.split(':').next().unwrap_or(""),
+                r.failover_priority,
                 st.pause_state,
                 st.walreceiver.as_deref().unwrap_or("-"),
                 human_bytes(st.backlog_bytes as u64),
                 st.receive_lsn.as_deref().unwrap_or("-"),
                 st.replay_lsn.as_deref().unwrap_or("-"),
-                lease
+                st.upstream.as_deref().unwrap_or("-"),
+                match &r.paused_by {
+                    Some(by) if r.lease_run.is_none() => format!("paused by {by}"),
+                    _ => lease,
+                }
             )),
             None => out.push_str(&format!(
                 "  {:<10} UNREACHABLE: {}\n",
