@@ -49,6 +49,26 @@ async fn the_pool_never_pauses_every_failover_candidate() {
         vec![held],
         "the second run paused the other candidate"
     );
+    // status: each replica's role, priority, pause state and holder, LSNs and upstream.
+    let st = c.run(&fast, &["status", "--json"]).expect_code(0);
+    let st: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    let primary = format!("127.0.0.1:{}", c.primary_port());
+    assert_eq!(st["primaries"][0]["address"], primary.as_str());
+    assert_eq!(st["primaries"][0]["role"], "primary (in use)");
+    for r in st["replicas"].as_array().unwrap() {
+        let i: usize = r["name"].as_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(r["role"], "standby", "{r}");
+        assert_eq!(r["failover_priority"], 1);
+        assert_eq!(r["state"]["upstream"], primary.as_str());
+        assert!(r["state"]["receive_lsn"].is_string() && r["state"]["replay_lsn"].is_string());
+        if i == held {
+            assert_eq!(r["state"]["pause_state"], "paused");
+            assert!(r["paused_by"].as_str().unwrap().starts_with("run "), "{r}");
+        } else {
+            assert_eq!(r["state"]["pause_state"], "not paused");
+            assert!(r["paused_by"].is_null());
+        }
+    }
     let out = first.wait_with_output().unwrap();
     assert_eq!(
         out.status.code(),
