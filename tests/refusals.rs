@@ -6,8 +6,6 @@ use std::time::{Duration, Instant};
 
 use pgmaint_e2e::*;
 
-const BLOBS: &str = "public.blobs";
-
 /// `ALTER SYSTEM SET name = 'value'`, then reload.
 async fn alter_system(client: &tokio_postgres::Client, name: &str, value: &str) {
     client
@@ -57,9 +55,7 @@ async fn set_sync_standbys(c: &Cluster, names: &str, standby: &str, states: &[&s
 /// wait while pgmaint refuses.
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_standby_with_spaced_name_is_refused() {
-    let c = Cluster::up("refuse-sync-standby", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, BLOBS, "bigint", "g", 2_000).await;
+    let (c, p) = blobs_cluster("refuse-sync-standby", 2_000).await;
     p.batch_execute("CREATE TABLE writes (at timestamptz DEFAULT now())")
         .await
         .unwrap();
@@ -67,11 +63,7 @@ async fn sync_standby_with_spaced_name_is_refused() {
     c.run(&cfg, &["init"]).expect_code(0);
     // The standby connects as 'my standby'.
     let r = c.replica(1).await;
-    let conninfo: String = r
-        .query_one("SHOW primary_conninfo", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let conninfo: String = scalar(&r, "SHOW primary_conninfo", &[]).await;
     alter_system(
         &r,
         "primary_conninfo",
@@ -106,9 +98,8 @@ async fn sync_standby_with_spaced_name_is_refused() {
         set_sync_standbys(&c, names, "my standby", states).await;
         c.wait_caught_up(1).await;
         // Commits on the primary, timed, while pgmaint runs and refuses.
-        let child = spawn_piped(&c, &cfg, &["run"]);
+        let mut child = spawn_piped(&c, &cfg, &["run"]);
         let mut slowest = Duration::ZERO;
-        let mut child = child;
         let started = Instant::now();
         while child.try_wait().unwrap().is_none() {
             let t = Instant::now();
@@ -126,9 +117,9 @@ async fn sync_standby_with_spaced_name_is_refused() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{names}: {stderr}");
+        let out = finish(child);
+        let stderr = &out.stderr;
+        assert_eq!(out.code, 1, "{names}: {stderr}");
         assert!(
             stderr.contains("synchronous standby") && stderr.contains("my standby"),
             "{names}: {stderr}"
@@ -192,13 +183,7 @@ async fn replica_of_another_cluster_or_timeline_is_refused_before_the_lease() {
         );
         assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
     }
-    let runs: i64 = a
-        .primary()
-        .await
-        .query_one("SELECT count(*) FROM pgmaint.runs", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let runs = count(&a.primary().await, "SELECT count(*) FROM pgmaint.runs").await;
     assert_eq!(runs, 0, "a run was recorded for a foreign replica");
     assert_eq!(b.pause_state(1).await, "not paused");
 
@@ -216,25 +201,13 @@ async fn replica_of_another_cluster_or_timeline_is_refused_before_the_lease() {
         "{line}"
     );
     assert_eq!(a.pause_state(1).await, "not paused");
-    let promoted_runs: i64 = r2
-        .query_one("SELECT count(*) FROM pgmaint.runs", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let promoted_runs = count(&r2, "SELECT count(*) FROM pgmaint.runs").await;
     assert_eq!(promoted_runs, 0);
 }
 
 /// A run's pause-time (task-visible) state: was a pause ever requested for it?
 async fn pause_was_requested(c: &Cluster, run_id: i64) -> bool {
-    c.primary()
-        .await
-        .query_one(
-            "SELECT pause_requested_at IS NOT NULL FROM pgmaint.runs WHERE id = $1",
-            &[&run_id],
-        )
-        .await
-        .unwrap()
-        .get(0)
+    run_column(c, run_id, "pause_requested_at IS NOT NULL").await
 }
 
 /// Bug: scan errors read "streaming COPY from the replica: db error" (and, with
@@ -244,12 +217,9 @@ async fn pause_was_requested(c: &Cluster, run_id: i64) -> bool {
 /// than the replica has, two tasks writing one file) must be refused before it.
 #[tokio::test(flavor = "multi_thread")]
 async fn scan_errors_name_the_servers_message_and_doomed_tasks_never_pause() {
-    let c = Cluster::up("refuse-doomed-tasks", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, BLOBS, "bigint", "g", 1_000).await;
+    let (c, _p) = blobs_cluster("refuse-doomed-tasks", 1_000).await;
     let init = c.write_config("init.toml", "");
-    c.run(&init, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
+    c.init_ready(&init).await;
     let materialize = |name: &str, query: &str| {
         format!(
             "[[tasks]]\nname = \"{name}\"\nkind = \"materialize\"\nquery = \"{query}\"\ntarget = \"public.out\"\n"
@@ -269,11 +239,7 @@ async fn scan_errors_name_the_servers_message_and_doomed_tasks_never_pause() {
     let id = summary["run_id"].as_i64().unwrap();
     let want = "division by zero (SQLSTATE 22012)";
     assert!(run.stderr.contains(want), "{}", run.stderr);
-    let recorded: String = p
-        .query_one("SELECT error FROM pgmaint.runs WHERE id = $1", &[&id])
-        .await
-        .unwrap()
-        .get(0);
+    let recorded: String = run_column(&c, id, "error").await;
     assert!(recorded.contains(want), "{recorded}");
     let m = manifest(&c.results_dir(), id);
     let task_error = m["tasks"][0]["error"]
@@ -327,9 +293,7 @@ async fn scan_errors_name_the_servers_message_and_doomed_tasks_never_pause() {
 /// replica make it give the pause up and resume, within seconds.
 #[tokio::test(flavor = "multi_thread")]
 async fn commits_waiting_for_a_paused_sync_standby_end_the_pause() {
-    let c = Cluster::up("refuse-sync-during-pause", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, BLOBS, "bigint", "g", 100_000).await;
+    let (c, p) = blobs_cluster("refuse-sync-during-pause", 100_000).await;
     p.batch_execute("CREATE TABLE writes (at timestamptz DEFAULT now())")
         .await
         .unwrap();
@@ -339,8 +303,7 @@ async fn commits_waiting_for_a_paused_sync_standby_end_the_pause() {
     // until a session asks for remote_apply.
     set_sync_standbys(&c, "r1", "r1", &["sync"]).await;
     c.wait_caught_up(1).await;
-    let child = spawn_piped(&c, &cfg, &["run", "--json"]);
-    wait_paused(&c, 1).await;
+    let child = spawn_paused(&c, &cfg, &["run", "--json"]).await;
     let app = c.primary().await;
     app.batch_execute("SET synchronous_commit = remote_apply")
         .await
@@ -354,10 +317,7 @@ async fn commits_waiting_for_a_paused_sync_standby_end_the_pause() {
     .expect("the remote_apply commit still waits for the paused standby")
     .unwrap();
     let waited = t.elapsed();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = run_summary(&finish(child).expect_code(1));
     assert_eq!(s["state"], "aborted");
     assert!(
         s["error"]

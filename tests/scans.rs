@@ -34,6 +34,12 @@ fn results_dir(summary: &serde_json::Value) -> std::path::PathBuf {
     summary["results_dir"].as_str().expect("results_dir").into()
 }
 
+/// Where task `task` carries on next run (`pgmaint.task_cursors`).
+async fn cursor_of(c: &Cluster, task: &str) -> String {
+    let sql = "SELECT cursor FROM pgmaint.task_cursors WHERE task_name = $1";
+    scalar(&c.primary().await, sql, &[&task]).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn file_checksum_finds_planted_corruptions_and_sweeps_with_a_cursor() {
     let c = Cluster::up("scans-files", 1);
@@ -95,8 +101,7 @@ async fn file_checksum_finds_planted_corruptions_and_sweeps_with_a_cursor() {
              [[tasks]]\nname = \"sweep\"\n{common}files_per_run = 5\n"
         ),
     );
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
+    c.init_ready(&cfg).await;
 
     // Every planted corruption, and nothing else; row 11 is outside the age window.
     let (run, s) = run_json(&c, &cfg, &["--task", "files"]);
@@ -138,15 +143,7 @@ async fn file_checksum_finds_planted_corruptions_and_sweeps_with_a_cursor() {
         let (run, s) = run_json(&c, &cfg, &["--task", "sweep"]);
         run.expect_code(0);
         assert_eq!(task(&s, "sweep")["rows_scanned"].as_u64(), Some(5));
-        let cursor: String = p
-            .query_one(
-                "SELECT cursor FROM pgmaint.task_cursors WHERE task_name = 'sweep'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(cursor, expected_cursor);
+        assert_eq!(cursor_of(&c, "sweep").await, expected_cursor);
         seen.push(findings(&results_dir(&s).join("sweep.csv")));
     }
     let only = |keys: &[&str]| -> BTreeSet<(String, String)> {
@@ -177,17 +174,12 @@ async fn amcheck_finds_a_corrupt_index_on_the_replica() {
     )
     .await
     .unwrap();
-    let relpath: String = p
-        .query_one("SELECT pg_relation_filepath('t_pkey')", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let relpath: String = scalar(&p, "SELECT pg_relation_filepath('t_pkey')", &[]).await;
     let cfg = c.write_config(
         "amcheck.toml",
         "[[tasks]]\nname = \"storage\"\nkind = \"amcheck\"\ntables = [\"t\"]\nheapallindexed = true\n",
     );
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
+    c.init_ready(&cfg).await;
 
     // A healthy replica: nothing found, three relations checked.
     let (run, s) = run_json(&c, &cfg, &[]);
@@ -218,15 +210,12 @@ async fn amcheck_finds_a_corrupt_index_on_the_replica() {
     assert_eq!(c.pause_state(1).await, "not paused");
 
     c.run(&cfg, &["uploader", "--once"]).expect_code(0);
-    let n: i64 = p
-        .query_one(
-            "SELECT count(*) FROM pgmaint.integrity_findings
-              WHERE task_name = 'storage' AND relation = 'public.t_pkey' AND finding = 'index_corrupt'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let n = count(
+        &p,
+        "SELECT count(*) FROM pgmaint.integrity_findings
+          WHERE task_name = 'storage' AND relation = 'public.t_pkey' AND finding = 'index_corrupt'",
+    )
+    .await;
     assert_eq!(n, 1);
 
     // Without the extension the task is refused before any pause, naming the fix.
@@ -308,8 +297,7 @@ async fn soft_timeout_stops_a_task_with_partial_results() {
             file_task("files", "big_files", &root, "soft_timeout = \"2s\"\nfiles_per_run = 1000\n")
         ),
     );
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
+    c.init_ready(&cfg).await;
     let started = Instant::now();
     let (run, s) = run_json(&c, &cfg, &[]);
     run.expect_code(0);
@@ -334,17 +322,7 @@ async fn soft_timeout_stops_a_task_with_partial_results() {
     );
     let checked = t["rows_scanned"].as_u64().unwrap();
     assert!(checked > 0 && checked < 48, "files checked: {checked}");
-    let cursor: String = c
-        .primary()
-        .await
-        .query_one(
-            "SELECT cursor FROM pgmaint.task_cursors WHERE task_name = 'files'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(cursor, checked.to_string());
+    assert_eq!(cursor_of(&c, "files").await, checked.to_string());
 
     // export: the rows streamed until the time-out.
     let t = &manifest["tasks"][0];
@@ -375,9 +353,7 @@ async fn max_pause_aborts_the_cycle_and_uploads_nothing() {
             file_task("huge", "huge_file", &root, "")
         ),
     );
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
-    let p = c.primary().await;
+    c.init_ready(&cfg).await;
     // A COPY on the replica, then a file being hashed: each is stopped at the limit.
     for slow in ["slow", "huge"] {
         let started = Instant::now();
@@ -391,14 +367,7 @@ async fn max_pause_aborts_the_cycle_and_uploads_nothing() {
         assert_eq!(s["state"], "aborted", "{s}");
         assert_eq!(c.pause_state(1).await, "not paused");
         let run_id = s["run_id"].as_i64().unwrap();
-        let queued: i64 = p
-            .query_one(
-                "SELECT count(*) FROM pgmaint.upload_tasks WHERE run_id = $1",
-                &[&run_id],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let queued = uploads_of_run(&c, run_id).await;
         assert_eq!(queued, 0, "nothing of an aborted run is uploaded");
     }
 }
@@ -420,8 +389,7 @@ async fn export_writes_one_file_per_table_from_the_snapshot() {
         "export.toml",
         "[[tasks]]\nname = \"dump\"\nkind = \"export\"\ntables = [\"a\", 's.\"Odd Name\"']\n",
     );
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
+    c.init_ready(&cfg).await;
     let (run, s) = run_json(&c, &cfg, &[]);
     run.expect_code(0);
     let dir = results_dir(&s);
@@ -491,8 +459,7 @@ async fn materialize_swaps_the_target_under_a_reader() {
          [[tasks]]\nname = \"totals\"\nkind = \"materialize\"\nmerge_key = [\"word\"]\n\
          query = \"SELECT word, count(*)::bigint AS n FROM words GROUP BY word\"\ntarget = \"word_totals\"\n",
     );
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
+    c.init_ready(&cfg).await;
     let (run, s) = run_json(&c, &cfg, &[]);
     run.expect_code(0);
     let t = task(&s, "counts");
@@ -589,31 +556,18 @@ async fn file_checksum_reports_a_fifo_without_hanging() {
             root.display()
         ),
     );
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
-    let mut child = c
-        .pgmaint(&cfg, &["run", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("pgmaint run hung on a FIFO");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    c.init_ready(&cfg).await;
+    let mut child = spawn_piped(&c, &cfg, &["run", "--json"]);
+    if exited_within(&mut child, Duration::from_secs(60))
+        .await
+        .is_none()
+    {
+        child.kill().unwrap();
+        panic!("pgmaint run hung on a FIFO");
     }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = run_summary(&finish(child).expect_code(0));
     let id = s["run_id"].as_i64().unwrap();
-    let got = findings_in_csv(&c.results_dir().join(format!("{id}/files.csv")));
+    let got = run_findings(&c, id, "files");
     assert_eq!(got, vec![("2".to_string(), "unreadable".to_string())]);
     assert_eq!(c.pause_state(1).await, "not paused");
 }
