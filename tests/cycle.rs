@@ -190,16 +190,12 @@ async fn snapshot_isolation() {
     .await
     .unwrap();
     // Those writes really landed during the pause: the replica is still paused where it was.
-    let still: (String, String) = {
-        let row = r
-            .query_one(
-                "SELECT pg_get_wal_replay_pause_state(), pg_last_wal_replay_lsn()::text",
-                &[],
-            )
-            .await
-            .unwrap();
-        (row.get(0), row.get(1))
-    };
+    let still: (String, String) = pair(
+        &r,
+        "SELECT pg_get_wal_replay_pause_state(), pg_last_wal_replay_lsn()::text",
+        &[],
+    )
+    .await;
     assert_eq!(
         still,
         ("paused".to_string(), lsn_during.clone()),
@@ -365,22 +361,14 @@ async fn replica_paused_by_someone_else_is_refused_and_left_paused() {
 /// nothing from it is uploaded.
 #[tokio::test(flavor = "multi_thread")]
 async fn replica_restart_during_scan_invalidates_the_run() {
-    let (c, p) = blobs_cluster("cycle-restart", 100_000).await;
-    let cfg = slow_blobs_config(&c, "t.toml", "");
-    c.init_ready(&cfg).await;
-    let child = spawn_paused(&c, &cfg, &["run", "--json"]).await;
+    let (c, p, cfg, child) = paused_run("cycle-restart", 100_000, "", &["run", "--json"]).await;
     p.execute("INSERT INTO blobs VALUES (200000, 'x', 'y')", &[])
         .await
         .unwrap();
     c.server("restart", "r1");
     let s = run_summary(&finish(child).expect_code(1));
     let id = s["run_id"].as_i64().unwrap();
-    assert_eq!(s["state"], "invalid");
-    assert!(
-        s["error"].as_str().unwrap().contains("restarted"),
-        "{}",
-        s["error"]
-    );
+    assert_ended(&s, "invalid", "restarted");
     assert_eq!(run_state(&c, id).await, "invalid");
     assert_eq!(uploads_of_run(&c, id).await, 0);
     assert_eq!(manifest(&c.results_dir(), id)["valid"], false);
@@ -571,10 +559,8 @@ async fn tls_sslmode_require() {
 /// while the primary is still frozen.
 #[tokio::test(flavor = "multi_thread")]
 async fn max_pause_holds_even_when_the_primary_freezes() {
-    let (c, _p) = blobs_cluster("cycle-frozen-primary", 5_000).await;
-    let cfg = slow_blobs_config(&c, "t.toml", "max_pause = \"8s\"");
-    c.init_ready(&cfg).await;
-    let child = spawn_paused(&c, &cfg, &["run"]).await;
+    let limits = "max_pause = \"8s\"";
+    let (c, _p, _cfg, child) = paused_run("cycle-frozen-primary", 5_000, limits, &["run"]).await;
     signal_server(&c, "primary", "STOP");
     let frozen = std::time::Instant::now();
     // The scan (replica only) ends well within max_pause; the calls to the frozen
@@ -597,24 +583,15 @@ async fn max_pause_holds_even_when_the_primary_freezes() {
 /// nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_backlog_over_the_limit_aborts_the_cycle() {
-    let (c, p) = blobs_cluster("cycle-backlog", 30_000).await;
-    let cfg = slow_blobs_config(&c, "t.toml", "max_replay_backlog = \"1MB\"");
-    c.init_ready(&cfg).await;
-    let child = spawn_paused(&c, &cfg, &["run", "--json"]).await;
+    let limits = "max_replay_backlog = \"1MB\"";
+    let args = ["run", "--json"];
+    let (c, p, _cfg, child) = paused_run("cycle-backlog", 30_000, limits, &args).await;
     // A few MB of WAL on the primary, streamed to the paused replica.
     p.batch_execute("CREATE TABLE wal_filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 20000) g")
         .await
         .unwrap();
     let s = run_summary(&finish(child).expect_code(1));
-    assert_eq!(s["state"], "aborted");
-    assert!(
-        s["error"]
-            .as_str()
-            .unwrap()
-            .contains("limits.max_replay_backlog"),
-        "{}",
-        s["error"]
-    );
+    assert_ended(&s, "aborted", "limits.max_replay_backlog");
     let id = s["run_id"].as_i64().unwrap();
     assert_eq!(uploads_of_run(&c, id).await, 0);
     assert_eq!(c.pause_state(1).await, "not paused");

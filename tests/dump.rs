@@ -44,11 +44,7 @@ async fn dump_of_the_paused_replica_restores_and_is_described_by_its_manifest() 
     assert_eq!(m["snapshot"]["lsn"], s["snapshot"]["lsn"]);
     let files = m["tasks"][0]["files"].as_array().unwrap();
     assert!(files.iter().any(|f| f["name"] == "toc.dat"), "{files:?}");
-    for f in files {
-        let bytes = std::fs::read(out.join(f["name"].as_str().unwrap())).unwrap();
-        assert_eq!(f["md5"].as_str().unwrap(), md5_hex(&bytes));
-        assert_eq!(f["size"].as_u64().unwrap(), bytes.len() as u64);
-    }
+    assert_files_as_listed(&out, files);
 
     // It restores, with every row.
     p.execute("CREATE DATABASE restored", &[]).await.unwrap();
@@ -78,16 +74,12 @@ async fn dump_of_the_paused_replica_restores_and_is_described_by_its_manifest() 
         c.primary_port()
     ))
     .await;
-    let counts: (i64, i64) = {
-        let row = r
-            .query_one(
-                "SELECT (SELECT count(*) FROM blobs), (SELECT count(*) FROM notes)",
-                &[],
-            )
-            .await
-            .unwrap();
-        (row.get(0), row.get(1))
-    };
+    let counts: (i64, i64) = pair(
+        &r,
+        "SELECT (SELECT count(*) FROM blobs), (SELECT count(*) FROM notes)",
+        &[],
+    )
+    .await;
     assert_eq!(counts, (20_000, 500));
 
     // A non-empty --out is refused before anything is paused.

@@ -103,10 +103,8 @@ async fn a_primary_restart_during_a_run_does_not_discard_the_run() {
 /// that recovers the lease records how it really ended.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_that_resumed_during_a_primary_stall_is_recorded_as_it_ended() {
-    let (c, _p) = blobs_cluster("outcomes-primary-stall", 100_000).await;
-    let cfg = slow_blobs_config(&c, "slow.toml", "lease = \"4s\"");
-    c.init_ready(&cfg).await;
-    let child = spawn_paused(&c, &cfg, &["run"]).await;
+    let limits = "lease = \"4s\"";
+    let (c, _p, cfg, child) = paused_run("outcomes-primary-stall", 100_000, limits, &["run"]).await;
     let id = last_run_id(&c).await;
     signal_server(&c, "primary", "STOP");
     let resumed = wait_until_not_paused(&c, 1, Duration::from_secs(40)).await;
@@ -147,24 +145,18 @@ async fn a_run_that_resumed_during_a_primary_stall_is_recorded_as_it_ended() {
 /// who resumed replay.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_resumed_by_another_process_invalidates_the_run_and_says_so() {
-    let (c, _p) = blobs_cluster("outcomes-foreign-resume", 100_000).await;
-    let cfg = slow_blobs_config(&c, "slow.toml", "");
-    c.init_ready(&cfg).await;
-    let child = spawn_paused(&c, &cfg, &["run", "--json"]).await;
+    let args = ["run", "--json"];
+    let (c, _p, _cfg, child) = paused_run("outcomes-foreign-resume", 100_000, "", &args).await;
     c.replica(1)
         .await
         .execute("SELECT pg_wal_replay_resume()", &[])
         .await
         .unwrap();
     let s = run_summary(&finish(child));
-    assert_eq!(s["state"], "invalid");
-    assert!(
-        s["error"]
-            .as_str()
-            .unwrap()
-            .contains("replay was resumed by another process during the pause"),
-        "{}",
-        s["error"]
+    assert_ended(
+        &s,
+        "invalid",
+        "replay was resumed by another process during the pause",
     );
     assert_eq!(uploads_of_run(&c, s["run_id"].as_i64().unwrap()).await, 0);
 }

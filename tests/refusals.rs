@@ -21,6 +21,30 @@ async fn alter_system(client: &tokio_postgres::Client, name: &str, value: &str) 
         .unwrap();
 }
 
+/// A [`blobs_cluster`] of `n` rows whose primary also has a table `writes`, for
+/// [`timed_write`].
+async fn cluster_with_writes(name: &str, n: i64) -> (Cluster, tokio_postgres::Client) {
+    let (c, p) = blobs_cluster(name, n).await;
+    p.batch_execute("CREATE TABLE writes (at timestamptz DEFAULT now())")
+        .await
+        .unwrap();
+    (c, p)
+}
+
+/// Commit a row into `writes` through `client`; it must commit within `limit` (else
+/// panic, saying `blocked`). How long it took.
+async fn timed_write(client: &tokio_postgres::Client, limit: Duration, blocked: &str) -> Duration {
+    let t = Instant::now();
+    tokio::time::timeout(
+        limit,
+        client.execute("INSERT INTO writes DEFAULT VALUES", &[]),
+    )
+    .await
+    .expect(blocked)
+    .unwrap();
+    t.elapsed()
+}
+
 /// Set the primary's `synchronous_standby_names` and wait until it has taken effect
 /// (`pg_stat_replication.sync_state` of `standby` is one of `states`).
 async fn set_sync_standbys(c: &Cluster, names: &str, standby: &str, states: &[&str]) {
@@ -55,10 +79,7 @@ async fn set_sync_standbys(c: &Cluster, names: &str, standby: &str, states: &[&s
 /// wait while pgmaint refuses.
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_standby_with_spaced_name_is_refused() {
-    let (c, p) = blobs_cluster("refuse-sync-standby", 2_000).await;
-    p.batch_execute("CREATE TABLE writes (at timestamptz DEFAULT now())")
-        .await
-        .unwrap();
+    let (c, p) = cluster_with_writes("refuse-sync-standby", 2_000).await;
     let cfg = c.write_config("t.toml", &blobs_task(""));
     c.run(&cfg, &["init"]).expect_code(0);
     // The standby connects as 'my standby'.
@@ -102,15 +123,13 @@ async fn sync_standby_with_spaced_name_is_refused() {
         let mut slowest = Duration::ZERO;
         let started = Instant::now();
         while child.try_wait().unwrap().is_none() {
-            let t = Instant::now();
-            tokio::time::timeout(
+            let took = timed_write(
+                &p,
                 Duration::from_secs(5),
-                p.execute("INSERT INTO writes DEFAULT VALUES", &[]),
+                "an INSERT on the primary blocked while pgmaint ran",
             )
-            .await
-            .expect("an INSERT on the primary blocked while pgmaint ran")
-            .unwrap();
-            slowest = slowest.max(t.elapsed());
+            .await;
+            slowest = slowest.max(took);
             assert!(
                 started.elapsed() < Duration::from_secs(50),
                 "pgmaint run did not end"
@@ -293,10 +312,7 @@ async fn scan_errors_name_the_servers_message_and_doomed_tasks_never_pause() {
 /// replica make it give the pause up and resume, within seconds.
 #[tokio::test(flavor = "multi_thread")]
 async fn commits_waiting_for_a_paused_sync_standby_end_the_pause() {
-    let (c, p) = blobs_cluster("refuse-sync-during-pause", 100_000).await;
-    p.batch_execute("CREATE TABLE writes (at timestamptz DEFAULT now())")
-        .await
-        .unwrap();
+    let (c, _p) = cluster_with_writes("refuse-sync-during-pause", 100_000).await;
     let cfg = slow_blobs_config(&c, "slow.toml", "");
     c.run(&cfg, &["init"]).expect_code(0);
     // r1 synchronous; the server default stays `on` (flush): pausing r1 blocks nothing
@@ -308,24 +324,17 @@ async fn commits_waiting_for_a_paused_sync_standby_end_the_pause() {
     app.batch_execute("SET synchronous_commit = remote_apply")
         .await
         .unwrap();
-    let t = Instant::now();
-    tokio::time::timeout(
+    let waited = timed_write(
+        &app,
         Duration::from_secs(20),
-        app.execute("INSERT INTO writes DEFAULT VALUES", &[]),
+        "the remote_apply commit still waits for the paused standby",
     )
-    .await
-    .expect("the remote_apply commit still waits for the paused standby")
-    .unwrap();
-    let waited = t.elapsed();
+    .await;
     let s = run_summary(&finish(child).expect_code(1));
-    assert_eq!(s["state"], "aborted");
-    assert!(
-        s["error"]
-            .as_str()
-            .unwrap()
-            .contains("wait for a synchronous standby, and replica r1 may be it"),
-        "{}",
-        s["error"]
+    assert_ended(
+        &s,
+        "aborted",
+        "wait for a synchronous standby, and replica r1 may be it",
     );
     assert!(
         waited < Duration::from_secs(10),

@@ -411,11 +411,7 @@ async fn export_writes_one_file_per_table_from_the_snapshot() {
             ("dump.s.Odd_Name.csv".to_string(), 7)
         ]
     );
-    for f in &files {
-        let bytes = std::fs::read(dir.join(f["name"].as_str().unwrap())).unwrap();
-        assert_eq!(md5_hex(&bytes), f["md5"].as_str().unwrap());
-        assert_eq!(bytes.len() as u64, f["size"].as_u64().unwrap());
-    }
+    assert_files_as_listed(&dir, &files);
     assert_eq!(
         std::fs::read_to_string(dir.join("dump.s.Odd_Name.csv"))
             .unwrap()

@@ -256,6 +256,16 @@ pub async fn scalar<T: FromSqlOwned>(
     client.query_one(sql, params).await.unwrap().get(0)
 }
 
+/// The first two columns of the one row `sql` returns.
+pub async fn pair<A: FromSqlOwned, B: FromSqlOwned>(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> (A, B) {
+    let row = client.query_one(sql, params).await.unwrap();
+    (row.get(0), row.get(1))
+}
+
 /// The `bigint` that `sql` (a `count(*)` or the like, without parameters) returns.
 pub async fn count(client: &Client, sql: &str) -> i64 {
     scalar(client, sql, &[]).await
@@ -534,6 +544,43 @@ pub fn slow_blobs_config(c: &Cluster, file: &str, limits: &str) -> PathBuf {
     )
 }
 
+/// A run caught in its pause: a [`blobs_cluster`] of `n` rows, its
+/// [`slow_blobs_config`] (`slow.toml`, with `limits`) initialised, and `pgmaint args…`
+/// started with it ([`spawn_paused`]).
+pub async fn paused_run(
+    name: &str,
+    n: i64,
+    limits: &str,
+    args: &[&str],
+) -> (Cluster, Client, PathBuf, Child) {
+    let (c, p) = blobs_cluster(name, n).await;
+    let cfg = slow_blobs_config(&c, "slow.toml", limits);
+    c.init_ready(&cfg).await;
+    let child = spawn_paused(&c, &cfg, args).await;
+    (c, p, cfg, child)
+}
+
+/// Assert that the run a `run --json` summary describes ended in `state`, its error
+/// saying `error`.
+pub fn assert_ended(summary: &serde_json::Value, state: &str, error: &str) {
+    assert_eq!(summary["state"], state);
+    assert!(
+        summary["error"].as_str().unwrap().contains(error),
+        "{}",
+        summary["error"]
+    );
+}
+
+/// Assert that every file a manifest lists (`files`, each with `name`, `md5` and
+/// `size`) is in `dir` with that MD5 and size.
+pub fn assert_files_as_listed(dir: &Path, files: &[serde_json::Value]) {
+    for f in files {
+        let bytes = std::fs::read(dir.join(f["name"].as_str().unwrap())).unwrap();
+        assert_eq!(md5_hex(&bytes), f["md5"].as_str().unwrap());
+        assert_eq!(bytes.len() as u64, f["size"].as_u64().unwrap());
+    }
+}
+
 /// Start `pgmaint args…` in the background, its output piped.
 pub fn spawn_piped(c: &Cluster, config: &Path, args: &[&str]) -> Child {
     c.pgmaint(config, args)
@@ -581,6 +628,15 @@ pub async fn wait_until_not_paused(c: &Cluster, i: usize, timeout: Duration) -> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
+}
+
+/// A cluster with one replica whose primary has run `sql`, and a connection to that
+/// primary.
+pub async fn cluster_with(name: &str, sql: &str) -> (Cluster, Client) {
+    let c = Cluster::up(name, 1);
+    let p = c.primary().await;
+    p.batch_execute(sql).await.unwrap();
+    (c, p)
 }
 
 /// A cluster with one replica, `public.blobs` on its primary seeded by [`seed_blobs`]
