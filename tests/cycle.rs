@@ -59,8 +59,9 @@ async fn findings_on_primary(c: &Cluster, run_id: i64) -> Vec<(String, String)> 
 async fn finds_planted_corruptions_exactly_and_uploads_them_once() {
     let (c, p) = blobs_cluster("cycle-exact", 20_000).await;
     let want = plant_blobs(&p, ["17", "5000", "777", "19999"]).await;
-    let cfg = c.write_config("t.toml", &blobs_task("parallelism = 3"));
-    c.init_ready(&cfg).await;
+    let cfg = c
+        .ready_config("t.toml", &blobs_task("parallelism = 3"))
+        .await;
 
     let run = c.run(&cfg, &["run", "--json"]).expect_code(0);
     let s = run_summary(&run);
@@ -138,9 +139,8 @@ async fn uuid_keys_and_quoted_mixed_case_names() {
         r#""Body MD5""#,
         "parallelism = 2",
     );
-    let cfg = c.write_config("t.toml", &tasks);
-    c.init_ready(&cfg).await;
-    let s = run_summary(&c.run(&cfg, &["run", "--json"]).expect_code(0));
+    let cfg = c.ready_config("t.toml", &tasks).await;
+    let s = run_ok(&c, &cfg, &[]);
     let id = s["run_id"].as_i64().unwrap();
     assert_eq!(run_findings(&c, id, "uuids"), want_u);
     assert_eq!(run_findings(&c, id, "sales"), want_q);
@@ -335,8 +335,7 @@ async fn killed_coordinator_is_recovered_after_its_lease_expires() {
 #[tokio::test(flavor = "multi_thread")]
 async fn replica_paused_by_someone_else_is_refused_and_left_paused() {
     let (c, _p) = blobs_cluster("cycle-foreign-pause", 100).await;
-    let cfg = c.write_config("t.toml", &blobs_task(""));
-    c.init_ready(&cfg).await;
+    let cfg = c.ready_config("t.toml", &blobs_task("")).await;
     c.replica(1)
         .await
         .execute("SELECT pg_wal_replay_pause()", &[])
@@ -385,9 +384,8 @@ async fn replica_restart_during_scan_invalidates_the_run() {
 async fn tampered_result_file_is_refused() {
     let (c, p) = blobs_cluster("cycle-tamper", 1000).await;
     plant_blobs(&p, ["1", "2", "3", "4"]).await;
-    let cfg = c.write_config("t.toml", &blobs_task(""));
-    c.init_ready(&cfg).await;
-    let s = run_summary(&c.run(&cfg, &["run", "--json"]).expect_code(0));
+    let cfg = c.ready_config("t.toml", &blobs_task("")).await;
+    let s = run_ok(&c, &cfg, &[]);
     let id = s["run_id"].as_i64().unwrap();
     let file = c.results_dir().join(format!("{id}/blobs.csv"));
     let text = std::fs::read_to_string(&file).unwrap();
@@ -544,7 +542,7 @@ async fn tls_sslmode_require() {
     );
 
     c.init_ready(&require).await;
-    let s = run_summary(&c.run(&require, &["run", "--json"]).expect_code(0));
+    let s = run_ok(&c, &require, &[]);
     let id = s["run_id"].as_i64().unwrap();
     assert_eq!(run_findings(&c, id, "blobs"), want);
     let up = c.run(&require, &["uploader", "--once"]).expect_code(0);

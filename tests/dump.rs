@@ -14,8 +14,7 @@ async fn dump_of_the_paused_replica_restores_and_is_described_by_its_manifest() 
     )
     .await
     .unwrap();
-    let cfg = c.write_config("t.toml", "");
-    c.init_ready(&cfg).await;
+    let cfg = c.ready_config("t.toml", "").await;
 
     let out = c.dir.join("dump1");
     let s = run_summary(
@@ -101,8 +100,7 @@ async fn dump_of_the_paused_replica_restores_and_is_described_by_its_manifest() 
 #[tokio::test(flavor = "multi_thread")]
 async fn replayed_access_exclusive_lock_at_the_pause_point_is_waited_out() {
     let (c, _p) = blobs_cluster("dump-startup-lock", 1_000).await;
-    let cfg = c.write_config("t.toml", "");
-    c.init_ready(&cfg).await;
+    let cfg = c.ready_config("t.toml", "").await;
 
     let locker = c.primary().await;
     locker

@@ -17,8 +17,7 @@ const TRICKLE: &str = "SELECT g, pg_sleep(0.005) AS s FROM generate_series(1, 40
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_hears_of_partial_results_and_bad_usage_once() {
     let (c, _p) = blobs_cluster("outcomes-told", 30_000).await;
-    let init = c.write_config("init.toml", "");
-    c.init_ready(&init).await;
+    let init = c.ready_config("init.toml", "").await;
 
     let run = c
         .run(&init, &["tasks", "list", "--limit=-1"])

@@ -237,8 +237,7 @@ async fn pause_was_requested(c: &Cluster, run_id: i64) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn scan_errors_name_the_servers_message_and_doomed_tasks_never_pause() {
     let (c, _p) = blobs_cluster("refuse-doomed-tasks", 1_000).await;
-    let init = c.write_config("init.toml", "");
-    c.init_ready(&init).await;
+    c.ready_config("init.toml", "").await;
     let materialize = |name: &str, query: &str| {
         format!(
             "[[tasks]]\nname = \"{name}\"\nkind = \"materialize\"\nquery = \"{query}\"\ntarget = \"public.out\"\n"

@@ -94,14 +94,15 @@ async fn file_checksum_finds_planted_corruptions_and_sweeps_with_a_cursor() {
         "kind = \"file_checksum\"\ntable = \"store_files\"\nkey = \"id\"\npath = \"rel_path\"\nchecksum = \"md5\"\nsize = \"bytes\"\nroot = \"{}\"\nparallelism = 2\n",
         root.display()
     );
-    let cfg = c.write_config(
-        "files.toml",
-        &format!(
+    let cfg = c
+        .ready_config(
+            "files.toml",
+            &format!(
             "[[tasks]]\nname = \"files\"\n{common}age_in_days = 7\ningested_at = \"ingested\"\n\
              [[tasks]]\nname = \"sweep\"\n{common}files_per_run = 5\n"
         ),
-    );
-    c.init_ready(&cfg).await;
+        )
+        .await;
 
     // Every planted corruption, and nothing else; row 11 is outside the age window.
     let (run, s) = run_json(&c, &cfg, &["--task", "files"]);
@@ -140,8 +141,7 @@ async fn file_checksum_finds_planted_corruptions_and_sweeps_with_a_cursor() {
     // wrap to 1..=3. The first two and a half runs cover every file exactly once.
     let mut seen = Vec::new();
     for expected_cursor in ["5", "10", "3"] {
-        let (run, s) = run_json(&c, &cfg, &["--task", "sweep"]);
-        run.expect_code(0);
+        let s = run_ok(&c, &cfg, &["--task", "sweep"]);
         assert_eq!(task(&s, "sweep")["rows_scanned"].as_u64(), Some(5));
         assert_eq!(cursor_of(&c, "sweep").await, expected_cursor);
         seen.push(findings(&results_dir(&s).join("sweep.csv")));
@@ -164,26 +164,22 @@ async fn file_checksum_finds_planted_corruptions_and_sweeps_with_a_cursor() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn amcheck_finds_a_corrupt_index_on_the_replica() {
-    let c = Cluster::up("scans-amcheck", 1);
-    let p = c.primary().await;
-    p.batch_execute(
+    let (c, p) = cluster_with(
+        "scans-amcheck",
         "CREATE TABLE t (id int PRIMARY KEY, v text);
          INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
          CREATE INDEX t_v_idx ON t (v);
          CHECKPOINT;",
     )
-    .await
-    .unwrap();
+    .await;
     let relpath: String = scalar(&p, "SELECT pg_relation_filepath('t_pkey')", &[]).await;
-    let cfg = c.write_config(
+    let cfg = c.ready_config(
         "amcheck.toml",
         "[[tasks]]\nname = \"storage\"\nkind = \"amcheck\"\ntables = [\"t\"]\nheapallindexed = true\n",
-    );
-    c.init_ready(&cfg).await;
+    ).await;
 
     // A healthy replica: nothing found, three relations checked.
-    let (run, s) = run_json(&c, &cfg, &[]);
-    run.expect_code(0);
+    let s = run_ok(&c, &cfg, &[]);
     assert_eq!(task(&s, "storage")["rows_scanned"].as_u64(), Some(3));
     assert_eq!(task(&s, "storage")["findings"].as_u64(), Some(0));
 
@@ -193,8 +189,7 @@ async fn amcheck_finds_a_corrupt_index_on_the_replica() {
     c.server("start", "r1");
     c.wait_caught_up(1).await;
 
-    let (run, s) = run_json(&c, &cfg, &[]);
-    run.expect_code(0);
+    let s = run_ok(&c, &cfg, &[]);
     let t = task(&s, "storage");
     assert_eq!(
         t["rows_scanned"].as_u64(),
@@ -290,17 +285,15 @@ async fn soft_timeout_stops_a_task_with_partial_results() {
     let c = Cluster::up("scans-soft-timeout", 1);
     // 48 x 128 MiB: about five seconds of hashing on two cores.
     let root = sparse_store(&c, "big_files", 48, 128 << 20, true).await;
-    let cfg = c.write_config(
+    let cfg = c.ready_config(
         "soft.toml",
         &format!(
             "[[tasks]]\nname = \"slow\"\nkind = \"export\"\nquery = \"{SLOW_QUERY}\"\nsoft_timeout = \"1s\"\n{}",
             file_task("files", "big_files", &root, "soft_timeout = \"2s\"\nfiles_per_run = 1000\n")
         ),
-    );
-    c.init_ready(&cfg).await;
+    ).await;
     let started = Instant::now();
-    let (run, s) = run_json(&c, &cfg, &[]);
-    run.expect_code(0);
+    let s = run_ok(&c, &cfg, &[]);
     assert!(
         started.elapsed() < Duration::from_secs(12),
         "stopped at the soft time-outs, took {:?}",
@@ -344,16 +337,17 @@ async fn max_pause_aborts_the_cycle_and_uploads_nothing() {
     let c = Cluster::up("scans-max-pause", 1);
     // One 16 GiB file: half a minute of hashing, cut short by the limit.
     let root = sparse_store(&c, "huge_file", 1, 16 << 30, false).await;
-    let cfg = c.write_config(
-        "maxpause.toml",
-        &format!(
-            "[limits]\nmax_pause = \"2s\"\n\
+    let cfg = c
+        .ready_config(
+            "maxpause.toml",
+            &format!(
+                "[limits]\nmax_pause = \"2s\"\n\
              [[tasks]]\nname = \"storage\"\nkind = \"amcheck\"\n\
              [[tasks]]\nname = \"slow\"\nkind = \"export\"\nquery = \"{SLOW_QUERY}\"\n{}",
-            file_task("huge", "huge_file", &root, "")
-        ),
-    );
-    c.init_ready(&cfg).await;
+                file_task("huge", "huge_file", &root, "")
+            ),
+        )
+        .await;
     // A COPY on the replica, then a file being hashed: each is stopped at the limit.
     for slow in ["slow", "huge"] {
         let started = Instant::now();
@@ -374,24 +368,22 @@ async fn max_pause_aborts_the_cycle_and_uploads_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn export_writes_one_file_per_table_from_the_snapshot() {
-    let c = Cluster::up("scans-export", 1);
-    let p = c.primary().await;
-    p.batch_execute(
+    let (c, _p) = cluster_with(
+        "scans-export",
         "CREATE SCHEMA s;
          CREATE TABLE a (id int PRIMARY KEY, v text);
          INSERT INTO a SELECT g, 'v' || g FROM generate_series(1, 500) g;
          CREATE TABLE s.\"Odd Name\" (x int);
          INSERT INTO s.\"Odd Name\" SELECT generate_series(1, 7);",
     )
-    .await
-    .unwrap();
-    let cfg = c.write_config(
-        "export.toml",
-        "[[tasks]]\nname = \"dump\"\nkind = \"export\"\ntables = [\"a\", 's.\"Odd Name\"']\n",
-    );
-    c.init_ready(&cfg).await;
-    let (run, s) = run_json(&c, &cfg, &[]);
-    run.expect_code(0);
+    .await;
+    let cfg = c
+        .ready_config(
+            "export.toml",
+            "[[tasks]]\nname = \"dump\"\nkind = \"export\"\ntables = [\"a\", 's.\"Odd Name\"']\n",
+        )
+        .await;
+    let s = run_ok(&c, &cfg, &[]);
     let dir = results_dir(&s);
     let manifest = read_manifest(&dir);
     let files = manifest["tasks"][0]["files"].as_array().unwrap().clone();
@@ -433,9 +425,8 @@ async fn export_writes_one_file_per_table_from_the_snapshot() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn materialize_swaps_the_target_under_a_reader() {
-    let c = Cluster::up("scans-materialize", 1);
-    let p = c.primary().await;
-    p.batch_execute(
+    let (c, p) = cluster_with(
+        "scans-materialize",
         "CREATE TABLE words (id int PRIMARY KEY, word text NOT NULL);
          INSERT INTO words SELECT g, 'w' || (g % 100) FROM generate_series(1, 50000) g;
          CREATE TABLE word_counts (word text PRIMARY KEY, n bigint NOT NULL);
@@ -446,18 +437,15 @@ async fn materialize_swaps_the_target_under_a_reader() {
          CREATE TABLE word_totals (word text PRIMARY KEY, n bigint NOT NULL);
          INSERT INTO word_totals VALUES ('w1', 0), ('extra', 5);",
     )
-    .await
-    .unwrap();
-    let cfg = c.write_config(
+    .await;
+    let cfg = c.ready_config(
         "mat.toml",
         "[[tasks]]\nname = \"counts\"\nkind = \"materialize\"\n\
          query = \"SELECT word, count(*)::bigint AS n FROM words GROUP BY word\"\ntarget = \"public.word_counts\"\n\
          [[tasks]]\nname = \"totals\"\nkind = \"materialize\"\nmerge_key = [\"word\"]\n\
          query = \"SELECT word, count(*)::bigint AS n FROM words GROUP BY word\"\ntarget = \"word_totals\"\n",
-    );
-    c.init_ready(&cfg).await;
-    let (run, s) = run_json(&c, &cfg, &[]);
-    run.expect_code(0);
+    ).await;
+    let s = run_ok(&c, &cfg, &[]);
     let t = task(&s, "counts");
     assert_eq!(t["file"]["rows"].as_u64(), Some(100));
 
@@ -544,15 +532,14 @@ async fn file_checksum_reports_a_fifo_without_hanging() {
     ))
     .await
     .unwrap();
-    let cfg = c.write_config(
+    let cfg = c.ready_config(
         "fifo.toml",
         &format!(
             "[[tasks]]\nname = \"files\"\nkind = \"file_checksum\"\ntable = \"files\"\nkey = \"id\"\n\
              path = \"rel_path\"\nchecksum = \"md5\"\nroot = \"{}\"\n",
             root.display()
         ),
-    );
-    c.init_ready(&cfg).await;
+    ).await;
     let mut child = spawn_piped(&c, &cfg, &["run", "--json"]);
     if exited_within(&mut child, Duration::from_secs(60))
         .await

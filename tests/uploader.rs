@@ -1628,7 +1628,7 @@ async fn findings_of_a_real_cycle_are_rechecked_on_the_primary() {
     );
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
-    let s = run_summary(&c.run(&cfg, &["run", "--json"]).expect_code(0));
+    let s = run_ok(&c, &cfg, &[]);
     let run = s["run_id"].as_i64().unwrap();
     // After the snapshot: one of each kind is repaired, and one mismatch deleted.
     p.batch_execute(
@@ -2035,16 +2035,14 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
 /// the upload is refused and nothing is applied.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_data_file_rewritten_with_its_manifest_is_refused() {
-    let c = Cluster::up("up_rewritten", 1);
-    let p = c.primary().await;
-    p.batch_execute(
+    let (c, p) = cluster_with(
+        "up_rewritten",
         "CREATE TABLE src (id int PRIMARY KEY, v text);
          INSERT INTO src SELECT g, 'v' || g FROM generate_series(1, 20) g;
          CREATE TABLE dst (id int PRIMARY KEY, v text);
          INSERT INTO dst VALUES (0, 'before');",
     )
-    .await
-    .unwrap();
+    .await;
     let cfg = c.write_config(
         "rw.toml",
         "[[tasks]]\nname = \"dst\"\nkind = \"materialize\"\n\
@@ -2052,8 +2050,7 @@ async fn a_data_file_rewritten_with_its_manifest_is_refused() {
     );
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
-    let (run, s) = run_json(&c, &cfg, &[]);
-    run.expect_code(0);
+    let s = run_ok(&c, &cfg, &[]);
     let run_id = s["run_id"].as_i64().unwrap();
     let dir = c.results_dir().join(run_id.to_string());
     let mut manifest = read_manifest(&dir);
@@ -2189,7 +2186,7 @@ async fn a_null_key_and_an_empty_key_stay_distinct_findings_end_to_end() {
     );
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
-    let s = run_summary(&c.run(&cfg, &["run", "--json"]).expect_code(0));
+    let s = run_ok(&c, &cfg, &[]);
     let run = s["run_id"].as_i64().unwrap();
     let m = manifest(&c.results_dir(), run);
     let t = m["tasks"]

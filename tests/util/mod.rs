@@ -204,6 +204,13 @@ impl Cluster {
         scalar(&r, "SELECT pg_get_wal_replay_pause_state()", &[]).await
     }
 
+    /// [`Cluster::write_config`], then [`Cluster::init_ready`] with it. Returns its path.
+    pub async fn ready_config(&self, file: &str, body: &str) -> PathBuf {
+        let config = self.write_config(file, body);
+        self.init_ready(&config).await;
+        config
+    }
+
     /// `pgmaint init` with `config`, then [`Cluster::wait_caught_up`] for replica 1.
     pub async fn init_ready(&self, config: &Path) {
         self.run(config, &["init"]).expect_code(0);
@@ -409,6 +416,13 @@ pub fn run_json(c: &Cluster, config: &Path, extra: &[&str]) -> (Run, serde_json:
     let run = c.run(config, &args);
     let json = run_summary(&run);
     (run, json)
+}
+
+/// [`run_json`], which must exit 0: the summary.
+pub fn run_ok(c: &Cluster, config: &Path, extra: &[&str]) -> serde_json::Value {
+    let (run, json) = run_json(c, config, extra);
+    run.expect_code(0);
+    json
 }
 
 /// The `manifest.json` of run directory `dir`.
