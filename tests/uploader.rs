@@ -114,12 +114,38 @@ async fn fake_run(fx: &Fx, files: &[FileSpec]) -> (i64, Vec<i64>) {
     (run_id, ids)
 }
 
-fn merge_file(task: &str, target: &str, csv: String) -> FileSpec {
+/// A merge file: rows keyed by `key` upserted into `target`.
+fn merge_file_by(task: &str, target: &str, key: &[&str], csv: impl Into<String>) -> FileSpec {
     FileSpec {
         task: task.into(),
         kind: "merge",
-        csv,
-        params: json!({ "target": target, "key": ["id"] }),
+        csv: csv.into(),
+        params: json!({ "target": target, "key": key }),
+    }
+}
+
+/// A merge file keyed by `id`.
+fn merge_file(task: &str, target: &str, csv: impl Into<String>) -> FileSpec {
+    merge_file_by(task, target, &["id"], csv)
+}
+
+/// A swap file: its rows replace `target`'s.
+fn swap_file(task: &str, target: &str, csv: impl Into<String>) -> FileSpec {
+    FileSpec {
+        task: task.into(),
+        kind: "swap",
+        csv: csv.into(),
+        params: json!({ "target": target }),
+    }
+}
+
+/// A findings file, with the params its task queued.
+fn findings_file(task: &str, csv: impl Into<String>, params: Value) -> FileSpec {
+    FileSpec {
+        task: task.into(),
+        kind: "findings",
+        csv: csv.into(),
+        params,
     }
 }
 
@@ -132,18 +158,114 @@ fn rows_csv(from: i64, to: i64) -> String {
     s
 }
 
-async fn count(p: &Client, sql: &str) -> i64 {
-    p.query_one(sql, &[]).await.unwrap().get(0)
-}
+impl Fx {
+    /// `pgmaint args…` with the fixture's config, to completion.
+    fn pgmaint(&self, args: &[&str]) -> Run {
+        self.c.run(&self.cfg, args)
+    }
 
-async fn task_state(p: &Client, id: i64) -> String {
-    p.query_one(
-        "SELECT state FROM pgmaint.upload_tasks WHERE id = $1",
-        &[&id],
-    )
-    .await
-    .unwrap()
-    .get(0)
+    /// `pgmaint uploader --once`: apply what is due, then exit.
+    fn drain(&self) -> Run {
+        self.pgmaint(&["uploader", "--once"])
+    }
+
+    /// Run `sql` (any number of statements) on the primary.
+    async fn sql(&self, sql: &str) {
+        self.p.batch_execute(sql).await.unwrap();
+    }
+
+    /// `CREATE TABLE name (id bigint PRIMARY KEY, v text)`: a target for [`rows_csv`].
+    async fn id_v_table(&self, name: &str) {
+        self.sql(&format!(
+            "CREATE TABLE {name} (id bigint PRIMARY KEY, v text)"
+        ))
+        .await;
+    }
+
+    /// `SELECT count(*) FROM from` on the primary (`from`: a table, and any `WHERE …`).
+    async fn rows(&self, from: &str) -> i64 {
+        count(&self.p, &format!("SELECT count(*) FROM {from}")).await
+    }
+
+    /// `columns` of upload task `id`.
+    async fn task_row(&self, id: i64, columns: &str) -> tokio_postgres::Row {
+        let sql = format!("SELECT {columns} FROM pgmaint.upload_tasks WHERE id = $1");
+        self.p.query_one(&sql, &[&id]).await.unwrap()
+    }
+
+    /// `column` of upload task `id`.
+    async fn task<T: tokio_postgres::types::FromSqlOwned>(&self, id: i64, column: &str) -> T {
+        self.task_row(id, column).await.get(0)
+    }
+
+    /// The state of upload task `id`.
+    async fn state(&self, id: i64) -> String {
+        self.task(id, "state").await
+    }
+
+    /// The last error of upload task `id` ("" if none).
+    async fn last_error(&self, id: i64) -> String {
+        self.task::<Option<String>>(id, "last_error")
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Wait (for `what`) until upload task `id` is in `state`.
+    async fn wait_state(&self, what: &str, id: i64, state: &str, timeout: Duration) {
+        wait_for(what, timeout, || async { self.state(id).await == state }).await;
+    }
+
+    /// Wait (for `what`) until the lease on upload task `id` has expired.
+    async fn wait_lease_expired(&self, what: &str, id: i64) {
+        let expired = format!("pgmaint.upload_tasks WHERE id = {id} AND lease_expires_at < now()");
+        wait_for(what, Duration::from_secs(10), || async {
+            self.rows(&expired).await == 1
+        })
+        .await;
+    }
+
+    /// `SET set` (SQL) on the upload tasks whose `column` is `value`.
+    async fn set_tasks(&self, set: &str, column: &str, value: i64) {
+        let sql = format!("UPDATE pgmaint.upload_tasks SET {set} WHERE {column} = $1");
+        self.p.execute(&sql, &[&value]).await.unwrap();
+    }
+
+    /// Hold the upload tasks of run `run` back for an hour.
+    async fn hold_run(&self, run: i64) {
+        self.set_tasks("not_before = now() + interval '1 hour'", "run_id", run)
+            .await;
+    }
+
+    /// Make the upload tasks of run `run` due now.
+    async fn release_run(&self, run: i64) {
+        self.set_tasks("not_before = now()", "run_id", run).await;
+    }
+
+    /// Relations a swap left behind (`pgmaint_swap…`).
+    async fn swap_leftovers(&self) -> i64 {
+        self.rows("pg_class WHERE relname LIKE 'pgmaint_swap%'")
+            .await
+    }
+
+    /// Uploader sessions waiting on a lock.
+    async fn blocked_applies(&self) -> i64 {
+        self.rows(
+            "pg_stat_activity
+              WHERE application_name LIKE 'pgmaint-uploader-%' AND wait_event_type = 'Lock'",
+        )
+        .await
+    }
+
+    /// SIGTERM to a long-running uploader (logging under `tag`): it must exit 0.
+    async fn stop(&self, child: &mut Child, tag: &str) {
+        signal(child.id(), "TERM");
+        assert_eq!(
+            wait_exit(child, Duration::from_secs(20)).await,
+            0,
+            "{}",
+            uploader_log(self, tag)
+        );
+    }
 }
 
 /// A long-running `pgmaint uploader`, logging to a file in the cluster dir.
@@ -163,34 +285,22 @@ fn uploader_log(fx: &Fx, tag: &str) -> String {
 }
 
 /// Wait for a child to exit; its exit code.
-fn wait_exit(child: &mut Child, timeout: Duration) -> i32 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st.code().unwrap_or(-1);
-        }
-        if Instant::now() > deadline {
+async fn wait_exit(child: &mut Child, timeout: Duration) -> i32 {
+    match exited_within(child, timeout).await {
+        Some(status) => status.code().unwrap_or(-1),
+        None => {
             let _ = child.kill();
             panic!("process {} did not exit within {timeout:?}", child.id());
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 /// Wait until an uploader backend waits on a lock (its apply is blocked).
-async fn wait_apply_blocked(p: &Client) {
+async fn wait_apply_blocked(fx: &Fx) {
     wait_for(
         "an uploader apply to block on a lock",
         Duration::from_secs(20),
-        || async {
-            count(
-                p,
-                "SELECT count(*) FROM pg_stat_activity
-              WHERE application_name LIKE 'pgmaint-uploader-%' AND wait_event_type = 'Lock'",
-            )
-            .await
-                > 0
-        },
+        || async { fx.blocked_applies().await > 0 },
     )
     .await;
 }
@@ -222,7 +332,7 @@ async fn share_lock_on(fx: &Fx, table: &str) -> Client {
 /// blocks on a lock.
 async fn spawn_blocked_uploader(fx: &Fx, tag: &str, args: &[&str]) -> Child {
     let uploader = spawn_uploader(fx, tag, args);
-    wait_apply_blocked(&fx.p).await;
+    wait_apply_blocked(fx).await;
     uploader
 }
 
@@ -277,15 +387,11 @@ async fn two_uploaders_apply_1000_tasks_exactly_once() {
     // One target per run: uploads of different runs are not ordered, and a merge into
     // a target that a newer run has already written is superseded (not applied). Each
     // run's target inherits from `applied` (to count them all) and logs like it.
-    fx.p.batch_execute(
-        "DO $$ BEGIN FOR r IN 0..99 LOOP
+    fx.sql("DO $$ BEGIN FOR r IN 0..99 LOOP
              EXECUTE format('CREATE TABLE %I (PRIMARY KEY (id)) INHERITS (applied)', 'applied_' || r);
              EXECUTE format('CREATE TRIGGER log BEFORE INSERT ON %I FOR EACH ROW EXECUTE FUNCTION applied_log()',
                             'applied_' || r);
-         END LOOP; END $$",
-    )
-    .await
-    .unwrap();
+         END LOOP; END $$").await;
     // 100 runs of 10 chained tasks, 3 rows each: 1,000 tasks, 3,000 rows.
     let mut next = 0i64;
     for r in 0..100 {
@@ -309,11 +415,8 @@ async fn two_uploaders_apply_1000_tasks_exactly_once() {
         "1,000 tasks completed",
         Duration::from_secs(120),
         || async {
-            count(
-                &fx.p,
-                "SELECT count(*) FROM pgmaint.upload_tasks WHERE state = 'completed'",
-            )
-            .await
+            fx.rows("pgmaint.upload_tasks WHERE state = 'completed'")
+                .await
                 == 1000
         },
     )
@@ -322,24 +425,21 @@ async fn two_uploaders_apply_1000_tasks_exactly_once() {
     signal(a.id(), "TERM");
     signal(b.id(), "TERM");
     assert_eq!(
-        wait_exit(&mut a, Duration::from_secs(20)),
+        wait_exit(&mut a, Duration::from_secs(20)).await,
         0,
         "uploader a: {}",
         uploader_log(&fx, "a")
     );
     assert_eq!(
-        wait_exit(&mut b, Duration::from_secs(20)),
+        wait_exit(&mut b, Duration::from_secs(20)).await,
         0,
         "uploader b: {}",
         uploader_log(&fx, "b")
     );
 
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM applied").await, 3000);
+    assert_eq!(fx.rows("applied").await, 3000);
     // Every row was proposed exactly once by a committed apply: no task applied twice.
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM applied_audit").await,
-        3000
-    );
+    assert_eq!(fx.rows("applied_audit").await, 3000);
     assert_eq!(
         count(&fx.p, "SELECT count(DISTINCT id) FROM applied_audit").await,
         3000
@@ -377,57 +477,39 @@ async fn killed_uploader_leaves_no_partial_rows_and_task_is_rescued() {
         "lease = \"2s\"\nlock_timeout = \"60s\"\npoll_interval = \"500ms\"",
     )
     .await;
-    fx.p.batch_execute("CREATE TABLE k (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
+    fx.id_v_table("k").await;
     let (_, ids) = fake_run(&fx, &[merge_file("load", "public.k", rows_csv(0, 5000))]).await;
     // Hold a lock that the merge's INSERT conflicts with: the apply COPYs its 5,000
     // rows into its load table, then blocks.
     let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "k", "killed", &["--slots", "1"]).await;
-    assert_eq!(task_state(&fx.p, ids[0]).await, "running");
-    let killed_worker: String =
-        fx.p.query_one(
-            "SELECT worker FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    assert_eq!(fx.state(ids[0]).await, "running");
+    let killed_worker: String = fx.task(ids[0], "worker").await;
     w.kill().unwrap(); // SIGKILL
     w.wait().unwrap();
     holder.batch_execute("COMMIT").await.unwrap();
     // The orphaned backend finishes its statement, finds its client gone and rolls back.
-    wait_for("the killed uploader's sessions to end", Duration::from_secs(20), || async {
-        count(&fx.p, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgmaint-uploader-%'").await == 0
-    })
+    wait_for(
+        "the killed uploader's sessions to end",
+        Duration::from_secs(20),
+        || async {
+            fx.rows("pg_stat_activity WHERE application_name LIKE 'pgmaint-uploader-%'")
+                .await
+                == 0
+        },
+    )
     .await;
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM k").await,
-        0,
-        "no partial rows"
-    );
+    assert_eq!(fx.rows("k").await, 0, "no partial rows");
 
     // Once the lease has expired, another worker rescues the task and completes it.
-    wait_for("the lease to expire", Duration::from_secs(10), || async {
-        count(&fx.p, &format!("SELECT count(*) FROM pgmaint.upload_tasks WHERE id = {} AND lease_expires_at < now()", ids[0]))
-            .await
-            == 1
-    })
-    .await;
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    fx.wait_lease_expired("the lease to expire", ids[0]).await;
+    let out = fx.drain().expect_code(0);
     assert!(
         out.stdout.contains("1 task(s) applied (5000 rows)"),
         "{}",
         out.stdout
     );
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM k").await, 5000);
-    let row =
-        fx.p.query_one(
-            "SELECT state, attempts, worker FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap();
+    assert_eq!(fx.rows("k").await, 5000);
+    let row = fx.task_row(ids[0], "state, attempts, worker").await;
     assert_eq!(row.get::<_, String>(0), "completed");
     assert_eq!(row.get::<_, i32>(1), 2, "the killed attempt counts");
     assert_ne!(
@@ -444,32 +526,32 @@ async fn uploader_reconnects_after_primary_restart_and_finishes() {
         "lease = \"5s\"\nlock_timeout = \"60s\"\npoll_interval = \"500ms\"",
     )
     .await;
-    fx.p.batch_execute("CREATE TABLE rs (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
+    fx.id_v_table("rs").await;
     let (_, ids) = fake_run(&fx, &[merge_file("load", "public.rs", rows_csv(0, 2000))]).await;
     // The lock holder stays until the restart ends it.
     let (_holder, mut w) =
         merge_blocked_behind_a_lock(&fx, "rs", "restart", &["--slots", "1"]).await;
-    assert_eq!(task_state(&fx.p, ids[0]).await, "running");
+    assert_eq!(fx.state(ids[0]).await, "running");
 
     fx.c.server("restart", "primary"); // ends the lock holder and the apply alike
     let p = fx.c.primary().await;
     wait_for(
         "the task to complete after the restart",
         Duration::from_secs(60),
-        || async { task_state(&p, ids[0]).await == "completed" },
+        || async {
+            scalar::<String>(
+                &p,
+                "SELECT state FROM pgmaint.upload_tasks WHERE id = $1",
+                &[&ids[0]],
+            )
+            .await
+                == "completed"
+        },
     )
     .await;
     assert_eq!(count(&p, "SELECT count(*) FROM rs").await, 2000);
     assert!(w.try_wait().unwrap().is_none(), "the worker carried on");
-    signal(w.id(), "TERM");
-    assert_eq!(
-        wait_exit(&mut w, Duration::from_secs(20)),
-        0,
-        "{}",
-        uploader_log(&fx, "restart")
-    );
+    fx.stop(&mut w, "restart").await;
     assert!(
         uploader_log(&fx, "restart").contains("reconnected to the primary"),
         "{}",
@@ -480,9 +562,7 @@ async fn uploader_reconnects_after_primary_restart_and_finishes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn prerequisites_are_respected() {
     let fx = setup("up_prereq", "poll_interval = \"500ms\"").await;
-    fx.p.batch_execute("CREATE TABLE pr (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
+    fx.id_v_table("pr").await;
     // Run 1: three chained tasks. Run 2: its first task is tampered with, so the two
     // after it can never run. Run 3: one task not due for an hour.
     let (_, good) = fake_run(
@@ -519,7 +599,7 @@ async fn prerequisites_are_respected() {
     .await
     .unwrap();
 
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once", "--slots", "4"]);
+    let out = fx.pgmaint(&["uploader", "--once", "--slots", "4"]);
     assert_eq!(out.code, 1, "a task failed: exit 1; {}", out.stderr);
 
     // Run 1: in order, each started only after its prerequisite completed.
@@ -540,23 +620,17 @@ async fn prerequisites_are_respected() {
         );
     }
     // Run 2: the first failed for good, the rest were dropped, nothing applied.
-    assert_eq!(task_state(&fx.p, bad[0]).await, "failed");
-    assert_eq!(task_state(&fx.p, bad[1]).await, "dropped");
-    assert_eq!(task_state(&fx.p, bad[2]).await, "dropped");
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM pr WHERE id >= 100").await,
-        0
-    );
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM pr").await, 30);
+    assert_eq!(fx.state(bad[0]).await, "failed");
+    assert_eq!(fx.state(bad[1]).await, "dropped");
+    assert_eq!(fx.state(bad[2]).await, "dropped");
+    assert_eq!(fx.rows("pr WHERE id >= 100").await, 0);
+    assert_eq!(fx.rows("pr").await, 30);
     // Run 3: not due yet.
-    assert_eq!(task_state(&fx.p, later[0]).await, "waiting");
+    assert_eq!(fx.state(later[0]).await, "waiting");
 
     // The operator's view: list, show, retry, cancel.
-    let list =
-        fx.c.run(
-            &fx.cfg,
-            &["tasks", "list", "--run", &run2.to_string(), "--json"],
-        )
+    let list = fx
+        .pgmaint(&["tasks", "list", "--run", &run2.to_string(), "--json"])
         .expect_code(0);
     let list: Value = serde_json::from_str(&list.stdout).unwrap();
     let states: Vec<&str> = list
@@ -566,9 +640,9 @@ async fn prerequisites_are_respected() {
         .map(|t| t["state"].as_str().unwrap())
         .collect();
     assert_eq!(states, ["dropped", "dropped", "failed"]);
-    let table =
-        fx.c.run(&fx.cfg, &["tasks", "list", "--state", "failed"])
-            .expect_code(0);
+    let table = fx
+        .pgmaint(&["tasks", "list", "--state", "failed"])
+        .expect_code(0);
     assert!(
         table
             .stdout
@@ -601,7 +675,7 @@ async fn prerequisites_are_respected() {
             .expect_code(0);
     let retry: Value = serde_json::from_str(&retry.stdout).unwrap();
     assert_eq!(retry["requeued"], json!(bad));
-    assert_eq!(task_state(&fx.p, bad[2]).await, "waiting");
+    assert_eq!(fx.state(bad[2]).await, "waiting");
     let again = fx.c.run(&fx.cfg, &["tasks", "retry", &good[0].to_string()]);
     assert_eq!(again.code, 2, "retrying a completed task is refused");
     assert!(
@@ -611,7 +685,7 @@ async fn prerequisites_are_respected() {
     );
     fx.c.run(&fx.cfg, &["tasks", "cancel", &later[0].to_string()])
         .expect_code(0);
-    assert_eq!(task_state(&fx.p, later[0]).await, "cancelled");
+    assert_eq!(fx.state(later[0]).await, "cancelled");
 }
 
 /// Timestamps without pulling chrono into the test crate: microseconds since 2000.
@@ -636,9 +710,7 @@ async fn a_finding_fixed_after_the_snapshot_is_marked_resolved() {
     let fx = setup("up_confirm", "").await;
     seed_blobs(&fx.p, "public.blobs", "uuid", "md5(g::text)::uuid", 100).await;
     // Three corrupt rows at the "snapshot".
-    fx.p.batch_execute("UPDATE blobs SET payload_md5 = 'bad' WHERE id IN (md5('1')::uuid, md5('2')::uuid, md5('3')::uuid)")
-        .await
-        .unwrap();
+    fx.sql("UPDATE blobs SET payload_md5 = 'bad' WHERE id IN (md5('1')::uuid, md5('2')::uuid, md5('3')::uuid)").await;
     let key = |g: i32| format!("{:x}", md5_uuid(g));
     let mut csv = String::from("relation,row_key,finding,detail\n");
     for g in 1..=3 {
@@ -671,13 +743,12 @@ async fn a_finding_fixed_after_the_snapshot_is_marked_resolved() {
     )
     .await;
     // After the snapshot: row 2 is repaired, row 3 deleted; row 1 is still corrupt.
-    fx.p.batch_execute(
+    fx.sql(
         "UPDATE blobs SET payload_md5 = md5(payload) WHERE id = md5('2')::uuid;
          DELETE FROM blobs WHERE id = md5('3')::uuid;",
     )
-    .await
-    .unwrap();
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    .await;
+    fx.drain().expect_code(0);
     let rows = fx
         .p
         .query(
@@ -734,9 +805,7 @@ impl std::fmt::LowerHex for UuidText {
 #[tokio::test(flavor = "multi_thread")]
 async fn tampered_escaping_and_invalid_uploads_are_rejected() {
     let fx = setup("up_reject", "").await;
-    fx.p.batch_execute("CREATE TABLE rj (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
+    fx.id_v_table("rj").await;
     // 1. Tampered: one byte changed after the manifest was written.
     let (r1, t1) = fake_run(&fx, &[merge_file("m", "public.rj", rows_csv(0, 10))]).await;
     let f1 = fx.c.results_dir().join(r1.to_string()).join("m.csv");
@@ -772,14 +841,10 @@ async fn tampered_escaping_and_invalid_uploads_are_rejected() {
     .await
     .unwrap();
 
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]);
+    let out = fx.drain();
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stdout.contains("0 task(s) applied"), "{}", out.stdout);
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM rj").await,
-        0,
-        "nothing applied"
-    );
+    assert_eq!(fx.rows("rj").await, 0, "nothing applied");
     let err = |id: i64| {
         let p = &fx.p;
         async move {
@@ -843,8 +908,7 @@ async fn describe(p: &Client, table: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn swap_replaces_contents_and_keeps_indexes_grants_comment() {
     let fx = setup("up_swap", "").await;
-    fx.p.batch_execute(
-        "CREATE ROLE reader; CREATE ROLE app_owner;
+    fx.sql("CREATE ROLE reader; CREATE ROLE app_owner;
          CREATE TABLE public.citation_counts (
              doc_id bigint PRIMARY KEY, cites integer NOT NULL DEFAULT 0 CHECK (cites >= 0), label text);
          CREATE UNIQUE INDEX citation_counts_label ON citation_counts (lower(label)) WHERE label IS NOT NULL;
@@ -856,10 +920,7 @@ async fn swap_replaces_contents_and_keeps_indexes_grants_comment() {
          ALTER TABLE citation_counts OWNER TO app_owner;
          GRANT SELECT ON citation_counts TO reader;
          GRANT UPDATE (label) ON citation_counts TO reader;
-         INSERT INTO citation_counts SELECT g, g, 'old ' || g FROM generate_series(1, 50) g;",
-    )
-    .await
-    .unwrap();
+         INSERT INTO citation_counts SELECT g, g, 'old ' || g FROM generate_series(1, 50) g;").await;
     let before = describe(&fx.p, "public.citation_counts").await;
     let mut csv = String::from("doc_id,cites,label\n");
     for g in 1..=200 {
@@ -876,33 +937,16 @@ async fn swap_replaces_contents_and_keeps_indexes_grants_comment() {
         }],
     )
     .await;
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    let out = fx.drain().expect_code(0);
     assert!(
         out.stderr.contains("swap: exclusive lock held"),
         "{}",
         out.stderr
     );
-    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM citation_counts").await,
-        201
-    );
-    assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM citation_counts WHERE label LIKE 'old%'"
-        )
-        .await,
-        0
-    );
-    assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM citation_counts WHERE label IS NULL"
-        )
-        .await,
-        1
-    );
+    assert_eq!(fx.state(ids[0]).await, "completed");
+    assert_eq!(fx.rows("citation_counts").await, 201);
+    assert_eq!(fx.rows("citation_counts WHERE label LIKE 'old%'").await, 0);
+    assert_eq!(fx.rows("citation_counts WHERE label IS NULL").await, 1);
     assert_eq!(
         describe(&fx.p, "public.citation_counts").await,
         before,
@@ -914,19 +958,15 @@ async fn swap_replaces_contents_and_keeps_indexes_grants_comment() {
         (run, 201, true)
     );
     assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgmaint_swap_%'"
-        )
-        .await,
+        fx.rows("pg_class WHERE relname LIKE 'pgmaint_swap_%'")
+            .await,
         0,
         "no staging left"
     );
 
     // A view on the target: the swap refuses, naming it, and changes nothing.
-    fx.p.batch_execute("CREATE VIEW top_cited AS SELECT * FROM citation_counts WHERE cites > 100")
-        .await
-        .unwrap();
+    fx.sql("CREATE VIEW top_cited AS SELECT * FROM citation_counts WHERE cites > 100")
+        .await;
     let (_, ids) = fake_run(
         &fx,
         &[FileSpec {
@@ -937,21 +977,12 @@ async fn swap_replaces_contents_and_keeps_indexes_grants_comment() {
         }],
     )
     .await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
-    let r =
-        fx.p.query_one(
-            "SELECT state, last_error FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap();
+    fx.drain().expect_code(1);
+    let r = fx.task_row(ids[0], "state, last_error").await;
     assert_eq!(r.get::<_, String>(0), "failed");
     let e: String = r.get(1);
     assert!(e.contains("view top_cited depends on it"), "{e}");
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM citation_counts").await,
-        201
-    );
+    assert_eq!(fx.rows("citation_counts").await, 201);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -961,38 +992,40 @@ async fn cancel_stops_a_running_apply() {
         "lease = \"3s\"\nlock_timeout = \"60s\"\npoll_interval = \"500ms\"",
     )
     .await;
-    fx.p.batch_execute("CREATE TABLE cn (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
+    fx.id_v_table("cn").await;
     let (_, ids) = fake_run(&fx, &[merge_file("load", "public.cn", rows_csv(0, 100))]).await;
     let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "cn", "cancel", &["--slots", "1"]).await;
     let out =
         fx.c.run(&fx.cfg, &["tasks", "cancel", &ids[0].to_string()])
             .expect_code(0);
     assert!(out.stdout.contains("cancel requested"), "{}", out.stdout);
-    wait_for(
+    fx.wait_state(
         "the task to be cancelled",
+        ids[0],
+        "cancelled",
         Duration::from_secs(15),
-        || async { task_state(&fx.p, ids[0]).await == "cancelled" },
     )
     .await;
     holder.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM cn").await, 0);
-    signal(w.id(), "TERM");
-    assert_eq!(wait_exit(&mut w, Duration::from_secs(20)), 0);
+    assert_eq!(fx.rows("cn").await, 0);
+    fx.stop(&mut w, "cancel").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn notify_wakes_an_idle_uploader() {
     // Polling every minute: only the NOTIFY can make the task run within seconds.
     let fx = setup("up_notify", "poll_interval = \"60s\"").await;
-    fx.p.batch_execute("CREATE TABLE nt (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
+    fx.id_v_table("nt").await;
     let mut w = spawn_uploader(&fx, "notify", &["--slots", "2"]);
-    wait_for("the uploader to LISTEN", Duration::from_secs(10), || async {
-        count(&fx.p, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgmaint-uploader-listen'").await == 1
-    })
+    wait_for(
+        "the uploader to LISTEN",
+        Duration::from_secs(10),
+        || async {
+            fx.rows("pg_stat_activity WHERE application_name = 'pgmaint-uploader-listen'")
+                .await
+                == 1
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await; // past its first (empty) claim
     let (_, ids) = fake_run(&fx, &[merge_file("load", "public.nt", rows_csv(0, 10))]).await;
@@ -1000,27 +1033,23 @@ async fn notify_wakes_an_idle_uploader() {
         .await
         .unwrap();
     let woke = Instant::now();
-    wait_for(
+    fx.wait_state(
         "the notified task to complete",
+        ids[0],
+        "completed",
         Duration::from_secs(10),
-        || async { task_state(&fx.p, ids[0]).await == "completed" },
     )
     .await;
     assert!(woke.elapsed() < Duration::from_secs(5));
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM nt").await, 10);
-    signal(w.id(), "TERM");
-    assert_eq!(wait_exit(&mut w, Duration::from_secs(20)), 0);
+    assert_eq!(fx.rows("nt").await, 10);
+    fx.stop(&mut w, "notify").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn merge_updates_changed_rows_inserts_new_ones_and_leaves_the_rest() {
     let fx = setup("up_merge", "").await;
-    fx.p.batch_execute(
-        "CREATE TABLE \"Totals\" (\"Day\" int, region text, amount numeric, note text, PRIMARY KEY (\"Day\", region));
-         INSERT INTO \"Totals\" SELECT d, 'eu', d * 10, 'kept' FROM generate_series(1, 10) d;",
-    )
-    .await
-    .unwrap();
+    fx.sql("CREATE TABLE \"Totals\" (\"Day\" int, region text, amount numeric, note text, PRIMARY KEY (\"Day\", region));
+         INSERT INTO \"Totals\" SELECT d, 'eu', d * 10, 'kept' FROM generate_series(1, 10) d;").await;
     let xmin_of = |d: i32| {
         let p = &fx.p;
         async move {
@@ -1050,20 +1079,16 @@ async fn merge_updates_changed_rows_inserts_new_ones_and_leaves_the_rest() {
         }],
     )
     .await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM \"Totals\"").await, 12);
+    fx.drain().expect_code(0);
+    assert_eq!(fx.state(ids[0]).await, "completed");
+    assert_eq!(fx.rows("\"Totals\"").await, 12);
     assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM \"Totals\" WHERE amount = \"Day\" * 100"
-        )
-        .await,
+        fx.rows("\"Totals\" WHERE amount = \"Day\" * 100").await,
         7,
         "5, 7..=12"
     );
     assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM \"Totals\" WHERE note = 'kept'").await,
+        fx.rows("\"Totals\" WHERE note = 'kept'").await,
         10,
         "columns not in the file are kept"
     );
@@ -1081,15 +1106,8 @@ async fn merge_updates_changed_rows_inserts_new_ones_and_leaves_the_rest() {
         }],
     )
     .await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
-    let e: String =
-        fx.p.query_one(
-            "SELECT last_error FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    fx.drain().expect_code(1);
+    let e: String = fx.task(ids[0], "last_error").await;
     assert!(
         e.contains(
             "merge target public.\"Totals\": no primary key or unique index on exactly (\"Day\")"
@@ -1105,11 +1123,8 @@ async fn a_worker_whose_lease_expired_cannot_complete_its_task() {
         "lease = \"1s\"\nlock_timeout = \"60s\"\npoll_interval = \"500ms\"",
     )
     .await;
-    fx.p.batch_execute(
-        "CREATE TABLE fz (id bigint PRIMARY KEY, v text); INSERT INTO fz VALUES (0, 'old')",
-    )
-    .await
-    .unwrap();
+    fx.sql("CREATE TABLE fz (id bigint PRIMARY KEY, v text); INSERT INTO fz VALUES (0, 'old')")
+        .await;
     let (_, ids) = fake_run(
         &fx,
         &[FileSpec {
@@ -1123,20 +1138,9 @@ async fn a_worker_whose_lease_expired_cannot_complete_its_task() {
     // Worker A's swap blocks on LOCK TABLE behind a reader; then A freezes (SIGSTOP),
     // so its heartbeats stop and its lease expires.
     let (reader, mut a) = swap_blocked_behind_a_reader(&fx, "fz", "a", &["--slots", "1"]).await;
-    let a_worker: String =
-        fx.p.query_one(
-            "SELECT worker FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let a_worker: String = fx.task(ids[0], "worker").await;
     signal(a.id(), "STOP");
-    wait_for("A's lease to expire", Duration::from_secs(10), || async {
-        count(&fx.p, &format!("SELECT count(*) FROM pgmaint.upload_tasks WHERE id = {} AND lease_expires_at < now()", ids[0])).await
-            == 1
-    })
-    .await;
+    fx.wait_lease_expired("A's lease to expire", ids[0]).await;
     // Worker B rescues the task and applies it too; it queues for the lock behind A.
     let mut b = spawn_uploader(&fx, "b", &["--once"]);
     wait_for("B to claim the task", Duration::from_secs(10), || async {
@@ -1155,11 +1159,8 @@ async fn a_worker_whose_lease_expired_cannot_complete_its_task() {
         "B to wait for the lock too",
         Duration::from_secs(10),
         || async {
-            count(
-                &fx.p,
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'fz'::regclass",
-            )
-            .await
+            fx.rows("pg_locks WHERE NOT granted AND relation = 'fz'::regclass")
+                .await
                 == 2
         },
     )
@@ -1168,44 +1169,22 @@ async fn a_worker_whose_lease_expired_cannot_complete_its_task() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     signal(a.id(), "CONT"); // A wakes up with an expired lease: it must not complete
     assert_eq!(
-        wait_exit(&mut b, Duration::from_secs(30)),
+        wait_exit(&mut b, Duration::from_secs(30)).await,
         0,
         "{}",
         uploader_log(&fx, "b")
     );
-    let r =
-        fx.p.query_one(
-            "SELECT state, worker, attempts FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap();
+    let r = fx.task_row(ids[0], "state, worker, attempts").await;
     assert_eq!(r.get::<_, String>(0), "completed");
     assert_ne!(
         r.get::<_, String>(1),
         a_worker,
         "completed by B, not by the fenced A"
     );
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM fz").await, 100);
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM fz WHERE id = 0").await,
-        0
-    );
-    assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgmaint_swap%'"
-        )
-        .await,
-        0
-    );
-    signal(a.id(), "TERM");
-    assert_eq!(
-        wait_exit(&mut a, Duration::from_secs(20)),
-        0,
-        "{}",
-        uploader_log(&fx, "a")
-    );
+    assert_eq!(fx.rows("fz").await, 100);
+    assert_eq!(fx.rows("fz WHERE id = 0").await, 0);
+    assert_eq!(fx.swap_leftovers().await, 0);
+    fx.stop(&mut a, "a").await;
     let log = uploader_log(&fx, "a");
     assert!(
         log.contains("lease lost before completion") || log.contains("lease on upload task"),
@@ -1220,38 +1199,29 @@ async fn heartbeats_keep_a_long_apply_alive() {
         "lease = \"1s\"\nlock_timeout = \"60s\"\npoll_interval = \"500ms\"",
     )
     .await;
-    fx.p.batch_execute("CREATE TABLE hb (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
+    fx.id_v_table("hb").await;
     let (_, ids) = fake_run(&fx, &[merge_file("load", "public.hb", rows_csv(0, 100))]).await;
     let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "hb", "hb", &["--slots", "1"]).await;
     tokio::time::sleep(Duration::from_secs(3)).await; // three leases long
-    assert_eq!(task_state(&fx.p, ids[0]).await, "running");
+    assert_eq!(fx.state(ids[0]).await, "running");
     holder.batch_execute("COMMIT").await.unwrap();
-    wait_for("the task to complete", Duration::from_secs(10), || async {
-        task_state(&fx.p, ids[0]).await == "completed"
-    })
+    fx.wait_state(
+        "the task to complete",
+        ids[0],
+        "completed",
+        Duration::from_secs(10),
+    )
     .await;
-    let attempts: i32 =
-        fx.p.query_one(
-            "SELECT attempts FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let attempts: i32 = fx.task(ids[0], "attempts").await;
     assert_eq!(attempts, 1, "never rescued while its worker was alive");
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM hb").await, 100);
-    signal(w.id(), "TERM");
-    assert_eq!(wait_exit(&mut w, Duration::from_secs(20)), 0);
+    assert_eq!(fx.rows("hb").await, 100);
+    fx.stop(&mut w, "hb").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lock_timeouts_are_retried_with_backoff_until_attempts_run_out() {
     let fx = setup("up_backoff", "lock_timeout = \"100ms\"").await;
-    fx.p.batch_execute("CREATE TABLE bo (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
+    fx.id_v_table("bo").await;
     let (_, ids) = fake_run(&fx, &[merge_file("load", "public.bo", rows_csv(0, 10))]).await;
     fx.p.execute(
         "UPDATE pgmaint.upload_tasks SET max_attempts = 2 WHERE id = $1",
@@ -1263,7 +1233,7 @@ async fn lock_timeouts_are_retried_with_backoff_until_attempts_run_out() {
 
     // Attempt 1: the lock waits time out (retried inside the apply, then given up):
     // back to waiting, due only after a backoff.
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    let out = fx.drain().expect_code(0);
     assert!(
         out.stdout.contains("0 failed, 1 to retry"),
         "{}",
@@ -1292,43 +1262,33 @@ async fn lock_timeouts_are_retried_with_backoff_until_attempts_run_out() {
         "backoff of attempt 1 is 1s +-50%: {wait}"
     );
     // Not due yet: a drain right now leaves it alone.
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    let out = fx.drain().expect_code(0);
     assert!(out.stdout.contains("0 task(s) applied"), "{}", out.stdout);
 
     // Attempt 2, the last: failed for good, nothing applied.
     tokio::time::sleep(Duration::from_secs_f64(wait + 0.1)).await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
-    let r =
-        fx.p.query_one(
-            "SELECT state, attempts FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap();
+    fx.drain().expect_code(1);
+    let r = fx.task_row(ids[0], "state, attempts").await;
     assert_eq!(
         (r.get::<_, String>(0).as_str(), r.get::<_, i32>(1)),
         ("failed", 2)
     );
     holder.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM bo").await, 0);
+    assert_eq!(fx.rows("bo").await, 0);
 
     // An operator retries it once the table is free: applied.
     fx.c.run(&fx.cfg, &["tasks", "retry", &ids[0].to_string()])
         .expect_code(0);
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM bo").await, 10);
+    fx.drain().expect_code(0);
+    assert_eq!(fx.state(ids[0]).await, "completed");
+    assert_eq!(fx.rows("bo").await, 10);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn swap_keeps_serial_and_identity_sequences_going() {
     let fx = setup("up_swap_seq", "").await;
-    fx.p.batch_execute(
-        "CREATE TABLE s1 (id serial PRIMARY KEY, n bigint GENERATED BY DEFAULT AS IDENTITY, v text);
-         INSERT INTO s1 (v) SELECT 'old' FROM generate_series(1, 5);",
-    )
-    .await
-    .unwrap();
+    fx.sql("CREATE TABLE s1 (id serial PRIMARY KEY, n bigint GENERATED BY DEFAULT AS IDENTITY, v text);
+         INSERT INTO s1 (v) SELECT 'old' FROM generate_series(1, 5);").await;
     let csv = "id,n,v\n1,101,new\n2,102,new\n".to_string();
     let (_, ids) = fake_run(
         &fx,
@@ -1340,15 +1300,15 @@ async fn swap_keeps_serial_and_identity_sequences_going() {
         }],
     )
     .await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
+    fx.drain().expect_code(0);
+    assert_eq!(fx.state(ids[0]).await, "completed");
     // The serial sequence survived the old table, and the identity carries on at 6.
     let r =
         fx.p.query_one("INSERT INTO s1 (v) VALUES ('app') RETURNING id, n", &[])
             .await
             .unwrap();
     assert_eq!((r.get::<_, i32>(0), r.get::<_, i64>(1)), (6, 6));
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM s1").await, 3);
+    assert_eq!(fx.rows("s1").await, 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1358,9 +1318,7 @@ async fn sigterm_finishes_the_task_in_hand_or_releases_it() {
         "lock_timeout = \"60s\"\npoll_interval = \"500ms\"\nshutdown_grace = \"1s\"",
     )
     .await;
-    fx.p.batch_execute("CREATE TABLE st (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
+    fx.id_v_table("st").await;
 
     // 1. The task in hand finishes within the grace period: applied, then exit 0.
     let (_, first) = fake_run(&fx, &[merge_file("load", "public.st", rows_csv(0, 10))]).await;
@@ -1369,33 +1327,21 @@ async fn sigterm_finishes_the_task_in_hand_or_releases_it() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     holder.batch_execute("COMMIT").await.unwrap();
     assert_eq!(
-        wait_exit(&mut w, Duration::from_secs(20)),
+        wait_exit(&mut w, Duration::from_secs(20)).await,
         0,
         "{}",
         uploader_log(&fx, "finish")
     );
-    assert_eq!(task_state(&fx.p, first[0]).await, "completed");
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM st").await, 10);
+    assert_eq!(fx.state(first[0]).await, "completed");
+    assert_eq!(fx.rows("st").await, 10);
 
     // 2. It does not finish in time: rolled back and released (the attempt does not
     //    count), then exit 0; the next worker applies it.
     let (_, second) = fake_run(&fx, &[merge_file("load", "public.st", rows_csv(10, 20))]).await;
     let (holder, mut w) =
         merge_blocked_behind_a_lock(&fx, "st", "release", &["--slots", "1"]).await;
-    signal(w.id(), "TERM");
-    assert_eq!(
-        wait_exit(&mut w, Duration::from_secs(20)),
-        0,
-        "{}",
-        uploader_log(&fx, "release")
-    );
-    let r =
-        fx.p.query_one(
-            "SELECT state, attempts, worker FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&second[0]],
-        )
-        .await
-        .unwrap();
+    fx.stop(&mut w, "release").await;
+    let r = fx.task_row(second[0], "state, attempts, worker").await;
     assert_eq!(
         (
             r.get::<_, String>(0).as_str(),
@@ -1405,29 +1351,20 @@ async fn sigterm_finishes_the_task_in_hand_or_releases_it() {
         ("waiting", 0, None)
     );
     holder.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM st").await, 10);
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert_eq!(task_state(&fx.p, second[0]).await, "completed");
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM st").await, 20);
+    assert_eq!(fx.rows("st").await, 10);
+    fx.drain().expect_code(0);
+    assert_eq!(fx.state(second[0]).await, "completed");
+    assert_eq!(fx.rows("st").await, 20);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_file_the_target_cannot_take_fails_at_once_naming_the_problem() {
     let fx = setup("up_baddata", "").await;
-    fx.p.batch_execute("CREATE TABLE bd (id bigint PRIMARY KEY, n integer NOT NULL, v text)")
-        .await
-        .unwrap();
+    fx.sql("CREATE TABLE bd (id bigint PRIMARY KEY, n integer NOT NULL, v text)")
+        .await;
     // Not a number in an integer column; a column the target lacks.
-    let (_, bad) = fake_run(
-        &fx,
-        &[merge_file("load", "public.bd", "id,n,v\n1,x,a\n".into())],
-    )
-    .await;
-    let (_, missing) = fake_run(
-        &fx,
-        &[merge_file("load", "public.bd", "id,w\n1,a\n".into())],
-    )
-    .await;
+    let (_, bad) = fake_run(&fx, &[merge_file("load", "public.bd", "id,n,v\n1,x,a\n")]).await;
+    let (_, missing) = fake_run(&fx, &[merge_file("load", "public.bd", "id,w\n1,a\n")]).await;
     let (_, notnull) = fake_run(
         &fx,
         &[FileSpec {
@@ -1438,7 +1375,7 @@ async fn a_file_the_target_cannot_take_fails_at_once_naming_the_problem() {
         }],
     )
     .await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
+    fx.drain().expect_code(1);
     let err = |id: i64| {
         let p = &fx.p;
         async move {
@@ -1471,15 +1408,13 @@ async fn a_file_the_target_cannot_take_fails_at_once_naming_the_problem() {
         e.contains("null value in column \"n\"") && e.contains("23502"),
         "{e}"
     );
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM bd").await, 0);
+    assert_eq!(fx.rows("bd").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rescuer_fails_a_task_whose_attempts_are_used_up_and_drops_its_dependents() {
     let fx = setup("up_rescue_fail", "lease = \"1s\"\nlock_timeout = \"60s\"").await;
-    fx.p.batch_execute("CREATE TABLE rf (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
+    fx.id_v_table("rf").await;
     let (_, ids) = fake_run(
         &fx,
         &[
@@ -1498,27 +1433,17 @@ async fn rescuer_fails_a_task_whose_attempts_are_used_up_and_drops_its_dependent
     w.kill().unwrap();
     w.wait().unwrap();
     holder.batch_execute("COMMIT").await.unwrap();
-    wait_for("the lease to expire", Duration::from_secs(10), || async {
-        count(&fx.p, &format!("SELECT count(*) FROM pgmaint.upload_tasks WHERE id = {} AND lease_expires_at < now()", ids[0])).await
-            == 1
-    })
-    .await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    let r =
-        fx.p.query_one(
-            "SELECT state, last_error FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap();
+    fx.wait_lease_expired("the lease to expire", ids[0]).await;
+    fx.drain().expect_code(0);
+    let r = fx.task_row(ids[0], "state, last_error").await;
     assert_eq!(r.get::<_, String>(0), "failed");
     assert!(
         r.get::<_, String>(1).contains("lease expired"),
         "{}",
         r.get::<_, String>(1)
     );
-    assert_eq!(task_state(&fx.p, ids[1]).await, "dropped");
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM rf").await, 0);
+    assert_eq!(fx.state(ids[1]).await, "dropped");
+    assert_eq!(fx.rows("rf").await, 0);
 }
 
 /// With `sslmode=require`, every uploader session is encrypted: the slots, the LISTEN
@@ -1543,13 +1468,10 @@ async fn long_running_uploader_over_tls() {
     )
     .unwrap();
     let fx = Fx { cfg, ..fx };
-    fx.p.batch_execute("CREATE TABLE tl (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
+    fx.id_v_table("tl").await;
     let mut w = spawn_uploader(&fx, "tls", &["--slots", "2"]);
     wait_for("the uploader to LISTEN", Duration::from_secs(10), || async {
-        count(&fx.p, "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.application_name = 'pgmaint-uploader-listen'")
-            .await
+        fx.rows("pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.application_name = 'pgmaint-uploader-listen'").await
             == 1
     })
     .await;
@@ -1558,10 +1480,11 @@ async fn long_running_uploader_over_tls() {
     fx.p.execute("SELECT pg_notify('pgmaint_upload', 'test')", &[])
         .await
         .unwrap();
-    wait_for(
+    fx.wait_state(
         "the notified task to complete",
+        ids[0],
+        "completed",
         Duration::from_secs(10),
-        || async { task_state(&fx.p, ids[0]).await == "completed" },
     )
     .await;
     // A cancel of a running apply goes through a (TLS) cancel request. The lock comes
@@ -1571,34 +1494,28 @@ async fn long_running_uploader_over_tls() {
     fx.p.execute("SELECT pg_notify('pgmaint_upload', 'test')", &[])
         .await
         .unwrap();
-    wait_apply_blocked(&fx.p).await;
+    wait_apply_blocked(&fx).await;
     fx.c.run(&fx.cfg, &["tasks", "cancel", &ids[0].to_string()])
         .expect_code(0);
-    wait_for(
+    fx.wait_state(
         "the task to be cancelled",
+        ids[0],
+        "cancelled",
         Duration::from_secs(10),
-        || async { task_state(&fx.p, ids[0]).await == "cancelled" },
     )
     .await;
     wait_for("the blocked statement to be cancelled", Duration::from_secs(10), || async {
-        count(&fx.p, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgmaint-uploader-%' AND wait_event_type = 'Lock'")
-            .await
+        fx.rows("pg_stat_activity WHERE application_name LIKE 'pgmaint-uploader-%' AND wait_event_type = 'Lock'").await
             == 0
     })
     .await;
     holder.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM tl").await, 10);
+    assert_eq!(fx.rows("tl").await, 10);
     assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE NOT s.ssl AND a.application_name LIKE 'pgmaint-uploader%'").await,
+        fx.rows("pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE NOT s.ssl AND a.application_name LIKE 'pgmaint-uploader%'").await,
         0
     );
-    signal(w.id(), "TERM");
-    assert_eq!(
-        wait_exit(&mut w, Duration::from_secs(20)),
-        0,
-        "{}",
-        uploader_log(&fx, "tls")
-    );
+    fx.stop(&mut w, "tls").await;
 }
 
 /// The same, through a real cycle: the row_checksum scan's own params drive the
@@ -1690,12 +1607,11 @@ async fn materialized(p: &Client, target: &str) -> (i64, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_older_snapshot_never_overwrites_a_newer_one() {
     let fx = setup("up_superseded", "").await;
-    fx.p.batch_execute(
+    fx.sql(
         "CREATE TABLE sw (id bigint PRIMARY KEY, v text); INSERT INTO sw VALUES (0, 'original');
          CREATE TABLE mg (id bigint PRIMARY KEY, v text);",
     )
-    .await
-    .unwrap();
+    .await;
     let files = |tag: &str, ids: &[i64]| {
         let mut csv = String::from("id,v\n");
         for i in ids {
@@ -1728,22 +1644,12 @@ async fn an_older_snapshot_never_overwrites_a_newer_one() {
     );
 
     // The newer run first.
-    fx.p.execute(
-        "UPDATE pgmaint.upload_tasks SET not_before = now() + interval '1 hour' WHERE run_id = $1",
-        &[&old_run],
-    )
-    .await
-    .unwrap();
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    fx.hold_run(old_run).await;
+    let out = fx.drain().expect_code(0);
     assert!(out.stdout.contains("2 task(s) applied"), "{}", out.stdout);
     // Then the older one.
-    fx.p.execute(
-        "UPDATE pgmaint.upload_tasks SET not_before = now() WHERE run_id = $1",
-        &[&old_run],
-    )
-    .await
-    .unwrap();
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    fx.release_run(old_run).await;
+    let out = fx.drain().expect_code(0);
     assert!(
         out.stdout
             .contains("2 task(s) applied (0 rows; 2 superseded by a newer snapshot)"),
@@ -1752,13 +1658,7 @@ async fn an_older_snapshot_never_overwrites_a_newer_one() {
     );
 
     for id in old_ids {
-        let r =
-            fx.p.query_one(
-                "SELECT state, rows_applied, last_error FROM pgmaint.upload_tasks WHERE id = $1",
-                &[&id],
-            )
-            .await
-            .unwrap();
+        let r = fx.task_row(id, "state, rows_applied, last_error").await;
         let e: String = r.get::<_, Option<String>>(2).unwrap_or_default();
         assert_eq!(r.get::<_, String>(0), "completed", "{e}");
         assert_eq!(r.get::<_, Option<i64>>(1), Some(0), "{e}");
@@ -1768,7 +1668,7 @@ async fn an_older_snapshot_never_overwrites_a_newer_one() {
         );
     }
     for id in new_ids {
-        assert_eq!(task_state(&fx.p, id).await, "completed");
+        assert_eq!(fx.state(id).await, "completed");
     }
     // The newer content stays: the swap's rows and the merge's alone.
     let content = |table: &'static str| {
@@ -1792,15 +1692,7 @@ async fn an_older_snapshot_never_overwrites_a_newer_one() {
             "{target}"
         );
     }
-    assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgmaint_swap%'"
-        )
-        .await,
-        0,
-        "no staging left"
-    );
+    assert_eq!(fx.swap_leftovers().await, 0, "no staging left");
 }
 
 /// The same race with both applies in flight: the newer run's swap holds the target's
@@ -1815,11 +1707,10 @@ async fn an_older_swap_racing_a_newer_one_is_superseded() {
         "lock_timeout = \"60s\"\nlease = \"10s\"\npoll_interval = \"500ms\"",
     )
     .await;
-    fx.p.batch_execute(
+    fx.sql(
         "CREATE TABLE sr (id bigint PRIMARY KEY, v text); INSERT INTO sr VALUES (0, 'original')",
     )
-    .await
-    .unwrap();
+    .await;
     let swap = |csv: String| FileSpec {
         task: "sr".into(),
         kind: "swap",
@@ -1829,29 +1720,18 @@ async fn an_older_swap_racing_a_newer_one_is_superseded() {
     let (old_run, old_ids) = fake_run(&fx, &[swap("id,v\n1,old\n2,old\n".into())]).await;
     let (new_run, new_ids) = fake_run(&fx, &[swap("id,v\n1,new\n".into())]).await;
     let new_lsn = run_lsn(&fx.p, new_run).await;
-    fx.p.execute(
-        "UPDATE pgmaint.upload_tasks SET not_before = now() + interval '1 hour' WHERE run_id = $1",
-        &[&old_run],
-    )
-    .await
-    .unwrap();
+    fx.hold_run(old_run).await;
     // A reader holds the target: the newer swap blocks on LOCK TABLE.
     let (reader, mut a) = swap_blocked_behind_a_reader(&fx, "sr", "new", &["--slots", "1"]).await;
     // The older one, on another uploader: it blocks on the materializations row.
-    fx.p.execute(
-        "UPDATE pgmaint.upload_tasks SET not_before = now() WHERE run_id = $1",
-        &[&old_run],
-    )
-    .await
-    .unwrap();
+    fx.release_run(old_run).await;
     let mut b = spawn_uploader(&fx, "old", &["--slots", "1"]);
     wait_for(
         "both applies to wait on a lock",
         Duration::from_secs(20),
         || async {
-            count(
-                &fx.p,
-                "SELECT count(*) FROM pg_stat_activity
+            fx.rows(
+                "pg_stat_activity
               WHERE application_name LIKE 'pgmaint-uploader-%' AND wait_event_type = 'Lock'",
             )
             .await
@@ -1859,50 +1739,31 @@ async fn an_older_swap_racing_a_newer_one_is_superseded() {
         },
     )
     .await;
-    assert_eq!(task_state(&fx.p, old_ids[0]).await, "running");
+    assert_eq!(fx.state(old_ids[0]).await, "running");
     reader.batch_execute("COMMIT").await.unwrap();
     wait_for(
         "both tasks to complete",
         Duration::from_secs(20),
         || async {
-            task_state(&fx.p, old_ids[0]).await == "completed"
-                && task_state(&fx.p, new_ids[0]).await == "completed"
+            fx.state(old_ids[0]).await == "completed" && fx.state(new_ids[0]).await == "completed"
         },
     )
     .await;
     for (w, tag) in [(&mut a, "new"), (&mut b, "old")] {
         signal(w.id(), "TERM");
         assert_eq!(
-            wait_exit(w, Duration::from_secs(20)),
+            wait_exit(w, Duration::from_secs(20)).await,
             0,
             "{}",
             uploader_log(&fx, tag)
         );
     }
-    let e: String =
-        fx.p.query_one(
-            "SELECT last_error FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&old_ids[0]],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let e: String = fx.task(old_ids[0], "last_error").await;
     assert!(e.contains(&format!("superseded by run {new_run}")), "{e}");
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM sr WHERE v = 'new'").await,
-        1
-    );
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM sr").await, 1);
+    assert_eq!(fx.rows("sr WHERE v = 'new'").await, 1);
+    assert_eq!(fx.rows("sr").await, 1);
     assert_eq!(materialized(&fx.p, "public.sr").await, (new_run, new_lsn));
-    assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgmaint_swap%'"
-        )
-        .await,
-        0,
-        "no staging left"
-    );
+    assert_eq!(fx.swap_leftovers().await, 0, "no staging left");
 }
 
 /// An index built on the target (or a view created on it) while the swap's staging
@@ -1912,11 +1773,8 @@ async fn an_older_swap_racing_a_newer_one_is_superseded() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
     let fx = setup("up_swap_race", "lock_timeout = \"60s\"").await;
-    fx.p.batch_execute(
-        "CREATE TABLE ix (id bigint PRIMARY KEY, v text); INSERT INTO ix VALUES (0, 'old')",
-    )
-    .await
-    .unwrap();
+    fx.sql("CREATE TABLE ix (id bigint PRIMARY KEY, v text); INSERT INTO ix VALUES (0, 'old')")
+        .await;
     let (_, ids) = fake_run(
         &fx,
         &[FileSpec {
@@ -1937,18 +1795,12 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
         .await
         .unwrap();
     assert_eq!(
-        wait_exit(&mut once, Duration::from_secs(30)),
+        wait_exit(&mut once, Duration::from_secs(30)).await,
         0,
         "{}",
         uploader_log(&fx, "race")
     );
-    let r =
-        fx.p.query_one(
-            "SELECT state, last_error FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap();
+    let r = fx.task_row(ids[0], "state, last_error").await;
     let e: String = r.get::<_, Option<String>>(1).unwrap_or_default();
     assert_eq!(
         r.get::<_, String>(0),
@@ -1959,11 +1811,7 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
         e.contains("changed during the apply") && e.contains("ix_v"),
         "{e}"
     );
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM ix").await,
-        1,
-        "nothing applied yet"
-    );
+    assert_eq!(fx.rows("ix").await, 1, "nothing applied yet");
     // The retry swaps, and the new table has the index.
     fx.p.execute(
         "UPDATE pgmaint.upload_tasks SET not_before = now() WHERE id = $1",
@@ -1971,13 +1819,12 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
     )
     .await
     .unwrap();
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM ix").await, 100);
+    fx.drain().expect_code(0);
+    assert_eq!(fx.state(ids[0]).await, "completed");
+    assert_eq!(fx.rows("ix").await, 100);
     assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'ix' AND indexname = 'ix_v'"
+        fx.rows(
+            "pg_indexes WHERE schemaname = 'public' AND tablename = 'ix' AND indexname = 'ix_v'"
         )
         .await,
         1,
@@ -2002,32 +1849,16 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
         .await
         .unwrap();
     assert_eq!(
-        wait_exit(&mut once, Duration::from_secs(30)),
+        wait_exit(&mut once, Duration::from_secs(30)).await,
         0,
         "{}",
         uploader_log(&fx, "race-view")
     );
-    let e: String =
-        fx.p.query_one(
-            "SELECT last_error FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap()
-        .get::<_, Option<String>>(0)
-        .unwrap_or_default();
-    assert_eq!(task_state(&fx.p, ids[0]).await, "waiting", "{e}");
+    let e: String = fx.last_error(ids[0]).await;
+    assert_eq!(fx.state(ids[0]).await, "waiting", "{e}");
     assert!(e.contains("view ix_view depends on it"), "{e}");
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM ix_view").await, 100);
-    assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgmaint_swap%'"
-        )
-        .await,
-        0,
-        "no staging or old table left"
-    );
+    assert_eq!(fx.rows("ix_view").await, 100);
+    assert_eq!(fx.swap_leftovers().await, 0, "no staging or old table left");
 }
 
 /// Whoever can write results.dir can rewrite a data file and its manifest so that they
@@ -2104,11 +1935,8 @@ async fn a_data_file_rewritten_with_its_manifest_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_merge_file_with_a_null_key_is_refused() {
     let fx = setup("up_merge_null_key", "").await;
-    fx.p.batch_execute(
-        "CREATE TABLE nk (k text UNIQUE, v text); INSERT INTO nk VALUES ('a', 'old')",
-    )
-    .await
-    .unwrap();
+    fx.sql("CREATE TABLE nk (k text UNIQUE, v text); INSERT INTO nk VALUES ('a', 'old')")
+        .await;
     let file = || FileSpec {
         task: "nk".into(),
         kind: "merge",
@@ -2117,15 +1945,9 @@ async fn a_merge_file_with_a_null_key_is_refused() {
     };
     let (_, first) = fake_run(&fx, &[file()]).await;
     let (_, second) = fake_run(&fx, &[file()]).await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
+    fx.drain().expect_code(1);
     for id in [first[0], second[0]] {
-        let r =
-            fx.p.query_one(
-                "SELECT state, attempts, last_error FROM pgmaint.upload_tasks WHERE id = $1",
-                &[&id],
-            )
-            .await
-            .unwrap();
+        let r = fx.task_row(id, "state, attempts, last_error").await;
         let e: String = r.get::<_, Option<String>>(2).unwrap_or_default();
         assert_eq!(
             (r.get::<_, String>(0).as_str(), r.get::<_, i32>(1)),
@@ -2266,14 +2088,14 @@ async fn retrying_a_task_whose_prerequisite_failed_is_refused_naming_the_prerequ
     )
     .await;
     let (first, second, third) = (ids[0], ids[1], ids[2]);
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
-    assert_eq!(task_state(&fx.p, first).await, "failed");
-    assert_eq!(task_state(&fx.p, second).await, "dropped");
-    assert_eq!(task_state(&fx.p, third).await, "dropped");
+    fx.drain().expect_code(1);
+    assert_eq!(fx.state(first).await, "failed");
+    assert_eq!(fx.state(second).await, "dropped");
+    assert_eq!(fx.state(third).await, "dropped");
     let before = queue_snapshot(&fx.p).await;
 
     // Retrying the dependent alone would leave it waiting forever: refused, nothing changed.
-    let out = fx.c.run(&fx.cfg, &["tasks", "retry", &second.to_string()]);
+    let out = fx.pgmaint(&["tasks", "retry", &second.to_string()]);
     assert_eq!(
         out.code, 1,
         "stdout:\n{}\nstderr:\n{}",
@@ -2289,7 +2111,7 @@ async fn retrying_a_task_whose_prerequisite_failed_is_refused_naming_the_prerequ
         out.stderr
     );
     // Two steps down the chain: the dropped prerequisite, and the failed task behind it.
-    let out = fx.c.run(&fx.cfg, &["tasks", "retry", &third.to_string()]);
+    let out = fx.pgmaint(&["tasks", "retry", &third.to_string()]);
     assert_eq!(out.code, 1, "{}", out.stderr);
     let line = out.error_line().unwrap_or_default().to_string();
     assert!(
@@ -2307,19 +2129,17 @@ async fn retrying_a_task_whose_prerequisite_failed_is_refused_naming_the_prerequ
     );
 
     // Once the cause is fixed, retrying the prerequisite brings both back.
-    fx.p.batch_execute("CREATE TABLE later (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
-    let retry =
-        fx.c.run(&fx.cfg, &["tasks", "retry", &first.to_string(), "--json"])
-            .expect_code(0);
+    fx.id_v_table("later").await;
+    let retry = fx
+        .pgmaint(&["tasks", "retry", &first.to_string(), "--json"])
+        .expect_code(0);
     let retry: Value = serde_json::from_str(&retry.stdout).unwrap();
     assert_eq!(retry["requeued"], json!([first, second, third]));
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    fx.drain().expect_code(0);
     for id in [first, second, third] {
-        assert_eq!(task_state(&fx.p, id).await, "completed");
+        assert_eq!(fx.state(id).await, "completed");
     }
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM later").await, 30);
+    assert_eq!(fx.rows("later").await, 30);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -2408,12 +2228,11 @@ async fn migration_5_keeps_recorded_findings_and_makes_null_keys_distinct_from_e
 #[tokio::test(flavor = "multi_thread")]
 async fn the_recheck_counts_only_the_findings_inserted_and_a_repeat_is_reported() {
     let fx = setup("up_recheck_counts", "").await;
-    fx.p.batch_execute(
+    fx.sql(
         "CREATE TABLE rc (k text PRIMARY KEY, payload bytea, payload_md5 text);
          INSERT INTO rc VALUES ('a', '\\x01', md5('x')), ('b', '\\x02', md5('\\x02'::bytea));",
     )
-    .await
-    .unwrap();
+    .await;
     // 'a' twice (the second is a repeat), 'b' fixed since the snapshot.
     let csv = "relation,row_key,finding,detail\n\
                \"public.rc\",\"a\",\"mismatch\",\"first\"\n\
@@ -2432,7 +2251,7 @@ async fn the_recheck_counts_only_the_findings_inserted_and_a_repeat_is_reported(
         }],
     )
     .await;
-    let up = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    let up = fx.drain().expect_code(0);
     let inserted = count(
         &fx.p,
         &format!("SELECT count(*) FROM pgmaint.integrity_findings WHERE run_id = {run}"),
@@ -2456,14 +2275,7 @@ async fn the_recheck_counts_only_the_findings_inserted_and_a_repeat_is_reported(
         "{}",
         up.stderr
     );
-    let rows_applied: i64 =
-        fx.p.query_one(
-            "SELECT rows_applied FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let rows_applied: i64 = fx.task(ids[0], "rows_applied").await;
     assert_eq!(rows_applied, inserted);
 }
 
@@ -2482,15 +2294,6 @@ async fn swap_old_tables(p: &Client) -> Vec<String> {
     .collect()
 }
 
-fn swap_file(target: &str, csv: &str) -> FileSpec {
-    FileSpec {
-        task: "sw".into(),
-        kind: "swap",
-        csv: csv.into(),
-        params: json!({ "target": target }),
-    }
-}
-
 /// pgmaint drops only the tables it renamed away itself. A user's tables named like
 /// them (`pgmaint_swap_old_…`, in any schema) survive any number of swaps. A table a
 /// swap left behind (the worker died, or the drop failed, after the commit) is still
@@ -2499,7 +2302,7 @@ fn swap_file(target: &str, csv: &str) -> FileSpec {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
     let fx = setup("up_swap_old_user", "").await;
-    fx.p.batch_execute(
+    fx.sql(
         "CREATE TABLE sw (id bigint PRIMARY KEY, v text);
          CREATE TABLE other (id bigint PRIMARY KEY, v text);
          CREATE SCHEMA keep;
@@ -2508,8 +2311,7 @@ async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
          CREATE TABLE keep.pgmaint_swap_old_1 (id int);
          INSERT INTO keep.pgmaint_swap_old_1 VALUES (1);",
     )
-    .await
-    .unwrap();
+    .await;
     let users = vec![
         "keep.pgmaint_swap_old_1".to_string(),
         "public.pgmaint_swap_old_important".to_string(),
@@ -2517,11 +2319,15 @@ async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
     for round in 0..3 {
         let (_, ids) = fake_run(
             &fx,
-            &[swap_file("public.sw", &format!("id,v\n1,round {round}\n"))],
+            &[swap_file(
+                "sw",
+                "public.sw",
+                &format!("id,v\n1,round {round}\n"),
+            )],
         )
         .await;
-        fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-        assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
+        fx.drain().expect_code(0);
+        assert_eq!(fx.state(ids[0]).await, "completed");
         assert_eq!(
             swap_old_tables(&fx.p).await,
             users,
@@ -2529,46 +2335,36 @@ async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
         );
     }
     assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM public.pgmaint_swap_old_important WHERE v = 'precious'"
-        )
-        .await,
+        fx.rows("public.pgmaint_swap_old_important WHERE v = 'precious'")
+            .await,
         1
     );
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM keep.pgmaint_swap_old_1").await,
-        1
-    );
+    assert_eq!(fx.rows("keep.pgmaint_swap_old_1").await, 1);
 
     // The drop after the commit fails (as if the worker had died before it): the
     // swapped-out table is left behind.
-    fx.p.batch_execute(
-        "CREATE FUNCTION keep_swapped_out() RETURNS event_trigger LANGUAGE plpgsql AS $$
+    fx.sql("CREATE FUNCTION keep_swapped_out() RETURNS event_trigger LANGUAGE plpgsql AS $$
          BEGIN
            IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects()
                        WHERE object_type = 'table' AND object_name LIKE 'pgmaint\\_swap\\_old\\_%') THEN
              RAISE EXCEPTION 'test: swapped-out tables are kept';
            END IF;
          END $$;
-         CREATE EVENT TRIGGER keep_swapped_out ON sql_drop EXECUTE FUNCTION keep_swapped_out();",
-    )
-    .await
-    .unwrap();
-    let (_, left) = fake_run(&fx, &[swap_file("public.sw", "id,v\n1,left\n")]).await;
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+         CREATE EVENT TRIGGER keep_swapped_out ON sql_drop EXECUTE FUNCTION keep_swapped_out();").await;
+    let (_, left) = fake_run(&fx, &[swap_file("sw", "public.sw", "id,v\n1,left\n")]).await;
+    let out = fx.drain().expect_code(0);
     assert!(
         out.stderr.contains("could not drop"),
         "the drop was attempted and failed: {}",
         out.stderr
     );
-    assert_eq!(task_state(&fx.p, left[0]).await, "completed");
+    assert_eq!(fx.state(left[0]).await, "completed");
     let leftover = format!("public.pgmaint_swap_old_{}", left[0]);
     // A second one, which its user then renames to keep it, and whose name a new user
     // table takes.
-    let (_, renamed) = fake_run(&fx, &[swap_file("public.sw", "id,v\n1,renamed\n")]).await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert_eq!(task_state(&fx.p, renamed[0]).await, "completed");
+    let (_, renamed) = fake_run(&fx, &[swap_file("sw", "public.sw", "id,v\n1,renamed\n")]).await;
+    fx.drain().expect_code(0);
+    assert_eq!(fx.state(renamed[0]).await, "completed");
     let taken = format!("public.pgmaint_swap_old_{}", renamed[0]);
     let mut want = users.clone();
     want.extend([leftover.clone(), taken.clone()]);
@@ -2593,8 +2389,8 @@ async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
         }],
     )
     .await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert_eq!(task_state(&fx.p, next[0]).await, "completed");
+    fx.drain().expect_code(0);
+    assert_eq!(fx.state(next[0]).await, "completed");
     let mut want = users.clone();
     want.push(taken.clone());
     want.sort();
@@ -2607,19 +2403,13 @@ async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
         count(&fx.p, &format!("SELECT count(*) FROM {taken} WHERE id = 7")).await,
         1
     );
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM kept_copy").await, 1);
+    assert_eq!(fx.rows("kept_copy").await, 1);
     assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM public.pgmaint_swap_old_important WHERE v = 'precious'"
-        )
-        .await,
+        fx.rows("public.pgmaint_swap_old_important WHERE v = 'precious'")
+            .await,
         1
     );
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM sw WHERE v = 'renamed'").await,
-        1
-    );
+    assert_eq!(fx.rows("sw WHERE v = 'renamed'").await, 1);
 }
 
 /// Two tasks merge different rows into one target. The newer snapshot of one task
@@ -2629,9 +2419,7 @@ async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
     let fx = setup("up_merge_two_tasks", "").await;
-    fx.p.batch_execute("CREATE TABLE sales_summary (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
+    fx.id_v_table("sales_summary").await;
     let file = |task: &str, ids: std::ops::Range<i64>, tag: &str| {
         let mut csv = String::from("id,v\n");
         for i in ids {
@@ -2681,27 +2469,23 @@ async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
     let (us_run, us_ids) = fake_run(&fx, &[file("us", 1..4, "1")]).await;
     let (eu_run, eu_ids) = fake_run(&fx, &[file("eu", 101..104, "1")]).await;
     hold(us_run).await;
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    let out = fx.drain().expect_code(0);
     assert!(
         out.stdout.contains("1 task(s) applied (3 rows)"),
         "{}",
         out.stdout
     );
-    assert_eq!(task_state(&fx.p, eu_ids[0]).await, "completed");
+    assert_eq!(fx.state(eu_ids[0]).await, "completed");
     release(us_run).await;
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    let out = fx.drain().expect_code(0);
     assert!(
         out.stdout.contains("1 task(s) applied (3 rows)"),
         "us applies after eu: {}",
         out.stdout
     );
-    let r =
-        fx.p.query_one(
-            "SELECT state, rows_applied, last_error FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&us_ids[0]],
-        )
-        .await
-        .unwrap();
+    let r = fx
+        .task_row(us_ids[0], "state, rows_applied, last_error")
+        .await;
     let e: Option<String> = r.get(2);
     assert_eq!(
         (r.get::<_, String>(0), r.get::<_, Option<i64>>(1)),
@@ -2733,9 +2517,9 @@ async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
     let (eu2, _) = fake_run(&fx, &[file("eu", 101..104, "2")]).await;
     let (us2, _) = fake_run(&fx, &[file("us", 1..4, "2")]).await;
     hold(eu2).await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    fx.drain().expect_code(0);
     release(eu2).await;
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    let out = fx.drain().expect_code(0);
     assert!(
         out.stdout.contains("1 task(s) applied (3 rows)"),
         "{}",
@@ -2751,23 +2535,16 @@ async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
     let (us3, us3_ids) = fake_run(&fx, &[file("us", 1..4, "3")]).await;
     let (us4, _) = fake_run(&fx, &[file("us", 1..4, "4")]).await;
     hold(us3).await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    fx.drain().expect_code(0);
     release(us3).await;
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    let out = fx.drain().expect_code(0);
     assert!(
         out.stdout
             .contains("1 task(s) applied (0 rows; 1 superseded by a newer snapshot)"),
         "{}",
         out.stdout
     );
-    let e: String =
-        fx.p.query_one(
-            "SELECT last_error FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&us3_ids[0]],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let e: String = fx.task(us3_ids[0], "last_error").await;
     assert!(e.contains(&format!("superseded by run {us4}")), "{e}");
     assert_eq!(
         content().await,
@@ -2808,13 +2585,9 @@ async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_merge_handles_json_xml_point_and_custom_array_columns() {
     let fx = setup("up_merge_types", "").await;
-    fx.p.batch_execute(
-        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+    fx.sql("CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
          CREATE TYPE pair AS (a int, j json);
-         CREATE TABLE odd (id bigint PRIMARY KEY, j json, x xml, p point, moods mood[], pairs pair[], f float8);",
-    )
-    .await
-    .unwrap();
+         CREATE TABLE odd (id bigint PRIMARY KEY, j json, x xml, p point, moods mood[], pairs pair[], f float8);").await;
     let header = "id,j,x,p,moods,pairs,f\n";
     let first = format!(
         "{header}\
@@ -2833,18 +2606,11 @@ async fn a_merge_handles_json_xml_point_and_custom_array_columns() {
         }],
     )
     .await;
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]);
-    let e: Option<String> =
-        fx.p.query_one(
-            "SELECT last_error FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let out = fx.drain();
+    let e: Option<String> = fx.task(ids[0], "last_error").await;
     assert_eq!(out.code, 0, "{e:?}\n{}", out.stderr);
-    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM odd").await, 4);
+    assert_eq!(fx.state(ids[0]).await, "completed");
+    assert_eq!(fx.rows("odd").await, 4);
     let rows = || {
         let p = &fx.p;
         async move {
@@ -2868,9 +2634,8 @@ async fn a_merge_handles_json_xml_point_and_custom_array_columns() {
 
     // Row 1 unchanged; 2: json; 3: only the float, by its last bit (which a server
     // printing floats with 15 digits would not show); 4: from NULLs to values; 5 new.
-    fx.p.batch_execute("ALTER DATABASE app SET extra_float_digits = 0")
-        .await
-        .unwrap();
+    fx.sql("ALTER DATABASE app SET extra_float_digits = 0")
+        .await;
     let second = format!(
         "{header}\
          1,\"{{\"\"a\"\": 1}}\",<a>1</a>,\"(1,2)\",\"{{sad,ok}}\",\"{{\"\"(1,{{}})\"\"}}\",0.1\n\
@@ -2889,8 +2654,8 @@ async fn a_merge_handles_json_xml_point_and_custom_array_columns() {
         }],
     )
     .await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
+    fx.drain().expect_code(0);
+    assert_eq!(fx.state(ids[0]).await, "completed");
     let after = rows().await;
     assert_eq!(after.len(), 5);
     assert_eq!(after[0], before[0], "an unchanged row is not rewritten");
@@ -2933,18 +2698,14 @@ async fn identity_sequence(p: &Client) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_swap_keeps_the_identity_sequence_name_grants_comment_and_position() {
     let fx = setup("up_swap_identity", "").await;
-    fx.p.batch_execute(
-        "CREATE ROLE seq_reader; CREATE ROLE idt_owner;
+    fx.sql("CREATE ROLE seq_reader; CREATE ROLE idt_owner;
          CREATE TABLE idt (id bigint GENERATED BY DEFAULT AS IDENTITY (MAXVALUE 1000000 CACHE 1) PRIMARY KEY, v text);
          ALTER TABLE idt OWNER TO idt_owner;
          INSERT INTO idt (v) SELECT 'old' FROM generate_series(1, 47);
          GRANT USAGE, SELECT ON SEQUENCE idt_id_seq TO seq_reader;
          COMMENT ON SEQUENCE idt_id_seq IS 'ids of idt';
          -- New sequences (the staging table's) get a grant the old one does not have.
-         ALTER DEFAULT PRIVILEGES GRANT UPDATE ON SEQUENCES TO PUBLIC;",
-    )
-    .await
-    .unwrap();
+         ALTER DEFAULT PRIVILEGES GRANT UPDATE ON SEQUENCES TO PUBLIC;").await;
     let before = identity_sequence(&fx.p).await;
     assert!(before.starts_with("idt_id_seq | "), "{before}");
     for round in 0..2 {
@@ -2964,8 +2725,8 @@ async fn a_swap_keeps_the_identity_sequence_name_grants_comment_and_position() {
             }],
         )
         .await;
-        fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-        assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
+        fx.drain().expect_code(0);
+        assert_eq!(fx.state(ids[0]).await, "completed");
         assert_eq!(
             identity_sequence(&fx.p).await,
             before,
@@ -2988,15 +2749,7 @@ async fn a_swap_keeps_the_identity_sequence_name_grants_comment_and_position() {
                 .unwrap()
                 .get(0);
         assert_eq!(id, next, "after swap {round}: no collision");
-        assert_eq!(
-            count(
-                &fx.p,
-                "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgmaint_swap%'"
-            )
-            .await,
-            0,
-            "nothing left of the swap"
-        );
+        assert_eq!(fx.swap_leftovers().await, 0, "nothing left of the swap");
     }
     let reader = fx.c.primary().await;
     reader
@@ -3005,9 +2758,8 @@ async fn a_swap_keeps_the_identity_sequence_name_grants_comment_and_position() {
         .unwrap();
 
     // A view reads the sequence: the swap refuses, naming it, and changes nothing.
-    fx.p.batch_execute("CREATE VIEW idt_position AS SELECT last_value FROM idt_id_seq")
-        .await
-        .unwrap();
+    fx.sql("CREATE VIEW idt_position AS SELECT last_value FROM idt_id_seq")
+        .await;
     let (_, ids) = fake_run(
         &fx,
         &[FileSpec {
@@ -3018,23 +2770,14 @@ async fn a_swap_keeps_the_identity_sequence_name_grants_comment_and_position() {
         }],
     )
     .await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
-    let r =
-        fx.p.query_one(
-            "SELECT state, last_error FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap();
+    fx.drain().expect_code(1);
+    let r = fx.task_row(ids[0], "state, last_error").await;
     let e: String = r.get::<_, Option<String>>(1).unwrap_or_default();
     assert_eq!(r.get::<_, String>(0), "failed", "{e}");
     assert!(
         e.contains("view idt_position depends on its identity sequence idt_id_seq"),
         "{e}"
     );
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM idt WHERE v = 'refused'").await,
-        0
-    );
+    assert_eq!(fx.rows("idt WHERE v = 'refused'").await, 0);
     assert_eq!(identity_sequence(&fx.p).await, before);
 }
