@@ -149,6 +149,16 @@ fn findings_file(task: &str, csv: impl Into<String>, params: Value) -> FileSpec 
     }
 }
 
+/// Merge files of `tasks` (queued in that order) into `target`: ten [`rows_csv`] rows
+/// each, ids from `first` on.
+fn merge_chain(target: &str, tasks: &[&str], first: i64) -> Vec<FileSpec> {
+    (first..)
+        .step_by(10)
+        .zip(tasks)
+        .map(|(from, task)| merge_file(task, target, rows_csv(from, from + 10)))
+        .collect()
+}
+
 /// `id,v` rows `from..to`.
 fn rows_csv(from: i64, to: i64) -> String {
     let mut s = String::from("id,v\n");
@@ -182,9 +192,14 @@ impl Fx {
         .await;
     }
 
+    /// The bigint `sql` returns on the primary ([`count`]).
+    async fn count(&self, sql: &str) -> i64 {
+        count(&self.p, sql).await
+    }
+
     /// `SELECT count(*) FROM from` on the primary (`from`: a table, and any `WHERE …`).
     async fn rows(&self, from: &str) -> i64 {
-        count(&self.p, &format!("SELECT count(*) FROM {from}")).await
+        self.count(&format!("SELECT count(*) FROM {from}")).await
     }
 
     /// `columns` of upload task `id`.
@@ -441,29 +456,25 @@ async fn two_uploaders_apply_1000_tasks_exactly_once() {
     // Every row was proposed exactly once by a committed apply: no task applied twice.
     assert_eq!(fx.rows("applied_audit").await, 3000);
     assert_eq!(
-        count(&fx.p, "SELECT count(DISTINCT id) FROM applied_audit").await,
+        fx.count("SELECT count(DISTINCT id) FROM applied_audit")
+            .await,
         3000
     );
     // One transaction per task.
     assert_eq!(
-        count(&fx.p, "SELECT count(DISTINCT txid) FROM applied_audit").await,
+        fx.count("SELECT count(DISTINCT txid) FROM applied_audit")
+            .await,
         1000
     );
     assert_eq!(
-        count(
-            &fx.p,
-            "SELECT sum(rows_applied)::int8 FROM pgmaint.upload_tasks"
-        )
-        .await,
+        fx.count("SELECT sum(rows_applied)::int8 FROM pgmaint.upload_tasks")
+            .await,
         3000
     );
     // Both processes did work.
     assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(DISTINCT split_part(worker, '/', 1)) FROM pgmaint.upload_tasks"
-        )
-        .await,
+        fx.count("SELECT count(DISTINCT split_part(worker, '/', 1)) FROM pgmaint.upload_tasks")
+            .await,
         2,
         "both uploaders should have applied tasks"
     );
@@ -565,24 +576,8 @@ async fn prerequisites_are_respected() {
     fx.id_v_table("pr").await;
     // Run 1: three chained tasks. Run 2: its first task is tampered with, so the two
     // after it can never run. Run 3: one task not due for an hour.
-    let (_, good) = fake_run(
-        &fx,
-        &[
-            merge_file("a1", "public.pr", rows_csv(0, 10)),
-            merge_file("a2", "public.pr", rows_csv(10, 20)),
-            merge_file("a3", "public.pr", rows_csv(20, 30)),
-        ],
-    )
-    .await;
-    let (run2, bad) = fake_run(
-        &fx,
-        &[
-            merge_file("b1", "public.pr", rows_csv(100, 110)),
-            merge_file("b2", "public.pr", rows_csv(110, 120)),
-            merge_file("b3", "public.pr", rows_csv(120, 130)),
-        ],
-    )
-    .await;
+    let (_, good) = fake_run(&fx, &merge_chain("public.pr", &["a1", "a2", "a3"], 0)).await;
+    let (run2, bad) = fake_run(&fx, &merge_chain("public.pr", &["b1", "b2", "b3"], 100)).await;
     let b1 = fx.c.results_dir().join(run2.to_string()).join("b1.csv");
     std::fs::write(
         &b1,
@@ -653,37 +648,37 @@ async fn prerequisites_are_respected() {
         table.stdout
     );
     assert_eq!(table.stdout.lines().count(), 2, "{}", table.stdout);
-    let show =
-        fx.c.run(&fx.cfg, &["tasks", "show", &bad[0].to_string()])
-            .expect_code(0);
+    let show = fx
+        .pgmaint(&["tasks", "show", &bad[0].to_string()])
+        .expect_code(0);
     assert!(
         show.stdout.contains("differs from the manifest"),
         "{}",
         show.stdout
     );
-    let show =
-        fx.c.run(&fx.cfg, &["tasks", "show", &bad[1].to_string()])
-            .expect_code(0);
+    let show = fx
+        .pgmaint(&["tasks", "show", &bad[1].to_string()])
+        .expect_code(0);
     assert!(
         show.stdout
             .contains(&format!("prerequisite task {} will never complete", bad[0])),
         "{}",
         show.stdout
     );
-    let retry =
-        fx.c.run(&fx.cfg, &["tasks", "retry", &bad[0].to_string(), "--json"])
-            .expect_code(0);
+    let retry = fx
+        .pgmaint(&["tasks", "retry", &bad[0].to_string(), "--json"])
+        .expect_code(0);
     let retry: Value = serde_json::from_str(&retry.stdout).unwrap();
     assert_eq!(retry["requeued"], json!(bad));
     assert_eq!(fx.state(bad[2]).await, "waiting");
-    let again = fx.c.run(&fx.cfg, &["tasks", "retry", &good[0].to_string()]);
+    let again = fx.pgmaint(&["tasks", "retry", &good[0].to_string()]);
     assert_eq!(again.code, 2, "retrying a completed task is refused");
     assert!(
         again.error_line().unwrap().contains("is completed"),
         "{}",
         again.stderr
     );
-    fx.c.run(&fx.cfg, &["tasks", "cancel", &later[0].to_string()])
+    fx.pgmaint(&["tasks", "cancel", &later[0].to_string()])
         .expect_code(0);
     assert_eq!(fx.state(later[0]).await, "cancelled");
 }
@@ -727,18 +722,12 @@ async fn a_finding_fixed_after_the_snapshot_is_marked_resolved() {
     let (run, _) = fake_run(
         &fx,
         &[
-            FileSpec {
-                task: "blob-integrity".into(),
-                kind: "findings",
-                csv,
-                params,
-            },
-            FileSpec {
-                task: "files".into(),
-                kind: "findings",
-                csv: other,
-                params: json!({ "relation": "files", "check": "file_checksum" }),
-            },
+            findings_file("blob-integrity", csv, params),
+            findings_file(
+                "files",
+                other,
+                json!({ "relation": "files", "check": "file_checksum" }),
+            ),
         ],
     )
     .await;
@@ -927,16 +916,7 @@ async fn swap_replaces_contents_and_keeps_indexes_grants_comment() {
         csv.push_str(&format!("{g},{},new {g}\n", g * 2));
     }
     csv.push_str("201,0,\n"); // NULL label
-    let (run, ids) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "cites".into(),
-            kind: "swap",
-            csv,
-            params: json!({ "target": "public.citation_counts" }),
-        }],
-    )
-    .await;
+    let (run, ids) = fake_run(&fx, &[swap_file("cites", "public.citation_counts", csv)]).await;
     let out = fx.drain().expect_code(0);
     assert!(
         out.stderr.contains("swap: exclusive lock held"),
@@ -969,12 +949,11 @@ async fn swap_replaces_contents_and_keeps_indexes_grants_comment() {
         .await;
     let (_, ids) = fake_run(
         &fx,
-        &[FileSpec {
-            task: "cites".into(),
-            kind: "swap",
-            csv: "doc_id,cites,label\n1,1,x\n".into(),
-            params: json!({ "target": "public.citation_counts" }),
-        }],
+        &[swap_file(
+            "cites",
+            "public.citation_counts",
+            "doc_id,cites,label\n1,1,x\n",
+        )],
     )
     .await;
     fx.drain().expect_code(1);
@@ -995,9 +974,9 @@ async fn cancel_stops_a_running_apply() {
     fx.id_v_table("cn").await;
     let (_, ids) = fake_run(&fx, &[merge_file("load", "public.cn", rows_csv(0, 100))]).await;
     let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "cn", "cancel", &["--slots", "1"]).await;
-    let out =
-        fx.c.run(&fx.cfg, &["tasks", "cancel", &ids[0].to_string()])
-            .expect_code(0);
+    let out = fx
+        .pgmaint(&["tasks", "cancel", &ids[0].to_string()])
+        .expect_code(0);
     assert!(out.stdout.contains("cancel requested"), "{}", out.stdout);
     fx.wait_state(
         "the task to be cancelled",
@@ -1071,12 +1050,12 @@ async fn merge_updates_changed_rows_inserts_new_ones_and_leaves_the_rest() {
     }
     let (_, ids) = fake_run(
         &fx,
-        &[FileSpec {
-            task: "totals".into(),
-            kind: "merge",
+        &[merge_file_by(
+            "totals",
+            "\"Totals\"",
+            &["Day", "region"],
             csv,
-            params: json!({ "target": "\"Totals\"", "key": ["Day", "region"] }),
-        }],
+        )],
     )
     .await;
     fx.drain().expect_code(0);
@@ -1098,12 +1077,12 @@ async fn merge_updates_changed_rows_inserts_new_ones_and_leaves_the_rest() {
     // No unique key on the merge key: refused with a message naming table and columns.
     let (_, ids) = fake_run(
         &fx,
-        &[FileSpec {
-            task: "totals".into(),
-            kind: "merge",
-            csv: "Day,region,amount\n1,eu,1\n".into(),
-            params: json!({ "target": "\"Totals\"", "key": ["Day"] }),
-        }],
+        &[merge_file_by(
+            "totals",
+            "\"Totals\"",
+            &["Day"],
+            "Day,region,amount\n1,eu,1\n",
+        )],
     )
     .await;
     fx.drain().expect_code(1);
@@ -1125,16 +1104,7 @@ async fn a_worker_whose_lease_expired_cannot_complete_its_task() {
     .await;
     fx.sql("CREATE TABLE fz (id bigint PRIMARY KEY, v text); INSERT INTO fz VALUES (0, 'old')")
         .await;
-    let (_, ids) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "fz".into(),
-            kind: "swap",
-            csv: rows_csv(1, 101),
-            params: json!({ "target": "public.fz" }),
-        }],
-    )
-    .await;
+    let (_, ids) = fake_run(&fx, &[swap_file("fz", "public.fz", rows_csv(1, 101))]).await;
     // Worker A's swap blocks on LOCK TABLE behind a reader; then A freezes (SIGSTOP),
     // so its heartbeats stop and its lease expires.
     let (reader, mut a) = swap_blocked_behind_a_reader(&fx, "fz", "a", &["--slots", "1"]).await;
@@ -1144,13 +1114,10 @@ async fn a_worker_whose_lease_expired_cannot_complete_its_task() {
     // Worker B rescues the task and applies it too; it queues for the lock behind A.
     let mut b = spawn_uploader(&fx, "b", &["--once"]);
     wait_for("B to claim the task", Duration::from_secs(10), || async {
-        count(
-            &fx.p,
-            &format!(
-                "SELECT count(*) FROM pgmaint.upload_tasks WHERE id = {} AND attempts = 2",
-                ids[0]
-            ),
-        )
+        fx.count(&format!(
+            "SELECT count(*) FROM pgmaint.upload_tasks WHERE id = {} AND attempts = 2",
+            ids[0]
+        ))
         .await
             == 1
     })
@@ -1277,7 +1244,7 @@ async fn lock_timeouts_are_retried_with_backoff_until_attempts_run_out() {
     assert_eq!(fx.rows("bo").await, 0);
 
     // An operator retries it once the table is free: applied.
-    fx.c.run(&fx.cfg, &["tasks", "retry", &ids[0].to_string()])
+    fx.pgmaint(&["tasks", "retry", &ids[0].to_string()])
         .expect_code(0);
     fx.drain().expect_code(0);
     assert_eq!(fx.state(ids[0]).await, "completed");
@@ -1290,16 +1257,7 @@ async fn swap_keeps_serial_and_identity_sequences_going() {
     fx.sql("CREATE TABLE s1 (id serial PRIMARY KEY, n bigint GENERATED BY DEFAULT AS IDENTITY, v text);
          INSERT INTO s1 (v) SELECT 'old' FROM generate_series(1, 5);").await;
     let csv = "id,n,v\n1,101,new\n2,102,new\n".to_string();
-    let (_, ids) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "s1".into(),
-            kind: "swap",
-            csv,
-            params: json!({ "target": "public.s1" }),
-        }],
-    )
-    .await;
+    let (_, ids) = fake_run(&fx, &[swap_file("s1", "public.s1", csv)]).await;
     fx.drain().expect_code(0);
     assert_eq!(fx.state(ids[0]).await, "completed");
     // The serial sequence survived the old table, and the identity carries on at 6.
@@ -1365,16 +1323,7 @@ async fn a_file_the_target_cannot_take_fails_at_once_naming_the_problem() {
     // Not a number in an integer column; a column the target lacks.
     let (_, bad) = fake_run(&fx, &[merge_file("load", "public.bd", "id,n,v\n1,x,a\n")]).await;
     let (_, missing) = fake_run(&fx, &[merge_file("load", "public.bd", "id,w\n1,a\n")]).await;
-    let (_, notnull) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "s".into(),
-            kind: "swap",
-            csv: "id,v\n1,a\n".into(),
-            params: json!({ "target": "public.bd" }),
-        }],
-    )
-    .await;
+    let (_, notnull) = fake_run(&fx, &[swap_file("s", "public.bd", "id,v\n1,a\n")]).await;
     fx.drain().expect_code(1);
     let err = |id: i64| {
         let p = &fx.p;
@@ -1415,14 +1364,7 @@ async fn a_file_the_target_cannot_take_fails_at_once_naming_the_problem() {
 async fn rescuer_fails_a_task_whose_attempts_are_used_up_and_drops_its_dependents() {
     let fx = setup("up_rescue_fail", "lease = \"1s\"\nlock_timeout = \"60s\"").await;
     fx.id_v_table("rf").await;
-    let (_, ids) = fake_run(
-        &fx,
-        &[
-            merge_file("a", "public.rf", rows_csv(0, 10)),
-            merge_file("b", "public.rf", rows_csv(10, 20)),
-        ],
-    )
-    .await;
+    let (_, ids) = fake_run(&fx, &merge_chain("public.rf", &["a", "b"], 0)).await;
     fx.p.execute(
         "UPDATE pgmaint.upload_tasks SET max_attempts = 1 WHERE id = $1",
         &[&ids[0]],
@@ -1495,7 +1437,7 @@ async fn long_running_uploader_over_tls() {
         .await
         .unwrap();
     wait_apply_blocked(&fx).await;
-    fx.c.run(&fx.cfg, &["tasks", "cancel", &ids[0].to_string()])
+    fx.pgmaint(&["tasks", "cancel", &ids[0].to_string()])
         .expect_code(0);
     fx.wait_state(
         "the task to be cancelled",
@@ -1618,12 +1560,7 @@ async fn an_older_snapshot_never_overwrites_a_newer_one() {
             csv.push_str(&format!("{i},{tag}\n"));
         }
         vec![
-            FileSpec {
-                task: "sw".into(),
-                kind: "swap",
-                csv: csv.clone(),
-                params: json!({ "target": "public.sw" }),
-            },
+            swap_file("sw", "public.sw", csv.clone()),
             merge_file("mg", "public.mg", csv),
         ]
     };
@@ -1711,12 +1648,7 @@ async fn an_older_swap_racing_a_newer_one_is_superseded() {
         "CREATE TABLE sr (id bigint PRIMARY KEY, v text); INSERT INTO sr VALUES (0, 'original')",
     )
     .await;
-    let swap = |csv: String| FileSpec {
-        task: "sr".into(),
-        kind: "swap",
-        csv,
-        params: json!({ "target": "public.sr" }),
-    };
+    let swap = |csv: String| swap_file("sr", "public.sr", csv);
     let (old_run, old_ids) = fake_run(&fx, &[swap("id,v\n1,old\n2,old\n".into())]).await;
     let (new_run, new_ids) = fake_run(&fx, &[swap("id,v\n1,new\n".into())]).await;
     let new_lsn = run_lsn(&fx.p, new_run).await;
@@ -1775,16 +1707,7 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
     let fx = setup("up_swap_race", "lock_timeout = \"60s\"").await;
     fx.sql("CREATE TABLE ix (id bigint PRIMARY KEY, v text); INSERT INTO ix VALUES (0, 'old')")
         .await;
-    let (_, ids) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "ix".into(),
-            kind: "swap",
-            csv: rows_csv(1, 101),
-            params: json!({ "target": "public.ix" }),
-        }],
-    )
-    .await;
+    let (_, ids) = fake_run(&fx, &[swap_file("ix", "public.ix", rows_csv(1, 101))]).await;
     // The test holds the target; the swap builds its staging table, then waits.
     let (holder, mut once) =
         swap_blocked_behind_a_reader(&fx, "ix", "race", &["--once", "--slots", "1"]).await;
@@ -1832,16 +1755,7 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
     );
 
     // A view created while the next swap waits: never left on the old table.
-    let (_, ids) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "ix".into(),
-            kind: "swap",
-            csv: rows_csv(1, 51),
-            params: json!({ "target": "public.ix" }),
-        }],
-    )
-    .await;
+    let (_, ids) = fake_run(&fx, &[swap_file("ix", "public.ix", rows_csv(1, 51))]).await;
     let (holder, mut once) =
         swap_blocked_behind_a_reader(&fx, "ix", "race-view", &["--once", "--slots", "1"]).await;
     holder
@@ -1937,12 +1851,7 @@ async fn a_merge_file_with_a_null_key_is_refused() {
     let fx = setup("up_merge_null_key", "").await;
     fx.sql("CREATE TABLE nk (k text UNIQUE, v text); INSERT INTO nk VALUES ('a', 'old')")
         .await;
-    let file = || FileSpec {
-        task: "nk".into(),
-        kind: "merge",
-        csv: "k,v\na,new\n,orphan\n".into(),
-        params: json!({ "target": "public.nk", "key": ["k"] }),
-    };
+    let file = || merge_file_by("nk", "public.nk", &["k"], "k,v\na,new\n,orphan\n");
     let (_, first) = fake_run(&fx, &[file()]).await;
     let (_, second) = fake_run(&fx, &[file()]).await;
     fx.drain().expect_code(1);
@@ -2080,11 +1989,7 @@ async fn retrying_a_task_whose_prerequisite_failed_is_refused_naming_the_prerequ
     // third are dropped.
     let (_, ids) = fake_run(
         &fx,
-        &[
-            merge_file("first", "public.later", rows_csv(0, 10)),
-            merge_file("second", "public.later", rows_csv(10, 20)),
-            merge_file("third", "public.later", rows_csv(20, 30)),
-        ],
+        &merge_chain("public.later", &["first", "second", "third"], 0),
     )
     .await;
     let (first, second, third) = (ids[0], ids[1], ids[2]);
@@ -2241,22 +2146,13 @@ async fn the_recheck_counts_only_the_findings_inserted_and_a_repeat_is_reported(
         .to_string();
     let params = json!({ "relation": "public.rc", "check": "row_checksum", "schema": "public", "table": "rc",
                          "key": "k", "content": "payload", "checksum": "payload_md5" });
-    let (run, ids) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "rc".into(),
-            kind: "findings",
-            csv,
-            params,
-        }],
-    )
-    .await;
+    let (run, ids) = fake_run(&fx, &[findings_file("rc", csv, params)]).await;
     let up = fx.drain().expect_code(0);
-    let inserted = count(
-        &fx.p,
-        &format!("SELECT count(*) FROM pgmaint.integrity_findings WHERE run_id = {run}"),
-    )
-    .await;
+    let inserted = fx
+        .count(&format!(
+            "SELECT count(*) FROM pgmaint.integrity_findings WHERE run_id = {run}"
+        ))
+        .await;
     assert_eq!(inserted, 2);
     let msg = "findings re-checked on the primary";
     assert_eq!(
@@ -2379,16 +2275,7 @@ async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
     .unwrap();
 
     // The next swap, of another target, cleans up pgmaint's own leftover only.
-    let (_, next) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "other".into(),
-            kind: "swap",
-            csv: "id,v\n1,x\n".into(),
-            params: json!({ "target": "public.other" }),
-        }],
-    )
-    .await;
+    let (_, next) = fake_run(&fx, &[swap_file("other", "public.other", "id,v\n1,x\n")]).await;
     fx.drain().expect_code(0);
     assert_eq!(fx.state(next[0]).await, "completed");
     let mut want = users.clone();
@@ -2400,7 +2287,8 @@ async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
         "{leftover} dropped; the user's tables kept"
     );
     assert_eq!(
-        count(&fx.p, &format!("SELECT count(*) FROM {taken} WHERE id = 7")).await,
+        fx.count(&format!("SELECT count(*) FROM {taken} WHERE id = 7"))
+            .await,
         1
     );
     assert_eq!(fx.rows("kept_copy").await, 1);
@@ -2596,16 +2484,7 @@ async fn a_merge_handles_json_xml_point_and_custom_array_columns() {
          3,\"[1, 2]\",<b/>,\"(3,2)\",\"{{happy}}\",{{}},0.3\n\
          4,,,,,,\n"
     );
-    let (_, ids) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "odd".into(),
-            kind: "merge",
-            csv: first,
-            params: json!({ "target": "public.odd", "key": ["id"] }),
-        }],
-    )
-    .await;
+    let (_, ids) = fake_run(&fx, &[merge_file("odd", "public.odd", first)]).await;
     let out = fx.drain();
     let e: Option<String> = fx.task(ids[0], "last_error").await;
     assert_eq!(out.code, 0, "{e:?}\n{}", out.stderr);
@@ -2644,16 +2523,7 @@ async fn a_merge_handles_json_xml_point_and_custom_array_columns() {
          4,{{}},<d/>,\"(4,4)\",\"{{sad,happy}}\",\"{{\"\"(4,\\\"\"[4]\\\"\")\"\"}}\",4\n\
          5,null,<e/>,\"(5,5)\",{{}},{{}},5\n"
     );
-    let (_, ids) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "odd".into(),
-            kind: "merge",
-            csv: second,
-            params: json!({ "target": "public.odd", "key": ["id"] }),
-        }],
-    )
-    .await;
+    let (_, ids) = fake_run(&fx, &[merge_file("odd", "public.odd", second)]).await;
     fx.drain().expect_code(0);
     assert_eq!(fx.state(ids[0]).await, "completed");
     let after = rows().await;
@@ -2715,16 +2585,7 @@ async fn a_swap_keeps_the_identity_sequence_name_grants_comment_and_position() {
         for i in 1..=40 {
             csv.push_str(&format!("{i},new {round}\n"));
         }
-        let (_, ids) = fake_run(
-            &fx,
-            &[FileSpec {
-                task: "idt".into(),
-                kind: "swap",
-                csv,
-                params: json!({ "target": "public.idt" }),
-            }],
-        )
-        .await;
+        let (_, ids) = fake_run(&fx, &[swap_file("idt", "public.idt", csv)]).await;
         fx.drain().expect_code(0);
         assert_eq!(fx.state(ids[0]).await, "completed");
         assert_eq!(
@@ -2733,7 +2594,7 @@ async fn a_swap_keeps_the_identity_sequence_name_grants_comment_and_position() {
             "after swap {round}: name, grants, owner, comment and options as before"
         );
         assert_eq!(
-            count(&fx.p, "SELECT last_value FROM idt_id_seq").await,
+            fx.count("SELECT last_value FROM idt_id_seq").await,
             next - 1,
             "after swap {round}"
         );
@@ -2760,16 +2621,7 @@ async fn a_swap_keeps_the_identity_sequence_name_grants_comment_and_position() {
     // A view reads the sequence: the swap refuses, naming it, and changes nothing.
     fx.sql("CREATE VIEW idt_position AS SELECT last_value FROM idt_id_seq")
         .await;
-    let (_, ids) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "idt".into(),
-            kind: "swap",
-            csv: "id,v\n1,refused\n".into(),
-            params: json!({ "target": "public.idt" }),
-        }],
-    )
-    .await;
+    let (_, ids) = fake_run(&fx, &[swap_file("idt", "public.idt", "id,v\n1,refused\n")]).await;
     fx.drain().expect_code(1);
     let r = fx.task_row(ids[0], "state, last_error").await;
     let e: String = r.get::<_, Option<String>>(1).unwrap_or_default();
