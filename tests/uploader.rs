@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use pgmaint_e2e::*;
 use serde_json::{json, Value};
+use tokio_postgres::types::FromSqlOwned;
 use tokio_postgres::Client;
 use uploader::UploadRequest;
 
@@ -33,6 +34,10 @@ async fn setup(name: &str, uploader_toml: &str) -> Fx {
     let p = c.primary().await;
     Fx { c, cfg, p }
 }
+
+/// `[uploader]` settings of the tests with a long-running uploader blocked on a lock:
+/// its lock waits outlast the test, and it polls often.
+const BLOCKABLE: &str = "lock_timeout = \"60s\"\npoll_interval = \"500ms\"";
 
 /// `uploader.max_attempts` when the config leaves it out.
 const MAX_ATTEMPTS: i32 = 5;
@@ -209,8 +214,21 @@ impl Fx {
     }
 
     /// `column` of upload task `id`.
-    async fn task<T: tokio_postgres::types::FromSqlOwned>(&self, id: i64, column: &str) -> T {
+    async fn task<T: FromSqlOwned>(&self, id: i64, column: &str) -> T {
         self.task_row(id, column).await.get(0)
+    }
+
+    /// Two columns, `columns`, of upload task `id`.
+    async fn task_pair<A: FromSqlOwned, B: FromSqlOwned>(&self, id: i64, columns: &str) -> (A, B) {
+        let sql = format!("SELECT {columns} FROM pgmaint.upload_tasks WHERE id = $1");
+        pair(&self.p, &sql, &[&id]).await
+    }
+
+    /// How upload task `id` stands: its state, attempts and last error ("" if none).
+    async fn outcome(&self, id: i64) -> (String, i32, String) {
+        let r = self.task_row(id, "state, attempts, last_error").await;
+        let error: Option<String> = r.get(2);
+        (r.get(0), r.get(1), error.unwrap_or_default())
     }
 
     /// The state of upload task `id`.
@@ -225,18 +243,61 @@ impl Fx {
             .unwrap_or_default()
     }
 
-    /// Wait (for `what`) until upload task `id` is in `state`.
-    async fn wait_state(&self, what: &str, id: i64, state: &str, timeout: Duration) {
+    /// Wait (for `what`, at most `secs` seconds) until upload task `id` is in `state`.
+    async fn wait_state(&self, what: &str, id: i64, state: &str, secs: u64) {
+        let timeout = Duration::from_secs(secs);
         wait_for(what, timeout, || async { self.state(id).await == state }).await;
+    }
+
+    /// Wait (for `what`, at most `secs` seconds) until `SELECT count(*) FROM from`
+    /// ([`Fx::rows`]) is `n`.
+    async fn wait_rows(&self, what: &str, from: &str, n: i64, secs: u64) {
+        let timeout = Duration::from_secs(secs);
+        wait_for(what, timeout, || async { self.rows(from).await == n }).await;
     }
 
     /// Wait (for `what`) until the lease on upload task `id` has expired.
     async fn wait_lease_expired(&self, what: &str, id: i64) {
         let expired = format!("pgmaint.upload_tasks WHERE id = {id} AND lease_expires_at < now()");
-        wait_for(what, Duration::from_secs(10), || async {
-            self.rows(&expired).await == 1
-        })
-        .await;
+        self.wait_rows(what, &expired, 1, 10).await;
+    }
+
+    /// Wait (for `what`, at most `secs` seconds) until `n` uploader sessions wait on a
+    /// lock.
+    async fn wait_blocked_applies(&self, what: &str, n: i64, secs: u64) {
+        self.wait_rows(what, BLOCKED_APPLIES, n, secs).await;
+    }
+
+    /// `pg_notify` on the uploader's channel, as queueing an upload does.
+    async fn notify(&self) {
+        self.p
+            .execute("SELECT pg_notify('pgmaint_upload', 'test')", &[])
+            .await
+            .unwrap();
+    }
+
+    /// A run of one file ([`fake_run`]): its upload task.
+    async fn queue(&self, file: FileSpec) -> i64 {
+        fake_run(self, &[file]).await.1[0]
+    }
+
+    /// Queue a merge (task `load`) of [`rows_csv`] `from..to` into `public.table`: its
+    /// upload task.
+    async fn queue_load(&self, table: &str, from: i64, to: i64) -> i64 {
+        self.queue(merge_file(
+            "load",
+            &format!("public.{table}"),
+            rows_csv(from, to),
+        ))
+        .await
+    }
+
+    /// Change a result file of run `run` after its manifest was written: `from`
+    /// replaced by `to`.
+    fn tamper(&self, run: i64, file: &str, from: &str, to: &str) {
+        let path = self.c.results_dir().join(run.to_string()).join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace(from, to)).unwrap();
     }
 
     /// `SET set` (SQL) on the upload tasks whose `column` is `value`.
@@ -262,24 +323,24 @@ impl Fx {
             .await
     }
 
-    /// Uploader sessions waiting on a lock.
-    async fn blocked_applies(&self) -> i64 {
-        self.rows(
-            "pg_stat_activity
-              WHERE application_name LIKE 'pgmaint-uploader-%' AND wait_event_type = 'Lock'",
-        )
-        .await
-    }
-
     /// SIGTERM to a long-running uploader (logging under `tag`): it must exit 0.
     async fn stop(&self, child: &mut Child, tag: &str) {
-        signal(child.id(), "TERM");
-        assert_eq!(
-            wait_exit(child, Duration::from_secs(20)).await,
-            0,
-            "{}",
-            uploader_log(self, tag)
-        );
+        self.stop_all(&mut [(child, tag)]).await;
+    }
+
+    /// SIGTERM to each long-running uploader (child, log tag), then each must exit 0.
+    async fn stop_all(&self, uploaders: &mut [(&mut Child, &str)]) {
+        for (child, _) in uploaders.iter() {
+            signal(child.id(), "TERM");
+        }
+        for (child, tag) in uploaders.iter_mut() {
+            assert_eq!(
+                wait_exit(child, Duration::from_secs(20)).await,
+                0,
+                "uploader {tag}: {}",
+                uploader_log(self, tag)
+            );
+        }
     }
 }
 
@@ -299,6 +360,17 @@ fn uploader_log(fx: &Fx, tag: &str) -> String {
     std::fs::read_to_string(fx.c.dir.join(format!("uploader-{tag}.log"))).unwrap_or_default()
 }
 
+/// A long-running `pgmaint uploader --slots 2` (logging under `tag`), once its LISTEN
+/// session is up (the one row of `listener`, a [`Fx::rows`] FROM clause) and its first
+/// (empty) claim is past: from now on only a NOTIFY wakes it before its next poll.
+async fn listening_uploader(fx: &Fx, tag: &str, listener: &str) -> Child {
+    let uploader = spawn_uploader(fx, tag, &["--slots", "2"]);
+    fx.wait_rows("the uploader to LISTEN", listener, 1, 10)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    uploader
+}
+
 /// Wait for a child to exit; its exit code.
 async fn wait_exit(child: &mut Child, timeout: Duration) -> i32 {
     match exited_within(child, timeout).await {
@@ -310,12 +382,16 @@ async fn wait_exit(child: &mut Child, timeout: Duration) -> i32 {
     }
 }
 
+/// Uploader sessions waiting on a lock ([`Fx::rows`]).
+const BLOCKED_APPLIES: &str = "pg_stat_activity
+  WHERE application_name LIKE 'pgmaint-uploader-%' AND wait_event_type = 'Lock'";
+
 /// Wait until an uploader backend waits on a lock (its apply is blocked).
 async fn wait_apply_blocked(fx: &Fx) {
     wait_for(
         "an uploader apply to block on a lock",
         Duration::from_secs(20),
-        || async { fx.blocked_applies().await > 0 },
+        || async { fx.rows(BLOCKED_APPLIES).await > 0 },
     )
     .await;
 }
@@ -426,31 +502,11 @@ async fn two_uploaders_apply_1000_tasks_exactly_once() {
     let started = Instant::now();
     let mut a = spawn_uploader(&fx, "a", &["--slots", "2"]);
     let mut b = spawn_uploader(&fx, "b", &["--slots", "2"]);
-    wait_for(
-        "1,000 tasks completed",
-        Duration::from_secs(120),
-        || async {
-            fx.rows("pgmaint.upload_tasks WHERE state = 'completed'")
-                .await
-                == 1000
-        },
-    )
-    .await;
+    let completed = "pgmaint.upload_tasks WHERE state = 'completed'";
+    fx.wait_rows("1,000 tasks completed", completed, 1000, 120)
+        .await;
     let secs = started.elapsed().as_secs_f64();
-    signal(a.id(), "TERM");
-    signal(b.id(), "TERM");
-    assert_eq!(
-        wait_exit(&mut a, Duration::from_secs(20)).await,
-        0,
-        "uploader a: {}",
-        uploader_log(&fx, "a")
-    );
-    assert_eq!(
-        wait_exit(&mut b, Duration::from_secs(20)).await,
-        0,
-        "uploader b: {}",
-        uploader_log(&fx, "b")
-    );
+    fx.stop_all(&mut [(&mut a, "a"), (&mut b, "b")]).await;
 
     assert_eq!(fx.rows("applied").await, 3000);
     // Every row was proposed exactly once by a committed apply: no task applied twice.
@@ -483,36 +539,25 @@ async fn two_uploaders_apply_1000_tasks_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_uploader_leaves_no_partial_rows_and_task_is_rescued() {
-    let fx = setup(
-        "up_kill9",
-        "lease = \"2s\"\nlock_timeout = \"60s\"\npoll_interval = \"500ms\"",
-    )
-    .await;
+    let fx = setup("up_kill9", &format!("lease = \"2s\"\n{BLOCKABLE}")).await;
     fx.id_v_table("k").await;
-    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.k", rows_csv(0, 5000))]).await;
+    let id = fx.queue_load("k", 0, 5000).await;
     // Hold a lock that the merge's INSERT conflicts with: the apply COPYs its 5,000
     // rows into its load table, then blocks.
     let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "k", "killed", &["--slots", "1"]).await;
-    assert_eq!(fx.state(ids[0]).await, "running");
-    let killed_worker: String = fx.task(ids[0], "worker").await;
+    assert_eq!(fx.state(id).await, "running");
+    let killed_worker: String = fx.task(id, "worker").await;
     w.kill().unwrap(); // SIGKILL
     w.wait().unwrap();
     holder.batch_execute("COMMIT").await.unwrap();
     // The orphaned backend finishes its statement, finds its client gone and rolls back.
-    wait_for(
-        "the killed uploader's sessions to end",
-        Duration::from_secs(20),
-        || async {
-            fx.rows("pg_stat_activity WHERE application_name LIKE 'pgmaint-uploader-%'")
-                .await
-                == 0
-        },
-    )
-    .await;
+    let uploaders = "pg_stat_activity WHERE application_name LIKE 'pgmaint-uploader-%'";
+    fx.wait_rows("the killed uploader's sessions to end", uploaders, 0, 20)
+        .await;
     assert_eq!(fx.rows("k").await, 0, "no partial rows");
 
     // Once the lease has expired, another worker rescues the task and completes it.
-    fx.wait_lease_expired("the lease to expire", ids[0]).await;
+    fx.wait_lease_expired("the lease to expire", id).await;
     let out = fx.drain().expect_code(0);
     assert!(
         out.stdout.contains("1 task(s) applied (5000 rows)"),
@@ -520,7 +565,7 @@ async fn killed_uploader_leaves_no_partial_rows_and_task_is_rescued() {
         out.stdout
     );
     assert_eq!(fx.rows("k").await, 5000);
-    let row = fx.task_row(ids[0], "state, attempts, worker").await;
+    let row = fx.task_row(id, "state, attempts, worker").await;
     assert_eq!(row.get::<_, String>(0), "completed");
     assert_eq!(row.get::<_, i32>(1), 2, "the killed attempt counts");
     assert_ne!(
@@ -532,35 +577,22 @@ async fn killed_uploader_leaves_no_partial_rows_and_task_is_rescued() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn uploader_reconnects_after_primary_restart_and_finishes() {
-    let fx = setup(
-        "up_restart",
-        "lease = \"5s\"\nlock_timeout = \"60s\"\npoll_interval = \"500ms\"",
-    )
-    .await;
+    let fx = setup("up_restart", &format!("lease = \"5s\"\n{BLOCKABLE}")).await;
     fx.id_v_table("rs").await;
-    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.rs", rows_csv(0, 2000))]).await;
+    let id = fx.queue_load("rs", 0, 2000).await;
     // The lock holder stays until the restart ends it.
     let (_holder, mut w) =
         merge_blocked_behind_a_lock(&fx, "rs", "restart", &["--slots", "1"]).await;
-    assert_eq!(fx.state(ids[0]).await, "running");
+    assert_eq!(fx.state(id).await, "running");
 
     fx.c.server("restart", "primary"); // ends the lock holder and the apply alike
-    let p = fx.c.primary().await;
-    wait_for(
-        "the task to complete after the restart",
-        Duration::from_secs(60),
-        || async {
-            scalar::<String>(
-                &p,
-                "SELECT state FROM pgmaint.upload_tasks WHERE id = $1",
-                &[&ids[0]],
-            )
-            .await
-                == "completed"
-        },
-    )
-    .await;
-    assert_eq!(count(&p, "SELECT count(*) FROM rs").await, 2000);
+    let fx = Fx {
+        p: fx.c.primary().await,
+        ..fx
+    };
+    let after = "the task to complete after the restart";
+    fx.wait_state(after, id, "completed", 60).await;
+    assert_eq!(fx.rows("rs").await, 2000);
     assert!(w.try_wait().unwrap().is_none(), "the worker carried on");
     fx.stop(&mut w, "restart").await;
     assert!(
@@ -578,21 +610,10 @@ async fn prerequisites_are_respected() {
     // after it can never run. Run 3: one task not due for an hour.
     let (_, good) = fake_run(&fx, &merge_chain("public.pr", &["a1", "a2", "a3"], 0)).await;
     let (run2, bad) = fake_run(&fx, &merge_chain("public.pr", &["b1", "b2", "b3"], 100)).await;
-    let b1 = fx.c.results_dir().join(run2.to_string()).join("b1.csv");
-    std::fs::write(
-        &b1,
-        std::fs::read_to_string(&b1)
-            .unwrap()
-            .replace("value 105", "value 666"),
-    )
-    .unwrap();
+    fx.tamper(run2, "b1.csv", "value 105", "value 666");
     let (_, later) = fake_run(&fx, &[merge_file("c1", "public.pr", rows_csv(200, 210))]).await;
-    fx.p.execute(
-        "UPDATE pgmaint.upload_tasks SET not_before = now() + interval '1 hour' WHERE id = $1",
-        &[&later[0]],
-    )
-    .await
-    .unwrap();
+    let hour = "not_before = now() + interval '1 hour'";
+    fx.set_tasks(hour, "id", later[0]).await;
 
     let out = fx.pgmaint(&["uploader", "--once", "--slots", "4"]);
     assert_eq!(out.code, 1, "a task failed: exit 1; {}", out.stderr);
@@ -762,12 +783,8 @@ async fn a_finding_fixed_after_the_snapshot_is_marked_resolved() {
         Some(Some(false)),
         "deleted after the snapshot: resolved"
     );
-    let other: Option<bool> = fx
-        .p
-        .query_one("SELECT still_holds FROM pgmaint.integrity_findings WHERE run_id = $1 AND relation = 'files'", &[&run])
-        .await
-        .unwrap()
-        .get(0);
+    let sql = "SELECT still_holds FROM pgmaint.integrity_findings WHERE run_id = $1 AND relation = 'files'";
+    let other: Option<bool> = scalar(&fx.p, sql, &[&run]).await;
     assert_eq!(other, None, "no re-check for file_checksum findings");
 }
 
@@ -797,14 +814,7 @@ async fn tampered_escaping_and_invalid_uploads_are_rejected() {
     fx.id_v_table("rj").await;
     // 1. Tampered: one byte changed after the manifest was written.
     let (r1, t1) = fake_run(&fx, &[merge_file("m", "public.rj", rows_csv(0, 10))]).await;
-    let f1 = fx.c.results_dir().join(r1.to_string()).join("m.csv");
-    std::fs::write(
-        &f1,
-        std::fs::read_to_string(&f1)
-            .unwrap()
-            .replace("value 3", "value 4"),
-    )
-    .unwrap();
+    fx.tamper(r1, "m.csv", "value 3", "value 4");
     // 2. A path that escapes results.dir (to a copy of a valid file, MD5 and all).
     let (r2, t2) = fake_run(&fx, &[merge_file("m", "public.rj", rows_csv(10, 20))]).await;
     let outside = fx.c.dir.join("outside");
@@ -823,40 +833,20 @@ async fn tampered_escaping_and_invalid_uploads_are_rejected() {
     .unwrap();
     // 3. A run marked invalid (its snapshot moved).
     let (r3, t3) = fake_run(&fx, &[merge_file("m", "public.rj", rows_csv(20, 30))]).await;
-    fx.p.execute(
-        "UPDATE pgmaint.runs SET state = 'invalid' WHERE id = $1",
-        &[&r3],
-    )
-    .await
-    .unwrap();
+    let invalid = "UPDATE pgmaint.runs SET state = 'invalid' WHERE id = $1";
+    fx.p.execute(invalid, &[&r3]).await.unwrap();
 
     let out = fx.drain();
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stdout.contains("0 task(s) applied"), "{}", out.stdout);
     assert_eq!(fx.rows("rj").await, 0, "nothing applied");
-    let err = |id: i64| {
-        let p = &fx.p;
-        async move {
-            let r = p
-                .query_one(
-                    "SELECT state, last_error FROM pgmaint.upload_tasks WHERE id = $1",
-                    &[&id],
-                )
-                .await
-                .unwrap();
-            (
-                r.get::<_, String>(0),
-                r.get::<_, Option<String>>(1).unwrap_or_default(),
-            )
-        }
-    };
-    let (s1, e1) = err(t1[0]).await;
+    let (s1, _, e1) = fx.outcome(t1[0]).await;
     assert_eq!(s1, "failed");
     assert!(e1.contains("differs from the manifest"), "{e1}");
-    let (s2, e2) = err(t2[0]).await;
+    let (s2, _, e2) = fx.outcome(t2[0]).await;
     assert_eq!(s2, "failed");
     assert!(e2.contains("outside results.dir"), "{e2}");
-    let (s3, e3) = err(t3[0]).await;
+    let (s3, _, e3) = fx.outcome(t3[0]).await;
     assert_eq!(s3, "failed");
     assert!(e3.contains("its run is invalid"), "{e3}");
     for e in [e1, e2, e3] {
@@ -957,34 +947,24 @@ async fn swap_replaces_contents_and_keeps_indexes_grants_comment() {
     )
     .await;
     fx.drain().expect_code(1);
-    let r = fx.task_row(ids[0], "state, last_error").await;
-    assert_eq!(r.get::<_, String>(0), "failed");
-    let e: String = r.get(1);
+    let (state, _, e) = fx.outcome(ids[0]).await;
+    assert_eq!(state, "failed");
     assert!(e.contains("view top_cited depends on it"), "{e}");
     assert_eq!(fx.rows("citation_counts").await, 201);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_stops_a_running_apply() {
-    let fx = setup(
-        "up_cancel",
-        "lease = \"3s\"\nlock_timeout = \"60s\"\npoll_interval = \"500ms\"",
-    )
-    .await;
+    let fx = setup("up_cancel", &format!("lease = \"3s\"\n{BLOCKABLE}")).await;
     fx.id_v_table("cn").await;
-    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.cn", rows_csv(0, 100))]).await;
+    let id = fx.queue_load("cn", 0, 100).await;
     let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "cn", "cancel", &["--slots", "1"]).await;
     let out = fx
-        .pgmaint(&["tasks", "cancel", &ids[0].to_string()])
+        .pgmaint(&["tasks", "cancel", &id.to_string()])
         .expect_code(0);
     assert!(out.stdout.contains("cancel requested"), "{}", out.stdout);
-    fx.wait_state(
-        "the task to be cancelled",
-        ids[0],
-        "cancelled",
-        Duration::from_secs(15),
-    )
-    .await;
+    fx.wait_state("the task to be cancelled", id, "cancelled", 15)
+        .await;
     holder.batch_execute("COMMIT").await.unwrap();
     assert_eq!(fx.rows("cn").await, 0);
     fx.stop(&mut w, "cancel").await;
@@ -995,30 +975,13 @@ async fn notify_wakes_an_idle_uploader() {
     // Polling every minute: only the NOTIFY can make the task run within seconds.
     let fx = setup("up_notify", "poll_interval = \"60s\"").await;
     fx.id_v_table("nt").await;
-    let mut w = spawn_uploader(&fx, "notify", &["--slots", "2"]);
-    wait_for(
-        "the uploader to LISTEN",
-        Duration::from_secs(10),
-        || async {
-            fx.rows("pg_stat_activity WHERE application_name = 'pgmaint-uploader-listen'")
-                .await
-                == 1
-        },
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await; // past its first (empty) claim
-    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.nt", rows_csv(0, 10))]).await;
-    fx.p.execute("SELECT pg_notify('pgmaint_upload', 'test')", &[])
-        .await
-        .unwrap();
+    let listener = "pg_stat_activity WHERE application_name = 'pgmaint-uploader-listen'";
+    let mut w = listening_uploader(&fx, "notify", listener).await;
+    let id = fx.queue_load("nt", 0, 10).await;
+    fx.notify().await;
     let woke = Instant::now();
-    fx.wait_state(
-        "the notified task to complete",
-        ids[0],
-        "completed",
-        Duration::from_secs(10),
-    )
-    .await;
+    fx.wait_state("the notified task to complete", id, "completed", 10)
+        .await;
     assert!(woke.elapsed() < Duration::from_secs(5));
     assert_eq!(fx.rows("nt").await, 10);
     fx.stop(&mut w, "notify").await;
@@ -1048,18 +1011,16 @@ async fn merge_updates_changed_rows_inserts_new_ones_and_leaves_the_rest() {
         let amount = if d == 6 { d * 10 } else { d * 100 };
         csv.push_str(&format!("{d},eu,{amount}\n"));
     }
-    let (_, ids) = fake_run(
-        &fx,
-        &[merge_file_by(
+    let id = fx
+        .queue(merge_file_by(
             "totals",
             "\"Totals\"",
             &["Day", "region"],
             csv,
-        )],
-    )
-    .await;
+        ))
+        .await;
     fx.drain().expect_code(0);
-    assert_eq!(fx.state(ids[0]).await, "completed");
+    assert_eq!(fx.state(id).await, "completed");
     assert_eq!(fx.rows("\"Totals\"").await, 12);
     assert_eq!(
         fx.rows("\"Totals\" WHERE amount = \"Day\" * 100").await,
@@ -1075,18 +1036,16 @@ async fn merge_updates_changed_rows_inserts_new_ones_and_leaves_the_rest() {
     assert_eq!(xmin_of(6).await, x6, "an unchanged row is not rewritten");
 
     // No unique key on the merge key: refused with a message naming table and columns.
-    let (_, ids) = fake_run(
-        &fx,
-        &[merge_file_by(
+    let id = fx
+        .queue(merge_file_by(
             "totals",
             "\"Totals\"",
             &["Day"],
             "Day,region,amount\n1,eu,1\n",
-        )],
-    )
-    .await;
+        ))
+        .await;
     fx.drain().expect_code(1);
-    let e: String = fx.task(ids[0], "last_error").await;
+    let e: String = fx.task(id, "last_error").await;
     assert!(
         e.contains(
             "merge target public.\"Totals\": no primary key or unique index on exactly (\"Day\")"
@@ -1104,19 +1063,21 @@ async fn a_worker_whose_lease_expired_cannot_complete_its_task() {
     .await;
     fx.sql("CREATE TABLE fz (id bigint PRIMARY KEY, v text); INSERT INTO fz VALUES (0, 'old')")
         .await;
-    let (_, ids) = fake_run(&fx, &[swap_file("fz", "public.fz", rows_csv(1, 101))]).await;
+    let id = fx
+        .queue(swap_file("fz", "public.fz", rows_csv(1, 101)))
+        .await;
     // Worker A's swap blocks on LOCK TABLE behind a reader; then A freezes (SIGSTOP),
     // so its heartbeats stop and its lease expires.
     let (reader, mut a) = swap_blocked_behind_a_reader(&fx, "fz", "a", &["--slots", "1"]).await;
-    let a_worker: String = fx.task(ids[0], "worker").await;
+    let a_worker: String = fx.task(id, "worker").await;
     signal(a.id(), "STOP");
-    fx.wait_lease_expired("A's lease to expire", ids[0]).await;
+    fx.wait_lease_expired("A's lease to expire", id).await;
     // Worker B rescues the task and applies it too; it queues for the lock behind A.
     let mut b = spawn_uploader(&fx, "b", &["--once"]);
     wait_for("B to claim the task", Duration::from_secs(10), || async {
         fx.count(&format!(
             "SELECT count(*) FROM pgmaint.upload_tasks WHERE id = {} AND attempts = 2",
-            ids[0]
+            id
         ))
         .await
             == 1
@@ -1141,7 +1102,7 @@ async fn a_worker_whose_lease_expired_cannot_complete_its_task() {
         "{}",
         uploader_log(&fx, "b")
     );
-    let r = fx.task_row(ids[0], "state, worker, attempts").await;
+    let r = fx.task_row(id, "state, worker, attempts").await;
     assert_eq!(r.get::<_, String>(0), "completed");
     assert_ne!(
         r.get::<_, String>(1),
@@ -1167,19 +1128,14 @@ async fn heartbeats_keep_a_long_apply_alive() {
     )
     .await;
     fx.id_v_table("hb").await;
-    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.hb", rows_csv(0, 100))]).await;
+    let id = fx.queue_load("hb", 0, 100).await;
     let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "hb", "hb", &["--slots", "1"]).await;
     tokio::time::sleep(Duration::from_secs(3)).await; // three leases long
-    assert_eq!(fx.state(ids[0]).await, "running");
+    assert_eq!(fx.state(id).await, "running");
     holder.batch_execute("COMMIT").await.unwrap();
-    fx.wait_state(
-        "the task to complete",
-        ids[0],
-        "completed",
-        Duration::from_secs(10),
-    )
-    .await;
-    let attempts: i32 = fx.task(ids[0], "attempts").await;
+    fx.wait_state("the task to complete", id, "completed", 10)
+        .await;
+    let attempts: i32 = fx.task(id, "attempts").await;
     assert_eq!(attempts, 1, "never rescued while its worker was alive");
     assert_eq!(fx.rows("hb").await, 100);
     fx.stop(&mut w, "hb").await;
@@ -1189,10 +1145,10 @@ async fn heartbeats_keep_a_long_apply_alive() {
 async fn lock_timeouts_are_retried_with_backoff_until_attempts_run_out() {
     let fx = setup("up_backoff", "lock_timeout = \"100ms\"").await;
     fx.id_v_table("bo").await;
-    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.bo", rows_csv(0, 10))]).await;
+    let id = fx.queue_load("bo", 0, 10).await;
     fx.p.execute(
         "UPDATE pgmaint.upload_tasks SET max_attempts = 2 WHERE id = $1",
-        &[&ids[0]],
+        &[&id],
     )
     .await
     .unwrap();
@@ -1210,7 +1166,7 @@ async fn lock_timeouts_are_retried_with_backoff_until_attempts_run_out() {
         .p
         .query_one(
             "SELECT state, attempts, last_error, extract(epoch FROM not_before - now())::float8 FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
+            &[&id],
         )
         .await
         .unwrap();
@@ -1235,7 +1191,7 @@ async fn lock_timeouts_are_retried_with_backoff_until_attempts_run_out() {
     // Attempt 2, the last: failed for good, nothing applied.
     tokio::time::sleep(Duration::from_secs_f64(wait + 0.1)).await;
     fx.drain().expect_code(1);
-    let r = fx.task_row(ids[0], "state, attempts").await;
+    let r = fx.task_row(id, "state, attempts").await;
     assert_eq!(
         (r.get::<_, String>(0).as_str(), r.get::<_, i32>(1)),
         ("failed", 2)
@@ -1244,10 +1200,10 @@ async fn lock_timeouts_are_retried_with_backoff_until_attempts_run_out() {
     assert_eq!(fx.rows("bo").await, 0);
 
     // An operator retries it once the table is free: applied.
-    fx.pgmaint(&["tasks", "retry", &ids[0].to_string()])
+    fx.pgmaint(&["tasks", "retry", &id.to_string()])
         .expect_code(0);
     fx.drain().expect_code(0);
-    assert_eq!(fx.state(ids[0]).await, "completed");
+    assert_eq!(fx.state(id).await, "completed");
     assert_eq!(fx.rows("bo").await, 10);
 }
 
@@ -1257,9 +1213,9 @@ async fn swap_keeps_serial_and_identity_sequences_going() {
     fx.sql("CREATE TABLE s1 (id serial PRIMARY KEY, n bigint GENERATED BY DEFAULT AS IDENTITY, v text);
          INSERT INTO s1 (v) SELECT 'old' FROM generate_series(1, 5);").await;
     let csv = "id,n,v\n1,101,new\n2,102,new\n".to_string();
-    let (_, ids) = fake_run(&fx, &[swap_file("s1", "public.s1", csv)]).await;
+    let id = fx.queue(swap_file("s1", "public.s1", csv)).await;
     fx.drain().expect_code(0);
-    assert_eq!(fx.state(ids[0]).await, "completed");
+    assert_eq!(fx.state(id).await, "completed");
     // The serial sequence survived the old table, and the identity carries on at 6.
     let r =
         fx.p.query_one("INSERT INTO s1 (v) VALUES ('app') RETURNING id, n", &[])
@@ -1418,34 +1374,24 @@ async fn long_running_uploader_over_tls() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.tl", rows_csv(0, 10))]).await;
+    let id = fx.queue_load("tl", 0, 10).await;
     fx.p.execute("SELECT pg_notify('pgmaint_upload', 'test')", &[])
         .await
         .unwrap();
-    fx.wait_state(
-        "the notified task to complete",
-        ids[0],
-        "completed",
-        Duration::from_secs(10),
-    )
-    .await;
+    fx.wait_state("the notified task to complete", id, "completed", 10)
+        .await;
     // A cancel of a running apply goes through a (TLS) cancel request. The lock comes
     // first: queueing notifies, and the uploader would apply the task before it.
     let holder = share_lock_on(&fx, "tl").await;
-    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.tl", rows_csv(10, 20))]).await;
+    let id = fx.queue_load("tl", 10, 20).await;
     fx.p.execute("SELECT pg_notify('pgmaint_upload', 'test')", &[])
         .await
         .unwrap();
     wait_apply_blocked(&fx).await;
-    fx.pgmaint(&["tasks", "cancel", &ids[0].to_string()])
+    fx.pgmaint(&["tasks", "cancel", &id.to_string()])
         .expect_code(0);
-    fx.wait_state(
-        "the task to be cancelled",
-        ids[0],
-        "cancelled",
-        Duration::from_secs(10),
-    )
-    .await;
+    fx.wait_state("the task to be cancelled", id, "cancelled", 10)
+        .await;
     wait_for("the blocked statement to be cancelled", Duration::from_secs(10), || async {
         fx.rows("pg_stat_activity WHERE application_name LIKE 'pgmaint-uploader-%' AND wait_event_type = 'Lock'").await
             == 0
@@ -1707,7 +1653,9 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
     let fx = setup("up_swap_race", "lock_timeout = \"60s\"").await;
     fx.sql("CREATE TABLE ix (id bigint PRIMARY KEY, v text); INSERT INTO ix VALUES (0, 'old')")
         .await;
-    let (_, ids) = fake_run(&fx, &[swap_file("ix", "public.ix", rows_csv(1, 101))]).await;
+    let id = fx
+        .queue(swap_file("ix", "public.ix", rows_csv(1, 101)))
+        .await;
     // The test holds the target; the swap builds its staging table, then waits.
     let (holder, mut once) =
         swap_blocked_behind_a_reader(&fx, "ix", "race", &["--once", "--slots", "1"]).await;
@@ -1723,7 +1671,7 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
         "{}",
         uploader_log(&fx, "race")
     );
-    let r = fx.task_row(ids[0], "state, last_error").await;
+    let r = fx.task_row(id, "state, last_error").await;
     let e: String = r.get::<_, Option<String>>(1).unwrap_or_default();
     assert_eq!(
         r.get::<_, String>(0),
@@ -1738,12 +1686,12 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
     // The retry swaps, and the new table has the index.
     fx.p.execute(
         "UPDATE pgmaint.upload_tasks SET not_before = now() WHERE id = $1",
-        &[&ids[0]],
+        &[&id],
     )
     .await
     .unwrap();
     fx.drain().expect_code(0);
-    assert_eq!(fx.state(ids[0]).await, "completed");
+    assert_eq!(fx.state(id).await, "completed");
     assert_eq!(fx.rows("ix").await, 100);
     assert_eq!(
         fx.rows(
@@ -1755,7 +1703,9 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
     );
 
     // A view created while the next swap waits: never left on the old table.
-    let (_, ids) = fake_run(&fx, &[swap_file("ix", "public.ix", rows_csv(1, 51))]).await;
+    let id = fx
+        .queue(swap_file("ix", "public.ix", rows_csv(1, 51)))
+        .await;
     let (holder, mut once) =
         swap_blocked_behind_a_reader(&fx, "ix", "race-view", &["--once", "--slots", "1"]).await;
     holder
@@ -1768,8 +1718,8 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
         "{}",
         uploader_log(&fx, "race-view")
     );
-    let e: String = fx.last_error(ids[0]).await;
-    assert_eq!(fx.state(ids[0]).await, "waiting", "{e}");
+    let e: String = fx.last_error(id).await;
+    assert_eq!(fx.state(id).await, "waiting", "{e}");
     assert!(e.contains("view ix_view depends on it"), "{e}");
     assert_eq!(fx.rows("ix_view").await, 100);
     assert_eq!(fx.swap_leftovers().await, 0, "no staging or old table left");
@@ -2213,17 +2163,15 @@ async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
         "public.pgmaint_swap_old_important".to_string(),
     ];
     for round in 0..3 {
-        let (_, ids) = fake_run(
-            &fx,
-            &[swap_file(
+        let id = fx
+            .queue(swap_file(
                 "sw",
                 "public.sw",
                 &format!("id,v\n1,round {round}\n"),
-            )],
-        )
-        .await;
+            ))
+            .await;
         fx.drain().expect_code(0);
-        assert_eq!(fx.state(ids[0]).await, "completed");
+        assert_eq!(fx.state(id).await, "completed");
         assert_eq!(
             swap_old_tables(&fx.p).await,
             users,
@@ -2484,11 +2432,11 @@ async fn a_merge_handles_json_xml_point_and_custom_array_columns() {
          3,\"[1, 2]\",<b/>,\"(3,2)\",\"{{happy}}\",{{}},0.3\n\
          4,,,,,,\n"
     );
-    let (_, ids) = fake_run(&fx, &[merge_file("odd", "public.odd", first)]).await;
+    let id = fx.queue(merge_file("odd", "public.odd", first)).await;
     let out = fx.drain();
-    let e: Option<String> = fx.task(ids[0], "last_error").await;
+    let e: Option<String> = fx.task(id, "last_error").await;
     assert_eq!(out.code, 0, "{e:?}\n{}", out.stderr);
-    assert_eq!(fx.state(ids[0]).await, "completed");
+    assert_eq!(fx.state(id).await, "completed");
     assert_eq!(fx.rows("odd").await, 4);
     let rows = || {
         let p = &fx.p;
@@ -2523,9 +2471,9 @@ async fn a_merge_handles_json_xml_point_and_custom_array_columns() {
          4,{{}},<d/>,\"(4,4)\",\"{{sad,happy}}\",\"{{\"\"(4,\\\"\"[4]\\\"\")\"\"}}\",4\n\
          5,null,<e/>,\"(5,5)\",{{}},{{}},5\n"
     );
-    let (_, ids) = fake_run(&fx, &[merge_file("odd", "public.odd", second)]).await;
+    let id = fx.queue(merge_file("odd", "public.odd", second)).await;
     fx.drain().expect_code(0);
-    assert_eq!(fx.state(ids[0]).await, "completed");
+    assert_eq!(fx.state(id).await, "completed");
     let after = rows().await;
     assert_eq!(after.len(), 5);
     assert_eq!(after[0], before[0], "an unchanged row is not rewritten");
