@@ -334,13 +334,19 @@ impl Fx {
             signal(child.id(), "TERM");
         }
         for (child, tag) in uploaders.iter_mut() {
-            assert_eq!(
-                wait_exit(child, Duration::from_secs(20)).await,
-                0,
-                "uploader {tag}: {}",
-                uploader_log(self, tag)
-            );
+            self.exits_ok(child, tag, 20).await;
         }
+    }
+
+    /// Wait up to `secs` seconds for an uploader (logging under `tag`) to exit: it must
+    /// exit 0.
+    async fn exits_ok(&self, child: &mut Child, tag: &str, secs: u64) {
+        assert_eq!(
+            wait_exit(child, Duration::from_secs(secs)).await,
+            0,
+            "uploader {tag}: {}",
+            uploader_log(self, tag)
+        );
     }
 }
 
@@ -396,61 +402,43 @@ async fn wait_apply_blocked(fx: &Fx) {
     .await;
 }
 
-/// A session on the primary in an open transaction that has run `sql`: it holds the
-/// locks `sql` took until it commits.
-async fn session_holding(fx: &Fx, sql: &str) -> Client {
-    let session = fx.c.primary().await;
-    session
-        .batch_execute(&format!("BEGIN; {sql}"))
-        .await
-        .unwrap();
-    session
+/// How a test's session blocks an uploader's apply into a table: in an open
+/// transaction, until it commits.
+#[derive(Clone, Copy)]
+enum Blocker {
+    /// It has read the table: a swap builds its staging table, then waits for its
+    /// exclusive lock.
+    Reader,
+    /// It holds the table IN SHARE MODE: a merge loads its rows, then its INSERT waits.
+    ShareLock,
 }
 
-/// A reader of `table` in an open transaction. A swap into `table` builds its staging
-/// table, then waits for its exclusive lock until the reader commits.
-async fn reader_of(fx: &Fx, table: &str) -> Client {
-    session_holding(fx, &format!("SELECT count(*) FROM {table}")).await
-}
+impl Blocker {
+    /// A session on the primary blocking applies into `table`.
+    async fn on(self, fx: &Fx, table: &str) -> Client {
+        let sql = match self {
+            Blocker::Reader => format!("SELECT count(*) FROM {table}"),
+            Blocker::ShareLock => format!("LOCK TABLE {table} IN SHARE MODE"),
+        };
+        let session = fx.c.primary().await;
+        session
+            .batch_execute(&format!("BEGIN; {sql}"))
+            .await
+            .unwrap();
+        session
+    }
 
-/// A session holding `table` IN SHARE MODE. A merge into `table` loads its rows, then
-/// its INSERT waits until the session commits.
-async fn share_lock_on(fx: &Fx, table: &str) -> Client {
-    session_holding(fx, &format!("LOCK TABLE {table} IN SHARE MODE")).await
-}
-
-/// Start `pgmaint uploader args…` (logging under `tag`) and wait until its apply
-/// blocks on a lock.
-async fn spawn_blocked_uploader(fx: &Fx, tag: &str, args: &[&str]) -> Child {
-    let uploader = spawn_uploader(fx, tag, args);
-    wait_apply_blocked(fx).await;
-    uploader
-}
-
-/// A swap blocked behind a reader: a session reads `table` in an open transaction, then
-/// an uploader starts and its swap into `table` waits for its exclusive lock. Returns
-/// the reader (its COMMIT lets the swap go on) and the uploader.
-async fn swap_blocked_behind_a_reader(
-    fx: &Fx,
-    table: &str,
-    tag: &str,
-    args: &[&str],
-) -> (Client, Child) {
-    let reader = reader_of(fx, table).await;
-    (reader, spawn_blocked_uploader(fx, tag, args).await)
-}
-
-/// A merge blocked behind a lock: a session holds `table` IN SHARE MODE, then an
-/// uploader starts and its merge into `table` waits at its INSERT. Returns the lock
-/// holder (its COMMIT lets the merge go on) and the uploader.
-async fn merge_blocked_behind_a_lock(
-    fx: &Fx,
-    table: &str,
-    tag: &str,
-    args: &[&str],
-) -> (Client, Child) {
-    let holder = share_lock_on(fx, table).await;
-    (holder, spawn_blocked_uploader(fx, tag, args).await)
+    /// A blocking session on `table`, then `pgmaint uploader --slots 1 [extra…]`
+    /// (logging under `tag`) started, once its apply into `table` waits on a lock.
+    /// Returns the session (its COMMIT lets the apply go on) and the uploader.
+    async fn block(self, fx: &Fx, table: &str, tag: &str, extra: &[&str]) -> (Client, Child) {
+        let session = self.on(fx, table).await;
+        let mut args = vec!["--slots", "1"];
+        args.extend_from_slice(extra);
+        let uploader = spawn_uploader(fx, tag, &args);
+        wait_apply_blocked(fx).await;
+        (session, uploader)
+    }
 }
 
 /// A target for merges whose BEFORE INSERT trigger logs every row an apply proposes
@@ -544,7 +532,7 @@ async fn killed_uploader_leaves_no_partial_rows_and_task_is_rescued() {
     let id = fx.queue_load("k", 0, 5000).await;
     // Hold a lock that the merge's INSERT conflicts with: the apply COPYs its 5,000
     // rows into its load table, then blocks.
-    let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "k", "killed", &["--slots", "1"]).await;
+    let (holder, mut w) = Blocker::ShareLock.block(&fx, "k", "killed", &[]).await;
     assert_eq!(fx.state(id).await, "running");
     let killed_worker: String = fx.task(id, "worker").await;
     w.kill().unwrap(); // SIGKILL
@@ -581,8 +569,7 @@ async fn uploader_reconnects_after_primary_restart_and_finishes() {
     fx.id_v_table("rs").await;
     let id = fx.queue_load("rs", 0, 2000).await;
     // The lock holder stays until the restart ends it.
-    let (_holder, mut w) =
-        merge_blocked_behind_a_lock(&fx, "rs", "restart", &["--slots", "1"]).await;
+    let (_holder, mut w) = Blocker::ShareLock.block(&fx, "rs", "restart", &[]).await;
     assert_eq!(fx.state(id).await, "running");
 
     fx.c.server("restart", "primary"); // ends the lock holder and the apply alike
@@ -958,7 +945,7 @@ async fn cancel_stops_a_running_apply() {
     let fx = setup("up_cancel", &format!("lease = \"3s\"\n{BLOCKABLE}")).await;
     fx.id_v_table("cn").await;
     let id = fx.queue_load("cn", 0, 100).await;
-    let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "cn", "cancel", &["--slots", "1"]).await;
+    let (holder, mut w) = Blocker::ShareLock.block(&fx, "cn", "cancel", &[]).await;
     let out = fx
         .pgmaint(&["tasks", "cancel", &id.to_string()])
         .expect_code(0);
@@ -1068,7 +1055,7 @@ async fn a_worker_whose_lease_expired_cannot_complete_its_task() {
         .await;
     // Worker A's swap blocks on LOCK TABLE behind a reader; then A freezes (SIGSTOP),
     // so its heartbeats stop and its lease expires.
-    let (reader, mut a) = swap_blocked_behind_a_reader(&fx, "fz", "a", &["--slots", "1"]).await;
+    let (reader, mut a) = Blocker::Reader.block(&fx, "fz", "a", &[]).await;
     let a_worker: String = fx.task(id, "worker").await;
     signal(a.id(), "STOP");
     fx.wait_lease_expired("A's lease to expire", id).await;
@@ -1096,12 +1083,7 @@ async fn a_worker_whose_lease_expired_cannot_complete_its_task() {
     reader.batch_execute("COMMIT").await.unwrap(); // A's backend gets the lock first
     tokio::time::sleep(Duration::from_millis(300)).await;
     signal(a.id(), "CONT"); // A wakes up with an expired lease: it must not complete
-    assert_eq!(
-        wait_exit(&mut b, Duration::from_secs(30)).await,
-        0,
-        "{}",
-        uploader_log(&fx, "b")
-    );
+    fx.exits_ok(&mut b, "b", 30).await;
     let r = fx.task_row(id, "state, worker, attempts").await;
     assert_eq!(r.get::<_, String>(0), "completed");
     assert_ne!(
@@ -1129,7 +1111,7 @@ async fn heartbeats_keep_a_long_apply_alive() {
     .await;
     fx.id_v_table("hb").await;
     let id = fx.queue_load("hb", 0, 100).await;
-    let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "hb", "hb", &["--slots", "1"]).await;
+    let (holder, mut w) = Blocker::ShareLock.block(&fx, "hb", "hb", &[]).await;
     tokio::time::sleep(Duration::from_secs(3)).await; // three leases long
     assert_eq!(fx.state(id).await, "running");
     holder.batch_execute("COMMIT").await.unwrap();
@@ -1152,7 +1134,7 @@ async fn lock_timeouts_are_retried_with_backoff_until_attempts_run_out() {
     )
     .await
     .unwrap();
-    let holder = share_lock_on(&fx, "bo").await;
+    let holder = Blocker::ShareLock.on(&fx, "bo").await;
 
     // Attempt 1: the lock waits time out (retried inside the apply, then given up):
     // back to waiting, due only after a backoff.
@@ -1236,24 +1218,18 @@ async fn sigterm_finishes_the_task_in_hand_or_releases_it() {
 
     // 1. The task in hand finishes within the grace period: applied, then exit 0.
     let (_, first) = fake_run(&fx, &[merge_file("load", "public.st", rows_csv(0, 10))]).await;
-    let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "st", "finish", &["--slots", "1"]).await;
+    let (holder, mut w) = Blocker::ShareLock.block(&fx, "st", "finish", &[]).await;
     signal(w.id(), "TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
     holder.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(
-        wait_exit(&mut w, Duration::from_secs(20)).await,
-        0,
-        "{}",
-        uploader_log(&fx, "finish")
-    );
+    fx.exits_ok(&mut w, "finish", 20).await;
     assert_eq!(fx.state(first[0]).await, "completed");
     assert_eq!(fx.rows("st").await, 10);
 
     // 2. It does not finish in time: rolled back and released (the attempt does not
     //    count), then exit 0; the next worker applies it.
     let (_, second) = fake_run(&fx, &[merge_file("load", "public.st", rows_csv(10, 20))]).await;
-    let (holder, mut w) =
-        merge_blocked_behind_a_lock(&fx, "st", "release", &["--slots", "1"]).await;
+    let (holder, mut w) = Blocker::ShareLock.block(&fx, "st", "release", &[]).await;
     fx.stop(&mut w, "release").await;
     let r = fx.task_row(second[0], "state, attempts, worker").await;
     assert_eq!(
@@ -1327,7 +1303,7 @@ async fn rescuer_fails_a_task_whose_attempts_are_used_up_and_drops_its_dependent
     )
     .await
     .unwrap();
-    let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "rf", "killed", &["--slots", "1"]).await;
+    let (holder, mut w) = Blocker::ShareLock.block(&fx, "rf", "killed", &[]).await;
     w.kill().unwrap();
     w.wait().unwrap();
     holder.batch_execute("COMMIT").await.unwrap();
@@ -1382,7 +1358,7 @@ async fn long_running_uploader_over_tls() {
         .await;
     // A cancel of a running apply goes through a (TLS) cancel request. The lock comes
     // first: queueing notifies, and the uploader would apply the task before it.
-    let holder = share_lock_on(&fx, "tl").await;
+    let holder = Blocker::ShareLock.on(&fx, "tl").await;
     let id = fx.queue_load("tl", 10, 20).await;
     fx.p.execute("SELECT pg_notify('pgmaint_upload', 'test')", &[])
         .await
@@ -1600,7 +1576,7 @@ async fn an_older_swap_racing_a_newer_one_is_superseded() {
     let new_lsn = run_lsn(&fx.p, new_run).await;
     fx.hold_run(old_run).await;
     // A reader holds the target: the newer swap blocks on LOCK TABLE.
-    let (reader, mut a) = swap_blocked_behind_a_reader(&fx, "sr", "new", &["--slots", "1"]).await;
+    let (reader, mut a) = Blocker::Reader.block(&fx, "sr", "new", &[]).await;
     // The older one, on another uploader: it blocks on the materializations row.
     fx.release_run(old_run).await;
     let mut b = spawn_uploader(&fx, "old", &["--slots", "1"]);
@@ -1657,20 +1633,14 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
         .queue(swap_file("ix", "public.ix", rows_csv(1, 101)))
         .await;
     // The test holds the target; the swap builds its staging table, then waits.
-    let (holder, mut once) =
-        swap_blocked_behind_a_reader(&fx, "ix", "race", &["--once", "--slots", "1"]).await;
+    let (holder, mut once) = Blocker::Reader.block(&fx, "ix", "race", &["--once"]).await;
     // Meanwhile an index is built on the target (the holder already holds a lock on
     // it, so it does not queue behind the swap's request).
     holder
         .batch_execute("CREATE INDEX ix_v ON ix (v); COMMIT")
         .await
         .unwrap();
-    assert_eq!(
-        wait_exit(&mut once, Duration::from_secs(30)).await,
-        0,
-        "{}",
-        uploader_log(&fx, "race")
-    );
+    fx.exits_ok(&mut once, "race", 30).await;
     let r = fx.task_row(id, "state, last_error").await;
     let e: String = r.get::<_, Option<String>>(1).unwrap_or_default();
     assert_eq!(
@@ -1706,18 +1676,14 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
     let id = fx
         .queue(swap_file("ix", "public.ix", rows_csv(1, 51)))
         .await;
-    let (holder, mut once) =
-        swap_blocked_behind_a_reader(&fx, "ix", "race-view", &["--once", "--slots", "1"]).await;
+    let (holder, mut once) = Blocker::Reader
+        .block(&fx, "ix", "race-view", &["--once"])
+        .await;
     holder
         .batch_execute("CREATE VIEW ix_view AS SELECT * FROM ix; COMMIT")
         .await
         .unwrap();
-    assert_eq!(
-        wait_exit(&mut once, Duration::from_secs(30)).await,
-        0,
-        "{}",
-        uploader_log(&fx, "race-view")
-    );
+    fx.exits_ok(&mut once, "race-view", 30).await;
     let e: String = fx.last_error(id).await;
     assert_eq!(fx.state(id).await, "waiting", "{e}");
     assert!(e.contains("view ix_view depends on it"), "{e}");
