@@ -1128,12 +1128,7 @@ async fn lock_timeouts_are_retried_with_backoff_until_attempts_run_out() {
     let fx = setup("up_backoff", "lock_timeout = \"100ms\"").await;
     fx.id_v_table("bo").await;
     let id = fx.queue_load("bo", 0, 10).await;
-    fx.p.execute(
-        "UPDATE pgmaint.upload_tasks SET max_attempts = 2 WHERE id = $1",
-        &[&id],
-    )
-    .await
-    .unwrap();
+    fx.set_tasks("max_attempts = 2", "id", id).await;
     let holder = Blocker::ShareLock.on(&fx, "bo").await;
 
     // Attempt 1: the lock waits time out (retried inside the apply, then given up):
@@ -1144,14 +1139,10 @@ async fn lock_timeouts_are_retried_with_backoff_until_attempts_run_out() {
         "{}",
         out.stdout
     );
+    let backoff = "extract(epoch FROM not_before - now())::float8";
     let r = fx
-        .p
-        .query_one(
-            "SELECT state, attempts, last_error, extract(epoch FROM not_before - now())::float8 FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap();
+        .task_row(id, &format!("state, attempts, last_error, {backoff}"))
+        .await;
     assert_eq!(
         (r.get::<_, String>(0).as_str(), r.get::<_, i32>(1)),
         ("waiting", 1)
@@ -1173,11 +1164,8 @@ async fn lock_timeouts_are_retried_with_backoff_until_attempts_run_out() {
     // Attempt 2, the last: failed for good, nothing applied.
     tokio::time::sleep(Duration::from_secs_f64(wait + 0.1)).await;
     fx.drain().expect_code(1);
-    let r = fx.task_row(id, "state, attempts").await;
-    assert_eq!(
-        (r.get::<_, String>(0).as_str(), r.get::<_, i32>(1)),
-        ("failed", 2)
-    );
+    let (state, attempts): (String, i32) = fx.task_pair(id, "state, attempts").await;
+    assert_eq!((state.as_str(), attempts), ("failed", 2));
     holder.batch_execute("COMMIT").await.unwrap();
     assert_eq!(fx.rows("bo").await, 0);
 
@@ -1199,11 +1187,13 @@ async fn swap_keeps_serial_and_identity_sequences_going() {
     fx.drain().expect_code(0);
     assert_eq!(fx.state(id).await, "completed");
     // The serial sequence survived the old table, and the identity carries on at 6.
-    let r =
-        fx.p.query_one("INSERT INTO s1 (v) VALUES ('app') RETURNING id, n", &[])
-            .await
-            .unwrap();
-    assert_eq!((r.get::<_, i32>(0), r.get::<_, i64>(1)), (6, 6));
+    let app: (i32, i64) = pair(
+        &fx.p,
+        "INSERT INTO s1 (v) VALUES ('app') RETURNING id, n",
+        &[],
+    )
+    .await;
+    assert_eq!(app, (6, 6));
     assert_eq!(fx.rows("s1").await, 3);
 }
 
@@ -1211,27 +1201,27 @@ async fn swap_keeps_serial_and_identity_sequences_going() {
 async fn sigterm_finishes_the_task_in_hand_or_releases_it() {
     let fx = setup(
         "up_sigterm",
-        "lock_timeout = \"60s\"\npoll_interval = \"500ms\"\nshutdown_grace = \"1s\"",
+        &format!("{BLOCKABLE}\nshutdown_grace = \"1s\""),
     )
     .await;
     fx.id_v_table("st").await;
 
     // 1. The task in hand finishes within the grace period: applied, then exit 0.
-    let (_, first) = fake_run(&fx, &[merge_file("load", "public.st", rows_csv(0, 10))]).await;
+    let first = fx.queue_load("st", 0, 10).await;
     let (holder, mut w) = Blocker::ShareLock.block(&fx, "st", "finish", &[]).await;
     signal(w.id(), "TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
     holder.batch_execute("COMMIT").await.unwrap();
     fx.exits_ok(&mut w, "finish", 20).await;
-    assert_eq!(fx.state(first[0]).await, "completed");
+    assert_eq!(fx.state(first).await, "completed");
     assert_eq!(fx.rows("st").await, 10);
 
     // 2. It does not finish in time: rolled back and released (the attempt does not
     //    count), then exit 0; the next worker applies it.
-    let (_, second) = fake_run(&fx, &[merge_file("load", "public.st", rows_csv(10, 20))]).await;
+    let second = fx.queue_load("st", 10, 20).await;
     let (holder, mut w) = Blocker::ShareLock.block(&fx, "st", "release", &[]).await;
     fx.stop(&mut w, "release").await;
-    let r = fx.task_row(second[0], "state, attempts, worker").await;
+    let r = fx.task_row(second, "state, attempts, worker").await;
     assert_eq!(
         (
             r.get::<_, String>(0).as_str(),
@@ -1243,7 +1233,7 @@ async fn sigterm_finishes_the_task_in_hand_or_releases_it() {
     holder.batch_execute("COMMIT").await.unwrap();
     assert_eq!(fx.rows("st").await, 10);
     fx.drain().expect_code(0);
-    assert_eq!(fx.state(second[0]).await, "completed");
+    assert_eq!(fx.state(second).await, "completed");
     assert_eq!(fx.rows("st").await, 20);
 }
 
@@ -1253,37 +1243,24 @@ async fn a_file_the_target_cannot_take_fails_at_once_naming_the_problem() {
     fx.sql("CREATE TABLE bd (id bigint PRIMARY KEY, n integer NOT NULL, v text)")
         .await;
     // Not a number in an integer column; a column the target lacks.
-    let (_, bad) = fake_run(&fx, &[merge_file("load", "public.bd", "id,n,v\n1,x,a\n")]).await;
-    let (_, missing) = fake_run(&fx, &[merge_file("load", "public.bd", "id,w\n1,a\n")]).await;
-    let (_, notnull) = fake_run(&fx, &[swap_file("s", "public.bd", "id,v\n1,a\n")]).await;
+    let bad = fx
+        .queue(merge_file("load", "public.bd", "id,n,v\n1,x,a\n"))
+        .await;
+    let missing = fx
+        .queue(merge_file("load", "public.bd", "id,w\n1,a\n"))
+        .await;
+    let notnull = fx.queue(swap_file("s", "public.bd", "id,v\n1,a\n")).await;
     fx.drain().expect_code(1);
-    let err = |id: i64| {
-        let p = &fx.p;
-        async move {
-            let r = p
-                .query_one(
-                    "SELECT state, attempts, last_error FROM pgmaint.upload_tasks WHERE id = $1",
-                    &[&id],
-                )
-                .await
-                .unwrap();
-            (
-                r.get::<_, String>(0),
-                r.get::<_, i32>(1),
-                r.get::<_, String>(2),
-            )
-        }
-    };
-    let (s, a, e) = err(bad[0]).await;
+    let (s, a, e) = fx.outcome(bad).await;
     assert_eq!((s.as_str(), a), ("failed", 1), "{e}");
     assert!(
         e.contains("invalid input syntax for type integer") && e.contains("22P02"),
         "{e}"
     );
-    let (s, a, e) = err(missing[0]).await;
+    let (s, a, e) = fx.outcome(missing).await;
     assert_eq!((s.as_str(), a), ("failed", 1), "{e}");
     assert!(e.contains("merge target public.bd: column(s) \"w\" of the result file do not exist on the primary"), "{e}");
-    let (s, a, e) = err(notnull[0]).await;
+    let (s, a, e) = fx.outcome(notnull).await;
     assert_eq!((s.as_str(), a), ("failed", 1), "{e}");
     assert!(
         e.contains("null value in column \"n\"") && e.contains("23502"),
@@ -1297,25 +1274,16 @@ async fn rescuer_fails_a_task_whose_attempts_are_used_up_and_drops_its_dependent
     let fx = setup("up_rescue_fail", "lease = \"1s\"\nlock_timeout = \"60s\"").await;
     fx.id_v_table("rf").await;
     let (_, ids) = fake_run(&fx, &merge_chain("public.rf", &["a", "b"], 0)).await;
-    fx.p.execute(
-        "UPDATE pgmaint.upload_tasks SET max_attempts = 1 WHERE id = $1",
-        &[&ids[0]],
-    )
-    .await
-    .unwrap();
+    fx.set_tasks("max_attempts = 1", "id", ids[0]).await;
     let (holder, mut w) = Blocker::ShareLock.block(&fx, "rf", "killed", &[]).await;
     w.kill().unwrap();
     w.wait().unwrap();
     holder.batch_execute("COMMIT").await.unwrap();
     fx.wait_lease_expired("the lease to expire", ids[0]).await;
     fx.drain().expect_code(0);
-    let r = fx.task_row(ids[0], "state, last_error").await;
-    assert_eq!(r.get::<_, String>(0), "failed");
-    assert!(
-        r.get::<_, String>(1).contains("lease expired"),
-        "{}",
-        r.get::<_, String>(1)
-    );
+    let (state, _, e) = fx.outcome(ids[0]).await;
+    assert_eq!(state, "failed");
+    assert!(e.contains("lease expired"), "{e}");
     assert_eq!(fx.state(ids[1]).await, "dropped");
     assert_eq!(fx.rows("rf").await, 0);
 }
@@ -1654,12 +1622,7 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
     );
     assert_eq!(fx.rows("ix").await, 1, "nothing applied yet");
     // The retry swaps, and the new table has the index.
-    fx.p.execute(
-        "UPDATE pgmaint.upload_tasks SET not_before = now() WHERE id = $1",
-        &[&id],
-    )
-    .await
-    .unwrap();
+    fx.set_tasks("not_before = now()", "id", id).await;
     fx.drain().expect_code(0);
     assert_eq!(fx.state(id).await, "completed");
     assert_eq!(fx.rows("ix").await, 100);
