@@ -22,6 +22,15 @@ struct Fx {
     p: Client,
 }
 
+/// [`setup`], with a table `table` ([`Fx::id_v_table`]) and a merge of `rows` rows into
+/// it queued ([`Fx::queue_load`]): the fixture and that upload task.
+async fn setup_load(name: &str, uploader_toml: &str, table: &str, rows: i64) -> (Fx, i64) {
+    let fx = setup(name, uploader_toml).await;
+    fx.id_v_table(table).await;
+    let id = fx.queue_load(table, 0, rows).await;
+    (fx, id)
+}
+
 async fn setup(name: &str, uploader_toml: &str) -> Fx {
     let c = Cluster::up(name, 0);
     // Config needs a replica entry; the uploader never connects to it.
@@ -35,9 +44,11 @@ async fn setup(name: &str, uploader_toml: &str) -> Fx {
     Fx { c, cfg, p }
 }
 
-/// `[uploader]` settings of the tests with a long-running uploader blocked on a lock:
-/// its lock waits outlast the test, and it polls often.
-const BLOCKABLE: &str = "lock_timeout = \"60s\"\npoll_interval = \"500ms\"";
+/// `[uploader]` settings of the tests with a long-running uploader blocked on a lock
+/// (its lock waits outlast the test, and it polls often), then `more`.
+fn blockable(more: &str) -> String {
+    format!("lock_timeout = \"60s\"\npoll_interval = \"500ms\"\n{more}")
+}
 
 /// `uploader.max_attempts` when the config leaves it out.
 const MAX_ATTEMPTS: i32 = 5;
@@ -229,6 +240,19 @@ impl Fx {
         let r = self.task_row(id, "state, attempts, last_error").await;
         let error: Option<String> = r.get(2);
         (r.get(0), r.get(1), error.unwrap_or_default())
+    }
+
+    /// [`Fx::drain`], which must exit 0 saying `said`.
+    fn drain_saying(&self, said: &str) -> Run {
+        let out = self.drain().expect_code(0);
+        assert!(out.stdout.contains(said), "{}", out.stdout);
+        out
+    }
+
+    /// [`Fx::drain`], which must exit 0 and leave upload task `id` completed.
+    async fn apply(&self, id: i64) {
+        self.drain().expect_code(0);
+        assert_eq!(self.state(id).await, "completed");
     }
 
     /// The state of upload task `id`.
@@ -527,9 +551,7 @@ async fn two_uploaders_apply_1000_tasks_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_uploader_leaves_no_partial_rows_and_task_is_rescued() {
-    let fx = setup("up_kill9", &format!("lease = \"2s\"\n{BLOCKABLE}")).await;
-    fx.id_v_table("k").await;
-    let id = fx.queue_load("k", 0, 5000).await;
+    let (fx, id) = setup_load("up_kill9", &blockable("lease = \"2s\""), "k", 5000).await;
     // Hold a lock that the merge's INSERT conflicts with: the apply COPYs its 5,000
     // rows into its load table, then blocks.
     let (holder, mut w) = Blocker::ShareLock.block(&fx, "k", "killed", &[]).await;
@@ -546,12 +568,7 @@ async fn killed_uploader_leaves_no_partial_rows_and_task_is_rescued() {
 
     // Once the lease has expired, another worker rescues the task and completes it.
     fx.wait_lease_expired("the lease to expire", id).await;
-    let out = fx.drain().expect_code(0);
-    assert!(
-        out.stdout.contains("1 task(s) applied (5000 rows)"),
-        "{}",
-        out.stdout
-    );
+    fx.drain_saying("1 task(s) applied (5000 rows)");
     assert_eq!(fx.rows("k").await, 5000);
     let row = fx.task_row(id, "state, attempts, worker").await;
     assert_eq!(row.get::<_, String>(0), "completed");
@@ -565,9 +582,7 @@ async fn killed_uploader_leaves_no_partial_rows_and_task_is_rescued() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn uploader_reconnects_after_primary_restart_and_finishes() {
-    let fx = setup("up_restart", &format!("lease = \"5s\"\n{BLOCKABLE}")).await;
-    fx.id_v_table("rs").await;
-    let id = fx.queue_load("rs", 0, 2000).await;
+    let (fx, id) = setup_load("up_restart", &blockable("lease = \"5s\""), "rs", 2000).await;
     // The lock holder stays until the restart ends it.
     let (_holder, mut w) = Blocker::ShareLock.block(&fx, "rs", "restart", &[]).await;
     assert_eq!(fx.state(id).await, "running");
@@ -942,9 +957,7 @@ async fn swap_replaces_contents_and_keeps_indexes_grants_comment() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_stops_a_running_apply() {
-    let fx = setup("up_cancel", &format!("lease = \"3s\"\n{BLOCKABLE}")).await;
-    fx.id_v_table("cn").await;
-    let id = fx.queue_load("cn", 0, 100).await;
+    let (fx, id) = setup_load("up_cancel", &blockable("lease = \"3s\""), "cn", 100).await;
     let (holder, mut w) = Blocker::ShareLock.block(&fx, "cn", "cancel", &[]).await;
     let out = fx
         .pgmaint(&["tasks", "cancel", &id.to_string()])
@@ -1006,8 +1019,7 @@ async fn merge_updates_changed_rows_inserts_new_ones_and_leaves_the_rest() {
             csv,
         ))
         .await;
-    fx.drain().expect_code(0);
-    assert_eq!(fx.state(id).await, "completed");
+    fx.apply(id).await;
     assert_eq!(fx.rows("\"Totals\"").await, 12);
     assert_eq!(
         fx.rows("\"Totals\" WHERE amount = \"Day\" * 100").await,
@@ -1043,11 +1055,7 @@ async fn merge_updates_changed_rows_inserts_new_ones_and_leaves_the_rest() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_whose_lease_expired_cannot_complete_its_task() {
-    let fx = setup(
-        "up_fenced",
-        "lease = \"1s\"\nlock_timeout = \"60s\"\npoll_interval = \"500ms\"",
-    )
-    .await;
+    let fx = setup("up_fenced", &blockable("lease = \"1s\"")).await;
     fx.sql("CREATE TABLE fz (id bigint PRIMARY KEY, v text); INSERT INTO fz VALUES (0, 'old')")
         .await;
     let id = fx
@@ -1104,13 +1112,7 @@ async fn a_worker_whose_lease_expired_cannot_complete_its_task() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn heartbeats_keep_a_long_apply_alive() {
-    let fx = setup(
-        "up_heartbeat",
-        "lease = \"1s\"\nlock_timeout = \"60s\"\npoll_interval = \"500ms\"",
-    )
-    .await;
-    fx.id_v_table("hb").await;
-    let id = fx.queue_load("hb", 0, 100).await;
+    let (fx, id) = setup_load("up_heartbeat", &blockable("lease = \"1s\""), "hb", 100).await;
     let (holder, mut w) = Blocker::ShareLock.block(&fx, "hb", "hb", &[]).await;
     tokio::time::sleep(Duration::from_secs(3)).await; // three leases long
     assert_eq!(fx.state(id).await, "running");
@@ -1125,20 +1127,13 @@ async fn heartbeats_keep_a_long_apply_alive() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lock_timeouts_are_retried_with_backoff_until_attempts_run_out() {
-    let fx = setup("up_backoff", "lock_timeout = \"100ms\"").await;
-    fx.id_v_table("bo").await;
-    let id = fx.queue_load("bo", 0, 10).await;
+    let (fx, id) = setup_load("up_backoff", "lock_timeout = \"100ms\"", "bo", 10).await;
     fx.set_tasks("max_attempts = 2", "id", id).await;
     let holder = Blocker::ShareLock.on(&fx, "bo").await;
 
     // Attempt 1: the lock waits time out (retried inside the apply, then given up):
     // back to waiting, due only after a backoff.
-    let out = fx.drain().expect_code(0);
-    assert!(
-        out.stdout.contains("0 failed, 1 to retry"),
-        "{}",
-        out.stdout
-    );
+    fx.drain_saying("0 failed, 1 to retry");
     let backoff = "extract(epoch FROM not_before - now())::float8";
     let r = fx
         .task_row(id, &format!("state, attempts, last_error, {backoff}"))
@@ -1158,8 +1153,7 @@ async fn lock_timeouts_are_retried_with_backoff_until_attempts_run_out() {
         "backoff of attempt 1 is 1s +-50%: {wait}"
     );
     // Not due yet: a drain right now leaves it alone.
-    let out = fx.drain().expect_code(0);
-    assert!(out.stdout.contains("0 task(s) applied"), "{}", out.stdout);
+    fx.drain_saying("0 task(s) applied");
 
     // Attempt 2, the last: failed for good, nothing applied.
     tokio::time::sleep(Duration::from_secs_f64(wait + 0.1)).await;
@@ -1172,8 +1166,7 @@ async fn lock_timeouts_are_retried_with_backoff_until_attempts_run_out() {
     // An operator retries it once the table is free: applied.
     fx.pgmaint(&["tasks", "retry", &id.to_string()])
         .expect_code(0);
-    fx.drain().expect_code(0);
-    assert_eq!(fx.state(id).await, "completed");
+    fx.apply(id).await;
     assert_eq!(fx.rows("bo").await, 10);
 }
 
@@ -1184,8 +1177,7 @@ async fn swap_keeps_serial_and_identity_sequences_going() {
          INSERT INTO s1 (v) SELECT 'old' FROM generate_series(1, 5);").await;
     let csv = "id,n,v\n1,101,new\n2,102,new\n".to_string();
     let id = fx.queue(swap_file("s1", "public.s1", csv)).await;
-    fx.drain().expect_code(0);
-    assert_eq!(fx.state(id).await, "completed");
+    fx.apply(id).await;
     // The serial sequence survived the old table, and the identity carries on at 6.
     let app: (i32, i64) = pair(
         &fx.p,
@@ -1199,11 +1191,7 @@ async fn swap_keeps_serial_and_identity_sequences_going() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_the_task_in_hand_or_releases_it() {
-    let fx = setup(
-        "up_sigterm",
-        &format!("{BLOCKABLE}\nshutdown_grace = \"1s\""),
-    )
-    .await;
+    let fx = setup("up_sigterm", &blockable("shutdown_grace = \"1s\"")).await;
     fx.id_v_table("st").await;
 
     // 1. The task in hand finishes within the grace period: applied, then exit 0.
@@ -1232,8 +1220,7 @@ async fn sigterm_finishes_the_task_in_hand_or_releases_it() {
     );
     holder.batch_execute("COMMIT").await.unwrap();
     assert_eq!(fx.rows("st").await, 10);
-    fx.drain().expect_code(0);
-    assert_eq!(fx.state(second).await, "completed");
+    fx.apply(second).await;
     assert_eq!(fx.rows("st").await, 20);
 }
 
@@ -1472,17 +1459,10 @@ async fn an_older_snapshot_never_overwrites_a_newer_one() {
 
     // The newer run first.
     fx.hold_run(old_run).await;
-    let out = fx.drain().expect_code(0);
-    assert!(out.stdout.contains("2 task(s) applied"), "{}", out.stdout);
+    fx.drain_saying("2 task(s) applied");
     // Then the older one.
     fx.release_run(old_run).await;
-    let out = fx.drain().expect_code(0);
-    assert!(
-        out.stdout
-            .contains("2 task(s) applied (0 rows; 2 superseded by a newer snapshot)"),
-        "{}",
-        out.stdout
-    );
+    fx.drain_saying("2 task(s) applied (0 rows; 2 superseded by a newer snapshot)");
 
     for id in old_ids {
         let r = fx.task_row(id, "state, rows_applied, last_error").await;
@@ -1623,8 +1603,7 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
     assert_eq!(fx.rows("ix").await, 1, "nothing applied yet");
     // The retry swaps, and the new table has the index.
     fx.set_tasks("not_before = now()", "id", id).await;
-    fx.drain().expect_code(0);
-    assert_eq!(fx.state(id).await, "completed");
+    fx.apply(id).await;
     assert_eq!(fx.rows("ix").await, 100);
     assert_eq!(
         fx.rows(
@@ -2099,8 +2078,7 @@ async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
                 &format!("id,v\n1,round {round}\n"),
             ))
             .await;
-        fx.drain().expect_code(0);
-        assert_eq!(fx.state(id).await, "completed");
+        fx.apply(id).await;
         assert_eq!(
             swap_old_tables(&fx.p).await,
             users,
@@ -2136,8 +2114,7 @@ async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
     // A second one, which its user then renames to keep it, and whose name a new user
     // table takes.
     let (_, renamed) = fake_run(&fx, &[swap_file("sw", "public.sw", "id,v\n1,renamed\n")]).await;
-    fx.drain().expect_code(0);
-    assert_eq!(fx.state(renamed[0]).await, "completed");
+    fx.apply(renamed[0]).await;
     let taken = format!("public.pgmaint_swap_old_{}", renamed[0]);
     let mut want = users.clone();
     want.extend([leftover.clone(), taken.clone()]);
@@ -2153,8 +2130,7 @@ async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
 
     // The next swap, of another target, cleans up pgmaint's own leftover only.
     let (_, next) = fake_run(&fx, &[swap_file("other", "public.other", "id,v\n1,x\n")]).await;
-    fx.drain().expect_code(0);
-    assert_eq!(fx.state(next[0]).await, "completed");
+    fx.apply(next[0]).await;
     let mut want = users.clone();
     want.push(taken.clone());
     want.sort();
@@ -2192,28 +2168,6 @@ async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
         }
         merge_file(task, "public.sales_summary", csv)
     };
-    let hold = |run: i64| {
-        let p = &fx.p;
-        async move {
-            p.execute(
-                "UPDATE pgmaint.upload_tasks SET not_before = now() + interval '1 hour' WHERE run_id = $1",
-                &[&run],
-            )
-            .await
-            .unwrap();
-        }
-    };
-    let release = |run: i64| {
-        let p = &fx.p;
-        async move {
-            p.execute(
-                "UPDATE pgmaint.upload_tasks SET not_before = now() WHERE run_id = $1",
-                &[&run],
-            )
-            .await
-            .unwrap();
-        }
-    };
     let content = || {
         let p = &fx.p;
         async move {
@@ -2233,21 +2187,11 @@ async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
     // while `eu` applies; then `us` is retried.
     let (us_run, us_ids) = fake_run(&fx, &[file("us", 1..4, "1")]).await;
     let (eu_run, eu_ids) = fake_run(&fx, &[file("eu", 101..104, "1")]).await;
-    hold(us_run).await;
-    let out = fx.drain().expect_code(0);
-    assert!(
-        out.stdout.contains("1 task(s) applied (3 rows)"),
-        "{}",
-        out.stdout
-    );
+    fx.hold_run(us_run).await;
+    fx.drain_saying("1 task(s) applied (3 rows)");
     assert_eq!(fx.state(eu_ids[0]).await, "completed");
-    release(us_run).await;
-    let out = fx.drain().expect_code(0);
-    assert!(
-        out.stdout.contains("1 task(s) applied (3 rows)"),
-        "us applies after eu: {}",
-        out.stdout
-    );
+    fx.release_run(us_run).await;
+    fx.drain_saying("1 task(s) applied (3 rows)");
     let r = fx
         .task_row(us_ids[0], "state, rows_applied, last_error")
         .await;
@@ -2281,15 +2225,10 @@ async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
     // The other order: `eu` older, `us` newer, `us` applied first.
     let (eu2, _) = fake_run(&fx, &[file("eu", 101..104, "2")]).await;
     let (us2, _) = fake_run(&fx, &[file("us", 1..4, "2")]).await;
-    hold(eu2).await;
+    fx.hold_run(eu2).await;
     fx.drain().expect_code(0);
-    release(eu2).await;
-    let out = fx.drain().expect_code(0);
-    assert!(
-        out.stdout.contains("1 task(s) applied (3 rows)"),
-        "{}",
-        out.stdout
-    );
+    fx.release_run(eu2).await;
+    fx.drain_saying("1 task(s) applied (3 rows)");
     assert_eq!(
         content().await,
         vec![("eu 2".to_string(), 3), ("us 2".to_string(), 3)]
@@ -2299,16 +2238,10 @@ async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
     // Within one task, an older snapshot applied after a newer one is still superseded.
     let (us3, us3_ids) = fake_run(&fx, &[file("us", 1..4, "3")]).await;
     let (us4, _) = fake_run(&fx, &[file("us", 1..4, "4")]).await;
-    hold(us3).await;
+    fx.hold_run(us3).await;
     fx.drain().expect_code(0);
-    release(us3).await;
-    let out = fx.drain().expect_code(0);
-    assert!(
-        out.stdout
-            .contains("1 task(s) applied (0 rows; 1 superseded by a newer snapshot)"),
-        "{}",
-        out.stdout
-    );
+    fx.release_run(us3).await;
+    fx.drain_saying("1 task(s) applied (0 rows; 1 superseded by a newer snapshot)");
     let e: String = fx.task(us3_ids[0], "last_error").await;
     assert!(e.contains(&format!("superseded by run {us4}")), "{e}");
     assert_eq!(
@@ -2401,8 +2334,7 @@ async fn a_merge_handles_json_xml_point_and_custom_array_columns() {
          5,null,<e/>,\"(5,5)\",{{}},{{}},5\n"
     );
     let id = fx.queue(merge_file("odd", "public.odd", second)).await;
-    fx.drain().expect_code(0);
-    assert_eq!(fx.state(id).await, "completed");
+    fx.apply(id).await;
     let after = rows().await;
     assert_eq!(after.len(), 5);
     assert_eq!(after[0], before[0], "an unchanged row is not rewritten");
@@ -2463,8 +2395,7 @@ async fn a_swap_keeps_the_identity_sequence_name_grants_comment_and_position() {
             csv.push_str(&format!("{i},new {round}\n"));
         }
         let (_, ids) = fake_run(&fx, &[swap_file("idt", "public.idt", csv)]).await;
-        fx.drain().expect_code(0);
-        assert_eq!(fx.state(ids[0]).await, "completed");
+        fx.apply(ids[0]).await;
         assert_eq!(
             identity_sequence(&fx.p).await,
             before,
