@@ -21,15 +21,6 @@ fn pairs(v: &[(&str, &str)]) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-fn task<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    summary["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == name)
-        .unwrap_or_else(|| panic!("task {name}"))
-}
-
 fn results_dir(summary: &serde_json::Value) -> std::path::PathBuf {
     summary["results_dir"].as_str().expect("results_dir").into()
 }
@@ -107,7 +98,7 @@ async fn file_checksum_finds_planted_corruptions_and_sweeps_with_a_cursor() {
     // Every planted corruption, and nothing else; row 11 is outside the age window.
     let (run, s) = run_json(&c, &cfg, &["--task", "files"]);
     let run = run.expect_code(0);
-    let t = task(&s, "files");
+    let t = task_entry(&s, "files");
     assert_eq!(
         (t["status"].as_str(), t["rows_scanned"].as_u64()),
         (Some("completed"), Some(11)),
@@ -142,7 +133,7 @@ async fn file_checksum_finds_planted_corruptions_and_sweeps_with_a_cursor() {
     let mut seen = Vec::new();
     for expected_cursor in ["5", "10", "3"] {
         let s = run_ok(&c, &cfg, &["--task", "sweep"]);
-        assert_eq!(task(&s, "sweep")["rows_scanned"].as_u64(), Some(5));
+        assert_eq!(task_entry(&s, "sweep")["rows_scanned"].as_u64(), Some(5));
         assert_eq!(cursor_of(&c, "sweep").await, expected_cursor);
         seen.push(findings(&results_dir(&s).join("sweep.csv")));
     }
@@ -180,8 +171,8 @@ async fn amcheck_finds_a_corrupt_index_on_the_replica() {
 
     // A healthy replica: nothing found, three relations checked.
     let s = run_ok(&c, &cfg, &[]);
-    assert_eq!(task(&s, "storage")["rows_scanned"].as_u64(), Some(3));
-    assert_eq!(task(&s, "storage")["findings"].as_u64(), Some(0));
+    assert_eq!(task_entry(&s, "storage")["rows_scanned"].as_u64(), Some(3));
+    assert_eq!(task_entry(&s, "storage")["findings"].as_u64(), Some(0));
 
     // Zero a leaf page of the primary key index in the replica's copy only.
     c.server("stop", "r1");
@@ -190,7 +181,7 @@ async fn amcheck_finds_a_corrupt_index_on_the_replica() {
     c.wait_caught_up(1).await;
 
     let s = run_ok(&c, &cfg, &[]);
-    let t = task(&s, "storage");
+    let t = task_entry(&s, "storage");
     assert_eq!(
         t["rows_scanned"].as_u64(),
         Some(3),
@@ -446,7 +437,7 @@ async fn materialize_swaps_the_target_under_a_reader() {
          query = \"SELECT word, count(*)::bigint AS n FROM words GROUP BY word\"\ntarget = \"word_totals\"\n",
     ).await;
     let s = run_ok(&c, &cfg, &[]);
-    let t = task(&s, "counts");
+    let t = task_entry(&s, "counts");
     assert_eq!(t["file"]["rows"].as_u64(), Some(100));
 
     // A reader queries the target in a loop while the uploader swaps it.

@@ -1646,30 +1646,31 @@ async fn a_data_file_rewritten_with_its_manifest_is_refused() {
          INSERT INTO dst VALUES (0, 'before');",
     )
     .await;
-    let cfg = c.write_config(
-        "rw.toml",
-        "[[tasks]]\nname = \"dst\"\nkind = \"materialize\"\n\
-         query = \"SELECT id, v FROM src\"\ntarget = \"public.dst\"\n",
-    );
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
+    let cfg = c
+        .ready_config(
+            "rw.toml",
+            "[[tasks]]\nname = \"dst\"\nkind = \"materialize\"\n\
+             query = \"SELECT id, v FROM src\"\ntarget = \"public.dst\"\n",
+        )
+        .await;
     let s = run_ok(&c, &cfg, &[]);
     let run_id = s["run_id"].as_i64().unwrap();
     let dir = c.results_dir().join(run_id.to_string());
     let mut manifest = read_manifest(&dir);
-    let task = manifest["tasks"]
-        .as_array_mut()
+    let name = task_entry(&manifest, "dst")["file"]["name"]
+        .as_str()
         .unwrap()
-        .iter_mut()
-        .find(|t| t["name"] == "dst")
-        .unwrap();
-    let name = task["file"]["name"].as_str().unwrap().to_string();
+        .to_string();
     let data = std::fs::read_to_string(dir.join(&name)).unwrap();
     let forged = data.replace(",v7\n", ",forged\n");
     assert_ne!(forged, data);
     std::fs::write(dir.join(&name), &forged).unwrap();
-    task["file"]["md5"] = json!(md5_hex(forged.as_bytes()));
-    task["file"]["size"] = json!(forged.len());
+    for task in manifest["tasks"].as_array_mut().unwrap() {
+        if task["name"] == "dst" {
+            task["file"]["md5"] = json!(md5_hex(forged.as_bytes()));
+            task["file"]["size"] = json!(forged.len());
+        }
+    }
     std::fs::write(
         dir.join("manifest.json"),
         serde_json::to_vec_pretty(&manifest).unwrap(),
@@ -1679,26 +1680,15 @@ async fn a_data_file_rewritten_with_its_manifest_is_refused() {
     let out = c.run(&cfg, &["uploader", "--once"]);
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("0 task(s) applied"), "{}", out.stdout);
-    let r = p
-        .query_one(
-            "SELECT state, last_error FROM pgmaint.upload_tasks WHERE run_id = $1",
-            &[&run_id],
-        )
-        .await
-        .unwrap();
-    let e: String = r.get::<_, Option<String>>(1).unwrap_or_default();
-    assert_eq!(r.get::<_, String>(0), "failed", "{e}");
+    let sql = "SELECT state, last_error FROM pgmaint.upload_tasks WHERE run_id = $1";
+    let (state, e): (String, Option<String>) = pair(&p, sql, &[&run_id]).await;
+    let e = e.unwrap_or_default();
+    assert_eq!(state, "failed", "{e}");
     assert!(
         e.contains("differ from those recorded when the task was queued"),
         "{e}"
     );
-    let rows: Vec<(i32, String)> = p
-        .query("SELECT id, v FROM dst ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let rows: Vec<(i32, String)> = pair_rows(&p, "SELECT id, v FROM dst ORDER BY id", &[]).await;
     assert_eq!(rows, vec![(0, "before".to_string())], "nothing applied");
 }
 
@@ -1710,26 +1700,15 @@ async fn a_merge_file_with_a_null_key_is_refused() {
     fx.sql("CREATE TABLE nk (k text UNIQUE, v text); INSERT INTO nk VALUES ('a', 'old')")
         .await;
     let file = || merge_file_by("nk", "public.nk", &["k"], "k,v\na,new\n,orphan\n");
-    let (_, first) = fake_run(&fx, &[file()]).await;
-    let (_, second) = fake_run(&fx, &[file()]).await;
+    let (first, second) = (fx.queue(file()).await, fx.queue(file()).await);
     fx.drain().expect_code(1);
-    for id in [first[0], second[0]] {
-        let r = fx.task_row(id, "state, attempts, last_error").await;
-        let e: String = r.get::<_, Option<String>>(2).unwrap_or_default();
-        assert_eq!(
-            (r.get::<_, String>(0).as_str(), r.get::<_, i32>(1)),
-            ("failed", 1),
-            "{e}"
-        );
+    for id in [first, second] {
+        let (state, attempts, e) = fx.outcome(id).await;
+        assert_eq!((state.as_str(), attempts), ("failed", 1), "{e}");
         assert!(e.contains("key column \"k\" is NULL in 1 row(s)"), "{e}");
     }
     let rows: Vec<(Option<String>, String)> =
-        fx.p.query("SELECT k, v FROM nk ORDER BY k", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+        pair_rows(&fx.p, "SELECT k, v FROM nk ORDER BY k", &[]).await;
     assert_eq!(rows, vec![(Some("a".to_string()), "old".to_string())]);
 }
 
@@ -1942,16 +1921,12 @@ async fn migration_5_keeps_recorded_findings_and_makes_null_keys_distinct_from_e
     .unwrap();
 
     c.run(&cfg, &["init"]).expect_code(0);
-    let kept: Vec<(Option<String>, String)> = p
-        .query(
-            "SELECT row_key, detail FROM pgmaint.integrity_findings ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let kept: Vec<(Option<String>, String)> = pair_rows(
+        &p,
+        "SELECT row_key, detail FROM pgmaint.integrity_findings ORDER BY id",
+        &[],
+    )
+    .await;
     assert_eq!(
         kept,
         vec![
@@ -2206,17 +2181,13 @@ async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
         content().await,
         vec![("eu 1".to_string(), 3), ("us 1".to_string(), 3)]
     );
-    let recorded: Vec<(String, i64)> =
-        fx.p.query(
-            "SELECT task_name, run_id FROM pgmaint.materializations
+    let recorded: Vec<(String, i64)> = pair_rows(
+        &fx.p,
+        "SELECT task_name, run_id FROM pgmaint.materializations
               WHERE target = 'public.sales_summary' ORDER BY task_name",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+        &[],
+    )
+    .await;
     assert_eq!(
         recorded,
         vec![("eu".to_string(), eu_run), ("us".to_string(), us_run)]

@@ -273,6 +273,16 @@ pub async fn pair<A: FromSqlOwned, B: FromSqlOwned>(
     (row.get(0), row.get(1))
 }
 
+/// The first two columns of every row `sql` returns.
+pub async fn pair_rows<A: FromSqlOwned, B: FromSqlOwned>(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Vec<(A, B)> {
+    let rows = client.query(sql, params).await.unwrap();
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
 /// The `bigint` that `sql` (a `count(*)` or the like, without parameters) returns.
 pub async fn count(client: &Client, sql: &str) -> i64 {
     scalar(client, sql, &[]).await
@@ -331,6 +341,17 @@ pub fn row_checksum_task(
 /// The row_checksum task over the table [`seed_blobs`] makes as `public.blobs`.
 pub fn blobs_task(extra: &str) -> String {
     row_checksum_task("blobs", BLOBS, "id", "payload", "payload_md5", extra)
+}
+
+/// The entry of task `name` in `summary["tasks"]` (a `run --json` summary, or a
+/// manifest).
+pub fn task_entry<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    summary["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("task {name}"))
 }
 
 /// Parse `pgmaint run --json` output (printed on success and on a failed cycle alike).
