@@ -516,20 +516,10 @@ async fn tls_sslmode_require() {
     enable_tls(&c).await;
     let want = plant_blobs(&p, ["10", "20", "30", "40"]).await;
     let cfg = c.write_config("t.toml", &blobs_task("parallelism = 2"));
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let with_mode = |mode: &str| {
-        let path = c.dir.join(format!("{mode}.toml"));
-        std::fs::write(
-            &path,
-            text.replace(
-                "user=postgres dbname=app\"",
-                &format!("user=pgmaint_tls dbname=app sslmode={mode}\""),
-            ),
-        )
-        .unwrap();
-        path
-    };
-    let (require, disable) = (with_mode("require"), with_mode("disable"));
+    let (require, disable) = (
+        tls_config(&c, &cfg, "require"),
+        tls_config(&c, &cfg, "disable"),
+    );
     // The servers really refuse this role in plaintext.
     let refused = c.run(&disable, &["init"]).expect_code(2);
     assert!(

@@ -31,6 +31,13 @@ async fn setup_load(name: &str, uploader_toml: &str, table: &str, rows: i64) -> 
     (fx, id)
 }
 
+/// [`setup`], then `sql` run on the primary (the tables a test applies to).
+async fn setup_with(name: &str, uploader_toml: &str, sql: &str) -> Fx {
+    let fx = setup(name, uploader_toml).await;
+    fx.sql(sql).await;
+    fx
+}
+
 async fn setup(name: &str, uploader_toml: &str) -> Fx {
     let c = Cluster::up(name, 0);
     // Config needs a replica entry; the uploader never connects to it.
@@ -175,6 +182,11 @@ fn merge_chain(target: &str, tasks: &[&str], first: i64) -> Vec<FileSpec> {
         .collect()
 }
 
+/// `CREATE TABLE name (id bigint PRIMARY KEY, v text)`: a target for [`rows_csv`].
+fn id_v_table(name: &str) -> String {
+    format!("CREATE TABLE {name} (id bigint PRIMARY KEY, v text)")
+}
+
 /// `id,v` rows `from..to`.
 fn rows_csv(from: i64, to: i64) -> String {
     let mut s = String::from("id,v\n");
@@ -200,12 +212,9 @@ impl Fx {
         self.p.batch_execute(sql).await.unwrap();
     }
 
-    /// `CREATE TABLE name (id bigint PRIMARY KEY, v text)`: a target for [`rows_csv`].
+    /// Create [`id_v_table`] `name`.
     async fn id_v_table(&self, name: &str) {
-        self.sql(&format!(
-            "CREATE TABLE {name} (id bigint PRIMARY KEY, v text)"
-        ))
-        .await;
+        self.sql(&id_v_table(name)).await;
     }
 
     /// The bigint `sql` returns on the primary ([`count`]).
@@ -481,11 +490,8 @@ async fn audited_target(p: &Client, table: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_uploaders_apply_1000_tasks_exactly_once() {
-    let fx = setup(
-        "up_exactly_once",
-        "lease = \"10s\"\npoll_interval = \"500ms\"",
-    )
-    .await;
+    let toml = "lease = \"10s\"\npoll_interval = \"500ms\"";
+    let fx = setup("up_exactly_once", toml).await;
     audited_target(&fx.p, "applied").await;
     // One target per run: uploads of different runs are not ordered, and a merge into
     // a target that a newer run has already written is superseded (not applied). Each
@@ -606,8 +612,7 @@ async fn uploader_reconnects_after_primary_restart_and_finishes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prerequisites_are_respected() {
-    let fx = setup("up_prereq", "poll_interval = \"500ms\"").await;
-    fx.id_v_table("pr").await;
+    let fx = setup_with("up_prereq", "poll_interval = \"500ms\"", &id_v_table("pr")).await;
     // Run 1: three chained tasks. Run 2: its first task is tampered with, so the two
     // after it can never run. Run 3: one task not due for an hour.
     let (_, good) = fake_run(&fx, &merge_chain("public.pr", &["a1", "a2", "a3"], 0)).await;
@@ -812,8 +817,7 @@ impl std::fmt::LowerHex for UuidText {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tampered_escaping_and_invalid_uploads_are_rejected() {
-    let fx = setup("up_reject", "").await;
-    fx.id_v_table("rj").await;
+    let fx = setup_with("up_reject", "", &id_v_table("rj")).await;
     // 1. Tampered: one byte changed after the manifest was written.
     let (r1, t1) = fake_run(&fx, &[merge_file("m", "public.rj", rows_csv(0, 10))]).await;
     fx.tamper(r1, "m.csv", "value 3", "value 4");
@@ -888,8 +892,7 @@ async fn describe(p: &Client, table: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn swap_replaces_contents_and_keeps_indexes_grants_comment() {
-    let fx = setup("up_swap", "").await;
-    fx.sql("CREATE ROLE reader; CREATE ROLE app_owner;
+    let fx = setup_with("up_swap", "", "CREATE ROLE reader; CREATE ROLE app_owner;
          CREATE TABLE public.citation_counts (
              doc_id bigint PRIMARY KEY, cites integer NOT NULL DEFAULT 0 CHECK (cites >= 0), label text);
          CREATE UNIQUE INDEX citation_counts_label ON citation_counts (lower(label)) WHERE label IS NOT NULL;
@@ -973,8 +976,7 @@ async fn cancel_stops_a_running_apply() {
 #[tokio::test(flavor = "multi_thread")]
 async fn notify_wakes_an_idle_uploader() {
     // Polling every minute: only the NOTIFY can make the task run within seconds.
-    let fx = setup("up_notify", "poll_interval = \"60s\"").await;
-    fx.id_v_table("nt").await;
+    let fx = setup_with("up_notify", "poll_interval = \"60s\"", &id_v_table("nt")).await;
     let listener = "pg_stat_activity WHERE application_name = 'pgmaint-uploader-listen'";
     let mut w = listening_uploader(&fx, "notify", listener).await;
     let id = fx.queue_load("nt", 0, 10).await;
@@ -989,8 +991,7 @@ async fn notify_wakes_an_idle_uploader() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn merge_updates_changed_rows_inserts_new_ones_and_leaves_the_rest() {
-    let fx = setup("up_merge", "").await;
-    fx.sql("CREATE TABLE \"Totals\" (\"Day\" int, region text, amount numeric, note text, PRIMARY KEY (\"Day\", region));
+    let fx = setup_with("up_merge", "", "CREATE TABLE \"Totals\" (\"Day\" int, region text, amount numeric, note text, PRIMARY KEY (\"Day\", region));
          INSERT INTO \"Totals\" SELECT d, 'eu', d * 10, 'kept' FROM generate_series(1, 10) d;").await;
     let xmin_of = |d: i32| {
         let p = &fx.p;
@@ -1055,9 +1056,12 @@ async fn merge_updates_changed_rows_inserts_new_ones_and_leaves_the_rest() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_whose_lease_expired_cannot_complete_its_task() {
-    let fx = setup("up_fenced", &blockable("lease = \"1s\"")).await;
-    fx.sql("CREATE TABLE fz (id bigint PRIMARY KEY, v text); INSERT INTO fz VALUES (0, 'old')")
-        .await;
+    let fx = setup_with(
+        "up_fenced",
+        &blockable("lease = \"1s\""),
+        "CREATE TABLE fz (id bigint PRIMARY KEY, v text); INSERT INTO fz VALUES (0, 'old')",
+    )
+    .await;
     let id = fx
         .queue(swap_file("fz", "public.fz", rows_csv(1, 101)))
         .await;
@@ -1172,8 +1176,7 @@ async fn lock_timeouts_are_retried_with_backoff_until_attempts_run_out() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn swap_keeps_serial_and_identity_sequences_going() {
-    let fx = setup("up_swap_seq", "").await;
-    fx.sql("CREATE TABLE s1 (id serial PRIMARY KEY, n bigint GENERATED BY DEFAULT AS IDENTITY, v text);
+    let fx = setup_with("up_swap_seq", "", "CREATE TABLE s1 (id serial PRIMARY KEY, n bigint GENERATED BY DEFAULT AS IDENTITY, v text);
          INSERT INTO s1 (v) SELECT 'old' FROM generate_series(1, 5);").await;
     let csv = "id,n,v\n1,101,new\n2,102,new\n".to_string();
     let id = fx.queue(swap_file("s1", "public.s1", csv)).await;
@@ -1191,8 +1194,8 @@ async fn swap_keeps_serial_and_identity_sequences_going() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_the_task_in_hand_or_releases_it() {
-    let fx = setup("up_sigterm", &blockable("shutdown_grace = \"1s\"")).await;
-    fx.id_v_table("st").await;
+    let grace = blockable("shutdown_grace = \"1s\"");
+    let fx = setup_with("up_sigterm", &grace, &id_v_table("st")).await;
 
     // 1. The task in hand finishes within the grace period: applied, then exit 0.
     let first = fx.queue_load("st", 0, 10).await;
@@ -1226,9 +1229,12 @@ async fn sigterm_finishes_the_task_in_hand_or_releases_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_file_the_target_cannot_take_fails_at_once_naming_the_problem() {
-    let fx = setup("up_baddata", "").await;
-    fx.sql("CREATE TABLE bd (id bigint PRIMARY KEY, n integer NOT NULL, v text)")
-        .await;
+    let fx = setup_with(
+        "up_baddata",
+        "",
+        "CREATE TABLE bd (id bigint PRIMARY KEY, n integer NOT NULL, v text)",
+    )
+    .await;
     // Not a number in an integer column; a column the target lacks.
     let bad = fx
         .queue(merge_file("load", "public.bd", "id,n,v\n1,x,a\n"))
@@ -1258,8 +1264,12 @@ async fn a_file_the_target_cannot_take_fails_at_once_naming_the_problem() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rescuer_fails_a_task_whose_attempts_are_used_up_and_drops_its_dependents() {
-    let fx = setup("up_rescue_fail", "lease = \"1s\"\nlock_timeout = \"60s\"").await;
-    fx.id_v_table("rf").await;
+    let fx = setup_with(
+        "up_rescue_fail",
+        "lease = \"1s\"\nlock_timeout = \"60s\"",
+        &id_v_table("rf"),
+    )
+    .await;
     let (_, ids) = fake_run(&fx, &merge_chain("public.rf", &["a", "b"], 0)).await;
     fx.set_tasks("max_attempts = 1", "id", ids[0]).await;
     let (holder, mut w) = Blocker::ShareLock.block(&fx, "rf", "killed", &[]).await;
@@ -1280,22 +1290,10 @@ async fn rescuer_fails_a_task_whose_attempts_are_used_up_and_drops_its_dependent
 /// The server refuses the role in plaintext, so one plaintext session would fail.
 #[tokio::test(flavor = "multi_thread")]
 async fn long_running_uploader_over_tls() {
-    let fx = setup(
-        "up_tls",
-        "poll_interval = \"60s\"\nlease = \"2s\"\nlock_timeout = \"60s\"",
-    )
-    .await;
+    let toml = "poll_interval = \"60s\"\nlease = \"2s\"\nlock_timeout = \"60s\"";
+    let fx = setup("up_tls", toml).await;
     enable_tls(&fx.c).await;
-    let text = std::fs::read_to_string(&fx.cfg).unwrap();
-    let cfg = fx.c.dir.join("tls.toml");
-    std::fs::write(
-        &cfg,
-        text.replace(
-            "user=postgres dbname=app\"",
-            "user=pgmaint_tls dbname=app sslmode=require\"",
-        ),
-    )
-    .unwrap();
+    let cfg = tls_config(&fx.c, &fx.cfg, "require");
     let fx = Fx { cfg, ..fx };
     fx.id_v_table("tl").await;
     let mut w = spawn_uploader(&fx, "tls", &["--slots", "2"]);
@@ -1425,8 +1423,9 @@ async fn materialized(p: &Client, target: &str) -> (i64, String) {
 /// newer content, nor the LSN `pgmaint.materializations` records.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_older_snapshot_never_overwrites_a_newer_one() {
-    let fx = setup("up_superseded", "").await;
-    fx.sql(
+    let fx = setup_with(
+        "up_superseded",
+        "",
         "CREATE TABLE sw (id bigint PRIMARY KEY, v text); INSERT INTO sw VALUES (0, 'original');
          CREATE TABLE mg (id bigint PRIMARY KEY, v text);",
     )
@@ -1509,12 +1508,9 @@ async fn an_older_snapshot_never_overwrites_a_newer_one() {
 /// completes without applying (its staging table rolled back).
 #[tokio::test(flavor = "multi_thread")]
 async fn an_older_swap_racing_a_newer_one_is_superseded() {
-    let fx = setup(
+    let fx = setup_with(
         "up_superseded_race",
-        "lock_timeout = \"60s\"\nlease = \"10s\"\npoll_interval = \"500ms\"",
-    )
-    .await;
-    fx.sql(
+        &blockable("lease = \"10s\""),
         "CREATE TABLE sr (id bigint PRIMARY KEY, v text); INSERT INTO sr VALUES (0, 'original')",
     )
     .await;
@@ -1574,9 +1570,12 @@ async fn an_older_swap_racing_a_newer_one_is_superseded() {
 /// rolled back and retried against the table as it now is.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
-    let fx = setup("up_swap_race", "lock_timeout = \"60s\"").await;
-    fx.sql("CREATE TABLE ix (id bigint PRIMARY KEY, v text); INSERT INTO ix VALUES (0, 'old')")
-        .await;
+    let fx = setup_with(
+        "up_swap_race",
+        "lock_timeout = \"60s\"",
+        "CREATE TABLE ix (id bigint PRIMARY KEY, v text); INSERT INTO ix VALUES (0, 'old')",
+    )
+    .await;
     let id = fx
         .queue(swap_file("ix", "public.ix", rows_csv(1, 101)))
         .await;
@@ -1696,9 +1695,12 @@ async fn a_data_file_rewritten_with_its_manifest_is_refused() {
 /// row again: the file is refused, naming the column.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_merge_file_with_a_null_key_is_refused() {
-    let fx = setup("up_merge_null_key", "").await;
-    fx.sql("CREATE TABLE nk (k text UNIQUE, v text); INSERT INTO nk VALUES ('a', 'old')")
-        .await;
+    let fx = setup_with(
+        "up_merge_null_key",
+        "",
+        "CREATE TABLE nk (k text UNIQUE, v text); INSERT INTO nk VALUES ('a', 'old')",
+    )
+    .await;
     let file = || merge_file_by("nk", "public.nk", &["k"], "k,v\na,new\n,orphan\n");
     let (first, second) = (fx.queue(file()).await, fx.queue(file()).await);
     fx.drain().expect_code(1);
@@ -1965,8 +1967,9 @@ async fn migration_5_keeps_recorded_findings_and_makes_null_keys_distinct_from_e
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_recheck_counts_only_the_findings_inserted_and_a_repeat_is_reported() {
-    let fx = setup("up_recheck_counts", "").await;
-    fx.sql(
+    let fx = setup_with(
+        "up_recheck_counts",
+        "",
         "CREATE TABLE rc (k text PRIMARY KEY, payload bytea, payload_md5 text);
          INSERT INTO rc VALUES ('a', '\\x01', md5('x')), ('b', '\\x02', md5('\\x02'::bytea));",
     )
@@ -2030,8 +2033,9 @@ async fn swap_old_tables(p: &Client) -> Vec<String> {
 /// created under its name.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
-    let fx = setup("up_swap_old_user", "").await;
-    fx.sql(
+    let fx = setup_with(
+        "up_swap_old_user",
+        "",
         "CREATE TABLE sw (id bigint PRIMARY KEY, v text);
          CREATE TABLE other (id bigint PRIMARY KEY, v text);
          CREATE SCHEMA keep;
@@ -2134,8 +2138,7 @@ async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
 /// A swap shares its target with no other task: a config error at start-up.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
-    let fx = setup("up_merge_two_tasks", "").await;
-    fx.id_v_table("sales_summary").await;
+    let fx = setup_with("up_merge_two_tasks", "", &id_v_table("sales_summary")).await;
     let file = |task: &str, ids: std::ops::Range<i64>, tag: &str| {
         let mut csv = String::from("id,v\n");
         for i in ids {
@@ -2253,8 +2256,7 @@ async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
 /// unwritten.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_merge_handles_json_xml_point_and_custom_array_columns() {
-    let fx = setup("up_merge_types", "").await;
-    fx.sql("CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+    let fx = setup_with("up_merge_types", "", "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
          CREATE TYPE pair AS (a int, j json);
          CREATE TABLE odd (id bigint PRIMARY KEY, j json, x xml, p point, moods mood[], pairs pair[], f float8);").await;
     let header = "id,j,x,p,moods,pairs,f\n";
@@ -2347,8 +2349,7 @@ async fn identity_sequence(p: &Client) -> String {
 /// on the old one) makes the swap refuse, naming it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_swap_keeps_the_identity_sequence_name_grants_comment_and_position() {
-    let fx = setup("up_swap_identity", "").await;
-    fx.sql("CREATE ROLE seq_reader; CREATE ROLE idt_owner;
+    let fx = setup_with("up_swap_identity", "", "CREATE ROLE seq_reader; CREATE ROLE idt_owner;
          CREATE TABLE idt (id bigint GENERATED BY DEFAULT AS IDENTITY (MAXVALUE 1000000 CACHE 1) PRIMARY KEY, v text);
          ALTER TABLE idt OWNER TO idt_owner;
          INSERT INTO idt (v) SELECT 'old' FROM generate_series(1, 47);

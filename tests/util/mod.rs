@@ -545,6 +545,22 @@ pub async fn enable_tls(c: &Cluster) {
     }
 }
 
+/// A copy of config `config` (`<sslmode>.toml` in the cluster's directory) whose DSNs
+/// connect as role `pgmaint_tls` ([`enable_tls`]) with `sslmode`. Returns its path.
+pub fn tls_config(c: &Cluster, config: &Path, sslmode: &str) -> PathBuf {
+    let text = std::fs::read_to_string(config).unwrap();
+    let path = c.dir.join(format!("{sslmode}.toml"));
+    std::fs::write(
+        &path,
+        text.replace(
+            "user=postgres dbname=app\"",
+            &format!("user=pgmaint_tls dbname=app sslmode={sslmode}\""),
+        ),
+    )
+    .unwrap();
+    path
+}
+
 /// Send `sig` (STOP, CONT) to a server's postmaster and all its backends: a frozen
 /// server that accepts nothing and answers nothing.
 pub fn signal_server(c: &Cluster, name: &str, sig: &str) {
