@@ -390,12 +390,9 @@ async fn tampered_result_file_is_refused() {
     let file = c.results_dir().join(format!("{id}/blobs.csv"));
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, text.replace("mismatch", "mismatcH")).unwrap(); // same size, other bytes
-    let up = c.run(&cfg, &["uploader", "--once"]).expect_code(1);
-    assert!(
-        up.stderr.contains("differs from the manifest"),
-        "{}",
-        up.stderr
-    );
+    c.run(&cfg, &["uploader", "--once"])
+        .expect_code(1)
+        .expect_stderr("differs from the manifest");
     assert_eq!(
         count(&p, "SELECT count(*) FROM pgmaint.integrity_findings").await,
         0
@@ -535,8 +532,9 @@ async fn tls_sslmode_require() {
     let s = run_ok(&c, &require, &[]);
     let id = s["run_id"].as_i64().unwrap();
     assert_eq!(run_findings(&c, id, "blobs"), want);
-    let up = c.run(&require, &["uploader", "--once"]).expect_code(0);
-    assert!(up.stdout.contains("1 task(s) applied"), "{}", up.stdout);
+    c.run(&require, &["uploader", "--once"])
+        .expect_code(0)
+        .expect_stdout("1 task(s) applied");
     c.run(&require, &["status"]).expect_code(0);
     let sql = "SELECT count(*) FROM pgmaint.integrity_findings WHERE run_id = $1";
     assert_eq!(scalar::<i64>(&p, sql, &[&id]).await, 4);

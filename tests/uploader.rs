@@ -253,15 +253,31 @@ impl Fx {
 
     /// [`Fx::drain`], which must exit 0 saying `said`.
     fn drain_saying(&self, said: &str) -> Run {
-        let out = self.drain().expect_code(0);
-        assert!(out.stdout.contains(said), "{}", out.stdout);
-        out
+        self.drain().expect_code(0).expect_stdout(said)
     }
 
     /// [`Fx::drain`], which must exit 0 and leave upload task `id` completed.
     async fn apply(&self, id: i64) {
         self.drain().expect_code(0);
         assert_eq!(self.state(id).await, "completed");
+    }
+
+    /// Assert that upload task `id` failed for good after `attempts` attempts, its error
+    /// saying each of `says`.
+    async fn assert_failed(&self, id: i64, attempts: i32, says: &[&str]) {
+        let (state, tried, e) = self.outcome(id).await;
+        assert_eq!((state.as_str(), tried), ("failed", attempts), "{e}");
+        assert!(says.iter().all(|s| e.contains(s)), "{e}");
+    }
+
+    /// `pgmaint tasks retry id`, which must be refused with exit 1, its error line
+    /// saying each of `says`.
+    fn assert_retry_refused(&self, id: i64, says: &[&str]) {
+        let out = self
+            .pgmaint(&["tasks", "retry", &id.to_string()])
+            .expect_code(1);
+        let line = out.error_line().unwrap_or_default();
+        assert!(says.iter().all(|s| line.contains(s)), "{}", out.stderr);
     }
 
     /// The state of upload task `id`.
@@ -337,6 +353,16 @@ impl Fx {
     async fn set_tasks(&self, set: &str, column: &str, value: i64) {
         let sql = format!("UPDATE pgmaint.upload_tasks SET {set} WHERE {column} = $1");
         self.p.execute(&sql, &[&value]).await.unwrap();
+    }
+
+    /// Apply what is due with run `older`'s tasks held back (the first drain saying
+    /// `first_said`), then those: a newer snapshot applied before an older one. The
+    /// second drain says `said`.
+    async fn apply_newer_first(&self, older: i64, first_said: &str, said: &str) {
+        self.hold_run(older).await;
+        self.drain_saying(first_said);
+        self.release_run(older).await;
+        self.drain_saying(said);
     }
 
     /// Hold the upload tasks of run `run` back for an hour.
@@ -842,9 +868,7 @@ async fn tampered_escaping_and_invalid_uploads_are_rejected() {
     let invalid = "UPDATE pgmaint.runs SET state = 'invalid' WHERE id = $1";
     fx.p.execute(invalid, &[&r3]).await.unwrap();
 
-    let out = fx.drain();
-    assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(out.stdout.contains("0 task(s) applied"), "{}", out.stdout);
+    fx.drain().expect_code(1).expect_stdout("0 task(s) applied");
     assert_eq!(fx.rows("rj").await, 0, "nothing applied");
     let (s1, _, e1) = fx.outcome(t1[0]).await;
     assert_eq!(s1, "failed");
@@ -912,12 +936,9 @@ async fn swap_replaces_contents_and_keeps_indexes_grants_comment() {
     }
     csv.push_str("201,0,\n"); // NULL label
     let (run, ids) = fake_run(&fx, &[swap_file("cites", "public.citation_counts", csv)]).await;
-    let out = fx.drain().expect_code(0);
-    assert!(
-        out.stderr.contains("swap: exclusive lock held"),
-        "{}",
-        out.stderr
-    );
+    fx.drain()
+        .expect_code(0)
+        .expect_stderr("swap: exclusive lock held");
     assert_eq!(fx.state(ids[0]).await, "completed");
     assert_eq!(fx.rows("citation_counts").await, 201);
     assert_eq!(fx.rows("citation_counts WHERE label LIKE 'old%'").await, 0);
@@ -1056,12 +1077,9 @@ async fn merge_updates_changed_rows_inserts_new_ones_and_leaves_the_rest() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_whose_lease_expired_cannot_complete_its_task() {
-    let fx = setup_with(
-        "up_fenced",
-        &blockable("lease = \"1s\""),
-        "CREATE TABLE fz (id bigint PRIMARY KEY, v text); INSERT INTO fz VALUES (0, 'old')",
-    )
-    .await;
+    let tables =
+        "CREATE TABLE fz (id bigint PRIMARY KEY, v text); INSERT INTO fz VALUES (0, 'old')";
+    let fx = setup_with("up_fenced", &blockable("lease = \"1s\""), tables).await;
     let id = fx
         .queue(swap_file("fz", "public.fz", rows_csv(1, 101)))
         .await;
@@ -1229,12 +1247,8 @@ async fn sigterm_finishes_the_task_in_hand_or_releases_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_file_the_target_cannot_take_fails_at_once_naming_the_problem() {
-    let fx = setup_with(
-        "up_baddata",
-        "",
-        "CREATE TABLE bd (id bigint PRIMARY KEY, n integer NOT NULL, v text)",
-    )
-    .await;
+    let tables = "CREATE TABLE bd (id bigint PRIMARY KEY, n integer NOT NULL, v text)";
+    let fx = setup_with("up_baddata", "", tables).await;
     // Not a number in an integer column; a column the target lacks.
     let bad = fx
         .queue(merge_file("load", "public.bd", "id,n,v\n1,x,a\n"))
@@ -1244,21 +1258,13 @@ async fn a_file_the_target_cannot_take_fails_at_once_naming_the_problem() {
         .await;
     let notnull = fx.queue(swap_file("s", "public.bd", "id,v\n1,a\n")).await;
     fx.drain().expect_code(1);
-    let (s, a, e) = fx.outcome(bad).await;
-    assert_eq!((s.as_str(), a), ("failed", 1), "{e}");
-    assert!(
-        e.contains("invalid input syntax for type integer") && e.contains("22P02"),
-        "{e}"
-    );
-    let (s, a, e) = fx.outcome(missing).await;
-    assert_eq!((s.as_str(), a), ("failed", 1), "{e}");
-    assert!(e.contains("merge target public.bd: column(s) \"w\" of the result file do not exist on the primary"), "{e}");
-    let (s, a, e) = fx.outcome(notnull).await;
-    assert_eq!((s.as_str(), a), ("failed", 1), "{e}");
-    assert!(
-        e.contains("null value in column \"n\"") && e.contains("23502"),
-        "{e}"
-    );
+    let syntax = "invalid input syntax for type integer";
+    fx.assert_failed(bad, 1, &[syntax, "22P02"]).await;
+    let no_such_column =
+        "merge target public.bd: column(s) \"w\" of the result file do not exist on the primary";
+    fx.assert_failed(missing, 1, &[no_such_column]).await;
+    let null = "null value in column \"n\"";
+    fx.assert_failed(notnull, 1, &[null, "23502"]).await;
     assert_eq!(fx.rows("bd").await, 0);
 }
 
@@ -1321,11 +1327,8 @@ async fn long_running_uploader_over_tls() {
         .expect_code(0);
     fx.wait_state("the task to be cancelled", id, "cancelled", 10)
         .await;
-    wait_for("the blocked statement to be cancelled", Duration::from_secs(10), || async {
-        fx.rows("pg_stat_activity WHERE application_name LIKE 'pgmaint-uploader-%' AND wait_event_type = 'Lock'").await
-            == 0
-    })
-    .await;
+    fx.wait_blocked_applies("the blocked statement to be cancelled", 0, 10)
+        .await;
     holder.batch_execute("COMMIT").await.unwrap();
     assert_eq!(fx.rows("tl").await, 10);
     assert_eq!(
@@ -1423,13 +1426,10 @@ async fn materialized(p: &Client, target: &str) -> (i64, String) {
 /// newer content, nor the LSN `pgmaint.materializations` records.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_older_snapshot_never_overwrites_a_newer_one() {
-    let fx = setup_with(
-        "up_superseded",
-        "",
+    let tables =
         "CREATE TABLE sw (id bigint PRIMARY KEY, v text); INSERT INTO sw VALUES (0, 'original');
-         CREATE TABLE mg (id bigint PRIMARY KEY, v text);",
-    )
-    .await;
+         CREATE TABLE mg (id bigint PRIMARY KEY, v text);";
+    let fx = setup_with("up_superseded", "", tables).await;
     let files = |tag: &str, ids: &[i64]| {
         let mut csv = String::from("id,v\n");
         for i in ids {
@@ -1457,11 +1457,10 @@ async fn an_older_snapshot_never_overwrites_a_newer_one() {
     );
 
     // The newer run first.
-    fx.hold_run(old_run).await;
-    fx.drain_saying("2 task(s) applied");
-    // Then the older one.
-    fx.release_run(old_run).await;
-    fx.drain_saying("2 task(s) applied (0 rows; 2 superseded by a newer snapshot)");
+    // The newer run first, then the older one.
+    let superseded = "2 task(s) applied (0 rows; 2 superseded by a newer snapshot)";
+    fx.apply_newer_first(old_run, "2 task(s) applied", superseded)
+        .await;
 
     for id in old_ids {
         let r = fx.task_row(id, "state, rows_applied, last_error").await;
@@ -1508,12 +1507,9 @@ async fn an_older_snapshot_never_overwrites_a_newer_one() {
 /// completes without applying (its staging table rolled back).
 #[tokio::test(flavor = "multi_thread")]
 async fn an_older_swap_racing_a_newer_one_is_superseded() {
-    let fx = setup_with(
-        "up_superseded_race",
-        &blockable("lease = \"10s\""),
-        "CREATE TABLE sr (id bigint PRIMARY KEY, v text); INSERT INTO sr VALUES (0, 'original')",
-    )
-    .await;
+    let tables =
+        "CREATE TABLE sr (id bigint PRIMARY KEY, v text); INSERT INTO sr VALUES (0, 'original')";
+    let fx = setup_with("up_superseded_race", &blockable("lease = \"10s\""), tables).await;
     let swap = |csv: String| swap_file("sr", "public.sr", csv);
     let (old_run, old_ids) = fake_run(&fx, &[swap("id,v\n1,old\n2,old\n".into())]).await;
     let (new_run, new_ids) = fake_run(&fx, &[swap("id,v\n1,new\n".into())]).await;
@@ -1524,19 +1520,8 @@ async fn an_older_swap_racing_a_newer_one_is_superseded() {
     // The older one, on another uploader: it blocks on the materializations row.
     fx.release_run(old_run).await;
     let mut b = spawn_uploader(&fx, "old", &["--slots", "1"]);
-    wait_for(
-        "both applies to wait on a lock",
-        Duration::from_secs(20),
-        || async {
-            fx.rows(
-                "pg_stat_activity
-              WHERE application_name LIKE 'pgmaint-uploader-%' AND wait_event_type = 'Lock'",
-            )
-            .await
-                == 2
-        },
-    )
-    .await;
+    fx.wait_blocked_applies("both applies to wait on a lock", 2, 20)
+        .await;
     assert_eq!(fx.state(old_ids[0]).await, "running");
     reader.batch_execute("COMMIT").await.unwrap();
     wait_for(
@@ -1570,12 +1555,9 @@ async fn an_older_swap_racing_a_newer_one_is_superseded() {
 /// rolled back and retried against the table as it now is.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
-    let fx = setup_with(
-        "up_swap_race",
-        "lock_timeout = \"60s\"",
-        "CREATE TABLE ix (id bigint PRIMARY KEY, v text); INSERT INTO ix VALUES (0, 'old')",
-    )
-    .await;
+    let tables =
+        "CREATE TABLE ix (id bigint PRIMARY KEY, v text); INSERT INTO ix VALUES (0, 'old')";
+    let fx = setup_with("up_swap_race", "lock_timeout = \"60s\"", tables).await;
     let id = fx
         .queue(swap_file("ix", "public.ix", rows_csv(1, 101)))
         .await;
@@ -1676,9 +1658,9 @@ async fn a_data_file_rewritten_with_its_manifest_is_refused() {
     )
     .unwrap();
 
-    let out = c.run(&cfg, &["uploader", "--once"]);
-    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("0 task(s) applied"), "{}", out.stdout);
+    c.run(&cfg, &["uploader", "--once"])
+        .expect_code(1)
+        .expect_stdout("0 task(s) applied");
     let sql = "SELECT state, last_error FROM pgmaint.upload_tasks WHERE run_id = $1";
     let (state, e): (String, Option<String>) = pair(&p, sql, &[&run_id]).await;
     let e = e.unwrap_or_default();
@@ -1695,19 +1677,14 @@ async fn a_data_file_rewritten_with_its_manifest_is_refused() {
 /// row again: the file is refused, naming the column.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_merge_file_with_a_null_key_is_refused() {
-    let fx = setup_with(
-        "up_merge_null_key",
-        "",
-        "CREATE TABLE nk (k text UNIQUE, v text); INSERT INTO nk VALUES ('a', 'old')",
-    )
-    .await;
+    let tables = "CREATE TABLE nk (k text UNIQUE, v text); INSERT INTO nk VALUES ('a', 'old')";
+    let fx = setup_with("up_merge_null_key", "", tables).await;
     let file = || merge_file_by("nk", "public.nk", &["k"], "k,v\na,new\n,orphan\n");
     let (first, second) = (fx.queue(file()).await, fx.queue(file()).await);
     fx.drain().expect_code(1);
     for id in [first, second] {
-        let (state, attempts, e) = fx.outcome(id).await;
-        assert_eq!((state.as_str(), attempts), ("failed", 1), "{e}");
-        assert!(e.contains("key column \"k\" is NULL in 1 row(s)"), "{e}");
+        fx.assert_failed(id, 1, &["key column \"k\" is NULL in 1 row(s)"])
+            .await;
     }
     let rows: Vec<(Option<String>, String)> =
         pair_rows(&fx.p, "SELECT k, v FROM nk ORDER BY k", &[]).await;
@@ -1839,32 +1816,15 @@ async fn retrying_a_task_whose_prerequisite_failed_is_refused_naming_the_prerequ
     let before = queue_snapshot(&fx.p).await;
 
     // Retrying the dependent alone would leave it waiting forever: refused, nothing changed.
-    let out = fx.pgmaint(&["tasks", "retry", &second.to_string()]);
-    assert_eq!(
-        out.code, 1,
-        "stdout:\n{}\nstderr:\n{}",
-        out.stdout, out.stderr
-    );
-    let line = out.error_line().unwrap_or_default().to_string();
-    assert!(
-        line.contains(&format!("upload task {first} (run"))
-            && line.contains("task first)")
-            && line.contains("is failed")
-            && line.contains(&format!("retry task {first} first")),
-        "{}",
-        out.stderr
-    );
+    let retry_first = format!("retry task {first} first");
+    let failed = format!("upload task {first} (run");
+    fx.assert_retry_refused(second, &[&failed, "task first)", "is failed", &retry_first]);
     // Two steps down the chain: the dropped prerequisite, and the failed task behind it.
-    let out = fx.pgmaint(&["tasks", "retry", &third.to_string()]);
-    assert_eq!(out.code, 1, "{}", out.stderr);
-    let line = out.error_line().unwrap_or_default().to_string();
-    assert!(
-        line.contains(&format!("prerequisite upload task {second} (run"))
-            && line.contains("is dropped because upload task")
-            && line.contains("task first) is failed")
-            && line.contains(&format!("retry task {first} first")),
-        "{}",
-        out.stderr
+    let dropped = format!("prerequisite upload task {second} (run");
+    let because = "is dropped because upload task";
+    fx.assert_retry_refused(
+        third,
+        &[&dropped, because, "task first) is failed", &retry_first],
     );
     assert_eq!(
         queue_snapshot(&fx.p).await,
@@ -1967,13 +1927,9 @@ async fn migration_5_keeps_recorded_findings_and_makes_null_keys_distinct_from_e
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_recheck_counts_only_the_findings_inserted_and_a_repeat_is_reported() {
-    let fx = setup_with(
-        "up_recheck_counts",
-        "",
-        "CREATE TABLE rc (k text PRIMARY KEY, payload bytea, payload_md5 text);
-         INSERT INTO rc VALUES ('a', '\\x01', md5('x')), ('b', '\\x02', md5('\\x02'::bytea));",
-    )
-    .await;
+    let tables = "CREATE TABLE rc (k text PRIMARY KEY, payload bytea, payload_md5 text);
+         INSERT INTO rc VALUES ('a', '\\x01', md5('x')), ('b', '\\x02', md5('\\x02'::bytea));";
+    let fx = setup_with("up_recheck_counts", "", tables).await;
     // 'a' twice (the second is a repeat), 'b' fixed since the snapshot.
     let csv = "relation,row_key,finding,detail\n\
                \"public.rc\",\"a\",\"mismatch\",\"first\"\n\
@@ -2033,18 +1989,14 @@ async fn swap_old_tables(p: &Client) -> Vec<String> {
 /// created under its name.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
-    let fx = setup_with(
-        "up_swap_old_user",
-        "",
-        "CREATE TABLE sw (id bigint PRIMARY KEY, v text);
+    let tables = "CREATE TABLE sw (id bigint PRIMARY KEY, v text);
          CREATE TABLE other (id bigint PRIMARY KEY, v text);
          CREATE SCHEMA keep;
          CREATE TABLE public.pgmaint_swap_old_important (id int, v text);
          INSERT INTO public.pgmaint_swap_old_important VALUES (1, 'precious');
          CREATE TABLE keep.pgmaint_swap_old_1 (id int);
-         INSERT INTO keep.pgmaint_swap_old_1 VALUES (1);",
-    )
-    .await;
+         INSERT INTO keep.pgmaint_swap_old_1 VALUES (1);";
+    let fx = setup_with("up_swap_old_user", "", tables).await;
     let users = vec![
         "keep.pgmaint_swap_old_1".to_string(),
         "public.pgmaint_swap_old_important".to_string(),
@@ -2082,12 +2034,8 @@ async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
          END $$;
          CREATE EVENT TRIGGER keep_swapped_out ON sql_drop EXECUTE FUNCTION keep_swapped_out();").await;
     let (_, left) = fake_run(&fx, &[swap_file("sw", "public.sw", "id,v\n1,left\n")]).await;
-    let out = fx.drain().expect_code(0);
-    assert!(
-        out.stderr.contains("could not drop"),
-        "the drop was attempted and failed: {}",
-        out.stderr
-    );
+    // The drop was attempted and failed.
+    fx.drain().expect_code(0).expect_stderr("could not drop");
     assert_eq!(fx.state(left[0]).await, "completed");
     let leftover = format!("public.pgmaint_swap_old_{}", left[0]);
     // A second one, which its user then renames to keep it, and whose name a new user
@@ -2147,19 +2095,11 @@ async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
         merge_file(task, "public.sales_summary", csv)
     };
     let content = || {
-        let p = &fx.p;
-        async move {
-            p.query(
-                "SELECT v, count(*) FROM sales_summary GROUP BY v ORDER BY v",
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
-            .collect::<Vec<_>>()
-        }
+        let sql = "SELECT v, count(*) FROM sales_summary GROUP BY v ORDER BY v";
+        pair_rows::<String, i64>(&fx.p, sql, &[])
     };
+    // Three rows with `a`, three with `b`.
+    let three_each = |a: &str, b: &str| vec![(a.to_string(), 3), (b.to_string(), 3)];
 
     // `us` (older snapshot), then `eu` (newer); `us` waits (as after a lock time-out)
     // while `eu` applies; then `us` is retried.
@@ -2180,10 +2120,7 @@ async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
         "{e:?}"
     );
     assert_eq!(e, None, "not superseded");
-    assert_eq!(
-        content().await,
-        vec![("eu 1".to_string(), 3), ("us 1".to_string(), 3)]
-    );
+    assert_eq!(content().await, three_each("eu 1", "us 1"));
     let recorded: Vec<(String, i64)> = pair_rows(
         &fx.p,
         "SELECT task_name, run_id FROM pgmaint.materializations
@@ -2199,29 +2136,19 @@ async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
     // The other order: `eu` older, `us` newer, `us` applied first.
     let (eu2, _) = fake_run(&fx, &[file("eu", 101..104, "2")]).await;
     let (us2, _) = fake_run(&fx, &[file("us", 1..4, "2")]).await;
-    fx.hold_run(eu2).await;
-    fx.drain().expect_code(0);
-    fx.release_run(eu2).await;
-    fx.drain_saying("1 task(s) applied (3 rows)");
-    assert_eq!(
-        content().await,
-        vec![("eu 2".to_string(), 3), ("us 2".to_string(), 3)]
-    );
+    fx.apply_newer_first(eu2, "", "1 task(s) applied (3 rows)")
+        .await;
+    assert_eq!(content().await, three_each("eu 2", "us 2"));
     let _ = us2;
 
     // Within one task, an older snapshot applied after a newer one is still superseded.
     let (us3, us3_ids) = fake_run(&fx, &[file("us", 1..4, "3")]).await;
     let (us4, _) = fake_run(&fx, &[file("us", 1..4, "4")]).await;
-    fx.hold_run(us3).await;
-    fx.drain().expect_code(0);
-    fx.release_run(us3).await;
-    fx.drain_saying("1 task(s) applied (0 rows; 1 superseded by a newer snapshot)");
+    let superseded = "1 task(s) applied (0 rows; 1 superseded by a newer snapshot)";
+    fx.apply_newer_first(us3, "", superseded).await;
     let e: String = fx.task(us3_ids[0], "last_error").await;
     assert!(e.contains(&format!("superseded by run {us4}")), "{e}");
-    assert_eq!(
-        content().await,
-        vec![("eu 2".to_string(), 3), ("us 4".to_string(), 3)]
-    );
+    assert_eq!(content().await, three_each("eu 2", "us 4"));
 
     // A swap into a target that other tasks write: refused at start-up, naming it.
     let task = |name: &str, merge: bool| {

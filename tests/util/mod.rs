@@ -63,6 +63,16 @@ impl Run {
         );
         self
     }
+    /// Panic with the output unless stdout says `text`.
+    pub fn expect_stdout(self, text: &str) -> Run {
+        assert!(self.stdout.contains(text), "{}", self.stdout);
+        self
+    }
+    /// Panic with the output unless stderr says `text`.
+    pub fn expect_stderr(self, text: &str) -> Run {
+        assert!(self.stderr.contains(text), "{}", self.stderr);
+        self
+    }
     /// The `pgmaint: error: …` line, if any.
     pub fn error_line(&self) -> Option<&str> {
         self.stderr
