@@ -75,6 +75,23 @@ pub fn scan_application_name(run_id: i64) -> String {
     format!("pgmaint-scan-{run_id}")
 }
 
+/// `work`, unless `stop` is cancelled first: then the statement running on the session
+/// of `cancel_token` is cancelled on the server too, and the scan ends
+/// [`ScanError::Cancelled`].
+pub(crate) async fn or_cancelled<T>(
+    work: impl std::future::Future<Output = T>,
+    stop: &CancellationToken,
+    cancel_token: &tokio_postgres::CancelToken,
+) -> Result<T, ScanError> {
+    tokio::select! {
+        done = work => Ok(done),
+        _ = stop.cancelled() => {
+            crate::connection::cancel_query(cancel_token).await;
+            Err(ScanError::Cancelled)
+        }
+    }
+}
+
 /// A read-only REPEATABLE READ transaction: every scan reads through one. On a paused
 /// replica every statement sees the same state anyway; this keeps a multi-statement scan
 /// consistent should it ever run unpaused.
