@@ -46,6 +46,7 @@ use std::time::Instant;
 
 use snapshot_runner::ident::quote_ident;
 use snapshot_runner::results::SwapPlan;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Transaction;
 
 use crate::apply::{check, copy_checked, execute_retrying_locks, Applied, Checked, Ctx};
@@ -199,17 +200,20 @@ SELECT DISTINCT format('%s depends on its identity sequence %s',
  WHERE i.classid = 'pg_class'::regclass AND i.refclassid = 'pg_class'::regclass AND i.refobjid = $1
    AND i.deptype = 'i'";
 
+/// The first column, as text, of every row `sql` returns.
+async fn texts(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    error: impl FnOnce(tokio_postgres::Error) -> UploadError,
+) -> Result<Vec<String>, UploadError> {
+    let rows = tx.query(sql, params).await.map_err(error)?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 async fn blockers(tx: &Transaction<'_>, t: &Target) -> Result<Vec<String>, UploadError> {
-    Ok(tx
-        .query(BLOCKERS, &[&t.oid])
-        .await
-        .map_err(UploadError::db(format!(
-            "checking what depends on {}",
-            t.name
-        )))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+    let error = UploadError::db(format!("checking what depends on {}", t.name));
+    texts(tx, BLOCKERS, &[&t.oid], error).await
 }
 
 async fn refuse_if_blocked(
@@ -265,16 +269,8 @@ SELECT format('identity sequence of %I: %s start=%s increment=%s min=%s max=%s c
 ORDER BY 1";
 
 async fn shape(tx: &Transaction<'_>, t: &Target) -> Result<Vec<String>, UploadError> {
-    Ok(tx
-        .query(SHAPE, &[&t.oid])
-        .await
-        .map_err(UploadError::db(format!(
-            "reading the definition of {}",
-            t.name
-        )))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+    let error = UploadError::db(format!("reading the definition of {}", t.name));
+    texts(tx, SHAPE, &[&t.oid], error).await
 }
 
 /// Under the exclusive lock: fail this attempt (retried later, against the table as
@@ -517,9 +513,9 @@ pub(crate) async fn swap(
     recheck_under_lock(tx, ctx, &t, &before).await?;
     // Owner, grants and comment of the old table, as statements for the new one (the
     // server quotes names with %I and texts with %L).
-    let restore: Vec<String> = tx
-        .query(
-            "SELECT stmt FROM (
+    let restore = texts(
+        tx,
+        "SELECT stmt FROM (
              SELECT 1, format('ALTER TABLE %s OWNER TO %I', $2::text, pg_get_userbyid(relowner)) FROM pg_class WHERE oid = $1
              UNION ALL
              SELECT 2, format('REVOKE ALL ON TABLE %s FROM %I', $2::text, pg_get_userbyid(relowner))
@@ -542,29 +538,23 @@ pub(crate) async fn swap(
              SELECT 6, format('ALTER TABLE %s REPLICA IDENTITY %s', $2::text,
                            CASE relreplident WHEN 'f' THEN 'FULL' WHEN 'n' THEN 'NOTHING' END)
                FROM pg_class WHERE oid = $1 AND relreplident IN ('f', 'n')) s(ord, stmt) ORDER BY ord",
-            &[&t.oid, &target],
-        )
-        .await
-        .map_err(db("reading owner, grants and comment"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        &[&t.oid, &target],
+        db("reading owner, grants and comment"),
+    )
+    .await?;
     // Sequences owned by the target's columns (serial) would go with it: hand them over.
-    let sequences: Vec<String> = tx
-        .query(
-            "SELECT format('ALTER SEQUENCE %s OWNED BY %s.%I', d.objid::regclass, $2::text, a.attname)
-               FROM pg_depend d
-               JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-               JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-              WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
-                AND d.refobjid = $1 AND d.deptype = 'a'",
-            &[&t.oid, &staging],
-        )
-        .await
-        .map_err(db("reading owned sequences"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let sequences = texts(
+        tx,
+        "SELECT format('ALTER SEQUENCE %s OWNED BY %s.%I', d.objid::regclass, $2::text, a.attname)
+           FROM pg_depend d
+           JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+           JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+          WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+            AND d.refobjid = $1 AND d.deptype = 'a'",
+        &[&t.oid, &staging],
+        db("reading owned sequences"),
+    )
+    .await?;
     // The old table is renamed away, not dropped: dropping a big table makes COMMIT
     // unlink its files while the lock is still held (about 60 ms for 1M rows). It is
     // dropped right after the commit instead (`drop_old_tables`).

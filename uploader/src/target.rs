@@ -74,34 +74,33 @@ pub(crate) async fn check_columns(
             t.name
         )))?;
     let have: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let missing: Vec<String> = columns
-        .iter()
-        .filter(|c| !have.iter().any(|(n, _)| n == *c))
-        .map(|c| quote_ident(c))
-        .collect();
-    if !missing.is_empty() {
-        return Err(UploadError::Target(format!(
-            "{} target {}: column(s) {} of the result file do not exist on the primary (upload task {})",
+    // The file's columns `which` picks out (given its `attgenerated`, or `None` if the
+    // target lacks it), quoted: refused, saying they `are`.
+    let refuse = |which: fn(Option<&str>) -> bool, are: &str| {
+        let picked: Vec<String> = columns
+            .iter()
+            .filter(|c| which(have.iter().find(|(n, _)| n == *c).map(|(_, g)| g.as_str())))
+            .map(|c| quote_ident(c))
+            .collect();
+        if picked.is_empty() {
+            return Ok(());
+        }
+        Err(UploadError::Target(format!(
+            "{} target {}: column(s) {} {are} (upload task {})",
             task.kind,
             t.name,
-            missing.join(", "),
+            picked.join(", "),
             task.id
-        )));
-    }
-    let generated: Vec<String> = columns
-        .iter()
-        .filter(|c| have.iter().any(|(n, g)| n == *c && !g.is_empty()))
-        .map(|c| quote_ident(c))
-        .collect();
-    if !generated.is_empty() {
-        return Err(UploadError::Target(format!(
-            "{} target {}: column(s) {} are generated and cannot be loaded (upload task {})",
-            task.kind,
-            t.name,
-            generated.join(", "),
-            task.id
-        )));
-    }
+        )))
+    };
+    refuse(
+        |generated| generated.is_none(),
+        "of the result file do not exist on the primary",
+    )?;
+    refuse(
+        |generated| generated.is_some_and(|g| !g.is_empty()),
+        "are generated and cannot be loaded",
+    )?;
     if columns.is_empty() {
         return Err(rejected(task, "the result file has no columns"));
     }
