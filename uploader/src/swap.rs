@@ -49,7 +49,7 @@ use snapshot_runner::results::SwapPlan;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Transaction;
 
-use crate::apply::{check, copy_checked, execute_retrying_locks, Applied, Checked, Ctx};
+use crate::apply::{copy_checked, execute_retrying_locks, Applied, Checked, Ctx};
 use crate::queue::Claimed;
 use crate::target::{check_columns, record_materialization, resolve, superseded, Scope, Target};
 use crate::UploadError;
@@ -455,14 +455,14 @@ async fn plan_indexes(
     Ok(plans)
 }
 
-/// Apply a swap task: replace `plan.target` by the result file.
+/// Apply a swap task: replace `plan.target` by the result file (`checked`).
 pub(crate) async fn swap(
     tx: &Transaction<'_>,
     ctx: &Ctx<'_>,
+    checked: &Checked,
     plan: &SwapPlan,
 ) -> Result<Applied, UploadError> {
     let task = ctx.task;
-    let checked = check(tx, task, ctx.results_dir).await?;
     let t = resolve(tx, task, plan.target.name().clone()).await?;
     let column_list = check_columns(tx, task, &t, &checked.expected.columns).await?;
     if let Some(note) = superseded(tx, ctx, &t, &checked.snapshot_lsn, Scope::Target, false).await?
@@ -486,7 +486,7 @@ pub(crate) async fn swap(
         .map_err(db("starting the staging savepoint"))?;
 
     // 1. Build the staging table beside the target.
-    let rows = build_staging(tx, task, &t, &staging, &column_list, &checked, &indexes).await?;
+    let rows = build_staging(tx, task, &t, &staging, &column_list, checked, &indexes).await?;
 
     // 2. The short exclusive part. First the target's materializations rows (held to
     // commit: a concurrent apply of the same target decides after this one), then the
