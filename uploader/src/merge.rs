@@ -102,7 +102,7 @@ async fn check_key(
             &[&target.oid, &keys],
         )
         .await
-        .map_err(UploadError::db(format!("reading the indexes of {}", target.name)))?
+        .map_err(target.db_error("reading the indexes of"))?
         .get(0);
     if !unique {
         return Err(UploadError::Target(format!(

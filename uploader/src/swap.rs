@@ -154,8 +154,23 @@ async fn drop_old_table(
     Ok(Dropped::Yes)
 }
 
+/// A catalog query about a swap target (`$1`: its oid), one line of text a row.
+struct AboutTarget {
+    /// What it does, for its errors ("`doing` <target>").
+    doing: &'static str,
+    sql: &'static str,
+}
+
+impl AboutTarget {
+    async fn lines(&self, tx: &Transaction<'_>, t: &Target) -> Result<Vec<String>, UploadError> {
+        texts(tx, self.sql, &[&t.oid], t.db_error(self.doing)).await
+    }
+}
+
 /// Everything that would make dropping and renaming the target unsafe or lossy.
-const BLOCKERS: &str = "
+const BLOCKERS: AboutTarget = AboutTarget {
+    doing: "checking what depends on",
+    sql: "
 SELECT format('view %s depends on it', r.ev_class::regclass)
   FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
  WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
@@ -198,7 +213,8 @@ SELECT DISTINCT format('%s depends on its identity sequence %s',
   JOIN pg_class s ON s.oid = i.objid AND s.relkind = 'S'
   JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = s.oid AND d.deptype = 'n'
  WHERE i.classid = 'pg_class'::regclass AND i.refclassid = 'pg_class'::regclass AND i.refobjid = $1
-   AND i.deptype = 'i'";
+   AND i.deptype = 'i'",
+};
 
 /// The first column, as text, of every row `sql` returns.
 async fn texts(
@@ -211,17 +227,12 @@ async fn texts(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-async fn blockers(tx: &Transaction<'_>, t: &Target) -> Result<Vec<String>, UploadError> {
-    let error = UploadError::db(format!("checking what depends on {}", t.name));
-    texts(tx, BLOCKERS, &[&t.oid], error).await
-}
-
 async fn refuse_if_blocked(
     tx: &Transaction<'_>,
     ctx: &Ctx<'_>,
     t: &Target,
 ) -> Result<(), UploadError> {
-    let why = blockers(tx, t).await?;
+    let why = BLOCKERS.lines(tx, t).await?;
     if why.is_empty() {
         return Ok(());
     }
@@ -240,7 +251,9 @@ async fn refuse_if_blocked(
 /// one line each. Read before the
 /// staging table is built and again under the exclusive lock: any difference means
 /// something was added or altered meanwhile, which the new table would lack.
-const SHAPE: &str = "
+const SHAPE: AboutTarget = AboutTarget {
+    doing: "reading the definition of",
+    sql: "
 SELECT format('rel %s %s %s', relkind, relpersistence, reloptions) FROM pg_class WHERE oid = $1
 UNION ALL
 SELECT format('col %s %I %s notnull=%s identity=%s generated=%s collation=%s storage=%s compression=%s default=%s comment=%s',
@@ -266,12 +279,8 @@ SELECT format('identity sequence of %I: %s start=%s increment=%s min=%s max=%s c
   JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
  WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass AND d.refobjid = $1
    AND d.deptype = 'i'
-ORDER BY 1";
-
-async fn shape(tx: &Transaction<'_>, t: &Target) -> Result<Vec<String>, UploadError> {
-    let error = UploadError::db(format!("reading the definition of {}", t.name));
-    texts(tx, SHAPE, &[&t.oid], error).await
-}
+ORDER BY 1",
+};
 
 /// Under the exclusive lock: fail this attempt (retried later, against the table as
 /// it now is) if a view, foreign key, trigger, … appeared, or the definition changed,
@@ -282,7 +291,7 @@ async fn recheck_under_lock(
     t: &Target,
     before: &[String],
 ) -> Result<(), UploadError> {
-    let why = blockers(tx, t).await?;
+    let why = BLOCKERS.lines(tx, t).await?;
     if !why.is_empty() {
         return Err(UploadError::Changed(
             format!(
@@ -295,7 +304,7 @@ async fn recheck_under_lock(
             .replace('\n', " "),
         ));
     }
-    let now = shape(tx, t).await?;
+    let now = SHAPE.lines(tx, t).await?;
     if now != before {
         let mut diff: Vec<String> = before
             .iter()
@@ -419,7 +428,7 @@ async fn plan_indexes(
             &[&t.oid],
         )
         .await
-        .map_err(UploadError::db(format!("reading the indexes of {}", t.name)))?;
+        .map_err(t.db_error("reading the indexes of"))?;
     let mut plans = Vec::new();
     for (k, r) in rows.iter().enumerate() {
         let name: String = r.get(0);
@@ -475,10 +484,10 @@ pub(crate) async fn swap(
     let staging_name = format!("pgmaint_swap_{}", task.id);
     let staging = format!("{schema}.{}", quote_ident(&staging_name));
     let target = t.name.quoted();
-    let db = |what: &str| UploadError::db(format!("swap of {}: {what}", t.name));
+    let db = |what: &str| t.swap_error(what);
 
     // What the staging table is built from; checked again under the exclusive lock.
-    let before = shape(tx, &t).await?;
+    let before = SHAPE.lines(tx, &t).await?;
     let indexes = plan_indexes(tx, ctx, &t, &staging).await?;
     // Undone if another run turns out to have materialized a newer snapshot meanwhile.
     tx.batch_execute("SAVEPOINT pgmaint_apply")
@@ -643,7 +652,7 @@ async fn build_staging(
     indexes: &[IndexPlan],
 ) -> Result<i64, UploadError> {
     let target = t.name.quoted();
-    let db = |what: &str| UploadError::db(format!("swap of {}: {what}", t.name));
+    let db = |what: &str| t.swap_error(what);
     tx.batch_execute(&format!(
         "CREATE {}TABLE {staging} (LIKE {target} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED
              INCLUDING IDENTITY INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING COMMENTS INCLUDING STATISTICS)",
@@ -734,9 +743,6 @@ async fn record_swapped_out(
         &[&t.oid, &t.name.schema, &old_name, &task.id, &task.run_id],
     )
     .await
-    .map_err(UploadError::db(format!(
-        "swap of {}: recording the swapped-out table",
-        t.name
-    )))?;
+    .map_err(t.swap_error("recording the swapped-out table"))?;
     Ok(())
 }

@@ -18,6 +18,24 @@ pub(crate) struct Target {
     pub persistence: String,
 }
 
+impl Target {
+    /// For a database error while `doing` something to this target: "`doing` <name>".
+    pub(crate) fn db_error(
+        &self,
+        doing: &str,
+    ) -> impl FnOnce(tokio_postgres::Error) -> UploadError {
+        UploadError::db(format!("{doing} {}", self.name))
+    }
+
+    /// For a database error in `step` of a swap of this target: "swap of <name>: `step`".
+    pub(crate) fn swap_error(
+        &self,
+        step: &str,
+    ) -> impl FnOnce(tokio_postgres::Error) -> UploadError {
+        UploadError::db(format!("swap of {}: {step}", self.name))
+    }
+}
+
 /// Find the target on the primary: an ordinary table, or a clear error naming it.
 pub(crate) async fn resolve(
     tx: &Transaction<'_>,
@@ -69,10 +87,7 @@ pub(crate) async fn check_columns(
             &[&t.oid],
         )
         .await
-        .map_err(UploadError::db(format!(
-            "reading the columns of {}",
-            t.name
-        )))?;
+        .map_err(t.db_error("reading the columns of"))?;
     let have: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     // The file's columns `which` picks out (given its `attgenerated`, or `None` if the
     // target lacks it), quoted: refused, saying they `are`.
@@ -230,9 +245,6 @@ pub(crate) async fn record_materialization(
         ],
     )
     .await
-    .map_err(UploadError::db(format!(
-        "recording the materialization of {}",
-        t.name
-    )))?;
+    .map_err(t.db_error("recording the materialization of"))?;
     Ok(())
 }
