@@ -272,8 +272,7 @@ async fn worker(
     deadline: Option<Instant>,
 ) -> Result<bool, ScanError> {
     let (sink, counters, stop) = (&scan.sink, &scan.counters, &scan.stop);
-    let client = ctx.connect().await?;
-    let cancel_token = client.cancel_token();
+    let (client, cancel_token) = ctx.session().await?;
     loop {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(!queue.lock().expect("queue lock").is_empty());

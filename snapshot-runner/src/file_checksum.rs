@@ -424,8 +424,7 @@ async fn dispatch(
     jobs: &tokio::sync::mpsc::Sender<Job>,
     stop: &CancellationToken,
 ) -> Result<Dispatched, ScanError> {
-    let mut client = ctx.connect().await?;
-    let cancel_token = client.cancel_token();
+    let (mut client, cancel_token) = ctx.session().await?;
     let context = || format!("reading the catalog {}", p.table);
     let tx = crate::session::snapshot_transaction(&mut client)
         .await

@@ -217,8 +217,7 @@ async fn scan_range(
     deadline: Option<Instant>,
 ) -> Result<bool, ScanError> {
     let (sink, counters, stop) = (&scan.sink, &scan.counters, &scan.stop);
-    let mut client = ctx.connect().await?;
-    let cancel_token = client.cancel_token();
+    let (mut client, cancel_token) = ctx.session().await?;
     let context = || format!("scanning {relation}");
     let tx = crate::session::snapshot_transaction(&mut client)
         .await

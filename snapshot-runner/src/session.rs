@@ -68,6 +68,14 @@ impl ScanContext {
             .map_err(ScanError::db("setting up a scan session"))?;
         Ok(client)
     }
+
+    /// A scan session ([`ScanContext::connect`]) and the token that cancels the
+    /// statement it runs.
+    pub(crate) async fn session(&self) -> Result<(Client, tokio_postgres::CancelToken), ScanError> {
+        let client = self.connect().await?;
+        let cancel_token = client.cancel_token();
+        Ok((client, cancel_token))
+    }
 }
 
 /// `application_name` used by the scan sessions of run `run_id`.
