@@ -2006,7 +2006,7 @@ async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
             .queue(swap_file(
                 "sw",
                 "public.sw",
-                &format!("id,v\n1,round {round}\n"),
+                format!("id,v\n1,round {round}\n"),
             ))
             .await;
         fx.apply(id).await;
