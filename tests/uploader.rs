@@ -1342,9 +1342,7 @@ async fn long_running_uploader_over_tls() {
 /// re-check, for each kind of finding (mismatch, NULL checksum, NULL content).
 #[tokio::test(flavor = "multi_thread")]
 async fn findings_of_a_real_cycle_are_rechecked_on_the_primary() {
-    let c = Cluster::up("up_confirm_cycle", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, "public.blobs", "bigint", "g", 500).await;
+    let (c, p) = blobs_cluster("up_confirm_cycle", 500).await;
     p.batch_execute(
         "UPDATE blobs SET payload_md5 = md5('tampered') WHERE id IN (10, 20);
          UPDATE blobs SET payload_md5 = NULL WHERE id IN (30, 35);
@@ -1352,19 +1350,9 @@ async fn findings_of_a_real_cycle_are_rechecked_on_the_primary() {
     )
     .await
     .unwrap();
-    let cfg = c.write_config(
-        "t.toml",
-        &row_checksum_task(
-            "blobs",
-            "public.blobs",
-            "id",
-            "payload",
-            "payload_md5",
-            "parallelism = 2",
-        ),
-    );
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
+    let cfg = c
+        .ready_config("t.toml", &blobs_task("parallelism = 2"))
+        .await;
     let s = run_ok(&c, &cfg, &[]);
     let run = s["run_id"].as_i64().unwrap();
     // After the snapshot: one of each kind is repaired, and one mismatch deleted.
@@ -1718,30 +1706,19 @@ fn log_field(log: &str, message: &str, key: &str) -> Option<i64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_null_key_and_an_empty_key_stay_distinct_findings_end_to_end() {
-    let c = Cluster::up("up_null_empty_key", 1);
-    let p = c.primary().await;
     // A unique text key holding NULL, '' and 'a'; every row's stored md5 is wrong.
-    p.batch_execute(
+    let (c, p) = cluster_with(
+        "up_null_empty_key",
         "CREATE TABLE tk (k text UNIQUE, payload bytea, payload_md5 text);
          INSERT INTO tk VALUES (NULL, '\\x01', md5('x')), ('', '\\x02', md5('x')), ('a', '\\x03', md5('x'));",
     )
-    .await
-    .unwrap();
-    let cfg = c.write_config(
-        "t.toml",
-        &row_checksum_task("keys", "public.tk", "k", "payload", "payload_md5", ""),
-    );
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
+    .await;
+    let task = row_checksum_task("keys", "public.tk", "k", "payload", "payload_md5", "");
+    let cfg = c.ready_config("t.toml", &task).await;
     let s = run_ok(&c, &cfg, &[]);
     let run = s["run_id"].as_i64().unwrap();
     let m = manifest(&c.results_dir(), run);
-    let t = m["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "keys")
-        .unwrap();
+    let t = task_entry(&m, "keys");
     assert_eq!(t["findings"].as_u64(), Some(3), "{m}");
     assert_eq!(t["file"]["rows"].as_u64(), Some(3), "{m}");
 
@@ -1782,14 +1759,8 @@ async fn a_null_key_and_an_empty_key_stay_distinct_findings_end_to_end() {
         "uploader stderr:\n{}",
         up.stderr
     );
-    let rows_applied: i64 = p
-        .query_one(
-            "SELECT rows_applied FROM pgmaint.upload_tasks WHERE run_id = $1",
-            &[&run],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let sql = "SELECT rows_applied FROM pgmaint.upload_tasks WHERE run_id = $1";
+    let rows_applied: i64 = scalar(&p, sql, &[&run]).await;
     assert_eq!(rows_applied, 3);
     assert!(
         up.stdout.contains("1 task(s) applied (3 rows"),
@@ -2109,6 +2080,7 @@ async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
     fx.drain_saying("1 task(s) applied (3 rows)");
     assert_eq!(fx.state(eu_ids[0]).await, "completed");
     fx.release_run(us_run).await;
+    // `us` applies after `eu`.
     fx.drain_saying("1 task(s) applied (3 rows)");
     let r = fx
         .task_row(us_ids[0], "state, rows_applied, last_error")
