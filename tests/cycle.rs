@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use pgmaint_e2e::*;
 
-const BLOBS: &str = "public.blobs";
-
 /// Plant one of each corruption in a seeded blobs-like table; returns the expected
 /// findings as (key text, finding), sorted.
 async fn plant(
@@ -59,35 +57,25 @@ async fn findings_on_primary(c: &Cluster, run_id: i64) -> Vec<(String, String)> 
 /// second uploader run inserts nothing twice.
 #[tokio::test(flavor = "multi_thread")]
 async fn finds_planted_corruptions_exactly_and_uploads_them_once() {
-    let c = Cluster::up("cycle-exact", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, BLOBS, "bigint", "g", 20_000).await;
+    let (c, p) = blobs_cluster("cycle-exact", 20_000).await;
     let want = plant_blobs(&p, ["17", "5000", "777", "19999"]).await;
-    let cfg = c.write_config("t.toml", &blobs_task("parallelism = 3"));
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
+    let cfg = c
+        .ready_config("t.toml", &blobs_task("parallelism = 3"))
+        .await;
 
     let run = c.run(&cfg, &["run", "--json"]).expect_code(0);
     let s = run_summary(&run);
     let id = s["run_id"].as_i64().unwrap();
     assert_eq!(s["state"], "succeeded");
     assert_eq!(s["tasks"][0]["rows_scanned"], 20_000);
-    assert_eq!(
-        findings_in_csv(&c.results_dir().join(format!("{id}/blobs.csv"))),
-        want
-    );
+    assert_eq!(run_findings(&c, id, "blobs"), want);
     assert_eq!(c.pause_state(1).await, "not paused");
 
     c.run(&cfg, &["uploader", "--once"]).expect_code(0);
     assert_eq!(findings_on_primary(&c, id).await, want);
-    let lsn: String = p
-        .query_one(
-            "SELECT DISTINCT snapshot_lsn::text FROM pgmaint.integrity_findings WHERE run_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let sql =
+        "SELECT DISTINCT snapshot_lsn::text FROM pgmaint.integrity_findings WHERE run_id = $1";
+    let lsn: String = scalar(&p, sql, &[&id]).await;
     assert_eq!(lsn, s["snapshot"]["lsn"].as_str().unwrap());
     c.run(&cfg, &["uploader", "--once"]).expect_code(0);
     assert_eq!(
@@ -105,12 +93,7 @@ async fn uuid_keys_and_quoted_mixed_case_names() {
     seed_blobs(&p, "public.ublobs", "uuid", "md5(g::text)::uuid", 5_000).await;
     let mut keys = Vec::new();
     for g in [3, 1000, 2500, 4999] {
-        keys.push(
-            p.query_one("SELECT md5($1::int::text)::uuid::text", &[&g])
-                .await
-                .unwrap()
-                .get::<_, String>(0),
-        );
+        keys.push(scalar::<String>(&p, "SELECT md5($1::int::text)::uuid::text", &[&g]).await);
     }
     let want_u = plant(
         &p,
@@ -156,19 +139,11 @@ async fn uuid_keys_and_quoted_mixed_case_names() {
         r#""Body MD5""#,
         "parallelism = 2",
     );
-    let cfg = c.write_config("t.toml", &tasks);
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
-    let s = run_summary(&c.run(&cfg, &["run", "--json"]).expect_code(0));
+    let cfg = c.ready_config("t.toml", &tasks).await;
+    let s = run_ok(&c, &cfg, &[]);
     let id = s["run_id"].as_i64().unwrap();
-    assert_eq!(
-        findings_in_csv(&c.results_dir().join(format!("{id}/uuids.csv"))),
-        want_u
-    );
-    assert_eq!(
-        findings_in_csv(&c.results_dir().join(format!("{id}/sales.csv"))),
-        want_q
-    );
+    assert_eq!(run_findings(&c, id, "uuids"), want_u);
+    assert_eq!(run_findings(&c, id, "sales"), want_q);
 
     c.run(&cfg, &["uploader", "--once"]).expect_code(0);
     let all = findings_on_primary(&c, id).await;
@@ -199,22 +174,14 @@ async fn uuid_keys_and_quoted_mixed_case_names() {
 /// replica catches up.
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshot_isolation() {
-    let c = Cluster::up("cycle-isolation", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, BLOBS, "bigint", "g", 30_000).await;
+    let (c, p) = blobs_cluster("cycle-isolation", 30_000).await;
     let want = plant_blobs(&p, ["1", "2", "3", "4"]).await;
     let cfg = slow_blobs_config(&c, "t.toml", "");
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
+    c.init_ready(&cfg).await;
 
-    let child = spawn_piped(&c, &cfg, &["run", "--json"]);
-    wait_paused(&c, 1).await;
+    let child = spawn_paused(&c, &cfg, &["run", "--json"]).await;
     let r = c.replica(1).await;
-    let lsn_during: String = r
-        .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let lsn_during: String = scalar(&r, "SELECT pg_last_wal_replay_lsn()::text", &[]).await;
     // Corrupt more rows and add corrupt rows, on the primary, while the scan runs.
     p.batch_execute(
         "UPDATE blobs SET payload_md5 = 'x' WHERE id BETWEEN 100 AND 110;
@@ -223,34 +190,21 @@ async fn snapshot_isolation() {
     .await
     .unwrap();
     // Those writes really landed during the pause: the replica is still paused where it was.
-    let still: (String, String) = {
-        let row = r
-            .query_one(
-                "SELECT pg_get_wal_replay_pause_state(), pg_last_wal_replay_lsn()::text",
-                &[],
-            )
-            .await
-            .unwrap();
-        (row.get(0), row.get(1))
-    };
+    let still: (String, String) = pair(
+        &r,
+        "SELECT pg_get_wal_replay_pause_state(), pg_last_wal_replay_lsn()::text",
+        &[],
+    )
+    .await;
     assert_eq!(
         still,
         ("paused".to_string(), lsn_during.clone()),
         "scan must still be running: make it slower"
     );
 
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = run_summary(&finish(child).expect_code(0));
     let id = s["run_id"].as_i64().unwrap();
-    assert_eq!(
-        findings_in_csv(&c.results_dir().join(format!("{id}/blobs.csv"))),
-        want
-    );
+    assert_eq!(run_findings(&c, id, "blobs"), want);
     assert_eq!(
         manifest(&c.results_dir(), id)["snapshot"]["lsn"]
             .as_str()
@@ -261,13 +215,9 @@ async fn snapshot_isolation() {
 
     assert_eq!(c.pause_state(1).await, "not paused");
     c.wait_caught_up(1).await;
-    let n: i64 = r
-        .query_one("SELECT count(*) FROM blobs WHERE id > 100000", &[])
-        .await
-        .unwrap()
-        .get(0);
     assert_eq!(
-        n, 2,
+        count(&r, "SELECT count(*) FROM blobs WHERE id > 100000").await,
+        2,
         "the replica caught up with the writes made during the pause"
     );
 }
@@ -275,9 +225,7 @@ async fn snapshot_isolation() {
 /// A task naming a missing table or column: clear error, exit 2, replica not paused.
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_table_or_column_fails_clearly_and_leaves_replay_running() {
-    let c = Cluster::up("cycle-missing", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, BLOBS, "bigint", "g", 100).await;
+    let (c, _p) = blobs_cluster("cycle-missing", 100).await;
     for (file, task, needle) in [
         (
             "t1.toml",
@@ -308,34 +256,23 @@ async fn missing_table_or_column_fails_clearly_and_leaves_replay_running() {
 /// replay resumed, run cancelled, nothing queued.
 #[tokio::test(flavor = "multi_thread")]
 async fn signals_during_a_scan_resume_replay_and_queue_nothing() {
-    let c = Cluster::up("cycle-signals", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, BLOBS, "bigint", "g", 100_000).await;
+    let (c, _p) = blobs_cluster("cycle-signals", 100_000).await;
     let cfg = slow_blobs_config(&c, "t.toml", "");
     c.run(&cfg, &["init"]).expect_code(0);
     for sig in ["INT", "TERM", "HUP"] {
         c.wait_caught_up(1).await;
-        let child = spawn_piped(&c, &cfg, &["run"]);
-        wait_paused(&c, 1).await;
+        let child = spawn_paused(&c, &cfg, &["run"]).await;
         signal(child.id(), sig);
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        finish(child).expect_code(1);
         assert_eq!(c.pause_state(1).await, "not paused", "after SIG{sig}");
         let id = last_run_id(&c).await;
         assert_eq!(run_state(&c, id).await, "cancelled");
         assert_eq!(uploads_of_run(&c, id).await, 0);
-        let sessions: i64 = c
-            .replica(1)
-            .await
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgmaint-scan-%'", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let sessions = count(
+            &c.replica(1).await,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgmaint-scan-%'",
+        )
+        .await;
         assert_eq!(sessions, 0, "scan sessions closed");
     }
 }
@@ -345,9 +282,7 @@ async fn signals_during_a_scan_resume_replay_and_queue_nothing() {
 /// `pgmaint run` does the same by itself, and so does any other command (`uploader`).
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_coordinator_is_recovered_after_its_lease_expires() {
-    let c = Cluster::up("cycle-kill9", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, BLOBS, "bigint", "g", 100_000).await;
+    let (c, _p) = blobs_cluster("cycle-kill9", 100_000).await;
     let slow = slow_blobs_config(&c, "slow.toml", "lease = \"2s\"");
     let fast = c.write_config(
         "fast.toml",
@@ -399,11 +334,8 @@ async fn killed_coordinator_is_recovered_after_its_lease_expires() {
 /// A replica already paused by someone else is refused and stays paused.
 #[tokio::test(flavor = "multi_thread")]
 async fn replica_paused_by_someone_else_is_refused_and_left_paused() {
-    let c = Cluster::up("cycle-foreign-pause", 1);
-    seed_blobs(&c.primary().await, BLOBS, "bigint", "g", 100).await;
-    let cfg = c.write_config("t.toml", &blobs_task(""));
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
+    let (c, _p) = blobs_cluster("cycle-foreign-pause", 100).await;
+    let cfg = c.ready_config("t.toml", &blobs_task("")).await;
     c.replica(1)
         .await
         .execute("SELECT pg_wal_replay_pause()", &[])
@@ -428,82 +360,45 @@ async fn replica_paused_by_someone_else_is_refused_and_left_paused() {
 /// nothing from it is uploaded.
 #[tokio::test(flavor = "multi_thread")]
 async fn replica_restart_during_scan_invalidates_the_run() {
-    let c = Cluster::up("cycle-restart", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, BLOBS, "bigint", "g", 100_000).await;
-    let cfg = slow_blobs_config(&c, "t.toml", "");
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
-    let child = spawn_piped(&c, &cfg, &["run", "--json"]);
-    wait_paused(&c, 1).await;
+    let (c, p, cfg, child) = paused_run("cycle-restart", 100_000, "", &["run", "--json"]).await;
     p.execute("INSERT INTO blobs VALUES (200000, 'x', 'y')", &[])
         .await
         .unwrap();
     c.server("restart", "r1");
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = run_summary(&finish(child).expect_code(1));
     let id = s["run_id"].as_i64().unwrap();
-    assert_eq!(s["state"], "invalid");
-    assert!(
-        s["error"].as_str().unwrap().contains("restarted"),
-        "{}",
-        s["error"]
-    );
+    assert_ended(&s, "invalid", "restarted");
     assert_eq!(run_state(&c, id).await, "invalid");
     assert_eq!(uploads_of_run(&c, id).await, 0);
     assert_eq!(manifest(&c.results_dir(), id)["valid"], false);
     c.run(&cfg, &["uploader", "--once"]).expect_code(0);
-    let n: i64 = p
-        .query_one("SELECT count(*) FROM pgmaint.integrity_findings", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 0);
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM pgmaint.integrity_findings").await,
+        0
+    );
     assert_eq!(c.pause_state(1).await, "not paused");
 }
 
 /// A result file changed after the run is refused by the uploader; nothing inserted.
 #[tokio::test(flavor = "multi_thread")]
 async fn tampered_result_file_is_refused() {
-    let c = Cluster::up("cycle-tamper", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, BLOBS, "bigint", "g", 1000).await;
+    let (c, p) = blobs_cluster("cycle-tamper", 1000).await;
     plant_blobs(&p, ["1", "2", "3", "4"]).await;
-    let cfg = c.write_config("t.toml", &blobs_task(""));
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
-    let s = run_summary(&c.run(&cfg, &["run", "--json"]).expect_code(0));
+    let cfg = c.ready_config("t.toml", &blobs_task("")).await;
+    let s = run_ok(&c, &cfg, &[]);
     let id = s["run_id"].as_i64().unwrap();
     let file = c.results_dir().join(format!("{id}/blobs.csv"));
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, text.replace("mismatch", "mismatcH")).unwrap(); // same size, other bytes
-    let up = c.run(&cfg, &["uploader", "--once"]).expect_code(1);
-    assert!(
-        up.stderr.contains("differs from the manifest"),
-        "{}",
-        up.stderr
+    c.run(&cfg, &["uploader", "--once"])
+        .expect_code(1)
+        .expect_stderr("differs from the manifest");
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM pgmaint.integrity_findings").await,
+        0
     );
-    let n: i64 = p
-        .query_one("SELECT count(*) FROM pgmaint.integrity_findings", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 0);
-    let state: String = p
-        .query_one(
-            "SELECT state FROM pgmaint.upload_tasks WHERE run_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(state, "failed");
+    let sql = "SELECT state FROM pgmaint.upload_tasks WHERE run_id = $1";
+    assert_eq!(scalar::<String>(&p, sql, &[&id]).await, "failed");
 }
 
 /// `init` is idempotent, records the version, and refuses a newer schema.
@@ -522,11 +417,12 @@ async fn init_is_idempotent_and_refuses_a_newer_schema() {
         .stdout
         .contains("up to date"));
     let p = c.primary().await;
-    let v: i32 = p
-        .query_one("SELECT max(version) FROM pgmaint.schema_migrations", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let v: i32 = scalar(
+        &p,
+        "SELECT max(version) FROM pgmaint.schema_migrations",
+        &[],
+    )
+    .await;
     assert!(v >= 1);
     p.execute(
         "INSERT INTO pgmaint.schema_migrations (version, name) VALUES (999, 'future')",
@@ -613,26 +509,14 @@ async fn bad_config_exits_2_naming_the_field() {
 /// anywhere (control, scans, watchdog, lease, uploader) would fail the test.
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_sslmode_require() {
-    let c = Cluster::up("cycle-tls", 1);
+    let (c, p) = blobs_cluster("cycle-tls", 2_000).await;
     enable_tls(&c).await;
-    let p = c.primary().await;
-    seed_blobs(&p, BLOBS, "bigint", "g", 2_000).await;
     let want = plant_blobs(&p, ["10", "20", "30", "40"]).await;
     let cfg = c.write_config("t.toml", &blobs_task("parallelism = 2"));
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let with_mode = |mode: &str| {
-        let path = c.dir.join(format!("{mode}.toml"));
-        std::fs::write(
-            &path,
-            text.replace(
-                "user=postgres dbname=app\"",
-                &format!("user=pgmaint_tls dbname=app sslmode={mode}\""),
-            ),
-        )
-        .unwrap();
-        path
-    };
-    let (require, disable) = (with_mode("require"), with_mode("disable"));
+    let (require, disable) = (
+        tls_config(&c, &cfg, "require"),
+        tls_config(&c, &cfg, "disable"),
+    );
     // The servers really refuse this role in plaintext.
     let refused = c.run(&disable, &["init"]).expect_code(2);
     assert!(
@@ -644,26 +528,16 @@ async fn tls_sslmode_require() {
         refused.stderr
     );
 
-    c.run(&require, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
-    let s = run_summary(&c.run(&require, &["run", "--json"]).expect_code(0));
+    c.init_ready(&require).await;
+    let s = run_ok(&c, &require, &[]);
     let id = s["run_id"].as_i64().unwrap();
-    assert_eq!(
-        findings_in_csv(&c.results_dir().join(format!("{id}/blobs.csv"))),
-        want
-    );
-    let up = c.run(&require, &["uploader", "--once"]).expect_code(0);
-    assert!(up.stdout.contains("1 task(s) applied"), "{}", up.stdout);
+    assert_eq!(run_findings(&c, id, "blobs"), want);
+    c.run(&require, &["uploader", "--once"])
+        .expect_code(0)
+        .expect_stdout("1 task(s) applied");
     c.run(&require, &["status"]).expect_code(0);
-    let n: i64 = p
-        .query_one(
-            "SELECT count(*) FROM pgmaint.integrity_findings WHERE run_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 4);
+    let sql = "SELECT count(*) FROM pgmaint.integrity_findings WHERE run_id = $1";
+    assert_eq!(scalar::<i64>(&p, sql, &[&id]).await, 4);
 }
 
 /// limits.max_pause bounds the pause even when the primary freezes mid-run (every call
@@ -671,41 +545,23 @@ async fn tls_sslmode_require() {
 /// while the primary is still frozen.
 #[tokio::test(flavor = "multi_thread")]
 async fn max_pause_holds_even_when_the_primary_freezes() {
-    let c = Cluster::up("cycle-frozen-primary", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, BLOBS, "bigint", "g", 5_000).await;
-    let cfg = slow_blobs_config(&c, "t.toml", "max_pause = \"8s\"");
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
-    let child = spawn_piped(&c, &cfg, &["run"]);
-    wait_paused(&c, 1).await;
+    let limits = "max_pause = \"8s\"";
+    let (c, _p, _cfg, child) = paused_run("cycle-frozen-primary", 5_000, limits, &["run"]).await;
     signal_server(&c, "primary", "STOP");
     let frozen = std::time::Instant::now();
     // The scan (replica only) ends well within max_pause; the calls to the frozen
     // primary around it hang. 8 s max_pause + 10 s grace + the time-outs of the calls on
     // the way out, with margin.
-    let mut r = false;
-    while frozen.elapsed() < Duration::from_secs(40) {
-        if c.pause_state(1).await == "not paused" {
-            r = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let r = wait_until_not_paused(&c, 1, Duration::from_secs(40)).await;
     let waited = frozen.elapsed();
     signal_server(&c, "primary", "CONT");
-    let out = child.wait_with_output().unwrap();
+    let out = finish(child);
     assert!(
         r,
         "replica still paused {waited:?} after the primary froze\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        out.stderr
     );
-    assert_ne!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ne!(out.code, 0, "{}", out.stderr);
 }
 
 /// limits.max_replay_backlog: WAL keeps streaming into the paused replica; once more
@@ -713,35 +569,15 @@ async fn max_pause_holds_even_when_the_primary_freezes() {
 /// nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_backlog_over_the_limit_aborts_the_cycle() {
-    let c = Cluster::up("cycle-backlog", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, BLOBS, "bigint", "g", 30_000).await;
-    let cfg = slow_blobs_config(&c, "t.toml", "max_replay_backlog = \"1MB\"");
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
-    let child = spawn_piped(&c, &cfg, &["run", "--json"]);
-    wait_paused(&c, 1).await;
+    let limits = "max_replay_backlog = \"1MB\"";
+    let args = ["run", "--json"];
+    let (c, p, _cfg, child) = paused_run("cycle-backlog", 30_000, limits, &args).await;
     // A few MB of WAL on the primary, streamed to the paused replica.
     p.batch_execute("CREATE TABLE wal_filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 20000) g")
         .await
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(s["state"], "aborted");
-    assert!(
-        s["error"]
-            .as_str()
-            .unwrap()
-            .contains("limits.max_replay_backlog"),
-        "{}",
-        s["error"]
-    );
+    let s = run_summary(&finish(child).expect_code(1));
+    assert_ended(&s, "aborted", "limits.max_replay_backlog");
     let id = s["run_id"].as_i64().unwrap();
     assert_eq!(uploads_of_run(&c, id).await, 0);
     assert_eq!(c.pause_state(1).await, "not paused");
@@ -752,25 +588,20 @@ async fn replay_backlog_over_the_limit_aborts_the_cycle() {
 /// take the process down before it resumes: a signal still aborts the cycle cleanly.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_stderr_does_not_stop_the_resume() {
-    let c = Cluster::up("cycle-dead-stderr", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, BLOBS, "bigint", "g", 100_000).await;
+    let (c, _p) = blobs_cluster("cycle-dead-stderr", 100_000).await;
     let cfg = slow_blobs_config(&c, "t.toml", "");
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
+    c.init_ready(&cfg).await;
     let mut child = spawn_piped(&c, &cfg, &["run"]);
     // Close our end of its stderr: every log line it writes from now on fails (EPIPE).
     drop(child.stderr.take());
     wait_paused(&c, 1).await;
     signal(child.id(), "INT");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pgmaint did not stop after SIGINT"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        exited_within(&mut child, Duration::from_secs(30))
+            .await
+            .is_some(),
+        "pgmaint did not stop after SIGINT"
+    );
     assert_eq!(c.pause_state(1).await, "not paused");
     assert_eq!(run_state(&c, last_run_id(&c).await).await, "cancelled");
 }

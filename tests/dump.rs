@@ -7,18 +7,14 @@ use pgmaint_e2e::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dump_of_the_paused_replica_restores_and_is_described_by_its_manifest() {
-    let c = Cluster::up("dump", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, "public.blobs", "bigint", "g", 20_000).await;
+    let (c, p) = blobs_cluster("dump", 20_000).await;
     p.batch_execute(
         "CREATE TABLE notes (id int PRIMARY KEY, body text);
          INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 500) g;",
     )
     .await
     .unwrap();
-    let cfg = c.write_config("t.toml", "");
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
+    let cfg = c.ready_config("t.toml", "").await;
 
     let out = c.dir.join("dump1");
     let s = run_summary(
@@ -38,25 +34,16 @@ async fn dump_of_the_paused_replica_restores_and_is_described_by_its_manifest() 
     assert_eq!(s["state"], "succeeded");
     assert_eq!(c.pause_state(1).await, "not paused");
     let id = s["run_id"].as_i64().unwrap();
-    let purpose: String = p
-        .query_one("SELECT purpose FROM pgmaint.runs WHERE id = $1", &[&id])
-        .await
-        .unwrap()
-        .get(0);
+    let purpose: String = run_column(&c, id, "purpose").await;
     assert_eq!(purpose, "dump");
 
     // The manifest next to pg_dump's files: the snapshot, and the MD5 of every file.
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let m = read_manifest(&out);
     assert_eq!(m["valid"], true);
     assert_eq!(m["snapshot"]["lsn"], s["snapshot"]["lsn"]);
     let files = m["tasks"][0]["files"].as_array().unwrap();
     assert!(files.iter().any(|f| f["name"] == "toc.dat"), "{files:?}");
-    for f in files {
-        let bytes = std::fs::read(out.join(f["name"].as_str().unwrap())).unwrap();
-        assert_eq!(f["md5"].as_str().unwrap(), md5_hex(&bytes));
-        assert_eq!(f["size"].as_u64().unwrap(), bytes.len() as u64);
-    }
+    assert_files_as_listed(&out, files);
 
     // It restores, with every row.
     p.execute("CREATE DATABASE restored", &[]).await.unwrap();
@@ -86,16 +73,12 @@ async fn dump_of_the_paused_replica_restores_and_is_described_by_its_manifest() 
         c.primary_port()
     ))
     .await;
-    let counts: (i64, i64) = {
-        let row = r
-            .query_one(
-                "SELECT (SELECT count(*) FROM blobs), (SELECT count(*) FROM notes)",
-                &[],
-            )
-            .await
-            .unwrap();
-        (row.get(0), row.get(1))
-    };
+    let counts: (i64, i64) = pair(
+        &r,
+        "SELECT (SELECT count(*) FROM blobs), (SELECT count(*) FROM notes)",
+        &[],
+    )
+    .await;
     assert_eq!(counts, (20_000, 500));
 
     // A non-empty --out is refused before anything is paused.
@@ -116,12 +99,8 @@ async fn dump_of_the_paused_replica_restores_and_is_described_by_its_manifest() 
 /// before the pause, so the lock is met exactly at the pause point.)
 #[tokio::test(flavor = "multi_thread")]
 async fn replayed_access_exclusive_lock_at_the_pause_point_is_waited_out() {
-    let c = Cluster::up("dump-startup-lock", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, "public.blobs", "bigint", "g", 1_000).await;
-    let cfg = c.write_config("t.toml", "");
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
+    let (c, _p) = blobs_cluster("dump-startup-lock", 1_000).await;
+    let cfg = c.ready_config("t.toml", "").await;
 
     let locker = c.primary().await;
     locker
@@ -133,41 +112,34 @@ async fn replayed_access_exclusive_lock_at_the_pause_point_is_waited_out() {
         "the replica's startup process to hold the lock",
         std::time::Duration::from_secs(20),
         || async {
-            let n: i64 = r
-                .query_one(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+            count(
+                &r,
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
                   WHERE a.backend_type = 'startup' AND l.mode = 'AccessExclusiveLock'
                     AND l.relation = 'public.blobs'::regclass",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            n > 0
+            )
+            .await
+                > 0
         },
     )
     .await;
 
     let out_dir = c.dir.join("dump-after-lock");
-    let child = c
-        .pgmaint(
-            &cfg,
-            &["dump", "--out", out_dir.to_str().unwrap(), "--json"],
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(
+        &c,
+        &cfg,
+        &["dump", "--out", out_dir.to_str().unwrap(), "--json"],
+    );
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     locker.batch_execute("COMMIT").await.unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let out = finish(child).expect_code(0);
     assert!(
-        stderr.contains("AccessExclusiveLock at the pause point"),
-        "it saw the lock and retried: {stderr}"
+        out.stderr
+            .contains("AccessExclusiveLock at the pause point"),
+        "it saw the lock and retried: {}",
+        out.stderr
     );
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = run_summary(&out);
     assert_eq!(s["state"], "succeeded");
     assert_eq!(c.pause_state(1).await, "not paused");
 }

@@ -2,12 +2,9 @@
 //! input and faults", point 10): the right exit code, each message once, a valid run
 //! kept through a primary restart, a run's history as it really ended.
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgmaint_e2e::*;
-
-const BLOBS: &str = "public.blobs";
 
 /// Rows arrive slowly and small: PostgreSQL sends nothing (not even COPY's header,
 /// which waits in its 8 kB send buffer) for seconds.
@@ -19,11 +16,8 @@ const TRICKLE: &str = "SELECT g, pg_sleep(0.005) AS s FROM generate_series(1, 40
 /// the README promises; a signal's error said "cancelled by SIGTERM: cancelled by SIGTERM".
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_hears_of_partial_results_and_bad_usage_once() {
-    let c = Cluster::up("outcomes-told", 1);
-    seed_blobs(&c.primary().await, BLOBS, "bigint", "g", 30_000).await;
-    let init = c.write_config("init.toml", "");
-    c.run(&init, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
+    let (c, _p) = blobs_cluster("outcomes-told", 30_000).await;
+    let init = c.ready_config("init.toml", "").await;
 
     let run = c
         .run(&init, &["tasks", "list", "--limit=-1"])
@@ -60,16 +54,10 @@ async fn the_operator_hears_of_partial_results_and_bad_usage_once() {
 
     // One signal, said once.
     let slow = slow_blobs_config(&c, "slow.toml", "");
-    let child = spawn_piped(&c, &slow, &["run"]);
-    wait_paused(&c, 1).await;
+    let child = spawn_paused(&c, &slow, &["run"]).await;
     signal(child.id(), "TERM");
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("pgmaint: error:"))
-        .unwrap();
+    let out = finish(child).expect_code(1);
+    let line = out.error_line().unwrap();
     assert_eq!(line.matches("cancelled by SIGTERM").count(), 1, "{line}");
     assert_eq!(c.pause_state(1).await, "not paused");
 }
@@ -79,26 +67,19 @@ async fn the_operator_hears_of_partial_results_and_bad_usage_once() {
 /// queue commit reconnects and goes through; the findings are uploaded.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_primary_restart_during_a_run_does_not_discard_the_run() {
-    let c = Cluster::up("outcomes-primary-restart", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, BLOBS, "bigint", "g", 30_000).await;
+    let (c, p) = blobs_cluster("outcomes-primary-restart", 30_000).await;
     p.batch_execute("UPDATE public.blobs SET payload_md5 = md5('x') WHERE id = 29999")
         .await
         .unwrap();
     let cfg = slow_blobs_config(&c, "slow.toml", "");
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
-    let mut child = spawn_piped(&c, &cfg, &["run", "--json"]);
-    wait_paused(&c, 1).await;
+    c.init_ready(&cfg).await;
+    let mut child = spawn_paused(&c, &cfg, &["run", "--json"]).await;
     c.server("restart", "primary");
     assert!(
         child.try_wait().unwrap().is_none(),
         "the scan ended before the primary restarted: make it slower"
     );
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = run_summary(&finish(child).expect_code(0));
     assert_eq!(s["state"], "succeeded");
     assert_eq!(s["queued"].as_array().unwrap().len(), 1);
     assert_eq!(c.pause_state(1).await, "not paused");
@@ -121,36 +102,17 @@ async fn a_primary_restart_during_a_run_does_not_discard_the_run() {
 /// that recovers the lease records how it really ended.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_that_resumed_during_a_primary_stall_is_recorded_as_it_ended() {
-    let c = Cluster::up("outcomes-primary-stall", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, BLOBS, "bigint", "g", 100_000).await;
-    let cfg = slow_blobs_config(&c, "slow.toml", "lease = \"4s\"");
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
-    let child = c
-        .pgmaint(&cfg, &["run"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_paused(&c, 1).await;
+    let limits = "lease = \"4s\"";
+    let (c, _p, cfg, child) = paused_run("outcomes-primary-stall", 100_000, limits, &["run"]).await;
     let id = last_run_id(&c).await;
     signal_server(&c, "primary", "STOP");
-    let frozen = Instant::now();
-    let mut resumed = false;
-    while frozen.elapsed() < Duration::from_secs(40) {
-        if c.pause_state(1).await == "not paused" {
-            resumed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let resumed = wait_until_not_paused(&c, 1, Duration::from_secs(40)).await;
     // The run gives up on the frozen primary and exits; only then does it come back.
-    let out = child.wait_with_output().unwrap();
+    let out = finish(child);
     signal_server(&c, "primary", "CONT");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = &out.stderr;
     assert!(resumed, "replica still paused\n{stderr}");
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.code, 1, "{stderr}");
     assert!(stderr.contains("outcome.json"), "{stderr}");
 
     let said = c.run(&cfg, &["recover"]).expect_code(0);
@@ -182,28 +144,18 @@ async fn a_run_that_resumed_during_a_primary_stall_is_recorded_as_it_ended() {
 /// who resumed replay.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_resumed_by_another_process_invalidates_the_run_and_says_so() {
-    let c = Cluster::up("outcomes-foreign-resume", 1);
-    seed_blobs(&c.primary().await, BLOBS, "bigint", "g", 100_000).await;
-    let cfg = slow_blobs_config(&c, "slow.toml", "");
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
-    let child = spawn_piped(&c, &cfg, &["run", "--json"]);
-    wait_paused(&c, 1).await;
+    let args = ["run", "--json"];
+    let (c, _p, _cfg, child) = paused_run("outcomes-foreign-resume", 100_000, "", &args).await;
     c.replica(1)
         .await
         .execute("SELECT pg_wal_replay_resume()", &[])
         .await
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(s["state"], "invalid");
-    assert!(
-        s["error"]
-            .as_str()
-            .unwrap()
-            .contains("replay was resumed by another process during the pause"),
-        "{}",
-        s["error"]
+    let s = run_summary(&finish(child));
+    assert_ended(
+        &s,
+        "invalid",
+        "replay was resumed by another process during the pause",
     );
     assert_eq!(uploads_of_run(&c, s["run_id"].as_i64().unwrap()).await, 0);
 }

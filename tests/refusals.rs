@@ -6,8 +6,6 @@ use std::time::{Duration, Instant};
 
 use pgmaint_e2e::*;
 
-const BLOBS: &str = "public.blobs";
-
 /// `ALTER SYSTEM SET name = 'value'`, then reload.
 async fn alter_system(client: &tokio_postgres::Client, name: &str, value: &str) {
     client
@@ -21,6 +19,30 @@ async fn alter_system(client: &tokio_postgres::Client, name: &str, value: &str) 
         .execute("SELECT pg_reload_conf()", &[])
         .await
         .unwrap();
+}
+
+/// A [`blobs_cluster`] of `n` rows whose primary also has a table `writes`, for
+/// [`timed_write`].
+async fn cluster_with_writes(name: &str, n: i64) -> (Cluster, tokio_postgres::Client) {
+    let (c, p) = blobs_cluster(name, n).await;
+    p.batch_execute("CREATE TABLE writes (at timestamptz DEFAULT now())")
+        .await
+        .unwrap();
+    (c, p)
+}
+
+/// Commit a row into `writes` through `client`; it must commit within `limit` (else
+/// panic, saying `blocked`). How long it took.
+async fn timed_write(client: &tokio_postgres::Client, limit: Duration, blocked: &str) -> Duration {
+    let t = Instant::now();
+    tokio::time::timeout(
+        limit,
+        client.execute("INSERT INTO writes DEFAULT VALUES", &[]),
+    )
+    .await
+    .expect(blocked)
+    .unwrap();
+    t.elapsed()
 }
 
 /// Set the primary's `synchronous_standby_names` and wait until it has taken effect
@@ -57,21 +79,12 @@ async fn set_sync_standbys(c: &Cluster, names: &str, standby: &str, states: &[&s
 /// wait while pgmaint refuses.
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_standby_with_spaced_name_is_refused() {
-    let c = Cluster::up("refuse-sync-standby", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, BLOBS, "bigint", "g", 2_000).await;
-    p.batch_execute("CREATE TABLE writes (at timestamptz DEFAULT now())")
-        .await
-        .unwrap();
+    let (c, p) = cluster_with_writes("refuse-sync-standby", 2_000).await;
     let cfg = c.write_config("t.toml", &blobs_task(""));
     c.run(&cfg, &["init"]).expect_code(0);
     // The standby connects as 'my standby'.
     let r = c.replica(1).await;
-    let conninfo: String = r
-        .query_one("SHOW primary_conninfo", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let conninfo: String = scalar(&r, "SHOW primary_conninfo", &[]).await;
     alter_system(
         &r,
         "primary_conninfo",
@@ -106,29 +119,26 @@ async fn sync_standby_with_spaced_name_is_refused() {
         set_sync_standbys(&c, names, "my standby", states).await;
         c.wait_caught_up(1).await;
         // Commits on the primary, timed, while pgmaint runs and refuses.
-        let child = spawn_piped(&c, &cfg, &["run"]);
+        let mut child = spawn_piped(&c, &cfg, &["run"]);
         let mut slowest = Duration::ZERO;
-        let mut child = child;
         let started = Instant::now();
         while child.try_wait().unwrap().is_none() {
-            let t = Instant::now();
-            tokio::time::timeout(
+            let took = timed_write(
+                &p,
                 Duration::from_secs(5),
-                p.execute("INSERT INTO writes DEFAULT VALUES", &[]),
+                "an INSERT on the primary blocked while pgmaint ran",
             )
-            .await
-            .expect("an INSERT on the primary blocked while pgmaint ran")
-            .unwrap();
-            slowest = slowest.max(t.elapsed());
+            .await;
+            slowest = slowest.max(took);
             assert!(
                 started.elapsed() < Duration::from_secs(50),
                 "pgmaint run did not end"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{names}: {stderr}");
+        let out = finish(child);
+        let stderr = &out.stderr;
+        assert_eq!(out.code, 1, "{names}: {stderr}");
         assert!(
             stderr.contains("synchronous standby") && stderr.contains("my standby"),
             "{names}: {stderr}"
@@ -192,13 +202,7 @@ async fn replica_of_another_cluster_or_timeline_is_refused_before_the_lease() {
         );
         assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
     }
-    let runs: i64 = a
-        .primary()
-        .await
-        .query_one("SELECT count(*) FROM pgmaint.runs", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let runs = count(&a.primary().await, "SELECT count(*) FROM pgmaint.runs").await;
     assert_eq!(runs, 0, "a run was recorded for a foreign replica");
     assert_eq!(b.pause_state(1).await, "not paused");
 
@@ -216,25 +220,13 @@ async fn replica_of_another_cluster_or_timeline_is_refused_before_the_lease() {
         "{line}"
     );
     assert_eq!(a.pause_state(1).await, "not paused");
-    let promoted_runs: i64 = r2
-        .query_one("SELECT count(*) FROM pgmaint.runs", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let promoted_runs = count(&r2, "SELECT count(*) FROM pgmaint.runs").await;
     assert_eq!(promoted_runs, 0);
 }
 
 /// A run's pause-time (task-visible) state: was a pause ever requested for it?
 async fn pause_was_requested(c: &Cluster, run_id: i64) -> bool {
-    c.primary()
-        .await
-        .query_one(
-            "SELECT pause_requested_at IS NOT NULL FROM pgmaint.runs WHERE id = $1",
-            &[&run_id],
-        )
-        .await
-        .unwrap()
-        .get(0)
+    run_column(c, run_id, "pause_requested_at IS NOT NULL").await
 }
 
 /// Bug: scan errors read "streaming COPY from the replica: db error" (and, with
@@ -244,12 +236,8 @@ async fn pause_was_requested(c: &Cluster, run_id: i64) -> bool {
 /// than the replica has, two tasks writing one file) must be refused before it.
 #[tokio::test(flavor = "multi_thread")]
 async fn scan_errors_name_the_servers_message_and_doomed_tasks_never_pause() {
-    let c = Cluster::up("refuse-doomed-tasks", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, BLOBS, "bigint", "g", 1_000).await;
-    let init = c.write_config("init.toml", "");
-    c.run(&init, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
+    let (c, _p) = blobs_cluster("refuse-doomed-tasks", 1_000).await;
+    c.ready_config("init.toml", "").await;
     let materialize = |name: &str, query: &str| {
         format!(
             "[[tasks]]\nname = \"{name}\"\nkind = \"materialize\"\nquery = \"{query}\"\ntarget = \"public.out\"\n"
@@ -269,11 +257,7 @@ async fn scan_errors_name_the_servers_message_and_doomed_tasks_never_pause() {
     let id = summary["run_id"].as_i64().unwrap();
     let want = "division by zero (SQLSTATE 22012)";
     assert!(run.stderr.contains(want), "{}", run.stderr);
-    let recorded: String = p
-        .query_one("SELECT error FROM pgmaint.runs WHERE id = $1", &[&id])
-        .await
-        .unwrap()
-        .get(0);
+    let recorded: String = run_column(&c, id, "error").await;
     assert!(recorded.contains(want), "{recorded}");
     let m = manifest(&c.results_dir(), id);
     let task_error = m["tasks"][0]["error"]
@@ -327,45 +311,29 @@ async fn scan_errors_name_the_servers_message_and_doomed_tasks_never_pause() {
 /// replica make it give the pause up and resume, within seconds.
 #[tokio::test(flavor = "multi_thread")]
 async fn commits_waiting_for_a_paused_sync_standby_end_the_pause() {
-    let c = Cluster::up("refuse-sync-during-pause", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, BLOBS, "bigint", "g", 100_000).await;
-    p.batch_execute("CREATE TABLE writes (at timestamptz DEFAULT now())")
-        .await
-        .unwrap();
+    let (c, _p) = cluster_with_writes("refuse-sync-during-pause", 100_000).await;
     let cfg = slow_blobs_config(&c, "slow.toml", "");
     c.run(&cfg, &["init"]).expect_code(0);
     // r1 synchronous; the server default stays `on` (flush): pausing r1 blocks nothing
     // until a session asks for remote_apply.
     set_sync_standbys(&c, "r1", "r1", &["sync"]).await;
     c.wait_caught_up(1).await;
-    let child = spawn_piped(&c, &cfg, &["run", "--json"]);
-    wait_paused(&c, 1).await;
+    let child = spawn_paused(&c, &cfg, &["run", "--json"]).await;
     let app = c.primary().await;
     app.batch_execute("SET synchronous_commit = remote_apply")
         .await
         .unwrap();
-    let t = Instant::now();
-    tokio::time::timeout(
+    let waited = timed_write(
+        &app,
         Duration::from_secs(20),
-        app.execute("INSERT INTO writes DEFAULT VALUES", &[]),
+        "the remote_apply commit still waits for the paused standby",
     )
-    .await
-    .expect("the remote_apply commit still waits for the paused standby")
-    .unwrap();
-    let waited = t.elapsed();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(s["state"], "aborted");
-    assert!(
-        s["error"]
-            .as_str()
-            .unwrap()
-            .contains("wait for a synchronous standby, and replica r1 may be it"),
-        "{}",
-        s["error"]
+    .await;
+    let s = run_summary(&finish(child).expect_code(1));
+    assert_ended(
+        &s,
+        "aborted",
+        "wait for a synchronous standby, and replica r1 may be it",
     );
     assert!(
         waited < Duration::from_secs(10),

@@ -21,17 +21,14 @@ fn pairs(v: &[(&str, &str)]) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-fn task<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    summary["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == name)
-        .unwrap_or_else(|| panic!("task {name}"))
-}
-
 fn results_dir(summary: &serde_json::Value) -> std::path::PathBuf {
     summary["results_dir"].as_str().expect("results_dir").into()
+}
+
+/// Where task `task` carries on next run (`pgmaint.task_cursors`).
+async fn cursor_of(c: &Cluster, task: &str) -> String {
+    let sql = "SELECT cursor FROM pgmaint.task_cursors WHERE task_name = $1";
+    scalar(&c.primary().await, sql, &[&task]).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -88,20 +85,20 @@ async fn file_checksum_finds_planted_corruptions_and_sweeps_with_a_cursor() {
         "kind = \"file_checksum\"\ntable = \"store_files\"\nkey = \"id\"\npath = \"rel_path\"\nchecksum = \"md5\"\nsize = \"bytes\"\nroot = \"{}\"\nparallelism = 2\n",
         root.display()
     );
-    let cfg = c.write_config(
-        "files.toml",
-        &format!(
+    let cfg = c
+        .ready_config(
+            "files.toml",
+            &format!(
             "[[tasks]]\nname = \"files\"\n{common}age_in_days = 7\ningested_at = \"ingested\"\n\
              [[tasks]]\nname = \"sweep\"\n{common}files_per_run = 5\n"
         ),
-    );
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
+        )
+        .await;
 
     // Every planted corruption, and nothing else; row 11 is outside the age window.
     let (run, s) = run_json(&c, &cfg, &["--task", "files"]);
     let run = run.expect_code(0);
-    let t = task(&s, "files");
+    let t = task_entry(&s, "files");
     assert_eq!(
         (t["status"].as_str(), t["rows_scanned"].as_u64()),
         (Some("completed"), Some(11)),
@@ -135,18 +132,9 @@ async fn file_checksum_finds_planted_corruptions_and_sweeps_with_a_cursor() {
     // wrap to 1..=3. The first two and a half runs cover every file exactly once.
     let mut seen = Vec::new();
     for expected_cursor in ["5", "10", "3"] {
-        let (run, s) = run_json(&c, &cfg, &["--task", "sweep"]);
-        run.expect_code(0);
-        assert_eq!(task(&s, "sweep")["rows_scanned"].as_u64(), Some(5));
-        let cursor: String = p
-            .query_one(
-                "SELECT cursor FROM pgmaint.task_cursors WHERE task_name = 'sweep'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(cursor, expected_cursor);
+        let s = run_ok(&c, &cfg, &["--task", "sweep"]);
+        assert_eq!(task_entry(&s, "sweep")["rows_scanned"].as_u64(), Some(5));
+        assert_eq!(cursor_of(&c, "sweep").await, expected_cursor);
         seen.push(findings(&results_dir(&s).join("sweep.csv")));
     }
     let only = |keys: &[&str]| -> BTreeSet<(String, String)> {
@@ -167,33 +155,24 @@ async fn file_checksum_finds_planted_corruptions_and_sweeps_with_a_cursor() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn amcheck_finds_a_corrupt_index_on_the_replica() {
-    let c = Cluster::up("scans-amcheck", 1);
-    let p = c.primary().await;
-    p.batch_execute(
+    let (c, p) = cluster_with(
+        "scans-amcheck",
         "CREATE TABLE t (id int PRIMARY KEY, v text);
          INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
          CREATE INDEX t_v_idx ON t (v);
          CHECKPOINT;",
     )
-    .await
-    .unwrap();
-    let relpath: String = p
-        .query_one("SELECT pg_relation_filepath('t_pkey')", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let cfg = c.write_config(
+    .await;
+    let relpath: String = scalar(&p, "SELECT pg_relation_filepath('t_pkey')", &[]).await;
+    let cfg = c.ready_config(
         "amcheck.toml",
         "[[tasks]]\nname = \"storage\"\nkind = \"amcheck\"\ntables = [\"t\"]\nheapallindexed = true\n",
-    );
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
+    ).await;
 
     // A healthy replica: nothing found, three relations checked.
-    let (run, s) = run_json(&c, &cfg, &[]);
-    run.expect_code(0);
-    assert_eq!(task(&s, "storage")["rows_scanned"].as_u64(), Some(3));
-    assert_eq!(task(&s, "storage")["findings"].as_u64(), Some(0));
+    let s = run_ok(&c, &cfg, &[]);
+    assert_eq!(task_entry(&s, "storage")["rows_scanned"].as_u64(), Some(3));
+    assert_eq!(task_entry(&s, "storage")["findings"].as_u64(), Some(0));
 
     // Zero a leaf page of the primary key index in the replica's copy only.
     c.server("stop", "r1");
@@ -201,9 +180,8 @@ async fn amcheck_finds_a_corrupt_index_on_the_replica() {
     c.server("start", "r1");
     c.wait_caught_up(1).await;
 
-    let (run, s) = run_json(&c, &cfg, &[]);
-    run.expect_code(0);
-    let t = task(&s, "storage");
+    let s = run_ok(&c, &cfg, &[]);
+    let t = task_entry(&s, "storage");
     assert_eq!(
         t["rows_scanned"].as_u64(),
         Some(3),
@@ -218,15 +196,12 @@ async fn amcheck_finds_a_corrupt_index_on_the_replica() {
     assert_eq!(c.pause_state(1).await, "not paused");
 
     c.run(&cfg, &["uploader", "--once"]).expect_code(0);
-    let n: i64 = p
-        .query_one(
-            "SELECT count(*) FROM pgmaint.integrity_findings
-              WHERE task_name = 'storage' AND relation = 'public.t_pkey' AND finding = 'index_corrupt'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let n = count(
+        &p,
+        "SELECT count(*) FROM pgmaint.integrity_findings
+          WHERE task_name = 'storage' AND relation = 'public.t_pkey' AND finding = 'index_corrupt'",
+    )
+    .await;
     assert_eq!(n, 1);
 
     // Without the extension the task is refused before any pause, naming the fix.
@@ -301,18 +276,15 @@ async fn soft_timeout_stops_a_task_with_partial_results() {
     let c = Cluster::up("scans-soft-timeout", 1);
     // 48 x 128 MiB: about five seconds of hashing on two cores.
     let root = sparse_store(&c, "big_files", 48, 128 << 20, true).await;
-    let cfg = c.write_config(
+    let cfg = c.ready_config(
         "soft.toml",
         &format!(
             "[[tasks]]\nname = \"slow\"\nkind = \"export\"\nquery = \"{SLOW_QUERY}\"\nsoft_timeout = \"1s\"\n{}",
             file_task("files", "big_files", &root, "soft_timeout = \"2s\"\nfiles_per_run = 1000\n")
         ),
-    );
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
+    ).await;
     let started = Instant::now();
-    let (run, s) = run_json(&c, &cfg, &[]);
-    run.expect_code(0);
+    let s = run_ok(&c, &cfg, &[]);
     assert!(
         started.elapsed() < Duration::from_secs(12),
         "stopped at the soft time-outs, took {:?}",
@@ -334,17 +306,7 @@ async fn soft_timeout_stops_a_task_with_partial_results() {
     );
     let checked = t["rows_scanned"].as_u64().unwrap();
     assert!(checked > 0 && checked < 48, "files checked: {checked}");
-    let cursor: String = c
-        .primary()
-        .await
-        .query_one(
-            "SELECT cursor FROM pgmaint.task_cursors WHERE task_name = 'files'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(cursor, checked.to_string());
+    assert_eq!(cursor_of(&c, "files").await, checked.to_string());
 
     // export: the rows streamed until the time-out.
     let t = &manifest["tasks"][0];
@@ -366,18 +328,17 @@ async fn max_pause_aborts_the_cycle_and_uploads_nothing() {
     let c = Cluster::up("scans-max-pause", 1);
     // One 16 GiB file: half a minute of hashing, cut short by the limit.
     let root = sparse_store(&c, "huge_file", 1, 16 << 30, false).await;
-    let cfg = c.write_config(
-        "maxpause.toml",
-        &format!(
-            "[limits]\nmax_pause = \"2s\"\n\
+    let cfg = c
+        .ready_config(
+            "maxpause.toml",
+            &format!(
+                "[limits]\nmax_pause = \"2s\"\n\
              [[tasks]]\nname = \"storage\"\nkind = \"amcheck\"\n\
              [[tasks]]\nname = \"slow\"\nkind = \"export\"\nquery = \"{SLOW_QUERY}\"\n{}",
-            file_task("huge", "huge_file", &root, "")
-        ),
-    );
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
-    let p = c.primary().await;
+                file_task("huge", "huge_file", &root, "")
+            ),
+        )
+        .await;
     // A COPY on the replica, then a file being hashed: each is stopped at the limit.
     for slow in ["slow", "huge"] {
         let started = Instant::now();
@@ -391,39 +352,29 @@ async fn max_pause_aborts_the_cycle_and_uploads_nothing() {
         assert_eq!(s["state"], "aborted", "{s}");
         assert_eq!(c.pause_state(1).await, "not paused");
         let run_id = s["run_id"].as_i64().unwrap();
-        let queued: i64 = p
-            .query_one(
-                "SELECT count(*) FROM pgmaint.upload_tasks WHERE run_id = $1",
-                &[&run_id],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let queued = uploads_of_run(&c, run_id).await;
         assert_eq!(queued, 0, "nothing of an aborted run is uploaded");
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn export_writes_one_file_per_table_from_the_snapshot() {
-    let c = Cluster::up("scans-export", 1);
-    let p = c.primary().await;
-    p.batch_execute(
+    let (c, _p) = cluster_with(
+        "scans-export",
         "CREATE SCHEMA s;
          CREATE TABLE a (id int PRIMARY KEY, v text);
          INSERT INTO a SELECT g, 'v' || g FROM generate_series(1, 500) g;
          CREATE TABLE s.\"Odd Name\" (x int);
          INSERT INTO s.\"Odd Name\" SELECT generate_series(1, 7);",
     )
-    .await
-    .unwrap();
-    let cfg = c.write_config(
-        "export.toml",
-        "[[tasks]]\nname = \"dump\"\nkind = \"export\"\ntables = [\"a\", 's.\"Odd Name\"']\n",
-    );
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
-    let (run, s) = run_json(&c, &cfg, &[]);
-    run.expect_code(0);
+    .await;
+    let cfg = c
+        .ready_config(
+            "export.toml",
+            "[[tasks]]\nname = \"dump\"\nkind = \"export\"\ntables = [\"a\", 's.\"Odd Name\"']\n",
+        )
+        .await;
+    let s = run_ok(&c, &cfg, &[]);
     let dir = results_dir(&s);
     let manifest = read_manifest(&dir);
     let files = manifest["tasks"][0]["files"].as_array().unwrap().clone();
@@ -443,11 +394,7 @@ async fn export_writes_one_file_per_table_from_the_snapshot() {
             ("dump.s.Odd_Name.csv".to_string(), 7)
         ]
     );
-    for f in &files {
-        let bytes = std::fs::read(dir.join(f["name"].as_str().unwrap())).unwrap();
-        assert_eq!(md5_hex(&bytes), f["md5"].as_str().unwrap());
-        assert_eq!(bytes.len() as u64, f["size"].as_u64().unwrap());
-    }
+    assert_files_as_listed(&dir, &files);
     assert_eq!(
         std::fs::read_to_string(dir.join("dump.s.Odd_Name.csv"))
             .unwrap()
@@ -469,9 +416,8 @@ async fn export_writes_one_file_per_table_from_the_snapshot() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn materialize_swaps_the_target_under_a_reader() {
-    let c = Cluster::up("scans-materialize", 1);
-    let p = c.primary().await;
-    p.batch_execute(
+    let (c, p) = cluster_with(
+        "scans-materialize",
         "CREATE TABLE words (id int PRIMARY KEY, word text NOT NULL);
          INSERT INTO words SELECT g, 'w' || (g % 100) FROM generate_series(1, 50000) g;
          CREATE TABLE word_counts (word text PRIMARY KEY, n bigint NOT NULL);
@@ -482,20 +428,16 @@ async fn materialize_swaps_the_target_under_a_reader() {
          CREATE TABLE word_totals (word text PRIMARY KEY, n bigint NOT NULL);
          INSERT INTO word_totals VALUES ('w1', 0), ('extra', 5);",
     )
-    .await
-    .unwrap();
-    let cfg = c.write_config(
+    .await;
+    let cfg = c.ready_config(
         "mat.toml",
         "[[tasks]]\nname = \"counts\"\nkind = \"materialize\"\n\
          query = \"SELECT word, count(*)::bigint AS n FROM words GROUP BY word\"\ntarget = \"public.word_counts\"\n\
          [[tasks]]\nname = \"totals\"\nkind = \"materialize\"\nmerge_key = [\"word\"]\n\
          query = \"SELECT word, count(*)::bigint AS n FROM words GROUP BY word\"\ntarget = \"word_totals\"\n",
-    );
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
-    let (run, s) = run_json(&c, &cfg, &[]);
-    run.expect_code(0);
-    let t = task(&s, "counts");
+    ).await;
+    let s = run_ok(&c, &cfg, &[]);
+    let t = task_entry(&s, "counts");
     assert_eq!(t["file"]["rows"].as_u64(), Some(100));
 
     // A reader queries the target in a loop while the uploader swaps it.
@@ -581,39 +523,25 @@ async fn file_checksum_reports_a_fifo_without_hanging() {
     ))
     .await
     .unwrap();
-    let cfg = c.write_config(
+    let cfg = c.ready_config(
         "fifo.toml",
         &format!(
             "[[tasks]]\nname = \"files\"\nkind = \"file_checksum\"\ntable = \"files\"\nkey = \"id\"\n\
              path = \"rel_path\"\nchecksum = \"md5\"\nroot = \"{}\"\n",
             root.display()
         ),
-    );
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
-    let mut child = c
-        .pgmaint(&cfg, &["run", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("pgmaint run hung on a FIFO");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    ).await;
+    let mut child = spawn_piped(&c, &cfg, &["run", "--json"]);
+    if exited_within(&mut child, Duration::from_secs(60))
+        .await
+        .is_none()
+    {
+        child.kill().unwrap();
+        panic!("pgmaint run hung on a FIFO");
     }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = run_summary(&finish(child).expect_code(0));
     let id = s["run_id"].as_i64().unwrap();
-    let got = findings_in_csv(&c.results_dir().join(format!("{id}/files.csv")));
+    let got = run_findings(&c, id, "files");
     assert_eq!(got, vec![("2".to_string(), "unreadable".to_string())]);
     assert_eq!(c.pause_state(1).await, "not paused");
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use pgmaint_e2e::*;
 use serde_json::{json, Value};
+use tokio_postgres::types::FromSqlOwned;
 use tokio_postgres::Client;
 use uploader::UploadRequest;
 
@@ -19,6 +20,22 @@ struct Fx {
     c: Cluster,
     cfg: PathBuf,
     p: Client,
+}
+
+/// [`setup`], with a table `table` ([`Fx::id_v_table`]) and a merge of `rows` rows into
+/// it queued ([`Fx::queue_load`]): the fixture and that upload task.
+async fn setup_load(name: &str, uploader_toml: &str, table: &str, rows: i64) -> (Fx, i64) {
+    let fx = setup(name, uploader_toml).await;
+    fx.id_v_table(table).await;
+    let id = fx.queue_load(table, 0, rows).await;
+    (fx, id)
+}
+
+/// [`setup`], then `sql` run on the primary (the tables a test applies to).
+async fn setup_with(name: &str, uploader_toml: &str, sql: &str) -> Fx {
+    let fx = setup(name, uploader_toml).await;
+    fx.sql(sql).await;
+    fx
 }
 
 async fn setup(name: &str, uploader_toml: &str) -> Fx {
@@ -32,6 +49,12 @@ async fn setup(name: &str, uploader_toml: &str) -> Fx {
     c.run(&cfg, &["init"]).expect_code(0);
     let p = c.primary().await;
     Fx { c, cfg, p }
+}
+
+/// `[uploader]` settings of the tests with a long-running uploader blocked on a lock
+/// (its lock waits outlast the test, and it polls often), then `more`.
+fn blockable(more: &str) -> String {
+    format!("lock_timeout = \"60s\"\npoll_interval = \"500ms\"\n{more}")
 }
 
 /// `uploader.max_attempts` when the config leaves it out.
@@ -114,13 +137,54 @@ async fn fake_run(fx: &Fx, files: &[FileSpec]) -> (i64, Vec<i64>) {
     (run_id, ids)
 }
 
-fn merge_file(task: &str, target: &str, csv: String) -> FileSpec {
+/// A merge file: rows keyed by `key` upserted into `target`.
+fn merge_file_by(task: &str, target: &str, key: &[&str], csv: impl Into<String>) -> FileSpec {
     FileSpec {
         task: task.into(),
         kind: "merge",
-        csv,
-        params: json!({ "target": target, "key": ["id"] }),
+        csv: csv.into(),
+        params: json!({ "target": target, "key": key }),
     }
+}
+
+/// A merge file keyed by `id`.
+fn merge_file(task: &str, target: &str, csv: impl Into<String>) -> FileSpec {
+    merge_file_by(task, target, &["id"], csv)
+}
+
+/// A swap file: its rows replace `target`'s.
+fn swap_file(task: &str, target: &str, csv: impl Into<String>) -> FileSpec {
+    FileSpec {
+        task: task.into(),
+        kind: "swap",
+        csv: csv.into(),
+        params: json!({ "target": target }),
+    }
+}
+
+/// A findings file, with the params its task queued.
+fn findings_file(task: &str, csv: impl Into<String>, params: Value) -> FileSpec {
+    FileSpec {
+        task: task.into(),
+        kind: "findings",
+        csv: csv.into(),
+        params,
+    }
+}
+
+/// Merge files of `tasks` (queued in that order) into `target`: ten [`rows_csv`] rows
+/// each, ids from `first` on.
+fn merge_chain(target: &str, tasks: &[&str], first: i64) -> Vec<FileSpec> {
+    (first..)
+        .step_by(10)
+        .zip(tasks)
+        .map(|(from, task)| merge_file(task, target, rows_csv(from, from + 10)))
+        .collect()
+}
+
+/// `CREATE TABLE name (id bigint PRIMARY KEY, v text)`: a target for [`rows_csv`].
+fn id_v_table(name: &str) -> String {
+    format!("CREATE TABLE {name} (id bigint PRIMARY KEY, v text)")
 }
 
 /// `id,v` rows `from..to`.
@@ -132,18 +196,217 @@ fn rows_csv(from: i64, to: i64) -> String {
     s
 }
 
-async fn count(p: &Client, sql: &str) -> i64 {
-    p.query_one(sql, &[]).await.unwrap().get(0)
-}
+impl Fx {
+    /// `pgmaint args…` with the fixture's config, to completion.
+    fn pgmaint(&self, args: &[&str]) -> Run {
+        self.c.run(&self.cfg, args)
+    }
 
-async fn task_state(p: &Client, id: i64) -> String {
-    p.query_one(
-        "SELECT state FROM pgmaint.upload_tasks WHERE id = $1",
-        &[&id],
-    )
-    .await
-    .unwrap()
-    .get(0)
+    /// `pgmaint uploader --once`: apply what is due, then exit.
+    fn drain(&self) -> Run {
+        self.pgmaint(&["uploader", "--once"])
+    }
+
+    /// Run `sql` (any number of statements) on the primary.
+    async fn sql(&self, sql: &str) {
+        self.p.batch_execute(sql).await.unwrap();
+    }
+
+    /// Create [`id_v_table`] `name`.
+    async fn id_v_table(&self, name: &str) {
+        self.sql(&id_v_table(name)).await;
+    }
+
+    /// The bigint `sql` returns on the primary ([`count`]).
+    async fn count(&self, sql: &str) -> i64 {
+        count(&self.p, sql).await
+    }
+
+    /// `SELECT count(*) FROM from` on the primary (`from`: a table, and any `WHERE …`).
+    async fn rows(&self, from: &str) -> i64 {
+        self.count(&format!("SELECT count(*) FROM {from}")).await
+    }
+
+    /// `columns` of upload task `id`.
+    async fn task_row(&self, id: i64, columns: &str) -> tokio_postgres::Row {
+        let sql = format!("SELECT {columns} FROM pgmaint.upload_tasks WHERE id = $1");
+        self.p.query_one(&sql, &[&id]).await.unwrap()
+    }
+
+    /// `column` of upload task `id`.
+    async fn task<T: FromSqlOwned>(&self, id: i64, column: &str) -> T {
+        self.task_row(id, column).await.get(0)
+    }
+
+    /// Two columns, `columns`, of upload task `id`.
+    async fn task_pair<A: FromSqlOwned, B: FromSqlOwned>(&self, id: i64, columns: &str) -> (A, B) {
+        let sql = format!("SELECT {columns} FROM pgmaint.upload_tasks WHERE id = $1");
+        pair(&self.p, &sql, &[&id]).await
+    }
+
+    /// How upload task `id` stands: its state, attempts and last error ("" if none).
+    async fn outcome(&self, id: i64) -> (String, i32, String) {
+        let r = self.task_row(id, "state, attempts, last_error").await;
+        let error: Option<String> = r.get(2);
+        (r.get(0), r.get(1), error.unwrap_or_default())
+    }
+
+    /// [`Fx::drain`], which must exit 0 saying `said`.
+    fn drain_saying(&self, said: &str) -> Run {
+        self.drain().expect_code(0).expect_stdout(said)
+    }
+
+    /// [`Fx::drain`], which must exit 0 and leave upload task `id` completed.
+    async fn apply(&self, id: i64) {
+        self.drain().expect_code(0);
+        assert_eq!(self.state(id).await, "completed");
+    }
+
+    /// Assert that upload task `id` failed for good after `attempts` attempts, its error
+    /// saying each of `says`.
+    async fn assert_failed(&self, id: i64, attempts: i32, says: &[&str]) {
+        let (state, tried, e) = self.outcome(id).await;
+        assert_eq!((state.as_str(), tried), ("failed", attempts), "{e}");
+        assert!(says.iter().all(|s| e.contains(s)), "{e}");
+    }
+
+    /// `pgmaint tasks retry id`, which must be refused with exit 1, its error line
+    /// saying each of `says`.
+    fn assert_retry_refused(&self, id: i64, says: &[&str]) {
+        let out = self
+            .pgmaint(&["tasks", "retry", &id.to_string()])
+            .expect_code(1);
+        let line = out.error_line().unwrap_or_default();
+        assert!(says.iter().all(|s| line.contains(s)), "{}", out.stderr);
+    }
+
+    /// The state of upload task `id`.
+    async fn state(&self, id: i64) -> String {
+        self.task(id, "state").await
+    }
+
+    /// The last error of upload task `id` ("" if none).
+    async fn last_error(&self, id: i64) -> String {
+        self.task::<Option<String>>(id, "last_error")
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Wait (for `what`, at most `secs` seconds) until upload task `id` is in `state`.
+    async fn wait_state(&self, what: &str, id: i64, state: &str, secs: u64) {
+        let timeout = Duration::from_secs(secs);
+        wait_for(what, timeout, || async { self.state(id).await == state }).await;
+    }
+
+    /// Wait (for `what`, at most `secs` seconds) until `SELECT count(*) FROM from`
+    /// ([`Fx::rows`]) is `n`.
+    async fn wait_rows(&self, what: &str, from: &str, n: i64, secs: u64) {
+        let timeout = Duration::from_secs(secs);
+        wait_for(what, timeout, || async { self.rows(from).await == n }).await;
+    }
+
+    /// Wait (for `what`) until the lease on upload task `id` has expired.
+    async fn wait_lease_expired(&self, what: &str, id: i64) {
+        let expired = format!("pgmaint.upload_tasks WHERE id = {id} AND lease_expires_at < now()");
+        self.wait_rows(what, &expired, 1, 10).await;
+    }
+
+    /// Wait (for `what`, at most `secs` seconds) until `n` uploader sessions wait on a
+    /// lock.
+    async fn wait_blocked_applies(&self, what: &str, n: i64, secs: u64) {
+        self.wait_rows(what, BLOCKED_APPLIES, n, secs).await;
+    }
+
+    /// `pg_notify` on the uploader's channel, as queueing an upload does.
+    async fn notify(&self) {
+        self.p
+            .execute("SELECT pg_notify('pgmaint_upload', 'test')", &[])
+            .await
+            .unwrap();
+    }
+
+    /// A run of one file ([`fake_run`]): its upload task.
+    async fn queue(&self, file: FileSpec) -> i64 {
+        fake_run(self, &[file]).await.1[0]
+    }
+
+    /// Queue a merge (task `load`) of [`rows_csv`] `from..to` into `public.table`: its
+    /// upload task.
+    async fn queue_load(&self, table: &str, from: i64, to: i64) -> i64 {
+        self.queue(merge_file(
+            "load",
+            &format!("public.{table}"),
+            rows_csv(from, to),
+        ))
+        .await
+    }
+
+    /// Change a result file of run `run` after its manifest was written: `from`
+    /// replaced by `to`.
+    fn tamper(&self, run: i64, file: &str, from: &str, to: &str) {
+        let path = self.c.results_dir().join(run.to_string()).join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+    }
+
+    /// `SET set` (SQL) on the upload tasks whose `column` is `value`.
+    async fn set_tasks(&self, set: &str, column: &str, value: i64) {
+        let sql = format!("UPDATE pgmaint.upload_tasks SET {set} WHERE {column} = $1");
+        self.p.execute(&sql, &[&value]).await.unwrap();
+    }
+
+    /// Apply what is due with run `older`'s tasks held back (the first drain saying
+    /// `first_said`), then those: a newer snapshot applied before an older one. The
+    /// second drain says `said`.
+    async fn apply_newer_first(&self, older: i64, first_said: &str, said: &str) {
+        self.hold_run(older).await;
+        self.drain_saying(first_said);
+        self.release_run(older).await;
+        self.drain_saying(said);
+    }
+
+    /// Hold the upload tasks of run `run` back for an hour.
+    async fn hold_run(&self, run: i64) {
+        self.set_tasks("not_before = now() + interval '1 hour'", "run_id", run)
+            .await;
+    }
+
+    /// Make the upload tasks of run `run` due now.
+    async fn release_run(&self, run: i64) {
+        self.set_tasks("not_before = now()", "run_id", run).await;
+    }
+
+    /// Relations a swap left behind (`pgmaint_swap…`).
+    async fn swap_leftovers(&self) -> i64 {
+        self.rows("pg_class WHERE relname LIKE 'pgmaint_swap%'")
+            .await
+    }
+
+    /// SIGTERM to a long-running uploader (logging under `tag`): it must exit 0.
+    async fn stop(&self, child: &mut Child, tag: &str) {
+        self.stop_all(&mut [(child, tag)]).await;
+    }
+
+    /// SIGTERM to each long-running uploader (child, log tag), then each must exit 0.
+    async fn stop_all(&self, uploaders: &mut [(&mut Child, &str)]) {
+        for (child, _) in uploaders.iter() {
+            signal(child.id(), "TERM");
+        }
+        for (child, tag) in uploaders.iter_mut() {
+            self.exits_ok(child, tag, 20).await;
+        }
+    }
+
+    /// Wait up to `secs` seconds for an uploader (logging under `tag`) to exit: it must
+    /// exit 0.
+    async fn exits_ok(&self, child: &mut Child, tag: &str, secs: u64) {
+        assert_eq!(
+            wait_exit(child, Duration::from_secs(secs)).await,
+            0,
+            "uploader {tag}: {}",
+            uploader_log(self, tag)
+        );
+    }
 }
 
 /// A long-running `pgmaint uploader`, logging to a file in the cluster dir.
@@ -162,94 +425,79 @@ fn uploader_log(fx: &Fx, tag: &str) -> String {
     std::fs::read_to_string(fx.c.dir.join(format!("uploader-{tag}.log"))).unwrap_or_default()
 }
 
+/// A long-running `pgmaint uploader --slots 2` (logging under `tag`), once its LISTEN
+/// session is up (the one row of `listener`, a [`Fx::rows`] FROM clause) and its first
+/// (empty) claim is past: from now on only a NOTIFY wakes it before its next poll.
+async fn listening_uploader(fx: &Fx, tag: &str, listener: &str) -> Child {
+    let uploader = spawn_uploader(fx, tag, &["--slots", "2"]);
+    fx.wait_rows("the uploader to LISTEN", listener, 1, 10)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    uploader
+}
+
 /// Wait for a child to exit; its exit code.
-fn wait_exit(child: &mut Child, timeout: Duration) -> i32 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st.code().unwrap_or(-1);
-        }
-        if Instant::now() > deadline {
+async fn wait_exit(child: &mut Child, timeout: Duration) -> i32 {
+    match exited_within(child, timeout).await {
+        Some(status) => status.code().unwrap_or(-1),
+        None => {
             let _ = child.kill();
             panic!("process {} did not exit within {timeout:?}", child.id());
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
+/// Uploader sessions waiting on a lock ([`Fx::rows`]).
+const BLOCKED_APPLIES: &str = "pg_stat_activity
+  WHERE application_name LIKE 'pgmaint-uploader-%' AND wait_event_type = 'Lock'";
+
 /// Wait until an uploader backend waits on a lock (its apply is blocked).
-async fn wait_apply_blocked(p: &Client) {
+async fn wait_apply_blocked(fx: &Fx) {
     wait_for(
         "an uploader apply to block on a lock",
         Duration::from_secs(20),
-        || async {
-            count(
-                p,
-                "SELECT count(*) FROM pg_stat_activity
-              WHERE application_name LIKE 'pgmaint-uploader-%' AND wait_event_type = 'Lock'",
-            )
-            .await
-                > 0
-        },
+        || async { fx.rows(BLOCKED_APPLIES).await > 0 },
     )
     .await;
 }
 
-/// A session on the primary in an open transaction that has run `sql`: it holds the
-/// locks `sql` took until it commits.
-async fn session_holding(fx: &Fx, sql: &str) -> Client {
-    let session = fx.c.primary().await;
-    session
-        .batch_execute(&format!("BEGIN; {sql}"))
-        .await
-        .unwrap();
-    session
+/// How a test's session blocks an uploader's apply into a table: in an open
+/// transaction, until it commits.
+#[derive(Clone, Copy)]
+enum Blocker {
+    /// It has read the table: a swap builds its staging table, then waits for its
+    /// exclusive lock.
+    Reader,
+    /// It holds the table IN SHARE MODE: a merge loads its rows, then its INSERT waits.
+    ShareLock,
 }
 
-/// A reader of `table` in an open transaction. A swap into `table` builds its staging
-/// table, then waits for its exclusive lock until the reader commits.
-async fn reader_of(fx: &Fx, table: &str) -> Client {
-    session_holding(fx, &format!("SELECT count(*) FROM {table}")).await
-}
+impl Blocker {
+    /// A session on the primary blocking applies into `table`.
+    async fn on(self, fx: &Fx, table: &str) -> Client {
+        let sql = match self {
+            Blocker::Reader => format!("SELECT count(*) FROM {table}"),
+            Blocker::ShareLock => format!("LOCK TABLE {table} IN SHARE MODE"),
+        };
+        let session = fx.c.primary().await;
+        session
+            .batch_execute(&format!("BEGIN; {sql}"))
+            .await
+            .unwrap();
+        session
+    }
 
-/// A session holding `table` IN SHARE MODE. A merge into `table` loads its rows, then
-/// its INSERT waits until the session commits.
-async fn share_lock_on(fx: &Fx, table: &str) -> Client {
-    session_holding(fx, &format!("LOCK TABLE {table} IN SHARE MODE")).await
-}
-
-/// Start `pgmaint uploader args…` (logging under `tag`) and wait until its apply
-/// blocks on a lock.
-async fn spawn_blocked_uploader(fx: &Fx, tag: &str, args: &[&str]) -> Child {
-    let uploader = spawn_uploader(fx, tag, args);
-    wait_apply_blocked(&fx.p).await;
-    uploader
-}
-
-/// A swap blocked behind a reader: a session reads `table` in an open transaction, then
-/// an uploader starts and its swap into `table` waits for its exclusive lock. Returns
-/// the reader (its COMMIT lets the swap go on) and the uploader.
-async fn swap_blocked_behind_a_reader(
-    fx: &Fx,
-    table: &str,
-    tag: &str,
-    args: &[&str],
-) -> (Client, Child) {
-    let reader = reader_of(fx, table).await;
-    (reader, spawn_blocked_uploader(fx, tag, args).await)
-}
-
-/// A merge blocked behind a lock: a session holds `table` IN SHARE MODE, then an
-/// uploader starts and its merge into `table` waits at its INSERT. Returns the lock
-/// holder (its COMMIT lets the merge go on) and the uploader.
-async fn merge_blocked_behind_a_lock(
-    fx: &Fx,
-    table: &str,
-    tag: &str,
-    args: &[&str],
-) -> (Client, Child) {
-    let holder = share_lock_on(fx, table).await;
-    (holder, spawn_blocked_uploader(fx, tag, args).await)
+    /// A blocking session on `table`, then `pgmaint uploader --slots 1 [extra…]`
+    /// (logging under `tag`) started, once its apply into `table` waits on a lock.
+    /// Returns the session (its COMMIT lets the apply go on) and the uploader.
+    async fn block(self, fx: &Fx, table: &str, tag: &str, extra: &[&str]) -> (Client, Child) {
+        let session = self.on(fx, table).await;
+        let mut args = vec!["--slots", "1"];
+        args.extend_from_slice(extra);
+        let uploader = spawn_uploader(fx, tag, &args);
+        wait_apply_blocked(fx).await;
+        (session, uploader)
+    }
 }
 
 /// A target for merges whose BEFORE INSERT trigger logs every row an apply proposes
@@ -268,24 +516,17 @@ async fn audited_target(p: &Client, table: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_uploaders_apply_1000_tasks_exactly_once() {
-    let fx = setup(
-        "up_exactly_once",
-        "lease = \"10s\"\npoll_interval = \"500ms\"",
-    )
-    .await;
+    let toml = "lease = \"10s\"\npoll_interval = \"500ms\"";
+    let fx = setup("up_exactly_once", toml).await;
     audited_target(&fx.p, "applied").await;
     // One target per run: uploads of different runs are not ordered, and a merge into
     // a target that a newer run has already written is superseded (not applied). Each
     // run's target inherits from `applied` (to count them all) and logs like it.
-    fx.p.batch_execute(
-        "DO $$ BEGIN FOR r IN 0..99 LOOP
+    fx.sql("DO $$ BEGIN FOR r IN 0..99 LOOP
              EXECUTE format('CREATE TABLE %I (PRIMARY KEY (id)) INHERITS (applied)', 'applied_' || r);
              EXECUTE format('CREATE TRIGGER log BEFORE INSERT ON %I FOR EACH ROW EXECUTE FUNCTION applied_log()',
                             'applied_' || r);
-         END LOOP; END $$",
-    )
-    .await
-    .unwrap();
+         END LOOP; END $$").await;
     // 100 runs of 10 chained tasks, 3 rows each: 1,000 tasks, 3,000 rows.
     let mut next = 0i64;
     for r in 0..100 {
@@ -305,65 +546,35 @@ async fn two_uploaders_apply_1000_tasks_exactly_once() {
     let started = Instant::now();
     let mut a = spawn_uploader(&fx, "a", &["--slots", "2"]);
     let mut b = spawn_uploader(&fx, "b", &["--slots", "2"]);
-    wait_for(
-        "1,000 tasks completed",
-        Duration::from_secs(120),
-        || async {
-            count(
-                &fx.p,
-                "SELECT count(*) FROM pgmaint.upload_tasks WHERE state = 'completed'",
-            )
-            .await
-                == 1000
-        },
-    )
-    .await;
+    let completed = "pgmaint.upload_tasks WHERE state = 'completed'";
+    fx.wait_rows("1,000 tasks completed", completed, 1000, 120)
+        .await;
     let secs = started.elapsed().as_secs_f64();
-    signal(a.id(), "TERM");
-    signal(b.id(), "TERM");
-    assert_eq!(
-        wait_exit(&mut a, Duration::from_secs(20)),
-        0,
-        "uploader a: {}",
-        uploader_log(&fx, "a")
-    );
-    assert_eq!(
-        wait_exit(&mut b, Duration::from_secs(20)),
-        0,
-        "uploader b: {}",
-        uploader_log(&fx, "b")
-    );
+    fx.stop_all(&mut [(&mut a, "a"), (&mut b, "b")]).await;
 
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM applied").await, 3000);
+    assert_eq!(fx.rows("applied").await, 3000);
     // Every row was proposed exactly once by a committed apply: no task applied twice.
+    assert_eq!(fx.rows("applied_audit").await, 3000);
     assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM applied_audit").await,
-        3000
-    );
-    assert_eq!(
-        count(&fx.p, "SELECT count(DISTINCT id) FROM applied_audit").await,
+        fx.count("SELECT count(DISTINCT id) FROM applied_audit")
+            .await,
         3000
     );
     // One transaction per task.
     assert_eq!(
-        count(&fx.p, "SELECT count(DISTINCT txid) FROM applied_audit").await,
+        fx.count("SELECT count(DISTINCT txid) FROM applied_audit")
+            .await,
         1000
     );
     assert_eq!(
-        count(
-            &fx.p,
-            "SELECT sum(rows_applied)::int8 FROM pgmaint.upload_tasks"
-        )
-        .await,
+        fx.count("SELECT sum(rows_applied)::int8 FROM pgmaint.upload_tasks")
+            .await,
         3000
     );
     // Both processes did work.
     assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(DISTINCT split_part(worker, '/', 1)) FROM pgmaint.upload_tasks"
-        )
-        .await,
+        fx.count("SELECT count(DISTINCT split_part(worker, '/', 1)) FROM pgmaint.upload_tasks")
+            .await,
         2,
         "both uploaders should have applied tasks"
     );
@@ -372,62 +583,26 @@ async fn two_uploaders_apply_1000_tasks_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_uploader_leaves_no_partial_rows_and_task_is_rescued() {
-    let fx = setup(
-        "up_kill9",
-        "lease = \"2s\"\nlock_timeout = \"60s\"\npoll_interval = \"500ms\"",
-    )
-    .await;
-    fx.p.batch_execute("CREATE TABLE k (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
-    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.k", rows_csv(0, 5000))]).await;
+    let (fx, id) = setup_load("up_kill9", &blockable("lease = \"2s\""), "k", 5000).await;
     // Hold a lock that the merge's INSERT conflicts with: the apply COPYs its 5,000
     // rows into its load table, then blocks.
-    let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "k", "killed", &["--slots", "1"]).await;
-    assert_eq!(task_state(&fx.p, ids[0]).await, "running");
-    let killed_worker: String =
-        fx.p.query_one(
-            "SELECT worker FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let (holder, mut w) = Blocker::ShareLock.block(&fx, "k", "killed", &[]).await;
+    assert_eq!(fx.state(id).await, "running");
+    let killed_worker: String = fx.task(id, "worker").await;
     w.kill().unwrap(); // SIGKILL
     w.wait().unwrap();
     holder.batch_execute("COMMIT").await.unwrap();
     // The orphaned backend finishes its statement, finds its client gone and rolls back.
-    wait_for("the killed uploader's sessions to end", Duration::from_secs(20), || async {
-        count(&fx.p, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgmaint-uploader-%'").await == 0
-    })
-    .await;
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM k").await,
-        0,
-        "no partial rows"
-    );
+    let uploaders = "pg_stat_activity WHERE application_name LIKE 'pgmaint-uploader-%'";
+    fx.wait_rows("the killed uploader's sessions to end", uploaders, 0, 20)
+        .await;
+    assert_eq!(fx.rows("k").await, 0, "no partial rows");
 
     // Once the lease has expired, another worker rescues the task and completes it.
-    wait_for("the lease to expire", Duration::from_secs(10), || async {
-        count(&fx.p, &format!("SELECT count(*) FROM pgmaint.upload_tasks WHERE id = {} AND lease_expires_at < now()", ids[0]))
-            .await
-            == 1
-    })
-    .await;
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert!(
-        out.stdout.contains("1 task(s) applied (5000 rows)"),
-        "{}",
-        out.stdout
-    );
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM k").await, 5000);
-    let row =
-        fx.p.query_one(
-            "SELECT state, attempts, worker FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap();
+    fx.wait_lease_expired("the lease to expire", id).await;
+    fx.drain_saying("1 task(s) applied (5000 rows)");
+    assert_eq!(fx.rows("k").await, 5000);
+    let row = fx.task_row(id, "state, attempts, worker").await;
     assert_eq!(row.get::<_, String>(0), "completed");
     assert_eq!(row.get::<_, i32>(1), 2, "the killed attempt counts");
     assert_ne!(
@@ -439,37 +614,21 @@ async fn killed_uploader_leaves_no_partial_rows_and_task_is_rescued() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn uploader_reconnects_after_primary_restart_and_finishes() {
-    let fx = setup(
-        "up_restart",
-        "lease = \"5s\"\nlock_timeout = \"60s\"\npoll_interval = \"500ms\"",
-    )
-    .await;
-    fx.p.batch_execute("CREATE TABLE rs (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
-    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.rs", rows_csv(0, 2000))]).await;
+    let (fx, id) = setup_load("up_restart", &blockable("lease = \"5s\""), "rs", 2000).await;
     // The lock holder stays until the restart ends it.
-    let (_holder, mut w) =
-        merge_blocked_behind_a_lock(&fx, "rs", "restart", &["--slots", "1"]).await;
-    assert_eq!(task_state(&fx.p, ids[0]).await, "running");
+    let (_holder, mut w) = Blocker::ShareLock.block(&fx, "rs", "restart", &[]).await;
+    assert_eq!(fx.state(id).await, "running");
 
     fx.c.server("restart", "primary"); // ends the lock holder and the apply alike
-    let p = fx.c.primary().await;
-    wait_for(
-        "the task to complete after the restart",
-        Duration::from_secs(60),
-        || async { task_state(&p, ids[0]).await == "completed" },
-    )
-    .await;
-    assert_eq!(count(&p, "SELECT count(*) FROM rs").await, 2000);
+    let fx = Fx {
+        p: fx.c.primary().await,
+        ..fx
+    };
+    let after = "the task to complete after the restart";
+    fx.wait_state(after, id, "completed", 60).await;
+    assert_eq!(fx.rows("rs").await, 2000);
     assert!(w.try_wait().unwrap().is_none(), "the worker carried on");
-    signal(w.id(), "TERM");
-    assert_eq!(
-        wait_exit(&mut w, Duration::from_secs(20)),
-        0,
-        "{}",
-        uploader_log(&fx, "restart")
-    );
+    fx.stop(&mut w, "restart").await;
     assert!(
         uploader_log(&fx, "restart").contains("reconnected to the primary"),
         "{}",
@@ -479,47 +638,17 @@ async fn uploader_reconnects_after_primary_restart_and_finishes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prerequisites_are_respected() {
-    let fx = setup("up_prereq", "poll_interval = \"500ms\"").await;
-    fx.p.batch_execute("CREATE TABLE pr (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
+    let fx = setup_with("up_prereq", "poll_interval = \"500ms\"", &id_v_table("pr")).await;
     // Run 1: three chained tasks. Run 2: its first task is tampered with, so the two
     // after it can never run. Run 3: one task not due for an hour.
-    let (_, good) = fake_run(
-        &fx,
-        &[
-            merge_file("a1", "public.pr", rows_csv(0, 10)),
-            merge_file("a2", "public.pr", rows_csv(10, 20)),
-            merge_file("a3", "public.pr", rows_csv(20, 30)),
-        ],
-    )
-    .await;
-    let (run2, bad) = fake_run(
-        &fx,
-        &[
-            merge_file("b1", "public.pr", rows_csv(100, 110)),
-            merge_file("b2", "public.pr", rows_csv(110, 120)),
-            merge_file("b3", "public.pr", rows_csv(120, 130)),
-        ],
-    )
-    .await;
-    let b1 = fx.c.results_dir().join(run2.to_string()).join("b1.csv");
-    std::fs::write(
-        &b1,
-        std::fs::read_to_string(&b1)
-            .unwrap()
-            .replace("value 105", "value 666"),
-    )
-    .unwrap();
+    let (_, good) = fake_run(&fx, &merge_chain("public.pr", &["a1", "a2", "a3"], 0)).await;
+    let (run2, bad) = fake_run(&fx, &merge_chain("public.pr", &["b1", "b2", "b3"], 100)).await;
+    fx.tamper(run2, "b1.csv", "value 105", "value 666");
     let (_, later) = fake_run(&fx, &[merge_file("c1", "public.pr", rows_csv(200, 210))]).await;
-    fx.p.execute(
-        "UPDATE pgmaint.upload_tasks SET not_before = now() + interval '1 hour' WHERE id = $1",
-        &[&later[0]],
-    )
-    .await
-    .unwrap();
+    let hour = "not_before = now() + interval '1 hour'";
+    fx.set_tasks(hour, "id", later[0]).await;
 
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once", "--slots", "4"]);
+    let out = fx.pgmaint(&["uploader", "--once", "--slots", "4"]);
     assert_eq!(out.code, 1, "a task failed: exit 1; {}", out.stderr);
 
     // Run 1: in order, each started only after its prerequisite completed.
@@ -540,23 +669,17 @@ async fn prerequisites_are_respected() {
         );
     }
     // Run 2: the first failed for good, the rest were dropped, nothing applied.
-    assert_eq!(task_state(&fx.p, bad[0]).await, "failed");
-    assert_eq!(task_state(&fx.p, bad[1]).await, "dropped");
-    assert_eq!(task_state(&fx.p, bad[2]).await, "dropped");
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM pr WHERE id >= 100").await,
-        0
-    );
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM pr").await, 30);
+    assert_eq!(fx.state(bad[0]).await, "failed");
+    assert_eq!(fx.state(bad[1]).await, "dropped");
+    assert_eq!(fx.state(bad[2]).await, "dropped");
+    assert_eq!(fx.rows("pr WHERE id >= 100").await, 0);
+    assert_eq!(fx.rows("pr").await, 30);
     // Run 3: not due yet.
-    assert_eq!(task_state(&fx.p, later[0]).await, "waiting");
+    assert_eq!(fx.state(later[0]).await, "waiting");
 
     // The operator's view: list, show, retry, cancel.
-    let list =
-        fx.c.run(
-            &fx.cfg,
-            &["tasks", "list", "--run", &run2.to_string(), "--json"],
-        )
+    let list = fx
+        .pgmaint(&["tasks", "list", "--run", &run2.to_string(), "--json"])
         .expect_code(0);
     let list: Value = serde_json::from_str(&list.stdout).unwrap();
     let states: Vec<&str> = list
@@ -566,9 +689,9 @@ async fn prerequisites_are_respected() {
         .map(|t| t["state"].as_str().unwrap())
         .collect();
     assert_eq!(states, ["dropped", "dropped", "failed"]);
-    let table =
-        fx.c.run(&fx.cfg, &["tasks", "list", "--state", "failed"])
-            .expect_code(0);
+    let table = fx
+        .pgmaint(&["tasks", "list", "--state", "failed"])
+        .expect_code(0);
     assert!(
         table
             .stdout
@@ -579,39 +702,39 @@ async fn prerequisites_are_respected() {
         table.stdout
     );
     assert_eq!(table.stdout.lines().count(), 2, "{}", table.stdout);
-    let show =
-        fx.c.run(&fx.cfg, &["tasks", "show", &bad[0].to_string()])
-            .expect_code(0);
+    let show = fx
+        .pgmaint(&["tasks", "show", &bad[0].to_string()])
+        .expect_code(0);
     assert!(
         show.stdout.contains("differs from the manifest"),
         "{}",
         show.stdout
     );
-    let show =
-        fx.c.run(&fx.cfg, &["tasks", "show", &bad[1].to_string()])
-            .expect_code(0);
+    let show = fx
+        .pgmaint(&["tasks", "show", &bad[1].to_string()])
+        .expect_code(0);
     assert!(
         show.stdout
             .contains(&format!("prerequisite task {} will never complete", bad[0])),
         "{}",
         show.stdout
     );
-    let retry =
-        fx.c.run(&fx.cfg, &["tasks", "retry", &bad[0].to_string(), "--json"])
-            .expect_code(0);
+    let retry = fx
+        .pgmaint(&["tasks", "retry", &bad[0].to_string(), "--json"])
+        .expect_code(0);
     let retry: Value = serde_json::from_str(&retry.stdout).unwrap();
     assert_eq!(retry["requeued"], json!(bad));
-    assert_eq!(task_state(&fx.p, bad[2]).await, "waiting");
-    let again = fx.c.run(&fx.cfg, &["tasks", "retry", &good[0].to_string()]);
+    assert_eq!(fx.state(bad[2]).await, "waiting");
+    let again = fx.pgmaint(&["tasks", "retry", &good[0].to_string()]);
     assert_eq!(again.code, 2, "retrying a completed task is refused");
     assert!(
         again.error_line().unwrap().contains("is completed"),
         "{}",
         again.stderr
     );
-    fx.c.run(&fx.cfg, &["tasks", "cancel", &later[0].to_string()])
+    fx.pgmaint(&["tasks", "cancel", &later[0].to_string()])
         .expect_code(0);
-    assert_eq!(task_state(&fx.p, later[0]).await, "cancelled");
+    assert_eq!(fx.state(later[0]).await, "cancelled");
 }
 
 /// Timestamps without pulling chrono into the test crate: microseconds since 2000.
@@ -636,9 +759,7 @@ async fn a_finding_fixed_after_the_snapshot_is_marked_resolved() {
     let fx = setup("up_confirm", "").await;
     seed_blobs(&fx.p, "public.blobs", "uuid", "md5(g::text)::uuid", 100).await;
     // Three corrupt rows at the "snapshot".
-    fx.p.batch_execute("UPDATE blobs SET payload_md5 = 'bad' WHERE id IN (md5('1')::uuid, md5('2')::uuid, md5('3')::uuid)")
-        .await
-        .unwrap();
+    fx.sql("UPDATE blobs SET payload_md5 = 'bad' WHERE id IN (md5('1')::uuid, md5('2')::uuid, md5('3')::uuid)").await;
     let key = |g: i32| format!("{:x}", md5_uuid(g));
     let mut csv = String::from("relation,row_key,finding,detail\n");
     for g in 1..=3 {
@@ -655,29 +776,22 @@ async fn a_finding_fixed_after_the_snapshot_is_marked_resolved() {
     let (run, _) = fake_run(
         &fx,
         &[
-            FileSpec {
-                task: "blob-integrity".into(),
-                kind: "findings",
-                csv,
-                params,
-            },
-            FileSpec {
-                task: "files".into(),
-                kind: "findings",
-                csv: other,
-                params: json!({ "relation": "files", "check": "file_checksum" }),
-            },
+            findings_file("blob-integrity", csv, params),
+            findings_file(
+                "files",
+                other,
+                json!({ "relation": "files", "check": "file_checksum" }),
+            ),
         ],
     )
     .await;
     // After the snapshot: row 2 is repaired, row 3 deleted; row 1 is still corrupt.
-    fx.p.batch_execute(
+    fx.sql(
         "UPDATE blobs SET payload_md5 = md5(payload) WHERE id = md5('2')::uuid;
          DELETE FROM blobs WHERE id = md5('3')::uuid;",
     )
-    .await
-    .unwrap();
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    .await;
+    fx.drain().expect_code(0);
     let rows = fx
         .p
         .query(
@@ -702,12 +816,8 @@ async fn a_finding_fixed_after_the_snapshot_is_marked_resolved() {
         Some(Some(false)),
         "deleted after the snapshot: resolved"
     );
-    let other: Option<bool> = fx
-        .p
-        .query_one("SELECT still_holds FROM pgmaint.integrity_findings WHERE run_id = $1 AND relation = 'files'", &[&run])
-        .await
-        .unwrap()
-        .get(0);
+    let sql = "SELECT still_holds FROM pgmaint.integrity_findings WHERE run_id = $1 AND relation = 'files'";
+    let other: Option<bool> = scalar(&fx.p, sql, &[&run]).await;
     assert_eq!(other, None, "no re-check for file_checksum findings");
 }
 
@@ -733,20 +843,10 @@ impl std::fmt::LowerHex for UuidText {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tampered_escaping_and_invalid_uploads_are_rejected() {
-    let fx = setup("up_reject", "").await;
-    fx.p.batch_execute("CREATE TABLE rj (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
+    let fx = setup_with("up_reject", "", &id_v_table("rj")).await;
     // 1. Tampered: one byte changed after the manifest was written.
     let (r1, t1) = fake_run(&fx, &[merge_file("m", "public.rj", rows_csv(0, 10))]).await;
-    let f1 = fx.c.results_dir().join(r1.to_string()).join("m.csv");
-    std::fs::write(
-        &f1,
-        std::fs::read_to_string(&f1)
-            .unwrap()
-            .replace("value 3", "value 4"),
-    )
-    .unwrap();
+    fx.tamper(r1, "m.csv", "value 3", "value 4");
     // 2. A path that escapes results.dir (to a copy of a valid file, MD5 and all).
     let (r2, t2) = fake_run(&fx, &[merge_file("m", "public.rj", rows_csv(10, 20))]).await;
     let outside = fx.c.dir.join("outside");
@@ -765,44 +865,18 @@ async fn tampered_escaping_and_invalid_uploads_are_rejected() {
     .unwrap();
     // 3. A run marked invalid (its snapshot moved).
     let (r3, t3) = fake_run(&fx, &[merge_file("m", "public.rj", rows_csv(20, 30))]).await;
-    fx.p.execute(
-        "UPDATE pgmaint.runs SET state = 'invalid' WHERE id = $1",
-        &[&r3],
-    )
-    .await
-    .unwrap();
+    let invalid = "UPDATE pgmaint.runs SET state = 'invalid' WHERE id = $1";
+    fx.p.execute(invalid, &[&r3]).await.unwrap();
 
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]);
-    assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(out.stdout.contains("0 task(s) applied"), "{}", out.stdout);
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM rj").await,
-        0,
-        "nothing applied"
-    );
-    let err = |id: i64| {
-        let p = &fx.p;
-        async move {
-            let r = p
-                .query_one(
-                    "SELECT state, last_error FROM pgmaint.upload_tasks WHERE id = $1",
-                    &[&id],
-                )
-                .await
-                .unwrap();
-            (
-                r.get::<_, String>(0),
-                r.get::<_, Option<String>>(1).unwrap_or_default(),
-            )
-        }
-    };
-    let (s1, e1) = err(t1[0]).await;
+    fx.drain().expect_code(1).expect_stdout("0 task(s) applied");
+    assert_eq!(fx.rows("rj").await, 0, "nothing applied");
+    let (s1, _, e1) = fx.outcome(t1[0]).await;
     assert_eq!(s1, "failed");
     assert!(e1.contains("differs from the manifest"), "{e1}");
-    let (s2, e2) = err(t2[0]).await;
+    let (s2, _, e2) = fx.outcome(t2[0]).await;
     assert_eq!(s2, "failed");
     assert!(e2.contains("outside results.dir"), "{e2}");
-    let (s3, e3) = err(t3[0]).await;
+    let (s3, _, e3) = fx.outcome(t3[0]).await;
     assert_eq!(s3, "failed");
     assert!(e3.contains("its run is invalid"), "{e3}");
     for e in [e1, e2, e3] {
@@ -842,9 +916,7 @@ async fn describe(p: &Client, table: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn swap_replaces_contents_and_keeps_indexes_grants_comment() {
-    let fx = setup("up_swap", "").await;
-    fx.p.batch_execute(
-        "CREATE ROLE reader; CREATE ROLE app_owner;
+    let fx = setup_with("up_swap", "", "CREATE ROLE reader; CREATE ROLE app_owner;
          CREATE TABLE public.citation_counts (
              doc_id bigint PRIMARY KEY, cites integer NOT NULL DEFAULT 0 CHECK (cites >= 0), label text);
          CREATE UNIQUE INDEX citation_counts_label ON citation_counts (lower(label)) WHERE label IS NOT NULL;
@@ -856,53 +928,21 @@ async fn swap_replaces_contents_and_keeps_indexes_grants_comment() {
          ALTER TABLE citation_counts OWNER TO app_owner;
          GRANT SELECT ON citation_counts TO reader;
          GRANT UPDATE (label) ON citation_counts TO reader;
-         INSERT INTO citation_counts SELECT g, g, 'old ' || g FROM generate_series(1, 50) g;",
-    )
-    .await
-    .unwrap();
+         INSERT INTO citation_counts SELECT g, g, 'old ' || g FROM generate_series(1, 50) g;").await;
     let before = describe(&fx.p, "public.citation_counts").await;
     let mut csv = String::from("doc_id,cites,label\n");
     for g in 1..=200 {
         csv.push_str(&format!("{g},{},new {g}\n", g * 2));
     }
     csv.push_str("201,0,\n"); // NULL label
-    let (run, ids) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "cites".into(),
-            kind: "swap",
-            csv,
-            params: json!({ "target": "public.citation_counts" }),
-        }],
-    )
-    .await;
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert!(
-        out.stderr.contains("swap: exclusive lock held"),
-        "{}",
-        out.stderr
-    );
-    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM citation_counts").await,
-        201
-    );
-    assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM citation_counts WHERE label LIKE 'old%'"
-        )
-        .await,
-        0
-    );
-    assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM citation_counts WHERE label IS NULL"
-        )
-        .await,
-        1
-    );
+    let (run, ids) = fake_run(&fx, &[swap_file("cites", "public.citation_counts", csv)]).await;
+    fx.drain()
+        .expect_code(0)
+        .expect_stderr("swap: exclusive lock held");
+    assert_eq!(fx.state(ids[0]).await, "completed");
+    assert_eq!(fx.rows("citation_counts").await, 201);
+    assert_eq!(fx.rows("citation_counts WHERE label LIKE 'old%'").await, 0);
+    assert_eq!(fx.rows("citation_counts WHERE label IS NULL").await, 1);
     assert_eq!(
         describe(&fx.p, "public.citation_counts").await,
         before,
@@ -914,113 +954,66 @@ async fn swap_replaces_contents_and_keeps_indexes_grants_comment() {
         (run, 201, true)
     );
     assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgmaint_swap_%'"
-        )
-        .await,
+        fx.rows("pg_class WHERE relname LIKE 'pgmaint_swap_%'")
+            .await,
         0,
         "no staging left"
     );
 
     // A view on the target: the swap refuses, naming it, and changes nothing.
-    fx.p.batch_execute("CREATE VIEW top_cited AS SELECT * FROM citation_counts WHERE cites > 100")
-        .await
-        .unwrap();
+    fx.sql("CREATE VIEW top_cited AS SELECT * FROM citation_counts WHERE cites > 100")
+        .await;
     let (_, ids) = fake_run(
         &fx,
-        &[FileSpec {
-            task: "cites".into(),
-            kind: "swap",
-            csv: "doc_id,cites,label\n1,1,x\n".into(),
-            params: json!({ "target": "public.citation_counts" }),
-        }],
+        &[swap_file(
+            "cites",
+            "public.citation_counts",
+            "doc_id,cites,label\n1,1,x\n",
+        )],
     )
     .await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
-    let r =
-        fx.p.query_one(
-            "SELECT state, last_error FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.get::<_, String>(0), "failed");
-    let e: String = r.get(1);
+    fx.drain().expect_code(1);
+    let (state, _, e) = fx.outcome(ids[0]).await;
+    assert_eq!(state, "failed");
     assert!(e.contains("view top_cited depends on it"), "{e}");
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM citation_counts").await,
-        201
-    );
+    assert_eq!(fx.rows("citation_counts").await, 201);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_stops_a_running_apply() {
-    let fx = setup(
-        "up_cancel",
-        "lease = \"3s\"\nlock_timeout = \"60s\"\npoll_interval = \"500ms\"",
-    )
-    .await;
-    fx.p.batch_execute("CREATE TABLE cn (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
-    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.cn", rows_csv(0, 100))]).await;
-    let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "cn", "cancel", &["--slots", "1"]).await;
-    let out =
-        fx.c.run(&fx.cfg, &["tasks", "cancel", &ids[0].to_string()])
-            .expect_code(0);
+    let (fx, id) = setup_load("up_cancel", &blockable("lease = \"3s\""), "cn", 100).await;
+    let (holder, mut w) = Blocker::ShareLock.block(&fx, "cn", "cancel", &[]).await;
+    let out = fx
+        .pgmaint(&["tasks", "cancel", &id.to_string()])
+        .expect_code(0);
     assert!(out.stdout.contains("cancel requested"), "{}", out.stdout);
-    wait_for(
-        "the task to be cancelled",
-        Duration::from_secs(15),
-        || async { task_state(&fx.p, ids[0]).await == "cancelled" },
-    )
-    .await;
+    fx.wait_state("the task to be cancelled", id, "cancelled", 15)
+        .await;
     holder.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM cn").await, 0);
-    signal(w.id(), "TERM");
-    assert_eq!(wait_exit(&mut w, Duration::from_secs(20)), 0);
+    assert_eq!(fx.rows("cn").await, 0);
+    fx.stop(&mut w, "cancel").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn notify_wakes_an_idle_uploader() {
     // Polling every minute: only the NOTIFY can make the task run within seconds.
-    let fx = setup("up_notify", "poll_interval = \"60s\"").await;
-    fx.p.batch_execute("CREATE TABLE nt (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
-    let mut w = spawn_uploader(&fx, "notify", &["--slots", "2"]);
-    wait_for("the uploader to LISTEN", Duration::from_secs(10), || async {
-        count(&fx.p, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgmaint-uploader-listen'").await == 1
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await; // past its first (empty) claim
-    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.nt", rows_csv(0, 10))]).await;
-    fx.p.execute("SELECT pg_notify('pgmaint_upload', 'test')", &[])
-        .await
-        .unwrap();
+    let fx = setup_with("up_notify", "poll_interval = \"60s\"", &id_v_table("nt")).await;
+    let listener = "pg_stat_activity WHERE application_name = 'pgmaint-uploader-listen'";
+    let mut w = listening_uploader(&fx, "notify", listener).await;
+    let id = fx.queue_load("nt", 0, 10).await;
+    fx.notify().await;
     let woke = Instant::now();
-    wait_for(
-        "the notified task to complete",
-        Duration::from_secs(10),
-        || async { task_state(&fx.p, ids[0]).await == "completed" },
-    )
-    .await;
+    fx.wait_state("the notified task to complete", id, "completed", 10)
+        .await;
     assert!(woke.elapsed() < Duration::from_secs(5));
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM nt").await, 10);
-    signal(w.id(), "TERM");
-    assert_eq!(wait_exit(&mut w, Duration::from_secs(20)), 0);
+    assert_eq!(fx.rows("nt").await, 10);
+    fx.stop(&mut w, "notify").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn merge_updates_changed_rows_inserts_new_ones_and_leaves_the_rest() {
-    let fx = setup("up_merge", "").await;
-    fx.p.batch_execute(
-        "CREATE TABLE \"Totals\" (\"Day\" int, region text, amount numeric, note text, PRIMARY KEY (\"Day\", region));
-         INSERT INTO \"Totals\" SELECT d, 'eu', d * 10, 'kept' FROM generate_series(1, 10) d;",
-    )
-    .await
-    .unwrap();
+    let fx = setup_with("up_merge", "", "CREATE TABLE \"Totals\" (\"Day\" int, region text, amount numeric, note text, PRIMARY KEY (\"Day\", region));
+         INSERT INTO \"Totals\" SELECT d, 'eu', d * 10, 'kept' FROM generate_series(1, 10) d;").await;
     let xmin_of = |d: i32| {
         let p = &fx.p;
         async move {
@@ -1040,30 +1033,23 @@ async fn merge_updates_changed_rows_inserts_new_ones_and_leaves_the_rest() {
         let amount = if d == 6 { d * 10 } else { d * 100 };
         csv.push_str(&format!("{d},eu,{amount}\n"));
     }
-    let (_, ids) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "totals".into(),
-            kind: "merge",
+    let id = fx
+        .queue(merge_file_by(
+            "totals",
+            "\"Totals\"",
+            &["Day", "region"],
             csv,
-            params: json!({ "target": "\"Totals\"", "key": ["Day", "region"] }),
-        }],
-    )
-    .await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM \"Totals\"").await, 12);
+        ))
+        .await;
+    fx.apply(id).await;
+    assert_eq!(fx.rows("\"Totals\"").await, 12);
     assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM \"Totals\" WHERE amount = \"Day\" * 100"
-        )
-        .await,
+        fx.rows("\"Totals\" WHERE amount = \"Day\" * 100").await,
         7,
         "5, 7..=12"
     );
     assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM \"Totals\" WHERE note = 'kept'").await,
+        fx.rows("\"Totals\" WHERE note = 'kept'").await,
         10,
         "columns not in the file are kept"
     );
@@ -1071,25 +1057,16 @@ async fn merge_updates_changed_rows_inserts_new_ones_and_leaves_the_rest() {
     assert_eq!(xmin_of(6).await, x6, "an unchanged row is not rewritten");
 
     // No unique key on the merge key: refused with a message naming table and columns.
-    let (_, ids) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "totals".into(),
-            kind: "merge",
-            csv: "Day,region,amount\n1,eu,1\n".into(),
-            params: json!({ "target": "\"Totals\"", "key": ["Day"] }),
-        }],
-    )
-    .await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
-    let e: String =
-        fx.p.query_one(
-            "SELECT last_error FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let id = fx
+        .queue(merge_file_by(
+            "totals",
+            "\"Totals\"",
+            &["Day"],
+            "Day,region,amount\n1,eu,1\n",
+        ))
+        .await;
+    fx.drain().expect_code(1);
+    let e: String = fx.task(id, "last_error").await;
     assert!(
         e.contains(
             "merge target public.\"Totals\": no primary key or unique index on exactly (\"Day\")"
@@ -1100,53 +1077,25 @@ async fn merge_updates_changed_rows_inserts_new_ones_and_leaves_the_rest() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_whose_lease_expired_cannot_complete_its_task() {
-    let fx = setup(
-        "up_fenced",
-        "lease = \"1s\"\nlock_timeout = \"60s\"\npoll_interval = \"500ms\"",
-    )
-    .await;
-    fx.p.batch_execute(
-        "CREATE TABLE fz (id bigint PRIMARY KEY, v text); INSERT INTO fz VALUES (0, 'old')",
-    )
-    .await
-    .unwrap();
-    let (_, ids) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "fz".into(),
-            kind: "swap",
-            csv: rows_csv(1, 101),
-            params: json!({ "target": "public.fz" }),
-        }],
-    )
-    .await;
+    let tables =
+        "CREATE TABLE fz (id bigint PRIMARY KEY, v text); INSERT INTO fz VALUES (0, 'old')";
+    let fx = setup_with("up_fenced", &blockable("lease = \"1s\""), tables).await;
+    let id = fx
+        .queue(swap_file("fz", "public.fz", rows_csv(1, 101)))
+        .await;
     // Worker A's swap blocks on LOCK TABLE behind a reader; then A freezes (SIGSTOP),
     // so its heartbeats stop and its lease expires.
-    let (reader, mut a) = swap_blocked_behind_a_reader(&fx, "fz", "a", &["--slots", "1"]).await;
-    let a_worker: String =
-        fx.p.query_one(
-            "SELECT worker FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let (reader, mut a) = Blocker::Reader.block(&fx, "fz", "a", &[]).await;
+    let a_worker: String = fx.task(id, "worker").await;
     signal(a.id(), "STOP");
-    wait_for("A's lease to expire", Duration::from_secs(10), || async {
-        count(&fx.p, &format!("SELECT count(*) FROM pgmaint.upload_tasks WHERE id = {} AND lease_expires_at < now()", ids[0])).await
-            == 1
-    })
-    .await;
+    fx.wait_lease_expired("A's lease to expire", id).await;
     // Worker B rescues the task and applies it too; it queues for the lock behind A.
     let mut b = spawn_uploader(&fx, "b", &["--once"]);
     wait_for("B to claim the task", Duration::from_secs(10), || async {
-        count(
-            &fx.p,
-            &format!(
-                "SELECT count(*) FROM pgmaint.upload_tasks WHERE id = {} AND attempts = 2",
-                ids[0]
-            ),
-        )
+        fx.count(&format!(
+            "SELECT count(*) FROM pgmaint.upload_tasks WHERE id = {} AND attempts = 2",
+            id
+        ))
         .await
             == 1
     })
@@ -1155,11 +1104,8 @@ async fn a_worker_whose_lease_expired_cannot_complete_its_task() {
         "B to wait for the lock too",
         Duration::from_secs(10),
         || async {
-            count(
-                &fx.p,
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'fz'::regclass",
-            )
-            .await
+            fx.rows("pg_locks WHERE NOT granted AND relation = 'fz'::regclass")
+                .await
                 == 2
         },
     )
@@ -1167,45 +1113,18 @@ async fn a_worker_whose_lease_expired_cannot_complete_its_task() {
     reader.batch_execute("COMMIT").await.unwrap(); // A's backend gets the lock first
     tokio::time::sleep(Duration::from_millis(300)).await;
     signal(a.id(), "CONT"); // A wakes up with an expired lease: it must not complete
-    assert_eq!(
-        wait_exit(&mut b, Duration::from_secs(30)),
-        0,
-        "{}",
-        uploader_log(&fx, "b")
-    );
-    let r =
-        fx.p.query_one(
-            "SELECT state, worker, attempts FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap();
+    fx.exits_ok(&mut b, "b", 30).await;
+    let r = fx.task_row(id, "state, worker, attempts").await;
     assert_eq!(r.get::<_, String>(0), "completed");
     assert_ne!(
         r.get::<_, String>(1),
         a_worker,
         "completed by B, not by the fenced A"
     );
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM fz").await, 100);
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM fz WHERE id = 0").await,
-        0
-    );
-    assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgmaint_swap%'"
-        )
-        .await,
-        0
-    );
-    signal(a.id(), "TERM");
-    assert_eq!(
-        wait_exit(&mut a, Duration::from_secs(20)),
-        0,
-        "{}",
-        uploader_log(&fx, "a")
-    );
+    assert_eq!(fx.rows("fz").await, 100);
+    assert_eq!(fx.rows("fz WHERE id = 0").await, 0);
+    assert_eq!(fx.swap_leftovers().await, 0);
+    fx.stop(&mut a, "a").await;
     let log = uploader_log(&fx, "a");
     assert!(
         log.contains("lease lost before completion") || log.contains("lease on upload task"),
@@ -1215,68 +1134,32 @@ async fn a_worker_whose_lease_expired_cannot_complete_its_task() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn heartbeats_keep_a_long_apply_alive() {
-    let fx = setup(
-        "up_heartbeat",
-        "lease = \"1s\"\nlock_timeout = \"60s\"\npoll_interval = \"500ms\"",
-    )
-    .await;
-    fx.p.batch_execute("CREATE TABLE hb (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
-    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.hb", rows_csv(0, 100))]).await;
-    let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "hb", "hb", &["--slots", "1"]).await;
+    let (fx, id) = setup_load("up_heartbeat", &blockable("lease = \"1s\""), "hb", 100).await;
+    let (holder, mut w) = Blocker::ShareLock.block(&fx, "hb", "hb", &[]).await;
     tokio::time::sleep(Duration::from_secs(3)).await; // three leases long
-    assert_eq!(task_state(&fx.p, ids[0]).await, "running");
+    assert_eq!(fx.state(id).await, "running");
     holder.batch_execute("COMMIT").await.unwrap();
-    wait_for("the task to complete", Duration::from_secs(10), || async {
-        task_state(&fx.p, ids[0]).await == "completed"
-    })
-    .await;
-    let attempts: i32 =
-        fx.p.query_one(
-            "SELECT attempts FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    fx.wait_state("the task to complete", id, "completed", 10)
+        .await;
+    let attempts: i32 = fx.task(id, "attempts").await;
     assert_eq!(attempts, 1, "never rescued while its worker was alive");
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM hb").await, 100);
-    signal(w.id(), "TERM");
-    assert_eq!(wait_exit(&mut w, Duration::from_secs(20)), 0);
+    assert_eq!(fx.rows("hb").await, 100);
+    fx.stop(&mut w, "hb").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lock_timeouts_are_retried_with_backoff_until_attempts_run_out() {
-    let fx = setup("up_backoff", "lock_timeout = \"100ms\"").await;
-    fx.p.batch_execute("CREATE TABLE bo (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
-    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.bo", rows_csv(0, 10))]).await;
-    fx.p.execute(
-        "UPDATE pgmaint.upload_tasks SET max_attempts = 2 WHERE id = $1",
-        &[&ids[0]],
-    )
-    .await
-    .unwrap();
-    let holder = share_lock_on(&fx, "bo").await;
+    let (fx, id) = setup_load("up_backoff", "lock_timeout = \"100ms\"", "bo", 10).await;
+    fx.set_tasks("max_attempts = 2", "id", id).await;
+    let holder = Blocker::ShareLock.on(&fx, "bo").await;
 
     // Attempt 1: the lock waits time out (retried inside the apply, then given up):
     // back to waiting, due only after a backoff.
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert!(
-        out.stdout.contains("0 failed, 1 to retry"),
-        "{}",
-        out.stdout
-    );
+    fx.drain_saying("0 failed, 1 to retry");
+    let backoff = "extract(epoch FROM not_before - now())::float8";
     let r = fx
-        .p
-        .query_one(
-            "SELECT state, attempts, last_error, extract(epoch FROM not_before - now())::float8 FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap();
+        .task_row(id, &format!("state, attempts, last_error, {backoff}"))
+        .await;
     assert_eq!(
         (r.get::<_, String>(0).as_str(), r.get::<_, i32>(1)),
         ("waiting", 1)
@@ -1292,110 +1175,62 @@ async fn lock_timeouts_are_retried_with_backoff_until_attempts_run_out() {
         "backoff of attempt 1 is 1s +-50%: {wait}"
     );
     // Not due yet: a drain right now leaves it alone.
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert!(out.stdout.contains("0 task(s) applied"), "{}", out.stdout);
+    fx.drain_saying("0 task(s) applied");
 
     // Attempt 2, the last: failed for good, nothing applied.
     tokio::time::sleep(Duration::from_secs_f64(wait + 0.1)).await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
-    let r =
-        fx.p.query_one(
-            "SELECT state, attempts FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (r.get::<_, String>(0).as_str(), r.get::<_, i32>(1)),
-        ("failed", 2)
-    );
+    fx.drain().expect_code(1);
+    let (state, attempts): (String, i32) = fx.task_pair(id, "state, attempts").await;
+    assert_eq!((state.as_str(), attempts), ("failed", 2));
     holder.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM bo").await, 0);
+    assert_eq!(fx.rows("bo").await, 0);
 
     // An operator retries it once the table is free: applied.
-    fx.c.run(&fx.cfg, &["tasks", "retry", &ids[0].to_string()])
+    fx.pgmaint(&["tasks", "retry", &id.to_string()])
         .expect_code(0);
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM bo").await, 10);
+    fx.apply(id).await;
+    assert_eq!(fx.rows("bo").await, 10);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn swap_keeps_serial_and_identity_sequences_going() {
-    let fx = setup("up_swap_seq", "").await;
-    fx.p.batch_execute(
-        "CREATE TABLE s1 (id serial PRIMARY KEY, n bigint GENERATED BY DEFAULT AS IDENTITY, v text);
-         INSERT INTO s1 (v) SELECT 'old' FROM generate_series(1, 5);",
-    )
-    .await
-    .unwrap();
+    let fx = setup_with("up_swap_seq", "", "CREATE TABLE s1 (id serial PRIMARY KEY, n bigint GENERATED BY DEFAULT AS IDENTITY, v text);
+         INSERT INTO s1 (v) SELECT 'old' FROM generate_series(1, 5);").await;
     let csv = "id,n,v\n1,101,new\n2,102,new\n".to_string();
-    let (_, ids) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "s1".into(),
-            kind: "swap",
-            csv,
-            params: json!({ "target": "public.s1" }),
-        }],
+    let id = fx.queue(swap_file("s1", "public.s1", csv)).await;
+    fx.apply(id).await;
+    // The serial sequence survived the old table, and the identity carries on at 6.
+    let app: (i32, i64) = pair(
+        &fx.p,
+        "INSERT INTO s1 (v) VALUES ('app') RETURNING id, n",
+        &[],
     )
     .await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
-    // The serial sequence survived the old table, and the identity carries on at 6.
-    let r =
-        fx.p.query_one("INSERT INTO s1 (v) VALUES ('app') RETURNING id, n", &[])
-            .await
-            .unwrap();
-    assert_eq!((r.get::<_, i32>(0), r.get::<_, i64>(1)), (6, 6));
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM s1").await, 3);
+    assert_eq!(app, (6, 6));
+    assert_eq!(fx.rows("s1").await, 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_the_task_in_hand_or_releases_it() {
-    let fx = setup(
-        "up_sigterm",
-        "lock_timeout = \"60s\"\npoll_interval = \"500ms\"\nshutdown_grace = \"1s\"",
-    )
-    .await;
-    fx.p.batch_execute("CREATE TABLE st (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
+    let grace = blockable("shutdown_grace = \"1s\"");
+    let fx = setup_with("up_sigterm", &grace, &id_v_table("st")).await;
 
     // 1. The task in hand finishes within the grace period: applied, then exit 0.
-    let (_, first) = fake_run(&fx, &[merge_file("load", "public.st", rows_csv(0, 10))]).await;
-    let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "st", "finish", &["--slots", "1"]).await;
+    let first = fx.queue_load("st", 0, 10).await;
+    let (holder, mut w) = Blocker::ShareLock.block(&fx, "st", "finish", &[]).await;
     signal(w.id(), "TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
     holder.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(
-        wait_exit(&mut w, Duration::from_secs(20)),
-        0,
-        "{}",
-        uploader_log(&fx, "finish")
-    );
-    assert_eq!(task_state(&fx.p, first[0]).await, "completed");
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM st").await, 10);
+    fx.exits_ok(&mut w, "finish", 20).await;
+    assert_eq!(fx.state(first).await, "completed");
+    assert_eq!(fx.rows("st").await, 10);
 
     // 2. It does not finish in time: rolled back and released (the attempt does not
     //    count), then exit 0; the next worker applies it.
-    let (_, second) = fake_run(&fx, &[merge_file("load", "public.st", rows_csv(10, 20))]).await;
-    let (holder, mut w) =
-        merge_blocked_behind_a_lock(&fx, "st", "release", &["--slots", "1"]).await;
-    signal(w.id(), "TERM");
-    assert_eq!(
-        wait_exit(&mut w, Duration::from_secs(20)),
-        0,
-        "{}",
-        uploader_log(&fx, "release")
-    );
-    let r =
-        fx.p.query_one(
-            "SELECT state, attempts, worker FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&second[0]],
-        )
-        .await
-        .unwrap();
+    let second = fx.queue_load("st", 10, 20).await;
+    let (holder, mut w) = Blocker::ShareLock.block(&fx, "st", "release", &[]).await;
+    fx.stop(&mut w, "release").await;
+    let r = fx.task_row(second, "state, attempts, worker").await;
     assert_eq!(
         (
             r.get::<_, String>(0).as_str(),
@@ -1405,120 +1240,55 @@ async fn sigterm_finishes_the_task_in_hand_or_releases_it() {
         ("waiting", 0, None)
     );
     holder.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM st").await, 10);
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert_eq!(task_state(&fx.p, second[0]).await, "completed");
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM st").await, 20);
+    assert_eq!(fx.rows("st").await, 10);
+    fx.apply(second).await;
+    assert_eq!(fx.rows("st").await, 20);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_file_the_target_cannot_take_fails_at_once_naming_the_problem() {
-    let fx = setup("up_baddata", "").await;
-    fx.p.batch_execute("CREATE TABLE bd (id bigint PRIMARY KEY, n integer NOT NULL, v text)")
-        .await
-        .unwrap();
+    let tables = "CREATE TABLE bd (id bigint PRIMARY KEY, n integer NOT NULL, v text)";
+    let fx = setup_with("up_baddata", "", tables).await;
     // Not a number in an integer column; a column the target lacks.
-    let (_, bad) = fake_run(
-        &fx,
-        &[merge_file("load", "public.bd", "id,n,v\n1,x,a\n".into())],
-    )
-    .await;
-    let (_, missing) = fake_run(
-        &fx,
-        &[merge_file("load", "public.bd", "id,w\n1,a\n".into())],
-    )
-    .await;
-    let (_, notnull) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "s".into(),
-            kind: "swap",
-            csv: "id,v\n1,a\n".into(),
-            params: json!({ "target": "public.bd" }),
-        }],
-    )
-    .await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
-    let err = |id: i64| {
-        let p = &fx.p;
-        async move {
-            let r = p
-                .query_one(
-                    "SELECT state, attempts, last_error FROM pgmaint.upload_tasks WHERE id = $1",
-                    &[&id],
-                )
-                .await
-                .unwrap();
-            (
-                r.get::<_, String>(0),
-                r.get::<_, i32>(1),
-                r.get::<_, String>(2),
-            )
-        }
-    };
-    let (s, a, e) = err(bad[0]).await;
-    assert_eq!((s.as_str(), a), ("failed", 1), "{e}");
-    assert!(
-        e.contains("invalid input syntax for type integer") && e.contains("22P02"),
-        "{e}"
-    );
-    let (s, a, e) = err(missing[0]).await;
-    assert_eq!((s.as_str(), a), ("failed", 1), "{e}");
-    assert!(e.contains("merge target public.bd: column(s) \"w\" of the result file do not exist on the primary"), "{e}");
-    let (s, a, e) = err(notnull[0]).await;
-    assert_eq!((s.as_str(), a), ("failed", 1), "{e}");
-    assert!(
-        e.contains("null value in column \"n\"") && e.contains("23502"),
-        "{e}"
-    );
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM bd").await, 0);
+    let bad = fx
+        .queue(merge_file("load", "public.bd", "id,n,v\n1,x,a\n"))
+        .await;
+    let missing = fx
+        .queue(merge_file("load", "public.bd", "id,w\n1,a\n"))
+        .await;
+    let notnull = fx.queue(swap_file("s", "public.bd", "id,v\n1,a\n")).await;
+    fx.drain().expect_code(1);
+    let syntax = "invalid input syntax for type integer";
+    fx.assert_failed(bad, 1, &[syntax, "22P02"]).await;
+    let no_such_column =
+        "merge target public.bd: column(s) \"w\" of the result file do not exist on the primary";
+    fx.assert_failed(missing, 1, &[no_such_column]).await;
+    let null = "null value in column \"n\"";
+    fx.assert_failed(notnull, 1, &[null, "23502"]).await;
+    assert_eq!(fx.rows("bd").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rescuer_fails_a_task_whose_attempts_are_used_up_and_drops_its_dependents() {
-    let fx = setup("up_rescue_fail", "lease = \"1s\"\nlock_timeout = \"60s\"").await;
-    fx.p.batch_execute("CREATE TABLE rf (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
-    let (_, ids) = fake_run(
-        &fx,
-        &[
-            merge_file("a", "public.rf", rows_csv(0, 10)),
-            merge_file("b", "public.rf", rows_csv(10, 20)),
-        ],
+    let fx = setup_with(
+        "up_rescue_fail",
+        "lease = \"1s\"\nlock_timeout = \"60s\"",
+        &id_v_table("rf"),
     )
     .await;
-    fx.p.execute(
-        "UPDATE pgmaint.upload_tasks SET max_attempts = 1 WHERE id = $1",
-        &[&ids[0]],
-    )
-    .await
-    .unwrap();
-    let (holder, mut w) = merge_blocked_behind_a_lock(&fx, "rf", "killed", &["--slots", "1"]).await;
+    let (_, ids) = fake_run(&fx, &merge_chain("public.rf", &["a", "b"], 0)).await;
+    fx.set_tasks("max_attempts = 1", "id", ids[0]).await;
+    let (holder, mut w) = Blocker::ShareLock.block(&fx, "rf", "killed", &[]).await;
     w.kill().unwrap();
     w.wait().unwrap();
     holder.batch_execute("COMMIT").await.unwrap();
-    wait_for("the lease to expire", Duration::from_secs(10), || async {
-        count(&fx.p, &format!("SELECT count(*) FROM pgmaint.upload_tasks WHERE id = {} AND lease_expires_at < now()", ids[0])).await
-            == 1
-    })
-    .await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    let r =
-        fx.p.query_one(
-            "SELECT state, last_error FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.get::<_, String>(0), "failed");
-    assert!(
-        r.get::<_, String>(1).contains("lease expired"),
-        "{}",
-        r.get::<_, String>(1)
-    );
-    assert_eq!(task_state(&fx.p, ids[1]).await, "dropped");
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM rf").await, 0);
+    fx.wait_lease_expired("the lease to expire", ids[0]).await;
+    fx.drain().expect_code(0);
+    let (state, _, e) = fx.outcome(ids[0]).await;
+    assert_eq!(state, "failed");
+    assert!(e.contains("lease expired"), "{e}");
+    assert_eq!(fx.state(ids[1]).await, "dropped");
+    assert_eq!(fx.rows("rf").await, 0);
 }
 
 /// With `sslmode=require`, every uploader session is encrypted: the slots, the LISTEN
@@ -1526,88 +1296,53 @@ async fn rescuer_fails_a_task_whose_attempts_are_used_up_and_drops_its_dependent
 /// The server refuses the role in plaintext, so one plaintext session would fail.
 #[tokio::test(flavor = "multi_thread")]
 async fn long_running_uploader_over_tls() {
-    let fx = setup(
-        "up_tls",
-        "poll_interval = \"60s\"\nlease = \"2s\"\nlock_timeout = \"60s\"",
-    )
-    .await;
+    let toml = "poll_interval = \"60s\"\nlease = \"2s\"\nlock_timeout = \"60s\"";
+    let fx = setup("up_tls", toml).await;
     enable_tls(&fx.c).await;
-    let text = std::fs::read_to_string(&fx.cfg).unwrap();
-    let cfg = fx.c.dir.join("tls.toml");
-    std::fs::write(
-        &cfg,
-        text.replace(
-            "user=postgres dbname=app\"",
-            "user=pgmaint_tls dbname=app sslmode=require\"",
-        ),
-    )
-    .unwrap();
+    let cfg = tls_config(&fx.c, &fx.cfg, "require");
     let fx = Fx { cfg, ..fx };
-    fx.p.batch_execute("CREATE TABLE tl (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
+    fx.id_v_table("tl").await;
     let mut w = spawn_uploader(&fx, "tls", &["--slots", "2"]);
     wait_for("the uploader to LISTEN", Duration::from_secs(10), || async {
-        count(&fx.p, "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.application_name = 'pgmaint-uploader-listen'")
-            .await
+        fx.rows("pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.application_name = 'pgmaint-uploader-listen'").await
             == 1
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.tl", rows_csv(0, 10))]).await;
+    let id = fx.queue_load("tl", 0, 10).await;
     fx.p.execute("SELECT pg_notify('pgmaint_upload', 'test')", &[])
         .await
         .unwrap();
-    wait_for(
-        "the notified task to complete",
-        Duration::from_secs(10),
-        || async { task_state(&fx.p, ids[0]).await == "completed" },
-    )
-    .await;
+    fx.wait_state("the notified task to complete", id, "completed", 10)
+        .await;
     // A cancel of a running apply goes through a (TLS) cancel request. The lock comes
     // first: queueing notifies, and the uploader would apply the task before it.
-    let holder = share_lock_on(&fx, "tl").await;
-    let (_, ids) = fake_run(&fx, &[merge_file("load", "public.tl", rows_csv(10, 20))]).await;
+    let holder = Blocker::ShareLock.on(&fx, "tl").await;
+    let id = fx.queue_load("tl", 10, 20).await;
     fx.p.execute("SELECT pg_notify('pgmaint_upload', 'test')", &[])
         .await
         .unwrap();
-    wait_apply_blocked(&fx.p).await;
-    fx.c.run(&fx.cfg, &["tasks", "cancel", &ids[0].to_string()])
+    wait_apply_blocked(&fx).await;
+    fx.pgmaint(&["tasks", "cancel", &id.to_string()])
         .expect_code(0);
-    wait_for(
-        "the task to be cancelled",
-        Duration::from_secs(10),
-        || async { task_state(&fx.p, ids[0]).await == "cancelled" },
-    )
-    .await;
-    wait_for("the blocked statement to be cancelled", Duration::from_secs(10), || async {
-        count(&fx.p, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgmaint-uploader-%' AND wait_event_type = 'Lock'")
-            .await
-            == 0
-    })
-    .await;
+    fx.wait_state("the task to be cancelled", id, "cancelled", 10)
+        .await;
+    fx.wait_blocked_applies("the blocked statement to be cancelled", 0, 10)
+        .await;
     holder.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM tl").await, 10);
+    assert_eq!(fx.rows("tl").await, 10);
     assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE NOT s.ssl AND a.application_name LIKE 'pgmaint-uploader%'").await,
+        fx.rows("pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE NOT s.ssl AND a.application_name LIKE 'pgmaint-uploader%'").await,
         0
     );
-    signal(w.id(), "TERM");
-    assert_eq!(
-        wait_exit(&mut w, Duration::from_secs(20)),
-        0,
-        "{}",
-        uploader_log(&fx, "tls")
-    );
+    fx.stop(&mut w, "tls").await;
 }
 
 /// The same, through a real cycle: the row_checksum scan's own params drive the
 /// re-check, for each kind of finding (mismatch, NULL checksum, NULL content).
 #[tokio::test(flavor = "multi_thread")]
 async fn findings_of_a_real_cycle_are_rechecked_on_the_primary() {
-    let c = Cluster::up("up_confirm_cycle", 1);
-    let p = c.primary().await;
-    seed_blobs(&p, "public.blobs", "bigint", "g", 500).await;
+    let (c, p) = blobs_cluster("up_confirm_cycle", 500).await;
     p.batch_execute(
         "UPDATE blobs SET payload_md5 = md5('tampered') WHERE id IN (10, 20);
          UPDATE blobs SET payload_md5 = NULL WHERE id IN (30, 35);
@@ -1615,20 +1350,10 @@ async fn findings_of_a_real_cycle_are_rechecked_on_the_primary() {
     )
     .await
     .unwrap();
-    let cfg = c.write_config(
-        "t.toml",
-        &row_checksum_task(
-            "blobs",
-            "public.blobs",
-            "id",
-            "payload",
-            "payload_md5",
-            "parallelism = 2",
-        ),
-    );
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
-    let s = run_summary(&c.run(&cfg, &["run", "--json"]).expect_code(0));
+    let cfg = c
+        .ready_config("t.toml", &blobs_task("parallelism = 2"))
+        .await;
+    let s = run_ok(&c, &cfg, &[]);
     let run = s["run_id"].as_i64().unwrap();
     // After the snapshot: one of each kind is repaired, and one mismatch deleted.
     p.batch_execute(
@@ -1689,25 +1414,17 @@ async fn materialized(p: &Client, target: &str) -> (i64, String) {
 /// newer content, nor the LSN `pgmaint.materializations` records.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_older_snapshot_never_overwrites_a_newer_one() {
-    let fx = setup("up_superseded", "").await;
-    fx.p.batch_execute(
+    let tables =
         "CREATE TABLE sw (id bigint PRIMARY KEY, v text); INSERT INTO sw VALUES (0, 'original');
-         CREATE TABLE mg (id bigint PRIMARY KEY, v text);",
-    )
-    .await
-    .unwrap();
+         CREATE TABLE mg (id bigint PRIMARY KEY, v text);";
+    let fx = setup_with("up_superseded", "", tables).await;
     let files = |tag: &str, ids: &[i64]| {
         let mut csv = String::from("id,v\n");
         for i in ids {
             csv.push_str(&format!("{i},{tag}\n"));
         }
         vec![
-            FileSpec {
-                task: "sw".into(),
-                kind: "swap",
-                csv: csv.clone(),
-                params: json!({ "target": "public.sw" }),
-            },
+            swap_file("sw", "public.sw", csv.clone()),
             merge_file("mg", "public.mg", csv),
         ]
     };
@@ -1728,37 +1445,13 @@ async fn an_older_snapshot_never_overwrites_a_newer_one() {
     );
 
     // The newer run first.
-    fx.p.execute(
-        "UPDATE pgmaint.upload_tasks SET not_before = now() + interval '1 hour' WHERE run_id = $1",
-        &[&old_run],
-    )
-    .await
-    .unwrap();
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert!(out.stdout.contains("2 task(s) applied"), "{}", out.stdout);
-    // Then the older one.
-    fx.p.execute(
-        "UPDATE pgmaint.upload_tasks SET not_before = now() WHERE run_id = $1",
-        &[&old_run],
-    )
-    .await
-    .unwrap();
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert!(
-        out.stdout
-            .contains("2 task(s) applied (0 rows; 2 superseded by a newer snapshot)"),
-        "{}",
-        out.stdout
-    );
+    // The newer run first, then the older one.
+    let superseded = "2 task(s) applied (0 rows; 2 superseded by a newer snapshot)";
+    fx.apply_newer_first(old_run, "2 task(s) applied", superseded)
+        .await;
 
     for id in old_ids {
-        let r =
-            fx.p.query_one(
-                "SELECT state, rows_applied, last_error FROM pgmaint.upload_tasks WHERE id = $1",
-                &[&id],
-            )
-            .await
-            .unwrap();
+        let r = fx.task_row(id, "state, rows_applied, last_error").await;
         let e: String = r.get::<_, Option<String>>(2).unwrap_or_default();
         assert_eq!(r.get::<_, String>(0), "completed", "{e}");
         assert_eq!(r.get::<_, Option<i64>>(1), Some(0), "{e}");
@@ -1768,7 +1461,7 @@ async fn an_older_snapshot_never_overwrites_a_newer_one() {
         );
     }
     for id in new_ids {
-        assert_eq!(task_state(&fx.p, id).await, "completed");
+        assert_eq!(fx.state(id).await, "completed");
     }
     // The newer content stays: the swap's rows and the merge's alone.
     let content = |table: &'static str| {
@@ -1792,15 +1485,7 @@ async fn an_older_snapshot_never_overwrites_a_newer_one() {
             "{target}"
         );
     }
-    assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgmaint_swap%'"
-        )
-        .await,
-        0,
-        "no staging left"
-    );
+    assert_eq!(fx.swap_leftovers().await, 0, "no staging left");
 }
 
 /// The same race with both applies in flight: the newer run's swap holds the target's
@@ -1810,99 +1495,46 @@ async fn an_older_snapshot_never_overwrites_a_newer_one() {
 /// completes without applying (its staging table rolled back).
 #[tokio::test(flavor = "multi_thread")]
 async fn an_older_swap_racing_a_newer_one_is_superseded() {
-    let fx = setup(
-        "up_superseded_race",
-        "lock_timeout = \"60s\"\nlease = \"10s\"\npoll_interval = \"500ms\"",
-    )
-    .await;
-    fx.p.batch_execute(
-        "CREATE TABLE sr (id bigint PRIMARY KEY, v text); INSERT INTO sr VALUES (0, 'original')",
-    )
-    .await
-    .unwrap();
-    let swap = |csv: String| FileSpec {
-        task: "sr".into(),
-        kind: "swap",
-        csv,
-        params: json!({ "target": "public.sr" }),
-    };
+    let tables =
+        "CREATE TABLE sr (id bigint PRIMARY KEY, v text); INSERT INTO sr VALUES (0, 'original')";
+    let fx = setup_with("up_superseded_race", &blockable("lease = \"10s\""), tables).await;
+    let swap = |csv: String| swap_file("sr", "public.sr", csv);
     let (old_run, old_ids) = fake_run(&fx, &[swap("id,v\n1,old\n2,old\n".into())]).await;
     let (new_run, new_ids) = fake_run(&fx, &[swap("id,v\n1,new\n".into())]).await;
     let new_lsn = run_lsn(&fx.p, new_run).await;
-    fx.p.execute(
-        "UPDATE pgmaint.upload_tasks SET not_before = now() + interval '1 hour' WHERE run_id = $1",
-        &[&old_run],
-    )
-    .await
-    .unwrap();
+    fx.hold_run(old_run).await;
     // A reader holds the target: the newer swap blocks on LOCK TABLE.
-    let (reader, mut a) = swap_blocked_behind_a_reader(&fx, "sr", "new", &["--slots", "1"]).await;
+    let (reader, mut a) = Blocker::Reader.block(&fx, "sr", "new", &[]).await;
     // The older one, on another uploader: it blocks on the materializations row.
-    fx.p.execute(
-        "UPDATE pgmaint.upload_tasks SET not_before = now() WHERE run_id = $1",
-        &[&old_run],
-    )
-    .await
-    .unwrap();
+    fx.release_run(old_run).await;
     let mut b = spawn_uploader(&fx, "old", &["--slots", "1"]);
-    wait_for(
-        "both applies to wait on a lock",
-        Duration::from_secs(20),
-        || async {
-            count(
-                &fx.p,
-                "SELECT count(*) FROM pg_stat_activity
-              WHERE application_name LIKE 'pgmaint-uploader-%' AND wait_event_type = 'Lock'",
-            )
-            .await
-                == 2
-        },
-    )
-    .await;
-    assert_eq!(task_state(&fx.p, old_ids[0]).await, "running");
+    fx.wait_blocked_applies("both applies to wait on a lock", 2, 20)
+        .await;
+    assert_eq!(fx.state(old_ids[0]).await, "running");
     reader.batch_execute("COMMIT").await.unwrap();
     wait_for(
         "both tasks to complete",
         Duration::from_secs(20),
         || async {
-            task_state(&fx.p, old_ids[0]).await == "completed"
-                && task_state(&fx.p, new_ids[0]).await == "completed"
+            fx.state(old_ids[0]).await == "completed" && fx.state(new_ids[0]).await == "completed"
         },
     )
     .await;
     for (w, tag) in [(&mut a, "new"), (&mut b, "old")] {
         signal(w.id(), "TERM");
         assert_eq!(
-            wait_exit(w, Duration::from_secs(20)),
+            wait_exit(w, Duration::from_secs(20)).await,
             0,
             "{}",
             uploader_log(&fx, tag)
         );
     }
-    let e: String =
-        fx.p.query_one(
-            "SELECT last_error FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&old_ids[0]],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let e: String = fx.task(old_ids[0], "last_error").await;
     assert!(e.contains(&format!("superseded by run {new_run}")), "{e}");
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM sr WHERE v = 'new'").await,
-        1
-    );
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM sr").await, 1);
+    assert_eq!(fx.rows("sr WHERE v = 'new'").await, 1);
+    assert_eq!(fx.rows("sr").await, 1);
     assert_eq!(materialized(&fx.p, "public.sr").await, (new_run, new_lsn));
-    assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgmaint_swap%'"
-        )
-        .await,
-        0,
-        "no staging left"
-    );
+    assert_eq!(fx.swap_leftovers().await, 0, "no staging left");
 }
 
 /// An index built on the target (or a view created on it) while the swap's staging
@@ -1911,44 +1543,22 @@ async fn an_older_swap_racing_a_newer_one_is_superseded() {
 /// rolled back and retried against the table as it now is.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
-    let fx = setup("up_swap_race", "lock_timeout = \"60s\"").await;
-    fx.p.batch_execute(
-        "CREATE TABLE ix (id bigint PRIMARY KEY, v text); INSERT INTO ix VALUES (0, 'old')",
-    )
-    .await
-    .unwrap();
-    let (_, ids) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "ix".into(),
-            kind: "swap",
-            csv: rows_csv(1, 101),
-            params: json!({ "target": "public.ix" }),
-        }],
-    )
-    .await;
+    let tables =
+        "CREATE TABLE ix (id bigint PRIMARY KEY, v text); INSERT INTO ix VALUES (0, 'old')";
+    let fx = setup_with("up_swap_race", "lock_timeout = \"60s\"", tables).await;
+    let id = fx
+        .queue(swap_file("ix", "public.ix", rows_csv(1, 101)))
+        .await;
     // The test holds the target; the swap builds its staging table, then waits.
-    let (holder, mut once) =
-        swap_blocked_behind_a_reader(&fx, "ix", "race", &["--once", "--slots", "1"]).await;
+    let (holder, mut once) = Blocker::Reader.block(&fx, "ix", "race", &["--once"]).await;
     // Meanwhile an index is built on the target (the holder already holds a lock on
     // it, so it does not queue behind the swap's request).
     holder
         .batch_execute("CREATE INDEX ix_v ON ix (v); COMMIT")
         .await
         .unwrap();
-    assert_eq!(
-        wait_exit(&mut once, Duration::from_secs(30)),
-        0,
-        "{}",
-        uploader_log(&fx, "race")
-    );
-    let r =
-        fx.p.query_one(
-            "SELECT state, last_error FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap();
+    fx.exits_ok(&mut once, "race", 30).await;
+    let r = fx.task_row(id, "state, last_error").await;
     let e: String = r.get::<_, Option<String>>(1).unwrap_or_default();
     assert_eq!(
         r.get::<_, String>(0),
@@ -1959,25 +1569,14 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
         e.contains("changed during the apply") && e.contains("ix_v"),
         "{e}"
     );
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM ix").await,
-        1,
-        "nothing applied yet"
-    );
+    assert_eq!(fx.rows("ix").await, 1, "nothing applied yet");
     // The retry swaps, and the new table has the index.
-    fx.p.execute(
-        "UPDATE pgmaint.upload_tasks SET not_before = now() WHERE id = $1",
-        &[&ids[0]],
-    )
-    .await
-    .unwrap();
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM ix").await, 100);
+    fx.set_tasks("not_before = now()", "id", id).await;
+    fx.apply(id).await;
+    assert_eq!(fx.rows("ix").await, 100);
     assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'ix' AND indexname = 'ix_v'"
+        fx.rows(
+            "pg_indexes WHERE schemaname = 'public' AND tablename = 'ix' AND indexname = 'ix_v'"
         )
         .await,
         1,
@@ -1985,49 +1584,22 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
     );
 
     // A view created while the next swap waits: never left on the old table.
-    let (_, ids) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "ix".into(),
-            kind: "swap",
-            csv: rows_csv(1, 51),
-            params: json!({ "target": "public.ix" }),
-        }],
-    )
-    .await;
-    let (holder, mut once) =
-        swap_blocked_behind_a_reader(&fx, "ix", "race-view", &["--once", "--slots", "1"]).await;
+    let id = fx
+        .queue(swap_file("ix", "public.ix", rows_csv(1, 51)))
+        .await;
+    let (holder, mut once) = Blocker::Reader
+        .block(&fx, "ix", "race-view", &["--once"])
+        .await;
     holder
         .batch_execute("CREATE VIEW ix_view AS SELECT * FROM ix; COMMIT")
         .await
         .unwrap();
-    assert_eq!(
-        wait_exit(&mut once, Duration::from_secs(30)),
-        0,
-        "{}",
-        uploader_log(&fx, "race-view")
-    );
-    let e: String =
-        fx.p.query_one(
-            "SELECT last_error FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap()
-        .get::<_, Option<String>>(0)
-        .unwrap_or_default();
-    assert_eq!(task_state(&fx.p, ids[0]).await, "waiting", "{e}");
+    fx.exits_ok(&mut once, "race-view", 30).await;
+    let e: String = fx.last_error(id).await;
+    assert_eq!(fx.state(id).await, "waiting", "{e}");
     assert!(e.contains("view ix_view depends on it"), "{e}");
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM ix_view").await, 100);
-    assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgmaint_swap%'"
-        )
-        .await,
-        0,
-        "no staging or old table left"
-    );
+    assert_eq!(fx.rows("ix_view").await, 100);
+    assert_eq!(fx.swap_leftovers().await, 0, "no staging or old table left");
 }
 
 /// Whoever can write results.dir can rewrite a data file and its manifest so that they
@@ -2035,70 +1607,57 @@ async fn an_index_created_while_a_swap_waits_for_its_lock_is_kept() {
 /// the upload is refused and nothing is applied.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_data_file_rewritten_with_its_manifest_is_refused() {
-    let c = Cluster::up("up_rewritten", 1);
-    let p = c.primary().await;
-    p.batch_execute(
+    let (c, p) = cluster_with(
+        "up_rewritten",
         "CREATE TABLE src (id int PRIMARY KEY, v text);
          INSERT INTO src SELECT g, 'v' || g FROM generate_series(1, 20) g;
          CREATE TABLE dst (id int PRIMARY KEY, v text);
          INSERT INTO dst VALUES (0, 'before');",
     )
-    .await
-    .unwrap();
-    let cfg = c.write_config(
-        "rw.toml",
-        "[[tasks]]\nname = \"dst\"\nkind = \"materialize\"\n\
-         query = \"SELECT id, v FROM src\"\ntarget = \"public.dst\"\n",
-    );
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
-    let (run, s) = run_json(&c, &cfg, &[]);
-    run.expect_code(0);
+    .await;
+    let cfg = c
+        .ready_config(
+            "rw.toml",
+            "[[tasks]]\nname = \"dst\"\nkind = \"materialize\"\n\
+             query = \"SELECT id, v FROM src\"\ntarget = \"public.dst\"\n",
+        )
+        .await;
+    let s = run_ok(&c, &cfg, &[]);
     let run_id = s["run_id"].as_i64().unwrap();
     let dir = c.results_dir().join(run_id.to_string());
     let mut manifest = read_manifest(&dir);
-    let task = manifest["tasks"]
-        .as_array_mut()
+    let name = task_entry(&manifest, "dst")["file"]["name"]
+        .as_str()
         .unwrap()
-        .iter_mut()
-        .find(|t| t["name"] == "dst")
-        .unwrap();
-    let name = task["file"]["name"].as_str().unwrap().to_string();
+        .to_string();
     let data = std::fs::read_to_string(dir.join(&name)).unwrap();
     let forged = data.replace(",v7\n", ",forged\n");
     assert_ne!(forged, data);
     std::fs::write(dir.join(&name), &forged).unwrap();
-    task["file"]["md5"] = json!(md5_hex(forged.as_bytes()));
-    task["file"]["size"] = json!(forged.len());
+    for task in manifest["tasks"].as_array_mut().unwrap() {
+        if task["name"] == "dst" {
+            task["file"]["md5"] = json!(md5_hex(forged.as_bytes()));
+            task["file"]["size"] = json!(forged.len());
+        }
+    }
     std::fs::write(
         dir.join("manifest.json"),
         serde_json::to_vec_pretty(&manifest).unwrap(),
     )
     .unwrap();
 
-    let out = c.run(&cfg, &["uploader", "--once"]);
-    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("0 task(s) applied"), "{}", out.stdout);
-    let r = p
-        .query_one(
-            "SELECT state, last_error FROM pgmaint.upload_tasks WHERE run_id = $1",
-            &[&run_id],
-        )
-        .await
-        .unwrap();
-    let e: String = r.get::<_, Option<String>>(1).unwrap_or_default();
-    assert_eq!(r.get::<_, String>(0), "failed", "{e}");
+    c.run(&cfg, &["uploader", "--once"])
+        .expect_code(1)
+        .expect_stdout("0 task(s) applied");
+    let sql = "SELECT state, last_error FROM pgmaint.upload_tasks WHERE run_id = $1";
+    let (state, e): (String, Option<String>) = pair(&p, sql, &[&run_id]).await;
+    let e = e.unwrap_or_default();
+    assert_eq!(state, "failed", "{e}");
     assert!(
         e.contains("differ from those recorded when the task was queued"),
         "{e}"
     );
-    let rows: Vec<(i32, String)> = p
-        .query("SELECT id, v FROM dst ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let rows: Vec<(i32, String)> = pair_rows(&p, "SELECT id, v FROM dst ORDER BY id", &[]).await;
     assert_eq!(rows, vec![(0, "before".to_string())], "nothing applied");
 }
 
@@ -2106,44 +1665,17 @@ async fn a_data_file_rewritten_with_its_manifest_is_refused() {
 /// row again: the file is refused, naming the column.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_merge_file_with_a_null_key_is_refused() {
-    let fx = setup("up_merge_null_key", "").await;
-    fx.p.batch_execute(
-        "CREATE TABLE nk (k text UNIQUE, v text); INSERT INTO nk VALUES ('a', 'old')",
-    )
-    .await
-    .unwrap();
-    let file = || FileSpec {
-        task: "nk".into(),
-        kind: "merge",
-        csv: "k,v\na,new\n,orphan\n".into(),
-        params: json!({ "target": "public.nk", "key": ["k"] }),
-    };
-    let (_, first) = fake_run(&fx, &[file()]).await;
-    let (_, second) = fake_run(&fx, &[file()]).await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
-    for id in [first[0], second[0]] {
-        let r =
-            fx.p.query_one(
-                "SELECT state, attempts, last_error FROM pgmaint.upload_tasks WHERE id = $1",
-                &[&id],
-            )
-            .await
-            .unwrap();
-        let e: String = r.get::<_, Option<String>>(2).unwrap_or_default();
-        assert_eq!(
-            (r.get::<_, String>(0).as_str(), r.get::<_, i32>(1)),
-            ("failed", 1),
-            "{e}"
-        );
-        assert!(e.contains("key column \"k\" is NULL in 1 row(s)"), "{e}");
+    let tables = "CREATE TABLE nk (k text UNIQUE, v text); INSERT INTO nk VALUES ('a', 'old')";
+    let fx = setup_with("up_merge_null_key", "", tables).await;
+    let file = || merge_file_by("nk", "public.nk", &["k"], "k,v\na,new\n,orphan\n");
+    let (first, second) = (fx.queue(file()).await, fx.queue(file()).await);
+    fx.drain().expect_code(1);
+    for id in [first, second] {
+        fx.assert_failed(id, 1, &["key column \"k\" is NULL in 1 row(s)"])
+            .await;
     }
     let rows: Vec<(Option<String>, String)> =
-        fx.p.query("SELECT k, v FROM nk ORDER BY k", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+        pair_rows(&fx.p, "SELECT k, v FROM nk ORDER BY k", &[]).await;
     assert_eq!(rows, vec![(Some("a".to_string()), "old".to_string())]);
 }
 
@@ -2174,30 +1706,19 @@ fn log_field(log: &str, message: &str, key: &str) -> Option<i64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_null_key_and_an_empty_key_stay_distinct_findings_end_to_end() {
-    let c = Cluster::up("up_null_empty_key", 1);
-    let p = c.primary().await;
     // A unique text key holding NULL, '' and 'a'; every row's stored md5 is wrong.
-    p.batch_execute(
+    let (c, p) = cluster_with(
+        "up_null_empty_key",
         "CREATE TABLE tk (k text UNIQUE, payload bytea, payload_md5 text);
          INSERT INTO tk VALUES (NULL, '\\x01', md5('x')), ('', '\\x02', md5('x')), ('a', '\\x03', md5('x'));",
     )
-    .await
-    .unwrap();
-    let cfg = c.write_config(
-        "t.toml",
-        &row_checksum_task("keys", "public.tk", "k", "payload", "payload_md5", ""),
-    );
-    c.run(&cfg, &["init"]).expect_code(0);
-    c.wait_caught_up(1).await;
-    let s = run_summary(&c.run(&cfg, &["run", "--json"]).expect_code(0));
+    .await;
+    let task = row_checksum_task("keys", "public.tk", "k", "payload", "payload_md5", "");
+    let cfg = c.ready_config("t.toml", &task).await;
+    let s = run_ok(&c, &cfg, &[]);
     let run = s["run_id"].as_i64().unwrap();
     let m = manifest(&c.results_dir(), run);
-    let t = m["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "keys")
-        .unwrap();
+    let t = task_entry(&m, "keys");
     assert_eq!(t["findings"].as_u64(), Some(3), "{m}");
     assert_eq!(t["file"]["rows"].as_u64(), Some(3), "{m}");
 
@@ -2238,14 +1759,8 @@ async fn a_null_key_and_an_empty_key_stay_distinct_findings_end_to_end() {
         "uploader stderr:\n{}",
         up.stderr
     );
-    let rows_applied: i64 = p
-        .query_one(
-            "SELECT rows_applied FROM pgmaint.upload_tasks WHERE run_id = $1",
-            &[&run],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let sql = "SELECT rows_applied FROM pgmaint.upload_tasks WHERE run_id = $1";
+    let rows_applied: i64 = scalar(&p, sql, &[&run]).await;
     assert_eq!(rows_applied, 3);
     assert!(
         up.stdout.contains("1 task(s) applied (3 rows"),
@@ -2261,47 +1776,26 @@ async fn retrying_a_task_whose_prerequisite_failed_is_refused_naming_the_prerequ
     // third are dropped.
     let (_, ids) = fake_run(
         &fx,
-        &[
-            merge_file("first", "public.later", rows_csv(0, 10)),
-            merge_file("second", "public.later", rows_csv(10, 20)),
-            merge_file("third", "public.later", rows_csv(20, 30)),
-        ],
+        &merge_chain("public.later", &["first", "second", "third"], 0),
     )
     .await;
     let (first, second, third) = (ids[0], ids[1], ids[2]);
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
-    assert_eq!(task_state(&fx.p, first).await, "failed");
-    assert_eq!(task_state(&fx.p, second).await, "dropped");
-    assert_eq!(task_state(&fx.p, third).await, "dropped");
+    fx.drain().expect_code(1);
+    assert_eq!(fx.state(first).await, "failed");
+    assert_eq!(fx.state(second).await, "dropped");
+    assert_eq!(fx.state(third).await, "dropped");
     let before = queue_snapshot(&fx.p).await;
 
     // Retrying the dependent alone would leave it waiting forever: refused, nothing changed.
-    let out = fx.c.run(&fx.cfg, &["tasks", "retry", &second.to_string()]);
-    assert_eq!(
-        out.code, 1,
-        "stdout:\n{}\nstderr:\n{}",
-        out.stdout, out.stderr
-    );
-    let line = out.error_line().unwrap_or_default().to_string();
-    assert!(
-        line.contains(&format!("upload task {first} (run"))
-            && line.contains("task first)")
-            && line.contains("is failed")
-            && line.contains(&format!("retry task {first} first")),
-        "{}",
-        out.stderr
-    );
+    let retry_first = format!("retry task {first} first");
+    let failed = format!("upload task {first} (run");
+    fx.assert_retry_refused(second, &[&failed, "task first)", "is failed", &retry_first]);
     // Two steps down the chain: the dropped prerequisite, and the failed task behind it.
-    let out = fx.c.run(&fx.cfg, &["tasks", "retry", &third.to_string()]);
-    assert_eq!(out.code, 1, "{}", out.stderr);
-    let line = out.error_line().unwrap_or_default().to_string();
-    assert!(
-        line.contains(&format!("prerequisite upload task {second} (run"))
-            && line.contains("is dropped because upload task")
-            && line.contains("task first) is failed")
-            && line.contains(&format!("retry task {first} first")),
-        "{}",
-        out.stderr
+    let dropped = format!("prerequisite upload task {second} (run");
+    let because = "is dropped because upload task";
+    fx.assert_retry_refused(
+        third,
+        &[&dropped, because, "task first) is failed", &retry_first],
     );
     assert_eq!(
         queue_snapshot(&fx.p).await,
@@ -2310,19 +1804,17 @@ async fn retrying_a_task_whose_prerequisite_failed_is_refused_naming_the_prerequ
     );
 
     // Once the cause is fixed, retrying the prerequisite brings both back.
-    fx.p.batch_execute("CREATE TABLE later (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
-    let retry =
-        fx.c.run(&fx.cfg, &["tasks", "retry", &first.to_string(), "--json"])
-            .expect_code(0);
+    fx.id_v_table("later").await;
+    let retry = fx
+        .pgmaint(&["tasks", "retry", &first.to_string(), "--json"])
+        .expect_code(0);
     let retry: Value = serde_json::from_str(&retry.stdout).unwrap();
     assert_eq!(retry["requeued"], json!([first, second, third]));
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
+    fx.drain().expect_code(0);
     for id in [first, second, third] {
-        assert_eq!(task_state(&fx.p, id).await, "completed");
+        assert_eq!(fx.state(id).await, "completed");
     }
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM later").await, 30);
+    assert_eq!(fx.rows("later").await, 30);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -2362,16 +1854,12 @@ async fn migration_5_keeps_recorded_findings_and_makes_null_keys_distinct_from_e
     .unwrap();
 
     c.run(&cfg, &["init"]).expect_code(0);
-    let kept: Vec<(Option<String>, String)> = p
-        .query(
-            "SELECT row_key, detail FROM pgmaint.integrity_findings ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let kept: Vec<(Option<String>, String)> = pair_rows(
+        &p,
+        "SELECT row_key, detail FROM pgmaint.integrity_findings ORDER BY id",
+        &[],
+    )
+    .await;
     assert_eq!(
         kept,
         vec![
@@ -2410,13 +1898,9 @@ async fn migration_5_keeps_recorded_findings_and_makes_null_keys_distinct_from_e
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_recheck_counts_only_the_findings_inserted_and_a_repeat_is_reported() {
-    let fx = setup("up_recheck_counts", "").await;
-    fx.p.batch_execute(
-        "CREATE TABLE rc (k text PRIMARY KEY, payload bytea, payload_md5 text);
-         INSERT INTO rc VALUES ('a', '\\x01', md5('x')), ('b', '\\x02', md5('\\x02'::bytea));",
-    )
-    .await
-    .unwrap();
+    let tables = "CREATE TABLE rc (k text PRIMARY KEY, payload bytea, payload_md5 text);
+         INSERT INTO rc VALUES ('a', '\\x01', md5('x')), ('b', '\\x02', md5('\\x02'::bytea));";
+    let fx = setup_with("up_recheck_counts", "", tables).await;
     // 'a' twice (the second is a repeat), 'b' fixed since the snapshot.
     let csv = "relation,row_key,finding,detail\n\
                \"public.rc\",\"a\",\"mismatch\",\"first\"\n\
@@ -2425,22 +1909,13 @@ async fn the_recheck_counts_only_the_findings_inserted_and_a_repeat_is_reported(
         .to_string();
     let params = json!({ "relation": "public.rc", "check": "row_checksum", "schema": "public", "table": "rc",
                          "key": "k", "content": "payload", "checksum": "payload_md5" });
-    let (run, ids) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "rc".into(),
-            kind: "findings",
-            csv,
-            params,
-        }],
-    )
-    .await;
-    let up = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    let inserted = count(
-        &fx.p,
-        &format!("SELECT count(*) FROM pgmaint.integrity_findings WHERE run_id = {run}"),
-    )
-    .await;
+    let (run, ids) = fake_run(&fx, &[findings_file("rc", csv, params)]).await;
+    let up = fx.drain().expect_code(0);
+    let inserted = fx
+        .count(&format!(
+            "SELECT count(*) FROM pgmaint.integrity_findings WHERE run_id = {run}"
+        ))
+        .await;
     assert_eq!(inserted, 2);
     let msg = "findings re-checked on the primary";
     assert_eq!(
@@ -2459,14 +1934,7 @@ async fn the_recheck_counts_only_the_findings_inserted_and_a_repeat_is_reported(
         "{}",
         up.stderr
     );
-    let rows_applied: i64 =
-        fx.p.query_one(
-            "SELECT rows_applied FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let rows_applied: i64 = fx.task(ids[0], "rows_applied").await;
     assert_eq!(rows_applied, inserted);
 }
 
@@ -2485,15 +1953,6 @@ async fn swap_old_tables(p: &Client) -> Vec<String> {
     .collect()
 }
 
-fn swap_file(target: &str, csv: &str) -> FileSpec {
-    FileSpec {
-        task: "sw".into(),
-        kind: "swap",
-        csv: csv.into(),
-        params: json!({ "target": target }),
-    }
-}
-
 /// pgmaint drops only the tables it renamed away itself. A user's tables named like
 /// them (`pgmaint_swap_old_…`, in any schema) survive any number of swaps. A table a
 /// swap left behind (the worker died, or the drop failed, after the commit) is still
@@ -2501,30 +1960,27 @@ fn swap_file(target: &str, csv: &str) -> FileSpec {
 /// created under its name.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
-    let fx = setup("up_swap_old_user", "").await;
-    fx.p.batch_execute(
-        "CREATE TABLE sw (id bigint PRIMARY KEY, v text);
+    let tables = "CREATE TABLE sw (id bigint PRIMARY KEY, v text);
          CREATE TABLE other (id bigint PRIMARY KEY, v text);
          CREATE SCHEMA keep;
          CREATE TABLE public.pgmaint_swap_old_important (id int, v text);
          INSERT INTO public.pgmaint_swap_old_important VALUES (1, 'precious');
          CREATE TABLE keep.pgmaint_swap_old_1 (id int);
-         INSERT INTO keep.pgmaint_swap_old_1 VALUES (1);",
-    )
-    .await
-    .unwrap();
+         INSERT INTO keep.pgmaint_swap_old_1 VALUES (1);";
+    let fx = setup_with("up_swap_old_user", "", tables).await;
     let users = vec![
         "keep.pgmaint_swap_old_1".to_string(),
         "public.pgmaint_swap_old_important".to_string(),
     ];
     for round in 0..3 {
-        let (_, ids) = fake_run(
-            &fx,
-            &[swap_file("public.sw", &format!("id,v\n1,round {round}\n"))],
-        )
-        .await;
-        fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-        assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
+        let id = fx
+            .queue(swap_file(
+                "sw",
+                "public.sw",
+                format!("id,v\n1,round {round}\n"),
+            ))
+            .await;
+        fx.apply(id).await;
         assert_eq!(
             swap_old_tables(&fx.p).await,
             users,
@@ -2532,46 +1988,31 @@ async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
         );
     }
     assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM public.pgmaint_swap_old_important WHERE v = 'precious'"
-        )
-        .await,
+        fx.rows("public.pgmaint_swap_old_important WHERE v = 'precious'")
+            .await,
         1
     );
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM keep.pgmaint_swap_old_1").await,
-        1
-    );
+    assert_eq!(fx.rows("keep.pgmaint_swap_old_1").await, 1);
 
     // The drop after the commit fails (as if the worker had died before it): the
     // swapped-out table is left behind.
-    fx.p.batch_execute(
-        "CREATE FUNCTION keep_swapped_out() RETURNS event_trigger LANGUAGE plpgsql AS $$
+    fx.sql("CREATE FUNCTION keep_swapped_out() RETURNS event_trigger LANGUAGE plpgsql AS $$
          BEGIN
            IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects()
                        WHERE object_type = 'table' AND object_name LIKE 'pgmaint\\_swap\\_old\\_%') THEN
              RAISE EXCEPTION 'test: swapped-out tables are kept';
            END IF;
          END $$;
-         CREATE EVENT TRIGGER keep_swapped_out ON sql_drop EXECUTE FUNCTION keep_swapped_out();",
-    )
-    .await
-    .unwrap();
-    let (_, left) = fake_run(&fx, &[swap_file("public.sw", "id,v\n1,left\n")]).await;
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert!(
-        out.stderr.contains("could not drop"),
-        "the drop was attempted and failed: {}",
-        out.stderr
-    );
-    assert_eq!(task_state(&fx.p, left[0]).await, "completed");
+         CREATE EVENT TRIGGER keep_swapped_out ON sql_drop EXECUTE FUNCTION keep_swapped_out();").await;
+    let (_, left) = fake_run(&fx, &[swap_file("sw", "public.sw", "id,v\n1,left\n")]).await;
+    // The drop was attempted and failed.
+    fx.drain().expect_code(0).expect_stderr("could not drop");
+    assert_eq!(fx.state(left[0]).await, "completed");
     let leftover = format!("public.pgmaint_swap_old_{}", left[0]);
     // A second one, which its user then renames to keep it, and whose name a new user
     // table takes.
-    let (_, renamed) = fake_run(&fx, &[swap_file("public.sw", "id,v\n1,renamed\n")]).await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert_eq!(task_state(&fx.p, renamed[0]).await, "completed");
+    let (_, renamed) = fake_run(&fx, &[swap_file("sw", "public.sw", "id,v\n1,renamed\n")]).await;
+    fx.apply(renamed[0]).await;
     let taken = format!("public.pgmaint_swap_old_{}", renamed[0]);
     let mut want = users.clone();
     want.extend([leftover.clone(), taken.clone()]);
@@ -2586,18 +2027,8 @@ async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
     .unwrap();
 
     // The next swap, of another target, cleans up pgmaint's own leftover only.
-    let (_, next) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "other".into(),
-            kind: "swap",
-            csv: "id,v\n1,x\n".into(),
-            params: json!({ "target": "public.other" }),
-        }],
-    )
-    .await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert_eq!(task_state(&fx.p, next[0]).await, "completed");
+    let (_, next) = fake_run(&fx, &[swap_file("other", "public.other", "id,v\n1,x\n")]).await;
+    fx.apply(next[0]).await;
     let mut want = users.clone();
     want.push(taken.clone());
     want.sort();
@@ -2607,22 +2038,17 @@ async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
         "{leftover} dropped; the user's tables kept"
     );
     assert_eq!(
-        count(&fx.p, &format!("SELECT count(*) FROM {taken} WHERE id = 7")).await,
+        fx.count(&format!("SELECT count(*) FROM {taken} WHERE id = 7"))
+            .await,
         1
     );
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM kept_copy").await, 1);
+    assert_eq!(fx.rows("kept_copy").await, 1);
     assert_eq!(
-        count(
-            &fx.p,
-            "SELECT count(*) FROM public.pgmaint_swap_old_important WHERE v = 'precious'"
-        )
-        .await,
+        fx.rows("public.pgmaint_swap_old_important WHERE v = 'precious'")
+            .await,
         1
     );
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM sw WHERE v = 'renamed'").await,
-        1
-    );
+    assert_eq!(fx.rows("sw WHERE v = 'renamed'").await, 1);
 }
 
 /// Two tasks merge different rows into one target. The newer snapshot of one task
@@ -2631,10 +2057,7 @@ async fn a_user_table_named_like_a_swap_leftover_survives_swaps() {
 /// A swap shares its target with no other task: a config error at start-up.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
-    let fx = setup("up_merge_two_tasks", "").await;
-    fx.p.batch_execute("CREATE TABLE sales_summary (id bigint PRIMARY KEY, v text)")
-        .await
-        .unwrap();
+    let fx = setup_with("up_merge_two_tasks", "", &id_v_table("sales_summary")).await;
     let file = |task: &str, ids: std::ops::Range<i64>, tag: &str| {
         let mut csv = String::from("id,v\n");
         for i in ids {
@@ -2642,69 +2065,26 @@ async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
         }
         merge_file(task, "public.sales_summary", csv)
     };
-    let hold = |run: i64| {
-        let p = &fx.p;
-        async move {
-            p.execute(
-                "UPDATE pgmaint.upload_tasks SET not_before = now() + interval '1 hour' WHERE run_id = $1",
-                &[&run],
-            )
-            .await
-            .unwrap();
-        }
-    };
-    let release = |run: i64| {
-        let p = &fx.p;
-        async move {
-            p.execute(
-                "UPDATE pgmaint.upload_tasks SET not_before = now() WHERE run_id = $1",
-                &[&run],
-            )
-            .await
-            .unwrap();
-        }
-    };
     let content = || {
-        let p = &fx.p;
-        async move {
-            p.query(
-                "SELECT v, count(*) FROM sales_summary GROUP BY v ORDER BY v",
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
-            .collect::<Vec<_>>()
-        }
+        let sql = "SELECT v, count(*) FROM sales_summary GROUP BY v ORDER BY v";
+        pair_rows::<String, i64>(&fx.p, sql, &[])
     };
+    // Three rows with `a`, three with `b`.
+    let three_each = |a: &str, b: &str| vec![(a.to_string(), 3), (b.to_string(), 3)];
 
     // `us` (older snapshot), then `eu` (newer); `us` waits (as after a lock time-out)
     // while `eu` applies; then `us` is retried.
     let (us_run, us_ids) = fake_run(&fx, &[file("us", 1..4, "1")]).await;
     let (eu_run, eu_ids) = fake_run(&fx, &[file("eu", 101..104, "1")]).await;
-    hold(us_run).await;
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert!(
-        out.stdout.contains("1 task(s) applied (3 rows)"),
-        "{}",
-        out.stdout
-    );
-    assert_eq!(task_state(&fx.p, eu_ids[0]).await, "completed");
-    release(us_run).await;
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert!(
-        out.stdout.contains("1 task(s) applied (3 rows)"),
-        "us applies after eu: {}",
-        out.stdout
-    );
-    let r =
-        fx.p.query_one(
-            "SELECT state, rows_applied, last_error FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&us_ids[0]],
-        )
-        .await
-        .unwrap();
+    fx.hold_run(us_run).await;
+    fx.drain_saying("1 task(s) applied (3 rows)");
+    assert_eq!(fx.state(eu_ids[0]).await, "completed");
+    fx.release_run(us_run).await;
+    // `us` applies after `eu`.
+    fx.drain_saying("1 task(s) applied (3 rows)");
+    let r = fx
+        .task_row(us_ids[0], "state, rows_applied, last_error")
+        .await;
     let e: Option<String> = r.get(2);
     assert_eq!(
         (r.get::<_, String>(0), r.get::<_, Option<i64>>(1)),
@@ -2712,21 +2092,14 @@ async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
         "{e:?}"
     );
     assert_eq!(e, None, "not superseded");
-    assert_eq!(
-        content().await,
-        vec![("eu 1".to_string(), 3), ("us 1".to_string(), 3)]
-    );
-    let recorded: Vec<(String, i64)> =
-        fx.p.query(
-            "SELECT task_name, run_id FROM pgmaint.materializations
+    assert_eq!(content().await, three_each("eu 1", "us 1"));
+    let recorded: Vec<(String, i64)> = pair_rows(
+        &fx.p,
+        "SELECT task_name, run_id FROM pgmaint.materializations
               WHERE target = 'public.sales_summary' ORDER BY task_name",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+        &[],
+    )
+    .await;
     assert_eq!(
         recorded,
         vec![("eu".to_string(), eu_run), ("us".to_string(), us_run)]
@@ -2735,47 +2108,19 @@ async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
     // The other order: `eu` older, `us` newer, `us` applied first.
     let (eu2, _) = fake_run(&fx, &[file("eu", 101..104, "2")]).await;
     let (us2, _) = fake_run(&fx, &[file("us", 1..4, "2")]).await;
-    hold(eu2).await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    release(eu2).await;
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert!(
-        out.stdout.contains("1 task(s) applied (3 rows)"),
-        "{}",
-        out.stdout
-    );
-    assert_eq!(
-        content().await,
-        vec![("eu 2".to_string(), 3), ("us 2".to_string(), 3)]
-    );
+    fx.apply_newer_first(eu2, "", "1 task(s) applied (3 rows)")
+        .await;
+    assert_eq!(content().await, three_each("eu 2", "us 2"));
     let _ = us2;
 
     // Within one task, an older snapshot applied after a newer one is still superseded.
     let (us3, us3_ids) = fake_run(&fx, &[file("us", 1..4, "3")]).await;
     let (us4, _) = fake_run(&fx, &[file("us", 1..4, "4")]).await;
-    hold(us3).await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    release(us3).await;
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert!(
-        out.stdout
-            .contains("1 task(s) applied (0 rows; 1 superseded by a newer snapshot)"),
-        "{}",
-        out.stdout
-    );
-    let e: String =
-        fx.p.query_one(
-            "SELECT last_error FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&us3_ids[0]],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let superseded = "1 task(s) applied (0 rows; 1 superseded by a newer snapshot)";
+    fx.apply_newer_first(us3, "", superseded).await;
+    let e: String = fx.task(us3_ids[0], "last_error").await;
     assert!(e.contains(&format!("superseded by run {us4}")), "{e}");
-    assert_eq!(
-        content().await,
-        vec![("eu 2".to_string(), 3), ("us 4".to_string(), 3)]
-    );
+    assert_eq!(content().await, three_each("eu 2", "us 4"));
 
     // A swap into a target that other tasks write: refused at start-up, naming it.
     let task = |name: &str, merge: bool| {
@@ -2810,14 +2155,9 @@ async fn two_merge_tasks_into_one_target_both_apply_in_any_order() {
 /// unwritten.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_merge_handles_json_xml_point_and_custom_array_columns() {
-    let fx = setup("up_merge_types", "").await;
-    fx.p.batch_execute(
-        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+    let fx = setup_with("up_merge_types", "", "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
          CREATE TYPE pair AS (a int, j json);
-         CREATE TABLE odd (id bigint PRIMARY KEY, j json, x xml, p point, moods mood[], pairs pair[], f float8);",
-    )
-    .await
-    .unwrap();
+         CREATE TABLE odd (id bigint PRIMARY KEY, j json, x xml, p point, moods mood[], pairs pair[], f float8);").await;
     let header = "id,j,x,p,moods,pairs,f\n";
     let first = format!(
         "{header}\
@@ -2826,28 +2166,12 @@ async fn a_merge_handles_json_xml_point_and_custom_array_columns() {
          3,\"[1, 2]\",<b/>,\"(3,2)\",\"{{happy}}\",{{}},0.3\n\
          4,,,,,,\n"
     );
-    let (_, ids) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "odd".into(),
-            kind: "merge",
-            csv: first,
-            params: json!({ "target": "public.odd", "key": ["id"] }),
-        }],
-    )
-    .await;
-    let out = fx.c.run(&fx.cfg, &["uploader", "--once"]);
-    let e: Option<String> =
-        fx.p.query_one(
-            "SELECT last_error FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let id = fx.queue(merge_file("odd", "public.odd", first)).await;
+    let out = fx.drain();
+    let e: Option<String> = fx.task(id, "last_error").await;
     assert_eq!(out.code, 0, "{e:?}\n{}", out.stderr);
-    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
-    assert_eq!(count(&fx.p, "SELECT count(*) FROM odd").await, 4);
+    assert_eq!(fx.state(id).await, "completed");
+    assert_eq!(fx.rows("odd").await, 4);
     let rows = || {
         let p = &fx.p;
         async move {
@@ -2871,9 +2195,8 @@ async fn a_merge_handles_json_xml_point_and_custom_array_columns() {
 
     // Row 1 unchanged; 2: json; 3: only the float, by its last bit (which a server
     // printing floats with 15 digits would not show); 4: from NULLs to values; 5 new.
-    fx.p.batch_execute("ALTER DATABASE app SET extra_float_digits = 0")
-        .await
-        .unwrap();
+    fx.sql("ALTER DATABASE app SET extra_float_digits = 0")
+        .await;
     let second = format!(
         "{header}\
          1,\"{{\"\"a\"\": 1}}\",<a>1</a>,\"(1,2)\",\"{{sad,ok}}\",\"{{\"\"(1,{{}})\"\"}}\",0.1\n\
@@ -2882,18 +2205,8 @@ async fn a_merge_handles_json_xml_point_and_custom_array_columns() {
          4,{{}},<d/>,\"(4,4)\",\"{{sad,happy}}\",\"{{\"\"(4,\\\"\"[4]\\\"\")\"\"}}\",4\n\
          5,null,<e/>,\"(5,5)\",{{}},{{}},5\n"
     );
-    let (_, ids) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "odd".into(),
-            kind: "merge",
-            csv: second,
-            params: json!({ "target": "public.odd", "key": ["id"] }),
-        }],
-    )
-    .await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-    assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
+    let id = fx.queue(merge_file("odd", "public.odd", second)).await;
+    fx.apply(id).await;
     let after = rows().await;
     assert_eq!(after.len(), 5);
     assert_eq!(after[0], before[0], "an unchanged row is not rewritten");
@@ -2935,19 +2248,14 @@ async fn identity_sequence(p: &Client) -> String {
 /// on the old one) makes the swap refuse, naming it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_swap_keeps_the_identity_sequence_name_grants_comment_and_position() {
-    let fx = setup("up_swap_identity", "").await;
-    fx.p.batch_execute(
-        "CREATE ROLE seq_reader; CREATE ROLE idt_owner;
+    let fx = setup_with("up_swap_identity", "", "CREATE ROLE seq_reader; CREATE ROLE idt_owner;
          CREATE TABLE idt (id bigint GENERATED BY DEFAULT AS IDENTITY (MAXVALUE 1000000 CACHE 1) PRIMARY KEY, v text);
          ALTER TABLE idt OWNER TO idt_owner;
          INSERT INTO idt (v) SELECT 'old' FROM generate_series(1, 47);
          GRANT USAGE, SELECT ON SEQUENCE idt_id_seq TO seq_reader;
          COMMENT ON SEQUENCE idt_id_seq IS 'ids of idt';
          -- New sequences (the staging table's) get a grant the old one does not have.
-         ALTER DEFAULT PRIVILEGES GRANT UPDATE ON SEQUENCES TO PUBLIC;",
-    )
-    .await
-    .unwrap();
+         ALTER DEFAULT PRIVILEGES GRANT UPDATE ON SEQUENCES TO PUBLIC;").await;
     let before = identity_sequence(&fx.p).await;
     assert!(before.starts_with("idt_id_seq | "), "{before}");
     for round in 0..2 {
@@ -2957,25 +2265,15 @@ async fn a_swap_keeps_the_identity_sequence_name_grants_comment_and_position() {
         for i in 1..=40 {
             csv.push_str(&format!("{i},new {round}\n"));
         }
-        let (_, ids) = fake_run(
-            &fx,
-            &[FileSpec {
-                task: "idt".into(),
-                kind: "swap",
-                csv,
-                params: json!({ "target": "public.idt" }),
-            }],
-        )
-        .await;
-        fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(0);
-        assert_eq!(task_state(&fx.p, ids[0]).await, "completed");
+        let (_, ids) = fake_run(&fx, &[swap_file("idt", "public.idt", csv)]).await;
+        fx.apply(ids[0]).await;
         assert_eq!(
             identity_sequence(&fx.p).await,
             before,
             "after swap {round}: name, grants, owner, comment and options as before"
         );
         assert_eq!(
-            count(&fx.p, "SELECT last_value FROM idt_id_seq").await,
+            fx.count("SELECT last_value FROM idt_id_seq").await,
             next - 1,
             "after swap {round}"
         );
@@ -2991,15 +2289,7 @@ async fn a_swap_keeps_the_identity_sequence_name_grants_comment_and_position() {
                 .unwrap()
                 .get(0);
         assert_eq!(id, next, "after swap {round}: no collision");
-        assert_eq!(
-            count(
-                &fx.p,
-                "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgmaint_swap%'"
-            )
-            .await,
-            0,
-            "nothing left of the swap"
-        );
+        assert_eq!(fx.swap_leftovers().await, 0, "nothing left of the swap");
     }
     let reader = fx.c.primary().await;
     reader
@@ -3008,36 +2298,17 @@ async fn a_swap_keeps_the_identity_sequence_name_grants_comment_and_position() {
         .unwrap();
 
     // A view reads the sequence: the swap refuses, naming it, and changes nothing.
-    fx.p.batch_execute("CREATE VIEW idt_position AS SELECT last_value FROM idt_id_seq")
-        .await
-        .unwrap();
-    let (_, ids) = fake_run(
-        &fx,
-        &[FileSpec {
-            task: "idt".into(),
-            kind: "swap",
-            csv: "id,v\n1,refused\n".into(),
-            params: json!({ "target": "public.idt" }),
-        }],
-    )
-    .await;
-    fx.c.run(&fx.cfg, &["uploader", "--once"]).expect_code(1);
-    let r =
-        fx.p.query_one(
-            "SELECT state, last_error FROM pgmaint.upload_tasks WHERE id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .unwrap();
+    fx.sql("CREATE VIEW idt_position AS SELECT last_value FROM idt_id_seq")
+        .await;
+    let (_, ids) = fake_run(&fx, &[swap_file("idt", "public.idt", "id,v\n1,refused\n")]).await;
+    fx.drain().expect_code(1);
+    let r = fx.task_row(ids[0], "state, last_error").await;
     let e: String = r.get::<_, Option<String>>(1).unwrap_or_default();
     assert_eq!(r.get::<_, String>(0), "failed", "{e}");
     assert!(
         e.contains("view idt_position depends on its identity sequence idt_id_seq"),
         "{e}"
     );
-    assert_eq!(
-        count(&fx.p, "SELECT count(*) FROM idt WHERE v = 'refused'").await,
-        0
-    );
+    assert_eq!(fx.rows("idt WHERE v = 'refused'").await, 0);
     assert_eq!(identity_sequence(&fx.p).await, before);
 }

@@ -13,8 +13,6 @@ source "$(dirname "$0")/upload-common.sh"
 TASKS=${TASKS:-40000}
 WORKERS=${WORKERS:-4}
 upload_cluster bench-queue
-work=$CLUSTER_DIR/work
-mkdir -p "$work"
 per=$((TASKS / WORKERS))
 TASKS=$((per * WORKERS))
 

@@ -1,5 +1,6 @@
 # Shared by the scan benchmarks: a throwaway cluster (brought down on exit), psql
-# helpers, timing and peak-RSS measurement. Source it; do not run it.
+# helpers, the tables and tasks they scan, timing and peak-RSS measurement. Source it;
+# do not run it.
 set -euo pipefail
 
 # shellcheck source=common.sh
@@ -30,4 +31,69 @@ task_secs() {
 s=json.load(open(sys.argv[1]))
 names=[t["name"] for t in s["tasks"]]
 print("%.2f" % s["task_seconds"][names.index(sys.argv[2])])' "$1" "$2"
+}
+
+# create_blobs: an empty table blobs (id, payload bytea stored uncompressed,
+# payload_md5) on the primary.
+create_blobs() {
+    psql_p -c "CREATE TABLE blobs (id bigint PRIMARY KEY, payload bytea, payload_md5 text)" \
+        -c "ALTER TABLE blobs ALTER payload SET STORAGE EXTERNAL"
+}
+
+# insert_blobs FROM TO: blobs rows FROM..TO, 64 KiB of payload each, with its md5.
+insert_blobs() {
+    psql_p -c "INSERT INTO blobs SELECT g, p, md5(p)
+                 FROM (SELECT g, decode(repeat(md5(g::text), 4096), 'hex') AS p FROM generate_series($1, $2) g) s"
+}
+
+# seed_blobs ROWS: blobs with rows 1..ROWS, vacuumed and analyzed.
+seed_blobs() {
+    create_blobs
+    insert_blobs 1 "$1"
+    psql_p -c "VACUUM ANALYZE blobs"
+}
+
+# create_store_files: an empty file catalog store_files (id, rel_path, md5, bytes).
+create_store_files() {
+    psql_p -c "CREATE TABLE store_files (id int PRIMARY KEY, rel_path text NOT NULL, md5 text NOT NULL, bytes bigint NOT NULL)"
+}
+
+# load_store_files: store_files rows from stdin (id, rel_path, md5, bytes; tab-separated).
+load_store_files() { psql_p -c "\\copy store_files FROM STDIN"; }
+
+# row_checksum_task NAME PARALLELISM: a [[tasks]] entry checking blobs.
+row_checksum_task() {
+    printf '[[tasks]]\nname = "%s"\nkind = "row_checksum"\ntable = "blobs"\nkey = "id"\ncontent = "payload"\nchecksum = "payload_md5"\nparallelism = %s\n' \
+        "$1" "$2"
+}
+
+# file_checksum_task NAME ROOT PARALLELISM: a [[tasks]] entry checking the files
+# store_files lists under ROOT.
+file_checksum_task() {
+    printf '[[tasks]]\nname = "%s"\nkind = "file_checksum"\ntable = "store_files"\nkey = "id"\npath = "rel_path"\nchecksum = "md5"\nsize = "bytes"\nroot = "%s"\nparallelism = %s\n' \
+        "$1" "$2" "$3"
+}
+
+# bench_config TOML: BENCH_CONFIG ($CLUSTER_DIR/bench.toml), the cluster's config plus
+# TOML, with pgmaint's schema initialised.
+bench_config() {
+    BENCH_CONFIG=$CLUSTER_DIR/bench.toml
+    config "$BENCH_CONFIG" "$1"
+    "$PGMAINT" --config "$BENCH_CONFIG" init >/dev/null
+}
+
+# best_of TASK: $REPEAT interleaved rounds of `baseline` (a function the script defines)
+# and a whole `pgmaint run --json` with BENCH_CONFIG; the best of each, in seconds, in
+# base, wall (the cycle) and task (TASK's own time). Best, interleaved: the machine may
+# be shared, and noise only slows things. The last summary stays in $CLUSTER_DIR/run.json.
+best_of() {
+    local i t0 t1
+    base=999999 task=999999 wall=999999
+    for ((i = 0; i < REPEAT; i++)); do
+        t0=$(now); baseline; t1=$(now)
+        base=$(min "$base" "$(secs "$t0" "$t1")")
+        t0=$(now); "$PGMAINT" --config "$BENCH_CONFIG" run --json >"$CLUSTER_DIR/run.json" 2>/dev/null; t1=$(now)
+        wall=$(min "$wall" "$(secs "$t0" "$t1")")
+        task=$(min "$task" "$(task_secs "$CLUSTER_DIR/run.json" "$1")")
+    done
 }

@@ -26,24 +26,10 @@ pin r1 1
 
 echo "seeding pgbench (scale $SCALE) and $ROWS x 64 KiB of bytea ..." >&2
 "$PG_BIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres app >/dev/null 2>&1
-psql_p <<SQL
-CREATE TABLE blobs (id bigint PRIMARY KEY, payload bytea, payload_md5 text);
-ALTER TABLE blobs ALTER payload SET STORAGE EXTERNAL;
-INSERT INTO blobs SELECT g, p, md5(p)
-  FROM (SELECT g, decode(repeat(md5(g::text), 4096), 'hex') AS p FROM generate_series(1, $ROWS) g) s;
-VACUUM ANALYZE blobs;
-CHECKPOINT;
-SQL
+seed_blobs "$ROWS"
+psql_p -c "CHECKPOINT"
 wait_caught_up
-config "$CLUSTER_DIR/bench.toml" "[[tasks]]
-name = \"blobs\"
-kind = \"row_checksum\"
-table = \"blobs\"
-key = \"id\"
-content = \"payload\"
-checksum = \"payload_md5\"
-parallelism = 2"
-"$PGMAINT" --config "$CLUSTER_DIR/bench.toml" init >/dev/null
+bench_config "$(row_checksum_task blobs 2)"
 query="SELECT count(*) FROM blobs WHERE md5(payload) <> payload_md5"
 psql_p -Atc "$query" >/dev/null; psql_r -Atc "$query" >/dev/null     # warm both caches
 
@@ -68,7 +54,7 @@ while_looping() {
 idle=0 replica=0
 for ((r = 0; r < ROUNDS; r++)); do
     idle=$(max "$idle" "$(tps)")
-    replica=$(max "$replica" "$(while_looping taskset -c 1 "$PGMAINT" --config "$CLUSTER_DIR/bench.toml" run --task blobs)")
+    replica=$(max "$replica" "$(while_looping taskset -c 1 "$PGMAINT" --config "$BENCH_CONFIG" run --task blobs)")
 done
 primary=$(while_looping taskset -c 1 "$PG_BIN/psql" -X -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -d app -Atc "$query")
 runs=$(psql_p -Atc "SELECT count(*) FROM pgmaint.runs WHERE state = 'succeeded'")

@@ -8,42 +8,22 @@ bench_cluster bench-rss
 store=$CLUSTER_DIR/store
 mkdir -p "$store"
 
-psql_p <<SQL
-CREATE TABLE blobs (id bigint PRIMARY KEY, payload bytea, payload_md5 text);
-ALTER TABLE blobs ALTER payload SET STORAGE EXTERNAL;
-CREATE TABLE store_files (id int PRIMARY KEY, rel_path text NOT NULL, md5 text NOT NULL, bytes bigint NOT NULL);
-CREATE TABLE blob_digest (id bigint PRIMARY KEY, h text);
-SQL
+create_blobs
+create_store_files
+psql_p -c "CREATE TABLE blob_digest (id bigint PRIMARY KEY, h text)"
 
 # grow FROM TO: rows and files numbered FROM+1 .. TO
 grow() {
-    psql_p -c "INSERT INTO blobs SELECT g, p, md5(p) FROM (SELECT g, decode(repeat(md5(g::text), 4096), 'hex') AS p
-                 FROM generate_series($(($1 * ROWS_1X / FILES_1X + 1)), $(($2 * ROWS_1X / FILES_1X))) g) s"
+    insert_blobs "$(($1 * ROWS_1X / FILES_1X + 1))" "$(($2 * ROWS_1X / FILES_1X))"
     for ((i = $1 + 1; i <= $2; i++)); do head -c 4194304 /dev/urandom >"$store/f$i.bin"; done
     for ((i = $1 + 1; i <= $2; i++)); do printf '%s\tf%s.bin\t%s\t4194304\n' "$i" "$i" "$(md5sum <"$store/f$i.bin" | cut -d' ' -f1)"; done |
-        psql_p -c "\\copy store_files FROM STDIN"
+        load_store_files
     psql_p -c "VACUUM ANALYZE blobs" -c "VACUUM ANALYZE store_files"
     wait_caught_up
 }
 
-config "$CLUSTER_DIR/bench.toml" "[[tasks]]
-name = \"rows\"
-kind = \"row_checksum\"
-table = \"blobs\"
-key = \"id\"
-content = \"payload\"
-checksum = \"payload_md5\"
-parallelism = 2
-[[tasks]]
-name = \"files\"
-kind = \"file_checksum\"
-table = \"store_files\"
-key = \"id\"
-path = \"rel_path\"
-checksum = \"md5\"
-size = \"bytes\"
-root = \"$store\"
-parallelism = 2
+bench_config "$(row_checksum_task rows 2)
+$(file_checksum_task files "$store" 2)
 [[tasks]]
 name = \"dump\"
 kind = \"export\"
@@ -58,13 +38,12 @@ name = \"storage\"
 kind = \"amcheck\"
 tables = [\"blobs\"]
 heapallindexed = true"
-"$PGMAINT" --config "$CLUSTER_DIR/bench.toml" init >/dev/null
 
 declare -A rss
 measure() {
     local scale=$1 t kb
     for t in rows files dump digest storage; do
-        kb=$( { peak_rss_kb "$PGMAINT" --config "$CLUSTER_DIR/bench.toml" run --task "$t" >/dev/null 2>&1; } 3>&1 )
+        kb=$( { peak_rss_kb "$PGMAINT" --config "$BENCH_CONFIG" run --task "$t" >/dev/null 2>&1; } 3>&1 )
         rss[$t,$scale]=$kb
     done
     rm -rf "${RESULTS_DIR:?}"/*          # exports of 5x are large

@@ -9,8 +9,6 @@ source "$(dirname "$0")/upload-common.sh"
 ROWS=${ROWS:-1000000}
 READERS=${READERS:-2}
 upload_cluster bench-swap-lock
-work=$CLUSTER_DIR/work
-mkdir -p "$work"
 
 echo "building a $ROWS-row target with 2 indexes, grants and a comment ..." >&2
 psql_p <<SQL

@@ -8,9 +8,12 @@ set -euo pipefail
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-# upload_cluster NAME: the cluster, pgmaint's schema, and an uploader config.
+# upload_cluster NAME: the cluster, pgmaint's schema, an uploader config
+# (UPLOAD_CONFIG), and an empty scratch directory ($work).
 upload_cluster() {
     bench_cluster "$1"
+    work=$CLUSTER_DIR/work
+    mkdir -p "$work"
     UPLOAD_CONFIG=$CLUSTER_DIR/upload.toml
     config "$UPLOAD_CONFIG" "[uploader]
 lease = \"300s\"

@@ -10,8 +10,6 @@ source "$(dirname "$0")/upload-common.sh"
 ROWS=${ROWS:-1000000}
 INSERT_ROWS=${INSERT_ROWS:-200000}
 upload_cluster bench-upload-load
-work=$CLUSTER_DIR/work
-mkdir -p "$work"
 
 for t in t_insert t_values t_copy t_merge t_swap; do
     psql_p -c "CREATE TABLE $t (id bigint PRIMARY KEY, n integer NOT NULL, v text)"

@@ -15,9 +15,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
+use crate::catalog::find_relation;
 use crate::findings_scan::{FindingsScan, ScanEnd};
 use crate::ident::{quote_ident, QualifiedName};
 use crate::results::{AmcheckFindings, FindingsPlan};
+use crate::session::or_cancelled;
 use crate::task::fields::{at_least_one, parallelism_or_default, parallelism_within_cap};
 use crate::task::{run_workers, FieldError, TaskFields, TaskReport};
 use crate::{ScanContext, ScanError};
@@ -173,32 +175,21 @@ async fn listed_tables(client: &Client, list: &[String]) -> Result<Vec<Table>, S
     let mut out = Vec::new();
     for (i, text) in list.iter().enumerate() {
         let field = format!("tables[{i}]");
-        let t =
-            QualifiedName::parse(text).map_err(|e| ScanError::Config(format!("{field}: {e}")))?;
-        let row = client
-            .query_opt(
-                "SELECT c.oid, c.relkind::text, c.relpersistence::text, pg_relation_size(c.oid)
-                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = $1 AND c.relname = $2",
-                &[&t.schema, &t.name],
-            )
-            .await
-            .map_err(ScanError::db("reading the catalog"))?
-            .ok_or_else(|| {
-                ScanError::Config(format!("{field}: table {t} does not exist on the replica"))
-            })?;
-        let (kind, persistence): (String, String) = (row.get(1), row.get(2));
-        if !matches!(kind.as_str(), "r" | "m") {
+        let (t, relation) = find_relation(client, &field, text, None).await?;
+        let relation = relation.ok_or_else(|| {
+            ScanError::Config(format!("{field}: table {t} does not exist on the replica"))
+        })?;
+        if !matches!(relation.kind.as_str(), "r" | "m") {
             return Err(ScanError::Config(format!(
                 "{field}: {t} is not a table or materialized view (list a partitioned table's partitions)"
             )));
         }
-        if persistence != "p" {
+        if relation.persistence != "p" {
             return Err(ScanError::Config(format!(
                 "{field}: {t} is unlogged or temporary; a standby holds no data for it"
             )));
         }
-        out.push((row.get(0), t, row.get::<_, i64>(3) as u64));
+        out.push((relation.oid, t, relation.bytes as u64));
     }
     Ok(out)
 }
@@ -281,8 +272,7 @@ async fn worker(
     deadline: Option<Instant>,
 ) -> Result<bool, ScanError> {
     let (sink, counters, stop) = (&scan.sink, &scan.counters, &scan.stop);
-    let client = ctx.connect().await?;
-    let cancel_token = client.cancel_token();
+    let (client, cancel_token) = ctx.session().await?;
     loop {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(!queue.lock().expect("queue lock").is_empty());
@@ -298,13 +288,12 @@ async fn worker(
             counters.findings.fetch_add(1, Ordering::Relaxed);
             Ok(())
         };
-        let checked = tokio::select! {
-            r = check_one(p, &client, &item, &mut write) => r,
-            _ = stop.cancelled() => {
-                crate::connection::cancel_query(&cancel_token).await;
-                return Err(ScanError::Cancelled);
-            }
-        };
+        let checked = or_cancelled(
+            check_one(p, &client, &item, &mut write),
+            stop,
+            &cancel_token,
+        )
+        .await?;
         match checked {
             Ok(()) => {}
             Err(Failure::Output(e)) => return Err(e),

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ident::QualifiedName;
 use crate::progress::Counters;
 use crate::results::data_files::RawFile;
+use crate::session::or_cancelled;
 use crate::ScanError;
 
 /// A query from config, checked on the replica.
@@ -192,13 +193,9 @@ pub(crate) async fn copy_to_file(
     stop: &CancellationToken,
 ) -> Result<CopyEnd, ScanError> {
     let context = "streaming COPY from the replica";
-    let stream = tokio::select! {
-        s = client.copy_out(copy_sql) => s.map_err(ScanError::db(context))?,
-        _ = stop.cancelled() => {
-            crate::connection::cancel_query(cancel_token).await;
-            return Err(ScanError::Cancelled);
-        }
-    };
+    let stream = or_cancelled(client.copy_out(copy_sql), stop, cancel_token)
+        .await?
+        .map_err(ScanError::db(context))?;
     futures_util::pin_mut!(stream);
     let mut header = true;
     let deadline_sleep = async {

@@ -41,8 +41,8 @@ impl ScanError {
     }
 
     pub(crate) fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
-        let context = context.into();
-        move |cause| ScanError::Db(DbError { context, cause })
+        let error = DbError::with_context(context);
+        move |cause| ScanError::Db(error(cause))
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
@@ -53,9 +53,6 @@ impl ScanError {
 
 impl From<tokio_postgres::Error> for ScanError {
     fn from(cause: tokio_postgres::Error) -> Self {
-        ScanError::Db(DbError {
-            context: "database".into(),
-            cause,
-        })
+        ScanError::Db(cause.into())
     }
 }

@@ -212,8 +212,7 @@ async fn export_all(
     counters: &Arc<Counters>,
     report: &mut TaskReport,
 ) -> Result<(), ScanError> {
-    let mut client = ctx.connect().await?;
-    let cancel_token = client.cancel_token();
+    let (mut client, cancel_token) = ctx.session().await?;
     // One transaction for all files: on a paused replica every statement sees the same
     // state anyway, and this keeps the export consistent should it ever run unpaused.
     let tx = crate::session::snapshot_transaction(&mut client)

@@ -24,13 +24,14 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{column, resolve_table, stored_md5_expr};
+use crate::catalog::{column, key_order_error, resolve_table, stored_md5_expr};
 use crate::findings_scan::{FindingsScan, ScanEnd};
 use crate::ident::{quote_ident, QualifiedName};
 use crate::md5file::FileMd5;
 use crate::progress::Counters;
 use crate::results::data_files::CsvFile;
 use crate::results::{FileChecksumFindings, FindingsPlan};
+use crate::session::or_cancelled;
 use crate::task::fields::{at_least_one, parallelism_or_default, parallelism_within_cap, required};
 use crate::task::{FieldError, TaskFields, TaskReport};
 use crate::{ScanContext, ScanError};
@@ -163,11 +164,7 @@ pub(crate) async fn prepare(
     let key = column(client, oid, "key", &spec.key, &table).await?;
     let path = column(client, oid, "path", &spec.path, &table).await?;
     if path.category != "S" {
-        return Err(ScanError::Config(format!(
-            "path: column {} has type {}; file_checksum needs text",
-            quote_ident(&path.name),
-            path.type_sql
-        )));
+        return Err(path.wrong_type("path", "file_checksum", "text"));
     }
     let checksum = column(client, oid, "checksum", &spec.checksum, &table).await?;
     let stored = stored_md5_expr(&checksum, "file_checksum")?;
@@ -176,11 +173,7 @@ pub(crate) async fn prepare(
         Some(s) => {
             let c = column(client, oid, "size", s, &table).await?;
             if !matches!(c.type_name.as_str(), "int2" | "int4" | "int8" | "numeric") {
-                return Err(ScanError::Config(format!(
-                    "size: column {} has type {}; file_checksum needs an integer",
-                    quote_ident(&c.name),
-                    c.type_sql
-                )));
+                return Err(c.wrong_type("size", "file_checksum", "an integer"));
             }
             format!("{}::int8", quote_ident(&c.name))
         }
@@ -189,11 +182,8 @@ pub(crate) async fn prepare(
         (Some(col), Some(days)) => {
             let c = column(client, oid, "ingested_at", col, &table).await?;
             if c.category != "D" {
-                return Err(ScanError::Config(format!(
-                    "ingested_at: column {} has type {}; file_checksum needs a timestamp or date",
-                    quote_ident(&c.name),
-                    c.type_sql
-                )));
+                let needs = "a timestamp or date";
+                return Err(c.wrong_type("ingested_at", "file_checksum", needs));
             }
             let days = i32::try_from(days)
                 .map_err(|_| ScanError::Config("age_in_days: too large".into()))?;
@@ -218,13 +208,11 @@ pub(crate) async fn prepare(
     };
     // Plan the real query once: proves the key is orderable and the cursor cast works.
     let (sql, _) = prepared.pass_query(Pass::After);
-    client.prepare(&sql).await.map_err(|e| match e.code() {
-        Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) => ScanError::Config(format!(
-            "key: type {} has no ordering; choose an orderable key",
-            prepared.key_type
-        )),
-        _ => ScanError::db(format!("checking the catalog query on {}", prepared.table))(e),
-    })?;
+    let context = format!("checking the catalog query on {}", prepared.table);
+    client
+        .prepare(&sql)
+        .await
+        .map_err(key_order_error(&prepared.key_type, context))?;
     Ok(prepared)
 }
 
@@ -436,8 +424,7 @@ async fn dispatch(
     jobs: &tokio::sync::mpsc::Sender<Job>,
     stop: &CancellationToken,
 ) -> Result<Dispatched, ScanError> {
-    let mut client = ctx.connect().await?;
-    let cancel_token = client.cancel_token();
+    let (mut client, cancel_token) = ctx.session().await?;
     let context = || format!("reading the catalog {}", p.table);
     let tx = crate::session::snapshot_transaction(&mut client)
         .await
@@ -476,13 +463,10 @@ async fn dispatch(
             _ => ScanError::db(context())(e),
         })?;
         loop {
-            let rows = tokio::select! {
-                rows = tx.query_portal(&portal, ctx.batch_rows) => rows.map_err(ScanError::db(context()))?,
-                _ = stop.cancelled() => {
-                    crate::connection::cancel_query(&cancel_token).await;
-                    return Err(ScanError::Cancelled);
-                }
-            };
+            let batch = tx.query_portal(&portal, ctx.batch_rows);
+            let rows = or_cancelled(batch, stop, &cancel_token)
+                .await?
+                .map_err(ScanError::db(context()))?;
             let n = rows.len();
             for row in rows {
                 // Checked per file: the rest of the batch is simply not dispatched, and

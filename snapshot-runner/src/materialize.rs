@@ -116,8 +116,7 @@ pub(crate) async fn run(
     )?;
     let counters = Arc::new(Counters::default());
     let progress = ProgressReporter::start(ctx.progress, name, "rows", None, counters.clone());
-    let mut client = ctx.connect().await?;
-    let cancel_token = client.cancel_token();
+    let (mut client, cancel_token) = ctx.session().await?;
     let tx = crate::session::snapshot_transaction(&mut client)
         .await
         .map_err(ScanError::db("starting the materialize transaction"))?;

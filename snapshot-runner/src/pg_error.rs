@@ -50,3 +50,13 @@ impl std::fmt::Display for DbError {
 }
 
 impl std::error::Error for DbError {}
+
+/// An error met doing nothing more specific than talking to the database.
+impl From<tokio_postgres::Error> for DbError {
+    fn from(cause: tokio_postgres::Error) -> Self {
+        DbError {
+            context: "database".into(),
+            cause,
+        }
+    }
+}

@@ -7,10 +7,11 @@ use std::time::Instant;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
-use crate::catalog::{column, resolve_table, stored_md5_expr};
+use crate::catalog::{column, key_order_error, resolve_table, stored_md5_expr};
 use crate::findings_scan::{FindingsScan, ScanEnd};
 use crate::ident::{quote_ident, QualifiedName};
 use crate::results::{FindingsPlan, RowRecheck};
+use crate::session::or_cancelled;
 use crate::task::fields::{at_least_one, parallelism_or_default, parallelism_within_cap, required};
 use crate::task::{run_workers, FieldError, TaskFields, TaskReport};
 use crate::{ScanContext, ScanError};
@@ -82,11 +83,7 @@ pub(crate) async fn prepare(
     let content = column(client, oid, "content", &spec.content, &table).await?;
     let checksum = column(client, oid, "checksum", &spec.checksum, &table).await?;
     if !(content.type_name == "bytea" || content.category == "S") {
-        return Err(ScanError::Config(format!(
-            "content: column {} has type {}; row_checksum needs bytea or text",
-            quote_ident(&content.name),
-            content.type_sql
-        )));
+        return Err(content.wrong_type("content", "row_checksum", "bytea or text"));
     }
     let stored_expr = stored_md5_expr(&checksum, "row_checksum")?;
     let mut prepared = PreparedRowChecksum {
@@ -127,16 +124,13 @@ async fn split_points(
         key = p.key,
         table = p.table.quoted()
     );
-    let rows = client.query(&sql, &[&percent]).await.map_err(|e| {
-        if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) {
-            ScanError::Config(format!(
-                "key: type {} has no ordering; choose an orderable key",
-                p.key_type
-            ))
-        } else {
-            ScanError::db(format!("sampling keys of {}", p.table))(e)
-        }
-    })?;
+    let rows = client
+        .query(&sql, &[&percent])
+        .await
+        .map_err(key_order_error(
+            &p.key_type,
+            format!("sampling keys of {}", p.table),
+        ))?;
     let keys: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     let mut bounds: Vec<String> = Vec::new();
     for i in 1..parts {
@@ -223,8 +217,7 @@ async fn scan_range(
     deadline: Option<Instant>,
 ) -> Result<bool, ScanError> {
     let (sink, counters, stop) = (&scan.sink, &scan.counters, &scan.stop);
-    let mut client = ctx.connect().await?;
-    let cancel_token = client.cancel_token();
+    let (mut client, cancel_token) = ctx.session().await?;
     let context = || format!("scanning {relation}");
     let tx = crate::session::snapshot_transaction(&mut client)
         .await
@@ -237,13 +230,10 @@ async fn scan_range(
         .await
         .map_err(ScanError::db(context()))?;
     loop {
-        let rows = tokio::select! {
-            rows = tx.query_portal(&portal, ctx.batch_rows) => rows.map_err(ScanError::db(context()))?,
-            _ = stop.cancelled() => {
-                crate::connection::cancel_query(&cancel_token).await;
-                return Err(ScanError::Cancelled);
-            }
-        };
+        let batch = tx.query_portal(&portal, ctx.batch_rows);
+        let rows = or_cancelled(batch, stop, &cancel_token)
+            .await?
+            .map_err(ScanError::db(context()))?;
         let mut bytes = 0u64;
         for row in &rows {
             bytes += row.get::<_, i64>(4) as u64;

@@ -68,11 +68,36 @@ impl ScanContext {
             .map_err(ScanError::db("setting up a scan session"))?;
         Ok(client)
     }
+
+    /// A scan session ([`ScanContext::connect`]) and the token that cancels the
+    /// statement it runs.
+    pub(crate) async fn session(&self) -> Result<(Client, tokio_postgres::CancelToken), ScanError> {
+        let client = self.connect().await?;
+        let cancel_token = client.cancel_token();
+        Ok((client, cancel_token))
+    }
 }
 
 /// `application_name` used by the scan sessions of run `run_id`.
 pub fn scan_application_name(run_id: i64) -> String {
     format!("pgmaint-scan-{run_id}")
+}
+
+/// `work`, unless `stop` is cancelled first: then the statement running on the session
+/// of `cancel_token` is cancelled on the server too, and the scan ends
+/// [`ScanError::Cancelled`].
+pub(crate) async fn or_cancelled<T>(
+    work: impl std::future::Future<Output = T>,
+    stop: &CancellationToken,
+    cancel_token: &tokio_postgres::CancelToken,
+) -> Result<T, ScanError> {
+    tokio::select! {
+        done = work => Ok(done),
+        _ = stop.cancelled() => {
+            crate::connection::cancel_query(cancel_token).await;
+            Err(ScanError::Cancelled)
+        }
+    }
 }
 
 /// A read-only REPEATABLE READ transaction: every scan reads through one. On a paused

@@ -7,10 +7,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use tokio_postgres::types::{FromSqlOwned, ToSql};
 use tokio_postgres::{Client, NoTls};
+
+/// The table [`seed_blobs`] fills in [`blobs_cluster`], and [`blobs_task`] checks.
+pub const BLOBS: &str = "public.blobs";
 
 /// The workspace root.
 pub fn repo() -> PathBuf {
@@ -59,12 +63,32 @@ impl Run {
         );
         self
     }
+    /// Panic with the output unless stdout says `text`.
+    pub fn expect_stdout(self, text: &str) -> Run {
+        assert!(self.stdout.contains(text), "{}", self.stdout);
+        self
+    }
+    /// Panic with the output unless stderr says `text`.
+    pub fn expect_stderr(self, text: &str) -> Run {
+        assert!(self.stderr.contains(text), "{}", self.stderr);
+        self
+    }
     /// The `pgmaint: error: …` line, if any.
     pub fn error_line(&self) -> Option<&str> {
         self.stderr
             .lines()
             .find(|l| l.starts_with("pgmaint: error:"))
     }
+}
+
+/// `bash scripts/cluster.sh ARGS… --dir DIR`, to be run.
+fn cluster_sh(args: &[&str], dir: &Path) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo().join("scripts/cluster.sh"))
+        .args(args)
+        .arg("--dir")
+        .arg(dir);
+    cmd
 }
 
 /// A throwaway primary + replicas, removed on drop.
@@ -88,15 +112,8 @@ impl Cluster {
     fn up_with(name: &str, replicas: usize, fresh: bool) -> Cluster {
         let dir = repo().join("target/e2e").join(name);
         // A leftover from an aborted earlier run of the same test.
-        let _ = Command::new("bash")
-            .arg(repo().join("scripts/cluster.sh"))
-            .args(["down", "--dir"])
-            .arg(&dir)
-            .output();
-        let out = Command::new("bash")
-            .arg(repo().join("scripts/cluster.sh"))
-            .args(["up", "--replicas", &replicas.to_string(), "--dir"])
-            .arg(&dir)
+        let _ = cluster_sh(&["down"], &dir).output();
+        let out = cluster_sh(&["up", "--replicas", &replicas.to_string()], &dir)
             .env("PGMAINT_CLUSTER_FRESH", if fresh { "1" } else { "0" })
             .output()
             .expect("run scripts/cluster.sh");
@@ -183,12 +200,7 @@ impl Cluster {
 
     /// `scripts/cluster.sh ACTION NAME` (start, stop, restart).
     pub fn server(&self, action: &str, name: &str) {
-        let out = Command::new("bash")
-            .arg(repo().join("scripts/cluster.sh"))
-            .args([action, name, "--dir"])
-            .arg(&self.dir)
-            .output()
-            .unwrap();
+        let out = cluster_sh(&[action, name], &self.dir).output().unwrap();
         assert!(
             out.status.success(),
             "cluster.sh {action} {name}: {}",
@@ -198,35 +210,32 @@ impl Cluster {
 
     /// `pg_get_wal_replay_pause_state()` of replica `i`.
     pub async fn pause_state(&self, i: usize) -> String {
-        self.replica(i)
-            .await
-            .query_one("SELECT pg_get_wal_replay_pause_state()", &[])
-            .await
-            .unwrap()
-            .get(0)
+        let r = self.replica(i).await;
+        scalar(&r, "SELECT pg_get_wal_replay_pause_state()", &[]).await
+    }
+
+    /// [`Cluster::write_config`], then [`Cluster::init_ready`] with it. Returns its path.
+    pub async fn ready_config(&self, file: &str, body: &str) -> PathBuf {
+        let config = self.write_config(file, body);
+        self.init_ready(&config).await;
+        config
+    }
+
+    /// `pgmaint init` with `config`, then [`Cluster::wait_caught_up`] for replica 1.
+    pub async fn init_ready(&self, config: &Path) {
+        self.run(config, &["init"]).expect_code(0);
+        self.wait_caught_up(1).await;
     }
 
     /// Wait until replica `i` has replayed everything the primary has written so far.
     pub async fn wait_caught_up(&self, i: usize) {
-        let target: String = self
-            .primary()
-            .await
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let p = self.primary().await;
+        let target: String = scalar(&p, "SELECT pg_current_wal_lsn()::text", &[]).await;
         let replica = self.replica(i).await;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let done: bool = replica
-                .query_one(
-                    "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
-                    &[&target],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if done {
+            let sql = "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn";
+            if scalar::<bool>(&replica, sql, &[&target]).await {
                 return;
             }
             assert!(
@@ -240,11 +249,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo().join("scripts/cluster.sh"))
-            .args(["down", "--dir"])
-            .arg(&self.dir)
-            .output();
+        let _ = cluster_sh(&["down"], &self.dir).output();
     }
 }
 
@@ -257,6 +262,40 @@ pub async fn connect(dsn: &str) -> Client {
         let _ = conn.await;
     });
     client
+}
+
+/// The first column of the one row `sql` returns.
+pub async fn scalar<T: FromSqlOwned>(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> T {
+    client.query_one(sql, params).await.unwrap().get(0)
+}
+
+/// The first two columns of the one row `sql` returns.
+pub async fn pair<A: FromSqlOwned, B: FromSqlOwned>(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> (A, B) {
+    let row = client.query_one(sql, params).await.unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// The first two columns of every row `sql` returns.
+pub async fn pair_rows<A: FromSqlOwned, B: FromSqlOwned>(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Vec<(A, B)> {
+    let rows = client.query(sql, params).await.unwrap();
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+/// The `bigint` that `sql` (a `count(*)` or the like, without parameters) returns.
+pub async fn count(client: &Client, sql: &str) -> i64 {
+    scalar(client, sql, &[]).await
 }
 
 /// Poll `check` every 50 ms until it returns true, or panic after `timeout`.
@@ -311,21 +350,25 @@ pub fn row_checksum_task(
 
 /// The row_checksum task over the table [`seed_blobs`] makes as `public.blobs`.
 pub fn blobs_task(extra: &str) -> String {
-    row_checksum_task(
-        "blobs",
-        "public.blobs",
-        "id",
-        "payload",
-        "payload_md5",
-        extra,
-    )
+    row_checksum_task("blobs", BLOBS, "id", "payload", "payload_md5", extra)
 }
 
-/// Parse `pgmaint run --json` output.
+/// The entry of task `name` in `summary["tasks"]` (a `run --json` summary, or a
+/// manifest).
+pub fn task_entry<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    summary["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("task {name}"))
+}
+
+/// Parse `pgmaint run --json` output (printed on success and on a failed cycle alike).
 pub fn run_summary(run: &Run) -> serde_json::Value {
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
         panic!(
-            "run --json: {e}\nstdout:\n{}\nstderr:\n{}",
+            "run --json printed no summary ({e}); stdout:\n{}\nstderr:\n{}",
             run.stdout, run.stderr
         )
     })
@@ -333,9 +376,7 @@ pub fn run_summary(run: &Run) -> serde_json::Value {
 
 /// Read a run's manifest.
 pub fn manifest(results_dir: &Path, run_id: i64) -> serde_json::Value {
-    let text = std::fs::read_to_string(results_dir.join(run_id.to_string()).join("manifest.json"))
-        .unwrap();
-    serde_json::from_str(&text).unwrap()
+    read_manifest(&results_dir.join(run_id.to_string()))
 }
 
 /// The data rows of a findings CSV as (row_key, finding), sorted.
@@ -353,6 +394,12 @@ pub fn findings_in_csv(path: &Path) -> Vec<(String, String)> {
     rows
 }
 
+/// The findings of task `task` of run `id`, from its CSV in the cluster's results
+/// directory ([`findings_in_csv`]).
+pub fn run_findings(c: &Cluster, id: i64, task: &str) -> Vec<(String, String)> {
+    findings_in_csv(&c.results_dir().join(format!("{id}/{task}.csv")))
+}
+
 /// Wait until replica `i` reports `paused`.
 pub async fn wait_paused(c: &Cluster, i: usize) {
     wait_for("the replica to pause", Duration::from_secs(60), || async {
@@ -361,37 +408,26 @@ pub async fn wait_paused(c: &Cluster, i: usize) {
     .await;
 }
 
+/// Column `column` of run `id`'s row in `pgmaint.runs` on the primary.
+pub async fn run_column<T: FromSqlOwned>(c: &Cluster, id: i64, column: &str) -> T {
+    let sql = format!("SELECT {column} FROM pgmaint.runs WHERE id = $1");
+    scalar(&c.primary().await, &sql, &[&id]).await
+}
+
 /// State of run `id` on the primary.
 pub async fn run_state(c: &Cluster, id: i64) -> String {
-    c.primary()
-        .await
-        .query_one("SELECT state FROM pgmaint.runs WHERE id = $1", &[&id])
-        .await
-        .unwrap()
-        .get(0)
+    run_column(c, id, "state").await
 }
 
 /// The newest run's id on the primary.
 pub async fn last_run_id(c: &Cluster) -> i64 {
-    c.primary()
-        .await
-        .query_one("SELECT max(id) FROM pgmaint.runs", &[])
-        .await
-        .unwrap()
-        .get(0)
+    scalar(&c.primary().await, "SELECT max(id) FROM pgmaint.runs", &[]).await
 }
 
 /// Upload tasks queued for run `id`.
 pub async fn uploads_of_run(c: &Cluster, id: i64) -> i64 {
-    c.primary()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pgmaint.upload_tasks WHERE run_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0)
+    let sql = "SELECT count(*) FROM pgmaint.upload_tasks WHERE run_id = $1";
+    scalar(&c.primary().await, sql, &[&id]).await
 }
 
 /// Send a signal to a process.
@@ -404,19 +440,20 @@ pub fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill -{sig} {pid}");
 }
 
-/// Run `pgmaint run --json [extra…]` and parse its summary (printed on success and on
-/// a failed cycle alike).
+/// Run `pgmaint run --json [extra…]` and parse its summary ([`run_summary`]).
 pub fn run_json(c: &Cluster, config: &Path, extra: &[&str]) -> (Run, serde_json::Value) {
     let mut args = vec!["run", "--json"];
     args.extend_from_slice(extra);
     let run = c.run(config, &args);
-    let json = serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
-        panic!(
-            "run --json printed no summary ({e}); stdout:\n{}\nstderr:\n{}",
-            run.stdout, run.stderr
-        )
-    });
+    let json = run_summary(&run);
     (run, json)
+}
+
+/// [`run_json`], which must exit 0: the summary.
+pub fn run_ok(c: &Cluster, config: &Path, extra: &[&str]) -> serde_json::Value {
+    let (run, json) = run_json(c, config, extra);
+    run.expect_code(0);
+    json
 }
 
 /// The `manifest.json` of run directory `dir`.
@@ -518,6 +555,22 @@ pub async fn enable_tls(c: &Cluster) {
     }
 }
 
+/// A copy of config `config` (`<sslmode>.toml` in the cluster's directory) whose DSNs
+/// connect as role `pgmaint_tls` ([`enable_tls`]) with `sslmode`. Returns its path.
+pub fn tls_config(c: &Cluster, config: &Path, sslmode: &str) -> PathBuf {
+    let text = std::fs::read_to_string(config).unwrap();
+    let path = c.dir.join(format!("{sslmode}.toml"));
+    std::fs::write(
+        &path,
+        text.replace(
+            "user=postgres dbname=app\"",
+            &format!("user=pgmaint_tls dbname=app sslmode={sslmode}\""),
+        ),
+    )
+    .unwrap();
+    path
+}
+
 /// Send `sig` (STOP, CONT) to a server's postmaster and all its backends: a frozen
 /// server that accepts nothing and answers nothing.
 pub fn signal_server(c: &Cluster, name: &str, sig: &str) {
@@ -552,11 +605,106 @@ pub fn slow_blobs_config(c: &Cluster, file: &str, limits: &str) -> PathBuf {
     )
 }
 
+/// A run caught in its pause: a [`blobs_cluster`] of `n` rows, its
+/// [`slow_blobs_config`] (`slow.toml`, with `limits`) initialised, and `pgmaint args…`
+/// started with it ([`spawn_paused`]).
+pub async fn paused_run(
+    name: &str,
+    n: i64,
+    limits: &str,
+    args: &[&str],
+) -> (Cluster, Client, PathBuf, Child) {
+    let (c, p) = blobs_cluster(name, n).await;
+    let cfg = slow_blobs_config(&c, "slow.toml", limits);
+    c.init_ready(&cfg).await;
+    let child = spawn_paused(&c, &cfg, args).await;
+    (c, p, cfg, child)
+}
+
+/// Assert that the run a `run --json` summary describes ended in `state`, its error
+/// saying `error`.
+pub fn assert_ended(summary: &serde_json::Value, state: &str, error: &str) {
+    assert_eq!(summary["state"], state);
+    assert!(
+        summary["error"].as_str().unwrap().contains(error),
+        "{}",
+        summary["error"]
+    );
+}
+
+/// Assert that every file a manifest lists (`files`, each with `name`, `md5` and
+/// `size`) is in `dir` with that MD5 and size.
+pub fn assert_files_as_listed(dir: &Path, files: &[serde_json::Value]) {
+    for f in files {
+        let bytes = std::fs::read(dir.join(f["name"].as_str().unwrap())).unwrap();
+        assert_eq!(md5_hex(&bytes), f["md5"].as_str().unwrap());
+        assert_eq!(bytes.len() as u64, f["size"].as_u64().unwrap());
+    }
+}
+
 /// Start `pgmaint args…` in the background, its output piped.
-pub fn spawn_piped(c: &Cluster, config: &Path, args: &[&str]) -> std::process::Child {
+pub fn spawn_piped(c: &Cluster, config: &Path, args: &[&str]) -> Child {
     c.pgmaint(config, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// [`spawn_piped`], then wait until replica 1 is paused: a run caught in its pause.
+pub async fn spawn_paused(c: &Cluster, config: &Path, args: &[&str]) -> Child {
+    let child = spawn_piped(c, config, args);
+    wait_paused(c, 1).await;
+    child
+}
+
+/// Wait for a child started by [`spawn_piped`] to end; what it printed and its exit code.
+pub fn finish(child: Child) -> Run {
+    Run::from(child.wait_with_output().unwrap())
+}
+
+/// Poll `child` every 50 ms until it exits: its status, or `None` if it still runs
+/// after `timeout`.
+pub async fn exited_within(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Poll replica `i` every 100 ms until it is not paused: whether it got there within
+/// `timeout`.
+pub async fn wait_until_not_paused(c: &Cluster, i: usize, timeout: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if c.pause_state(i).await == "not paused" {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// A cluster with one replica whose primary has run `sql`, and a connection to that
+/// primary.
+pub async fn cluster_with(name: &str, sql: &str) -> (Cluster, Client) {
+    let c = Cluster::up(name, 1);
+    let p = c.primary().await;
+    p.batch_execute(sql).await.unwrap();
+    (c, p)
+}
+
+/// A cluster with one replica, `public.blobs` on its primary seeded by [`seed_blobs`]
+/// with `n` rows keyed `1..=n` (bigint), and a connection to that primary.
+pub async fn blobs_cluster(name: &str, n: i64) -> (Cluster, Client) {
+    let c = Cluster::up(name, 1);
+    let p = c.primary().await;
+    seed_blobs(&p, BLOBS, "bigint", "g", n).await;
+    (c, p)
 }

@@ -49,7 +49,8 @@ impl Applied {
 }
 
 /// Apply a claimed task in `tx`: read its plan back from the queued row (here, once; a
-/// row this version cannot read is rejected) and apply it the way it says.
+/// row this version cannot read is rejected), check its run and file ([`check`]), and
+/// apply the file the way the plan says.
 pub(crate) async fn apply_task(
     tx: &Transaction<'_>,
     ctx: &Ctx<'_>,
@@ -62,10 +63,11 @@ pub(crate) async fn apply_task(
         )),
         PlanError::Params(why) => rejected(task, why),
     })?;
+    let checked = check(tx, task, ctx.results_dir).await?;
     match &plan {
-        ApplyPlan::Findings(p) => crate::findings::findings(tx, ctx, p).await,
-        ApplyPlan::Swap(p) => crate::swap::swap(tx, ctx, p).await,
-        ApplyPlan::Merge(p) => crate::merge::merge(tx, ctx, p).await,
+        ApplyPlan::Findings(p) => crate::findings::findings(tx, ctx, &checked, p).await,
+        ApplyPlan::Swap(p) => crate::swap::swap(tx, ctx, &checked, p).await,
+        ApplyPlan::Merge(p) => crate::merge::merge(tx, ctx, &checked, p).await,
     }
 }
 

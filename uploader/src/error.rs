@@ -91,16 +91,13 @@ impl UploadError {
     }
 
     pub(crate) fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
-        let context = context.into();
-        move |cause| UploadError::Db(DbError { context, cause })
+        let error = DbError::with_context(context);
+        move |cause| UploadError::Db(error(cause))
     }
 }
 
 impl From<tokio_postgres::Error> for UploadError {
     fn from(cause: tokio_postgres::Error) -> Self {
-        UploadError::Db(DbError {
-            context: "database".into(),
-            cause,
-        })
+        UploadError::Db(cause.into())
     }
 }

@@ -6,19 +6,19 @@ use snapshot_runner::FINDINGS_COLUMNS;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Transaction;
 
-use crate::apply::{check, copy_checked, rejected, Applied, Checked, Ctx};
+use crate::apply::{copy_checked, rejected, Applied, Checked, Ctx};
 use crate::confirm::{confirm, Inserted};
 use crate::UploadError;
 
-/// Apply a findings file: COPY into a temporary table, insert what is new, then
-/// re-check the findings that can be.
+/// Apply a findings file (`checked`): COPY into a temporary table, insert what is new,
+/// then re-check the findings that can be.
 pub(crate) async fn findings(
     tx: &Transaction<'_>,
     ctx: &Ctx<'_>,
+    checked: &Checked,
     plan: &FindingsPlan,
 ) -> Result<Applied, UploadError> {
     let task = ctx.task;
-    let checked = check(tx, task, ctx.results_dir).await?;
     if checked.expected.columns != FINDINGS_COLUMNS {
         return Err(rejected(
             task,
@@ -28,11 +28,11 @@ pub(crate) async fn findings(
             ),
         ));
     }
-    let loaded = load(tx, ctx, &checked).await?;
+    let loaded = load(tx, ctx, checked).await?;
     let inserted = match recheck_of(ctx, plan) {
-        Some(recheck) => insert_and_confirm(tx, ctx, &checked, recheck).await?,
+        Some(recheck) => insert_and_confirm(tx, ctx, checked, recheck).await?,
         None => tx
-            .execute(INSERT, &insert_params(ctx, &checked))
+            .execute(INSERT, &insert_params(ctx, checked))
             .await
             .map_err(UploadError::db("inserting findings"))?,
     };

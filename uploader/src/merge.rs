@@ -6,7 +6,7 @@ use snapshot_runner::ident::quote_ident;
 use snapshot_runner::results::MergePlan;
 use tokio_postgres::Transaction;
 
-use crate::apply::{check, copy_checked, execute_retrying_locks, rejected, Applied, Checked, Ctx};
+use crate::apply::{copy_checked, execute_retrying_locks, rejected, Applied, Checked, Ctx};
 use crate::queue::Claimed;
 use crate::target::{check_columns, record_materialization, resolve, superseded, Scope, Target};
 use crate::UploadError;
@@ -17,11 +17,11 @@ use crate::UploadError;
 pub(crate) async fn merge(
     tx: &Transaction<'_>,
     ctx: &Ctx<'_>,
+    checked: &Checked,
     plan: &MergePlan,
 ) -> Result<Applied, UploadError> {
     let task = ctx.task;
     let keys = &plan.key;
-    let checked = check(tx, task, ctx.results_dir).await?;
     let target = resolve(tx, task, plan.target.name().clone()).await?;
     if let Some(note) =
         superseded(tx, ctx, &target, &checked.snapshot_lsn, Scope::Task, false).await?
@@ -36,7 +36,7 @@ pub(crate) async fn merge(
     tx.batch_execute("SAVEPOINT pgmaint_apply")
         .await
         .map_err(UploadError::db("starting the merge savepoint"))?;
-    let rows = load(tx, task, &target, &column_list, &checked).await? as i64;
+    let rows = load(tx, task, &target, &column_list, checked).await? as i64;
     refuse_null_keys(tx, task, keys).await?;
     // Lock this task's materializations row of the target (held to commit) before
     // writing the target.
@@ -102,7 +102,7 @@ async fn check_key(
             &[&target.oid, &keys],
         )
         .await
-        .map_err(UploadError::db(format!("reading the indexes of {}", target.name)))?
+        .map_err(target.db_error("reading the indexes of"))?
         .get(0);
     if !unique {
         return Err(UploadError::Target(format!(

@@ -198,6 +198,12 @@ impl std::fmt::Display for RunState {
 mod tests {
     use super::*;
 
+    /// Assert that `ours` are, in order, the states the schema allows in `table`.
+    fn assert_the_schemas_states<'a>(table: &str, ours: impl IntoIterator<Item = &'a str>) {
+        let ours: Vec<String> = ours.into_iter().map(str::to_string).collect();
+        assert_eq!(ours, states_allowed_by_the_schema(table));
+    }
+
     /// The quoted words of the `CHECK (state IN (…))` list of `table`.
     fn states_allowed_by_the_schema(table: &str) -> Vec<String> {
         let sql = include_str!("../../sql/0001_initial.sql");
@@ -215,11 +221,7 @@ mod tests {
 
     #[test]
     fn run_states_are_the_schemas() {
-        let have: Vec<String> = RunState::ALL
-            .iter()
-            .map(|s| s.as_str().to_string())
-            .collect();
-        assert_eq!(have, states_allowed_by_the_schema("pgmaint.runs"));
+        assert_the_schemas_states("pgmaint.runs", RunState::ALL.map(RunState::as_str));
         for s in RunState::ALL {
             assert_eq!(RunState::parse(s.as_str()), Some(s));
             assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
@@ -228,11 +230,8 @@ mod tests {
 
     #[test]
     fn text_forms_are_the_schemas_check_list() {
-        let ours: Vec<String> = UploadState::ALL
-            .iter()
-            .map(|s| s.as_str().to_string())
-            .collect();
-        assert_eq!(ours, states_allowed_by_the_schema("pgmaint.upload_tasks"));
+        let ours = UploadState::ALL.map(UploadState::as_str);
+        assert_the_schemas_states("pgmaint.upload_tasks", ours);
     }
 
     #[test]

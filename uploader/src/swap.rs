@@ -46,9 +46,10 @@ use std::time::Instant;
 
 use snapshot_runner::ident::quote_ident;
 use snapshot_runner::results::SwapPlan;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Transaction;
 
-use crate::apply::{check, copy_checked, execute_retrying_locks, Applied, Checked, Ctx};
+use crate::apply::{copy_checked, execute_retrying_locks, Applied, Checked, Ctx};
 use crate::queue::Claimed;
 use crate::target::{check_columns, record_materialization, resolve, superseded, Scope, Target};
 use crate::UploadError;
@@ -153,8 +154,23 @@ async fn drop_old_table(
     Ok(Dropped::Yes)
 }
 
+/// A catalog query about a swap target (`$1`: its oid), one line of text a row.
+struct AboutTarget {
+    /// What it does, for its errors ("`doing` <target>").
+    doing: &'static str,
+    sql: &'static str,
+}
+
+impl AboutTarget {
+    async fn lines(&self, tx: &Transaction<'_>, t: &Target) -> Result<Vec<String>, UploadError> {
+        texts(tx, self.sql, &[&t.oid], t.db_error(self.doing)).await
+    }
+}
+
 /// Everything that would make dropping and renaming the target unsafe or lossy.
-const BLOCKERS: &str = "
+const BLOCKERS: AboutTarget = AboutTarget {
+    doing: "checking what depends on",
+    sql: "
 SELECT format('view %s depends on it', r.ev_class::regclass)
   FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
  WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
@@ -197,19 +213,18 @@ SELECT DISTINCT format('%s depends on its identity sequence %s',
   JOIN pg_class s ON s.oid = i.objid AND s.relkind = 'S'
   JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = s.oid AND d.deptype = 'n'
  WHERE i.classid = 'pg_class'::regclass AND i.refclassid = 'pg_class'::regclass AND i.refobjid = $1
-   AND i.deptype = 'i'";
+   AND i.deptype = 'i'",
+};
 
-async fn blockers(tx: &Transaction<'_>, t: &Target) -> Result<Vec<String>, UploadError> {
-    Ok(tx
-        .query(BLOCKERS, &[&t.oid])
-        .await
-        .map_err(UploadError::db(format!(
-            "checking what depends on {}",
-            t.name
-        )))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+/// The first column, as text, of every row `sql` returns.
+async fn texts(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    error: impl FnOnce(tokio_postgres::Error) -> UploadError,
+) -> Result<Vec<String>, UploadError> {
+    let rows = tx.query(sql, params).await.map_err(error)?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 async fn refuse_if_blocked(
@@ -217,7 +232,7 @@ async fn refuse_if_blocked(
     ctx: &Ctx<'_>,
     t: &Target,
 ) -> Result<(), UploadError> {
-    let why = blockers(tx, t).await?;
+    let why = BLOCKERS.lines(tx, t).await?;
     if why.is_empty() {
         return Ok(());
     }
@@ -236,7 +251,9 @@ async fn refuse_if_blocked(
 /// one line each. Read before the
 /// staging table is built and again under the exclusive lock: any difference means
 /// something was added or altered meanwhile, which the new table would lack.
-const SHAPE: &str = "
+const SHAPE: AboutTarget = AboutTarget {
+    doing: "reading the definition of",
+    sql: "
 SELECT format('rel %s %s %s', relkind, relpersistence, reloptions) FROM pg_class WHERE oid = $1
 UNION ALL
 SELECT format('col %s %I %s notnull=%s identity=%s generated=%s collation=%s storage=%s compression=%s default=%s comment=%s',
@@ -262,20 +279,8 @@ SELECT format('identity sequence of %I: %s start=%s increment=%s min=%s max=%s c
   JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
  WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass AND d.refobjid = $1
    AND d.deptype = 'i'
-ORDER BY 1";
-
-async fn shape(tx: &Transaction<'_>, t: &Target) -> Result<Vec<String>, UploadError> {
-    Ok(tx
-        .query(SHAPE, &[&t.oid])
-        .await
-        .map_err(UploadError::db(format!(
-            "reading the definition of {}",
-            t.name
-        )))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
-}
+ORDER BY 1",
+};
 
 /// Under the exclusive lock: fail this attempt (retried later, against the table as
 /// it now is) if a view, foreign key, trigger, … appeared, or the definition changed,
@@ -286,7 +291,7 @@ async fn recheck_under_lock(
     t: &Target,
     before: &[String],
 ) -> Result<(), UploadError> {
-    let why = blockers(tx, t).await?;
+    let why = BLOCKERS.lines(tx, t).await?;
     if !why.is_empty() {
         return Err(UploadError::Changed(
             format!(
@@ -299,7 +304,7 @@ async fn recheck_under_lock(
             .replace('\n', " "),
         ));
     }
-    let now = shape(tx, t).await?;
+    let now = SHAPE.lines(tx, t).await?;
     if now != before {
         let mut diff: Vec<String> = before
             .iter()
@@ -423,7 +428,7 @@ async fn plan_indexes(
             &[&t.oid],
         )
         .await
-        .map_err(UploadError::db(format!("reading the indexes of {}", t.name)))?;
+        .map_err(t.db_error("reading the indexes of"))?;
     let mut plans = Vec::new();
     for (k, r) in rows.iter().enumerate() {
         let name: String = r.get(0);
@@ -459,14 +464,14 @@ async fn plan_indexes(
     Ok(plans)
 }
 
-/// Apply a swap task: replace `plan.target` by the result file.
+/// Apply a swap task: replace `plan.target` by the result file (`checked`).
 pub(crate) async fn swap(
     tx: &Transaction<'_>,
     ctx: &Ctx<'_>,
+    checked: &Checked,
     plan: &SwapPlan,
 ) -> Result<Applied, UploadError> {
     let task = ctx.task;
-    let checked = check(tx, task, ctx.results_dir).await?;
     let t = resolve(tx, task, plan.target.name().clone()).await?;
     let column_list = check_columns(tx, task, &t, &checked.expected.columns).await?;
     if let Some(note) = superseded(tx, ctx, &t, &checked.snapshot_lsn, Scope::Target, false).await?
@@ -479,10 +484,10 @@ pub(crate) async fn swap(
     let staging_name = format!("pgmaint_swap_{}", task.id);
     let staging = format!("{schema}.{}", quote_ident(&staging_name));
     let target = t.name.quoted();
-    let db = |what: &str| UploadError::db(format!("swap of {}: {what}", t.name));
+    let db = |what: &str| t.swap_error(what);
 
     // What the staging table is built from; checked again under the exclusive lock.
-    let before = shape(tx, &t).await?;
+    let before = SHAPE.lines(tx, &t).await?;
     let indexes = plan_indexes(tx, ctx, &t, &staging).await?;
     // Undone if another run turns out to have materialized a newer snapshot meanwhile.
     tx.batch_execute("SAVEPOINT pgmaint_apply")
@@ -490,7 +495,7 @@ pub(crate) async fn swap(
         .map_err(db("starting the staging savepoint"))?;
 
     // 1. Build the staging table beside the target.
-    let rows = build_staging(tx, task, &t, &staging, &column_list, &checked, &indexes).await?;
+    let rows = build_staging(tx, task, &t, &staging, &column_list, checked, &indexes).await?;
 
     // 2. The short exclusive part. First the target's materializations rows (held to
     // commit: a concurrent apply of the same target decides after this one), then the
@@ -517,9 +522,9 @@ pub(crate) async fn swap(
     recheck_under_lock(tx, ctx, &t, &before).await?;
     // Owner, grants and comment of the old table, as statements for the new one (the
     // server quotes names with %I and texts with %L).
-    let restore: Vec<String> = tx
-        .query(
-            "SELECT stmt FROM (
+    let restore = texts(
+        tx,
+        "SELECT stmt FROM (
              SELECT 1, format('ALTER TABLE %s OWNER TO %I', $2::text, pg_get_userbyid(relowner)) FROM pg_class WHERE oid = $1
              UNION ALL
              SELECT 2, format('REVOKE ALL ON TABLE %s FROM %I', $2::text, pg_get_userbyid(relowner))
@@ -542,29 +547,23 @@ pub(crate) async fn swap(
              SELECT 6, format('ALTER TABLE %s REPLICA IDENTITY %s', $2::text,
                            CASE relreplident WHEN 'f' THEN 'FULL' WHEN 'n' THEN 'NOTHING' END)
                FROM pg_class WHERE oid = $1 AND relreplident IN ('f', 'n')) s(ord, stmt) ORDER BY ord",
-            &[&t.oid, &target],
-        )
-        .await
-        .map_err(db("reading owner, grants and comment"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        &[&t.oid, &target],
+        db("reading owner, grants and comment"),
+    )
+    .await?;
     // Sequences owned by the target's columns (serial) would go with it: hand them over.
-    let sequences: Vec<String> = tx
-        .query(
-            "SELECT format('ALTER SEQUENCE %s OWNED BY %s.%I', d.objid::regclass, $2::text, a.attname)
-               FROM pg_depend d
-               JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-               JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-              WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
-                AND d.refobjid = $1 AND d.deptype = 'a'",
-            &[&t.oid, &staging],
-        )
-        .await
-        .map_err(db("reading owned sequences"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let sequences = texts(
+        tx,
+        "SELECT format('ALTER SEQUENCE %s OWNED BY %s.%I', d.objid::regclass, $2::text, a.attname)
+           FROM pg_depend d
+           JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+           JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+          WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+            AND d.refobjid = $1 AND d.deptype = 'a'",
+        &[&t.oid, &staging],
+        db("reading owned sequences"),
+    )
+    .await?;
     // The old table is renamed away, not dropped: dropping a big table makes COMMIT
     // unlink its files while the lock is still held (about 60 ms for 1M rows). It is
     // dropped right after the commit instead (`drop_old_tables`).
@@ -653,7 +652,7 @@ async fn build_staging(
     indexes: &[IndexPlan],
 ) -> Result<i64, UploadError> {
     let target = t.name.quoted();
-    let db = |what: &str| UploadError::db(format!("swap of {}: {what}", t.name));
+    let db = |what: &str| t.swap_error(what);
     tx.batch_execute(&format!(
         "CREATE {}TABLE {staging} (LIKE {target} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED
              INCLUDING IDENTITY INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING COMMENTS INCLUDING STATISTICS)",
@@ -744,9 +743,6 @@ async fn record_swapped_out(
         &[&t.oid, &t.name.schema, &old_name, &task.id, &task.run_id],
     )
     .await
-    .map_err(UploadError::db(format!(
-        "swap of {}: recording the swapped-out table",
-        t.name
-    )))?;
+    .map_err(t.swap_error("recording the swapped-out table"))?;
     Ok(())
 }

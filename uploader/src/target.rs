@@ -18,6 +18,24 @@ pub(crate) struct Target {
     pub persistence: String,
 }
 
+impl Target {
+    /// For a database error while `doing` something to this target: "`doing` <name>".
+    pub(crate) fn db_error(
+        &self,
+        doing: &str,
+    ) -> impl FnOnce(tokio_postgres::Error) -> UploadError {
+        UploadError::db(format!("{doing} {}", self.name))
+    }
+
+    /// For a database error in `step` of a swap of this target: "swap of <name>: `step`".
+    pub(crate) fn swap_error(
+        &self,
+        step: &str,
+    ) -> impl FnOnce(tokio_postgres::Error) -> UploadError {
+        UploadError::db(format!("swap of {}: {step}", self.name))
+    }
+}
+
 /// Find the target on the primary: an ordinary table, or a clear error naming it.
 pub(crate) async fn resolve(
     tx: &Transaction<'_>,
@@ -69,39 +87,35 @@ pub(crate) async fn check_columns(
             &[&t.oid],
         )
         .await
-        .map_err(UploadError::db(format!(
-            "reading the columns of {}",
-            t.name
-        )))?;
+        .map_err(t.db_error("reading the columns of"))?;
     let have: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let missing: Vec<String> = columns
-        .iter()
-        .filter(|c| !have.iter().any(|(n, _)| n == *c))
-        .map(|c| quote_ident(c))
-        .collect();
-    if !missing.is_empty() {
-        return Err(UploadError::Target(format!(
-            "{} target {}: column(s) {} of the result file do not exist on the primary (upload task {})",
+    // The file's columns `which` picks out (given its `attgenerated`, or `None` if the
+    // target lacks it), quoted: refused, saying they `are`.
+    let refuse = |which: fn(Option<&str>) -> bool, are: &str| {
+        let picked: Vec<String> = columns
+            .iter()
+            .filter(|c| which(have.iter().find(|(n, _)| n == *c).map(|(_, g)| g.as_str())))
+            .map(|c| quote_ident(c))
+            .collect();
+        if picked.is_empty() {
+            return Ok(());
+        }
+        Err(UploadError::Target(format!(
+            "{} target {}: column(s) {} {are} (upload task {})",
             task.kind,
             t.name,
-            missing.join(", "),
+            picked.join(", "),
             task.id
-        )));
-    }
-    let generated: Vec<String> = columns
-        .iter()
-        .filter(|c| have.iter().any(|(n, g)| n == *c && !g.is_empty()))
-        .map(|c| quote_ident(c))
-        .collect();
-    if !generated.is_empty() {
-        return Err(UploadError::Target(format!(
-            "{} target {}: column(s) {} are generated and cannot be loaded (upload task {})",
-            task.kind,
-            t.name,
-            generated.join(", "),
-            task.id
-        )));
-    }
+        )))
+    };
+    refuse(
+        |generated| generated.is_none(),
+        "of the result file do not exist on the primary",
+    )?;
+    refuse(
+        |generated| generated.is_some_and(|g| !g.is_empty()),
+        "are generated and cannot be loaded",
+    )?;
     if columns.is_empty() {
         return Err(rejected(task, "the result file has no columns"));
     }
@@ -231,9 +245,6 @@ pub(crate) async fn record_materialization(
         ],
     )
     .await
-    .map_err(UploadError::db(format!(
-        "recording the materialization of {}",
-        t.name
-    )))?;
+    .map_err(t.db_error("recording the materialization of"))?;
     Ok(())
 }

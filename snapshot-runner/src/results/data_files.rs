@@ -43,13 +43,10 @@ impl<W: Write> Write for HashingWriter<W> {
 /// A CSV data file being written for one task, in the dialect of PostgreSQL's
 /// `COPY … (FORMAT csv)`: every value is quoted (`"` doubled inside), and a NULL is
 /// an empty unquoted field. COPY reads an unquoted empty field as NULL and a quoted
-/// one (`""`) as an empty string, so the two stay distinct.
+/// one (`""`) as an empty string, so the two stay distinct. The bytes go through a
+/// [`RawFile`], which hashes and counts them.
 pub struct CsvFile {
-    path: PathBuf,
-    name: String,
-    columns: Vec<String>,
-    writer: HashingWriter<BufWriter<File>>,
-    rows: u64,
+    file: RawFile,
     /// One record's bytes, reused.
     line: Vec<u8>,
 }
@@ -77,18 +74,9 @@ fn encode_record<'a>(line: &mut Vec<u8>, fields: impl IntoIterator<Item = Option
 impl CsvFile {
     /// Create `dir/name` (it must not exist yet) and write the header row.
     pub fn create(dir: &Path, name: &str, columns: &[&str]) -> Result<Self, ScanError> {
-        let path = dir.join(name);
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(ScanError::io(&path))?;
+        let columns_owned = columns.iter().map(|c| c.to_string()).collect();
         let mut file = CsvFile {
-            path,
-            name: name.to_string(),
-            columns: columns.iter().map(|c| c.to_string()).collect(),
-            writer: HashingWriter::new(BufWriter::with_capacity(1 << 20, file)),
-            rows: 0,
+            file: RawFile::create(dir, name, columns_owned)?,
             line: Vec::with_capacity(256),
         };
         file.put(columns.iter().map(|c| Some(c.as_bytes())))?;
@@ -101,9 +89,7 @@ impl CsvFile {
     ) -> Result<(), ScanError> {
         self.line.clear();
         encode_record(&mut self.line, fields);
-        self.writer
-            .write_all(&self.line)
-            .map_err(ScanError::io(&self.path))
+        self.file.write_all(&self.line)
     }
 
     /// Append one record of values (none of them NULL).
@@ -123,41 +109,24 @@ impl CsvFile {
         I: IntoIterator<Item = Option<&'a [u8]>>,
     {
         self.put(record)?;
-        self.rows += 1;
+        self.file.add_rows(1);
         Ok(())
     }
 
     /// Records written so far (not counting the header).
     pub fn rows(&self) -> u64 {
-        self.rows
+        self.file.rows()
     }
 
     /// Flush, fsync and describe the file for the manifest.
     pub fn finish(self) -> Result<DataFile, ScanError> {
-        let path = self.path.clone();
-        let HashingWriter {
-            inner,
-            hasher,
-            bytes,
-        } = self.writer;
-        let file = inner.into_inner().map_err(|e| ScanError::Io {
-            path: path.clone(),
-            cause: e.into_error(),
-        })?;
-        file.sync_all().map_err(ScanError::io(&path))?;
-        Ok(DataFile {
-            name: self.name,
-            columns: self.columns,
-            rows: self.rows,
-            size: bytes,
-            md5: hex::encode(hasher.finalize()),
-            snapshot_lsn: None,
-        })
+        self.file.finish()
     }
 }
 
 /// A data file whose bytes come ready-made (the output of `COPY … TO STDOUT (FORMAT
-/// csv, HEADER true)`), hashed and counted as they are written, like [`CsvFile`].
+/// csv, HEADER true)`, or [`CsvFile`]'s records), hashed and counted as they are
+/// written.
 pub struct RawFile {
     path: PathBuf,
     name: String,

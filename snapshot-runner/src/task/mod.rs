@@ -41,33 +41,44 @@ struct Kind {
     from_fields: fn(&TaskFields) -> Result<TaskSpec, FieldError>,
 }
 
-const KINDS: &[Kind] = &[
-    Kind {
-        name: "row_checksum",
-        fields: RowChecksumSpec::FIELDS,
-        from_fields: |f| RowChecksumSpec::from_fields(f).map(TaskSpec::RowChecksum),
-    },
-    Kind {
-        name: "file_checksum",
-        fields: FileChecksumSpec::FIELDS,
-        from_fields: |f| FileChecksumSpec::from_fields(f).map(TaskSpec::FileChecksum),
-    },
-    Kind {
-        name: "materialize",
-        fields: MaterializeSpec::FIELDS,
-        from_fields: |f| MaterializeSpec::from_fields(f).map(TaskSpec::Materialize),
-    },
-    Kind {
-        name: "amcheck",
-        fields: AmcheckSpec::FIELDS,
-        from_fields: |f| AmcheckSpec::from_fields(f).map(TaskSpec::Amcheck),
-    },
-    Kind {
-        name: "export",
-        fields: ExportSpec::FIELDS,
-        from_fields: |f| ExportSpec::from_fields(f).map(TaskSpec::Export),
-    },
-];
+/// The kinds of task, each once: its name in config, its [`TaskSpec`] variant and its
+/// spec. Makes [`KINDS`], [`TaskSpec::validate`] and [`TaskSpec::kind`].
+macro_rules! task_kinds {
+    ($($name:literal => $variant:ident($spec:ty)),+ $(,)?) => {
+        const KINDS: &[Kind] = &[$(
+            Kind {
+                name: $name,
+                fields: <$spec>::FIELDS,
+                from_fields: |f| <$spec>::from_fields(f).map(TaskSpec::$variant),
+            },
+        )+];
+
+        impl TaskSpec {
+            /// Check what the kind's scan relies on. [`TaskSpec::from_fields`] already
+            /// did; this is for a spec built by hand.
+            pub fn validate(&self) -> Result<(), FieldError> {
+                match self {
+                    $(TaskSpec::$variant(s) => s.validate(),)+
+                }
+            }
+
+            /// The kind's name as written in config.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(TaskSpec::$variant(_) => $name,)+
+                }
+            }
+        }
+    };
+}
+
+task_kinds! {
+    "row_checksum" => RowChecksum(RowChecksumSpec),
+    "file_checksum" => FileChecksum(FileChecksumSpec),
+    "materialize" => Materialize(MaterializeSpec),
+    "amcheck" => Amcheck(AmcheckSpec),
+    "export" => Export(ExportSpec),
+}
 
 impl TaskSpec {
     /// The spec of a task of kind `kind` from config's fields: the kind must exist and
@@ -92,29 +103,6 @@ impl TaskSpec {
             });
         }
         (known.from_fields)(fields)
-    }
-
-    /// Check what the kind's scan relies on. [`TaskSpec::from_fields`] already did;
-    /// this is for a spec built by hand.
-    pub fn validate(&self) -> Result<(), FieldError> {
-        match self {
-            TaskSpec::RowChecksum(s) => s.validate(),
-            TaskSpec::FileChecksum(s) => s.validate(),
-            TaskSpec::Materialize(s) => s.validate(),
-            TaskSpec::Amcheck(s) => s.validate(),
-            TaskSpec::Export(s) => s.validate(),
-        }
-    }
-
-    /// The kind's name as written in config.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            TaskSpec::RowChecksum(_) => "row_checksum",
-            TaskSpec::FileChecksum(_) => "file_checksum",
-            TaskSpec::Materialize(_) => "materialize",
-            TaskSpec::Amcheck(_) => "amcheck",
-            TaskSpec::Export(_) => "export",
-        }
     }
 
     /// How many sessions the task opens on the replica at most, all at once.
