@@ -352,8 +352,13 @@ async fn failover_with_a_run_paused_on_r1_promotes_r2_and_fences_the_old_primary
         c.replica_port(2)
     );
     let multi_cfg = config_with(&c, "multi.toml", &multi, &[1], &blobs_task(""));
-    let up = c.run(&multi_cfg, &["uploader", "--once"]);
-    assert_eq!(up.code, 0, "{}", up.stderr);
+    // Exit 1: one of the tasks it took failed for good.
+    let up = c.run(&multi_cfg, &["uploader", "--once"]).expect_code(1);
+    assert!(
+        up.stdout.contains("1 task(s) applied") && up.stdout.contains("1 failed"),
+        "{}",
+        up.stdout
+    );
     let states: Vec<(i64, String, Option<String>)> = r2
         .query(
             "SELECT run_id, state, last_error FROM pgmaint.upload_tasks WHERE run_id IN ($1, $2) ORDER BY run_id",
@@ -435,12 +440,14 @@ async fn a_paused_candidate_over_the_backlog_limit_needs_force_and_a_slow_promot
     c.wait_caught_up(2).await;
 
     let r2 = c.replica(2).await;
-    r2.batch_execute(
-        "ALTER SYSTEM SET max_standby_streaming_delay = -1; ALTER SYSTEM SET max_standby_archive_delay = -1;
-         SELECT pg_reload_conf(); SELECT pg_wal_replay_pause();",
-    )
-    .await
-    .unwrap();
+    for sql in [
+        "ALTER SYSTEM SET max_standby_streaming_delay = -1",
+        "ALTER SYSTEM SET max_standby_archive_delay = -1",
+        "SELECT pg_reload_conf()",
+        "SELECT pg_wal_replay_pause()",
+    ] {
+        r2.batch_execute(sql).await.unwrap();
+    }
     wait_paused(&c, 2).await;
     // A standby session holding a lock on t: replaying the ALTER TABLE below waits for it.
     let (holder, conn) = tokio_postgres::connect(&c.replica_dsn(2), tokio_postgres::NoTls)
