@@ -76,17 +76,25 @@ async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(client: &Client, sql
 
 /// Wait until replica `i` has received everything the primary has flushed.
 async fn wait_received(c: &Cluster, i: usize) {
-    let target: String = one(&c.primary().await, "SELECT pg_current_wal_flush_lsn()::text").await;
+    let target: String = one(
+        &c.primary().await,
+        "SELECT pg_current_wal_flush_lsn()::text",
+    )
+    .await;
     let r = c.replica(i).await;
-    wait_for("the replica to receive all WAL", Duration::from_secs(30), || async {
-        r.query_one(
-            "SELECT coalesce(pg_last_wal_receive_lsn() >= $1::text::pg_lsn, false)",
-            &[&target],
-        )
-        .await
-        .unwrap()
-        .get(0)
-    })
+    wait_for(
+        "the replica to receive all WAL",
+        Duration::from_secs(30),
+        || async {
+            r.query_one(
+                "SELECT coalesce(pg_last_wal_receive_lsn() >= $1::text::pg_lsn, false)",
+                &[&target],
+            )
+            .await
+            .unwrap()
+            .get(0)
+        },
+    )
     .await;
 }
 
@@ -119,7 +127,10 @@ async fn tables_checksum(client: &Client) -> String {
 /// `count(*), sum(id)` of `table`: every committed row, compared across servers.
 async fn rows_of(client: &Client, table: &str) -> (i64, i64) {
     let r = client
-        .query_one(&format!("SELECT count(*), coalesce(sum(id), 0)::int8 FROM {table}"), &[])
+        .query_one(
+            &format!("SELECT count(*), coalesce(sum(id), 0)::int8 FROM {table}"),
+            &[],
+        )
         .await
         .unwrap();
     (r.get(0), r.get(1))
@@ -127,7 +138,10 @@ async fn rows_of(client: &Client, table: &str) -> (i64, i64) {
 
 fn json_of(run: &Run) -> serde_json::Value {
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
-        panic!("promote --json: {e}\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr)
+        panic!(
+            "promote --json: {e}\nstdout:\n{}\nstderr:\n{}",
+            run.stdout, run.stderr
+        )
     })
 }
 
@@ -142,7 +156,11 @@ fn follower<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Va
 
 /// The one error line, and only one.
 fn only_error(run: &Run) -> String {
-    let lines: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("pgmaint: error:")).collect();
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("pgmaint: error:"))
+        .collect();
     assert_eq!(lines.len(), 1, "{}", run.stderr);
     lines[0].to_string()
 }
@@ -173,9 +191,15 @@ async fn promote_refuses_a_live_primary_and_bad_input_and_changes_nothing() {
     // The primary is up: exit 1, the evidence named, and at once.
     let run = c.run(&cfg, &["promote", "--json"]).expect_code(1);
     let line = only_error(&run);
-    assert!(line.contains("the primary is up, not promoting (nothing changed)"), "{line}");
     assert!(
-        line.contains(&format!("127.0.0.1:{} accepts connections: a primary on timeline 1", c.primary_port())),
+        line.contains("the primary is up, not promoting (nothing changed)"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "127.0.0.1:{} accepts connections: a primary on timeline 1",
+            c.primary_port()
+        )),
         "{line}"
     );
     assert!(run.stdout.is_empty(), "{}", run.stdout);
@@ -190,28 +214,70 @@ async fn promote_refuses_a_live_primary_and_bad_input_and_changes_nothing() {
     );
     let run = c.run(&blind, &["promote"]).expect_code(1);
     let line = only_error(&run);
-    assert!(line.contains("a replica still hears from a primary"), "{line}");
     assert!(
-        line.contains(&format!("replica r1's WAL receiver is streaming from 127.0.0.1:{}", c.primary_port())),
+        line.contains("a replica still hears from a primary"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "replica r1's WAL receiver is streaming from 127.0.0.1:{}",
+            c.primary_port()
+        )),
         "{line}"
     );
 
     // Bad input: unknown replica and failover_priority = 0 are the operator's (exit 2);
     // a server not in recovery, or unreachable, is a state (exit 1).
     let line = only_error(&c.run(&cfg, &["promote", "--replica", "r9"]).expect_code(2));
-    assert!(line.contains("--replica: no replica named \"r9\""), "{line}");
+    assert!(
+        line.contains("--replica: no replica named \"r9\""),
+        "{line}"
+    );
     let line = only_error(&c.run(&cfg, &["promote", "--replica", "r0"]).expect_code(2));
-    assert!(line.contains("replica r0 has failover_priority = 0"), "{line}");
+    assert!(
+        line.contains("replica r0 has failover_priority = 0"),
+        "{line}"
+    );
     let line = only_error(&c.run(&cfg, &["promote", "--replica", "p"]).expect_code(1));
-    assert!(line.contains("replica p cannot be promoted: it is not in recovery"), "{line}");
-    let line = only_error(&c.run(&cfg, &["promote", "--replica", "gone"]).expect_code(1));
-    assert!(line.contains("replica gone cannot be promoted: it is unreachable"), "{line}");
+    assert!(
+        line.contains("replica p cannot be promoted: it is not in recovery"),
+        "{line}"
+    );
+    let line = only_error(
+        &c.run(&cfg, &["promote", "--replica", "gone"])
+            .expect_code(1),
+    );
+    assert!(
+        line.contains("replica gone cannot be promoted: it is unreachable"),
+        "{line}"
+    );
+
+    // Another promote in progress (it holds the failover lock on a replica).
+    let other = c.replica(1).await;
+    assert!(
+        one::<bool>(
+            &other,
+            "SELECT pg_try_advisory_lock(x'70676d6661696c6f'::int8)"
+        )
+        .await
+    );
+    let line = only_error(&c.run(&cfg, &["promote"]).expect_code(1));
+    assert!(
+        line.contains(
+            "another pgmaint promote is running: it holds the failover lock on replica r1"
+        ),
+        "{line}"
+    );
+    drop(other);
 
     // Nothing changed anywhere.
     assert_eq!(servers_state(&c, 2).await, before);
     let p = c.primary().await;
     assert!(!one::<bool>(&p, "SELECT pg_is_in_recovery()").await);
-    assert_eq!(one::<i64>(&p, "SELECT count(*) FROM pgmaint.promotions").await, 0);
+    assert_eq!(
+        one::<i64>(&p, "SELECT count(*) FROM pgmaint.promotions").await,
+        0
+    );
     assert!(!c.results_dir().join("promotions.json").exists());
 }
 
@@ -239,7 +305,10 @@ async fn failover_with_a_run_paused_on_r1_promotes_r2_and_fences_the_old_primary
     let (_, q2) = run_json(&c, &quick, &["--replica", "r2"]);
     assert_eq!(q1["state"], "succeeded", "{q1:#}");
     assert_eq!(q2["state"], "succeeded", "{q2:#}");
-    let (q1, q2) = (q1["run_id"].as_i64().unwrap(), q2["run_id"].as_i64().unwrap());
+    let (q1, q2) = (
+        q1["run_id"].as_i64().unwrap(),
+        q2["run_id"].as_i64().unwrap(),
+    );
 
     // A slow run paused on r1.
     let slow = slow_blobs_config(&c, "slow.toml", "lease = \"10s\"");
@@ -248,9 +317,11 @@ async fn failover_with_a_run_paused_on_r1_promotes_r2_and_fences_the_old_primary
     let slow_run = last_run_id(&c).await;
 
     // Rows committed on the primary; both replicas received them, r2 replayed them.
-    p.batch_execute("CREATE TABLE t (id bigint PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 5000)")
-        .await
-        .unwrap();
+    p.batch_execute(
+        "CREATE TABLE t (id bigint PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 5000)",
+    )
+    .await
+    .unwrap();
     let committed = rows_of(&p, "t").await;
     c.wait_caught_up(2).await;
     wait_received(&c, 1).await;
@@ -265,9 +336,15 @@ async fn failover_with_a_run_paused_on_r1_promotes_r2_and_fences_the_old_primary
     assert_eq!(report["new_primary"], "r2", "{report:#}");
     assert_eq!(report["timeline"], 2);
     assert_eq!(report["old_timeline"], 1);
-    assert_eq!(report["switch_lsn_source"], "the new timeline's history file");
+    assert_eq!(
+        report["switch_lsn_source"],
+        "the new timeline's history file"
+    );
     assert!(report["system_identifier"].is_string());
-    assert_eq!(report["old_primary"][0], format!("127.0.0.1:{}", c.primary_port()));
+    assert_eq!(
+        report["old_primary"][0],
+        format!("127.0.0.1:{}", c.primary_port())
+    );
     assert_eq!(report["pg_promote_returned"], true);
     assert!(report["seconds"]["down_check"].as_f64().unwrap() >= 2.0);
     let r1 = follower(&report, "r1");
@@ -282,7 +359,10 @@ async fn failover_with_a_run_paused_on_r1_promotes_r2_and_fences_the_old_primary
     assert_eq!(rows_of(&r2, "t").await, committed);
     let promoted: (String, i32, i32) = {
         let row = r2
-            .query_one("SELECT replica, old_timeline, new_timeline FROM pgmaint.promotions", &[])
+            .query_one(
+                "SELECT replica, old_timeline, new_timeline FROM pgmaint.promotions",
+                &[],
+            )
             .await
             .unwrap();
         (row.get(0), row.get(1), row.get(2))
@@ -292,7 +372,12 @@ async fn failover_with_a_run_paused_on_r1_promotes_r2_and_fences_the_old_primary
 
     // The run on r1 ends without uploading, r1 is not left paused.
     let out = child.wait_with_output().unwrap();
-    assert_ne!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let state: String = r2
         .query_one("SELECT state FROM pgmaint.runs WHERE id = $1", &[&slow_run])
         .await
@@ -300,7 +385,10 @@ async fn failover_with_a_run_paused_on_r1_promotes_r2_and_fences_the_old_primary
         .get(0);
     assert_eq!(state, "dropped");
     let uploads: i64 = r2
-        .query_one("SELECT count(*) FROM pgmaint.upload_tasks WHERE run_id = $1", &[&slow_run])
+        .query_one(
+            "SELECT count(*) FROM pgmaint.upload_tasks WHERE run_id = $1",
+            &[&slow_run],
+        )
         .await
         .unwrap()
         .get(0);
@@ -315,14 +403,24 @@ async fn failover_with_a_run_paused_on_r1_promotes_r2_and_fences_the_old_primary
     let rr1 = c.replica(1).await;
     let (status, tli, port): (String, i32, i32) = {
         let row = rr1
-            .query_one("SELECT status, received_tli, sender_port FROM pg_stat_wal_receiver", &[])
+            .query_one(
+                "SELECT status, received_tli, sender_port FROM pg_stat_wal_receiver",
+                &[],
+            )
             .await
             .unwrap();
         (row.get(0), row.get(1), row.get(2))
     };
-    assert_eq!((status.as_str(), tli, port as u16), ("streaming", 2, c.replica_port(2)));
     assert_eq!(
-        one::<i64>(&r2, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'r1' AND active").await,
+        (status.as_str(), tli, port as u16),
+        ("streaming", 2, c.replica_port(2))
+    );
+    assert_eq!(
+        one::<i64>(
+            &r2,
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'r1' AND active"
+        )
+        .await,
         1
     );
 
@@ -338,7 +436,10 @@ async fn failover_with_a_run_paused_on_r1_promotes_r2_and_fences_the_old_primary
     .await
     .unwrap();
     let past: String = r2
-        .query_one("SELECT snapshot_lsn::text FROM pgmaint.runs WHERE id = $1", &[&q2])
+        .query_one(
+            "SELECT snapshot_lsn::text FROM pgmaint.runs WHERE id = $1",
+            &[&q2],
+        )
         .await
         .unwrap()
         .get(0);
@@ -370,13 +471,27 @@ async fn failover_with_a_run_paused_on_r1_promotes_r2_and_fences_the_old_primary
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
     assert_eq!(states.len(), 2, "{states:?}");
-    assert_eq!((states[0].0, states[0].1.as_str()), (q1, "completed"), "{states:?}");
-    assert_eq!((states[1].0, states[1].1.as_str()), (q2, "failed"), "{states:?}");
+    assert_eq!(
+        (states[0].0, states[0].1.as_str()),
+        (q1, "completed"),
+        "{states:?}"
+    );
+    assert_eq!(
+        (states[1].0, states[1].1.as_str()),
+        (q2, "failed"),
+        "{states:?}"
+    );
     let why = states[1].2.as_deref().unwrap();
-    assert!(why.contains("computed from history that no longer exists"), "{why}");
+    assert!(
+        why.contains("computed from history that no longer exists"),
+        "{why}"
+    );
     assert!(why.contains(&format!("lies past {switch}")), "{why}");
     let findings: i64 = r2
-        .query_one("SELECT count(*) FROM pgmaint.integrity_findings WHERE run_id = $1", &[&q1])
+        .query_one(
+            "SELECT count(*) FROM pgmaint.integrity_findings WHERE run_id = $1",
+            &[&q1],
+        )
         .await
         .unwrap()
         .get(0);
@@ -428,7 +543,8 @@ async fn failover_with_a_run_paused_on_r1_promotes_r2_and_fences_the_old_primary
 /// conflict, max_standby_*_delay = -1), so `pg_promote(true, 1)` returns false while
 /// the promotion goes on: pgmaint waits it out without a second promote.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_paused_candidate_over_the_backlog_limit_needs_force_and_a_slow_promotion_is_waited_out() {
+async fn a_paused_candidate_over_the_backlog_limit_needs_force_and_a_slow_promotion_is_waited_out()
+{
     let c = Cluster::up("failover-backlog", 2);
     let init = c.write_config("init.toml", "");
     c.run(&init, &["init"]).expect_code(0);
@@ -517,7 +633,10 @@ async fn a_paused_candidate_over_the_backlog_limit_needs_force_and_a_slow_promot
         }
     };
     assert!(saw_false, "pg_promote never returned false");
-    assert!(one::<bool>(&r2, "SELECT pg_is_in_recovery()").await, "promoted while replay was held back?");
+    assert!(
+        one::<bool>(&r2, "SELECT pg_is_in_recovery()").await,
+        "promoted while replay was held back?"
+    );
     // Let replay go on: the promotion completes.
     holder.batch_execute("COMMIT").await.unwrap();
     drop(holder);
@@ -535,8 +654,16 @@ async fn a_paused_candidate_over_the_backlog_limit_needs_force_and_a_slow_promot
     assert_eq!(report["forced"], true);
     assert_eq!(report["resumed_pause"], true);
     assert_eq!(report["pg_promote_returned"], false);
-    assert_eq!(run.stderr.matches("SELECT pg_promote(true").count(), 1, "{}", run.stderr);
-    assert!(report["warnings"][0].as_str().unwrap().starts_with("--force: replica r2 has "));
+    assert_eq!(
+        run.stderr.matches("SELECT pg_promote(true").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+    assert!(report["warnings"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("--force: replica r2 has "));
     assert_eq!(follower(&report, "r1")["state"], "following", "{report:#}");
     let r2 = c.replica(2).await;
     assert!(!one::<bool>(&r2, "SELECT pg_is_in_recovery()").await);
@@ -559,21 +686,26 @@ async fn a_replica_past_the_switch_point_is_reported_diverged_and_refused_by_run
     seed_blobs(&p, BLOBS, "bigint", "g", 100).await;
     c.wait_caught_up(2).await;
     cluster_sh(&c, &["stop", "r2"]);
-    p.batch_execute("CREATE TABLE t (id bigint PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 5000)")
-        .await
-        .unwrap();
+    p.batch_execute(
+        "CREATE TABLE t (id bigint PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 5000)",
+    )
+    .await
+    .unwrap();
     c.wait_caught_up(1).await;
     drop(p);
     kill_primary(&c);
     c.server("start", "r2");
 
     let cfg = c.write_config("t.toml", &format!("{FAILOVER}follow_timeout = \"5s\"\n"));
-    let run = c.run(&cfg, &["promote", "--replica", "r2", "--json"]).expect_code(0);
+    let run = c
+        .run(&cfg, &["promote", "--replica", "r2", "--json"])
+        .expect_code(0);
     let report = json_of(&run);
     assert_eq!(report["new_primary"], "r2");
     let warning = report["warnings"][0].as_str().unwrap();
     assert!(
-        warning.starts_with("replica r1 received ") && warning.ends_with("more WAL than r2: promoting r2 loses it"),
+        warning.starts_with("replica r1 received ")
+            && warning.ends_with("more WAL than r2: promoting r2 loses it"),
         "{warning}"
     );
     let r1 = follower(&report, "r1");
@@ -581,11 +713,22 @@ async fn a_replica_past_the_switch_point_is_reported_diverged_and_refused_by_run
     let data_dir: String = one(&c.replica(1).await, "SHOW data_directory").await;
     let cmd = r1["pg_rewind"].as_str().unwrap();
     assert!(
-        cmd.starts_with(&format!("pg_rewind --target-pgdata='{data_dir}' --source-server='")),
+        cmd.starts_with(&format!(
+            "pg_rewind --target-pgdata='{data_dir}' --source-server='"
+        )),
         "{cmd}"
     );
-    assert!(cmd.contains(&format!("host=127.0.0.1 port={}'", c.replica_port(2))), "{cmd}");
-    assert!(r1["detail"].as_str().unwrap().contains("past the switch point"), "{r1}");
+    assert!(
+        cmd.contains(&format!("host=127.0.0.1 port={}'", c.replica_port(2))),
+        "{cmd}"
+    );
+    assert!(
+        r1["detail"]
+            .as_str()
+            .unwrap()
+            .contains("past the switch point"),
+        "{r1}"
+    );
     let r2 = c.replica(2).await;
     assert_eq!(
         one::<i64>(&r2, "SELECT count(*) FROM pg_replication_slots").await,
@@ -598,7 +741,9 @@ async fn a_replica_past_the_switch_point_is_reported_diverged_and_refused_by_run
     let run = c.run(&after, &["run", "--replica", "r1"]).expect_code(2);
     let line = only_error(&run);
     assert!(
-        line.contains("replica r1") && line.contains("is on timeline 1 but the primary") && line.contains("timeline 2"),
+        line.contains("replica r1")
+            && line.contains("is on timeline 1 but the primary")
+            && line.contains("timeline 2"),
         "{line}"
     );
     // And it is really stuck: not streaming from r2.

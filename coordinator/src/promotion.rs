@@ -150,8 +150,7 @@ pub struct Seen {
 /// Connect to every replica and read its state (at once, each within 10 s).
 pub async fn probe_replicas(cfg: &Config) -> Vec<Seen> {
     let each = cfg.replicas.iter().map(|r| async move {
-        let state = match connect_within(&r.dsn, "pgmaint-promote", Duration::from_secs(10)).await
-        {
+        let state = match connect_within(&r.dsn, "pgmaint-promote", Duration::from_secs(10)).await {
             Err(e) => Err(e),
             Ok(c) => match probe(&c).await {
                 Ok(p) => Ok((c, p)),
@@ -199,17 +198,16 @@ impl HostSeen {
 pub async fn probe_host(dsn: &Dsn, promotions: &[Promotion], patience: Duration) -> HostSeen {
     let mut config = dsn.config.clone();
     config.application_name("pgmaint-promote");
-    let client = match tokio::time::timeout(
-        patience,
-        snapshot_runner::connection::connect(&config),
-    )
-    .await
+    let client = match tokio::time::timeout(patience, snapshot_runner::connection::connect(&config))
+        .await
     {
         Err(_) => return HostSeen::Down(format!("no answer within {}s", patience.as_secs_f64())),
         // A server that answered with an error message is running.
         Ok(Err(e)) => {
             return match e.as_db_error() {
-                Some(db) => HostSeen::Answers(format!("{} (SQLSTATE {})", db.message(), db.code().code())),
+                Some(db) => {
+                    HostSeen::Answers(format!("{} (SQLSTATE {})", db.message(), db.code().code()))
+                }
                 None => HostSeen::Down(
                     std::error::Error::source(&e)
                         .map(|s| s.to_string())
@@ -331,8 +329,7 @@ pub async fn watch_primary(cfg: &Config, promotions: &[Promotion], window: Durat
 pub fn parse_history(text: &str) -> Option<(i32, String)> {
     text.lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .last()
+        .rfind(|l| !l.is_empty() && !l.starts_with('#'))
         .and_then(|l| {
             let mut fields = l.split_whitespace();
             let parent = fields.next()?.parse().ok()?;
@@ -377,7 +374,11 @@ pub fn human_secs(s: f64) -> String {
     } else if s < 3600.0 {
         format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
     } else {
-        format!("{}h{:02}m", (s / 3600.0) as u64, ((s % 3600.0) / 60.0) as u64)
+        format!(
+            "{}h{:02}m",
+            (s / 3600.0) as u64,
+            ((s % 3600.0) / 60.0) as u64
+        )
     }
 }
 
@@ -441,10 +442,14 @@ pub fn past_switch(position: u64, replayed: u64, switch: u64) -> Option<bool> {
 pub fn without_password(conninfo: &str) -> String {
     match crate::conninfo::parse(conninfo) {
         Ok(pairs) => {
-            let kept: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "password").collect();
+            let kept: Vec<(String, String)> =
+                pairs.into_iter().filter(|(k, _)| k != "password").collect();
             kept.iter()
                 .map(|(k, v)| {
-                    let plain = !v.is_empty() && !v.chars().any(|c| c.is_whitespace() || c == '\'' || c == '\\');
+                    let plain = !v.is_empty()
+                        && !v
+                            .chars()
+                            .any(|c| c.is_whitespace() || c == '\'' || c == '\\');
                     if plain {
                         format!("{k}={v}")
                     } else {
@@ -470,6 +475,18 @@ pub fn pg_rewind_command(data_directory: &str, source_conninfo: &str) -> String 
         shell_quote(data_directory),
         shell_quote(&without_password(source_conninfo))
     )
+}
+
+/// The advisory lock key of `pgmaint promote` ("pgmfailo").
+const FAILOVER_LOCK: i64 = 0x7067_6d66_6169_6c6f;
+
+/// Take the failover lock on this session (held until it closes), if free.
+pub async fn try_failover_lock(client: &Client) -> Result<bool> {
+    Ok(client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&FAILOVER_LOCK])
+        .await
+        .context("taking the failover lock")?
+        .get(0))
 }
 
 /// Resume a standby's replay (promote ends any pause; this makes it explicit).
@@ -624,8 +641,16 @@ mod tests {
             "replica r1's WAL receiver is streaming from 10.0.0.1:5432 (last message 42.0s ago)"
         );
         let e = walreceiver_evidence("r1", &wr("waiting", Some(3.0)), w).unwrap();
-        assert!(e.contains("heard from 10.0.0.1:5432 3.0s ago, within failover.primary_down_after (10s)"), "{e}");
-        assert_eq!(walreceiver_evidence("r1", &wr("waiting", Some(11.0)), w), None);
+        assert!(
+            e.contains(
+                "heard from 10.0.0.1:5432 3.0s ago, within failover.primary_down_after (10s)"
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            walreceiver_evidence("r1", &wr("waiting", Some(11.0)), w),
+            None
+        );
         assert_eq!(walreceiver_evidence("r1", &wr("starting", None), w), None);
     }
 
@@ -635,9 +660,11 @@ mod tests {
             .evidence("h:1")
             .unwrap()
             .starts_with("h:1 accepts connections"));
-        assert!(HostSeen::Answers("the database system is starting up (SQLSTATE 57P03)".into())
-            .evidence("h:1")
-            .is_some());
+        assert!(
+            HostSeen::Answers("the database system is starting up (SQLSTATE 57P03)".into())
+                .evidence("h:1")
+                .is_some()
+        );
         for not in [
             HostSeen::Down("Connection refused".into()),
             HostSeen::Standby,

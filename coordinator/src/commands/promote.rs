@@ -130,12 +130,31 @@ pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -
     // Promotions known here and on the replicas (the table replicates): a former
     // primary that came back is fenced, and not taken for the primary.
     let mut promotions = fence::read_local(&cfg.results_dir).unwrap_or_else(|e| {
-        tracing::warn!("could not read the promotions recorded on this host: {}", e.one_line());
+        tracing::warn!(
+            "could not read the promotions recorded on this host: {}",
+            e.one_line()
+        );
         Vec::new()
     });
+    // One promote at a time: each holds a session-level advisory lock on every replica
+    // it reaches (advisory locks work on a hot standby) until it ends.
+    // Two config entries may reach one server: it is locked once (a server is its
+    // system identifier and postmaster start time).
+    let mut _failover_locks = Vec::new();
+    let mut locked = std::collections::HashSet::new();
     for s in p::probe_replicas(cfg).await {
-        if let Ok((c, _)) = &s.state {
-            promotions.extend(fence::read_on(c).await);
+        if let Ok((c, probe)) = s.state {
+            if !locked.insert((probe.system_identifier, probe.postmaster_start)) {
+                continue;
+            }
+            if !p::try_failover_lock(&c).await? {
+                bail!(
+                    "another pgmaint promote is running: it holds the failover lock on replica {} (nothing changed)",
+                    s.config.name
+                );
+            }
+            promotions.extend(fence::read_on(&c).await);
+            _failover_locks.push(c);
         }
     }
 
@@ -177,7 +196,8 @@ pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -
 
     // 3. The candidate.
     let views: Vec<StandbyView> = seen.iter().map(view).collect();
-    let candidate = choose_candidate(&views, by_hand).map_err(|e| anyhow!("{e} (nothing changed)"))?;
+    let candidate =
+        choose_candidate(&views, by_hand).map_err(|e| anyhow!("{e} (nothing changed)"))?;
     for w in &candidate.warnings {
         tracing::warn!("{w}");
     }
@@ -185,7 +205,10 @@ pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -
     let (mut seen, chosen): (Vec<Seen>, Vec<Seen>) = seen
         .into_iter()
         .partition(|s| s.config.name != candidate.name);
-    let chosen = chosen.into_iter().next().expect("the candidate is a replica");
+    let chosen = chosen
+        .into_iter()
+        .next()
+        .expect("the candidate is a replica");
     let (client, probe) = chosen.state.expect("the candidate is reachable");
     let target = chosen.config;
 
@@ -242,19 +265,31 @@ pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -
     // 7. Record it: from now on the old primary is fenced.
     let id = crate::replica::server_identity(&client)
         .await?
-        .ok_or_else(|| anyhow!("replica {} is still in recovery after its promotion", target.name))?;
-    let (old_timeline, switch_lsn, switch_lsn_source) = match p::read_switch_point(&client, id.timeline).await {
-        Ok((parent, at)) => (parent, at, "the new timeline's history file".to_string()),
-        Err(e) => {
-            let at = lsn_text(probe.position());
-            tracing::warn!("{}; taking the candidate's WAL position {at} as the switch point", e.one_line());
-            (
-                id.timeline - 1,
-                at,
-                format!("the candidate's WAL position (history file unreadable: {})", e.one_line()),
+        .ok_or_else(|| {
+            anyhow!(
+                "replica {} is still in recovery after its promotion",
+                target.name
             )
-        }
-    };
+        })?;
+    let (old_timeline, switch_lsn, switch_lsn_source) =
+        match p::read_switch_point(&client, id.timeline).await {
+            Ok((parent, at)) => (parent, at, "the new timeline's history file".to_string()),
+            Err(e) => {
+                let at = lsn_text(probe.position());
+                tracing::warn!(
+                    "{}; taking the candidate's WAL position {at} as the switch point",
+                    e.one_line()
+                );
+                (
+                    id.timeline - 1,
+                    at,
+                    format!(
+                        "the candidate's WAL position (history file unreadable: {})",
+                        e.one_line()
+                    ),
+                )
+            }
+        };
     let promoted_at = Utc::now();
     let promotion = Promotion {
         replica: target.name.clone(),
@@ -283,7 +318,10 @@ pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -
     let mut dropped = match p::drop_running_runs(&mut client, &reason).await {
         Ok(d) => d,
         Err(e) => {
-            warnings.push(format!("could not drop the runs left running: {}", e.one_line()));
+            warnings.push(format!(
+                "could not drop the runs left running: {}",
+                e.one_line()
+            ));
             Vec::new()
         }
     };
@@ -344,7 +382,9 @@ async fn check_by_hand(r: &ReplicaConfig) -> Result<()> {
     let name = &r.name;
     let client = p::connect_within(&r.dsn, "pgmaint-promote", Duration::from_secs(10))
         .await
-        .map_err(|e| anyhow!("replica {name} cannot be promoted: it is unreachable ({e}) (nothing changed)"))?;
+        .map_err(|e| {
+            anyhow!("replica {name} cannot be promoted: it is unreachable ({e}) (nothing changed)")
+        })?;
     let probe = p::probe(&client).await?;
     if !probe.in_recovery {
         bail!("replica {name} cannot be promoted: it is not in recovery (already a primary?) (nothing changed)");
@@ -357,7 +397,12 @@ async fn check_by_hand(r: &ReplicaConfig) -> Result<()> {
 fn same_system(seen: &[Seen]) -> Result<()> {
     let ids: Vec<(&str, i64)> = seen
         .iter()
-        .filter_map(|s| Some((s.config.name.as_str(), s.state.as_ref().ok()?.1.system_identifier)))
+        .filter_map(|s| {
+            Some((
+                s.config.name.as_str(),
+                s.state.as_ref().ok()?.1.system_identifier,
+            ))
+        })
         .collect();
     if let Some((a, x)) = ids.first() {
         if let Some((b, y)) = ids.iter().find(|(_, y)| y != x) {
@@ -443,7 +488,10 @@ async fn promote(
     let name = &target.name;
     let deadline = Instant::now() + cfg.failover.promote_timeout;
     tracing::info!(replica = %name, "SELECT pg_promote(true, {wait})");
-    let returned = match client.query_one("SELECT pg_promote(true, $1)", &[&wait]).await {
+    let returned = match client
+        .query_one("SELECT pg_promote(true, $1)", &[&wait])
+        .await
+    {
         Ok(row) => Some(row.get::<_, bool>(0)),
         // The server refused (no privilege, no longer in recovery): no promotion asked.
         Err(e) if e.as_db_error().is_some() => {
@@ -502,7 +550,10 @@ async fn resume_dropped(cfg: &Config, run: &DroppedRun, promoted: &str) -> Strin
         return "it never paused its replica".into();
     };
     let Some(r) = cfg.replicas.iter().find(|r| r.name == run.replica) else {
-        return format!("replica {} is not in this config: its pause (if any) was left alone", run.replica);
+        return format!(
+            "replica {} is not in this config: its pause (if any) was left alone",
+            run.replica
+        );
     };
     let attempt = async {
         let mut ctl = ReplicaControl::connect(r).await?;
@@ -511,8 +562,12 @@ async fn resume_dropped(cfg: &Config, run: &DroppedRun, promoted: &str) -> Strin
     match tokio::time::timeout(Duration::from_secs(30), attempt).await {
         Ok(Ok(ResumeOutcome::Resumed)) => "resumed the replay it left paused".into(),
         Ok(Ok(ResumeOutcome::AlreadyRunning)) => "replay was already running".into(),
-        Ok(Ok(ResumeOutcome::LostToRestart)) => "the replica restarted since: its pause was already gone".into(),
-        Ok(Ok(ResumeOutcome::NotOurs)) => "the replica is paused elsewhere, by someone else: left paused".into(),
+        Ok(Ok(ResumeOutcome::LostToRestart)) => {
+            "the replica restarted since: its pause was already gone".into()
+        }
+        Ok(Ok(ResumeOutcome::NotOurs)) => {
+            "the replica is paused elsewhere, by someone else: left paused".into()
+        }
         Ok(Err(e)) => format!("could not resume its pause: {}", e.one_line()),
         Err(_) => "could not resume its pause: no answer within 30s".into(),
     }
@@ -677,10 +732,20 @@ async fn repoint(
     let slot_created = if slot.is_empty() {
         None
     } else {
-        p::ensure_slot(new_primary, &slot).await?.then_some(slot.clone())
+        p::ensure_slot(new_primary, &slot)
+            .await?
+            .then_some(slot.clone())
     };
     p::set_primary_conninfo(client, &conninfo).await?;
-    tracing::info!(replica = name, "re-pointed at {host}:{port}{}", if slot.is_empty() { String::new() } else { format!(" (slot {slot})") });
+    tracing::info!(
+        replica = name,
+        "re-pointed at {host}:{port}{}",
+        if slot.is_empty() {
+            String::new()
+        } else {
+            format!(" (slot {slot})")
+        }
+    );
     if probe.pause_state != PauseState::NotPaused {
         return Ok(Repointed::Settled(
             FollowState::NotFollowing,
@@ -700,7 +765,12 @@ async fn repoint(
 }
 
 /// The detail and pg_rewind command of a diverged replica.
-fn diverged(probe: &Probe, data_directory: Option<&str>, conninfo: &str, switch: u64) -> (String, Option<String>) {
+fn diverged(
+    probe: &Probe,
+    data_directory: Option<&str>,
+    conninfo: &str,
+    switch: u64,
+) -> (String, Option<String>) {
     let rewind = p::pg_rewind_command(data_directory.unwrap_or("<its data directory>"), conninfo);
     (
         format!(
@@ -718,7 +788,13 @@ fn diverged(probe: &Probe, data_directory: Option<&str>, conninfo: &str, switch:
 
 /// A replica that did not stream from the new primary in time: diverged (its WAL
 /// went past the switch point), or not following for a reason pgmaint cannot see.
-async fn timed_out(cfg: &Config, new_primary: &Client, f: Pending, switch: u64, switch_lsn: &str) -> Follower {
+async fn timed_out(
+    cfg: &Config,
+    new_primary: &Client,
+    f: Pending,
+    switch: u64,
+    switch_lsn: &str,
+) -> Follower {
     let probe = p::probe(&f.client).await.ok();
     let past = probe
         .as_ref()
@@ -814,7 +890,10 @@ pub fn render(r: &Report) -> String {
         ));
     }
     if !r.replicas.is_empty() {
-        out.push_str(&format!("{:<12} {:<22} {:<14} DETAIL\n", "REPLICA", "ADDRESS", "STATE"));
+        out.push_str(&format!(
+            "{:<12} {:<22} {:<14} DETAIL\n",
+            "REPLICA", "ADDRESS", "STATE"
+        ));
         for f in &r.replicas {
             out.push_str(&format!(
                 "{:<12} {:<22} {:<14} {}\n",
