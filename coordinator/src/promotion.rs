@@ -38,8 +38,9 @@ use crate::units::human_bytes;
 pub const PROMOTE_WAIT_ENV: &str = "PGMAINT_TEST_PROMOTE_WAIT";
 
 /// The replay rate assumed for a paused candidate's backlog estimate, in bytes per
-/// second. Measured by `scripts/bench/failover.sh` on a 2-vCPU test machine (PG 15,
-/// pgbench-like WAL): see README, "Failover".
+/// second. `scripts/bench/failover.sh` measured 170–700 MB/s replaying 1 GB of insert
+/// WAL on a shared 2-vCPU test machine (PG 15, fsync off); 100 MB/s errs on the slow
+/// side, for slower disks and heavier WAL (see README, "Benchmarks").
 pub const ASSUMED_REPLAY_RATE: f64 = 100.0 * 1024.0 * 1024.0;
 
 /// A server's WAL receiver (`pg_stat_wal_receiver`), if one runs.
