@@ -125,6 +125,42 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Failover: promote a replica when the primary is down.
+    ///
+    /// Changes nothing until every check passed: the primary must be down (no server of
+    /// primary.dsn accepts a connection, or answers at all, for failover.primary_down_after,
+    /// and no replica's WAL receiver hears from one within it; --force never overrides
+    /// this); the candidate is the replica that received the most WAL (ties: unpaused,
+    /// then failover_priority, then name; never failover_priority = 0), or --replica; a
+    /// candidate with more unreplayed WAL than failover.max_replay_backlog is refused
+    /// unless --force.
+    ///
+    /// Then: replay resumed if paused; pg_promote(true, N) sent once (false means "not
+    /// yet": pg_is_in_recovery() is polled until failover.promote_timeout); the promotion
+    /// recorded on the new primary and in results.dir/promotions.json (the old primary is
+    /// fenced from then on); runs left running dropped (never uploaded) and the pauses they
+    /// own resumed; every other replica re-pointed at the new primary (ALTER SYSTEM SET
+    /// primary_conninfo, its slot created there, reload) and reported following, diverged
+    /// (with the pg_rewind command), unreachable or not following.
+    ///
+    /// Exit code 0 when promoted and recorded (each other replica's state is in the
+    /// report); 1 when refused or failed (the primary is up, no candidate, a --replica that
+    /// is unreachable or not in recovery, the backlog gate, a promotion not finished within
+    /// promote_timeout); 2 for bad usage or config (an unknown --replica, one with
+    /// failover_priority = 0, replicas of different clusters, a role that may not promote).
+    Promote {
+        /// Promote this replica (by name) instead of the best candidate; warns if another
+        /// replica received more WAL (lost with this choice).
+        #[arg(long)]
+        replica: Option<String>,
+        /// Promote even if the candidate's unreplayed WAL is over failover.max_replay_backlog
+        /// (it accepts no write until replayed). Never overrides the primary down check.
+        #[arg(long)]
+        force: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Resume a replica left paused by a dead run (expired lease); mark the run DROPPED.
     Recover {
         /// Only this replica; default: every replica in config.

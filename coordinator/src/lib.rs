@@ -22,6 +22,7 @@ pub mod fence;
 pub mod lease;
 pub mod pool;
 pub mod primary;
+pub mod promotion;
 pub mod replica;
 pub mod schema;
 pub mod signals;

@@ -48,6 +48,15 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let mut cfg = load_config(&cli.global)?;
+    // The primary is down when promote runs: it must not look for one.
+    if let Command::Promote {
+        replica,
+        force,
+        json,
+    } = &cli.command
+    {
+        return commands::promote::run(&cfg, replica.as_deref(), *force, *json).await;
+    }
     let listed = cfg.primary.clone();
     // The primary among the servers primary.dsn lists (a former primary never); every
     // later connection of the command goes to that one server.
@@ -76,5 +85,6 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Tasks { command } => commands::tasks::run(&cfg, command).await,
         Command::Status { json } => commands::status::run(&cfg, &listed, json).await,
         Command::Recover { replica } => commands::recover::run(&cfg, replica.as_deref()).await,
+        Command::Promote { .. } => unreachable!("dispatched before the primary is resolved"),
     }
 }

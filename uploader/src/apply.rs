@@ -205,6 +205,9 @@ pub(crate) async fn check(
             format!("its run is {state}, not a valid completed run"),
         ));
     }
+    if let Some(why) = past_a_switch_point(tx, task).await? {
+        return Err(rejected(task, why));
+    }
     let manifest_path = inside(task, results_dir, &task.manifest, "manifest")?;
     let data_path = inside(task, results_dir, &task.file, "data file")?;
     let manifest = ResultManifest::read(&manifest_path)
@@ -268,6 +271,41 @@ pub(crate) async fn check(
         recorded,
         snapshot_lsn: manifest.snapshot.lsn,
     })
+}
+
+/// Why the task's run was computed from history that no longer exists, if it was: its
+/// snapshot lies past the switch point of a promotion away from the run's timeline
+/// (`pgmaint promote` records each one in `pgmaint.promotions` on the new primary).
+/// WAL past that point on the old timeline is not part of the new primary's history.
+async fn past_a_switch_point(
+    tx: &Transaction<'_>,
+    task: &Claimed,
+) -> Result<Option<String>, UploadError> {
+    let row = tx
+        .query_opt(
+            "SELECT r.snapshot_lsn::text, r.timeline, p.replica, p.old_timeline, p.new_timeline,
+                    p.switch_lsn::text, p.promoted_at::text
+               FROM pgmaint.runs r
+               JOIN pgmaint.promotions p
+                 ON p.system_identifier = r.system_identifier
+                AND p.old_timeline >= r.timeline
+                AND p.switch_lsn < r.snapshot_lsn
+              WHERE r.id = $1
+              ORDER BY p.switch_lsn
+              LIMIT 1",
+            &[&task.run_id],
+        )
+        .await
+        .map_err(UploadError::db("reading the promotions"))?;
+    Ok(row.map(|r| {
+        let (lsn, tli): (String, i32) = (r.get(0), r.get(1));
+        let (replica, old, new): (String, i32, i32) = (r.get(2), r.get(3), r.get(4));
+        let (switch, at): (String, String) = (r.get(5), r.get(6));
+        format!(
+            "computed from history that no longer exists (its snapshot LSN {lsn} on timeline {tli} lies past \
+             {switch}, where timeline {new} branched off timeline {old} when replica {replica} was promoted at {at})"
+        )
+    }))
 }
 
 /// Stream `path` into an open `COPY … FROM STDIN`, hashing as it goes, and fail before

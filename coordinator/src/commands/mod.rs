@@ -4,6 +4,7 @@
 
 pub mod dump;
 pub mod init;
+pub mod promote;
 pub mod recover;
 pub mod run;
 pub mod status;
