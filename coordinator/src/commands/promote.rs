@@ -115,7 +115,6 @@ pub struct Report {
 /// `pgmaint promote [--replica NAME] [--force] [--json]`.
 pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -> Result<ExitCode> {
     let started = Instant::now();
-    let window = cfg.failover.primary_down_after;
 
     // 1. The operator's choice, before anything is waited for.
     if let Some(name) = by_hand {
@@ -127,71 +126,12 @@ pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -
         }
         check_by_hand(r).await?;
     }
-    // Promotions known here and on the replicas (the table replicates): a former
-    // primary that came back is fenced, and not taken for the primary.
-    let mut promotions = fence::read_local(&cfg.results_dir).unwrap_or_else(|e| {
-        tracing::warn!(
-            "could not read the promotions recorded on this host: {}",
-            e.one_line()
-        );
-        Vec::new()
-    });
-    // One promote at a time: each holds a session-level advisory lock on every replica
-    // it reaches (advisory locks work on a hot standby) until it ends.
-    // Two config entries may reach one server: it is locked once (a server is its
-    // system identifier and postmaster start time).
-    let mut _failover_locks = Vec::new();
-    let mut locked = std::collections::HashSet::new();
-    for s in p::probe_replicas(cfg).await {
-        if let Ok((c, probe)) = s.state {
-            if !locked.insert((probe.system_identifier, probe.postmaster_start)) {
-                continue;
-            }
-            if !p::try_failover_lock(&c).await? {
-                bail!(
-                    "another pgmaint promote is running: it holds the failover lock on replica {} (nothing changed)",
-                    s.config.name
-                );
-            }
-            promotions.extend(fence::read_on(&c).await);
-            _failover_locks.push(c);
-        }
-    }
+    // Promotions known here and on the replicas, and the failover locks.
+    let (promotions, _failover_locks) = lock_replicas(cfg).await?;
 
     // 2. The primary must be down.
-    tracing::info!(
-        "checking that the primary is down: every server of {} must refuse connections for {}s",
-        cfg.primary.field,
-        window.as_secs_f64()
-    );
-    let down = p::watch_primary(cfg, &promotions, window).await;
-    if !down.evidence.is_empty() {
-        bail!(
-            "the primary is up, not promoting (nothing changed): {}",
-            down.evidence.join("; ")
-        );
-    }
-    let seen = p::probe_replicas(cfg).await;
-    let heard: Vec<String> = seen
-        .iter()
-        .filter_map(|s| {
-            let (_, probe) = s.state.as_ref().ok()?;
-            p::walreceiver_evidence(&s.config.name, probe.walreceiver.as_ref()?, window)
-        })
-        .collect();
-    if !heard.is_empty() {
-        bail!(
-            "a replica still hears from a primary, not promoting (nothing changed): {}",
-            heard.join("; ")
-        );
-    }
+    let (down, seen) = primary_is_down(cfg, &promotions).await?;
     let down_check = started.elapsed();
-    tracing::info!(
-        down = %down.down.join(", "),
-        "the primary is down: no server of {} accepted a connection for {:.1}s, and no replica hears from one",
-        cfg.primary.field,
-        down_check.as_secs_f64()
-    );
     same_system(&seen)?;
 
     // 3. The candidate.
@@ -220,32 +160,8 @@ pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -
 
     // 5. The backlog gate.
     let backlog = probe.backlog();
-    if backlog > cfg.failover.max_replay_backlog {
-        let (rate, measured) = match probe.pause_state {
-            PauseState::NotPaused => match p::measure_replay_rate(&client).await {
-                Some(r) => (r, true),
-                None => (p::ASSUMED_REPLAY_RATE, false),
-            },
-            _ => (p::ASSUMED_REPLAY_RATE, false),
-        };
-        let what = format!(
-            "replica {} has {} of WAL received but not replayed ({}), over failover.max_replay_backlog ({}): {}, \
-             and it accepts no write until then",
-            target.name,
-            human_bytes(backlog),
-            if probe.pause_state == PauseState::NotPaused {
-                "replaying"
-            } else {
-                "replay paused"
-            },
-            human_bytes(cfg.failover.max_replay_backlog),
-            p::replay_estimate(backlog, rate, measured)
-        );
-        if !force {
-            bail!("{what}; promote it anyway with --force, or choose another replica with --replica (nothing changed)");
-        }
-        tracing::warn!("--force: {what}");
-        warnings.push(format!("--force: {what}"));
+    if let Some(w) = backlog_gate(cfg, &client, &probe, &target.name, force).await? {
+        warnings.push(w);
     }
 
     // 6. Resume, promote once, wait.
@@ -263,87 +179,43 @@ pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -
     tracing::info!(replica = %target.name, secs = promotion_took.as_secs_f64(), "promoted");
 
     // 7. Record it: from now on the old primary is fenced.
-    let id = crate::replica::server_identity(&client)
-        .await?
-        .ok_or_else(|| {
-            anyhow!(
-                "replica {} is still in recovery after its promotion",
-                target.name
-            )
-        })?;
-    let (old_timeline, switch_lsn, switch_lsn_source) =
-        match p::read_switch_point(&client, id.timeline).await {
-            Ok((parent, at)) => (parent, at, "the new timeline's history file".to_string()),
-            Err(e) => {
-                let at = lsn_text(probe.position());
-                tracing::warn!(
-                    "{}; taking the candidate's WAL position {at} as the switch point",
-                    e.one_line()
-                );
-                (
-                    id.timeline - 1,
-                    at,
-                    format!(
-                        "the candidate's WAL position (history file unreadable: {})",
-                        e.one_line()
-                    ),
-                )
-            }
-        };
-    let promoted_at = Utc::now();
-    let promotion = Promotion {
-        replica: target.name.clone(),
-        system_identifier: id.system_identifier,
-        old_timeline,
-        new_timeline: id.timeline,
-        switch_lsn: switch_lsn.clone(),
-        old_primary: (!down.down.is_empty()).then(|| down.down.join(",")),
-        forced: force && backlog > cfg.failover.max_replay_backlog,
-        promoted_at,
-    };
-    let mut record_errors = Vec::new();
-    if let Err(e) = fence::record_on(&client, &promotion).await {
-        record_errors.push(format!("on the new primary: {}", e.one_line()));
-    }
-    if let Err(e) = fence::record_local(&cfg.results_dir, &promotion) {
-        record_errors.push(format!("in results.dir: {}", e.one_line()));
-    }
+    let recorded = record(
+        cfg,
+        &client,
+        &target.name,
+        &probe,
+        &down.down,
+        force && backlog > cfg.failover.max_replay_backlog,
+    )
+    .await?;
+    let (id, promotion) = (recorded.id, &recorded.promotion);
 
     // 8. Runs left running: dropped, their pauses resumed.
     let mut client = client;
-    let reason = format!(
-        "replica {} was promoted (timeline {}): the run's results are never uploaded",
-        target.name, id.timeline
-    );
-    let mut dropped = match p::drop_running_runs(&mut client, &reason).await {
-        Ok(d) => d,
-        Err(e) => {
-            warnings.push(format!(
-                "could not drop the runs left running: {}",
-                e.one_line()
-            ));
-            Vec::new()
-        }
-    };
-    for run in &mut dropped {
-        tracing::warn!(run_id = run.run_id, replica = %run.replica, "dropped: {reason}");
-        run.pause_outcome = Some(resume_dropped(cfg, run, &target.name).await);
-    }
+    let dropped = drop_runs(cfg, &mut client, &target.name, id.timeline, &mut warnings).await;
 
     // 9. The other replicas follow the new primary.
     let followers_started = Instant::now();
     seen.sort_by(|a, b| a.config.name.cmp(&b.config.name));
-    let replicas = follow(cfg, &client, &target, seen, id.timeline, &switch_lsn).await;
+    let replicas = follow(
+        cfg,
+        &client,
+        &target,
+        seen,
+        id.timeline,
+        &promotion.switch_lsn,
+    )
+    .await;
     let followers_took = followers_started.elapsed();
 
     let report = Report {
         new_primary: target.name.clone(),
         address: crate::primary::address(&target.dsn),
         system_identifier: id.system_identifier.to_string(),
-        old_timeline,
+        old_timeline: promotion.old_timeline,
         timeline: id.timeline,
-        switch_lsn,
-        switch_lsn_source,
+        switch_lsn: promotion.switch_lsn.clone(),
+        switch_lsn_source: recorded.switch_lsn_source.clone(),
         old_primary: down.down.clone(),
         forced: promotion.forced,
         backlog_bytes: backlog,
@@ -354,8 +226,8 @@ pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -
         notes: down.notes.clone(),
         dropped_runs: dropped,
         replicas,
-        promoted_at,
-        record_errors,
+        promoted_at: promotion.promoted_at,
+        record_errors: recorded.errors.clone(),
         seconds: Timings {
             down_check: down_check.as_secs_f64(),
             promotion: promotion_took.as_secs_f64(),
@@ -374,6 +246,216 @@ pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Promotions known here and on the replicas (the table replicates), so that a former
+/// primary that came back is fenced and not taken for the primary; and the failover
+/// locks. One promote at a time: each holds a session-level advisory lock on every
+/// replica it reaches (advisory locks work on a hot standby) until it ends. Two config
+/// entries may reach one server: it is locked once (a server is its system identifier
+/// and postmaster start time).
+async fn lock_replicas(cfg: &Config) -> Result<(Vec<Promotion>, Vec<Client>)> {
+    let mut promotions = fence::read_local(&cfg.results_dir).unwrap_or_else(|e| {
+        tracing::warn!(
+            "could not read the promotions recorded on this host: {}",
+            e.one_line()
+        );
+        Vec::new()
+    });
+    let mut failover_locks = Vec::new();
+    let mut locked = std::collections::HashSet::new();
+    for s in p::probe_replicas(cfg).await {
+        if let Ok((c, probe)) = s.state {
+            if !locked.insert((probe.system_identifier, probe.postmaster_start)) {
+                continue;
+            }
+            if !p::try_failover_lock(&c).await? {
+                bail!(
+                    "another pgmaint promote is running: it holds the failover lock on replica {} (nothing changed)",
+                    s.config.name
+                );
+            }
+            promotions.extend(fence::read_on(&c).await);
+            failover_locks.push(c);
+        }
+    }
+    Ok((promotions, failover_locks))
+}
+
+/// Step 2: the evidence that the primary is down, and every replica as seen then.
+async fn primary_is_down(
+    cfg: &Config,
+    promotions: &[Promotion],
+) -> Result<(p::DownCheck, Vec<Seen>)> {
+    let window = cfg.failover.primary_down_after;
+    let started = Instant::now();
+    tracing::info!(
+        "checking that the primary is down: every server of {} must refuse connections for {}s",
+        cfg.primary.field,
+        window.as_secs_f64()
+    );
+    let down = p::watch_primary(cfg, promotions, window).await;
+    if !down.evidence.is_empty() {
+        bail!(
+            "the primary is up, not promoting (nothing changed): {}",
+            down.evidence.join("; ")
+        );
+    }
+    let seen = p::probe_replicas(cfg).await;
+    let heard: Vec<String> = seen
+        .iter()
+        .filter_map(|s| {
+            let (_, probe) = s.state.as_ref().ok()?;
+            p::walreceiver_evidence(&s.config.name, probe.walreceiver.as_ref()?, window)
+        })
+        .collect();
+    if !heard.is_empty() {
+        bail!(
+            "a replica still hears from a primary, not promoting (nothing changed): {}",
+            heard.join("; ")
+        );
+    }
+    tracing::info!(
+        down = %down.down.join(", "),
+        "the primary is down: no server of {} accepted a connection for {:.1}s, and no replica hears from one",
+        cfg.primary.field,
+        started.elapsed().as_secs_f64()
+    );
+    Ok((down, seen))
+}
+
+/// Step 5: a candidate with more unreplayed WAL than `failover.max_replay_backlog` is
+/// refused, unless `force`: then the warning to report.
+async fn backlog_gate(
+    cfg: &Config,
+    client: &Client,
+    probe: &Probe,
+    name: &str,
+    force: bool,
+) -> Result<Option<String>> {
+    let backlog = probe.backlog();
+    if backlog <= cfg.failover.max_replay_backlog {
+        return Ok(None);
+    }
+    let (rate, measured) = match probe.pause_state {
+        PauseState::NotPaused => match p::measure_replay_rate(client).await {
+            Some(r) => (r, true),
+            None => (p::ASSUMED_REPLAY_RATE, false),
+        },
+        _ => (p::ASSUMED_REPLAY_RATE, false),
+    };
+    let what = format!(
+        "replica {name} has {} of WAL received but not replayed ({}), over failover.max_replay_backlog ({}): {}, \
+         and it accepts no write until then",
+        human_bytes(backlog),
+        if probe.pause_state == PauseState::NotPaused {
+            "replaying"
+        } else {
+            "replay paused"
+        },
+        human_bytes(cfg.failover.max_replay_backlog),
+        p::replay_estimate(backlog, rate, measured)
+    );
+    if !force {
+        bail!("{what}; promote it anyway with --force, or choose another replica with --replica (nothing changed)");
+    }
+    tracing::warn!("--force: {what}");
+    Ok(Some(format!("--force: {what}")))
+}
+
+/// What step 7 recorded.
+struct Recorded {
+    id: crate::replica::ServerIdentity,
+    promotion: Promotion,
+    switch_lsn_source: String,
+    /// Where recording failed.
+    errors: Vec<String>,
+}
+
+/// Step 7: the promotion recorded on the new primary and on this host; from then on
+/// the old primary is fenced.
+async fn record(
+    cfg: &Config,
+    client: &Client,
+    name: &str,
+    probe: &Probe,
+    old_primary: &[String],
+    forced: bool,
+) -> Result<Recorded> {
+    let id = crate::replica::server_identity(client)
+        .await?
+        .ok_or_else(|| anyhow!("replica {name} is still in recovery after its promotion"))?;
+    let (old_timeline, switch_lsn, switch_lsn_source) =
+        match p::read_switch_point(client, id.timeline).await {
+            Ok((parent, at)) => (parent, at, "the new timeline's history file".to_string()),
+            Err(e) => {
+                let at = lsn_text(probe.position());
+                tracing::warn!(
+                    "{}; taking the candidate's WAL position {at} as the switch point",
+                    e.one_line()
+                );
+                (
+                    id.timeline - 1,
+                    at,
+                    format!(
+                        "the candidate's WAL position (history file unreadable: {})",
+                        e.one_line()
+                    ),
+                )
+            }
+        };
+    let promotion = Promotion {
+        replica: name.to_string(),
+        system_identifier: id.system_identifier,
+        old_timeline,
+        new_timeline: id.timeline,
+        switch_lsn,
+        old_primary: (!old_primary.is_empty()).then(|| old_primary.join(",")),
+        forced,
+        promoted_at: Utc::now(),
+    };
+    let mut errors = Vec::new();
+    if let Err(e) = fence::record_on(client, &promotion).await {
+        errors.push(format!("on the new primary: {}", e.one_line()));
+    }
+    if let Err(e) = fence::record_local(&cfg.results_dir, &promotion) {
+        errors.push(format!("in results.dir: {}", e.one_line()));
+    }
+    Ok(Recorded {
+        id,
+        promotion,
+        switch_lsn_source,
+        errors,
+    })
+}
+
+/// Step 8: runs left running are dropped (their results are never uploaded), their
+/// leases released, and the pauses they own on other replicas resumed.
+async fn drop_runs(
+    cfg: &Config,
+    client: &mut Client,
+    promoted: &str,
+    timeline: i32,
+    warnings: &mut Vec<String>,
+) -> Vec<DroppedRun> {
+    let reason = format!(
+        "replica {promoted} was promoted (timeline {timeline}): the run's results are never uploaded"
+    );
+    let mut dropped = match p::drop_running_runs(client, &reason).await {
+        Ok(d) => d,
+        Err(e) => {
+            warnings.push(format!(
+                "could not drop the runs left running: {}",
+                e.one_line()
+            ));
+            Vec::new()
+        }
+    };
+    for run in &mut dropped {
+        tracing::warn!(run_id = run.run_id, replica = %run.replica, "dropped: {reason}");
+        run.pause_outcome = Some(resume_dropped(cfg, run, promoted).await);
+    }
+    dropped
 }
 
 /// A replica chosen by hand must be reachable and in recovery: said at once, not after
