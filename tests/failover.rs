@@ -754,3 +754,54 @@ async fn a_replica_past_the_switch_point_is_reported_diverged_and_refused_by_run
     .await;
     assert_ne!(status.as_deref(), Some("streaming"));
 }
+
+/// Review finding: a replica already promoted outside pgmaint (by hand, another tool,
+/// a promote that timed out) was not counted as a primary, and `pgmaint promote`
+/// promoted a second one on the same timeline: two writers no fence could tell apart.
+/// Now promote refuses and changes nothing; and a `primary.dsn` that lists both
+/// writers gets neither chosen.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_promoted_outside_pgmaint_stops_a_second_promotion() {
+    let c = Cluster::up("failover-outside", 2);
+    let init = c.write_config("init.toml", "");
+    c.run(&init, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+    c.wait_caught_up(2).await;
+    kill_primary(&c);
+    // r2 promoted by hand: no pgmaint record of it.
+    c.replica(2)
+        .await
+        .execute("SELECT pg_promote(true, 60)", &[])
+        .await
+        .unwrap();
+    let cfg = c.write_config("t.toml", FAILOVER);
+    let run = c.run(&cfg, &["promote"]).expect_code(1);
+    let line = only_error(&run);
+    assert!(
+        line.contains("replica r2 is already a primary") && line.contains("nothing changed"),
+        "{line}"
+    );
+    let in_recovery: bool = one(&c.replica(1).await, "SELECT pg_is_in_recovery()").await;
+    assert!(in_recovery, "r1 was promoted beside r2");
+
+    // Both writers listed: pgmaint chooses neither.
+    c.replica(1)
+        .await
+        .execute("SELECT pg_promote(true, 60)", &[])
+        .await
+        .unwrap();
+    let both = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname=app",
+        c.replica_port(1),
+        c.replica_port(2)
+    );
+    let split = config_with(&c, "split.toml", &both, &[1], "");
+    let run = c.run(&split, &["tasks", "list"]).expect_code(2);
+    assert!(
+        run.error_line()
+            .unwrap()
+            .contains("more than one server takes writes"),
+        "{}",
+        run.stderr
+    );
+}

@@ -113,3 +113,37 @@ async fn the_pool_never_pauses_every_failover_candidate() {
         bad.stderr
     );
 }
+
+/// Review finding: limits.keep_unpaused held only for the pool's own choice. With r2
+/// paused by someone else, `pgmaint run --replica r1` paused r1 too: no failover
+/// candidate left unpaused. It is refused now, whoever chose the replica.
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_unpaused_holds_for_a_replica_chosen_by_hand() {
+    let c = Cluster::up("pool-by-hand", 2);
+    seed_blobs(&c.primary().await, BLOBS, "bigint", "g", 1_000).await;
+    let cfg = c.write_config("t.toml", &blobs_task(""));
+    c.run(&cfg, &["init"]).expect_code(0);
+    c.wait_caught_up(1).await;
+    c.wait_caught_up(2).await;
+    c.replica(2)
+        .await
+        .execute("SELECT pg_wal_replay_pause()", &[])
+        .await
+        .unwrap();
+    wait_paused(&c, 2).await;
+    let run = c.run(&cfg, &["run", "--replica", "r1"]).expect_code(1);
+    let line = run.error_line().unwrap();
+    assert!(
+        line.contains("pausing it would leave 0 other failover candidate(s) ready")
+            && line.contains("r2: paused"),
+        "{line}"
+    );
+    assert_eq!(c.pause_state(1).await, "not paused");
+    // With r2 resumed, r1 may go.
+    c.replica(2)
+        .await
+        .execute("SELECT pg_wal_replay_resume()", &[])
+        .await
+        .unwrap();
+    c.run(&cfg, &["run", "--replica", "r1"]).expect_code(0);
+}

@@ -322,6 +322,9 @@ impl<'a> Cycle<'a> {
         lease::recover_expired(&mut primary, replica_cfg, &cfg.results_dir).await?;
         // Before anything is recorded: results of another cluster must never reach this one.
         replica.check_belongs_to(&primary, &cfg.primary).await?;
+        // Never the pause that leaves too few failover candidates ready, whoever chose
+        // the replica (the pool, --replica, a pinned task).
+        crate::pool::check_keep_unpaused(cfg, &primary, replica_cfg).await?;
         let lease = PauseLease::acquire(
             &mut primary,
             &replica_cfg.name,

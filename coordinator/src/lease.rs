@@ -39,7 +39,7 @@ impl PoolGuard {
         let held: Vec<String> = tx
             .query(
                 "SELECT replica || ' (run ' || run_id || ')' FROM pgmaint.replica_leases
-                  WHERE replica = ANY($1) AND replica <> $2 AND expires_at > now() ORDER BY replica",
+                  WHERE replica = ANY($1) AND replica <> $2 ORDER BY replica",
                 &[&self.candidates, &replica],
             )
             .await

@@ -80,7 +80,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => commands::dump::run(&cfg, out, jobs, pg_dump, replica.as_deref(), json).await,
         Command::Uploader { once, slots } => {
             commands::recover::recover_in_passing(&cfg).await;
-            commands::uploader::run(&cfg, once, slots).await
+            commands::uploader::run(&cfg, &listed, once, slots).await
         }
         Command::Tasks { command } => commands::tasks::run(&cfg, command).await,
         Command::Status { json } => commands::status::run(&cfg, &listed, json).await,

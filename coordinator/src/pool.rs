@@ -165,7 +165,8 @@ pub async fn look(
     for r in among {
         let leased_by: Option<i64> = primary
             .query_opt(
-                "SELECT run_id FROM pgmaint.replica_leases WHERE replica = $1 AND expires_at > now()",
+                // An expired lease may still hold a pause, until a command recovers it.
+                "SELECT run_id FROM pgmaint.replica_leases WHERE replica = $1",
                 &[&r.name],
             )
             .await?
@@ -200,6 +201,55 @@ pub async fn look(
         views.push(view);
     }
     Ok(views)
+}
+
+/// `limits.keep_unpaused` for a replica chosen by hand (`--replica`, a pinned task) or
+/// by the pool: pausing `replica`, a failover candidate, must leave at least `keep`
+/// other candidates reachable, of this primary, in recovery, unpaused and unleased, as
+/// a live look shows them now.
+pub async fn check_keep_unpaused(
+    cfg: &Config,
+    primary: &tokio_postgres::Client,
+    replica: &ReplicaConfig,
+) -> anyhow::Result<()> {
+    let keep = cfg.keep_unpaused();
+    if keep == 0 || replica.failover_priority == 0 {
+        return Ok(());
+    }
+    let others: Vec<&ReplicaConfig> = cfg
+        .replicas
+        .iter()
+        .filter(|r| r.name != replica.name && r.failover_priority > 0)
+        .collect();
+    let views = look(cfg, primary, &others).await?;
+    let (ready, not): (Vec<&ReplicaView>, Vec<&ReplicaView>) = views.iter().partition(|v| {
+        v.unusable.is_none() && v.in_recovery && v.unpaused && v.leased_by.is_none()
+    });
+    if ready.len() >= keep {
+        return Ok(());
+    }
+    let why: Vec<String> = not
+        .iter()
+        .map(|v| {
+            let reason = if let Some(u) = &v.unusable {
+                u.clone()
+            } else if let Some(run) = v.leased_by {
+                format!("in use by run {run}")
+            } else if !v.in_recovery {
+                "not in recovery".into()
+            } else {
+                "paused".into()
+            };
+            format!("{}: {reason}", v.name)
+        })
+        .collect();
+    anyhow::bail!(
+        "replica {}: pausing it would leave {} other failover candidate(s) ready, under limits.keep_unpaused = {keep} \
+         ({})",
+        replica.name,
+        ready.len(),
+        why.join("; ")
+    )
 }
 
 /// Choose the replica for a cycle among `among` (the config's replicas, or those a

@@ -139,11 +139,28 @@ impl Survey {
 /// Ask every server of `cfg.primary` what it is, and choose the primary: not in
 /// recovery, not fenced by a recorded promotion (on this host, or on any server asked),
 /// and on the newest timeline of its system.
-pub async fn survey(cfg: &Config, application_name: &str) -> (Survey, Vec<Client>) {
-    let mut promotions: Vec<Promotion> = fence::read_local(&cfg.results_dir).unwrap_or_else(|e| {
-        tracing::warn!(error = %format!("{e:#}"), "could not read the promotions recorded on this host");
-        Vec::new()
-    });
+pub async fn survey(
+    cfg: &Config,
+    application_name: &str,
+) -> Result<(Survey, Vec<Client>), ConnectError> {
+    // Fail closed: an unreadable record of promotions could hide a former primary.
+    let mut promotions: Vec<Promotion> = fence::read_local(&cfg.results_dir).map_err(|e| {
+        ConnectError(format!(
+            "{e:#} (the promotions pgmaint recorded on this host)"
+        ))
+    })?;
+    // pgmaint.promotions replicates: the replicas know of a promotion run from another
+    // host even when primary.dsn does not list the new primary.
+    for r in &cfg.replicas {
+        if let Ok(Ok(c)) = tokio::time::timeout(
+            Duration::from_secs(5),
+            db::connect(&r.dsn, application_name),
+        )
+        .await
+        {
+            promotions.extend(fence::read_on(&c).await);
+        }
+    }
     let mut servers = Vec::new();
     let mut clients = Vec::new();
     for dsn in hosts(&cfg.primary) {
@@ -198,21 +215,31 @@ pub async fn survey(cfg: &Config, application_name: &str) -> (Survey, Vec<Client
         }
         let _ = dsn;
     }
-    let chosen = servers
+    // Two unfenced primaries (a split brain, or a failover outside pgmaint): choosing
+    // either could write to the wrong one.
+    let primaries = servers
         .iter()
-        .position(|(_, f)| matches!(f, Found::Primary(_)));
+        .filter(|(_, f)| matches!(f, Found::Primary(_)))
+        .count();
+    let chosen = if primaries == 1 {
+        servers
+            .iter()
+            .position(|(_, f)| matches!(f, Found::Primary(_)))
+    } else {
+        None
+    };
     let clients = clients
         .into_iter()
         .filter(|(i, _)| Some(*i) == chosen)
         .map(|(_, c)| c)
         .collect();
-    (Survey { servers, chosen }, clients)
+    Ok((Survey { servers, chosen }, clients))
 }
 
 /// Connect to the primary: the one server of `primary.dsn` to use (see [`survey`]),
 /// and its single-host DSN, for every later connection of the command.
 pub async fn connect(cfg: &Config, application_name: &str) -> Result<(Client, Dsn), ConnectError> {
-    let (survey, mut clients) = survey(cfg, application_name).await;
+    let (survey, mut clients) = survey(cfg, application_name).await?;
     match (survey.chosen, clients.pop()) {
         (Some(i), Some(client)) => {
             let dsn = survey.servers[i].0.clone();
@@ -231,8 +258,19 @@ pub async fn connect(cfg: &Config, application_name: &str) -> Result<(Client, Ds
             Err(ConnectError(e.clone()))
         }
         _ => Err(ConnectError(format!(
-            "{}: no usable primary: {}",
+            "{}: no usable primary{}: {}",
             cfg.primary.field,
+            if survey
+                .servers
+                .iter()
+                .filter(|(_, f)| matches!(f, Found::Primary(_)))
+                .count()
+                > 1
+            {
+                " (more than one server takes writes: a split brain? pgmaint chooses none)"
+            } else {
+                ""
+            },
             survey.describe()
         ))),
     }

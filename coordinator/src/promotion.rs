@@ -596,12 +596,14 @@ pub async fn drop_running_runs(new_primary: &mut Client, reason: &str) -> Result
         .await
         .context("marking the runs left running as dropped")?;
     let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    // Expired, not deleted: should resuming a dropped run's pause fail below, the next
+    // pgmaint command recovers the expired lease (and resumes the pause it proves).
     tx.execute(
-        "DELETE FROM pgmaint.replica_leases WHERE run_id = ANY($1)",
+        "UPDATE pgmaint.replica_leases SET expires_at = least(expires_at, now()) WHERE run_id = ANY($1)",
         &[&ids],
     )
     .await
-    .context("releasing the leases of the dropped runs")?;
+    .context("expiring the leases of the dropped runs")?;
     tx.commit().await?;
     Ok(rows
         .iter()

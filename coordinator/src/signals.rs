@@ -36,6 +36,28 @@ pub fn abort_on_signals(abort: Abort) {
     });
 }
 
+/// For work that must not stop half-way (a failover): the first SIGINT/SIGTERM only
+/// cancels the returned token (checked where stopping is still safe), a second one
+/// exits at once.
+pub fn finish_on_signals(what: &'static str) -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    on_signals(false, move |name, seen| {
+        if seen == 1 {
+            tracing::warn!(
+                signal = name,
+                "{what}: stopping where that is safe; a second signal exits at once"
+            );
+            cancel.cancel();
+        } else {
+            tracing::warn!(signal = name, "second signal: exiting now");
+            std::thread::sleep(Duration::from_millis(10));
+            std::process::exit(130);
+        }
+    });
+    token
+}
+
 /// First SIGTERM/SIGINT: stop claiming, finish (or release) the tasks in hand, exit.
 /// A second one exits at once; leases then expire and the rescuer hands the tasks on.
 pub fn shut_down_on_signals(shutdown: CancellationToken) {

@@ -115,6 +115,7 @@ pub struct Report {
 /// `pgmaint promote [--replica NAME] [--force] [--json]`.
 pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -> Result<ExitCode> {
     let started = Instant::now();
+    let stop = crate::signals::finish_on_signals("pgmaint promote");
 
     // 1. The operator's choice, before anything is waited for.
     if let Some(name) = by_hand {
@@ -133,6 +134,7 @@ pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -
     let (down, seen) = primary_is_down(cfg, &promotions).await?;
     let down_check = started.elapsed();
     same_system(&seen)?;
+    no_other_primary(&seen, &promotions).await?;
 
     // 3. The candidate.
     let views: Vec<StandbyView> = seen.iter().map(view).collect();
@@ -164,7 +166,11 @@ pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -
         warnings.push(w);
     }
 
-    // 6. Resume, promote once, wait.
+    // 6. Resume, promote once, wait. A signal from here on does not stop the failover
+    // half-way (a second one exits at once).
+    if stop.is_cancelled() {
+        bail!("cancelled by a signal before promoting (nothing changed)");
+    }
     let promote_started = Instant::now();
     let resumed_pause = probe.pause_state != PauseState::NotPaused;
     if resumed_pause {
@@ -497,6 +503,35 @@ fn same_system(seen: &[Seen]) -> Result<()> {
     Ok(())
 }
 
+/// A configured replica that is already out of recovery, and not a former primary
+/// fenced by a recorded promotion, is a primary already: another failover happened
+/// outside pgmaint (or one is under way). Promoting a second would make two writers on
+/// one timeline, which no fence could tell apart: refuse.
+async fn no_other_primary(seen: &[Seen], promotions: &[Promotion]) -> Result<()> {
+    for s in seen {
+        let Ok((client, probe)) = &s.state else {
+            continue;
+        };
+        if probe.in_recovery {
+            continue;
+        }
+        let id = crate::replica::server_identity(client).await?;
+        let fenced = id.is_some_and(|id| {
+            fence::fenced_by(promotions, id.system_identifier, id.timeline).is_some()
+        });
+        if !fenced {
+            bail!(
+                "replica {} is already a primary (not in recovery{}), and no recorded promotion fences it: another \
+                 failover happened outside pgmaint, or one is under way; not promoting a second primary (nothing \
+                 changed)",
+                s.config.name,
+                id.map(|id| format!(", timeline {}", id.timeline)).unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A replica as the candidate rule sees it.
 fn view(s: &Seen) -> StandbyView {
     match &s.state {
@@ -569,17 +604,24 @@ async fn promote(
 ) -> Result<(Client, Option<bool>)> {
     let name = &target.name;
     let deadline = Instant::now() + cfg.failover.promote_timeout;
+    // pg_promote signals the postmaster before it waits: a statement_timeout (or a
+    // cancel) during the wait ends the call, not the promotion.
+    let _ = client.batch_execute("SET statement_timeout = 0").await;
     tracing::info!(replica = %name, "SELECT pg_promote(true, {wait})");
     let returned = match client
         .query_one("SELECT pg_promote(true, $1)", &[&wait])
         .await
     {
         Ok(row) => Some(row.get::<_, bool>(0)),
-        // The server refused (no privilege, no longer in recovery): no promotion asked.
-        Err(e) if e.as_db_error().is_some() => {
+        // Refused before anything was asked: no privilege, or no longer in recovery.
+        Err(e)
+            if e.code()
+                .is_some_and(|c| matches!(c.code(), "42501" | "55000")) =>
+        {
             return Err(anyhow!(e).context(format!("pg_promote() on replica {name}")))
         }
-        // The session broke: the request may have gone through. Never ask twice; watch.
+        // Any other error, or a broken session: the request may have gone through.
+        // Never ask twice; watch.
         Err(e) => {
             tracing::warn!(replica = %name, "pg_promote(): {e}; watching pg_is_in_recovery() (never a second pg_promote)");
             None
@@ -650,8 +692,14 @@ async fn resume_dropped(cfg: &Config, run: &DroppedRun, promoted: &str) -> Strin
         Ok(Ok(ResumeOutcome::NotOurs)) => {
             "the replica is paused elsewhere, by someone else: left paused".into()
         }
-        Ok(Err(e)) => format!("could not resume its pause: {}", e.one_line()),
-        Err(_) => "could not resume its pause: no answer within 30s".into(),
+        Ok(Err(e)) => format!(
+            "could not resume its pause: {}; its lease is expired, so the next pgmaint command (or `pgmaint \
+             recover`) resumes it",
+            e.one_line()
+        ),
+        Err(_) => "could not resume its pause: no answer within 30s; its lease is expired, so the next pgmaint \
+                   command (or `pgmaint recover`) resumes it"
+            .into(),
     }
 }
 

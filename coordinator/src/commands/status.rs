@@ -142,7 +142,15 @@ fn ts(t: Option<DateTime<Utc>>) -> String {
 async fn primary_servers(cfg: &Config, listed: &Dsn) -> Vec<PrimaryServer> {
     let mut survey_cfg = cfg.clone();
     survey_cfg.primary = listed.clone();
-    let (survey, _) = primary::survey(&survey_cfg, "pgmaint-status").await;
+    let survey = match primary::survey(&survey_cfg, "pgmaint-status").await {
+        Ok((survey, _)) => survey,
+        Err(e) => {
+            return vec![PrimaryServer {
+                address: listed.field.clone(),
+                role: format!("unknown: {}", e.0),
+            }]
+        }
+    };
     survey
         .servers
         .iter()

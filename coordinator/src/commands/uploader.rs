@@ -5,11 +5,15 @@ use std::process::ExitCode;
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use std::time::Duration;
+
+use crate::config::{Config, Dsn};
+use crate::primary::{self, Found};
 use crate::{db, schema, signals, UsageError};
 
-/// `pgmaint uploader [--once] [--slots N]`.
-pub async fn run(cfg: &Config, once: bool, slots: Option<usize>) -> Result<ExitCode> {
+/// `pgmaint uploader [--once] [--slots N]`. `listed`: `primary.dsn` as configured
+/// (`cfg.primary` is the one server in use).
+pub async fn run(cfg: &Config, listed: &Dsn, once: bool, slots: Option<usize>) -> Result<ExitCode> {
     let primary = db::connect_at_start(&cfg.primary, "pgmaint").await?;
     schema::require_current(&primary).await?;
     drop(primary);
@@ -23,6 +27,7 @@ pub async fn run(cfg: &Config, once: bool, slots: Option<usize>) -> Result<ExitC
         Some(n) => n,
         None => cfg.uploader.slots,
     };
+    let mut moved = None;
     let stats = if once {
         worker.drain().await?
     } else {
@@ -33,7 +38,15 @@ pub async fn run(cfg: &Config, once: bool, slots: Option<usize>) -> Result<ExitC
             worker = worker.id(),
             "uploader started"
         );
-        worker.run(shutdown).await?
+        let watch = tokio::spawn(watch_the_primary(
+            cfg.clone(),
+            listed.clone(),
+            shutdown.clone(),
+        ));
+        let stats = worker.run(shutdown).await?;
+        watch.abort();
+        moved = watch.await.ok().flatten();
+        stats
     };
     let superseded = match stats.superseded {
         0 => String::new(),
@@ -43,9 +56,54 @@ pub async fn run(cfg: &Config, once: bool, slots: Option<usize>) -> Result<ExitC
         "uploader: {} task(s) applied ({} rows{superseded}), {} failed, {} to retry, {} cancelled",
         stats.completed, stats.rows, stats.failed, stats.retried, stats.cancelled
     );
+    if let Some(why) = moved {
+        anyhow::bail!("{why}: stopped; start `pgmaint uploader` again to follow the primary");
+    }
     Ok(if once && stats.failed > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The worker keeps to the server it started on. Should another become the primary (a
+/// failover), or that one be fenced, stop it: a returning former primary must never
+/// get an upload. Why, once it stopped it.
+async fn watch_the_primary(
+    cfg: Config,
+    listed: Dsn,
+    shutdown: CancellationToken,
+) -> Option<String> {
+    let in_use = primary::address(&cfg.primary);
+    let mut survey_cfg = cfg.clone();
+    survey_cfg.primary = listed;
+    let every = cfg.uploader.poll_interval.max(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let why = match primary::survey(&survey_cfg, "pgmaint-uploader-watch").await {
+            Err(e) => Some(e.0),
+            Ok((survey, _)) => match survey.chosen {
+                Some(i) if primary::address(&survey.servers[i].0) == in_use => None,
+                Some(i) => Some(format!(
+                    "the primary is now {} (a failover?), not {in_use}",
+                    primary::address(&survey.servers[i].0)
+                )),
+                // The primary down (or between roles): the worker waits and retries,
+                // unless what it uses is now a fenced former primary.
+                None => survey
+                    .servers
+                    .iter()
+                    .find(|(d, f)| primary::address(d) == in_use && matches!(f, Found::Fenced(..)))
+                    .map(|_| format!("{in_use} is a former primary now (fenced)")),
+            },
+        };
+        if let Some(why) = why {
+            tracing::error!("{why}: stopping the uploader");
+            shutdown.cancel();
+            return Some(why);
+        }
+    }
 }
