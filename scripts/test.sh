@@ -33,11 +33,11 @@ bash scripts/cluster.sh down --dir target/e2e-probe >/dev/null
 log=$(mktemp)
 status=0
 echo "== unit tests"
-cargo test --workspace --exclude pgmaint-e2e 2>&1 | tee -a "$log" || status=1
+cargo test --no-fail-fast --workspace --exclude pgmaint-e2e 2>&1 | tee -a "$log" || status=1
 
 echo "== end-to-end tests (real primary + streaming replicas)"
 PGMAINT_BIN="$PWD/target/debug/pgmaint" \
-    cargo test -p pgmaint-e2e --test '*' -- --test-threads="${PGMAINT_TEST_THREADS:-3}" "$@" 2>&1 \
+    cargo test --no-fail-fast -p pgmaint-e2e --test '*' -- --test-threads="${PGMAINT_TEST_THREADS:-3}" "$@" 2>&1 \
     | tee -a "$log" || status=1
 
 # One closing line over every test binary (cargo prints one per binary).

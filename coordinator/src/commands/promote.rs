@@ -119,13 +119,7 @@ pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -
 
     // 1. The operator's choice, before anything is waited for.
     if let Some(name) = by_hand {
-        let r = cfg.replica(Some(name))?;
-        if r.failover_priority == 0 {
-            return Err(anyhow!(UsageError(format!(
-                "--replica {name}: replica {name} has failover_priority = 0 in the config: it is never promoted"
-            ))));
-        }
-        check_by_hand(r).await?;
+        check_by_hand(cfg, name).await?;
     }
     // Promotions known here and on the replicas, and the failover locks.
     let (promotions, _failover_locks) = lock_replicas(cfg).await?;
@@ -137,22 +131,13 @@ pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -
     no_other_primary(&seen, &promotions).await?;
 
     // 3. The candidate.
-    let views: Vec<StandbyView> = seen.iter().map(view).collect();
-    let candidate =
-        choose_candidate(&views, by_hand).map_err(|e| anyhow!("{e} (nothing changed)"))?;
-    for w in &candidate.warnings {
-        tracing::warn!("{w}");
-    }
-    let mut warnings = candidate.warnings.clone();
-    let (mut seen, chosen): (Vec<Seen>, Vec<Seen>) = seen
-        .into_iter()
-        .partition(|s| s.config.name != candidate.name);
-    let chosen = chosen
-        .into_iter()
-        .next()
-        .expect("the candidate is a replica");
-    let (client, probe) = chosen.state.expect("the candidate is reachable");
-    let target = chosen.config;
+    let Candidacy {
+        mut warnings,
+        target,
+        client,
+        probe,
+        mut others,
+    } = candidacy(seen, by_hand)?;
 
     // 4. pgmaint's schema, and the privileges a promotion needs: refused before any change.
     schema::require_current(&client)
@@ -202,12 +187,12 @@ pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -
 
     // 9. The other replicas follow the new primary.
     let followers_started = Instant::now();
-    seen.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+    others.sort_by(|a, b| a.config.name.cmp(&b.config.name));
     let replicas = follow(
         cfg,
         &client,
         &target,
-        seen,
+        others,
         id.timeline,
         &promotion.switch_lsn,
     )
@@ -241,7 +226,12 @@ pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -
             total: started.elapsed().as_secs_f64(),
         },
     };
-    print(&report, json)?;
+    finish(&report, json)
+}
+
+/// Print the report; a promotion that could not be recorded is an error all the same.
+fn finish(report: &Report, json: bool) -> Result<ExitCode> {
+    print(report, json)?;
     if !report.record_errors.is_empty() {
         bail!(
             "replica {} WAS promoted (timeline {}), but the promotion could not be recorded {}: until it is, \
@@ -252,6 +242,40 @@ pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Step 3's outcome: the candidate (its session and state) and every other replica.
+struct Candidacy {
+    warnings: Vec<String>,
+    target: ReplicaConfig,
+    client: Client,
+    probe: Probe,
+    others: Vec<Seen>,
+}
+
+/// Step 3: the candidate among the replicas seen ([`choose_candidate`]).
+fn candidacy(seen: Vec<Seen>, by_hand: Option<&str>) -> Result<Candidacy> {
+    let views: Vec<StandbyView> = seen.iter().map(view).collect();
+    let candidate =
+        choose_candidate(&views, by_hand).map_err(|e| anyhow!("{e} (nothing changed)"))?;
+    for w in &candidate.warnings {
+        tracing::warn!("{w}");
+    }
+    let (others, chosen): (Vec<Seen>, Vec<Seen>) = seen
+        .into_iter()
+        .partition(|s| s.config.name != candidate.name);
+    let chosen = chosen
+        .into_iter()
+        .next()
+        .expect("the candidate is a replica");
+    let (client, probe) = chosen.state.expect("the candidate is reachable");
+    Ok(Candidacy {
+        warnings: candidate.warnings,
+        target: chosen.config,
+        client,
+        probe,
+        others,
+    })
 }
 
 /// Promotions known here and on the replicas (the table replicates), so that a former
@@ -459,15 +483,37 @@ async fn drop_runs(
     };
     for run in &mut dropped {
         tracing::warn!(run_id = run.run_id, replica = %run.replica, "dropped: {reason}");
-        run.pause_outcome = Some(resume_dropped(cfg, run, promoted).await);
+        let (outcome, settled) = resume_dropped(cfg, run, promoted).await;
+        run.pause_outcome = Some(outcome);
+        // Settled: nothing left for a later recover to do; release the lease. Else it
+        // stays expired, and the next command's recover retries the resume.
+        if settled {
+            if let Err(e) = client
+                .execute(
+                    "DELETE FROM pgmaint.replica_leases WHERE run_id = $1",
+                    &[&run.run_id],
+                )
+                .await
+            {
+                warnings.push(format!(
+                    "could not release the lease of run {}: {e}",
+                    run.run_id
+                ));
+            }
+        }
     }
     dropped
 }
 
 /// A replica chosen by hand must be reachable and in recovery: said at once, not after
 /// the down check.
-async fn check_by_hand(r: &ReplicaConfig) -> Result<()> {
-    let name = &r.name;
+async fn check_by_hand(cfg: &Config, name: &str) -> Result<()> {
+    let r = cfg.replica(Some(name))?;
+    if r.failover_priority == 0 {
+        return Err(anyhow!(UsageError(format!(
+            "--replica {name}: replica {name} has failover_priority = 0 in the config: it is never promoted"
+        ))));
+    }
     let client = p::connect_within(&r.dsn, "pgmaint-promote", Duration::from_secs(10))
         .await
         .map_err(|e| {
@@ -665,41 +711,52 @@ async fn promote(
 }
 
 /// Resume the pause a dropped run owns on its replica (unless that replica is the new
-/// primary, whose pause the promotion ended). What happened, in words.
-async fn resume_dropped(cfg: &Config, run: &DroppedRun, promoted: &str) -> String {
+/// primary, whose pause the promotion ended). What happened, in words, and whether that
+/// settles it (nothing left for a later recover to do).
+async fn resume_dropped(cfg: &Config, run: &DroppedRun, promoted: &str) -> (String, bool) {
     if run.replica == promoted {
-        return "its replica was promoted: the pause ended with the promotion".into();
+        return (
+            "its replica was promoted: the pause ended with the promotion".into(),
+            true,
+        );
     }
     let Some(own) = &run.pause else {
-        return "it never paused its replica".into();
+        return ("it never paused its replica".into(), true);
     };
     let Some(r) = cfg.replicas.iter().find(|r| r.name == run.replica) else {
-        return format!(
-            "replica {} is not in this config: its pause (if any) was left alone",
-            run.replica
+        return (
+            format!(
+                "replica {} is not in this config: its pause (if any) was left alone",
+                run.replica
+            ),
+            false,
         );
     };
     let attempt = async {
         let mut ctl = ReplicaControl::connect(r).await?;
         anyhow::Ok(ctl.resume_if_owned(own).await?.0)
     };
+    let later =
+        "its lease is expired, so the next pgmaint command (or `pgmaint recover`) resumes it";
     match tokio::time::timeout(Duration::from_secs(30), attempt).await {
-        Ok(Ok(ResumeOutcome::Resumed)) => "resumed the replay it left paused".into(),
-        Ok(Ok(ResumeOutcome::AlreadyRunning)) => "replay was already running".into(),
-        Ok(Ok(ResumeOutcome::LostToRestart)) => {
-            "the replica restarted since: its pause was already gone".into()
-        }
-        Ok(Ok(ResumeOutcome::NotOurs)) => {
-            "the replica is paused elsewhere, by someone else: left paused".into()
-        }
-        Ok(Err(e)) => format!(
-            "could not resume its pause: {}; its lease is expired, so the next pgmaint command (or `pgmaint \
-             recover`) resumes it",
-            e.one_line()
+        Ok(Ok(ResumeOutcome::Resumed)) => ("resumed the replay it left paused".into(), true),
+        Ok(Ok(ResumeOutcome::AlreadyRunning)) => ("replay was already running".into(), true),
+        Ok(Ok(ResumeOutcome::LostToRestart)) => (
+            "the replica restarted since: its pause was already gone".into(),
+            true,
         ),
-        Err(_) => "could not resume its pause: no answer within 30s; its lease is expired, so the next pgmaint \
-                   command (or `pgmaint recover`) resumes it"
-            .into(),
+        Ok(Ok(ResumeOutcome::NotOurs)) => (
+            "the replica is paused elsewhere, by someone else: left paused".into(),
+            true,
+        ),
+        Ok(Err(e)) => (
+            format!("could not resume its pause: {}; {later}", e.one_line()),
+            false,
+        ),
+        Err(_) => (
+            format!("could not resume its pause: no answer within 30s; {later}"),
+            false,
+        ),
     }
 }
 
