@@ -336,12 +336,7 @@ async fn killed_coordinator_is_recovered_after_its_lease_expires() {
 async fn replica_paused_by_someone_else_is_refused_and_left_paused() {
     let (c, _p) = blobs_cluster("cycle-foreign-pause", 100).await;
     let cfg = c.ready_config("t.toml", &blobs_task("")).await;
-    c.replica(1)
-        .await
-        .execute("SELECT pg_wal_replay_pause()", &[])
-        .await
-        .unwrap();
-    wait_paused(&c, 1).await;
+    c.pause_by_hand(1).await;
     let run = c.run(&cfg, &["run"]).expect_code(1);
     assert!(
         run.error_line()

@@ -5,8 +5,7 @@
 //! primary coming back and being fenced by every command.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pgmaint_e2e::*;
@@ -17,25 +16,9 @@ const BLOBS: &str = "public.blobs";
 /// Short enough for tests; promote waits this long before it believes the primary is down.
 const FAILOVER: &str = "[failover]\nprimary_down_after = \"2s\"\n";
 
-/// `scripts/cluster.sh ARGS… --dir <cluster>`.
-fn cluster_sh(c: &Cluster, args: &[&str]) {
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/cluster.sh"))
-        .args(args)
-        .arg("--dir")
-        .arg(&c.dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cluster.sh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The primary dies: `pg_ctl stop -m immediate`, no shutdown checkpoint, nothing more sent.
 fn kill_primary(c: &Cluster) {
-    cluster_sh(c, &["stop", "primary", "--mode", "immediate"]);
+    c.cluster_sh(&["stop", "primary", "--mode", "immediate"]);
 }
 
 /// A config like [`Cluster::write_config`], with `primary` as primary.dsn and only
@@ -146,12 +129,13 @@ fn json_of(run: &Run) -> serde_json::Value {
 }
 
 fn follower<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["replicas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == name)
-        .unwrap_or_else(|| panic!("no replica {name} in {report:#}"))
+    named(report, "replicas", name)
+}
+
+/// Run `args`: exit `code`, and one error line, which says `want`.
+fn refused(c: &Cluster, cfg: &Path, args: &[&str], code: i32, want: &str) {
+    let line = only_error(&c.run(cfg, args).expect_code(code));
+    assert!(line.contains(want), "{line}");
 }
 
 /// The one error line, and only one.
@@ -228,20 +212,26 @@ async fn promote_refuses_a_live_primary_and_bad_input_and_changes_nothing() {
 
     // Bad input: unknown replica and failover_priority = 0 are the operator's (exit 2);
     // a server not in recovery, or unreachable, is a state (exit 1).
-    let line = only_error(&c.run(&cfg, &["promote", "--replica", "r9"]).expect_code(2));
-    assert!(
-        line.contains("--replica: no replica named \"r9\""),
-        "{line}"
+    refused(
+        &c,
+        &cfg,
+        &["promote", "--replica", "r9"],
+        2,
+        "--replica: no replica named \"r9\"",
     );
-    let line = only_error(&c.run(&cfg, &["promote", "--replica", "r0"]).expect_code(2));
-    assert!(
-        line.contains("replica r0 has failover_priority = 0"),
-        "{line}"
+    refused(
+        &c,
+        &cfg,
+        &["promote", "--replica", "r0"],
+        2,
+        "replica r0 has failover_priority = 0",
     );
-    let line = only_error(&c.run(&cfg, &["promote", "--replica", "p"]).expect_code(1));
-    assert!(
-        line.contains("replica p cannot be promoted: it is not in recovery"),
-        "{line}"
+    refused(
+        &c,
+        &cfg,
+        &["promote", "--replica", "p"],
+        1,
+        "replica p cannot be promoted: it is not in recovery",
     );
     let line = only_error(
         &c.run(&cfg, &["promote", "--replica", "gone"])
@@ -261,12 +251,12 @@ async fn promote_refuses_a_live_primary_and_bad_input_and_changes_nothing() {
         )
         .await
     );
-    let line = only_error(&c.run(&cfg, &["promote"]).expect_code(1));
-    assert!(
-        line.contains(
-            "another pgmaint promote is running: it holds the failover lock on replica r1"
-        ),
-        "{line}"
+    refused(
+        &c,
+        &cfg,
+        &["promote"],
+        1,
+        "another pgmaint promote is running: it holds the failover lock on replica r1",
     );
     drop(other);
 
@@ -685,7 +675,7 @@ async fn a_replica_past_the_switch_point_is_reported_diverged_and_refused_by_run
     let p = c.primary().await;
     seed_blobs(&p, BLOBS, "bigint", "g", 100).await;
     c.wait_caught_up(2).await;
-    cluster_sh(&c, &["stop", "r2"]);
+    c.cluster_sh(&["stop", "r2"]);
     p.batch_execute(
         "CREATE TABLE t (id bigint PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 5000)",
     )

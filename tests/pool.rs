@@ -125,12 +125,7 @@ async fn keep_unpaused_holds_for_a_replica_chosen_by_hand() {
     c.run(&cfg, &["init"]).expect_code(0);
     c.wait_caught_up(1).await;
     c.wait_caught_up(2).await;
-    c.replica(2)
-        .await
-        .execute("SELECT pg_wal_replay_pause()", &[])
-        .await
-        .unwrap();
-    wait_paused(&c, 2).await;
+    c.pause_by_hand(2).await;
     let run = c.run(&cfg, &["run", "--replica", "r1"]).expect_code(1);
     let line = run.error_line().unwrap();
     assert!(

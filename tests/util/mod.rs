@@ -200,12 +200,28 @@ impl Cluster {
 
     /// `scripts/cluster.sh ACTION NAME` (start, stop, restart).
     pub fn server(&self, action: &str, name: &str) {
-        let out = cluster_sh(&[action, name], &self.dir).output().unwrap();
+        self.cluster_sh(&[action, name]);
+    }
+
+    /// `scripts/cluster.sh ARGS… --dir <cluster>`, which must succeed.
+    pub fn cluster_sh(&self, args: &[&str]) {
+        let out = cluster_sh(args, &self.dir).output().unwrap();
         assert!(
             out.status.success(),
-            "cluster.sh {action} {name}: {}",
+            "cluster.sh {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Pause replica `i` by hand (as an operator, or PostgreSQL itself, would) and wait
+    /// until it is paused.
+    pub async fn pause_by_hand(&self, i: usize) {
+        self.replica(i)
+            .await
+            .execute("SELECT pg_wal_replay_pause()", &[])
+            .await
+            .unwrap();
+        wait_paused(self, i).await;
     }
 
     /// `pg_get_wal_replay_pause_state()` of replica `i`.
@@ -356,12 +372,17 @@ pub fn blobs_task(extra: &str) -> String {
 /// The entry of task `name` in `summary["tasks"]` (a `run --json` summary, or a
 /// manifest).
 pub fn task_entry<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    summary["tasks"]
+    named(summary, "tasks", name)
+}
+
+/// The entry whose `name` is `name` in the array `doc[list]`.
+pub fn named<'a>(doc: &'a serde_json::Value, list: &str, name: &str) -> &'a serde_json::Value {
+    doc[list]
         .as_array()
-        .unwrap()
+        .unwrap_or_else(|| panic!("no array {list} in {doc:#}"))
         .iter()
         .find(|t| t["name"] == name)
-        .unwrap_or_else(|| panic!("task {name}"))
+        .unwrap_or_else(|| panic!("no {name} in {list} of {doc:#}"))
 }
 
 /// Parse `pgmaint run --json` output (printed on success and on a failed cycle alike).
