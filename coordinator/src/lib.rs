@@ -24,6 +24,7 @@ pub mod pool;
 pub mod primary;
 pub mod promotion;
 pub mod replica;
+pub mod schedule;
 pub mod schema;
 pub mod signals;
 pub mod sync_standby;
