@@ -156,6 +156,15 @@ pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -
     if stop.is_cancelled() {
         bail!("cancelled by a signal before promoting (nothing changed)");
     }
+    // A last look, the moment before: the down check ended a while ago (the candidate
+    // choice, the gate's replay-rate measure).
+    let last = p::watch_primary(cfg, &promotions, Duration::ZERO).await;
+    if !last.evidence.is_empty() {
+        bail!(
+            "the primary came back before the promotion, not promoting (nothing changed): {}",
+            last.evidence.join("; ")
+        );
+    }
     let promote_started = Instant::now();
     let resumed_pause = probe.pause_state != PauseState::NotPaused;
     if resumed_pause {
