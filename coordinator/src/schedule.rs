@@ -116,6 +116,38 @@ pub fn due(
     }
 }
 
+/// Claim `slot` of `task` for `holder`: true if this call claimed it, false if it was
+/// claimed already (by a restart of this daemon, or by another one).
+pub async fn claim(
+    client: &tokio_postgres::Client,
+    task: &str,
+    slot: DateTime<Utc>,
+    holder: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let claimed = client
+        .query_opt(
+            "INSERT INTO pgmaint.task_slots (task_name, slot, claimed_by) VALUES ($1, $2, $3)
+             ON CONFLICT (task_name, slot) DO NOTHING RETURNING 1",
+            &[&task, &slot, &holder],
+        )
+        .await?;
+    Ok(claimed.is_some())
+}
+
+/// The last slot claimed for `task`, and when it was claimed (the start of its run).
+pub async fn last_slot(
+    client: &tokio_postgres::Client,
+    task: &str,
+) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT slot, claimed_at FROM pgmaint.task_slots WHERE task_name = $1 ORDER BY slot DESC LIMIT 1",
+            &[&task],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

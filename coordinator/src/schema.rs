@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "promotions",
         include_str!("../../sql/0006_promotions.sql"),
     ),
+    (
+        7,
+        "task_slots",
+        include_str!("../../sql/0007_task_slots.sql"),
+    ),
 ];
 
 /// The schema version this binary knows.
