@@ -60,7 +60,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let listed = cfg.primary.clone();
     // The primary among the servers primary.dsn lists (a former primary never); every
     // later connection of the command goes to that one server.
-    let (_, primary) = primary::connect(&cfg, "pgmaint")
+    let (_, primary, survey) = primary::connect(&cfg, "pgmaint")
         .await
         .map_err(UsageError::from)?;
     cfg.primary = primary;
@@ -83,7 +83,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             commands::uploader::run(&cfg, &listed, once, slots).await
         }
         Command::Tasks { command } => commands::tasks::run(&cfg, command).await,
-        Command::Status { json } => commands::status::run(&cfg, &listed, json).await,
+        Command::Status { json } => commands::status::run(&cfg, &survey, json).await,
         Command::Recover { replica } => commands::recover::run(&cfg, replica.as_deref()).await,
         Command::Promote { .. } => unreachable!("dispatched before the primary is resolved"),
     }

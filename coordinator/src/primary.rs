@@ -193,7 +193,7 @@ pub async fn survey(
             _ => None,
         })
         .collect();
-    for (dsn, found) in servers.iter_mut() {
+    for (_, found) in servers.iter_mut() {
         let Found::Primary(id) = found else { continue };
         let id = *id;
         if let Some(p) = fence::fenced_by(&promotions, id.system_identifier, id.timeline) {
@@ -213,7 +213,6 @@ pub async fn survey(
                 format!("another primary of the same system is on timeline {t}"),
             );
         }
-        let _ = dsn;
     }
     // Two unfenced primaries (a split brain, or a failover outside pgmaint): choosing
     // either could write to the wrong one.
@@ -237,8 +236,12 @@ pub async fn survey(
 }
 
 /// Connect to the primary: the one server of `primary.dsn` to use (see [`survey`]),
-/// and its single-host DSN, for every later connection of the command.
-pub async fn connect(cfg: &Config, application_name: &str) -> Result<(Client, Dsn), ConnectError> {
+/// its single-host DSN, for every later connection of the command, and the survey of
+/// every listed server (for `status`).
+pub async fn connect(
+    cfg: &Config,
+    application_name: &str,
+) -> Result<(Client, Dsn, Survey), ConnectError> {
     let (survey, mut clients) = survey(cfg, application_name).await?;
     match (survey.chosen, clients.pop()) {
         (Some(i), Some(client)) => {
@@ -248,7 +251,7 @@ pub async fn connect(cfg: &Config, application_name: &str) -> Result<(Client, Ds
                     tracing::warn!(server = %address(other), "skipping a former primary ({why})");
                 }
             }
-            Ok((client, dsn))
+            Ok((client, dsn, survey))
         }
         // A lone server that does not answer: say just that, as libpq would.
         _ if survey.servers.len() == 1 && matches!(survey.servers[0].1, Found::Unreachable(_)) => {

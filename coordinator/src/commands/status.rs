@@ -9,21 +9,21 @@ use tokio_postgres::Client;
 
 use crate::commands::recover::recover_in_passing;
 use crate::config::Config;
-use crate::config::{Dsn, ReplicaConfig};
+use crate::config::ReplicaConfig;
 use crate::error_text::OneLine;
-use crate::primary::{self, Found};
+use crate::primary::{self, Found, Survey};
 use crate::replica::{PauseState, ReplayState, ReplicaControl};
 use crate::units::human_bytes;
 use crate::{db, schema};
 
-/// `pgmaint status [--json]`. `listed`: `primary.dsn` as configured (every server it
-/// lists is shown; `cfg.primary` is the one in use).
-pub async fn run(cfg: &Config, listed: &Dsn, json: bool) -> Result<ExitCode> {
+/// `pgmaint status [--json]`. `survey`: every server `primary.dsn` lists, as found
+/// when the command started (`cfg.primary` is the one in use).
+pub async fn run(cfg: &Config, survey: &Survey, json: bool) -> Result<ExitCode> {
     let primary = db::connect_at_start(&cfg.primary, "pgmaint").await?;
     schema::require_current(&primary).await?;
     recover_in_passing(cfg).await;
     let mut status = gather(cfg, &primary).await?;
-    status.primaries = primary_servers(cfg, listed).await;
+    status.primaries = primary_servers(survey);
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
@@ -138,19 +138,8 @@ fn ts(t: Option<DateTime<Utc>>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// Every server `listed` names, and what it is.
-async fn primary_servers(cfg: &Config, listed: &Dsn) -> Vec<PrimaryServer> {
-    let mut survey_cfg = cfg.clone();
-    survey_cfg.primary = listed.clone();
-    let survey = match primary::survey(&survey_cfg, "pgmaint-status").await {
-        Ok((survey, _)) => survey,
-        Err(e) => {
-            return vec![PrimaryServer {
-                address: listed.field.clone(),
-                role: format!("unknown: {}", e.0),
-            }]
-        }
-    };
+/// Every server `primary.dsn` lists, and what it is (as the command found them).
+fn primary_servers(survey: &Survey) -> Vec<PrimaryServer> {
     survey
         .servers
         .iter()
