@@ -36,6 +36,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "task_slots",
         include_str!("../../sql/0007_task_slots.sql"),
     ),
+    (8, "daemon", include_str!("../../sql/0008_daemon.sql")),
 ];
 
 /// The schema version this binary knows.

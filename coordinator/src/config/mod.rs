@@ -15,13 +15,17 @@ use serde::Deserialize;
 use crate::units::parse_duration;
 use crate::UsageError;
 
+pub mod daemon;
 pub mod dsn;
+pub mod dumps;
 pub mod failover;
 pub mod limits;
 pub mod settings;
 pub mod tasks;
 
+pub use daemon::DaemonSettings;
 pub use dsn::{Dsn, ReplicaConfig};
+pub use dumps::DumpConfig;
 pub use failover::FailoverSettings;
 pub use limits::Limits;
 pub use settings::{ScanSettings, UploaderSettings};
@@ -38,6 +42,12 @@ pub struct Config {
     pub limits: Limits,
     /// Where result files go.
     pub results_dir: PathBuf,
+    /// `results.shared`: results.dir is on storage every daemon's host reads, so any
+    /// upload worker may apply any task. Default false.
+    pub results_shared: bool,
+    /// `results.host`: the name of this host's results.dir in the upload queue (a
+    /// worker claims only tasks of its host). Default: the machine's host name.
+    pub results_host: String,
     /// Scan settings.
     pub scan: ScanSettings,
     /// Upload worker settings.
@@ -46,6 +56,10 @@ pub struct Config {
     pub tasks: Vec<TaskConfig>,
     /// Failover (`pgmaint promote`).
     pub failover: FailoverSettings,
+    /// `[daemon]`.
+    pub daemon: DaemonSettings,
+    /// `[[dumps]]`, in config order.
+    pub dumps: Vec<DumpConfig>,
 }
 
 /// Where to find the config and what the environment overrides.
@@ -75,12 +89,19 @@ struct RawConfig {
     tasks: Vec<tasks::RawTask>,
     #[serde(default)]
     failover: failover::RawFailover,
+    #[serde(default)]
+    daemon: daemon::RawDaemon,
+    #[serde(default)]
+    dumps: Vec<dumps::RawDump>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawResults {
     dir: PathBuf,
+    #[serde(default)]
+    shared: bool,
+    host: Option<String>,
 }
 
 fn usage(msg: impl Into<String>) -> UsageError {
@@ -118,28 +139,79 @@ impl Config {
     /// Validate config text, part by part in file order; the first error is reported.
     pub fn parse(text: &str, overrides: &Overrides) -> Result<Config, UsageError> {
         let raw = deserialize(text)?;
+        let primary = dsn::primary(&raw.primary, overrides)?;
+        let replicas = dsn::replicas(&raw.replicas, overrides)?;
+        let limits = Limits::from_raw(&raw.limits)?;
+        let (results_dir, results_shared, results_host) = results(raw.results)?;
+        let scan = ScanSettings::from_raw(&raw.scan)?;
+        let uploader = UploaderSettings::from_raw(&raw.uploader)?;
+        // Before tasks and dumps: their `at` is read in daemon.timezone.
+        let daemon = DaemonSettings::from_raw(&raw.daemon)?;
         let config = Config {
-            primary: dsn::primary(&raw.primary, overrides)?,
-            replicas: dsn::replicas(&raw.replicas, overrides)?,
-            limits: Limits::from_raw(&raw.limits)?,
-            results_dir: results_dir(raw.results)?,
-            scan: ScanSettings::from_raw(&raw.scan)?,
-            uploader: UploaderSettings::from_raw(&raw.uploader)?,
-            tasks: tasks::parse_tasks(&raw.tasks)?,
+            tasks: tasks::parse_tasks(&raw.tasks, daemon.timezone)?,
             failover: FailoverSettings::from_raw(&raw.failover)?,
+            dumps: dumps::parse_dumps(&raw.dumps, daemon.timezone)?,
+            primary,
+            replicas,
+            limits,
+            results_dir,
+            results_shared,
+            results_host,
+            scan,
+            uploader,
+            daemon,
         };
         config.check_pins()?;
+        config.check_dump_names()?;
         Ok(config)
+    }
+
+    /// A dump's name is not a task's too: both name slots in pgmaint.task_slots.
+    fn check_dump_names(&self) -> Result<(), UsageError> {
+        for (i, d) in self.dumps.iter().enumerate() {
+            if self.tasks.iter().any(|t| t.name == d.name) {
+                return Err(usage(format!(
+                    "dumps[{i}].name: {:?} is also a task's name; dumps and tasks need different names",
+                    d.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The dump called `name`.
+    pub fn dump(&self, name: &str) -> Result<&DumpConfig, UsageError> {
+        self.dumps.iter().find(|d| d.name == name).ok_or_else(|| {
+            let known: Vec<&str> = self.dumps.iter().map(|d| d.name.as_str()).collect();
+            usage(format!(
+                "--name: no dump named {name:?} in config (known: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ))
+        })
     }
 
     /// `tasks[].replica` names a replica of the config.
     fn check_pins(&self) -> Result<(), UsageError> {
-        for (i, t) in self.tasks.iter().enumerate() {
-            if let Some(r) = &t.replica {
+        let pins = self
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("tasks[{i}]"), &t.replica));
+        let dump_pins = self
+            .dumps
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("dumps[{i}]"), &d.replica));
+        for (at, pin) in pins.chain(dump_pins) {
+            if let Some(r) = pin {
                 if !self.replicas.iter().any(|x| &x.name == r) {
                     let known: Vec<&str> = self.replicas.iter().map(|r| r.name.as_str()).collect();
                     return Err(usage(format!(
-                        "tasks[{i}].replica: no replica named {r:?} in config (known: {})",
+                        "{at}.replica: no replica named {r:?} in config (known: {})",
                         known.join(", ")
                     )));
                 }
@@ -216,18 +288,32 @@ fn deserialize(text: &str) -> Result<RawConfig, UsageError> {
     })
 }
 
-/// `results.dir`: an absolute path.
-fn results_dir(raw: Option<RawResults>) -> Result<PathBuf, UsageError> {
-    let results_dir = raw
-        .map(|r| r.dir)
-        .ok_or_else(|| usage("results.dir: missing"))?;
-    if !results_dir.is_absolute() {
+/// `[results]`: `dir` (an absolute path), `shared`, and `host` (default: the
+/// machine's host name).
+fn results(raw: Option<RawResults>) -> Result<(PathBuf, bool, String), UsageError> {
+    let raw = raw.ok_or_else(|| usage("results.dir: missing"))?;
+    if !raw.dir.is_absolute() {
         return Err(usage(format!(
             "results.dir: {} must be an absolute path",
-            results_dir.display()
+            raw.dir.display()
         )));
     }
-    Ok(results_dir)
+    let host = match raw.host {
+        Some(h) if h.trim().is_empty() => return Err(usage("results.host: empty")),
+        Some(h) => h,
+        None => host_name(),
+    };
+    Ok((raw.dir, raw.shared, host))
+}
+
+/// The machine's host name (`/proc/sys/kernel/hostname`, then `$HOSTNAME`).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 #[cfg(test)]
@@ -457,6 +543,63 @@ dir = "/tmp/r"
             .starts_with(
                 "tasks[1].target: s.t is written by task \"a\" (swap) and task \"b\" (merge);"
             ));
+    }
+
+    #[test]
+    fn schedules_daemon_and_dumps() {
+        let c = Config::parse(
+            &format!(
+                "{BASE}[daemon]\ntimezone = \"Europe/Paris\"\ncatch_up = \"none\"\nlisten = \"127.0.0.1:9187\"\n\
+                 [[tasks]]\nname = \"t\"\nkind = \"amcheck\"\nat = \"30 2 * * *\"\n\
+                 [[dumps]]\nname = \"nightly\"\nout = \"/srv/dumps\"\nevery = \"1d\"\nkeep = 2\n"
+            ),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(
+            matches!(&c.tasks[0].schedule, Some(crate::schedule::Schedule::At(_, tz)) if tz.name() == "Europe/Paris")
+        );
+        assert_eq!(c.daemon.catch_up, crate::schedule::CatchUp::None);
+        assert_eq!(c.daemon.listen.unwrap().port(), 9187);
+        assert_eq!((c.dumps[0].keep, c.dumps[0].jobs), (2, 2));
+        assert!(c.daemon.uploader && !c.results_shared && !c.results_host.is_empty());
+
+        assert_eq!(
+            with_task("kind = \"amcheck\"\nevery = \"1h\"\nat = \"0 * * * *\"\n").unwrap_err(),
+            "tasks[0].at: give either every (an interval) or at (a cron expression), not both"
+        );
+        assert!(with_task("kind = \"amcheck\"\nat = \"0 25 * * *\"\n")
+            .unwrap_err()
+            .starts_with("tasks[0].at: \"0 25 * * *\" is not a 5-field cron expression"));
+        let daemon = |d: &str| {
+            Config::parse(&format!("{BASE}[daemon]\n{d}\n"), &Overrides::default()).map_err(|e| e.0)
+        };
+        assert!(daemon("timezone = \"Mars/Olympus\"")
+            .unwrap_err()
+            .starts_with("daemon.timezone: \"Mars/Olympus\" is not a known time zone"));
+        assert!(daemon("listen = \"localhost\"")
+            .unwrap_err()
+            .starts_with("daemon.listen:"));
+        assert!(daemon("catch_up = \"all\"")
+            .unwrap_err()
+            .starts_with("daemon.catch_up:"));
+        let dump = |d: &str| {
+            Config::parse(
+                &format!("{BASE}[[dumps]]\nname = \"d\"\n{d}\n"),
+                &Overrides::default(),
+            )
+            .map_err(|e| e.0)
+        };
+        assert_eq!(
+            dump("out = \"rel\"").unwrap_err(),
+            "dumps[0].out: rel must be an absolute path"
+        );
+        assert!(dump("out = \"/x\"\nkeep = 0")
+            .unwrap_err()
+            .starts_with("dumps[0].keep: must be at least 1"));
+        assert!(dump("out = \"/x\"\nreplica = \"r9\"")
+            .unwrap_err()
+            .starts_with("dumps[0].replica: no replica named \"r9\""));
     }
 
     #[test]

@@ -9,7 +9,9 @@ use serde::Deserialize;
 use snapshot_runner::ident::QualifiedName;
 use snapshot_runner::{FieldProblem, TaskFields, TaskSpec};
 
+use super::daemon::schedule_of;
 use super::{usage, valid_name};
+use crate::schedule::Schedule;
 use crate::units::parse_duration;
 use crate::UsageError;
 
@@ -24,10 +26,8 @@ pub struct TaskConfig {
     pub soft_timeout: Option<Duration>,
     /// `tasks[].replica`: the only replica this task runs on.
     pub replica: Option<String>,
-    /// Scheduling interval for `pgmaint daemon` (parsed and validated now; the
-    /// scheduler that reads it is not built yet).
-    #[allow(dead_code)]
-    pub every: Option<Duration>,
+    /// When `pgmaint daemon` runs it (`every` or `at`); `None`: only by hand.
+    pub schedule: Option<Schedule>,
 }
 
 /// A `[[tasks]]` entry as written. The kind-specific fields are those of
@@ -40,6 +40,7 @@ pub(super) struct RawTask {
     kind: Option<String>,
     soft_timeout: Option<String>,
     every: Option<String>,
+    at: Option<String>,
     replica: Option<String>,
     table: Option<String>,
     key: Option<String>,
@@ -83,10 +84,13 @@ impl RawTask {
 }
 
 /// Every task, in config order: names unique, swap targets not shared.
-pub(super) fn parse_tasks(raw: &[RawTask]) -> Result<Vec<TaskConfig>, UsageError> {
+pub(super) fn parse_tasks(
+    raw: &[RawTask],
+    tz: chrono_tz::Tz,
+) -> Result<Vec<TaskConfig>, UsageError> {
     let mut tasks: Vec<TaskConfig> = Vec::new();
     for (i, t) in raw.iter().enumerate() {
-        let task = parse_task(i, t)?;
+        let task = parse_task(i, t, tz)?;
         if tasks.iter().any(|x| x.name == task.name) {
             return Err(usage(format!(
                 "tasks[{i}].name: duplicate task name {:?}",
@@ -99,7 +103,7 @@ pub(super) fn parse_tasks(raw: &[RawTask]) -> Result<Vec<TaskConfig>, UsageError
     Ok(tasks)
 }
 
-fn parse_task(i: usize, t: &RawTask) -> Result<TaskConfig, UsageError> {
+fn parse_task(i: usize, t: &RawTask, tz: chrono_tz::Tz) -> Result<TaskConfig, UsageError> {
     let at = |f: &str| format!("tasks[{i}].{f}");
     let name = t
         .name
@@ -124,7 +128,7 @@ fn parse_task(i: usize, t: &RawTask) -> Result<TaskConfig, UsageError> {
     };
     Ok(TaskConfig {
         soft_timeout: duration("soft_timeout", &t.soft_timeout)?,
-        every: duration("every", &t.every)?,
+        schedule: schedule_of(&format!("tasks[{i}]"), &t.every, &t.at, tz)?,
         replica: t.replica.clone(),
         name,
         spec,
