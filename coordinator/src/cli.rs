@@ -161,6 +161,27 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run as a service: the scheduler, the upload worker and the metrics endpoint.
+    ///
+    /// Tasks and dumps with `every` (an interval from the start of their last run) or
+    /// `at` (a 5-field cron expression in daemon.timezone) run when due; the others only
+    /// by hand. Each slot is claimed once on the primary (pgmaint.task_slots), so neither
+    /// a restart nor a second daemon runs it twice; slots missed while no daemon ran get
+    /// one catch-up run (daemon.catch_up = "one") or none ("none"). Runs of a task never
+    /// overlap. Tasks due together share one cycle (one pause) per replica; cycles run
+    /// on several free replicas at once, within limits.keep_unpaused. A failing task
+    /// never stops the others or its own schedule.
+    ///
+    /// Only the holder of the leader lease (pgmaint.leader, daemon.leader_lease)
+    /// schedules; another daemon takes over within one lease after it dies. Every daemon
+    /// runs an upload worker (daemon.uploader) for the tasks its host's results.dir
+    /// holds. daemon.listen serves GET /metrics (Prometheus) and GET /health.
+    ///
+    /// SIGTERM/SIGINT: stop scheduling, abort cycles in flight (replay resumed), let
+    /// the uploader finish within uploader.shutdown_grace, release the lease, exit 0.
+    /// SIGHUP: reload the config (a bad one is logged, the old one kept). Exit code 2
+    /// for bad config at start (an invalid cron expression, a listen address in use).
+    Daemon,
     /// Resume a replica left paused by a dead run (expired lease); mark the run DROPPED.
     Recover {
         /// Only this replica; default: every replica in config.

@@ -84,6 +84,17 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Tasks { command } => commands::tasks::run(&cfg, command).await,
         Command::Status { json } => commands::status::run(&cfg, &survey, json).await,
+        Command::Daemon => {
+            commands::recover::recover_in_passing(&cfg).await;
+            let source = pgmaint::daemon::ConfigSource {
+                path: cli.global.config.clone(),
+                overrides: pgmaint::config::Overrides {
+                    primary: cli.global.primary_dsn.clone(),
+                    replica: cli.global.replica_dsn.clone(),
+                },
+            };
+            pgmaint::daemon::run(cfg, listed, source).await
+        }
         Command::Recover { replica } => commands::recover::run(&cfg, replica.as_deref()).await,
         Command::Promote { .. } => unreachable!("dispatched before the primary is resolved"),
     }

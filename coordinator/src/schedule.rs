@@ -116,22 +116,78 @@ pub fn due(
     }
 }
 
-/// Claim `slot` of `task` for `holder`: true if this call claimed it, false if it was
-/// claimed already (by a restart of this daemon, or by another one).
+/// Claim `slot` of `task` (a task's or a dump's name) for `holder`, in one statement:
+/// only while `holder` leads the scheduler ([`crate::leader`]), only if no run of the
+/// task is still running (runs of a task never overlap, even across daemons), and
+/// only once (the unique (task, slot) key: neither a restart nor a second daemon runs
+/// a slot twice). When it was claimed (the start of its run), if this call claimed it.
 pub async fn claim(
     client: &tokio_postgres::Client,
     task: &str,
     slot: DateTime<Utc>,
     holder: &str,
-) -> Result<bool, tokio_postgres::Error> {
+) -> Result<Option<DateTime<Utc>>, tokio_postgres::Error> {
     let claimed = client
         .query_opt(
-            "INSERT INTO pgmaint.task_slots (task_name, slot, claimed_by) VALUES ($1, $2, $3)
-             ON CONFLICT (task_name, slot) DO NOTHING RETURNING 1",
-            &[&task, &slot, &holder],
+            "INSERT INTO pgmaint.task_slots (task_name, slot, claimed_by)
+             SELECT $1, $2, $3
+              WHERE EXISTS (SELECT 1 FROM pgmaint.leader
+                             WHERE name = $4 AND holder = $3 AND expires_at > now())
+                AND NOT EXISTS (SELECT 1 FROM pgmaint.runs
+                                 WHERE state = 'running' AND $1 = ANY (tasks))
+             ON CONFLICT (task_name, slot) DO NOTHING
+             RETURNING claimed_at",
+            &[&task, &slot, &holder, &crate::leader::SCHEDULER],
         )
         .await?;
-    Ok(claimed.is_some())
+    Ok(claimed.map(|r| r.get(0)))
+}
+
+/// How a claimed slot's run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotOutcome {
+    /// The run that ran it, if one was recorded.
+    pub run_id: Option<i64>,
+    /// The task did its job.
+    pub succeeded: bool,
+    /// Why not, in one line.
+    pub error: Option<String>,
+    /// Findings of the run (integrity tasks).
+    pub findings: Option<i64>,
+    /// How long the task took.
+    pub seconds: f64,
+}
+
+/// Record how `slot` of `task` ended.
+pub async fn record(
+    client: &tokio_postgres::Client,
+    task: &str,
+    slot: DateTime<Utc>,
+    outcome: &SlotOutcome,
+) -> Result<(), tokio_postgres::Error> {
+    let result = if outcome.succeeded {
+        "succeeded"
+    } else {
+        "failed"
+    };
+    client
+        .execute(
+            "UPDATE pgmaint.task_slots
+                SET finished_at = now(), result = $3, error = $4, findings = $5,
+                    duration_seconds = $6, run_id = $7
+              WHERE task_name = $1 AND slot = $2",
+            &[
+                &task,
+                &slot,
+                &result,
+                &outcome.error,
+                &outcome.findings,
+                &outcome.seconds,
+                &outcome.run_id,
+            ],
+        )
+        .await?;
+    Ok(())
 }
 
 /// The last slot claimed for `task`, and when it was claimed (the start of its run).

@@ -72,3 +72,24 @@ pub fn shut_down_on_signals(shutdown: CancellationToken) {
         }
     });
 }
+
+/// `pgmaint daemon`: SIGTERM/SIGINT cancel `shutdown` (scheduling stops, the cycles in
+/// flight are aborted and resume their replicas, the uploader finishes within its
+/// grace); later ones only say so, since exiting at once could leave a replica paused.
+/// SIGHUP asks for a config reload.
+pub fn daemon_signals(shutdown: CancellationToken, reload: std::sync::Arc<tokio::sync::Notify>) {
+    on_signals(true, move |name, _| {
+        if name == "SIGHUP" {
+            tracing::info!("SIGHUP: reloading the config");
+            reload.notify_one();
+        } else if shutdown.is_cancelled() {
+            tracing::warn!(
+                signal = name,
+                "already shutting down: cycles in flight are resuming their replicas"
+            );
+        } else {
+            tracing::info!(signal = name, "shutting down");
+            shutdown.cancel();
+        }
+    });
+}

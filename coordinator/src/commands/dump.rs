@@ -29,3 +29,21 @@ pub async fn run(
     let summary = cycle::run(cfg, replica, cycle::Work::Dump(spec), abort).await?;
     report_cycle(&summary, json, !json)
 }
+
+/// PLACEHOLDER until the dumps branch lands (replaced by it).
+pub async fn run_named(
+    cfg: &Config,
+    dump: &crate::config::DumpConfig,
+    replica: &crate::config::ReplicaConfig,
+    abort: Abort,
+) -> Result<cycle::RunSummary> {
+    let out = dump
+        .out
+        .join(chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string());
+    let spec = dump::DumpSpec {
+        out,
+        jobs: dump.jobs,
+        pg_dump: dump.pg_dump.clone(),
+    };
+    cycle::run(cfg, replica, cycle::Work::Dump(spec), abort).await
+}

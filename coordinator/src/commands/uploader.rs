@@ -17,16 +17,10 @@ pub async fn run(cfg: &Config, listed: &Dsn, once: bool, slots: Option<usize>) -
     let primary = db::connect_at_start(&cfg.primary, "pgmaint").await?;
     schema::require_current(&primary).await?;
     drop(primary);
-    let mut worker = uploader::Worker::new(cfg.primary.config.clone(), cfg.results_dir.clone());
-    worker.lease = cfg.uploader.lease;
-    worker.lock_timeout = cfg.uploader.lock_timeout;
-    worker.poll_interval = cfg.uploader.poll_interval;
-    worker.shutdown_grace = cfg.uploader.shutdown_grace;
-    worker.slots = match slots {
-        Some(0) => anyhow::bail!(UsageError("--slots: must be at least 1".into())),
-        Some(n) => n,
-        None => cfg.uploader.slots,
-    };
+    if slots == Some(0) {
+        anyhow::bail!(UsageError("--slots: must be at least 1".into()));
+    }
+    let worker = worker(cfg, slots);
     let mut moved = None;
     let stats = if once {
         worker.drain().await?
@@ -66,10 +60,22 @@ pub async fn run(cfg: &Config, listed: &Dsn, once: bool, slots: Option<usize>) -
     })
 }
 
+/// The upload worker of `cfg` (`pgmaint uploader`, `pgmaint daemon`), with `slots`
+/// or `uploader.slots`.
+pub(crate) fn worker(cfg: &Config, slots: Option<usize>) -> uploader::Worker {
+    let mut worker = uploader::Worker::new(cfg.primary.config.clone(), cfg.results_dir.clone());
+    worker.lease = cfg.uploader.lease;
+    worker.lock_timeout = cfg.uploader.lock_timeout;
+    worker.poll_interval = cfg.uploader.poll_interval;
+    worker.shutdown_grace = cfg.uploader.shutdown_grace;
+    worker.slots = slots.unwrap_or(cfg.uploader.slots);
+    worker
+}
+
 /// The worker keeps to the server it started on. Should another become the primary (a
 /// failover), or that one be fenced, stop it: a returning former primary must never
 /// get an upload. Why, once it stopped it.
-async fn watch_the_primary(
+pub(crate) async fn watch_the_primary(
     cfg: Config,
     listed: Dsn,
     shutdown: CancellationToken,

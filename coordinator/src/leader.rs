@@ -1,0 +1,137 @@
+//! The scheduler's leader lease: one row of `pgmaint.leader` on the primary, as River's
+//! `river_leader`. Only its holder claims slots, so only one daemon schedules at a
+//! time; every daemon runs upload workers (the queue is safe for many).
+//!
+//! Expiry is the primary's clock (`now()`), so daemons on hosts whose clocks disagree
+//! still agree on who leads. The holder renews every third of the lease; a daemon
+//! that cannot renew stops scheduling once its last renewal is a lease old, which is
+//! also when another daemon may take over. A clean shutdown deletes the row, so the
+//! next daemon takes over at once. The claim of a slot checks leadership again inside
+//! its own statement ([`crate::schedule::claim`]): a leader that lost the row without
+//! noticing cannot claim anything.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Dsn;
+use crate::db;
+
+/// The row's name.
+pub const SCHEDULER: &str = "scheduler";
+
+/// Take the lease, or renew it if `holder` has it. True if `holder` leads now.
+pub async fn try_lead(
+    client: &Client,
+    holder: &str,
+    lease: Duration,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "INSERT INTO pgmaint.leader AS l (name, holder, expires_at)
+             VALUES ($1, $2, now() + $3 * interval '1 millisecond')
+             ON CONFLICT (name) DO UPDATE
+                SET holder = EXCLUDED.holder,
+                    expires_at = EXCLUDED.expires_at,
+                    acquired_at = CASE WHEN l.holder = EXCLUDED.holder THEN l.acquired_at ELSE now() END
+              WHERE l.holder = EXCLUDED.holder OR l.expires_at < now()
+             RETURNING 1",
+            &[&SCHEDULER, &holder, &(lease.as_secs_f64() * 1000.0)],
+        )
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Give the lease up (a clean shutdown): another daemon takes over at its next try.
+pub async fn release(client: &Client, holder: &str) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM pgmaint.leader WHERE name = $1 AND holder = $2",
+            &[&SCHEDULER, &holder],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Keeps trying to lead (or renew) every third of `lease`, until `shutdown`; the
+/// watch says whether this daemon leads. On shutdown the lease is released.
+pub struct Leadership {
+    primary: Dsn,
+    holder: String,
+    lease: Duration,
+    leads: watch::Sender<bool>,
+}
+
+impl Leadership {
+    /// For `holder` (see [`crate::lease::holder`]) on the primary `primary`.
+    pub fn new(primary: Dsn, holder: String, lease: Duration) -> (Self, watch::Receiver<bool>) {
+        let (leads, rx) = watch::channel(false);
+        (
+            Leadership {
+                primary,
+                holder,
+                lease,
+                leads,
+            },
+            rx,
+        )
+    }
+
+    /// Run until `shutdown`, then release the lease if held.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut client: Option<Client> = None;
+        // When the lease was last taken or renewed: it is ours until a lease after.
+        let mut renewed: Option<Instant> = None;
+        let every = self.lease / 3;
+        loop {
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                client = db::connect(&self.primary, "pgmaint-daemon-leader")
+                    .await
+                    .ok();
+            }
+            let attempt = match &client {
+                Some(c) => try_lead(c, &self.holder, self.lease)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("the primary is unreachable".to_string()),
+            };
+            let was = *self.leads.borrow();
+            let leads = match attempt {
+                Ok(true) => {
+                    renewed = Some(Instant::now());
+                    true
+                }
+                Ok(false) => {
+                    renewed = None;
+                    false
+                }
+                // Not renewed: still ours until the lease ran out since the last renewal.
+                Err(e) => {
+                    tracing::warn!("could not renew the scheduler's leader lease: {e}");
+                    renewed.is_some_and(|r| r.elapsed() + every < self.lease)
+                }
+            };
+            if leads != was {
+                if leads {
+                    tracing::info!(holder = %self.holder, "leading the scheduler");
+                } else {
+                    tracing::warn!(holder = %self.holder, "no longer leading the scheduler");
+                }
+                let _ = self.leads.send(leads);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+        let _ = self.leads.send(false);
+        if let (Some(c), Some(_)) = (&client, renewed) {
+            match release(c, &self.holder).await {
+                Ok(()) => tracing::info!("scheduler's leader lease released"),
+                Err(e) => tracing::warn!("could not release the leader lease: {e}"),
+            }
+        }
+    }
+}
