@@ -48,6 +48,9 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- daemon log {}:\n{}", self.log.display(), self.log());
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -145,4 +148,353 @@ async fn two_tasks_every_3s_run_three_times_each_within_12s_and_the_daemon_uploa
     assert!(status.success(), "{status:?}\n{}", d.log());
     assert_eq!(c.pause_state(1).await, "not paused");
     assert_eq!(count(&p, "SELECT count(*) FROM pgmaint.leader").await, 0);
+}
+
+/// An export task whose query sleeps `secs` on the replica: a scan of known length.
+fn sleepy_task(name: &str, secs: f64, extra: &str) -> String {
+    format!(
+        "[[tasks]]\nname = \"{name}\"\nkind = \"export\"\nquery = \"SELECT pg_sleep({secs}) AS slept\"\n{extra}\n"
+    )
+}
+
+/// The holder (`host:pid`) of the scheduler's leader lease, if any.
+async fn leader(c: &Cluster) -> Option<String> {
+    c.primary()
+        .await
+        .query_opt(
+            "SELECT holder FROM pgmaint.leader WHERE expires_at > now()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_daemons_run_each_slot_once_and_the_survivor_takes_over_after_kill_9() {
+    let c = Cluster::up("daemon-two", 1);
+    let body = format!(
+        "[limits]\nlease = \"3s\"\n[daemon]\nleader_lease = \"3s\"\n{}",
+        sleepy_task("tick", 0.2, "every = \"2s\"")
+    );
+    let cfg = c.write_config("daemon.toml", &body);
+    c.init_ready(&cfg).await;
+    let started = Instant::now();
+    let mut daemons = vec![Daemon::start(&c, &cfg, 1), Daemon::start(&c, &cfg, 2)];
+    wait_for("a leader", Duration::from_secs(10), || async {
+        leader(&c).await.is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // kill -9 of the leader: the other takes over once the lease ran out.
+    let holder = leader(&c).await.unwrap();
+    let i = daemons
+        .iter()
+        .position(|d| holder.ends_with(&format!(":{}", d.pid())))
+        .expect("the leader is one of ours");
+    signal(daemons[i].pid(), "KILL");
+    let killed = Instant::now();
+    wait_for(
+        "the other daemon to lead",
+        Duration::from_secs(10),
+        || async { leader(&c).await.is_some_and(|h| h != holder) },
+    )
+    .await;
+    let takeover = killed.elapsed();
+    // The lease (3s) from the dead leader's last renewal, plus the survivor's next try (1s).
+    assert!(
+        takeover < Duration::from_secs(5),
+        "took over after {takeover:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(started.elapsed())).await;
+    let survivor = &mut daemons[1 - i];
+    let status = survivor
+        .stop("TERM", Duration::from_secs(30))
+        .await
+        .expect("exits");
+    assert!(status.success(), "{}", survivor.log());
+
+    // No slot ran twice: one run per claimed slot, each run of one slot.
+    let p = c.primary().await;
+    let runs = count(
+        &p,
+        "SELECT count(*) FROM pgmaint.runs WHERE 'tick' = ANY (tasks)",
+    )
+    .await;
+    let slots = count(
+        &p,
+        "SELECT count(*) FROM pgmaint.task_slots WHERE task_name = 'tick'",
+    )
+    .await;
+    let distinct = count(
+        &p,
+        "SELECT count(DISTINCT run_id) FROM pgmaint.task_slots WHERE task_name = 'tick'",
+    )
+    .await;
+    let recorded = count(
+        &p,
+        "SELECT count(run_id) FROM pgmaint.task_slots WHERE task_name = 'tick'",
+    )
+    .await;
+    assert_eq!(distinct, recorded, "a run recorded for two slots");
+    // The slot the killed leader was running (if any) has no run recorded.
+    assert!(
+        runs == slots || runs == slots + 1 || runs + 1 == slots,
+        "runs {runs}, slots {slots}"
+    );
+    // As one daemon would: every 2s over 20s, less the takeover gap.
+    assert!((6..=11).contains(&slots), "{slots} slots in 20s every 2s");
+    assert_eq!(c.pause_state(1).await, "not paused");
+}
+
+/// Start a daemon, kill -9 it while `task` (a sleepy export) is paused mid-scan, keep
+/// it down for `down`, restart it: the replica is resumed and the run dropped. The
+/// first slot the restarted daemon runs.
+async fn kill_during_scan_then_restart(
+    c: &Cluster,
+    cfg: &Path,
+    task: &str,
+    down: Duration,
+    n: usize,
+) -> (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) {
+    let p = c.primary().await;
+    let mut d = Daemon::start(c, cfg, n);
+    wait_paused(c, 1).await;
+    let (first, run): (chrono::DateTime<chrono::Utc>, i64) = {
+        let row = p
+            .query_one(
+                "SELECT s.slot, r.id FROM pgmaint.task_slots s, pgmaint.runs r
+                  WHERE s.task_name = $1 AND $1 = ANY (r.tasks) AND r.state = 'running'",
+                &[&task],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    d.stop("KILL", Duration::from_secs(5))
+        .await
+        .expect("killed");
+    tokio::time::sleep(down).await;
+    assert_eq!(
+        c.pause_state(1).await,
+        "paused",
+        "left paused by the killed daemon"
+    );
+    let _d = Daemon::start(c, cfg, n + 1);
+    assert!(
+        wait_until_not_paused(c, 1, Duration::from_secs(15)).await,
+        "resumed"
+    );
+    wait_for("the run dropped", Duration::from_secs(10), || async {
+        run_state(c, run).await == "dropped"
+    })
+    .await;
+    let sql = "SELECT slot FROM pgmaint.task_slots WHERE task_name = $1 AND slot > $2 AND result = 'succeeded'";
+    wait_for("the next slot", Duration::from_secs(30), || async {
+        !p.query(sql, &[&task, &first]).await.unwrap().is_empty()
+    })
+    .await;
+    let next: chrono::DateTime<chrono::Utc> =
+        p.query(sql, &[&task, &first]).await.unwrap()[0].get(0);
+    (first, next)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_killed_in_a_scan_leaves_nothing_paused_after_restart_and_catches_up_as_told() {
+    let c = Cluster::up("daemon-kill", 1);
+    // every 10s; down ~16s after the first slot: the slot at +10s was missed (by more
+    // than the 5s a slot may be late and still count as on time), the one at +20s not yet.
+    let body = |catch_up: &str, task: &str| {
+        format!(
+            "[limits]\nlease = \"3s\"\n[daemon]\nleader_lease = \"2s\"\ncatch_up = \"{catch_up}\"\n{}",
+            sleepy_task(task, 1.5, "every = \"10s\"")
+        )
+    };
+    let one = c.write_config("one.toml", &body("one", "nightly-one"));
+    c.init_ready(&one).await;
+    let (first, next) =
+        kill_during_scan_then_restart(&c, &one, "nightly-one", Duration::from_secs(16), 1).await;
+    // catch_up = "one": the missed slot runs once, as soon as the daemon is back.
+    assert_eq!((next - first).num_seconds(), 10, "{first} -> {next}");
+    let none = c.write_config("none.toml", &body("none", "nightly-none"));
+    let (first, next) =
+        kill_during_scan_then_restart(&c, &none, "nightly-none", Duration::from_secs(16), 3).await;
+    // catch_up = "none": the missed slot is skipped; the next one runs on time.
+    assert_eq!((next - first).num_seconds(), 20, "{first} -> {next}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_tasks_never_stop_a_healthy_one_or_their_own_schedule() {
+    let c = Cluster::up("daemon-failures", 1);
+    let every = "every = \"2s\"";
+    let body = format!(
+        "[daemon]\nleader_lease = \"3s\"\n{}{}{}",
+        sleepy_task("healthy", 0.1, every),
+        // Refused before the pause (no such table): the shared cycle fails as a whole.
+        row_checksum_task("no-table", "public.nope", "id", "p", "m", every),
+        // Fails in the scan, on the replica.
+        format!(
+            "[[tasks]]\nname = \"divides\"\nkind = \"export\"\n\
+             query = \"SELECT 1 / (g - g) AS x FROM generate_series(1, 1) g\"\n{every}\n"
+        ),
+    );
+    let cfg = c.write_config("daemon.toml", &body);
+    c.init_ready(&cfg).await;
+    let mut d = Daemon::start(&c, &cfg, 1);
+    wait_slots(&c, "healthy", "succeeded", 3, Duration::from_secs(30)).await;
+    wait_slots(&c, "no-table", "failed", 3, Duration::from_secs(30)).await;
+    wait_slots(&c, "divides", "failed", 3, Duration::from_secs(30)).await;
+    assert_eq!(slots(&c, "healthy", "failed").await, 0, "{}", d.log());
+    assert_eq!(slots(&c, "no-table", "succeeded").await, 0);
+    let p = c.primary().await;
+    let error: String = scalar(
+        &p,
+        "SELECT error FROM pgmaint.task_slots WHERE task_name = 'divides' AND error IS NOT NULL LIMIT 1",
+        &[],
+    )
+    .await;
+    assert!(error.contains("division by zero"), "{error}");
+    let error: String = scalar(
+        &p,
+        "SELECT error FROM pgmaint.task_slots WHERE task_name = 'no-table' AND error IS NOT NULL LIMIT 1",
+        &[],
+    )
+    .await;
+    assert!(error.contains("nope"), "{error}");
+    let status = d
+        .stop("TERM", Duration::from_secs(30))
+        .await
+        .expect("exits");
+    assert!(status.success(), "{}", d.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_a_scan_resumes_the_replica_and_exits_0_within_the_grace() {
+    let c = Cluster::up("daemon-sigterm", 1);
+    let body = format!(
+        "[daemon]\nleader_lease = \"3s\"\n[uploader]\nshutdown_grace = \"5s\"\n{}",
+        sleepy_task("long", 120.0, "every = \"1h\"")
+    );
+    let cfg = c.write_config("daemon.toml", &body);
+    c.init_ready(&cfg).await;
+    let mut d = Daemon::start(&c, &cfg, 1);
+    wait_paused(&c, 1).await;
+    let run = last_run_id(&c).await;
+    let stopping = Instant::now();
+    let status = d
+        .stop("TERM", Duration::from_secs(20))
+        .await
+        .expect("exits within the grace");
+    assert!(status.success(), "{status:?}\n{}", d.log());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        stopping.elapsed()
+    );
+    assert_eq!(c.pause_state(1).await, "not paused");
+    assert_eq!(run_state(&c, run).await, "cancelled");
+    assert_eq!(
+        count(&c.primary().await, "SELECT count(*) FROM pgmaint.leader").await,
+        0
+    );
+    assert_eq!(
+        slots(&c, "long", "failed").await,
+        1,
+        "the slot's outcome is recorded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_keeps_the_old_config_when_the_new_one_is_broken_and_applies_a_good_one() {
+    let c = Cluster::up("daemon-sighup", 1);
+    let head = "[daemon]\nleader_lease = \"3s\"\n";
+    let a = sleepy_task("a", 0.1, "every = \"2s\"");
+    let cfg = c.write_config("daemon.toml", &format!("{head}{a}"));
+    c.init_ready(&cfg).await;
+    let mut d = Daemon::start(&c, &cfg, 1);
+    wait_slots(&c, "a", "succeeded", 1, Duration::from_secs(15)).await;
+
+    c.write_config(
+        "daemon.toml",
+        &format!("{head}{}", sleepy_task("a", 0.1, "at = \"61 * * * *\"")),
+    );
+    signal(d.pid(), "HUP");
+    wait_for(
+        "the reload error logged",
+        Duration::from_secs(10),
+        || async {
+            d.log()
+                .contains("config reload failed, keeping the old config")
+        },
+    )
+    .await;
+    let line = d
+        .log()
+        .lines()
+        .find(|l| l.contains("config reload failed"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("tasks[0].at:"), "{line}");
+    // Still running on the old schedule.
+    let done = slots(&c, "a", "succeeded").await;
+    wait_slots(&c, "a", "succeeded", done + 1, Duration::from_secs(15)).await;
+
+    let b = sleepy_task("b", 0.1, "every = \"2s\"");
+    c.write_config("daemon.toml", &format!("{head}{a}{b}"));
+    signal(d.pid(), "HUP");
+    wait_slots(&c, "b", "succeeded", 1, Duration::from_secs(15)).await;
+    let status = d
+        .stop("TERM", Duration::from_secs(30))
+        .await
+        .expect("exits");
+    assert!(status.success(), "{}", d.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_schedules_and_a_busy_listen_address_are_one_line_errors_with_exit_2() {
+    let c = Cluster::up("daemon-bad-input", 1);
+    let cases = [
+        (
+            "at = \"0 25 * * *\"",
+            "tasks[0].at: \"0 25 * * *\" is not a 5-field cron expression",
+        ),
+        (
+            "every = \"1h\"\nat = \"0 * * * *\"",
+            "tasks[0].at: give either every",
+        ),
+    ];
+    for (schedule, error) in cases {
+        let cfg = c.write_config("bad.toml", &sleepy_task("t", 0.1, schedule));
+        let run = c.run(&cfg, &["daemon"]).expect_code(2);
+        let line = run.error_line().unwrap_or_default().to_string();
+        assert!(line.contains(error), "{}", run.stderr);
+    }
+    let cfg = c.write_config("tz.toml", "[daemon]\ntimezone = \"Mars/Olympus\"\n");
+    let run = c.run(&cfg, &["daemon"]).expect_code(2);
+    assert!(
+        run.error_line()
+            .unwrap()
+            .contains("daemon.timezone: \"Mars/Olympus\" is not a known time zone"),
+        "{}",
+        run.stderr
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let cfg = c.write_config("listen.toml", &format!("[daemon]\nlisten = \"{addr}\"\n"));
+    c.run(&cfg, &["init"]).expect_code(0);
+    let run = c.run(&cfg, &["daemon"]).expect_code(2);
+    let line = run.error_line().unwrap().to_string();
+    assert!(
+        line.contains("daemon.listen") && line.contains(&addr.to_string()),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr
+            .lines()
+            .filter(|l| l.starts_with("pgmaint: error"))
+            .count(),
+        1
+    );
 }

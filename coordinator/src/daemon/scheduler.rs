@@ -100,6 +100,9 @@ pub(crate) struct Scheduler {
     /// refused by the pre-checks fails the whole cycle): each runs again alone, so
     /// one broken task does not cost the others their slot.
     alone: Vec<Slot>,
+    /// Tasks whose cycle alone also failed before the pause: they keep to cycles of
+    /// their own until one succeeds (or the config is reloaded).
+    solo: HashSet<String>,
 }
 
 impl Scheduler {
@@ -121,6 +124,7 @@ impl Scheduler {
             blocked_until: None,
             last_recovery: None,
             alone: Vec::new(),
+            solo: HashSet::new(),
         }
     }
 
@@ -168,16 +172,19 @@ impl Scheduler {
 
     /// One look at the clock: recover dead runs now and then, then start what is due.
     async fn tick(&mut self) -> anyhow::Result<()> {
-        let cfg = self.config.borrow().clone();
+        if self.config.has_changed().unwrap_or(false) {
+            // A reload may have fixed a broken task: let it share cycles again.
+            self.solo.clear();
+        }
+        let cfg = self.config.borrow_and_update().clone();
         self.recover_now_and_then(&cfg).await;
         if self.blocked_until.is_some_and(|b| Instant::now() < b) {
             return Ok(());
         }
         self.start_alone(&cfg).await?;
         let due = self.due(&cfg).await?;
-        for (pin, job, slots) in group(due) {
+        for (pin, job, slots) in group(due, &self.solo) {
             let Some(replica) = self.pick(&cfg, pin.as_deref()).await? else {
-                self.blocked_until = Some(Instant::now() + BLOCKED_RETRY);
                 return Ok(());
             };
             let claimed = self.claim(&job, slots).await?;
@@ -203,7 +210,6 @@ impl Scheduler {
                 .and_then(|t| t.replica.clone());
             let Some(replica) = self.pick(cfg, pin.as_deref()).await? else {
                 self.alone.push((name, slot));
-                self.blocked_until = Some(Instant::now() + BLOCKED_RETRY);
                 return Ok(());
             };
             self.start(
@@ -269,7 +275,8 @@ impl Scheduler {
 
     /// The replica for a cycle: the pinned one if it is not busy here (the cycle's
     /// own checks say if it cannot be paused), else the pool's choice among replicas
-    /// not busy here. `None` when none is free now.
+    /// not busy here. `None` when none is free now: busy here (the next cycle to end
+    /// frees one), or refused by the pool (looked at again after a while).
     async fn pick(&mut self, cfg: &Config, pin: Option<&str>) -> anyhow::Result<Option<String>> {
         let busy: HashSet<&str> = self.running.values().map(|f| f.replica.as_str()).collect();
         let free: Vec<&ReplicaConfig> = cfg
@@ -287,6 +294,7 @@ impl Scheduler {
         // Replicas busy here are about to be paused: never count them as unpaused.
         let choice = pool::choose(&views, cfg.limits.max_replay_backlog, cfg.keep_unpaused());
         if choice.chosen.is_none() {
+            self.blocked_until = Some(Instant::now() + BLOCKED_RETRY);
             let why: Vec<String> = choice
                 .skipped
                 .iter()
@@ -367,9 +375,11 @@ impl Scheduler {
             }
         };
         self.running.remove(&done.id);
-        if let (Err(e), Job::Tasks(names)) = (&done.result, &done.job) {
-            if names.len() > 1 {
-                tracing::warn!("a shared cycle of {names:?} failed before it ran ({e}): each task runs again alone");
+        if let (Some(e), Job::Tasks(names)) = (failed_before_the_pause(&done.result), &done.job) {
+            if names.len() == 1 {
+                self.solo.insert(names[0].clone());
+            } else {
+                tracing::warn!("a shared cycle of {names:?} failed before it paused ({e}): each task runs again alone");
                 // Still busy: not due again before it ran.
                 self.alone.extend(done.slots);
                 return;
@@ -381,6 +391,7 @@ impl Scheduler {
         for (name, slot) in &done.slots {
             let outcome = slot_outcome(name, &done.result, done.elapsed);
             if outcome.succeeded {
+                self.solo.remove(name);
                 tracing::info!(task = %name, %slot, seconds = outcome.seconds, "scheduled run succeeded");
             } else {
                 tracing::warn!(task = %name, %slot, "scheduled run failed: {}", outcome.error.as_deref().unwrap_or("?"));
@@ -421,11 +432,15 @@ async fn run_job(
 
 /// Due work in cycles: the due tasks by the replica they are pinned to (unpinned ones
 /// share one cycle), each dump on its own.
-fn group(due: Vec<Due>) -> Vec<Group> {
+fn group(due: Vec<Due>, solo: &HashSet<String>) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
     for d in due {
-        if d.dump {
-            groups.push((d.replica, Job::Dump(d.name.clone()), vec![(d.name, d.slot)]));
+        if d.dump || solo.contains(&d.name) {
+            let job = match d.dump {
+                true => Job::Dump(d.name.clone()),
+                false => Job::Tasks(vec![d.name.clone()]),
+            };
+            groups.push((d.replica, job, vec![(d.name, d.slot)]));
             continue;
         }
         match groups
@@ -444,6 +459,22 @@ fn group(due: Vec<Due>) -> Vec<Group> {
         }
     }
     groups
+}
+
+/// The error of a cycle that failed before it paused (a task refused by the
+/// pre-checks fails the whole cycle), if it did.
+fn failed_before_the_pause(result: &Result<RunSummary, String>) -> Option<String> {
+    match result {
+        Err(e) => Some(e.clone()),
+        Ok(s)
+            if s.state != uploader::RunState::Succeeded
+                && s.paused_at.is_none()
+                && s.tasks.is_empty() =>
+        {
+            Some(s.error.clone().unwrap_or_else(|| s.state.to_string()))
+        }
+        Ok(_) => None,
+    }
 }
 
 /// How the slot of task `name` ended, from its cycle's summary.
