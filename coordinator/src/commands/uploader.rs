@@ -22,6 +22,7 @@ pub async fn run(cfg: &Config, listed: &Dsn, once: bool, slots: Option<usize>) -
     worker.lock_timeout = cfg.uploader.lock_timeout;
     worker.poll_interval = cfg.uploader.poll_interval;
     worker.shutdown_grace = cfg.uploader.shutdown_grace;
+    worker.host = cfg.upload_host();
     worker.slots = match slots {
         Some(0) => anyhow::bail!(UsageError("--slots: must be at least 1".into())),
         Some(n) => n,
@@ -36,6 +37,7 @@ pub async fn run(cfg: &Config, listed: &Dsn, once: bool, slots: Option<usize>) -
         tracing::info!(
             slots = worker.slots,
             worker = worker.id(),
+            host = %worker.host,
             "uploader started"
         );
         let watch = tokio::spawn(watch_the_primary(
@@ -56,6 +58,11 @@ pub async fn run(cfg: &Config, listed: &Dsn, once: bool, slots: Option<usize>) -
         "uploader: {} task(s) applied ({} rows{superseded}), {} failed, {} to retry, {} cancelled",
         stats.completed, stats.rows, stats.failed, stats.retried, stats.cancelled
     );
+    if once {
+        if let Some(line) = waiting_elsewhere(cfg, &worker.host).await {
+            println!("{line}");
+        }
+    }
     if let Some(why) = moved {
         anyhow::bail!("{why}: stopped; start `pgmaint uploader` again to follow the primary");
     }
@@ -64,6 +71,31 @@ pub async fn run(cfg: &Config, listed: &Dsn, once: bool, slots: Option<usize>) -
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// After a drain: the one line saying how many tasks wait for other hosts (whose
+/// results.dir holds their files), if any. Counting is best effort: a failure is
+/// logged, the drain's outcome stands.
+async fn waiting_elsewhere(cfg: &Config, host: &uploader::ResultsHost) -> Option<String> {
+    let counted = async {
+        let client = db::connect(&cfg.primary, "pgmaint").await?;
+        anyhow::Ok(uploader::waiting_for_other_hosts(&client, host).await?)
+    };
+    let hosts = match counted.await {
+        Ok(h) if h.is_empty() => return None,
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not count the tasks waiting for other hosts");
+            return None;
+        }
+    };
+    let total: i64 = hosts.iter().map(|(_, n)| n).sum();
+    let each: Vec<String> = hosts.iter().map(|(h, n)| format!("{h} ({n})")).collect();
+    Some(format!(
+        "uploader: {total} task(s) wait for other hosts, whose uploaders apply them: {}; \
+         `pgmaint tasks retry ID --on-host HOST` hands one over",
+        each.join(", ")
+    ))
 }
 
 /// The worker keeps to the server it started on. Should another become the primary (a
