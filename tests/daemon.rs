@@ -327,16 +327,16 @@ async fn a_daemon_killed_in_a_scan_leaves_nothing_paused_after_restart_and_catch
 async fn failing_tasks_never_stop_a_healthy_one_or_their_own_schedule() {
     let c = Cluster::up("daemon-failures", 1);
     let every = "every = \"2s\"";
+    // Fails in the scan, on the replica.
+    let divides = format!(
+        "[[tasks]]\nname = \"divides\"\nkind = \"export\"\n\
+         query = \"SELECT 1 / (g - g) AS x FROM generate_series(1, 1) g\"\n{every}\n"
+    );
     let body = format!(
-        "[daemon]\nleader_lease = \"3s\"\n{}{}{}",
+        "[daemon]\nleader_lease = \"3s\"\n{}{}{divides}",
         sleepy_task("healthy", 0.1, every),
         // Refused before the pause (no such table): the shared cycle fails as a whole.
         row_checksum_task("no-table", "public.nope", "id", "p", "m", every),
-        // Fails in the scan, on the replica.
-        format!(
-            "[[tasks]]\nname = \"divides\"\nkind = \"export\"\n\
-             query = \"SELECT 1 / (g - g) AS x FROM generate_series(1, 1) g\"\n{every}\n"
-        ),
     );
     let cfg = c.write_config("daemon.toml", &body);
     c.init_ready(&cfg).await;

@@ -126,6 +126,8 @@ async fn fake_run(fx: &Fx, files: &[FileSpec]) -> (i64, Vec<i64>) {
             manifest: format!("{run_id}/manifest.json"),
             file_md5: md5_hex(f.csv.as_bytes()),
             file_size: f.csv.len() as i64,
+            // Any test worker reads the fixture's results.dir.
+            host: uploader::ResultsHost::Shared,
         })
         .collect();
     let mut queue = fx.c.primary().await;

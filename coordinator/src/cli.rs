@@ -228,9 +228,21 @@ pub enum TasksCommand {
     /// Put a failed, cancelled or dropped task back to waiting, attempts reset (and the
     /// tasks that were dropped because of it). Refused (exit 1) while a prerequisite of
     /// the task is failed, cancelled or dropped: the error names the task to retry.
+    ///
+    /// Each task waits for the host whose results.dir holds its files (results.host);
+    /// only the uploader of that host claims it. --on-host hands tasks over to another
+    /// host, e.g. when theirs is gone: a failed, cancelled or dropped task is re-queued
+    /// there, and a task still waiting is just moved (with the waiting tasks of its run
+    /// that depend on it). First copy results.dir/<run-id>/ of the old host into
+    /// results.dir/<run-id>/ of HOST: the uploader there refuses a missing or changed file.
     Retry {
         /// Task id.
         id: i64,
+        /// Wait for this host from now on (its results.host). "any": any uploader may
+        /// claim it; allowed only with results.shared = true in this config (storage every
+        /// host reads).
+        #[arg(long, value_name = "HOST")]
+        on_host: Option<String>,
         /// Print as JSON.
         #[arg(long)]
         json: bool,

@@ -865,6 +865,7 @@ impl<'a> Cycle<'a> {
                 manifest: format!("{run_id}/{}", snapshot_runner::results::MANIFEST_FILE),
                 file_md5: file.md5.clone(),
                 file_size: file.size as i64,
+                host: self.cfg.upload_host(),
             });
         }
         // The snapshot is verified and the replica still paused: a primary that

@@ -19,7 +19,9 @@
 //! The queue (`pgmaint.upload_tasks`): states waiting → running → completed / failed /
 //! cancelled / dropped; attempts capped, retried with exponential backoff and jitter;
 //! `not_before`; prerequisites (`depends_on`); one task per (run, task); leases renewed
-//! by heartbeat; a rescuer for expired leases; cooperative cancellation.
+//! by heartbeat; a rescuer for expired leases; cooperative cancellation. Each task
+//! records the host whose `results.dir` holds its files, and a worker claims only what
+//! it can read ([`ResultsHost`]).
 //!
 //! This crate knows nothing about pausing replicas.
 //!
@@ -57,6 +59,7 @@ mod apply;
 mod confirm;
 mod error;
 mod findings;
+mod host;
 mod listener;
 mod merge;
 mod queue;
@@ -70,10 +73,11 @@ mod wake;
 mod worker;
 
 pub use error::UploadError;
+pub use host::ResultsHost;
 pub use listener::Listener;
 pub use queue::{
-    cancel_task, enqueue, get_task, list_tasks, retry_task, CancelOutcome, TaskRow, UploadRequest,
-    CHANNEL,
+    cancel_task, enqueue, get_task, list_tasks, retry_task, waiting_for_other_hosts, CancelOutcome,
+    TaskRow, UploadRequest, CHANNEL,
 };
 pub use rescuer::Rescuer;
 pub use slot::{DrainStats, Slot, WorkerMode};

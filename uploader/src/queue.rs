@@ -17,7 +17,7 @@ use serde::Serialize;
 use snapshot_runner::ApplyPlan;
 use tokio_postgres::{Client, GenericClient, Row, Statement, Transaction};
 
-use crate::{UploadError, UploadState};
+use crate::{ResultsHost, UploadError, UploadState};
 
 /// One upload to queue.
 #[derive(Debug, Clone)]
@@ -35,6 +35,9 @@ pub struct UploadRequest {
     pub file_md5: String,
     /// Size of the data file in bytes, as written.
     pub file_size: i64,
+    /// The host whose `results.dir` holds the files (`results.host`), or
+    /// [`ResultsHost::Shared`] (`results.shared`): who may claim the task.
+    pub host: ResultsHost,
 }
 
 /// The notification channel `enqueue` (and `retry`) notify, and workers listen on.
@@ -58,8 +61,8 @@ pub async fn enqueue(
                 "WITH ins AS (
                      INSERT INTO pgmaint.upload_tasks
                             (run_id, task_name, apply_kind, file, manifest, params, depends_on, max_attempts, target,
-                             file_md5, file_size)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $6::jsonb ->> 'target', $9, $10)
+                             file_md5, file_size, host)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $6::jsonb ->> 'target', $9, $10, $11)
                      ON CONFLICT (run_id, task_name) DO NOTHING RETURNING id)
                  SELECT id FROM ins
                  UNION ALL SELECT id FROM pgmaint.upload_tasks WHERE run_id = $1 AND task_name = $2
@@ -75,6 +78,7 @@ pub async fn enqueue(
                     &max_attempts,
                     &u.file_md5,
                     &u.file_size,
+                    &u.host.column(),
                 ],
             )
             .await
@@ -106,7 +110,8 @@ pub(crate) struct Claimed {
     pub file_size: Option<i64>,
 }
 
-/// Claim the next runnable task (see [`claim`]).
+/// Claim the next runnable task (see [`claim`]). `$3`: the worker's host, NULL when
+/// its results.dir is shared storage (then it claims any task).
 const CLAIM: &str = "UPDATE pgmaint.upload_tasks t
                 SET state = 'running', attempts = t.attempts + 1, worker = $1,
                     started_at = now(), heartbeat_at = now(),
@@ -114,6 +119,7 @@ const CLAIM: &str = "UPDATE pgmaint.upload_tasks t
               WHERE t.id = (
                     SELECT w.id FROM pgmaint.upload_tasks w
                      WHERE w.state = 'waiting' AND w.not_before <= now()
+                       AND ($3::text IS NULL OR w.host IS NULL OR w.host = $3::text)
                        AND NOT EXISTS (SELECT 1 FROM pgmaint.upload_tasks d
                                         WHERE d.id = ANY (w.depends_on) AND d.state <> 'completed')
                      ORDER BY w.not_before, w.id
@@ -165,16 +171,18 @@ fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Claim the next runnable task: waiting, due, prerequisites completed. SKIP LOCKED
-/// lets any number of workers claim at once without waiting on each other.
+/// Claim the next runnable task: waiting, due, prerequisites completed, files readable
+/// on `host`. SKIP LOCKED lets any number of workers claim at once without waiting on
+/// each other.
 pub(crate) async fn claim(
     client: &Client,
     stmt: &Statement,
     worker: &str,
     lease: Duration,
+    host: &ResultsHost,
 ) -> Result<Option<Claimed>, UploadError> {
     let row = client
-        .query_opt(stmt, &[&worker, &millis(lease)])
+        .query_opt(stmt, &[&worker, &millis(lease), &host.column()])
         .await
         .map_err(UploadError::db("claiming an upload task"))?;
     Ok(row.map(|r| Claimed {
@@ -485,11 +493,14 @@ pub struct TaskRow {
     pub started_at: Option<DateTime<Utc>>,
     /// Ended at.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The host whose `results.dir` holds the files; `None` (null): shared storage,
+    /// any worker may claim it.
+    pub host: Option<String>,
 }
 
 const TASK_COLUMNS: &str = "id, run_id, task_name, apply_kind, target, state, attempts, max_attempts, not_before,
      depends_on, worker, lease_expires_at, heartbeat_at, cancel_requested, rows_applied, last_error, file,
-     manifest, params, created_at, started_at, finished_at";
+     manifest, params, created_at, started_at, finished_at, host";
 
 impl TaskRow {
     fn from_row(r: &Row) -> Self {
@@ -516,6 +527,7 @@ impl TaskRow {
             created_at: r.get(19),
             started_at: r.get(20),
             finished_at: r.get(21),
+            host: r.get(22),
         }
     }
 }
@@ -600,50 +612,172 @@ pub async fn cancel_task(client: &Client, id: i64) -> Result<CancelOutcome, Uplo
 /// Put a failed, cancelled or dropped task back to waiting with its attempts reset,
 /// and with it the tasks that were dropped because of it. Returns the ids re-queued.
 ///
+/// With `on_host`, they wait for that host from then on (its `results.dir` must hold
+/// a copy of the run's files; [`ResultsHost::Shared`]: any worker). A task that is
+/// still waiting may be moved too (its host is gone), with the waiting tasks of the
+/// same host that depend on it; nothing else about it changes.
+///
 /// A task whose prerequisite is itself failed, cancelled or dropped would wait
 /// forever: that retry is refused ([`UploadError::Blocked`]), naming the task to retry
 /// instead (the failed or cancelled one at the head of the chain), and nothing
-/// changes. A dropped dependent that has such a prerequisite of its own, outside what
-/// is re-queued, stays dropped.
-pub async fn retry_task(client: &mut Client, id: i64) -> Result<Vec<i64>, UploadError> {
+/// changes. So is a move that leaves a prerequisite waiting for another host. A
+/// dropped dependent that has such a prerequisite of its own, outside what is
+/// re-queued, stays dropped.
+pub async fn retry_task(
+    client: &mut Client,
+    id: i64,
+    on_host: Option<&ResultsHost>,
+) -> Result<Vec<i64>, UploadError> {
     let tx = client
         .transaction()
         .await
         .map_err(UploadError::db(RETRYING))?;
     let task = tx
         .query_opt(
-            "SELECT state, depends_on, run_id, task_name FROM pgmaint.upload_tasks WHERE id = $1 FOR UPDATE",
+            "SELECT state, depends_on, run_id, task_name, host FROM pgmaint.upload_tasks WHERE id = $1 FOR UPDATE",
             &[&id],
         )
         .await
         .map_err(UploadError::db(RETRYING))?
         .ok_or_else(|| UploadError::Refused(format!("upload task {id} does not exist")))?;
     let state: UploadState = task.get(0);
-    if !state.is_dead_end() {
-        return Err(UploadError::Refused(format!(
-            "upload task {id} is {state}; only a failed, cancelled or dropped task can be retried"
-        )));
+    if let Some(host) = on_host {
+        refuse_if_prerequisite_elsewhere(&tx, id, &task, host).await?;
     }
-    refuse_if_blocked(&tx, id, &task).await?;
-    let closure = dropped_because_of(&tx, id).await?;
-    let dead = dead_prerequisites(&tx, &closure).await?;
+    let mut ids = match (state, on_host) {
+        (s, _) if s.is_dead_end() => requeue(&tx, id, &task, on_host).await?,
+        (UploadState::Waiting, Some(host)) => move_waiting(&tx, id, &task, host).await?,
+        (s, Some(_)) => {
+            return Err(UploadError::Refused(format!(
+                "upload task {id} is {s}; only a failed, cancelled, dropped or waiting task can be \
+                 retried on another host"
+            )))
+        }
+        (s, None) => {
+            return Err(UploadError::Refused(format!(
+                "upload task {id} is {s}; only a failed, cancelled or dropped task can be retried \
+                 (or, with --on-host, a waiting one moved)"
+            )))
+        }
+    };
+    notify(&tx).await?;
+    tx.commit().await.map_err(UploadError::db(RETRYING))?;
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Re-queue dead-end task `id` (`task`: its row) and what was dropped because of it;
+/// on `on_host` if given, else on the host each had.
+async fn requeue(
+    tx: &Transaction<'_>,
+    id: i64,
+    task: &Row,
+    on_host: Option<&ResultsHost>,
+) -> Result<Vec<i64>, UploadError> {
+    refuse_if_blocked(tx, id, task).await?;
+    let closure = dropped_because_of(tx, id).await?;
+    let dead = dead_prerequisites(tx, &closure).await?;
     let requeue = runnable_again(&closure, &dead);
     let rows = tx
         .query(
             "UPDATE pgmaint.upload_tasks
                 SET state = 'waiting', attempts = 0, not_before = now(), cancel_requested = false,
-                    worker = NULL, lease_expires_at = NULL, finished_at = NULL
+                    worker = NULL, lease_expires_at = NULL, finished_at = NULL,
+                    host = CASE WHEN $3 THEN $4::text ELSE host END
               WHERE id = ANY ($1) AND state = ANY ($2)
              RETURNING id",
-            &[&requeue, &UploadState::DEAD_END.as_slice()],
+            &[
+                &requeue,
+                &UploadState::DEAD_END.as_slice(),
+                &on_host.is_some(),
+                &on_host.and_then(|h| h.column()),
+            ],
         )
         .await
         .map_err(UploadError::db(RETRYING))?;
-    notify(&tx).await?;
-    tx.commit().await.map_err(UploadError::db(RETRYING))?;
-    let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-    ids.sort_unstable();
-    Ok(ids)
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Move waiting task `id` (`task`: its row), and the waiting tasks of the same host
+/// that depend on it (transitively: the rest of its run), to wait for `host`.
+async fn move_waiting(
+    tx: &Transaction<'_>,
+    id: i64,
+    task: &Row,
+    host: &ResultsHost,
+) -> Result<Vec<i64>, UploadError> {
+    let old: Option<String> = task.get(4);
+    let rows = tx
+        .query(
+            "WITH RECURSIVE moving(id) AS (
+                 SELECT $1::bigint
+                 UNION
+                 SELECT w.id FROM moving JOIN pgmaint.upload_tasks w
+                     ON w.depends_on @> ARRAY[moving.id] AND w.state = 'waiting'
+                    AND w.host IS NOT DISTINCT FROM $2::text)
+             UPDATE pgmaint.upload_tasks t SET host = $3::text
+               FROM moving WHERE t.id = moving.id AND t.state = 'waiting'
+             RETURNING t.id",
+            &[&id, &old, &host.column()],
+        )
+        .await
+        .map_err(UploadError::db(RETRYING))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Refuse to put task `id` (`task`: its row) on `host` while one of its prerequisites
+/// waits for another host: the two would be applied apart (or never, if that host is
+/// gone). The task to move instead is named.
+async fn refuse_if_prerequisite_elsewhere(
+    tx: &Transaction<'_>,
+    id: i64,
+    task: &Row,
+    host: &ResultsHost,
+) -> Result<(), UploadError> {
+    let depends_on: Vec<i64> = task.get(1);
+    let elsewhere = tx
+        .query_opt(
+            "SELECT id, host FROM pgmaint.upload_tasks
+              WHERE id = ANY ($1) AND state = 'waiting' AND host IS NOT NULL
+                AND host IS DISTINCT FROM $2::text
+              ORDER BY id LIMIT 1",
+            &[&depends_on, &host.column()],
+        )
+        .await
+        .map_err(UploadError::db(RETRYING))?;
+    let Some(p) = elsewhere else {
+        return Ok(());
+    };
+    let (pid, phost): (i64, String) = (p.get(0), p.get(1));
+    let (run, name): (i64, String) = (task.get(2), task.get(3));
+    Err(UploadError::Blocked(format!(
+        "upload task {id} (run {run}, task {name}) cannot be put on {host} alone: its prerequisite \
+         upload task {pid} waits for host {phost}; move task {pid} first (that moves the tasks \
+         waiting on it too)"
+    )))
+}
+
+/// Waiting tasks that this worker's `host` cannot claim, per host that can: what a
+/// drain leaves behind. Empty for [`ResultsHost::Shared`].
+pub async fn waiting_for_other_hosts(
+    client: &impl GenericClient,
+    host: &ResultsHost,
+) -> Result<Vec<(String, i64)>, UploadError> {
+    let Some(mine) = host.column() else {
+        return Ok(Vec::new());
+    };
+    let rows = client
+        .query(
+            "SELECT host, count(*) FROM pgmaint.upload_tasks
+              WHERE state = 'waiting' AND host IS NOT NULL AND host <> $1::text
+              GROUP BY host ORDER BY host",
+            &[&mine],
+        )
+        .await
+        .map_err(UploadError::db(
+            "counting the tasks waiting for other hosts",
+        ))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// What [`retry_task`] and its steps are doing, for their errors.

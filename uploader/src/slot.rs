@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::queue::{self, Beat, Claimed};
 use crate::reconnect::{sleep_unless_stopped, Primary, Reconnect};
 use crate::wake::Wake;
-use crate::{apply, UploadError, UploadState};
+use crate::{apply, ResultsHost, UploadError, UploadState};
 
 /// How long the parts of a worker keep at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +61,8 @@ impl std::ops::AddAssign for DrainStats {
 pub(crate) struct SlotSettings {
     pub primary: Primary,
     pub results_dir: PathBuf,
+    /// Whose tasks the slot claims.
+    pub host: ResultsHost,
     pub lease: Duration,
     pub lock_timeout: Duration,
     pub poll_interval: Duration,
@@ -230,8 +232,14 @@ impl Slot {
         let notified = self.wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let claimed =
-            queue::claim(&c.side, &c.side_stmts.claim, &self.me, self.settings.lease).await;
+        let claimed = queue::claim(
+            &c.side,
+            &c.side_stmts.claim,
+            &self.me,
+            self.settings.lease,
+            &self.settings.host,
+        )
+        .await;
         match claimed {
             Ok(Some(task)) => Claim::Task(task),
             Ok(None) if self.mode == WorkerMode::Drain => Claim::Drained,

@@ -20,13 +20,18 @@ use crate::reconnect::{Primary, Reconnect};
 use crate::rescuer::Rescuer;
 use crate::slot::{DrainStats, Slot, SlotSettings, WorkerMode};
 use crate::wake::Wake;
-use crate::UploadError;
+use crate::{ResultsHost, UploadError};
 
 /// Applies queued uploads on the primary.
 pub struct Worker {
     primary: Primary,
     results_dir: PathBuf,
     id: String,
+    /// The host whose `results.dir` this worker reads (`results.host`): it claims the
+    /// tasks of that host and those queued on shared storage (NULL host).
+    /// [`ResultsHost::Shared`] (`results.shared = true`): it claims every task.
+    /// Default: the machine's host name.
+    pub host: ResultsHost,
     /// Lease of a claimed task; renewed every third of it while the apply runs.
     pub lease: Duration,
     /// `lock_timeout` of an apply transaction.
@@ -55,6 +60,7 @@ impl Worker {
             primary: Primary::new(primary),
             results_dir,
             id: format!("{host}:{}", std::process::id()),
+            host: ResultsHost::Named(host),
             lease: Duration::from_secs(60),
             lock_timeout: Duration::from_secs(5),
             slots: 2,
@@ -71,7 +77,8 @@ impl Worker {
     }
 
     /// Apply every task that is runnable now (including what becomes runnable as
-    /// prerequisites complete), then return. Rescues expired leases first.
+    /// prerequisites complete), then return. Rescues expired leases first. Tasks of
+    /// other hosts are left waiting (see [`crate::waiting_for_other_hosts`]).
     pub async fn drain(&self) -> Result<DrainStats, UploadError> {
         let wake = Wake::new();
         let mut rescuer = self.rescuer(&wake, WorkerMode::Drain);
@@ -128,6 +135,7 @@ impl Worker {
         let settings = SlotSettings {
             primary: self.primary.clone(),
             results_dir: self.results_dir.clone(),
+            host: self.host.clone(),
             lease: self.lease,
             lock_timeout: self.lock_timeout,
             poll_interval: self.poll_interval,

@@ -3,10 +3,10 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use uploader::{CancelOutcome, TaskRow, UploadError, UploadState};
+use uploader::{CancelOutcome, ResultsHost, TaskRow, UploadError, UploadState};
 
 use crate::cli::TasksCommand;
-use crate::config::Config;
+use crate::config::{Config, ANY_HOST};
 use crate::{db, schema, UsageError};
 
 /// Operator errors (unknown id, wrong state, bad --state) exit with code 2; a retry
@@ -67,19 +67,51 @@ pub async fn run(cfg: &Config, cmd: TasksCommand) -> Result<ExitCode> {
                 }
             }
         }
-        TasksCommand::Retry { id, json } => {
-            let ids = uploader::retry_task(&mut primary, id)
+        TasksCommand::Retry { id, on_host, json } => {
+            let on_host = on_host.map(|h| destination(cfg, &h)).transpose()?;
+            let ids = uploader::retry_task(&mut primary, id, on_host.as_ref())
                 .await
                 .map_err(queue_error)?;
+            let host = on_host.as_ref().map(|h| h.column());
             if json {
-                println!("{}", serde_json::json!({ "id": id, "requeued": ids }));
+                let mut out = serde_json::json!({ "id": id, "requeued": ids });
+                if let Some(host) = host {
+                    out["host"] = serde_json::json!(host);
+                }
+                println!("{out}");
             } else {
                 let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-                println!("upload task(s) {} back to waiting", list.join(", "));
+                match &on_host {
+                    None => println!("upload task(s) {} back to waiting", list.join(", ")),
+                    Some(h) => println!("upload task(s) {} waiting for {h}", list.join(", ")),
+                }
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--on-host HOST`: a host name, or `any` (a NULL host: any uploader), which only a
+/// config with `results.shared = true` may ask for.
+fn destination(cfg: &Config, host: &str) -> Result<ResultsHost> {
+    if host.trim().is_empty() {
+        anyhow::bail!(UsageError("--on-host: empty host name".into()));
+    }
+    if host != ANY_HOST {
+        return Ok(ResultsHost::Named(host.to_string()));
+    }
+    if !cfg.results_shared {
+        anyhow::bail!(UsageError(format!(
+            "--on-host {ANY_HOST}: only with results.shared = true (every uploader must read the files); \
+             name the host whose results.dir holds a copy of them"
+        )));
+    }
+    Ok(ResultsHost::Shared)
+}
+
+/// The `host` column as shown: `any` for a NULL host (shared storage).
+fn host_text(host: &Option<String>) -> &str {
+    host.as_deref().unwrap_or(ANY_HOST)
 }
 
 fn ago(t: chrono::DateTime<chrono::Utc>) -> String {
@@ -115,12 +147,13 @@ fn render_list(rows: &[TaskRow]) -> String {
         return "no upload tasks\n".into();
     }
     let mut out = format!(
-        "{:>6} {:>6} {:<20} {:<8} {:<10} {:>8} {:>10} {:<10} {}\n",
+        "{:>6} {:>6} {:<20} {:<8} {:<10} {:<12} {:>8} {:>10} {:<10} {}\n",
         "ID",
         "RUN",
         "TASK",
         "KIND",
         "STATE",
+        "HOST",
         "ATTEMPTS",
         "ROWS",
         "UPDATED",
@@ -148,12 +181,13 @@ fn render_list(rows: &[TaskRow]) -> String {
             _ => String::new(),
         };
         out.push_str(&format!(
-            "{:>6} {:>6} {:<20} {:<8} {:<10} {:>8} {:>10} {:<10} {}\n",
+            "{:>6} {:>6} {:<20} {:<8} {:<10} {:<12} {:>8} {:>10} {:<10} {}\n",
             t.id,
             t.run_id,
             one_line(&t.task_name, 20),
             t.apply_kind,
             t.state,
+            one_line(host_text(&t.host), 12),
             format!("{}/{}", t.attempts, t.max_attempts),
             t.rows_applied
                 .map(|r| r.to_string())
@@ -172,7 +206,7 @@ fn render_one(t: &TaskRow) -> String {
     };
     let deps: Vec<String> = t.depends_on.iter().map(|d| d.to_string()).collect();
     format!(
-        "upload task {id}\n  run:              {run}\n  task:             {name}\n  kind:             {kind}\n  target:           {target}\n  state:            {state}{cancel}\n  attempts:         {a}/{m}\n  not before:       {nb}\n  depends on:       {deps}\n  worker:           {worker}\n  lease expires:    {lease}\n  last heartbeat:   {hb}\n  rows applied:     {rows}\n  file:             {file}\n  manifest:         {manifest}\n  params:           {params}\n  created:          {created}\n  started:          {started}\n  finished:         {finished}\n  last error:       {err}\n",
+        "upload task {id}\n  run:              {run}\n  task:             {name}\n  kind:             {kind}\n  target:           {target}\n  state:            {state}{cancel}\n  host:             {host}\n  attempts:         {a}/{m}\n  not before:       {nb}\n  depends on:       {deps}\n  worker:           {worker}\n  lease expires:    {lease}\n  last heartbeat:   {hb}\n  rows applied:     {rows}\n  file:             {file}\n  manifest:         {manifest}\n  params:           {params}\n  created:          {created}\n  started:          {started}\n  finished:         {finished}\n  last error:       {err}\n",
         id = t.id,
         run = t.run_id,
         name = t.task_name,
@@ -180,6 +214,10 @@ fn render_one(t: &TaskRow) -> String {
         target = opt(t.target.clone()),
         state = t.state,
         cancel = if t.cancel_requested && t.state == UploadState::Running { " (cancel requested)" } else { "" },
+        host = match &t.host {
+            Some(h) => h.clone(),
+            None => format!("{ANY_HOST} (shared results.dir)"),
+        },
         a = t.attempts,
         m = t.max_attempts,
         nb = time(Some(t.not_before)),

@@ -30,6 +30,7 @@ pub async fn run(cfg: &Config, listed: &Dsn, once: bool, slots: Option<usize>) -
         tracing::info!(
             slots = worker.slots,
             worker = worker.id(),
+            host = %worker.host,
             "uploader started"
         );
         let watch = tokio::spawn(watch_the_primary(
@@ -50,6 +51,11 @@ pub async fn run(cfg: &Config, listed: &Dsn, once: bool, slots: Option<usize>) -
         "uploader: {} task(s) applied ({} rows{superseded}), {} failed, {} to retry, {} cancelled",
         stats.completed, stats.rows, stats.failed, stats.retried, stats.cancelled
     );
+    if once {
+        if let Some(line) = waiting_elsewhere(cfg, &worker.host).await {
+            println!("{line}");
+        }
+    }
     if let Some(why) = moved {
         anyhow::bail!("{why}: stopped; start `pgmaint uploader` again to follow the primary");
     }
@@ -61,15 +67,42 @@ pub async fn run(cfg: &Config, listed: &Dsn, once: bool, slots: Option<usize>) -
 }
 
 /// The upload worker of `cfg` (`pgmaint uploader`, `pgmaint daemon`), with `slots`
-/// or `uploader.slots`.
+/// or `uploader.slots`; it claims the tasks of its host (`results.host`), or any
+/// with `results.shared`.
 pub(crate) fn worker(cfg: &Config, slots: Option<usize>) -> uploader::Worker {
     let mut worker = uploader::Worker::new(cfg.primary.config.clone(), cfg.results_dir.clone());
     worker.lease = cfg.uploader.lease;
     worker.lock_timeout = cfg.uploader.lock_timeout;
     worker.poll_interval = cfg.uploader.poll_interval;
     worker.shutdown_grace = cfg.uploader.shutdown_grace;
+    worker.host = cfg.upload_host();
     worker.slots = slots.unwrap_or(cfg.uploader.slots);
     worker
+}
+
+/// After a drain: the one line saying how many tasks wait for other hosts (whose
+/// results.dir holds their files), if any. Counting is best effort: a failure is
+/// logged, the drain's outcome stands.
+async fn waiting_elsewhere(cfg: &Config, host: &uploader::ResultsHost) -> Option<String> {
+    let counted = async {
+        let client = db::connect(&cfg.primary, "pgmaint").await?;
+        anyhow::Ok(uploader::waiting_for_other_hosts(&client, host).await?)
+    };
+    let hosts = match counted.await {
+        Ok(h) if h.is_empty() => return None,
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not count the tasks waiting for other hosts");
+            return None;
+        }
+    };
+    let total: i64 = hosts.iter().map(|(_, n)| n).sum();
+    let each: Vec<String> = hosts.iter().map(|(h, n)| format!("{h} ({n})")).collect();
+    Some(format!(
+        "uploader: {total} task(s) wait for other hosts, whose uploaders apply them: {}; \
+         `pgmaint tasks retry ID --on-host HOST` hands one over",
+        each.join(", ")
+    ))
 }
 
 /// The worker keeps to the server it started on. Should another become the primary (a

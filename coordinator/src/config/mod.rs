@@ -300,10 +300,33 @@ fn results(raw: Option<RawResults>) -> Result<(PathBuf, bool, String), UsageErro
     }
     let host = match raw.host {
         Some(h) if h.trim().is_empty() => return Err(usage("results.host: empty")),
+        // `pgmaint tasks retry --on-host any` means "any worker" (a NULL host).
+        Some(h) if h == ANY_HOST => {
+            return Err(usage(format!(
+                "results.host: \"{ANY_HOST}\" is reserved (tasks retry --on-host {ANY_HOST} means any host); \
+                 for storage every host reads, set results.shared = true"
+            )))
+        }
         Some(h) => h,
         None => host_name(),
     };
     Ok((raw.dir, raw.shared, host))
+}
+
+/// `--on-host any`: the host name that stands for "any worker" (shared storage).
+pub const ANY_HOST: &str = "any";
+
+impl Config {
+    /// Where this config's result files can be read: its `results.host`, or shared
+    /// storage with `results.shared = true`. Recorded on the upload tasks it queues,
+    /// and the tasks its upload worker claims.
+    pub fn upload_host(&self) -> uploader::ResultsHost {
+        if self.results_shared {
+            uploader::ResultsHost::Shared
+        } else {
+            uploader::ResultsHost::Named(self.results_host.clone())
+        }
+    }
 }
 
 /// The machine's host name (`/proc/sys/kernel/hostname`, then `$HOSTNAME`).
@@ -600,6 +623,28 @@ dir = "/tmp/r"
         assert!(dump("out = \"/x\"\nreplica = \"r9\"")
             .unwrap_err()
             .starts_with("dumps[0].replica: no replica named \"r9\""));
+    }
+
+    #[test]
+    fn results_host_names_where_uploads_are_read() {
+        let results = |extra: &str| {
+            GOOD.replace(
+                "dir = \"/var/lib/pgmaint/results\"\n",
+                &format!("dir = \"/var/lib/pgmaint/results\"\n{extra}\n"),
+            )
+        };
+        let c = Config::parse(&results("host = \"host-a\""), &Overrides::default()).unwrap();
+        assert_eq!(
+            c.upload_host(),
+            uploader::ResultsHost::Named("host-a".into())
+        );
+        let c = Config::parse(&results("shared = true"), &Overrides::default()).unwrap();
+        assert_eq!(c.upload_host(), uploader::ResultsHost::Shared);
+        assert_eq!(
+            err(&results("host = \"any\"")),
+            "results.host: \"any\" is reserved (tasks retry --on-host any means any host); \
+             for storage every host reads, set results.shared = true"
+        );
     }
 
     #[test]
