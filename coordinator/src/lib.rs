@@ -15,6 +15,7 @@ pub mod conninfo;
 pub mod cycle;
 pub mod db;
 pub mod dump;
+pub mod dump_dirs;
 pub mod error_text;
 pub mod errors;
 pub mod failover;
