@@ -180,7 +180,7 @@ async fn two_daemons_run_each_slot_once_and_the_survivor_takes_over_after_kill_9
     let cfg = c.write_config("daemon.toml", &body);
     c.init_ready(&cfg).await;
     let started = Instant::now();
-    let mut daemons = vec![Daemon::start(&c, &cfg, 1), Daemon::start(&c, &cfg, 2)];
+    let mut daemons = [Daemon::start(&c, &cfg, 1), Daemon::start(&c, &cfg, 2)];
     wait_for("a leader", Duration::from_secs(10), || async {
         leader(&c).await.is_some()
     })

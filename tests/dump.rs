@@ -143,3 +143,183 @@ async fn replayed_access_exclusive_lock_at_the_pause_point_is_waited_out() {
     assert_eq!(s["state"], "succeeded");
     assert_eq!(c.pause_state(1).await, "not paused");
 }
+
+/// The `[[dumps]]` entry `nightly` writing into `out`, with `extra` fields.
+fn nightly(out: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[[dumps]]\nname = \"nightly\"\nout = \"{}\"\njobs = 2\nkeep = 2\n{extra}\n",
+        out.display()
+    )
+}
+
+/// `pgmaint dump --name nightly --json`, which must exit with `code`; its summary.
+fn dump_named(c: &Cluster, cfg: &std::path::Path, code: i32) -> serde_json::Value {
+    run_summary(
+        &c.run(cfg, &["dump", "--name", "nightly", "--json"])
+            .expect_code(code),
+    )
+}
+
+/// The names in `dir`, sorted.
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `pg_restore` of `dir` into a new database `db` on the primary; the rows of `notes` there.
+async fn restored_notes(
+    c: &Cluster,
+    p: &tokio_postgres::Client,
+    dir: &std::path::Path,
+    db: &str,
+) -> i64 {
+    p.execute(&format!("CREATE DATABASE {db}"), &[])
+        .await
+        .unwrap();
+    let restore = Command::new(format!("{}/pg_restore", c.env["PG_BIN"]))
+        .args(["-h", "127.0.0.1", "-p", &c.primary_port().to_string()])
+        .args(["-U", "postgres", "-d", db, "-j", "2"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        restore.status.success(),
+        "{}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    let r = connect(&format!(
+        "host=127.0.0.1 port={} user=postgres dbname={db}",
+        c.primary_port()
+    ))
+    .await;
+    count(&r, "SELECT count(*) FROM notes").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_dumps_with_keep_2_over_4_dumps_leave_exactly_the_2_newest_and_each_restores() {
+    let (c, p) = blobs_cluster("dump-keep", 1_000).await;
+    p.batch_execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        .await
+        .unwrap();
+    // `out` does not exist yet: the first dump creates it.
+    let out = c.dir.join("nightly");
+    let cfg = c.ready_config("t.toml", &nightly(&out, "")).await;
+
+    let mut dirs = Vec::new();
+    for i in 1..=4 {
+        // 10 more notes before each dump: the dump's row count says which dump it is.
+        p.execute(
+            "INSERT INTO notes SELECT g, 'note' FROM generate_series($1::int * 10 - 9, $1::int * 10) g",
+            &[&i],
+        )
+        .await
+        .unwrap();
+        c.wait_caught_up(1).await;
+        let s = dump_named(&c, &cfg, 0);
+        assert_eq!(s["state"], "succeeded");
+        let dir = std::path::PathBuf::from(s["results_dir"].as_str().unwrap());
+        assert_eq!(dir.parent(), Some(out.as_path()));
+        let name = dir.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(
+            name.ends_with(&format!("Z-run{}", s["run_id"])) && name.len() > 17,
+            "{name}"
+        );
+        assert_eq!(read_manifest(&dir)["run_id"], s["run_id"]);
+        dirs.push(name);
+        if i == 1 {
+            // What an operator keeps next to the dumps, and a directory that only looks
+            // like one of pgmaint's: never pgmaint's to remove.
+            std::fs::create_dir(out.join("keep-me")).unwrap();
+            std::fs::write(out.join("keep-me/file"), "mine").unwrap();
+            std::fs::write(out.join("README.txt"), "mine").unwrap();
+            std::fs::create_dir(out.join("20200101T000000Z-run1")).unwrap();
+        }
+    }
+    assert_eq!(c.pause_state(1).await, "not paused");
+
+    let mut want = vec![
+        "20200101T000000Z-run1".to_string(),
+        "README.txt".into(),
+        dirs[2].clone(),
+        dirs[3].clone(),
+        "keep-me".into(),
+    ];
+    want.sort();
+    assert_eq!(names_in(&out), want);
+    assert_eq!(
+        std::fs::read_to_string(out.join("keep-me/file")).unwrap(),
+        "mine"
+    );
+
+    assert_eq!(
+        restored_notes(&c, &p, &out.join(&dirs[2]), "third").await,
+        30
+    );
+    assert_eq!(
+        restored_notes(&c, &p, &out.join(&dirs[3]), "fourth").await,
+        40
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dump_left_invalid_by_a_failed_run_is_removed_by_the_next_successful_dump() {
+    let (c, p) = blobs_cluster("dump-invalid", 1_000).await;
+    p.batch_execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        .await
+        .unwrap();
+    let out = c.dir.join("nightly");
+    let good = c
+        .ready_config("good.toml", &nightly(&out, "replica = \"r1\""))
+        .await;
+    let bad = c.write_config("bad.toml", &nightly(&out, "pg_dump = \"/bin/false\""));
+
+    // Bad usage is refused before anything is leased or paused.
+    let r = c.run(&good, &["dump", "--name", "nope"]).expect_code(2);
+    assert!(r.error_line().unwrap().contains("--name"), "{}", r.stderr);
+    let r = c
+        .run(&good, &["dump", "--name", "nightly", "--replica", "r2"])
+        .expect_code(2);
+    assert!(
+        r.error_line().unwrap().contains("pinned to replica r1"),
+        "{}",
+        r.stderr
+    );
+    let orphan = c.write_config("orphan.toml", &nightly(&c.dir.join("no/such/parent"), ""));
+    let r = c
+        .run(&orphan, &["dump", "--name", "nightly"])
+        .expect_code(2);
+    assert!(
+        r.error_line().unwrap().contains("dumps.out"),
+        "{}",
+        r.stderr
+    );
+
+    // A run whose pg_dump fails leaves its directory: pgmaint's, marked, not succeeded.
+    let failed = dump_named(&c, &bad, 1);
+    assert_eq!(failed["state"], "failed");
+    let id = failed["run_id"].as_i64().unwrap();
+    let left: Vec<String> = names_in(&out);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].ends_with(&format!("Z-run{id}")), "{left:?}");
+    assert!(out.join(&left[0]).join("pgmaint-dump.json").exists());
+    assert_eq!(c.pause_state(1).await, "not paused");
+
+    // The next successful dump removes it, and says so.
+    c.wait_caught_up(1).await;
+    let r = c
+        .run(&good, &["dump", "--name", "nightly", "--json"])
+        .expect_code(0);
+    let s = run_summary(&r);
+    assert!(r.stderr.contains("old dump removed"), "{}", r.stderr);
+    let dir = std::path::PathBuf::from(s["results_dir"].as_str().unwrap());
+    assert_eq!(
+        names_in(&out),
+        vec![dir.file_name().unwrap().to_string_lossy().into_owned()]
+    );
+    assert_eq!(restored_notes(&c, &p, &dir, "restored").await, 0);
+}

@@ -108,17 +108,29 @@ pub enum Command {
     /// are then hashed and `manifest.json` (snapshot LSN, timeline, system identifier,
     /// MD5 and size of every file) is written next to pg_dump's own. Restore with
     /// `pg_restore -d DBNAME DIR`.
+    ///
+    /// With --name, the `[[dumps]]` entry NAME runs now (its out, jobs, replica and
+    /// pg_dump): the dump goes into a new subdirectory of its `out` named by UTC time and
+    /// run id (`20261130T021500Z-run42`); after a success, complete dumps of the entry
+    /// beyond `keep` are removed, oldest first, with the directories of its runs that
+    /// did not succeed. Only directories pgmaint provably wrote are removed (its name
+    /// pattern, its `pgmaint-dump.json` marker, the run's record on the primary), never
+    /// one whose run is still running; anything else in `out` is left alone.
     Dump {
         /// Output directory (must not exist, or be empty).
-        #[arg(long)]
-        out: PathBuf,
+        #[arg(long, required_unless_present = "name", conflicts_with = "name")]
+        out: Option<PathBuf>,
+        /// Run the `[[dumps]]` entry NAME (instead of --out, -j and --pg-dump).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
         /// Parallel pg_dump jobs (pg_dump -j).
-        #[arg(long, short = 'j', default_value_t = 2)]
+        #[arg(long, short = 'j', default_value_t = 2, conflicts_with = "name")]
         jobs: u32,
         /// pg_dump binary; default: the one of the server's major version.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "name")]
         pg_dump: Option<PathBuf>,
-        /// Replica to use (by name); default: the first in config.
+        /// Replica to use (by name); default: the dump's pin (`dumps[].replica`, which
+        /// --replica may not contradict), else the pool's choice.
         #[arg(long)]
         replica: Option<String>,
         /// Print the run summary as JSON.

@@ -55,7 +55,12 @@ impl Work<'_> {
     fn names(&self) -> Vec<String> {
         match self {
             Work::Tasks(tasks) => tasks.iter().map(|t| t.name.clone()).collect(),
-            Work::Dump(_) => vec!["dump".to_string()],
+            // A named dump's runs carry its name: runs of one `[[dumps]]` entry never
+            // overlap (the daemon's claim checks it).
+            Work::Dump(spec) => vec![spec
+                .named
+                .as_ref()
+                .map_or_else(|| "dump".to_string(), |n| n.name.clone())],
         }
     }
 }
@@ -157,6 +162,10 @@ pub async fn run(
         (a, b) => a.or(b),
     };
     let results_dir = cycle.finish_dump(state, &mut error);
+    if let Work::Dump(spec) = &cycle.work {
+        // After the manifest (which lists pg_dump's files only).
+        spec.mark_owned(cycle.lease.run_id);
+    }
     // The run is over (a dump's files hashed too): stop renewing, record the end.
     heartbeat.stop().await;
     let outcome = RunOutcome {
@@ -560,6 +569,11 @@ impl<'a> Cycle<'a> {
         // 1. Check the tasks against the catalog (or the dump's output and pg_dump), and
         //    create the run directory, before pausing: a typo or a full disk never
         //    costs a pause.
+        if let Work::Dump(spec) = &mut self.work {
+            // A named dump's own new subdirectory, named by the run id: before the
+            // checks, which want the dump's directory empty.
+            spec.claim_run_dir(&self.primary, self.lease.run_id).await?;
+        }
         let prepared = self.prepare(&ctx).await?;
         std::fs::create_dir_all(&self.cfg.results_dir)
             .with_context(|| format!("results.dir {}", self.cfg.results_dir.display()))?;

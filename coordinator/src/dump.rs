@@ -26,9 +26,53 @@ pub struct DumpSpec {
     pub jobs: u32,
     /// pg_dump to use; default: the one matching the server's major version.
     pub pg_dump: Option<PathBuf>,
+    /// A `[[dumps]]` entry's run: `out` is then the entry's directory until the cycle
+    /// claims the run's own subdirectory in it (named by the run id), and that
+    /// subdirectory after. `None`: `out` is the dump's directory (`dump --out`).
+    pub named: Option<NamedDump>,
+}
+
+/// The `[[dumps]]` entry a dump runs for.
+#[derive(Debug, Clone)]
+pub struct NamedDump {
+    /// The entry's name (written in the directory's ownership marker).
+    pub name: String,
+    /// Whether the run's subdirectory was claimed (and `out` is it).
+    pub claimed: bool,
 }
 
 impl DumpSpec {
+    /// For a named dump, once the cycle holds its lease: claim the run's own
+    /// subdirectory of the entry's directory and dump into it (see [`crate::dump_dirs`]).
+    pub async fn claim_run_dir(
+        &mut self,
+        primary: &tokio_postgres::Client,
+        run_id: i64,
+    ) -> Result<()> {
+        let Some(named) = &mut self.named else {
+            return Ok(());
+        };
+        if !named.claimed {
+            self.out = crate::dump_dirs::claim(primary, &self.out, run_id).await?;
+            named.claimed = true;
+        }
+        Ok(())
+    }
+
+    /// For a named dump whose subdirectory was claimed, when its run ends (whatever the
+    /// outcome): the marker that tells pruning the directory is pgmaint's.
+    pub fn mark_owned(&self, run_id: i64) {
+        if let Some(NamedDump {
+            name,
+            claimed: true,
+        }) = &self.named
+        {
+            if let Err(e) = crate::dump_dirs::write_marker(&self.out, name, run_id) {
+                tracing::warn!(dir = %self.out.display(), error = %crate::error_text::OneLine::one_line(&e), "could not mark the dump directory as pgmaint's; pruning will leave it");
+            }
+        }
+    }
+
     /// Check the output directory before anything is paused.
     pub fn check_out(&self) -> Result<()> {
         if self.jobs == 0 {

@@ -16,6 +16,7 @@ pub mod cycle;
 pub mod daemon;
 pub mod db;
 pub mod dump;
+pub mod dump_dirs;
 pub mod error_text;
 pub mod errors;
 pub mod failover;

@@ -73,11 +73,22 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => commands::run::run(&cfg, &tasks, replica.as_deref(), json).await,
         Command::Dump {
             out,
+            name,
             jobs,
             pg_dump,
             replica,
             json,
-        } => commands::dump::run(&cfg, out, jobs, pg_dump, replica.as_deref(), json).await,
+        } => {
+            let target = match (name, out) {
+                (Some(name), _) => commands::dump::DumpTarget::Named(name),
+                (None, out) => commands::dump::DumpTarget::Out {
+                    out: out.expect("clap: --out or --name"),
+                    jobs,
+                    pg_dump,
+                },
+            };
+            commands::dump::run(&cfg, target, replica.as_deref(), json).await
+        }
         Command::Uploader { once, slots } => {
             commands::recover::recover_in_passing(&cfg).await;
             commands::uploader::run(&cfg, &listed, once, slots).await
