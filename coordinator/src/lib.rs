@@ -25,6 +25,7 @@ pub mod primary;
 pub mod promotion;
 pub mod replica;
 pub mod schedule;
+pub mod schedule_history;
 pub mod schema;
 pub mod signals;
 pub mod sync_standby;
