@@ -154,8 +154,10 @@ mod tests {
         let nightly = Schedule::At(Box::new(parse_cron("30 2 * * *").unwrap()), paris);
         let now = t("2026-11-30T10:00:00Z");
         let some = |s: &str| Some(t(s));
+        type Time = Option<DateTime<Utc>>;
+        // (what, schedule, last slot, last start, next slot)
         #[rustfmt::skip]
-        let table: &[(&str, &Schedule, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<DateTime<Utc>>)] = &[
+        let table: &[(&str, &Schedule, Time, Time, Time)] = &[
             ("every, never ran: now", &hourly, None, None, Some(now)),
             ("every: last start + interval", &hourly, some("2026-11-30T09:30:00Z"), some("2026-11-30T09:30:05Z"), some("2026-11-30T10:30:05Z")),
             ("every, overdue: in the past", &hourly, some("2026-11-30T07:00:00Z"), some("2026-11-30T07:00:01Z"), some("2026-11-30T08:00:01Z")),
