@@ -463,7 +463,7 @@ mod tests {
             runs: [("succeeded", 7), ("failed", 1), ("running", 0)]
                 .map(|(s, n)| (s.to_string(), n))
                 .into(),
-            uploads: [("queued", 2), ("done", 9), ("failed", 0)]
+            uploads: [("waiting", 2), ("completed", 9), ("failed", 0)]
                 .map(|(s, n)| (s.to_string(), n))
                 .into(),
             leader: true,
@@ -569,7 +569,7 @@ mod tests {
         assert_eq!(v("pgmaint_task_last_success_timestamp_seconds", dump), None);
         assert_eq!(v("pgmaint_runs_total", ("state", "succeeded")), Some(7.0));
         assert_eq!(v("pgmaint_runs_total", ("state", "running")), Some(0.0));
-        assert_eq!(v("pgmaint_upload_tasks", ("state", "queued")), Some(2.0));
+        assert_eq!(v("pgmaint_upload_tasks", ("state", "waiting")), Some(2.0));
         assert_eq!(v("pgmaint_upload_tasks", ("state", "failed")), Some(0.0));
         let leader = scrape
             .samples

@@ -188,6 +188,11 @@ async fn schedule_lines(cfg: &Config, primary: &Client) -> Result<Vec<ScheduleLi
         .collect();
     let names: Vec<String> = entries.iter().map(|(n, _, _)| n.to_string()).collect();
     let history = schedule_history::read(primary, &names).await?;
+    tracing::debug!(
+        configured = names.len(),
+        with_slots = history.len(),
+        "read the slot history from pgmaint.task_slots"
+    );
     let now = Utc::now();
     Ok(entries
         .into_iter()
