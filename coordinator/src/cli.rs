@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, Overrides};
 
@@ -16,6 +16,9 @@ use crate::config::{Config, Overrides};
 /// coordinator that died is resumed by the next pgmaint command once its lease expires.
 ///
 /// Exit codes: 0 ok; 1 runtime failure; 2 bad usage or config.
+///
+/// Logs go to stderr: as text, or with --log-format json one JSON object per line
+/// (timestamp, level, message and the event's fields) for a log collector.
 #[derive(Parser)]
 #[command(name = "pgmaint", version, max_term_width = 100)]
 pub struct Cli {
@@ -46,6 +49,25 @@ pub struct GlobalOpts {
     /// Log filter (RUST_LOG syntax), e.g. "debug" or "pgmaint=debug".
     #[arg(long, env = "PGMAINT_LOG", global = true, default_value = "info")]
     pub log: String,
+    /// How log lines on stderr look: text for people, json for a log collector (one
+    /// object per line: timestamp, level, message and the event's fields).
+    #[arg(
+        long,
+        env = "PGMAINT_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]

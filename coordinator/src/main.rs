@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use pgmaint::cli::{load_config, Cli, Command};
+use pgmaint::cli::{load_config, Cli, Command, GlobalOpts, LogFormat};
 use pgmaint::commands;
 use pgmaint::error_text::OneLine;
 use pgmaint::errors::ErrorClass;
@@ -17,17 +17,7 @@ use pgmaint::{primary, UsageError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Server NOTICEs ("relation already exists, skipping") are noise to an operator.
-    let filter = format!("tokio_postgres=warn,{}", cli.global.log);
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        // After a SIGHUP, stderr may be a dead terminal: a failed log write must be
-        // dropped, not reported with eprintln! (which panics, before replay resumes).
-        .log_internal_errors(false)
-        .init();
+    init_logging(&cli.global);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -43,6 +33,26 @@ fn main() -> ExitCode {
             let _ = writeln!(std::io::stderr(), "pgmaint: error: {}", e.one_line());
             ExitCode::from(ErrorClass::of(&e).exit_code())
         }
+    }
+}
+
+/// Log to stderr, as text or one JSON object per line (`--log-format`).
+fn init_logging(global: &GlobalOpts) {
+    // Server NOTICEs ("relation already exists, skipping") are noise to an operator.
+    let filter = format!("tokio_postgres=warn,{}", global.log);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        // After a SIGHUP, stderr may be a dead terminal: a failed log write must be
+        // dropped, not reported with eprintln! (which panics, before replay resumes).
+        .log_internal_errors(false);
+    match global.log_format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // The event's fields at the top level, next to timestamp, level and message.
+        LogFormat::Json => builder.json().flatten_event(true).with_ansi(false).init(),
     }
 }
 

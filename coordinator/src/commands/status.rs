@@ -13,6 +13,8 @@ use crate::config::ReplicaConfig;
 use crate::error_text::OneLine;
 use crate::primary::{self, Found, Survey};
 use crate::replica::{PauseState, ReplayState, ReplicaControl};
+use crate::schedule::Schedule;
+use crate::schedule_history::{self, SlotHistory};
 use crate::units::human_bytes;
 use crate::{db, schema};
 
@@ -75,6 +77,41 @@ pub struct RunLine {
     error: Option<String>,
 }
 
+/// One scheduled (or by-hand) task's or dump's line.
+#[derive(Serialize)]
+pub struct ScheduleLine {
+    name: String,
+    /// `task` or `dump`.
+    kind: &'static str,
+    /// `every 24h`, `at "30 2 * * *" Europe/Paris`, or `by hand`.
+    schedule: String,
+    /// When it is next due (in the past: overdue); none when run by hand.
+    next_slot: Option<DateTime<Utc>>,
+    /// The newest slot claimed, and when its run started.
+    last_slot: Option<DateTime<Utc>>,
+    last_started_at: Option<DateTime<Utc>>,
+    /// `succeeded`, `failed`, or `unfinished` (running, or its daemon died in it).
+    last_result: Option<String>,
+    last_success_at: Option<DateTime<Utc>>,
+    last_duration_seconds: Option<f64>,
+    last_findings: Option<i64>,
+    /// Failed slots since the last succeeded one.
+    consecutive_failures: i64,
+    /// The error of the newest finished slot, if it failed.
+    last_error: Option<String>,
+}
+
+/// Who leads the scheduler (`pgmaint.leader`).
+#[derive(Serialize)]
+pub struct LeaderLine {
+    /// `host:pid` of the daemon.
+    holder: String,
+    acquired_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    /// The lease ran out (by the primary's clock): that daemon is gone or stuck.
+    expired: bool,
+}
+
 /// Everything `status` shows.
 #[derive(Serialize)]
 pub struct Status {
@@ -82,6 +119,8 @@ pub struct Status {
     replicas: Vec<ReplicaStatus>,
     runs: Vec<RunLine>,
     queue: std::collections::BTreeMap<String, i64>,
+    schedule: Vec<ScheduleLine>,
+    scheduler_leader: Option<LeaderLine>,
 }
 
 /// Gather the status.
@@ -130,7 +169,76 @@ pub async fn gather(cfg: &Config, primary: &Client) -> Result<Status> {
         replicas,
         runs,
         queue,
+        schedule: schedule_lines(cfg, primary).await?,
+        scheduler_leader: scheduler_leader(primary).await?,
     })
+}
+
+/// Each task and dump in config order: its schedule, next slot and slot history.
+async fn schedule_lines(cfg: &Config, primary: &Client) -> Result<Vec<ScheduleLine>> {
+    let entries: Vec<(&str, &'static str, Option<&Schedule>)> = cfg
+        .tasks
+        .iter()
+        .map(|t| (t.name.as_str(), "task", t.schedule.as_ref()))
+        .chain(
+            cfg.dumps
+                .iter()
+                .map(|d| (d.name.as_str(), "dump", d.schedule.as_ref())),
+        )
+        .collect();
+    let names: Vec<String> = entries.iter().map(|(n, _, _)| n.to_string()).collect();
+    let history = schedule_history::read(primary, &names).await?;
+    tracing::debug!(
+        configured = names.len(),
+        with_slots = history.len(),
+        "read the slot history from pgmaint.task_slots"
+    );
+    let now = Utc::now();
+    Ok(entries
+        .into_iter()
+        .map(|(name, kind, schedule)| {
+            let h: Option<&SlotHistory> = history.get(name);
+            let next_slot = schedule.and_then(|s| {
+                schedule_history::next_slot(
+                    s,
+                    h.map(|h| h.last_slot),
+                    h.map(|h| h.last_claimed_at),
+                    now,
+                )
+            });
+            ScheduleLine {
+                name: name.to_string(),
+                kind,
+                schedule: schedule_history::describe(schedule),
+                next_slot,
+                last_slot: h.map(|h| h.last_slot),
+                last_started_at: h.map(|h| h.last_claimed_at),
+                last_result: h.map(|h| h.last_result.clone().unwrap_or("unfinished".into())),
+                last_success_at: h.and_then(|h| h.last_success_at),
+                last_duration_seconds: h.and_then(|h| h.last_duration_seconds),
+                last_findings: h.and_then(|h| h.last_findings),
+                consecutive_failures: h.map_or(0, |h| h.consecutive_failures),
+                last_error: h.and_then(|h| h.last_error.clone()),
+            }
+        })
+        .collect())
+}
+
+/// The scheduler's leader row, if a daemon ever took it (and did not shut down cleanly).
+async fn scheduler_leader(primary: &Client) -> Result<Option<LeaderLine>> {
+    Ok(primary
+        .query_opt(
+            "SELECT holder, acquired_at, expires_at, expires_at <= now() FROM pgmaint.leader
+              WHERE name = 'scheduler'",
+            &[],
+        )
+        .await?
+        .map(|r| LeaderLine {
+            holder: r.get(0),
+            acquired_at: r.get(1),
+            expires_at: r.get(2),
+            expired: r.get(3),
+        }))
 }
 
 fn ts(t: Option<DateTime<Utc>>) -> String {
@@ -289,5 +397,73 @@ pub fn render(s: &Status) -> String {
     let parts: Vec<String> = s.queue.iter().map(|(k, v)| format!("{k}={v}")).collect();
     out.push_str(&parts.join("  "));
     out.push('\n');
+    render_schedule(s, &mut out);
     out
+}
+
+/// The SCHEDULE section: who leads the scheduler, then one line per task and dump.
+fn render_schedule(s: &Status, out: &mut String) {
+    if s.schedule.is_empty() && s.scheduler_leader.is_none() {
+        return;
+    }
+    out.push_str("\nSCHEDULE\n");
+    match &s.scheduler_leader {
+        Some(l) if l.expired => out.push_str(&format!(
+            "  scheduler: no leader (the lease of {} expired {})\n",
+            l.holder,
+            ts(Some(l.expires_at))
+        )),
+        Some(l) => out.push_str(&format!(
+            "  scheduler: led by {} since {}, lease until {}\n",
+            l.holder,
+            ts(Some(l.acquired_at)),
+            ts(Some(l.expires_at))
+        )),
+        None => out.push_str("  scheduler: no daemon leads it\n"),
+    }
+    out.push_str(&format!(
+        "  {:<22} {:<4} {:<30} {:<19} {:<30} {:>5}\n",
+        "NAME", "KIND", "SCHEDULE", "NEXT SLOT", "LAST RESULT", "FAILS"
+    ));
+    for l in &s.schedule {
+        let last = match &l.last_result {
+            Some(r) => format!("{r} {}", ts(l.last_started_at)),
+            None => "-".into(),
+        };
+        out.push_str(&format!(
+            "  {:<22} {:<4} {:<30} {:<19} {:<30} {:>5}\n",
+            l.name,
+            l.kind,
+            l.schedule,
+            ts(l.next_slot),
+            last,
+            l.consecutive_failures
+        ));
+        if let Some(e) = &l.last_error {
+            out.push_str(&format!("        last error: {}\n", truncate_line(e, 100)));
+        }
+    }
+}
+
+/// The first line of `text`, at most `max` characters (an ellipsis marks a cut).
+fn truncate_line(text: &str, max: usize) -> String {
+    let first = text.lines().next().unwrap_or("");
+    let cut = text.len() > first.len() || first.chars().count() > max;
+    if !cut {
+        return first.to_string();
+    }
+    let kept: String = first.chars().take(max.saturating_sub(1)).collect();
+    format!("{}…", kept.trim_end())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate_line;
+
+    #[test]
+    fn a_long_or_multi_line_error_is_cut_to_one_line() {
+        assert_eq!(truncate_line("short", 10), "short");
+        assert_eq!(truncate_line("0123456789abc", 10), "012345678…");
+        assert_eq!(truncate_line("one\ntwo", 10), "one…");
+    }
 }
