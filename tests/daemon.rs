@@ -10,6 +10,7 @@ use pgmaint_e2e::*;
 /// A daemon process, stopped (SIGKILL) if the test ends without stopping it.
 struct Daemon {
     child: Option<Child>,
+    pid: u32,
     log: std::path::PathBuf,
 }
 
@@ -25,12 +26,13 @@ impl Daemon {
             .spawn()
             .unwrap();
         Daemon {
+            pid: child.id(),
             child: Some(child),
             log,
         }
     }
     fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
+        self.pid
     }
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -332,8 +334,9 @@ async fn failing_tasks_never_stop_a_healthy_one_or_their_own_schedule() {
         "[[tasks]]\nname = \"divides\"\nkind = \"export\"\n\
          query = \"SELECT 1 / (g - g) AS x FROM generate_series(1, 1) g\"\n{every}\n"
     );
+    let addr = free_address();
     let body = format!(
-        "[daemon]\nleader_lease = \"3s\"\n{}{}{divides}",
+        "[daemon]\nleader_lease = \"3s\"\nlisten = \"{addr}\"\n{}{}{divides}",
         sleepy_task("healthy", 0.1, every),
         // Refused before the pause (no such table): the shared cycle fails as a whole.
         row_checksum_task("no-table", "public.nope", "id", "p", "m", every),
@@ -346,6 +349,19 @@ async fn failing_tasks_never_stop_a_healthy_one_or_their_own_schedule() {
     wait_slots(&c, "divides", "failed", 3, Duration::from_secs(30)).await;
     assert_eq!(slots(&c, "healthy", "failed").await, 0, "{}", d.log());
     assert_eq!(slots(&c, "no-table", "succeeded").await, 0);
+    // The failure counters rise in /metrics; the healthy task's stays at 0.
+    let failures = |m: &prometheus_parse::Scrape, task: &str| {
+        value(m, "pgmaint_task_consecutive_failures", Some(("task", task))).unwrap()
+    };
+    let (m, text) = scrape(addr).await;
+    assert!(failures(&m, "no-table") >= 3.0, "{text}");
+    assert!(failures(&m, "divides") >= 3.0, "{text}");
+    assert_eq!(failures(&m, "healthy"), 0.0, "{text}");
+    let before = failures(&m, "no-table");
+    wait_for("the counter to rise", Duration::from_secs(20), || async {
+        failures(&scrape(addr).await.0, "no-table") > before
+    })
+    .await;
     let p = c.primary().await;
     let error: String = scalar(
         &p,
@@ -497,4 +513,226 @@ async fn bad_schedules_and_a_busy_listen_address_are_one_line_errors_with_exit_2
             .count(),
         1
     );
+}
+
+/// A loopback address free now, for `daemon.listen`.
+fn free_address() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `/metrics`, parsed as Prometheus text; with the raw text.
+async fn scrape(addr: std::net::SocketAddr) -> (prometheus_parse::Scrape, String) {
+    let (status, text) = http_get(addr, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{text}");
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    (
+        prometheus_parse::Scrape::parse(lines).expect("Prometheus text"),
+        text,
+    )
+}
+
+/// The value of `name{label="value"}` in a scrape.
+fn value(s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    s.samples
+        .iter()
+        .find(|x| x.metric == name && label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)))
+        .map(|x| match x.value {
+            prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_show_the_pause_during_a_scan_and_health_turns_503_when_the_primary_stops() {
+    let c = Cluster::up("daemon-metrics", 1);
+    let addr = free_address();
+    let body = format!(
+        "[daemon]\nleader_lease = \"3s\"\nlisten = \"{addr}\"\n{}",
+        sleepy_task("scan", 3.0, "every = \"1h\"")
+    );
+    let cfg = c.write_config("daemon.toml", &body);
+    c.init_ready(&cfg).await;
+    let mut d = Daemon::start(&c, &cfg, 1);
+    wait_paused(&c, 1).await;
+    let (m, text) = scrape(addr).await;
+    let r1 = Some(("replica", "r1"));
+    assert_eq!(value(&m, "pgmaint_replica_paused", r1), Some(1.0), "{text}");
+    assert!(
+        value(&m, "pgmaint_replica_pause_seconds", r1).unwrap() > 0.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(&m, "pgmaint_scheduler_leader", None),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&m, "pgmaint_runs_total", Some(("state", "running"))),
+        Some(1.0),
+        "{text}"
+    );
+    wait_slots(&c, "scan", "succeeded", 1, Duration::from_secs(30)).await;
+    let (m, text) = scrape(addr).await;
+    assert_eq!(value(&m, "pgmaint_replica_paused", r1), Some(0.0), "{text}");
+    assert_eq!(
+        value(&m, "pgmaint_replica_pause_seconds", r1),
+        Some(0.0),
+        "{text}"
+    );
+    let scan = Some(("task", "scan"));
+    assert!(value(&m, "pgmaint_task_last_success_timestamp_seconds", scan).unwrap() > 1.7e9);
+    assert!(
+        value(&m, "pgmaint_task_last_duration_seconds", scan).unwrap() >= 3.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(&m, "pgmaint_task_consecutive_failures", scan),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&m, "pgmaint_runs_total", Some(("state", "succeeded"))),
+        Some(1.0)
+    );
+    assert_eq!(http_get(addr, "/health").await.0, "HTTP/1.1 200 OK");
+
+    c.server("stop", "primary");
+    let (status, body) = http_get(addr, "/health").await;
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable", "{body}");
+    assert_eq!(body.trim().lines().count(), 1, "{body}");
+    c.server("start", "primary");
+    wait_for("health back to 200", Duration::from_secs(20), || async {
+        http_get(addr, "/health").await.0 == "HTTP/1.1 200 OK"
+    })
+    .await;
+    let status = d
+        .stop("TERM", Duration::from_secs(30))
+        .await
+        .expect("exits");
+    assert!(status.success(), "{}", d.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_dumps_keep_the_newest_and_each_kept_one_restores() {
+    let (c, p) = blobs_cluster("daemon-dumps", 500).await;
+    let out = c.dir.join("dumps");
+    let body = format!(
+        "[daemon]\nleader_lease = \"3s\"\n[[dumps]]\nname = \"often\"\nout = \"{}\"\nevery = \"2s\"\nkeep = 2\njobs = 2\n",
+        out.display()
+    );
+    let cfg = c.write_config("daemon.toml", &body);
+    c.init_ready(&cfg).await;
+    let mut d = Daemon::start(&c, &cfg, 1);
+    wait_slots(&c, "often", "succeeded", 4, Duration::from_secs(60)).await;
+    let status = d
+        .stop("TERM", Duration::from_secs(30))
+        .await
+        .expect("exits");
+    assert!(status.success(), "{}", d.log());
+    let mut dirs: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs.len(), 2, "{dirs:?}\n{}", d.log());
+    // The two newest of the succeeded runs.
+    let newest: Vec<i64> = p
+        .query(
+            "SELECT id FROM pgmaint.runs WHERE purpose = 'dump' AND state = 'succeeded' ORDER BY id DESC LIMIT 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for (i, dir) in dirs.iter().enumerate() {
+        assert!(
+            newest.iter().any(|id| dir.ends_with(&format!("-run{id}"))),
+            "{dir} vs {newest:?}"
+        );
+        let rows = restored_rows(&c, &p, "blobs", &out.join(dir), &format!("restored{i}")).await;
+        assert_eq!(rows, 500);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemons_with_separate_results_dirs_each_apply_the_uploads_whose_files_they_hold() {
+    let (c, p) = blobs_cluster("daemon-hosts", 200).await;
+    p.batch_execute("UPDATE public.blobs SET payload_md5 = 'x' WHERE id = 9")
+        .await
+        .unwrap();
+    let task = blobs_task("every = \"2s\"");
+    let config = |host: &str| {
+        let dir = c.dir.join(format!("results-{host}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = c.write_config(
+            &format!("{host}.toml"),
+            &format!("[daemon]\nleader_lease = \"2s\"\n{task}"),
+        );
+        // Its own results.dir and host name.
+        let body = std::fs::read_to_string(&text).unwrap().replace(
+            &format!("dir = \"{}\"\n", c.results_dir().display()),
+            &format!("dir = \"{}\"\nhost = \"{host}\"\n", dir.display()),
+        );
+        std::fs::write(&text, body).unwrap();
+        text
+    };
+    let (a, b) = (config("host-a"), config("host-b"));
+    c.init_ready(&a).await;
+    let mut first = Daemon::start(&c, &a, 1);
+    wait_for("host-a's uploads applied", Duration::from_secs(30), || async {
+        count(&p, "SELECT count(*) FROM pgmaint.upload_tasks WHERE host = 'host-a' AND state = 'completed'").await >= 2
+    })
+    .await;
+    let mut second = Daemon::start(&c, &b, 2);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The leader goes: host-b's daemon schedules from now on, into its own results.dir.
+    let status = first
+        .stop("TERM", Duration::from_secs(30))
+        .await
+        .expect("exits");
+    assert!(status.success(), "{}", first.log());
+    wait_for("host-b's uploads applied", Duration::from_secs(30), || async {
+        count(&p, "SELECT count(*) FROM pgmaint.upload_tasks WHERE host = 'host-b' AND state = 'completed'").await >= 2
+    })
+    .await;
+    let status = second
+        .stop("TERM", Duration::from_secs(30))
+        .await
+        .expect("exits");
+    assert!(status.success(), "{}", second.log());
+    // Every upload applied by the daemon of its host; none failed for a missing file
+    // (one host-a queued as its daemon stopped may still wait for it).
+    let rows = p
+        .query(
+            "SELECT host, worker, state, last_error FROM pgmaint.upload_tasks",
+            &[],
+        )
+        .await
+        .unwrap();
+    for r in &rows {
+        let (host, state): (String, String) = (r.get(0), r.get(2));
+        let error: Option<String> = r.get(3);
+        assert!(
+            state == "completed" || (state == "waiting" && host == "host-a"),
+            "{host} {state}: {error:?}"
+        );
+        if state == "completed" {
+            let worker: String = r.get(1);
+            let pid = if host == "host-a" {
+                first.pid()
+            } else {
+                second.pid()
+            };
+            assert!(
+                worker.contains(&format!(":{pid}/")),
+                "{host}'s task applied by {worker}"
+            );
+        }
+    }
 }

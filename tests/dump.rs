@@ -170,36 +170,6 @@ fn names_in(dir: &std::path::Path) -> Vec<String> {
     names
 }
 
-/// `pg_restore` of `dir` into a new database `db` on the primary; the rows of `notes` there.
-async fn restored_notes(
-    c: &Cluster,
-    p: &tokio_postgres::Client,
-    dir: &std::path::Path,
-    db: &str,
-) -> i64 {
-    p.execute(&format!("CREATE DATABASE {db}"), &[])
-        .await
-        .unwrap();
-    let restore = Command::new(format!("{}/pg_restore", c.env["PG_BIN"]))
-        .args(["-h", "127.0.0.1", "-p", &c.primary_port().to_string()])
-        .args(["-U", "postgres", "-d", db, "-j", "2"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        restore.status.success(),
-        "{}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&restore.stderr)
-    );
-    let r = connect(&format!(
-        "host=127.0.0.1 port={} user=postgres dbname={db}",
-        c.primary_port()
-    ))
-    .await;
-    count(&r, "SELECT count(*) FROM notes").await
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn scheduled_dumps_with_keep_2_over_4_dumps_leave_exactly_the_2_newest_and_each_restores() {
     let (c, p) = blobs_cluster("dump-keep", 1_000).await;
@@ -257,11 +227,11 @@ async fn scheduled_dumps_with_keep_2_over_4_dumps_leave_exactly_the_2_newest_and
     );
 
     assert_eq!(
-        restored_notes(&c, &p, &out.join(&dirs[2]), "third").await,
+        restored_rows(&c, &p, "notes", &out.join(&dirs[2]), "third").await,
         30
     );
     assert_eq!(
-        restored_notes(&c, &p, &out.join(&dirs[3]), "fourth").await,
+        restored_rows(&c, &p, "notes", &out.join(&dirs[3]), "fourth").await,
         40
     );
 }
@@ -321,5 +291,5 @@ async fn a_dump_left_invalid_by_a_failed_run_is_removed_by_the_next_successful_d
         names_in(&out),
         vec![dir.file_name().unwrap().to_string_lossy().into_owned()]
     );
-    assert_eq!(restored_notes(&c, &p, &dir, "restored").await, 0);
+    assert_eq!(restored_rows(&c, &p, "notes", &dir, "restored").await, 0);
 }

@@ -3,7 +3,6 @@
 //! daemon writes them), `/metrics` exports the same history and the replicas' pause
 //! state, and `--log-format json` makes every log line a JSON object. One cluster.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +10,6 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Timelike, Utc};
 use pgmaint::config::{Config, Overrides};
 use pgmaint_e2e::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::Client;
 
 const HOLDER: &str = "metrics-test:1";
@@ -134,24 +132,6 @@ fn check_status_json(doc: &serde_json::Value, hourly_start: DateTime<Utc>, now: 
     assert_eq!(doc["scheduler_leader"]["expired"], false);
 }
 
-/// `GET path` on the endpoint: the status line and the body.
-async fn get(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_string(), body.to_string())
-}
-
-/// The value of the sample `name{labels}` (written as on the wire) in `text`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.parse().unwrap())
-}
-
 async fn check_metrics(c: &Cluster, config: &Path) {
     let cfg = Config::load(config, &Overrides::default()).unwrap();
     let listener = pgmaint::http::bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -165,10 +145,10 @@ async fn check_metrics(c: &Cluster, config: &Path) {
         shutdown.clone(),
     ));
     assert_eq!(
-        get(addr, "/health").await,
+        http_get(addr, "/health").await,
         ("HTTP/1.1 200 OK".into(), "ok\n".into())
     );
-    let (status, text) = get(addr, "/metrics").await;
+    let (status, text) = http_get(addr, "/metrics").await;
     assert_eq!(status, "HTTP/1.1 200 OK", "{text}");
     let m = |series: &str| sample(&text, series);
     assert_eq!(
@@ -200,7 +180,7 @@ async fn check_metrics(c: &Cluster, config: &Path) {
     }
     // A pause an operator made is a pause too: lag alerts may be silenced by it.
     c.pause_by_hand(1).await;
-    let (_, text) = get(addr, "/metrics").await;
+    let (_, text) = http_get(addr, "/metrics").await;
     assert_eq!(
         sample(&text, "pgmaint_replica_paused{replica=\"r1\"}"),
         Some(1.0),

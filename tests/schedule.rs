@@ -15,28 +15,25 @@ async fn a_slot_is_claimed_once_and_only_by_the_leader() {
     c.run(&init, &["init"]).expect_code(0);
     let slot = Utc::now().duration_trunc(TimeDelta::seconds(1)).unwrap();
     let lease = Duration::from_secs(30);
-    let (a, b) = (c.primary().await, c.primary().await);
+    let (first, second) = (c.primary().await, c.primary().await);
     // Two daemons at once: one leads.
     let (x, y) = tokio::join!(
-        try_lead(&a, "host-a:1", lease),
-        try_lead(&b, "host-b:2", lease)
+        try_lead(&first, "host-a:1", lease),
+        try_lead(&second, "host-b:2", lease)
     );
-    assert_eq!((x.unwrap(), y.unwrap()), (true, false));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert!(x != y, "exactly one leads: {x} {y}");
+    // `a` is the leader's session from here on, `b` the other's.
+    let (a, b, leader, other) = match x {
+        true => (first, second, "host-a:1", "host-b:2"),
+        false => (second, first, "host-b:2", "host-a:1"),
+    };
     // The other cannot claim anything; the leader claims a slot once.
-    assert!(claim(&b, "nightly", slot, "host-b:2")
-        .await
-        .unwrap()
-        .is_none());
-    assert!(claim(&a, "nightly", slot, "host-a:1")
-        .await
-        .unwrap()
-        .is_some());
-    assert!(claim(&a, "nightly", slot, "host-a:1")
-        .await
-        .unwrap()
-        .is_none());
+    assert!(claim(&b, "nightly", slot, other).await.unwrap().is_none());
+    assert!(claim(&a, "nightly", slot, leader).await.unwrap().is_some());
+    assert!(claim(&a, "nightly", slot, leader).await.unwrap().is_none());
     // A restarted daemon (a new holder, once the old one released) does not run it again.
-    release(&a, "host-a:1").await.unwrap();
+    release(&a, leader).await.unwrap();
     assert!(try_lead(&a, "host-a:3", lease).await.unwrap());
     assert!(claim(&a, "nightly", slot, "host-a:3")
         .await
@@ -60,6 +57,6 @@ async fn a_slot_is_claimed_once_and_only_by_the_leader() {
         .await
         .unwrap());
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert!(try_lead(&b, "host-b:2", lease).await.unwrap());
+    assert!(try_lead(&b, other, lease).await.unwrap());
     assert!(!try_lead(&a, "host-a:3", lease).await.unwrap());
 }

@@ -222,13 +222,17 @@ pub async fn gather_primary(cfg: &Config, primary: &Client, holder: &str) -> Res
     })
 }
 
-/// Seconds since the running run holding each replica's lease confirmed its pause.
+/// Seconds since the running run holding each replica's lease paused it (from the
+/// pause request until the pause is confirmed and recorded: the replica may already
+/// stand still then).
 async fn pause_seconds(primary: &Client) -> Result<BTreeMap<String, f64>> {
     let rows = primary
         .query(
-            "SELECT l.replica, extract(epoch FROM now() - r.paused_at)::float8
+            "SELECT l.replica,
+                    extract(epoch FROM now() - coalesce(r.paused_at, r.pause_requested_at))::float8
                FROM pgmaint.replica_leases l JOIN pgmaint.runs r ON r.id = l.run_id
-              WHERE r.state = 'running' AND r.paused_at IS NOT NULL AND r.resumed_at IS NULL",
+              WHERE r.state = 'running' AND r.resumed_at IS NULL
+                AND coalesce(r.paused_at, r.pause_requested_at) IS NOT NULL",
             &[],
         )
         .await

@@ -729,3 +729,55 @@ pub async fn blobs_cluster(name: &str, n: i64) -> (Cluster, Client) {
     seed_blobs(&p, BLOBS, "bigint", "g", n).await;
     (c, p)
 }
+
+/// `GET path` on pgmaint's HTTP endpoint at `addr`: the status line and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// The value of the sample `name{labels}` (written as on the wire) in the Prometheus
+/// text `text`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
+/// `pg_restore` of `dir` into a new database `db` on the primary; the rows of `table`
+/// there.
+pub async fn restored_rows(
+    c: &Cluster,
+    p: &Client,
+    table: &str,
+    dir: &std::path::Path,
+    db: &str,
+) -> i64 {
+    p.execute(&format!("CREATE DATABASE {db}"), &[])
+        .await
+        .unwrap();
+    let restore = Command::new(format!("{}/pg_restore", c.env["PG_BIN"]))
+        .args(["-h", "127.0.0.1", "-p", &c.primary_port().to_string()])
+        .args(["-U", "postgres", "-d", db, "-j", "2"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        restore.status.success(),
+        "{}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    let r = connect(&format!(
+        "host=127.0.0.1 port={} user=postgres dbname={db}",
+        c.primary_port()
+    ))
+    .await;
+    count(&r, &format!("SELECT count(*) FROM {table}")).await
+}
