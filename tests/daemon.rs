@@ -736,3 +736,90 @@ async fn daemons_with_separate_results_dirs_each_apply_the_uploads_whose_files_t
         }
     }
 }
+
+/// The pause windows (paused_at, resumed_at) of the runs of `task`.
+async fn pause_windows(
+    p: &tokio_postgres::Client,
+    task: &str,
+) -> Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
+    p.query(
+        "SELECT paused_at, resumed_at FROM pgmaint.runs
+          WHERE $1 = ANY (tasks) AND paused_at IS NOT NULL AND resumed_at IS NOT NULL",
+        &[&task],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cycles_run_on_several_replicas_at_once_within_keep_unpaused() {
+    let c = Cluster::up("daemon-spread", 2);
+    let tasks = format!(
+        "{}{}",
+        sleepy_task("on-r1", 3.0, "every = \"1h\"\nreplica = \"r1\""),
+        sleepy_task("on-r2", 3.0, "every = \"1h\"\nreplica = \"r2\"")
+    );
+    // Neither replica is a failover candidate: both may be paused at once.
+    let never = |cfg: &Path| {
+        let text = std::fs::read_to_string(cfg)
+            .unwrap()
+            .replace("name = \"r1\"\n", "name = \"r1\"\nfailover_priority = 0\n")
+            .replace("name = \"r2\"\n", "name = \"r2\"\nfailover_priority = 0\n");
+        std::fs::write(cfg, text).unwrap();
+    };
+    let cfg = c.write_config(
+        "spread.toml",
+        &format!("[daemon]\nleader_lease = \"3s\"\n{tasks}"),
+    );
+    never(&cfg);
+    c.init_ready(&cfg).await;
+    c.wait_caught_up(2).await;
+    let mut d = Daemon::start(&c, &cfg, 1);
+    for t in ["on-r1", "on-r2"] {
+        wait_slots(&c, t, "succeeded", 1, Duration::from_secs(30)).await;
+    }
+    d.stop("TERM", Duration::from_secs(30))
+        .await
+        .expect("exits");
+    let p = c.primary().await;
+    let (a, b) = (
+        pause_windows(&p, "on-r1").await[0],
+        pause_windows(&p, "on-r2").await[0],
+    );
+    assert!(
+        a.0 < b.1 && b.0 < a.1,
+        "the two pauses overlap: {a:?} {b:?}"
+    );
+
+    // Both failover candidates (keep_unpaused = 1 by default): never both paused.
+    let cfg = c.write_config(
+        "keep.toml",
+        &format!(
+            "[daemon]\nleader_lease = \"3s\"\n{}",
+            tasks.replace("every = \"1h\"", "every = \"2s\"")
+        ),
+    );
+    let mut d = Daemon::start(&c, &cfg, 2);
+    wait_for("runs on both replicas, one at a time", Duration::from_secs(40), || async {
+        let sql = "SELECT count(DISTINCT replica) FROM pgmaint.runs WHERE state = 'succeeded' AND started_at > now() - interval '1 hour' AND id > 2";
+        count(&p, sql).await == 2
+    })
+    .await;
+    d.stop("TERM", Duration::from_secs(30))
+        .await
+        .expect("exits");
+    let mut windows = pause_windows(&p, "on-r1").await;
+    let r2 = pause_windows(&p, "on-r2").await;
+    windows.retain(|w| w.0 > a.1.max(b.1));
+    for w in &windows {
+        for v in r2.iter().filter(|v| v.0 > a.1.max(b.1)) {
+            assert!(
+                w.1 <= v.0 || v.1 <= w.0,
+                "r1 {w:?} and r2 {v:?} paused at once"
+            );
+        }
+    }
+}
