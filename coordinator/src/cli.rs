@@ -116,7 +116,9 @@ pub enum Command {
         #[command(subcommand)]
         command: TasksCommand,
     },
-    /// Replicas (pause state, backlog), recent runs, upload queue.
+    /// Replicas (pause state, backlog), recent runs, upload queue, and the schedule:
+    /// each scheduled task's and dump's next slot, last result, consecutive failures
+    /// and last error, and who leads the scheduler.
     Status {
         /// Print as JSON.
         #[arg(long)]
