@@ -2,63 +2,9 @@
 //! reload, restart safety.
 
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use pgmaint_e2e::*;
-
-/// A daemon process, stopped (SIGKILL) if the test ends without stopping it.
-struct Daemon {
-    child: Option<Child>,
-    pid: u32,
-    log: std::path::PathBuf,
-}
-
-impl Daemon {
-    /// Start `pgmaint daemon` with `config`; its stderr goes to `<config>.<n>.log`.
-    fn start(c: &Cluster, config: &Path, n: usize) -> Daemon {
-        let log = config.with_extension(format!("{n}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = c
-            .pgmaint(config, &["daemon"])
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Daemon {
-            pid: child.id(),
-            child: Some(child),
-            log,
-        }
-    }
-    fn pid(&self) -> u32 {
-        self.pid
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-    /// Send `sig`; the exit status if it exits within `timeout`.
-    async fn stop(&mut self, sig: &str, timeout: Duration) -> Option<std::process::ExitStatus> {
-        signal(self.pid(), sig);
-        let status = exited_within(self.child.as_mut().unwrap(), timeout).await;
-        if status.is_some() {
-            self.child = None;
-        }
-        status
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- daemon log {}:\n{}", self.log.display(), self.log());
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// Slots of `task` that ended with `result`.
 async fn slots(c: &Cluster, task: &str, result: &str) -> i64 {
@@ -150,13 +96,6 @@ async fn two_tasks_every_3s_run_three_times_each_within_12s_and_the_daemon_uploa
     assert!(status.success(), "{status:?}\n{}", d.log());
     assert_eq!(c.pause_state(1).await, "not paused");
     assert_eq!(count(&p, "SELECT count(*) FROM pgmaint.leader").await, 0);
-}
-
-/// An export task whose query sleeps `secs` on the replica: a scan of known length.
-fn sleepy_task(name: &str, secs: f64, extra: &str) -> String {
-    format!(
-        "[[tasks]]\nname = \"{name}\"\nkind = \"export\"\nquery = \"SELECT pg_sleep({secs}) AS slept\"\n{extra}\n"
-    )
 }
 
 /// The holder (`host:pid`) of the scheduler's leader lease, if any.
@@ -513,38 +452,6 @@ async fn bad_schedules_and_a_busy_listen_address_are_one_line_errors_with_exit_2
             .count(),
         1
     );
-}
-
-/// A loopback address free now, for `daemon.listen`.
-fn free_address() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// `/metrics`, parsed as Prometheus text; with the raw text.
-async fn scrape(addr: std::net::SocketAddr) -> (prometheus_parse::Scrape, String) {
-    let (status, text) = http_get(addr, "/metrics").await;
-    assert_eq!(status, "HTTP/1.1 200 OK", "{text}");
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    (
-        prometheus_parse::Scrape::parse(lines).expect("Prometheus text"),
-        text,
-    )
-}
-
-/// The value of `name{label="value"}` in a scrape.
-fn value(s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
-    s.samples
-        .iter()
-        .find(|x| x.metric == name && label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)))
-        .map(|x| match x.value {
-            prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => f64::NAN,
-        })
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -142,6 +142,7 @@ async fn check_metrics(c: &Cluster, config: &Path) {
         listener,
         rx,
         HOLDER.into(),
+        Arc::new(pgmaint::metrics::DaemonStats::default()),
         shutdown.clone(),
     ));
     assert_eq!(

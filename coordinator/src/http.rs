@@ -51,22 +51,25 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, UsageError> {
 struct Endpoint {
     cfg: watch::Receiver<Arc<Config>>,
     holder: Arc<str>,
+    stats: Arc<metrics::DaemonStats>,
 }
 
 /// Serve `/metrics` and `/health` on `listener` until `shutdown` is cancelled (then
 /// stop accepting, let requests in flight finish, and return). `holder`: this
 /// daemon's leader-lease holder id ([`crate::lease::holder`]), for
-/// `pgmaint_scheduler_leader`.
+/// `pgmaint_scheduler_leader`; `stats`: what the daemon counts itself (failovers).
 pub async fn serve(
     listener: std::net::TcpListener,
     cfg: watch::Receiver<Arc<Config>>,
     holder: String,
+    stats: Arc<metrics::DaemonStats>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let endpoint = Endpoint {
         cfg,
         holder: holder.into(),
+        stats,
     };
     let app = Router::new()
         .route("/metrics", get(serve_metrics).fallback(not_found))
@@ -83,7 +86,7 @@ pub async fn serve(
 
 async fn serve_metrics(State(e): State<Endpoint>) -> Response {
     let cfg = e.cfg.borrow().clone();
-    match metrics::scrape(&cfg, &e.holder).await {
+    match metrics::scrape(&cfg, &e.holder, &e.stats).await {
         Ok(text) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response(),
         Err(err) => {
             let reason = err.one_line();
@@ -166,12 +169,21 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (_tx, rx) = watch::channel(Arc::new(config_without_database()));
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, rx, "test:1".into(), shutdown.clone()));
+        let stats = Arc::new(metrics::DaemonStats::default());
+        let server = tokio::spawn(serve(
+            listener,
+            rx,
+            "test:1".into(),
+            stats,
+            shutdown.clone(),
+        ));
         let health = get(addr, "/health").await;
         assert!(health.starts_with("HTTP/1.1 503"), "{health}");
         assert!(health.contains("primary.dsn: cannot connect"), "{health}");
+        // /metrics still answers: the primary is down, as it says.
         let metrics = get(addr, "/metrics").await;
-        assert!(metrics.starts_with("HTTP/1.1 503"), "{metrics}");
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(metrics.contains("\npgmaint_primary_up 0\n"), "{metrics}");
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
         let post =
             "POST /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";

@@ -21,6 +21,7 @@ pub mod error_text;
 pub mod errors;
 pub mod failover;
 pub mod fence;
+pub mod hooks;
 pub mod http;
 pub mod leader;
 pub mod lease;

@@ -70,9 +70,17 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let listed = cfg.primary.clone();
     // The primary among the servers primary.dsn lists (a former primary never); every
     // later connection of the command goes to that one server.
-    let (_, primary, survey) = primary::connect(&cfg, "pgmaint")
-        .await
-        .map_err(UsageError::from)?;
+    let (_, primary, survey) = match primary::connect(&cfg, "pgmaint").await {
+        Ok(found) => found,
+        // With automatic failover the daemon starts without a primary: its watch decides
+        // whether the primary is down (and promotes), or only out of reach.
+        Err(e) if matches!(cli.command, Command::Daemon) && cfg.failover.automatic => {
+            tracing::warn!("the primary is not reachable at start: {}", e.0);
+            let source = daemon_source(&cli.global);
+            return pgmaint::daemon::run(cfg, listed, source, false).await;
+        }
+        Err(e) => return Err(UsageError::from(e).into()),
+    };
     cfg.primary = primary;
     match cli.command {
         Command::Init => commands::init::run(&cfg).await,
@@ -107,16 +115,20 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Status { json } => commands::status::run(&cfg, &survey, json).await,
         Command::Daemon => {
             commands::recover::recover_in_passing(&cfg).await;
-            let source = pgmaint::daemon::ConfigSource {
-                path: cli.global.config.clone(),
-                overrides: pgmaint::config::Overrides {
-                    primary: cli.global.primary_dsn.clone(),
-                    replica: cli.global.replica_dsn.clone(),
-                },
-            };
-            pgmaint::daemon::run(cfg, listed, source).await
+            pgmaint::daemon::run(cfg, listed, daemon_source(&cli.global), true).await
         }
         Command::Recover { replica } => commands::recover::run(&cfg, replica.as_deref()).await,
         Command::Promote { .. } => unreachable!("dispatched before the primary is resolved"),
+    }
+}
+
+/// Where the daemon reads its config again on SIGHUP.
+fn daemon_source(g: &pgmaint::cli::GlobalOpts) -> pgmaint::daemon::ConfigSource {
+    pgmaint::daemon::ConfigSource {
+        path: g.config.clone(),
+        overrides: pgmaint::config::Overrides {
+            primary: g.primary_dsn.clone(),
+            replica: g.replica_dsn.clone(),
+        },
     }
 }

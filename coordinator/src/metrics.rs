@@ -78,7 +78,50 @@ pub struct MetricsState {
     pub uploads: BTreeMap<String, i64>,
     /// This daemon holds the scheduler's lease, unexpired.
     pub leader: bool,
+    /// The daemon reaches the primary (`pgmaint_primary_up`).
+    pub primary_up: bool,
+    /// Automatic failovers by result (`pgmaint_failovers_total`).
+    pub failovers: BTreeMap<String, u64>,
+    /// How long the last automatic failover took (`pgmaint_failover_seconds`).
+    pub last_failover_seconds: Option<f64>,
 }
+
+/// What this daemon process counts itself (not on the primary): its automatic
+/// failovers, and whether its watch reaches the primary.
+#[derive(Debug, Default)]
+pub struct DaemonStats {
+    inner: std::sync::Mutex<DaemonCounts>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct DaemonCounts {
+    watched: Option<bool>,
+    failovers: BTreeMap<String, u64>,
+    last_failover_seconds: Option<f64>,
+}
+
+impl DaemonStats {
+    /// The failover watch reached the primary, or not.
+    pub fn primary_seen(&self, up: bool) {
+        self.inner.lock().expect("stats").watched = Some(up);
+    }
+    /// A failover attempt ended with `result` (`promoted`, `followed`, `refused`,
+    /// `fence_failed`, `failed`); the seconds of one that promoted or followed.
+    pub fn failover(&self, result: &str, seconds: Option<f64>) {
+        let mut c = self.inner.lock().expect("stats");
+        *c.failovers.entry(result.to_string()).or_default() += 1;
+        if seconds.is_some() {
+            c.last_failover_seconds = seconds;
+        }
+    }
+    fn counts(&self) -> DaemonCounts {
+        self.inner.lock().expect("stats").clone()
+    }
+}
+
+/// The results `pgmaint_failovers_total` always shows (0 until one happens).
+pub const FAILOVER_RESULTS: [&str; 5] =
+    ["promoted", "followed", "refused", "fence_failed", "failed"];
 
 /// How long a replica may take to answer a scrape, connection included.
 const REPLICA_PATIENCE: Duration = Duration::from_secs(3);
@@ -107,9 +150,11 @@ pub async fn connect_quickly(
 }
 
 /// Gather the metrics now and render them in the Prometheus text format 0.0.4.
-/// `holder`: this daemon's leader-lease holder id ([`crate::lease::holder`]). Fails
-/// when the primary cannot be read (the scrape then fails: `up == 0`).
-pub async fn scrape(cfg: &Config, holder: &str) -> Result<String> {
+/// `holder`: this daemon's leader-lease holder id ([`crate::lease::holder`]). When the
+/// primary cannot be read, the replicas' samples, `pgmaint_primary_up 0` and the
+/// failover counts are still served (what an operator needs most then); the samples
+/// read from the primary's tables are absent.
+pub async fn scrape(cfg: &Config, holder: &str, stats: &DaemonStats) -> Result<String> {
     let primary_part = async {
         let primary = connect_quickly(&cfg.primary, "pgmaint-metrics", PRIMARY_PATIENCE).await?;
         tokio::time::timeout(PRIMARY_PATIENCE, gather_primary(cfg, &primary, holder))
@@ -118,11 +163,44 @@ pub async fn scrape(cfg: &Config, holder: &str) -> Result<String> {
     };
     let replica_part = futures_util::future::join_all(cfg.replicas.iter().map(replica_sample));
     let (state, replicas) = tokio::join!(primary_part, replica_part);
-    let mut state = state?;
+    let mut state = match state {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!("metrics: the primary cannot be read: {e:#}");
+            MetricsState {
+                replicas: cfg
+                    .replicas
+                    .iter()
+                    .map(|r| ReplicaSample {
+                        name: r.name.clone(),
+                        paused: None,
+                        backlog_bytes: None,
+                        pause_seconds: 0.0,
+                    })
+                    .collect(),
+                ..Default::default()
+            }
+        }
+    };
     for (sample, (paused, backlog)) in state.replicas.iter_mut().zip(replicas) {
         sample.paused = paused;
         sample.backlog_bytes = backlog;
     }
+    let counts = stats.counts();
+    // The failover watch's view, when there is one, wins: it is what decides a failover.
+    if let Some(up) = counts.watched {
+        state.primary_up = up;
+    }
+    state.failovers = FAILOVER_RESULTS
+        .iter()
+        .map(|r| {
+            (
+                r.to_string(),
+                counts.failovers.get(*r).copied().unwrap_or(0),
+            )
+        })
+        .collect();
+    state.last_failover_seconds = counts.last_failover_seconds;
     Ok(render(&state))
 }
 
@@ -219,6 +297,8 @@ pub async fn gather_primary(cfg: &Config, primary: &Client, holder: &str) -> Res
         runs,
         uploads,
         leader,
+        primary_up: true,
+        ..Default::default()
     })
 }
 
@@ -317,10 +397,48 @@ pub fn render(s: &MetricsState) -> String {
         "1 if this daemon holds the scheduler's lease (pgmaint.leader), unexpired",
         leader,
     );
+    register_failover(&mut registry, s);
     let mut text = String::new();
     prometheus_client::encoding::text::encode_registry(&mut text, &registry)
         .expect("writing to a String does not fail");
     openmetrics_to_prometheus_text(&text)
+}
+
+fn register_failover(registry: &mut Registry, s: &MetricsState) {
+    let up = Gauge::<i64>::default();
+    up.set(i64::from(s.primary_up));
+    registry.register(
+        "pgmaint_primary_up",
+        "1 if this daemon reaches the primary",
+        up,
+    );
+    let failovers = Family::<ResultLabel, Counter>::default();
+    for (result, n) in &s.failovers {
+        let label = ResultLabel {
+            result: result.clone(),
+        };
+        failovers.get_or_create(&label).inc_by(*n);
+    }
+    // prometheus-client appends `_total` to a counter's name.
+    registry.register(
+        "pgmaint_failovers",
+        "Automatic failovers this daemon attempted, by result",
+        failovers,
+    );
+    if let Some(secs) = s.last_failover_seconds {
+        let last = FloatGauge::default();
+        last.set(secs);
+        registry.register(
+            "pgmaint_failover_seconds",
+            "How long the last automatic failover took, from the primary's first failed check to the new primary in use",
+            last,
+        );
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
 }
 
 fn register_replicas(registry: &mut Registry, replicas: &[ReplicaSample]) {
@@ -471,10 +589,19 @@ mod tests {
                 .map(|(s, n)| (s.to_string(), n))
                 .into(),
             leader: true,
+            primary_up: true,
+            failovers: FAILOVER_RESULTS
+                .iter()
+                .map(|r| (r.to_string(), u64::from(*r == "promoted")))
+                .collect(),
+            last_failover_seconds: Some(14.5),
         }
     }
 
-    const CONTRACT: [&str; 10] = [
+    const CONTRACT: [&str; 13] = [
+        "pgmaint_primary_up",
+        "pgmaint_failovers_total",
+        "pgmaint_failover_seconds",
         "pgmaint_replica_paused",
         "pgmaint_replica_replay_backlog_bytes",
         "pgmaint_replica_pause_seconds",

@@ -463,12 +463,66 @@ impl ReplicaControl {
             )
             .await
             .context("reading the snapshot position")?;
+        let lsn: String = row.get(0);
+        let timeline = self.replay_timeline(row.get(1), &lsn).await;
         Ok(SnapshotInfo {
-            lsn: row.get(0),
-            timeline: row.get(1),
+            lsn,
+            timeline,
             system_identifier: row.get(2),
             postmaster_start: row.get(3),
         })
+    }
+
+    /// The timeline replay is on at `lsn`. `pg_control_checkpoint()` says the timeline
+    /// of the last restartpoint, which lags behind a timeline switch (a replica that
+    /// follows a promoted one replays the new timeline long before its next
+    /// restartpoint): a snapshot stamped with the old timeline past the switch point
+    /// would be refused by the uploader as lost history. So: a promotion pgmaint
+    /// recorded and the replica has replayed (the row is visible) moves it on; and a
+    /// WAL receiver on a newer timeline whose history file (readable by superusers and
+    /// `pg_read_server_files`) puts the switch at or before `lsn` does too.
+    async fn replay_timeline(&self, checkpoint: i32, lsn: &str) -> i32 {
+        let recorded: Option<i32> = self
+            .client
+            .query_one(
+                "SELECT CASE WHEN to_regclass('pgmaint.promotions') IS NOT NULL THEN
+                        (SELECT max(new_timeline) FROM pgmaint.promotions
+                          WHERE system_identifier = (pg_control_system()).system_identifier
+                            AND switch_lsn <= $1::text::pg_lsn) END",
+                &[&lsn],
+            )
+            .await
+            .ok()
+            .and_then(|r| r.get(0));
+        let mut timeline = checkpoint.max(recorded.unwrap_or(0));
+        let received: Option<i32> = self
+            .client
+            .query_opt("SELECT received_tli FROM pg_stat_wal_receiver", &[])
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.get(0));
+        if let Some(tli) = received.filter(|t| *t > timeline) {
+            let history = self
+                .client
+                .query_one(
+                    "SELECT pg_read_file('pg_wal/' || lpad(upper(to_hex($1::int)), 8, '0') || '.history')",
+                    &[&tli],
+                )
+                .await;
+            let switch = history
+                .ok()
+                .and_then(|r| crate::promotion::parse_history(&r.get::<_, String>(0)));
+            if let Some((parent, at)) = switch {
+                let past = crate::failover::lsn(&at)
+                    .zip(crate::failover::lsn(lsn))
+                    .is_some_and(|(switch, replayed)| replayed >= switch);
+                if parent == timeline && past {
+                    timeline = tli;
+                }
+            }
+        }
+        timeline
     }
 
     /// Why the snapshot is no longer the one we paused at, if it is not.

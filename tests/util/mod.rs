@@ -781,3 +781,95 @@ pub async fn restored_rows(
     .await;
     count(&r, &format!("SELECT count(*) FROM {table}")).await
 }
+
+/// A daemon process, stopped (SIGKILL) if the test ends without stopping it.
+pub struct Daemon {
+    child: Option<Child>,
+    pid: u32,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    /// Start `pgmaint daemon` with `config`; its stderr goes to `<config>.<n>.log`.
+    pub fn start(c: &Cluster, config: &Path, n: usize) -> Daemon {
+        let log = config.with_extension(format!("{n}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = c
+            .pgmaint(config, &["daemon"])
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Daemon {
+            pid: child.id(),
+            child: Some(child),
+            log,
+        }
+    }
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    /// Send `sig`; the exit status if it exits within `timeout`.
+    pub async fn stop(&mut self, sig: &str, timeout: Duration) -> Option<std::process::ExitStatus> {
+        signal(self.pid(), sig);
+        let status = exited_within(self.child.as_mut().unwrap(), timeout).await;
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- daemon log {}:\n{}", self.log.display(), self.log());
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// An export task whose query sleeps `secs` on the replica: a scan of known length.
+pub fn sleepy_task(name: &str, secs: f64, extra: &str) -> String {
+    format!(
+        "[[tasks]]\nname = \"{name}\"\nkind = \"export\"\nquery = \"SELECT pg_sleep({secs}) AS slept\"\n{extra}\n"
+    )
+}
+
+/// A loopback address free now, for `daemon.listen`.
+pub fn free_address() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `/metrics`, parsed as Prometheus text; with the raw text.
+pub async fn scrape(addr: std::net::SocketAddr) -> (prometheus_parse::Scrape, String) {
+    let (status, text) = http_get(addr, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{text}");
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    (
+        prometheus_parse::Scrape::parse(lines).expect("Prometheus text"),
+        text,
+    )
+}
+
+/// The value of `name{label="value"}` in a scrape.
+pub fn value(s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    s.samples
+        .iter()
+        .find(|x| x.metric == name && label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)))
+        .map(|x| match x.value {
+            prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}

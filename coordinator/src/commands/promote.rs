@@ -112,10 +112,41 @@ pub struct Report {
     pub seconds: Timings,
 }
 
+/// Why a failover did not promote because another one is under way or done: a daemon
+/// follows the new primary instead.
+#[derive(Debug, thiserror::Error)]
+pub enum NotPromoting {
+    /// Another pgmaint holds the failover lock on this replica.
+    #[error("another pgmaint promote is running: it holds the failover lock on replica {0} (nothing changed)")]
+    LockBusy(String),
+    /// This replica is a primary already, fenced by no recorded promotion.
+    #[error(
+        "replica {0} is already a primary (not in recovery{1}), and no recorded promotion fences it: another \
+         failover happened outside pgmaint, or one is under way; not promoting a second primary (nothing changed)"
+    )]
+    OtherPrimary(String, String),
+    /// `failover.fence_command` failed.
+    #[error("{0}: not promoting (nothing changed)")]
+    FenceFailed(String),
+}
+
 /// `pgmaint promote [--replica NAME] [--force] [--json]`.
 pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -> Result<ExitCode> {
-    let started = Instant::now();
     let stop = crate::signals::finish_on_signals("pgmaint promote");
+    let report = failover(cfg, by_hand, force, &stop).await?;
+    finish(&report, json)
+}
+
+/// Steps 1 to 9 (see the module's docs): what `pgmaint promote` does, and what
+/// `pgmaint daemon` does with `failover.automatic` (never with `force`). `stop`: stop
+/// where that is still safe (before step 6).
+pub async fn failover(
+    cfg: &Config,
+    by_hand: Option<&str>,
+    force: bool,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<Report> {
+    let started = Instant::now();
 
     // 1. The operator's choice, before anything is waited for.
     if let Some(name) = by_hand {
@@ -164,6 +195,13 @@ pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -
             "the primary came back before the promotion, not promoting (nothing changed): {}",
             last.evidence.join("; ")
         );
+    }
+    // And every replica again: one promoted meanwhile (outside pgmaint) is followed, not
+    // joined by a second primary.
+    no_other_primary(&p::probe_replicas(cfg).await, &promotions).await?;
+    // The operator's fence: the old primary must take no more writes.
+    if let Err(why) = crate::hooks::fence(cfg, &target).await {
+        return Err(NotPromoting::FenceFailed(why).into());
     }
     let promote_started = Instant::now();
     let resumed_pause = probe.pause_state != PauseState::NotPaused;
@@ -235,7 +273,7 @@ pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -
             total: started.elapsed().as_secs_f64(),
         },
     };
-    finish(&report, json)
+    Ok(report)
 }
 
 /// Print the report; a promotion that could not be recorded is an error all the same.
@@ -309,10 +347,7 @@ async fn lock_replicas(cfg: &Config) -> Result<(Vec<Promotion>, Vec<Client>)> {
                 continue;
             }
             if !p::try_failover_lock(&c).await? {
-                bail!(
-                    "another pgmaint promote is running: it holds the failover lock on replica {} (nothing changed)",
-                    s.config.name
-                );
+                return Err(NotPromoting::LockBusy(s.config.name.clone()).into());
             }
             promotions.extend(fence::read_on(&c).await);
             failover_locks.push(c);
@@ -353,6 +388,18 @@ async fn primary_is_down(
             "a replica still hears from a primary, not promoting (nothing changed): {}",
             heard.join("; ")
         );
+    }
+    match crate::hooks::witness(cfg).await {
+        Some(crate::hooks::Witness::Alive) => bail!(
+            "failover.witness_command says the primary is alive (exit 0), not promoting (nothing changed)"
+        ),
+        Some(crate::hooks::Witness::NotAlive(how)) => {
+            tracing::info!("failover.witness_command does not vouch for the primary ({how})")
+        }
+        Some(crate::hooks::Witness::Silent(why)) => {
+            tracing::warn!("failover.witness_command said nothing ({why}): taken as no evidence")
+        }
+        None => {}
     }
     tracing::info!(
         down = %down.down.join(", "),
@@ -575,13 +622,12 @@ async fn no_other_primary(seen: &[Seen], promotions: &[Promotion]) -> Result<()>
             fence::fenced_by(promotions, id.system_identifier, id.timeline).is_some()
         });
         if !fenced {
-            bail!(
-                "replica {} is already a primary (not in recovery{}), and no recorded promotion fences it: another \
-                 failover happened outside pgmaint, or one is under way; not promoting a second primary (nothing \
-                 changed)",
-                s.config.name,
-                id.map(|id| format!(", timeline {}", id.timeline)).unwrap_or_default()
-            );
+            return Err(NotPromoting::OtherPrimary(
+                s.config.name.clone(),
+                id.map(|id| format!(", timeline {}", id.timeline))
+                    .unwrap_or_default(),
+            )
+            .into());
         }
     }
     Ok(())

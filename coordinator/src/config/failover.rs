@@ -24,6 +24,18 @@ pub struct FailoverSettings {
     pub promote_timeout: Duration,
     /// How long each other replica has to stream from the new primary. Default 30s.
     pub follow_timeout: Duration,
+    /// `failover.automatic`: `pgmaint daemon` promotes on its own when the primary is
+    /// down. Default false.
+    pub automatic: bool,
+    /// `failover.check_interval`: how often the daemon looks at the primary. Default 2s.
+    pub check_interval: Duration,
+    /// `failover.witness_command`: a shell command; exit 0 means "the primary is
+    /// alive", and no failover happens.
+    pub witness_command: Option<String>,
+    /// `failover.fence_command`: a shell command run just before promoting, with the
+    /// old primary's host and port in its environment; a non-zero exit aborts the
+    /// failover.
+    pub fence_command: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -33,6 +45,10 @@ pub(super) struct RawFailover {
     max_replay_backlog: Option<String>,
     promote_timeout: Option<String>,
     follow_timeout: Option<String>,
+    automatic: Option<bool>,
+    check_interval: Option<String>,
+    witness_command: Option<String>,
+    fence_command: Option<String>,
 }
 
 impl FailoverSettings {
@@ -58,6 +74,14 @@ impl FailoverSettings {
                 &f.follow_timeout,
                 Duration::from_secs(30),
             )?,
+            automatic: f.automatic.unwrap_or(false),
+            check_interval: duration(
+                "failover.check_interval",
+                &f.check_interval,
+                Duration::from_secs(2),
+            )?,
+            witness_command: command("failover.witness_command", &f.witness_command)?,
+            fence_command: command("failover.fence_command", &f.fence_command)?,
         };
         for (field, d) in [
             ("failover.primary_down_after", settings.primary_down_after),
@@ -68,6 +92,19 @@ impl FailoverSettings {
                 return Err(usage(format!("{field}: must be at least 1s")));
             }
         }
+        if settings.check_interval < Duration::from_millis(100) {
+            return Err(usage("failover.check_interval: must be at least 100ms"));
+        }
         Ok(settings)
+    }
+}
+
+/// A shell command field: not blank when given.
+fn command(field: &str, v: &Option<String>) -> Result<Option<String>, UsageError> {
+    match v {
+        Some(c) if c.trim().is_empty() => {
+            Err(usage(format!("{field}: empty (leave it out to have none)")))
+        }
+        other => Ok(other.clone()),
     }
 }

@@ -24,6 +24,7 @@ use crate::config::{Config, Dsn, Overrides};
 use crate::leader::Leadership;
 use crate::{db, lease, schema, signals};
 
+pub(crate) mod failover;
 pub(crate) mod scheduler;
 
 /// Where the config comes from, to read it again on SIGHUP.
@@ -35,12 +36,19 @@ pub struct ConfigSource {
 }
 
 /// `pgmaint daemon`. `listed`: `primary.dsn` as configured (`cfg.primary` is the one
-/// server in use).
-pub async fn run(cfg: Config, listed: Dsn, source: ConfigSource) -> Result<ExitCode> {
+/// server in use). `reachable`: the primary answered at start (with
+/// `failover.automatic`, the daemon also starts without it, and its watch decides).
+pub async fn run(
+    cfg: Config,
+    listed: Dsn,
+    source: ConfigSource,
+    reachable: bool,
+) -> Result<ExitCode> {
     let listener = cfg.daemon.listen.map(crate::http::bind).transpose()?;
-    let primary = db::connect_at_start(&cfg.primary, "pgmaint-daemon").await?;
-    schema::require_current(&primary).await?;
-    drop(primary);
+    if reachable {
+        let primary = db::connect_at_start(&cfg.primary, "pgmaint-daemon").await?;
+        schema::require_current(&primary).await?;
+    }
     let holder = lease::holder();
     let shutdown = CancellationToken::new();
     let reload = Arc::new(Notify::new());
@@ -50,36 +58,113 @@ pub async fn run(cfg: Config, listed: Dsn, source: ConfigSource) -> Result<ExitC
         tasks = cfg.tasks.iter().filter(|t| t.schedule.is_some()).count(),
         dumps = cfg.dumps.iter().filter(|d| d.schedule.is_some()).count(),
         uploader = cfg.daemon.uploader,
+        automatic_failover = cfg.failover.automatic,
         listen = ?cfg.daemon.listen,
         "daemon started"
     );
-
-    let (leadership, leads) =
-        Leadership::new(cfg.primary.clone(), holder.clone(), cfg.daemon.leader_lease);
-    let leading = tokio::spawn(leadership.run(shutdown.clone()));
-    let uploading = cfg.daemon.uploader.then(|| {
-        let worker = crate::commands::uploader::worker(&cfg, None);
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { worker.run(shutdown).await })
-    });
-    let watching = tokio::spawn(crate::commands::uploader::watch_the_primary(
-        cfg.clone(),
-        listed.clone(),
-        shutdown.clone(),
-    ));
+    let stats = Arc::new(crate::metrics::DaemonStats::default());
     let (config_tx, config_rx) = watch::channel(Arc::new(cfg));
     let serving = listener.map(|l| {
         tokio::spawn(crate::http::serve(
             l,
             config_rx.clone(),
             holder.clone(),
+            stats.clone(),
             shutdown.clone(),
         ))
     });
-    tokio::spawn(reload_on_signal(reload, source, listed, config_tx));
+    let promoted = Arc::new(std::sync::Mutex::new(None));
+    tokio::spawn(reload_on_signal(
+        reload,
+        source,
+        listed.clone(),
+        promoted.clone(),
+        config_tx.clone(),
+    ));
 
-    scheduler::Scheduler::new(config_rx, leads, holder)
-        .run(shutdown.clone())
+    let outcome = loop {
+        let cfg = config_rx.borrow().clone();
+        match term(&cfg, &listed, &holder, &stats, &config_rx, &shutdown).await {
+            TermEnd::Shutdown => break Ok(()),
+            TermEnd::Moved(why) => break Err(why),
+            TermEnd::Switched(new) => {
+                *promoted.lock().expect("promoted") = Some(
+                    cfg.replicas
+                        .iter()
+                        .find(|r| r.dsn.config == new.primary.config)
+                        .map(|r| r.name.clone())
+                        .unwrap_or_default(),
+                );
+                let _ = config_tx.send(Arc::new(new));
+            }
+        }
+    };
+    if let Some(s) = serving {
+        shutdown.cancel();
+        let _ = s.await;
+    }
+    match outcome {
+        Err(why) => {
+            anyhow::bail!("{why}: stopped; start `pgmaint daemon` again to follow the primary")
+        }
+        Ok(()) => {
+            tracing::info!("daemon stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// How a term (the daemon's work against one primary) ended.
+enum TermEnd {
+    /// SIGTERM or SIGINT.
+    Shutdown,
+    /// The primary changed without this daemon's failover (stop: a service manager
+    /// starts the daemon again, against the new one).
+    Moved(String),
+    /// A failover: go on with this config (a new primary).
+    Switched(Config),
+}
+
+/// Work against `cfg.primary` until a shutdown, a failover or a moved primary: the
+/// leader lease, the scheduler, the upload worker, and the watch on the primary (the
+/// failover watch with `failover.automatic`, else the uploader's).
+async fn term(
+    cfg: &Arc<Config>,
+    listed: &Dsn,
+    holder: &str,
+    stats: &Arc<crate::metrics::DaemonStats>,
+    config_rx: &watch::Receiver<Arc<Config>>,
+    shutdown: &CancellationToken,
+) -> TermEnd {
+    let term = shutdown.child_token();
+    let (leadership, leads) = Leadership::new(
+        cfg.primary.clone(),
+        holder.to_string(),
+        cfg.daemon.leader_lease,
+    );
+    let leading = tokio::spawn(leadership.run(term.clone()));
+    let uploading = cfg.daemon.uploader.then(|| {
+        let worker = crate::commands::uploader::worker(cfg, None);
+        let term = term.clone();
+        tokio::spawn(async move { worker.run(term).await })
+    });
+    let watching = if cfg.failover.automatic {
+        let (cfg, stats, term) = (cfg.clone(), stats.clone(), term.clone());
+        tokio::spawn(async move {
+            let new = failover::watch(cfg, stats, term.clone()).await;
+            term.cancel();
+            new.map(TermEnd::Switched)
+        })
+    } else {
+        let (cfg, listed, term) = ((**cfg).clone(), listed.clone(), term.clone());
+        tokio::spawn(async move {
+            crate::commands::uploader::watch_the_primary(cfg, listed, term)
+                .await
+                .map(TermEnd::Moved)
+        })
+    };
+    scheduler::Scheduler::new(config_rx.clone(), leads, holder.to_string())
+        .run(term.clone())
         .await;
     if let Some(u) = uploading {
         match u.await {
@@ -93,18 +178,10 @@ pub async fn run(cfg: Config, listed: Dsn, source: ConfigSource) -> Result<ExitC
         }
     }
     let _ = leading.await;
-    if let Some(s) = serving {
-        let _ = s.await;
-    }
-    watching.abort();
+    term.cancel();
     match watching.await.ok().flatten() {
-        Some(why) => {
-            anyhow::bail!("{why}: stopped; start `pgmaint daemon` again to follow the primary")
-        }
-        None => {
-            tracing::info!("daemon stopped");
-            Ok(ExitCode::SUCCESS)
-        }
+        Some(end) => end,
+        None => TermEnd::Shutdown,
     }
 }
 
@@ -114,6 +191,7 @@ async fn reload_on_signal(
     reload: Arc<Notify>,
     source: ConfigSource,
     listed: Dsn,
+    promoted: Arc<std::sync::Mutex<Option<String>>>,
     config: watch::Sender<Arc<Config>>,
 ) {
     loop {
@@ -131,8 +209,12 @@ async fn reload_on_signal(
                 tracing::warn!("{what} changed: it takes effect when the daemon restarts");
             }
         }
-        // The server in use stays the one found at start.
-        new.primary = old.primary.clone();
+        // The server in use stays the one found at start, or promoted since.
+        let promoted = promoted.lock().expect("promoted").clone();
+        match promoted.and_then(|name| failover::switched(&new, &name)) {
+            Some(switched) => new = switched,
+            None => new.primary = old.primary.clone(),
+        }
         new.results_dir = old.results_dir.clone();
         new.results_host = old.results_host.clone();
         new.results_shared = old.results_shared;
