@@ -95,7 +95,7 @@ pub async fn run(
                         .map(|r| r.name.clone())
                         .unwrap_or_default(),
                 );
-                let _ = config_tx.send(Arc::new(new));
+                let _ = config_tx.send(Arc::new(*new));
             }
         }
     };
@@ -122,7 +122,7 @@ enum TermEnd {
     /// starts the daemon again, against the new one).
     Moved(String),
     /// A failover: go on with this config (a new primary).
-    Switched(Config),
+    Switched(Box<Config>),
 }
 
 /// Work against `cfg.primary` until a shutdown, a failover or a moved primary: the
@@ -153,7 +153,7 @@ async fn term(
         tokio::spawn(async move {
             let new = failover::watch(cfg, stats, term.clone()).await;
             term.cancel();
-            new.map(TermEnd::Switched)
+            new.map(|c| TermEnd::Switched(Box::new(c)))
         })
     } else {
         let (cfg, listed, term) = ((**cfg).clone(), listed.clone(), term.clone());
