@@ -70,9 +70,14 @@ sleep "$SETTLE"
 curl -fsS "http://127.0.0.1:$PORT/metrics" | grep -q '^pgmaint_scheduler_leader 1' ||
     { echo "the daemon does not lead the scheduler after ${SETTLE}s" >&2; cat "$CLUSTER_DIR/daemon.log" >&2; exit 1; }
 
+# xacts: transactions committed or rolled back in the primary's database so far (this
+# query's own included; statistics are flushed by each backend at most once a second).
+xacts() { psql_p -Atc "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"; }
+
 # window NAME SCRAPE_EVERY(0 = none): CPU % and RSS over WINDOW seconds.
 window() {
-    local name=$1 every=$2 t0 t1 c0 c1 scrapes=0 failed=0 next
+    local name=$1 every=$2 t0 t1 c0 c1 x0 x1 scrapes=0 failed=0 next
+    x0=$(xacts)
     c0=$(cpu_ticks "$DAEMON_PID"); t0=$(now)
     next=0
     while (($(echo "$(now) - $t0 < $WINDOW" | bc -l))); do
@@ -85,6 +90,7 @@ window() {
         sleep 0.2
     done
     c1=$(cpu_ticks "$DAEMON_PID"); t1=$(now)
+    x1=$(xacts)
     local cpu rss hwm
     cpu=$(cpu_pct $((c1 - c0)) "$(secs "$t0" "$t1")")
     rss=$(status_kb "$DAEMON_PID" VmRSS); hwm=$(status_kb "$DAEMON_PID" VmHWM)
@@ -94,6 +100,7 @@ window() {
         "CPU ${cpu}% of one core ($((c1 - c0)) ticks) [goal < ${CPU_GOAL}%: $verdict]"
     verdict=PASS
     (($(echo "$(mb "$hwm") < $RSS_GOAL_MB" | bc -l))) || verdict=FAIL
+    result "daemon idle, $name: ~$(echo "($x1 - $x0) / $(secs "$t0" "$t1")" | bc -l | xargs printf '%.1f') transactions/s on the primary's database (pg_stat_database, all clients)"
     result "daemon idle, $name: VmRSS $(mb "$rss") MB, VmHWM $(mb "$hwm") MB [goal < ${RSS_GOAL_MB} MB: $verdict]"
 }
 window quiet 0
