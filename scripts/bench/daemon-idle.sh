@@ -111,7 +111,9 @@ runs=$(psql_p -Atc "SELECT count(*) FROM pgmaint.runs")
 threads=$(awk '$1 == "Threads:" { print $2 }' "/proc/$DAEMON_PID/status")
 sessions=$(psql_p -Atc "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgmaint%'")
 result "daemon idle: $threads threads, $sessions sessions on the primary; no run started (zone $TZ_NAME)"
+t0=$(now)
 stop_daemon
+result "daemon idle: SIGTERM -> exited in $(secs "$t0" "$(now)")s"
 warns=$(grep -cE ' (WARN|ERROR) ' "$CLUSTER_DIR/daemon.log" || true)
 ((warns == 0)) || { echo "the daemon logged $warns warning/error line(s):" >&2; grep -E ' (WARN|ERROR) ' "$CLUSTER_DIR/daemon.log" | head -5 >&2; }
 grep -q 'daemon stopped' "$CLUSTER_DIR/daemon.log" || { echo "the daemon did not log 'daemon stopped'" >&2; tail -5 "$CLUSTER_DIR/daemon.log" >&2; }

@@ -85,4 +85,7 @@ verdict=PASS
 result "daemon upload latency, queue commit -> applied, $RUNS uploads of $BAD_ROWS findings each (task every $EVERY, poll_interval $POLL, $findings findings rows):"
 result "  total min/median/max ${tmin}/${tmed}/${tmax} ms [goal max < ${GOAL} s: $verdict]; per upload: $per_task ms"
 result "  of which wake (NOTIFY -> claimed) ${wmin}/${wmed}/${wmax} ms, apply ${amin}/${amed}/${amax} ms"
+cycles=$(psql_p -AtF' ' -c "SELECT count(*), round(extract(epoch FROM (max(started_at) - min(started_at)) / greatest(count(*) - 1, 1))::numeric, 2)
+    FROM pgmaint.runs WHERE state = 'succeeded'")
+result "  cycles: ${cycles% *} succeeded, one every ${cycles#* } s on average (start to start)"
 result "  baseline, polling alone (poll_interval 5s, computed): median 2500 ms, max 5000 ms; cron uploader --once every minute: 30 s, 60 s"
