@@ -131,7 +131,7 @@ async fn two_daemons_run_each_slot_once_and_the_survivor_takes_over_after_kill_9
     let holder = leader(&c).await.unwrap();
     let i = daemons
         .iter()
-        .position(|d| holder.ends_with(&format!(":{}", d.pid())))
+        .position(|d| holder.contains(&format!(":{}:", d.pid())))
         .expect("the leader is one of ours");
     signal(daemons[i].pid(), "KILL");
     let killed = Instant::now();
@@ -478,11 +478,6 @@ async fn metrics_show_the_pause_during_a_scan_and_health_turns_503_when_the_prim
         Some(1.0),
         "{text}"
     );
-    assert_eq!(
-        value(&m, "pgmaint_runs_total", Some(("state", "running"))),
-        Some(1.0),
-        "{text}"
-    );
     wait_slots(&c, "scan", "succeeded", 1, Duration::from_secs(30)).await;
     let (m, text) = scrape(addr).await;
     assert_eq!(value(&m, "pgmaint_replica_paused", r1), Some(0.0), "{text}");
@@ -729,4 +724,51 @@ async fn cycles_run_on_several_replicas_at_once_within_keep_unpaused() {
             );
         }
     }
+}
+
+/// Review finding: a task pinned to a replica busy with a long cycle held up every
+/// other due task, and a slot that waited more than 5 s for a replica was lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_waiting_for_its_busy_replica_holds_up_nothing_and_keeps_its_slot() {
+    let c = Cluster::up("daemon-waiting", 2);
+    let head = "[daemon]\nleader_lease = \"3s\"\n";
+    let long = sleepy_task("long", 25.0, "every = \"1h\"\nreplica = \"r1\"");
+    let never_promoted = |cfg: &Path| {
+        let text = std::fs::read_to_string(cfg)
+            .unwrap()
+            .replace("name = \"r1\"\n", "name = \"r1\"\nfailover_priority = 0\n")
+            .replace("name = \"r2\"\n", "name = \"r2\"\nfailover_priority = 0\n");
+        std::fs::write(cfg, text).unwrap();
+    };
+    let cfg = c.write_config("daemon.toml", &format!("{head}{long}"));
+    never_promoted(&cfg);
+    c.init_ready(&cfg).await;
+    c.wait_caught_up(2).await;
+    let mut d = Daemon::start(&c, &cfg, 1);
+    wait_paused(&c, 1).await;
+    // While r1 is busy: a task pinned to it (first in config), and an unpinned one.
+    let more = format!(
+        "{}{}",
+        sleepy_task("pinned", 0.1, "every = \"2s\"\nreplica = \"r1\""),
+        sleepy_task("free", 0.1, "every = \"2s\"")
+    );
+    c.write_config("daemon.toml", &format!("{head}{more}{long}"));
+    never_promoted(&cfg);
+    signal(d.pid(), "HUP");
+    wait_slots(&c, "free", "succeeded", 2, Duration::from_secs(15)).await;
+    assert_eq!(
+        c.pause_state(1).await,
+        "paused",
+        "the long scan still holds r1"
+    );
+    // The pinned task's slot is claimed, and waits for r1.
+    let p = c.primary().await;
+    let waiting = count(&p, "SELECT count(*) FROM pgmaint.task_slots WHERE task_name = 'pinned' AND finished_at IS NULL").await;
+    assert_eq!(waiting, 1, "{}", d.log());
+    wait_slots(&c, "pinned", "succeeded", 1, Duration::from_secs(40)).await;
+    let status = d
+        .stop("TERM", Duration::from_secs(30))
+        .await
+        .expect("exits");
+    assert!(status.success(), "{}", d.log());
 }

@@ -105,6 +105,22 @@ pub struct RunSummary {
     /// Whose problem the error is (the operator's input: exit code 2).
     #[serde(skip)]
     pub error_class: ErrorClass,
+    /// The task the pre-checks refused (a table or column gone), which failed the
+    /// whole cycle before its pause.
+    #[serde(skip)]
+    pub refused_task: Option<String>,
+}
+
+/// A task refused by the pre-checks against the replica's catalog: the operator's
+/// input (its source is a [`UsageError`]), and the task it is about.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct TaskRefused {
+    /// The task's name.
+    pub task: String,
+    /// The refusal.
+    #[source]
+    pub source: UsageError,
 }
 
 impl RunSummary {
@@ -149,6 +165,11 @@ pub async fn run(
     let resume = cycle.close_and_resume().await;
 
     let (state, error, error_class) = judge(&outcome, abort.reason(), &cycle.reports);
+    let refused_task = outcome
+        .as_ref()
+        .err()
+        .and_then(|e| e.downcast_ref::<TaskRefused>())
+        .map(|r| r.task.clone());
     let resumed = ResumeRecord::of(&resume, &replica_cfg.name);
     if resumed.at.is_some() {
         tracing::info!(
@@ -177,7 +198,9 @@ pub async fn run(
         holder: lease::holder(),
     };
     cycle.record_or_keep_end(&outcome, resumed.release).await;
-    Ok(cycle.summary(outcome, results_dir, error_class))
+    let mut summary = cycle.summary(outcome, results_dir, error_class);
+    summary.refused_task = refused_task;
+    Ok(summary)
 }
 
 /// The run's state and error, from what the work returned and why it was aborted.
@@ -497,6 +520,7 @@ impl<'a> Cycle<'a> {
             results_dir,
             error: outcome.error,
             error_class,
+            refused_task: None,
         }
     }
 
@@ -680,7 +704,10 @@ impl<'a> Cycle<'a> {
             let p = snapshot_runner::prepare(&t.name, &t.spec, ctx)
                 .await
                 .map_err(|e| match e {
-                    e if e.is_config() => anyhow!(UsageError(e.to_string())),
+                    e if e.is_config() => anyhow!(TaskRefused {
+                        task: t.name.clone(),
+                        source: UsageError(e.to_string()),
+                    }),
                     e => anyhow!(e).context(format!("checking task {}", t.name)),
                 })?;
             prepared.push((p, t.soft_timeout));

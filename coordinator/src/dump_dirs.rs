@@ -143,6 +143,10 @@ pub struct DumpDir {
     /// The state of its run, if the primary holds a dump run of that id which recorded
     /// exactly this path; `None`: not provably pgmaint's.
     pub recorded: Option<RunState>,
+    /// Nobody writes it any more: its marker is there (the run that made it ended), or
+    /// it has not changed for longer than a dump may run (`limits.max_pause`). A run
+    /// dropped because its coordinator stalled may still have a pg_dump writing.
+    pub quiet: bool,
 }
 
 /// Why a directory is removed.
@@ -177,6 +181,7 @@ pub fn decide_prune(dirs: &[DumpDir], keep: usize) -> Vec<(&str, Removal)> {
             (None, _) | (_, MarkerSays::Other) | (Some(RunState::Running), _) => {}
             (Some(RunState::Succeeded), MarkerSays::ThisDump) => complete.push(d),
             (Some(RunState::Succeeded), MarkerSays::Absent) => {}
+            (Some(_), _) if !d.quiet => {}
             (Some(state), _) => remove.push((d.name.as_str(), Removal::NotSucceeded(state))),
         }
     }
@@ -189,8 +194,12 @@ pub fn decide_prune(dirs: &[DumpDir], keep: usize) -> Vec<(&str, Removal)> {
 
 /// After a successful run of `dump`: remove what [`decide_prune`] says, logging each
 /// removal. Returns the directories removed.
-pub async fn prune(primary: &Client, dump: &DumpConfig) -> Result<Vec<PathBuf>> {
-    let dirs = survey(primary, dump).await?;
+pub async fn prune(
+    primary: &Client,
+    dump: &DumpConfig,
+    settle: std::time::Duration,
+) -> Result<Vec<PathBuf>> {
+    let dirs = survey(primary, dump, settle).await?;
     let mut removed = Vec::new();
     for (name, why) in decide_prune(&dirs, dump.keep) {
         let path = dump.out.join(name);
@@ -209,7 +218,11 @@ pub async fn prune(primary: &Client, dump: &DumpConfig) -> Result<Vec<PathBuf>> 
 
 /// The subdirectories of `out` with pgmaint's pattern, and what their markers and the
 /// primary say of them.
-async fn survey(primary: &Client, dump: &DumpConfig) -> Result<Vec<DumpDir>> {
+async fn survey(
+    primary: &Client,
+    dump: &DumpConfig,
+    settle: std::time::Duration,
+) -> Result<Vec<DumpDir>> {
     let entries =
         std::fs::read_dir(&dump.out).with_context(|| format!("reading {}", dump.out.display()))?;
     let mut dirs = Vec::new();
@@ -226,11 +239,13 @@ async fn survey(primary: &Client, dump: &DumpConfig) -> Result<Vec<DumpDir>> {
             continue;
         };
         let marker = read_marker(&entry.path(), &dump.name, run_id);
+        let quiet = marker != MarkerSays::Absent || unchanged_for(&entry.path(), settle);
         dirs.push(DumpDir {
             name,
             run_id,
             marker,
             recorded: None,
+            quiet,
         });
     }
     let ids: Vec<i64> = dirs.iter().map(|d| d.run_id).collect();
@@ -252,6 +267,18 @@ async fn survey(primary: &Client, dump: &DumpConfig) -> Result<Vec<DumpDir>> {
         }
     }
     Ok(dirs)
+}
+
+/// Nothing in `dir` (or `dir` itself) changed for `settle`.
+fn unchanged_for(dir: &Path, settle: std::time::Duration) -> bool {
+    let newest = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .chain(std::fs::metadata(dir).ok().and_then(|m| m.modified().ok()))
+        .max();
+    newest.is_some_and(|t| t.elapsed().is_ok_and(|age| age > settle))
 }
 
 fn read_marker(dir: &Path, dump: &str, run_id: i64) -> MarkerSays {
@@ -292,12 +319,17 @@ mod tests {
         }
     }
 
+    fn settled(d: DumpDir) -> DumpDir {
+        DumpDir { quiet: true, ..d }
+    }
+
     fn dir(run_id: i64, marker: MarkerSays, recorded: Option<RunState>) -> DumpDir {
         DumpDir {
             name: format!("20261130T0{run_id:05}Z-run{run_id}"),
             run_id,
             marker,
             recorded,
+            quiet: marker != MarkerSays::Absent,
         }
     }
 
@@ -318,14 +350,14 @@ mod tests {
                 vec![(1, Removal::BeyondKeep), (2, Removal::BeyondKeep)],
             ),
             (
-                "every run that did not succeed, marker or not",
+                "every run that did not succeed, marker or not (unchanged for long without one)",
                 vec![
                     ok(9),
                     dir(1, ThisDump, Some(Failed)),
-                    dir(2, Absent, Some(Aborted)),
+                    settled(dir(2, Absent, Some(Aborted))),
                     dir(3, ThisDump, Some(Invalid)),
-                    dir(4, Absent, Some(Cancelled)),
-                    dir(5, Absent, Some(Dropped)),
+                    settled(dir(4, Absent, Some(Cancelled))),
+                    settled(dir(5, Absent, Some(Dropped))),
                 ],
                 1,
                 vec![
@@ -361,6 +393,12 @@ mod tests {
                     ok(3),
                 ],
                 2,
+                vec![],
+            ),
+            (
+                "a dropped run's directory without a marker, changed lately: a pg_dump may still write it",
+                vec![ok(9), dir(5, Absent, Some(Dropped)), dir(6, Absent, Some(Aborted))],
+                1,
                 vec![],
             ),
             (

@@ -44,6 +44,12 @@ pub async fn try_lead(
     Ok(row.is_some())
 }
 
+/// This daemon's holder id: `host:pid` and a random part, so that two daemons with
+/// the same host name and pid (containers) are never taken for one.
+pub fn daemon_holder() -> String {
+    format!("{}:{:08x}", crate::lease::holder(), rand::random::<u32>())
+}
+
 /// Give the lease up (a clean shutdown): another daemon takes over at its next try.
 pub async fn release(client: &Client, holder: &str) -> Result<(), tokio_postgres::Error> {
     client
@@ -127,10 +133,25 @@ impl Leadership {
             }
         }
         let _ = self.leads.send(false);
-        if let (Some(c), Some(_)) = (&client, renewed) {
-            match release(c, &self.holder).await {
+        if renewed.is_some() {
+            let released = tokio::time::timeout(every.max(Duration::from_secs(2)), async {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client = db::connect(&self.primary, "pgmaint-daemon-leader")
+                        .await
+                        .ok();
+                }
+                match &client {
+                    Some(c) => release(c, &self.holder).await.map_err(|e| e.to_string()),
+                    None => Err("the primary is unreachable".to_string()),
+                }
+            })
+            .await
+            .unwrap_or_else(|_| Err("no answer".into()));
+            match released {
                 Ok(()) => tracing::info!("scheduler's leader lease released"),
-                Err(e) => tracing::warn!("could not release the leader lease: {e}"),
+                Err(e) => {
+                    tracing::warn!("could not release the leader lease (it expires by itself): {e}")
+                }
             }
         }
     }

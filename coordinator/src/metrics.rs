@@ -365,7 +365,12 @@ pub fn render(s: &MetricsState) -> String {
     register_replicas(&mut registry, &s.replicas);
     register_tasks(&mut registry, &s.tasks);
     let runs = Family::<StateLabel, Counter>::default();
-    for (state, n) in &s.runs {
+    // Runs that ended, by how: a counter only goes up, and `running` would go down.
+    for (state, n) in s
+        .runs
+        .iter()
+        .filter(|(state, _)| state.as_str() != "running")
+    {
         let label = StateLabel {
             state: state.clone(),
         };
@@ -699,7 +704,11 @@ mod tests {
         assert_eq!(v("pgmaint_task_consecutive_failures", dump), Some(3.0));
         assert_eq!(v("pgmaint_task_last_success_timestamp_seconds", dump), None);
         assert_eq!(v("pgmaint_runs_total", ("state", "succeeded")), Some(7.0));
-        assert_eq!(v("pgmaint_runs_total", ("state", "running")), Some(0.0));
+        assert_eq!(
+            v("pgmaint_runs_total", ("state", "running")),
+            None,
+            "runs that ended only"
+        );
         assert_eq!(v("pgmaint_upload_tasks", ("state", "waiting")), Some(2.0));
         assert_eq!(v("pgmaint_upload_tasks", ("state", "failed")), Some(0.0));
         let leader = scrape

@@ -134,7 +134,7 @@ pub async fn run_named(
 async fn prune(cfg: &Config, dump: &DumpConfig) {
     let result = async {
         let primary = db::connect(&cfg.primary, "pgmaint").await?;
-        dump_dirs::prune(&primary, dump).await
+        dump_dirs::prune(&primary, dump, cfg.limits.max_pause).await
     }
     .await;
     match result {

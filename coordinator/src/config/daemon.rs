@@ -104,6 +104,11 @@ pub(super) fn schedule_of(
         }
         (None, Some(c)) => {
             let cron = schedule::parse_cron(c).map_err(|e| usage(format!("{at}.at: {e}")))?;
+            // "0 0 31 2 *" parses, and never comes.
+            let now = chrono::Utc::now().with_timezone(&tz);
+            if cron.find_next_occurrence(&now, false).is_err() {
+                return Err(usage(format!("{at}.at: {c:?} never comes (no such date)")));
+            }
             Ok(Some(Schedule::At(Box::new(cron), tz)))
         }
         (None, None) => Ok(None),

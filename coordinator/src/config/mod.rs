@@ -591,6 +591,10 @@ dir = "/tmp/r"
             with_task("kind = \"amcheck\"\nevery = \"1h\"\nat = \"0 * * * *\"\n").unwrap_err(),
             "tasks[0].at: give either every (an interval) or at (a cron expression), not both"
         );
+        assert_eq!(
+            with_task("kind = \"amcheck\"\nat = \"0 0 31 2 *\"\n").unwrap_err(),
+            "tasks[0].at: \"0 0 31 2 *\" never comes (no such date)"
+        );
         assert!(with_task("kind = \"amcheck\"\nat = \"0 25 * * *\"\n")
             .unwrap_err()
             .starts_with("tasks[0].at: \"0 25 * * *\" is not a 5-field cron expression"));

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Dsn, Overrides};
 use crate::leader::Leadership;
-use crate::{db, lease, schema, signals};
+use crate::{db, schema, signals};
 
 pub(crate) mod failover;
 pub(crate) mod scheduler;
@@ -49,7 +49,7 @@ pub async fn run(
         let primary = db::connect_at_start(&cfg.primary, "pgmaint-daemon").await?;
         schema::require_current(&primary).await?;
     }
-    let holder = lease::holder();
+    let holder = crate::leader::daemon_holder();
     let shutdown = CancellationToken::new();
     let reload = Arc::new(Notify::new());
     signals::daemon_signals(shutdown.clone(), reload.clone());
@@ -219,6 +219,9 @@ async fn reload_on_signal(
         new.results_host = old.results_host.clone();
         new.results_shared = old.results_shared;
         new.daemon.listen = old.daemon.listen;
+        new.daemon.uploader = old.daemon.uploader;
+        new.daemon.leader_lease = old.daemon.leader_lease;
+        new.uploader = old.uploader.clone();
         tracing::info!(
             tasks = new.tasks.iter().filter(|t| t.schedule.is_some()).count(),
             dumps = new.dumps.iter().filter(|d| d.schedule.is_some()).count(),
@@ -239,6 +242,10 @@ fn restart_only_changes(old: &Config, new: &Config, listed: &Dsn) -> Vec<(&'stat
         ("results.host", new.results_host != old.results_host),
         ("results.shared", new.results_shared != old.results_shared),
         ("daemon.listen", new.daemon.listen != old.daemon.listen),
+        (
+            "[uploader]",
+            format!("{:?}", new.uploader) != format!("{:?}", old.uploader),
+        ),
         (
             "daemon.uploader",
             new.daemon.uploader != old.daemon.uploader,

@@ -1,16 +1,22 @@
-//! The scheduler: every tick, while this daemon leads, claim the slots that are due
-//! and run them, tasks that fall due together on one replica sharing one cycle (one
-//! pause), cycles on several free replicas at once.
+//! The scheduler: every tick, while this daemon leads, claim the slots that are due,
+//! then start the claimed work on free replicas — tasks that fall due together on one
+//! replica sharing one cycle (one pause), cycles on several replicas at once.
 //!
 //! What it must never do, and how it doesn't:
 //! - run a slot twice: slots are claimed under a unique key on the primary
 //!   ([`schedule::claim`]), and only by the leader;
-//! - overlap two runs of a task: a task in flight here is not considered, and the
-//!   claim refuses a task that has a `running` run anywhere;
+//! - overlap two runs of a task: a task claimed or in flight here is not considered,
+//!   and the claim refuses a task that has a `running` run anywhere;
+//! - miss a slot because the replicas are busy: a slot is claimed when it falls due,
+//!   and its work waits (in memory) for a free replica; only slots that fell due while
+//!   no daemon led are "missed" (`daemon.catch_up`);
 //! - let one failure stop the rest: each cycle is its own tokio task; its error is
-//!   recorded on its slots (consecutive failures, last error) and the schedule goes on;
-//! - leave a replica paused: the cycle resumes on every path, and on shutdown every
-//!   cycle in flight is aborted and awaited.
+//!   recorded on its slots (consecutive failures, last error) and the schedule goes
+//!   on. A task the pre-checks refuse fails the whole cycle before its pause: the other
+//!   tasks run again at once without it, and it keeps to cycles of its own until it
+//!   succeeds (or the config is reloaded);
+//! - leave a replica paused: the cycle resumes on every path; on shutdown every cycle
+//!   in flight is aborted at once (not after the scheduler's tick) and awaited.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -31,10 +37,12 @@ use crate::{db, pool};
 
 /// How often the scheduler looks at the clock.
 const TICK: Duration = Duration::from_secs(1);
-/// How late a slot may be taken and still count as on time (not missed).
+/// How late a slot may be claimed and still count as on time (not missed).
 const ON_TIME: Duration = Duration::from_secs(5);
-/// After no replica could be chosen, wait this long before looking again.
-const BLOCKED_RETRY: Duration = Duration::from_secs(5);
+/// After the pool refused every replica, or a claim was refused, wait this long.
+const RETRY: Duration = Duration::from_secs(5);
+/// The longest a tick may take (a primary that stopped answering).
+const TICK_LIMIT: Duration = Duration::from_secs(30);
 
 /// What one cycle runs: tasks (by name), or one dump.
 #[derive(Debug, Clone)]
@@ -56,20 +64,24 @@ impl Job {
 type Slot = (String, DateTime<Utc>);
 /// The last slot of a task and when its run started.
 type LastRun = Option<(DateTime<Utc>, DateTime<Utc>)>;
-/// Due work for one cycle: the replica it is pinned to, what it runs, its slots.
-type Group = (Option<String>, Job, Vec<Slot>);
+
+/// Claimed work: the replica it is pinned to, what it runs, its slots.
+#[derive(Debug, Clone)]
+struct Claimed {
+    pin: Option<String>,
+    job: Job,
+    slots: Vec<Slot>,
+}
 
 /// A cycle in flight.
 struct InFlight {
     replica: String,
-    abort: Abort,
+    work: Claimed,
 }
 
-/// A cycle that ended: what it ran, for which slots, and how.
+/// A cycle that ended.
 struct Finished {
     id: u64,
-    job: Job,
-    slots: Vec<Slot>,
     result: Result<RunSummary, String>,
     elapsed: Duration,
 }
@@ -85,24 +97,31 @@ struct Due {
 pub(crate) struct Scheduler {
     config: watch::Receiver<Arc<Config>>,
     leads: watch::Receiver<bool>,
+    leads_open: bool,
     holder: String,
     primary: Option<Client>,
+    /// The primary's clock less ours (slots and run starts are in its time).
+    skew: chrono::Duration,
     /// Last slot and its start, per task or dump name (read from the primary once,
     /// then kept as this leader claims).
     last: HashMap<String, LastRun>,
+    /// Claimed work waiting for a free replica.
+    pending: Vec<Claimed>,
     running: HashMap<u64, InFlight>,
+    tokio_ids: HashMap<tokio::task::Id, u64>,
+    /// Names claimed or in flight here.
     busy_names: HashSet<String>,
     cycles: JoinSet<Finished>,
     next_id: u64,
-    blocked_until: Option<Instant>,
+    /// The pool refused every replica: not asked again before this.
+    pool_retry_at: Option<Instant>,
+    /// A claim was refused (a run of the task is still going): not asked again before.
+    claim_retry_at: HashMap<String, Instant>,
     last_recovery: Option<Instant>,
-    /// Claimed slots of tasks whose shared cycle failed before it ran anything (a task
-    /// refused by the pre-checks fails the whole cycle): each runs again alone, so
-    /// one broken task does not cost the others their slot.
-    alone: Vec<Slot>,
-    /// Tasks whose cycle alone also failed before the pause: they keep to cycles of
-    /// their own until one succeeds (or the config is reloaded).
+    /// Tasks the pre-checks refused: each runs in a cycle of its own until it succeeds.
     solo: HashSet<String>,
+    /// Cancelled on shutdown or at the end of the daemon's term: aborts every cycle.
+    term: CancellationToken,
 }
 
 impl Scheduler {
@@ -114,50 +133,69 @@ impl Scheduler {
         Scheduler {
             config,
             leads,
+            leads_open: true,
             holder,
             primary: None,
+            skew: chrono::Duration::zero(),
             last: HashMap::new(),
+            pending: Vec::new(),
             running: HashMap::new(),
+            tokio_ids: HashMap::new(),
             busy_names: HashSet::new(),
             cycles: JoinSet::new(),
             next_id: 0,
-            blocked_until: None,
+            pool_retry_at: None,
+            claim_retry_at: HashMap::new(),
             last_recovery: None,
-            alone: Vec::new(),
             solo: HashSet::new(),
+            term: CancellationToken::new(),
         }
     }
 
-    /// Schedule until `shutdown`; then abort the cycles in flight and wait for them
-    /// (each resumes its replica), recording how their slots ended.
-    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+    /// Schedule until `term`; then (the cycles in flight were aborted by `term`
+    /// itself) wait for them, recording how their slots ended.
+    pub(crate) async fn run(mut self, term: CancellationToken) {
+        self.term = term.clone();
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
-                Some(done) = self.cycles.join_next(), if !self.cycles.is_empty() => {
+                _ = term.cancelled() => break,
+                Some(done) = self.cycles.join_next_with_id(), if !self.cycles.is_empty() => {
                     self.finished(done).await;
                     continue;
                 }
-                changed = self.leads.changed() => {
-                    if changed.is_ok() && *self.leads.borrow() {
-                        // A new term: what another leader claimed meanwhile is on the primary.
-                        self.last.clear();
+                changed = self.leads.changed(), if self.leads_open => {
+                    match changed {
+                        // A new term as leader: what another leader claimed is on the primary.
+                        Ok(()) if *self.leads.borrow() => self.last.clear(),
+                        Ok(()) => {}
+                        Err(_) => self.leads_open = false,
                     }
                 }
                 _ = tokio::time::sleep(TICK) => {}
             }
-            if *self.leads.borrow() {
-                if let Err(e) = self.tick().await {
-                    tracing::warn!("scheduler: {}", e.one_line());
-                    self.primary = None;
+            if self.leads_open && *self.leads.borrow() {
+                match tokio::time::timeout(TICK_LIMIT, self.tick()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!("scheduler: {}", e.one_line());
+                        self.primary = None;
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            "scheduler: the primary did not answer within {}s",
+                            TICK_LIMIT.as_secs()
+                        );
+                        self.primary = None;
+                    }
                 }
             }
         }
-        for f in self.running.values() {
-            f.abort.trigger(AbortReason::Signal("SIGTERM"));
+        for work in std::mem::take(&mut self.pending) {
+            self.record_all(&work.slots, "the daemon stopped before a replica was free")
+                .await;
         }
-        while let Some(done) = self.cycles.join_next().await {
+        while let Some(done) = self.cycles.join_next_with_id().await {
             self.finished(done).await;
         }
     }
@@ -165,29 +203,26 @@ impl Scheduler {
     async fn client(&mut self) -> anyhow::Result<&Client> {
         if self.primary.as_ref().is_none_or(|c| c.is_closed()) {
             let cfg = self.config.borrow().clone();
-            self.primary = Some(db::connect(&cfg.primary, "pgmaint-daemon").await?);
+            let client = db::connect(&cfg.primary, "pgmaint-daemon").await?;
+            let now: DateTime<Utc> = client.query_one("SELECT now()", &[]).await?.get(0);
+            self.skew = now - Utc::now();
+            self.primary = Some(client);
         }
         Ok(self.primary.as_ref().expect("connected"))
     }
 
-    /// One look at the clock: recover dead runs now and then, then start what is due.
+    /// One look at the clock: recover dead runs now and then, claim what is due, start
+    /// what is claimed.
     async fn tick(&mut self) -> anyhow::Result<()> {
         if self.config.has_changed().unwrap_or(false) {
-            // A reload may have fixed a broken task: let it share cycles again.
+            // A reload may have fixed a refused task: let it share cycles again.
             self.solo.clear();
         }
         let cfg = self.config.borrow_and_update().clone();
         self.recover_now_and_then(&cfg).await;
-        if self.blocked_until.is_some_and(|b| Instant::now() < b) {
-            return Ok(());
-        }
-        self.start_alone(&cfg).await?;
         let due = self.due(&cfg).await?;
         for (pin, job, slots) in group(due, &self.solo) {
-            let Some(replica) = self.pick(&cfg, pin.as_deref()).await? else {
-                return Ok(());
-            };
-            let claimed = self.claim(&job, slots).await?;
+            let claimed = self.claim(slots).await?;
             if claimed.is_empty() {
                 continue;
             }
@@ -195,30 +230,34 @@ impl Scheduler {
                 Job::Tasks(_) => Job::Tasks(claimed.iter().map(|(n, _)| n.clone()).collect()),
                 dump => dump,
             };
-            self.start(&cfg, replica, job, claimed);
+            tracing::info!(job = ?job, slots = ?claimed.iter().map(|(n, s)| format!("{n}@{s}")).collect::<Vec<_>>(), "claimed due slot(s)");
+            self.busy_names.extend(job.names());
+            self.pending.push(Claimed {
+                pin,
+                job,
+                slots: claimed,
+            });
         }
-        Ok(())
+        self.start_pending(&cfg).await
     }
 
-    /// Start the tasks to run alone, each on a free replica (claimed already).
-    async fn start_alone(&mut self, cfg: &Arc<Config>) -> anyhow::Result<()> {
-        while let Some((name, slot)) = self.alone.pop() {
-            let pin = cfg
-                .tasks
-                .iter()
-                .find(|t| t.name == name)
-                .and_then(|t| t.replica.clone());
-            let Some(replica) = self.pick(cfg, pin.as_deref()).await? else {
-                self.alone.push((name, slot));
-                return Ok(());
-            };
-            self.start(
-                cfg,
-                replica,
-                Job::Tasks(vec![name.clone()]),
-                vec![(name, slot)],
-            );
+    /// Start each piece of claimed work whose replica is free; the rest waits.
+    async fn start_pending(&mut self, cfg: &Arc<Config>) -> anyhow::Result<()> {
+        let mut waiting = Vec::new();
+        let mut work = std::mem::take(&mut self.pending).into_iter();
+        while let Some(w) = work.next() {
+            match self.pick(cfg, w.pin.as_deref()).await {
+                Ok(Some(replica)) => self.start(cfg, replica, w),
+                Ok(None) => waiting.push(w),
+                Err(e) => {
+                    waiting.push(w);
+                    waiting.extend(work);
+                    self.pending = waiting;
+                    return Err(e);
+                }
+            }
         }
+        self.pending = waiting;
         Ok(())
     }
 
@@ -233,7 +272,7 @@ impl Scheduler {
         crate::commands::recover::recover_in_passing(cfg).await;
     }
 
-    /// Every scheduled task and dump that is due now and not in flight here.
+    /// Every scheduled task and dump that is due now and not claimed or in flight here.
     async fn due(&mut self, cfg: &Config) -> anyhow::Result<Vec<Due>> {
         let tasks = cfg
             .tasks
@@ -246,9 +285,13 @@ impl Scheduler {
         let scheduled: Vec<(&String, &Schedule, &Option<String>, bool)> =
             tasks.chain(dumps).collect();
         let mut due = Vec::new();
-        let now = Utc::now();
         for (name, sched, pin, dump) in scheduled {
-            if self.busy_names.contains(name) {
+            if self.busy_names.contains(name)
+                || self
+                    .claim_retry_at
+                    .get(name)
+                    .is_some_and(|t| Instant::now() < *t)
+            {
                 continue;
             }
             let last = match self.last.get(name) {
@@ -259,6 +302,7 @@ impl Scheduler {
                     l
                 }
             };
+            let now = Utc::now() + self.skew;
             let (slot, start) = (last.map(|l| l.0), last.map(|l| l.1));
             if let Some(slot) = schedule::due(sched, slot, start, now, cfg.daemon.catch_up, ON_TIME)
             {
@@ -287,125 +331,188 @@ impl Scheduler {
         if pin.is_some() || cfg.replicas.len() == 1 {
             return Ok(free.first().map(|r| r.name.clone()));
         }
-        if free.is_empty() {
+        if free.is_empty() || self.pool_retry_at.is_some_and(|t| Instant::now() < t) {
             return Ok(None);
         }
         let views = pool::look(cfg, self.client().await?, &free).await?;
-        // Replicas busy here are about to be paused: never count them as unpaused.
+        // Replicas busy here are about to be paused: they are not among `free`, so the
+        // pool never counts them as unpaused failover candidates.
         let choice = pool::choose(&views, cfg.limits.max_replay_backlog, cfg.keep_unpaused());
         if choice.chosen.is_none() {
-            self.blocked_until = Some(Instant::now() + BLOCKED_RETRY);
+            self.pool_retry_at = Some(Instant::now() + RETRY);
             let why: Vec<String> = choice
                 .skipped
                 .iter()
                 .map(|(n, w)| format!("{n}: {w}"))
                 .collect();
             tracing::info!(
-                "due work waits: no replica can be paused now ({})",
+                "claimed work waits: no replica can be paused now ({})",
                 why.join("; ")
             );
         }
         Ok(choice.chosen)
     }
 
-    /// Claim each slot of `job`; those claimed, with when (another daemon or a run
-    /// still going may have them).
-    async fn claim(&mut self, job: &Job, slots: Vec<Slot>) -> anyhow::Result<Vec<Slot>> {
+    /// Claim each slot; those claimed (another daemon, or a run still going, may have
+    /// the others). On an error, what was claimed already waits for a replica.
+    async fn claim(&mut self, slots: Vec<Slot>) -> anyhow::Result<Vec<Slot>> {
         let holder = self.holder.clone();
         let mut claimed = Vec::new();
         for (name, slot) in slots {
-            match schedule::claim(self.client().await?, &name, slot, &holder).await? {
-                Some(at) => {
+            let answer = match self.client().await {
+                Ok(c) => schedule::claim(c, &name, slot, &holder)
+                    .await
+                    .map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(Some(at)) => {
                     self.last.insert(name.clone(), Some((slot, at)));
                     claimed.push((name, slot));
                 }
-                None => {
-                    // Claimed elsewhere, or a run of it still going: read it again next time.
+                Ok(None) => {
+                    // Claimed elsewhere, or a run of it still going: read it again later.
                     tracing::debug!(task = %name, %slot, "slot not claimed");
                     self.last.remove(&name);
+                    self.claim_retry_at.insert(name, Instant::now() + RETRY);
+                }
+                Err(e) if claimed.is_empty() => return Err(e),
+                Err(e) => {
+                    tracing::warn!("scheduler: claiming {name}: {}", e.one_line());
+                    break;
                 }
             }
-        }
-        if !claimed.is_empty() {
-            tracing::info!(
-                job = ?job,
-                slots = ?claimed.iter().map(|(n, s)| format!("{n}@{s}")).collect::<Vec<_>>(),
-                "claimed due slot(s)"
-            );
         }
         Ok(claimed)
     }
 
-    fn start(&mut self, cfg: &Arc<Config>, replica: String, job: Job, slots: Vec<Slot>) {
+    fn start(&mut self, cfg: &Arc<Config>, replica: String, work: Claimed) {
         let id = self.next_id;
         self.next_id += 1;
         let abort = Abort::default();
-        self.busy_names.extend(job.names());
-        self.running.insert(
-            id,
-            InFlight {
-                replica: replica.clone(),
-                abort: abort.clone(),
-            },
-        );
-        let cfg = cfg.clone();
-        self.cycles.spawn(async move {
+        // Shutdown aborts the cycle at once, whatever the scheduler is doing.
+        let (term, stop) = (self.term.clone(), abort.clone());
+        let stopper = tokio::spawn(async move {
+            term.cancelled().await;
+            stop.trigger(AbortReason::Signal("SIGTERM"));
+        });
+        let (cfg, job, name) = (cfg.clone(), work.job.clone(), replica.clone());
+        let handle = self.cycles.spawn(async move {
             let started = Instant::now();
-            let result = run_job(&cfg, &replica, &job, abort)
+            let result = run_job(&cfg, &name, &job, abort)
                 .await
                 .map_err(|e| e.one_line());
+            stopper.abort();
             Finished {
                 id,
-                job,
-                slots,
                 result,
                 elapsed: started.elapsed(),
             }
         });
+        self.tokio_ids.insert(handle.id(), id);
+        self.running.insert(id, InFlight { replica, work });
     }
 
     /// Record how a cycle's slots ended; free its names and replica.
-    async fn finished(&mut self, done: Result<Finished, tokio::task::JoinError>) {
-        let done = match done {
-            Ok(d) => d,
-            Err(e) => {
-                // A panic inside the cycle: its own guard resumed the replica.
-                tracing::error!("a scheduled cycle panicked: {e}");
-                return;
-            }
+    async fn finished(
+        &mut self,
+        done: Result<(tokio::task::Id, Finished), tokio::task::JoinError>,
+    ) {
+        let (tokio_id, finished) = match done {
+            Ok((tid, f)) => (tid, Ok(f)),
+            Err(e) => (e.id(), Err(format!("the cycle panicked: {e}"))),
         };
-        self.running.remove(&done.id);
-        if let (Some(e), Job::Tasks(names)) = (failed_before_the_pause(&done.result), &done.job) {
-            if names.len() == 1 {
-                self.solo.insert(names[0].clone());
-            } else {
-                tracing::warn!("a shared cycle of {names:?} failed before it paused ({e}): each task runs again alone");
-                // Still busy: not due again before it ran.
-                self.alone.extend(done.slots);
-                return;
+        let Some(id) = self.tokio_ids.remove(&tokio_id) else {
+            return;
+        };
+        let Some(flight) = self.running.remove(&id) else {
+            return;
+        };
+        let (result, elapsed) = match finished {
+            Ok(f) => {
+                debug_assert_eq!(f.id, id);
+                (f.result, f.elapsed)
             }
+            // The cycle's own guard resumed the replica, or a later recover will.
+            Err(why) => (Err(why), Duration::ZERO),
+        };
+        let work = flight.work;
+        if let Some(refused) = refused_task(&result) {
+            self.solo.insert(refused.clone());
+            if let Job::Tasks(names) = &work.job {
+                if names.len() > 1 {
+                    self.run_the_others_again(&work, &refused);
+                }
+            }
+            let slot: Vec<Slot> = work
+                .slots
+                .iter()
+                .filter(|(n, _)| *n == refused)
+                .cloned()
+                .collect();
+            self.record(&slot, &result, elapsed).await;
+            return;
         }
-        for name in done.job.names() {
-            self.busy_names.remove(&name);
-        }
-        for (name, slot) in &done.slots {
-            let outcome = slot_outcome(name, &done.result, done.elapsed);
+        self.record(&work.slots, &result, elapsed).await;
+    }
+
+    /// The tasks of a shared cycle other than `refused` (which failed it before its
+    /// pause) run again at once, for the same slots.
+    fn run_the_others_again(&mut self, work: &Claimed, refused: &str) {
+        let slots: Vec<Slot> = work
+            .slots
+            .iter()
+            .filter(|(n, _)| n != refused)
+            .cloned()
+            .collect();
+        tracing::warn!(
+            task = %refused,
+            "the pre-checks refused task {refused}, which failed its shared cycle before the pause: the other \
+             task(s) run again without it, and it keeps to cycles of its own until it succeeds"
+        );
+        self.pending.push(Claimed {
+            pin: work.pin.clone(),
+            job: Job::Tasks(slots.iter().map(|(n, _)| n.clone()).collect()),
+            slots,
+        });
+    }
+
+    /// Record the outcome of `slots` from their cycle's result; free their names.
+    async fn record(
+        &mut self,
+        slots: &[Slot],
+        result: &Result<RunSummary, String>,
+        elapsed: Duration,
+    ) {
+        for (name, slot) in slots {
+            self.busy_names.remove(name);
+            let outcome = slot_outcome(name, result, elapsed);
             if outcome.succeeded {
                 self.solo.remove(name);
                 tracing::info!(task = %name, %slot, seconds = outcome.seconds, "scheduled run succeeded");
             } else {
                 tracing::warn!(task = %name, %slot, "scheduled run failed: {}", outcome.error.as_deref().unwrap_or("?"));
             }
-            let recorded = match self.client().await {
-                Ok(c) => schedule::record(c, name, *slot, &outcome)
-                    .await
-                    .map_err(anyhow::Error::from),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = recorded {
-                tracing::warn!(task = %name, "could not record the slot's outcome: {}", e.one_line());
-                self.primary = None;
-            }
+            self.store(name, *slot, &outcome).await;
+        }
+    }
+
+    /// Record `slots` as failed with `why` (never started).
+    async fn record_all(&mut self, slots: &[Slot], why: &str) {
+        self.record(slots, &Err(why.to_string()), Duration::ZERO)
+            .await;
+    }
+
+    async fn store(&mut self, name: &str, slot: DateTime<Utc>, outcome: &SlotOutcome) {
+        let recorded = match self.client().await {
+            Ok(c) => schedule::record(c, name, slot, outcome)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(task = %name, "could not record the slot's outcome: {}", e.one_line());
+            self.primary = None;
         }
     }
 }
@@ -431,9 +538,9 @@ async fn run_job(
 }
 
 /// Due work in cycles: the due tasks by the replica they are pinned to (unpinned ones
-/// share one cycle), each dump on its own.
-fn group(due: Vec<Due>, solo: &HashSet<String>) -> Vec<Group> {
-    let mut groups: Vec<Group> = Vec::new();
+/// share one cycle), each dump and each `solo` task on its own.
+fn group(due: Vec<Due>, solo: &HashSet<String>) -> Vec<(Option<String>, Job, Vec<Slot>)> {
+    let mut groups: Vec<(Option<String>, Job, Vec<Slot>)> = Vec::new();
     for d in due {
         if d.dump || solo.contains(&d.name) {
             let job = match d.dump {
@@ -443,10 +550,10 @@ fn group(due: Vec<Due>, solo: &HashSet<String>) -> Vec<Group> {
             groups.push((d.replica, job, vec![(d.name, d.slot)]));
             continue;
         }
-        match groups
-            .iter_mut()
-            .find(|(pin, job, _)| matches!(job, Job::Tasks(_)) && *pin == d.replica)
-        {
+        let shared = groups.iter_mut().find(|(pin, job, _)| {
+            matches!(job, Job::Tasks(n) if !solo.contains(&n[0])) && *pin == d.replica
+        });
+        match shared {
             Some((_, Job::Tasks(names), slots)) => {
                 names.push(d.name.clone());
                 slots.push((d.name, d.slot));
@@ -461,20 +568,9 @@ fn group(due: Vec<Due>, solo: &HashSet<String>) -> Vec<Group> {
     groups
 }
 
-/// The error of a cycle that failed before it paused (a task refused by the
-/// pre-checks fails the whole cycle), if it did.
-fn failed_before_the_pause(result: &Result<RunSummary, String>) -> Option<String> {
-    match result {
-        Err(e) => Some(e.clone()),
-        Ok(s)
-            if s.state != uploader::RunState::Succeeded
-                && s.paused_at.is_none()
-                && s.tasks.is_empty() =>
-        {
-            Some(s.error.clone().unwrap_or_else(|| s.state.to_string()))
-        }
-        Ok(_) => None,
-    }
+/// The task the pre-checks refused, which failed its cycle before the pause.
+fn refused_task(result: &Result<RunSummary, String>) -> Option<String> {
+    result.as_ref().ok().and_then(|s| s.refused_task.clone())
 }
 
 /// How the slot of task `name` ended, from its cycle's summary.
@@ -496,15 +592,12 @@ fn slot_outcome(name: &str, result: &Result<RunSummary, String>, elapsed: Durati
         .and_then(|i| summary.task_seconds.get(i).copied())
         .unwrap_or(elapsed.as_secs_f64());
     let report = task.map(|i| &summary.tasks[i]);
-    let task_ok = match report {
-        Some(t) => t.status == "completed",
-        // A dump has no task reports: the run speaks for it.
-        None => true,
+    // Another task of the cycle failing is not this task's failure; a dump has no task
+    // reports, and the run speaks for it.
+    let succeeded = match report {
+        Some(t) => summary.state == uploader::RunState::Succeeded && t.status == "completed",
+        None => summary.ok(),
     };
-    // Another task of the cycle failing is not this task's failure.
-    let succeeded = summary.state == uploader::RunState::Succeeded
-        && task_ok
-        && (report.is_some() || summary.ok());
     let error = (!succeeded).then(|| {
         report
             .and_then(|t| t.error.clone())
