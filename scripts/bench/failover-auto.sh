@@ -18,12 +18,15 @@
 # Anchors, not measured here: repmgr's default detection 60 s (reconnect_attempts 6 ×
 # reconnect_interval 10 s), Patroni's default leader key ttl 30 s.
 #   SETTINGS="10s,2s 2s,1s"   (primary_down_after,check_interval per case; 10s,2s are
-#   the defaults)   RUNS=1 (cases and baseline repeated)
+#   the defaults)   RUNS=1 (cases and baseline repeated)   AFTER=0 (seconds the daemon
+#   goes on after the failover before it is stopped; its whole log is kept in
+#   $BENCH_ROOT/failover-auto-DOWN_AFTER.log)
 source "$(dirname "$0")/common.sh"
 source "$(dirname "$0")/failover-common.sh"
 source "$(dirname "$0")/daemon-common.sh"
 SETTINGS=${SETTINGS:-10s,2s 2s,1s}
 RUNS=${RUNS:-1}
+AFTER=${AFTER:-0}
 WRITE_LIMIT=120
 
 # fresh_cluster NAME: a primary and two replicas in $BENCH_ROOT/NAME, pgmaint's schema and
@@ -109,7 +112,7 @@ check_interval = \"$every\""
         sleep 0.1
     done
     echo "--- daemon log, failover steps (primary_down_after = $down, check_interval = $every):"
-    grep -E 'failover|the primary does not answer' "$CLUSTER_DIR/daemon.log" || true
+    grep -E 'failover|the primary (does not answer|is down)|pg_promote|promoted|re-pointed' "$CLUSTER_DIR/daemon.log" || true
     echo "--- /metrics after the failover:"
     grep -E '^pgmaint_(failover|primary_up)' <<<"$metrics" || true
     secs=$(awk '$1 == "pgmaint_failover_seconds" { printf "%.2f", $2 }' <<<"$metrics")
@@ -117,6 +120,9 @@ check_interval = \"$every\""
     result "failover-auto, pgmaint daemon, primary_down_after = $down, check_interval = $every: kill -> first write ${total}s" \
         "(on $(port_name "$port"); pgmaint_failover_seconds ${secs:-missing}, from the daemon's first failed check;" \
         "pg_ctl stop took $(secs "$T_KILL" "$T_DOWN")s)"
+    sleep "$AFTER"
+    stop_daemon
+    cp "$CLUSTER_DIR/daemon.log" "$BENCH_ROOT/failover-auto-$down.log"
     drop_cluster
 }
 
