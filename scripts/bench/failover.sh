@@ -16,35 +16,11 @@
 #   BACKLOG_MB=1024   CASES="unpaused paused"   FIRST=pgmaint (or postgres: the baseline
 #   promotes r1 first, pgmaint r2 second)
 source "$(dirname "$0")/common.sh"
+source "$(dirname "$0")/failover-common.sh"
 BACKLOG_MB=${BACKLOG_MB:-1024}
 CASES=${CASES:-unpaused paused}
 DOWN_AFTER=${DOWN_AFTER:-1s}
 FIRST=${FIRST:-pgmaint}
-
-# psql_at PORT ARGS…
-psql_at() { "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$1" -U postgres -d app "${@:2}"; }
-
-# first_write PORT [PID]: retry an INSERT until one commits (every 10 ms); prints
-# nothing. Gives up if process PID (pgmaint) has exited.
-first_write() {
-    until psql_at "$1" -c "INSERT INTO failover_probe VALUES (now())" >/dev/null 2>&1; do
-        if [[ -n ${2:-} ]] && ! kill -0 "$2" 2>/dev/null; then
-            psql_at "$1" -c "INSERT INTO failover_probe VALUES (now())" >/dev/null 2>&1 && return 0
-            return 1
-        fi
-        sleep 0.01
-    done
-}
-
-# wait_replayed PORT LSN: until the replica on PORT has replayed LSN.
-wait_replayed() {
-    until [[ $(psql_at "$1" -Atc "SELECT pg_last_wal_replay_lsn() >= '$2'::pg_lsn") == t ]]; do sleep 0.1; done
-}
-
-# wait_received PORT LSN: until the replica on PORT has received LSN.
-wait_received() {
-    until [[ $(psql_at "$1" -Atc "SELECT pg_last_wal_receive_lsn() >= '$2'::pg_lsn") == t ]]; do sleep 0.1; done
-}
 
 # one_case NAME: bring a cluster up, prepare it, fail over twice, print the figures.
 one_case() {
