@@ -51,8 +51,13 @@ async fn the_daemon_promotes_r2_when_the_primary_dies_mid_scan_and_goes_on_again
         .unwrap();
     let addr = free_address();
     // r1 scans (never promoted), r2 is the failover candidate.
+    let fenced = c.dir.join("fenced");
+    let fence = format!(
+        "fence_command = 'echo \"$PGMAINT_OLD_PRIMARY_PORT $PGMAINT_NEW_PRIMARY $PGMAINT_NEW_PRIMARY_PORT\" > {}'\n",
+        fenced.display()
+    );
     let body = format!(
-        "{}{}{}",
+        "{}{fence}{}{}",
         quick_failover(addr),
         blobs_task("every = \"3s\"\nreplica = \"r1\""),
         sleepy_task("hold", 2.0, "every = \"3s\"\nreplica = \"r1\"")
@@ -82,6 +87,12 @@ async fn the_daemon_promotes_r2_when_the_primary_dies_mid_scan_and_goes_on_again
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(14), "{took:?}");
     assert!(in_recovery(&c, 1).await, "only r2 is promoted");
+    // failover.fence_command ran first, told of the old primary and the candidate.
+    let told = std::fs::read_to_string(&fenced).unwrap();
+    assert_eq!(
+        told.trim(),
+        format!("{} r2 {}", c.primary_port(), c.replica_port(2))
+    );
     // r1 follows r2.
     let r2_port = c.replica_port(2);
     wait_for("r1 following r2", Duration::from_secs(30), || async {
@@ -126,6 +137,18 @@ async fn the_daemon_promotes_r2_when_the_primary_dies_mid_scan_and_goes_on_again
     );
     let log = d.log();
     assert!(log.contains("failover: replica r2 promoted"), "{log}");
+    // `pgmaint status` against the new primary shows the failover.
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        &format!("port={} ", c.primary_port()),
+        &format!("port={r2_port} "),
+        1,
+    );
+    let on_r2 = c.dir.join("on-r2.toml");
+    std::fs::write(&on_r2, text).unwrap();
+    let status = c.run(&on_r2, &["status", "--json"]).expect_code(0);
+    let doc: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(doc["last_failover"]["replica"], "r2", "{doc:#}");
+    assert_eq!(doc["last_failover"]["new_timeline"], 2);
     let status = d
         .stop("TERM", Duration::from_secs(30))
         .await
@@ -218,4 +241,57 @@ async fn a_primary_only_pgmaint_cannot_reach_is_not_failed_over() {
         .await
         .expect("exits");
     assert!(status.success(), "{}", d.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_witness_that_sees_the_primary_or_a_failing_fence_stops_the_failover() {
+    let c = Cluster::up("auto-failover-hooks", 2);
+    let init = c.write_config("init.toml", "");
+    c.init_ready(&init).await;
+    c.wait_caught_up(2).await;
+    kill_primary(&c);
+    let cases = [
+        (
+            "witness_command = 'exit 0'\n",
+            "failover.witness_command says the primary is alive",
+            "refused",
+        ),
+        (
+            "fence_command = 'echo no fencing today; exit 3'\n",
+            "failover aborted: failover.fence_command exited 3",
+            "fence_failed",
+        ),
+    ];
+    for (i, (hook, logged, result)) in cases.into_iter().enumerate() {
+        let addr = free_address();
+        let cfg = c.write_config(
+            &format!("hook{i}.toml"),
+            &format!("{}{hook}", quick_failover(addr)),
+        );
+        let mut d = Daemon::start(&c, &cfg, i);
+        wait_for(logged, Duration::from_secs(30), || async {
+            d.log().contains(logged)
+        })
+        .await;
+        let (m, text) = scrape(addr).await;
+        assert!(
+            value(&m, "pgmaint_failovers_total", Some(("result", result))).unwrap() >= 1.0,
+            "{text}"
+        );
+        assert_eq!(
+            value(&m, "pgmaint_failovers_total", Some(("result", "promoted"))),
+            Some(0.0)
+        );
+        assert_eq!(value(&m, "pgmaint_primary_up", None), Some(0.0), "{text}");
+        assert!(
+            in_recovery(&c, 1).await && in_recovery(&c, 2).await,
+            "{}",
+            d.log()
+        );
+        let status = d
+            .stop("TERM", Duration::from_secs(30))
+            .await
+            .expect("exits");
+        assert!(status.success(), "{}", d.log());
+    }
 }

@@ -112,6 +112,21 @@ pub struct LeaderLine {
     expired: bool,
 }
 
+/// The last failover recorded on the primary (`pgmaint.promotions`).
+#[derive(Serialize)]
+pub struct FailoverLine {
+    /// The replica promoted (its config name).
+    replica: String,
+    promoted_at: DateTime<Utc>,
+    old_timeline: i32,
+    new_timeline: i32,
+    switch_lsn: String,
+    /// `host:port` of the former primary, as configured.
+    old_primary: Option<String>,
+    /// Promoted over the backlog gate (`pgmaint promote --force`).
+    forced: bool,
+}
+
 /// Everything `status` shows.
 #[derive(Serialize)]
 pub struct Status {
@@ -121,6 +136,7 @@ pub struct Status {
     queue: std::collections::BTreeMap<String, i64>,
     schedule: Vec<ScheduleLine>,
     scheduler_leader: Option<LeaderLine>,
+    last_failover: Option<FailoverLine>,
 }
 
 /// Gather the status.
@@ -171,7 +187,28 @@ pub async fn gather(cfg: &Config, primary: &Client) -> Result<Status> {
         queue,
         schedule: schedule_lines(cfg, primary).await?,
         scheduler_leader: scheduler_leader(primary).await?,
+        last_failover: last_failover(primary).await?,
     })
+}
+
+/// The newest promotion recorded on the primary, if any.
+async fn last_failover(primary: &Client) -> Result<Option<FailoverLine>> {
+    Ok(primary
+        .query_opt(
+            "SELECT replica, promoted_at, old_timeline, new_timeline, switch_lsn::text, old_primary, forced
+               FROM pgmaint.promotions ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await?
+        .map(|r| FailoverLine {
+            replica: r.get(0),
+            promoted_at: r.get(1),
+            old_timeline: r.get(2),
+            new_timeline: r.get(3),
+            switch_lsn: r.get(4),
+            old_primary: r.get(5),
+            forced: r.get(6),
+        }))
 }
 
 /// Each task and dump in config order: its schedule, next slot and slot history.
@@ -398,6 +435,25 @@ pub fn render(s: &Status) -> String {
     out.push_str(&parts.join("  "));
     out.push('\n');
     render_schedule(s, &mut out);
+    if let Some(f) = &s.last_failover {
+        out.push_str(&format!(
+            "\nLAST FAILOVER\n  {}: replica {} promoted (timeline {} -> {} at {}){}{}\n",
+            ts(Some(f.promoted_at)),
+            f.replica,
+            f.old_timeline,
+            f.new_timeline,
+            f.switch_lsn,
+            f.old_primary
+                .as_ref()
+                .map(|o| format!(", former primary {o} fenced"))
+                .unwrap_or_default(),
+            if f.forced {
+                ", forced over the backlog gate"
+            } else {
+                ""
+            }
+        ));
+    }
     out
 }
 
