@@ -127,9 +127,12 @@ impl Leadership {
                 }
                 let _ = self.leads.send(leads);
             }
+            // A daemon that waits to lead looks twice as often: it takes over within
+            // a sixth of a lease after the lease ran out.
+            let pause = if leads { every } else { every / 2 };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
         let _ = self.leads.send(false);

@@ -105,7 +105,9 @@ pub async fn run(
     }
     match outcome {
         Err(why) => {
-            anyhow::bail!("{why}: stopped; start `pgmaint daemon` again to follow the primary")
+            anyhow::bail!(
+                "{why}: the daemon stopped; start it again (its service restarts it on failure)"
+            )
         }
         Ok(()) => {
             tracing::info!("daemon stopped");
@@ -146,7 +148,18 @@ async fn term(
     let uploading = cfg.daemon.uploader.then(|| {
         let worker = crate::commands::uploader::worker(cfg, None);
         let term = term.clone();
-        tokio::spawn(async move { worker.run(term).await })
+        tokio::spawn(async move {
+            let ran = worker.run(term.clone()).await;
+            // A worker that gives up while the daemon runs would leave uploads undone
+            // unnoticed: end the term (and the daemon, exit 1).
+            if let Err(e) = &ran {
+                if !term.is_cancelled() {
+                    tracing::error!("upload worker stopped: {e}");
+                    term.cancel();
+                }
+            }
+            ran
+        })
     });
     let watching = if cfg.failover.automatic {
         let (cfg, stats, term) = (cfg.clone(), stats.clone(), term.clone());
@@ -166,6 +179,7 @@ async fn term(
     scheduler::Scheduler::new(config_rx.clone(), leads, holder.to_string())
         .run(term.clone())
         .await;
+    let mut worker_failed = None;
     if let Some(u) = uploading {
         match u.await {
             Ok(Ok(stats)) => tracing::info!(
@@ -173,15 +187,16 @@ async fn term(
                 failed = stats.failed,
                 "upload worker stopped"
             ),
-            Ok(Err(e)) => tracing::error!("upload worker: {e}"),
-            Err(e) => tracing::error!("upload worker: {e}"),
+            Ok(Err(e)) => worker_failed = Some(format!("the upload worker stopped: {e}")),
+            Err(e) => worker_failed = Some(format!("the upload worker stopped: {e}")),
         }
     }
     let _ = leading.await;
     term.cancel();
-    match watching.await.ok().flatten() {
-        Some(end) => end,
-        None => TermEnd::Shutdown,
+    match (watching.await.ok().flatten(), worker_failed) {
+        (Some(end), _) => end,
+        (None, Some(why)) if !shutdown.is_cancelled() => TermEnd::Moved(why),
+        (None, _) => TermEnd::Shutdown,
     }
 }
 
