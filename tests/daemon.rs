@@ -89,11 +89,7 @@ async fn two_tasks_every_3s_run_three_times_each_within_12s_and_the_daemon_uploa
     .await;
     assert_eq!(failed, 0, "{}", d.log());
     // SIGTERM: exit 0, replica not paused, leader lease released.
-    let status = d
-        .stop("TERM", Duration::from_secs(30))
-        .await
-        .expect("exits");
-    assert!(status.success(), "{status:?}\n{}", d.log());
+    d.terminate().await;
     assert_eq!(c.pause_state(1).await, "not paused");
     assert_eq!(count(&p, "SELECT count(*) FROM pgmaint.leader").await, 0);
 }
@@ -149,11 +145,7 @@ async fn two_daemons_run_each_slot_once_and_the_survivor_takes_over_after_kill_9
     );
     tokio::time::sleep(Duration::from_secs(20).saturating_sub(started.elapsed())).await;
     let survivor = &mut daemons[1 - i];
-    let status = survivor
-        .stop("TERM", Duration::from_secs(30))
-        .await
-        .expect("exits");
-    assert!(status.success(), "{}", survivor.log());
+    survivor.terminate().await;
 
     // No slot ran twice: one run per claimed slot, each run of one slot.
     let p = c.primary().await;
@@ -316,11 +308,7 @@ async fn failing_tasks_never_stop_a_healthy_one_or_their_own_schedule() {
     )
     .await;
     assert!(error.contains("nope"), "{error}");
-    let status = d
-        .stop("TERM", Duration::from_secs(30))
-        .await
-        .expect("exits");
-    assert!(status.success(), "{}", d.log());
+    d.terminate().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -398,11 +386,7 @@ async fn sighup_keeps_the_old_config_when_the_new_one_is_broken_and_applies_a_go
     c.write_config("daemon.toml", &format!("{head}{a}{b}"));
     signal(d.pid(), "HUP");
     wait_slots(&c, "b", "succeeded", 1, Duration::from_secs(15)).await;
-    let status = d
-        .stop("TERM", Duration::from_secs(30))
-        .await
-        .expect("exits");
-    assert!(status.success(), "{}", d.log());
+    d.terminate().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -511,11 +495,7 @@ async fn metrics_show_the_pause_during_a_scan_and_health_turns_503_when_the_prim
         http_get(addr, "/health").await.0 == "HTTP/1.1 200 OK"
     })
     .await;
-    let status = d
-        .stop("TERM", Duration::from_secs(30))
-        .await
-        .expect("exits");
-    assert!(status.success(), "{}", d.log());
+    d.terminate().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -530,11 +510,7 @@ async fn scheduled_dumps_keep_the_newest_and_each_kept_one_restores() {
     c.init_ready(&cfg).await;
     let mut d = Daemon::start(&c, &cfg, 1);
     wait_slots(&c, "often", "succeeded", 4, Duration::from_secs(60)).await;
-    let status = d
-        .stop("TERM", Duration::from_secs(30))
-        .await
-        .expect("exits");
-    assert!(status.success(), "{}", d.log());
+    d.terminate().await;
     let mut dirs: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -594,20 +570,12 @@ async fn daemons_with_separate_results_dirs_each_apply_the_uploads_whose_files_t
     let mut second = Daemon::start(&c, &b, 2);
     tokio::time::sleep(Duration::from_secs(1)).await;
     // The leader goes: host-b's daemon schedules from now on, into its own results.dir.
-    let status = first
-        .stop("TERM", Duration::from_secs(30))
-        .await
-        .expect("exits");
-    assert!(status.success(), "{}", first.log());
+    first.terminate().await;
     wait_for("host-b's uploads applied", Duration::from_secs(30), || async {
         count(&p, "SELECT count(*) FROM pgmaint.upload_tasks WHERE host = 'host-b' AND state = 'completed'").await >= 2
     })
     .await;
-    let status = second
-        .stop("TERM", Duration::from_secs(30))
-        .await
-        .expect("exits");
-    assert!(status.success(), "{}", second.log());
+    second.terminate().await;
     // Every upload applied by the daemon of its host; none failed for a missing file
     // (one host-a queued as its daemon stopped may still wait for it).
     let rows = p
@@ -683,9 +651,7 @@ async fn cycles_run_on_several_replicas_at_once_within_keep_unpaused() {
     for t in ["on-r1", "on-r2"] {
         wait_slots(&c, t, "succeeded", 1, Duration::from_secs(30)).await;
     }
-    d.stop("TERM", Duration::from_secs(30))
-        .await
-        .expect("exits");
+    d.terminate().await;
     let p = c.primary().await;
     let (a, b) = (
         pause_windows(&p, "on-r1").await[0],
@@ -710,9 +676,7 @@ async fn cycles_run_on_several_replicas_at_once_within_keep_unpaused() {
         count(&p, sql).await == 2
     })
     .await;
-    d.stop("TERM", Duration::from_secs(30))
-        .await
-        .expect("exits");
+    d.terminate().await;
     let mut windows = pause_windows(&p, "on-r1").await;
     let r2 = pause_windows(&p, "on-r2").await;
     windows.retain(|w| w.0 > a.1.max(b.1));
@@ -766,9 +730,5 @@ async fn a_task_waiting_for_its_busy_replica_holds_up_nothing_and_keeps_its_slot
     let waiting = count(&p, "SELECT count(*) FROM pgmaint.task_slots WHERE task_name = 'pinned' AND finished_at IS NULL").await;
     assert_eq!(waiting, 1, "{}", d.log());
     wait_slots(&c, "pinned", "succeeded", 1, Duration::from_secs(40)).await;
-    let status = d
-        .stop("TERM", Duration::from_secs(30))
-        .await
-        .expect("exits");
-    assert!(status.success(), "{}", d.log());
+    d.terminate().await;
 }

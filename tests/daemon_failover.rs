@@ -149,11 +149,7 @@ async fn the_daemon_promotes_r2_when_the_primary_dies_mid_scan_and_goes_on_again
     let doc: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(doc["last_failover"]["replica"], "r2", "{doc:#}");
     assert_eq!(doc["last_failover"]["new_timeline"], 2);
-    let status = d
-        .stop("TERM", Duration::from_secs(30))
-        .await
-        .expect("exits");
-    assert!(status.success(), "{}", d.log());
+    d.terminate().await;
     assert_eq!(c.pause_state(1).await, "not paused");
 }
 
@@ -194,11 +190,7 @@ async fn two_daemons_promote_exactly_one_replica_and_the_other_follows() {
         .count();
     assert_eq!((promoters, followers), (1, 1), "{logs:#?}");
     for d in &mut daemons {
-        let status = d
-            .stop("TERM", Duration::from_secs(30))
-            .await
-            .expect("exits");
-        assert!(status.success(), "{}", d.log());
+        d.terminate().await;
     }
 }
 
@@ -218,29 +210,40 @@ async fn a_primary_only_pgmaint_cannot_reach_is_not_failed_over() {
     );
     std::fs::write(&cfg, text).unwrap();
     let mut d = Daemon::start(&c, &cfg, 1);
-    wait_for("a refused failover", Duration::from_secs(30), || async {
-        d.log().contains("no failover:")
+    let line = no_failover(&c, &mut d, addr, "no failover:", "refused").await;
+    assert!(line.contains("still hears from a primary"), "{line}");
+}
+
+/// The daemon logs `logged` (the line is returned), counts the attempt in
+/// `pgmaint_failovers_total{result}`, shows the primary down, promotes nothing, and
+/// stops cleanly.
+async fn no_failover(
+    c: &Cluster,
+    d: &mut Daemon,
+    addr: std::net::SocketAddr,
+    logged: &str,
+    result: &str,
+) -> String {
+    wait_for(logged, Duration::from_secs(30), || async {
+        d.log().contains(logged)
     })
     .await;
-    let log = d.log();
-    let line = log.lines().find(|l| l.contains("no failover:")).unwrap();
-    assert!(line.contains("still hears from a primary"), "{line}");
     let (m, text) = scrape(addr).await;
+    let failovers = |r: &str| value(&m, "pgmaint_failovers_total", Some(("result", r)));
+    assert!(failovers(result).unwrap() >= 1.0, "{text}");
+    assert_eq!(failovers("promoted"), Some(0.0), "{text}");
     assert_eq!(value(&m, "pgmaint_primary_up", None), Some(0.0), "{text}");
     assert!(
-        value(&m, "pgmaint_failovers_total", Some(("result", "refused"))).unwrap() >= 1.0,
-        "{text}"
+        in_recovery(c, 1).await && in_recovery(c, 2).await,
+        "{}",
+        d.log()
     );
-    assert_eq!(
-        value(&m, "pgmaint_failovers_total", Some(("result", "promoted"))),
-        Some(0.0)
-    );
-    assert!(in_recovery(&c, 1).await && in_recovery(&c, 2).await);
-    let status = d
-        .stop("TERM", Duration::from_secs(30))
-        .await
-        .expect("exits");
-    assert!(status.success(), "{}", d.log());
+    d.terminate().await;
+    d.log()
+        .lines()
+        .find(|l| l.contains(logged))
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -269,29 +272,6 @@ async fn a_witness_that_sees_the_primary_or_a_failing_fence_stops_the_failover()
             &format!("{}{hook}", quick_failover(addr)),
         );
         let mut d = Daemon::start(&c, &cfg, i);
-        wait_for(logged, Duration::from_secs(30), || async {
-            d.log().contains(logged)
-        })
-        .await;
-        let (m, text) = scrape(addr).await;
-        assert!(
-            value(&m, "pgmaint_failovers_total", Some(("result", result))).unwrap() >= 1.0,
-            "{text}"
-        );
-        assert_eq!(
-            value(&m, "pgmaint_failovers_total", Some(("result", "promoted"))),
-            Some(0.0)
-        );
-        assert_eq!(value(&m, "pgmaint_primary_up", None), Some(0.0), "{text}");
-        assert!(
-            in_recovery(&c, 1).await && in_recovery(&c, 2).await,
-            "{}",
-            d.log()
-        );
-        let status = d
-            .stop("TERM", Duration::from_secs(30))
-            .await
-            .expect("exits");
-        assert!(status.success(), "{}", d.log());
+        no_failover(&c, &mut d, addr, logged, result).await;
     }
 }

@@ -395,12 +395,11 @@ pub fn render(s: &MetricsState) -> String {
         "Upload tasks in the queue, by state",
         uploads,
     );
-    let leader = Gauge::<i64>::default();
-    leader.set(i64::from(s.leader));
-    registry.register(
+    register_flag(
+        &mut registry,
         "pgmaint_scheduler_leader",
         "1 if this daemon holds the scheduler's lease (pgmaint.leader), unexpired",
-        leader,
+        s.leader,
     );
     register_failover(&mut registry, s);
     let mut text = String::new();
@@ -409,13 +408,19 @@ pub fn render(s: &MetricsState) -> String {
     openmetrics_to_prometheus_text(&text)
 }
 
+/// A gauge that is 1 or 0.
+fn register_flag(registry: &mut Registry, name: &str, help: &str, on: bool) {
+    let flag = Gauge::<i64>::default();
+    flag.set(i64::from(on));
+    registry.register(name, help, flag);
+}
+
 fn register_failover(registry: &mut Registry, s: &MetricsState) {
-    let up = Gauge::<i64>::default();
-    up.set(i64::from(s.primary_up));
-    registry.register(
+    register_flag(
+        registry,
         "pgmaint_primary_up",
         "1 if this daemon reaches the primary",
-        up,
+        s.primary_up,
     );
     let failovers = Family::<ResultLabel, Counter>::default();
     for (result, n) in &s.failovers {

@@ -812,6 +812,14 @@ impl Daemon {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+    /// SIGTERM: the daemon must exit 0 within 30 s.
+    pub async fn terminate(&mut self) {
+        let status = self
+            .stop("TERM", Duration::from_secs(30))
+            .await
+            .expect("the daemon exits within 30 s of SIGTERM");
+        assert!(status.success(), "{status:?}\n{}", self.log());
+    }
     /// Send `sig`; the exit status if it exits within `timeout`.
     pub async fn stop(&mut self, sig: &str, timeout: Duration) -> Option<std::process::ExitStatus> {
         signal(self.pid(), sig);
