@@ -433,6 +433,13 @@ impl<'a> Cycle<'a> {
                     self.replica.name(),
                     st.postmaster_start
                 )));
+            } else if st.pause_state == PauseState::NotPaused && self.paused_at.is_some() {
+                // A scan cancelled by the replay conflicts of a foreign resume can fail
+                // before the watchdog's next look: the cause is the lost snapshot.
+                self.abort.trigger(AbortReason::SnapshotLost(format!(
+                    "replica {}: replay was resumed by another process during the pause",
+                    self.replica.name()
+                )));
             }
         }
     }

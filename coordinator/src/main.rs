@@ -74,7 +74,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Ok(found) => found,
         // With automatic failover the daemon starts without a primary: its watch decides
         // whether the primary is down (and promotes), or only out of reach.
-        Err(e) if matches!(cli.command, Command::Daemon) && cfg.failover.automatic => {
+        Err(e)
+            if matches!(cli.command, Command::Daemon)
+                && cfg.failover.automatic
+                && none_answers(&cfg).await =>
+        {
             tracing::warn!("the primary is not reachable at start: {}", e.0);
             let source = daemon_source(&cli.global);
             return pgmaint::daemon::run(cfg, listed, source, false).await;
@@ -130,5 +134,17 @@ fn daemon_source(g: &pgmaint::cli::GlobalOpts) -> pgmaint::daemon::ConfigSource 
             primary: g.primary_dsn.clone(),
             replica: g.replica_dsn.clone(),
         },
+    }
+}
+
+/// No server of `primary.dsn` answers (not: one is fenced, several take writes, the
+/// promotions on this host cannot be read — those stop the daemon as every command).
+async fn none_answers(cfg: &pgmaint::config::Config) -> bool {
+    match primary::survey(cfg, "pgmaint").await {
+        Ok((survey, _)) => survey
+            .servers
+            .iter()
+            .all(|(_, found)| matches!(found, primary::Found::Unreachable(_))),
+        Err(_) => false,
     }
 }

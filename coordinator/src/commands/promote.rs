@@ -128,23 +128,33 @@ pub enum NotPromoting {
     /// `failover.fence_command` failed.
     #[error("{0}: not promoting (nothing changed)")]
     FenceFailed(String),
+    /// `pg_promote` was sent to this replica, and what followed failed: the promotion
+    /// may still finish. Never promote another one meanwhile.
+    #[error("replica {0} was asked to promote, then: {1}")]
+    Unfinished(String, String),
 }
 
 /// `pgmaint promote [--replica NAME] [--force] [--json]`.
 pub async fn run(cfg: &Config, by_hand: Option<&str>, force: bool, json: bool) -> Result<ExitCode> {
     let stop = crate::signals::finish_on_signals("pgmaint promote");
-    let report = failover(cfg, by_hand, force, &stop).await?;
+    let report = failover(cfg, by_hand, force, &stop, None, None).await?;
     finish(&report, json)
 }
 
 /// Steps 1 to 9 (see the module's docs): what `pgmaint promote` does, and what
 /// `pgmaint daemon` does with `failover.automatic` (never with `force`). `stop`: stop
-/// where that is still safe (before step 6).
+/// where that is still safe (before step 6). `on_down`: cancelled once the primary is
+/// found down (the daemon then stops its work against the old primary). `finishing`:
+/// a replica asked to promote by an earlier attempt that did not finish: never another
+/// candidate while it may still become the primary; once it is one, steps 7 to 9 are
+/// done for it.
 pub async fn failover(
     cfg: &Config,
     by_hand: Option<&str>,
     force: bool,
     stop: &tokio_util::sync::CancellationToken,
+    on_down: Option<&tokio_util::sync::CancellationToken>,
+    finishing: Option<&str>,
 ) -> Result<Report> {
     let started = Instant::now();
 
@@ -153,12 +163,18 @@ pub async fn failover(
         check_by_hand(cfg, name).await?;
     }
     // Promotions known here and on the replicas, and the failover locks.
-    let (promotions, _failover_locks) = lock_replicas(cfg).await?;
+    let (promotions, _failover_locks, locked) = lock_replicas(cfg).await?;
 
     // 2. The primary must be down.
     let (down, seen) = primary_is_down(cfg, &promotions).await?;
     let down_check = started.elapsed();
+    if let Some(t) = on_down {
+        t.cancel();
+    }
     same_system(&seen)?;
+    if let Some(name) = finishing {
+        return finish_promotion(cfg, name, &down, seen, started, down_check).await;
+    }
     no_other_primary(&seen, &promotions).await?;
 
     // 3. The candidate.
@@ -167,8 +183,15 @@ pub async fn failover(
         target,
         client,
         probe,
-        mut others,
+        others,
     } = candidacy(seen, by_hand)?;
+    // The candidate's own failover lock: it may have been out of reach when the locks
+    // were taken.
+    if !locked.contains(&(probe.system_identifier, probe.postmaster_start))
+        && !p::try_failover_lock(&client).await?
+    {
+        return Err(NotPromoting::LockBusy(target.name.clone()).into());
+    }
 
     // 4. pgmaint's schema, and the privileges a promotion needs: refused before any change.
     schema::require_current(&client)
@@ -187,24 +210,40 @@ pub async fn failover(
     if stop.is_cancelled() {
         bail!("cancelled by a signal before promoting (nothing changed)");
     }
-    // A last look, the moment before: the down check ended a while ago (the candidate
-    // choice, the gate's replay-rate measure).
-    let last = p::watch_primary(cfg, &promotions, Duration::ZERO).await;
-    if !last.evidence.is_empty() {
-        bail!(
-            "the primary came back before the promotion, not promoting (nothing changed): {}",
-            last.evidence.join("; ")
-        );
-    }
-    // And every replica again: one promoted meanwhile (outside pgmaint) is followed, not
-    // joined by a second primary.
-    no_other_primary(&p::probe_replicas(cfg).await, &promotions).await?;
     // The operator's fence: the old primary must take no more writes.
     if let Err(why) = crate::hooks::fence(cfg, &target).await {
         return Err(NotPromoting::FenceFailed(why).into());
     }
+    // A last look, the moment before (the down check ended a while ago, and the fence
+    // may have taken long): the primary, every replica's WAL receiver, and every
+    // replica's role (one promoted meanwhile is followed, not joined by a second).
+    let last = p::watch_primary(cfg, &promotions, Duration::ZERO).await;
+    let fresh = p::probe_replicas(cfg).await;
+    let mut evidence = last.evidence;
+    evidence.extend(heard_from_a_primary(
+        cfg,
+        &fresh,
+        cfg.failover.primary_down_after,
+    ));
+    if !evidence.is_empty() {
+        bail!(
+            "the primary came back before the promotion, not promoting (nothing changed{}): {}",
+            if cfg.failover.fence_command.is_some() {
+                "; failover.fence_command ran"
+            } else {
+                ""
+            },
+            evidence.join("; ")
+        );
+    }
+    no_other_primary(&fresh, &promotions).await?;
+    let paused_now = fresh
+        .iter()
+        .find(|s| s.config.name == target.name)
+        .and_then(|s| s.state.as_ref().ok())
+        .map(|(_, fresh)| fresh.pause_state != PauseState::NotPaused);
     let promote_started = Instant::now();
-    let resumed_pause = probe.pause_state != PauseState::NotPaused;
+    let resumed_pause = paused_now.unwrap_or(probe.pause_state != PauseState::NotPaused);
     if resumed_pause {
         p::resume_replay(&client)
             .await
@@ -212,41 +251,98 @@ pub async fn failover(
         tracing::info!(replica = %target.name, "replay was {}: resumed it before promoting", probe.pause_state);
     }
     let wait = promote_wait(cfg)?;
-    let (client, returned) = promote(cfg, &target, client, wait).await?;
+    let target_name = target.name.clone();
+    let unfinished = |e: anyhow::Error| -> anyhow::Error {
+        NotPromoting::Unfinished(target_name.clone(), e.one_line()).into()
+    };
+    let (client, returned) = promote(cfg, &target, client, wait)
+        .await
+        .map_err(unfinished)?;
     let promotion_took = promote_started.elapsed();
     tracing::info!(replica = %target.name, secs = promotion_took.as_secs_f64(), "promoted");
 
+    after_promotion(
+        cfg,
+        Promoted {
+            target,
+            client,
+            position: probe.position(),
+            forced: force && backlog > cfg.failover.max_replay_backlog,
+            others,
+            warnings,
+            backlog,
+            resumed_pause,
+            returned,
+            wait,
+            down_check,
+            promotion_took,
+            started,
+        },
+        &down,
+    )
+    .await
+    .map_err(unfinished)
+}
+
+/// What steps 7 to 9 need of a promotion that happened.
+struct Promoted {
+    target: ReplicaConfig,
+    client: Client,
+    /// The candidate's WAL position before it was promoted (the switch point, when the
+    /// history file cannot be read).
+    position: u64,
+    forced: bool,
+    others: Vec<Seen>,
+    warnings: Vec<String>,
+    backlog: u64,
+    resumed_pause: bool,
+    returned: Option<bool>,
+    wait: i32,
+    down_check: Duration,
+    promotion_took: Duration,
+    started: Instant,
+}
+
+/// Steps 7 to 9: record the promotion (the old primary fenced from then on), drop the
+/// runs left running, re-point the other replicas; the report.
+async fn after_promotion(cfg: &Config, mut done: Promoted, down: &p::DownCheck) -> Result<Report> {
+    let target = &done.target;
     // 7. Record it: from now on the old primary is fenced.
     let recorded = record(
         cfg,
-        &client,
+        &done.client,
         &target.name,
-        &probe,
+        done.position,
         &down.down,
-        force && backlog > cfg.failover.max_replay_backlog,
+        done.forced,
     )
     .await?;
     let (id, promotion) = (recorded.id, &recorded.promotion);
 
     // 8. Runs left running: dropped, their pauses resumed.
-    let mut client = client;
-    let dropped = drop_runs(cfg, &mut client, &target.name, id.timeline, &mut warnings).await;
+    let dropped = drop_runs(
+        cfg,
+        &mut done.client,
+        &target.name,
+        id.timeline,
+        &mut done.warnings,
+    )
+    .await;
 
     // 9. The other replicas follow the new primary.
     let followers_started = Instant::now();
-    others.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+    done.others
+        .sort_by(|a, b| a.config.name.cmp(&b.config.name));
     let replicas = follow(
         cfg,
-        &client,
-        &target,
-        others,
+        &done.client,
+        target,
+        done.others,
         id.timeline,
         &promotion.switch_lsn,
     )
     .await;
-    let followers_took = followers_started.elapsed();
-
-    let report = Report {
+    Ok(Report {
         new_primary: target.name.clone(),
         address: crate::primary::address(&target.dsn),
         system_identifier: id.system_identifier.to_string(),
@@ -256,24 +352,75 @@ pub async fn failover(
         switch_lsn_source: recorded.switch_lsn_source.clone(),
         old_primary: down.down.clone(),
         forced: promotion.forced,
-        backlog_bytes: backlog,
-        resumed_pause,
-        pg_promote_returned: returned,
-        pg_promote_wait_seconds: wait,
-        warnings,
+        backlog_bytes: done.backlog,
+        resumed_pause: done.resumed_pause,
+        pg_promote_returned: done.returned,
+        pg_promote_wait_seconds: done.wait,
+        warnings: done.warnings,
         notes: down.notes.clone(),
         dropped_runs: dropped,
         replicas,
         promoted_at: promotion.promoted_at,
         record_errors: recorded.errors.clone(),
         seconds: Timings {
-            down_check: down_check.as_secs_f64(),
-            promotion: promotion_took.as_secs_f64(),
-            followers: followers_took.as_secs_f64(),
-            total: started.elapsed().as_secs_f64(),
+            down_check: done.down_check.as_secs_f64(),
+            promotion: done.promotion_took.as_secs_f64(),
+            followers: followers_started.elapsed().as_secs_f64(),
+            total: done.started.elapsed().as_secs_f64(),
         },
+    })
+}
+
+/// An earlier attempt asked replica `name` to promote and did not see it finish: while
+/// it is still in recovery, wait for it (never a second pg_promote, never another
+/// candidate); once it is the primary, do steps 7 to 9 for it.
+async fn finish_promotion(
+    cfg: &Config,
+    name: &str,
+    down: &p::DownCheck,
+    seen: Vec<Seen>,
+    started: Instant,
+    down_check: Duration,
+) -> Result<Report> {
+    let (mine, others): (Vec<Seen>, Vec<Seen>) =
+        seen.into_iter().partition(|s| s.config.name == name);
+    let still =
+        |why: String| -> anyhow::Error { NotPromoting::Unfinished(name.to_string(), why).into() };
+    let Some(Seen {
+        config: target,
+        state,
+    }) = mine.into_iter().next()
+    else {
+        return Err(still("it is no longer in the config".into()));
     };
-    Ok(report)
+    let (client, probe) = state.map_err(|e| still(format!("unreachable: {e}")))?;
+    if probe.in_recovery {
+        return Err(still(
+            "still in recovery: the promotion asked for earlier goes on".into(),
+        ));
+    }
+    tracing::info!(replica = %name, "failover: replica {name} finished its promotion: recording it");
+    after_promotion(
+        cfg,
+        Promoted {
+            target,
+            client,
+            position: probe.position(),
+            forced: false,
+            others,
+            warnings: Vec::new(),
+            backlog: 0,
+            resumed_pause: false,
+            returned: None,
+            wait: 0,
+            down_check,
+            promotion_took: Duration::ZERO,
+            started,
+        },
+        down,
+    )
+    .await
+    .map_err(|e| still(e.one_line()))
 }
 
 /// Print the report; a promotion that could not be recorded is an error all the same.
@@ -331,7 +478,10 @@ fn candidacy(seen: Vec<Seen>, by_hand: Option<&str>) -> Result<Candidacy> {
 /// replica it reaches (advisory locks work on a hot standby) until it ends. Two config
 /// entries may reach one server: it is locked once (a server is its system identifier
 /// and postmaster start time).
-async fn lock_replicas(cfg: &Config) -> Result<(Vec<Promotion>, Vec<Client>)> {
+/// The set of servers locked (system identifier, postmaster start time).
+type Locked = std::collections::HashSet<(i64, chrono::DateTime<Utc>)>;
+
+async fn lock_replicas(cfg: &Config) -> Result<(Vec<Promotion>, Vec<Client>, Locked)> {
     let mut promotions = fence::read_local(&cfg.results_dir).unwrap_or_else(|e| {
         tracing::warn!(
             "could not read the promotions recorded on this host: {}",
@@ -353,7 +503,31 @@ async fn lock_replicas(cfg: &Config) -> Result<(Vec<Promotion>, Vec<Client>)> {
             failover_locks.push(c);
         }
     }
-    Ok((promotions, failover_locks))
+    Ok((promotions, failover_locks, locked))
+}
+
+/// Replicas whose WAL receiver heard from a primary within `window`, as evidence. A
+/// receiver whose upstream is another configured replica (a cascading standby, or
+/// one already re-pointed at a promoted replica) says nothing of the old primary.
+fn heard_from_a_primary(cfg: &Config, seen: &[Seen], window: Duration) -> Vec<String> {
+    let replicas: Vec<String> = cfg
+        .replicas
+        .iter()
+        .map(|r| crate::primary::address(&r.dsn))
+        .collect();
+    seen.iter()
+        .filter_map(|s| {
+            let (_, probe) = s.state.as_ref().ok()?;
+            let w = probe.walreceiver.as_ref()?;
+            if w.sender
+                .as_ref()
+                .is_some_and(|from| replicas.contains(from))
+            {
+                return None;
+            }
+            p::walreceiver_evidence(&s.config.name, w, window)
+        })
+        .collect()
 }
 
 /// Step 2: the evidence that the primary is down, and every replica as seen then.
@@ -376,13 +550,7 @@ async fn primary_is_down(
         );
     }
     let seen = p::probe_replicas(cfg).await;
-    let heard: Vec<String> = seen
-        .iter()
-        .filter_map(|s| {
-            let (_, probe) = s.state.as_ref().ok()?;
-            p::walreceiver_evidence(&s.config.name, probe.walreceiver.as_ref()?, window)
-        })
-        .collect();
+    let heard = heard_from_a_primary(cfg, &seen, window);
     if !heard.is_empty() {
         bail!(
             "a replica still hears from a primary, not promoting (nothing changed): {}",
@@ -396,9 +564,9 @@ async fn primary_is_down(
         Some(crate::hooks::Witness::NotAlive(how)) => {
             tracing::info!("failover.witness_command does not vouch for the primary ({how})")
         }
-        Some(crate::hooks::Witness::Silent(why)) => {
-            tracing::warn!("failover.witness_command said nothing ({why}): taken as no evidence")
-        }
+        Some(crate::hooks::Witness::Silent(why)) => bail!(
+            "failover.witness_command gave no answer ({why}), not promoting without it (nothing changed)"
+        ),
         None => {}
     }
     tracing::info!(
@@ -464,7 +632,7 @@ async fn record(
     cfg: &Config,
     client: &Client,
     name: &str,
-    probe: &Probe,
+    position: u64,
     old_primary: &[String],
     forced: bool,
 ) -> Result<Recorded> {
@@ -475,7 +643,7 @@ async fn record(
         match p::read_switch_point(client, id.timeline).await {
             Ok((parent, at)) => (parent, at, "the new timeline's history file".to_string()),
             Err(e) => {
-                let at = lsn_text(probe.position());
+                let at = lsn_text(position);
                 tracing::warn!(
                     "{}; taking the candidate's WAL position {at} as the switch point",
                     e.one_line()

@@ -2,90 +2,187 @@
 //! when it is really gone, promotes a replica through the same path as
 //! `pgmaint promote` (never `--force`), or follows the one another pgmaint promoted.
 //!
-//! A failed connection only starts the check. The primary counts as down only when
+//! A failed look only starts the check. The primary counts as down only when
 //! [`crate::commands::promote::failover`] finds, for `failover.primary_down_after`,
-//! that every connection attempt to every server of `primary.dsn` fails, that no
-//! replica's WAL receiver hears from a primary, and that `failover.witness_command`
-//! (if any) does not vouch for it. Exactly one promoter: it holds the failover lock (a
-//! session advisory lock) on every replica it reaches, the candidate included; a
-//! daemon that finds the lock taken, or a replica already out of recovery, follows
-//! instead of promoting. The candidate rule is deterministic (most WAL received, then
-//! unpaused, then `failover_priority`, then name), so daemons that see the same state
-//! choose the same replica.
+//! that every connection attempt to the server in use fails (a server that answers at
+//! all, even with an error, is alive), that no replica's WAL receiver hears from a
+//! primary, and that `failover.witness_command` (if any) does not vouch for it. Exactly
+//! one promoter: it holds the failover lock (a session advisory lock) on every replica
+//! it reaches, the candidate included; a daemon that finds a lock taken tries again at
+//! its next look, and one that finds (after the same down check) a replica already out
+//! of recovery and fenced by no promotion follows it instead of promoting. The
+//! candidate rule is deterministic (most WAL received, then unpaused, then
+//! `failover_priority`, then name), so daemons that see the same state choose the same
+//! replica.
+//!
+//! Once the down check passed, the daemon's work against the old primary stops (the
+//! `work` token: scheduler, cycles, upload worker, leader lease); if no promotion
+//! follows, the term starts again against the same primary.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::commands::promote::{self, NotPromoting};
 use crate::config::{Config, Dsn};
 use crate::error_text::OneLine;
-use crate::fence;
-use crate::metrics::{self, DaemonStats};
-use crate::promotion as p;
+use crate::metrics::DaemonStats;
+use crate::promotion::{self as p, HostSeen};
+use crate::{fence, primary};
 
-/// Watch `cfg.primary` every `failover.check_interval` until `term` ends. Returns the
-/// config to go on with when a replica became the primary (promoted here or by
-/// another pgmaint).
-pub(crate) async fn watch(
-    cfg: Arc<Config>,
-    stats: Arc<DaemonStats>,
-    term: CancellationToken,
-) -> Option<Config> {
-    let every = cfg.failover.check_interval;
+/// How the watch ended its term.
+pub(crate) enum WatchEnd {
+    /// A replica is the primary now: go on with this config.
+    Switch(Box<Config>),
+    /// Start the term again, against the same primary (the work stopped for a
+    /// failover that did not happen).
+    Again,
+    /// Stop the daemon (exit 1): why.
+    Stop(String),
+}
+
+/// What the watch works with.
+pub(crate) struct Watch {
+    /// The config of the term (its `primary` is the server in use).
+    pub cfg: Arc<Config>,
+    /// The latest config: a reload may turn `failover.automatic` off.
+    pub latest: watch::Receiver<Arc<Config>>,
+    pub stats: Arc<DaemonStats>,
+    /// Ends the term.
+    pub term: CancellationToken,
+    /// The work against the primary in use.
+    pub work: CancellationToken,
+    /// The daemon started without reaching the primary: once it answers, start again
+    /// the normal way (schema check, recovery of dead runs).
+    pub degraded: bool,
+    /// A replica asked to promote whose promotion was not seen to finish (kept across
+    /// terms): never another candidate while it may still become the primary.
+    pub promoting: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// A full look at every server (fences recorded on the replicas) every this many looks.
+const SURVEY_EVERY: u32 = 5;
+
+/// Watch the primary in use every `failover.check_interval` until the term ends.
+pub(crate) async fn watch(w: Watch) -> Option<WatchEnd> {
+    let every = w.cfg.failover.check_interval;
     let mut down_since: Option<Instant> = None;
-    // The first look at once: a daemon may start while the primary is gone.
-    let mut first = true;
-    loop {
-        if !std::mem::take(&mut first) {
+    let mut refused = 0u32;
+    let mut next_attempt = Instant::now();
+    for look in 0u32.. {
+        if look > 0 {
             tokio::select! {
-                _ = term.cancelled() => return None,
+                _ = w.term.cancelled() => return None,
                 _ = tokio::time::sleep(every) => {}
             }
         }
-        let patience = every.clamp(Duration::from_secs(1), Duration::from_secs(5));
-        let answer = metrics::connect_quickly(&cfg.primary, "pgmaint-daemon-watch", patience).await;
-        stats.primary_seen(answer.is_ok());
-        match answer {
-            Ok(_) => {
-                if down_since.take().is_some() {
-                    tracing::info!("the primary answers again");
-                }
-                continue;
+        let seen = look_at_primary(&w.cfg, look % SURVEY_EVERY == 0).await;
+        let up = matches!(seen, HostSeen::Primary(_) | HostSeen::Answers(_));
+        w.stats.primary_seen(matches!(seen, HostSeen::Primary(_)));
+        if up {
+            if w.degraded {
+                return Some(WatchEnd::Stop(
+                    "the primary answers now: restarting the daemon to start against it".into(),
+                ));
             }
-            Err(e) if down_since.is_none() => {
-                tracing::warn!(
-                    "the primary does not answer ({}): checking whether it is down",
-                    e.0
-                );
-                down_since = Some(Instant::now());
+            if down_since.take().is_some() {
+                tracing::info!("the primary answers again");
             }
-            Err(_) => {}
+            refused = 0;
+            continue;
+        }
+        if down_since.is_none() {
+            tracing::warn!(
+                "the primary in use: {}; checking whether it is down",
+                describe(&seen)
+            );
+            down_since = Some(Instant::now());
+        }
+        if !w.latest.borrow().failover.automatic {
+            tracing::warn!(
+                "the primary does not answer; failover.automatic is off (reloaded): no failover"
+            );
+            continue;
+        }
+        if Instant::now() < next_attempt {
+            continue;
         }
         let since = down_since.expect("set above");
-        if let Some(new) = attempt(&cfg, &stats, &term, since).await {
-            return Some(new);
+        match attempt(&w, since).await {
+            Attempt::Switch(cfg) => return Some(WatchEnd::Switch(cfg)),
+            Attempt::Busy => {}
+            Attempt::NoFailover if w.work.is_cancelled() => return Some(WatchEnd::Again),
+            Attempt::NoFailover => {
+                // Each refusal waits longer before the next try (up to 64 looks).
+                refused += 1;
+                next_attempt = Instant::now() + every * 2u32.pow(refused.min(6));
+                down_since = None;
+            }
         }
+    }
+    None
+}
+
+/// The server in use as one look sees it; with `survey`, fenced by what any replica
+/// records too (a promotion made by another pgmaint).
+async fn look_at_primary(cfg: &Config, survey: bool) -> HostSeen {
+    let patience = cfg
+        .failover
+        .check_interval
+        .clamp(Duration::from_secs(1), Duration::from_secs(5));
+    let mut promotions = fence::read_local(&cfg.results_dir).unwrap_or_default();
+    if survey {
+        for s in p::probe_replicas(cfg).await {
+            if let Ok((c, _)) = &s.state {
+                promotions.extend(fence::read_on(c).await);
+            }
+        }
+    }
+    p::probe_host(&cfg.primary, &promotions, patience).await
+}
+
+fn describe(seen: &HostSeen) -> String {
+    match seen {
+        HostSeen::Down(why) => format!("no connection ({why})"),
+        HostSeen::Standby => "it is in recovery (a standby now)".into(),
+        HostSeen::Fenced(why) => format!("it is {why}"),
+        HostSeen::Primary(what) | HostSeen::Answers(what) => what.clone(),
     }
 }
 
-/// One failover attempt: follow a replica that is a primary already, or promote one.
-/// The new config, if the daemon must switch.
-async fn attempt(
-    cfg: &Config,
-    stats: &DaemonStats,
-    term: &CancellationToken,
-    since: Instant,
-) -> Option<Config> {
-    if let Some(name) = promoted_replica(cfg).await {
-        return Some(followed(cfg, stats, &name, since));
-    }
+enum Attempt {
+    Switch(Box<Config>),
+    /// Another pgmaint holds a failover lock: look again at the next look.
+    Busy,
+    NoFailover,
+}
+
+/// One failover attempt: promote a replica, or follow the one that is a primary
+/// already (both only after the down check).
+async fn attempt(w: &Watch, since: Instant) -> Attempt {
+    let cfg = &w.cfg;
     tracing::warn!(
         "failover: is the primary down? checking for failover.primary_down_after ({}s)",
         cfg.failover.primary_down_after.as_secs_f64()
     );
-    match promote::failover(cfg, None, false, term).await {
+    let promoting = w.promoting.lock().expect("promoting").clone();
+    let result = promote::failover(
+        cfg,
+        None,
+        false,
+        &w.term,
+        Some(&w.work),
+        promoting.as_deref(),
+    )
+    .await;
+    if !matches!(&result, Err(e) if matches!(e.downcast_ref::<NotPromoting>(), Some(NotPromoting::Unfinished(..))))
+    {
+        *w.promoting.lock().expect("promoting") = None;
+    }
+    let secs = || Some(since.elapsed().as_secs_f64());
+    match result {
         Ok(report) => {
             tracing::warn!(
                 new_primary = %report.new_primary,
@@ -97,19 +194,52 @@ async fn attempt(
             for f in &report.replicas {
                 tracing::info!(replica = %f.name, state = ?f.state, "failover: {}", f.detail);
             }
-            let secs = since.elapsed().as_secs_f64();
-            stats.failover("promoted", Some(secs));
-            switched(cfg, &report.new_primary)
+            if !report.record_errors.is_empty() {
+                tracing::error!(
+                    "failover: the promotion could not be recorded {}: until it is, pgmaint may not recognise the old \
+                     primary as fenced",
+                    report.record_errors.join("; ")
+                );
+            }
+            w.stats.failover("promoted", secs());
+            switch(cfg, &report.new_primary)
         }
         Err(e) => match e.downcast_ref::<NotPromoting>() {
-            Some(NotPromoting::LockBusy(_)) | Some(NotPromoting::OtherPrimary(..)) => {
-                tracing::info!("failover: {}; waiting to follow it", e.one_line());
-                wait_to_follow(cfg, stats, term, since).await
+            Some(NotPromoting::LockBusy(_)) => {
+                tracing::info!("failover: {}; looking again", e.one_line());
+                Attempt::Busy
+            }
+            Some(NotPromoting::OtherPrimary(name, _)) => {
+                tracing::warn!(
+                    new_primary = %name,
+                    "failover: followed: replica {name} is the primary now (promoted by another pgmaint or by hand); \
+                     the daemon goes on with it"
+                );
+                w.stats.failover("followed", secs());
+                switch(cfg, name)
+            }
+            Some(NotPromoting::Unfinished(name, why)) => {
+                // pg_promote was sent: the promotion may still finish. The next attempts
+                // wait for this replica (never another candidate, never a second
+                // pg_promote), and do the rest of the failover once it is the primary.
+                let first = w
+                    .promoting
+                    .lock()
+                    .expect("promoting")
+                    .replace(name.clone())
+                    .is_none();
+                if first {
+                    tracing::error!(replica = %name, "failover: the promotion did not finish: {why}");
+                    w.stats.failover("failed", None);
+                } else {
+                    tracing::warn!(replica = %name, "failover: waiting for the promotion to finish: {why}");
+                }
+                Attempt::Busy
             }
             Some(NotPromoting::FenceFailed(why)) => {
                 tracing::error!("failover aborted: {why}");
-                stats.failover("fence_failed", None);
-                None
+                w.stats.failover("fence_failed", None);
+                Attempt::NoFailover
             }
             None => {
                 let msg = e.one_line();
@@ -119,72 +249,18 @@ async fn attempt(
                     "failed"
                 };
                 tracing::warn!(result, "no failover: {msg}");
-                stats.failover(result, None);
-                None
+                w.stats.failover(result, None);
+                Attempt::NoFailover
             }
         },
     }
 }
 
-/// Another pgmaint is promoting: wait (at most as long as its failover may take) for
-/// a replica to be the primary, then follow it.
-async fn wait_to_follow(
-    cfg: &Config,
-    stats: &DaemonStats,
-    term: &CancellationToken,
-    since: Instant,
-) -> Option<Config> {
-    let f = &cfg.failover;
-    let patience = f.primary_down_after + f.promote_timeout + f.follow_timeout;
-    let deadline = Instant::now() + patience;
-    while Instant::now() < deadline {
-        tokio::select! {
-            _ = term.cancelled() => return None,
-            _ = tokio::time::sleep(f.check_interval) => {}
-        }
-        if let Some(name) = promoted_replica(cfg).await {
-            return Some(followed(cfg, stats, &name, since));
-        }
+fn switch(cfg: &Config, name: &str) -> Attempt {
+    match switched(cfg, name) {
+        Some(new) => Attempt::Switch(Box::new(new)),
+        None => Attempt::NoFailover,
     }
-    tracing::warn!(
-        "failover: the other pgmaint promoted no replica within {}s",
-        patience.as_secs()
-    );
-    stats.failover("refused", None);
-    None
-}
-
-fn followed(cfg: &Config, stats: &DaemonStats, name: &str, since: Instant) -> Config {
-    tracing::warn!(
-        new_primary = %name,
-        "failover: followed: replica {name} is the primary now (promoted by another pgmaint or by hand); \
-         the daemon goes on with it"
-    );
-    stats.failover("followed", Some(since.elapsed().as_secs_f64()));
-    switched(cfg, name).expect("a configured replica")
-}
-
-/// A configured replica that is out of recovery and fenced by no recorded promotion:
-/// a primary already.
-async fn promoted_replica(cfg: &Config) -> Option<String> {
-    let local = fence::read_local(&cfg.results_dir).unwrap_or_default();
-    for s in p::probe_replicas(cfg).await {
-        let Ok((client, probe)) = &s.state else {
-            continue;
-        };
-        if probe.in_recovery {
-            continue;
-        }
-        let Ok(Some(id)) = crate::replica::server_identity(client).await else {
-            continue;
-        };
-        let mut known = local.clone();
-        known.extend(fence::read_on(client).await);
-        if fence::fenced_by(&known, id.system_identifier, id.timeline).is_none() {
-            return Some(s.config.name.clone());
-        }
-    }
-    None
 }
 
 /// `cfg` with replica `name` as the primary, and without it among the replicas.
@@ -196,5 +272,6 @@ pub(crate) fn switched(cfg: &Config, name: &str) -> Option<Config> {
         config: promoted.dsn.config.clone(),
         field: format!("replicas[{i}].dsn (replica {name}, promoted)"),
     };
+    tracing::debug!(primary = %primary::address(&new.primary), "switched");
     Some(new)
 }

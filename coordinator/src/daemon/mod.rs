@@ -82,20 +82,37 @@ pub async fn run(
         config_tx.clone(),
     ));
 
+    let mut degraded = !reachable;
+    let shared = Shared {
+        listed: listed.clone(),
+        holder: holder.clone(),
+        stats: stats.clone(),
+        config_rx: config_rx.clone(),
+        shutdown: shutdown.clone(),
+        promoting: Arc::new(std::sync::Mutex::new(None)),
+    };
     let outcome = loop {
         let cfg = config_rx.borrow().clone();
-        match term(&cfg, &listed, &holder, &stats, &config_rx, &shutdown).await {
+        match term(&cfg, &shared, degraded).await {
             TermEnd::Shutdown => break Ok(()),
             TermEnd::Moved(why) => break Err(why),
+            TermEnd::Again => {}
             TermEnd::Switched(new) => {
-                *promoted.lock().expect("promoted") = Some(
-                    cfg.replicas
-                        .iter()
-                        .find(|r| r.dsn.config == new.primary.config)
-                        .map(|r| r.name.clone())
-                        .unwrap_or_default(),
-                );
+                if let Err(why) = usable(&new).await {
+                    break Err(why);
+                }
+                degraded = false;
+                let name = cfg
+                    .replicas
+                    .iter()
+                    .find(|r| r.dsn.config == new.primary.config)
+                    .map(|r| r.name.clone());
+                // One lock for the switch and a reload: a reload never brings back the
+                // old primary.
+                let mut guard = promoted.lock().expect("promoted");
+                *guard = name;
                 let _ = config_tx.send(Arc::new(*new));
+                drop(guard);
             }
         }
     };
@@ -116,6 +133,29 @@ pub async fn run(
     }
 }
 
+/// The new primary after a switch: reachable, pgmaint's schema current.
+async fn usable(cfg: &Config) -> Result<(), String> {
+    let client = db::connect(&cfg.primary, "pgmaint-daemon")
+        .await
+        .map_err(|e| format!("the new primary: {}", e.0))?;
+    schema::require_current(&client)
+        .await
+        .map_err(|e| format!("the new primary: {e:#}"))
+}
+
+/// What every term of the daemon shares.
+struct Shared {
+    /// `primary.dsn` as configured.
+    listed: Dsn,
+    /// The leader-lease holder id.
+    holder: String,
+    stats: Arc<crate::metrics::DaemonStats>,
+    config_rx: watch::Receiver<Arc<Config>>,
+    shutdown: CancellationToken,
+    /// A replica asked to promote whose promotion was not seen to finish.
+    promoting: Arc<std::sync::Mutex<Option<String>>>,
+}
+
 /// How a term (the daemon's work against one primary) ended.
 enum TermEnd {
     /// SIGTERM or SIGINT.
@@ -125,35 +165,41 @@ enum TermEnd {
     Moved(String),
     /// A failover: go on with this config (a new primary).
     Switched(Box<Config>),
+    /// The work stopped for a failover that did not happen: start again.
+    Again,
 }
 
 /// Work against `cfg.primary` until a shutdown, a failover or a moved primary: the
-/// leader lease, the scheduler, the upload worker, and the watch on the primary (the
-/// failover watch with `failover.automatic`, else the uploader's).
-async fn term(
-    cfg: &Arc<Config>,
-    listed: &Dsn,
-    holder: &str,
-    stats: &Arc<crate::metrics::DaemonStats>,
-    config_rx: &watch::Receiver<Arc<Config>>,
-    shutdown: &CancellationToken,
-) -> TermEnd {
+/// leader lease, the scheduler, the upload worker (all under `work`), the uploader's
+/// watch on `primary.dsn` (a fenced or moved primary stops the daemon), and with
+/// `failover.automatic` the failover watch.
+async fn term(cfg: &Arc<Config>, d: &Shared, degraded: bool) -> TermEnd {
+    let Shared {
+        listed,
+        holder,
+        stats,
+        config_rx,
+        shutdown,
+        promoting,
+    } = d;
     let term = shutdown.child_token();
+    // Stopped by the term's end, or by a failover once the primary is found down.
+    let work = term.child_token();
     let (leadership, leads) = Leadership::new(
         cfg.primary.clone(),
         holder.to_string(),
         cfg.daemon.leader_lease,
     );
-    let leading = tokio::spawn(leadership.run(term.clone()));
+    let leading = tokio::spawn(leadership.run(work.clone()));
     let uploading = cfg.daemon.uploader.then(|| {
         let worker = crate::commands::uploader::worker(cfg, None);
-        let term = term.clone();
+        let (work, term) = (work.clone(), term.clone());
         tokio::spawn(async move {
-            let ran = worker.run(term.clone()).await;
+            let ran = worker.run(work.clone()).await;
             // A worker that gives up while the daemon runs would leave uploads undone
             // unnoticed: end the term (and the daemon, exit 1).
             if let Err(e) = &ran {
-                if !term.is_cancelled() {
+                if !work.is_cancelled() {
                     tracing::error!("upload worker stopped: {e}");
                     term.cancel();
                 }
@@ -161,23 +207,31 @@ async fn term(
             ran
         })
     });
-    let watching = if cfg.failover.automatic {
-        let (cfg, stats, term) = (cfg.clone(), stats.clone(), term.clone());
-        tokio::spawn(async move {
-            let new = failover::watch(cfg, stats, term.clone()).await;
-            term.cancel();
-            new.map(|c| TermEnd::Switched(Box::new(c)))
-        })
-    } else {
+    let moved = {
         let (cfg, listed, term) = ((**cfg).clone(), listed.clone(), term.clone());
-        tokio::spawn(async move {
-            crate::commands::uploader::watch_the_primary(cfg, listed, term)
-                .await
-                .map(TermEnd::Moved)
-        })
+        tokio::spawn(crate::commands::uploader::watch_the_primary(
+            cfg, listed, term,
+        ))
     };
+    let failing_over = cfg.failover.automatic.then(|| {
+        let w = failover::Watch {
+            cfg: cfg.clone(),
+            latest: config_rx.clone(),
+            stats: stats.clone(),
+            term: term.clone(),
+            work: work.clone(),
+            degraded,
+            promoting: promoting.clone(),
+        };
+        let term = term.clone();
+        tokio::spawn(async move {
+            let end = failover::watch(w).await;
+            term.cancel();
+            end
+        })
+    });
     scheduler::Scheduler::new(config_rx.clone(), leads, holder.to_string())
-        .run(term.clone())
+        .run(work.clone())
         .await;
     let mut worker_failed = None;
     if let Some(u) = uploading {
@@ -192,11 +246,20 @@ async fn term(
         }
     }
     let _ = leading.await;
+    // A failover under way (the work stopped for it) ends the term itself.
+    let failover_end = match failing_over {
+        Some(f) => f.await.ok().flatten(),
+        None => None,
+    };
     term.cancel();
-    match (watching.await.ok().flatten(), worker_failed) {
-        (Some(end), _) => end,
-        (None, Some(why)) if !shutdown.is_cancelled() => TermEnd::Moved(why),
-        (None, _) => TermEnd::Shutdown,
+    let moved = moved.await.ok().flatten();
+    match (failover_end, moved, worker_failed) {
+        (Some(failover::WatchEnd::Switch(c)), _, _) => TermEnd::Switched(c),
+        (Some(failover::WatchEnd::Stop(why)), _, _) => TermEnd::Moved(why),
+        (_, Some(why), _) => TermEnd::Moved(why),
+        (_, _, Some(why)) if !shutdown.is_cancelled() => TermEnd::Moved(why),
+        (Some(failover::WatchEnd::Again), _, _) if !shutdown.is_cancelled() => TermEnd::Again,
+        _ => TermEnd::Shutdown,
     }
 }
 
@@ -224,9 +287,14 @@ async fn reload_on_signal(
                 tracing::warn!("{what} changed: it takes effect when the daemon restarts");
             }
         }
-        // The server in use stays the one found at start, or promoted since.
-        let promoted = promoted.lock().expect("promoted").clone();
-        match promoted.and_then(|name| failover::switched(&new, &name)) {
+        // The server in use stays the one found at start, or promoted since (under the
+        // lock a switch holds: a reload never brings back the old primary).
+        let guard = promoted.lock().expect("promoted");
+        let old = config.borrow().clone();
+        match guard
+            .as_deref()
+            .and_then(|name| failover::switched(&new, name))
+        {
             Some(switched) => new = switched,
             None => new.primary = old.primary.clone(),
         }
@@ -243,6 +311,7 @@ async fn reload_on_signal(
             "config reloaded"
         );
         let _ = config.send(Arc::new(new));
+        drop(guard);
     }
 }
 
