@@ -149,6 +149,43 @@ async fn the_daemon_promotes_r2_when_the_primary_dies_mid_scan_and_goes_on_again
     let doc: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(doc["last_failover"]["replica"], "r2", "{doc:#}");
     assert_eq!(doc["last_failover"]["new_timeline"], 2);
+    // The old primary comes back (unrewound, on timeline 1): fenced, never used again.
+    c.server("start", "primary");
+    let old = c.primary().await;
+    let slots_on_old = "SELECT count(*) FROM pgmaint.task_slots";
+    let before = rows(&old, slots_on_old).await;
+    let done = rows(
+        &r2,
+        "SELECT count(*) FROM pgmaint.task_slots WHERE result = 'succeeded'",
+    )
+    .await;
+    wait_for(
+        "two more runs against r2",
+        Duration::from_secs(30),
+        || async {
+            rows(
+                &r2,
+                "SELECT count(*) FROM pgmaint.task_slots WHERE result = 'succeeded'",
+            )
+            .await
+                >= done + 2
+        },
+    )
+    .await;
+    assert_eq!(
+        rows(&old, slots_on_old).await,
+        before,
+        "nothing scheduled on the old primary"
+    );
+    // A daemon started with the old config refuses the fenced primary (no degraded start).
+    let refused = c.run(&cfg, &["daemon"]);
+    assert_ne!(refused.code, 0, "{}", refused.stderr);
+    let line = refused.error_line().unwrap_or_default().to_string();
+    assert!(
+        line.contains("former primary") || line.contains("fenced"),
+        "{}",
+        refused.stderr
+    );
     d.terminate().await;
     assert_eq!(c.pause_state(1).await, "not paused");
 }
