@@ -136,7 +136,8 @@ async fn run(cmd: &str, env: &[(&str, String)], timeout: Duration) -> Result<i32
         .ok_or_else(|| format!("{cmd:?} was killed by a signal"))
 }
 
-/// Log what the command writes, line by line as it comes (at most 200 lines).
+/// Log what the command writes, line by line as it comes (the first 200 lines; the
+/// rest is read and dropped, so that a chatty command never blocks on a full pipe).
 fn log_output(
     cmd: &str,
     out: Option<tokio::process::ChildStdout>,
@@ -148,7 +149,7 @@ fn log_output(
         let mut lines = 0;
         let mut out = out.map(|o| BufReader::new(o).lines());
         let mut err = err.map(|e| BufReader::new(e).lines());
-        while lines < 200 && (out.is_some() || err.is_some()) {
+        while out.is_some() || err.is_some() {
             let line = tokio::select! {
                 l = async { out.as_mut().expect("checked").next_line().await }, if out.is_some() => {
                     l.unwrap_or(None).or_else(|| { out = None; None })
@@ -159,7 +160,9 @@ fn log_output(
             };
             if let Some(line) = line {
                 lines += 1;
-                tracing::info!(command = %cmd, "{line}");
+                if lines <= 200 {
+                    tracing::info!(command = %cmd, "{line}");
+                }
             }
         }
     })

@@ -92,17 +92,26 @@ impl Leadership {
         let mut renewed: Option<Instant> = None;
         let every = self.lease / 3;
         loop {
-            if client.as_ref().is_none_or(|c| c.is_closed()) {
-                client = db::connect(&self.primary, "pgmaint-daemon-leader")
-                    .await
-                    .ok();
-            }
-            let attempt = match &client {
-                Some(c) => try_lead(c, &self.holder, self.lease)
-                    .await
-                    .map_err(|e| e.to_string()),
-                None => Err("the primary is unreachable".to_string()),
-            };
+            // Each try within a third of the lease: a renewal hanging on a dead primary
+            // must not keep this daemon believing it leads.
+            let attempt = tokio::time::timeout(every, async {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client = db::connect(&self.primary, "pgmaint-daemon-leader")
+                        .await
+                        .ok();
+                }
+                match &client {
+                    Some(c) => try_lead(c, &self.holder, self.lease)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    None => Err("the primary is unreachable".to_string()),
+                }
+            })
+            .await
+            .unwrap_or_else(|_| {
+                client = None;
+                Err(format!("no answer within {:.1}s", every.as_secs_f64()))
+            });
             let was = *self.leads.borrow();
             let leads = match attempt {
                 Ok(true) => {

@@ -507,13 +507,18 @@ async fn lock_replicas(cfg: &Config) -> Result<(Vec<Promotion>, Vec<Client>, Loc
 }
 
 /// Replicas whose WAL receiver heard from a primary within `window`, as evidence. A
-/// receiver whose upstream is another configured replica (a cascading standby, or
-/// one already re-pointed at a promoted replica) says nothing of the old primary.
+/// receiver fed by another configured replica that this look reached says nothing of
+/// the old primary: in recovery (a cascading standby), that replica's own receiver
+/// speaks for the chain; out of recovery (a replica promoted meanwhile), the check for
+/// another primary decides. Fed by anything else — the primary in use, a replica out of
+/// reach, an address not in the config — it counts.
 fn heard_from_a_primary(cfg: &Config, seen: &[Seen], window: Duration) -> Vec<String> {
-    let replicas: Vec<String> = cfg
-        .replicas
+    let in_use = crate::primary::address(&cfg.primary);
+    let standbys: Vec<String> = seen
         .iter()
-        .map(|r| crate::primary::address(&r.dsn))
+        .filter(|s| s.state.is_ok())
+        .map(|s| crate::primary::address(&s.config.dsn))
+        .filter(|a| *a != in_use)
         .collect();
     seen.iter()
         .filter_map(|s| {
@@ -521,7 +526,7 @@ fn heard_from_a_primary(cfg: &Config, seen: &[Seen], window: Duration) -> Vec<St
             let w = probe.walreceiver.as_ref()?;
             if w.sender
                 .as_ref()
-                .is_some_and(|from| replicas.contains(from))
+                .is_some_and(|from| standbys.contains(from))
             {
                 return None;
             }

@@ -32,10 +32,21 @@ use crate::metrics::DaemonStats;
 use crate::promotion::{self as p, HostSeen};
 use crate::{fence, primary};
 
+/// What the failover watch remembers across terms.
+#[derive(Debug, Default)]
+pub(crate) struct Memory {
+    /// A replica asked to promote whose promotion was not seen to finish: never
+    /// another candidate, never a second pg_promote, while it may become the primary.
+    pub promoting: Option<String>,
+    /// Failover attempts refused in a row, and when the next may start.
+    pub refused: u32,
+    pub next_attempt: Option<Instant>,
+}
+
 /// How the watch ended its term.
 pub(crate) enum WatchEnd {
-    /// A replica is the primary now: go on with this config.
-    Switch(Box<Config>),
+    /// This replica is the primary now: go on with it.
+    Switch(String),
     /// Start the term again, against the same primary (the work stopped for a
     /// failover that did not happen).
     Again,
@@ -57,9 +68,8 @@ pub(crate) struct Watch {
     /// The daemon started without reaching the primary: once it answers, start again
     /// the normal way (schema check, recovery of dead runs).
     pub degraded: bool,
-    /// A replica asked to promote whose promotion was not seen to finish (kept across
-    /// terms): never another candidate while it may still become the primary.
-    pub promoting: Arc<std::sync::Mutex<Option<String>>>,
+    /// Kept across terms.
+    pub memory: Arc<std::sync::Mutex<Memory>>,
 }
 
 /// A full look at every server (fences recorded on the replicas) every this many looks.
@@ -69,8 +79,6 @@ const SURVEY_EVERY: u32 = 5;
 pub(crate) async fn watch(w: Watch) -> Option<WatchEnd> {
     let every = w.cfg.failover.check_interval;
     let mut down_since: Option<Instant> = None;
-    let mut refused = 0u32;
-    let mut next_attempt = Instant::now();
     for look in 0u32.. {
         if look > 0 {
             tokio::select! {
@@ -81,16 +89,11 @@ pub(crate) async fn watch(w: Watch) -> Option<WatchEnd> {
         let seen = look_at_primary(&w.cfg, look % SURVEY_EVERY == 0).await;
         let up = matches!(seen, HostSeen::Primary(_) | HostSeen::Answers(_));
         w.stats.primary_seen(matches!(seen, HostSeen::Primary(_)));
+        let promoting = w.memory.lock().expect("memory").promoting.clone();
         if up {
-            if w.degraded {
-                return Some(WatchEnd::Stop(
-                    "the primary answers now: restarting the daemon to start against it".into(),
-                ));
+            if let Some(end) = answers_again(&w, promoting, down_since.take().is_some()) {
+                return Some(end);
             }
-            if down_since.take().is_some() {
-                tracing::info!("the primary answers again");
-            }
-            refused = 0;
             continue;
         }
         if down_since.is_none() {
@@ -104,23 +107,57 @@ pub(crate) async fn watch(w: Watch) -> Option<WatchEnd> {
             tracing::warn!(
                 "the primary does not answer; failover.automatic is off (reloaded): no failover"
             );
+            if w.work.is_cancelled() && promoting.is_none() {
+                return Some(WatchEnd::Again);
+            }
             continue;
         }
-        if Instant::now() < next_attempt {
+        let next = w.memory.lock().expect("memory").next_attempt;
+        if next.is_some_and(|t| Instant::now() < t) {
             continue;
         }
         let since = down_since.expect("set above");
         match attempt(&w, since).await {
-            Attempt::Switch(cfg) => return Some(WatchEnd::Switch(cfg)),
+            Attempt::Switch(name) => return Some(WatchEnd::Switch(name)),
             Attempt::Busy => {}
-            Attempt::NoFailover if w.work.is_cancelled() => return Some(WatchEnd::Again),
             Attempt::NoFailover => {
-                // Each refusal waits longer before the next try (up to 64 looks).
-                refused += 1;
-                next_attempt = Instant::now() + every * 2u32.pow(refused.min(6));
+                // Each refusal waits longer before the next try (up to 64 looks), across
+                // terms: a fence is not run every primary_down_after.
+                let mut m = w.memory.lock().expect("memory");
+                m.refused += 1;
+                m.next_attempt = Some(Instant::now() + every * 2u32.pow(m.refused.min(6)));
+                drop(m);
                 down_since = None;
+                if w.work.is_cancelled() {
+                    return Some(WatchEnd::Again);
+                }
             }
         }
+    }
+    None
+}
+
+/// The primary in use answers: how the term goes on (`None`: as it is).
+fn answers_again(w: &Watch, promoting: Option<String>, was_down: bool) -> Option<WatchEnd> {
+    if let Some(name) = promoting {
+        return Some(WatchEnd::Stop(format!(
+            "the old primary answers while replica {name} was asked to promote: two servers may take \
+             writes; see to it by hand (pgmaint status, then pgmaint promote or pg_rewind)"
+        )));
+    }
+    if w.degraded {
+        return Some(WatchEnd::Stop(
+            "the primary answers now: restarting the daemon to start against it".into(),
+        ));
+    }
+    let mut m = w.memory.lock().expect("memory");
+    (m.refused, m.next_attempt) = (0, None);
+    if w.work.is_cancelled() {
+        tracing::info!("the primary answers again: the work against it starts again");
+        return Some(WatchEnd::Again);
+    }
+    if was_down {
+        tracing::info!("the primary answers again");
     }
     None
 }
@@ -153,7 +190,7 @@ fn describe(seen: &HostSeen) -> String {
 }
 
 enum Attempt {
-    Switch(Box<Config>),
+    Switch(String),
     /// Another pgmaint holds a failover lock: look again at the next look.
     Busy,
     NoFailover,
@@ -162,12 +199,15 @@ enum Attempt {
 /// One failover attempt: promote a replica, or follow the one that is a primary
 /// already (both only after the down check).
 async fn attempt(w: &Watch, since: Instant) -> Attempt {
-    let cfg = &w.cfg;
+    // The latest config (a reload may have changed the replicas); its primary is the
+    // term's (a reload keeps the server in use).
+    let latest = w.latest.borrow().clone();
+    let cfg = &*latest;
     tracing::warn!(
         "failover: is the primary down? checking for failover.primary_down_after ({}s)",
         cfg.failover.primary_down_after.as_secs_f64()
     );
-    let promoting = w.promoting.lock().expect("promoting").clone();
+    let promoting = w.memory.lock().expect("memory").promoting.clone();
     let result = promote::failover(
         cfg,
         None,
@@ -177,10 +217,6 @@ async fn attempt(w: &Watch, since: Instant) -> Attempt {
         promoting.as_deref(),
     )
     .await;
-    if !matches!(&result, Err(e) if matches!(e.downcast_ref::<NotPromoting>(), Some(NotPromoting::Unfinished(..))))
-    {
-        *w.promoting.lock().expect("promoting") = None;
-    }
     let secs = || Some(since.elapsed().as_secs_f64());
     match result {
         Ok(report) => {
@@ -202,7 +238,8 @@ async fn attempt(w: &Watch, since: Instant) -> Attempt {
                 );
             }
             w.stats.failover("promoted", secs());
-            switch(cfg, &report.new_primary)
+            *w.memory.lock().expect("memory") = Memory::default();
+            Attempt::Switch(report.new_primary)
         }
         Err(e) => match e.downcast_ref::<NotPromoting>() {
             Some(NotPromoting::LockBusy(_)) => {
@@ -216,16 +253,18 @@ async fn attempt(w: &Watch, since: Instant) -> Attempt {
                      the daemon goes on with it"
                 );
                 w.stats.failover("followed", secs());
-                switch(cfg, name)
+                *w.memory.lock().expect("memory") = Memory::default();
+                Attempt::Switch(name.clone())
             }
             Some(NotPromoting::Unfinished(name, why)) => {
                 // pg_promote was sent: the promotion may still finish. The next attempts
                 // wait for this replica (never another candidate, never a second
                 // pg_promote), and do the rest of the failover once it is the primary.
                 let first = w
-                    .promoting
+                    .memory
                     .lock()
-                    .expect("promoting")
+                    .expect("memory")
+                    .promoting
                     .replace(name.clone())
                     .is_none();
                 if first {
@@ -253,13 +292,6 @@ async fn attempt(w: &Watch, since: Instant) -> Attempt {
                 Attempt::NoFailover
             }
         },
-    }
-}
-
-fn switch(cfg: &Config, name: &str) -> Attempt {
-    match switched(cfg, name) {
-        Some(new) => Attempt::Switch(Box::new(new)),
-        None => Attempt::NoFailover,
     }
 }
 

@@ -73,7 +73,8 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
-    let promoted = Arc::new(std::sync::Mutex::new(None));
+    // Every replica promoted while this daemon ran, the newest last.
+    let promoted = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     tokio::spawn(reload_on_signal(
         reload,
         source,
@@ -89,7 +90,7 @@ pub async fn run(
         stats: stats.clone(),
         config_rx: config_rx.clone(),
         shutdown: shutdown.clone(),
-        promoting: Arc::new(std::sync::Mutex::new(None)),
+        memory: Arc::default(),
     };
     let outcome = loop {
         let cfg = config_rx.borrow().clone();
@@ -97,21 +98,22 @@ pub async fn run(
             TermEnd::Shutdown => break Ok(()),
             TermEnd::Moved(why) => break Err(why),
             TermEnd::Again => {}
-            TermEnd::Switched(new) => {
+            TermEnd::Switched(name) => {
+                let Some(new) = failover::switched(&config_rx.borrow(), &name) else {
+                    break Err(format!(
+                        "replica {name}, the new primary, is no longer in the config"
+                    ));
+                };
                 if let Err(why) = usable(&new).await {
                     break Err(why);
                 }
                 degraded = false;
-                let name = cfg
-                    .replicas
-                    .iter()
-                    .find(|r| r.dsn.config == new.primary.config)
-                    .map(|r| r.name.clone());
                 // One lock for the switch and a reload: a reload never brings back the
-                // old primary.
+                // old primary, and the switch applies to the latest config.
                 let mut guard = promoted.lock().expect("promoted");
-                *guard = name;
-                let _ = config_tx.send(Arc::new(*new));
+                let new = failover::switched(&config_rx.borrow(), &name).unwrap_or(new);
+                guard.push(name);
+                let _ = config_tx.send(Arc::new(new));
                 drop(guard);
             }
         }
@@ -152,8 +154,8 @@ struct Shared {
     stats: Arc<crate::metrics::DaemonStats>,
     config_rx: watch::Receiver<Arc<Config>>,
     shutdown: CancellationToken,
-    /// A replica asked to promote whose promotion was not seen to finish.
-    promoting: Arc<std::sync::Mutex<Option<String>>>,
+    /// What the failover watch remembers across terms.
+    memory: Arc<std::sync::Mutex<failover::Memory>>,
 }
 
 /// How a term (the daemon's work against one primary) ended.
@@ -163,31 +165,88 @@ enum TermEnd {
     /// The primary changed without this daemon's failover (stop: a service manager
     /// starts the daemon again, against the new one).
     Moved(String),
-    /// A failover: go on with this config (a new primary).
-    Switched(Box<Config>),
+    /// A failover: go on with this replica as the primary.
+    Switched(String),
     /// The work stopped for a failover that did not happen: start again.
     Again,
 }
 
 /// Work against `cfg.primary` until a shutdown, a failover or a moved primary: the
-/// leader lease, the scheduler, the upload worker (all under `work`), the uploader's
-/// watch on `primary.dsn` (a fenced or moved primary stops the daemon), and with
-/// `failover.automatic` the failover watch.
+/// leader lease, the scheduler and the upload worker (all under `work`); without
+/// `failover.automatic` the uploader's watch on `primary.dsn` (a fenced or moved primary
+/// stops the daemon), with it the failover watch. A degraded term (no primary answered
+/// at start) only watches.
 async fn term(cfg: &Arc<Config>, d: &Shared, degraded: bool) -> TermEnd {
-    let Shared {
-        listed,
-        holder,
-        stats,
-        config_rx,
-        shutdown,
-        promoting,
-    } = d;
-    let term = shutdown.child_token();
+    let term = d.shutdown.child_token();
     // Stopped by the term's end, or by a failover once the primary is found down.
     let work = term.child_token();
+    let watching = spawn_watch(cfg, d, &term, &work, degraded);
+    let worker_failed = if degraded {
+        term.cancelled().await;
+        None
+    } else {
+        do_the_work(cfg, d, &term, &work).await
+    };
+    // A failover under way (the work stopped for it) ends the term itself.
+    let end = watching.await.ok().flatten();
+    term.cancel();
+    match (end, worker_failed) {
+        (Some(end), _) => end,
+        (None, Some(why)) if !d.shutdown.is_cancelled() => TermEnd::Moved(why),
+        (None, _) => TermEnd::Shutdown,
+    }
+}
+
+/// The watch on the primary of a term: it ends the term when it returns.
+fn spawn_watch(
+    cfg: &Arc<Config>,
+    d: &Shared,
+    term: &CancellationToken,
+    work: &CancellationToken,
+    degraded: bool,
+) -> tokio::task::JoinHandle<Option<TermEnd>> {
+    let term = term.clone();
+    if cfg.failover.automatic {
+        let w = failover::Watch {
+            cfg: cfg.clone(),
+            latest: d.config_rx.clone(),
+            stats: d.stats.clone(),
+            term: term.clone(),
+            work: work.clone(),
+            degraded,
+            memory: d.memory.clone(),
+        };
+        tokio::spawn(async move {
+            let end = failover::watch(w).await;
+            term.cancel();
+            end.map(|end| match end {
+                failover::WatchEnd::Switch(name) => TermEnd::Switched(name),
+                failover::WatchEnd::Again => TermEnd::Again,
+                failover::WatchEnd::Stop(why) => TermEnd::Moved(why),
+            })
+        })
+    } else {
+        let (cfg, listed) = ((**cfg).clone(), d.listed.clone());
+        tokio::spawn(async move {
+            let moved =
+                crate::commands::uploader::watch_the_primary(cfg, listed, term.clone()).await;
+            term.cancel();
+            moved.map(TermEnd::Moved)
+        })
+    }
+}
+
+/// The leader lease, the upload worker and the scheduler, until `work` ends; why the
+/// upload worker gave up, if it did.
+async fn do_the_work(
+    cfg: &Arc<Config>,
+    d: &Shared,
+    term: &CancellationToken,
+    work: &CancellationToken,
+) -> Option<String> {
     let (leadership, leads) = Leadership::new(
         cfg.primary.clone(),
-        holder.to_string(),
+        d.holder.clone(),
         cfg.daemon.leader_lease,
     );
     let leading = tokio::spawn(leadership.run(work.clone()));
@@ -207,33 +266,10 @@ async fn term(cfg: &Arc<Config>, d: &Shared, degraded: bool) -> TermEnd {
             ran
         })
     });
-    let moved = {
-        let (cfg, listed, term) = ((**cfg).clone(), listed.clone(), term.clone());
-        tokio::spawn(crate::commands::uploader::watch_the_primary(
-            cfg, listed, term,
-        ))
-    };
-    let failing_over = cfg.failover.automatic.then(|| {
-        let w = failover::Watch {
-            cfg: cfg.clone(),
-            latest: config_rx.clone(),
-            stats: stats.clone(),
-            term: term.clone(),
-            work: work.clone(),
-            degraded,
-            promoting: promoting.clone(),
-        };
-        let term = term.clone();
-        tokio::spawn(async move {
-            let end = failover::watch(w).await;
-            term.cancel();
-            end
-        })
-    });
-    scheduler::Scheduler::new(config_rx.clone(), leads, holder.to_string())
+    scheduler::Scheduler::new(d.config_rx.clone(), leads, d.holder.clone())
         .run(work.clone())
         .await;
-    let mut worker_failed = None;
+    let mut failed = None;
     if let Some(u) = uploading {
         match u.await {
             Ok(Ok(stats)) => tracing::info!(
@@ -241,26 +277,12 @@ async fn term(cfg: &Arc<Config>, d: &Shared, degraded: bool) -> TermEnd {
                 failed = stats.failed,
                 "upload worker stopped"
             ),
-            Ok(Err(e)) => worker_failed = Some(format!("the upload worker stopped: {e}")),
-            Err(e) => worker_failed = Some(format!("the upload worker stopped: {e}")),
+            Ok(Err(e)) => failed = Some(format!("the upload worker stopped: {e}")),
+            Err(e) => failed = Some(format!("the upload worker stopped: {e}")),
         }
     }
     let _ = leading.await;
-    // A failover under way (the work stopped for it) ends the term itself.
-    let failover_end = match failing_over {
-        Some(f) => f.await.ok().flatten(),
-        None => None,
-    };
-    term.cancel();
-    let moved = moved.await.ok().flatten();
-    match (failover_end, moved, worker_failed) {
-        (Some(failover::WatchEnd::Switch(c)), _, _) => TermEnd::Switched(c),
-        (Some(failover::WatchEnd::Stop(why)), _, _) => TermEnd::Moved(why),
-        (_, Some(why), _) => TermEnd::Moved(why),
-        (_, _, Some(why)) if !shutdown.is_cancelled() => TermEnd::Moved(why),
-        (Some(failover::WatchEnd::Again), _, _) if !shutdown.is_cancelled() => TermEnd::Again,
-        _ => TermEnd::Shutdown,
-    }
+    failed
 }
 
 /// On every SIGHUP, read the config again. A bad config is logged in one line and the
@@ -269,7 +291,7 @@ async fn reload_on_signal(
     reload: Arc<Notify>,
     source: ConfigSource,
     listed: Dsn,
-    promoted: Arc<std::sync::Mutex<Option<String>>>,
+    promoted: Arc<std::sync::Mutex<Vec<String>>>,
     config: watch::Sender<Arc<Config>>,
 ) {
     loop {
@@ -291,13 +313,12 @@ async fn reload_on_signal(
         // lock a switch holds: a reload never brings back the old primary).
         let guard = promoted.lock().expect("promoted");
         let old = config.borrow().clone();
-        match guard
-            .as_deref()
-            .and_then(|name| failover::switched(&new, name))
-        {
+        match guard.last().and_then(|name| failover::switched(&new, name)) {
             Some(switched) => new = switched,
             None => new.primary = old.primary.clone(),
         }
+        // Former primaries (promoted earlier, failed over since) never rejoin the pool.
+        new.replicas.retain(|r| !guard.contains(&r.name));
         new.results_dir = old.results_dir.clone();
         new.results_host = old.results_host.clone();
         new.results_shared = old.results_shared;

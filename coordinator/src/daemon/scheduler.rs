@@ -41,8 +41,8 @@ const TICK: Duration = Duration::from_secs(1);
 const ON_TIME: Duration = Duration::from_secs(5);
 /// After the pool refused every replica, or a claim was refused, wait this long.
 const RETRY: Duration = Duration::from_secs(5);
-/// The longest a tick may take (a primary that stopped answering).
-const TICK_LIMIT: Duration = Duration::from_secs(30);
+/// The longest recording one slot's outcome may take.
+const STORE_LIMIT: Duration = Duration::from_secs(5);
 
 /// What one cycle runs: tasks (by name), or one dump.
 #[derive(Debug, Clone)]
@@ -122,6 +122,8 @@ pub(crate) struct Scheduler {
     solo: HashSet<String>,
     /// Cancelled on shutdown or at the end of the daemon's term: aborts every cycle.
     term: CancellationToken,
+    /// Recording a slot's outcome failed (the primary gone).
+    store_failed: bool,
 }
 
 impl Scheduler {
@@ -149,6 +151,7 @@ impl Scheduler {
             last_recovery: None,
             solo: HashSet::new(),
             term: CancellationToken::new(),
+            store_failed: false,
         }
     }
 
@@ -175,19 +178,10 @@ impl Scheduler {
                 _ = tokio::time::sleep(TICK) => {}
             }
             if self.leads_open && *self.leads.borrow() {
-                match tokio::time::timeout(TICK_LIMIT, self.tick()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::warn!("scheduler: {}", e.one_line());
-                        self.primary = None;
-                    }
-                    Err(_) => {
-                        tracing::warn!(
-                            "scheduler: the primary did not answer within {}s",
-                            TICK_LIMIT.as_secs()
-                        );
-                        self.primary = None;
-                    }
+                // Not cancelled half-way: a tick holds claimed work in hand.
+                if let Err(e) = self.tick().await {
+                    tracing::warn!("scheduler: {}", e.one_line());
+                    self.primary = None;
                 }
             }
         }
@@ -504,12 +498,27 @@ impl Scheduler {
     }
 
     async fn store(&mut self, name: &str, slot: DateTime<Utc>, outcome: &SlotOutcome) {
-        let recorded = match self.client().await {
-            Ok(c) => schedule::record(c, name, slot, outcome)
-                .await
-                .map_err(anyhow::Error::from),
-            Err(e) => Err(e),
-        };
+        // Ending with a dead primary: one failure is enough, the rest are not tried.
+        if self.term.is_cancelled() && self.store_failed {
+            tracing::warn!(task = %name, %slot, "slot's outcome not recorded (the primary does not answer)");
+            return;
+        }
+        let recorded = tokio::time::timeout(STORE_LIMIT, async {
+            match self.client().await {
+                Ok(c) => schedule::record(c, name, slot, outcome)
+                    .await
+                    .map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "no answer within {}s",
+                STORE_LIMIT.as_secs()
+            ))
+        });
+        self.store_failed = recorded.is_err();
         if let Err(e) = recorded {
             tracing::warn!(task = %name, "could not record the slot's outcome: {}", e.one_line());
             self.primary = None;
