@@ -610,14 +610,7 @@ impl<'a> Cycle<'a> {
             spec.claim_run_dir(&self.primary, self.lease.run_id).await?;
         }
         let prepared = self.prepare(&ctx).await?;
-        let mode = self.cfg.results_mode;
-        mode.create_dir_all(&self.cfg.results_dir)
-            .with_context(|| format!("results.dir {}", self.cfg.results_dir.display()))?;
-        mode.create_dir(&self.run_dir)
-            .with_context(|| format!("creating the run directory {}", self.run_dir.display()))?;
-        if let Work::Dump(spec) = &self.work {
-            spec.create_out()?;
-        }
+        self.create_dirs()?;
 
         // 2. Pre-checks: in recovery, streaming, 'not paused', not a remote_apply sync
         //    standby, backlog under the limit.
@@ -690,6 +683,21 @@ impl<'a> Cycle<'a> {
 
         // 7. In one transaction on the primary: record the run, queue its uploads.
         self.queue_uploads().await
+    }
+
+    /// Step 1, once the checks passed: the run directory (and `results.dir` if it is
+    /// missing), and a `dump --out` directory that does not exist yet, all of
+    /// `results.mode`.
+    fn create_dirs(&self) -> Result<()> {
+        let mode = self.cfg.results_mode;
+        mode.create_dir_all(&self.cfg.results_dir)
+            .with_context(|| format!("results.dir {}", self.cfg.results_dir.display()))?;
+        mode.create_dir(&self.run_dir)
+            .with_context(|| format!("creating the run directory {}", self.run_dir.display()))?;
+        if let Work::Dump(spec) = &self.work {
+            spec.create_out()?;
+        }
+        Ok(())
     }
 
     /// Step 1: the tasks checked against the replica's catalog, or the dump's output
