@@ -465,7 +465,7 @@ impl<'a> Cycle<'a> {
                 .paused_at
                 .map(|p| (Utc::now() - p).to_std().unwrap_or_default())
                 .unwrap_or_default();
-            if let Err(e) = dump::write_manifest(&spec.out, manifest, elapsed) {
+            if let Err(e) = dump::write_manifest(&spec.out, manifest, elapsed, spec.mode) {
                 *error = Some(format!(
                     "dump written, but its manifest was not: {}",
                     e.one_line()
@@ -476,7 +476,7 @@ impl<'a> Cycle<'a> {
         if let Some(why) = error {
             // Paused, so --out passed its checks (it was absent or empty): whatever
             // pg_dump left there is not a dump of one snapshot. Say so where it lies.
-            dump::mark_invalid(&spec.out, why);
+            dump::mark_invalid(&spec.out, why, spec.mode);
         }
         results_dir
     }
@@ -487,7 +487,10 @@ impl<'a> Cycle<'a> {
         let Err(e) = self.record_end(outcome, release).await else {
             return;
         };
-        let kept = match (outcome.state, outcome.write(&self.run_dir)) {
+        let kept = match (
+            outcome.state,
+            outcome.write(&self.run_dir, self.cfg.results_mode),
+        ) {
             // A success is on the primary already (with its uploads); only the lease is left.
             (RunState::Succeeded, _) => String::new(),
             (_, Ok(path)) => format!(
@@ -586,6 +589,7 @@ impl<'a> Cycle<'a> {
         );
         ctx.lock_timeout = self.cfg.scan.lock_timeout;
         ctx.batch_rows = self.cfg.scan.batch_rows;
+        ctx.results_mode = self.cfg.results_mode;
         ctx.cancel = self.abort.token().clone();
         ctx.progress =
             snapshot_runner::progress::ProgressMode::detect(self.cfg.scan.progress_interval);
@@ -606,10 +610,7 @@ impl<'a> Cycle<'a> {
             spec.claim_run_dir(&self.primary, self.lease.run_id).await?;
         }
         let prepared = self.prepare(&ctx).await?;
-        std::fs::create_dir_all(&self.cfg.results_dir)
-            .with_context(|| format!("results.dir {}", self.cfg.results_dir.display()))?;
-        std::fs::create_dir(&self.run_dir)
-            .with_context(|| format!("creating the run directory {}", self.run_dir.display()))?;
+        self.create_dirs()?;
 
         // 2. Pre-checks: in recovery, streaming, 'not paused', not a remote_apply sync
         //    standby, backlog under the limit.
@@ -674,7 +675,7 @@ impl<'a> Cycle<'a> {
             valid: moved.is_none(),
             tasks: self.reports.iter().map(TaskReport::to_manifest).collect(),
         };
-        manifest.write(&self.run_dir)?;
+        manifest.write(&self.run_dir, self.cfg.results_mode)?;
         if let Some(why) = moved {
             self.abort.trigger(AbortReason::SnapshotLost(why.clone()));
             bail!("results discarded, nothing queued");
@@ -682,6 +683,21 @@ impl<'a> Cycle<'a> {
 
         // 7. In one transaction on the primary: record the run, queue its uploads.
         self.queue_uploads().await
+    }
+
+    /// Step 1, once the checks passed: the run directory (and `results.dir` if it is
+    /// missing), and a `dump --out` directory that does not exist yet, all of
+    /// `results.mode`.
+    fn create_dirs(&self) -> Result<()> {
+        let mode = self.cfg.results_mode;
+        mode.create_dir_all(&self.cfg.results_dir)
+            .with_context(|| format!("results.dir {}", self.cfg.results_dir.display()))?;
+        mode.create_dir(&self.run_dir)
+            .with_context(|| format!("creating the run directory {}", self.run_dir.display()))?;
+        if let Work::Dump(spec) = &self.work {
+            spec.create_out()?;
+        }
+        Ok(())
     }
 
     /// Step 1: the tasks checked against the replica's catalog, or the dump's output

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use snapshot_runner::{DataFile, ManifestTask, ResultManifest};
+use snapshot_runner::{DataFile, ManifestTask, ResultManifest, ResultsMode};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +20,8 @@ use crate::UsageError;
 /// What to dump, and where.
 #[derive(Debug, Clone)]
 pub struct DumpSpec {
-    /// Output directory: must not exist yet, or be empty.
+    /// Output directory: must not exist yet (pgmaint then creates it, with `mode`'s
+    /// directory bits), or be empty (left as it is: the operator's directory).
     pub out: PathBuf,
     /// `pg_dump -j`.
     pub jobs: u32,
@@ -30,6 +31,9 @@ pub struct DumpSpec {
     /// claims the run's own subdirectory in it (named by the run id), and that
     /// subdirectory after. `None`: `out` is the dump's directory (`dump --out`).
     pub named: Option<NamedDump>,
+    /// `results.mode`: of every file in the dump (pg_dump's too) and of the
+    /// directories pgmaint creates for it.
+    pub mode: ResultsMode,
 }
 
 /// The `[[dumps]]` entry a dump runs for.
@@ -53,7 +57,7 @@ impl DumpSpec {
             return Ok(());
         };
         if !named.claimed {
-            self.out = crate::dump_dirs::claim(primary, &self.out, run_id).await?;
+            self.out = crate::dump_dirs::claim(primary, &self.out, run_id, self.mode).await?;
             named.claimed = true;
         }
         Ok(())
@@ -67,10 +71,22 @@ impl DumpSpec {
             claimed: true,
         }) = &self.named
         {
-            if let Err(e) = crate::dump_dirs::write_marker(&self.out, name, run_id) {
+            if let Err(e) = crate::dump_dirs::write_marker(&self.out, name, run_id, self.mode) {
                 tracing::warn!(dir = %self.out.display(), error = %crate::error_text::OneLine::one_line(&e), "could not mark the dump directory as pgmaint's; pruning will leave it");
             }
         }
+    }
+
+    /// `dump --out` naming a directory that does not exist yet: create it, with the
+    /// directory mode, once the checks passed (pg_dump would make it 0700 whatever
+    /// `results.mode` says). An existing one is left as it is.
+    pub fn create_out(&self) -> Result<()> {
+        if self.named.is_some() || self.out.exists() {
+            return Ok(());
+        }
+        self.mode
+            .create_dir(&self.out)
+            .with_context(|| format!("--out: creating {}", self.out.display()))
     }
 
     /// Check the output directory before anything is paused.
@@ -205,6 +221,17 @@ pub async fn run_pg_dump(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // pg_dump creates its files with the process umask (from 0666): give it the one
+    // that makes them `results.mode`, in the child only, so no file of the dump is
+    // ever readable by more than the mode allows, even while it is being written.
+    let umask = spec.mode.umask() as libc::mode_t;
+    // SAFETY: umask(2) is async-signal-safe and touches only the child's own state.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::umask(umask);
+            Ok(())
+        });
+    }
     if let Some(p) = password {
         cmd.env("PGPASSWORD", p);
     }
@@ -254,26 +281,28 @@ fn dir_usage(dir: &Path) -> (u64, u64) {
         .unwrap_or((0, 0))
 }
 
-/// Leave `INVALID` (with the reason) in a dump directory whose dump failed or whose
-/// snapshot moved, if pg_dump got as far as writing anything there.
-pub fn mark_invalid(out: &Path, why: &str) {
+/// Leave `INVALID` (with the reason, of `mode`) in a dump directory whose dump failed
+/// or whose snapshot moved, if pg_dump got as far as writing anything there.
+pub fn mark_invalid(out: &Path, why: &str, mode: ResultsMode) {
     let written = std::fs::read_dir(out)
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
     if written {
         let text = format!("This is not a usable pgmaint dump: {why}\n");
-        if let Err(e) = std::fs::write(out.join("INVALID"), text) {
+        if let Err(e) = mode.write(&out.join("INVALID"), text.as_bytes()) {
             tracing::warn!(dir = %out.display(), error = %e, "could not mark the dump invalid");
         }
     }
 }
 
 /// Hash every file pg_dump wrote (after replay resumed: hashing is not worth a longer
-/// pause) and write the manifest into the dump directory, next to pg_dump's own files.
+/// pause) and write the manifest (of `mode`) into the dump directory, next to pg_dump's
+/// own files.
 pub fn write_manifest(
     out: &Path,
     mut manifest: ResultManifest,
     elapsed: Duration,
+    mode: ResultsMode,
 ) -> Result<ManifestTask> {
     let mut files = Vec::new();
     let mut names: Vec<PathBuf> = std::fs::read_dir(out)
@@ -312,7 +341,7 @@ pub fn write_manifest(
         error: None,
     };
     manifest.tasks = vec![task.clone()];
-    manifest.write(out)?;
+    manifest.write(out, mode)?;
     tracing::info!(dir = %out.display(), files = task.files.len(), secs = elapsed.as_secs_f64(), "dump manifest written");
     Ok(task)
 }

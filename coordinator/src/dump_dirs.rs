@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 use uploader::RunState;
 
+use snapshot_runner::ResultsMode;
+
 use crate::config::DumpConfig;
 use crate::UsageError;
 
@@ -54,9 +56,9 @@ pub fn parse_run_dir_name(name: &str) -> Option<i64> {
     (id > 0 && run_dir_name(at.and_utc(), id) == name).then_some(id)
 }
 
-/// Create `out` if it is missing (its parent must exist). Before the lease: a bad path
-/// costs no pause.
-pub fn ensure_out(dump: &DumpConfig) -> Result<(), UsageError> {
+/// Create `out` if it is missing (its parent must exist), with `mode`'s directory bits;
+/// an existing `out` is left as it is. Before the lease: a bad path costs no pause.
+pub fn ensure_out(dump: &DumpConfig, mode: ResultsMode) -> Result<(), UsageError> {
     let out = &dump.out;
     let at = |what: String| {
         UsageError(format!(
@@ -78,14 +80,21 @@ pub fn ensure_out(dump: &DumpConfig) -> Result<(), UsageError> {
             parent.display()
         )));
     }
-    std::fs::create_dir(out).map_err(|e| at(format!("cannot create it: {e}")))?;
+    mode.create_dir(out)
+        .map_err(|e| at(format!("cannot create it: {e}")))?;
     tracing::info!(dump = %dump.name, dir = %out.display(), "dump directory created");
     Ok(())
 }
 
 /// Claim run `run_id`'s subdirectory of `out`: record it as the run's `results_dir` on
-/// the primary (the proof of ownership pruning checks), then create it, empty.
-pub async fn claim(primary: &Client, out: &Path, run_id: i64) -> Result<PathBuf> {
+/// the primary (the proof of ownership pruning checks), then create it, empty, with
+/// `mode`'s directory bits.
+pub async fn claim(
+    primary: &Client,
+    out: &Path,
+    run_id: i64,
+    mode: ResultsMode,
+) -> Result<PathBuf> {
     let dir = out.join(run_dir_name(Utc::now(), run_id));
     let recorded = primary
         .execute(
@@ -103,20 +112,20 @@ pub async fn claim(primary: &Client, out: &Path, run_id: i64) -> Result<PathBuf>
             "run {run_id} is no longer running on the primary; its dump directory was not created"
         );
     }
-    std::fs::create_dir(&dir)
+    mode.create_dir(&dir)
         .with_context(|| format!("creating the dump directory {}", dir.display()))?;
     tracing::info!(run_id, dir = %dir.display(), "dump directory claimed");
     Ok(dir)
 }
 
-/// Write the ownership marker into a claimed directory.
-pub fn write_marker(dir: &Path, dump: &str, run_id: i64) -> Result<()> {
+/// Write the ownership marker (of `mode`) into a claimed directory.
+pub fn write_marker(dir: &Path, dump: &str, run_id: i64, mode: ResultsMode) -> Result<()> {
     let marker = Marker {
         dump: dump.to_string(),
         run_id,
     };
     let path = dir.join(MARKER_FILE);
-    std::fs::write(&path, serde_json::to_vec_pretty(&marker)?)
+    mode.write(&path, &serde_json::to_vec_pretty(&marker)?)
         .with_context(|| format!("writing {}", path.display()))
 }
 

@@ -321,12 +321,16 @@ pub struct RunOutcome {
 pub const OUTCOME_FILE: &str = "outcome.json";
 
 impl RunOutcome {
-    /// Keep the outcome in `run_dir` (created if need be).
-    pub fn write(&self, run_dir: &std::path::Path) -> Result<std::path::PathBuf> {
-        std::fs::create_dir_all(run_dir)
+    /// Keep the outcome in `run_dir` (created if need be), of `mode`.
+    pub fn write(
+        &self,
+        run_dir: &std::path::Path,
+        mode: snapshot_runner::ResultsMode,
+    ) -> Result<std::path::PathBuf> {
+        mode.create_dir_all(run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
         let path = run_dir.join(OUTCOME_FILE);
-        std::fs::write(&path, serde_json::to_vec_pretty(self)?)
+        mode.write(&path, &serde_json::to_vec_pretty(self)?)
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }

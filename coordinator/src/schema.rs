@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../sql/0007_task_slots.sql"),
     ),
     (8, "daemon", include_str!("../../sql/0008_daemon.sql")),
+    (
+        9,
+        "current_findings",
+        include_str!("../../sql/0009_current_findings.sql"),
+    ),
 ];
 
 /// The schema version this binary knows.

@@ -224,7 +224,12 @@ async fn export_all(
             report.status = TaskStatus::Partial;
             break;
         }
-        let mut file = RawFile::create(&ctx.run_dir, &item.file_name, item.columns.clone())?;
+        let mut file = RawFile::create(
+            &ctx.run_dir,
+            &item.file_name,
+            item.columns.clone(),
+            ctx.results_mode,
+        )?;
         let end = copy_to_file(
             &tx,
             &cancel_token,

@@ -56,7 +56,12 @@ impl FindingsScan {
         unit: &'static str,
         total: Option<u64>,
     ) -> Result<Self, ScanError> {
-        let file = CsvFile::create(&ctx.run_dir, &format!("{name}.csv"), &FINDINGS_COLUMNS)?;
+        let file = CsvFile::create(
+            &ctx.run_dir,
+            &format!("{name}.csv"),
+            &FINDINGS_COLUMNS,
+            ctx.results_mode,
+        )?;
         let counters = Arc::new(Counters::default());
         let progress = ProgressReporter::start(ctx.progress, name, unit, total, counters.clone());
         Ok(FindingsScan {

@@ -63,7 +63,7 @@ pub use export::ExportSpec;
 pub use file_checksum::FileChecksumSpec;
 pub use materialize::MaterializeSpec;
 pub use results::{
-    ApplyPlan, DataFile, ManifestTask, ResultManifest, SnapshotInfo, FINDINGS_COLUMNS,
+    ApplyPlan, DataFile, ManifestTask, ResultManifest, ResultsMode, SnapshotInfo, FINDINGS_COLUMNS,
 };
 pub use row_checksum::RowChecksumSpec;
 pub use session::{scan_application_name, ScanContext};

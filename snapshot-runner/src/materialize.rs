@@ -113,6 +113,7 @@ pub(crate) async fn run(
         &ctx.run_dir,
         &format!("{name}.csv"),
         p.query.columns.clone(),
+        ctx.results_mode,
     )?;
     let counters = Arc::new(Counters::default());
     let progress = ProgressReporter::start(ctx.progress, name, "rows", None, counters.clone());

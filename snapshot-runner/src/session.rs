@@ -8,6 +8,7 @@ use tokio_postgres::{Client, IsolationLevel, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use crate::progress::ProgressMode;
+use crate::results::ResultsMode;
 use crate::ScanError;
 
 /// What every task of one run shares: where to connect, where to write, when to stop.
@@ -29,6 +30,8 @@ pub struct ScanContext {
     pub cancel: CancellationToken,
     /// Bars on a terminal, periodic log lines otherwise.
     pub progress: ProgressMode,
+    /// The mode of the data files (`results.mode`).
+    pub results_mode: ResultsMode,
 }
 
 impl ScanContext {
@@ -42,6 +45,7 @@ impl ScanContext {
             batch_rows: 2000,
             cancel: CancellationToken::new(),
             progress: ProgressMode::detect(Duration::from_secs(10)),
+            results_mode: ResultsMode::PRIVATE,
         }
     }
 

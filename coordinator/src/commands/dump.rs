@@ -54,6 +54,7 @@ pub async fn run(
                 jobs,
                 pg_dump,
                 named: None,
+                mode: cfg.results_mode,
             };
             cycle::run(cfg, replica, cycle::Work::Dump(spec), abort).await?
         }
@@ -83,7 +84,8 @@ async fn named_replica<'c>(
 /// Run the `[[dumps]]` entry `dump` once on `replica`: what `pgmaint dump --name` does,
 /// and what the daemon calls when the entry is due.
 ///
-/// 1. Creates `dump.out` if it is missing (its parent must exist).
+/// 1. Creates `dump.out` if it is missing (its parent must exist), with the directory
+///    mode of `results.mode` (0700 by default).
 /// 2. Runs one dump cycle (lease, pre-checks, confirmed pause, `pg_dump -Fd -j
 ///    dump.jobs` with `dump.pg_dump`, validity check, resume on every path). Its files go
 ///    into a new subdirectory of `out` named by the UTC time and the run id
@@ -113,7 +115,7 @@ pub async fn run_named(
         ))
         .into());
     }
-    dump_dirs::ensure_out(dump)?;
+    dump_dirs::ensure_out(dump, cfg.results_mode)?;
     let spec = dump::DumpSpec {
         out: dump.out.clone(),
         jobs: dump.jobs,
@@ -122,6 +124,7 @@ pub async fn run_named(
             name: dump.name.clone(),
             claimed: false,
         }),
+        mode: cfg.results_mode,
     };
     let summary = cycle::run(cfg, replica, cycle::Work::Dump(spec), abort).await?;
     if summary.ok() {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use snapshot_runner::ResultsMode;
 
 use crate::units::parse_duration;
 use crate::UsageError;
@@ -48,6 +49,9 @@ pub struct Config {
     /// `results.host`: the name of this host's results.dir in the upload queue (a
     /// worker claims only tasks of its host). Default: the machine's host name.
     pub results_host: String,
+    /// `results.mode`: the mode of result files (directories pgmaint creates for them
+    /// get the matching execute bits). Default 0600 (directories 0700).
+    pub results_mode: ResultsMode,
     /// Scan settings.
     pub scan: ScanSettings,
     /// Upload worker settings.
@@ -102,6 +106,7 @@ struct RawResults {
     #[serde(default)]
     shared: bool,
     host: Option<String>,
+    mode: Option<String>,
 }
 
 fn usage(msg: impl Into<String>) -> UsageError {
@@ -142,7 +147,7 @@ impl Config {
         let primary = dsn::primary(&raw.primary, overrides)?;
         let replicas = dsn::replicas(&raw.replicas, overrides)?;
         let limits = Limits::from_raw(&raw.limits)?;
-        let (results_dir, results_shared, results_host) = results(raw.results)?;
+        let (results_dir, results_shared, results_host, results_mode) = results(raw.results)?;
         let scan = ScanSettings::from_raw(&raw.scan)?;
         let uploader = UploaderSettings::from_raw(&raw.uploader)?;
         // Before tasks and dumps: their `at` is read in daemon.timezone.
@@ -157,6 +162,7 @@ impl Config {
             results_dir,
             results_shared,
             results_host,
+            results_mode,
             scan,
             uploader,
             daemon,
@@ -288,9 +294,9 @@ fn deserialize(text: &str) -> Result<RawConfig, UsageError> {
     })
 }
 
-/// `[results]`: `dir` (an absolute path), `shared`, and `host` (default: the
-/// machine's host name).
-fn results(raw: Option<RawResults>) -> Result<(PathBuf, bool, String), UsageError> {
+/// `[results]`: `dir` (an absolute path), `shared`, `host` (default: the machine's
+/// host name) and `mode` (default 0600).
+fn results(raw: Option<RawResults>) -> Result<(PathBuf, bool, String, ResultsMode), UsageError> {
     let raw = raw.ok_or_else(|| usage("results.dir: missing"))?;
     if !raw.dir.is_absolute() {
         return Err(usage(format!(
@@ -310,7 +316,35 @@ fn results(raw: Option<RawResults>) -> Result<(PathBuf, bool, String), UsageErro
         Some(h) => h,
         None => host_name(),
     };
-    Ok((raw.dir, raw.shared, host))
+    let mode = match &raw.mode {
+        None => ResultsMode::PRIVATE,
+        Some(m) => results_mode(m)?,
+    };
+    Ok((raw.dir, raw.shared, host, mode))
+}
+
+/// `results.mode`: an octal string (`"0640"`, `"640"`), one of [`ResultsMode::ALLOWED`].
+fn results_mode(text: &str) -> Result<ResultsMode, UsageError> {
+    const ALLOWED: &str = "allowed: \"0600\" (the default) or \"0640\" (the group may read)";
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    let bits = match u32::from_str_radix(digits, 8) {
+        Ok(b) if (3..=4).contains(&digits.len()) && !digits.starts_with('+') => b,
+        _ => {
+            return Err(usage(format!(
+                "results.mode: {text:?} is not an octal file mode; {ALLOWED}"
+            )))
+        }
+    };
+    if bits & 0o007 != 0 {
+        return Err(usage(format!(
+            "results.mode: {bits:04o} gives other users access (results hold table contents); {ALLOWED}"
+        )));
+    }
+    ResultsMode::from_bits(bits).ok_or_else(|| {
+        usage(format!(
+            "results.mode: {bits:04o} is not allowed; {ALLOWED}"
+        ))
+    })
 }
 
 /// `--on-host any`: the host name that stands for "any worker" (shared storage).
@@ -649,6 +683,43 @@ dir = "/tmp/r"
             "results.host: \"any\" is reserved (tasks retry --on-host any means any host); \
              for storage every host reads, set results.shared = true"
         );
+    }
+
+    #[test]
+    fn results_mode_is_private_unless_relaxed_for_the_group() {
+        let with_mode = |m: &str| {
+            GOOD.replace(
+                "dir = \"/var/lib/pgmaint/results\"\n",
+                &format!("dir = \"/var/lib/pgmaint/results\"\nmode = {m}\n"),
+            )
+        };
+        let c = Config::parse(GOOD, &Overrides::default()).unwrap();
+        assert_eq!(c.results_mode, ResultsMode::PRIVATE);
+        for m in ["\"0640\"", "\"640\"", "\"0o640\""] {
+            let c = Config::parse(&with_mode(m), &Overrides::default()).unwrap();
+            assert_eq!(c.results_mode, ResultsMode::GROUP_READ, "{m}");
+        }
+        let allowed = "allowed: \"0600\" (the default) or \"0640\" (the group may read)";
+        assert_eq!(
+            err(&with_mode("\"0644\"")),
+            format!("results.mode: 0644 gives other users access (results hold table contents); {allowed}")
+        );
+        assert!(err(&with_mode("\"0606\"")).starts_with("results.mode: 0606 gives other users"));
+        assert_eq!(
+            err(&with_mode("\"0660\"")),
+            format!("results.mode: 0660 is not allowed; {allowed}")
+        );
+        assert!(err(&with_mode("\"0700\"")).starts_with("results.mode: 0700 is not allowed"));
+        for bad in ["\"rw-r-----\"", "\"0689\"", "\"\"", "\"06400\"", "\"+640\""] {
+            assert!(
+                err(&with_mode(bad)).starts_with("results.mode: ")
+                    && err(&with_mode(bad)).contains("is not an octal file mode"),
+                "{bad}: {}",
+                err(&with_mode(bad))
+            );
+        }
+        // A TOML number is not a mode string (0640 is no valid TOML integer; 640 is decimal).
+        assert!(err(&with_mode("640")).starts_with("results.mode: invalid type"));
     }
 
     #[test]

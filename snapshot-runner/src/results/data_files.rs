@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use md5::{Digest, Md5};
 
 use crate::results::manifest::DataFile;
+use crate::results::mode::ResultsMode;
 use crate::ScanError;
 
 /// A writer that counts and hashes every byte it passes on.
@@ -72,11 +73,16 @@ fn encode_record<'a>(line: &mut Vec<u8>, fields: impl IntoIterator<Item = Option
 }
 
 impl CsvFile {
-    /// Create `dir/name` (it must not exist yet) and write the header row.
-    pub fn create(dir: &Path, name: &str, columns: &[&str]) -> Result<Self, ScanError> {
+    /// Create `dir/name` (it must not exist yet) with `mode`, and write the header row.
+    pub fn create(
+        dir: &Path,
+        name: &str,
+        columns: &[&str],
+        mode: ResultsMode,
+    ) -> Result<Self, ScanError> {
         let columns_owned = columns.iter().map(|c| c.to_string()).collect();
         let mut file = CsvFile {
-            file: RawFile::create(dir, name, columns_owned)?,
+            file: RawFile::create(dir, name, columns_owned, mode)?,
             line: Vec::with_capacity(256),
         };
         file.put(columns.iter().map(|c| Some(c.as_bytes())))?;
@@ -136,15 +142,16 @@ pub struct RawFile {
 }
 
 impl RawFile {
-    /// Create `dir/name` (it must not exist yet). `columns` describe the header the
-    /// bytes will carry; the caller writes that header itself.
-    pub fn create(dir: &Path, name: &str, columns: Vec<String>) -> Result<Self, ScanError> {
+    /// Create `dir/name` (it must not exist yet) with `mode`. `columns` describe the
+    /// header the bytes will carry; the caller writes that header itself.
+    pub fn create(
+        dir: &Path,
+        name: &str,
+        columns: Vec<String>,
+        mode: ResultsMode,
+    ) -> Result<Self, ScanError> {
         let path = dir.join(name);
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(ScanError::io(&path))?;
+        let file = mode.create_new(&path).map_err(ScanError::io(&path))?;
         Ok(RawFile {
             path,
             name: name.to_string(),
@@ -247,18 +254,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pgmaint-out-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let _ = std::fs::remove_file(dir.join("t.csv"));
-        let mut f = CsvFile::create(&dir, "t.csv", &["a", "b"]).unwrap();
+        let mut f = CsvFile::create(&dir, "t.csv", &["a", "b"], ResultsMode::PRIVATE).unwrap();
         f.write(["1", "x,y"]).unwrap();
         f.write(["2", "quote\"d"]).unwrap();
         let df = f.finish().unwrap();
         let (md5, size) = file_md5(&dir.join("t.csv")).unwrap();
         assert_eq!((df.md5, df.size, df.rows), (md5, size, 2));
         assert!(
-            CsvFile::create(&dir, "t.csv", &["a"]).is_err(),
+            CsvFile::create(&dir, "t.csv", &["a"], ResultsMode::PRIVATE).is_err(),
             "never overwrites"
         );
         let _ = std::fs::remove_file(dir.join("r.csv"));
-        let mut r = RawFile::create(&dir, "r.csv", vec!["a".into()]).unwrap();
+        let mut r = RawFile::create(&dir, "r.csv", vec!["a".into()], ResultsMode::PRIVATE).unwrap();
         r.write_all(b"a\n1\n").unwrap();
         r.add_rows(1);
         let df = r.finish().unwrap();

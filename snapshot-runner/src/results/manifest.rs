@@ -1,11 +1,11 @@
 //! `manifest.json`: what a run produced, stamped with the snapshot it read.
 
-use std::io::Write;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::results::mode::ResultsMode;
 use crate::ScanError;
 
 /// Manifest file name inside a run directory.
@@ -92,9 +92,9 @@ pub struct ResultManifest {
 }
 
 impl ResultManifest {
-    /// Write `dir/manifest.json` atomically (temp file, fsync, rename).
+    /// Write `dir/manifest.json` atomically (temp file of `mode`, fsync, rename).
     /// Every data file is stamped with the run's snapshot LSN.
-    pub fn write(&self, dir: &Path) -> Result<(), ScanError> {
+    pub fn write(&self, dir: &Path, mode: ResultsMode) -> Result<(), ScanError> {
         let tmp = dir.join(".manifest.json.tmp");
         let path = dir.join(MANIFEST_FILE);
         let mut stamped = self.clone();
@@ -105,9 +105,7 @@ impl ResultManifest {
             }
         }
         let body = serde_json::to_vec_pretty(&stamped).expect("manifest serializes");
-        let mut f = std::fs::File::create(&tmp).map_err(ScanError::io(&tmp))?;
-        f.write_all(&body).map_err(ScanError::io(&tmp))?;
-        f.sync_all().map_err(ScanError::io(&tmp))?;
+        mode.write(&tmp, &body).map_err(ScanError::io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(ScanError::io(&path))?;
         Ok(())
     }
