@@ -15,7 +15,10 @@ use crate::config::{Config, Overrides};
 /// resumes replay. Replay is resumed on every exit path; a replica left paused by a
 /// coordinator that died is resumed by the next pgmaint command once its lease expires.
 ///
-/// Exit codes: 0 ok; 1 runtime failure; 2 bad usage or config.
+/// Exit codes: 0 ok; 1 runtime failure; 2 bad usage or config (including a server that
+/// turns the configured DSN down: authentication, an unknown database); 3 a server could
+/// not be reached (refused, timed out, no route, name not resolved, or it takes no
+/// connection now: too many connections, starting up, shutting down).
 ///
 /// Logs go to stderr: as text, or with --log-format json one JSON object per line
 /// (timestamp, level, message and the event's fields) for a log collector.

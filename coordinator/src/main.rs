@@ -13,7 +13,7 @@ use pgmaint::cli::{load_config, Cli, Command, GlobalOpts, LogFormat};
 use pgmaint::commands;
 use pgmaint::error_text::OneLine;
 use pgmaint::errors::ErrorClass;
-use pgmaint::{primary, UsageError};
+use pgmaint::primary;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -83,7 +83,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let source = daemon_source(&cli.global);
             return pgmaint::daemon::run(cfg, listed, source, false).await;
         }
-        Err(e) => return Err(UsageError::from(e).into()),
+        Err(e) => return Err(e.at_start()),
     };
     cfg.primary = primary;
     match cli.command {
