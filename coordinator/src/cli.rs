@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, Overrides};
 
@@ -227,6 +227,52 @@ pub enum Command {
         #[arg(long)]
         replica: Option<String>,
     },
+    /// Print a shell completion script on stdout (needs no config and no server).
+    ///
+    /// bash: `pgmaint completions bash > /etc/bash_completion.d/pgmaint`;
+    /// zsh: `pgmaint completions zsh > /usr/local/share/zsh/site-functions/_pgmaint`;
+    /// fish: `pgmaint completions fish > ~/.config/fish/completions/pgmaint.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page (roff) on stdout (needs no config and no server).
+    ///
+    /// `pgmaint man > /usr/local/share/man/man1/pgmaint.1`, then `man pgmaint`.
+    Man,
+}
+
+/// The shells `pgmaint completions` writes a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    /// bash (bash-completion).
+    Bash,
+    /// zsh (compsys).
+    Zsh,
+    /// fish.
+    Fish,
+}
+
+/// The completion script for `shell`, generated from this command line's definition.
+pub fn completions(shell: Shell) -> Vec<u8> {
+    let shell = match shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "pgmaint", &mut out);
+    out
+}
+
+/// The man page, pgmaint(1), in roff, generated from this command line's definition.
+pub fn man_page() -> Vec<u8> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut out)
+        .expect("rendering into memory");
+    out
 }
 
 /// `pgmaint tasks …`.
@@ -295,4 +341,23 @@ pub fn load_config(g: &GlobalOpts) -> Result<Config> {
         replica: g.replica_dsn.clone(),
     };
     Ok(Config::load(&g.config, &overrides)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_and_the_man_page_cover_every_subcommand() {
+        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+            let script = String::from_utf8(completions(shell)).unwrap();
+            assert!(
+                script.contains("daemon") && script.contains("promote"),
+                "{shell:?}"
+            );
+        }
+        let man = String::from_utf8(man_page()).unwrap();
+        assert!(man.starts_with(".ie"), "{}", &man[..80.min(man.len())]);
+        assert!(man.contains(".TH pgmaint 1") && man.contains("daemon"));
+    }
 }
