@@ -93,7 +93,8 @@ pub enum Command {
     /// the scan (its pause silently lost) makes the run invalid: nothing is uploaded.
     ///
     /// Exit code 0 when the run succeeded and every task has results; 1 otherwise; 2 for
-    /// bad config, including a task naming a missing table or column.
+    /// bad config, including a task naming a missing table or column; 3 when the primary,
+    /// or the replica the run needs (every one, for the pool's choice), cannot be reached.
     Run {
         /// Run only this task (repeatable); default: every task in config.
         #[arg(long = "task", value_name = "NAME")]
@@ -219,7 +220,9 @@ pub enum Command {
     /// SIGTERM/SIGINT: stop scheduling, abort cycles in flight (replay resumed), let
     /// the uploader finish within uploader.shutdown_grace, release the lease, exit 0.
     /// SIGHUP: reload the config (a bad one is logged, the old one kept). Exit code 2
-    /// for bad config at start (an invalid cron expression, a listen address in use).
+    /// for bad config at start (an invalid cron expression, a listen address in use); 3
+    /// when the primary does not answer at start (with failover.automatic the daemon
+    /// starts anyway when no server of primary.dsn answers).
     Daemon,
     /// Resume a replica left paused by a dead run (expired lease); mark the run DROPPED.
     Recover {
