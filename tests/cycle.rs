@@ -438,7 +438,8 @@ async fn init_is_idempotent_and_refuses_a_newer_schema() {
     assert_ne!(st.code, 0, "other commands refuse it too");
 }
 
-/// Bad config: exit 2 and one line naming the field.
+/// Bad config: exit 2 and one line naming the field; a primary that cannot be reached
+/// is exit 3, also one line naming the field.
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_config_exits_2_naming_the_field() {
     let dir = repo().join("target/e2e/bad-config");
@@ -481,6 +482,7 @@ async fn bad_config_exits_2_naming_the_field() {
         ),
     ];
     for (what, text, needle) in cases {
+        let code = if what == "unreachable dsn" { 3 } else { 2 };
         let path = dir.join("bad.toml");
         std::fs::write(&path, text).unwrap();
         let out = std::process::Command::new(pgmaint_bin())
@@ -491,7 +493,7 @@ async fn bad_config_exits_2_naming_the_field() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        assert_eq!(out.status.code(), Some(code), "{what}: {stderr}");
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{what}: one line: {stderr}");
         assert!(lines[0].contains(needle), "{what}: {stderr}");

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, Overrides};
 
@@ -15,7 +15,10 @@ use crate::config::{Config, Overrides};
 /// resumes replay. Replay is resumed on every exit path; a replica left paused by a
 /// coordinator that died is resumed by the next pgmaint command once its lease expires.
 ///
-/// Exit codes: 0 ok; 1 runtime failure; 2 bad usage or config.
+/// Exit codes: 0 ok; 1 runtime failure; 2 bad usage or config (including a server that
+/// turns the configured DSN down: authentication, an unknown database); 3 a server could
+/// not be reached (refused, timed out, no route, name not resolved, or it takes no
+/// connection now: too many connections, starting up, shutting down).
 ///
 /// Logs go to stderr: as text, or with --log-format json one JSON object per line
 /// (timestamp, level, message and the event's fields) for a log collector.
@@ -90,7 +93,8 @@ pub enum Command {
     /// the scan (its pause silently lost) makes the run invalid: nothing is uploaded.
     ///
     /// Exit code 0 when the run succeeded and every task has results; 1 otherwise; 2 for
-    /// bad config, including a task naming a missing table or column.
+    /// bad config, including a task naming a missing table or column; 3 when the primary,
+    /// or the replica the run needs (every one, for the pool's choice), cannot be reached.
     Run {
         /// Run only this task (repeatable); default: every task in config.
         #[arg(long = "task", value_name = "NAME")]
@@ -216,7 +220,9 @@ pub enum Command {
     /// SIGTERM/SIGINT: stop scheduling, abort cycles in flight (replay resumed), let
     /// the uploader finish within uploader.shutdown_grace, release the lease, exit 0.
     /// SIGHUP: reload the config (a bad one is logged, the old one kept). Exit code 2
-    /// for bad config at start (an invalid cron expression, a listen address in use).
+    /// for bad config at start (an invalid cron expression, a listen address in use); 3
+    /// when the primary does not answer at start (with failover.automatic the daemon
+    /// starts anyway when no server of primary.dsn answers).
     Daemon,
     /// Resume a replica left paused by a dead run (expired lease); mark the run DROPPED.
     Recover {
@@ -224,6 +230,52 @@ pub enum Command {
         #[arg(long)]
         replica: Option<String>,
     },
+    /// Print a shell completion script on stdout (needs no config and no server).
+    ///
+    /// bash: `pgmaint completions bash > /etc/bash_completion.d/pgmaint`;
+    /// zsh: `pgmaint completions zsh > /usr/local/share/zsh/site-functions/_pgmaint`;
+    /// fish: `pgmaint completions fish > ~/.config/fish/completions/pgmaint.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page (roff) on stdout (needs no config and no server).
+    ///
+    /// `pgmaint man > /usr/local/share/man/man1/pgmaint.1`, then `man pgmaint`.
+    Man,
+}
+
+/// The shells `pgmaint completions` writes a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    /// bash (bash-completion).
+    Bash,
+    /// zsh (compsys).
+    Zsh,
+    /// fish.
+    Fish,
+}
+
+/// The completion script for `shell`, generated from this command line's definition.
+pub fn completions(shell: Shell) -> Vec<u8> {
+    let shell = match shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "pgmaint", &mut out);
+    out
+}
+
+/// The man page, pgmaint(1), in roff, generated from this command line's definition.
+pub fn man_page() -> Vec<u8> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut out)
+        .expect("rendering into memory");
+    out
 }
 
 /// `pgmaint tasks …`.
@@ -292,4 +344,23 @@ pub fn load_config(g: &GlobalOpts) -> Result<Config> {
         replica: g.replica_dsn.clone(),
     };
     Ok(Config::load(&g.config, &overrides)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_and_the_man_page_cover_every_subcommand() {
+        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+            let script = String::from_utf8(completions(shell)).unwrap();
+            assert!(
+                script.contains("daemon") && script.contains("promote"),
+                "{shell:?}"
+            );
+        }
+        let man = String::from_utf8(man_page()).unwrap();
+        assert!(man.starts_with(".ie"), "{}", &man[..80.min(man.len())]);
+        assert!(man.contains(".TH pgmaint 1") && man.contains("daemon"));
+    }
 }

@@ -347,7 +347,7 @@ impl<'a> Cycle<'a> {
         schema::require_current(&primary).await?;
         let replica = ReplicaControl::connect(replica_cfg)
             .await
-            .map_err(UsageError::from)?;
+            .map_err(db::ConnectError::at_start)?;
         // A run that died may have left this replica paused: resume it before anything
         // else (recover_expired logs what it did; it resumes only a pause it can prove
         // was that run's, so it is safe even on a replica that turns out not to belong).

@@ -13,10 +13,19 @@ use pgmaint::cli::{load_config, Cli, Command, GlobalOpts, LogFormat};
 use pgmaint::commands;
 use pgmaint::error_text::OneLine;
 use pgmaint::errors::ErrorClass;
-use pgmaint::{primary, UsageError};
+use pgmaint::primary;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generated from the command line alone: no config, no server, no logging.
+    let generated = match cli.command {
+        Command::Completions { shell } => Some(pgmaint::cli::completions(shell)),
+        Command::Man => Some(pgmaint::cli::man_page()),
+        _ => None,
+    };
+    if let Some(text) = generated {
+        return print(&text);
+    }
     init_logging(&cli.global);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -32,6 +41,18 @@ fn main() -> ExitCode {
             // The terminal may be gone (SIGHUP): a failed write is not worth a panic.
             let _ = writeln!(std::io::stderr(), "pgmaint: error: {}", e.one_line());
             ExitCode::from(ErrorClass::of(&e).exit_code())
+        }
+    }
+}
+
+/// Write `text` to stdout (a completion script, the man page).
+fn print(text: &[u8]) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "pgmaint: error: writing to stdout: {e}");
+            ExitCode::from(ErrorClass::Runtime.exit_code())
         }
     }
 }
@@ -83,7 +104,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let source = daemon_source(&cli.global);
             return pgmaint::daemon::run(cfg, listed, source, false).await;
         }
-        Err(e) => return Err(UsageError::from(e).into()),
+        Err(e) => return Err(e.at_start()),
     };
     cfg.primary = primary;
     match cli.command {
@@ -123,6 +144,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Recover { replica } => commands::recover::run(&cfg, replica.as_deref()).await,
         Command::Promote { .. } => unreachable!("dispatched before the primary is resolved"),
+        Command::Completions { .. } | Command::Man => {
+            unreachable!("printed before the config is loaded")
+        }
     }
 }
 

@@ -140,7 +140,7 @@ pub async fn connect_quickly(
     tokio::time::timeout(timeout, db::connect(&quick, application_name))
         .await
         .unwrap_or_else(|_| {
-            Err(ConnectError(format!(
+            Err(ConnectError::no_answer(format!(
                 "{}: cannot connect ({}): no answer within {}s",
                 dsn.field,
                 db::describe(&dsn.config),

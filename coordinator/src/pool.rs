@@ -22,6 +22,8 @@ pub struct ReplicaView {
     pub failover_priority: u32,
     /// Why it cannot be used at all (unreachable, fenced, diverged), if so.
     pub unusable: Option<String>,
+    /// Unusable because it does not answer (see [`crate::db::Reach::NoAnswer`]).
+    pub no_answer: bool,
     /// The run holding its lease, if any.
     pub leased_by: Option<i64>,
     /// `pg_is_in_recovery()`.
@@ -175,6 +177,7 @@ pub async fn look(
             name: r.name.clone(),
             failover_priority: r.failover_priority,
             unusable: None,
+            no_answer: false,
             leased_by,
             in_recovery: false,
             streaming: false,
@@ -182,7 +185,10 @@ pub async fn look(
             backlog: 0,
         };
         match ReplicaControl::connect(r).await {
-            Err(e) => view.unusable = Some(format!("unreachable: {}", e.0)),
+            Err(e) => {
+                view.no_answer = e.1 == crate::db::Reach::NoAnswer;
+                view.unusable = Some(format!("unreachable: {}", e.0));
+            }
             Ok(ctl) => {
                 if let Err(e) = ctl.check_belongs_to(primary, &cfg.primary).await {
                     view.unusable = Some(crate::error_text::OneLine::one_line(&e));
@@ -273,15 +279,24 @@ pub async fn choose_replica<'c>(
                 .copied()
                 .expect("chosen among them"))
         }
-        None => Err(anyhow::anyhow!(
-            "no replica can be paused now: {}",
-            choice
-                .skipped
-                .iter()
-                .map(|(n, why)| format!("{n}: {why}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        )),
+        None => {
+            let text = format!(
+                "no replica can be paused now: {}",
+                choice
+                    .skipped
+                    .iter()
+                    .map(|(n, why)| format!("{n}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+            // None answers: a server the run needs cannot be reached (exit code 3).
+            let class = if !views.is_empty() && views.iter().all(|v| v.no_answer) {
+                crate::errors::ErrorClass::Unreachable
+            } else {
+                crate::errors::ErrorClass::Runtime
+            };
+            Err(class.error(text))
+        }
     }
 }
 
@@ -294,6 +309,7 @@ mod tests {
             name: name.into(),
             failover_priority: priority,
             unusable: None,
+            no_answer: false,
             leased_by: None,
             in_recovery: true,
             streaming: true,

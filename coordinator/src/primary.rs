@@ -95,8 +95,8 @@ pub fn address(dsn: &Dsn) -> String {
 /// What one listed server turned out to be.
 #[derive(Debug, Clone)]
 pub enum Found {
-    /// No connection.
-    Unreachable(String),
+    /// No connection: why (and whether the server answered at all).
+    Unreachable(ConnectError),
     /// A standby.
     Standby,
     /// A primary (not in recovery): its identity.
@@ -145,9 +145,10 @@ pub async fn survey(
 ) -> Result<(Survey, Vec<Client>), ConnectError> {
     // Fail closed: an unreadable record of promotions could hide a former primary.
     let mut promotions: Vec<Promotion> = fence::read_local(&cfg.results_dir).map_err(|e| {
-        ConnectError(format!(
-            "{e:#} (the promotions pgmaint recorded on this host)"
-        ))
+        ConnectError(
+            format!("{e:#} (the promotions pgmaint recorded on this host)"),
+            db::Reach::TurnedDown,
+        )
     })?;
     // pgmaint.promotions replicates: the replicas know of a promotion run from another
     // host even when primary.dsn does not list the new primary.
@@ -170,10 +171,11 @@ pub async fn survey(
         )
         .await
         {
-            Err(_) => Found::Unreachable("no answer within 15s".into()),
-            Ok(Err(e)) => Found::Unreachable(e.0),
+            Err(_) => Found::Unreachable(ConnectError::no_answer("no answer within 15s".into())),
+            Ok(Err(e)) => Found::Unreachable(e),
             Ok(Ok(client)) => match crate::replica::server_identity(&client).await {
-                Err(e) => Found::Unreachable(format!("{e:#}")),
+                // A session that fails its first query: most likely a server going away.
+                Err(e) => Found::Unreachable(ConnectError::no_answer(format!("{e:#}"))),
                 Ok(None) => Found::Standby,
                 Ok(Some(id)) => {
                     promotions.extend(fence::read_on(&client).await);
@@ -258,24 +260,38 @@ pub async fn connect(
             let Found::Unreachable(e) = &survey.servers[0].1 else {
                 unreachable!()
             };
-            Err(ConnectError(e.clone()))
+            Err(e.clone())
         }
-        _ => Err(ConnectError(format!(
-            "{}: no usable primary{}: {}",
-            cfg.primary.field,
-            if survey
-                .servers
-                .iter()
-                .filter(|(_, f)| matches!(f, Found::Primary(_)))
-                .count()
-                > 1
-            {
-                " (more than one server takes writes: a split brain? pgmaint chooses none)"
-            } else {
-                ""
-            },
-            survey.describe()
-        ))),
+        _ => Err(no_usable_primary(cfg, &survey)),
+    }
+}
+
+/// Why no server of `primary.dsn` is the primary. Unreachable (exit code 3 at start)
+/// when none takes writes and one of them does not answer: it may be the primary.
+fn no_usable_primary(cfg: &Config, survey: &Survey) -> ConnectError {
+    let primaries = survey
+        .servers
+        .iter()
+        .filter(|(_, f)| matches!(f, Found::Primary(_)))
+        .count();
+    let silent = survey
+        .servers
+        .iter()
+        .any(|(_, f)| matches!(f, Found::Unreachable(e) if e.1 == db::Reach::NoAnswer));
+    let text = format!(
+        "{}: no usable primary{}: {}",
+        cfg.primary.field,
+        if primaries > 1 {
+            " (more than one server takes writes: a split brain? pgmaint chooses none)"
+        } else {
+            ""
+        },
+        survey.describe()
+    );
+    if primaries == 0 && silent {
+        ConnectError::no_answer(text)
+    } else {
+        ConnectError(text, db::Reach::TurnedDown)
     }
 }
 
