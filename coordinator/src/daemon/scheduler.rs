@@ -171,7 +171,13 @@ impl Scheduler {
                     match changed {
                         // A new term as leader: what another leader claimed is on the primary.
                         Ok(()) if *self.leads.borrow() => self.last.clear(),
-                        Ok(()) => {}
+                        // Claimed work not started yet is not this daemon's to start any
+                        // more: the next leader runs the next slots.
+                        Ok(()) => {
+                            for work in std::mem::take(&mut self.pending) {
+                                self.record_all(&work.slots, "the daemon lost the scheduler's leadership before a replica was free").await;
+                            }
+                        }
                         Err(_) => self.leads_open = false,
                     }
                 }
