@@ -35,6 +35,7 @@ pub mod schedule_history;
 pub mod schema;
 pub mod signals;
 pub mod sync_standby;
+pub mod targets;
 pub mod units;
 pub mod watchdog;
 
