@@ -28,6 +28,7 @@ pub mod lease;
 pub mod metrics;
 pub mod pool;
 pub mod primary;
+pub mod privileges;
 pub mod promotion;
 pub mod replica;
 pub mod schedule;
