@@ -16,7 +16,11 @@ const TRICKLE: &str = "SELECT g, pg_sleep(0.005) AS s FROM generate_series(1, 40
 /// the README promises; a signal's error said "cancelled by SIGTERM: cancelled by SIGTERM".
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_hears_of_partial_results_and_bad_usage_once() {
-    let (c, _p) = blobs_cluster("outcomes-told", 30_000).await;
+    let (c, p) = blobs_cluster("outcomes-told", 30_000).await;
+    // The materialize target exists on the primary: run refuses a missing one before the pause.
+    p.batch_execute("CREATE TABLE public.out (g int, s text)")
+        .await
+        .unwrap();
     let init = c.ready_config("init.toml", "").await;
 
     let run = c

@@ -236,7 +236,11 @@ async fn pause_was_requested(c: &Cluster, run_id: i64) -> bool {
 /// than the replica has, two tasks writing one file) must be refused before it.
 #[tokio::test(flavor = "multi_thread")]
 async fn scan_errors_name_the_servers_message_and_doomed_tasks_never_pause() {
-    let (c, _p) = blobs_cluster("refuse-doomed-tasks", 1_000).await;
+    let (c, p) = blobs_cluster("refuse-doomed-tasks", 1_000).await;
+    // The materialize target exists on the primary: run refuses a missing one before the pause.
+    p.batch_execute("CREATE TABLE public.out (g int, x int)")
+        .await
+        .unwrap();
     c.ready_config("init.toml", "").await;
     let materialize = |name: &str, query: &str| {
         format!(

@@ -106,6 +106,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check everything that can be checked without pausing or writing anything.
+    ///
+    /// One line per check, `ok` or `FAIL`, naming the object: the config (already parsed
+    /// when the checks start); the primary (reachable, not in recovery, pgmaint's schema
+    /// current, its role's privileges on pgmaint's schema and pg_stat_replication); each
+    /// replica (reachable, in recovery, a standby of the primary, its role's EXECUTE on
+    /// the replay-control functions and pg_monitor); each task against the catalog of
+    /// every replica it may run on; each materialize target on the primary (it exists,
+    /// and the role may swap or merge into it); results.dir and every dumps[].out
+    /// writable (a temporary file created and removed). A missing privilege is named as
+    /// the GRANT that gives it.
+    ///
+    /// Exit code 0 when every check passed; 1 when one failed; 2 for bad config (before
+    /// any check); 3 when the only failures are servers that could not be reached.
+    Check {
+        /// Print one JSON document: {"ok": …, "checks": [{"name", "ok", "detail"}, …]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Upload worker: apply queued results on the primary.
     Uploader {
         /// Drain the queue of what is runnable now, then exit.

@@ -700,8 +700,9 @@ impl<'a> Cycle<'a> {
         Ok(())
     }
 
-    /// Step 1: the tasks checked against the replica's catalog, or the dump's output
-    /// directory checked and its pg_dump found.
+    /// Step 1: the tasks checked against the replica's catalog (and materialize
+    /// targets against the primary's), or the dump's output directory checked and its
+    /// pg_dump found.
     async fn prepare(&self, ctx: &ScanContext) -> Result<Prepared> {
         let tasks = match &self.work {
             Work::Tasks(tasks) => tasks,
@@ -736,6 +737,13 @@ impl<'a> Cycle<'a> {
             prepared.push((p, t.soft_timeout));
         }
         self.check_room(tasks, &prepared).await?;
+        // A target the uploader cannot apply into must not cost a pause either.
+        if let Err((task, why)) = crate::targets::refuse_unusable(&self.primary, tasks).await? {
+            return Err(anyhow!(TaskRefused {
+                task,
+                source: UsageError(why),
+            }));
+        }
         Ok(Prepared::Tasks(prepared))
     }
 

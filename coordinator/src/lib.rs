@@ -28,6 +28,7 @@ pub mod lease;
 pub mod metrics;
 pub mod pool;
 pub mod primary;
+pub mod privileges;
 pub mod promotion;
 pub mod replica;
 pub mod schedule;
@@ -35,6 +36,7 @@ pub mod schedule_history;
 pub mod schema;
 pub mod signals;
 pub mod sync_standby;
+pub mod targets;
 pub mod units;
 pub mod watchdog;
 

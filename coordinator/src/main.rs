@@ -88,6 +88,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     {
         return commands::promote::run(&cfg, replica.as_deref(), *force, *json).await;
     }
+    // check reports an unreachable primary as one of its lines.
+    if let Command::Check { json } = &cli.command {
+        return commands::check::run(&cfg, &cli.global.config, *json).await;
+    }
     let listed = cfg.primary.clone();
     // The primary among the servers primary.dsn lists (a former primary never); every
     // later connection of the command goes to that one server.
@@ -143,7 +147,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             pgmaint::daemon::run(cfg, listed, daemon_source(&cli.global), true).await
         }
         Command::Recover { replica } => commands::recover::run(&cfg, replica.as_deref()).await,
-        Command::Promote { .. } => unreachable!("dispatched before the primary is resolved"),
+        Command::Promote { .. } | Command::Check { .. } => {
+            unreachable!("dispatched before the primary is resolved")
+        }
         Command::Completions { .. } | Command::Man => {
             unreachable!("printed before the config is loaded")
         }

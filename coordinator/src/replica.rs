@@ -216,6 +216,11 @@ impl ReplicaControl {
         &self.config.name
     }
 
+    /// The control session, for read-only checks (`pgmaint check`).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Reconnect if the session broke (the replica restarted, say). Tries for up to `patience`.
     pub async fn ensure_connected(&mut self, patience: Duration) -> Result<()> {
         if !self.client.is_closed() {

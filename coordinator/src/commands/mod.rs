@@ -2,6 +2,7 @@
 //! does its work and returns the exit code (or an error, classed in
 //! [`crate::errors`]).
 
+pub mod check;
 pub mod dump;
 pub mod init;
 pub mod promote;
