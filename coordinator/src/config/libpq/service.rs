@@ -114,7 +114,8 @@ host=db2
 
     #[test]
     fn a_service_gives_its_own_keywords_only() {
-        let cases: &[(&str, Option<Vec<(String, String)>>)] = &[
+        type Case = (&'static str, Option<Vec<(String, String)>>);
+        let cases: &[Case] = &[
             (
                 "main",
                 Some(pairs(&[

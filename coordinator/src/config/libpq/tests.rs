@@ -5,6 +5,9 @@ use tokio_postgres::config::{Host, SslMode};
 
 use super::*;
 
+/// Variables of the environment.
+type Vars<'a> = &'a [(&'a str, &'a str)];
+
 /// A scratch directory with a service file and password files.
 struct Scratch(PathBuf);
 
@@ -153,7 +156,7 @@ fn the_password_file_gives_the_password_of_the_first_matching_line() {
     std::fs::set_permissions(s.0.join(".pgpass"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let home = Some(s.0.as_path());
     let passfile_key = format!("host=h user=u dbname=app passfile={file}");
-    let cases: &[(&str, &[(&str, &str)], Option<&str>)] = &[
+    let cases: &[(&str, Vars, Option<&str>)] = &[
         (&passfile_key, &[], Some("first")),
         (
             "host=h user=u dbname=app",
@@ -217,7 +220,7 @@ fn a_password_file_others_may_read_is_ignored() {
 
 #[test]
 fn errors_name_the_keyword_and_where_its_value_came_from() {
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    let cases: &[(&str, Vars, &str)] = &[
         (
             "host=h sslrootcert=x",
             &[],
