@@ -64,7 +64,7 @@ pub fn parse(conninfo: &str) -> Result<Vec<(String, String)>, String> {
 }
 
 /// Quote a value as libpq reads it back.
-fn quote(value: &str) -> String {
+pub fn quote(value: &str) -> String {
     let plain = !value.is_empty()
         && !value
             .chars()

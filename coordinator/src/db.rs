@@ -24,13 +24,16 @@ pub fn hosts_and_ports(dsn: &tokio_postgres::Config) -> (Vec<String>, Vec<String
 /// Describe where a DSN points, without its password.
 pub fn describe(dsn: &tokio_postgres::Config) -> String {
     let (hosts, ports) = hosts_and_ports(dsn);
+    // A DSN is resolved with libpq's defaults (config::libpq), so it has a host or a
+    // hostaddr: say which, rather than a host it would not use.
+    let addrs: Vec<String> = dsn.get_hostaddrs().iter().map(|a| a.to_string()).collect();
+    let host = match (hosts.is_empty(), addrs.is_empty()) {
+        (false, _) => format!("host={}", hosts.join(",")),
+        (true, false) => format!("hostaddr={}", addrs.join(",")),
+        (true, true) => "host=(none)".into(),
+    };
     format!(
-        "host={} port={} dbname={}",
-        if hosts.is_empty() {
-            "localhost".into()
-        } else {
-            hosts.join(",")
-        },
+        "{host} port={} dbname={}",
         if ports.is_empty() {
             "5432".into()
         } else {

@@ -147,8 +147,9 @@ pub fn find_pg_dump(spec: &DumpSpec, server_major: u32) -> Result<PathBuf> {
     })
 }
 
-/// A libpq connection string for `config`, without the password (passed in the
-/// environment instead, so it never shows in `ps`).
+/// A libpq connection string for `config`, without the password (handed over in a
+/// private password file instead, [`PrivatePassFile`], so it never shows in `ps` nor
+/// in the child's environment).
 pub fn libpq_conninfo(config: &tokio_postgres::Config) -> (String, Option<String>) {
     fn quote(v: &str) -> String {
         format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -232,9 +233,7 @@ pub async fn run_pg_dump(
             Ok(())
         });
     }
-    if let Some(p) = password {
-        cmd.env("PGPASSWORD", p);
-    }
+    let _passfile = give_password(&mut cmd, password.as_deref())?;
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", pg_dump.display()))?;
@@ -268,6 +267,67 @@ pub async fn run_pg_dump(
         bail!("pg_dump failed ({status}): {last}");
     }
     Ok(())
+}
+
+/// A password file of pgmaint's own for one pg_dump: created mode 0600 (never readable
+/// by anyone else, not even for a moment), one `*:*:*:*:password` line, removed when
+/// dropped, so on every way out of [`run_pg_dump`] (an error and a cancel too).
+pub struct PrivatePassFile(PathBuf);
+
+impl PrivatePassFile {
+    /// Write `password` to a new file in the temporary directory.
+    pub fn create(password: &str) -> Result<PrivatePassFile> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::env::temp_dir();
+        let name = format!(
+            "pgmaint-pgpass-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
+        let path = dir.join(name);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| {
+                format!("creating a password file for pg_dump in {}", dir.display())
+            })?;
+        let file_guard = PrivatePassFile(path);
+        file.write_all(crate::config::libpq::pgpass::wildcard_line(password).as_bytes())
+            .with_context(|| format!("writing {}", file_guard.0.display()))?;
+        Ok(file_guard)
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PrivatePassFile {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            tracing::warn!(file = %self.0.display(), error = %e, "could not remove pg_dump's password file");
+        }
+    }
+}
+
+/// The child's password: `PGPASSFILE` pointing at a private file (returned: keep it
+/// until the child is gone), never `PGPASSWORD`; the connection string is complete, so
+/// no service of pgmaint's environment applies to pg_dump either.
+fn give_password(
+    cmd: &mut tokio::process::Command,
+    password: Option<&str>,
+) -> Result<Option<PrivatePassFile>> {
+    cmd.env_remove("PGPASSWORD").env_remove("PGSERVICE");
+    let Some(password) = password else {
+        return Ok(None);
+    };
+    let file = PrivatePassFile::create(password)?;
+    cmd.env("PGPASSFILE", file.path());
+    Ok(Some(file))
 }
 
 fn dir_usage(dir: &Path) -> (u64, u64) {
@@ -349,6 +409,28 @@ pub fn write_manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_private_password_file_is_0600_gives_the_password_and_goes_when_dropped() {
+        use std::os::unix::fs::PermissionsExt;
+        let file = PrivatePassFile::create(r"a:b\c").unwrap();
+        let path = file.path().to_path_buf();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let text = crate::config::libpq::pgpass::read(&path).expect("a file libpq accepts");
+        let any = crate::config::libpq::pgpass::Target {
+            host: "db1",
+            port: "5433",
+            dbname: "app",
+            user: "u",
+        };
+        assert_eq!(
+            crate::config::libpq::pgpass::lookup(&text, &any).as_deref(),
+            Some(r"a:b\c")
+        );
+        drop(file);
+        assert!(!path.exists());
+    }
 
     #[test]
     fn conninfo_quotes_values_and_keeps_the_password_out() {

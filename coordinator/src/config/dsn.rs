@@ -41,18 +41,14 @@ pub(super) struct RawReplica {
     failover_priority: Option<u32>,
 }
 
+/// A DSN with libpq's conventions for what it leaves out (service file, environment,
+/// password file: see [`super::libpq`]).
 fn parse_dsn(field: &str, text: &str) -> Result<Dsn, UsageError> {
-    if let Some(mode) = ["verify-ca", "verify-full"]
-        .iter()
-        .find(|m| text.contains(*m))
-    {
-        return Err(usage(format!(
-            "{field}: sslmode={mode} is not supported yet (sslmode=require encrypts without verifying the certificate)"
-        )));
-    }
-    let config: tokio_postgres::Config = text
-        .parse()
-        .map_err(|e| usage(format!("{field}: invalid connection string: {e}")))?;
+    parse_dsn_in(field, text, &super::libpq::Env::process())
+}
+
+fn parse_dsn_in(field: &str, text: &str, env: &super::libpq::Env) -> Result<Dsn, UsageError> {
+    let config = super::libpq::resolve(text, env).map_err(|e| usage(format!("{field}: {e}")))?;
     Ok(Dsn {
         config,
         field: field.to_string(),

@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod dsn;
 pub mod dumps;
 pub mod failover;
+pub mod libpq;
 pub mod limits;
 pub mod settings;
 pub mod tasks;

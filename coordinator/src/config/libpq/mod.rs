@@ -1,0 +1,365 @@
+//! libpq's conventions for what a DSN leaves out, so that pgmaint (and the pg_dump it
+//! runs) connects where `psql` would with the same DSN and environment
+//! (<https://www.postgresql.org/docs/current/libpq-connect.html>):
+//!
+//! 1. the DSN's own keywords (`service` and `passfile` are taken out: tokio-postgres
+//!    knows neither, and refuses a string that has them);
+//! 2. the keywords of its service (`service=`, else `PGSERVICE`) fill what it leaves
+//!    out ([`service`]);
+//! 3. then the environment (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, …, [`ENV`]);
+//! 4. then libpq's defaults: the local Unix socket (else `localhost`), the operating
+//!    system user;
+//! 5. with still no password, the password file (`passfile`, else `PGPASSFILE`, else
+//!    `~/.pgpass`), matched on host, port, database and user ([`pgpass`]).
+//!
+//! Written here rather than taken from a crate: no crate on crates.io parses both
+//! pg_service.conf and .pgpass with libpq's rules and is kept up (sqlx-postgres has a
+//! pgpass reader, private to it; tokio-postgres reads neither), and the rules are
+//! small enough to test line by line.
+
+use std::path::{Path, PathBuf};
+
+use crate::conninfo;
+
+pub mod pgpass;
+pub mod service;
+
+/// Environment variables and the keywords whose value they give when a DSN (or its
+/// service) leaves them out.
+pub const ENV: &[(&str, &str)] = &[
+    ("PGHOST", "host"),
+    ("PGHOSTADDR", "hostaddr"),
+    ("PGPORT", "port"),
+    ("PGDATABASE", "dbname"),
+    ("PGUSER", "user"),
+    ("PGPASSWORD", "password"),
+    ("PGSSLMODE", "sslmode"),
+    ("PGAPPNAME", "application_name"),
+    ("PGCONNECT_TIMEOUT", "connect_timeout"),
+    ("PGOPTIONS", "options"),
+];
+
+/// Where a keyword's value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    Dsn,
+    Service(String, PathBuf),
+    Env(&'static str),
+    Default,
+    PassFile(PathBuf),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Dsn => write!(f, "in the DSN"),
+            Origin::Service(name, file) => write!(f, "from service {name:?} in {}", file.display()),
+            Origin::Env(var) => write!(f, "from {var}"),
+            Origin::Default => write!(f, "libpq's default"),
+            Origin::PassFile(file) => write!(f, "from password file {}", file.display()),
+        }
+    }
+}
+
+/// One keyword of the resolved connection string.
+#[derive(Debug, Clone)]
+struct Entry {
+    key: String,
+    value: String,
+    origin: Origin,
+}
+
+/// What the resolution reads besides the DSN: the environment and the home directory.
+pub struct Env<'a> {
+    /// An environment variable (empty counts as unset).
+    pub var: &'a dyn Fn(&str) -> Option<String>,
+    /// `$HOME`, else the user's home directory from the password database.
+    pub home: Option<PathBuf>,
+    /// The operating system user: libpq's default `user`.
+    pub os_user: Option<String>,
+}
+
+fn process_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Env<'static> {
+    /// This process's environment.
+    pub fn process() -> Env<'static> {
+        let (os_user, pw_home) = os_account();
+        Env {
+            var: &process_var,
+            home: process_var("HOME").map(PathBuf::from).or(pw_home),
+            os_user,
+        }
+    }
+}
+
+/// The effective user's name and home directory (getpwuid_r), as libpq finds them.
+fn os_account() -> (Option<String>, Option<PathBuf>) {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: zeroed `passwd` is a valid out-parameter; `buf` outlives the reads below.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    let rc = unsafe {
+        libc::getpwuid_r(
+            libc::geteuid(),
+            &mut pw,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut out,
+        )
+    };
+    if rc != 0 || out.is_null() {
+        return (None, None);
+    }
+    // SAFETY: on success both point to NUL-terminated strings inside `buf`.
+    let text = |p: *const libc::c_char| {
+        unsafe { std::ffi::CStr::from_ptr(p) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    (Some(text(pw.pw_name)), Some(PathBuf::from(text(pw.pw_dir))))
+}
+
+fn get<'e>(entries: &'e [Entry], key: &str) -> Option<&'e Entry> {
+    entries.iter().find(|e| e.key == key)
+}
+
+fn fill(entries: &mut Vec<Entry>, key: &str, value: String, origin: Origin) {
+    if get(entries, key).is_none() && !value.is_empty() {
+        entries.push(Entry {
+            key: key.to_string(),
+            value,
+            origin,
+        });
+    }
+}
+
+/// Resolve DSN `text` with libpq's conventions into a config for tokio-postgres.
+/// `Err` is one line (without the field name) naming the keyword at fault.
+pub fn resolve(text: &str, env: &Env) -> Result<tokio_postgres::Config, String> {
+    let mut entries: Vec<Entry> = dsn_pairs(text)?
+        .into_iter()
+        .map(|(key, value)| Entry {
+            key,
+            value,
+            origin: Origin::Dsn,
+        })
+        .collect();
+    let service = take(&mut entries, "service")
+        .map(|e| e.value)
+        .or_else(|| (env.var)("PGSERVICE"));
+    if let Some(name) = service {
+        let files = service::files(env.var, env.home.as_deref());
+        let (file, pairs) = service::lookup(&files, &name)?;
+        for (key, value) in pairs {
+            fill(
+                &mut entries,
+                &key,
+                value,
+                Origin::Service(name.clone(), file.clone()),
+            );
+        }
+    }
+    let passfile = take(&mut entries, "passfile").map(|e| PathBuf::from(e.value));
+    for (var, key) in ENV {
+        if let Some(v) = (env.var)(var) {
+            fill(&mut entries, key, v, Origin::Env(var));
+        }
+    }
+    fill_defaults(&mut entries, env);
+    if get(&entries, "password").is_none() {
+        let file = passfile
+            .or_else(|| (env.var)("PGPASSFILE").map(PathBuf::from))
+            .or_else(|| env.home.as_ref().map(|h| h.join(".pgpass")));
+        if let Some(f) = file {
+            if let Some(pw) = password_from_file(&f, &entries) {
+                fill(&mut entries, "password", pw, Origin::PassFile(f));
+            }
+        }
+    }
+    refuse_unverified_tls(&entries)?;
+    build(&entries)
+}
+
+/// Take `key` out of `entries` (every occurrence; the last one counts, as in libpq).
+fn take(entries: &mut Vec<Entry>, key: &str) -> Option<Entry> {
+    let mut taken = None;
+    entries.retain(|e| {
+        if e.key == key {
+            taken = Some(e.clone());
+            false
+        } else {
+            true
+        }
+    });
+    taken
+}
+
+/// libpq's defaults for `user` (the operating system user) and the host (the local
+/// Unix socket, in the first of its usual directories that has it; else `localhost`:
+/// tokio-postgres has no default host and would answer "both host and hostaddr are
+/// missing").
+fn fill_defaults(entries: &mut Vec<Entry>, env: &Env) {
+    if let Some(user) = &env.os_user {
+        fill(entries, "user", user.clone(), Origin::Default);
+    }
+    if get(entries, "host").is_none() && get(entries, "hostaddr").is_none() {
+        let port = get(entries, "port")
+            .and_then(|p| p.value.split(',').next().map(str::to_string))
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "5432".into());
+        let host = ["/run/postgresql", "/var/run/postgresql", "/tmp"]
+            .into_iter()
+            .find(|d| Path::new(d).join(format!(".s.PGSQL.{port}")).exists())
+            .unwrap_or("localhost");
+        fill(entries, "host", host.to_string(), Origin::Default);
+    }
+}
+
+/// The password for the first host of `entries` that has one in password file `file`.
+fn password_from_file(file: &Path, entries: &[Entry]) -> Option<String> {
+    let value = |k: &str| get(entries, k).map(|e| e.value.as_str()).unwrap_or("");
+    let list = |k: &str| -> Vec<&str> { value(k).split(',').collect() };
+    let (hosts, addrs, ports) = (list("host"), list("hostaddr"), list("port"));
+    let user = value("user");
+    let dbname = match value("dbname") {
+        "" => user,
+        d => d,
+    };
+    let text = pgpass::read(file)?;
+    let n = hosts.len().max(addrs.len());
+    (0..n).find_map(|i| {
+        let host = hosts
+            .get(i)
+            .filter(|h| !h.is_empty())
+            .or(addrs.get(i))
+            .copied()
+            .unwrap_or("");
+        let port = ports
+            .get(i)
+            .or(ports.first())
+            .copied()
+            .filter(|p| !p.is_empty())
+            .unwrap_or("5432");
+        let target = pgpass::Target {
+            host,
+            port,
+            dbname,
+            user,
+        };
+        pgpass::lookup(&text, &target)
+    })
+}
+
+/// `verify-ca` and `verify-full` would need certificate checks pgmaint does not do yet.
+fn refuse_unverified_tls(entries: &[Entry]) -> Result<(), String> {
+    match get(entries, "sslmode") {
+        Some(e) if e.value == "verify-ca" || e.value == "verify-full" => {
+            let from = match e.origin {
+                Origin::Dsn => String::new(),
+                ref o => format!(" ({o})"),
+            };
+            Err(format!(
+                "sslmode={}{from} is not supported yet (sslmode=require encrypts without verifying the certificate)",
+                e.value
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The tokio-postgres config of `entries`; an error names the keyword at fault and
+/// where its value came from.
+fn build(entries: &[Entry]) -> Result<tokio_postgres::Config, String> {
+    let line = |e: &Entry| format!("{}={}", e.key, conninfo::quote(&e.value));
+    let text: Vec<String> = entries.iter().map(line).collect();
+    text.join(" ")
+        .parse()
+        .map_err(|all: tokio_postgres::Error| {
+            let (e, origin) = entries
+                .iter()
+                .find_map(|e| {
+                    line(e)
+                        .parse::<tokio_postgres::Config>()
+                        .err()
+                        .map(|x| (x, Some(&e.origin)))
+                })
+                .unwrap_or((all, None));
+            let origin = origin.map(|o| format!(" ({o})")).unwrap_or_default();
+            format!("invalid connection string: {}{origin}", cause(&e))
+        })
+}
+
+/// The text of a tokio-postgres config error with its cause ("unknown option `x`"):
+/// the error alone says only "invalid connection string".
+fn cause(e: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(s) => s.to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// The keyword/value pairs of a DSN: a libpq `key=value` string, or a `postgres://`
+/// URL (its user, password, hosts, ports and database, then its query parameters).
+fn dsn_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
+    let t = text.trim();
+    if !(t.starts_with("postgres://") || t.starts_with("postgresql://")) {
+        return conninfo::parse(t).map_err(|e| format!("invalid connection string: {e}"));
+    }
+    let (base, query) = t.split_once('?').unwrap_or((t, ""));
+    let url: tokio_postgres::Config = base
+        .parse()
+        .map_err(|e| format!("invalid connection string: {}", cause(&e)))?;
+    let mut pairs = Vec::new();
+    let (hosts, ports) = crate::db::hosts_and_ports(&url);
+    for (key, v) in [("host", hosts.join(",")), ("port", ports.join(","))] {
+        if !v.is_empty() {
+            pairs.push((key.to_string(), v));
+        }
+    }
+    if let Some(u) = url.get_user() {
+        pairs.push(("user".into(), u.to_string()));
+    }
+    if let Some(p) = url.get_password() {
+        pairs.push(("password".into(), String::from_utf8_lossy(p).into_owned()));
+    }
+    if let Some(d) = url.get_dbname() {
+        pairs.push(("dbname".into(), d.to_string()));
+    }
+    for param in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = param.split_once('=').ok_or_else(|| {
+            format!(
+                "invalid connection string: missing \"=\" in URL parameter {:?}",
+                percent_decode(param).unwrap_or_default()
+            )
+        })?;
+        pairs.push((percent_decode(k)?, percent_decode(v)?));
+    }
+    Ok(pairs)
+}
+
+/// `%XX` escapes of a URL component, decoded.
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            out.push(hex.ok_or("invalid connection string: invalid percent-encoding in URL")?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| "invalid connection string: URL parameter is not UTF-8".into())
+}
+
+#[cfg(test)]
+mod tests;
