@@ -364,24 +364,21 @@ pub fn render(s: &MetricsState) -> String {
     let mut registry = Registry::default();
     register_replicas(&mut registry, &s.replicas);
     register_tasks(&mut registry, &s.tasks);
-    let runs = Family::<StateLabel, Counter>::default();
     // Runs that ended, by how: a counter only goes up, and `running` would go down.
-    for (state, n) in s
+    let ended = s
         .runs
         .iter()
-        .filter(|(state, _)| state.as_str() != "running")
-    {
-        let label = StateLabel {
-            state: state.clone(),
-        };
-        runs.get_or_create(&label)
-            .inc_by(u64::try_from(*n).unwrap_or(0));
-    }
-    // prometheus-client appends `_total` to a counter's name.
-    registry.register(
+        .filter(|(state, _)| state.as_str() != "running");
+    register_counters(
+        &mut registry,
         "pgmaint_runs",
         "pgmaint runs recorded on the primary, by state",
-        runs,
+        ended.map(|(state, n)| {
+            let label = StateLabel {
+                state: state.clone(),
+            };
+            (label, u64::try_from(*n).unwrap_or(0))
+        }),
     );
     let uploads = Family::<StateLabel, Gauge>::default();
     for (state, n) in &s.uploads {
@@ -408,6 +405,23 @@ pub fn render(s: &MetricsState) -> String {
     openmetrics_to_prometheus_text(&text)
 }
 
+/// A counter family by one label; `name` without `_total` (prometheus-client appends
+/// it to a counter's name).
+fn register_counters<L>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    values: impl Iterator<Item = (L, u64)>,
+) where
+    L: EncodeLabelSet + Clone + std::fmt::Debug + std::hash::Hash + Eq + Send + Sync + 'static,
+{
+    let family = Family::<L, Counter>::default();
+    for (label, n) in values {
+        family.get_or_create(&label).inc_by(n);
+    }
+    registry.register(name, help, family);
+}
+
 /// A gauge that is 1 or 0.
 fn register_flag(registry: &mut Registry, name: &str, help: &str, on: bool) {
     let flag = Gauge::<i64>::default();
@@ -422,18 +436,16 @@ fn register_failover(registry: &mut Registry, s: &MetricsState) {
         "1 if this daemon reaches the primary",
         s.primary_up,
     );
-    let failovers = Family::<ResultLabel, Counter>::default();
-    for (result, n) in &s.failovers {
-        let label = ResultLabel {
-            result: result.clone(),
-        };
-        failovers.get_or_create(&label).inc_by(*n);
-    }
-    // prometheus-client appends `_total` to a counter's name.
-    registry.register(
+    register_counters(
+        registry,
         "pgmaint_failovers",
         "Automatic failovers this daemon attempted, by result",
-        failovers,
+        s.failovers.iter().map(|(result, n)| {
+            let label = ResultLabel {
+                result: result.clone(),
+            };
+            (label, *n)
+        }),
     );
     if let Some(secs) = s.last_failover_seconds {
         let last = FloatGauge::default();
