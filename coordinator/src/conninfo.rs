@@ -29,7 +29,14 @@ pub fn parse(conninfo: &str) -> Result<Vec<(String, String)>, String> {
             chars.next();
         }
         if chars.next() != Some('=') {
-            return Err(format!("missing \"=\" after {key:?} in connection string"));
+            // Never echo the text: it may be part of a password with a space in it.
+            return Err(match pairs.last() {
+                Some((prev, _)) => format!(
+                    "missing \"=\" after the value of `{prev}` in connection string (a value with spaces must be \
+                     single-quoted)"
+                ),
+                None => "missing \"=\" after the first word of the connection string".to_string(),
+            });
         }
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();

@@ -60,8 +60,11 @@ struct Found {
     schema_usage: bool,
     schema_create: bool,
     temp: bool,
-    /// Member of the owner's role (may rename the table).
+    /// Member of the owner's role, with its privileges (may rename the table) and the
+    /// right to give a table to it (ALTER TABLE … OWNER TO: SET on PostgreSQL 16+).
     owns: bool,
+    /// The owner may create in the schema (it must, to own the staging table there).
+    owner_create: bool,
     select: bool,
     insert: bool,
     update: bool,
@@ -74,11 +77,15 @@ async fn look_up(primary: &Client, t: &TaskTarget) -> Result<Found> {
                     coalesce(has_schema_privilege(n.oid, 'USAGE'), false),
                     coalesce(has_schema_privilege(n.oid, 'CREATE'), false),
                     has_database_privilege(current_database(), 'TEMP'),
-                    coalesce(pg_has_role(c.relowner, 'USAGE'), false),
+                    coalesce(pg_has_role(c.relowner, 'USAGE')
+                             AND CASE WHEN current_setting('server_version_num')::int >= 160000
+                                      THEN pg_has_role(c.relowner, 'SET')
+                                      ELSE pg_has_role(c.relowner, 'MEMBER') END, false),
                     coalesce(has_table_privilege(c.oid, 'SELECT'), false),
                     coalesce(has_table_privilege(c.oid, 'INSERT'), false),
                     coalesce(has_table_privilege(c.oid, 'UPDATE'), false),
-                    current_database()::text
+                    current_database()::text,
+                    coalesce(has_schema_privilege(c.relowner, n.oid, 'CREATE'), false)
                FROM (SELECT 1) one
                LEFT JOIN pg_namespace n ON n.nspname = $1
                LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = $2",
@@ -99,6 +106,7 @@ async fn look_up(primary: &Client, t: &TaskTarget) -> Result<Found> {
         insert: row.get(9),
         update: row.get(10),
         database: row.get(11),
+        owner_create: row.get(12),
     })
 }
 
@@ -177,10 +185,15 @@ fn missing_grants(f: &Found, t: &TaskTarget) -> Vec<String> {
                 "GRANT CREATE ON SCHEMA {schema} TO {role} (the swap builds its staging table there)"
             ));
         }
+        let owner = display_ident(f.owner.as_deref().unwrap_or("?"));
         if !f.owns {
-            let owner = display_ident(f.owner.as_deref().unwrap_or("?"));
             missing.push(format!(
-                "GRANT {owner} TO {role} (a swap renames the table: its owner's privileges)"
+                "GRANT {owner} TO {role} (a swap renames the table and gives its staging table to the owner)"
+            ));
+        }
+        if !f.owner_create {
+            missing.push(format!(
+                "GRANT CREATE ON SCHEMA {schema} TO {owner} (the owner of the swapped-in table must own it there)"
             ));
         }
     }

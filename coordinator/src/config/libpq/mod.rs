@@ -169,12 +169,16 @@ pub fn resolve(text: &str, env: &Env) -> Result<tokio_postgres::Config, String> 
         }
     }
     fill_defaults(&mut entries, env);
+    // An empty password is no password: libpq then reads the password file.
+    if get(&entries, "password").is_some_and(|e| e.value.is_empty()) {
+        take(&mut entries, "password");
+    }
     if get(&entries, "password").is_none() {
         let file = passfile
             .or_else(|| (env.var)("PGPASSFILE").map(PathBuf::from))
             .or_else(|| env.home.as_ref().map(|h| h.join(".pgpass")));
         if let Some(f) = file {
-            if let Some(pw) = password_from_file(&f, &entries) {
+            if let Some(pw) = password_from_file(&f, &entries)? {
                 fill(&mut entries, "password", pw, Origin::PassFile(f));
             }
         }
@@ -210,16 +214,22 @@ fn fill_defaults(entries: &mut Vec<Entry>, env: &Env) {
             .and_then(|p| p.value.split(',').next().map(str::to_string))
             .filter(|p| !p.is_empty())
             .unwrap_or_else(|| "5432".into());
-        let host = ["/run/postgresql", "/var/run/postgresql", "/tmp"]
+        // The socket directory, whether or not the server runs yet (a socket file
+        // looked for now would turn a server still starting into TCP for good).
+        let _ = port;
+        let host = ["/run/postgresql", "/var/run/postgresql"]
             .into_iter()
-            .find(|d| Path::new(d).join(format!(".s.PGSQL.{port}")).exists())
-            .unwrap_or("localhost");
+            .find(|d| Path::new(d).is_dir())
+            .unwrap_or("/tmp");
         fill(entries, "host", host.to_string(), Origin::Default);
     }
 }
 
-/// The password for the first host of `entries` that has one in password file `file`.
-fn password_from_file(file: &Path, entries: &[Entry]) -> Option<String> {
+/// The password of the hosts of `entries` in password file `file`. tokio-postgres keeps
+/// one password for all the hosts of a DSN, so hosts the file gives different
+/// passwords (or a password for some only) are refused rather than one host's password
+/// sent to another.
+fn password_from_file(file: &Path, entries: &[Entry]) -> Result<Option<String>, String> {
     let value = |k: &str| get(entries, k).map(|e| e.value.as_str()).unwrap_or("");
     let list = |k: &str| -> Vec<&str> { value(k).split(',').collect() };
     let (hosts, addrs, ports) = (list("host"), list("hostaddr"), list("port"));
@@ -228,29 +238,44 @@ fn password_from_file(file: &Path, entries: &[Entry]) -> Option<String> {
         "" => user,
         d => d,
     };
-    let text = pgpass::read(file)?;
+    let Some(text) = pgpass::read(file) else {
+        return Ok(None);
+    };
     let n = hosts.len().max(addrs.len());
-    (0..n).find_map(|i| {
-        let host = hosts
-            .get(i)
-            .filter(|h| !h.is_empty())
-            .or(addrs.get(i))
-            .copied()
-            .unwrap_or("");
-        let port = ports
-            .get(i)
-            .or(ports.first())
-            .copied()
-            .filter(|p| !p.is_empty())
-            .unwrap_or("5432");
-        let target = pgpass::Target {
-            host,
-            port,
-            dbname,
-            user,
-        };
-        pgpass::lookup(&text, &target)
-    })
+    let found: Vec<Option<String>> = (0..n)
+        .map(|i| {
+            let host = hosts
+                .get(i)
+                .filter(|h| !h.is_empty())
+                .or(addrs.get(i))
+                .copied()
+                .unwrap_or("");
+            let port = ports
+                .get(i)
+                .or(ports.first())
+                .copied()
+                .filter(|p| !p.is_empty())
+                .unwrap_or("5432");
+            let target = pgpass::Target {
+                host,
+                port,
+                dbname,
+                user,
+            };
+            pgpass::lookup(&text, &target)
+        })
+        .collect();
+    let mut passwords: Vec<&String> = found.iter().flatten().collect();
+    passwords.dedup();
+    match (passwords.as_slice(), found.iter().all(Option::is_some)) {
+        ([], _) => Ok(None),
+        ([one], true) => Ok(Some((*one).clone())),
+        _ => Err(format!(
+            "password file {}: its lines give the hosts of this DSN different passwords (or one to some \
+             only); pgmaint sends one password to every host of a DSN: use one password, or give `password`",
+            file.display()
+        )),
+    }
 }
 
 /// `verify-ca` and `verify-full` would need certificate checks pgmaint does not do yet.

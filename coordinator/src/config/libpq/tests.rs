@@ -189,22 +189,28 @@ fn the_password_file_gives_the_password_of_the_first_matching_line() {
             Some("second"),
         ),
         ("host=h user=x dbname=app", &[("PGPASSFILE", &file)], None),
-        // Several hosts: the first with a line.
+        // Several hosts, none with a line.
         (
             "host=a,h port=1,5432 user=x dbname=app",
             &[("PGPASSFILE", &file)],
             None,
-        ),
-        (
-            "host=a,h port=1,5432 user=u dbname=app",
-            &[("PGPASSFILE", &file)],
-            Some("second"),
         ),
     ];
     for (dsn, env, want) in cases {
         let c = resolve_with(dsn, env, home).unwrap();
         assert_eq!(password(&c).as_deref(), *want, "{dsn} {env:?}");
     }
+    // Several hosts, a line for one only: never send its password to the other.
+    let e = resolve_with(
+        "host=a,h port=1,5432 user=u dbname=app",
+        &[("PGPASSFILE", &file)],
+        home,
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("different passwords (or one to some only)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -249,7 +255,13 @@ fn errors_name_the_keyword_and_where_its_value_came_from() {
         (
             "host",
             &[],
-            "invalid connection string: missing \"=\" after \"host\"",
+            "invalid connection string: missing \"=\" after the first word of the connection string",
+        ),
+        (
+            // A password with a space: no part of it is ever echoed.
+            "host=h password=correct horse",
+            &[],
+            "invalid connection string: missing \"=\" after the value of `password`",
         ),
         (
             "postgres://h:x/app",
