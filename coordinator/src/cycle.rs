@@ -421,9 +421,14 @@ impl<'a> Cycle<'a> {
     /// (a session terminated mid-query before the watchdog saw it): then the snapshot is
     /// lost, whatever the error said.
     async fn notice_a_restart(&mut self, outcome: &Result<()>) {
-        let (Err(_), None, Some(own)) = (outcome, self.abort.reason(), &self.pause) else {
+        let (Err(e), None, Some(own)) = (outcome, self.abort.reason(), &self.pause) else {
             return;
         };
+        if let Some(resumed) = e.downcast_ref::<crate::replica::ResumedByOther>() {
+            self.abort
+                .trigger(AbortReason::SnapshotLost(resumed.to_string()));
+            return;
+        }
         let started = own.postmaster_start;
         let state = tokio::time::timeout(Duration::from_secs(15), self.replica.fresh_state()).await;
         if let Ok(Ok(st)) = state {

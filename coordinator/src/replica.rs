@@ -390,6 +390,7 @@ impl ReplicaControl {
     }
 
     /// Request a pause and wait until `pg_get_wal_replay_pause_state()` says `paused`.
+    /// [`ResumedByOther`] when replay went back to `not paused` meanwhile.
     pub async fn pause(&self, timeout: Duration) -> Result<()> {
         self.client
             .execute("SELECT pg_wal_replay_pause()", &[])
@@ -413,6 +414,8 @@ impl ReplicaControl {
                     self.name(),
                     timeout.as_secs()
                 ),
+                // Someone resumed replay between our request and its confirmation.
+                PauseState::NotPaused => return Err(ResumedByOther(self.name().to_string()).into()),
                 other => bail!(
                     "replica {}: replay pause state became '{other}' while pausing",
                     self.name()
@@ -749,3 +752,9 @@ mod tests {
         );
     }
 }
+
+/// Replay was resumed by someone else while pgmaint's pause was being confirmed: the
+/// snapshot is lost (the run is invalid), and the pause is no longer pgmaint's.
+#[derive(Debug, thiserror::Error)]
+#[error("replica {0}: replay was resumed by another process during the pause")]
+pub struct ResumedByOther(pub String);
