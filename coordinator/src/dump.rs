@@ -187,6 +187,9 @@ pub fn libpq_conninfo(config: &tokio_postgres::Config) -> (String, Option<String
     if let Some(t) = config.get_connect_timeout() {
         parts.push(format!("connect_timeout={}", t.as_secs().max(1)));
     }
+    if let Some(o) = config.get_options() {
+        parts.push(format!("options={}", quote(o)));
+    }
     let password = config
         .get_password()
         .map(|p| String::from_utf8_lossy(p).into_owned());
@@ -315,13 +318,22 @@ impl Drop for PrivatePassFile {
 }
 
 /// The child's password: `PGPASSFILE` pointing at a private file (returned: keep it
-/// until the child is gone), never `PGPASSWORD`; the connection string is complete, so
-/// no service of pgmaint's environment applies to pg_dump either.
+/// until the child is gone), never `PGPASSWORD`. The connection string is complete,
+/// so no `PG*` variable of pgmaint's environment applies to pg_dump (a `PGSSLROOTCERT`
+/// or `PGOPTIONS` would make pg_dump connect otherwise than pgmaint did), but the
+/// `PGAPPNAME` set for it.
 fn give_password(
     cmd: &mut tokio::process::Command,
     password: Option<&str>,
 ) -> Result<Option<PrivatePassFile>> {
-    cmd.env_remove("PGPASSWORD").env_remove("PGSERVICE");
+    for (var, _) in std::env::vars_os() {
+        if var
+            .to_str()
+            .is_some_and(|v| v.starts_with("PG") && v != "PGAPPNAME")
+        {
+            cmd.env_remove(var);
+        }
+    }
     let Some(password) = password else {
         return Ok(None);
     };
