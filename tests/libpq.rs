@@ -25,25 +25,7 @@ async fn password_role(c: &Cluster) {
     ))
     .await
     .unwrap();
-    let n: usize = c.env["REPLICAS"].parse().unwrap();
-    let data = PathBuf::from(&c.env["DATA"]);
-    for name in std::iter::once("primary".to_string()).chain((1..=n).map(|i| format!("r{i}"))) {
-        let hba = data.join(name).join("pg_hba.conf");
-        let text = std::fs::read_to_string(&hba).unwrap();
-        std::fs::write(
-            &hba,
-            format!("host all {ROLE} 127.0.0.1/32 scram-sha-256\n{text}"),
-        )
-        .unwrap();
-    }
-    p.execute("SELECT pg_reload_conf()", &[]).await.unwrap();
-    for i in 1..=n {
-        c.replica(i)
-            .await
-            .execute("SELECT pg_reload_conf()", &[])
-            .await
-            .unwrap();
-    }
+    prepend_hba(c, &format!("host all {ROLE} 127.0.0.1/32 scram-sha-256")).await;
     c.wait_caught_up(1).await;
 }
 

@@ -553,20 +553,30 @@ pub async fn enable_tls(c: &Cluster) {
         let mut text = std::fs::read_to_string(&conf).unwrap_or_default();
         text.push_str("\nssl = on\n");
         std::fs::write(&conf, text).unwrap();
-        // Role `pgmaint_tls` may log in only over TLS (the first matching line wins).
-        let hba = dir.join("pg_hba.conf");
-        let text = std::fs::read_to_string(&hba).unwrap();
-        std::fs::write(
-            &hba,
-            format!("hostnossl all pgmaint_tls 127.0.0.1/32 reject\n{text}"),
-        )
-        .unwrap();
     }
     let p = c.primary().await;
     p.batch_execute("DO $$ BEGIN CREATE ROLE pgmaint_tls SUPERUSER LOGIN; EXCEPTION WHEN duplicate_object THEN END $$")
         .await
         .unwrap();
-    p.execute("SELECT pg_reload_conf()", &[]).await.unwrap();
+    // Role `pgmaint_tls` may log in only over TLS (the first matching line wins).
+    prepend_hba(c, "hostnossl all pgmaint_tls 127.0.0.1/32 reject").await;
+}
+
+/// Put `line` first in every server's `pg_hba.conf` (the first matching line wins),
+/// then reload every server (the config too).
+pub async fn prepend_hba(c: &Cluster, line: &str) {
+    let n: usize = c.env["REPLICAS"].parse().unwrap();
+    let data = PathBuf::from(&c.env["DATA"]);
+    for name in std::iter::once("primary".to_string()).chain((1..=n).map(|i| format!("r{i}"))) {
+        let hba = data.join(name).join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(&hba, format!("{line}\n{text}")).unwrap();
+    }
+    c.primary()
+        .await
+        .execute("SELECT pg_reload_conf()", &[])
+        .await
+        .unwrap();
     for i in 1..=n {
         c.replica(i)
             .await
