@@ -114,10 +114,9 @@ async fn run_upload_dump(c: &Cluster, cfg: &Path, env: &[(&str, &str)], label: &
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_password_from_a_password_file_the_environment_or_a_service_file_runs_uploads_and_dumps()
-{
-    let (c, p) = blobs_cluster("libpq", 2_000).await;
+/// A cluster with role [`ROLE`] and a config that connects as it with no password.
+async fn password_cluster(name: &str) -> (Cluster, tokio_postgres::Client, PathBuf, PathBuf) {
+    let (c, p) = blobs_cluster(name, 2_000).await;
     let trusted = c.ready_config("trust.toml", &blobs_task("")).await;
     password_role(&c).await;
     for d in ["home", "tmp"] {
@@ -126,39 +125,22 @@ async fn a_password_from_a_password_file_the_environment_or_a_service_file_runs_
     let text = std::fs::read_to_string(&trusted).unwrap();
     let cfg = c.dir.join("pw.toml");
     std::fs::write(&cfg, text.replace("user=postgres", &format!("user={ROLE}"))).unwrap();
-    let plant = "UPDATE blobs SET payload_md5 = md5('tampered') WHERE id = $1";
+    (c, p, trusted, cfg)
+}
 
-    // 1. Only in a password file, with escapes, after a line for another role.
+const PLANT: &str = "UPDATE blobs SET payload_md5 = md5('tampered') WHERE id = $1";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_password_only_in_a_password_file_runs_uploads_and_dumps() {
+    let (c, p, _, cfg) = password_cluster("libpq-pgpass").await;
+    // Only in a password file, with escapes, after a line for another role.
     let escaped = PASSWORD.replace('\\', "\\\\").replace(':', "\\:");
     let passfile = private_file(
         &c.dir.join("pgpass"),
         &format!("# test\n*:*:*:postgres:nope\n127.0.0.1:*:app:{ROLE}:{escaped}\n"),
     );
-    p.execute(plant, &[&17i64]).await.unwrap();
+    p.execute(PLANT, &[&17i64]).await.unwrap();
     run_upload_dump(&c, &cfg, &[("PGPASSFILE", &passfile)], "pgpass", 1).await;
-
-    // 2. Only in PGPASSWORD.
-    p.execute(plant, &[&18i64]).await.unwrap();
-    run_upload_dump(&c, &cfg, &[("PGPASSWORD", PASSWORD)], "env", 2).await;
-
-    // 3. Only through a service: the DSN gives the port, the service the rest.
-    let services = private_file(
-        &c.dir.join("services.conf"),
-        &format!("[pgm]\nhost=127.0.0.1\nuser={ROLE}\ndbname=app\npassword={PASSWORD}\n"),
-    );
-    let text = std::fs::read_to_string(&trusted).unwrap();
-    let svc_cfg = c.dir.join("svc.toml");
-    std::fs::write(
-        &svc_cfg,
-        text.replace("host=127.0.0.1 ", "service=pgm ")
-            .replace(" user=postgres dbname=app", ""),
-    )
-    .unwrap();
-    assert!(std::fs::read_to_string(&svc_cfg)
-        .unwrap()
-        .contains("dsn = \"service=pgm port="));
-    p.execute(plant, &[&19i64]).await.unwrap();
-    run_upload_dump(&c, &svc_cfg, &[("PGSERVICEFILE", &services)], "service", 3).await;
 
     // A password file others may read is ignored (with a warning naming it), as libpq.
     std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -169,6 +151,13 @@ async fn a_password_from_a_password_file_the_environment_or_a_service_file_runs_
         r.stderr
     );
     assert!(r.stderr.contains(&passfile), "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_password_only_in_pgpassword_runs_uploads_and_dumps() {
+    let (c, p, _, cfg) = password_cluster("libpq-env").await;
+    p.execute(PLANT, &[&18i64]).await.unwrap();
+    run_upload_dump(&c, &cfg, &[("PGPASSWORD", PASSWORD)], "env", 1).await;
 
     // A wrong password: one line naming the field, exit code 2, no password shown.
     let r = pgmaint(&c, &cfg, &[("PGPASSWORD", "wrong-secret")], &["run"]).expect_code(2);
@@ -190,4 +179,27 @@ async fn a_password_from_a_password_file_the_environment_or_a_service_file_runs_
             .count(),
         1
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_password_only_through_a_service_file_runs_uploads_and_dumps() {
+    let (c, p, trusted, _) = password_cluster("libpq-service").await;
+    // The DSN gives the port, the service the rest.
+    let services = private_file(
+        &c.dir.join("services.conf"),
+        &format!("[pgm]\nhost=127.0.0.1\nuser={ROLE}\ndbname=app\npassword={PASSWORD}\n"),
+    );
+    let text = std::fs::read_to_string(&trusted).unwrap();
+    let svc_cfg = c.dir.join("svc.toml");
+    std::fs::write(
+        &svc_cfg,
+        text.replace("host=127.0.0.1 ", "service=pgm ")
+            .replace(" user=postgres dbname=app", ""),
+    )
+    .unwrap();
+    assert!(std::fs::read_to_string(&svc_cfg)
+        .unwrap()
+        .contains("dsn = \"service=pgm port="));
+    p.execute(PLANT, &[&19i64]).await.unwrap();
+    run_upload_dump(&c, &svc_cfg, &[("PGSERVICEFILE", &services)], "service", 1).await;
 }
