@@ -1064,7 +1064,7 @@ impl<'a> Cycle<'a> {
         };
         if let Some(other) = self.taken_over().await {
             tracing::warn!(
-                replica = self.replica.name(),
+                replica = %self.replica.name(),
                 "not resuming replay: {other}"
             );
             return Ok(Some((ResumeOutcome::NotOurs, 0)));
@@ -1083,7 +1083,7 @@ impl<'a> Cycle<'a> {
         if outcome != ResumeOutcome::Resumed {
             tracing::warn!(
                 ?outcome,
-                replica = self.replica.name(),
+                replica = %self.replica.name(),
                 "did not resume replay: the pause was not ours"
             );
         }
