@@ -15,21 +15,29 @@ use crate::config::{Config, Overrides};
 /// resumes replay. Replay is resumed on every exit path; a replica left paused by a
 /// coordinator that died is resumed by the next pgmaint command once its lease expires.
 ///
-/// Exit codes: 0 ok; 1 runtime failure; 2 bad usage or config (including a server that
-/// turns the configured DSN down: authentication, an unknown database); 3 a server could
-/// not be reached (refused, timed out, no route, name not resolved, or it takes no
-/// connection now: too many connections, starting up, shutting down).
-///
 /// Logs go to stderr: as text, or with --log-format json one JSON object per line
 /// (timestamp, level, message and the event's fields) for a log collector.
 #[derive(Parser)]
-#[command(name = "pgmaint", version, max_term_width = 100)]
+#[command(name = "pgmaint", version, max_term_width = 100, after_help = AFTER_HELP)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalOpts,
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// The exit codes and output conventions, under every `pgmaint -h` / `--help`.
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  ok
+  1  runtime failure (a failed task or check, an invalid or cancelled run, a refused replica)
+  2  bad usage or config, including a server that turns the configured DSN down
+     (authentication, an unknown role or database) and an invalid --log filter
+  3  a server could not be reached (refused, timed out, no route, name not resolved, or it
+     takes no connection now: too many connections, starting up, shutting down): try again
+
+--json prints one JSON document on stdout and nothing else (notes go to stderr);
+system_identifier is a string in JSON, run and upload task ids are numbers.";
 
 /// Options shared by every subcommand.
 #[derive(Args)]
@@ -469,6 +477,10 @@ mod tests {
                 "{shell:?}"
             );
         }
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Exit codes:") && help.contains("3  a server could not be reached"));
+        let short = Cli::command().render_help().to_string();
+        assert!(short.contains("Exit codes:"), "{short}");
         let man = String::from_utf8(man_page()).unwrap();
         assert!(man.starts_with(".ie"), "{}", &man[..80.min(man.len())]);
         assert!(man.contains(".TH pgmaint 1") && man.contains("daemon"));
