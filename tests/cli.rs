@@ -103,10 +103,31 @@ fn an_unreachable_primary_is_exit_3_and_a_config_typo_exit_2() {
     );
     let cfg = dir.join("closed.toml");
     std::fs::write(&cfg, &base).unwrap();
-    for args in [&["status"][..], &["init"], &["tasks", "list"], &["run"]] {
+    let out = dir.join("dump-out");
+    let out = out.to_str().unwrap();
+    let main_commands: [&[&str]; 11] = [
+        &["status"],
+        &["status", "--json"],
+        &["init"],
+        &["tasks", "list"],
+        &["tasks", "list", "--json"],
+        &["run"],
+        &["run", "--json"],
+        &["uploader", "--once"],
+        &["recover"],
+        &["dump", "--out", out],
+        &["daemon"],
+    ];
+    for args in main_commands {
         let run = pgmaint(&cfg, args).expect_code(3);
         only_error(&run, "primary.dsn: cannot connect (host=127.0.0.1");
+        // --json: nothing on stdout but a JSON document (here: nothing at all).
+        assert!(run.stdout.is_empty(), "{args:?}: {}", run.stdout);
     }
+    // check reports the unreachable servers as its own lines, then exit 3.
+    let check = pgmaint(&cfg, &["check", "--json"]).expect_code(3);
+    let doc = check.assert_json_document();
+    assert_eq!(doc["ok"], false);
     // A name that does not resolve is no answer either.
     let dns = dir.join("dns.toml");
     std::fs::write(
@@ -120,6 +141,43 @@ fn an_unreachable_primary_is_exit_3_and_a_config_typo_exit_2() {
     std::fs::write(&typo, format!("{base}[limits]\nmax_pause = \"2 hours\"\n")).unwrap();
     let run = pgmaint(&typo, &["status"]).expect_code(2);
     only_error(&run, "limits.max_pause: bad duration \"2 hours\"");
+    // A misspelt field is exit 2 for every command that reads the config, before any
+    // server is tried (the primary here does not answer: that would be 3).
+    let misspelt = dir.join("misspelt.toml");
+    std::fs::write(&misspelt, format!("{base}[limits]\nmax_pasue = \"2h\"\n")).unwrap();
+    for args in
+        main_commands
+            .iter()
+            .copied()
+            .chain([&["check"][..], &["check", "--json"], &["promote"]])
+    {
+        let run = pgmaint(&misspelt, args).expect_code(2);
+        only_error(&run, "max_pasue");
+        assert!(run.stdout.is_empty(), "{args:?}: {}", run.stdout);
+    }
+}
+
+/// An invalid `--log` filter is one line and exit 2, before anything else (no config
+/// is read, no server tried); a valid one is taken.
+#[test]
+fn an_invalid_log_filter_is_exit_2_not_a_silent_fallback() {
+    let missing = Path::new("/nonexistent/pgmaint.toml");
+    for filter in ["debg", "pgmaint=loud", ""] {
+        let run = pgmaint(missing, &["--log", filter, "status"]).expect_code(2);
+        only_error(&run, "--log");
+    }
+    // The environment variable is checked the same way.
+    let out = Command::new(pgmaint_bin())
+        .args(["status"])
+        .env("PGMAINT_CONFIG", missing)
+        .env("PGMAINT_LOG", "verbose")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--log \"verbose\""));
+    // A valid filter gets as far as the config (missing: exit 2, naming the file).
+    let run = pgmaint(missing, &["--log", "warn,pgmaint::cycle=debug", "status"]).expect_code(2);
+    only_error(&run, "/nonexistent/pgmaint.toml");
 }
 
 /// With a server: one that turns the DSN down is the config's problem (2); one that

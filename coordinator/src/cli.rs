@@ -15,21 +15,29 @@ use crate::config::{Config, Overrides};
 /// resumes replay. Replay is resumed on every exit path; a replica left paused by a
 /// coordinator that died is resumed by the next pgmaint command once its lease expires.
 ///
-/// Exit codes: 0 ok; 1 runtime failure; 2 bad usage or config (including a server that
-/// turns the configured DSN down: authentication, an unknown database); 3 a server could
-/// not be reached (refused, timed out, no route, name not resolved, or it takes no
-/// connection now: too many connections, starting up, shutting down).
-///
 /// Logs go to stderr: as text, or with --log-format json one JSON object per line
 /// (timestamp, level, message and the event's fields) for a log collector.
 #[derive(Parser)]
-#[command(name = "pgmaint", version, max_term_width = 100)]
+#[command(name = "pgmaint", version, max_term_width = 100, after_help = AFTER_HELP)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalOpts,
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// The exit codes and output conventions, under every `pgmaint -h` / `--help`.
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  ok
+  1  runtime failure (a failed task or check, an invalid or cancelled run, a refused replica)
+  2  bad usage or config, including a server that turns the configured DSN down
+     (authentication, an unknown role or database) and an invalid --log filter
+  3  a server could not be reached (refused, timed out, no route, name not resolved, or it
+     takes no connection now: too many connections, starting up, shutting down): try again
+
+--json prints one JSON document on stdout and nothing else (notes go to stderr);
+system_identifier is a string in JSON, run and upload task ids are numbers.";
 
 /// Options shared by every subcommand.
 #[derive(Args)]
@@ -243,6 +251,38 @@ pub enum Command {
     /// when the primary does not answer at start (with failover.automatic the daemon
     /// starts anyway when no server of primary.dsn answers).
     Daemon,
+    /// Remove old result directories and finished run records.
+    ///
+    /// For each run that ended (or started, if it never ended) before now − DURATION
+    /// (the primary's clock): its record in pgmaint.runs, its upload tasks (all
+    /// finished), its findings in pgmaint.integrity_findings, and its directory
+    /// results.dir/<run-id>/. One line per run removed, then a summary.
+    ///
+    /// Never removed: a run still running or holding a replica lease; a run with an
+    /// upload task waiting or running; the latest successful run of each task (the newest
+    /// succeeded run listing it, and the newest whose upload for it completed, which
+    /// pgmaint.current_findings shows); a run that a materialized target, a task cursor
+    /// or a swapped-out table refers to; dump runs (`[[dumps]]` prune theirs with
+    /// `keep`); anything in results.dir pgmaint cannot prove is the run's (a name that
+    /// is not a run id, no run record, another run's manifest.json); the record of a run
+    /// made on another host (prune there removes its directory and record).
+    ///
+    /// Exit code 0 when done; 1 when a removal failed (the others are done); 2 for bad
+    /// usage or config; 3 when the primary cannot be reached.
+    Prune {
+        /// Remove what ended longer ago than this: 30d, 12h, 90m, 1d12h (as durations in
+        /// config).
+        #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+        older_than: String,
+        /// List what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON document: {"dry_run", "older_than", "cutoff", "removed": [{"run_id",
+        /// "state", "ended_at", "upload_tasks", "findings", "directory"}], "kept": [{"run_id",
+        /// "reason"}], "kept_directories": [{"path", "reason"}], "errors"}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Resume a replica left paused by a dead run (expired lease); mark the run DROPPED.
     Recover {
         /// Only this replica; default: every replica in config.
@@ -356,6 +396,46 @@ pub enum TasksCommand {
     },
 }
 
+/// A duration argument, checked as config durations are (`units::parse_duration`).
+fn duration_arg(text: &str) -> Result<String, String> {
+    crate::units::parse_duration(text).map(|_| text.to_string())
+}
+
+/// The crates whose module paths a bare `--log` directive may name (`pgmaint` means
+/// `pgmaint=trace`, as in RUST_LOG).
+const LOG_TARGETS: [&str; 4] = ["pgmaint", "uploader", "snapshot_runner", "tokio_postgres"];
+
+/// The log filter of `--log` (RUST_LOG syntax), checked: a level (`debug`), or
+/// `TARGET=LEVEL` directives separated by commas (`info,pgmaint::cycle=debug`). A bare
+/// word that is neither a level nor one of pgmaint's crates is refused rather than
+/// read as a target that matches nothing (`--log debg` would silence every log).
+/// Server NOTICEs (tokio_postgres) are at `warn` unless the filter says otherwise.
+pub fn log_filter(spec: &str) -> Result<tracing_subscriber::EnvFilter, crate::UsageError> {
+    use tracing_subscriber::filter::LevelFilter;
+    let bad = |why: String| crate::UsageError(format!("--log {spec:?}: {why}"));
+    let mut directives = Vec::new();
+    for d in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !d.contains('=') && !d.contains('[') {
+            let crate_name = d.split("::").next().unwrap_or(d);
+            if d.parse::<LevelFilter>().is_err() && !LOG_TARGETS.contains(&crate_name) {
+                return Err(bad(format!(
+                    "{d:?} is not a level (trace, debug, info, warn, error, off) nor one of pgmaint's \
+                     crates ({}); write TARGET=LEVEL for a target",
+                    LOG_TARGETS.join(", ")
+                )));
+            }
+        }
+        directives.push(d);
+    }
+    if directives.is_empty() {
+        return Err(bad("empty; give a level, e.g. info".into()));
+    }
+    let full = format!("tokio_postgres=warn,{}", directives.join(","));
+    tracing_subscriber::EnvFilter::builder()
+        .parse(&full)
+        .map_err(|e| bad(e.to_string()))
+}
+
 /// The config file with the command line's and environment's overrides.
 pub fn load_config(g: &GlobalOpts) -> Result<Config> {
     let overrides = Overrides {
@@ -370,6 +450,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn log_filters_are_checked_not_guessed() {
+        for good in [
+            "debug",
+            "INFO",
+            "info,pgmaint::cycle=debug",
+            "pgmaint",
+            "warn,uploader=trace",
+            "off",
+        ] {
+            assert!(log_filter(good).is_ok(), "{good}");
+        }
+        for bad in ["debg", "", " , ", "pgmaint=loud", "verbose,pgmaint=debug"] {
+            let e = log_filter(bad).unwrap_err().0;
+            assert!(e.starts_with("--log "), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
     fn completions_and_the_man_page_cover_every_subcommand() {
         for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
             let script = String::from_utf8(completions(shell)).unwrap();
@@ -378,6 +477,10 @@ mod tests {
                 "{shell:?}"
             );
         }
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Exit codes:") && help.contains("3  a server could not be reached"));
+        let short = Cli::command().render_help().to_string();
+        assert!(short.contains("Exit codes:"), "{short}");
         let man = String::from_utf8(man_page()).unwrap();
         assert!(man.starts_with(".ie"), "{}", &man[..80.min(man.len())]);
         assert!(man.contains(".TH pgmaint 1") && man.contains("daemon"));

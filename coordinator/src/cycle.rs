@@ -798,10 +798,11 @@ impl<'a> Cycle<'a> {
                 break;
             }
             let cursor = cursors.get(&task.name).map(String::as_str);
+            tracing::debug!(run_id = self.lease.run_id, task = %task.name, "task started");
             let report = task
                 .run(ctx, soft_timeout.map(|d| Instant::now() + d), cursor)
                 .await;
-            tracing::info!(task = %report.name, status = report.status.as_str(), rows = report.rows_scanned,
+            tracing::info!(run_id = self.lease.run_id, task = %report.name, status = %report.status.as_str(), rows = report.rows_scanned,
                            findings = report.findings, secs = report.elapsed.as_secs_f64(), "task finished");
             self.reports.push(report);
         }
@@ -875,6 +876,7 @@ impl<'a> Cycle<'a> {
                 postmaster_start: before.postmaster_start,
                 snapshot_lsn: None,
             });
+            tracing::debug!(run_id = self.lease.run_id, replica = %self.replica.name(), attempt, "pause requested");
             self.replica.pause(self.cfg.limits.pause_timeout).await?;
             let locked = self.replica.startup_locks(relations).await?;
             if locked.is_empty() {
@@ -885,11 +887,11 @@ impl<'a> Cycle<'a> {
                 self.lease.record_snapshot(&self.primary, &snap).await?;
                 self.pause.as_mut().expect("set above").snapshot_lsn = Some(snap.lsn.clone());
                 self.paused_at = Some(Utc::now());
-                tracing::info!(replica = self.replica.name(), lsn = %snap.lsn, "replay paused");
+                tracing::info!(run_id = self.lease.run_id, replica = %self.replica.name(), lsn = %snap.lsn, "replay paused");
                 self.snapshot = Some(snap);
                 return Ok(());
             }
-            tracing::warn!(attempt, locked = ?locked, "replayed WAL holds AccessExclusiveLock at the pause point; resuming to retry");
+            tracing::warn!(run_id = self.lease.run_id, attempt, locked = ?locked, "replayed WAL holds AccessExclusiveLock at the pause point; resuming to retry");
             // If this resume fails, `self.pause` still says the pause is ours: the caller
             // tries again, and keeps the lease (for `recover`) if that fails too.
             let own = self.pause.clone().expect("set above");
@@ -953,6 +955,7 @@ impl<'a> Cycle<'a> {
         loop {
             let error = match self.commit_run(&uploads).await {
                 Ok(queued) => {
+                    tracing::debug!(run_id, upload_task_ids = ?queued, "uploads queued");
                     self.queued = queued;
                     return Ok(());
                 }
@@ -1061,7 +1064,7 @@ impl<'a> Cycle<'a> {
         };
         if let Some(other) = self.taken_over().await {
             tracing::warn!(
-                replica = self.replica.name(),
+                replica = %self.replica.name(),
                 "not resuming replay: {other}"
             );
             return Ok(Some((ResumeOutcome::NotOurs, 0)));
@@ -1080,7 +1083,7 @@ impl<'a> Cycle<'a> {
         if outcome != ResumeOutcome::Resumed {
             tracing::warn!(
                 ?outcome,
-                replica = self.replica.name(),
+                replica = %self.replica.name(),
                 "did not resume replay: the pause was not ours"
             );
         }

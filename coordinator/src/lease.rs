@@ -448,6 +448,8 @@ pub async fn recover_expired(
     tx.commit().await?;
     let state = kept.map_or(RunState::Dropped, |o| o.state);
     tracing::warn!(
+        run_id,
+        replica = %replica.name,
         "replica {}: run {run_id} {note}; run {run_id} marked {state}",
         replica.name
     );

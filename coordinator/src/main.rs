@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use pgmaint::cli::{load_config, Cli, Command, GlobalOpts, LogFormat};
 use pgmaint::commands;
@@ -26,7 +25,10 @@ fn main() -> ExitCode {
     if let Some(text) = generated {
         return print(&text);
     }
-    init_logging(&cli.global);
+    if let Err(e) = init_logging(&cli.global) {
+        let _ = writeln!(std::io::stderr(), "pgmaint: error: {e}");
+        return ExitCode::from(ErrorClass::Usage.exit_code());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -57,12 +59,14 @@ fn print(text: &[u8]) -> ExitCode {
     }
 }
 
-/// Log to stderr, as text or one JSON object per line (`--log-format`).
-fn init_logging(global: &GlobalOpts) {
-    // Server NOTICEs ("relation already exists, skipping") are noise to an operator.
-    let filter = format!("tokio_postgres=warn,{}", global.log);
+/// Log to stderr, as text or one JSON object per line (`--log-format`). An invalid
+/// `--log` filter is the operator's error (exit code 2), never a silent fallback.
+fn init_logging(global: &GlobalOpts) -> Result<(), pgmaint::UsageError> {
+    // Server NOTICEs ("relation already exists, skipping") are noise to an operator:
+    // the filter puts tokio_postgres at warn unless it says otherwise.
+    let filter = pgmaint::cli::log_filter(&global.log)?;
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         // After a SIGHUP, stderr may be a dead terminal: a failed log write must be
@@ -75,6 +79,7 @@ fn init_logging(global: &GlobalOpts) {
         // The event's fields at the top level, next to timestamp, level and message.
         LogFormat::Json => builder.json().flatten_event(true).with_ansi(false).init(),
     }
+    Ok(())
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -147,6 +152,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             pgmaint::daemon::run(cfg, listed, daemon_source(&cli.global), true).await
         }
         Command::Recover { replica } => commands::recover::run(&cfg, replica.as_deref()).await,
+        Command::Prune {
+            older_than,
+            dry_run,
+            json,
+        } => commands::prune::run(&cfg, &older_than, dry_run, json).await,
         Command::Promote { .. } | Command::Check { .. } => {
             unreachable!("dispatched before the primary is resolved")
         }

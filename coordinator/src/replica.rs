@@ -578,7 +578,7 @@ impl ReplicaControl {
             match self.try_resume(own).await {
                 Ok(r) => return Ok(r),
                 Err(e) => {
-                    tracing::warn!(replica = self.name(), error = %e.one_line(), attempt, "resume failed; retrying");
+                    tracing::warn!(replica = %self.name(), error = %e.one_line(), attempt, "resume failed; retrying");
                     last_err = Some(e);
                 }
             }
@@ -620,7 +620,7 @@ impl ReplicaControl {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tracing::warn!(
-            replica = self.name(),
+            replica = %self.name(),
             application_name,
             "terminating scan sessions still open"
         );

@@ -73,6 +73,20 @@ impl Run {
         assert!(self.stderr.contains(text), "{}", self.stderr);
         self
     }
+    /// A `--json` command's stdout is exactly one JSON document (nothing before or
+    /// after it: notes go to stderr), or nothing at all when the command failed before
+    /// it had anything to report (its one-line error is on stderr).
+    pub fn assert_json_document(&self) -> serde_json::Value {
+        if self.stdout.trim().is_empty() && self.code != 0 {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "--json: stdout is not one JSON document ({e}); exit code {}; stdout:\n{}\nstderr:\n{}",
+                self.code, self.stdout, self.stderr
+            )
+        })
+    }
     /// The `pgmaint: error: …` line, if any.
     pub fn error_line(&self) -> Option<&str> {
         self.stderr
@@ -193,9 +207,14 @@ impl Cluster {
         cmd
     }
 
-    /// Run `pgmaint args…` to completion.
+    /// Run `pgmaint args…` to completion. With `--json`, stdout must be one JSON
+    /// document ([`Run::assert_json_document`]).
     pub fn run(&self, config: &Path, args: &[&str]) -> Run {
-        Run::from(self.pgmaint(config, args).output().expect("run pgmaint"))
+        let run = Run::from(self.pgmaint(config, args).output().expect("run pgmaint"));
+        if args.contains(&"--json") {
+            run.assert_json_document();
+        }
+        run
     }
 
     /// `scripts/cluster.sh ACTION NAME` (start, stop, restart).
@@ -673,13 +692,22 @@ pub fn assert_files_as_listed(dir: &Path, files: &[serde_json::Value]) {
     }
 }
 
+/// The pids of the children [`spawn_piped`] started with `--json`: [`finish`] checks
+/// that their stdout is one JSON document.
+static JSON_CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
 /// Start `pgmaint args…` in the background, its output piped.
 pub fn spawn_piped(c: &Cluster, config: &Path, args: &[&str]) -> Child {
-    c.pgmaint(config, args)
+    let child = c
+        .pgmaint(config, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    if args.contains(&"--json") {
+        JSON_CHILDREN.lock().unwrap().push(child.id());
+    }
+    child
 }
 
 /// [`spawn_piped`], then wait until replica 1 is paused: a run caught in its pause.
@@ -691,7 +719,15 @@ pub async fn spawn_paused(c: &Cluster, config: &Path, args: &[&str]) -> Child {
 
 /// Wait for a child started by [`spawn_piped`] to end; what it printed and its exit code.
 pub fn finish(child: Child) -> Run {
-    Run::from(child.wait_with_output().unwrap())
+    let pid = child.id();
+    let run = Run::from(child.wait_with_output().unwrap());
+    let mut json = JSON_CHILDREN.lock().unwrap();
+    if let Some(i) = json.iter().position(|p| *p == pid) {
+        json.swap_remove(i);
+        drop(json);
+        run.assert_json_document();
+    }
+    run
 }
 
 /// Poll `child` every 50 ms until it exits: its status, or `None` if it still runs

@@ -127,7 +127,7 @@ where
                     .min(ctx.lock_timeout)
                     .mul_f64(0.5 + rand::random::<f64>());
                 tracing::info!(
-                    task = ctx.task.id,
+                    upload_task_id = ctx.task.id,
                     attempt,
                     ?wait,
                     "{what}: lock_timeout; retrying"
@@ -253,7 +253,7 @@ pub(crate) async fn check(
         }
         (None, None) => {
             tracing::debug!(
-                task = task.id,
+                upload_task_id = task.id,
                 "queued before file_md5/file_size were recorded: checked against the manifest only"
             );
             None

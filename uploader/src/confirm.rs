@@ -90,7 +90,7 @@ pub(crate) async fn confirm(
         unknown,
     } = tally;
     // Counts of the findings inserted by this apply: confirmed + resolved + unknown.
-    tracing::info!(task = task.id, %relation, confirmed, resolved, unknown, "findings re-checked on the primary");
+    tracing::info!(upload_task_id = task.id, %relation, confirmed, resolved, unknown, "findings re-checked on the primary");
     Ok(())
 }
 
@@ -118,14 +118,14 @@ async fn recheck_sql(
         )))?;
     let col = |name: &str| rows.iter().find(|row| row.get::<_, &str>(0) == name);
     let (Some(k), Some(_), Some(s)) = (col(&r.key), col(&r.content), col(&r.checksum)) else {
-        tracing::warn!(task = task.id, %relation, "table or columns gone on the primary; still_holds left unknown");
+        tracing::warn!(upload_task_id = task.id, %relation, "table or columns gone on the primary; still_holds left unknown");
         return Ok(None);
     };
     let key_type: String = k.get(1);
     // The same reading of the stored checksum as the scan's.
     let stored = RowRecheck::stored_md5_sql(&quote_ident(&r.checksum), s.get(2), s.get(3));
     let Some(stored) = stored else {
-        tracing::warn!(task = task.id, %relation, "checksum column type changed on the primary; still_holds left unknown");
+        tracing::warn!(upload_task_id = task.id, %relation, "checksum column type changed on the primary; still_holds left unknown");
         return Ok(None);
     };
     let (kq, cq) = (quote_ident(&r.key), quote_ident(&r.content));

@@ -40,7 +40,7 @@ pub(crate) async fn findings(
         // Only a finding the file repeats (same relation, key and kind) is not
         // inserted: say so rather than lose it quietly.
         tracing::warn!(
-            task = task.id,
+            upload_task_id = task.id,
             loaded,
             inserted,
             "{} finding(s) repeat a (relation, row_key, finding) already recorded for this run and task: kept once",
@@ -103,7 +103,7 @@ fn recheck_of<'p>(ctx: &Ctx<'_>, plan: &'p FindingsPlan) -> Option<&'p RowRechec
         // unconfirmed.
         if params.get("check").and_then(|c| c.as_str()) == Some("row_checksum") {
             tracing::warn!(
-                task = ctx.task.id,
+                upload_task_id = ctx.task.id,
                 "row_checksum findings without the params to re-check them; still_holds left unknown"
             );
         }

@@ -424,8 +424,8 @@ pub(crate) async fn rescue(client: &Client) -> Result<Rescued, UploadError> {
     drop_dependents(client, &failed).await?;
     for r in &rows {
         tracing::warn!(
-            task = r.get::<_, i64>(0),
-            now = r.get::<_, UploadState>(1).as_str(),
+            upload_task_id = r.get::<_, i64>(0),
+            now = %r.get::<_, UploadState>(1).as_str(),
             "rescued a task whose lease expired"
         );
     }

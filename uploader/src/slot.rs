@@ -265,7 +265,7 @@ impl Slot {
     async fn apply_and_record(&mut self, task: Claimed, stop: &CancellationToken) {
         tracing::debug!(
             slot = self.n,
-            task = task.id,
+            upload_task_id = task.id,
             attempt = task.attempt,
             "claimed"
         );
@@ -274,15 +274,15 @@ impl Slot {
         self.conns = Some(conns);
         match outcome {
             Outcome::Applied(rows, superseded) => self.count_applied(&task, rows, superseded),
-            Outcome::Released => tracing::info!(task = task.id, "released on shutdown"),
+            Outcome::Released => tracing::info!(upload_task_id = task.id, "released on shutdown"),
             Outcome::Orphaned(e) => {
-                tracing::warn!(task = task.id, error = %e, "lost the primary during an apply; will record and retry");
+                tracing::warn!(upload_task_id = task.id, error = %e, "lost the primary during an apply; will record and retry");
                 self.orphan = Some((task, e));
                 self.conns = None;
             }
             Outcome::Failed(UploadError::Fenced(id)) => {
                 tracing::warn!(
-                    task = id,
+                    upload_task_id = id,
                     "lease lost before completion; the apply was rolled back"
                 );
                 // The apply may have been stopped mid-statement: start afresh.
@@ -306,10 +306,10 @@ impl Slot {
         s.rows += rows as u64;
         if superseded {
             s.superseded += 1;
-            tracing::info!(task = task.id, run = task.run_id, name = %task.task_name, kind = %task.kind,
+            tracing::info!(upload_task_id = task.id, run_id = task.run_id, task = %task.task_name, kind = %task.kind,
                            "completed as superseded: nothing applied");
         } else {
-            tracing::info!(task = task.id, run = task.run_id, name = %task.task_name, kind = %task.kind, rows, "applied");
+            tracing::info!(upload_task_id = task.id, run_id = task.run_id, task = %task.task_name, kind = %task.kind, rows, "applied");
         }
     }
 
@@ -318,11 +318,11 @@ impl Slot {
         match queue::mark_cancelled(side, task, &self.me).await {
             Ok(()) => self.stats.cancelled += 1,
             Err(e) => {
-                tracing::error!(task = id, error = %e, "could not record the cancellation")
+                tracing::error!(upload_task_id = id, error = %e, "could not record the cancellation")
             }
         }
         tracing::info!(
-            task = id,
+            upload_task_id = id,
             "cancelled by an operator; the apply was rolled back"
         );
     }
@@ -341,7 +341,7 @@ impl Slot {
                 false
             }
             Err(e2) => {
-                tracing::error!(task = task.id, error = %e2, "could not record a failed attempt");
+                tracing::error!(upload_task_id = task.id, error = %e2, "could not record a failed attempt");
                 true
             }
         }
@@ -351,14 +351,14 @@ impl Slot {
         match state {
             Some(UploadState::Failed) => {
                 self.stats.failed += 1;
-                tracing::error!(task = task.id, run = task.run_id, name = %task.task_name, error = %e, "upload failed for good");
+                tracing::error!(upload_task_id = task.id, run_id = task.run_id, task = %task.task_name, error = %e, "upload failed for good");
             }
             Some(_) => {
                 self.stats.retried += 1;
-                tracing::warn!(task = task.id, run = task.run_id, name = %task.task_name, error = %e, attempt = task.attempt, "upload failed; will retry");
+                tracing::warn!(upload_task_id = task.id, run_id = task.run_id, task = %task.task_name, error = %e, attempt = task.attempt, "upload failed; will retry");
             }
             None => {
-                tracing::warn!(task = task.id, error = %e, "upload failed, and the task was no longer ours")
+                tracing::warn!(upload_task_id = task.id, error = %e, "upload failed, and the task was no longer ours")
             }
         }
     }
@@ -389,14 +389,16 @@ impl Slot {
                 match queue::heartbeat(side, heartbeat_stmt, task, me, lease).await {
                     Ok(Beat::Held) => {}
                     Ok(b) => return b,
-                    Err(e) => tracing::warn!(task = task.id, error = %e, "heartbeat failed"),
+                    Err(e) => {
+                        tracing::warn!(upload_task_id = task.id, error = %e, "heartbeat failed")
+                    }
                 }
             }
         };
         tokio::pin!(heartbeat);
         let grace = async {
             shutdown.cancelled().await;
-            tracing::info!(task = task.id, grace = ?grace, "shutting down: letting the task in hand finish");
+            tracing::info!(upload_task_id = task.id, grace = ?grace, "shutting down: letting the task in hand finish");
             tokio::time::sleep(grace).await;
         };
         tokio::pin!(grace);
@@ -421,7 +423,7 @@ impl Slot {
             (None, _) => match queue::release(side, task, me).await {
                 Ok(_) => Outcome::Released,
                 Err(e) => {
-                    tracing::warn!(task = task.id, error = %e, "could not release the task; its lease will expire");
+                    tracing::warn!(upload_task_id = task.id, error = %e, "could not release the task; its lease will expire");
                     Outcome::Released
                 }
             },
@@ -463,7 +465,7 @@ impl Slot {
             // Operators (and scripts/bench) read this line: how long readers of the
             // target waited for the swap.
             tracing::info!(
-                task = task.id,
+                upload_task_id = task.id,
                 lock_ms = format!("{:.2}", t.elapsed().as_secs_f64() * 1000.0),
                 "swap: exclusive lock held"
             );

@@ -629,7 +629,7 @@ pub(crate) async fn swap(
         .map_err(db("exchanging the tables"))?;
     record_swapped_out(tx, task, &t, &old_name).await?;
     record_materialization(tx, task, &t, &checked.snapshot_lsn, rows).await?;
-    tracing::debug!(task = task.id, target = %t.name, owner = %t.owner, rows, indexes = indexes.len(),
+    tracing::debug!(upload_task_id = task.id, target = %t.name, owner = %t.owner, rows, indexes = indexes.len(),
                     catalog_ms = read_ms, exchanged_ms = locked_at.elapsed().as_secs_f64() * 1000.0, "swap exchanged");
     Ok(Applied {
         rows,

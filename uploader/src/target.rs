@@ -218,7 +218,7 @@ pub(crate) async fn superseded(
             t.name, task.task_name
         )
     };
-    tracing::warn!(task = task.id, run = task.run_id, target = %t.name, newer_run = run_id, newer_lsn = %lsn,
+    tracing::warn!(upload_task_id = task.id, run_id = task.run_id, target = %t.name, newer_run_id = run_id, newer_lsn = %lsn,
                    lsn = %snapshot_lsn, "{note}");
     Ok(Some(note))
 }

@@ -6,6 +6,7 @@ pub mod check;
 pub mod dump;
 pub mod init;
 pub mod promote;
+pub mod prune;
 pub mod recover;
 pub mod run;
 pub mod status;

@@ -1153,7 +1153,7 @@ async fn repoint(
     };
     p::set_primary_conninfo(client, &conninfo).await?;
     tracing::info!(
-        replica = name,
+        replica = %name,
         "re-pointed at {host}:{port}{}",
         if slot.is_empty() {
             String::new()

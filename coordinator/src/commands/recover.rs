@@ -34,7 +34,8 @@ pub async fn recover_in_passing(cfg: &Config) {
     }
 }
 
-/// Recover every replica (or one) from dead runs. `quiet` prints only what was done.
+/// Recover every replica (or one) from dead runs. `quiet` (in passing) prints nothing
+/// on stdout: what was done is logged, on stderr.
 async fn recover_all(
     cfg: &Config,
     primary: &mut tokio_postgres::Client,
@@ -60,17 +61,17 @@ async fn recover_all(
             Err(e) => return Err(e.context(format!("recovering replica {}", r.name))),
         };
         match outcome {
+            // In passing, what was done is a note on stderr (recover_expired logs it):
+            // stdout belongs to the command, e.g. one JSON document for `status --json`.
             lease::Recovery::Recovered {
                 run_id,
                 note,
                 state,
                 ..
-            } => {
-                println!(
-                    "{}: run {run_id} {note}; run {run_id} marked {state}",
-                    r.name
-                )
-            }
+            } if !quiet => println!(
+                "{}: run {run_id} {note}; run {run_id} marked {state}",
+                r.name
+            ),
             lease::Recovery::Alive {
                 run_id,
                 holder,

@@ -27,11 +27,31 @@ pub async fn run(
         if abort.reason().is_some() {
             break;
         }
-        let replica = match pinned {
-            Some(r) => *r,
-            None => pick_replica(cfg).await?,
+        let cycle = async {
+            let replica = match pinned {
+                Some(r) => *r,
+                None => pick_replica(cfg).await?,
+            };
+            cycle::run(cfg, replica, cycle::Work::Tasks(tasks), abort.clone()).await
         };
-        summaries.push(cycle::run(cfg, replica, cycle::Work::Tasks(tasks), abort.clone()).await?);
+        match cycle.await {
+            Ok(summary) => summaries.push(summary),
+            // The cycles that ran are reported all the same (with --json: one document
+            // on stdout), then this error.
+            Err(e) if !summaries.is_empty() => {
+                if let Err(earlier) = report_cycles(&summaries, json) {
+                    let _ = std::io::Write::write_fmt(
+                        &mut std::io::stderr(),
+                        format_args!(
+                            "pgmaint: error: {}\n",
+                            crate::error_text::OneLine::one_line(&earlier)
+                        ),
+                    );
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
     }
     report_cycles(&summaries, json)
 }

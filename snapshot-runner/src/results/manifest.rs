@@ -18,10 +18,37 @@ pub struct SnapshotInfo {
     pub lsn: String,
     /// Timeline of the replica's last restartpoint.
     pub timeline: i32,
-    /// `pg_control_system().system_identifier`: which cluster this is.
+    /// `pg_control_system().system_identifier`: which cluster this is. A string in
+    /// JSON (it exceeds 2^53, which JSON readers such as JavaScript's cannot hold
+    /// exactly); a number is still read, for manifests written before.
+    #[serde(with = "i64_as_string")]
     pub system_identifier: i64,
     /// `pg_postmaster_start_time()`: a restart silently ends a pause.
     pub postmaster_start: DateTime<Utc>,
+}
+
+/// A 64-bit integer as a JSON string; reads a string or a number.
+pub mod i64_as_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Write `v` as a string.
+    pub fn serialize<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    /// Read a string of digits, or a number.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Number(i64),
+            Text(String),
+        }
+        match Either::deserialize(d)? {
+            Either::Number(n) => Ok(n),
+            Either::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// One data file, as written.
@@ -122,5 +149,30 @@ impl ResultManifest {
     /// The entry of task `name`.
     pub fn task(&self, name: &str) -> Option<&ManifestTask> {
         self.tasks.iter().find(|t| t.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_system_identifier_is_a_string_in_json_and_read_back_from_either() {
+        let snap = SnapshotInfo {
+            lsn: "0/3000148".into(),
+            timeline: 1,
+            system_identifier: 7_711_034_890_591_087_637,
+            postmaster_start: "2026-01-01T00:00:00Z".parse().unwrap(),
+        };
+        let json = serde_json::to_value(&snap).unwrap();
+        assert_eq!(json["system_identifier"], "7711034890591087637");
+        assert_eq!(serde_json::from_value::<SnapshotInfo>(json).unwrap(), snap);
+        let old = r#"{"lsn":"0/1","timeline":1,"system_identifier":1,"postmaster_start":"2026-01-01T00:00:00Z"}"#;
+        assert_eq!(
+            serde_json::from_str::<SnapshotInfo>(old)
+                .unwrap()
+                .system_identifier,
+            1
+        );
     }
 }
