@@ -275,7 +275,7 @@ async fn tls_verifies_the_ca_and_the_host_name_as_libpq_does() {
     );
     refused(
         pgmaint(&c, &by_ip, none, &["status"]),
-        "host name mismatch: the server's certificate is not valid for \"127.0.0.1\"",
+        "host name mismatch: the server's certificate is not valid for \"127.0.0.1\" (it is for localhost;",
     );
 
     // verify-ca against another CA: unknown CA, whatever the host name.

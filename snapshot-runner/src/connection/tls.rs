@@ -295,7 +295,14 @@ impl TlsSettings {
                 if presented.is_empty() {
                     "no name".to_string()
                 } else {
-                    presented.join(", ")
+                    // webpki writes them as `DnsName("db1")`: the name alone.
+                    let bare = |p: &String| {
+                        p.split_once("(\"")
+                            .and_then(|(_, r)| r.strip_suffix("\")"))
+                            .unwrap_or(p)
+                            .to_string()
+                    };
+                    presented.iter().map(bare).collect::<Vec<_>>().join(", ")
                 }
             ),
             CertificateError::NotValidForName => format!(
