@@ -123,10 +123,12 @@ pub async fn connect(dsn: &Dsn, application_name: &str) -> Result<Client, Connec
             let cause = std::error::Error::source(&e)
                 .map(|s| s.to_string())
                 .unwrap_or_default();
-            let cause = if cause.is_empty() {
-                e.to_string()
-            } else {
-                format!("{e}: {cause}")
+            // A certificate that did not verify says which check failed (unknown CA,
+            // host name mismatch) rather than rustls's words.
+            let cause = match (dsn.config.tls().failure_text(&e), cause.is_empty()) {
+                (Some(tls), _) => tls,
+                (None, true) => e.to_string(),
+                (None, false) => format!("{e}: {cause}"),
             };
             ConnectError(
                 format!(

@@ -149,8 +149,10 @@ pub fn find_pg_dump(spec: &DumpSpec, server_major: u32) -> Result<PathBuf> {
 
 /// A libpq connection string for `config`, without the password (handed over in a
 /// private password file instead, [`PrivatePassFile`], so it never shows in `ps` nor
-/// in the child's environment).
-pub fn libpq_conninfo(config: &tokio_postgres::Config) -> (String, Option<String>) {
+/// in the child's environment). The TLS settings are the DSN's as pgmaint resolved
+/// them (`sslmode`, and `sslrootcert`, `sslcert`, `sslkey` as absolute paths), so
+/// pg_dump verifies the server exactly as pgmaint does.
+pub fn libpq_conninfo(config: &snapshot_runner::connection::Config) -> (String, Option<String>) {
     fn quote(v: &str) -> String {
         format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
     }
@@ -178,12 +180,15 @@ pub fn libpq_conninfo(config: &tokio_postgres::Config) -> (String, Option<String
     if let Some(d) = config.get_dbname() {
         parts.push(format!("dbname={}", quote(d)));
     }
-    let sslmode = match config.get_ssl_mode() {
-        tokio_postgres::config::SslMode::Disable => "disable",
-        tokio_postgres::config::SslMode::Require => "require",
-        _ => "prefer",
-    };
-    parts.push(format!("sslmode={sslmode}"));
+    let tls = config.tls().options();
+    parts.push(format!("sslmode={}", tls.mode.as_str()));
+    if let Some(root) = &tls.root_cert {
+        parts.push(format!("sslrootcert={}", quote(&root.to_string())));
+    }
+    if let Some((cert, key)) = &tls.client_cert {
+        parts.push(format!("sslcert={}", quote(&cert.display().to_string())));
+        parts.push(format!("sslkey={}", quote(&key.display().to_string())));
+    }
     if let Some(t) = config.get_connect_timeout() {
         parts.push(format!("connect_timeout={}", t.as_secs().max(1)));
     }
@@ -200,7 +205,7 @@ pub fn libpq_conninfo(config: &tokio_postgres::Config) -> (String, Option<String
 /// sessions it left, found by `application_name`).
 pub async fn run_pg_dump(
     pg_dump: &Path,
-    replica: &tokio_postgres::Config,
+    replica: &snapshot_runner::connection::Config,
     spec: &DumpSpec,
     application_name: &str,
     lock_timeout: Duration,
@@ -450,15 +455,16 @@ mod tests {
             "host=db1 port=5433 user=o'neil dbname='my db' password=s3cret sslmode=require"
                 .parse()
                 .unwrap();
-        let (info, password) = libpq_conninfo(&c);
+        let (info, password) = libpq_conninfo(&c.into());
         assert_eq!(
             info,
             r"host='db1' port='5433' user='o\'neil' dbname='my db' sslmode=require"
         );
         assert_eq!(password.as_deref(), Some("s3cret"));
-        let c: tokio_postgres::Config = "hostaddr=10.0.0.5 port=5433 user=u dbname=d"
-            .parse()
-            .unwrap();
+        let c: snapshot_runner::connection::Config = "hostaddr=10.0.0.5 port=5433 user=u dbname=d"
+            .parse::<tokio_postgres::Config>()
+            .unwrap()
+            .into();
         assert!(
             libpq_conninfo(&c).0.contains("hostaddr='10.0.0.5'"),
             "{}",

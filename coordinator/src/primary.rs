@@ -75,7 +75,7 @@ pub fn hosts(dsn: &Dsn) -> Vec<Dsn> {
                 config.keepalives_retries(v);
             }
             Dsn {
-                config,
+                config: c.with_pg(config),
                 field: dsn.field.clone(),
             }
         })

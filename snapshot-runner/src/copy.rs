@@ -185,7 +185,7 @@ pub(crate) enum CopyEnd {
 /// CSV line of the result (the first one is the header), so rows are counted by message.
 pub(crate) async fn copy_to_file(
     client: &Transaction<'_>,
-    cancel_token: &tokio_postgres::CancelToken,
+    cancel_token: &crate::connection::CancelToken,
     copy_sql: &str,
     file: &mut RawFile,
     counters: &Arc<Counters>,

@@ -26,7 +26,8 @@
 //! ```no_run
 //! # async fn example() -> Result<(), snapshot_runner::ScanError> {
 //! use snapshot_runner::{ScanContext, TaskSpec, RowChecksumSpec};
-//! let replica: tokio_postgres::Config = "host=127.0.0.1 port=55433 user=postgres dbname=app".parse()?;
+//! // A DSN with its TLS settings (`sslmode`; certificate files: `connection::tls`).
+//! let replica: snapshot_runner::connection::Config = "host=127.0.0.1 port=55433 user=postgres dbname=app".parse()?;
 //! let ctx = ScanContext::new(replica, "/var/lib/pgmaint/results/42".into(), 42);
 //! let spec = TaskSpec::RowChecksum(RowChecksumSpec {
 //!     table: "public.blobs".into(), key: "id".into(), content: "payload".into(),

@@ -15,7 +15,7 @@ use crate::ScanError;
 #[derive(Clone)]
 pub struct ScanContext {
     /// The replica (paused while tasks run).
-    pub replica: tokio_postgres::Config,
+    pub replica: crate::connection::Config,
     /// `results.dir/<run-id>`: data files go here.
     pub run_dir: PathBuf,
     /// The run id, used to name scan sessions.
@@ -36,7 +36,7 @@ pub struct ScanContext {
 
 impl ScanContext {
     /// A context with defaults: 5 s lock time-out, 2000-row batches.
-    pub fn new(replica: tokio_postgres::Config, run_dir: PathBuf, run_id: i64) -> Self {
+    pub fn new(replica: crate::connection::Config, run_dir: PathBuf, run_id: i64) -> Self {
         ScanContext {
             replica,
             run_dir,
@@ -75,9 +75,11 @@ impl ScanContext {
 
     /// A scan session ([`ScanContext::connect`]) and the token that cancels the
     /// statement it runs.
-    pub(crate) async fn session(&self) -> Result<(Client, tokio_postgres::CancelToken), ScanError> {
+    pub(crate) async fn session(
+        &self,
+    ) -> Result<(Client, crate::connection::CancelToken), ScanError> {
         let client = self.connect().await?;
-        let cancel_token = client.cancel_token();
+        let cancel_token = self.replica.cancel_token(&client);
         Ok((client, cancel_token))
     }
 }
@@ -93,7 +95,7 @@ pub fn scan_application_name(run_id: i64) -> String {
 pub(crate) async fn or_cancelled<T>(
     work: impl std::future::Future<Output = T>,
     stop: &CancellationToken,
-    cancel_token: &tokio_postgres::CancelToken,
+    cancel_token: &crate::connection::CancelToken,
 ) -> Result<T, ScanError> {
     tokio::select! {
         done = work => Ok(done),

@@ -27,7 +27,8 @@
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), uploader::UploadError> {
-//! let primary: tokio_postgres::Config = "host=127.0.0.1 port=55432 user=postgres dbname=app".parse()?;
+//! // A DSN with its TLS settings (`sslmode`; certificate files: `connection::tls`).
+//! let primary: snapshot_runner::connection::Config = "host=127.0.0.1 port=55432 user=postgres dbname=app".parse()?;
 //! let worker = uploader::Worker::new(primary, "/var/lib/pgmaint/results".into());
 //! let stats = worker.drain().await?;
 //! println!("{} applied, {} failed", stats.completed, stats.failed);

@@ -37,12 +37,9 @@ impl Listener {
     pub async fn run(self, stop: CancellationToken) {
         let mut backoff = Backoff::new(self.reconnect_max);
         loop {
-            let mut config = self.primary.config("listen");
-            if config.get_connect_timeout().is_none() {
-                config.connect_timeout(Duration::from_secs(10));
-            }
+            let config = self.primary.config("listen");
             let connected = tokio::select! {
-                c = config.connect(snapshot_runner::connection::tls::connector()) => c,
+                c = snapshot_runner::connection::connect_raw(&config) => c,
                 _ = stop.cancelled() => return,
             };
             match connected {

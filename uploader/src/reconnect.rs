@@ -14,18 +14,24 @@ use crate::UploadError;
 /// `pgmaint-uploader-<role>`: operators (and the tests) tell them apart in
 /// `pg_stat_activity`.
 #[derive(Clone)]
-pub(crate) struct Primary(tokio_postgres::Config);
+pub(crate) struct Primary(snapshot_runner::connection::Config);
 
 impl Primary {
-    pub(crate) fn new(config: tokio_postgres::Config) -> Self {
+    pub(crate) fn new(config: snapshot_runner::connection::Config) -> Self {
         Primary(config)
     }
 
     /// The connection settings of a session in `role`.
-    pub(crate) fn config(&self, role: &str) -> tokio_postgres::Config {
+    pub(crate) fn config(&self, role: &str) -> snapshot_runner::connection::Config {
         let mut config = self.0.clone();
         config.application_name(format!("pgmaint-uploader-{role}"));
         config
+    }
+
+    /// The token that cancels the statement running on `client`, a session of this
+    /// primary (with its TLS settings).
+    pub(crate) fn cancel_token(&self, client: &Client) -> snapshot_runner::connection::CancelToken {
+        self.0.cancel_token(client)
     }
 
     /// A session in `role` (with the keepalives and time-outs of every pgmaint session).

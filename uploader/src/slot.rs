@@ -378,7 +378,7 @@ impl Slot {
             self.settings.lease,
             self.settings.shutdown_grace,
         );
-        let cancel = c.apply.cancel_token();
+        let cancel = self.settings.primary.cancel_token(&c.apply);
         let side = &c.side;
         let heartbeat_stmt = &c.side_stmts.heartbeat;
         let apply = self.apply(&mut c.apply, &c.apply_stmts.complete, task);

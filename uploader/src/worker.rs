@@ -52,7 +52,7 @@ pub struct Worker {
 
 impl Worker {
     /// A worker for the primary at `primary`, reading files under `results_dir`.
-    pub fn new(primary: tokio_postgres::Config, results_dir: PathBuf) -> Self {
+    pub fn new(primary: snapshot_runner::connection::Config, results_dir: PathBuf) -> Self {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "localhost".into());

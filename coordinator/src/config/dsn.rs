@@ -10,7 +10,7 @@ use crate::UsageError;
 #[derive(Debug, Clone)]
 pub struct Dsn {
     /// Parsed libpq string or URL.
-    pub config: tokio_postgres::Config,
+    pub config: snapshot_runner::connection::Config,
     /// `primary.dsn`, `replicas[0].dsn`, or the environment variable.
     pub field: String,
 }

@@ -441,10 +441,13 @@ every = "24h"
         );
         assert!(err(&GOOD.replace("port=55432", "port=notaport"))
             .starts_with("primary.dsn: invalid connection string"));
-        assert!(
-            err(&GOOD.replace("dbname=app\"", "dbname=app sslmode=verify-full\""))
-                .starts_with("primary.dsn: sslmode=verify-full is not supported yet")
-        );
+        assert!(err(&GOOD.replace(
+            "dbname=app\"",
+            "dbname=app sslmode=verify-full sslrootcert=/nonexistent\""
+        ))
+        .starts_with(
+            "primary.dsn: sslrootcert: root certificate file \"/nonexistent\" does not exist"
+        ));
         for e in [err("garbage = ["), err(&GOOD.replace("kind", "knd"))] {
             assert!(!e.contains('\n'), "one line: {e}");
         }

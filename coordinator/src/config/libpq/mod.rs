@@ -19,6 +19,9 @@
 
 use std::path::{Path, PathBuf};
 
+use snapshot_runner::connection::tls::{RootCert, SslMode, TlsOptions, TlsSettings};
+use snapshot_runner::connection::Config;
+
 use crate::conninfo;
 
 pub mod pgpass;
@@ -34,6 +37,9 @@ pub const ENV: &[(&str, &str)] = &[
     ("PGUSER", "user"),
     ("PGPASSWORD", "password"),
     ("PGSSLMODE", "sslmode"),
+    ("PGSSLROOTCERT", "sslrootcert"),
+    ("PGSSLCERT", "sslcert"),
+    ("PGSSLKEY", "sslkey"),
     ("PGAPPNAME", "application_name"),
     ("PGCONNECT_TIMEOUT", "connect_timeout"),
     ("PGOPTIONS", "options"),
@@ -136,10 +142,11 @@ fn fill(entries: &mut Vec<Entry>, key: &str, value: String, origin: Origin) {
     }
 }
 
-/// Resolve DSN `text` with libpq's conventions into a config for tokio-postgres.
-/// `Err` is one line (without the field name) naming the keyword at fault.
-pub fn resolve(text: &str, env: &Env) -> Result<tokio_postgres::Config, String> {
-    let mut entries: Vec<Entry> = dsn_pairs(text)?
+/// Resolve DSN `text` with libpq's conventions into a connection config (the
+/// tokio-postgres config and the TLS settings). `Err` is one line (without the field
+/// name) naming the keyword at fault.
+pub fn resolve(text: &str, env: &Env) -> Result<Config, String> {
+    let mut entries: Vec<Entry> = last_of_each(dsn_pairs(text)?)
         .into_iter()
         .map(|(key, value)| Entry {
             key,
@@ -183,8 +190,147 @@ pub fn resolve(text: &str, env: &Env) -> Result<tokio_postgres::Config, String> 
             }
         }
     }
-    refuse_unverified_tls(&entries)?;
-    build(&entries)
+    let tls = tls_settings(&mut entries, env)?;
+    Ok(Config::new(build(&entries)?, tls))
+}
+
+/// libpq takes the last value of a keyword given twice: never a list of them.
+fn last_of_each(pairs: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(pairs.len());
+    for (key, value) in pairs {
+        out.retain(|(k, _)| *k != key);
+        out.push((key, value));
+    }
+    out
+}
+
+/// " (from PGSSLMODE)" and the like: where `e` came from, unless the DSN itself.
+fn from(e: &Entry) -> String {
+    match e.origin {
+        Origin::Dsn => String::new(),
+        ref o => format!(" ({o})"),
+    }
+}
+
+/// The TLS settings of `entries`, with libpq's defaults (`~/.postgresql/root.crt`,
+/// `postgresql.crt`, `postgresql.key`); the TLS keywords are taken out of `entries`
+/// (tokio-postgres's own `sslmode` is set from them by [`Config::new`]).
+fn tls_settings(entries: &mut Vec<Entry>, env: &Env) -> Result<TlsSettings, String> {
+    if let Some(e) = take(entries, "sslpassword").filter(|e| !e.value.is_empty()) {
+        return Err(format!(
+            "sslpassword{}: encrypted client keys are not supported; decrypt the key \
+             (`openssl pkey -in KEY -out KEY.plain`) and drop sslpassword",
+            from(&e)
+        ));
+    }
+    let mode_entry = take(entries, "sslmode");
+    let root = take(entries, "sslrootcert");
+    let cert = take(entries, "sslcert");
+    let key = take(entries, "sslkey");
+    let system = root.as_ref().is_some_and(|r| r.value == "system");
+    let mode = match &mode_entry {
+        Some(e) => SslMode::parse(&e.value).ok_or_else(|| {
+            format!(
+                "sslmode{}: invalid value {:?} (disable, allow, prefer, require, verify-ca or verify-full)",
+                from(e),
+                e.value
+            )
+        })?,
+        // libpq 16: sslrootcert=system makes verify-full the default.
+        None if system => SslMode::VerifyFull,
+        None => SslMode::Prefer,
+    };
+    let mode_from = mode_entry.as_ref().map(from).unwrap_or_default();
+    if let (true, Some(r)) = (system && mode != SslMode::VerifyFull, &root) {
+        return Err(format!(
+            "sslmode{mode_from}: weak sslmode {:?} may not be used with sslrootcert=system{} (use \"verify-full\")",
+            mode.as_str(),
+            from(r)
+        ));
+    }
+    if mode == SslMode::VerifyFull && get(entries, "host").is_none() {
+        return Err(format!(
+            "sslmode=verify-full{mode_from} needs `host`: the name the server's certificate is checked against \
+             (hostaddr alone gives none)"
+        ));
+    }
+    let default_file = |name: &str| env.home.as_ref().map(|h| h.join(".postgresql").join(name));
+    let absolute = |v: &str| std::path::absolute(v).unwrap_or_else(|_| PathBuf::from(v));
+    let mut options = TlsOptions {
+        mode,
+        ..Default::default()
+    };
+    if mode != SslMode::Disable {
+        options.root_cert = match &root {
+            Some(_) if system => Some(RootCert::System),
+            Some(r) => {
+                let path = absolute(&r.value);
+                match (path.exists(), mode.verifies()) {
+                    (true, _) => Some(RootCert::File(path)),
+                    (false, true) => {
+                        return Err(format!(
+                            "sslrootcert{}: root certificate file {:?} does not exist (sslmode={} verifies the \
+                             server's certificate against it; or sslrootcert=system for the system's trusted roots)",
+                            from(r),
+                            path.display().to_string(),
+                            mode.as_str()
+                        ))
+                    }
+                    // libpq: without the file, no verification (but for verify-*).
+                    (false, false) => None,
+                }
+            }
+            None => match default_file("root.crt") {
+                Some(p) if p.exists() => Some(RootCert::File(p)),
+                p if mode.verifies() => {
+                    return Err(format!(
+                        "sslrootcert: root certificate file {} does not exist (libpq's default; sslmode={} \
+                         verifies the server's certificate against it: give sslrootcert, or sslrootcert=system \
+                         for the system's trusted roots)",
+                        p.map(|p| format!("{:?}", p.display().to_string()))
+                            .unwrap_or_else(|| "~/.postgresql/root.crt (no home directory)".into()),
+                        mode.as_str()
+                    ))
+                }
+                _ => None,
+            },
+        };
+        let cert_path = match &cert {
+            Some(c) => {
+                let path = absolute(&c.value);
+                if !path.exists() {
+                    return Err(format!(
+                        "sslcert{}: certificate file {:?} does not exist",
+                        from(c),
+                        path.display().to_string()
+                    ));
+                }
+                Some(path)
+            }
+            None => default_file("postgresql.crt").filter(|p| p.exists()),
+        };
+        if let Some(cert_path) = cert_path {
+            let key_path = match &key {
+                Some(k) => absolute(&k.value),
+                None => default_file("postgresql.key").ok_or_else(|| {
+                    "sslkey: certificate present, but no private key file (no home directory for the default \
+                     ~/.postgresql/postgresql.key)"
+                        .to_string()
+                })?,
+            };
+            options.client_cert = Some((cert_path, key_path));
+        }
+    }
+    let tls = TlsSettings::new(options).map_err(|e| {
+        let origin = [&mode_entry, &root, &cert, &key]
+            .into_iter()
+            .flatten()
+            .find(|x| x.key == e.key)
+            .map(from)
+            .unwrap_or_default();
+        format!("{}{origin}: {}", e.key, e.text)
+    })?;
+    Ok(tls)
 }
 
 /// Take `key` out of `entries` (every occurrence; the last one counts, as in libpq).
@@ -278,23 +424,6 @@ fn password_from_file(file: &Path, entries: &[Entry]) -> Result<Option<String>, 
     }
 }
 
-/// `verify-ca` and `verify-full` would need certificate checks pgmaint does not do yet.
-fn refuse_unverified_tls(entries: &[Entry]) -> Result<(), String> {
-    match get(entries, "sslmode") {
-        Some(e) if e.value == "verify-ca" || e.value == "verify-full" => {
-            let from = match e.origin {
-                Origin::Dsn => String::new(),
-                ref o => format!(" ({o})"),
-            };
-            Err(format!(
-                "sslmode={}{from} is not supported yet (sslmode=require encrypts without verifying the certificate)",
-                e.value
-            ))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// The tokio-postgres config of `entries`; an error names the keyword at fault and
 /// where its value came from.
 fn build(entries: &[Entry]) -> Result<tokio_postgres::Config, String> {
@@ -338,8 +467,8 @@ fn dsn_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
         .parse()
         .map_err(|e| format!("invalid connection string: {}", cause(&e)))?;
     let mut pairs = Vec::new();
-    let (hosts, ports) = crate::db::hosts_and_ports(&url);
-    for (key, v) in [("host", hosts.join(",")), ("port", ports.join(","))] {
+    let (hosts, _) = crate::db::hosts_and_ports(&url);
+    for (key, v) in [("host", hosts.join(",")), ("port", url_ports(base))] {
         if !v.is_empty() {
             pairs.push((key.to_string(), v));
         }
@@ -363,6 +492,30 @@ fn dsn_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
         pairs.push((percent_decode(k)?, percent_decode(v)?));
     }
     Ok(pairs)
+}
+
+/// The ports of a URL's hosts as libpq stores them: one per host, empty for a host
+/// without one, and nothing at all for one host without a port (so that `PGPORT`
+/// applies; tokio-postgres's URL parser would say 5432).
+fn url_ports(base: &str) -> String {
+    let rest = base.split_once("://").map(|(_, r)| r).unwrap_or(base);
+    let authority = rest.split('/').next().unwrap_or("");
+    let hosts = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
+    let ports: Vec<&str> = hosts
+        .split(',')
+        .map(|h| {
+            // `[v6]:port` or `host:port`.
+            let after = match h.strip_prefix('[') {
+                Some(v6) => v6.split_once(']').map(|(_, a)| a).unwrap_or(""),
+                None => h,
+            };
+            after.split_once(':').map(|(_, p)| p).unwrap_or("")
+        })
+        .collect();
+    ports.join(",")
 }
 
 /// `%XX` escapes of a URL component, decoded.

@@ -4,6 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use tokio_postgres::config::{Host, SslMode};
 
 use super::*;
+use snapshot_runner::connection::tls;
 
 /// Variables of the environment.
 type Vars<'a> = &'a [(&'a str, &'a str)];
@@ -31,11 +32,7 @@ impl Drop for Scratch {
     }
 }
 
-fn resolve_with(
-    dsn: &str,
-    vars: &[(&str, &str)],
-    home: Option<&Path>,
-) -> Result<tokio_postgres::Config, String> {
+fn resolve_with(dsn: &str, vars: &[(&str, &str)], home: Option<&Path>) -> Result<Config, String> {
     let vars: HashMap<String, String> = vars
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -228,9 +225,9 @@ fn a_password_file_others_may_read_is_ignored() {
 fn errors_name_the_keyword_and_where_its_value_came_from() {
     let cases: &[(&str, Vars, &str)] = &[
         (
-            "host=h sslrootcert=x",
+            "host=h sslcrl=x",
             &[],
-            "invalid connection string: unknown option `sslrootcert` (in the DSN)",
+            "invalid connection string: unknown option `sslcrl` (in the DSN)",
         ),
         (
             "host=h port=x",
@@ -245,12 +242,37 @@ fn errors_name_the_keyword_and_where_its_value_came_from() {
         (
             "host=h",
             &[("PGSSLMODE", "verify-full")],
-            "sslmode=verify-full (from PGSSLMODE) is not supported yet",
+            "sslrootcert: root certificate file ~/.postgresql/root.crt (no home directory) does not exist",
         ),
         (
-            "host=h sslmode=verify-ca",
+            "host=h sslmode=verify-ca sslrootcert=/nonexistent/ca.crt",
             &[],
-            "sslmode=verify-ca is not supported yet",
+            "sslrootcert: root certificate file \"/nonexistent/ca.crt\" does not exist",
+        ),
+        (
+            "host=h",
+            &[("PGSSLMODE", "verify_full")],
+            "sslmode (from PGSSLMODE): invalid value \"verify_full\"",
+        ),
+        (
+            "host=h sslmode=require sslrootcert=system",
+            &[],
+            "sslmode: weak sslmode \"require\" may not be used with sslrootcert=system",
+        ),
+        (
+            "hostaddr=127.0.0.1 sslmode=verify-full sslrootcert=system",
+            &[],
+            "sslmode=verify-full needs `host`",
+        ),
+        (
+            "host=h sslcert=/nonexistent/c.crt",
+            &[("PGSSLKEY", "/nonexistent/c.key")],
+            "sslcert: certificate file \"/nonexistent/c.crt\" does not exist",
+        ),
+        (
+            "host=h sslpassword=x",
+            &[],
+            "sslpassword: encrypted client keys are not supported",
         ),
         (
             "host",
@@ -293,4 +315,200 @@ fn urls_decode_their_parameters() {
     .unwrap();
     assert_eq!(c.get_application_name(), Some("a b"));
     assert!(resolve_with("postgres://h/app?application_name=%zz", &[], None).is_err());
+}
+
+#[test]
+fn a_url_without_a_port_takes_pgport_as_libpq_does() {
+    let env = [("PGPORT", "6001")];
+    let c = resolve_with("postgres://u@h/app", &env, None).unwrap();
+    assert_eq!(c.get_ports(), [6001], "single host, no port: PGPORT");
+    let c = resolve_with("postgresql://h:6002/app", &env, None).unwrap();
+    assert_eq!(c.get_ports(), [6002], "the URL's port wins");
+    let c = resolve_with("postgresql://[::1]/app", &env, None).unwrap();
+    assert_eq!(c.get_ports(), [6001], "an IPv6 host without a port");
+    let c = resolve_with("postgresql://[::1]:6003/app", &env, None).unwrap();
+    assert_eq!(c.get_ports(), [6003]);
+    // libpq: a host list gives one port per host, an empty one meaning 5432.
+    let c = resolve_with("postgresql://h1,h2:6004/app", &env, None).unwrap();
+    assert_eq!(c.get_ports(), [5432, 6004]);
+    let c = resolve_with("postgresql:///app?host=/tmp", &env, None).unwrap();
+    assert_eq!(c.get_ports(), [6001], "no authority at all");
+}
+
+#[test]
+fn a_key_given_twice_takes_its_last_value_as_libpq_does() {
+    let c = resolve_with("host=a host=b port=1 port=2 dbname=x dbname=y", &[], None).unwrap();
+    assert_eq!(tcp_hosts(&c), ["b"], "never a host list");
+    assert_eq!(c.get_ports(), [2]);
+    assert_eq!(c.get_dbname(), Some("y"));
+    let c = resolve_with(
+        "postgresql://u@h/app?application_name=a&application_name=b",
+        &[],
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.get_application_name(), Some("b"));
+}
+
+/// A throwaway CA and a client certificate signed by it, made with the openssl CLI.
+fn ca_and_client_cert(s: &Scratch) {
+    let run = |args: &[&str]| {
+        let ok = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&s.0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=someone",
+        "-keyout",
+        "c.key",
+        "-out",
+        "c.csr",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "c.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        "v1.crt",
+    ]);
+    // rustls takes X.509 v3 only: extensions make one.
+    std::fs::write(s.0.join("ext.cnf"), "basicConstraints=CA:FALSE\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "c.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "c.crt",
+    ]);
+}
+
+#[test]
+fn tls_settings_follow_libpq_defaults_and_rules() {
+    use snapshot_runner::connection::tls::Verification;
+    let s = Scratch::new("tls");
+    ca_and_client_cert(&s);
+    let home = s.0.join("home");
+    std::fs::create_dir_all(home.join(".postgresql")).unwrap();
+    let ca = s.0.join("ca.crt").display().to_string();
+
+    // sslrootcert=system without sslmode: verify-full (libpq 16).
+    let c = resolve_with("host=h sslrootcert=system", &[], Some(&home)).unwrap();
+    assert_eq!(c.tls().options().mode, tls::SslMode::VerifyFull);
+    assert_eq!(c.tls().verification(), Verification::ChainAndName);
+    assert_eq!(c.get_ssl_mode(), SslMode::Require);
+
+    // require without a root file: encrypt only; with ~/.postgresql/root.crt: verify-ca.
+    let c = resolve_with("host=h sslmode=require", &[], Some(&home)).unwrap();
+    assert_eq!(c.tls().verification(), Verification::None);
+    std::fs::copy(&ca, home.join(".postgresql/root.crt")).unwrap();
+    let c = resolve_with("host=h sslmode=require", &[], Some(&home)).unwrap();
+    assert_eq!(c.tls().verification(), Verification::Chain);
+    let c = resolve_with("host=h sslmode=verify-full", &[], Some(&home)).unwrap();
+    assert_eq!(
+        c.tls().options().root_cert,
+        Some(tls::RootCert::File(home.join(".postgresql/root.crt")))
+    );
+    // From the environment.
+    let env = [("PGSSLMODE", "verify-ca"), ("PGSSLROOTCERT", ca.as_str())];
+    let c = resolve_with("host=h", &env, None).unwrap();
+    assert_eq!(c.tls().verification(), Verification::Chain);
+
+    // A client certificate by keyword, then by libpq's default names.
+    let (cert, key) = (s.0.join("c.crt"), s.0.join("c.key"));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let dsn = format!("host=h sslcert={} sslkey={}", cert.display(), key.display());
+    let c = resolve_with(&dsn, &[], None).unwrap();
+    assert_eq!(
+        c.tls().options().client_cert,
+        Some((cert.clone(), key.clone()))
+    );
+    let c = resolve_with("host=h", &[], Some(&home)).unwrap();
+    assert_eq!(c.tls().options().client_cert, None, "no default files");
+    std::fs::copy(&cert, home.join(".postgresql/postgresql.crt")).unwrap();
+    std::fs::copy(&key, home.join(".postgresql/postgresql.key")).unwrap();
+    let c = resolve_with("host=h", &[], Some(&home)).unwrap();
+    assert_eq!(
+        c.tls().options().client_cert,
+        Some((
+            home.join(".postgresql/postgresql.crt"),
+            home.join(".postgresql/postgresql.key")
+        ))
+    );
+    // sslmode=disable reads no file at all.
+    let c = resolve_with("host=h sslmode=disable", &[], Some(&home)).unwrap();
+    assert_eq!(c.tls().options().client_cert, None);
+
+    // A key others may read is refused, naming sslkey and the file.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = resolve_with(&dsn, &[], None).unwrap_err();
+    assert!(
+        e.starts_with(&format!(
+            "sslkey: private key file {:?} has group or world access",
+            key.display().to_string()
+        )),
+        "{e}"
+    );
+    // A v1 client certificate: refused, naming sslcert.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let v1 = s.0.join("v1.crt").display().to_string();
+    let e = resolve_with(
+        &format!("host=h sslcert={v1} sslkey={}", key.display()),
+        &[],
+        None,
+    )
+    .unwrap_err();
+    assert!(e.starts_with("sslcert: certificate file"), "{e}");
+    // A root file that holds no certificate.
+    let bad = s.file("bad.crt", "not a certificate\n", 0o644);
+    let e = resolve_with(
+        &format!("host=h sslmode=verify-ca sslrootcert={bad}"),
+        &[],
+        None,
+    )
+    .unwrap_err();
+    assert!(e.starts_with("sslrootcert: root certificate file"), "{e}");
 }
