@@ -78,11 +78,13 @@ async fn refused_without(
     c.wait_caught_up(1).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_recipe_runs_everything_as_pgmaint_and_each_missing_grant_is_named() {
-    let (c, p) = blobs_cluster("privileges", 100).await;
-    // One corrupt checksum to find; the recipe's example targets, owned by the
-    // superuser as an application's tables would be.
+/// A cluster with `replicas` replicas, `public.blobs` (100 rows, one corrupt
+/// checksum) and the recipe's example targets, owned by the superuser as an
+/// application's tables would be; then the recipe applied.
+async fn recipe_cluster(name: &str, replicas: usize) -> (Cluster, tokio_postgres::Client) {
+    let c = Cluster::up(name, replicas);
+    let p = c.primary().await;
+    seed_blobs(&p, BLOBS, "bigint", "g", 100).await;
     p.batch_execute(
         "UPDATE public.blobs SET payload_md5 = 'bad' WHERE id = 7;
          CREATE TABLE public.blob_sums (id bigint PRIMARY KEY, payload_md5 text);
@@ -95,6 +97,12 @@ async fn the_recipe_runs_everything_as_pgmaint_and_each_missing_grant_is_named()
     p.batch_execute(&recipe).await.unwrap();
     // Applying it twice is harmless (the role exists already).
     p.batch_execute(&recipe).await.unwrap();
+    (c, p)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_recipe_runs_everything_as_pgmaint_and_each_missing_grant_is_named() {
+    let (c, p) = recipe_cluster("privileges", 1).await;
     let superuser: bool = scalar(
         &p,
         "SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls
@@ -264,6 +272,45 @@ async fn the_recipe_runs_everything_as_pgmaint_and_each_missing_grant_is_named()
     p.batch_execute("ALTER ROLE pgmaint CONNECTION LIMIT -1")
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pool_says_which_grant_is_missing_not_that_replicas_do_not_stream() {
+    let (c, p) = recipe_cluster("privileges-pool", 2).await;
+    let config = pgmaint_config(&c);
+    c.init_ready(&config).await;
+    c.wait_caught_up(2).await;
+    p.batch_execute("REVOKE pg_monitor FROM pgmaint")
+        .await
+        .unwrap();
+    c.wait_caught_up(1).await;
+    c.wait_caught_up(2).await;
+
+    // Two replicas: the pool chooses, and says why it chose none.
+    let run = c.run(&config, &["run", "--task", "blobs"]);
+    let line = run.error_line().unwrap_or_else(|| panic!("{}", run.stderr));
+    assert!(line.contains("no replica can be paused now"), "{line}");
+    for r in ["r1", "r2"] {
+        assert!(
+            line.contains(&format!(
+                "{r}: role pgmaint lacks: GRANT pg_monitor TO pgmaint"
+            )),
+            "{r}: {line}"
+        );
+    }
+    assert!(!line.contains("not streaming"), "{line}");
+    assert_ne!(run.code, 0);
+    assert_eq!(c.pause_state(1).await, "not paused");
+    assert_eq!(c.pause_state(2).await, "not paused");
+
+    // Given back, the pool pauses one of them.
+    p.batch_execute("GRANT pg_monitor TO pgmaint")
+        .await
+        .unwrap();
+    c.wait_caught_up(1).await;
+    c.wait_caught_up(2).await;
+    let s = run_ok(&c, &config, &["--task", "blobs"]);
+    assert_eq!(s["state"], "succeeded", "{s:#}");
 }
 
 /// The README shows the recipe verbatim.
