@@ -348,6 +348,10 @@ impl<'a> Cycle<'a> {
         let replica = ReplicaControl::connect(replica_cfg)
             .await
             .map_err(db::ConnectError::at_start)?;
+        // A role that may not pause, resume or watch replay is refused before anything
+        // is recorded, naming the grant (never "not streaming": a hidden WAL receiver
+        // status is a missing privilege).
+        crate::privileges::refuse_missing_on_replica(replica.client(), &replica_cfg.name).await?;
         // A run that died may have left this replica paused: resume it before anything
         // else (recover_expired logs what it did; it resumes only a pause it can prove
         // was that run's, so it is safe even on a replica that turns out not to belong).
@@ -743,7 +747,15 @@ impl<'a> Cycle<'a> {
         }
         self.check_room(tasks, &prepared).await?;
         // A target the uploader cannot apply into must not cost a pause either.
-        if let Err((task, why)) = crate::targets::refuse_unusable(&self.primary, tasks).await? {
+        let targets: Vec<crate::targets::TaskTarget> = tasks
+            .iter()
+            .zip(&prepared)
+            .filter_map(|(t, (p, _))| {
+                crate::targets::TaskTarget::of(t)
+                    .map(|target| target.with_columns(p.result_columns()))
+            })
+            .collect();
+        if let Err((task, why)) = crate::targets::refuse_unusable(&self.primary, &targets).await? {
             return Err(anyhow!(TaskRefused {
                 task,
                 source: UsageError(why),

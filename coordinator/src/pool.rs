@@ -193,6 +193,19 @@ pub async fn look(
                 if let Err(e) = ctl.check_belongs_to(primary, &cfg.primary).await {
                     view.unusable = Some(crate::error_text::OneLine::one_line(&e));
                 }
+                // Without pg_read_all_stats its WAL receiver's status is hidden: say
+                // which grant is missing, not "not streaming".
+                match crate::privileges::on_replica(ctl.client()).await {
+                    Ok(m) => {
+                        if let Some(why) = m.describe() {
+                            view.unusable.get_or_insert(why);
+                        }
+                    }
+                    Err(e) => {
+                        view.unusable
+                            .get_or_insert(crate::error_text::OneLine::one_line(&e));
+                    }
+                }
                 match ctl.state().await {
                     Ok(st) => {
                         view.in_recovery = st.in_recovery;

@@ -61,6 +61,36 @@ pub async fn on_replica(replica: &Client) -> Result<Missing> {
     Ok(Missing { role, grants })
 }
 
+/// Before a pause: refuse (a usage error, exit code 2: the DSN's role) a replica on
+/// which pgmaint's role lacks a grant the cycle needs, naming each missing grant.
+/// Without `pg_read_all_stats`, `pg_stat_wal_receiver` shows a NULL status, which
+/// would otherwise read as "not streaming".
+pub async fn refuse_missing_on_replica(replica: &Client, name: &str) -> Result<()> {
+    let missing = on_replica(replica)
+        .await
+        .with_context(|| format!("replica {name}"))?;
+    match missing.describe() {
+        None => Ok(()),
+        Some(why) => Err(anyhow::anyhow!(crate::errors::UsageError(format!(
+            "replica {name}: {why} (nothing paused)"
+        )))),
+    }
+}
+
+impl Missing {
+    /// `role R lacks: GRANT …; GRANT …`, or `None` when nothing is missing.
+    pub fn describe(&self) -> Option<String> {
+        if self.grants.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "role {} lacks: {}",
+            display_ident(&self.role),
+            self.grants.join("; ")
+        ))
+    }
+}
+
 /// On the primary: USAGE on pgmaint's schema, reading and writing its tables and
 /// sequences, and the rights to read `pg_stat_replication.sync_state`.
 pub async fn on_primary(primary: &Client) -> Result<Missing> {

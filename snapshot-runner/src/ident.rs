@@ -66,7 +66,181 @@ impl std::fmt::Display for QualifiedName {
     }
 }
 
-/// An identifier as a user would type it: bare when it is plain lower case, else quoted.
+/// The keywords that PostgreSQL's `quote_ident()` quotes: every keyword that is not
+/// unreserved (`SELECT word FROM pg_get_keywords() WHERE catcode <> 'U'` on PostgreSQL
+/// 15), plus those later majors added (16: `system_user`, the `json_*` constructors;
+/// 17: `json`, `json_exists`, `json_query`, `json_table`, `json_value`, `merge_action`).
+/// Sorted, for a binary search.
+const NOT_UNRESERVED: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "between",
+    "bigint",
+    "binary",
+    "bit",
+    "boolean",
+    "both",
+    "case",
+    "cast",
+    "char",
+    "character",
+    "check",
+    "coalesce",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "dec",
+    "decimal",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "exists",
+    "extract",
+    "false",
+    "fetch",
+    "float",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "greatest",
+    "group",
+    "grouping",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "inout",
+    "int",
+    "integer",
+    "intersect",
+    "interval",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "json",
+    "json_array",
+    "json_arrayagg",
+    "json_exists",
+    "json_object",
+    "json_objectagg",
+    "json_query",
+    "json_scalar",
+    "json_serialize",
+    "json_table",
+    "json_value",
+    "lateral",
+    "leading",
+    "least",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "merge_action",
+    "national",
+    "natural",
+    "nchar",
+    "none",
+    "normalize",
+    "not",
+    "notnull",
+    "null",
+    "nullif",
+    "numeric",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "out",
+    "outer",
+    "overlaps",
+    "overlay",
+    "placing",
+    "position",
+    "precision",
+    "primary",
+    "real",
+    "references",
+    "returning",
+    "right",
+    "row",
+    "select",
+    "session_user",
+    "setof",
+    "similar",
+    "smallint",
+    "some",
+    "substring",
+    "symmetric",
+    "system_user",
+    "table",
+    "tablesample",
+    "then",
+    "time",
+    "timestamp",
+    "to",
+    "trailing",
+    "treat",
+    "trim",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "values",
+    "varchar",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+    "xmlattributes",
+    "xmlconcat",
+    "xmlelement",
+    "xmlexists",
+    "xmlforest",
+    "xmlnamespaces",
+    "xmlparse",
+    "xmlpi",
+    "xmlroot",
+    "xmlserialize",
+    "xmltable",
+];
+
+/// An identifier as a user would type it, and as `quote_ident()` writes it: bare when
+/// it is plain lower case and not a keyword that needs quoting, else quoted (so a
+/// `GRANT … TO "user"` or `ON SCHEMA "Sales"` suggested to the operator runs as is).
 pub fn display_ident(name: &str) -> String {
     let plain = name
         .chars()
@@ -74,7 +248,8 @@ pub fn display_ident(name: &str) -> String {
         .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && name
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && NOT_UNRESERVED.binary_search(&name).is_err();
     if plain {
         name.to_string()
     } else {
@@ -173,6 +348,35 @@ mod tests {
         let q = QualifiedName::parse("s.\"a.b\"\"c\"").unwrap();
         assert_eq!(q.name, "a.b\"c");
         assert_eq!(parse_ident("\"Payload MD5\"").unwrap(), "Payload MD5");
+    }
+
+    #[test]
+    fn displays_reserved_words_and_mixed_case_quoted() {
+        assert!(
+            NOT_UNRESERVED.windows(2).all(|w| w[0] < w[1]),
+            "sorted, for binary_search"
+        );
+        for (name, shown) in [
+            ("user", "\"user\""),
+            ("order", "\"order\""),
+            ("select", "\"select\""),
+            ("current_user", "\"current_user\""),
+            ("int", "\"int\""),
+            ("Maint", "\"Maint\""),
+            ("app maint", "\"app maint\""),
+            ("1st", "\"1st\""),
+            ("pgmaint", "pgmaint"),
+            // Unreserved keywords need no quotes, as quote_ident() says.
+            ("name", "name"),
+            ("data", "data"),
+        ] {
+            assert_eq!(display_ident(name), shown, "{name}");
+        }
+        let q = QualifiedName {
+            schema: "order".into(),
+            name: "Items".into(),
+        };
+        assert_eq!(q.to_string(), "\"order\".\"Items\"");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! failures are servers that could not be reached (a blip: try again). Bad config is
 //! exit 2 before any check, as for every command.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -92,9 +93,9 @@ pub async fn run(cfg: &Config, config_path: &Path, json: bool) -> Result<ExitCod
             replicas.push(control);
         }
     }
-    check_tasks(cfg, &replicas, &mut report).await;
+    let columns = check_tasks(cfg, &replicas, &mut report).await;
     if let Some((client, _)) = &primary {
-        check_targets(cfg, client, &mut report).await;
+        check_targets(cfg, client, &columns, &mut report).await;
     }
     check_dirs(cfg, &mut report);
     print(&report, json)
@@ -198,8 +199,14 @@ async fn check_replica(
 }
 
 /// Every task against the catalog of each replica it may run on (its pinned one, else
-/// any), as the cycle checks it before a pause; read-only.
-async fn check_tasks(cfg: &Config, replicas: &[ReplicaControl], report: &mut Report) {
+/// any), as the cycle checks it before a pause; read-only. The result columns of each
+/// materialize task that passed (what a merge writes).
+async fn check_tasks(
+    cfg: &Config,
+    replicas: &[ReplicaControl],
+    report: &mut Report,
+) -> HashMap<String, Vec<String>> {
+    let mut columns = HashMap::new();
     for t in &cfg.tasks {
         let on = replicas
             .iter()
@@ -211,21 +218,50 @@ async fn check_tasks(cfg: &Config, replicas: &[ReplicaControl], report: &mut Rep
                 0,
             );
             ctx.lock_timeout = cfg.scan.lock_timeout;
-            let outcome = match snapshot_runner::prepare(&t.name, &t.spec, &ctx).await {
-                Ok(p) => Ok(format!(
-                    "{} task checked against the replica's catalog",
-                    p.kind()
-                )),
-                Err(e) => Err(e.to_string()),
-            };
-            report.add(format!("task {} on {}", t.name, r.name()), outcome);
+            let name = format!("task {} on {}", t.name, r.name());
+            match snapshot_runner::prepare(&t.name, &t.spec, &ctx).await {
+                Ok(p) => {
+                    if let Some(c) = p.result_columns() {
+                        columns.insert(t.name.clone(), c.to_vec());
+                    }
+                    report.add(
+                        name,
+                        Ok(format!(
+                            "{} task checked against the replica's catalog",
+                            p.kind()
+                        )),
+                    )
+                }
+                // The replica went away (or takes no connection now) since it was
+                // checked: a blip, as when it cannot be reached at all.
+                Err(e) if lost(&e) => report.unreachable(name, e.to_string()),
+                Err(e) => report.add(name, Err(e.to_string())),
+            }
         }
+    }
+    columns
+}
+
+/// A task check that failed because the replica did not answer (see [`Reach`]).
+fn lost(e: &snapshot_runner::ScanError) -> bool {
+    match e {
+        snapshot_runner::ScanError::Db(d) => Reach::of(&d.cause) == Reach::NoAnswer,
+        _ => false,
     }
 }
 
-/// Every materialize target against the primary's catalog.
-async fn check_targets(cfg: &Config, primary: &Client, report: &mut Report) {
+/// Every materialize target against the primary's catalog (with the query's result
+/// columns, when the task check found them).
+async fn check_targets(
+    cfg: &Config,
+    primary: &Client,
+    columns: &HashMap<String, Vec<String>>,
+    report: &mut Report,
+) {
     for t in cfg.tasks.iter().filter_map(TaskTarget::of) {
+        let t = t
+            .clone()
+            .with_columns(columns.get(&t.task).map(Vec::as_slice));
         let outcome = match targets::check(primary, &t).await {
             Ok(found) => found,
             Err(e) => Err(e.one_line()),
@@ -318,6 +354,32 @@ fn print(report: &Report, json: bool) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_task_check_that_finds_no_replica_is_unreachable() {
+        // A port nobody listens on: the replica went away after its own check.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut dsn = tokio_postgres::Config::new();
+        dsn.host("127.0.0.1")
+            .port(port)
+            .user("postgres")
+            .dbname("app");
+        let ctx = snapshot_runner::ScanContext::new(dsn, std::env::temp_dir(), 0);
+        let spec = snapshot_runner::TaskSpec::Amcheck(snapshot_runner::AmcheckSpec {
+            tables: None,
+            heapallindexed: false,
+            parallelism: 1,
+        });
+        let e = snapshot_runner::prepare("t", &spec, &ctx)
+            .await
+            .err()
+            .expect("nothing listens");
+        assert!(lost(&e), "{e}");
+    }
 
     #[test]
     fn a_directory_under_a_regular_file_is_not_writable() {

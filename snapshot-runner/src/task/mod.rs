@@ -6,6 +6,7 @@ use std::time::Instant;
 use crate::amcheck::{self, AmcheckSpec, PreparedAmcheck};
 use crate::export::{self, ExportSpec, PreparedExport};
 use crate::file_checksum::{self, FileChecksumSpec, PreparedFileChecksum};
+use crate::ident::{display_ident, QualifiedName};
 use crate::materialize::{self, MaterializeSpec, PreparedMaterialize};
 use crate::row_checksum::{self, PreparedRowChecksum, RowChecksumSpec};
 use crate::{ScanContext, ScanError};
@@ -142,6 +143,10 @@ pub async fn prepare(
         |e: FieldError| prefix_config(name, spec.kind(), ScanError::Config(e.to_string()));
     spec.validate().map_err(misconfigured)?;
     let client = ctx.connect().await?;
+    // The tables config names, before the kind's checks read them.
+    check_privileges(&client, false, &named_tables(spec))
+        .await
+        .map_err(|e| prefix_config(name, spec.kind(), e))?;
     let inner = match spec {
         TaskSpec::RowChecksum(s) => row_checksum::prepare(&client, s)
             .await
@@ -157,12 +162,124 @@ pub async fn prepare(
             .await
             .map(Prepared::Export),
     }
-    .map_err(|e| prefix_config(name, spec.kind(), e))?;
-    Ok(PreparedTask {
+    .map_err(|e| prefix_config(name, spec.kind(), denied_as_config(e)))?;
+    let task = PreparedTask {
         name: name.to_string(),
         kind: spec.kind(),
         inner,
-    })
+    };
+    let amcheck = matches!(task.inner, Prepared::Amcheck(_));
+    let read: Vec<QualifiedName> = task
+        .relations()
+        .into_iter()
+        .map(|(schema, name)| QualifiedName { schema, name })
+        .collect();
+    check_privileges(&client, amcheck, &read)
+        .await
+        .map_err(|e| prefix_config(name, spec.kind(), e))?;
+    Ok(task)
+}
+
+/// A permission error met while checking a task (EXPLAIN checks the query's
+/// privileges) is the role's grants at fault, as the other checks say: a refusal
+/// naming what to grant, not a failed run.
+const READ_HINT: &str =
+    "GRANT SELECT on every relation the task reads to pgmaint's role, or GRANT pg_read_all_data to it";
+
+fn denied_as_config(e: ScanError) -> ScanError {
+    match &e {
+        ScanError::Db(d)
+            if d.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+        {
+            ScanError::Config(format!("{e} ({READ_HINT})"))
+        }
+        // A query the replica rejects (EXPLAIN checks its privileges).
+        ScanError::Config(m) if m.contains("permission denied") => {
+            ScanError::Config(format!("{m} ({READ_HINT})"))
+        }
+        _ => e,
+    }
+}
+
+/// Before the pause: may the scan role do what the task does on the replica? SELECT on
+/// every relation it reads (on the table, or some column of it: column grants are the
+/// operator's choice, and the scan names a column it cannot read), or, for amcheck,
+/// EXECUTE on `bt_index_check` and `verify_heapam`. A refusal names the grant.
+async fn check_privileges(
+    client: &tokio_postgres::Client,
+    amcheck: bool,
+    relations: &[QualifiedName],
+) -> Result<(), ScanError> {
+    let role: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .map_err(ScanError::db("reading the scan role"))?
+        .get(0);
+    let who = display_ident(&role);
+    if amcheck {
+        let lacking: Vec<String> = client
+            .query(
+                "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_extension e ON e.extnamespace = p.pronamespace
+                  WHERE e.extname = 'amcheck'
+                    AND ((p.proname = 'bt_index_check' AND p.pronargs = 2) OR p.proname = 'verify_heapam')
+                    AND NOT has_function_privilege(p.oid, 'EXECUTE')
+                  ORDER BY 1",
+                &[],
+            )
+            .await
+            .map_err(ScanError::db("reading the privileges on amcheck's functions"))?
+            .iter()
+            .map(|r| format!("GRANT EXECUTE ON FUNCTION {} TO {who}", r.get::<_, String>(0)))
+            .collect();
+        if !lacking.is_empty() {
+            return Err(ScanError::Config(format!(
+                "role {who} may not run amcheck: {}",
+                lacking.join("; ")
+            )));
+        }
+        return Ok(());
+    }
+    let mut lacking = Vec::new();
+    for q in relations {
+        // A relation that does not exist passes here: the kind's checks name it.
+        let readable: bool = client
+            .query_one(
+                "SELECT coalesce(has_table_privilege(c.oid, 'SELECT') OR has_any_column_privilege(c.oid, 'SELECT'), true)
+                   FROM (SELECT 1) one LEFT JOIN pg_class c ON c.oid = to_regclass($1)",
+                &[&q.quoted()],
+            )
+            .await
+            .map_err(ScanError::db("reading the privileges on the task's relations"))?
+            .get(0);
+        if !readable {
+            let line = format!("GRANT SELECT ON TABLE {q} TO {who}");
+            if !lacking.contains(&line) {
+                lacking.push(line);
+            }
+        }
+    }
+    if lacking.is_empty() {
+        return Ok(());
+    }
+    Err(ScanError::Config(format!(
+        "role {who} may not read what the task scans: {} (or GRANT pg_read_all_data TO {who})",
+        lacking.join("; ")
+    )))
+}
+
+/// The tables a spec names, before its checks (a name that does not parse is left to
+/// them).
+fn named_tables(spec: &TaskSpec) -> Vec<QualifiedName> {
+    let names: Vec<&String> = match spec {
+        TaskSpec::RowChecksum(s) => vec![&s.table],
+        TaskSpec::FileChecksum(s) => vec![&s.table],
+        TaskSpec::Export(s) => s.tables.iter().collect(),
+        TaskSpec::Materialize(_) | TaskSpec::Amcheck(_) => Vec::new(),
+    };
+    names
+        .into_iter()
+        .filter_map(|n| QualifiedName::parse(n).ok())
+        .collect()
 }
 
 fn prefix_config(task: &str, kind: &str, e: ScanError) -> ScanError {
@@ -195,6 +312,14 @@ impl PreparedTask {
             Prepared::Materialize(p) => p.relations(),
             Prepared::Amcheck(p) => p.relations(),
             Prepared::Export(p) => p.relations(),
+        }
+    }
+
+    /// The query's result columns, for a `materialize` task (what a merge writes).
+    pub fn result_columns(&self) -> Option<&[String]> {
+        match &self.inner {
+            Prepared::Materialize(p) => Some(&p.query.columns),
+            _ => None,
         }
     }
 
