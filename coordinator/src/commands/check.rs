@@ -368,7 +368,7 @@ mod tests {
             .port(port)
             .user("postgres")
             .dbname("app");
-        let ctx = snapshot_runner::ScanContext::new(dsn, std::env::temp_dir(), 0);
+        let ctx = snapshot_runner::ScanContext::new(dsn.into(), std::env::temp_dir(), 0);
         let spec = snapshot_runner::TaskSpec::Amcheck(snapshot_runner::AmcheckSpec {
             tables: None,
             heapallindexed: false,
