@@ -155,6 +155,23 @@ async fn prune_removes_old_runs_but_never_the_latest_a_waiting_upload_or_a_forei
         std::fs::write(results.join(foreign).join("keep.txt"), "mine").unwrap();
     }
     let dir = |id: i64| results.join(id.to_string());
+    // A run that failed before its pause (no snapshot) whose id names a directory of
+    // another run of that id (a schema recreated, its results.dir kept): its manifest
+    // names the id and replica, but it is not this run's.
+    let reused: i64 = scalar(
+        &p,
+        "INSERT INTO pgmaint.runs (replica, state, holder, tasks, started_at, finished_at)
+         SELECT replica, 'failed', holder, tasks, now() - interval '40 days',
+                now() - interval '40 days' FROM pgmaint.runs WHERE id = $1 RETURNING id",
+        &[&old],
+    )
+    .await;
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir(old).join("manifest.json")).unwrap())
+            .unwrap();
+    manifest["run_id"] = reused.into();
+    std::fs::create_dir_all(dir(reused)).unwrap();
+    std::fs::write(dir(reused).join("manifest.json"), manifest.to_string()).unwrap();
     let records = || {
         let c = &c;
         async move {
@@ -205,6 +222,11 @@ async fn prune_removes_old_runs_but_never_the_latest_a_waiting_upload_or_a_forei
     };
     assert!(reason(waiting).contains("waiting"), "{}", reason(waiting));
     assert!(
+        reason(reused).contains(&format!("its manifest.json is not run {reused}'s")),
+        "{}",
+        reason(reused)
+    );
+    assert!(
         reason(latest).contains("latest successful run"),
         "{}",
         reason(latest)
@@ -247,6 +269,11 @@ async fn prune_removes_old_runs_but_never_the_latest_a_waiting_upload_or_a_forei
     for foreign in ["notes", "999999"] {
         assert!(results.join(foreign).join("keep.txt").exists(), "{foreign}");
     }
+    assert!(
+        dir(reused).join("manifest.json").exists(),
+        "the other run's directory"
+    );
+    assert!(after.contains(&reused));
     // The latest run's findings are still the current ones.
     let current: i64 = scalar(
         &p,

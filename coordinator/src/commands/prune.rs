@@ -49,6 +49,7 @@ WITH latest_listed AS (
 )
 SELECT r.id, r.state, r.holder, r.replica, r.snapshot_lsn::text, r.results_dir,
        r.started_at, coalesce(r.finished_at, r.started_at) AS ended_at,
+       r.system_identifier, r.tasks,
        (SELECT count(*) FROM pgmaint.upload_tasks u WHERE u.run_id = r.id) AS uploads,
        CASE
          WHEN r.state = 'running' THEN 'it is still running'
@@ -83,6 +84,8 @@ struct OldRun {
     results_dir: Option<String>,
     started_at: DateTime<Utc>,
     ended_at: DateTime<Utc>,
+    system_identifier: Option<i64>,
+    tasks: Vec<String>,
     uploads: i64,
     keep: Option<String>,
 }
@@ -98,8 +101,10 @@ impl OldRun {
             results_dir: r.get(5),
             started_at: r.get(6),
             ended_at: r.get(7),
-            uploads: r.get(8),
-            keep: r.get(9),
+            system_identifier: r.get(8),
+            tasks: r.get(9),
+            uploads: r.get(10),
+            keep: r.get(11),
         }
     }
 
@@ -267,7 +272,15 @@ pub async fn prune(
             });
             continue;
         }
-        match remove(primary, &run, cutoff, directory.as_deref()).await {
+        match remove(
+            primary,
+            &run,
+            cutoff,
+            &cfg.results_dir,
+            directory.as_deref(),
+        )
+        .await
+        {
             Ok(Some(removed)) => {
                 tracing::info!(run_id = run.id, "run removed");
                 report.removed.push(removed);
@@ -313,19 +326,23 @@ fn prove(dir: &Path, run: &OldRun, results_dir: &Path, this_host: &str) -> Proof
     }
     let manifest = dir.join(snapshot_runner::results::MANIFEST_FILE);
     if manifest.exists() {
+        // The run id alone does not prove it: ids start again when the schema is
+        // recreated, and a results.dir may outlive it. The snapshot (LSN and cluster)
+        // the record holds must be the manifest's; a record without a snapshot (the
+        // run failed before its pause) never wrote a manifest, so one there is not its.
         return match ResultManifest::read(&manifest) {
             Ok(m)
                 if m.run_id == run.id
                     && m.replica == run.replica
+                    && run.snapshot_lsn.as_deref() == Some(m.snapshot.lsn.as_str())
                     && run
-                        .snapshot_lsn
-                        .as_ref()
-                        .is_none_or(|l| *l == m.snapshot.lsn) =>
+                        .system_identifier
+                        .is_none_or(|s| s == m.snapshot.system_identifier) =>
             {
                 Proof::Proven
             }
             Ok(_) => Proof::Unproven(format!(
-                "its manifest.json is not run {}'s (run id, replica or snapshot LSN differ)",
+                "its manifest.json is not run {}'s (run id, replica, snapshot LSN or system identifier differ)",
                 run.id
             )),
             Err(e) => Proof::Unproven(format!("its manifest.json: {e}")),
@@ -334,53 +351,65 @@ fn prove(dir: &Path, run: &OldRun, results_dir: &Path, this_host: &str) -> Proof
     if RunOutcome::read(results_dir, run.id).is_some_and(|o| o.holder == run.holder) {
         return Proof::Proven;
     }
-    if run.results_dir.as_deref() == Some(&*dir.to_string_lossy()) {
+    // A run that succeeded recorded the directory it created (the cycle creates it with
+    // create_dir, which fails on an existing one).
+    if run.state == "succeeded" && run.results_dir.as_deref() == Some(&*dir.to_string_lossy()) {
         return Proof::Proven;
     }
     // A run that failed before its manifest: the directory it created (step 1 of the
-    // cycle) after its record, on this host.
+    // cycle) after its record, on this host, holding nothing but its own tasks' data
+    // files. A directory of another run with that id (an older schema) was there before
+    // this run started (so this run could not create it), or holds a manifest.
     let created_after = meta
         .modified()
         .ok()
         .map(DateTime::<Utc>::from)
         .is_some_and(|m| m >= run.started_at);
-    if run.host() == this_host && created_after {
+    if run.host() == this_host && created_after && only_data_files_of(dir, &run.tasks) {
         return Proof::Proven;
     }
     Proof::Unproven(format!(
-        "no manifest.json or outcome.json of run {}, and not written by it on this host since it started",
+        "no manifest.json or outcome.json of run {}, and not a directory of its data files written on this host since it started",
         run.id
     ))
 }
 
-/// Remove run `run`: its findings (in batches), then in one transaction its upload
-/// tasks and record, and its directory before the commit. `None` if, read again under
-/// lock, it must stay after all.
+/// Every entry of `dir` is a regular file named like a data file of one of `tasks`
+/// (`<task>.csv`, or `<task>.<table>.csv` for an export), or the manifest's temporary
+/// file.
+fn only_data_files_of(dir: &Path, tasks: &[String]) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.into_iter().all(|e| {
+        let Ok(e) = e else { return false };
+        let name = e.file_name().to_string_lossy().into_owned();
+        let regular = e.file_type().is_ok_and(|t| t.is_file());
+        let ours = name == ".manifest.json.tmp"
+            || (name.ends_with(".csv") && tasks.iter().any(|t| name.starts_with(&format!("{t}."))));
+        regular && ours
+    })
+}
+
+/// Remove run `run`, in this order, so that nothing is lost if prune stops half-way
+/// and no run is left half-pruned yet kept:
+/// 1. one transaction, with the run's record and upload tasks locked: the reasons to
+///    keep it read again (it is left alone if one holds now), its upload tasks deleted
+///    (nothing can retry them and make it a task's latest run any more) and its
+///    directory renamed to `.pruned-<id>`;
+/// 2. its findings, in short transactions (a run may have millions);
+/// 3. its record; then the renamed directory.
+///
+/// A prune stopped after step 1 is finished by the next one (the run has no upload
+/// and no directory left, and its `.pruned-<id>` is removed with it).
 async fn remove(
     primary: &mut Client,
     run: &OldRun,
     cutoff: DateTime<Utc>,
+    results_dir: &Path,
     dir: Option<&Path>,
 ) -> Result<Option<Removed>> {
-    // Its findings first, in short transactions of their own (a run may have millions):
-    // only once no upload of it waits, which nothing but a `tasks retry` changes (and
-    // the transaction below sees that, and keeps the run).
-    let mut findings = 0u64;
-    loop {
-        let n = primary
-            .execute(
-                "DELETE FROM pgmaint.integrity_findings WHERE id IN
-                   (SELECT id FROM pgmaint.integrity_findings WHERE run_id = $1 LIMIT $2)
-                   AND NOT EXISTS (SELECT 1 FROM pgmaint.upload_tasks
-                                    WHERE run_id = $1 AND state IN ('waiting', 'running'))",
-                &[&run.id, &FINDINGS_BATCH],
-            )
-            .await?;
-        findings += n;
-        if n < FINDINGS_BATCH as u64 {
-            break;
-        }
-    }
+    let renamed = results_dir.join(format!(".pruned-{}", run.id));
     let tx = primary.transaction().await?;
     // Locks the run's upload tasks: a `tasks retry` waits, then finds them gone.
     tx.query(
@@ -400,13 +429,6 @@ async fn remove(
     {
         return Ok(None);
     }
-    // Any left (inserted meanwhile): the record cannot go without them.
-    findings += tx
-        .execute(
-            "DELETE FROM pgmaint.integrity_findings WHERE run_id = $1",
-            &[&run.id],
-        )
-        .await?;
     tx.execute(
         "UPDATE pgmaint.task_slots SET run_id = NULL WHERE run_id = $1",
         &[&run.id],
@@ -418,15 +440,50 @@ async fn remove(
             &[&run.id],
         )
         .await?;
+    if let Some(dir) = dir {
+        std::fs::rename(dir, &renamed)
+            .with_context(|| format!("renaming {} to {}", dir.display(), renamed.display()))?;
+    }
+    if let Err(e) = tx.commit().await {
+        if let Some(dir) = dir {
+            let _ = std::fs::rename(&renamed, dir);
+        }
+        return Err(anyhow::Error::new(e).context("committing the removal of its upload tasks"));
+    }
+    let mut findings = 0u64;
+    loop {
+        let n = primary
+            .execute(
+                "DELETE FROM pgmaint.integrity_findings WHERE id IN
+                   (SELECT id FROM pgmaint.integrity_findings WHERE run_id = $1 LIMIT $2)",
+                &[&run.id, &FINDINGS_BATCH],
+            )
+            .await?;
+        findings += n;
+        if n < FINDINGS_BATCH as u64 {
+            break;
+        }
+    }
+    let tx = primary.transaction().await?;
+    findings += tx
+        .execute(
+            "DELETE FROM pgmaint.integrity_findings WHERE run_id = $1",
+            &[&run.id],
+        )
+        .await?;
     tx.execute("DELETE FROM pgmaint.runs WHERE id = $1", &[&run.id])
         .await?;
-    // The files go while the record is locked: if removing them fails, the record
-    // stays; if the commit fails after, the next prune removes the record (no
-    // directory any more, and this host ran it).
-    if let Some(dir) = dir {
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-    }
     tx.commit().await.context("committing the removal")?;
+    // Renamed by this prune, or by one that stopped after step 1.
+    if renamed.exists() {
+        std::fs::remove_dir_all(&renamed).with_context(|| {
+            format!(
+                "run {} is removed, but not its directory {} (remove it by hand)",
+                run.id,
+                renamed.display()
+            )
+        })?;
+    }
     Ok(Some(Removed {
         run_id: run.id,
         state: run.state.clone(),
