@@ -181,7 +181,22 @@ pub fn libpq_conninfo(config: &snapshot_runner::connection::Config) -> (String, 
         parts.push(format!("dbname={}", quote(d)));
     }
     let tls = config.tls().options();
-    parts.push(format!("sslmode={}", tls.mode.as_str()));
+    // pgmaint treats `allow` as `prefer` (TLS first); libpq's `allow` would try without.
+    let mode = match tls.mode {
+        snapshot_runner::connection::tls::SslMode::Allow => "prefer",
+        m => m.as_str(),
+    };
+    parts.push(format!("sslmode={mode}"));
+    // With `require` (no certificate check), channel binding is what stops a relay of
+    // the SCRAM exchange: pg_dump must insist on it when pgmaint does.
+    let binding = match config.get_channel_binding() {
+        tokio_postgres::config::ChannelBinding::Disable => Some("disable"),
+        tokio_postgres::config::ChannelBinding::Require => Some("require"),
+        _ => None,
+    };
+    if let Some(b) = binding {
+        parts.push(format!("channel_binding={b}"));
+    }
     if let Some(root) = &tls.root_cert {
         parts.push(format!("sslrootcert={}", quote(&root.to_string())));
     }
@@ -469,6 +484,34 @@ mod tests {
             libpq_conninfo(&c).0.contains("hostaddr='10.0.0.5'"),
             "{}",
             libpq_conninfo(&c).0
+        );
+    }
+
+    #[test]
+    fn conninfo_keeps_channel_binding_and_reads_allow_as_prefer() {
+        let c: tokio_postgres::Config =
+            "host=h user=u dbname=d sslmode=require channel_binding=require"
+                .parse()
+                .unwrap();
+        let info = libpq_conninfo(&c.into()).0;
+        assert!(
+            info.contains("sslmode=require channel_binding=require"),
+            "{info}"
+        );
+        let allow = snapshot_runner::connection::Config::new(
+            "host=h user=u dbname=d".parse().unwrap(),
+            snapshot_runner::connection::tls::TlsSettings::new(
+                snapshot_runner::connection::tls::TlsOptions {
+                    mode: snapshot_runner::connection::tls::SslMode::Allow,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
+        let info = libpq_conninfo(&allow).0;
+        assert!(
+            info.contains("sslmode=prefer") && !info.contains("channel_binding"),
+            "{info}"
         );
     }
 }
