@@ -57,7 +57,17 @@ GRANT SELECT, INSERT (id, size), UPDATE (size) ON public.blob_sizes TO pgmaint;
 GRANT EXECUTE ON FUNCTION pg_catalog.pg_promote(boolean, integer) TO pgmaint;
 GRANT EXECUTE ON FUNCTION pg_catalog.pg_reload_conf() TO pgmaint;
 GRANT ALTER SYSTEM ON PARAMETER primary_conninfo TO pgmaint;
--- the new timeline's history file, inside the data directory:
-GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_file(text) TO pgmaint;
+-- the new timeline's history file (pg_wal/<TLI>.history), through a function that
+-- reads that one file (owned by the superuser running this script): a grant on
+-- pg_read_file itself would let the role read any file of the data directory,
+-- server.key and postgresql.auto.conf included.
+CREATE SCHEMA IF NOT EXISTS pgmaint_admin;
+CREATE OR REPLACE FUNCTION pgmaint_admin.timeline_history(tli integer) RETURNS text
+    LANGUAGE sql STRICT SECURITY DEFINER SET search_path = pg_catalog
+    AS $$ SELECT pg_read_file('pg_wal/' || lpad(upper(to_hex(tli)), 8, '0') || '.history')
+           WHERE tli > 0 $$;
+REVOKE ALL ON FUNCTION pgmaint_admin.timeline_history(integer) FROM PUBLIC;
+GRANT USAGE ON SCHEMA pgmaint_admin TO pgmaint;
+GRANT EXECUTE ON FUNCTION pgmaint_admin.timeline_history(integer) TO pgmaint;
 -- and, only if replicas use primary_slot_name (their slot is created on the new primary):
 --   ALTER ROLE pgmaint REPLICATION;

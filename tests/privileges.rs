@@ -111,6 +111,25 @@ async fn the_recipe_runs_everything_as_pgmaint_and_each_missing_grant_is_named()
     )
     .await;
     assert!(!superuser, "the recipe's role has no special attribute");
+    // The timeline history the failover reads, and no other file of the data
+    // directory: the recipe's function, not a grant on pg_read_file.
+    let as_pgmaint = connect(&c.primary_dsn().replace("user=postgres", "user=pgmaint")).await;
+    let e = as_pgmaint
+        .query_one("SELECT pg_read_file('postgresql.auto.conf')", &[])
+        .await
+        .unwrap_err();
+    let message = |e: &tokio_postgres::Error| e.as_db_error().map(|d| d.message().to_string());
+    assert!(message(&e).unwrap().contains("permission denied"), "{e:?}");
+    let e = as_pgmaint
+        .query_one("SELECT pgmaint_admin.timeline_history(1)", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        message(&e)
+            .unwrap()
+            .starts_with("could not open file \"pg_wal/00000001.history\""),
+        "the function reads the history file as its owner: {e:?}"
+    );
 
     // init as pgmaint: it creates, and owns, pgmaint's schema.
     let config = pgmaint_config(&c);

@@ -344,12 +344,37 @@ pub fn parse_history(text: &str) -> Option<(i32, String)> {
 /// timeline, switch LSN)`. Needs superuser or `pg_read_server_files`.
 pub async fn read_switch_point(new_primary: &Client, tli: i32) -> Result<(i32, String)> {
     let name = format!("pg_wal/{tli:08X}.history");
-    let text: String = new_primary
-        .query_one("SELECT pg_read_file($1)", &[&name])
+    let text = timeline_history(new_primary, tli)
         .await
-        .with_context(|| format!("reading {name}"))?
-        .get(0);
+        .with_context(|| format!("reading {name}"))?;
     parse_history(&text).with_context(|| format!("{name}: no switch point in {text:?}"))
+}
+
+/// The text of `pg_wal/<tli>.history` on `client`'s server: through
+/// `pgmaint_admin.timeline_history(int)` when the least-privilege recipe made it and
+/// this role may run it (a function that reads that one file), else `pg_read_file`
+/// (superuser, or a grant on it).
+pub async fn timeline_history(client: &Client, tli: i32) -> Result<String, tokio_postgres::Error> {
+    const FUNCTION: &str = "pgmaint_admin.timeline_history(integer)";
+    let own: bool = client
+        .query_one(
+            "SELECT coalesce(has_function_privilege(to_regprocedure($1), 'EXECUTE'), false)",
+            &[&FUNCTION],
+        )
+        .await?
+        .get(0);
+    let row = if own {
+        client
+            .query_one("SELECT pgmaint_admin.timeline_history($1)", &[&tli])
+            .await?
+    } else {
+        let name = format!("pg_wal/{tli:08X}.history");
+        client
+            .query_one("SELECT pg_read_file($1)", &[&name])
+            .await?
+    };
+    // NULL (a timeline <= 0, which has no history) reads as an empty history.
+    Ok(row.get::<_, Option<String>>(0).unwrap_or_default())
 }
 
 /// How long replaying `backlog` bytes takes at `rate` bytes/s, in words, with where

@@ -511,16 +511,10 @@ impl ReplicaControl {
             .flatten()
             .and_then(|r| r.get(0));
         if let Some(tli) = received.filter(|t| *t > timeline) {
-            let history = self
-                .client
-                .query_one(
-                    "SELECT pg_read_file('pg_wal/' || lpad(upper(to_hex($1::int)), 8, '0') || '.history')",
-                    &[&tli],
-                )
-                .await;
+            let history = crate::promotion::timeline_history(&self.client, tli).await;
             let switch = history
                 .ok()
-                .and_then(|r| crate::promotion::parse_history(&r.get::<_, String>(0)));
+                .and_then(|text| crate::promotion::parse_history(&text));
             if let Some((parent, at)) = switch {
                 let past = crate::failover::lsn(&at)
                     .zip(crate::failover::lsn(lsn))
