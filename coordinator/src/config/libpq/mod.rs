@@ -482,11 +482,14 @@ fn dsn_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
     if let Some(d) = url.get_dbname() {
         pairs.push(("dbname".into(), d.to_string()));
     }
-    for param in query.split('&').filter(|p| !p.is_empty()) {
+    for (n, param) in query.split('&').filter(|p| !p.is_empty()).enumerate() {
+        // Never echo the parameter: an unescaped `&` in a password splits it, and the
+        // piece after it would land here.
         let (k, v) = param.split_once('=').ok_or_else(|| {
             format!(
-                "invalid connection string: missing \"=\" in URL parameter {:?}",
-                percent_decode(param).unwrap_or_default()
+                "invalid connection string: missing \"=\" in URL query parameter {} (a value with `&` must be \
+                 percent-encoded, `%26`)",
+                n + 1
             )
         })?;
         pairs.push((percent_decode(k)?, percent_decode(v)?));

@@ -315,6 +315,10 @@ fn urls_decode_their_parameters() {
     .unwrap();
     assert_eq!(c.get_application_name(), Some("a b"));
     assert!(resolve_with("postgres://h/app?application_name=%zz", &[], None).is_err());
+    // A password with an unescaped `&`: the piece after it is never echoed.
+    let e = resolve_with("postgres://h/app?password=ab&cd-secret", &[], None).unwrap_err();
+    assert!(!e.contains("secret"), "{e}");
+    assert!(e.contains("URL query parameter 2"), "{e}");
 }
 
 #[test]
