@@ -15,10 +15,11 @@
 # Baseline measured in every run: the same file COPYed and inserted by psql in one
 # transaction (COPY into a temporary table, INSERT … SELECT … ON CONFLICT DO NOTHING,
 # no re-check): the old uploader's insert step alone, without its RETURNING.
-# Reported per size: wall time and peak RSS (/usr/bin/time -v) of the uploader and its
-# ratio to each baseline; pgbench transactions during the apply, failures, worst
-# latency; lock waits over 1 s on the primary (log_lock_waits with
-# deadlock_timeout = 1s: "still waiting" lines in its log during the apply).
+# Every step runs with the same pgbench writers on the checked table (they share the
+# 2 cores). Reported per size: wall time and peak RSS (/usr/bin/time -v) of the
+# uploader and its ratio to each baseline; for each step, the writers' transactions
+# that started during it, failures, worst latency, and lock waits over 1 s on the
+# primary (log_lock_waits with deadlock_timeout = 1s: "still waiting" lines in its log).
 # Goals: 1M findings in < 30 s with a peak RSS < 64 MB; every pgbench transaction
 # completes, none waits over 1 s on a lock.
 source "$(dirname "$0")/upload-common.sh"
@@ -82,13 +83,47 @@ apply() {
 }
 
 
+# writers_start TAG: pgbench writers on the checked table, in the background, with a
+# per-transaction log; then 1 s for them to get going. The lock waits logged on the
+# primary are counted from now.
+writers_start() {
+    log_from=$(stat -c %s "$PRIMARY_LOG")
+    rm -f "$work/$1".*
+    (cd "$work" && exec "$PG_BIN/pgbench" -n -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -c "$WRITERS" -j "$WRITERS" \
+        -T 3600 -f writer.sql -l --log-prefix="$1" app >/dev/null 2>"$work/$1.err") &
+    writers_pid=$!
+    sleep 1
+    a0=$(now)
+}
+# writers_stop TAG: 1 s after the measured step, stop the writers; sets writers_said
+# (their transactions that started during the step, failures, worst latency, lock
+# waits over 1 s on the primary).
+writers_stop() {
+    local a1 tx failed worst aborted waits
+    a1=$(now)
+    sleep 1
+    # pgbench writes its per-transaction log as it goes; what SIGINT loses of its
+    # buffered tail comes after the step.
+    kill -INT "$writers_pid" 2>/dev/null || true
+    wait "$writers_pid" 2>/dev/null || true
+    read -r tx failed worst < <(cat "$work/$1".[0-9]* | awk -v a0="$a0" -v a1="$a1" '
+        { t = $5 + $6 / 1e6 - $3 / 1e6 }   # when the transaction started
+        t >= a0 && t <= a1 { n++; if ($3 !~ /^[0-9]+$/) f++; else if ($3 > m) m = $3 }
+        END { printf "%d %d %.1f\n", n, f, m / 1000 }')
+    aborted=$(grep -c "aborted\|ERROR" "$work/$1.err" || true)
+    waits=$(tail -c +"$((log_from + 1))" "$PRIMARY_LOG" | grep -c "still waiting" || true)
+    writers_said="writers: $tx transactions, $failed failed, $aborted client errors, worst latency ${worst} ms; lock waits over 1 s: $waits"
+}
+
 # The run the baseline's findings belong to.
 base_run=$(psql_p -Atc "INSERT INTO pgmaint.runs (replica, state, holder, snapshot_lsn, timeline, system_identifier, finished_at)
     VALUES ('r1', 'succeeded', 'bench', pg_current_wal_lsn(), 1, 1, now()) RETURNING id")
+# Every step runs with the writers on the checked table.
 for n in $SIZES; do
     # Baseline: psql, the insert alone.
     findings_csv "$n" "$work/base.csv"
     fresh
+    writers_start "base-$n"
     t0=$(now)
     psql_p -q <<SQL
 BEGIN;
@@ -100,43 +135,27 @@ ON CONFLICT (run_id, task_name, relation, (row_key IS NULL), coalesce(row_key, '
 COMMIT;
 SQL
     t1=$(now)
+    writers_stop "base-$n"
     base_secs=$(secs "$t0" "$t1")
+    result "findings $n: baseline psql COPY + INSERT, no re-check: ${base_secs}s ($writers_said)"
 
-    old=""
+    old_secs=""
     if [[ -n ${BASELINE_PGMAINT:-} ]] && ((n <= BASELINE_MAX)); then
         prepare "$n" "old-$n"
+        writers_start "old-$n"
         apply "$BASELINE_PGMAINT" "$n" "old-$n"
-        old_secs=$up_secs old_rss=$up_rss_mb
-        old="; the uploader before this change: ${old_secs}s, peak RSS ${old_rss} MB"
+        writers_stop "old-$n"
+        old_secs=$up_secs
+        result "findings $n: the uploader before this change (44a64f3): ${old_secs}s, peak RSS ${up_rss_mb} MB ($writers_said)"
     fi
 
-    # pgmaint, with writers on the checked table from 1 s before to 1 s after.
     prepare "$n" "new-$n"
-    log_from=$(stat -c %s "$PRIMARY_LOG")
-    rm -f "$work"/writers.*
-    (cd "$work" && exec "$PG_BIN/pgbench" -n -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -c "$WRITERS" -j "$WRITERS" \
-        -T 3600 -f writer.sql -l --log-prefix=writers app >/dev/null 2>"$work/pgbench.err") &
-    writers_pid=$!
-    sleep 1
-    a0=$(date +%s.%N)
+    writers_start "new-$n"
     apply "$PGMAINT" "$n" "new-$n"
-    a1=$(date +%s.%N)
-    sleep 1
-    # pgbench writes its per-transaction log as it goes; what SIGINT loses of its
-    # buffered tail comes after the apply.
-    kill -INT "$writers_pid" 2>/dev/null || true
-    wait "$writers_pid" 2>/dev/null || true
-    read -r tx failed worst < <(cat "$work"/writers.* | awk -v a0="$a0" -v a1="$a1" '
-        { t = $5 + $6 / 1e6 - $3 / 1e6 }   # start of the transaction
-        t >= a0 && t <= a1 { n++; if ($3 == "failed" || $3 !~ /^[0-9]+$/) f++; else if ($3 > m) m = $3 }
-        END { printf "%d %d %.1f\n", n, f, m / 1000 }')
-    aborted=$(grep -c "aborted\|ERROR" "$work/pgbench.err" || true)
-    waits=$(tail -c +"$((log_from + 1))" "$PRIMARY_LOG" | grep -c "still waiting" || true)
+    writers_stop "new-$n"
     tally=$(grep -o 'confirmed=[0-9]* resolved=[0-9]* unknown=[0-9]*' "$work/new-$n.log" | tail -1)
     cp "$work/new-$n.log" "$BENCH_ROOT/upload-findings-$n.uploader.log"
     vs_old=""
-    [[ -z $old ]] || vs_old=", $(ratio "$old_secs" "$up_secs")x faster than the uploader before"
-    result "findings $n: baseline psql COPY + INSERT, no re-check: ${base_secs}s${old}"
-    result "findings $n: pgmaint uploader --once (COPY + INSERT re-checked by join + completion): ${up_secs}s, peak RSS ${up_rss_mb} MB; $(ratio "$up_secs" "$base_secs")x the psql insert's time${vs_old} ($tally)"
-    result "findings $n: pgbench writers on the checked table during the apply: $tx transactions, $failed failed, $aborted client errors, worst latency ${worst} ms; lock waits over 1 s on the primary: $waits"
+    [[ -z $old_secs ]] || vs_old=", $(ratio "$old_secs" "$up_secs")x faster than the uploader before"
+    result "findings $n: pgmaint uploader --once (COPY + INSERT re-checked by join + completion): ${up_secs}s, peak RSS ${up_rss_mb} MB; $(ratio "$up_secs" "$base_secs")x the psql insert's time${vs_old} ($tally; $writers_said)"
 done
