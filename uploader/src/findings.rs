@@ -118,7 +118,8 @@ fn insert_sql(holds: &str, join: &str, filter: &str, on_conflict: &str) -> Strin
 ///
 /// Findings whose key is not NULL go in one statement, a plain INSERT: with `ON
 /// CONFLICT` each row cost two probes of the unique index, and a 1M-finding insert
-/// about 1.3x the time (1.9x without the foreign key check). The run's task has no
+/// about 1.3x the server's CPU time (2x without the foreign key check; see
+/// scripts/bench/RESULTS-uploader.md). The run's task has no
 /// finding recorded yet (its apply commits them with its completion, or not at all),
 /// so only a file that repeats a finding makes it fail on the unique index: it is
 /// then rolled back to its savepoint and done again with `ON CONFLICT DO NOTHING`,
