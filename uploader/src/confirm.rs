@@ -7,8 +7,12 @@
 //! resolved after the snapshot. Findings of other checks keep `still_holds` NULL.
 //! A finding's key is NULL when the row's key is NULL: it is re-checked against the
 //! rows whose key IS NULL, while an empty text key is looked up like any other.
-
-use std::collections::HashSet;
+//!
+//! The re-check is set-based: it is part of the `INSERT … SELECT` that inserts the
+//! findings ([`crate::findings`]), one join of the load table to the checked table on
+//! the key, so each finding is written once, with its `still_holds`, and nothing is
+//! held in the uploader's memory. The checked table is only read (ACCESS SHARE, no row
+//! locks): writers to it are never blocked.
 
 use snapshot_runner::ident::{quote_ident, QualifiedName};
 use snapshot_runner::results::RowRecheck;
@@ -17,90 +21,32 @@ use tokio_postgres::Transaction;
 use crate::queue::Claimed;
 use crate::UploadError;
 
-/// Keys re-checked per query.
-const CHUNK: usize = 10_000;
-
-/// A finding just inserted into `pgmaint.integrity_findings`.
-pub(crate) struct Inserted {
-    pub id: i64,
-    pub relation: String,
-    /// NULL when the row's key is NULL (not the same as an empty key).
-    pub row_key: Option<String>,
-    pub finding: String,
-}
-
-/// The re-check of one table, as SQL for the primary, built from the columns' types
-/// there (names are quoted catalog names).
-struct RecheckSql {
-    /// `SELECT key::text, finding` of the rows whose key is in `$1` (text, cast to the
-    /// key's type).
-    by_key: String,
-    /// `SELECT finding` of the rows whose key is NULL.
-    null_key: String,
-    /// Only a text key can be empty: an empty key of another type names no row (and
-    /// cannot be cast to it).
-    key_is_text: bool,
-}
-
-/// How many of the findings re-checked still hold; counts of the findings inserted by
-/// this apply.
-#[derive(Default)]
-struct Tally {
-    confirmed: usize,
-    resolved: usize,
-    unknown: usize,
-}
-
-/// Re-check on the primary the findings of `task` just inserted (`inserted`), and
-/// record `still_holds` for each. A NULL key is looked up with `IS NULL` (all rows
-/// whose key is NULL), any other key with `=`, an empty text key included.
-pub(crate) async fn confirm(
-    tx: &Transaction<'_>,
-    task: &Claimed,
-    r: &RowRecheck,
-    inserted: &[Inserted],
-) -> Result<(), UploadError> {
-    let relation = r.relation.as_str();
-    let findings: Vec<&Inserted> = inserted.iter().filter(|f| f.relation == relation).collect();
-    if findings.is_empty() {
-        return Ok(());
-    }
-    let Some(sql) = recheck_sql(tx, task, r).await? else {
-        return Ok(());
-    };
-    let db = |what: &str| UploadError::db(format!("re-checking findings on {relation}: {what}"));
-    // What the rows whose key is NULL show now (a unique key allows several).
-    let null_now: HashSet<String> = if findings.iter().any(|f| f.row_key.is_none()) {
-        tx.query(&sql.null_key, &[])
-            .await
-            .map_err(db("re-checking rows with a NULL key"))?
-            .iter()
-            .filter_map(|r| r.get::<_, Option<String>>(0))
-            .collect()
-    } else {
-        HashSet::new()
-    };
-    let mut tally = Tally::default();
-    for chunk in findings.chunks(CHUNK) {
-        recheck_chunk(tx, &sql, relation, chunk, &null_now, &mut tally).await?;
-    }
-    let Tally {
-        confirmed,
-        resolved,
-        unknown,
-    } = tally;
-    // Counts of the findings inserted by this apply: confirmed + resolved + unknown.
-    tracing::info!(upload_task_id = task.id, %relation, confirmed, resolved, unknown, "findings re-checked on the primary");
-    Ok(())
+/// The re-check of one table, as SQL parts of the findings INSERT, built from the
+/// columns' types on the primary (names are quoted catalog names). The load table is
+/// aliased `l` (columns `relation, row_key, finding, detail`), and `$4` is the relation
+/// as the findings name it.
+pub(crate) struct Recheck {
+    /// `still_holds` of a finding `l` whose key is not NULL, given the join [`Self::join`]
+    /// (alias `t`): true when a row with its key shows the same finding now; false
+    /// when no row does (fixed or deleted since the snapshot); NULL for another
+    /// relation's findings, or an empty key of a non-text key (it names no row).
+    pub holds: String,
+    /// `LEFT JOIN <table> t ON …`: the rows of the checked table that have the key of a
+    /// finding of this relation and show the same finding now. Only those rows'
+    /// content is hashed (the check is a join filter, not a hash key).
+    pub join: String,
+    /// `still_holds` of a finding `l` whose key is NULL: whether a row whose key IS
+    /// NULL (a unique key allows several) shows the same finding now.
+    pub holds_null_key: String,
 }
 
 /// The re-check SQL for the table as it is on the primary now; `None` (with a warning)
 /// when the table, a column or the checksum's type is not what the scan saw.
-async fn recheck_sql(
+pub(crate) async fn recheck_sql(
     tx: &Transaction<'_>,
     task: &Claimed,
     r: &RowRecheck,
-) -> Result<Option<RecheckSql>, UploadError> {
+) -> Result<Option<Recheck>, UploadError> {
     let relation = &r.relation;
     // The columns' real types on the primary (names are raw catalog names).
     let rows = tx
@@ -122,83 +68,58 @@ async fn recheck_sql(
         return Ok(None);
     };
     let key_type: String = k.get(1);
-    // The same reading of the stored checksum as the scan's.
-    let stored = RowRecheck::stored_md5_sql(&quote_ident(&r.checksum), s.get(2), s.get(3));
-    let Some(stored) = stored else {
+    // Only a text key can be empty: an empty key of another type names no row (and
+    // cannot be cast to it).
+    let key_is_text = k.get::<_, &str>(3) == "S";
+    let (kq, cq, sq) = (
+        quote_ident(&r.key),
+        quote_ident(&r.content),
+        quote_ident(&r.checksum),
+    );
+    // The check of a row of the table aliased `alias`: the finding it shows now, NULL
+    // when it is fine. The same reading of the stored checksum as the scan's; the
+    // content is hashed once (md5 is NULL exactly when the content is).
+    let check = |alias: &str| {
+        let stored = RowRecheck::stored_md5_sql(&format!("{alias}.{sq}"), s.get(2), s.get(3))?;
+        let content = format!("{alias}.{cq}");
+        Some(format!(
+            "CASE WHEN {content} IS NULL THEN 'null_content' WHEN {stored} IS NULL THEN 'null_checksum'
+                  WHEN md5({content}) <> {stored} THEN 'mismatch' END"
+        ))
+    };
+    let (Some(check_t), Some(check_n)) = (check("t"), check("n")) else {
         tracing::warn!(upload_task_id = task.id, %relation, "checksum column type changed on the primary; still_holds left unknown");
         return Ok(None);
     };
-    let (kq, cq) = (quote_ident(&r.key), quote_ident(&r.content));
     let table_sql = QualifiedName {
         schema: r.schema.clone(),
         name: r.table.clone(),
     }
     .quoted();
-    let check = format!(
-        "CASE WHEN md5({cq}) IS NULL THEN 'null_content' WHEN {stored} IS NULL THEN 'null_checksum'
-              WHEN md5({cq}) <> {stored} THEN 'mismatch' END"
-    );
-    Ok(Some(RecheckSql {
-        by_key: format!(
-            "SELECT {kq}::text, {check} FROM {table_sql} WHERE {kq} = ANY ($1::text[]::{key_type}[])"
-        ),
-        null_key: format!("SELECT {check} FROM {table_sql} WHERE {kq} IS NULL"),
-        key_is_text: k.get::<_, &str>(3) == "S",
-    }))
-}
-
-/// Re-check one chunk of findings on `relation` and record `still_holds` for each.
-async fn recheck_chunk(
-    tx: &Transaction<'_>,
-    sql: &RecheckSql,
-    relation: &str,
-    chunk: &[&Inserted],
-    null_now: &HashSet<String>,
-    tally: &mut Tally,
-) -> Result<(), UploadError> {
-    let db = |what: &str| UploadError::db(format!("re-checking findings on {relation}: {what}"));
-    let lookup = |k: &str| sql.key_is_text || !k.is_empty();
-    let keys: Vec<&str> = chunk
-        .iter()
-        .filter_map(|f| f.row_key.as_deref())
-        .filter(|k| lookup(k))
-        .collect();
-    // (key, finding) of the rows as they are now.
-    let now: HashSet<(String, String)> = if keys.is_empty() {
-        HashSet::new()
+    // The key a finding names, as the key's type; NULL for another relation's findings
+    // and for an empty key that cannot name a row. CASE keeps the cast from running on
+    // those.
+    let empty_ok = if key_is_text {
+        "true"
     } else {
-        tx.query(&sql.by_key, &[&keys])
-            .await
-            .map_err(db("re-checking rows"))?
-            .iter()
-            .filter_map(|r| Some((r.get::<_, String>(0), r.get::<_, Option<String>>(1)?)))
-            .collect()
+        "l.row_key <> ''"
     };
-    let (mut ids, mut holds) = (Vec::new(), Vec::new());
-    for f in chunk {
-        // A row that is gone, or whose content now matches, no longer holds.
-        let h = match f.row_key.as_deref() {
-            None => null_now.contains(&f.finding),
-            Some(k) if lookup(k) => now.contains(&(k.to_string(), f.finding.clone())),
-            Some(_) => {
-                tally.unknown += 1;
-                continue;
-            }
-        };
-        if h {
-            tally.confirmed += 1;
-        } else {
-            tally.resolved += 1;
-        }
-        ids.push(f.id);
-        holds.push(h);
-    }
-    tx.execute(
-        "UPDATE pgmaint.integrity_findings f SET still_holds = v.h
-           FROM unnest($1::bigint[], $2::bool[]) v(id, h) WHERE f.id = v.id",
-        &[&ids, &holds],
-    )
-    .await
-    .map_err(db("recording still_holds"))?;
-    Ok(())
+    let key = format!("CASE WHEN l.relation = $4 AND {empty_ok} THEN l.row_key::{key_type} END");
+    Ok(Some(Recheck {
+        holds: format!(
+            "CASE WHEN l.relation IS DISTINCT FROM $4 OR NOT ({empty_ok}) THEN NULL
+                  ELSE t.{kq} IS NOT NULL END"
+        ),
+        // `(… = …) IS TRUE` is no equality: the planner cannot make it a hash key, so
+        // the content is hashed only for the rows whose key matched. Several rows with
+        // one key (a key need not be unique) that show the finding give identical rows
+        // (still_holds true), kept once under the unique index like any repeat.
+        join: format!(
+            "LEFT JOIN {table_sql} t ON t.{kq} = ({key}) AND (({check_t}) = l.finding) IS TRUE"
+        ),
+        holds_null_key: format!(
+            "CASE WHEN l.relation IS DISTINCT FROM $4 THEN NULL
+                  ELSE EXISTS (SELECT FROM {table_sql} n WHERE n.{kq} IS NULL AND ({check_n}) = l.finding) END"
+        ),
+    }))
 }

@@ -1,17 +1,19 @@
-//! `findings`: insert a findings file into `pgmaint.integrity_findings`, then re-check
-//! on the primary the rows that `row_checksum` findings name (see [`crate::confirm`]).
+//! `findings`: insert a findings file into `pgmaint.integrity_findings`, re-checking on
+//! the primary, in the same statement, the rows that `row_checksum` findings name (see
+//! [`crate::confirm`]).
 
 use snapshot_runner::results::{FindingsPlan, RowRecheck};
 use snapshot_runner::FINDINGS_COLUMNS;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Transaction;
 
-use crate::apply::{copy_checked, rejected, Applied, Checked, Ctx};
-use crate::confirm::{confirm, Inserted};
+use crate::apply::{copy_checked, query_retrying_locks, rejected, Applied, Checked, Ctx};
+use crate::confirm::{self, Recheck};
 use crate::UploadError;
 
-/// Apply a findings file (`checked`): COPY into a temporary table, insert what is new,
-/// then re-check the findings that can be.
+/// Apply a findings file (`checked`): COPY into a temporary table, then insert what
+/// is new with its re-check, in one `INSERT … SELECT` joined to the checked table.
 pub(crate) async fn findings(
     tx: &Transaction<'_>,
     ctx: &Ctx<'_>,
@@ -29,13 +31,24 @@ pub(crate) async fn findings(
         ));
     }
     let loaded = load(tx, ctx, checked).await?;
-    let inserted = match recheck_of(ctx, plan) {
-        Some(recheck) => insert_and_confirm(tx, ctx, checked, recheck).await?,
-        None => tx
-            .execute(INSERT, &insert_params(ctx, checked))
-            .await
-            .map_err(UploadError::db("inserting findings"))?,
+    let recheck = match recheck_of(ctx, plan) {
+        Some(r) => confirm::recheck_sql(tx, task, r)
+            .await?
+            .map(|sql| (r.relation.clone(), sql)),
+        None => None,
     };
+    let tally = insert(tx, ctx, checked, recheck.as_ref()).await?;
+    if let Some((relation, _)) = &recheck {
+        let Tally {
+            confirmed,
+            resolved,
+            unknown,
+            ..
+        } = tally;
+        // Counts of the findings inserted by this apply: confirmed + resolved + unknown.
+        tracing::info!(upload_task_id = task.id, %relation, confirmed, resolved, unknown, "findings re-checked on the primary");
+    }
+    let inserted = tally.inserted;
     if inserted < loaded {
         // Only a finding the file repeats (same relation, key and kind) is not
         // inserted: say so rather than lose it quietly.
@@ -65,14 +78,120 @@ pub(crate) async fn findings(
     })
 }
 
-/// The conflict target is the unique index of migration 5, under which NULL keys are
-/// equal to each other and distinct from ''.
-const INSERT: &str = "INSERT INTO pgmaint.integrity_findings (run_id, task_name, snapshot_lsn, relation, row_key, finding, detail)
-             SELECT $1, $2, $3::text::pg_lsn, relation, row_key, finding, detail FROM pgmaint_findings_load
-             ON CONFLICT (run_id, task_name, relation, (row_key IS NULL), coalesce(row_key, ''), finding) DO NOTHING";
+/// What the INSERTs did: findings inserted, and of those the re-check's outcome
+/// (findings of the re-checked relation only).
+#[derive(Default)]
+struct Tally {
+    inserted: u64,
+    confirmed: i64,
+    resolved: i64,
+    unknown: i64,
+}
 
-fn insert_params<'a>(ctx: &'a Ctx<'_>, checked: &'a Checked) -> [&'a (dyn ToSql + Sync); 3] {
-    [&ctx.task.run_id, &ctx.task.task_name, &checked.snapshot_lsn]
+/// The conflict target: the unique index of migration 5, under which NULL keys are
+/// equal to each other and distinct from ''.
+const ON_CONFLICT: &str =
+    "ON CONFLICT (run_id, task_name, relation, (row_key IS NULL), coalesce(row_key, ''), finding) DO NOTHING";
+
+/// `INSERT` of the findings of the load table (`l`) that `filter` selects, with
+/// `still_holds` given by `holds` over `l` and what `join` adds, then `on_conflict`;
+/// a row of counts ([`Tally`]). `$4` is the re-checked relation (NULL: none).
+fn insert_sql(holds: &str, join: &str, filter: &str, on_conflict: &str) -> String {
+    format!(
+        "WITH ins AS (
+           INSERT INTO pgmaint.integrity_findings
+                  (run_id, task_name, snapshot_lsn, relation, row_key, finding, detail, still_holds)
+           SELECT $1, $2, $3::text::pg_lsn, l.relation, l.row_key, l.finding, l.detail, {holds}
+             FROM pgmaint_findings_load l {join}
+            WHERE {filter}
+           {on_conflict}
+           RETURNING relation = $4 AS rechecked, still_holds)
+         SELECT count(*),
+                count(*) FILTER (WHERE rechecked AND still_holds),
+                count(*) FILTER (WHERE rechecked AND NOT still_holds),
+                count(*) FILTER (WHERE rechecked AND still_holds IS NULL)
+           FROM ins"
+    )
+}
+
+/// Insert the findings of the load table, with their re-check when there is one.
+///
+/// Findings whose key is not NULL go in one statement, a plain INSERT: with `ON
+/// CONFLICT` each row cost two probes of the unique index, and a 1M-finding insert
+/// about 1.3x the server's CPU time (2x without the foreign key check; see
+/// scripts/bench/RESULTS-uploader.md). The run's task has no
+/// finding recorded yet (its apply commits them with its completion, or not at all),
+/// so only a file that repeats a finding makes it fail on the unique index: it is
+/// then rolled back to its savepoint and done again with `ON CONFLICT DO NOTHING`,
+/// which keeps each finding once. Findings whose key is NULL (several rows with a
+/// NULL key give repeats) always go with `ON CONFLICT`, in a second statement: they
+/// are few.
+async fn insert(
+    tx: &Transaction<'_>,
+    ctx: &Ctx<'_>,
+    checked: &Checked,
+    recheck: Option<&(String, Recheck)>,
+) -> Result<Tally, UploadError> {
+    let task = ctx.task;
+    let relation: Option<&str> = recheck.map(|(r, _)| r.as_str());
+    let params: [&(dyn ToSql + Sync); 4] = [
+        &task.run_id,
+        &task.task_name,
+        &checked.snapshot_lsn,
+        &relation,
+    ];
+    let (holds, join, holds_null_key) = match recheck {
+        Some((_, r)) => (r.holds.as_str(), r.join.as_str(), r.holds_null_key.as_str()),
+        None => ("NULL::boolean", "", "NULL::boolean"),
+    };
+    let what = "inserting findings";
+    let keyed = "l.row_key IS NOT NULL";
+    let mut tally = Tally::default();
+    let mut add = |row: &tokio_postgres::Row| {
+        tally.inserted += row.get::<_, i64>(0) as u64;
+        tally.confirmed += row.get::<_, i64>(1);
+        tally.resolved += row.get::<_, i64>(2);
+        tally.unknown += row.get::<_, i64>(3);
+    };
+    tx.batch_execute("SAVEPOINT pgmaint_findings")
+        .await
+        .map_err(UploadError::db(what))?;
+    let plain = insert_sql(holds, join, keyed, "");
+    match query_retrying_locks(tx, ctx, &plain, &params, what).await {
+        Ok(rows) => {
+            tx.batch_execute("RELEASE SAVEPOINT pgmaint_findings")
+                .await
+                .map_err(UploadError::db(what))?;
+            add(&one(rows));
+        }
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            tracing::info!(
+                upload_task_id = task.id,
+                "a finding of the file is a repeat: inserting again, keeping each finding once"
+            );
+            tx.batch_execute(
+                "ROLLBACK TO SAVEPOINT pgmaint_findings; RELEASE SAVEPOINT pgmaint_findings",
+            )
+            .await
+            .map_err(UploadError::db(what))?;
+            let once = insert_sql(holds, join, keyed, ON_CONFLICT);
+            add(&one(
+                query_retrying_locks(tx, ctx, &once, &params, what).await?
+            ));
+        }
+        Err(e) => return Err(e),
+    }
+    let null_keys = insert_sql(holds_null_key, "", "l.row_key IS NULL", ON_CONFLICT);
+    add(&one(query_retrying_locks(
+        tx, ctx, &null_keys, &params, what,
+    )
+    .await?));
+    Ok(tally)
+}
+
+/// The one row of an aggregate.
+fn one(mut rows: Vec<tokio_postgres::Row>) -> tokio_postgres::Row {
+    rows.pop().expect("an aggregate returns one row")
 }
 
 /// COPY the file into the session's load table; the rows loaded.
@@ -109,31 +228,4 @@ fn recheck_of<'p>(ctx: &Ctx<'_>, plan: &'p FindingsPlan) -> Option<&'p RowRechec
         }
     }
     plan.recheck()
-}
-
-/// Insert the new findings and re-check exactly those on the primary; how many.
-async fn insert_and_confirm(
-    tx: &Transaction<'_>,
-    ctx: &Ctx<'_>,
-    checked: &Checked,
-    recheck: &RowRecheck,
-) -> Result<u64, UploadError> {
-    let rows = tx
-        .query(
-            &format!("{INSERT} RETURNING id, relation, row_key, finding"),
-            &insert_params(ctx, checked),
-        )
-        .await
-        .map_err(UploadError::db("inserting findings"))?;
-    let inserted: Vec<Inserted> = rows
-        .iter()
-        .map(|r| Inserted {
-            id: r.get(0),
-            relation: r.get(1),
-            row_key: r.get(2),
-            finding: r.get(3),
-        })
-        .collect();
-    confirm(tx, ctx.task, recheck, &inserted).await?;
-    Ok(inserted.len() as u64)
 }
