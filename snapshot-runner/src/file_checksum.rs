@@ -44,6 +44,10 @@ use crate::{ScanContext, ScanError};
 /// what matters here: 64 KiB hashed ~10% faster than 1 MiB in scripts/bench.
 const READ_BUF: usize = 64 << 10;
 
+/// Catalog rows handed to the readers at once. Readers still take them one at a time,
+/// so the soft deadline and the cursor stay per file.
+const JOB_BATCH: usize = 64;
+
 /// What more than `max_findings` findings most likely mean.
 const FLOOD_HINT: &str = "is the checksum column right?";
 
@@ -304,9 +308,10 @@ pub(crate) async fn run(
     let limit = (p.max_findings, FLOOD_HINT);
     let scan = FindingsScan::start(ctx, name, "files", Some(total), limit)?;
     let relation = p.table.to_string();
-    let (jobs, rx) = tokio::sync::mpsc::channel::<Job>(p.parallelism * 4);
+    let (jobs, rx) = tokio::sync::mpsc::channel::<Vec<Job>>(p.parallelism * 2);
     let queue = Arc::new(Mutex::new(JobQueue {
         rx,
+        pending: std::collections::VecDeque::new(),
         deadline,
         last_taken: None,
         skipped: false,
@@ -403,7 +408,11 @@ struct Dispatched {
 /// happen under one lock, so the files checked are always a prefix of the key order,
 /// however the readers interleave: the cursor never skips a file.
 struct JobQueue {
-    rx: tokio::sync::mpsc::Receiver<Job>,
+    /// Jobs come in batches ([`JOB_BATCH`]): a hand-over per file cost more than a
+    /// small file's check.
+    rx: tokio::sync::mpsc::Receiver<Vec<Job>>,
+    /// The rest of the batch received last, taken one job at a time.
+    pending: std::collections::VecDeque<Job>,
     deadline: Option<Instant>,
     /// Key of the last job taken to be checked.
     last_taken: Option<String>,
@@ -417,7 +426,11 @@ impl JobQueue {
     fn take(queue: &Mutex<JobQueue>) -> Option<Job> {
         let mut q = queue.lock().expect("job lock");
         loop {
-            let job = q.rx.blocking_recv()?;
+            let Some(job) = q.pending.pop_front() else {
+                let batch = q.rx.blocking_recv()?;
+                q.pending.extend(batch);
+                continue;
+            };
             if q.deadline.is_some_and(|d| Instant::now() >= d) {
                 q.skipped = true;
                 continue;
@@ -435,7 +448,7 @@ async fn dispatch(
     ctx: &ScanContext,
     deadline: Option<Instant>,
     cursor: Option<&str>,
-    jobs: &tokio::sync::mpsc::Sender<Job>,
+    jobs: &tokio::sync::mpsc::Sender<Vec<Job>>,
     stop: &CancellationToken,
 ) -> Result<Dispatched, ScanError> {
     let (mut client, cancel_token) = ctx.session().await?;
@@ -482,6 +495,7 @@ async fn dispatch(
                 .await?
                 .map_err(ScanError::db(context()))?;
             let n = rows.len();
+            let mut batch = Vec::with_capacity(JOB_BATCH);
             for row in rows {
                 // Checked per file: the rest of the batch is simply not dispatched, and
                 // the cursor stays at the last file that was.
@@ -489,20 +503,20 @@ async fn dispatch(
                     done.cut_short = true;
                     return Ok(done);
                 }
-                let job = Job {
+                batch.push(Job {
                     key: row.get(0),
                     path: row.get(1),
                     stored: row.get(2),
                     size: row.get(3),
-                };
-                tokio::select! {
-                    sent = jobs.send(job) => if sent.is_err() {
-                        // Every reader is gone: one of them failed; it reports why.
-                        return Ok(done);
-                    },
-                    _ = stop.cancelled() => return Err(ScanError::Cancelled),
-                }
+                });
                 count += 1;
+                if batch.len() == JOB_BATCH && !send(jobs, &mut batch, stop).await? {
+                    return Ok(done);
+                }
+            }
+            // The rest now: the readers need not wait for the next round trip.
+            if !batch.is_empty() && !send(jobs, &mut batch, stop).await? {
+                return Ok(done);
             }
             if n < ctx.batch_rows as usize {
                 break;
@@ -510,6 +524,20 @@ async fn dispatch(
         }
     }
     Ok(done)
+}
+
+/// Hand `batch` to the readers (leaving it empty); `false` if every reader is gone (one
+/// of them failed, and reports why).
+async fn send(
+    jobs: &tokio::sync::mpsc::Sender<Vec<Job>>,
+    batch: &mut Vec<Job>,
+    stop: &CancellationToken,
+) -> Result<bool, ScanError> {
+    let full = std::mem::replace(batch, Vec::with_capacity(JOB_BATCH));
+    tokio::select! {
+        sent = jobs.send(full) => Ok(sent.is_ok()),
+        _ = stop.cancelled() => Err(ScanError::Cancelled),
+    }
 }
 
 /// A reader thread: check files until the channel closes.
