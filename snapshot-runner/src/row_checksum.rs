@@ -31,9 +31,14 @@ const SAMPLE_TARGET: f64 = 20_000.0;
 
 /// A chunk holds about this many bytes of the table (heap and TOAST)…
 const CHUNK_BYTES: f64 = 64.0 * 1024.0 * 1024.0;
-/// … and at most about this many rows: a chunk's findings are held in memory at once,
-/// and the soft deadline is checked between chunks.
+/// … and at most about this many rows (and 50 × `scan.batch_rows`): a chunk's findings
+/// are held in memory at once, and the soft deadline is checked between chunks.
 const CHUNK_ROWS: f64 = 100_000.0;
+/// Chunks are ranges of TIDs, counted in slots of this many line pointers per block (the
+/// most an 8 kB heap page holds, plus one): a chunk smaller than a block is a range of
+/// offsets. Chunks are contiguous in TID order, so every tuple of any block size falls
+/// in exactly one.
+const SLOTS: u64 = 292;
 /// At least this many chunks per session, so that sessions finish together.
 const CHUNKS_PER_SESSION: u64 = 4;
 /// Key ranges per session on a server without TID range scans (older than 14).
@@ -252,7 +257,12 @@ fn chunk_query(p: &PreparedRowChecksum, from: &str, filter: &str) -> String {
 
 /// The chunks on a server with TID range scans: block ranges of every heap of the
 /// table (itself, or its leaf partitions), sized from the snapshot's relation sizes.
-async fn block_chunks(client: &Client, p: &PreparedRowChecksum) -> Result<Plan, ScanError> {
+async fn block_chunks(
+    client: &Client,
+    p: &PreparedRowChecksum,
+    batch_rows: i32,
+) -> Result<Plan, ScanError> {
+    let max_rows = CHUNK_ROWS.min(50.0 * f64::from(batch_rows.max(1)));
     let rows = client
         .query(
             "SELECT n.nspname::text, c.relname::text, \
@@ -285,14 +295,18 @@ async fn block_chunks(client: &Client, p: &PreparedRowChecksum) -> Result<Plan, 
             &heap.quoted(),
             "ctid >= $1::text::tid AND ctid < $2::text::tid",
         ));
-        let step = chunk_blocks(blocks, bytes, tuples, sessions);
-        let tid = |block: u64| Some(format!("({block},0)"));
+        let step = chunk_slots(blocks, bytes, tuples, sessions, max_rows);
+        let tid = |slot: u64| Some(format!("({},{})", slot / SLOTS, slot % SLOTS));
         let mut start = 0;
         loop {
             let end = start + step;
             // The last chunk is open-ended: nothing past the relation's end is missed.
-            let last = end >= blocks;
-            let upper = if last { tid(u32::MAX as u64) } else { tid(end) };
+            let last = end >= blocks * SLOTS;
+            let upper = if last {
+                tid(u64::from(u32::MAX) * SLOTS)
+            } else {
+                tid(end)
+            };
             plan.chunks.push(Chunk {
                 statement,
                 params: [tid(start), upper],
@@ -306,11 +320,12 @@ async fn block_chunks(client: &Client, p: &PreparedRowChecksum) -> Result<Plan, 
     Ok(plan)
 }
 
-/// Blocks per chunk of a heap of `blocks` blocks, `bytes` with its TOAST, `tuples` rows
-/// (-1: never analyzed), scanned by `sessions` sessions.
-fn chunk_blocks(blocks: u64, bytes: f64, tuples: f64, sessions: u64) -> u64 {
+/// TID slots ([`SLOTS`] a block) per chunk of a heap of `blocks` blocks, `bytes` with its
+/// TOAST, `tuples` rows (-1: never analyzed), scanned by `sessions` sessions, with at most
+/// about `max_rows` rows a chunk. Whole blocks unless a block holds more rows than that.
+fn chunk_slots(blocks: u64, bytes: f64, tuples: f64, sessions: u64, max_rows: f64) -> u64 {
     if blocks == 0 {
-        return 1;
+        return SLOTS;
     }
     let per_block_bytes = (bytes / blocks as f64).max(1.0);
     let per_block_rows = if tuples > 0.0 {
@@ -320,9 +335,14 @@ fn chunk_blocks(blocks: u64, bytes: f64, tuples: f64, sessions: u64) -> u64 {
         // small chunks).
         290.0
     };
-    let by_size = (CHUNK_BYTES / per_block_bytes).min(CHUNK_ROWS / per_block_rows);
-    let balanced = blocks.div_ceil(sessions * CHUNKS_PER_SESSION);
-    (by_size as u64).min(balanced).max(1)
+    let by_size = (CHUNK_BYTES / per_block_bytes).min(max_rows / per_block_rows);
+    let balanced = blocks.div_ceil(sessions * CHUNKS_PER_SESSION) as f64;
+    let per_chunk = by_size.min(balanced);
+    if per_chunk >= 1.0 {
+        per_chunk as u64 * SLOTS
+    } else {
+        ((per_chunk * SLOTS as f64) as u64).max(1)
+    }
 }
 
 /// The chunks on a server without TID range scans: ranges of the key.
@@ -370,7 +390,7 @@ pub(crate) async fn run(
         // Sized once paused: the snapshot's relation sizes.
         let plan = if p.tid_ranges {
             let client = ctx.connect().await?;
-            block_chunks(&client, p).await?
+            block_chunks(&client, p, ctx.batch_rows).await?
         } else {
             key_chunks(p)
         };
@@ -499,14 +519,20 @@ mod tests {
 
     #[test]
     fn chunks_are_bounded_by_bytes_rows_and_sessions() {
+        let blocks = |slots: u64| {
+            assert_eq!(slots % SLOTS, 0, "whole blocks");
+            slots / SLOTS
+        };
         // 2M rows of 64 B: 26,667 blocks of 75 rows; rows bound the chunk.
-        let small = chunk_blocks(26_667, 218e6, 2e6, 2);
-        assert_eq!(small, 1_333);
+        let small = chunk_slots(26_667, 218e6, 2e6, 2, CHUNK_ROWS);
+        assert_eq!(blocks(small), 1_333);
         // 16k rows of 64 KiB in TOAST: a 120-block heap; bytes bound the chunk.
-        let large = chunk_blocks(120, 1.1e9, 16_384.0, 2);
+        let large = blocks(chunk_slots(120, 1.1e9, 16_384.0, 2, CHUNK_ROWS));
         assert!((1..=8).contains(&large), "{large}");
         // A small table still gives every session several chunks.
-        assert_eq!(chunk_blocks(16, 131_072.0, 800.0, 2), 2);
-        assert_eq!(chunk_blocks(0, 0.0, -1.0, 2), 1);
+        assert_eq!(blocks(chunk_slots(16, 131_072.0, 800.0, 2, CHUNK_ROWS)), 2);
+        assert_eq!(chunk_slots(0, 0.0, -1.0, 2, CHUNK_ROWS), SLOTS);
+        // scan.batch_rows = 1 (50 rows a chunk) with 100 rows a block: half blocks.
+        assert_eq!(chunk_slots(1_000, 8.2e6, 1e5, 1, 50.0), SLOTS / 2);
     }
 }
