@@ -545,3 +545,76 @@ async fn file_checksum_reports_a_fifo_without_hanging() {
     assert_eq!(got, vec![("2".to_string(), "unreadable".to_string())]);
     assert_eq!(c.pause_state(1).await, "not paused");
 }
+
+/// Issue 13, item 3: a row_checksum whose checksum column is the wrong one finds every
+/// row. Past `max_findings` it stops, `failed` with the contract's message; nothing of it
+/// is queued or uploaded, while the other task's findings are; the replica is resumed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_findings_fails_the_task_and_uploads_nothing_of_it() {
+    let (c, p) = blobs_cluster("scans-flood", 6_000).await;
+    p.batch_execute(
+        "ALTER TABLE public.blobs ADD COLUMN name_md5 text;
+         UPDATE public.blobs SET name_md5 = md5(id::text);
+         UPDATE public.blobs SET payload_md5 = md5('tampered') WHERE id = 4242;",
+    )
+    .await
+    .unwrap();
+    let tasks = blobs_task("")
+        + &row_checksum_task(
+            "wrong",
+            BLOBS,
+            "id",
+            "payload",
+            "name_md5",
+            "max_findings = 100\nparallelism = 2",
+        );
+    let cfg = c.ready_config("flood.toml", &tasks).await;
+
+    let (run, s) = run_json(&c, &cfg, &[]);
+    assert_eq!(run.code, 1, "a failed task fails the run: {}", run.stderr);
+    let message = "more than 100 findings: is the checksum column right?";
+    let wrong = task_entry(&s, "wrong");
+    assert_eq!(wrong["status"], "failed", "{s:#}");
+    assert_eq!(wrong["error"], message, "{s:#}");
+    let line = run.error_line().unwrap();
+    assert!(
+        line.contains(&format!("task wrong failed: {message}")),
+        "{line}"
+    );
+    assert_eq!(c.pause_state(1).await, "not paused");
+
+    let id = s["run_id"].as_i64().unwrap();
+    let manifest = manifest(&c.results_dir(), id);
+    assert!(
+        task_entry(&manifest, "wrong")["file"].is_null(),
+        "no data file of the flooded task in the manifest: {manifest:#}"
+    );
+    let queued: Vec<String> = c
+        .primary()
+        .await
+        .query(
+            "SELECT task_name FROM pgmaint.upload_tasks WHERE run_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(queued, ["blobs"]);
+
+    c.run(&cfg, &["uploader", "--once"]).expect_code(0);
+    let uploaded: Vec<(String, String)> = c
+        .primary()
+        .await
+        .query(
+            "SELECT task_name, row_key FROM pgmaint.integrity_findings WHERE run_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(uploaded, [("blobs".to_string(), "4242".to_string())]);
+}

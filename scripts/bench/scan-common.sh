@@ -40,10 +40,12 @@ create_blobs() {
         -c "ALTER TABLE blobs ALTER payload SET STORAGE EXTERNAL"
 }
 
-# insert_blobs FROM TO: blobs rows FROM..TO, 64 KiB of payload each, with its md5.
+# insert_blobs FROM TO [BYTES]: blobs rows FROM..TO, BYTES (a multiple of 16; default
+# 64 KiB) of payload each, with its md5.
 insert_blobs() {
+    local bytes=${3:-65536}
     psql_p -c "INSERT INTO blobs SELECT g, p, md5(p)
-                 FROM (SELECT g, decode(repeat(md5(g::text), 4096), 'hex') AS p FROM generate_series($1, $2) g) s"
+                 FROM (SELECT g, decode(repeat(md5(g::text), $((bytes / 16))), 'hex') AS p FROM generate_series($1, $2) g) s"
 }
 
 # seed_blobs ROWS: blobs with rows 1..ROWS, vacuumed and analyzed.
@@ -61,17 +63,26 @@ create_store_files() {
 # load_store_files: store_files rows from stdin (id, rel_path, md5, bytes; tab-separated).
 load_store_files() { psql_p -c "\\copy store_files FROM STDIN"; }
 
-# row_checksum_task NAME PARALLELISM: a [[tasks]] entry checking blobs.
+# row_checksum_task NAME PARALLELISM [TABLE]: a [[tasks]] entry checking TABLE (blobs).
 row_checksum_task() {
-    printf '[[tasks]]\nname = "%s"\nkind = "row_checksum"\ntable = "blobs"\nkey = "id"\ncontent = "payload"\nchecksum = "payload_md5"\nparallelism = %s\n' \
-        "$1" "$2"
+    printf '[[tasks]]\nname = "%s"\nkind = "row_checksum"\ntable = "%s"\nkey = "id"\ncontent = "payload"\nchecksum = "payload_md5"\nparallelism = %s\n' \
+        "$1" "${3:-blobs}" "$2"
 }
 
-# file_checksum_task NAME ROOT PARALLELISM: a [[tasks]] entry checking the files
-# store_files lists under ROOT.
+# file_checksum_task NAME ROOT PARALLELISM [TABLE]: a [[tasks]] entry checking the files
+# TABLE (store_files) lists under ROOT.
 file_checksum_task() {
-    printf '[[tasks]]\nname = "%s"\nkind = "file_checksum"\ntable = "store_files"\nkey = "id"\npath = "rel_path"\nchecksum = "md5"\nsize = "bytes"\nroot = "%s"\nparallelism = %s\n' \
-        "$1" "$2" "$3"
+    printf '[[tasks]]\nname = "%s"\nkind = "file_checksum"\ntable = "%s"\nkey = "id"\npath = "rel_path"\nchecksum = "md5"\nsize = "bytes"\nroot = "%s"\nparallelism = %s\n' \
+        "$1" "${4:-store_files}" "$2" "$3"
+}
+
+# rss_ratio TASK_SMALL TASK_BIG: peak RSS (MiB) of `pgmaint run --task` over each, and
+# big/small, in rss_small, rss_big, rss_x.
+rss_ratio() {
+    local a b
+    a=$( { peak_rss_kb "$PGMAINT" --config "$BENCH_CONFIG" run --task "$1" >/dev/null 2>&1; } 3>&1 )
+    b=$( { peak_rss_kb "$PGMAINT" --config "$BENCH_CONFIG" run --task "$2" >/dev/null 2>&1; } 3>&1 )
+    rss_small=$((a / 1024)) rss_big=$((b / 1024)) rss_x=$(ratio "$b" "$a")
 }
 
 # bench_config TOML: BENCH_CONFIG ($CLUSTER_DIR/bench.toml), the cluster's config plus

@@ -6,7 +6,6 @@
 //! the others are still checked.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -20,7 +19,9 @@ use crate::findings_scan::{FindingsScan, ScanEnd};
 use crate::ident::{quote_ident, QualifiedName};
 use crate::results::{AmcheckFindings, FindingsPlan};
 use crate::session::or_cancelled;
-use crate::task::fields::{at_least_one, parallelism_or_default, parallelism_within_cap};
+use crate::task::fields::{
+    at_least_one, max_findings_or_default, parallelism_or_default, parallelism_within_cap,
+};
 use crate::task::{run_workers, FieldError, TaskFields, TaskReport};
 use crate::{ScanContext, ScanError};
 
@@ -34,11 +35,14 @@ pub struct AmcheckSpec {
     pub heapallindexed: bool,
     /// Relations checked at once, each on its own session.
     pub parallelism: usize,
+    /// More findings than this fail the task (`max_findings`).
+    pub max_findings: u64,
 }
 
 impl AmcheckSpec {
     /// The config fields of this kind.
-    pub const FIELDS: &'static [&'static str] = &["tables", "heapallindexed", "parallelism"];
+    pub const FIELDS: &'static [&'static str] =
+        &["tables", "heapallindexed", "parallelism", "max_findings"];
 
     /// The spec config's fields describe, checked.
     pub fn from_fields(f: &TaskFields) -> Result<Self, FieldError> {
@@ -46,6 +50,7 @@ impl AmcheckSpec {
             tables: f.tables.clone(),
             heapallindexed: f.heapallindexed.unwrap_or(false),
             parallelism: parallelism_or_default(f.parallelism),
+            max_findings: max_findings_or_default(f.max_findings)?,
         };
         spec.validate()?;
         parallelism_within_cap(f.parallelism)?;
@@ -60,9 +65,13 @@ impl AmcheckSpec {
                 "empty list (leave it out to check every table)",
             ));
         }
+        at_least_one("max_findings", self.max_findings)?;
         at_least_one("parallelism", self.parallelism as u64)
     }
 }
+
+/// What more than `max_findings` amcheck findings most likely mean.
+const FLOOD_HINT: &str = "are the relations badly damaged? raise max_findings to record them all";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Check {
@@ -83,6 +92,7 @@ pub(crate) struct PreparedAmcheck {
     ext_schema: String,
     heapallindexed: bool,
     parallelism: usize,
+    max_findings: u64,
     items: Vec<Item>,
 }
 
@@ -108,6 +118,7 @@ pub(crate) async fn prepare(
         ext_schema: quote_ident(&ext_schema),
         heapallindexed: spec.heapallindexed,
         parallelism: spec.parallelism,
+        max_findings: spec.max_findings,
         items: with_indexes(client, tables).await?,
     })
 }
@@ -240,7 +251,13 @@ pub(crate) async fn run(
     deadline: Option<Instant>,
     report: &mut TaskReport,
 ) -> Result<(), ScanError> {
-    let scan = FindingsScan::start(ctx, name, "relations", Some(p.items.len() as u64))?;
+    let scan = FindingsScan::start(
+        ctx,
+        name,
+        "relations",
+        Some(p.items.len() as u64),
+        (p.max_findings, FLOOD_HINT),
+    )?;
     let queue = Mutex::new(p.items.iter().cloned().collect::<VecDeque<_>>());
     let workers = (0..p.parallelism.min(p.items.len()).max(1))
         .map(|_| worker(p, ctx, &queue, &scan, deadline));
@@ -282,11 +299,10 @@ async fn worker(
         };
         let relation = item.name.to_string();
         let mut write = |row_key: &str, finding: &str, detail: &str| -> Result<(), ScanError> {
+            scan.admit()?;
             sink.lock()
                 .expect("sink lock")
-                .write([relation.as_str(), row_key, finding, detail])?;
-            counters.findings.fetch_add(1, Ordering::Relaxed);
-            Ok(())
+                .write([relation.as_str(), row_key, finding, detail])
         };
         let checked = or_cancelled(
             check_one(p, &client, &item, &mut write),

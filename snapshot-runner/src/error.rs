@@ -24,6 +24,15 @@ pub enum ScanError {
     /// The task was cancelled (signal, limit, lost lease).
     #[error("cancelled")]
     Cancelled,
+    /// The task found more than its `max_findings`: most likely a misconfiguration
+    /// (the wrong checksum column), so none of its findings are kept for upload.
+    #[error("more than {limit} findings: {hint}")]
+    TooManyFindings {
+        /// The task's `max_findings`.
+        limit: u64,
+        /// What is most likely wrong, for the kind of task.
+        hint: &'static str,
+    },
 }
 
 impl ScanError {

@@ -32,7 +32,9 @@ use crate::progress::Counters;
 use crate::results::data_files::CsvFile;
 use crate::results::{FileChecksumFindings, FindingsPlan};
 use crate::session::or_cancelled;
-use crate::task::fields::{at_least_one, parallelism_or_default, parallelism_within_cap, required};
+use crate::task::fields::{
+    at_least_one, max_findings_or_default, parallelism_or_default, parallelism_within_cap, required,
+};
 use crate::task::{FieldError, TaskFields, TaskReport};
 use crate::{ScanContext, ScanError};
 
@@ -41,6 +43,13 @@ use crate::{ScanContext, ScanError};
 /// the read size. A buffer that stays in the CPU cache between the copy and the hash is
 /// what matters here: 64 KiB hashed ~10% faster than 1 MiB in scripts/bench.
 const READ_BUF: usize = 64 << 10;
+
+/// Catalog rows handed to the readers at once. Readers still take them one at a time,
+/// so the soft deadline and the cursor stay per file.
+const JOB_BATCH: usize = 64;
+
+/// What more than `max_findings` findings most likely mean.
+const FLOOD_HINT: &str = "is the checksum column right?";
 
 /// Config of a `file_checksum` task. Names are in SQL syntax.
 #[derive(Debug, Clone)]
@@ -65,6 +74,8 @@ pub struct FileChecksumSpec {
     pub files_per_run: Option<u64>,
     /// Files read at once, each by its own thread.
     pub parallelism: usize,
+    /// More findings than this fail the task (`max_findings`).
+    pub max_findings: u64,
 }
 
 impl FileChecksumSpec {
@@ -80,6 +91,7 @@ impl FileChecksumSpec {
         "ingested_at",
         "files_per_run",
         "parallelism",
+        "max_findings",
     ];
 
     /// The spec config's fields describe, checked.
@@ -95,6 +107,7 @@ impl FileChecksumSpec {
             ingested_at: f.ingested_at.clone(),
             files_per_run: f.files_per_run,
             parallelism: parallelism_or_default(f.parallelism),
+            max_findings: max_findings_or_default(f.max_findings)?,
         };
         spec.validate()?;
         parallelism_within_cap(f.parallelism)?;
@@ -126,6 +139,7 @@ impl FileChecksumSpec {
         if let Some(n) = self.files_per_run {
             at_least_one("files_per_run", n)?;
         }
+        at_least_one("max_findings", self.max_findings)?;
         at_least_one("parallelism", self.parallelism as u64)
     }
 }
@@ -142,6 +156,7 @@ pub(crate) struct PreparedFileChecksum {
     root: PathBuf,
     files_per_run: Option<u64>,
     parallelism: usize,
+    max_findings: u64,
     estimated_rows: u64,
 }
 
@@ -204,6 +219,7 @@ pub(crate) async fn prepare(
         root,
         files_per_run: spec.files_per_run,
         parallelism: spec.parallelism,
+        max_findings: spec.max_findings,
         estimated_rows,
     };
     // Plan the real query once: proves the key is orderable and the cursor cast works.
@@ -289,11 +305,13 @@ pub(crate) async fn run(
         Some(n) => n.min(p.estimated_rows.max(1)),
         None => p.estimated_rows,
     };
-    let scan = FindingsScan::start(ctx, name, "files", Some(total))?;
+    let limit = (p.max_findings, FLOOD_HINT);
+    let scan = FindingsScan::start(ctx, name, "files", Some(total), limit)?;
     let relation = p.table.to_string();
-    let (jobs, rx) = tokio::sync::mpsc::channel::<Job>(p.parallelism * 4);
+    let (jobs, rx) = tokio::sync::mpsc::channel::<Vec<Job>>(p.parallelism * 2);
     let queue = Arc::new(Mutex::new(JobQueue {
         rx,
+        pending: std::collections::VecDeque::new(),
         deadline,
         last_taken: None,
         skipped: false,
@@ -345,16 +363,17 @@ fn spawn_readers(
 ) -> Vec<tokio::task::JoinHandle<Result<(), ScanError>>> {
     (0..p.parallelism)
         .map(|_| {
-            let (queue, sink, counters, stop, root, relation) = (
+            let (queue, sink, counters, stop, root, relation, limit) = (
                 queue.clone(),
                 scan.sink.clone(),
                 scan.counters.clone(),
                 scan.stop.clone(),
                 p.root.clone(),
                 relation.to_string(),
+                scan.limit(),
             );
             tokio::task::spawn_blocking(move || {
-                reader(&queue, &sink, &counters, &stop, &root, &relation)
+                reader(&queue, &sink, &counters, &stop, &root, &relation, limit)
             })
         })
         .collect()
@@ -389,7 +408,11 @@ struct Dispatched {
 /// happen under one lock, so the files checked are always a prefix of the key order,
 /// however the readers interleave: the cursor never skips a file.
 struct JobQueue {
-    rx: tokio::sync::mpsc::Receiver<Job>,
+    /// Jobs come in batches ([`JOB_BATCH`]): a hand-over per file cost more than a
+    /// small file's check.
+    rx: tokio::sync::mpsc::Receiver<Vec<Job>>,
+    /// The rest of the batch received last, taken one job at a time.
+    pending: std::collections::VecDeque<Job>,
     deadline: Option<Instant>,
     /// Key of the last job taken to be checked.
     last_taken: Option<String>,
@@ -403,7 +426,11 @@ impl JobQueue {
     fn take(queue: &Mutex<JobQueue>) -> Option<Job> {
         let mut q = queue.lock().expect("job lock");
         loop {
-            let job = q.rx.blocking_recv()?;
+            let Some(job) = q.pending.pop_front() else {
+                let batch = q.rx.blocking_recv()?;
+                q.pending.extend(batch);
+                continue;
+            };
             if q.deadline.is_some_and(|d| Instant::now() >= d) {
                 q.skipped = true;
                 continue;
@@ -421,7 +448,7 @@ async fn dispatch(
     ctx: &ScanContext,
     deadline: Option<Instant>,
     cursor: Option<&str>,
-    jobs: &tokio::sync::mpsc::Sender<Job>,
+    jobs: &tokio::sync::mpsc::Sender<Vec<Job>>,
     stop: &CancellationToken,
 ) -> Result<Dispatched, ScanError> {
     let (mut client, cancel_token) = ctx.session().await?;
@@ -468,6 +495,7 @@ async fn dispatch(
                 .await?
                 .map_err(ScanError::db(context()))?;
             let n = rows.len();
+            let mut batch = Vec::with_capacity(JOB_BATCH);
             for row in rows {
                 // Checked per file: the rest of the batch is simply not dispatched, and
                 // the cursor stays at the last file that was.
@@ -475,20 +503,20 @@ async fn dispatch(
                     done.cut_short = true;
                     return Ok(done);
                 }
-                let job = Job {
+                batch.push(Job {
                     key: row.get(0),
                     path: row.get(1),
                     stored: row.get(2),
                     size: row.get(3),
-                };
-                tokio::select! {
-                    sent = jobs.send(job) => if sent.is_err() {
-                        // Every reader is gone: one of them failed; it reports why.
-                        return Ok(done);
-                    },
-                    _ = stop.cancelled() => return Err(ScanError::Cancelled),
-                }
+                });
                 count += 1;
+                if batch.len() == JOB_BATCH && !send(jobs, &mut batch, stop).await? {
+                    return Ok(done);
+                }
+            }
+            // The rest now: the readers need not wait for the next round trip.
+            if !batch.is_empty() && !send(jobs, &mut batch, stop).await? {
+                return Ok(done);
             }
             if n < ctx.batch_rows as usize {
                 break;
@@ -496,6 +524,20 @@ async fn dispatch(
         }
     }
     Ok(done)
+}
+
+/// Hand `batch` to the readers (leaving it empty); `false` if every reader is gone (one
+/// of them failed, and reports why).
+async fn send(
+    jobs: &tokio::sync::mpsc::Sender<Vec<Job>>,
+    batch: &mut Vec<Job>,
+    stop: &CancellationToken,
+) -> Result<bool, ScanError> {
+    let full = std::mem::replace(batch, Vec::with_capacity(JOB_BATCH));
+    tokio::select! {
+        sent = jobs.send(full) => Ok(sent.is_ok()),
+        _ = stop.cancelled() => Err(ScanError::Cancelled),
+    }
 }
 
 /// A reader thread: check files until the channel closes.
@@ -506,8 +548,24 @@ fn reader(
     stop: &CancellationToken,
     root: &Path,
     relation: &str,
+    limit: (u64, &'static str),
 ) -> Result<(), ScanError> {
     let mut buf = vec![0u8; READ_BUF];
+    let mut hasher = FileMd5::new();
+    // The root, opened once: each file is opened beneath it in one system call.
+    let root_dir = File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_PATH)
+        .open(root)
+        .map_err(ScanError::io(root))?;
+    let mut reading = Reading {
+        root,
+        root_dir: &root_dir,
+        buf: &mut buf,
+        hasher: &mut hasher,
+        counters,
+        stop,
+    };
     loop {
         let Some(job) = JobQueue::take(queue) else {
             return Ok(());
@@ -515,18 +573,18 @@ fn reader(
         if stop.is_cancelled() {
             return Ok(());
         }
-        let outcome = check_file(root, &job, &mut buf, counters, stop);
+        let outcome = reading.check_file(&job);
         if let Some((finding, detail)) = outcome {
             if finding == "cancelled" {
                 return Ok(());
             }
+            crate::findings_scan::admit(counters, stop, limit.0, limit.1)?;
             sink.lock().expect("sink lock").write([
                 relation,
                 job.key.as_str(),
                 finding,
                 detail.as_str(),
             ])?;
-            counters.findings.fetch_add(1, Ordering::Relaxed);
         }
         counters.items.fetch_add(1, Ordering::Relaxed);
     }
@@ -540,17 +598,17 @@ enum Resolved {
     Unreadable(String),
 }
 
-/// Resolve `rel` under the canonical `root` without ever leaving it.
-fn resolve(root: &Path, rel: &str) -> Resolved {
+/// What the text of `rel` alone says against it, if anything.
+fn resolve_lexically(rel: &str) -> Option<Resolved> {
     let relp = Path::new(rel);
     if rel.is_empty() {
-        return Resolved::Missing("empty path".into());
+        return Some(Resolved::Missing("empty path".into()));
     }
     if rel.contains('\0') {
-        return Resolved::Outside("path contains a NUL byte".into());
+        return Some(Resolved::Outside("path contains a NUL byte".into()));
     }
     if relp.is_absolute() {
-        return Resolved::Outside("absolute path".into());
+        return Some(Resolved::Outside("absolute path".into()));
     }
     if relp.components().any(|c| {
         matches!(
@@ -558,9 +616,17 @@ fn resolve(root: &Path, rel: &str) -> Resolved {
             Component::ParentDir | Component::Prefix(_) | Component::RootDir
         )
     }) {
-        return Resolved::Outside("path contains '..'".into());
+        return Some(Resolved::Outside("path contains '..'".into()));
     }
-    let full = root.join(relp);
+    None
+}
+
+/// Resolve `rel` under the canonical `root` without ever leaving it.
+fn resolve(root: &Path, rel: &str) -> Resolved {
+    if let Some(r) = resolve_lexically(rel) {
+        return r;
+    }
+    let full = root.join(Path::new(rel));
     match full.canonicalize() {
         Ok(canon) if canon.starts_with(root) => Resolved::Inside(canon),
         Ok(canon) => Resolved::Outside(format!(
@@ -580,104 +646,174 @@ fn resolve(root: &Path, rel: &str) -> Resolved {
     }
 }
 
-/// Check one file. `None`: it matches. A finding otherwise (`"cancelled"` if the run
-/// was cancelled mid-file).
-fn check_file(
-    root: &Path,
-    job: &Job,
-    buf: &mut [u8],
-    counters: &Counters,
-    stop: &CancellationToken,
-) -> Option<(&'static str, String)> {
-    let Some(rel) = job.path.as_deref() else {
-        return Some(("missing", "path is NULL".into()));
-    };
-    let path = match resolve(root, rel) {
-        Resolved::Inside(p) => p,
-        Resolved::Outside(why) => return Some(("path_outside_root", format!("{rel}: {why}"))),
-        Resolved::Missing(why) => return Some(("missing", format!("{rel}: {why}"))),
-        Resolved::Unreadable(why) => return Some(("unreadable", format!("{rel}: {why}"))),
-    };
-    // The canonical path has no symlinks left; O_NOFOLLOW refuses one swapped in since.
-    // O_NONBLOCK: opening a FIFO (or a device) must not hang the reader, and with it the
-    // pause; regular files ignore the flag.
-    let file = match File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Some(("missing", format!("{rel}: no such file")))
+/// What a reader thread checks files with.
+struct Reading<'a> {
+    /// The canonical root.
+    root: &'a Path,
+    /// The root, opened (`O_PATH`).
+    root_dir: &'a File,
+    buf: &'a mut [u8],
+    /// Reused from file to file (a new MD5 context per file costs more than a small
+    /// file's hashing).
+    hasher: &'a mut FileMd5,
+    counters: &'a Counters,
+    stop: &'a CancellationToken,
+}
+
+impl Reading<'_> {
+    /// Check one file. `None`: it matches. A finding otherwise (`"cancelled"` if the run
+    /// was cancelled mid-file).
+    fn check_file(&mut self, job: &Job) -> Option<(&'static str, String)> {
+        let Some(rel) = job.path.as_deref() else {
+            return Some(("missing", "path is NULL".into()));
+        };
+        let file = match self.open(rel) {
+            Ok(f) => f,
+            Err(finding) => return Some(finding),
+        };
+        let meta = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => return Some(("unreadable", format!("{rel}: {e}"))),
+        };
+        if !meta.is_file() {
+            return Some(("unreadable", format!("{rel}: not a regular file")));
         }
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Some((
-                "path_outside_root",
-                format!("{rel}: became a symlink while checking"),
-            ))
+        if let Some(expected) = job.size {
+            if meta.len() as i64 != expected {
+                return Some((
+                    "size_differs",
+                    format!("stored={expected} actual={}", meta.len()),
+                ));
+            }
         }
-        Err(e) => return Some(("unreadable", format!("{rel}: {e}"))),
-    };
-    let meta = match file.metadata() {
-        Ok(m) => m,
-        Err(e) => return Some(("unreadable", format!("{rel}: {e}"))),
-    };
-    if !meta.is_file() {
-        return Some(("unreadable", format!("{rel}: not a regular file")));
-    }
-    if let Some(expected) = job.size {
-        if meta.len() as i64 != expected {
-            return Some((
-                "size_differs",
-                format!("stored={expected} actual={}", meta.len()),
-            ));
-        }
-    }
-    let Some(stored) = job.stored.as_deref() else {
-        return match md5_of(file, buf, counters, stop) {
-            Ok(Some(m)) => Some(("null_checksum", format!("computed={m}"))),
+        let hashed = self.md5_of(file, meta.len());
+        let Some(stored) = job.stored.as_deref() else {
+            return match hashed {
+                Ok(Some(m)) => Some(("null_checksum", format!("computed={m}"))),
+                Ok(None) => Some(("cancelled", String::new())),
+                Err(e) => Some(("unreadable", format!("{rel}: {e}"))),
+            };
+        };
+        match hashed {
+            Ok(Some(computed)) if computed == stored => None,
+            Ok(Some(computed)) => {
+                Some(("mismatch", format!("stored={stored} computed={computed}")))
+            }
             Ok(None) => Some(("cancelled", String::new())),
             Err(e) => Some(("unreadable", format!("{rel}: {e}"))),
+        }
+    }
+
+    /// Open catalog path `rel` for reading, never leaving the root; the finding if it
+    /// cannot be.
+    ///
+    /// The common case costs one system call: `openat2` beneath the root's descriptor
+    /// (`RESOLVE_BENEATH`: the kernel refuses any step out of it, symlinks included).
+    /// Whatever it refuses or fails takes the slow path (resolve every component, then
+    /// open the canonical path), which says why in the words it always did; so does a
+    /// kernel without `openat2` (before 5.6).
+    fn open(&self, rel: &str) -> Result<File, (&'static str, String)> {
+        if let Some(outside) = lexically_outside(rel) {
+            return Err(outside);
+        }
+        if let Some(file) = open_beneath(self.root_dir, rel) {
+            return Ok(file);
+        }
+        let path = match resolve(self.root, rel) {
+            Resolved::Inside(p) => p,
+            Resolved::Outside(why) => return Err(("path_outside_root", format!("{rel}: {why}"))),
+            Resolved::Missing(why) => return Err(("missing", format!("{rel}: {why}"))),
+            Resolved::Unreadable(why) => return Err(("unreadable", format!("{rel}: {why}"))),
         };
-    };
-    match md5_of(file, buf, counters, stop) {
-        Ok(Some(computed)) if computed == stored => None,
-        Ok(Some(computed)) => Some(("mismatch", format!("stored={stored} computed={computed}"))),
-        Ok(None) => Some(("cancelled", String::new())),
-        Err(e) => Some(("unreadable", format!("{rel}: {e}"))),
+        // The canonical path has no symlinks left; O_NOFOLLOW refuses one swapped in since.
+        // O_NONBLOCK: opening a FIFO (or a device) must not hang the reader, and with it the
+        // pause; regular files ignore the flag.
+        match File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+        {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(("missing", format!("{rel}: no such file")))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err((
+                "path_outside_root",
+                format!("{rel}: became a symlink while checking"),
+            )),
+            Err(e) => Err(("unreadable", format!("{rel}: {e}"))),
+        }
+    }
+
+    /// MD5 of a file of `len` bytes (at the time of `fstat`), read front to back; `None`
+    /// if cancelled mid-way.
+    fn md5_of(&mut self, mut file: File, len: u64) -> io::Result<Option<String>> {
+        // Tell the kernel we read front to back, so that it reads ahead more
+        // aggressively; a file that one read takes whole gains nothing from it.
+        if len > self.buf.len() as u64 {
+            use std::os::fd::AsRawFd;
+            // SAFETY: the descriptor is open for the duration of the call.
+            unsafe {
+                libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+            }
+        }
+        self.hasher.restart();
+        loop {
+            if self.stop.is_cancelled() {
+                return Ok(None);
+            }
+            let n = match file.read(self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.hasher.update(&self.buf[..n]);
+            self.counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(Some(self.hasher.hex()))
     }
 }
 
-/// MD5 of a file, read front to back; `None` if cancelled mid-way.
-fn md5_of(
-    mut file: File,
-    buf: &mut [u8],
-    counters: &Counters,
-    stop: &CancellationToken,
-) -> io::Result<Option<String>> {
-    {
-        use std::os::fd::AsRawFd;
-        // Tell the kernel we read front to back: it reads ahead more aggressively.
-        // SAFETY: the descriptor is open for the duration of the call.
-        unsafe {
-            libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
-        }
+/// The finding about a path that leaves the root by its text alone (absolute, `..`, a
+/// NUL byte) or names nothing (empty).
+fn lexically_outside(rel: &str) -> Option<(&'static str, String)> {
+    let why = match resolve_lexically(rel) {
+        None => return None,
+        Some(Resolved::Outside(why)) => ("path_outside_root", why),
+        Some(Resolved::Missing(why)) => ("missing", why),
+        Some(Resolved::Unreadable(why)) => ("unreadable", why),
+        Some(Resolved::Inside(_)) => return None,
+    };
+    Some((why.0, format!("{rel}: {}", why.1)))
+}
+
+/// `rel` opened read-only beneath `root_dir` by `openat2(RESOLVE_BENEATH |
+/// RESOLVE_NO_MAGICLINKS)`, following symlinks only while they stay beneath it; `None`
+/// on any failure (the caller's slow path says why).
+fn open_beneath(root_dir: &File, rel: &str) -> Option<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let path = std::ffi::CString::new(rel).ok()?;
+    // SAFETY: open_how is plain data; zeroed is its documented "no options" value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: the path is NUL-terminated, `how` lives across the call and its size is
+    // passed; the returned descriptor, if any, is owned by the File made from it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root_dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return None;
     }
-    let mut hasher = FileMd5::new();
-    loop {
-        if stop.is_cancelled() {
-            return Ok(None);
-        }
-        let n = match file.read(buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
-    }
-    Ok(Some(hasher.hex()))
+    // SAFETY: a new descriptor that nothing else owns.
+    Some(unsafe { File::from_raw_fd(fd as i32) })
 }
 
 #[cfg(test)]
@@ -711,6 +847,41 @@ mod tests {
             Resolved::Outside(_)
         ));
         assert!(matches!(resolve(&root, "nope"), Resolved::Missing(_)));
+
+        // Opening takes the one-call path where it can, and says what the slow path
+        // says where it cannot: the same findings either way.
+        std::os::unix::fs::symlink(root.join("d/a"), root.join("abs_in")).unwrap();
+        let root_dir = File::options()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_PATH)
+            .open(&root)
+            .unwrap();
+        let (mut buf, mut hasher) = (vec![0u8; 16], FileMd5::new());
+        let (counters, stop) = (Counters::default(), CancellationToken::new());
+        let reading = Reading {
+            root: &root,
+            root_dir: &root_dir,
+            buf: &mut buf,
+            hasher: &mut hasher,
+            counters: &counters,
+            stop: &stop,
+        };
+        for inside in ["d/a", "in", "./d/a", "abs_in"] {
+            assert!(reading.open(inside).is_ok(), "{inside}");
+        }
+        let kind = |rel: &str| reading.open(rel).err().map(|(k, d)| (k, d.contains(rel)));
+        for outside in ["out", "up/secret", "../secret", "/etc/passwd"] {
+            assert_eq!(
+                kind(outside),
+                Some(("path_outside_root", true)),
+                "{outside}"
+            );
+        }
+        assert_eq!(kind("nope"), Some(("missing", true)));
+        assert_eq!(
+            reading.open("nope").unwrap_err().1,
+            "nope: no such file".to_string()
+        );
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -22,7 +22,28 @@ pub(crate) struct FindingsScan {
     pub(crate) counters: Arc<Counters>,
     /// Cancelled with the run, and by a failing worker so that its siblings stop too.
     pub(crate) stop: CancellationToken,
+    /// What a flood of findings most likely means, for the kind (see [`too_many`]).
+    hint: &'static str,
+    max_findings: u64,
     progress: ProgressReporter,
+}
+
+/// The default of `tasks[].max_findings`.
+pub const DEFAULT_MAX_FINDINGS: u64 = 100_000;
+
+/// Count one finding about to be written against `counters`' limit; past it, cancel
+/// `stop` (the task's other workers stop too) and fail with [`ScanError::TooManyFindings`].
+pub(crate) fn admit(
+    counters: &Counters,
+    stop: &CancellationToken,
+    limit: u64,
+    hint: &'static str,
+) -> Result<(), ScanError> {
+    if counters.admit_finding() {
+        return Ok(());
+    }
+    stop.cancel();
+    Err(ScanError::TooManyFindings { limit, hint })
 }
 
 /// How a findings scan ended, when it did not fail.
@@ -49,12 +70,14 @@ impl ScanEnd {
 
 impl FindingsScan {
     /// Create task `name`'s findings file and start reporting progress of `total`
-    /// (an estimate is fine) `unit`s.
+    /// (an estimate is fine) `unit`s. More than `limit.0` findings fail the task with
+    /// the hint `limit.1` ([`FindingsScan::admit`]).
     pub(crate) fn start(
         ctx: &ScanContext,
         name: &str,
         unit: &'static str,
         total: Option<u64>,
+        limit: (u64, &'static str),
     ) -> Result<Self, ScanError> {
         let file = CsvFile::create(
             &ctx.run_dir,
@@ -62,14 +85,27 @@ impl FindingsScan {
             &FINDINGS_COLUMNS,
             ctx.results_mode,
         )?;
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::with_max_findings(limit.0));
         let progress = ProgressReporter::start(ctx.progress, name, unit, total, counters.clone());
         Ok(FindingsScan {
             sink: Arc::new(Mutex::new(file)),
             counters,
             stop: ctx.cancel.child_token(),
+            hint: limit.1,
+            max_findings: limit.0,
             progress,
         })
+    }
+
+    /// Count one finding about to be written; past `max_findings`, stop every worker
+    /// of the task and fail it ([`ScanError::TooManyFindings`]).
+    pub(crate) fn admit(&self) -> Result<(), ScanError> {
+        admit(&self.counters, &self.stop, self.max_findings, self.hint)
+    }
+
+    /// What reader threads need to call [`admit`] on their own.
+    pub(crate) fn limit(&self) -> (u64, &'static str) {
+        (self.max_findings, self.hint)
     }
 
     /// Items done so far (rows, files, relations).

@@ -31,7 +31,7 @@
 //! let ctx = ScanContext::new(replica, "/var/lib/pgmaint/results/42".into(), 42);
 //! let spec = TaskSpec::RowChecksum(RowChecksumSpec {
 //!     table: "public.blobs".into(), key: "id".into(), content: "payload".into(),
-//!     checksum: "payload_md5".into(), parallelism: 2,
+//!     checksum: "payload_md5".into(), parallelism: 2, max_findings: 100_000,
 //! });
 //! let task = snapshot_runner::prepare("blob-integrity", &spec, &ctx).await?;
 //! let report = task.run(&ctx, None, None).await;

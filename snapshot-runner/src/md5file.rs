@@ -26,10 +26,18 @@ impl FileMd5 {
         self.0.update(data);
     }
 
-    /// Lower-case hex digest.
-    pub(crate) fn hex(self) -> String {
+    /// Start over: forget what was hashed so far (the context is reused).
+    pub(crate) fn restart(&mut self) {
         #[cfg(not(libcrypto_md5))]
-        return hex::encode(md5::Digest::finalize(self.0));
+        md5::Digest::reset(&mut self.0);
+        #[cfg(libcrypto_md5)]
+        self.0.init();
+    }
+
+    /// Lower-case hex digest of what was hashed since the start (or [`Self::restart`]).
+    pub(crate) fn hex(&mut self) -> String {
+        #[cfg(not(libcrypto_md5))]
+        return hex::encode(md5::Digest::finalize_reset(&mut self.0));
         #[cfg(libcrypto_md5)]
         return hex::encode(self.0.finish());
     }
@@ -69,13 +77,20 @@ mod libcrypto {
             unsafe {
                 let ctx = EVP_MD_CTX_new();
                 assert!(!ctx.is_null(), "EVP_MD_CTX_new failed (out of memory)");
-                let ok = EVP_DigestInit_ex(ctx, EVP_md5(), std::ptr::null_mut());
-                assert!(
-                    ok == 1,
-                    "EVP_DigestInit_ex(md5) failed: MD5 disabled in this OpenSSL?"
-                );
-                Md5(ctx)
+                let mut md5 = Md5(ctx);
+                md5.init();
+                md5
             }
+        }
+
+        /// (Re)start the digest.
+        pub(crate) fn init(&mut self) {
+            // SAFETY: the context is valid (checked at creation).
+            let ok = unsafe { EVP_DigestInit_ex(self.0, EVP_md5(), std::ptr::null_mut()) };
+            assert!(
+                ok == 1,
+                "EVP_DigestInit_ex(md5) failed: MD5 disabled in this OpenSSL?"
+            );
         }
 
         pub(crate) fn update(&mut self, data: &[u8]) {
@@ -84,7 +99,8 @@ mod libcrypto {
             assert!(ok == 1, "EVP_DigestUpdate failed");
         }
 
-        pub(crate) fn finish(self) -> [u8; 16] {
+        /// The digest; [`Md5::init`] starts the next one.
+        pub(crate) fn finish(&mut self) -> [u8; 16] {
             let mut out = [0u8; 16];
             let mut len: c_uint = 0;
             // SAFETY: `out` has room for an MD5 digest (16 bytes).
@@ -116,5 +132,11 @@ mod tests {
         let expected = hex::encode(<md5::Md5 as md5::Digest>::digest(&data));
         assert_eq!(h.hex(), expected);
         assert_eq!(FileMd5::new().hex(), "d41d8cd98f00b204e9800998ecf8427e");
+        // Reused: a restart forgets a digest left half done.
+        h.restart();
+        h.update(b"half done");
+        h.restart();
+        h.update(&data);
+        assert_eq!(h.hex(), expected);
     }
 }

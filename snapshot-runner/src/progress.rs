@@ -37,9 +37,30 @@ pub struct Counters {
     pub bytes: AtomicU64,
     /// Findings so far.
     pub findings: AtomicU64,
+    /// The most findings the task may have (`max_findings`); 0: no limit.
+    max_findings: u64,
 }
 
 impl Counters {
+    /// Counters of a task that may have at most `max_findings` findings (0: no limit).
+    pub fn with_max_findings(max_findings: u64) -> Self {
+        Counters {
+            max_findings,
+            ..Counters::default()
+        }
+    }
+
+    /// Count one more finding, about to be written. `false` (and nothing counted) if
+    /// that would be more than `max_findings`: the task must then stop and fail.
+    pub fn admit_finding(&self) -> bool {
+        let before = self.findings.fetch_add(1, Ordering::Relaxed);
+        if self.max_findings != 0 && before >= self.max_findings {
+            self.findings.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
     /// Add one batch.
     pub fn add(&self, items: u64, bytes: u64) {
         self.items.fetch_add(items, Ordering::Relaxed);

@@ -58,6 +58,7 @@ pub(super) struct RawTask {
     merge_key: Option<Vec<String>>,
     tables: Option<Vec<String>>,
     heapallindexed: Option<bool>,
+    max_findings: Option<u64>,
 }
 
 impl RawTask {
@@ -79,6 +80,7 @@ impl RawTask {
             merge_key: self.merge_key.clone(),
             tables: self.tables.clone(),
             heapallindexed: self.heapallindexed,
+            max_findings: self.max_findings,
         }
     }
 }

@@ -43,6 +43,8 @@ pub struct TaskFields {
     pub tables: Option<Vec<String>>,
     /// `amcheck`: also check that every heap tuple is indexed.
     pub heapallindexed: Option<bool>,
+    /// Findings kinds: more findings than this fail the task, and nothing is uploaded.
+    pub max_findings: Option<u64>,
 }
 
 impl TaskFields {
@@ -65,6 +67,7 @@ impl TaskFields {
             ("merge_key", self.merge_key.is_some()),
             ("tables", self.tables.is_some()),
             ("heapallindexed", self.heapallindexed.is_some()),
+            ("max_findings", self.max_findings.is_some()),
         ];
         set.iter().filter(|(_, on)| *on).map(|(f, _)| *f).collect()
     }
@@ -182,6 +185,14 @@ pub(crate) fn parallelism_within_cap(set: Option<usize>) -> Result<(), FieldErro
             format!("at most {MAX_PARALLELISM}"),
         )),
         _ => Ok(()),
+    }
+}
+
+/// `max_findings` as config sets it (at least 1), or the default.
+pub(crate) fn max_findings_or_default(set: Option<u64>) -> Result<u64, FieldError> {
+    match set {
+        Some(n) => at_least_one("max_findings", n).map(|()| n),
+        None => Ok(crate::findings_scan::DEFAULT_MAX_FINDINGS),
     }
 }
 

@@ -410,8 +410,30 @@ mod tests {
         );
         assert_eq!(
             e.to_string(),
-            "table: not a field of kind amcheck (its fields: tables, heapallindexed, parallelism)"
+            "table: not a field of kind amcheck (its fields: tables, heapallindexed, parallelism, max_findings)"
         );
+        let e = err(
+            "row_checksum",
+            TaskFields {
+                max_findings: Some(0),
+                ..fields()
+            },
+        );
+        assert_eq!(e.to_string(), "max_findings: must be at least 1");
+        let e = err(
+            "materialize",
+            TaskFields {
+                query: Some("SELECT 1".into()),
+                target: Some("t".into()),
+                max_findings: Some(5),
+                ..TaskFields::default()
+            },
+        );
+        assert_eq!(e.field, "max_findings", "{e}");
+        match TaskSpec::from_fields("row_checksum", &fields()).unwrap() {
+            TaskSpec::RowChecksum(s) => assert_eq!(s.max_findings, 100_000),
+            other => panic!("{other:?}"),
+        }
         let e = err(
             "export",
             TaskFields {
@@ -446,6 +468,7 @@ mod tests {
             ingested_at: None,
             files_per_run: None,
             parallelism: 2,
+            max_findings: 10,
         });
         assert_eq!(
             spec.validate().unwrap_err().to_string(),
