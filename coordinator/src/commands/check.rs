@@ -373,6 +373,7 @@ mod tests {
             tables: None,
             heapallindexed: false,
             parallelism: 1,
+            max_findings: 100_000,
         });
         let e = snapshot_runner::prepare("t", &spec, &ctx)
             .await
