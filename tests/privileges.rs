@@ -342,3 +342,44 @@ fn the_readme_shows_the_recipe() {
         "README.md must show {RECIPE} verbatim in a ```sql block"
     );
 }
+
+/// row_checksum reads each partition of a partitioned table directly (by block
+/// ranges): a grant on the parent alone is refused before any pause, naming the
+/// partition's grant; with it, every partition's rows are checked.
+#[tokio::test(flavor = "multi_thread")]
+async fn row_checksum_names_the_grant_each_partition_needs_and_checks_them_all() {
+    let (c, p) = recipe_cluster("privileges-parts", 1).await;
+    p.batch_execute(
+        "CREATE TABLE public.parts (id bigint, payload bytea, payload_md5 text) PARTITION BY RANGE (id);
+         CREATE TABLE public.parts_1 PARTITION OF public.parts FOR VALUES FROM (0) TO (100);
+         CREATE TABLE public.parts_2 PARTITION OF public.parts FOR VALUES FROM (100) TO (1000);
+         INSERT INTO public.parts SELECT g, sha256(g::text::bytea), md5(sha256(g::text::bytea))
+           FROM generate_series(1, 300) g;
+         UPDATE public.parts SET payload_md5 = md5('x') WHERE id IN (42, 250);
+         REVOKE pg_read_all_data FROM pgmaint;
+         GRANT SELECT ON public.parts TO pgmaint;",
+    )
+    .await
+    .unwrap();
+    let body = row_checksum_task("parts", "public.parts", "id", "payload", "payload_md5", "");
+    let config = c.write_config("parts.toml", &body);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("user=postgres", "user=pgmaint")).unwrap();
+    c.init_ready(&config).await;
+
+    let grants = "GRANT SELECT ON TABLE public.parts_1 TO pgmaint; GRANT SELECT ON TABLE public.parts_2 TO pgmaint";
+    let check = c.run(&config, &["check"]).expect_code(1);
+    assert!(check.stdout.contains(grants), "{}", check.stdout);
+    let run = c.run(&config, &["run"]).expect_code(2);
+    assert!(run.error_line().unwrap().contains(grants), "{}", run.stderr);
+    assert_eq!(c.pause_state(1).await, "not paused");
+
+    p.batch_execute("GRANT SELECT ON public.parts_1, public.parts_2 TO pgmaint")
+        .await
+        .unwrap();
+    c.wait_caught_up(1).await;
+    let run = c.run(&config, &["run", "--json"]).expect_code(0);
+    let s: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(s["tasks"][0]["rows_scanned"], 300, "{s:#}");
+    assert_eq!(s["tasks"][0]["findings"], 2, "{s:#}");
+}

@@ -17,7 +17,7 @@ use tokio_postgres::Client;
 
 use crate::catalog::{column, key_order_error, resolve_table, stored_md5_expr};
 use crate::findings_scan::{FindingsScan, ScanEnd};
-use crate::ident::{quote_ident, QualifiedName};
+use crate::ident::{display_ident, quote_ident, QualifiedName};
 use crate::results::{FindingsPlan, RowRecheck};
 use crate::session::or_cancelled;
 use crate::task::fields::{
@@ -121,6 +121,9 @@ pub(crate) struct PreparedRowChecksum {
     /// Without TID range scans, split points of the key: range i is
     /// [bounds[i-1], bounds[i]), the first and last open-ended.
     bounds: Vec<String>,
+    /// With TID range scans, the leaf partitions of a partitioned table, which the scan
+    /// reads directly (empty for a plain table).
+    pub(crate) partitions: Vec<QualifiedName>,
 }
 
 pub(crate) async fn prepare(
@@ -161,8 +164,10 @@ pub(crate) async fn prepare(
         max_findings: spec.max_findings,
         tid_ranges: version >= 140_000,
         bounds: Vec::new(),
+        partitions: Vec::new(),
     };
     if prepared.tid_ranges {
+        prepared.partitions = readable_partitions(client, &prepared).await?;
         // The key needs an ordering all the same: findings are re-checked by key.
         let sql = format!(
             "SELECT 1 FROM {} ORDER BY {} LIMIT 0",
@@ -179,6 +184,62 @@ pub(crate) async fn prepare(
         prepared.bounds = split_points(client, &prepared, parts).await?;
     }
     Ok(prepared)
+}
+
+/// The leaf partitions of a partitioned table, which the block-range scan reads
+/// directly: each must be a heap (a foreign partition has no blocks) that this role
+/// may read (reading through the parent, only the parent's grant counted). Refused
+/// before the pause, naming the partition or the grant.
+async fn readable_partitions(
+    client: &Client,
+    p: &PreparedRowChecksum,
+) -> Result<Vec<QualifiedName>, ScanError> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, c.relkind::text, \
+                    has_table_privilege(c.oid, 'SELECT'), current_user::text \
+               FROM pg_partition_tree($1::oid) t JOIN pg_class c ON c.oid = t.relid \
+               JOIN pg_namespace n ON n.oid = c.relnamespace \
+              WHERE t.isleaf AND c.oid <> $1::oid ORDER BY c.oid",
+            &[&p.oid],
+        )
+        .await
+        .map_err(ScanError::db(format!(
+            "reading the partitions of {}",
+            p.table
+        )))?;
+    let mut partitions = Vec::new();
+    let mut lacking = Vec::new();
+    let mut who = String::new();
+    for row in rows {
+        let leaf = QualifiedName {
+            schema: row.get(0),
+            name: row.get(1),
+        };
+        let kind: String = row.get(2);
+        if kind != "r" {
+            return Err(ScanError::Config(format!(
+                "table {}: partition {leaf} is not a local table (relkind {kind:?}, a foreign table?): \
+                 row_checksum reads each partition's blocks and cannot read it; check that \
+                 partition where its data lives",
+                p.table
+            )));
+        }
+        if !row.get::<_, bool>(3) {
+            who = display_ident(&row.get::<_, String>(4));
+            lacking.push(format!("GRANT SELECT ON TABLE {leaf} TO {who}"));
+        }
+        partitions.push(leaf);
+    }
+    if !lacking.is_empty() {
+        return Err(ScanError::Config(format!(
+            "role {who} may not read partitions of {} that row_checksum reads directly: {} \
+             (or GRANT pg_read_all_data TO {who})",
+            p.table,
+            lacking.join("; ")
+        )));
+    }
+    Ok(partitions)
 }
 
 /// Choose `parts - 1` split points from a sample of keys. Any split points partition
@@ -263,6 +324,23 @@ async fn block_chunks(
     batch_rows: i32,
 ) -> Result<Plan, ScanError> {
     let max_rows = CHUNK_ROWS.min(50.0 * f64::from(batch_rows.max(1)));
+    // The table checked before the pause must be the one in the snapshot: one dropped
+    // and created again meanwhile would have no blocks under the old oid, and the scan
+    // would report a clean table.
+    let same: bool = client
+        .query_one(
+            "SELECT coalesce(to_regclass($1)::oid = $2::oid, false)",
+            &[&p.table.quoted(), &p.oid],
+        )
+        .await
+        .map_err(ScanError::db(format!("looking up {}", p.table)))?
+        .get(0);
+    if !same {
+        return Err(ScanError::Config(format!(
+            "table {} was dropped, renamed or replaced since the task was checked",
+            p.table
+        )));
+    }
     let rows = client
         .query(
             "SELECT n.nspname::text, c.relname::text, \

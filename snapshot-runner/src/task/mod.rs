@@ -307,7 +307,10 @@ impl PreparedTask {
     /// that the replayed WAL holds no AccessExclusiveLock on them at the pause point.
     pub fn relations(&self) -> Vec<(String, String)> {
         match &self.inner {
-            Prepared::RowChecksum(p) => vec![(p.table.schema.clone(), p.table.name.clone())],
+            Prepared::RowChecksum(p) => std::iter::once(&p.table)
+                .chain(&p.partitions)
+                .map(|t| (t.schema.clone(), t.name.clone()))
+                .collect(),
             Prepared::FileChecksum(p) => vec![(p.table.schema.clone(), p.table.name.clone())],
             Prepared::Materialize(p) => p.relations(),
             Prepared::Amcheck(p) => p.relations(),
