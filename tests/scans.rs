@@ -546,6 +546,59 @@ async fn file_checksum_reports_a_fifo_without_hanging() {
     assert_eq!(c.pause_state(1).await, "not paused");
 }
 
+/// A file_checksum whose root vanished once the replica was paused (after its checks
+/// passed): its readers cannot open it; the task fails with that error at once, rather
+/// than the cycle waiting for readers that are gone until `max_pause`.
+#[tokio::test(flavor = "multi_thread")]
+async fn file_checksum_whose_root_vanished_fails_at_once() {
+    let c = Cluster::up("scans-root-gone", 1);
+    let root = c.dir.join("store");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("a.bin"), b"payload").unwrap();
+    let p = c.primary().await;
+    p.batch_execute(&format!(
+        "CREATE TABLE files (id int PRIMARY KEY, rel_path text, md5 text);
+         INSERT INTO files SELECT g, 'a.bin', '{}' FROM generate_series(1, 500) g;",
+        md5_hex(b"payload")
+    ))
+    .await
+    .unwrap();
+    let cfg = c
+        .ready_config(
+            "gone.toml",
+            &format!(
+                "{}[[tasks]]\nname = \"files\"\nkind = \"file_checksum\"\ntable = \"files\"\nkey = \"id\"\n\
+                 path = \"rel_path\"\nchecksum = \"md5\"\nroot = \"{}\"\nparallelism = 2\n",
+                sleepy_task("nap", 2.0, ""),
+                root.display()
+            ),
+        )
+        .await;
+    let mut child = spawn_piped(&c, &cfg, &["run", "--json"]);
+    wait_paused(&c, 1).await;
+    std::fs::remove_dir_all(&root).unwrap();
+    if exited_within(&mut child, Duration::from_secs(60))
+        .await
+        .is_none()
+    {
+        child.kill().unwrap();
+        panic!("pgmaint run hung on a file_checksum without readers");
+    }
+    let s = run_summary(&finish(child).expect_code(1));
+    let files = &s["tasks"][1];
+    assert_eq!(files["name"], "files", "{s:#}");
+    assert_eq!(files["status"], "failed", "{s:#}");
+    assert!(
+        files["error"]
+            .as_str()
+            .unwrap()
+            .contains(root.to_str().unwrap()),
+        "{s:#}"
+    );
+    assert_eq!(s["tasks"][0]["status"], "completed", "{s:#}");
+    assert_eq!(c.pause_state(1).await, "not paused");
+}
+
 /// Issue 13, item 3: a row_checksum whose checksum column is the wrong one finds every
 /// row. Past `max_findings` it stops, `failed` with the contract's message; nothing of it
 /// is queued or uploaded, while the other task's findings are; the replica is resumed.

@@ -373,7 +373,14 @@ fn spawn_readers(
                 scan.limit(),
             );
             tokio::task::spawn_blocking(move || {
-                reader(&queue, &sink, &counters, &stop, &root, &relation, limit)
+                let read = reader(&queue, &sink, &counters, &stop, &root, &relation, limit);
+                if read.is_err() {
+                    // The dispatcher waits for room in the job queue: without readers
+                    // it would wait until the run's max_pause (the root gone, the
+                    // findings file unwritable). Stop the task; its error is this one.
+                    stop.cancel();
+                }
+                read
             })
         })
         .collect()
