@@ -61,6 +61,16 @@ GRANT ALTER SYSTEM ON PARAMETER primary_conninfo TO pgmaint;
 -- reads that one file (owned by the superuser running this script): a grant on
 -- pg_read_file itself would let the role read any file of the data directory,
 -- server.key and postgresql.auto.conf included.
+DO $$
+BEGIN
+    -- A schema of that name made by someone else (the pgmaint role may create
+    -- schemas) would let its owner drop or replace what follows.
+    IF EXISTS (SELECT FROM pg_namespace
+                WHERE nspname = 'pgmaint_admin'
+                  AND nspowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)) THEN
+        RAISE EXCEPTION 'schema pgmaint_admin exists and is not owned by %: check it, drop it, run this again', current_user;
+    END IF;
+END $$;
 CREATE SCHEMA IF NOT EXISTS pgmaint_admin;
 CREATE OR REPLACE FUNCTION pgmaint_admin.timeline_history(tli integer) RETURNS text
     LANGUAGE sql STRICT SECURITY DEFINER SET search_path = pg_catalog

@@ -291,4 +291,19 @@ async fn prune_removes_old_runs_but_never_the_latest_a_waiting_upload_or_a_forei
         "{}",
         again.stdout
     );
+    // One prune at a time: while another holds prune's lock, a second one refuses.
+    let other = c.primary().await;
+    let key: i64 = 0x7067_6d5f_7072_756e;
+    assert!(scalar::<bool>(&other, "SELECT pg_try_advisory_lock($1)", &[&key]).await);
+    let busy = c
+        .run(&cfg, &["prune", "--older-than", "30d"])
+        .expect_code(1);
+    assert!(
+        busy.error_line()
+            .unwrap()
+            .contains("another pgmaint prune is running"),
+        "{}",
+        busy.stderr
+    );
+    assert!(busy.stdout.is_empty(), "{}", busy.stdout);
 }

@@ -358,7 +358,11 @@ pub async fn timeline_history(client: &Client, tli: i32) -> Result<String, tokio
     const FUNCTION: &str = "pgmaint_admin.timeline_history(integer)";
     let own: bool = client
         .query_one(
-            "SELECT coalesce(has_function_privilege(to_regprocedure($1), 'EXECUTE'), false)",
+            // Without USAGE on the schema, to_regprocedure would raise an error, not
+            // answer NULL: CASE asks it only once USAGE is known.
+            "SELECT CASE WHEN to_regnamespace('pgmaint_admin') IS NULL
+                          OR NOT has_schema_privilege('pgmaint_admin', 'USAGE') THEN false
+                         ELSE coalesce(has_function_privilege(to_regprocedure($1), 'EXECUTE'), false) END",
             &[&FUNCTION],
         )
         .await?

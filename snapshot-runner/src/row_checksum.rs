@@ -341,6 +341,33 @@ async fn block_chunks(
             p.table
         )));
     }
+    // Its partitions must be the ones checked (kind, grants, replayed locks): one
+    // attached or detached since would be read unchecked, or not at all.
+    let leaves: Vec<QualifiedName> = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text \
+               FROM pg_partition_tree($1::oid) t JOIN pg_class c ON c.oid = t.relid \
+               JOIN pg_namespace n ON n.oid = c.relnamespace \
+              WHERE t.isleaf AND c.oid <> $1::oid ORDER BY c.oid",
+            &[&p.oid],
+        )
+        .await
+        .map_err(ScanError::db(format!(
+            "reading the partitions of {}",
+            p.table
+        )))?
+        .iter()
+        .map(|r| QualifiedName {
+            schema: r.get(0),
+            name: r.get(1),
+        })
+        .collect();
+    if leaves != p.partitions {
+        return Err(ScanError::Config(format!(
+            "the partitions of {} changed since the task was checked (attached or detached before the pause): run it again",
+            p.table
+        )));
+    }
     let rows = client
         .query(
             "SELECT n.nspname::text, c.relname::text, \

@@ -27,6 +27,9 @@ use crate::error_text::OneLine;
 use crate::lease::{self, RunOutcome};
 use crate::{db, schema, units};
 
+/// The advisory lock key that makes prunes take turns (`pgmaint prune` in ASCII).
+const PRUNE_LOCK: i64 = 0x7067_6d5f_7072_756e;
+
 /// Findings deleted per transaction: a run with millions of them never holds locks
 /// on the primary for long.
 const FINDINGS_BATCH: i64 = 10_000;
@@ -44,8 +47,15 @@ WITH latest_listed AS (
       FROM pgmaint.upload_tasks u JOIN pgmaint.runs r ON r.id = u.run_id
      WHERE u.state = 'completed' AND r.state = 'succeeded'
      ORDER BY u.task_name, r.snapshot_lsn DESC NULLS LAST, r.id DESC
+), latest_findings AS (
+    -- exactly the run pgmaint.current_findings shows for the task
+    SELECT DISTINCT ON (u.task_name) u.task_name, u.run_id
+      FROM pgmaint.upload_tasks u JOIN pgmaint.runs r ON r.id = u.run_id
+     WHERE u.apply_kind = 'findings' AND u.state = 'completed' AND r.state = 'succeeded'
+     ORDER BY u.task_name, r.snapshot_lsn DESC NULLS LAST, r.id DESC
 ), latest AS (
     SELECT * FROM latest_listed UNION SELECT * FROM latest_uploaded
+    UNION SELECT * FROM latest_findings
 )
 SELECT r.id, r.state, r.holder, r.replica, r.snapshot_lsn::text, r.results_dir,
        r.started_at, coalesce(r.finished_at, r.started_at) AS ended_at,
@@ -131,7 +141,8 @@ pub struct PruneReport {
     pub kept: Vec<Kept>,
     /// Directories in results.dir named like a run id that prune leaves alone, and why.
     pub kept_directories: Vec<KeptDirectory>,
-    /// Removals that failed (each left as it was).
+    /// Removals that failed, each saying what was done and what is left (a later
+    /// prune finishes it).
     pub errors: Vec<String>,
 }
 
@@ -169,6 +180,16 @@ pub async fn run(cfg: &Config, older_than: &str, dry_run: bool, json: bool) -> R
     let mut primary = db::connect_at_start(&cfg.primary, "pgmaint").await?;
     schema::require_current(&primary).await?;
     if !dry_run {
+        // One prune at a time: two would race for the same directories and findings.
+        // A session lock on the primary, gone with the session if prune dies.
+        let alone: bool = primary
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&PRUNE_LOCK])
+            .await
+            .context("taking prune's lock on the primary")?
+            .get(0);
+        if !alone {
+            anyhow::bail!("another pgmaint prune is running against this primary: try again when it has finished");
+        }
         // A dead run's lease expired: resume its pause and close it, as every command
         // does (a dry run changes nothing).
         crate::commands::recover::recover_in_passing(cfg).await;
@@ -272,15 +293,7 @@ pub async fn prune(
             });
             continue;
         }
-        match remove(
-            primary,
-            &run,
-            cutoff,
-            &cfg.results_dir,
-            directory.as_deref(),
-        )
-        .await
-        {
+        match remove(primary, &run, cutoff, directory.as_deref()).await {
             Ok(Some(removed)) => {
                 tracing::info!(run_id = run.id, "run removed");
                 report.removed.push(removed);
@@ -391,25 +404,22 @@ fn only_data_files_of(dir: &Path, tasks: &[String]) -> bool {
     })
 }
 
-/// Remove run `run`, in this order, so that nothing is lost if prune stops half-way
-/// and no run is left half-pruned yet kept:
+/// Remove run `run`, in this order, so that a prune stopped anywhere (killed, the
+/// primary lost, a file it may not remove) loses nothing that should stay and leaves
+/// what the next prune finishes:
 /// 1. one transaction, with the run's record and upload tasks locked: the reasons to
-///    keep it read again (it is left alone if one holds now), its upload tasks deleted
-///    (nothing can retry them and make it a task's latest run any more) and its
-///    directory renamed to `.pruned-<id>`;
-/// 2. its findings, in short transactions (a run may have millions);
-/// 3. its record; then the renamed directory.
-///
-/// A prune stopped after step 1 is finished by the next one (the run has no upload
-/// and no directory left, and its `.pruned-<id>` is removed with it).
+///    keep it read again (it is left alone if one holds now), and its upload tasks
+///    deleted (nothing can retry them and make it a task's latest run any more);
+/// 2. its directory, the `manifest.json` (and `outcome.json`) last, so that what is
+///    left of it is still provably the run's;
+/// 3. its findings, in short transactions (a run may have millions);
+/// 4. its record, which stays until the directory is gone.
 async fn remove(
     primary: &mut Client,
     run: &OldRun,
     cutoff: DateTime<Utc>,
-    results_dir: &Path,
     dir: Option<&Path>,
 ) -> Result<Option<Removed>> {
-    let renamed = results_dir.join(format!(".pruned-{}", run.id));
     let tx = primary.transaction().await?;
     // Locks the run's upload tasks: a `tasks retry` waits, then finds them gone.
     tx.query(
@@ -440,15 +450,23 @@ async fn remove(
             &[&run.id],
         )
         .await?;
+    tx.commit()
+        .await
+        .context("committing the removal of its upload tasks")?;
+    let rest = || {
+        format!(
+            "its upload tasks are removed; its record{} stay until a later prune",
+            if dir.is_some() {
+                " and what is left of its directory"
+            } else {
+                ""
+            }
+        )
+    };
     if let Some(dir) = dir {
-        std::fs::rename(dir, &renamed)
-            .with_context(|| format!("renaming {} to {}", dir.display(), renamed.display()))?;
-    }
-    if let Err(e) = tx.commit().await {
-        if let Some(dir) = dir {
-            let _ = std::fs::rename(&renamed, dir);
-        }
-        return Err(anyhow::Error::new(e).context("committing the removal of its upload tasks"));
+        remove_run_dir(dir)
+            .with_context(|| format!("removing {}", dir.display()))
+            .with_context(rest)?;
     }
     let mut findings = 0u64;
     loop {
@@ -458,7 +476,8 @@ async fn remove(
                    (SELECT id FROM pgmaint.integrity_findings WHERE run_id = $1 LIMIT $2)",
                 &[&run.id, &FINDINGS_BATCH],
             )
-            .await?;
+            .await
+            .with_context(rest)?;
         findings += n;
         if n < FINDINGS_BATCH as u64 {
             break;
@@ -470,20 +489,15 @@ async fn remove(
             "DELETE FROM pgmaint.integrity_findings WHERE run_id = $1",
             &[&run.id],
         )
-        .await?;
+        .await
+        .with_context(rest)?;
     tx.execute("DELETE FROM pgmaint.runs WHERE id = $1", &[&run.id])
-        .await?;
-    tx.commit().await.context("committing the removal")?;
-    // Renamed by this prune, or by one that stopped after step 1.
-    if renamed.exists() {
-        std::fs::remove_dir_all(&renamed).with_context(|| {
-            format!(
-                "run {} is removed, but not its directory {} (remove it by hand)",
-                run.id,
-                renamed.display()
-            )
-        })?;
-    }
+        .await
+        .with_context(rest)?;
+    tx.commit()
+        .await
+        .context("committing the removal")
+        .with_context(rest)?;
     Ok(Some(Removed {
         run_id: run.id,
         state: run.state.clone(),
@@ -492,6 +506,33 @@ async fn remove(
         findings: findings as i64,
         directory: dir.map(Path::to_path_buf),
     }))
+}
+
+/// Remove a run directory proven the run's: everything but its `outcome.json` and
+/// `manifest.json` first, then those (the proof), then the directory itself.
+fn remove_run_dir(dir: &Path) -> std::io::Result<()> {
+    let proofs = [
+        crate::lease::OUTCOME_FILE,
+        snapshot_runner::results::MANIFEST_FILE,
+    ];
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if proofs.iter().any(|p| entry.file_name() == *p) {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    for p in proofs {
+        match std::fs::remove_file(dir.join(p)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    std::fs::remove_dir(dir)
 }
 
 /// Directories of results.dir named like a run id whose run has no record on the
