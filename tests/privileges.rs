@@ -383,3 +383,35 @@ async fn row_checksum_names_the_grant_each_partition_needs_and_checks_them_all()
     assert_eq!(s["tasks"][0]["rows_scanned"], 300, "{s:#}");
     assert_eq!(s["tasks"][0]["findings"], 2, "{s:#}");
 }
+
+/// Row-level security on a scanned table, which the role does not bypass
+/// (`pg_read_all_data` does not): the task is refused before the pause saying so,
+/// never a "completed" scan that read none of the rows the policy hides.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_whose_row_security_hides_rows_is_refused_not_scanned_in_part() {
+    let (c, p) = recipe_cluster("privileges-rls", 1).await;
+    p.batch_execute("ALTER TABLE public.blobs ENABLE ROW LEVEL SECURITY")
+        .await
+        .unwrap();
+    let config = c.write_config("rls.toml", &blobs_task(""));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("user=postgres", "user=pgmaint")).unwrap();
+    c.init_ready(&config).await;
+    // Refused before any pause, saying why and what to do.
+    let run = c.run(&config, &["run", "--json"]).expect_code(2);
+    let s: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(s["paused_at"].is_null(), "{s:#}");
+    let line = run.error_line().unwrap();
+    assert!(line.contains("row-level security"), "{line}");
+    assert!(line.contains("BYPASSRLS"), "{line}");
+    assert_eq!(c.pause_state(1).await, "not paused");
+    // With BYPASSRLS, every row is read.
+    p.batch_execute("ALTER ROLE pgmaint BYPASSRLS")
+        .await
+        .unwrap();
+    c.wait_caught_up(1).await;
+    let run = c.run(&config, &["run", "--json"]).expect_code(0);
+    let s: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(s["tasks"][0]["rows_scanned"], 100, "{s:#}");
+    assert_eq!(s["tasks"][0]["findings"], 1, "{s:#}");
+}

@@ -55,7 +55,9 @@ impl ScanContext {
         scan_application_name(self.run_id)
     }
 
-    /// A read-only scan session with `lock_timeout` set.
+    /// A read-only scan session with `lock_timeout` set, and `row_security` off (as
+    /// pg_dump does): a table whose row-level security would hide rows from this role
+    /// is an error, never a scan that silently reads part of it.
     pub async fn connect(&self) -> Result<Client, ScanError> {
         let mut config = self.replica.clone();
         config.application_name(self.application_name());
@@ -63,7 +65,8 @@ impl ScanContext {
             .await
             .map_err(ScanError::db("connecting to the replica"))?;
         let setup = format!(
-            "SET default_transaction_read_only = on; SET lock_timeout = {}; SET statement_timeout = 0",
+            "SET default_transaction_read_only = on; SET lock_timeout = {}; SET statement_timeout = 0; \
+             SET row_security = off",
             self.lock_timeout.as_millis().max(1)
         );
         client

@@ -186,12 +186,23 @@ pub async fn prepare(
 const READ_HINT: &str =
     "GRANT SELECT on every relation the task reads to pgmaint's role, or GRANT pg_read_all_data to it";
 
+const RLS_HINT: &str =
+    "pgmaint reads every row or none: give pgmaint's role BYPASSRLS (ALTER ROLE … BYPASSRLS) \
+     or make it the table's owner, or scan with a role that has them";
+
 fn denied_as_config(e: ScanError) -> ScanError {
     match &e {
         ScanError::Db(d)
             if d.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
         {
-            ScanError::Config(format!("{e} ({READ_HINT})"))
+            // Scan sessions run with row_security off (as pg_dump): a table whose
+            // policies would hide rows is refused rather than read in part.
+            let hint = if e.to_string().contains("row-level security") {
+                RLS_HINT
+            } else {
+                READ_HINT
+            };
+            ScanError::Config(format!("{e} ({hint})"))
         }
         // A query the replica rejects (EXPLAIN checks its privileges).
         ScanError::Config(m) if m.contains("permission denied") => {
