@@ -186,15 +186,13 @@ pub(crate) async fn prepare(
     Ok(prepared)
 }
 
-/// The leaf partitions of a partitioned table, which the block-range scan reads
-/// directly: each must be a heap (a foreign partition has no blocks) that this role
-/// may read (reading through the parent, only the parent's grant counted). Refused
-/// before the pause, naming the partition or the grant.
-async fn readable_partitions(
+/// The leaf partitions of `p`'s table (none for a plain table), in oid order: schema,
+/// name, relkind, whether this role may SELECT from it, and the role.
+async fn partition_leaves(
     client: &Client,
     p: &PreparedRowChecksum,
-) -> Result<Vec<QualifiedName>, ScanError> {
-    let rows = client
+) -> Result<Vec<tokio_postgres::Row>, ScanError> {
+    client
         .query(
             "SELECT n.nspname::text, c.relname::text, c.relkind::text, \
                     has_table_privilege(c.oid, 'SELECT'), current_user::text \
@@ -207,7 +205,18 @@ async fn readable_partitions(
         .map_err(ScanError::db(format!(
             "reading the partitions of {}",
             p.table
-        )))?;
+        )))
+}
+
+/// The leaf partitions of a partitioned table, which the block-range scan reads
+/// directly: each must be a heap (a foreign partition has no blocks) that this role
+/// may read (reading through the parent, only the parent's grant counted). Refused
+/// before the pause, naming the partition or the grant.
+async fn readable_partitions(
+    client: &Client,
+    p: &PreparedRowChecksum,
+) -> Result<Vec<QualifiedName>, ScanError> {
+    let rows = partition_leaves(client, p).await?;
     let mut partitions = Vec::new();
     let mut lacking = Vec::new();
     let mut who = String::new();
@@ -343,19 +352,8 @@ async fn block_chunks(
     }
     // Its partitions must be the ones checked (kind, grants, replayed locks): one
     // attached or detached since would be read unchecked, or not at all.
-    let leaves: Vec<QualifiedName> = client
-        .query(
-            "SELECT n.nspname::text, c.relname::text \
-               FROM pg_partition_tree($1::oid) t JOIN pg_class c ON c.oid = t.relid \
-               JOIN pg_namespace n ON n.oid = c.relnamespace \
-              WHERE t.isleaf AND c.oid <> $1::oid ORDER BY c.oid",
-            &[&p.oid],
-        )
-        .await
-        .map_err(ScanError::db(format!(
-            "reading the partitions of {}",
-            p.table
-        )))?
+    let leaves: Vec<QualifiedName> = partition_leaves(client, p)
+        .await?
         .iter()
         .map(|r| QualifiedName {
             schema: r.get(0),
