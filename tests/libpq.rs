@@ -6,7 +6,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use pgmaint_e2e::*;
 
@@ -38,44 +37,25 @@ fn private_file(path: &Path, text: &str) -> String {
 
 /// A pg_dump that writes down how it got its password, then runs the real one.
 fn spying_pg_dump(c: &Cluster) -> (PathBuf, PathBuf) {
-    let log = c.dir.join("pg_dump.env");
-    let script = c.dir.join("pg_dump");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n{{ echo \"PGPASSWORD=${{PGPASSWORD-unset}}\"; stat -c %a \"$PGPASSFILE\"; \
-             echo \"$PGPASSFILE\"; }} > '{}'\nexec '{}/pg_dump' \"$@\"\n",
-            log.display(),
-            c.env["PG_BIN"]
-        ),
+    c.spying_pg_dump(
+        "echo \"PGPASSWORD=${PGPASSWORD-unset}\"; stat -c %a \"$PGPASSFILE\"; echo \"$PGPASSFILE\"",
     )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    (script, log)
 }
 
 /// `pgmaint args…` with only `env` of the libpq variables, HOME and TMPDIR of its own.
 fn pgmaint(c: &Cluster, cfg: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
-    let mut cmd: Command = c.pgmaint(cfg, args);
-    for v in [
+    let (home, tmp) = (c.dir.join("home"), c.dir.join("tmp"));
+    let mut set = vec![("HOME", home.as_os_str()), ("TMPDIR", tmp.as_os_str())];
+    set.extend(env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))));
+    let remove = [
         "PGPASSWORD",
         "PGPASSFILE",
         "PGSERVICE",
         "PGSERVICEFILE",
         "PGUSER",
         "PGHOST",
-    ] {
-        cmd.env_remove(v);
-    }
-    cmd.env("HOME", c.dir.join("home"))
-        .env("TMPDIR", c.dir.join("tmp"));
-    cmd.envs(env.iter().copied());
-    let out = cmd.output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    ];
+    c.run_with_env(cfg, args, &remove, &set)
 }
 
 /// A run that finds the `planted` rows, its upload, and a dump, all as `pgm_pw`.

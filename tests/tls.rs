@@ -184,24 +184,17 @@ fn config(c: &Cluster, file: &str, host: &str, user: &str, tls: &str) -> PathBuf
 /// `pgmaint args…` with a home of its own (no `~/.postgresql` unless the test makes
 /// one) and `env`.
 fn pgmaint(c: &Cluster, cfg: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
-    let mut cmd = c.pgmaint(cfg, args);
-    for v in [
+    let home = c.dir.join("home");
+    let mut set = vec![("HOME", home.as_os_str())];
+    set.extend(env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))));
+    let remove = [
         "PGSSLMODE",
         "PGSSLROOTCERT",
         "PGSSLCERT",
         "PGSSLKEY",
         "PGSERVICE",
-    ] {
-        cmd.env_remove(v);
-    }
-    cmd.env("HOME", c.dir.join("home"));
-    cmd.envs(env.iter().copied());
-    let out = cmd.output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    ];
+    c.run_with_env(cfg, args, &remove, &set)
 }
 
 /// Exit code 2 and one error line that names the primary's DSN and says `why`.
@@ -217,19 +210,7 @@ fn refused(run: Run, why: &str) {
 
 /// A pg_dump that writes down its arguments (the conninfo), then runs the real one.
 fn spying_pg_dump(c: &Cluster) -> (PathBuf, PathBuf) {
-    let log = c.dir.join("pg_dump.args");
-    let script = c.dir.join("pg_dump");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{}'\nexec '{}/pg_dump' \"$@\"\n",
-            log.display(),
-            c.env["PG_BIN"]
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    (script, log)
+    c.spying_pg_dump("printf '%s\\n' \"$@\"")
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,6 +6,7 @@
 //! even if the test panics.
 
 use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -215,6 +216,44 @@ impl Cluster {
             run.assert_json_document();
         }
         run
+    }
+
+    /// [`Cluster::run`] with an environment of its own: `remove` unset, then `set` set.
+    pub fn run_with_env(
+        &self,
+        config: &Path,
+        args: &[&str],
+        remove: &[&str],
+        set: &[(&str, &std::ffi::OsStr)],
+    ) -> Run {
+        let mut cmd = self.pgmaint(config, args);
+        for v in remove {
+            cmd.env_remove(v);
+        }
+        cmd.envs(set.iter().copied());
+        let run = Run::from(cmd.output().expect("run pgmaint"));
+        if args.contains(&"--json") {
+            run.assert_json_document();
+        }
+        run
+    }
+
+    /// A pg_dump for `--pg-dump` that runs `record` (shell, its output going to the
+    /// log file returned) and then the real pg_dump with the same arguments.
+    pub fn spying_pg_dump(&self, record: &str) -> (PathBuf, PathBuf) {
+        let log = self.dir.join("pg_dump.log");
+        let script = self.dir.join("pg_dump");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n{{ {record}; }} > '{}'\nexec '{}/pg_dump' \"$@\"\n",
+                log.display(),
+                self.env["PG_BIN"]
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (script, log)
     }
 
     /// `scripts/cluster.sh ACTION NAME` (start, stop, restart).
