@@ -1,7 +1,6 @@
 //! The cycle end to end (issue "A first full maintenance cycle…"): pause, scan, queue,
 //! resume, upload — against a real primary and a real streaming replica.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use pgmaint_e2e::*;
@@ -291,17 +290,7 @@ async fn killed_coordinator_is_recovered_after_its_lease_expires() {
     c.run(&slow, &["init"]).expect_code(0);
 
     for recover_with in ["recover", "run", "uploader"] {
-        c.wait_caught_up(1).await;
-        let mut child = c
-            .pgmaint(&slow, &["run"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_paused(&c, 1).await;
-        let dead = last_run_id(&c).await;
-        signal(child.id(), "KILL");
-        child.wait().unwrap();
+        let dead = run_killed_in_its_pause(&c, &slow).await;
         assert_eq!(
             c.pause_state(1).await,
             "paused",

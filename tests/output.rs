@@ -4,7 +4,6 @@
 //! removes old runs with their directories but never the latest successful run of a
 //! task, a run whose upload waits, or a directory that is not provably pgmaint's.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use pgmaint_e2e::*;
@@ -61,17 +60,7 @@ async fn json_stays_one_document_after_a_recovery_and_debug_logs_show_the_cycle(
     );
 
     // A run killed in its pause.
-    c.wait_caught_up(1).await;
-    let mut child = c
-        .pgmaint(&slow, &["run"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_paused(&c, 1).await;
-    let dead = last_run_id(&c).await;
-    signal(child.id(), "KILL");
-    child.wait().unwrap();
+    let dead = run_killed_in_its_pause(&c, &slow).await;
     wait_for(
         "the dead run's lease to expire",
         Duration::from_secs(30),

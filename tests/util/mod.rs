@@ -749,6 +749,23 @@ pub fn spawn_piped(c: &Cluster, config: &Path, args: &[&str]) -> Child {
     child
 }
 
+/// A `pgmaint run` of `config` killed (SIGKILL) in its pause on replica 1, which it
+/// leaves paused under a lease still valid; its run id.
+pub async fn run_killed_in_its_pause(c: &Cluster, config: &Path) -> i64 {
+    c.wait_caught_up(1).await;
+    let mut child = c
+        .pgmaint(config, &["run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_paused(c, 1).await;
+    let dead = last_run_id(c).await;
+    signal(child.id(), "KILL");
+    child.wait().unwrap();
+    dead
+}
+
 /// [`spawn_piped`], then wait until replica 1 is paused: a run caught in its pause.
 pub async fn spawn_paused(c: &Cluster, config: &Path, args: &[&str]) -> Child {
     let child = spawn_piped(c, config, args);
