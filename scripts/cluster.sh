@@ -230,6 +230,8 @@ max_replication_slots = 10
 hot_standby = on
 fsync = off
 full_page_writes = on
+# pg_rewind (a former primary rejoined as a standby) needs hint-bit changes in WAL
+wal_log_hints = on
 synchronous_commit = on
 max_connections = 100
 shared_buffers = 128MB
