@@ -12,7 +12,7 @@ use pgmaint::cli::{load_config, Cli, Command, GlobalOpts, LogFormat};
 use pgmaint::commands;
 use pgmaint::error_text::OneLine;
 use pgmaint::errors::ErrorClass;
-use pgmaint::primary;
+use pgmaint::failover::primary;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -511,13 +511,13 @@ impl ReplicaControl {
             .flatten()
             .and_then(|r| r.get(0));
         if let Some(tli) = received.filter(|t| *t > timeline) {
-            let history = crate::promotion::timeline_history(&self.client, tli).await;
+            let history = crate::failover::servers::timeline_history(&self.client, tli).await;
             let switch = history
                 .ok()
-                .and_then(|text| crate::promotion::parse_history(&text));
+                .and_then(|text| crate::failover::servers::parse_history(&text));
             if let Some((parent, at)) = switch {
-                let past = crate::failover::lsn(&at)
-                    .zip(crate::failover::lsn(lsn))
+                let past = crate::failover::candidate::lsn(&at)
+                    .zip(crate::failover::candidate::lsn(lsn))
                     .is_some_and(|(switch, replayed)| replayed >= switch);
                 if parent == timeline && past {
                     timeline = tli;

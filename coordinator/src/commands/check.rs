@@ -16,10 +16,11 @@ use crate::config::{Config, Dsn, ReplicaConfig};
 use crate::db::{self, ConnectError, Reach};
 use crate::error_text::OneLine;
 use crate::errors::ErrorClass;
+use crate::failover::primary;
 use crate::privileges::{self, Missing};
 use crate::replica::{self, ReplicaControl};
+use crate::schema;
 use crate::targets::{self, TaskTarget};
-use crate::{primary, schema};
 
 /// One check's outcome.
 #[derive(Debug, Serialize)]

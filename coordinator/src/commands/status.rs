@@ -11,7 +11,7 @@ use crate::commands::recover::recover_in_passing;
 use crate::config::Config;
 use crate::config::ReplicaConfig;
 use crate::error_text::OneLine;
-use crate::primary::{self, Found, Survey};
+use crate::failover::primary::{self, Found, Survey};
 use crate::replica::{PauseState, ReplayState, ReplicaControl};
 use crate::schedule::Schedule;
 use crate::schedule_history::{self, SlotHistory};

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use std::time::Duration;
 
 use crate::config::{Config, Dsn};
-use crate::primary::{self, Found};
+use crate::failover::primary::{self, Found};
 use crate::{db, schema, signals, UsageError};
 
 /// `pgmaint uploader [--once] [--slots N]`. `listed`: `primary.dsn` as configured

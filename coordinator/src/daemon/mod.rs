@@ -24,7 +24,6 @@ use crate::config::{Config, Dsn, Overrides};
 use crate::leader::Leadership;
 use crate::{db, schema, signals};
 
-pub(crate) mod failover;
 pub(crate) mod scheduler;
 
 /// Where the config comes from, to read it again on SIGHUP.
@@ -99,7 +98,7 @@ pub async fn run(
             TermEnd::Moved(why) => break Err(why),
             TermEnd::Again => {}
             TermEnd::Switched(name) => {
-                let Some(new) = failover::switched(&config_rx.borrow(), &name) else {
+                let Some(new) = crate::failover::watch::switched(&config_rx.borrow(), &name) else {
                     break Err(format!(
                         "replica {name}, the new primary, is no longer in the config"
                     ));
@@ -111,7 +110,8 @@ pub async fn run(
                 // One lock for the switch and a reload: a reload never brings back the
                 // old primary, and the switch applies to the latest config.
                 let mut guard = promoted.lock().expect("promoted");
-                let new = failover::switched(&config_rx.borrow(), &name).unwrap_or(new);
+                let new =
+                    crate::failover::watch::switched(&config_rx.borrow(), &name).unwrap_or(new);
                 guard.push(name);
                 let _ = config_tx.send(Arc::new(new));
                 drop(guard);
@@ -155,7 +155,7 @@ struct Shared {
     config_rx: watch::Receiver<Arc<Config>>,
     shutdown: CancellationToken,
     /// What the failover watch remembers across terms.
-    memory: Arc<std::sync::Mutex<failover::Memory>>,
+    memory: Arc<std::sync::Mutex<crate::failover::watch::Memory>>,
 }
 
 /// How a term (the daemon's work against one primary) ended.
@@ -207,7 +207,7 @@ fn spawn_watch(
 ) -> tokio::task::JoinHandle<Option<TermEnd>> {
     let term = term.clone();
     if cfg.failover.automatic {
-        let w = failover::Watch {
+        let w = crate::failover::watch::Watch {
             cfg: cfg.clone(),
             latest: d.config_rx.clone(),
             stats: d.stats.clone(),
@@ -217,12 +217,12 @@ fn spawn_watch(
             memory: d.memory.clone(),
         };
         tokio::spawn(async move {
-            let end = failover::watch(w).await;
+            let end = crate::failover::watch::watch(w).await;
             term.cancel();
             end.map(|end| match end {
-                failover::WatchEnd::Switch(name) => TermEnd::Switched(name),
-                failover::WatchEnd::Again => TermEnd::Again,
-                failover::WatchEnd::Stop(why) => TermEnd::Moved(why),
+                crate::failover::watch::WatchEnd::Switch(name) => TermEnd::Switched(name),
+                crate::failover::watch::WatchEnd::Again => TermEnd::Again,
+                crate::failover::watch::WatchEnd::Stop(why) => TermEnd::Moved(why),
             })
         })
     } else {
@@ -313,7 +313,10 @@ async fn reload_on_signal(
         // lock a switch holds: a reload never brings back the old primary).
         let guard = promoted.lock().expect("promoted");
         let old = config.borrow().clone();
-        match guard.last().and_then(|name| failover::switched(&new, name)) {
+        match guard
+            .last()
+            .and_then(|name| crate::failover::watch::switched(&new, name))
+        {
             Some(switched) => new = switched,
             None => new.primary = old.primary.clone(),
         }

@@ -18,7 +18,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::config::{Config, Dsn, ReplicaConfig};
-use crate::{db, primary};
+use crate::db;
+use crate::failover::primary;
 
 /// How long a witness may take.
 pub const WITNESS_TIMEOUT: Duration = Duration::from_secs(10);

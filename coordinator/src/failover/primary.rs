@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 
 use crate::config::{Config, Dsn};
 use crate::db::{self, ConnectError};
-use crate::fence::{self, Promotion};
+use crate::failover::journal::{self, Promotion};
 use crate::replica::ServerIdentity;
 
 /// One server of `primary.dsn`, as a DSN of its own (same user, database, TLS, …).
@@ -144,7 +144,7 @@ pub async fn survey(
     application_name: &str,
 ) -> Result<(Survey, Vec<Client>), ConnectError> {
     // Fail closed: an unreadable record of promotions could hide a former primary.
-    let mut promotions: Vec<Promotion> = fence::read_local(&cfg.results_dir).map_err(|e| {
+    let mut promotions: Vec<Promotion> = journal::read_local(&cfg.results_dir).map_err(|e| {
         ConnectError(
             format!("{e:#} (the promotions pgmaint recorded on this host)"),
             db::Reach::TurnedDown,
@@ -159,7 +159,7 @@ pub async fn survey(
         )
         .await
         {
-            promotions.extend(fence::read_on(&c).await);
+            promotions.extend(journal::read_on(&c).await);
         }
     }
     let mut servers = Vec::new();
@@ -178,7 +178,7 @@ pub async fn survey(
                 Err(e) => Found::Unreachable(ConnectError::no_answer(format!("{e:#}"))),
                 Ok(None) => Found::Standby,
                 Ok(Some(id)) => {
-                    promotions.extend(fence::read_on(&client).await);
+                    promotions.extend(journal::read_on(&client).await);
                     clients.push((servers.len(), client));
                     Found::Primary(id)
                 }
@@ -198,7 +198,7 @@ pub async fn survey(
     for (_, found) in servers.iter_mut() {
         let Found::Primary(id) = found else { continue };
         let id = *id;
-        if let Some(p) = fence::fenced_by(&promotions, id.system_identifier, id.timeline) {
+        if let Some(p) = journal::fenced_by(&promotions, id.system_identifier, id.timeline) {
             *found = Found::Fenced(
                 id,
                 format!(

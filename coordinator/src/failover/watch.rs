@@ -3,7 +3,7 @@
 //! `pgmaint promote` (never `--force`), or follows the one another pgmaint promoted.
 //!
 //! A failed look only starts the check. The primary counts as down only when
-//! [`crate::commands::promote::failover`] finds, for `failover.primary_down_after`,
+//! [`crate::failover::promote::failover`] finds, for `failover.primary_down_after`,
 //! that every connection attempt to the server in use fails (a server that answers at
 //! all, even with an error, is alive), that no replica's WAL receiver hears from a
 //! primary, and that `failover.witness_command` (if any) does not vouch for it. Exactly
@@ -25,12 +25,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::commands::promote::{self, NotPromoting};
 use crate::config::{Config, Dsn};
 use crate::error_text::OneLine;
+use crate::failover::promote::{self, NotPromoting};
+use crate::failover::servers::{self as p, HostSeen};
+use crate::failover::{journal, primary};
 use crate::metrics::DaemonStats;
-use crate::promotion::{self as p, HostSeen};
-use crate::{fence, primary};
 
 /// What the failover watch remembers across terms.
 #[derive(Debug, Default)]
@@ -169,11 +169,11 @@ async fn look_at_primary(cfg: &Config, survey: bool) -> HostSeen {
         .failover
         .check_interval
         .clamp(Duration::from_secs(1), Duration::from_secs(5));
-    let mut promotions = fence::read_local(&cfg.results_dir).unwrap_or_default();
+    let mut promotions = journal::read_local(&cfg.results_dir).unwrap_or_default();
     if survey {
         for s in p::probe_replicas(cfg).await {
             if let Ok((c, _)) = &s.state {
-                promotions.extend(fence::read_on(c).await);
+                promotions.extend(journal::read_on(c).await);
             }
         }
     }

@@ -26,9 +26,9 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::config::{Config, Dsn, ReplicaConfig};
-use crate::failover::lsn;
-use crate::fence::{self, Promotion};
-use crate::primary;
+use crate::failover::candidate::lsn;
+use crate::failover::journal::{self, Promotion};
+use crate::failover::primary;
 use crate::replica::PauseState;
 use crate::units::human_bytes;
 
@@ -223,8 +223,8 @@ pub async fn probe_host(dsn: &Dsn, promotions: &[Promotion], patience: Duration)
         Ok(None) => HostSeen::Standby,
         Ok(Some(id)) => {
             let mut all = promotions.to_vec();
-            all.extend(fence::read_on(&client).await);
-            match fence::fenced_by(&all, id.system_identifier, id.timeline) {
+            all.extend(journal::read_on(&client).await);
+            match journal::fenced_by(&all, id.system_identifier, id.timeline) {
                 Some(p) => HostSeen::Fenced(format!(
                     "a former primary on timeline {}: replica {} was promoted to timeline {} at {}",
                     id.timeline, p.replica, p.new_timeline, p.promoted_at
