@@ -21,6 +21,8 @@ pub enum AbortReason {
     SnapshotLost(String),
     /// Commits on the primary wait for the paused replica (a synchronous standby).
     PrimaryBlocked(String),
+    /// The primary is down or superseded (a failover): nothing more is written on it.
+    Failover(String),
 }
 
 impl AbortReason {
@@ -50,6 +52,7 @@ impl std::fmt::Display for AbortReason {
             AbortReason::LeaseLost(e) => write!(f, "lease on the primary lost: {e}"),
             AbortReason::SnapshotLost(e) => write!(f, "snapshot no longer valid: {e}"),
             AbortReason::PrimaryBlocked(e) => write!(f, "pause given up: {e}"),
+            AbortReason::Failover(e) => write!(f, "failover: {e}"),
         }
     }
 }
@@ -62,6 +65,17 @@ pub struct Abort {
 }
 
 impl Abort {
+    /// An abort whose token is also cancelled (with no reason) when `parent` is.
+    pub fn under(parent: &CancellationToken) -> Abort {
+        Abort {
+            token: parent.child_token(),
+            reason: Arc::default(),
+        }
+    }
+    /// Stopped for a failover: nothing more may be written on the primary in use.
+    pub fn for_failover(&self) -> bool {
+        matches!(self.reason(), Some(AbortReason::Failover(_)))
+    }
     /// Cancel, recording `reason` if it is the first.
     pub fn trigger(&self, reason: AbortReason) {
         let first = self.reason.set(reason.clone()).is_ok();

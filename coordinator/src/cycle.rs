@@ -493,7 +493,18 @@ impl<'a> Cycle<'a> {
     /// Record the end on the primary; failing that, keep it in the run directory, from
     /// where the command that later recovers the expired lease records it.
     async fn record_or_keep_end(&mut self, outcome: &RunOutcome, release: bool) {
-        let Err(e) = self.record_end(outcome, release).await else {
+        // Aborted by a failover: the primary is down or superseded, and nothing more is
+        // written on it (a former primary that came back must not get the record). The
+        // promotion drops the run on the new primary; its outcome stays in the run
+        // directory.
+        let recorded = if self.abort.for_failover() {
+            Err(anyhow!(
+                "the primary is down or superseded (a failover): the run is dropped on the new primary"
+            ))
+        } else {
+            self.record_end(outcome, release).await
+        };
+        let Err(e) = recorded else {
             return;
         };
         let kept = match (

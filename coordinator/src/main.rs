@@ -97,21 +97,44 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     if let Command::Check { json } = &cli.command {
         return commands::check::run(&cfg, &cli.global.config, *json).await;
     }
+    // A promotion this host recorded and did not finish (pgmaint killed half-way) is
+    // completed before anything else.
+    pgmaint::failover::resume_at_start(&cfg).await;
     let listed = cfg.primary.clone();
     // The primary among the servers primary.dsn lists (a former primary never); every
     // later connection of the command goes to that one server.
     let (_, primary, survey) = match primary::connect(&cfg, "pgmaint").await {
         Ok(found) => found,
-        // With automatic failover the daemon starts without a primary: its watch decides
-        // whether the primary is down (and promotes), or only out of reach.
-        Err(e)
-            if matches!(cli.command, Command::Daemon)
-                && cfg.failover.automatic
-                && none_answers(&cfg).await =>
-        {
-            tracing::warn!("the primary is not reachable at start: {}", e.0);
+        // With automatic failover, a daemon that finds a configured replica promoted
+        // (its primary.dsn names the old primary) completes that promotion and goes on
+        // with the new primary, as it would after its own failover.
+        Err(e) if matches!(cli.command, Command::Daemon) && cfg.failover.automatic => {
             let source = daemon_source(&cli.global);
-            return pgmaint::daemon::run(cfg, listed, source, false).await;
+            if let Some(name) = promoted_replica(&cfg).await {
+                tracing::warn!("{}", e.0);
+                match pgmaint::failover::promote::complete(&cfg, &name, std::time::Instant::now())
+                    .await
+                {
+                    Ok(r) => tracing::warn!(
+                        "{}",
+                        pgmaint::failover::report::render(&r)
+                            .lines()
+                            .next()
+                            .unwrap_or_default()
+                    ),
+                    Err(e) => tracing::warn!("{}", e.one_line()),
+                }
+                let switched = pgmaint::failover::watch::switched(&cfg, &name)
+                    .ok_or_else(|| anyhow::anyhow!("replica {name} is not in [[replicas]]"))?;
+                return pgmaint::daemon::run(switched, listed, source, true, vec![name]).await;
+            }
+            if !none_answers(&cfg).await {
+                return Err(e.at_start());
+            }
+            // The daemon starts without a primary: its watch decides whether the
+            // primary is down (and promotes), or only out of reach.
+            tracing::warn!("the primary is not reachable at start: {}", e.0);
+            return pgmaint::daemon::run(cfg, listed, source, false, Vec::new()).await;
         }
         Err(e) => return Err(e.at_start()),
     };
@@ -149,7 +172,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Status { json } => commands::status::run(&cfg, &survey, json).await,
         Command::Daemon => {
             commands::recover::recover_in_passing(&cfg).await;
-            pgmaint::daemon::run(cfg, listed, daemon_source(&cli.global), true).await
+            pgmaint::daemon::run(cfg, listed, daemon_source(&cli.global), true, Vec::new()).await
         }
         Command::Recover { replica } => commands::recover::run(&cfg, replica.as_deref()).await,
         Command::Prune {
@@ -175,6 +198,12 @@ fn daemon_source(g: &pgmaint::cli::GlobalOpts) -> pgmaint::daemon::ConfigSource 
             replica: g.replica_dsn.clone(),
         },
     }
+}
+
+/// The configured replica that is the primary now, if the servers say one is.
+async fn promoted_replica(cfg: &pgmaint::config::Config) -> Option<String> {
+    let (survey, _) = primary::survey(cfg, "pgmaint").await.ok()?;
+    survey.promoted.map(|p| p.name)
 }
 
 /// No server of `primary.dsn` answers (not: one is fenced, several take writes, the

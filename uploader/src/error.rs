@@ -42,6 +42,10 @@ pub enum UploadError {
     /// or an unknown task id.
     #[error("{0}")]
     Refused(String),
+    /// The commit guard says the primary in use is superseded (a failover): the apply
+    /// was rolled back, and nothing is written on that server any more.
+    #[error("not committed: {0}")]
+    Superseded(String),
     /// A queue operation that cannot succeed while another task stays as it is: a
     /// retry whose prerequisite failed (the message names it). Nothing was changed.
     #[error("{0}")]

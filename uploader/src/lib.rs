@@ -60,6 +60,7 @@ mod apply;
 mod confirm;
 mod error;
 mod findings;
+mod guard;
 mod host;
 mod listener;
 mod merge;
@@ -74,6 +75,7 @@ mod wake;
 mod worker;
 
 pub use error::UploadError;
+pub use guard::CommitGuard;
 pub use host::ResultsHost;
 pub use listener::Listener;
 pub use queue::{

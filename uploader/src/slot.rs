@@ -6,6 +6,7 @@
 //! "orphan"), so that the attempt counts and the task is retried with backoff.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::Client;
@@ -14,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::queue::{self, Beat, Claimed};
 use crate::reconnect::{sleep_unless_stopped, Primary, Reconnect};
 use crate::wake::Wake;
-use crate::{apply, ResultsHost, UploadError, UploadState};
+use crate::{apply, CommitGuard, ResultsHost, UploadError, UploadState};
 
 /// How long the parts of a worker keep at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +68,7 @@ pub(crate) struct SlotSettings {
     pub lock_timeout: Duration,
     pub poll_interval: Duration,
     pub shutdown_grace: Duration,
+    pub guard: Option<Arc<dyn CommitGuard>>,
 }
 
 /// The connections of one slot: the apply transaction runs on `apply`; claims,
@@ -226,6 +228,14 @@ impl Slot {
     /// Claim the next runnable task. With none, wait for a wake-up, a poll or `stop`
     /// (or, draining, say so).
     async fn claim(&mut self, stop: &CancellationToken) -> Claim {
+        if let Err(why) = self.guarded().await {
+            tracing::warn!(slot = self.n, "not claiming: {why}");
+            if self.mode == WorkerMode::Drain {
+                return Claim::Drained;
+            }
+            sleep_unless_stopped(self.settings.poll_interval, stop).await;
+            return Claim::Again;
+        }
         let c = self.conns.as_ref().expect("connected before claiming");
         // Arm the wake-up before looking, so a NOTIFY between the claim and the wait
         // is not lost.
@@ -286,6 +296,16 @@ impl Slot {
                     "lease lost before completion; the apply was rolled back"
                 );
                 // The apply may have been stopped mid-statement: start afresh.
+                self.conns = None;
+            }
+            Outcome::Failed(UploadError::Superseded(why)) => {
+                // Rolled back; nothing more is written on this server (not even the
+                // failure): the task's lease runs out, and the new primary's worker
+                // applies it.
+                tracing::warn!(
+                    upload_task_id = task.id,
+                    "apply rolled back, not committed: {why}"
+                );
                 self.conns = None;
             }
             Outcome::Failed(UploadError::Cancelled(id)) => {
@@ -430,6 +450,14 @@ impl Slot {
         }
     }
 
+    /// The commit guard's answer (none: always right).
+    async fn guarded(&self) -> Result<(), String> {
+        match &self.settings.guard {
+            Some(g) => g.check().await,
+            None => Ok(()),
+        }
+    }
+
     /// One task, in one transaction: check, load, complete (fenced). Returns the rows
     /// applied, and whether the task was superseded (completed, nothing applied).
     async fn apply(
@@ -458,6 +486,8 @@ impl Slot {
             applied.note.as_deref(),
         )
         .await?;
+        // The last moment before the commit: is this server still the primary?
+        self.guarded().await.map_err(UploadError::Superseded)?;
         tx.commit()
             .await
             .map_err(UploadError::db("committing the apply"))?;

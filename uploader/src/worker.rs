@@ -11,6 +11,7 @@
 //! [`Worker::rescuer`] and [`Worker::slots`], under its own token.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -20,7 +21,7 @@ use crate::reconnect::{Primary, Reconnect};
 use crate::rescuer::Rescuer;
 use crate::slot::{DrainStats, Slot, SlotSettings, WorkerMode};
 use crate::wake::Wake;
-use crate::{ResultsHost, UploadError};
+use crate::{CommitGuard, ResultsHost, UploadError};
 
 /// Applies queued uploads on the primary.
 pub struct Worker {
@@ -48,6 +49,8 @@ pub struct Worker {
     pub reconnect_max: Duration,
     /// `--once` only: give up after the primary has been unreachable this long.
     pub once_reconnect_limit: Duration,
+    /// Asked before every claim and every commit (see [`crate::CommitGuard`]).
+    pub guard: Option<Arc<dyn CommitGuard>>,
 }
 
 impl Worker {
@@ -68,6 +71,7 @@ impl Worker {
             shutdown_grace: Duration::from_secs(30),
             reconnect_max: Duration::from_secs(30),
             once_reconnect_limit: Duration::from_secs(60),
+            guard: None,
         }
     }
 
@@ -140,6 +144,7 @@ impl Worker {
             lock_timeout: self.lock_timeout,
             poll_interval: self.poll_interval,
             shutdown_grace: self.shutdown_grace,
+            guard: self.guard.clone(),
         };
         (0..self.slots.max(1))
             .map(|n| {

@@ -77,6 +77,9 @@ pub(crate) fn worker(cfg: &Config, slots: Option<usize>) -> uploader::Worker {
     worker.shutdown_grace = cfg.uploader.shutdown_grace;
     worker.host = cfg.upload_host();
     worker.slots = slots.unwrap_or(cfg.uploader.slots);
+    worker.guard = Some(std::sync::Arc::new(
+        crate::failover::guard::TimelineGuard::new(cfg),
+    ));
     worker
 }
 

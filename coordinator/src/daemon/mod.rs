@@ -37,11 +37,14 @@ pub struct ConfigSource {
 /// `pgmaint daemon`. `listed`: `primary.dsn` as configured (`cfg.primary` is the one
 /// server in use). `reachable`: the primary answered at start (with
 /// `failover.automatic`, the daemon also starts without it, and its watch decides).
+/// `promoted`: replicas found promoted at start (the daemon runs with the newest as its
+/// primary), so that a reload never brings the old primary back.
 pub async fn run(
     cfg: Config,
     listed: Dsn,
     source: ConfigSource,
     reachable: bool,
+    promoted: Vec<String>,
 ) -> Result<ExitCode> {
     let listener = cfg.daemon.listen.map(crate::http::bind).transpose()?;
     if reachable {
@@ -58,7 +61,8 @@ pub async fn run(
         dumps = cfg.dumps.iter().filter(|d| d.schedule.is_some()).count(),
         uploader = cfg.daemon.uploader,
         automatic_failover = cfg.failover.automatic,
-        listen = ?cfg.daemon.listen,
+        listen = %cfg.daemon.listen.map(|l| l.to_string()).unwrap_or_else(|| "off".into()),
+        primary = %crate::failover::primary::address(&cfg.primary),
         "daemon started"
     );
     let stats = Arc::new(crate::metrics::DaemonStats::default());
@@ -73,7 +77,7 @@ pub async fn run(
         ))
     });
     // Every replica promoted while this daemon ran, the newest last.
-    let promoted = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let promoted = Arc::new(std::sync::Mutex::new(promoted));
     tokio::spawn(reload_on_signal(
         reload,
         source,
@@ -93,7 +97,13 @@ pub async fn run(
     };
     let outcome = loop {
         let cfg = config_rx.borrow().clone();
-        match term(&cfg, &shared, degraded).await {
+        let end = term(&cfg, &shared, degraded).await;
+        // Shutdown wins over whatever the term ended with: a failover it interrupted
+        // is recorded, and the next start completes it.
+        if shutdown.is_cancelled() {
+            break Ok(());
+        }
+        match end {
             TermEnd::Shutdown => break Ok(()),
             TermEnd::Moved(why) => break Err(why),
             TermEnd::Again => {}
@@ -103,7 +113,11 @@ pub async fn run(
                         "replica {name}, the new primary, is no longer in the config"
                     ));
                 };
-                if let Err(why) = usable(&new).await {
+                let checked = tokio::select! {
+                    _ = shutdown.cancelled() => break Ok(()),
+                    checked = usable(&new) => checked,
+                };
+                if let Err(why) = checked {
                     break Err(why);
                 }
                 degraded = false;
@@ -178,8 +192,9 @@ enum TermEnd {
 /// at start) only watches.
 async fn term(cfg: &Arc<Config>, d: &Shared, degraded: bool) -> TermEnd {
     let term = d.shutdown.child_token();
-    // Stopped by the term's end, or by a failover once the primary is found down.
-    let work = term.child_token();
+    // Stopped by the term's end, or by a failover once the primary is found down or
+    // superseded (then with AbortReason::Failover: nothing more is written on it).
+    let work = crate::abort::Abort::under(&term);
     let watching = spawn_watch(cfg, d, &term, &work, degraded);
     let worker_failed = if degraded {
         term.cancelled().await;
@@ -202,7 +217,7 @@ fn spawn_watch(
     cfg: &Arc<Config>,
     d: &Shared,
     term: &CancellationToken,
-    work: &CancellationToken,
+    work: &crate::abort::Abort,
     degraded: bool,
 ) -> tokio::task::JoinHandle<Option<TermEnd>> {
     let term = term.clone();
@@ -215,6 +230,7 @@ fn spawn_watch(
             work: work.clone(),
             degraded,
             memory: d.memory.clone(),
+            holder: d.holder.clone(),
         };
         tokio::spawn(async move {
             let end = crate::failover::watch::watch(w).await;
@@ -242,17 +258,17 @@ async fn do_the_work(
     cfg: &Arc<Config>,
     d: &Shared,
     term: &CancellationToken,
-    work: &CancellationToken,
+    work: &crate::abort::Abort,
 ) -> Option<String> {
     let (leadership, leads) = Leadership::new(
         cfg.primary.clone(),
         d.holder.clone(),
         cfg.daemon.leader_lease,
     );
-    let leading = tokio::spawn(leadership.run(work.clone()));
+    let leading = tokio::spawn(leadership.run(work.token().clone()));
     let uploading = cfg.daemon.uploader.then(|| {
         let worker = crate::commands::uploader::worker(cfg, None);
-        let (work, term) = (work.clone(), term.clone());
+        let (work, term) = (work.token().clone(), term.clone());
         tokio::spawn(async move {
             let ran = worker.run(work.clone()).await;
             // A worker that gives up while the daemon runs would leave uploads undone

@@ -26,7 +26,6 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_postgres::Client;
-use tokio_util::sync::CancellationToken;
 
 use crate::abort::{Abort, AbortReason};
 use crate::config::{Config, ReplicaConfig};
@@ -120,8 +119,9 @@ pub(crate) struct Scheduler {
     last_recovery: Option<Instant>,
     /// Tasks the pre-checks refused: each runs in a cycle of its own until it succeeds.
     solo: HashSet<String>,
-    /// Cancelled on shutdown or at the end of the daemon's term: aborts every cycle.
-    term: CancellationToken,
+    /// Cancelled on shutdown or at the end of the daemon's term (with a failover's
+    /// reason when the primary was found down or superseded): aborts every cycle.
+    work: Abort,
     /// Recording a slot's outcome failed (the primary gone).
     store_failed: bool,
 }
@@ -150,15 +150,16 @@ impl Scheduler {
             claim_retry_at: HashMap::new(),
             last_recovery: None,
             solo: HashSet::new(),
-            term: CancellationToken::new(),
+            work: Abort::default(),
             store_failed: false,
         }
     }
 
     /// Schedule until `term`; then (the cycles in flight were aborted by `term`
     /// itself) wait for them, recording how their slots ended.
-    pub(crate) async fn run(mut self, term: CancellationToken) {
-        self.term = term.clone();
+    pub(crate) async fn run(mut self, work: Abort) {
+        let term = work.token().clone();
+        self.work = work;
         loop {
             tokio::select! {
                 biased;
@@ -391,10 +392,16 @@ impl Scheduler {
         self.next_id += 1;
         let abort = Abort::default();
         // Shutdown aborts the cycle at once, whatever the scheduler is doing.
-        let (term, stop) = (self.term.clone(), abort.clone());
+        let (stopping, stop) = (self.work.clone(), abort.clone());
         let stopper = tokio::spawn(async move {
-            term.cancelled().await;
-            stop.trigger(AbortReason::Signal("SIGTERM"));
+            stopping.token().cancelled().await;
+            // A failover's reason, or else the shutdown's.
+            stop.trigger(
+                stopping
+                    .reason()
+                    .cloned()
+                    .unwrap_or(AbortReason::Signal("SIGTERM")),
+            );
         });
         let (cfg, job, name) = (cfg.clone(), work.job.clone(), replica.clone());
         let handle = self.cycles.spawn(async move {
@@ -504,8 +511,14 @@ impl Scheduler {
     }
 
     async fn store(&mut self, name: &str, slot: DateTime<Utc>, outcome: &SlotOutcome) {
+        // The primary was found down or superseded: nothing more is written on it (it
+        // may be a former primary that came back). The slot stays claimed, unfinished.
+        if self.work.for_failover() {
+            tracing::warn!(task = %name, %slot, "slot's outcome not recorded: the primary it was claimed on is down or superseded (a failover)");
+            return;
+        }
         // Ending with a dead primary: one failure is enough, the rest are not tried.
-        if self.term.is_cancelled() && self.store_failed {
+        if self.work.token().is_cancelled() && self.store_failed {
             tracing::warn!(task = %name, %slot, "slot's outcome not recorded (the primary does not answer)");
             return;
         }

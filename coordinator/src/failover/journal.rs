@@ -1,12 +1,20 @@
-//! Fencing former primaries.
+//! The promotion journal, and fencing former primaries by it.
 //!
-//! After `pgmaint promote`, the old primary may come back and accept writes: a second
-//! writer. pgmaint never treats it as the primary again. Each promotion is recorded on
-//! the new primary (`pgmaint.promotions`, which replicates to every standby) and in a
-//! small state file on the pgmaint host (`results.dir/promotions.json`), which it reads
-//! even when the new primary is out of reach. A server of the same system on an older
-//! timeline than a recorded promotion is a former primary: [`fenced_by`] says which
-//! promotion fences it.
+//! Written ahead: before `pg_promote`, the intent (which replica, by whom, from which
+//! timeline) goes into `results.dir/promotions.json` — written to a temporary file,
+//! fsync'd, renamed into place, and the directory fsync'd — and every later step is
+//! recorded there before the next one is taken ([`Step`]). A pgmaint killed anywhere
+//! finds the unfinished entry when it starts again ([`unfinished`]) and completes it;
+//! it never starts a second promotion meanwhile.
+//!
+//! Once the candidate is out of recovery, the promotion is also recorded on it
+//! (`pgmaint.promotions`, which replicates to every standby that follows it). The
+//! standbys themselves are read-only, so the intent can only live in the file; a
+//! promotion this host never recorded (another host's pgmaint, or by hand) is found
+//! from the servers' timelines instead (see [`super::primary`]).
+//!
+//! A server of the same system on an older timeline than a recorded promotion is a
+//! former primary: [`fenced_by`] says which promotion fences it.
 
 use std::path::{Path, PathBuf};
 
@@ -33,8 +41,63 @@ pub struct Promotion {
     pub old_primary: Option<String>,
     /// Promoted with `--force` (over the backlog gate).
     pub forced: bool,
-    /// When.
+    /// When (for an intent: when it was decided).
     pub promoted_at: DateTime<Utc>,
+    /// How far it got. Entries written before the journal had steps are done.
+    #[serde(default = "Step::done")]
+    pub step: Step,
+    /// Who promoted it: `host:pid` (and the daemon's random suffix), if known.
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+/// The steps of a promotion, in the order they are recorded. Each is written before
+/// the action that follows it, so a restart knows where to go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Decided: `pg_promote` is about to be sent to `replica` (it may have been).
+    /// `new_timeline` and `switch_lsn` are not known yet (0 and empty).
+    Intent,
+    /// `replica` is out of recovery: `new_timeline` and `switch_lsn` are its own. Not
+    /// yet recorded on it, its followers not yet re-pointed.
+    Promoted,
+    /// Recorded on the new primary, runs dropped, followers re-pointed.
+    Done,
+    /// An intent given up: the old primary answered again before `replica` left
+    /// recovery (had `pg_promote` reached it, its newer timeline fences the old one).
+    Abandoned,
+}
+
+impl Step {
+    fn done() -> Step {
+        Step::Done
+    }
+
+    /// Does this entry fence the old timeline (the replica is known to be promoted)?
+    pub fn promoted(self) -> bool {
+        matches!(self, Step::Promoted | Step::Done)
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Intent => "intent",
+            Step::Promoted => "promoted",
+            Step::Done => "done",
+            Step::Abandoned => "abandoned",
+        })
+    }
+}
+
+impl Promotion {
+    /// The same promotion: one replica of one system, leaving one timeline.
+    pub fn same(&self, other: &Promotion) -> bool {
+        self.system_identifier == other.system_identifier
+            && self.replica == other.replica
+            && self.old_timeline == other.old_timeline
+    }
 }
 
 mod i64_as_string {
@@ -68,27 +131,68 @@ pub fn read_local(results_dir: &Path) -> Result<Vec<Promotion>> {
     }
 }
 
-/// Add `p` to the state file (written to a temporary file, then renamed into place).
+/// Record `p` in the state file: it replaces the entry of the same promotion
+/// ([`Promotion::same`]), or is added. Durable when this returns: the new file is
+/// fsync'd, renamed into place, and the directory fsync'd.
 pub fn record_local(results_dir: &Path, p: &Promotion) -> Result<()> {
     let mut all = read_local(results_dir)?;
-    all.push(p.clone());
+    match all.iter_mut().rev().find(|q| q.same(p)) {
+        Some(q) => *q = p.clone(),
+        None => all.push(p.clone()),
+    }
     std::fs::create_dir_all(results_dir)
         .with_context(|| format!("creating {}", results_dir.display()))?;
     let path = state_file(results_dir);
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&all)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(&all)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(results_dir)?.sync_all()
+    };
+    write().with_context(|| format!("writing {}", path.display()))
 }
 
-/// Record `p` in `pgmaint.promotions` on the new primary.
-pub async fn record_on(primary: &Client, p: &Promotion) -> Result<()> {
-    primary
-        .execute(
+/// The promotion recorded on this host that is not finished (an intent, or promoted
+/// but not yet completed), if any: the newest.
+pub fn unfinished(results_dir: &Path) -> Result<Option<Promotion>> {
+    Ok(read_local(results_dir)?
+        .into_iter()
+        .rev()
+        .find(|p| matches!(p.step, Step::Intent | Step::Promoted)))
+}
+
+/// Record `p` in `pgmaint.promotions` on the new primary, once: a promotion of the same
+/// system to the same timeline recorded already (by an earlier attempt, or another
+/// pgmaint) is kept. When it was recorded, by the new primary's clock (the clock its
+/// runs are stamped with).
+pub async fn record_on(primary: &mut Client, p: &Promotion) -> Result<DateTime<Utc>> {
+    let tx = primary.transaction().await?;
+    // One recorder at a time (two pgmaints completing the same promotion).
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&RECORD_LOCK])
+        .await
+        .context("locking pgmaint.promotions")?;
+    let at: Option<DateTime<Utc>> = tx
+        .query_opt(
+            "SELECT promoted_at FROM pgmaint.promotions WHERE system_identifier = $1 AND new_timeline = $2
+              ORDER BY id LIMIT 1",
+            &[&p.system_identifier, &p.new_timeline],
+        )
+        .await
+        .context("reading pgmaint.promotions")?
+        .map(|r| r.get(0));
+    if let Some(at) = at {
+        tx.commit().await?;
+        return Ok(at);
+    }
+    let at: DateTime<Utc> = tx
+        .query_one(
             "INSERT INTO pgmaint.promotions (replica, system_identifier, old_timeline, new_timeline, switch_lsn,
                                              old_primary, forced, promoted_at)
-             VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6, $7, $8)",
+             VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6, $7, now())
+             RETURNING promoted_at",
             &[
                 &p.replica,
                 &p.system_identifier,
@@ -97,13 +201,19 @@ pub async fn record_on(primary: &Client, p: &Promotion) -> Result<()> {
                 &p.switch_lsn,
                 &p.old_primary,
                 &p.forced,
-                &p.promoted_at,
             ],
         )
         .await
+        .context("recording the promotion in pgmaint.promotions")?
+        .get(0);
+    tx.commit()
+        .await
         .context("recording the promotion in pgmaint.promotions")?;
-    Ok(())
+    Ok(at)
 }
+
+/// The advisory lock key that serialises recording promotions ("pgmrecrd").
+const RECORD_LOCK: i64 = 0x7067_6d72_6563_7264;
 
 /// The promotions recorded on `server` (empty before migration 6 or on a server
 /// without pgmaint's schema).
@@ -127,6 +237,8 @@ pub async fn read_on(server: &Client) -> Vec<Promotion> {
             old_primary: r.get(5),
             forced: r.get(6),
             promoted_at: r.get(7),
+            step: Step::Done,
+            by: None,
         })
         .collect()
 }
@@ -140,7 +252,11 @@ pub fn fenced_by(
 ) -> Option<&Promotion> {
     promotions
         .iter()
-        .filter(|p| p.system_identifier == system_identifier && p.new_timeline > timeline)
+        .filter(|p| {
+            p.step.promoted()
+                && p.system_identifier == system_identifier
+                && p.new_timeline > timeline
+        })
         .max_by_key(|p| p.new_timeline)
 }
 
@@ -158,6 +274,8 @@ mod tests {
             old_primary: Some("127.0.0.1:55432".into()),
             forced: false,
             promoted_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            step: Step::Done,
+            by: None,
         }
     }
 
@@ -168,6 +286,37 @@ mod tests {
         assert_eq!(fenced_by(&all, 7, 2).map(|x| x.new_timeline), Some(3));
         assert_eq!(fenced_by(&all, 7, 3), None);
         assert_eq!(fenced_by(&all, 9, 1), None);
+        // An intent fences nothing: the replica may never have been promoted.
+        let mut intent = p(7, 3, 0);
+        intent.step = Step::Intent;
+        assert_eq!(fenced_by(&[intent], 7, 3), None);
+    }
+
+    #[test]
+    fn each_step_replaces_the_entry_of_its_promotion_and_survives_a_reread() {
+        let dir = std::env::temp_dir().join(format!("pgmaint-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut e = p(7, 1, 0);
+        e.step = Step::Intent;
+        e.switch_lsn = String::new();
+        record_local(&dir, &e).unwrap();
+        assert_eq!(unfinished(&dir).unwrap(), Some(e.clone()));
+        e.step = Step::Promoted;
+        e.new_timeline = 2;
+        record_local(&dir, &e).unwrap();
+        assert_eq!(read_local(&dir).unwrap().len(), 1);
+        assert_eq!(unfinished(&dir).unwrap().unwrap().step, Step::Promoted);
+        e.step = Step::Done;
+        record_local(&dir, &e).unwrap();
+        assert_eq!(unfinished(&dir).unwrap(), None);
+        // A file from before the journal had steps: its entries are done.
+        let old = r#"[{"replica":"r2","system_identifier":"7","old_timeline":1,"new_timeline":2,
+                       "switch_lsn":"0/5000198","old_primary":null,"forced":false,
+                       "promoted_at":"2027-01-15T08:00:00Z"}]"#;
+        std::fs::write(state_file(&dir), old).unwrap();
+        assert_eq!(read_local(&dir).unwrap()[0].step, Step::Done);
+        assert_eq!(unfinished(&dir).unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

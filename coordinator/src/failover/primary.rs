@@ -105,6 +105,18 @@ pub enum Found {
     Fenced(ServerIdentity, String),
 }
 
+/// A configured replica that is out of recovery and the newest primary of its system:
+/// promoted (by pgmaint, recorded or not, or by hand).
+#[derive(Debug, Clone)]
+pub struct PromotedReplica {
+    /// Its config name.
+    pub name: String,
+    /// Its DSN.
+    pub dsn: Dsn,
+    /// Its identity.
+    pub id: ServerIdentity,
+}
+
 /// Every server of `primary.dsn`, what it is, and the one to use.
 #[derive(Debug)]
 pub struct Survey {
@@ -112,12 +124,16 @@ pub struct Survey {
     pub servers: Vec<(Dsn, Found)>,
     /// Index into `servers` of the primary to use.
     pub chosen: Option<usize>,
+    /// A configured replica that is the primary now (it supersedes every listed
+    /// server), if one is.
+    pub promoted: Option<PromotedReplica>,
 }
 
 impl Survey {
     /// One line per server that is not the chosen primary, for an error or status.
     pub fn describe(&self) -> String {
-        self.servers
+        let mut all: Vec<String> = self
+            .servers
             .iter()
             .map(|(dsn, found)| {
                 let what = match found {
@@ -131,17 +147,101 @@ impl Survey {
                 };
                 format!("{} is {what}", address(dsn))
             })
-            .collect::<Vec<_>>()
-            .join("; ")
+            .collect();
+        if let Some(p) = &self.promoted {
+            all.push(format!(
+                "replica {} ({}) is the primary now, on timeline {}: point primary.dsn at it (or list every \
+                 server in primary.dsn)",
+                p.name,
+                address(&p.dsn),
+                p.id.timeline
+            ));
+        }
+        all.join("; ")
     }
 }
 
-/// Ask every server of `cfg.primary` what it is, and choose the primary: not in
-/// recovery, not fenced by a recorded promotion (on this host, or on any server asked),
-/// and on the newest timeline of its system.
+/// One writable server as the timeline rule sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Writable {
+    /// Its identity (its current timeline).
+    pub id: ServerIdentity,
+    /// The timelines its history descends from (from its timeline's history file);
+    /// `None` when that file could not be read.
+    pub ancestors: Option<Vec<i32>>,
+}
+
+/// The timeline rule (the servers are the truth): a writable server is superseded by
+/// another of the same system on a higher timeline whose history descends from its
+/// timeline (or whose history cannot be read: a higher timeline of one system is made
+/// by a promotion after it). For each server, the index of the newest one that
+/// supersedes it. Two writable servers on one timeline supersede neither: a split
+/// brain, which no timeline can settle.
+pub fn superseded(servers: &[Writable]) -> Vec<Option<usize>> {
+    servers
+        .iter()
+        .map(|old| {
+            servers
+                .iter()
+                .enumerate()
+                .filter(|(_, new)| {
+                    new.id.system_identifier == old.id.system_identifier
+                        && new.id.timeline > old.id.timeline
+                        && new
+                            .ancestors
+                            .as_ref()
+                            .is_none_or(|a| a.contains(&old.id.timeline))
+                })
+                .max_by_key(|(_, new)| new.id.timeline)
+                .map(|(i, _)| i)
+        })
+        .collect()
+}
+
+/// The timelines a server's current timeline descends from, from its history file
+/// (`None`: unreadable, e.g. without the privilege to read it).
+pub async fn ancestors(client: &Client, tli: i32) -> Option<Vec<i32>> {
+    if tli <= 1 {
+        return Some(Vec::new());
+    }
+    match super::servers::timeline_history(client, tli).await {
+        Ok(text) => Some(super::servers::parse_history_all(&text)),
+        Err(e) => {
+            tracing::debug!("timeline {tli}'s history file: {e}");
+            None
+        }
+    }
+}
+
+/// One server seen by a survey: connected and not in recovery, with its identity.
+async fn writable(client: &Client) -> Result<Option<Writable>, String> {
+    match crate::replica::server_identity(client).await {
+        Err(e) => Err(format!("{e:#}")),
+        Ok(None) => Ok(None),
+        Ok(Some(id)) => Ok(Some(Writable {
+            id,
+            ancestors: ancestors(client, id.timeline).await,
+        })),
+    }
+}
+
+/// Ask every server of `cfg.primary`, and every configured replica, what it is, and
+/// choose the primary: not in recovery, not fenced by a recorded promotion (on this
+/// host, or on any server asked), and not superseded by a server of its system on a
+/// newer timeline ([`superseded`]: a replica promoted by hand, or by a pgmaint whose
+/// record is lost, fences the old primary all the same).
 pub async fn survey(
     cfg: &Config,
     application_name: &str,
+) -> Result<(Survey, Vec<Client>), ConnectError> {
+    survey_within(cfg, application_name, Duration::from_secs(15)).await
+}
+
+/// [`survey`], each connection attempt bounded by `patience`.
+pub async fn survey_within(
+    cfg: &Config,
+    application_name: &str,
+    patience: Duration,
 ) -> Result<(Survey, Vec<Client>), ConnectError> {
     // Fail closed: an unreadable record of promotions could hide a former primary.
     let mut promotions: Vec<Promotion> = journal::read_local(&cfg.results_dir).map_err(|e| {
@@ -150,82 +250,126 @@ pub async fn survey(
             db::Reach::TurnedDown,
         )
     })?;
+    let connect = |dsn: Dsn| async move {
+        match tokio::time::timeout(patience, db::connect(&dsn, application_name)).await {
+            Err(_) => Err(ConnectError::no_answer(format!(
+                "no answer within {}s",
+                patience.as_secs_f64()
+            ))),
+            Ok(r) => r,
+        }
+    };
     // pgmaint.promotions replicates: the replicas know of a promotion run from another
-    // host even when primary.dsn does not list the new primary.
-    for r in &cfg.replicas {
-        if let Ok(Ok(c)) = tokio::time::timeout(
-            Duration::from_secs(5),
-            db::connect(&r.dsn, application_name),
-        )
-        .await
-        {
-            promotions.extend(journal::read_on(&c).await);
+    // host even when primary.dsn does not list the new primary. A replica out of
+    // recovery may be the primary now.
+    let replicas = futures_util::future::join_all(cfg.replicas.iter().map(|r| async move {
+        let Ok(c) = connect(r.dsn.clone()).await else {
+            return None;
+        };
+        let promotions = journal::read_on(&c).await;
+        let w = writable(&c).await.ok().flatten();
+        Some((r, promotions, w))
+    }))
+    .await;
+    let mut promoted_replicas = Vec::new();
+    for (r, p, w) in replicas.into_iter().flatten() {
+        promotions.extend(p);
+        if let Some(w) = w {
+            promoted_replicas.push((r, w));
         }
     }
     let mut servers = Vec::new();
     let mut clients = Vec::new();
+    let mut seen = Vec::new();
     for dsn in hosts(&cfg.primary) {
-        let found = match tokio::time::timeout(
-            Duration::from_secs(15),
-            db::connect(&dsn, application_name),
-        )
-        .await
-        {
-            Err(_) => Found::Unreachable(ConnectError::no_answer("no answer within 15s".into())),
-            Ok(Err(e)) => Found::Unreachable(e),
-            Ok(Ok(client)) => match crate::replica::server_identity(&client).await {
+        let found = match connect(dsn.clone()).await {
+            Err(e) => Found::Unreachable(e),
+            Ok(client) => match writable(&client).await {
                 // A session that fails its first query: most likely a server going away.
-                Err(e) => Found::Unreachable(ConnectError::no_answer(format!("{e:#}"))),
+                Err(e) => Found::Unreachable(ConnectError::no_answer(e)),
                 Ok(None) => Found::Standby,
-                Ok(Some(id)) => {
+                Ok(Some(w)) => {
                     promotions.extend(journal::read_on(&client).await);
                     clients.push((servers.len(), client));
-                    Found::Primary(id)
+                    seen.push((servers.len(), w.clone()));
+                    Found::Primary(w.id)
                 }
             },
         };
         servers.push((dsn, found));
     }
-    // Fence what a promotion, or a primary of the same system on a newer timeline, left
-    // behind.
-    let newest: Vec<(i64, i32)> = servers
+    // A replica listed in primary.dsn too is one server: compare it once.
+    let listed: Vec<String> = servers.iter().map(|(d, _)| address(d)).collect();
+    promoted_replicas.retain(|(r, _)| !listed.contains(&address(&r.dsn)));
+    // The timeline rule over every writable server seen, listed or not.
+    let all: Vec<Writable> = seen
         .iter()
-        .filter_map(|(_, f)| match f {
-            Found::Primary(id) => Some((id.system_identifier, id.timeline)),
-            _ => None,
-        })
+        .map(|(_, w)| w.clone())
+        .chain(promoted_replicas.iter().map(|(_, w)| w.clone()))
         .collect();
-    for (_, found) in servers.iter_mut() {
-        let Found::Primary(id) = found else { continue };
-        let id = *id;
-        if let Some(p) = journal::fenced_by(&promotions, id.system_identifier, id.timeline) {
-            *found = Found::Fenced(
-                id,
-                format!(
-                    "replica {} was promoted to timeline {} at {}",
-                    p.replica, p.new_timeline, p.promoted_at
-                ),
-            );
-        } else if let Some((_, t)) = newest
-            .iter()
-            .find(|(s, t)| *s == id.system_identifier && *t > id.timeline)
+    let newer = superseded(&all);
+    let names: Vec<String> = seen
+        .iter()
+        .map(|(at, _)| address(&servers[*at].0))
+        .chain(
+            promoted_replicas
+                .iter()
+                .map(|(r, _)| format!("replica {} ({})", r.name, address(&r.dsn))),
+        )
+        .collect();
+    for (k, (at, w)) in seen.iter().enumerate() {
+        let id = w.id;
+        let fenced = if let Some(p) =
+            journal::fenced_by(&promotions, id.system_identifier, id.timeline)
         {
-            *found = Found::Fenced(
-                id,
-                format!("another primary of the same system is on timeline {t}"),
-            );
+            Some(format!(
+                "replica {} was promoted to timeline {} at {}",
+                p.replica, p.new_timeline, p.promoted_at
+            ))
+        } else {
+            newer[k].map(|j| {
+                format!(
+                    "{} is a primary of the same system on timeline {}, which descends from timeline {}",
+                    names[j],
+                    all[j].id.timeline,
+                    id.timeline
+                )
+            })
+        };
+        if let Some(why) = fenced {
+            servers[*at].1 = Found::Fenced(id, why);
         }
     }
+    // A configured replica out of recovery, neither fenced nor superseded: the primary
+    // now, if no listed server also takes writes (then it is a split brain).
+    let promoted: Vec<PromotedReplica> = promoted_replicas
+        .iter()
+        .enumerate()
+        .filter(|(k, (_, w))| {
+            newer[seen.len() + k].is_none()
+                && journal::fenced_by(&promotions, w.id.system_identifier, w.id.timeline).is_none()
+        })
+        .map(|(_, (r, w))| PromotedReplica {
+            name: r.name.clone(),
+            dsn: r.dsn.clone(),
+            id: w.id,
+        })
+        .collect();
     // Two unfenced primaries (a split brain, or a failover outside pgmaint): choosing
     // either could write to the wrong one.
     let primaries = servers
         .iter()
         .filter(|(_, f)| matches!(f, Found::Primary(_)))
         .count();
-    let chosen = if primaries == 1 {
+    let chosen = if primaries == 1 && promoted.is_empty() {
         servers
             .iter()
             .position(|(_, f)| matches!(f, Found::Primary(_)))
+    } else {
+        None
+    };
+    let promoted = if primaries == 0 && promoted.len() == 1 {
+        promoted.into_iter().next()
     } else {
         None
     };
@@ -234,7 +378,14 @@ pub async fn survey(
         .filter(|(i, _)| Some(*i) == chosen)
         .map(|(_, c)| c)
         .collect();
-    Ok((Survey { servers, chosen }, clients))
+    Ok((
+        Survey {
+            servers,
+            chosen,
+            promoted,
+        },
+        clients,
+    ))
 }
 
 /// Connect to the primary: the one server of `primary.dsn` to use (see [`survey`]),
@@ -274,6 +425,12 @@ fn no_usable_primary(cfg: &Config, survey: &Survey) -> ConnectError {
         .iter()
         .filter(|(_, f)| matches!(f, Found::Primary(_)))
         .count();
+    let primaries = if primaries == 1 && survey.chosen.is_none() {
+        // The other one is a configured replica out of recovery.
+        2
+    } else {
+        primaries
+    };
     let silent = survey
         .servers
         .iter()

@@ -1,176 +1,146 @@
-//! `pgmaint promote [--replica NAME] [--force] [--json]`: failover, when the primary
-//! is down.
+//! The promotion, as one state machine: what `pgmaint promote` does, and what
+//! `pgmaint daemon` does with `failover.automatic` (never with `--force`).
 //!
-//! In order, and nothing is changed on any server before step 6:
-//! 1. `--replica` is checked against the config (unknown, `failover_priority = 0`:
-//!    exit 2) and against the server (unreachable, not in recovery: exit 1).
-//! 2. The primary must be down: no server of `primary.dsn` accepts a connection (or
-//!    answers at all) for `failover.primary_down_after`, and no replica's WAL receiver
-//!    hears from one within it. Otherwise exit 1, naming the evidence. `--force` never
-//!    overrides this.
-//! 3. The candidate: [`crate::failover::candidate::choose_candidate`] over every replica's state.
-//! 4. pgmaint's schema and the privileges promotion needs, on the candidate.
-//! 5. The backlog gate: more unreplayed WAL than `failover.max_replay_backlog` is
-//!    refused (exit 1) unless `--force`, with an estimate of the replay time.
-//! 6. Replay resumed if paused; `pg_promote(true, N)` once; `false` means "not yet":
-//!    `pg_is_in_recovery()` is polled until `failover.promote_timeout`.
-//! 7. The promotion recorded on the new primary (`pgmaint.promotions`) and in
-//!    `results.dir/promotions.json`: from then on the old primary is fenced.
-//! 8. Runs left `running` are dropped (their results are never uploaded), their
-//!    leases released, and the pauses they own on other replicas resumed.
-//! 9. Every other replica is re-pointed at the new primary and checked to stream from
-//!    it within `failover.follow_timeout`: `following`, `diverged` (with the pg_rewind
-//!    command), `unreachable` or `not following`.
+//! Its steps, each recorded before the next is taken, each safe to repeat:
+//! 1. **Lock.** The failover lock (a session advisory lock) on every replica reached:
+//!    one promoter at a time; a lock held elsewhere names its holder.
+//! 2. **Unfinished?** A promotion this host recorded and did not finish
+//!    ([`journal::unfinished`]) is resumed: never a second one.
+//! 3. **Promoted already?** A configured replica out of recovery on a newer timeline
+//!    that descends from the primary's is the primary now (by hand, or by a pgmaint
+//!    whose record is elsewhere): its promotion is completed, not repeated.
+//! 4. **Decide.** The down check ([`super::down`]), the candidate ([`choose_candidate`]),
+//!    its schema and privileges, the backlog gate, `failover.fence_command`, a last
+//!    look. Nothing has changed on any server up to here.
+//! 5. **Re-point** the other replicas at the candidate ([`super::follow`]): they
+//!    cascade from it and follow its timeline switch, and a returning old primary can
+//!    no longer feed them.
+//! 6. **Intent**, written ahead ([`Step::Intent`]); then `pg_promote(true, N)` and
+//!    `pg_is_in_recovery()` polled until `failover.promote_timeout`. After a crash the
+//!    intent stands and `pg_promote` is sent again: a repeat is harmless (it only
+//!    re-creates the promote signal file and signals the postmaster).
+//! 7. **Promoted**, in the journal (new timeline and switch point, from the new
+//!    primary's history file), then on the new primary (`pgmaint.promotions`, once).
+//! 8. Runs left running from before the promotion are dropped, their pauses resumed.
+//! 9. The followers are re-pointed at the new primary (idempotent) and watched until
+//!    they stream on its timeline; then **Done**.
+//!
+//! A pgmaint killed anywhere leaves nothing changed (before 5), followers cascading
+//! from a standby (after 5: harmless), or a journal entry that the next pgmaint — a
+//! daemon at its next look or start, `pgmaint promote`, or any command at start
+//! ([`resume_at_start`]) — completes. `PGMAINT_TEST_KILL_AT=<step>` (`repointed`,
+//! `intent`, `pg_promote`, `promoted`, `recorded`, `followers`) kills the process with
+//! SIGKILL at that step, for the crash tests.
 
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use chrono::Utc;
-use serde::Serialize;
+use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ReplicaConfig};
 use crate::error_text::OneLine;
 use crate::failover::candidate::{choose_candidate, StandbyView};
-use crate::failover::journal::{self, Promotion};
-use crate::failover::servers::{self as p, DroppedRun, FollowState, Probe, Seen};
+use crate::failover::down;
+use crate::failover::follow::{self, lsn_text};
+use crate::failover::journal::{self, Promotion, Step};
+use crate::failover::report::{How, Report, Timings};
+use crate::failover::servers::{self as p, DroppedRun, Probe, Seen};
 use crate::replica::{PauseState, ReplicaControl, ResumeOutcome};
 use crate::units::human_bytes;
-use crate::{db, schema, UsageError};
+use crate::{schema, UsageError};
 
-/// One replica other than the new primary, after the failover.
-#[derive(Debug, Serialize)]
-pub struct Follower {
-    /// Its config name.
-    pub name: String,
-    /// `host:port`, as configured.
-    pub address: String,
-    /// `following`, `diverged`, `unreachable` or `not_following`.
-    pub state: FollowState,
-    /// What was seen or done.
-    pub detail: String,
-    /// For a diverged replica: the command that rejoins it (run with it stopped).
-    pub pg_rewind: Option<String>,
-}
+/// Test knob: kill this process (SIGKILL) when the promotion reaches this step.
+pub const KILL_AT_ENV: &str = "PGMAINT_TEST_KILL_AT";
 
-/// How long each step took, in seconds.
-#[derive(Debug, Default, Serialize)]
-pub struct Timings {
-    /// The primary down check (at least `failover.primary_down_after`).
-    pub down_check: f64,
-    /// From the resume/`pg_promote` to the candidate out of recovery.
-    pub promotion: f64,
-    /// Re-pointing the other replicas and waiting for them.
-    pub followers: f64,
-    /// The whole command.
-    pub total: f64,
-}
-
-/// What `pgmaint promote` did.
-#[derive(Debug, Serialize)]
-pub struct Report {
-    /// The replica promoted: the new primary.
-    pub new_primary: String,
-    /// Its `host:port`.
-    pub address: String,
-    /// The cluster's system identifier (a string: it exceeds 2^53).
-    pub system_identifier: String,
-    /// The old primary's timeline.
-    pub old_timeline: i32,
-    /// The new primary's timeline.
-    pub timeline: i32,
-    /// Where the new timeline branched off the old one.
-    pub switch_lsn: String,
-    /// Where the switch LSN was read.
-    pub switch_lsn_source: String,
-    /// The servers of `primary.dsn` that were down.
-    pub old_primary: Vec<String>,
-    /// Promoted with `--force` over the backlog gate.
-    pub forced: bool,
-    /// The candidate's unreplayed WAL when it was chosen, bytes.
-    pub backlog_bytes: u64,
-    /// Replay was paused on the candidate and pgmaint resumed it.
-    pub resumed_pause: bool,
-    /// What `pg_promote(true, N)` returned (`None`: no answer).
-    pub pg_promote_returned: Option<bool>,
-    /// The N of `pg_promote(true, N)`.
-    pub pg_promote_wait_seconds: i32,
-    /// What the operator should know: WAL lost with this choice, a forced backlog.
-    pub warnings: Vec<String>,
-    /// What the primary down check saw besides down servers.
-    pub notes: Vec<String>,
-    /// Runs left running, dropped by the promotion.
-    pub dropped_runs: Vec<DroppedRun>,
-    /// Every other replica.
-    pub replicas: Vec<Follower>,
-    /// When the promotion was recorded.
-    pub promoted_at: chrono::DateTime<Utc>,
-    /// Where recording the promotion failed, if it did.
-    pub record_errors: Vec<String>,
-    /// Time taken.
-    pub seconds: Timings,
+/// Die here if the crash tests asked for it (see the module's docs).
+fn kill_point(step: &str) {
+    if std::env::var(KILL_AT_ENV).is_ok_and(|v| v == step) {
+        tracing::error!("{KILL_AT_ENV}={step}: killing this process (a crash test)");
+        // SAFETY: kill(2) on our own pid; no memory is touched.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
 }
 
 /// Why a failover did not promote because another one is under way or done: a daemon
-/// follows the new primary instead.
+/// waits for it, or follows the new primary.
 #[derive(Debug, thiserror::Error)]
 pub enum NotPromoting {
     /// Another pgmaint holds the failover lock on this replica.
-    #[error("another pgmaint promote is running: it holds the failover lock on replica {0} (nothing changed)")]
-    LockBusy(String),
-    /// This replica is a primary already, fenced by no recorded promotion.
+    #[error("the failover lock on replica {replica} is held by {holder}: a failover is under way there (nothing changed)")]
+    LockBusy {
+        /// The replica whose lock is taken.
+        replica: String,
+        /// Who holds it, as its session says.
+        holder: String,
+    },
+    /// This replica is a primary already, and no timeline or record says it is the
+    /// newer one.
     #[error(
-        "replica {0} is already a primary (not in recovery{1}), and no recorded promotion fences it: another \
-         failover happened outside pgmaint, or one is under way; not promoting a second primary (nothing changed)"
+        "replica {0} is already a primary (not in recovery{1}), and neither a newer timeline nor a recorded \
+         promotion makes it the successor of the primary: another failover is under way outside pgmaint, or two \
+         servers take writes; not promoting a third (nothing changed)"
     )]
     OtherPrimary(String, String),
     /// `failover.fence_command` failed.
     #[error("{0}: not promoting (nothing changed)")]
     FenceFailed(String),
-    /// `pg_promote` was sent to this replica, and what followed failed: the promotion
-    /// may still finish. Never promote another one meanwhile.
-    #[error("replica {0} was asked to promote, then: {1}")]
+    /// A promotion is recorded (its intent at least) and not finished: it is completed
+    /// at the next try, never replaced by another.
+    #[error("the promotion of replica {0} is unfinished: {1}; it is completed at the next try (never another candidate)")]
     Unfinished(String, String),
 }
 
-/// Steps 1 to 9 (see the module's docs): what `pgmaint promote` does, and what
-/// `pgmaint daemon` does with `failover.automatic` (never with `force`). `stop`: stop
-/// where that is still safe (before step 6). `on_down`: cancelled once the primary is
-/// found down (the daemon then stops its work against the old primary). `finishing`:
-/// a replica asked to promote by an earlier attempt that did not finish: never another
-/// candidate while it may still become the primary; once it is one, steps 7 to 9 are
-/// done for it.
+/// Steps 1 to 9 (see the module's docs). `stop`: stop where that is still safe (before
+/// step 5). `on_down`: cancelled once the primary is found down (the daemon then stops
+/// its work against the old primary). `by`: who this is (`host:pid…`), for the journal
+/// and the failover lock.
 pub async fn failover(
     cfg: &Config,
     by_hand: Option<&str>,
     force: bool,
-    stop: &tokio_util::sync::CancellationToken,
-    on_down: Option<&tokio_util::sync::CancellationToken>,
-    finishing: Option<&str>,
+    stop: &CancellationToken,
+    on_down: Option<&CancellationToken>,
+    by: &str,
 ) -> Result<Report> {
     let started = Instant::now();
 
-    // 1. The operator's choice, before anything is waited for.
+    // 1. One promoter at a time. Promotions known here and on the replicas.
+    let (promotions, _failover_locks, locked) = lock_replicas(cfg, by).await?;
+
+    // 2. An unfinished promotion recorded on this host.
+    let unfinished = journal::unfinished(&cfg.results_dir)
+        .context("the promotions recorded on this host (results.dir/promotions.json)")?;
+    if let Some(entry) = unfinished {
+        return resume(cfg, entry, started).await;
+    }
+
+    // 3. A replica the servers say is the primary already.
+    if let Some(now) = promoted_already(cfg).await {
+        if let Some(n) = by_hand.filter(|n| **n != now.name) {
+            bail!(
+                "replica {} is the primary already (timeline {}): not promoting replica {n} as well (nothing changed)",
+                now.name,
+                now.id.timeline
+            );
+        }
+        return complete(cfg, &now.name, started).await;
+    }
+
+    // 4. Decide: the operator's choice, then the primary must be down.
     if let Some(name) = by_hand {
         check_by_hand(cfg, name).await?;
     }
-    // Promotions known here and on the replicas, and the failover locks.
-    let (promotions, _failover_locks, locked) = lock_replicas(cfg).await?;
-
-    // 2. The primary must be down.
-    let (down, seen) = primary_is_down(cfg, &promotions).await?;
+    let (down, seen) = down::primary_is_down(cfg, &promotions).await?;
     let down_check = started.elapsed();
     if let Some(t) = on_down {
         t.cancel();
     }
     same_system(&seen)?;
-    if let Some(name) = finishing {
-        return finish_promotion(cfg, name, &down, seen, started, down_check).await;
-    }
     no_other_primary(&seen, &promotions).await?;
-
-    // 3. The candidate.
     let Candidacy {
         mut warnings,
         target,
@@ -181,25 +151,18 @@ pub async fn failover(
     // The candidate's own failover lock: it may have been out of reach when the locks
     // were taken.
     if !locked.contains(&(probe.system_identifier, probe.postmaster_start))
-        && !p::try_failover_lock(&client).await?
+        && !p::try_failover_lock(&client, by).await?
     {
-        return Err(NotPromoting::LockBusy(target.name.clone()).into());
+        return Err(busy(&client, &target.name).await);
     }
-
-    // 4. pgmaint's schema, and the privileges a promotion needs: refused before any change.
     schema::require_current(&client)
         .await
         .with_context(|| format!("replica {} (the candidate)", target.name))?;
     check_privileges(&client, &target.name).await?;
-
-    // 5. The backlog gate.
     let backlog = probe.backlog();
     if let Some(w) = backlog_gate(cfg, &client, &probe, &target.name, force).await? {
         warnings.push(w);
     }
-
-    // 6. Resume, promote once, wait. A signal from here on does not stop the failover
-    // half-way (a second one exits at once).
     if stop.is_cancelled() {
         bail!("cancelled by a signal before promoting (nothing changed)");
     }
@@ -213,7 +176,7 @@ pub async fn failover(
     let last = p::watch_primary(cfg, &promotions, Duration::ZERO).await;
     let fresh = p::probe_replicas(cfg).await;
     let mut evidence = last.evidence;
-    evidence.extend(heard_from_a_primary(
+    evidence.extend(down::heard_from_a_primary(
         cfg,
         &fresh,
         cfg.failover.primary_down_after,
@@ -235,6 +198,38 @@ pub async fn failover(
         .find(|s| s.config.name == target.name)
         .and_then(|s| s.state.as_ref().ok())
         .map(|(_, fresh)| fresh.pause_state != PauseState::NotPaused);
+
+    // 5. The others cascade from the candidate from now on.
+    let (_, _) = follow::repoint_all(&client, &target, others, probe.position()).await;
+    kill_point("repointed");
+
+    // 6. The intent, written ahead; then the promotion.
+    let forced = force && backlog > cfg.failover.max_replay_backlog;
+    let entry = Promotion {
+        replica: target.name.clone(),
+        system_identifier: probe.system_identifier,
+        old_timeline: probe
+            .walreceiver
+            .as_ref()
+            .and_then(|w| w.received_tli)
+            .unwrap_or(0),
+        new_timeline: 0,
+        switch_lsn: String::new(),
+        old_primary: (!down.down.is_empty()).then(|| down.down.join(",")),
+        forced,
+        promoted_at: Utc::now(),
+        step: Step::Intent,
+        by: Some(by.to_string()),
+    };
+    journal::record_local(&cfg.results_dir, &entry).map_err(|e| {
+        anyhow!(
+            "{}: not promoting without a record of it (nothing changed but the other replicas' primary_conninfo, \
+             now replica {})",
+            e.one_line(),
+            target.name
+        )
+    })?;
+    kill_point("intent");
     let promote_started = Instant::now();
     let resumed_pause = paused_now.unwrap_or(probe.pause_state != PauseState::NotPaused);
     if resumed_pause {
@@ -251,184 +246,397 @@ pub async fn failover(
     let (client, returned) = promote(cfg, &target, client, wait)
         .await
         .map_err(unfinished)?;
+    kill_point("pg_promote");
     let promotion_took = promote_started.elapsed();
     tracing::info!(replica = %target.name, secs = promotion_took.as_secs_f64(), "promoted");
 
-    after_promotion(
+    complete_promotion(
         cfg,
-        Promoted {
+        Completion {
+            entry,
+            how: How::Promoted,
             target,
             client,
             position: probe.position(),
-            forced: force && backlog > cfg.failover.max_replay_backlog,
-            others,
             warnings,
             backlog,
             resumed_pause,
             returned,
             wait,
+            down_servers: down.down,
+            notes: down.notes,
             down_check,
             promotion_took,
             started,
         },
-        &down,
     )
     .await
     .map_err(unfinished)
 }
 
+/// Step 2: finish the promotion recorded on this host. Its intent stands: a candidate
+/// still in recovery is promoted (again: harmless), never replaced by another.
+async fn resume(cfg: &Config, entry: Promotion, started: Instant) -> Result<Report> {
+    let name = entry.replica.clone();
+    tracing::warn!(
+        replica = %name,
+        "resuming the unfinished promotion of replica {name}, started by {} at {} (recorded step: {})",
+        entry.by.as_deref().unwrap_or("an earlier pgmaint"),
+        entry.promoted_at,
+        entry.step
+    );
+    let unfinished =
+        |why: String| -> anyhow::Error { NotPromoting::Unfinished(name.clone(), why).into() };
+    let Some(target) = cfg.replicas.iter().find(|r| r.name == name).cloned() else {
+        return Err(unfinished(
+            "it is no longer in [[replicas]]: put it back, or finish it by hand and remove its entry from \
+             results.dir/promotions.json"
+                .into(),
+        ));
+    };
+    let client = p::connect_within(&target.dsn, "pgmaint-promote", Duration::from_secs(10))
+        .await
+        .map_err(|e| unfinished(format!("replica {name} is unreachable ({e})")))?;
+    let probe = p::probe(&client)
+        .await
+        .map_err(|e| unfinished(e.one_line()))?;
+    let wait = promote_wait(cfg)?;
+    let (mut returned, mut resumed_pause) = (None, false);
+    let promote_started = Instant::now();
+    let client = if probe.in_recovery {
+        if entry.step != Step::Intent {
+            return Err(unfinished(format!(
+                "it was recorded as promoted (timeline {}) but is in recovery now (rejoined as a standby?): see to \
+                 it by hand",
+                entry.new_timeline
+            )));
+        }
+        let others = others_than(cfg, &name).await;
+        follow::repoint_all(&client, &target, others, probe.position()).await;
+        if probe.pause_state != PauseState::NotPaused {
+            p::resume_replay(&client)
+                .await
+                .map_err(|e| unfinished(e.one_line()))?;
+            resumed_pause = true;
+        }
+        tracing::warn!(
+            replica = %name,
+            "replica {name} is still in recovery: sending pg_promote again (a repeat is harmless: it only \
+             re-creates the promote signal file)"
+        );
+        let (c, r) = promote(cfg, &target, client, wait)
+            .await
+            .map_err(|e| unfinished(e.one_line()))?;
+        kill_point("pg_promote");
+        returned = r;
+        c
+    } else {
+        client
+    };
+    complete_promotion(
+        cfg,
+        Completion {
+            how: How::Resumed,
+            position: probe.position(),
+            backlog: probe.backlog(),
+            resumed_pause,
+            returned,
+            wait,
+            down_servers: entry
+                .old_primary
+                .as_deref()
+                .map(|s| s.split(',').map(String::from).collect())
+                .unwrap_or_default(),
+            notes: Vec::new(),
+            warnings: Vec::new(),
+            down_check: Duration::ZERO,
+            promotion_took: promote_started.elapsed(),
+            started,
+            entry,
+            target,
+            client,
+        },
+    )
+    .await
+    .map_err(|e| unfinished(e.one_line()))
+}
+
+/// Step 3: the configured replica that the servers say is the primary now, if one is.
+async fn promoted_already(cfg: &Config) -> Option<crate::failover::primary::PromotedReplica> {
+    match crate::failover::primary::survey_within(cfg, "pgmaint-promote", Duration::from_secs(5))
+        .await
+    {
+        Ok((survey, _)) => survey.promoted,
+        Err(e) => {
+            tracing::warn!("looking for a replica promoted already: {}", e.0);
+            None
+        }
+    }
+}
+
+/// Complete the promotion of replica `name`, out of recovery already (promoted by hand
+/// or by another pgmaint): record it, fence the old primary, drop the runs left
+/// running, re-point the others.
+pub async fn complete(cfg: &Config, name: &str, started: Instant) -> Result<Report> {
+    let unfinished =
+        |why: String| -> anyhow::Error { NotPromoting::Unfinished(name.to_string(), why).into() };
+    let target = cfg
+        .replicas
+        .iter()
+        .find(|r| r.name == name)
+        .cloned()
+        .ok_or_else(|| unfinished("it is not in [[replicas]]".into()))?;
+    let client = p::connect_within(&target.dsn, "pgmaint-promote", Duration::from_secs(10))
+        .await
+        .map_err(|e| unfinished(format!("unreachable ({e})")))?;
+    let probe = p::probe(&client)
+        .await
+        .map_err(|e| unfinished(e.one_line()))?;
+    tracing::warn!(
+        replica = %name,
+        "replica {name} is the primary now (a newer timeline, promoted by hand or by another pgmaint): completing \
+         its promotion"
+    );
+    // The operator's fence: this pgmaint did not run it before that promotion.
+    let mut warnings = Vec::new();
+    if let Err(why) = crate::failover::hooks::fence(cfg, &target).await {
+        warnings.push(format!(
+            "{why}: the promotion stands; fence the old primary by hand"
+        ));
+    }
+    let entry = Promotion {
+        replica: name.to_string(),
+        system_identifier: probe.system_identifier,
+        old_timeline: 0,
+        new_timeline: 0,
+        switch_lsn: String::new(),
+        old_primary: Some(
+            crate::failover::primary::hosts(&cfg.primary)
+                .iter()
+                .map(crate::failover::primary::address)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        forced: false,
+        promoted_at: Utc::now(),
+        step: Step::Promoted,
+        by: None,
+    };
+    complete_promotion(
+        cfg,
+        Completion {
+            entry,
+            how: How::Completed,
+            target,
+            client,
+            position: probe.position(),
+            warnings,
+            backlog: 0,
+            resumed_pause: false,
+            returned: None,
+            wait: 0,
+            down_servers: Vec::new(),
+            notes: Vec::new(),
+            down_check: Duration::ZERO,
+            promotion_took: Duration::ZERO,
+            started,
+        },
+    )
+    .await
+}
+
+/// Every configured replica but `name`, probed.
+async fn others_than(cfg: &Config, name: &str) -> Vec<Seen> {
+    let mut others = p::probe_replicas(cfg).await;
+    others.retain(|s| s.config.name != name);
+    others.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+    others
+}
+
 /// What steps 7 to 9 need of a promotion that happened.
-struct Promoted {
+struct Completion {
+    /// Its journal entry (an intent, or a fresh one for a promotion found).
+    entry: Promotion,
+    how: How,
     target: ReplicaConfig,
     client: Client,
     /// The candidate's WAL position before it was promoted (the switch point, when the
     /// history file cannot be read).
     position: u64,
-    forced: bool,
-    others: Vec<Seen>,
     warnings: Vec<String>,
     backlog: u64,
     resumed_pause: bool,
     returned: Option<bool>,
     wait: i32,
+    down_servers: Vec<String>,
+    notes: Vec<String>,
     down_check: Duration,
     promotion_took: Duration,
     started: Instant,
 }
 
-/// Steps 7 to 9: record the promotion (the old primary fenced from then on), drop the
-/// runs left running, re-point the other replicas; the report.
-async fn after_promotion(cfg: &Config, mut done: Promoted, down: &p::DownCheck) -> Result<Report> {
-    let target = &done.target;
-    // 7. Record it: from now on the old primary is fenced.
-    let recorded = record(
-        cfg,
-        &done.client,
-        &target.name,
-        done.position,
-        &down.down,
-        done.forced,
-    )
-    .await?;
-    let (id, promotion) = (recorded.id, &recorded.promotion);
+/// Steps 7 to 9, each recorded before the next: the promotion in the journal and on
+/// the new primary (the old primary fenced from then on), the runs left running
+/// dropped, the followers re-pointed and watched; the report.
+async fn complete_promotion(cfg: &Config, mut c: Completion) -> Result<Report> {
+    let name = c.target.name.clone();
+    let id = crate::replica::server_identity(&c.client)
+        .await?
+        .ok_or_else(|| anyhow!("replica {name} is still in recovery after its promotion"))?;
+    let (old_timeline, switch_lsn, switch_lsn_source) =
+        match p::read_switch_point(&c.client, id.timeline).await {
+            Ok((parent, at)) => (parent, at, "the new timeline's history file".to_string()),
+            Err(e) => {
+                let at = lsn_text(c.position);
+                tracing::warn!(
+                    "{}; taking the candidate's WAL position {at} as the switch point",
+                    e.one_line()
+                );
+                (
+                    id.timeline - 1,
+                    at,
+                    format!(
+                        "the candidate's WAL position (history file unreadable: {})",
+                        e.one_line()
+                    ),
+                )
+            }
+        };
+    // 7. Promoted: in the journal, then on the new primary.
+    c.entry.step = Step::Promoted;
+    c.entry.system_identifier = id.system_identifier;
+    c.entry.old_timeline = old_timeline;
+    c.entry.new_timeline = id.timeline;
+    c.entry.switch_lsn = switch_lsn.clone();
+    let mut record_errors = Vec::new();
+    if let Err(e) = journal::record_local(&cfg.results_dir, &c.entry) {
+        record_errors.push(format!("in results.dir: {}", e.one_line()));
+    }
+    kill_point("promoted");
+    let promoted_at = match journal::record_on(&mut c.client, &c.entry).await {
+        Ok(at) => at,
+        Err(e) => {
+            record_errors.push(format!("on the new primary: {}", e.one_line()));
+            Utc::now()
+        }
+    };
+    kill_point("recorded");
 
-    // 8. Runs left running: dropped, their pauses resumed.
+    // 8. Runs left running from before the promotion: dropped, their pauses resumed.
     let dropped = drop_runs(
         cfg,
-        &mut done.client,
-        &target.name,
+        &mut c.client,
+        &name,
         id.timeline,
-        &mut done.warnings,
+        promoted_at,
+        &mut c.warnings,
     )
     .await;
 
     // 9. The other replicas follow the new primary.
     let followers_started = Instant::now();
-    done.others
-        .sort_by(|a, b| a.config.name.cmp(&b.config.name));
-    let replicas = follow(
+    let switch = crate::failover::candidate::lsn(&switch_lsn).unwrap_or(u64::MAX);
+    let others = others_than(cfg, &name).await;
+    let (settled, pending) = follow::repoint_all(&c.client, &c.target, others, switch).await;
+    let replicas = follow::await_followers(
         cfg,
-        &done.client,
-        target,
-        done.others,
+        &c.client,
+        &c.target,
+        settled,
+        pending,
         id.timeline,
-        &promotion.switch_lsn,
+        &switch_lsn,
     )
     .await;
+    kill_point("followers");
+    c.entry.step = Step::Done;
+    if let Err(e) = journal::record_local(&cfg.results_dir, &c.entry) {
+        record_errors.push(format!("in results.dir: {}", e.one_line()));
+    }
     Ok(Report {
-        new_primary: target.name.clone(),
-        address: crate::failover::primary::address(&target.dsn),
+        how: c.how,
+        by: c.entry.by.clone(),
+        new_primary: name,
+        address: crate::failover::primary::address(&c.target.dsn),
         system_identifier: id.system_identifier.to_string(),
-        old_timeline: promotion.old_timeline,
+        old_timeline,
         timeline: id.timeline,
-        switch_lsn: promotion.switch_lsn.clone(),
-        switch_lsn_source: recorded.switch_lsn_source.clone(),
-        old_primary: down.down.clone(),
-        forced: promotion.forced,
-        backlog_bytes: done.backlog,
-        resumed_pause: done.resumed_pause,
-        pg_promote_returned: done.returned,
-        pg_promote_wait_seconds: done.wait,
-        warnings: done.warnings,
-        notes: down.notes.clone(),
+        switch_lsn,
+        switch_lsn_source,
+        old_primary: c.down_servers,
+        forced: c.entry.forced,
+        backlog_bytes: c.backlog,
+        resumed_pause: c.resumed_pause,
+        pg_promote_returned: c.returned,
+        pg_promote_wait_seconds: c.wait,
+        warnings: c.warnings,
+        notes: c.notes,
         dropped_runs: dropped,
         replicas,
-        promoted_at: promotion.promoted_at,
-        record_errors: recorded.errors.clone(),
+        promoted_at,
+        record_errors,
         seconds: Timings {
-            down_check: done.down_check.as_secs_f64(),
-            promotion: done.promotion_took.as_secs_f64(),
+            down_check: c.down_check.as_secs_f64(),
+            promotion: c.promotion_took.as_secs_f64(),
             followers: followers_started.elapsed().as_secs_f64(),
-            total: done.started.elapsed().as_secs_f64(),
+            total: c.started.elapsed().as_secs_f64(),
         },
     })
 }
 
-/// An earlier attempt asked replica `name` to promote and did not see it finish: while
-/// it is still in recovery, wait for it (never a second pg_promote, never another
-/// candidate); once it is the primary, do steps 7 to 9 for it.
-async fn finish_promotion(
-    cfg: &Config,
-    name: &str,
-    down: &p::DownCheck,
-    seen: Vec<Seen>,
-    started: Instant,
-    down_check: Duration,
-) -> Result<Report> {
-    let (mine, others): (Vec<Seen>, Vec<Seen>) =
-        seen.into_iter().partition(|s| s.config.name == name);
-    let still =
-        |why: String| -> anyhow::Error { NotPromoting::Unfinished(name.to_string(), why).into() };
-    let Some(Seen {
-        config: target,
-        state,
-    }) = mine.into_iter().next()
-    else {
-        return Err(still("it is no longer in the config".into()));
+/// At the start of any command but `promote` (which resumes it itself): a promotion
+/// this host recorded and did not finish, whose replica is out of recovery now, is
+/// completed (recorded, the old primary fenced, the others re-pointed). One still in
+/// recovery is left to `pgmaint promote` or the daemon, with a warning. Errors are
+/// logged: the command goes on, and the survey that follows fences what it must.
+pub async fn resume_at_start(cfg: &Config) {
+    let entry = match journal::unfinished(&cfg.results_dir) {
+        Ok(Some(e)) => e,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!("{}", e.one_line());
+            return;
+        }
     };
-    let (client, probe) = state.map_err(|e| still(format!("unreachable: {e}")))?;
-    if probe.in_recovery {
-        return Err(still(
-            "still in recovery: the promotion asked for earlier goes on".into(),
-        ));
+    let Some(target) = cfg.replicas.iter().find(|r| r.name == entry.replica) else {
+        tracing::warn!(replica = %entry.replica, "an unfinished promotion of replica {} is recorded in results.dir/promotions.json, and it is not in [[replicas]]", entry.replica);
+        return;
+    };
+    let in_recovery = match p::connect_within(&target.dsn, "pgmaint", Duration::from_secs(10)).await
+    {
+        Ok(c) => p::probe(&c).await.map(|pr| pr.in_recovery).ok(),
+        Err(_) => None,
+    };
+    if in_recovery != Some(false) {
+        tracing::warn!(
+            replica = %entry.replica,
+            "the promotion of replica {} (started by {} at {}) is unfinished and it is {}: `pgmaint promote` or the \
+             daemon finishes it",
+            entry.replica,
+            entry.by.as_deref().unwrap_or("an earlier pgmaint"),
+            entry.promoted_at,
+            if in_recovery == Some(true) { "still in recovery" } else { "unreachable" }
+        );
+        return;
     }
-    tracing::info!(replica = %name, "failover: replica {name} finished its promotion: recording it");
-    after_promotion(
+    let stop = CancellationToken::new();
+    match failover(
         cfg,
-        Promoted {
-            target,
-            client,
-            position: probe.position(),
-            forced: false,
-            others,
-            warnings: Vec::new(),
-            backlog: 0,
-            resumed_pause: false,
-            returned: None,
-            wait: 0,
-            down_check,
-            promotion_took: Duration::ZERO,
-            started,
-        },
-        down,
+        None,
+        false,
+        &stop,
+        None,
+        &crate::leader::daemon_holder(),
     )
     .await
-    .map_err(|e| still(e.one_line()))
-}
-
-/// Print the report; a promotion that could not be recorded is an error all the same.
-pub fn finish(report: &Report, json: bool) -> Result<ExitCode> {
-    print(report, json)?;
-    if !report.record_errors.is_empty() {
-        bail!(
-            "replica {} WAS promoted (timeline {}), but the promotion could not be recorded {}: until it is, \
-             pgmaint may not recognise the old primary as fenced",
-            report.new_primary,
-            report.timeline,
-            report.record_errors.join("; ")
-        );
+    {
+        Ok(r) => tracing::warn!(
+            replica = %r.new_primary,
+            "{}",
+            crate::failover::report::render(&r).lines().next().unwrap_or_default()
+        ),
+        Err(e) => tracing::warn!("{}", e.one_line()),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Step 3's outcome: the candidate (its session and state) and every other replica.
@@ -474,7 +682,7 @@ fn candidacy(seen: Vec<Seen>, by_hand: Option<&str>) -> Result<Candidacy> {
 /// The set of servers locked (system identifier, postmaster start time).
 type Locked = std::collections::HashSet<(i64, chrono::DateTime<Utc>)>;
 
-async fn lock_replicas(cfg: &Config) -> Result<(Vec<Promotion>, Vec<Client>, Locked)> {
+async fn lock_replicas(cfg: &Config, by: &str) -> Result<(Vec<Promotion>, Vec<Client>, Locked)> {
     let mut promotions = journal::read_local(&cfg.results_dir).unwrap_or_else(|e| {
         tracing::warn!(
             "could not read the promotions recorded on this host: {}",
@@ -489,8 +697,8 @@ async fn lock_replicas(cfg: &Config) -> Result<(Vec<Promotion>, Vec<Client>, Loc
             if !locked.insert((probe.system_identifier, probe.postmaster_start)) {
                 continue;
             }
-            if !p::try_failover_lock(&c).await? {
-                return Err(NotPromoting::LockBusy(s.config.name.clone()).into());
+            if !p::try_failover_lock(&c, by).await? {
+                return Err(busy(&c, &s.config.name).await);
             }
             promotions.extend(journal::read_on(&c).await);
             failover_locks.push(c);
@@ -499,81 +707,16 @@ async fn lock_replicas(cfg: &Config) -> Result<(Vec<Promotion>, Vec<Client>, Loc
     Ok((promotions, failover_locks, locked))
 }
 
-/// Replicas whose WAL receiver heard from a primary within `window`, as evidence. A
-/// receiver fed by another configured replica that this look reached says nothing of
-/// the old primary: in recovery (a cascading standby), that replica's own receiver
-/// speaks for the chain; out of recovery (a replica promoted meanwhile), the check for
-/// another primary decides. Fed by anything else — the primary in use, a replica out of
-/// reach, an address not in the config — it counts.
-fn heard_from_a_primary(cfg: &Config, seen: &[Seen], window: Duration) -> Vec<String> {
-    let in_use = crate::failover::primary::address(&cfg.primary);
-    let standbys: Vec<String> = seen
-        .iter()
-        .filter(|s| s.state.is_ok())
-        .map(|s| crate::failover::primary::address(&s.config.dsn))
-        .filter(|a| *a != in_use)
-        .collect();
-    seen.iter()
-        .filter_map(|s| {
-            let (_, probe) = s.state.as_ref().ok()?;
-            let w = probe.walreceiver.as_ref()?;
-            if w.sender
-                .as_ref()
-                .is_some_and(|from| standbys.contains(from))
-            {
-                return None;
-            }
-            p::walreceiver_evidence(&s.config.name, w, window)
-        })
-        .collect()
-}
-
-/// Step 2: the evidence that the primary is down, and every replica as seen then.
-async fn primary_is_down(
-    cfg: &Config,
-    promotions: &[Promotion],
-) -> Result<(p::DownCheck, Vec<Seen>)> {
-    let window = cfg.failover.primary_down_after;
-    let started = Instant::now();
-    tracing::info!(
-        "checking that the primary is down: every server of {} must refuse connections for {}s",
-        cfg.primary.field,
-        window.as_secs_f64()
-    );
-    let down = p::watch_primary(cfg, promotions, window).await;
-    if !down.evidence.is_empty() {
-        bail!(
-            "the primary is up, not promoting (nothing changed): {}",
-            down.evidence.join("; ")
-        );
+/// The failover lock on `replica` is taken: by whom.
+async fn busy(client: &Client, replica: &str) -> anyhow::Error {
+    let holder = p::failover_lock_holder(client)
+        .await
+        .unwrap_or_else(|| "another session (it has just ended?)".into());
+    NotPromoting::LockBusy {
+        replica: replica.to_string(),
+        holder,
     }
-    let seen = p::probe_replicas(cfg).await;
-    let heard = heard_from_a_primary(cfg, &seen, window);
-    if !heard.is_empty() {
-        bail!(
-            "a replica still hears from a primary, not promoting (nothing changed): {}",
-            heard.join("; ")
-        );
-    }
-    match crate::failover::hooks::witness(cfg).await {
-        Some(crate::failover::hooks::Witness::Alive) => bail!(
-            "failover.witness_command says the primary is alive (exit 0), not promoting (nothing changed)"
-        ),
-        Some(crate::failover::hooks::Witness::NotAlive(how)) => {
-            tracing::info!("failover.witness_command does not vouch for the primary ({how})")
-        }
-        Some(crate::failover::hooks::Witness::Silent(why)) => bail!(
-            "failover.witness_command gave no answer ({why}), not promoting without it (nothing changed)"
-        ),
-        None => {}
-    }
-    tracing::info!(
-        down = %down.down.join(", "),
-        "the primary is down: no server of {} accepted a connection for {:.1}s, and no replica hears from one",
-        cfg.primary.field,
-        started.elapsed().as_secs_f64()
-    );
-    Ok((down, seen))
+    .into()
 }
 
 /// Step 5: a candidate with more unreplayed WAL than `failover.max_replay_backlog` is
@@ -615,72 +758,6 @@ async fn backlog_gate(
     Ok(Some(format!("--force: {what}")))
 }
 
-/// What step 7 recorded.
-struct Recorded {
-    id: crate::replica::ServerIdentity,
-    promotion: Promotion,
-    switch_lsn_source: String,
-    /// Where recording failed.
-    errors: Vec<String>,
-}
-
-/// Step 7: the promotion recorded on the new primary and on this host; from then on
-/// the old primary is fenced.
-async fn record(
-    cfg: &Config,
-    client: &Client,
-    name: &str,
-    position: u64,
-    old_primary: &[String],
-    forced: bool,
-) -> Result<Recorded> {
-    let id = crate::replica::server_identity(client)
-        .await?
-        .ok_or_else(|| anyhow!("replica {name} is still in recovery after its promotion"))?;
-    let (old_timeline, switch_lsn, switch_lsn_source) =
-        match p::read_switch_point(client, id.timeline).await {
-            Ok((parent, at)) => (parent, at, "the new timeline's history file".to_string()),
-            Err(e) => {
-                let at = lsn_text(position);
-                tracing::warn!(
-                    "{}; taking the candidate's WAL position {at} as the switch point",
-                    e.one_line()
-                );
-                (
-                    id.timeline - 1,
-                    at,
-                    format!(
-                        "the candidate's WAL position (history file unreadable: {})",
-                        e.one_line()
-                    ),
-                )
-            }
-        };
-    let promotion = Promotion {
-        replica: name.to_string(),
-        system_identifier: id.system_identifier,
-        old_timeline,
-        new_timeline: id.timeline,
-        switch_lsn,
-        old_primary: (!old_primary.is_empty()).then(|| old_primary.join(",")),
-        forced,
-        promoted_at: Utc::now(),
-    };
-    let mut errors = Vec::new();
-    if let Err(e) = journal::record_on(client, &promotion).await {
-        errors.push(format!("on the new primary: {}", e.one_line()));
-    }
-    if let Err(e) = journal::record_local(&cfg.results_dir, &promotion) {
-        errors.push(format!("in results.dir: {}", e.one_line()));
-    }
-    Ok(Recorded {
-        id,
-        promotion,
-        switch_lsn_source,
-        errors,
-    })
-}
-
 /// Step 8: runs left running are dropped (their results are never uploaded), their
 /// leases released, and the pauses they own on other replicas resumed.
 async fn drop_runs(
@@ -688,12 +765,13 @@ async fn drop_runs(
     client: &mut Client,
     promoted: &str,
     timeline: i32,
+    before: DateTime<Utc>,
     warnings: &mut Vec<String>,
 ) -> Vec<DroppedRun> {
     let reason = format!(
         "replica {promoted} was promoted (timeline {timeline}): the run's results are never uploaded"
     );
-    let mut dropped = match p::drop_running_runs(client, &reason).await {
+    let mut dropped = match p::drop_running_runs(client, &reason, before).await {
         Ok(d) => d,
         Err(e) => {
             warnings.push(format!(
@@ -979,345 +1057,4 @@ async fn resume_dropped(cfg: &Config, run: &DroppedRun, promoted: &str) -> (Stri
             false,
         ),
     }
-}
-
-/// One follower being re-pointed.
-struct Pending {
-    name: String,
-    address: String,
-    client: Client,
-    data_directory: Option<String>,
-    conninfo: String,
-    slot_created: Option<String>,
-    detail: String,
-}
-
-/// Re-point every other replica at the new primary, and wait (at most
-/// `failover.follow_timeout` in all) for each to stream from it.
-async fn follow(
-    cfg: &Config,
-    new_primary: &Client,
-    target: &ReplicaConfig,
-    seen: Vec<Seen>,
-    new_tli: i32,
-    switch_lsn: &str,
-) -> Vec<Follower> {
-    let deadline = Instant::now() + cfg.failover.follow_timeout;
-    let switch = crate::failover::candidate::lsn(switch_lsn).unwrap_or(u64::MAX);
-    let (hosts, ports) = db::hosts_and_ports(&target.dsn.config);
-    let host = hosts.first().cloned().unwrap_or_else(|| "localhost".into());
-    let port: u16 = ports.first().and_then(|p| p.parse().ok()).unwrap_or(5432);
-    let mut done = Vec::new();
-    let mut pending = Vec::new();
-    for s in seen {
-        let name = s.config.name.clone();
-        let address = crate::failover::primary::address(&s.config.dsn);
-        let settled = |state, detail: String| Follower {
-            name: name.clone(),
-            address: address.clone(),
-            state,
-            detail,
-            pg_rewind: None,
-        };
-        // The session of the down check may be stale; one more try.
-        let client = match s.state {
-            Ok((c, _)) if !c.is_closed() => Ok(c),
-            _ => p::connect_within(&s.config.dsn, "pgmaint-promote", Duration::from_secs(10)).await,
-        };
-        let client = match client {
-            Ok(c) => c,
-            Err(e) => {
-                done.push(settled(FollowState::Unreachable, e));
-                continue;
-            }
-        };
-        match repoint(new_primary, &client, &name, &host, port, switch).await {
-            Err(e) => done.push(settled(FollowState::NotFollowing, e.one_line())),
-            Ok(Repointed::Settled(state, detail, rewind)) => {
-                let mut f = settled(state, detail);
-                f.pg_rewind = rewind;
-                done.push(f);
-            }
-            Ok(Repointed::Pending {
-                conninfo,
-                data_directory,
-                slot_created,
-            }) => pending.push(Pending {
-                name,
-                address,
-                client,
-                data_directory,
-                conninfo,
-                slot_created,
-                detail: String::new(),
-            }),
-        }
-    }
-    let phase = Instant::now();
-    while !pending.is_empty() {
-        let mut still = Vec::new();
-        for f in pending {
-            if p::streams_on(&f.client, new_tli).await.unwrap_or(false) {
-                done.push(Follower {
-                    detail: format!(
-                        "streams from {host}:{port} on timeline {new_tli} ({:.1}s after it was re-pointed){}",
-                        phase.elapsed().as_secs_f64(),
-                        f.detail
-                    ),
-                    name: f.name,
-                    address: f.address,
-                    state: FollowState::Following,
-                    pg_rewind: None,
-                });
-            } else {
-                still.push(f);
-            }
-        }
-        pending = still;
-        if pending.is_empty() {
-            break;
-        }
-        if Instant::now() >= deadline {
-            for f in pending.drain(..) {
-                done.push(timed_out(cfg, new_primary, f, switch, switch_lsn).await);
-            }
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    done.sort_by(|a, b| a.name.cmp(&b.name));
-    done
-}
-
-/// What re-pointing one replica came to.
-enum Repointed {
-    /// Decided already.
-    Settled(FollowState, String, Option<String>),
-    /// Re-pointed: to be watched.
-    Pending {
-        conninfo: String,
-        data_directory: Option<String>,
-        slot_created: Option<String>,
-    },
-}
-
-/// Re-point one replica at `host:port` (its slot created there first).
-async fn repoint(
-    new_primary: &Client,
-    client: &Client,
-    name: &str,
-    host: &str,
-    port: u16,
-    switch: u64,
-) -> Result<Repointed> {
-    let probe: Probe = p::probe(client).await?;
-    if !probe.in_recovery {
-        return Ok(Repointed::Settled(
-            FollowState::NotFollowing,
-            "it is not in recovery (another primary?): left alone".into(),
-            None,
-        ));
-    }
-    let current = p::show(client, "primary_conninfo").await?;
-    if current.trim().is_empty() {
-        return Ok(Repointed::Settled(
-            FollowState::NotFollowing,
-            "it has no primary_conninfo (not a streaming standby): left alone".into(),
-            None,
-        ));
-    }
-    let conninfo = crate::conninfo::with_host(&current, host, port)
-        .map_err(|e| anyhow!("its primary_conninfo cannot be read: {e}"))?;
-    let slot = p::show(client, "primary_slot_name").await?;
-    let data_directory = p::show(client, "data_directory").await.ok();
-    if p::past_switch(probe.position(), probe.replayed(), switch) == Some(true) {
-        // Re-pointed all the same, so that it never streams from the old primary
-        // again; no slot for it (it would hold WAL on the new primary forever).
-        p::set_primary_conninfo(client, &conninfo).await?;
-        let (detail, rewind) = diverged(&probe, data_directory.as_deref(), &conninfo, switch);
-        return Ok(Repointed::Settled(FollowState::Diverged, detail, rewind));
-    }
-    let slot_created = if slot.is_empty() {
-        None
-    } else {
-        p::ensure_slot(new_primary, &slot)
-            .await?
-            .then_some(slot.clone())
-    };
-    p::set_primary_conninfo(client, &conninfo).await?;
-    tracing::info!(
-        replica = %name,
-        "re-pointed at {host}:{port}{}",
-        if slot.is_empty() {
-            String::new()
-        } else {
-            format!(" (slot {slot})")
-        }
-    );
-    if probe.pause_state != PauseState::NotPaused {
-        return Ok(Repointed::Settled(
-            FollowState::NotFollowing,
-            format!(
-                "re-pointed at {host}:{port}, but its replay is {} by someone else (not a pgmaint run): a paused \
-                 standby does not stream; it follows once resumed (SELECT pg_wal_replay_resume())",
-                probe.pause_state
-            ),
-            None,
-        ));
-    }
-    Ok(Repointed::Pending {
-        conninfo,
-        data_directory,
-        slot_created,
-    })
-}
-
-/// The detail and pg_rewind command of a diverged replica.
-fn diverged(
-    probe: &Probe,
-    data_directory: Option<&str>,
-    conninfo: &str,
-    switch: u64,
-) -> (String, Option<String>) {
-    let rewind = p::pg_rewind_command(data_directory.unwrap_or("<its data directory>"), conninfo);
-    (
-        format!(
-            "its WAL goes to {}, past the switch point {}: it cannot follow the new timeline. Stop it, run the \
-             pg_rewind command (it needs wal_log_hints or data checksums; it copies the new primary's \
-             configuration files, so restore its own port, primary_slot_name… before starting it), then start it; \
-             or rebuild it with pg_basebackup. Until then it is out of the pool (pgmaint run refuses a replica on \
-             another timeline)",
-            lsn_text(probe.position()),
-            lsn_text(switch)
-        ),
-        Some(rewind),
-    )
-}
-
-/// A replica that did not stream from the new primary in time: diverged (its WAL
-/// went past the switch point), or not following for a reason pgmaint cannot see.
-async fn timed_out(
-    cfg: &Config,
-    new_primary: &Client,
-    f: Pending,
-    switch: u64,
-    switch_lsn: &str,
-) -> Follower {
-    let probe = p::probe(&f.client).await.ok();
-    let past = probe
-        .as_ref()
-        .and_then(|pr| p::past_switch(pr.position(), pr.replayed(), switch));
-    if let Some(slot) = &f.slot_created {
-        if let Err(e) = p::drop_idle_slot(new_primary, slot).await {
-            tracing::warn!(replica = %f.name, "{}", e.one_line());
-        }
-    }
-    match (past, &probe) {
-        (Some(_), Some(pr)) => {
-            let (detail, rewind) = diverged(pr, f.data_directory.as_deref(), &f.conninfo, switch);
-            Follower {
-                name: f.name,
-                address: f.address,
-                state: FollowState::Diverged,
-                detail,
-                pg_rewind: rewind,
-            }
-        }
-        _ => Follower {
-            name: f.name,
-            address: f.address,
-            state: FollowState::NotFollowing,
-            detail: format!(
-                "re-pointed, but it did not stream from the new primary on its timeline within \
-                 failover.follow_timeout ({}s; switch point {switch_lsn}): see its server log",
-                cfg.failover.follow_timeout.as_secs()
-            ),
-            pg_rewind: None,
-        },
-    }
-}
-
-/// An LSN as PostgreSQL writes it.
-fn lsn_text(v: u64) -> String {
-    format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF)
-}
-
-fn print(r: &Report, json: bool) -> Result<()> {
-    use std::io::Write;
-    let text = if json {
-        format!("{}\n", serde_json::to_string_pretty(r)?)
-    } else {
-        render(r)
-    };
-    let _ = std::io::stdout().write_all(text.as_bytes());
-    Ok(())
-}
-
-/// The report for a human.
-pub fn render(r: &Report) -> String {
-    let mut out = format!(
-        "promoted replica {} ({}): the new primary, timeline {} (from {}), switch LSN {}\n",
-        r.new_primary, r.address, r.timeline, r.old_timeline, r.switch_lsn
-    );
-    out.push_str(&format!(
-        "old primary down: {} (no connection for {:.1}s, no replica heard from it)\n",
-        if r.old_primary.is_empty() {
-            "-".to_string()
-        } else {
-            r.old_primary.join(", ")
-        },
-        r.seconds.down_check
-    ));
-    for n in &r.notes {
-        out.push_str(&format!("note: {n}\n"));
-    }
-    out.push_str(&format!(
-        "backlog replayed at promotion {}{}; pg_promote(true, {}) returned {}\n",
-        human_bytes(r.backlog_bytes),
-        if r.resumed_pause {
-            " (replay was paused: resumed)"
-        } else {
-            ""
-        },
-        r.pg_promote_wait_seconds,
-        match r.pg_promote_returned {
-            Some(true) => "true",
-            Some(false) => "false (not yet: polled pg_is_in_recovery())",
-            None => "nothing (session lost: polled pg_is_in_recovery())",
-        }
-    ));
-    for w in &r.warnings {
-        out.push_str(&format!("warning: {w}\n"));
-    }
-    for d in &r.dropped_runs {
-        out.push_str(&format!(
-            "run {} on replica {} dropped (its results are never uploaded): {}\n",
-            d.run_id,
-            d.replica,
-            d.pause_outcome.as_deref().unwrap_or("-")
-        ));
-    }
-    if !r.replicas.is_empty() {
-        out.push_str(&format!(
-            "{:<12} {:<22} {:<14} DETAIL\n",
-            "REPLICA", "ADDRESS", "STATE"
-        ));
-        for f in &r.replicas {
-            out.push_str(&format!(
-                "{:<12} {:<22} {:<14} {}\n",
-                f.name,
-                f.address,
-                f.state.to_string(),
-                f.detail
-            ));
-            if let Some(cmd) = &f.pg_rewind {
-                out.push_str(&format!("{:<50} {cmd}\n", ""));
-            }
-        }
-    }
-    out.push_str(&format!(
-        "took {:.1}s: down check {:.1}s, promotion {:.1}s, followers {:.1}s\n",
-        r.seconds.total, r.seconds.down_check, r.seconds.promotion, r.seconds.followers
-    ));
-    out
 }

@@ -340,6 +340,16 @@ pub fn parse_history(text: &str) -> Option<(i32, String)> {
         })
 }
 
+/// Every timeline a history file says its timeline descends from (the first field of
+/// each line).
+pub fn parse_history_all(text: &str) -> Vec<i32> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
 /// The new timeline's history on the new primary (`pg_wal/<TLI>.history`): `(parent
 /// timeline, switch LSN)`. Needs superuser or `pg_read_server_files`.
 pub async fn read_switch_point(new_primary: &Client, tli: i32) -> Result<(i32, String)> {
@@ -510,13 +520,38 @@ pub fn pg_rewind_command(data_directory: &str, source_conninfo: &str) -> String 
 /// The advisory lock key of `pgmaint promote` ("pgmfailo").
 const FAILOVER_LOCK: i64 = 0x7067_6d66_6169_6c6f;
 
-/// Take the failover lock on this session (held until it closes), if free.
-pub async fn try_failover_lock(client: &Client) -> Result<bool> {
+/// Take the failover lock on this session (held until it closes), if free. The
+/// session is named after `by` (`pgmaint-failover host:pid…`), so that another pgmaint
+/// that finds the lock taken can say who holds it.
+pub async fn try_failover_lock(client: &Client, by: &str) -> Result<bool> {
+    let name: String = format!("pgmaint-failover {by}").chars().take(63).collect();
+    client
+        .execute("SELECT set_config('application_name', $1, false)", &[&name])
+        .await
+        .context("naming the failover lock's session")?;
     Ok(client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&FAILOVER_LOCK])
         .await
         .context("taking the failover lock")?
         .get(0))
+}
+
+/// Who holds the failover lock on `client`'s server, as its session names itself.
+pub async fn failover_lock_holder(client: &Client) -> Option<String> {
+    // A bigint advisory key is (classid, objid) = (high, low) 32 bits, objsubid 1.
+    let (high, low) = ((FAILOVER_LOCK >> 32) as u32, FAILOVER_LOCK as u32);
+    let row = client
+        .query_opt(
+            "SELECT coalesce(nullif(a.application_name, ''), 'a session') || ' (pid ' || l.pid || ' on that server'
+                    || coalesce(', from ' || host(a.client_addr), '') || ')'
+               FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+              WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 1
+              LIMIT 1",
+            &[&high, &low],
+        )
+        .await
+        .ok()??;
+    Some(row.get(0))
 }
 
 /// Resume a standby's replay (promote ends any pause; this makes it explicit).
@@ -608,19 +643,24 @@ pub struct DroppedRun {
     pub pause_outcome: Option<String>,
 }
 
-/// On the new primary: mark every run still `running` as `dropped` (with `reason`),
-/// and release their leases. Their results are never uploaded (the uploader applies
-/// only `succeeded` runs).
-pub async fn drop_running_runs(new_primary: &mut Client, reason: &str) -> Result<Vec<DroppedRun>> {
+/// On the new primary: mark every run still `running` that started before `before`
+/// (the promotion: a run started on the new primary since is left alone) as `dropped`
+/// (with `reason`), and release their leases. Their results are never uploaded (the
+/// uploader applies only `succeeded` runs).
+pub async fn drop_running_runs(
+    new_primary: &mut Client,
+    reason: &str,
+    before: DateTime<Utc>,
+) -> Result<Vec<DroppedRun>> {
     let tx = new_primary.transaction().await?;
     let rows = tx
         .query(
             "UPDATE pgmaint.runs
                 SET state = 'dropped', finished_at = now(),
                     error = coalesce(error || '; ', '') || $1
-              WHERE state = 'running'
+              WHERE state = 'running' AND started_at < $2
           RETURNING id, replica, pause_requested_at IS NOT NULL, replica_started_at, snapshot_lsn::text",
-            &[&reason],
+            &[&reason, &before],
         )
         .await
         .context("marking the runs left running as dropped")?;
@@ -717,6 +757,10 @@ mod tests {
             Some((2, "0/5000198".into()))
         );
         assert_eq!(parse_history(""), None);
+        assert_eq!(
+            parse_history_all("1\t0/3000000\tno recovery target specified\n\n2\t0/5000198\tx\n"),
+            vec![1, 2]
+        );
         assert_eq!(parse_history("x y"), None);
     }
 
