@@ -101,6 +101,12 @@ async fn the_daemon_promotes_r2_when_the_primary_dies_mid_scan_and_goes_on_again
     .await;
     // The next scheduled run succeeds against r2, and its uploads are applied there.
     let r2 = c.replica(2).await;
+    wait_for(
+        "the promotion recorded on r2",
+        Duration::from_secs(10),
+        || async { rows(&r2, "SELECT count(*) FROM pgmaint.promotions").await == 1 },
+    )
+    .await;
     let promoted_at: chrono::DateTime<chrono::Utc> =
         scalar(&r2, "SELECT max(promoted_at) FROM pgmaint.promotions", &[]).await;
     let sql = "SELECT count(*) FROM pgmaint.task_slots WHERE task_name = 'blobs' AND result = 'succeeded' AND claimed_at > $1";
@@ -210,7 +216,7 @@ async fn two_daemons_promote_exactly_one_replica_and_the_other_follows() {
     wait_for("both daemons switched", Duration::from_secs(40), || async {
         daemons.iter().all(|d| {
             let log = d.log();
-            log.contains("failover: followed") || log.contains("promoted; the daemon goes on")
+            log.contains("failover: followed") || log.contains("promoted (this daemon)")
         })
     })
     .await;
@@ -219,7 +225,7 @@ async fn two_daemons_promote_exactly_one_replica_and_the_other_follows() {
     let logs: Vec<String> = daemons.iter().map(|d| d.log()).collect();
     let promoters = logs
         .iter()
-        .filter(|l| l.contains("promoted; the daemon goes on"))
+        .filter(|l| l.contains("promoted (this daemon)"))
         .count();
     let followers = logs
         .iter()

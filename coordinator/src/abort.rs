@@ -62,6 +62,8 @@ impl std::fmt::Display for AbortReason {
 pub struct Abort {
     token: CancellationToken,
     reason: Arc<OnceLock<AbortReason>>,
+    /// A failover reason came, first or not: nothing more is written on the primary.
+    failover: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Abort {
@@ -70,14 +72,19 @@ impl Abort {
         Abort {
             token: parent.child_token(),
             reason: Arc::default(),
+            failover: Arc::default(),
         }
     }
     /// Stopped for a failover: nothing more may be written on the primary in use.
     pub fn for_failover(&self) -> bool {
-        matches!(self.reason(), Some(AbortReason::Failover(_)))
+        self.failover.load(std::sync::atomic::Ordering::SeqCst)
     }
     /// Cancel, recording `reason` if it is the first.
     pub fn trigger(&self, reason: AbortReason) {
+        if matches!(reason, AbortReason::Failover(_)) {
+            self.failover
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         let first = self.reason.set(reason.clone()).is_ok();
         // Cancel first: nothing (not even logging) may stand between a reason and the stop.
         self.token.cancel();

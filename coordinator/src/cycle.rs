@@ -585,6 +585,8 @@ impl<'a> Cycle<'a> {
             };
             match result {
                 Ok(()) => return Ok(()),
+                // A failover came meanwhile: the old primary gets nothing more.
+                Err(e) if self.abort.for_failover() => return Err(e),
                 Err(e) if Instant::now() >= deadline => {
                     return Err(e.context(format!(
                         "primary ({})",

@@ -894,10 +894,15 @@ pub struct Daemon {
 impl Daemon {
     /// Start `pgmaint daemon` with `config`; its stderr goes to `<config>.<n>.log`.
     pub fn start(c: &Cluster, config: &Path, n: usize) -> Daemon {
+        Daemon::start_with_env(c, config, n, &[])
+    }
+    /// [`Daemon::start`], with these environment variables set.
+    pub fn start_with_env(c: &Cluster, config: &Path, n: usize, env: &[(&str, &str)]) -> Daemon {
         let log = config.with_extension(format!("{n}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = c
             .pgmaint(config, &["daemon"])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -913,6 +918,14 @@ impl Daemon {
     }
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    /// Wait (at most `timeout`) for the daemon to exit by itself; its status.
+    pub async fn exited(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let status = exited_within(self.child.as_mut()?, timeout).await;
+        if status.is_some() {
+            self.child = None;
+        }
+        status
     }
     /// SIGTERM: the daemon must exit 0 within 30 s.
     pub async fn terminate(&mut self) {

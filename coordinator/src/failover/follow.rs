@@ -59,6 +59,7 @@ pub async fn repoint_all(
     target: &ReplicaConfig,
     seen: Vec<Seen>,
     switch: u64,
+    new_tli: Option<i32>,
 ) -> (Vec<Follower>, Vec<Pending>) {
     let (host, port) = host_port(target);
     let mut done = Vec::new();
@@ -85,7 +86,7 @@ pub async fn repoint_all(
                 continue;
             }
         };
-        match repoint(target_client, &client, &name, &host, port, switch).await {
+        match repoint(target_client, &client, &name, &host, port, switch, new_tli).await {
             Err(e) => done.push(settled(FollowState::NotFollowing, e.one_line())),
             Ok(Repointed::Settled(state, detail, rewind)) => {
                 let mut f = settled(state, detail);
@@ -188,8 +189,18 @@ async fn repoint(
     host: &str,
     port: u16,
     switch: u64,
+    new_tli: Option<i32>,
 ) -> Result<Repointed> {
     let probe: Probe = p::probe(client).await?;
+    // Streaming the new timeline already (re-pointed before the promotion): its WAL is
+    // past the switch point on the new timeline, which is no divergence.
+    let on_new = new_tli.is_some_and(|t| {
+        probe
+            .walreceiver
+            .as_ref()
+            .and_then(|w| w.received_tli)
+            .is_some_and(|r| r >= t)
+    });
     if !probe.in_recovery {
         return Ok(Repointed::Settled(
             FollowState::NotFollowing,
@@ -209,7 +220,7 @@ async fn repoint(
         .map_err(|e| anyhow!("its primary_conninfo cannot be read: {e}"))?;
     let slot = p::show(client, "primary_slot_name").await?;
     let data_directory = p::show(client, "data_directory").await.ok();
-    if p::past_switch(probe.position(), probe.replayed(), switch) == Some(true) {
+    if !on_new && p::past_switch(probe.position(), probe.replayed(), switch) == Some(true) {
         // Re-pointed all the same, so that it never streams from the old primary
         // again; no slot for it (it would hold WAL on the new primary forever).
         p::set_primary_conninfo(client, &conninfo).await?;

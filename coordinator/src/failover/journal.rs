@@ -92,11 +92,12 @@ impl std::fmt::Display for Step {
 }
 
 impl Promotion {
-    /// The same promotion: one replica of one system, leaving one timeline.
+    /// The same promotion: one decision (replica and time) of one system, or once
+    /// promoted, the same new timeline of that system.
     pub fn same(&self, other: &Promotion) -> bool {
         self.system_identifier == other.system_identifier
-            && self.replica == other.replica
-            && self.old_timeline == other.old_timeline
+            && ((self.replica == other.replica && self.promoted_at == other.promoted_at)
+                || (self.new_timeline > 0 && self.new_timeline == other.new_timeline))
     }
 }
 
@@ -303,12 +304,18 @@ mod tests {
         assert_eq!(unfinished(&dir).unwrap(), Some(e.clone()));
         e.step = Step::Promoted;
         e.new_timeline = 2;
+        e.old_timeline = 3; // learnt from the history file: not part of the key
         record_local(&dir, &e).unwrap();
         assert_eq!(read_local(&dir).unwrap().len(), 1);
         assert_eq!(unfinished(&dir).unwrap().unwrap().step, Step::Promoted);
         e.step = Step::Done;
         record_local(&dir, &e).unwrap();
         assert_eq!(unfinished(&dir).unwrap(), None);
+        // The same promotion found again later (a new decision time): one entry still.
+        let mut again = e.clone();
+        again.promoted_at = again.promoted_at + chrono::Duration::seconds(5);
+        record_local(&dir, &again).unwrap();
+        assert_eq!(read_local(&dir).unwrap().len(), 1);
         // A file from before the journal had steps: its entries are done.
         let old = r#"[{"replica":"r2","system_identifier":"7","old_timeline":1,"new_timeline":2,
                        "switch_lsn":"0/5000198","old_primary":null,"forced":false,

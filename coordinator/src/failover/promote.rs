@@ -200,7 +200,7 @@ pub async fn failover(
         .map(|(_, fresh)| fresh.pause_state != PauseState::NotPaused);
 
     // 5. The others cascade from the candidate from now on.
-    let (_, _) = follow::repoint_all(&client, &target, others, probe.position()).await;
+    let (_, _) = follow::repoint_all(&client, &target, others, probe.position(), None).await;
     kill_point("repointed");
 
     // 6. The intent, written ahead; then the promotion.
@@ -312,7 +312,7 @@ async fn resume(cfg: &Config, entry: Promotion, started: Instant) -> Result<Repo
             )));
         }
         let others = others_than(cfg, &name).await;
-        follow::repoint_all(&client, &target, others, probe.position()).await;
+        follow::repoint_all(&client, &target, others, probe.position(), None).await;
         if probe.pause_state != PauseState::NotPaused {
             p::resume_replay(&client)
                 .await
@@ -537,7 +537,8 @@ async fn complete_promotion(cfg: &Config, mut c: Completion) -> Result<Report> {
     let followers_started = Instant::now();
     let switch = crate::failover::candidate::lsn(&switch_lsn).unwrap_or(u64::MAX);
     let others = others_than(cfg, &name).await;
-    let (settled, pending) = follow::repoint_all(&c.client, &c.target, others, switch).await;
+    let (settled, pending) =
+        follow::repoint_all(&c.client, &c.target, others, switch, Some(id.timeline)).await;
     let replicas = follow::await_followers(
         cfg,
         &c.client,
@@ -585,39 +586,17 @@ async fn complete_promotion(cfg: &Config, mut c: Completion) -> Result<Report> {
 }
 
 /// At the start of any command but `promote` (which resumes it itself): a promotion
-/// this host recorded and did not finish, whose replica is out of recovery now, is
-/// completed (recorded, the old primary fenced, the others re-pointed). One still in
-/// recovery is left to `pgmaint promote` or the daemon, with a warning. Errors are
-/// logged: the command goes on, and the survey that follows fences what it must.
+/// this host recorded and did not finish is finished (its intent stands: a candidate
+/// still in recovery is promoted), before the command looks for the primary. Errors
+/// are logged: the command goes on, and the survey that follows fences what it must.
 pub async fn resume_at_start(cfg: &Config) {
-    let entry = match journal::unfinished(&cfg.results_dir) {
-        Ok(Some(e)) => e,
+    match journal::unfinished(&cfg.results_dir) {
+        Ok(Some(_)) => {}
         Ok(None) => return,
         Err(e) => {
             tracing::warn!("{}", e.one_line());
             return;
         }
-    };
-    let Some(target) = cfg.replicas.iter().find(|r| r.name == entry.replica) else {
-        tracing::warn!(replica = %entry.replica, "an unfinished promotion of replica {} is recorded in results.dir/promotions.json, and it is not in [[replicas]]", entry.replica);
-        return;
-    };
-    let in_recovery = match p::connect_within(&target.dsn, "pgmaint", Duration::from_secs(10)).await
-    {
-        Ok(c) => p::probe(&c).await.map(|pr| pr.in_recovery).ok(),
-        Err(_) => None,
-    };
-    if in_recovery != Some(false) {
-        tracing::warn!(
-            replica = %entry.replica,
-            "the promotion of replica {} (started by {} at {}) is unfinished and it is {}: `pgmaint promote` or the \
-             daemon finishes it",
-            entry.replica,
-            entry.by.as_deref().unwrap_or("an earlier pgmaint"),
-            entry.promoted_at,
-            if in_recovery == Some(true) { "still in recovery" } else { "unreachable" }
-        );
-        return;
     }
     let stop = CancellationToken::new();
     match failover(
