@@ -183,14 +183,34 @@ async fn the_daemon_promotes_r2_when_the_primary_dies_mid_scan_and_goes_on_again
         before,
         "nothing scheduled on the old primary"
     );
-    // A daemon started with the old config refuses the fenced primary (no degraded start).
-    let refused = c.run(&cfg, &["daemon"]);
-    assert_ne!(refused.code, 0, "{}", refused.stderr);
-    let line = refused.error_line().unwrap_or_default().to_string();
-    assert!(
-        line.contains("former primary") || line.contains("fenced"),
-        "{}",
-        refused.stderr
+    // A daemon started with the old config (primary.dsn names the old primary) finds
+    // r2 promoted by its timeline and goes on with it, never with the old primary.
+    let second = c.dir.join("second.toml");
+    std::fs::write(
+        &second,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("listen = ", "# listen = "),
+    )
+    .unwrap();
+    let mut again = Daemon::start(&c, &second, 2);
+    wait_for(
+        "the second daemon on r2",
+        Duration::from_secs(20),
+        || async {
+            again
+                .log()
+                .contains(&format!("primary=127.0.0.1:{r2_port}"))
+        },
+    )
+    .await;
+    again.terminate().await;
+    let log = again.log();
+    assert!(log.contains("is a former primary"), "{log}");
+    assert_eq!(
+        rows(&old, slots_on_old).await,
+        before,
+        "nothing scheduled on the old primary"
     );
     d.terminate().await;
     assert_eq!(c.pause_state(1).await, "not paused");

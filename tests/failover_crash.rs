@@ -245,7 +245,7 @@ async fn one_promotion_and_the_old_primary_fenced(who: Promoter, step: &str) {
     let log = d.log();
     assert!(
         log.contains("promoted (this daemon, resumed after a restart")
-            || log.contains("resumed the unfinished promotion"),
+            || log.contains("finished the unfinished promotion"),
         "the daemon says it finished its own promotion:\n{log}"
     );
 }

@@ -327,12 +327,21 @@ async fn replica_status(
     };
     let role = match (&state, &belongs) {
         (None, _) => "unreachable".to_string(),
-        (Some(st), _) if !st.in_recovery => "primary (promoted?)".to_string(),
+        (Some(st), _) if !st.in_recovery => {
+            if crate::failover::primary::address(&r.dsn)
+                == crate::failover::primary::address(&cfg.primary)
+            {
+                "primary (promoted, in use)".to_string()
+            } else {
+                "primary (promoted, not the one in use)".to_string()
+            }
+        }
         (Some(_), Some(e)) => format!("standby, not of this primary: {}", e.one_line()),
         (Some(_), None) => "standby".to_string(),
     };
     let paused_by = match (&state, &lease) {
-        (Some(st), _) if st.pause_state == PauseState::NotPaused => None,
+        // A primary has no replay to pause.
+        (Some(st), _) if !st.in_recovery || st.pause_state == PauseState::NotPaused => None,
         (None, _) => None,
         (Some(_), Some(l)) => Some(format!(
             "run {} ({})",

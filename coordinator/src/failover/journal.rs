@@ -313,7 +313,7 @@ mod tests {
         assert_eq!(unfinished(&dir).unwrap(), None);
         // The same promotion found again later (a new decision time): one entry still.
         let mut again = e.clone();
-        again.promoted_at = again.promoted_at + chrono::Duration::seconds(5);
+        again.promoted_at += chrono::Duration::seconds(5);
         record_local(&dir, &again).unwrap();
         assert_eq!(read_local(&dir).unwrap().len(), 1);
         // A file from before the journal had steps: its entries are done.

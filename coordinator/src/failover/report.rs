@@ -128,20 +128,23 @@ pub fn render(r: &Report) -> String {
         r.by.as_deref()
             .map(|b| format!(" by {b}"))
             .unwrap_or_default();
-    let what = match r.how {
-        How::Promoted => "promoted replica".to_string(),
-        How::Resumed => format!("resumed the unfinished promotion (started{by}) of replica"),
-        How::Completed => format!(
-            "completed the promotion of replica{}",
+    let (what, how) = match r.how {
+        How::Promoted => ("promoted replica", String::new()),
+        How::Resumed => (
+            "finished the unfinished promotion of replica",
+            format!(" (started{by}, resumed after a restart)"),
+        ),
+        How::Completed => (
+            "completed the promotion of replica",
             if by.is_empty() {
                 " (promoted by hand or by another pgmaint)".to_string()
             } else {
                 format!(" (promoted{by})")
-            }
+            },
         ),
     };
     let mut out = format!(
-        "{what} {} ({}): the new primary, timeline {} (from {}), switch LSN {}\n",
+        "{what} {} ({}){how}: the new primary, timeline {} (from {}), switch LSN {}\n",
         r.new_primary, r.address, r.timeline, r.old_timeline, r.switch_lsn
     );
     out.push_str(&format!(

@@ -1,0 +1,337 @@
+//! Failover under faults (issue 18), on a real primary and two real replicas, the
+//! primary killed by `pg_ctl stop -m immediate`:
+//! - a promotion made by hand (`SELECT pg_promote()`, no pgmaint record) fences the old
+//!   primary by its timeline when it returns;
+//! - SIGTERM stops a daemon with automatic failover in every state of the watch, the
+//!   failover and the wind-down;
+//! - after a failover the next scheduled run starts on the new primary at once;
+//! - two daemons, the old primary back right after the promotion: nothing applied on
+//!   the old primary, nothing applied twice.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use pgmaint_e2e::*;
+use tokio_postgres::Client;
+
+fn kill_primary(c: &Cluster) {
+    c.cluster_sh(&["stop", "primary", "--mode", "immediate"]);
+}
+
+fn failover(down_after: &str, extra: &str) -> String {
+    format!(
+        "[limits]\nlease = \"30s\"\n[daemon]\nleader_lease = \"3s\"\n[failover]\nautomatic = true\n\
+         primary_down_after = \"{down_after}\"\ncheck_interval = \"1s\"\n{extra}"
+    )
+}
+
+async fn in_recovery(client: &Client) -> bool {
+    scalar(client, "SELECT pg_is_in_recovery()", &[]).await
+}
+
+/// A digest of every pgmaint table on a server: a change of any row changes it.
+async fn pgmaint_tables(client: &Client) -> String {
+    let tables: Vec<String> = client
+        .query(
+            "SELECT quote_ident(relname) FROM pg_class
+              WHERE relnamespace = 'pgmaint'::regnamespace AND relkind = 'r' ORDER BY relname",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut all = String::new();
+    for t in tables {
+        let digest: Option<String> = scalar(
+            client,
+            &format!("SELECT md5(string_agg(x::text, '|' ORDER BY x::text)) FROM pgmaint.{t} x"),
+            &[],
+        )
+        .await;
+        all.push_str(&format!("{t}={} ", digest.unwrap_or_default()));
+    }
+    all
+}
+
+/// SIGTERM: exit 0 within `grace`, and no replica left paused.
+async fn terminated_within(c: &Cluster, d: &mut Daemon, grace: Duration, state: &str) {
+    let started = Instant::now();
+    let status = d.stop("TERM", grace).await.unwrap_or_else(|| {
+        panic!(
+            "SIGTERM {state}: still running after {grace:?}\n{}",
+            d.log()
+        )
+    });
+    assert!(status.success(), "SIGTERM {state}: {status:?}\n{}", d.log());
+    eprintln!("SIGTERM {state}: exited 0 in {:?}", started.elapsed());
+    for i in [1, 2] {
+        if let Ok((r, conn)) =
+            tokio_postgres::connect(&c.replica_dsn(i), tokio_postgres::NoTls).await
+        {
+            tokio::spawn(conn);
+            if in_recovery(&r).await {
+                assert_eq!(c.pause_state(i).await, "not paused", "SIGTERM {state}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promotion_by_hand_fences_the_returning_old_primary_by_its_timeline() {
+    let c = Cluster::up("truth-by-hand", 2);
+    let cfg = c.write_config("hand.toml", &failover("2s", "").replace("listen", "#"));
+    c.init_ready(&cfg).await;
+    c.wait_caught_up(2).await;
+    kill_primary(&c);
+    // By hand: no pgmaint record anywhere.
+    let r2 = c.replica(2).await;
+    r2.batch_execute("SELECT pg_promote()").await.unwrap();
+    wait_for("r2 out of recovery", Duration::from_secs(10), || async {
+        !in_recovery(&r2).await
+    })
+    .await;
+    assert_eq!(
+        count(&r2, "SELECT count(*) FROM pgmaint.promotions").await,
+        0
+    );
+    c.server("start", "primary");
+    let old = c.primary().await;
+    let before = pgmaint_tables(&old).await;
+    // Every command refuses the old primary, names r2 and the line to change.
+    let run = c.run(&cfg, &["run"]);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    let line = run.error_line().unwrap_or_default().to_string();
+    assert!(line.contains("former primary"), "{line}");
+    assert!(
+        line.contains("replica r2") && line.contains("point primary.dsn at it"),
+        "{line}"
+    );
+    // A daemon completes r2's promotion and works against r2 only.
+    let mut d = Daemon::start(&c, &cfg, 1);
+    wait_for(
+        "r2's promotion recorded",
+        Duration::from_secs(20),
+        || async { count(&r2, "SELECT count(*) FROM pgmaint.promotions").await == 1 },
+    )
+    .await;
+    wait_for(
+        "the daemon leading on r2",
+        Duration::from_secs(20),
+        || async { count(&r2, "SELECT count(*) FROM pgmaint.leader").await == 1 },
+    )
+    .await;
+    let log = d.log();
+    assert!(
+        log.contains("promoted by hand or by another pgmaint"),
+        "{log}"
+    );
+    d.terminate().await;
+    assert_eq!(pgmaint_tables(&old).await, before, "{}", d.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_a_failover_daemon_in_every_state() {
+    let c = Cluster::up("truth-sigterm", 2);
+    let init = c.write_config("init.toml", "");
+    c.init_ready(&init).await;
+    c.wait_caught_up(2).await;
+    let grace = Duration::from_secs(10);
+    let body = |down: &str, extra: &str| {
+        format!(
+            "{}[uploader]\nshutdown_grace = \"5s\"\n{}",
+            failover(down, extra),
+            sleepy_task("hold", 30.0, "every = \"1s\"\nreplica = \"r1\"")
+        )
+    };
+
+    // 1. Watching a healthy primary, with a cycle paused on r1.
+    let cfg = c.write_config("watching.toml", &body("2s", ""));
+    let mut d = Daemon::start(&c, &cfg, 1);
+    wait_paused(&c, 1).await;
+    terminated_within(&c, &mut d, grace, "while watching, a cycle paused").await;
+
+    // 2. A failover lock held elsewhere: the daemon waits for it, and says by whom.
+    let r1 = c.replica(1).await;
+    r1.batch_execute("SET application_name = 'someone-else-failing-over'")
+        .await
+        .unwrap();
+    // pgmaint's failover lock key, "pgmfailo".
+    r1.batch_execute("SELECT pg_advisory_lock(8099562741337517167)")
+        .await
+        .unwrap();
+    kill_primary(&c);
+    let cfg = c.write_config("locked.toml", &body("2s", ""));
+    let mut d = Daemon::start(&c, &cfg, 2);
+    wait_for("the lock refused", Duration::from_secs(20), || async {
+        d.log().contains("is held by someone-else-failing-over")
+    })
+    .await;
+    terminated_within(&c, &mut d, grace, "refused the failover lock").await;
+    drop(r1);
+
+    // 3. During the down check.
+    let cfg = c.write_config("checking.toml", &body("20s", ""));
+    let mut d = Daemon::start(&c, &cfg, 3);
+    wait_for("the down check", Duration::from_secs(20), || async {
+        d.log().contains("checking that the primary is down")
+    })
+    .await;
+    terminated_within(&c, &mut d, grace, "during the down check").await;
+
+    // 4. During the fence hook: nothing promoted.
+    let cfg = c.write_config("fencing.toml", &body("2s", "fence_command = 'sleep 30'\n"));
+    let mut d = Daemon::start(&c, &cfg, 4);
+    wait_for("the fence running", Duration::from_secs(20), || async {
+        d.log().contains("running failover.fence_command")
+    })
+    .await;
+    terminated_within(&c, &mut d, grace, "during the fence hook").await;
+    for i in [1, 2] {
+        assert!(in_recovery(&c.replica(i).await).await, "nothing promoted");
+    }
+
+    // 5. Right after the promotion, in the wind-down and the switch.
+    let cfg = c.write_config("promoting.toml", &body("2s", ""));
+    let mut d = Daemon::start(&c, &cfg, 5);
+    wait_for("a promotion", Duration::from_secs(30), || async {
+        d.log().contains("promoted (this daemon)")
+    })
+    .await;
+    terminated_within(&c, &mut d, grace, "after the promotion").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_failover_the_next_run_starts_on_the_new_primary_at_once() {
+    let c = Cluster::up("truth-next-run", 2);
+    let p = c.primary().await;
+    seed_blobs(&p, BLOBS, "bigint", "g", 500).await;
+    // A long lease: a run aborted by the failover must not hold anything up for it.
+    let body = format!(
+        "{}{}",
+        failover("2s", ""),
+        blobs_task("every = \"1s\"\nreplica = \"r1\"")
+    );
+    let cfg: PathBuf = c.write_config("next.toml", &body);
+    c.init_ready(&cfg).await;
+    c.wait_caught_up(2).await;
+    let cfg_text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("name = \"r1\"\n", "name = \"r1\"\nfailover_priority = 0\n");
+    std::fs::write(&cfg, cfg_text).unwrap();
+    let mut d = Daemon::start(&c, &cfg, 1);
+    wait_for("a first run", Duration::from_secs(20), || async {
+        count(
+            &p,
+            "SELECT count(*) FROM pgmaint.runs WHERE state = 'succeeded'",
+        )
+        .await
+            >= 1
+    })
+    .await;
+    drop(p);
+    kill_primary(&c);
+    let crashed = Instant::now();
+    let r2 = c.replica(2).await;
+    wait_for("a run started on r2", Duration::from_secs(30), || async {
+        !in_recovery(&r2).await
+            && count(
+                &r2,
+                "SELECT count(*) FROM pgmaint.runs r
+                  WHERE started_at > (SELECT max(promoted_at) FROM pgmaint.promotions)",
+            )
+            .await
+                >= 1
+    })
+    .await;
+    let took = crashed.elapsed();
+    // primary_down_after (2 s) + 2 x check_interval (1 s), and a little for the
+    // promotion itself and the scheduler's tick.
+    assert!(
+        took < Duration::from_secs(6),
+        "the first run on the new primary started {took:?} after the crash\n{}",
+        d.log()
+    );
+    eprintln!("first run on the new primary {took:?} after the crash");
+    d.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_daemons_and_a_returning_old_primary_apply_nothing_there_and_nothing_twice() {
+    let c = Cluster::up("truth-two-return", 2);
+    let p = c.primary().await;
+    seed_blobs(&p, BLOBS, "bigint", "g", 500).await;
+    p.batch_execute("UPDATE public.blobs SET payload_md5 = 'x' WHERE id IN (5, 7)")
+        .await
+        .unwrap();
+    let body = format!(
+        "{}{}",
+        failover("2s", ""),
+        blobs_task("every = \"1s\"\nreplica = \"r1\"")
+    )
+    .replace("lease = \"30s\"", "lease = \"3s\"");
+    let cfg = c.write_config("two.toml", &body);
+    c.init_ready(&cfg).await;
+    c.wait_caught_up(2).await;
+    let cfg_text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("name = \"r1\"\n", "name = \"r1\"\nfailover_priority = 0\n");
+    std::fs::write(&cfg, cfg_text).unwrap();
+    let mut daemons = [Daemon::start(&c, &cfg, 1), Daemon::start(&c, &cfg, 2)];
+    wait_for("uploads applied", Duration::from_secs(30), || async {
+        count(
+            &p,
+            "SELECT count(*) FROM pgmaint.upload_tasks WHERE state = 'completed'",
+        )
+        .await
+            >= 2
+    })
+    .await;
+    drop(p);
+    kill_primary(&c);
+    let r2 = c.replica(2).await;
+    wait_for("r2 promoted", Duration::from_secs(20), || async {
+        !in_recovery(&r2).await
+    })
+    .await;
+    // The old primary is back at once.
+    c.server("start", "primary");
+    let old = c.primary().await;
+    let before = pgmaint_tables(&old).await;
+    wait_for("both daemons on r2", Duration::from_secs(30), || async {
+        daemons.iter().all(|d| {
+            let log = d.log();
+            log.contains("promoted (this daemon") || log.contains("failover: followed")
+        })
+    })
+    .await;
+    let promoted_at: chrono::DateTime<chrono::Utc> =
+        scalar(&r2, "SELECT max(promoted_at) FROM pgmaint.promotions", &[]).await;
+    wait_for("uploads applied on r2", Duration::from_secs(30), || async {
+        scalar::<i64>(
+            &r2,
+            "SELECT count(*) FROM pgmaint.upload_tasks WHERE state = 'completed' AND finished_at > $1",
+            &[&promoted_at],
+        )
+        .await
+            >= 2
+    })
+    .await;
+    for d in &mut daemons {
+        d.terminate().await;
+    }
+    let logs: Vec<String> = daemons.iter().map(|d| d.log()).collect();
+    assert_eq!(
+        pgmaint_tables(&old).await,
+        before,
+        "a pgmaint table changed on the old primary after it came back\n{logs:#?}"
+    );
+    let twice = "SELECT count(*) FROM (SELECT run_id, row_key FROM pgmaint.integrity_findings
+                  GROUP BY 1, 2 HAVING count(*) > 1) dup";
+    assert_eq!(count(&r2, twice).await, 0, "{logs:#?}");
+    assert_eq!(
+        count(&r2, "SELECT count(*) FROM pgmaint.promotions").await,
+        1
+    );
+}
