@@ -256,7 +256,7 @@ async fn promote_refuses_a_live_primary_and_bad_input_and_changes_nothing() {
         &cfg,
         &["promote"],
         1,
-        "another pgmaint promote is running: it holds the failover lock on replica r1",
+        "the failover lock on replica r1 is held by a session (pid",
     );
     drop(other);
 
@@ -758,28 +758,49 @@ async fn a_replica_promoted_outside_pgmaint_stops_a_second_promotion() {
     c.wait_caught_up(1).await;
     c.wait_caught_up(2).await;
     kill_primary(&c);
-    // r2 promoted by hand: no pgmaint record of it.
+    // r1 down for now (it will not follow r2).
+    c.cluster_sh(&["stop", "r1"]);
+    // r2 promoted by hand: no pgmaint record of it. pgmaint promote completes that
+    // promotion (records it), never promotes a second replica.
     c.replica(2)
         .await
         .execute("SELECT pg_promote(true, 60)", &[])
         .await
         .unwrap();
     let cfg = c.write_config("t.toml", FAILOVER);
-    let run = c.run(&cfg, &["promote"]).expect_code(1);
-    let line = only_error(&run);
+    let run = c.run(&cfg, &["promote"]).expect_code(0);
     assert!(
-        line.contains("replica r2 is already a primary") && line.contains("nothing changed"),
-        "{line}"
+        run.stdout.contains("completed the promotion of replica r2")
+            && run
+                .stdout
+                .contains("promoted by hand or by another pgmaint"),
+        "{}",
+        run.stdout
     );
+    let recorded: i64 = one(
+        &c.replica(2).await,
+        "SELECT count(*) FROM pgmaint.promotions",
+    )
+    .await;
+    assert_eq!(recorded, 1);
+    // r1 back, still a standby of the dead primary, on timeline 1.
+    c.server("start", "r1");
     let in_recovery: bool = one(&c.replica(1).await, "SELECT pg_is_in_recovery()").await;
     assert!(in_recovery, "r1 was promoted beside r2");
 
-    // Both writers listed: pgmaint chooses neither.
+    // r1 promoted by hand too: two writers on timeline 2, which no timeline settles.
     c.replica(1)
         .await
         .execute("SELECT pg_promote(true, 60)", &[])
         .await
         .unwrap();
+    let run = c.run(&cfg, &["promote"]).expect_code(1);
+    let line = only_error(&run);
+    assert!(
+        line.contains("replica r1 is already a primary") && line.contains("nothing changed"),
+        "{line}"
+    );
+    // Both writers listed: pgmaint chooses neither.
     let both = format!(
         "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname=app",
         c.replica_port(1),

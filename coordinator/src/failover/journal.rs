@@ -49,6 +49,10 @@ pub struct Promotion {
     /// Who promoted it: `host:pid` (and the daemon's random suffix), if known.
     #[serde(default)]
     pub by: Option<String>,
+    /// The replica's `host:port`, as configured when it was chosen: found by it when
+    /// the config no longer lists it under that name.
+    #[serde(default)]
+    pub address: Option<String>,
 }
 
 /// The steps of a promotion, in the order they are recorded. Each is written before
@@ -64,8 +68,9 @@ pub enum Step {
     Promoted,
     /// Recorded on the new primary, runs dropped, followers re-pointed.
     Done,
-    /// An intent given up: the old primary answered again before `replica` left
-    /// recovery (had `pg_promote` reached it, its newer timeline fences the old one).
+    /// Given up: no configured server is the replica any more, so it cannot be
+    /// finished here (had it been promoted, its newer timeline still fences the old
+    /// primary).
     Abandoned,
 }
 
@@ -240,6 +245,7 @@ pub async fn read_on(server: &Client) -> Vec<Promotion> {
             promoted_at: r.get(7),
             step: Step::Done,
             by: None,
+            address: None,
         })
         .collect()
 }
@@ -277,6 +283,7 @@ mod tests {
             promoted_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
             step: Step::Done,
             by: None,
+            address: None,
         }
     }
 

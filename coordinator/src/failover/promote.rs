@@ -107,6 +107,10 @@ pub async fn failover(
     by: &str,
 ) -> Result<Report> {
     let started = Instant::now();
+    // The operator's choice is checked before anything is waited for.
+    if let Some(name) = by_hand {
+        check_by_hand(cfg, name).await?;
+    }
 
     // 1. One promoter at a time. Promotions known here and on the replicas.
     let (promotions, _failover_locks, locked) = lock_replicas(cfg, by).await?;
@@ -130,10 +134,7 @@ pub async fn failover(
         return complete(cfg, &now.name, started).await;
     }
 
-    // 4. Decide: the operator's choice, then the primary must be down.
-    if let Some(name) = by_hand {
-        check_by_hand(cfg, name).await?;
-    }
+    // 4. Decide: the primary must be down.
     let (down, seen) = down::primary_is_down(cfg, &promotions).await?;
     let down_check = started.elapsed();
     if let Some(t) = on_down {
@@ -220,6 +221,7 @@ pub async fn failover(
         promoted_at: Utc::now(),
         step: Step::Intent,
         by: Some(by.to_string()),
+        address: Some(crate::failover::primary::address(&target.dsn)),
     };
     journal::record_local(&cfg.results_dir, &entry).map_err(|e| {
         anyhow!(
@@ -287,12 +289,19 @@ async fn resume(cfg: &Config, entry: Promotion, started: Instant) -> Result<Repo
     );
     let unfinished =
         |why: String| -> anyhow::Error { NotPromoting::Unfinished(name.clone(), why).into() };
-    let Some(target) = cfg.replicas.iter().find(|r| r.name == name).cloned() else {
-        return Err(unfinished(
-            "it is no longer in [[replicas]]: put it back, or finish it by hand and remove its entry from \
-             results.dir/promotions.json"
-                .into(),
-        ));
+    let Some(target) = locate(cfg, &entry) else {
+        // Nothing configured is that server: it cannot be finished here, and waiting
+        // for it would block every failover for good. Had it been promoted, its newer
+        // timeline still fences the old primary.
+        let mut given_up = entry.clone();
+        given_up.step = Step::Abandoned;
+        journal::record_local(&cfg.results_dir, &given_up)?;
+        bail!(
+            "the promotion of replica {name} ({}) recorded in results.dir/promotions.json cannot be finished: no \
+             configured server is that replica any more; given up (list it again and run pgmaint promote to finish \
+             it, or promote by hand)",
+            entry.address.as_deref().unwrap_or("address unknown")
+        );
     };
     let client = p::connect_within(&target.dsn, "pgmaint-promote", Duration::from_secs(10))
         .await
@@ -361,6 +370,27 @@ async fn resume(cfg: &Config, entry: Promotion, started: Instant) -> Result<Repo
     .map_err(|e| unfinished(e.one_line()))
 }
 
+/// The server of a journal entry: the replica of that name, or else the configured
+/// server (a replica, or a server of `primary.dsn`) at its recorded address.
+fn locate(cfg: &Config, entry: &Promotion) -> Option<ReplicaConfig> {
+    use crate::failover::primary::{address, hosts};
+    if let Some(r) = cfg.replicas.iter().find(|r| r.name == entry.replica) {
+        return Some(r.clone());
+    }
+    let at = entry.address.as_deref()?;
+    if let Some(r) = cfg.replicas.iter().find(|r| address(&r.dsn) == at) {
+        return Some(r.clone());
+    }
+    hosts(&cfg.primary)
+        .into_iter()
+        .find(|d| address(d) == at)
+        .map(|dsn| ReplicaConfig {
+            name: entry.replica.clone(),
+            dsn,
+            failover_priority: 1,
+        })
+}
+
 /// Step 3: the configured replica that the servers say is the primary now, if one is.
 async fn promoted_already(cfg: &Config) -> Option<crate::failover::primary::PromotedReplica> {
     match crate::failover::primary::survey_within(cfg, "pgmaint-promote", Duration::from_secs(5))
@@ -421,6 +451,7 @@ pub async fn complete(cfg: &Config, name: &str, started: Instant) -> Result<Repo
         promoted_at: Utc::now(),
         step: Step::Promoted,
         by: None,
+        address: Some(crate::failover::primary::address(&target.dsn)),
     };
     complete_promotion(
         cfg,

@@ -529,11 +529,23 @@ pub async fn try_failover_lock(client: &Client, by: &str) -> Result<bool> {
         .execute("SELECT set_config('application_name', $1, false)", &[&name])
         .await
         .context("naming the failover lock's session")?;
-    Ok(client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&FAILOVER_LOCK])
-        .await
-        .context("taking the failover lock")?
-        .get(0))
+    // A pgmaint that just exited may hold it for a few more milliseconds (its backend
+    // has not noticed the closed connection yet): a held lock is asked again for a
+    // moment before it counts as taken.
+    for attempt in 0..10 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&FAILOVER_LOCK])
+            .await
+            .context("taking the failover lock")?
+            .get(0);
+        if got {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Who holds the failover lock on `client`'s server, as its session names itself.
