@@ -39,7 +39,7 @@ Environment:
                   built with `cargo build -p pgmaint` if missing)
   PG_BIN          as for scripts/cluster.sh
 
-A kill "at a promotion step" uses PGMAINT_TEST_KILL_AT=<intent|promoted|recorded|
+A kill "at a promotion step" uses PGMAINT_TEST_KILL_AT=<intent|repointed|pg_promote|promoted|recorded|
 followers> when the binary knows that knob; otherwise the soak kills the daemon as
 soon as its log shows `SELECT pg_promote` (an approximation of `promoted`).
 EOF
@@ -185,7 +185,7 @@ grep -aq 'PGMAINT_TEST_KILL_AT' "$BIN" && KNOB=1
 echo "soak: seed $SEED (replay: SOAK_SEED=$SEED scripts/soak.sh $DURATION); output: $OUT"
 echo "soak: binary $SRC_BIN ($(stat -c '%y' "$SRC_BIN" | cut -d. -f1), md5 $(md5sum <"$BIN" | cut -c1-12)), repo HEAD $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')"
 if ((KNOB)); then
-    echo "soak: the binary knows PGMAINT_TEST_KILL_AT: kills at intent/promoted/recorded/followers"
+    echo "soak: the binary knows PGMAINT_TEST_KILL_AT: kills at intent/repointed/pg_promote/promoted/recorded/followers"
 else
     echo "soak: the binary does not know PGMAINT_TEST_KILL_AT: a kill at a promotion step is approximated by kill -9 as soon as the daemon logs 'SELECT pg_promote'"
 fi
@@ -914,7 +914,7 @@ for ((i = 0; i < ${#DECK[@]}; i++)); do
         break
     fi
 done
-STEPS=(intent promoted recorded followers)
+STEPS=(intent repointed pg_promote promoted recorded followers)
 STEPS_USED=""
 STEP_I=0
 rand 4
@@ -968,7 +968,7 @@ while :; do
         failover:return) fault_failover return ;;
         failover:kill)
             if ((KNOB)); then
-                step=${STEPS[$((STEP_I % 4))]}
+                step=${STEPS[$((STEP_I % ${#STEPS[@]}))]}
                 STEP_I=$((STEP_I + 1))
                 STEPS_USED+="${STEPS_USED:+,}$step"
             else

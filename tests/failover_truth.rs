@@ -335,3 +335,101 @@ async fn two_daemons_and_a_returning_old_primary_apply_nothing_there_and_nothing
         1
     );
 }
+
+/// Review finding: an unfinished intent was finished by any command, even `status`,
+/// and after another replica had been promoted by hand — two primaries on one
+/// timeline. Now only `promote` and a daemon with automatic failover send pg_promote
+/// again, and not once another server takes writes: the intent is given up.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unfinished_intent_is_given_up_once_another_replica_takes_writes() {
+    let c = Cluster::up("truth-stale-intent", 2);
+    let cfg = c.write_config("stale.toml", "[failover]\nprimary_down_after = \"2s\"\n");
+    c.init_ready(&cfg).await;
+    c.wait_caught_up(2).await;
+    kill_primary(&c);
+    let mut child = c
+        .pgmaint(&cfg, &["promote", "--replica", "r2"])
+        .env("PGMAINT_TEST_KILL_AT", "intent")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = exited_within(&mut child, Duration::from_secs(30))
+        .await
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "killed at its intent");
+    let r1 = c.replica(1).await;
+    let r2 = c.replica(2).await;
+    // Meanwhile the operator promotes r1 by hand.
+    r1.batch_execute("SELECT pg_promote()").await.unwrap();
+    wait_for("r1 out of recovery", Duration::from_secs(10), || async {
+        !in_recovery(&r1).await
+    })
+    .await;
+    // status sends nothing: r2 stays a standby.
+    let _ = c.run(&cfg, &["status"]);
+    assert!(in_recovery(&r2).await, "status promoted r2");
+    // promote gives the intent up instead of making a second primary.
+    let run = c.run(&cfg, &["promote"]);
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    let line = run.error_line().unwrap_or_default().to_string();
+    assert!(
+        line.contains("replica r1") && line.contains("is given up"),
+        "{}",
+        run.stderr
+    );
+    assert!(in_recovery(&r2).await, "promote promoted r2 beside r1");
+    let journal = std::fs::read_to_string(c.results_dir().join("promotions.json")).unwrap();
+    assert!(journal.contains("\"abandoned\""), "{journal}");
+}
+
+/// Review finding: a daemon whose primary was superseded (a replica promoted by hand
+/// while the old primary runs on) wrote the end of its run, the slot's outcome and
+/// the leader lease's release on the old primary as it wound down. With and without
+/// automatic failover, the old primary now keeps them as they were.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_winding_down_from_a_superseded_primary_writes_nothing_there() {
+    let c = Cluster::up("truth-wind-down", 2);
+    let init = c.write_config("init.toml", "");
+    c.init_ready(&init).await;
+    c.wait_caught_up(2).await;
+    let old = c.primary().await;
+    let r2 = c.replica(2).await;
+    let body = format!(
+        "[limits]\nlease = \"30s\"\n[daemon]\nleader_lease = \"3s\"\n[uploader]\npoll_interval = \"1s\"\n{}",
+        sleepy_task("hold", 25.0, "every = \"1s\"\nreplica = \"r1\"")
+    );
+    let cfg = c.write_config("manual.toml", &body);
+    let mut d = Daemon::start(&c, &cfg, 1);
+    wait_paused(&c, 1).await;
+    // r2 promoted by hand; the old primary runs on.
+    r2.batch_execute("SELECT pg_promote()").await.unwrap();
+    let status = d.exited(Duration::from_secs(30)).await;
+    assert!(
+        status.is_some(),
+        "the daemon stops: its primary moved\n{}",
+        d.log()
+    );
+    let run: String = scalar(
+        &old,
+        "SELECT state FROM pgmaint.runs ORDER BY id DESC LIMIT 1",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        run,
+        "running",
+        "the run's end was written on the old primary\n{}",
+        d.log()
+    );
+    let slots = "SELECT count(*) FROM pgmaint.task_slots WHERE result IS NOT NULL";
+    assert_eq!(count(&old, slots).await, 0, "{}", d.log());
+    assert_eq!(
+        count(&old, "SELECT count(*) FROM pgmaint.leader").await,
+        1,
+        "the leader lease was released on the old primary\n{}",
+        d.log()
+    );
+    assert_eq!(c.pause_state(1).await, "not paused");
+}

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_postgres::Client;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Dsn;
 use crate::db;
@@ -85,8 +84,11 @@ impl Leadership {
         )
     }
 
-    /// Run until `shutdown`, then release the lease if held.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Run until `work` ends, then release the lease if held — unless the work stopped
+    /// for a failover: the primary is down or superseded, and gets nothing more (the
+    /// lease runs out by itself).
+    pub async fn run(self, work: crate::abort::Abort) {
+        let shutdown = work.token().clone();
         let mut client: Option<Client> = None;
         // When the lease was last taken or renewed: it is ours until a lease after.
         let mut renewed: Option<Instant> = None;
@@ -145,7 +147,11 @@ impl Leadership {
             }
         }
         let _ = self.leads.send(false);
-        if renewed.is_some() {
+        if renewed.is_some() && work.for_failover() {
+            tracing::info!(
+                "the scheduler's leader lease is left to expire: the primary is down or superseded"
+            );
+        } else if renewed.is_some() {
             let released = tokio::time::timeout(every.max(Duration::from_secs(2)), async {
                 if client.as_ref().is_none_or(|c| c.is_closed()) {
                     client = db::connect(&self.primary, "pgmaint-daemon-leader")

@@ -99,7 +99,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
     // A promotion this host recorded and did not finish (pgmaint killed half-way) is
     // completed before anything else.
-    pgmaint::failover::resume_at_start(&cfg).await;
+    let may_promote = matches!(cli.command, Command::Daemon) && cfg.failover.automatic;
+    pgmaint::failover::resume_at_start(&cfg, may_promote).await;
     let listed = cfg.primary.clone();
     // The primary among the servers primary.dsn lists (a former primary never); every
     // later connection of the command goes to that one server.

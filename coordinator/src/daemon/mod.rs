@@ -232,8 +232,12 @@ fn spawn_watch(
             memory: d.memory.clone(),
             holder: d.holder.clone(),
         };
+        let work = work.clone();
         tokio::spawn(async move {
             let end = crate::failover::watch::watch(w).await;
+            if let Some(crate::failover::watch::WatchEnd::Stop(why)) = &end {
+                work.trigger(crate::abort::AbortReason::Failover(why.clone()));
+            }
             term.cancel();
             end.map(|end| match end {
                 crate::failover::watch::WatchEnd::Switch(name) => TermEnd::Switched(name),
@@ -242,10 +246,15 @@ fn spawn_watch(
             })
         })
     } else {
-        let (cfg, listed) = ((**cfg).clone(), d.listed.clone());
+        let (cfg, listed, work) = ((**cfg).clone(), d.listed.clone(), work.clone());
         tokio::spawn(async move {
             let moved =
                 crate::commands::uploader::watch_the_primary(cfg, listed, term.clone()).await;
+            // The primary moved or was fenced: the work stops for that reason, so that
+            // nothing more is written on it (not the runs' ends, nor slots, nor the lease).
+            if let Some(why) = &moved {
+                work.trigger(crate::abort::AbortReason::Failover(why.clone()));
+            }
             term.cancel();
             moved.map(TermEnd::Moved)
         })
@@ -265,7 +274,7 @@ async fn do_the_work(
         d.holder.clone(),
         cfg.daemon.leader_lease,
     );
-    let leading = tokio::spawn(leadership.run(work.token().clone()));
+    let leading = tokio::spawn(leadership.run(work.clone()));
     let uploading = cfg.daemon.uploader.then(|| {
         let worker = crate::commands::uploader::worker(cfg, None);
         let (work, term) = (work.token().clone(), term.clone());

@@ -6,7 +6,10 @@
 //! guard keeps one session per server open, so a look costs a few milliseconds.
 //!
 //! What remains: a promotion that lands between this look and the commit (a few
-//! milliseconds), or one of a server pgmaint does not know. `failover.fence_command`
+//! milliseconds), one of a server pgmaint does not know, or one of a replica this
+//! worker cannot reach (an unreachable replica speaks neither for nor against: failing
+//! closed would stop every upload whenever a replica restarts). A promotion recorded in
+//! this host's `promotions.json` counts even then. `failover.fence_command`
 //! (STONITH, a firewall rule on the old primary) closes that window: it runs before
 //! every promotion pgmaint makes.
 
@@ -24,6 +27,7 @@ use crate::replica::server_identity;
 /// The guard of one worker against one primary.
 pub struct TimelineGuard {
     primary: Dsn,
+    results_dir: std::path::PathBuf,
     replicas: Vec<ReplicaConfig>,
     sessions: tokio::sync::Mutex<HashMap<String, Client>>,
 }
@@ -33,6 +37,7 @@ impl TimelineGuard {
     pub fn new(cfg: &Config) -> TimelineGuard {
         TimelineGuard {
             primary: cfg.primary.clone(),
+            results_dir: cfg.results_dir.clone(),
             replicas: cfg.replicas.clone(),
             sessions: tokio::sync::Mutex::new(HashMap::new()),
         }
@@ -51,6 +56,18 @@ impl TimelineGuard {
             },
             None => return Err("the primary in use does not answer".into()),
         };
+        // A promotion recorded on this host (by another pgmaint process) that fences it.
+        let recorded = crate::failover::journal::read_local(&self.results_dir)
+            .map_err(|e| format!("{e:#}"))?;
+        if let Some(p) =
+            crate::failover::journal::fenced_by(&recorded, ours.system_identifier, ours.timeline)
+        {
+            return Err(format!(
+                "replica {} was promoted to timeline {} (results.dir/promotions.json): the primary in use is a \
+                 former primary",
+                p.replica, p.new_timeline
+            ));
+        }
         for r in &self.replicas {
             let Some(c) = session(&mut sessions, &r.name, &r.dsn).await else {
                 // Out of reach: it can speak neither for nor against.

@@ -97,12 +97,25 @@ impl std::fmt::Display for Step {
 }
 
 impl Promotion {
-    /// The same promotion: one decision (replica and time) of one system, or once
-    /// promoted, the same new timeline of that system.
+    /// The same promotion: one decision (replica and time) of one system, or, once
+    /// promoted, the same replica (by name or address) to the same new timeline.
     pub fn same(&self, other: &Promotion) -> bool {
+        let replica = self.replica == other.replica
+            || (self.address.is_some() && self.address == other.address);
         self.system_identifier == other.system_identifier
             && ((self.replica == other.replica && self.promoted_at == other.promoted_at)
-                || (self.new_timeline > 0 && self.new_timeline == other.new_timeline))
+                || (replica && self.new_timeline > 0 && self.new_timeline == other.new_timeline))
+    }
+
+    /// An unfinished entry that `done` (promoted or done) finishes: the same system
+    /// and replica, reached by another path (a restart, the servers' timelines).
+    fn finished_by(&self, done: &Promotion) -> bool {
+        matches!(self.step, Step::Intent | Step::Promoted)
+            && done.step.promoted()
+            && done.new_timeline > 0
+            && self.system_identifier == done.system_identifier
+            && (self.replica == done.replica
+                || (self.address.is_some() && self.address == done.address))
     }
 }
 
@@ -138,18 +151,28 @@ pub fn read_local(results_dir: &Path) -> Result<Vec<Promotion>> {
 }
 
 /// Record `p` in the state file: it replaces the entry of the same promotion
-/// ([`Promotion::same`]), or is added. Durable when this returns: the new file is
-/// fsync'd, renamed into place, and the directory fsync'd.
+/// ([`Promotion::same`]), or is added; unfinished entries it finishes
+/// ([`Promotion::finished_by`]) take its step. Durable when this returns: the new
+/// file is fsync'd, renamed into place, and the directory fsync'd. One writer at a
+/// time (an flock on `promotions.lock` beside it), each with a temporary file of its
+/// own.
 pub fn record_local(results_dir: &Path, p: &Promotion) -> Result<()> {
+    std::fs::create_dir_all(results_dir)
+        .with_context(|| format!("creating {}", results_dir.display()))?;
+    let _lock = FileLock::take(&results_dir.join("promotions.lock"))?;
     let mut all = read_local(results_dir)?;
     match all.iter_mut().rev().find(|q| q.same(p)) {
         Some(q) => *q = p.clone(),
         None => all.push(p.clone()),
     }
-    std::fs::create_dir_all(results_dir)
-        .with_context(|| format!("creating {}", results_dir.display()))?;
+    for q in all.iter_mut().filter(|q| q.finished_by(p)) {
+        q.step = p.step;
+        q.old_timeline = p.old_timeline;
+        q.new_timeline = p.new_timeline;
+        q.switch_lsn = p.switch_lsn.clone();
+    }
     let path = state_file(results_dir);
-    let tmp = path.with_extension("json.tmp");
+    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
     let write = || -> std::io::Result<()> {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp)?;
@@ -159,6 +182,37 @@ pub fn record_local(results_dir: &Path, p: &Promotion) -> Result<()> {
         std::fs::File::open(results_dir)?.sync_all()
     };
     write().with_context(|| format!("writing {}", path.display()))
+}
+
+/// An exclusive flock, released when dropped.
+struct FileLock(std::fs::File);
+
+impl FileLock {
+    fn take(path: &Path) -> Result<FileLock> {
+        use std::os::unix::io::AsRawFd;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock(2) on a descriptor this struct owns.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("locking {}", path.display()));
+        }
+        Ok(FileLock(f))
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: as in take.
+        unsafe {
+            libc::flock(self.0.as_raw_fd(), libc::LOCK_UN);
+        }
+    }
 }
 
 /// The promotion recorded on this host that is not finished (an intent, or promoted
@@ -323,6 +377,20 @@ mod tests {
         again.promoted_at += chrono::Duration::seconds(5);
         record_local(&dir, &again).unwrap();
         assert_eq!(read_local(&dir).unwrap().len(), 1);
+        // An intent finished by another path (a new decision time, found from the
+        // servers) is closed with it.
+        let mut stale = e.clone();
+        stale.promoted_at += chrono::Duration::seconds(60);
+        stale.step = Step::Intent;
+        stale.new_timeline = 0;
+        stale.replica = "r1".into();
+        record_local(&dir, &stale).unwrap();
+        let mut found = stale.clone();
+        found.promoted_at += chrono::Duration::seconds(5);
+        found.step = Step::Done;
+        found.new_timeline = 3;
+        record_local(&dir, &found).unwrap();
+        assert_eq!(unfinished(&dir).unwrap(), None, "{:?}", read_local(&dir));
         // A file from before the journal had steps: its entries are done.
         let old = r#"[{"replica":"r2","system_identifier":"7","old_timeline":1,"new_timeline":2,
                        "switch_lsn":"0/5000198","old_primary":null,"forced":false,

@@ -12,25 +12,27 @@
 //! 4. **Decide.** The down check ([`super::down`]), the candidate ([`choose_candidate`]),
 //!    its schema and privileges, the backlog gate, `failover.fence_command`, a last
 //!    look. Nothing has changed on any server up to here.
-//! 5. **Re-point** the other replicas at the candidate ([`super::follow`]): they
+//! 5. **Intent**, written ahead ([`Step::Intent`]). From here on the next pgmaint
+//!    finishes the promotion; before it, nothing has changed.
+//! 6. **Re-point** the other replicas at the candidate ([`super::follow`]): they
 //!    cascade from it and follow its timeline switch, and a returning old primary can
-//!    no longer feed them.
-//! 6. **Intent**, written ahead ([`Step::Intent`]); then `pg_promote(true, N)` and
-//!    `pg_is_in_recovery()` polled until `failover.promote_timeout`. After a crash the
-//!    intent stands and `pg_promote` is sent again: a repeat is harmless (it only
-//!    re-creates the promote signal file and signals the postmaster).
+//!    no longer feed them. Then `pg_promote(true, N)`, and `pg_is_in_recovery()` polled
+//!    until `failover.promote_timeout`. After a crash the intent stands and
+//!    `pg_promote` is sent again — a repeat is harmless (it only re-creates the promote
+//!    signal file) — unless another server took writes meanwhile: then the intent is
+//!    given up.
 //! 7. **Promoted**, in the journal (new timeline and switch point, from the new
 //!    primary's history file), then on the new primary (`pgmaint.promotions`, once).
 //! 8. Runs left running from before the promotion are dropped, their pauses resumed.
 //! 9. The followers are re-pointed at the new primary (idempotent) and watched until
 //!    they stream on its timeline; then **Done**.
 //!
-//! A pgmaint killed anywhere leaves nothing changed (before 5), followers cascading
-//! from a standby (after 5: harmless), or a journal entry that the next pgmaint — a
-//! daemon at its next look or start, `pgmaint promote`, or any command at start
-//! ([`resume_at_start`]) — completes. `PGMAINT_TEST_KILL_AT=<step>` (`repointed`,
-//! `intent`, `pg_promote`, `promoted`, `recorded`, `followers`) kills the process with
-//! SIGKILL at that step, for the crash tests.
+//! A pgmaint killed anywhere leaves nothing changed (before 5), or a journal entry
+//! that the next pgmaint completes: a daemon at its next look or start, `pgmaint
+//! promote`, or any other command at start ([`resume_at_start`]; those send no
+//! `pg_promote` themselves, they only finish one that happened). `PGMAINT_TEST_KILL_AT=
+//! <step>` (`intent`, `repointed`, `pg_promote`, `promoted`, `recorded`, `followers`)
+//! kills the process with SIGKILL at that step, for the crash tests.
 
 use std::time::{Duration, Instant};
 
@@ -119,7 +121,7 @@ pub async fn failover(
     let unfinished = journal::unfinished(&cfg.results_dir)
         .context("the promotions recorded on this host (results.dir/promotions.json)")?;
     if let Some(entry) = unfinished {
-        return resume(cfg, entry, started).await;
+        return resume(cfg, entry, started, true).await;
     }
 
     // 3. A replica the servers say is the primary already.
@@ -200,11 +202,8 @@ pub async fn failover(
         .and_then(|s| s.state.as_ref().ok())
         .map(|(_, fresh)| fresh.pause_state != PauseState::NotPaused);
 
-    // 5. The others cascade from the candidate from now on.
-    let (_, _) = follow::repoint_all(&client, &target, others, probe.position(), None).await;
-    kill_point("repointed");
-
-    // 6. The intent, written ahead; then the promotion.
+    // 5. The intent, written ahead: from here on the promotion is finished by whoever
+    // comes next.
     let forced = force && backlog > cfg.failover.max_replay_backlog;
     let entry = Promotion {
         replica: target.name.clone(),
@@ -225,13 +224,15 @@ pub async fn failover(
     };
     journal::record_local(&cfg.results_dir, &entry).map_err(|e| {
         anyhow!(
-            "{}: not promoting without a record of it (nothing changed but the other replicas' primary_conninfo, \
-             now replica {})",
-            e.one_line(),
-            target.name
+            "{}: not promoting without a record of it (nothing changed)",
+            e.one_line()
         )
     })?;
     kill_point("intent");
+
+    // 6. The others cascade from the candidate from now on; then the promotion.
+    follow::repoint_all(&client, &target, others, probe.position(), None).await;
+    kill_point("repointed");
     let promote_started = Instant::now();
     let resumed_pause = paused_now.unwrap_or(probe.pause_state != PauseState::NotPaused);
     if resumed_pause {
@@ -277,8 +278,15 @@ pub async fn failover(
 }
 
 /// Step 2: finish the promotion recorded on this host. Its intent stands: a candidate
-/// still in recovery is promoted (again: harmless), never replaced by another.
-async fn resume(cfg: &Config, entry: Promotion, started: Instant) -> Result<Report> {
+/// still in recovery is promoted (again: harmless) if `may_promote`, never replaced
+/// by another — unless another server took writes meanwhile (promoted by hand, or by
+/// another pgmaint): then the intent is given up, nothing sent.
+async fn resume(
+    cfg: &Config,
+    entry: Promotion,
+    started: Instant,
+    may_promote: bool,
+) -> Result<Report> {
     let name = entry.replica.clone();
     tracing::warn!(
         replica = %name,
@@ -313,6 +321,22 @@ async fn resume(cfg: &Config, entry: Promotion, started: Instant) -> Result<Repo
     let (mut returned, mut resumed_pause) = (None, false);
     let promote_started = Instant::now();
     let client = if probe.in_recovery {
+        if !may_promote {
+            return Err(unfinished(
+                "it is still in recovery; `pgmaint promote`, or a daemon with failover.automatic, sends pg_promote \
+                 again"
+                    .into(),
+            ));
+        }
+        if let Some(other) = another_writer(cfg, &entry, &target).await {
+            let mut given_up = entry.clone();
+            given_up.step = Step::Abandoned;
+            journal::record_local(&cfg.results_dir, &given_up)?;
+            bail!(
+                "{other} takes writes now (promoted meanwhile?): the unfinished promotion of replica {name} is given \
+                 up, nothing sent to it (nothing changed)"
+            );
+        }
         if entry.step != Step::Intent {
             return Err(unfinished(format!(
                 "it was recorded as promoted (timeline {}) but is in recovery now (rejoined as a standby?): see to \
@@ -368,6 +392,43 @@ async fn resume(cfg: &Config, entry: Promotion, started: Instant) -> Result<Repo
     )
     .await
     .map_err(|e| unfinished(e.one_line()))
+}
+
+/// A configured server other than `target` and the old primary that takes writes: a
+/// promotion made while this one was unfinished.
+async fn another_writer(cfg: &Config, entry: &Promotion, target: &ReplicaConfig) -> Option<String> {
+    use crate::failover::primary::{address, hosts};
+    let old: Vec<&str> = entry
+        .old_primary
+        .as_deref()
+        .map(|s| s.split(',').collect())
+        .unwrap_or_default();
+    let mine = address(&target.dsn);
+    let mut candidates: Vec<(String, crate::config::Dsn)> = cfg
+        .replicas
+        .iter()
+        .filter(|r| r.name != target.name)
+        .map(|r| {
+            (
+                format!("replica {} ({})", r.name, address(&r.dsn)),
+                r.dsn.clone(),
+            )
+        })
+        .collect();
+    candidates.extend(hosts(&cfg.primary).into_iter().map(|d| (address(&d), d)));
+    for (what, dsn) in candidates {
+        let at = address(&dsn);
+        if at == mine || old.contains(&at.as_str()) {
+            continue;
+        }
+        let Ok(c) = p::connect_within(&dsn, "pgmaint-promote", Duration::from_secs(5)).await else {
+            continue;
+        };
+        if p::probe(&c).await.is_ok_and(|pr| !pr.in_recovery) {
+            return Some(what);
+        }
+    }
+    None
 }
 
 /// The server of a journal entry: the replica of that name, or else the configured
@@ -545,24 +606,22 @@ async fn complete_promotion(cfg: &Config, mut c: Completion) -> Result<Report> {
     }
     kill_point("promoted");
     let promoted_at = match journal::record_on(&mut c.client, &c.entry).await {
-        Ok(at) => at,
+        Ok(at) => Some(at),
         Err(e) => {
             record_errors.push(format!("on the new primary: {}", e.one_line()));
-            Utc::now()
+            None
         }
     };
     kill_point("recorded");
 
-    // 8. Runs left running from before the promotion: dropped, their pauses resumed.
-    let dropped = drop_runs(
-        cfg,
-        &mut c.client,
-        &name,
-        id.timeline,
-        promoted_at,
-        &mut c.warnings,
-    )
-    .await;
+    // 8. Runs left running from before the promotion (by the new primary's clock):
+    // dropped, their pauses resumed. Without the record's time they are left to their
+    // leases (a run started on the new primary since must not be dropped).
+    let dropped = match promoted_at {
+        Some(at) => drop_runs(cfg, &mut c.client, &name, id.timeline, at, &mut c.warnings).await,
+        None => Vec::new(),
+    };
+    let promoted_at = promoted_at.unwrap_or_else(Utc::now);
 
     // 9. The other replicas follow the new primary.
     let followers_started = Instant::now();
@@ -617,10 +676,12 @@ async fn complete_promotion(cfg: &Config, mut c: Completion) -> Result<Report> {
 }
 
 /// At the start of any command but `promote` (which resumes it itself): a promotion
-/// this host recorded and did not finish is finished (its intent stands: a candidate
-/// still in recovery is promoted), before the command looks for the primary. Errors
-/// are logged: the command goes on, and the survey that follows fences what it must.
-pub async fn resume_at_start(cfg: &Config) {
+/// this host recorded and did not finish is finished, under the failover locks,
+/// before the command looks for the primary. Only a daemon with `failover.automatic`
+/// (`may_promote`) sends `pg_promote` again to a candidate still in recovery; the
+/// other commands finish what happened and say what is left. Errors are logged: the
+/// command goes on, and the survey that follows fences what it must.
+pub async fn resume_at_start(cfg: &Config, may_promote: bool) {
     match journal::unfinished(&cfg.results_dir) {
         Ok(Some(_)) => {}
         Ok(None) => return,
@@ -629,24 +690,34 @@ pub async fn resume_at_start(cfg: &Config) {
             return;
         }
     }
-    let stop = CancellationToken::new();
-    match failover(
-        cfg,
-        None,
-        false,
-        &stop,
-        None,
-        &crate::leader::daemon_holder(),
-    )
-    .await
-    {
-        Ok(r) => tracing::warn!(
+    let by = crate::leader::daemon_holder();
+    let finished = async {
+        let _locks = lock_replicas(cfg, &by).await?;
+        // Read again under the locks: another pgmaint may have finished it meanwhile.
+        match journal::unfinished(&cfg.results_dir)? {
+            Some(entry) => resume(cfg, entry, Instant::now(), may_promote)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    };
+    match finished.await {
+        Ok(Some(r)) => tracing::warn!(
             replica = %r.new_primary,
             "{}",
             crate::failover::report::render(&r).lines().next().unwrap_or_default()
         ),
+        Ok(None) => {}
         Err(e) => tracing::warn!("{}", e.one_line()),
     }
+}
+
+/// At the start of a daemon with `failover.automatic`: complete, under the failover
+/// locks, the promotion of replica `name`, which the servers say is the primary now.
+pub async fn complete_at_start(cfg: &Config, name: &str) -> Result<Report> {
+    let by = crate::leader::daemon_holder();
+    let _locks = lock_replicas(cfg, &by).await?;
+    complete(cfg, name, Instant::now()).await
 }
 
 /// Step 3's outcome: the candidate (its session and state) and every other replica.
