@@ -1,9 +1,20 @@
 //! The daemon's HTTP endpoint (`daemon.listen`): `GET /metrics` (Prometheus text
 //! format 0.0.4, see [`crate::metrics`]) and `GET /health`; anything else is 404.
 //!
-//! Nothing runs between requests: each scrape or health check reads the primary (and
+//! Nothing runs between requests: a scrape or a health check reads the primary (and
 //! the replicas) when it is asked, so an idle daemon costs no CPU here. The config is
 //! read from a `watch` channel at each request, so a reload shows at the next scrape.
+//!
+//! Built for clients that misbehave (anyone who can reach the port):
+//! - at most [`MAX_CONNECTIONS`] connections at once; one more is closed at once, so
+//!   a flood of idle connections cannot use up the daemon's file descriptors;
+//! - a client has [`HEADER_TIMEOUT`] to send its request, a connection serves one
+//!   request (no keep-alive) and lives at most [`CONNECTION_LIMIT`];
+//! - one gathering at a time for `/metrics`, and one for `/health`: concurrent
+//!   requests wait for it and share its result, which is reused for [`REUSE`]. So a
+//!   flood of scrapes holds at most one session on the primary and one per replica
+//!   for metrics, plus one for health, whatever its size;
+//! - an accept error (out of file descriptors) backs off, it never ends the daemon.
 //!
 //! The port is bound when the daemon starts ([`bind`]), so an address in use is a
 //! config error (exit 2) before any work, not a failure later.
@@ -30,6 +41,14 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 
 /// How long `/health` waits for the primary (connection and `SELECT 1`).
 const HEALTH_PATIENCE: Duration = Duration::from_secs(2);
+/// Connections served at once; more are closed as soon as they are accepted.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may live, its request answered or not.
+pub const CONNECTION_LIMIT: Duration = Duration::from_secs(20);
+/// How long the result of a gathering is served to further requests.
+pub const REUSE: Duration = Duration::from_secs(1);
 
 /// Bind `daemon.listen`. An address in use, or one this host does not have, is the
 /// operator's to fix: a [`UsageError`] naming the field.
@@ -52,6 +71,31 @@ struct Endpoint {
     cfg: watch::Receiver<Arc<Config>>,
     holder: Arc<str>,
     stats: Arc<metrics::DaemonStats>,
+    metrics: Arc<Shared>,
+    health: Arc<Shared>,
+}
+
+/// One gathering at a time, its result shared by the requests that waited for it and
+/// reused for [`REUSE`].
+#[derive(Default)]
+struct Shared(tokio::sync::Mutex<Option<(std::time::Instant, Result<String, String>)>>);
+
+impl Shared {
+    async fn get<F, Fut>(&self, gather: F) -> Result<String, String>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<String, String>>,
+    {
+        let mut slot = self.0.lock().await;
+        if let Some((at, result)) = slot.as_ref() {
+            if at.elapsed() < REUSE {
+                return result.clone();
+            }
+        }
+        let result = gather().await;
+        *slot = Some((std::time::Instant::now(), result.clone()));
+        result
+    }
 }
 
 /// Serve `/metrics` and `/health` on `listener` until `shutdown` is cancelled (then
@@ -70,6 +114,8 @@ pub async fn serve(
         cfg,
         holder: holder.into(),
         stats,
+        metrics: Arc::default(),
+        health: Arc::default(),
     };
     let app = Router::new()
         .route("/metrics", get(serve_metrics).fallback(not_found))
@@ -78,28 +124,92 @@ pub async fn serve(
         .with_state(endpoint);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving /metrics and /health");
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "daemon.listen is not a loopback address: anyone who reaches it can read the metrics (they hold \
+                 task and replica names); keep it behind a firewall"
+            );
+        }
     }
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                backoff = Duration::from_millis(10);
+                stream
+            }
+            Err(e) => {
+                // Out of file descriptors, most often: wait for some to be freed.
+                tracing::warn!(
+                    "daemon.listen: accepting a connection: {e}; backing off {backoff:?}"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        // Over the cap: closed at once (dropped).
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false);
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIMIT, conn).await;
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    // Requests in flight get a moment to finish; the rest are dropped with the tasks.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
 }
 
 async fn serve_metrics(State(e): State<Endpoint>) -> Response {
     let cfg = e.cfg.borrow().clone();
-    match metrics::scrape(&cfg, &e.holder, &e.stats).await {
+    let scraped = e
+        .metrics
+        .get(|| async {
+            metrics::scrape(&cfg, &e.holder, &e.stats)
+                .await
+                .map_err(|err| {
+                    let reason = err.one_line();
+                    tracing::warn!(error = %reason, "metrics scrape failed");
+                    reason
+                })
+        })
+        .await;
+    match scraped {
         Ok(text) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response(),
-        Err(err) => {
-            let reason = err.one_line();
-            tracing::warn!(error = %reason, "metrics scrape failed");
-            unavailable(reason)
-        }
+        Err(reason) => unavailable(reason),
     }
 }
 
 async fn serve_health(State(e): State<Endpoint>) -> Response {
     let cfg = e.cfg.borrow().clone();
-    match primary_answers(&cfg).await {
-        Ok(()) => text(StatusCode::OK, "ok".into()),
+    let answered = e
+        .health
+        .get(|| async { primary_answers(&cfg).await.map(|()| "ok".to_string()) })
+        .await;
+    match answered {
+        Ok(ok) => text(StatusCode::OK, ok),
         Err(reason) => unavailable(reason),
     }
 }

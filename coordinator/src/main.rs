@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         let _ = writeln!(std::io::stderr(), "pgmaint: error: {e}");
         return ExitCode::from(ErrorClass::Usage.exit_code());
     }
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -43,6 +44,26 @@ fn main() -> ExitCode {
             // The terminal may be gone (SIGHUP): a failed write is not worth a panic.
             let _ = writeln!(std::io::stderr(), "pgmaint: error: {}", e.one_line());
             ExitCode::from(ErrorClass::of(&e).exit_code())
+        }
+    }
+}
+
+/// Raise the soft limit of open files to the hard one, as PostgreSQL's own tools do: a
+/// daemon serving `daemon.listen` and holding sessions to every server must not run
+/// out of descriptors at the usual soft limit of 1024. A failure is only logged.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let soft = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::debug!("could not raise the open files limit from {soft}");
+            }
         }
     }
 }
