@@ -294,14 +294,35 @@ async fn killed_coordinator_is_recovered_after_its_lease_expires() {
         assert_eq!(
             c.pause_state(1).await,
             "paused",
-            "nobody resumes while the lease is valid"
+            "nobody resumes before a command looks"
         );
         if recover_with == "recover" {
-            // The lease is still valid: recover leaves the replica alone.
+            // A run of this host whose process is gone is dead at once (issue 19):
+            // recover does not wait for its lease.
             let early = c.run(&slow, &["recover"]).expect_code(0);
-            assert!(early.stdout.contains("is alive"), "{}", early.stdout);
-            assert_eq!(c.pause_state(1).await, "paused");
+            assert!(
+                early
+                    .stdout
+                    .contains(&format!("run {dead} had died (its process")),
+                "{}",
+                early.stdout
+            );
+            assert_eq!(c.pause_state(1).await, "not paused");
+            assert_eq!(run_state(&c, dead).await, "dropped");
+            continue;
         }
+        // A run of another host is left to its lease while that is valid.
+        c.primary()
+            .await
+            .execute(
+                "UPDATE pgmaint.replica_leases SET holder = 'elsewhere:1'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let early = c.run(&slow, &["recover"]).expect_code(0);
+        assert!(early.stdout.contains("is alive"), "{}", early.stdout);
+        assert_eq!(c.pause_state(1).await, "paused");
         tokio::time::sleep(Duration::from_millis(2500)).await;
         let args: &[&str] = if recover_with == "uploader" {
             &["uploader", "--once"]

@@ -293,3 +293,65 @@ async fn a_dump_left_invalid_by_a_failed_run_is_removed_by_the_next_successful_d
     );
     assert_eq!(restored_rows(&c, &p, "notes", &dir, "restored").await, 0);
 }
+
+/// Issue 19: after `kill -9` of `pgmaint dump`, its pg_dump went on writing a directory
+/// with no marker, and `pgmaint recover` called the dead run alive (`run 26
+/// (vm:20453) is alive`) until its lease ran out, the replica paused all the while.
+/// Now pg_dump dies with pgmaint, and recover resumes the replica at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn pg_dump_dies_with_a_killed_pgmaint_dump_and_recover_resumes_at_once() {
+    let (c, _p) = blobs_cluster("dump-kill9", 100).await;
+    let cfg = c
+        .ready_config("t.toml", "[limits]\nlease = \"10m\"\n")
+        .await;
+    let pidfile = c.dir.join("pg_dump.pid");
+    let (fake, _) = c.spying_pg_dump(&format!(
+        "[ \"$1\" = --version ] || {{ echo $$ > '{}'; exec sleep 300; }}",
+        pidfile.display()
+    ));
+    let out = c.dir.join("killed-dump");
+    let mut child = c
+        .pgmaint(
+            &cfg,
+            &[
+                "dump",
+                "--out",
+                out.to_str().unwrap(),
+                "--pg-dump",
+                fake.to_str().unwrap(),
+            ],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "pg_dump started",
+        std::time::Duration::from_secs(20),
+        || async { std::fs::read_to_string(&pidfile).is_ok_and(|s| !s.trim().is_empty()) },
+    )
+    .await;
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(c.pause_state(1).await, "paused");
+    signal(child.id(), "KILL");
+    child.wait().unwrap();
+    wait_for(
+        "pg_dump gone",
+        std::time::Duration::from_secs(5),
+        || async { !std::path::Path::new(&format!("/proc/{pid}")).exists() },
+    )
+    .await;
+    let dead = last_run_id(&c).await;
+    let rec = c.run(&cfg, &["recover"]).expect_code(0);
+    assert!(
+        rec.stdout
+            .contains(&format!("run {dead} had died (its process")),
+        "{}",
+        rec.stdout
+    );
+    assert_eq!(c.pause_state(1).await, "not paused");
+}

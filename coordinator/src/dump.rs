@@ -147,6 +147,22 @@ pub fn find_pg_dump(spec: &DumpSpec, server_major: u32) -> Result<PathBuf> {
     })
 }
 
+/// In a child before exec: die (SIGKILL) when pgmaint dies, even by SIGKILL, so that no
+/// pg_dump or hook outlives it (a dump without its marker, a hook acting late). If
+/// pgmaint (`parent`, its pid before the fork) died already, exit now.
+pub(crate) fn die_with_parent(parent: u32) -> std::io::Result<()> {
+    // SAFETY: prctl(2) and getppid(2) are async-signal-safe.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::getppid() as u32 != parent {
+            libc::_exit(1);
+        }
+    }
+    Ok(())
+}
+
 /// A libpq connection string for `config`, without the password (handed over in a
 /// private password file instead, [`PrivatePassFile`], so it never shows in `ps` nor
 /// in the child's environment). The TLS settings are the DSN's as pgmaint resolved
@@ -249,11 +265,13 @@ pub async fn run_pg_dump(
     // that makes them `results.mode`, in the child only, so no file of the dump is
     // ever readable by more than the mode allows, even while it is being written.
     let umask = spec.mode.umask() as libc::mode_t;
-    // SAFETY: umask(2) is async-signal-safe and touches only the child's own state.
+    let parent = std::process::id();
+    // SAFETY: umask(2) and prctl(2) are async-signal-safe and touch only the child's
+    // own state.
     unsafe {
         cmd.pre_exec(move || {
             libc::umask(umask);
-            Ok(())
+            die_with_parent(parent)
         });
     }
     let _passfile = give_password(&mut cmd, password.as_deref())?;

@@ -70,10 +70,14 @@ pub struct PauseLease {
 
 /// `host:pid` of this process: who holds a lease, and who wrote an outcome.
 pub fn holder() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    format!("{}:{}", holder_host(), std::process::id())
+}
+
+/// This host's name, as holders name it.
+fn holder_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    format!("{host}:{}", std::process::id())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 fn millis(d: Duration) -> f64 {
@@ -418,13 +422,19 @@ pub async fn recover_expired(
         return Ok(Recovery::Nothing);
     };
     let run_id: i64 = row.get(0);
-    if !row.get::<_, bool>(3) {
+    let holder: String = row.get(1);
+    // Dead: its lease expired, or it ran on this host and its process is gone.
+    let died = if row.get::<_, bool>(3) {
+        "lease expired".to_string()
+    } else if let Some(gone) = dead_on_this_host(&holder) {
+        gone
+    } else {
         return Ok(Recovery::Alive {
             run_id,
-            holder: row.get(1),
+            holder,
             expires_at: row.get(2),
         });
-    }
+    };
     let paused: Option<PauseOwnership> = row.get::<_, bool>(4).then(|| PauseOwnership {
         postmaster_start: row.get(5),
         snapshot_lsn: row.get(6),
@@ -432,9 +442,8 @@ pub async fn recover_expired(
     let (resumed, note) = resume_dead_runs_pause(replica, paused).await?;
     // The run may have ended by itself and only failed to say so (the primary stalled
     // or restarted as it ended): then record how it ended, from its results directory.
-    let holder: String = row.get(1);
     let kept = RunOutcome::read(results_dir, run_id).filter(|o| o.holder == holder);
-    let note = close_dead_run(&tx, run_id, kept.as_ref(), &note).await?;
+    let note = close_dead_run(&tx, run_id, kept.as_ref(), &note, &died).await?;
     tx.execute(
         "UPDATE pgmaint.runs SET resumed_at = now() WHERE id = $1 AND $2",
         &[&run_id, &resumed],
@@ -490,16 +499,18 @@ async fn close_dead_run(
     run_id: i64,
     kept: Option<&RunOutcome>,
     note: &str,
+    died: &str,
 ) -> Result<String> {
     let Some(o) = kept else {
+        let why = format!("{died}: coordinator died or hung");
         tx.execute(
             "UPDATE pgmaint.runs SET state = 'dropped', finished_at = now(),
-                    error = coalesce(error || '; ', '') || 'lease expired: coordinator died or hung'
+                    error = coalesce(error || '; ', '') || $2
               WHERE id = $1 AND state = 'running'",
-            &[&run_id],
+            &[&run_id, &why],
         )
         .await?;
-        return Ok(format!("had died (lease expired): {note}"));
+        return Ok(format!("had died ({died}): {note}"));
     };
     tx.execute(
         "UPDATE pgmaint.runs SET state = $2, finished_at = $3, resumed_at = coalesce($5, resumed_at),
@@ -510,7 +521,44 @@ async fn close_dead_run(
     )
     .await?;
     Ok(format!(
-        "had ended ({}) without recording it on the primary (its lease expired): {note}",
+        "had ended ({}) without recording it on the primary ({died}): {note}",
         o.state
     ))
+}
+
+/// Why a lease holder (`host:pid`, see [`holder`]) on this host is dead, if it is: its
+/// process is gone, or its pid now belongs to a process that is not pgmaint. A holder
+/// on another host (or this process) is left to its lease.
+pub fn dead_on_this_host(holder: &str) -> Option<String> {
+    let (host, rest) = holder.split_once(':')?;
+    let pid: u32 = rest.split(':').next()?.parse().ok()?;
+    let here = holder_host();
+    if host != here || pid == std::process::id() {
+        return None;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Err(_) => Some(format!("its process {pid} on this host ({here}) is gone")),
+        Ok(comm) if !comm.trim().starts_with("pgmaint") => Some(format!(
+            "pid {pid} on this host ({here}) is now {}, not pgmaint",
+            comm.trim()
+        )),
+        Ok(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holder_on_this_host_whose_process_is_gone_is_dead() {
+        let here = holder_host();
+        assert_eq!(dead_on_this_host(&holder()), None, "this process");
+        assert_eq!(dead_on_this_host("elsewhere:1"), None, "another host");
+        // pid 1 is init, not pgmaint.
+        let init = dead_on_this_host(&format!("{here}:1")).unwrap();
+        assert!(init.contains("not pgmaint"), "{init}");
+        let gone = dead_on_this_host(&format!("{here}:{}", u32::MAX - 1)).unwrap();
+        assert!(gone.contains("is gone"), "{gone}");
+    }
 }

@@ -103,7 +103,13 @@ fn old_primary_env(listed: &Dsn) -> Vec<(&'static str, String)> {
 /// its whole group is killed — or was killed by a signal). A background child that
 /// keeps the output open does not hold the answer up.
 async fn run(cmd: &str, env: &[(&str, String)], timeout: Duration) -> Result<i32, String> {
-    let mut child = tokio::process::Command::new("sh")
+    let mut command = tokio::process::Command::new("sh");
+    // SAFETY: see die_with_parent: only async-signal-safe calls in the child.
+    unsafe {
+        let parent = std::process::id();
+        command.pre_exec(move || crate::dump::die_with_parent(parent));
+    }
+    let mut child = command
         .arg("-c")
         .arg(cmd)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
