@@ -4,11 +4,17 @@
 //! is started. Each case runs on a real primary and two real replicas; the primary
 //! dies by `pg_ctl stop -m immediate`.
 //!
-//! After a kill at or past the intent, within `primary_down_after` + 15 s:
+//! After a kill once `pg_promote` may have been sent (`pg_promote`, `promoted`,
+//! `recorded`, `followers`), within `primary_down_after` + 15 s:
 //! - exactly one replica is out of recovery and exactly one promotion is recorded;
 //! - the other replica streams from the new primary, on its timeline;
 //! - the old primary is fenced: no pgmaint table on it changes after it came back;
 //! - the upload queued before the failover is applied exactly once, on the new primary.
+//!
+//! After a kill before `pg_promote` (`intent`, `repointed`), with the old primary back:
+//! nothing was promoted, so the intent is given up (the primary is not down any more),
+//! the other replica follows the old primary again, and the upload is applied exactly
+//! once, there.
 //!
 //! A kill before the intent changes nothing on any server (the intent is the first
 //! change), so it is not a crash point of its own.
@@ -250,9 +256,57 @@ async fn one_promotion_and_the_old_primary_fenced(who: Promoter, step: &str) {
     );
 }
 
+/// The outcome of a kill before `pg_promote` was sent, the old primary back at once.
+async fn no_promotion_and_the_old_primary_goes_on(who: Promoter, step: &str) {
+    let c = Cluster::up(&format!("crash-{who:?}-{step}").to_lowercase(), 2);
+    let (cfg, run_id) = queued_upload(&c).await;
+    crash_at(&c, &cfg, who, step).await;
+    let mut d = Daemon::start(&c, &cfg, 1);
+    let p = c.primary().await;
+    let applied =
+        "SELECT count(*) FROM pgmaint.upload_tasks WHERE run_id = $1 AND state = 'completed'";
+    let deadline = PRIMARY_DOWN_AFTER + Duration::from_secs(15);
+    wait_for(
+        "the upload applied on the old primary",
+        deadline,
+        || async { scalar::<i64>(&p, applied, &[&run_id]).await == 1 },
+    )
+    .await;
+    let findings = "SELECT count(*) FROM pgmaint.integrity_findings WHERE run_id = $1";
+    assert_eq!(
+        scalar::<i64>(&p, findings, &[&run_id]).await,
+        2,
+        "{}",
+        d.log()
+    );
+    for i in [1, 2] {
+        assert!(in_recovery(&c.replica(i).await).await, "{}", d.log());
+    }
+    wait_for(
+        "both replicas following the old primary",
+        deadline,
+        || async {
+            streams_from(&c, 1, c.primary_port(), 1).await
+                && streams_from(&c, 2, c.primary_port(), 1).await
+        },
+    )
+    .await;
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM pgmaint.promotions").await,
+        0
+    );
+    let journal = std::fs::read_to_string(c.results_dir().join("promotions.json")).unwrap();
+    assert!(journal.contains("\"abandoned\""), "{journal}");
+    assert!(d.log().contains("is given up"), "{}", d.log());
+    d.terminate().await;
+    for i in [1, 2] {
+        assert_eq!(c.pause_state(i).await, "not paused");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn a_daemon_killed_after_writing_its_intent_is_finished_by_the_next_one() {
-    one_promotion_and_the_old_primary_fenced(Promoter::Daemon, "intent").await;
+async fn a_daemon_killed_after_writing_its_intent_promotes_nothing_once_the_primary_is_back() {
+    no_promotion_and_the_old_primary_goes_on(Promoter::Daemon, "intent").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -276,8 +330,9 @@ async fn a_daemon_killed_after_its_followers_follow_is_finished_by_the_next_one(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn pgmaint_promote_killed_after_writing_its_intent_is_finished_by_a_daemon() {
-    one_promotion_and_the_old_primary_fenced(Promoter::Promote, "intent").await;
+async fn pgmaint_promote_killed_after_writing_its_intent_promotes_nothing_once_the_primary_is_back()
+{
+    no_promotion_and_the_old_primary_goes_on(Promoter::Promote, "intent").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -301,11 +356,12 @@ async fn pgmaint_promote_killed_after_its_followers_follow_is_finished_by_a_daem
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_daemon_killed_after_re_pointing_the_others_is_finished_by_the_next_one() {
-    one_promotion_and_the_old_primary_fenced(Promoter::Daemon, "repointed").await;
+async fn a_daemon_killed_after_re_pointing_the_others_promotes_nothing_once_the_primary_is_back() {
+    no_promotion_and_the_old_primary_goes_on(Promoter::Daemon, "repointed").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn pgmaint_promote_killed_after_re_pointing_the_others_is_finished_by_a_daemon() {
-    one_promotion_and_the_old_primary_fenced(Promoter::Promote, "repointed").await;
+async fn pgmaint_promote_killed_after_re_pointing_the_others_promotes_nothing_once_the_primary_is_back(
+) {
+    no_promotion_and_the_old_primary_goes_on(Promoter::Promote, "repointed").await;
 }

@@ -152,6 +152,21 @@ async fn sigterm_stops_a_failover_daemon_in_every_state() {
     wait_paused(&c, 1).await;
     terminated_within(&c, &mut d, grace, "while watching, a cycle paused").await;
 
+    // 1b. A replica hung (SIGSTOP): the upload worker's guard asks it before every
+    // claim, bounded, so the shutdown does not wait for it (review finding).
+    let mut d = Daemon::start(&c, &cfg, 11);
+    wait_for("the daemon leading", Duration::from_secs(20), || async {
+        count(&c.primary().await, "SELECT count(*) FROM pgmaint.leader").await == 1
+    })
+    .await;
+    signal_server(&c, "r2", "STOP");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stopped = d.stop("TERM", grace).await;
+    signal_server(&c, "r2", "CONT");
+    let status =
+        stopped.unwrap_or_else(|| panic!("SIGTERM with r2 hung: still running\n{}", d.log()));
+    assert!(status.success(), "{status:?}\n{}", d.log());
+
     // 2. A failover lock held elsewhere: the daemon waits for it, and says by whom.
     let r1 = c.replica(1).await;
     r1.batch_execute("SET application_name = 'someone-else-failing-over'")

@@ -158,7 +158,15 @@ pub async fn run(
     work: Work<'_>,
     abort: Abort,
 ) -> Result<RunSummary> {
-    let (mut cycle, heartbeat) = Cycle::start(cfg, replica_cfg, work, abort.clone()).await?;
+    // An abort before the pause (a shutdown while the pre-checks wait on a server that
+    // hangs) ends the cycle at once: nothing is paused yet.
+    let (mut cycle, heartbeat) = tokio::select! {
+        started = Cycle::start(cfg, replica_cfg, work, abort.clone()) => started?,
+        _ = abort.token().cancelled() => anyhow::bail!(
+            "{} before the cycle started (nothing paused)",
+            abort.reason().map(|r| r.to_string()).unwrap_or_else(|| "cancelled".into())
+        ),
+    };
     let outcome = cycle.paused_work_within_grace().await;
     cycle.notice_a_restart(&outcome).await;
     // On every path: close the scan sessions, then resume replay if the pause is ours.

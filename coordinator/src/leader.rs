@@ -96,6 +96,9 @@ impl Leadership {
         loop {
             // Each try within a third of the lease: a renewal hanging on a dead primary
             // must not keep this daemon believing it leads.
+            if shutdown.is_cancelled() {
+                break;
+            }
             let attempt = tokio::time::timeout(every, async {
                 if client.as_ref().is_none_or(|c| c.is_closed()) {
                     client = db::connect(&self.primary, "pgmaint-daemon-leader")

@@ -134,9 +134,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let source = daemon_source(&cli.global);
             if let Some(name) = promoted_replica(&cfg).await {
                 tracing::warn!("{}", e.0);
-                match pgmaint::failover::promote::complete(&cfg, &name, std::time::Instant::now())
-                    .await
-                {
+                match pgmaint::failover::promote::complete_at_start(&cfg, &name).await {
                     Ok(r) => tracing::warn!(
                         "{}",
                         pgmaint::failover::report::render(&r)

@@ -572,7 +572,17 @@ impl ReplicaControl {
             match self.try_resume(own).await {
                 Ok(r) => return Ok(r),
                 Err(e) => {
-                    tracing::warn!(replica = %self.name(), error = %e.one_line(), attempt, "resume failed; retrying");
+                    // Replay moving under the session (a recovery conflict, SQLSTATE
+                    // 40001) is no alarm: the next attempt reads the new state.
+                    let conflict = e
+                        .downcast_ref::<tokio_postgres::Error>()
+                        .and_then(|e| e.code())
+                        .is_some_and(|c| c.code() == "40001");
+                    if conflict {
+                        tracing::info!(replica = %self.name(), attempt, "resume: the session met a recovery conflict (replay moved); asking again");
+                    } else {
+                        tracing::warn!(replica = %self.name(), error = %e.one_line(), attempt, "resume failed; retrying");
+                    }
                     last_err = Some(e);
                 }
             }

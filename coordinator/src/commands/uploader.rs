@@ -125,7 +125,11 @@ pub(crate) async fn watch_the_primary(
             _ = shutdown.cancelled() => return None,
             _ = tokio::time::sleep(every) => {}
         }
-        let why = match primary::survey(&survey_cfg, "pgmaint-uploader-watch").await {
+        let surveyed = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            s = primary::survey(&survey_cfg, "pgmaint-uploader-watch") => s,
+        };
+        let why = match surveyed {
             Err(e) => Some(e.0),
             Ok((survey, _)) => match survey.chosen {
                 Some(i) if primary::address(&survey.servers[i].0) == in_use => None,

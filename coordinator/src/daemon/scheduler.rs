@@ -50,6 +50,15 @@ pub(crate) enum Job {
     Dump(String),
 }
 
+impl std::fmt::Display for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Job::Tasks(t) => write!(f, "tasks {}", t.join(", ")),
+            Job::Dump(d) => write!(f, "dump {d}"),
+        }
+    }
+}
+
 impl Job {
     fn names(&self) -> Vec<String> {
         match self {
@@ -231,7 +240,7 @@ impl Scheduler {
                 Job::Tasks(_) => Job::Tasks(claimed.iter().map(|(n, _)| n.clone()).collect()),
                 dump => dump,
             };
-            tracing::info!(job = ?job, slots = ?claimed.iter().map(|(n, s)| format!("{n}@{s}")).collect::<Vec<_>>(), "claimed due slot(s)");
+            tracing::info!(job = %job, slots = %claimed.iter().map(|(n, s)| format!("{n}@{s}")).collect::<Vec<_>>().join(", "), "claimed due slot(s)");
             self.busy_names.extend(job.names());
             self.pending.push(Claimed {
                 pin,

@@ -73,7 +73,12 @@ impl TimelineGuard {
                 // Out of reach: it can speak neither for nor against.
                 continue;
             };
-            match server_identity(c).await {
+            let Ok(asked) = tokio::time::timeout(SERVER_LIMIT, server_identity(c)).await else {
+                // Out of reach in time: it speaks neither for nor against.
+                sessions.remove(&r.name);
+                continue;
+            };
+            match asked {
                 Ok(Some(id))
                     if id.system_identifier == ours.system_identifier
                         && id.timeline > ours.timeline =>
@@ -93,7 +98,11 @@ impl TimelineGuard {
                     continue;
                 }
             }
-            if let Some(holder) = p::failover_lock_holder(c).await {
+            let holder = tokio::time::timeout(SERVER_LIMIT, p::failover_lock_holder(c))
+                .await
+                .ok()
+                .flatten();
+            if let Some(holder) = holder {
                 return Err(format!(
                     "the failover lock on replica {} is held by {holder}: a failover is under way",
                     r.name
@@ -124,6 +133,25 @@ async fn session<'a>(
 
 impl uploader::CommitGuard for TimelineGuard {
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(self.look())
+        Box::pin(async {
+            // Bounded: a server that hangs (SIGSTOP, a dead network) must neither hold
+            // an apply transaction open before its commit nor keep a shutdown waiting.
+            match tokio::time::timeout(LOOK_LIMIT, self.look()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.sessions.lock().await.clear();
+                    Err(format!(
+                        "the servers did not answer the guard within {}s",
+                        LOOK_LIMIT.as_secs()
+                    ))
+                }
+            }
+        })
     }
 }
+
+/// How long one look of the guard may take in all.
+const LOOK_LIMIT: Duration = Duration::from_secs(3);
+
+/// How long one server may take to answer the guard.
+const SERVER_LIMIT: Duration = Duration::from_millis(1500);

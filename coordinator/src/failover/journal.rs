@@ -60,9 +60,11 @@ pub struct Promotion {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
-    /// Decided: `pg_promote` is about to be sent to `replica` (it may have been).
-    /// `new_timeline` and `switch_lsn` are not known yet (0 and empty).
+    /// Decided, the followers about to be re-pointed at `replica`; `pg_promote` not
+    /// sent yet. `new_timeline` and `switch_lsn` are not known yet (0 and empty).
     Intent,
+    /// `pg_promote` is about to be sent to `replica` (it may have been).
+    Promoting,
     /// `replica` is out of recovery: `new_timeline` and `switch_lsn` are its own. Not
     /// yet recorded on it, its followers not yet re-pointed.
     Promoted,
@@ -89,6 +91,7 @@ impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Step::Intent => "intent",
+            Step::Promoting => "promoting",
             Step::Promoted => "promoted",
             Step::Done => "done",
             Step::Abandoned => "abandoned",
@@ -110,7 +113,7 @@ impl Promotion {
     /// An unfinished entry that `done` (promoted or done) finishes: the same system
     /// and replica, reached by another path (a restart, the servers' timelines).
     fn finished_by(&self, done: &Promotion) -> bool {
-        matches!(self.step, Step::Intent | Step::Promoted)
+        matches!(self.step, Step::Intent | Step::Promoting | Step::Promoted)
             && done.step.promoted()
             && done.new_timeline > 0
             && self.system_identifier == done.system_identifier
@@ -221,7 +224,7 @@ pub fn unfinished(results_dir: &Path) -> Result<Option<Promotion>> {
     Ok(read_local(results_dir)?
         .into_iter()
         .rev()
-        .find(|p| matches!(p.step, Step::Intent | Step::Promoted)))
+        .find(|p| matches!(p.step, Step::Intent | Step::Promoting | Step::Promoted)))
 }
 
 /// Record `p` in `pgmaint.promotions` on the new primary, once: a promotion of the same

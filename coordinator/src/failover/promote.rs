@@ -230,9 +230,14 @@ pub async fn failover(
     })?;
     kill_point("intent");
 
-    // 6. The others cascade from the candidate from now on; then the promotion.
+    // 6. The others cascade from the candidate from now on; then the promotion,
+    // recorded as under way first.
     follow::repoint_all(&client, &target, others, probe.position(), None).await;
     kill_point("repointed");
+    let mut entry = entry;
+    entry.step = Step::Promoting;
+    journal::record_local(&cfg.results_dir, &entry)
+        .map_err(|e| anyhow!("{}: not promoting without a record of it", e.one_line()))?;
     let promote_started = Instant::now();
     let resumed_pause = paused_now.unwrap_or(probe.pause_state != PauseState::NotPaused);
     if resumed_pause {
@@ -329,23 +334,67 @@ async fn resume(
             ));
         }
         if let Some(other) = another_writer(cfg, &entry, &target).await {
-            let mut given_up = entry.clone();
-            given_up.step = Step::Abandoned;
-            journal::record_local(&cfg.results_dir, &given_up)?;
-            bail!(
-                "{other} takes writes now (promoted meanwhile?): the unfinished promotion of replica {name} is given \
-                 up, nothing sent to it (nothing changed)"
-            );
+            return Err(give_up(
+                cfg,
+                &entry,
+                &format!("{other} takes writes now (promoted meanwhile?)"),
+            )
+            .await);
         }
-        if entry.step != Step::Intent {
-            return Err(unfinished(format!(
-                "it was recorded as promoted (timeline {}) but is in recovery now (rejoined as a standby?): see to \
-                 it by hand",
-                entry.new_timeline
-            )));
+        match entry.step {
+            // pg_promote was never sent: the decision needs the primary down still.
+            Step::Intent => {
+                let promotions = journal::read_local(&cfg.results_dir).unwrap_or_default();
+                if let Err(e) = down::primary_is_down(cfg, &promotions).await {
+                    return Err(give_up(cfg, &entry, &e.one_line()).await);
+                }
+                if let Err(why) = crate::failover::hooks::fence(cfg, &target).await {
+                    return Err(NotPromoting::FenceFailed(why).into());
+                }
+            }
+            // pg_promote may have been sent: if the old primary answers, see whether
+            // the promotion goes through, else give it up.
+            Step::Promoting => {
+                let promotions = journal::read_local(&cfg.results_dir).unwrap_or_default();
+                let look = p::watch_primary(cfg, &promotions, Duration::ZERO).await;
+                if !look.evidence.is_empty() {
+                    let watched = watch_for_promotion(&target, cfg.failover.promote_timeout.min(Duration::from_secs(15))).await;
+                    match watched {
+                        Some(c) => {
+                            return complete_promotion(
+                                cfg,
+                                resumed_completion(entry, target, c, &probe, started),
+                            )
+                            .await
+                            .map_err(|e| unfinished(e.one_line()));
+                        }
+                        None => {
+                            return Err(give_up(
+                                cfg,
+                                &entry,
+                                &format!(
+                                    "the old primary answers ({}), and replica {name} did not leave recovery",
+                                    look.evidence.join("; ")
+                                ),
+                            )
+                            .await)
+                        }
+                    }
+                }
+            }
+            _ => {
+                return Err(unfinished(format!(
+                    "it was recorded as promoted (timeline {}) but is in recovery now (rejoined as a standby?): see \
+                     to it by hand",
+                    entry.new_timeline
+                )))
+            }
         }
         let others = others_than(cfg, &name).await;
         follow::repoint_all(&client, &target, others, probe.position(), None).await;
+        let mut promoting = entry.clone();
+        promoting.step = Step::Promoting;
+        journal::record_local(&cfg.results_dir, &promoting)?;
         if probe.pause_state != PauseState::NotPaused {
             p::resume_replay(&client)
                 .await
@@ -364,6 +413,14 @@ async fn resume(
         returned = r;
         c
     } else {
+        if let Some(why) = superseded_or_fenced(cfg, &client).await {
+            return Err(give_up(
+                cfg,
+                &entry,
+                &format!("replica {name} takes writes, but {why}"),
+            )
+            .await);
+        }
         client
     };
     complete_promotion(
@@ -392,6 +449,134 @@ async fn resume(
     )
     .await
     .map_err(|e| unfinished(e.one_line()))
+}
+
+/// Give an unfinished promotion up (`why`): its entry marked abandoned, and the other
+/// replicas re-pointed back at the primary in use, if one answers (they may have been
+/// re-pointed at the candidate). The error to return.
+async fn give_up(cfg: &Config, entry: &Promotion, why: &str) -> anyhow::Error {
+    let mut given_up = entry.clone();
+    given_up.step = Step::Abandoned;
+    if let Err(e) = journal::record_local(&cfg.results_dir, &given_up) {
+        return e.context("giving up an unfinished promotion");
+    }
+    let back = match crate::failover::primary::survey_within(
+        cfg,
+        "pgmaint-promote",
+        Duration::from_secs(5),
+    )
+    .await
+    {
+        Ok((s, mut clients)) => match (s.chosen, clients.pop()) {
+            (Some(i), Some(c)) => {
+                let old = ReplicaConfig {
+                    name: "primary".into(),
+                    dsn: s.servers[i].0.clone(),
+                    failover_priority: 0,
+                };
+                let others = others_than(cfg, "").await;
+                follow::repoint_all(&c, &old, others, u64::MAX, None).await;
+                format!(
+                    "; the other replicas follow {} again",
+                    crate::failover::primary::address(&old.dsn)
+                )
+            }
+            _ => String::new(),
+        },
+        Err(_) => String::new(),
+    };
+    anyhow!(
+        "{why}: the unfinished promotion of replica {} (started by {} at {}) is given up, nothing more sent to it{back} \
+         (nothing changed)",
+        entry.replica,
+        entry.by.as_deref().unwrap_or("an earlier pgmaint"),
+        entry.promoted_at
+    )
+}
+
+/// Wait up to `patience` for `target` to leave recovery: its session then.
+async fn watch_for_promotion(target: &ReplicaConfig, patience: Duration) -> Option<Client> {
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Ok(c) =
+            p::connect_within(&target.dsn, "pgmaint-promote", Duration::from_secs(2)).await
+        {
+            if p::probe(&c).await.is_ok_and(|pr| !pr.in_recovery) {
+                return Some(c);
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Why a server out of recovery is not the newest primary, if it is not: a recorded
+/// promotion fences its timeline, or a configured server of its system is out of
+/// recovery on a newer timeline.
+async fn superseded_or_fenced(cfg: &Config, client: &Client) -> Option<String> {
+    let id = crate::replica::server_identity(client).await.ok()??;
+    let mut recorded = journal::read_local(&cfg.results_dir).unwrap_or_default();
+    recorded.extend(journal::read_on(client).await);
+    if let Some(p) = journal::fenced_by(&recorded, id.system_identifier, id.timeline) {
+        return Some(format!(
+            "replica {} was promoted to timeline {} since: it is a former primary",
+            p.replica, p.new_timeline
+        ));
+    }
+    let servers = cfg
+        .replicas
+        .iter()
+        .map(|r| r.dsn.clone())
+        .chain(crate::failover::primary::hosts(&cfg.primary));
+    for dsn in servers {
+        let Ok(c) = p::connect_within(&dsn, "pgmaint-promote", Duration::from_secs(3)).await else {
+            continue;
+        };
+        if let Ok(Some(other)) = crate::replica::server_identity(&c).await {
+            if other.system_identifier == id.system_identifier && other.timeline > id.timeline {
+                return Some(format!(
+                    "{} is a primary on a newer timeline ({} > {})",
+                    crate::failover::primary::address(&dsn),
+                    other.timeline,
+                    id.timeline
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// The completion of a resumed promotion whose candidate was found promoted.
+fn resumed_completion(
+    entry: Promotion,
+    target: ReplicaConfig,
+    client: Client,
+    probe: &Probe,
+    started: Instant,
+) -> Completion {
+    Completion {
+        how: How::Resumed,
+        position: probe.position(),
+        backlog: probe.backlog(),
+        resumed_pause: false,
+        returned: None,
+        wait: 0,
+        down_servers: entry
+            .old_primary
+            .as_deref()
+            .map(|s| s.split(',').map(String::from).collect())
+            .unwrap_or_default(),
+        notes: Vec::new(),
+        warnings: Vec::new(),
+        down_check: Duration::ZERO,
+        promotion_took: Duration::ZERO,
+        started,
+        entry,
+        target,
+        client,
+    }
 }
 
 /// A configured server other than `target` and the old primary that takes writes: a

@@ -114,8 +114,11 @@ async fn watch_looks(w: &Watch) -> Option<WatchEnd> {
         if n > 0 {
             tokio::time::sleep(every).await;
         }
-        // A promotion this host recorded and did not finish comes first.
-        if matches!(journal::unfinished(&w.cfg.results_dir), Ok(Some(_))) {
+        // A promotion this host recorded and did not finish comes first (unless a
+        // reload turned failover.automatic off: then `pgmaint promote` finishes it).
+        if w.latest.borrow().failover.automatic
+            && matches!(journal::unfinished(&w.cfg.results_dir), Ok(Some(_)))
+        {
             stop_work(w, "a promotion recorded on this host is unfinished");
             match attempt(w, Instant::now()).await {
                 Attempt::Switch(name) => return Some(WatchEnd::Switch(name)),
@@ -298,6 +301,8 @@ async fn attempt(w: &Watch, since: Instant) -> Attempt {
     match result {
         Ok(report) => {
             let name = report.new_primary.clone();
+            // Whatever path found it, the old primary gets nothing more.
+            stop_work(w, &format!("replica {name} is the primary now"));
             let (who, result) = match report.how {
                 How::Promoted => ("this daemon".to_string(), "promoted"),
                 How::Resumed => (
