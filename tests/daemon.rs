@@ -487,6 +487,11 @@ async fn metrics_show_the_pause_during_a_scan_and_health_turns_503_when_the_prim
     assert_eq!(http_get(addr, "/health").await.0, "HTTP/1.1 200 OK");
 
     c.server("stop", "primary");
+    // A health check's answer is reused for up to a second (hostile-client hardening).
+    wait_for("health 503", Duration::from_secs(5), || async {
+        http_get(addr, "/health").await.0 == "HTTP/1.1 503 Service Unavailable"
+    })
+    .await;
     let (status, body) = http_get(addr, "/health").await;
     assert_eq!(status, "HTTP/1.1 503 Service Unavailable", "{body}");
     assert_eq!(body.trim().lines().count(), 1, "{body}");

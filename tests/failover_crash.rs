@@ -46,32 +46,6 @@ async fn in_recovery(client: &Client) -> bool {
     scalar(client, "SELECT pg_is_in_recovery()", &[]).await
 }
 
-/// A digest of every pgmaint table on a server: a change of any row changes it.
-async fn pgmaint_tables(client: &Client) -> String {
-    let tables: Vec<String> = client
-        .query(
-            "SELECT quote_ident(relname) FROM pg_class
-              WHERE relnamespace = 'pgmaint'::regnamespace AND relkind = 'r' ORDER BY relname",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let mut all = String::new();
-    for t in tables {
-        let digest: Option<String> = scalar(
-            client,
-            &format!("SELECT md5(string_agg(x::text, '|' ORDER BY x::text)) FROM pgmaint.{t} x"),
-            &[],
-        )
-        .await;
-        all.push_str(&format!("{t}={} ", digest.unwrap_or_default()));
-    }
-    all
-}
-
 /// Replica `i` streams from the server on `port`, on timeline `tli` or later.
 async fn streams_from(c: &Cluster, i: usize, port: u16, tli: i32) -> bool {
     let Ok(r) = tokio_postgres::connect(&c.replica_dsn(i), tokio_postgres::NoTls).await else {

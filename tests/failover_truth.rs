@@ -29,32 +29,6 @@ async fn in_recovery(client: &Client) -> bool {
     scalar(client, "SELECT pg_is_in_recovery()", &[]).await
 }
 
-/// A digest of every pgmaint table on a server: a change of any row changes it.
-async fn pgmaint_tables(client: &Client) -> String {
-    let tables: Vec<String> = client
-        .query(
-            "SELECT quote_ident(relname) FROM pg_class
-              WHERE relnamespace = 'pgmaint'::regnamespace AND relkind = 'r' ORDER BY relname",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let mut all = String::new();
-    for t in tables {
-        let digest: Option<String> = scalar(
-            client,
-            &format!("SELECT md5(string_agg(x::text, '|' ORDER BY x::text)) FROM pgmaint.{t} x"),
-            &[],
-        )
-        .await;
-        all.push_str(&format!("{t}={} ", digest.unwrap_or_default()));
-    }
-    all
-}
-
 /// SIGTERM: exit 0 within `grace`, and no replica left paused.
 async fn terminated_within(c: &Cluster, d: &mut Daemon, grace: Duration, state: &str) {
     let started = Instant::now();
@@ -186,23 +160,32 @@ async fn sigterm_stops_a_failover_daemon_in_every_state() {
     terminated_within(&c, &mut d, grace, "refused the failover lock").await;
     drop(r1);
 
-    // 3. During the down check.
-    let cfg = c.write_config("checking.toml", &body("20s", ""));
-    let mut d = Daemon::start(&c, &cfg, 3);
-    wait_for("the down check", Duration::from_secs(20), || async {
-        d.log().contains("checking that the primary is down")
-    })
-    .await;
-    terminated_within(&c, &mut d, grace, "during the down check").await;
-
-    // 4. During the fence hook: nothing promoted.
-    let cfg = c.write_config("fencing.toml", &body("2s", "fence_command = 'sleep 30'\n"));
-    let mut d = Daemon::start(&c, &cfg, 4);
-    wait_for("the fence running", Duration::from_secs(20), || async {
-        d.log().contains("running failover.fence_command")
-    })
-    .await;
-    terminated_within(&c, &mut d, grace, "during the fence hook").await;
+    // 3. During the down check; 4. during the fence hook (nothing promoted). One
+    // daemon at a time.
+    for (file, down, hook, n, logged) in [
+        (
+            "checking.toml",
+            "20s",
+            "",
+            3,
+            "checking that the primary is down",
+        ),
+        (
+            "fencing.toml",
+            "2s",
+            "fence_command = 'sleep 30'\n",
+            4,
+            "running failover.fence_command",
+        ),
+    ] {
+        let cfg = c.write_config(file, &body(down, hook));
+        let mut d = Daemon::start(&c, &cfg, n);
+        wait_for(logged, Duration::from_secs(20), || async {
+            d.log().contains(logged)
+        })
+        .await;
+        terminated_within(&c, &mut d, grace, logged).await;
+    }
     for i in [1, 2] {
         assert!(in_recovery(&c.replica(i).await).await, "nothing promoted");
     }

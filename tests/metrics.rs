@@ -181,6 +181,14 @@ async fn check_metrics(c: &Cluster, config: &Path) {
     }
     // A pause an operator made is a pause too: lag alerts may be silenced by it.
     c.pause_by_hand(1).await;
+    // A scrape's answer is reused for up to a second (hostile-client hardening).
+    wait_for("the pause in a scrape", Duration::from_secs(5), || async {
+        sample(
+            &http_get(addr, "/metrics").await.1,
+            "pgmaint_replica_paused{replica=\"r1\"}",
+        ) == Some(1.0)
+    })
+    .await;
     let (_, text) = http_get(addr, "/metrics").await;
     assert_eq!(
         sample(&text, "pgmaint_replica_paused{replica=\"r1\"}"),

@@ -996,3 +996,30 @@ pub fn value(s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str
             _ => f64::NAN,
         })
 }
+
+/// A digest of every table of pgmaint's schema on a server: a change to any row
+/// changes it (to check that nothing was written on a former primary).
+pub async fn pgmaint_tables(client: &Client) -> String {
+    let tables: Vec<String> = client
+        .query(
+            "SELECT quote_ident(relname) FROM pg_class
+              WHERE relnamespace = 'pgmaint'::regnamespace AND relkind = 'r' ORDER BY relname",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut all = String::new();
+    for t in tables {
+        let digest: Option<String> = scalar(
+            client,
+            &format!("SELECT md5(string_agg(x::text, '|' ORDER BY x::text)) FROM pgmaint.{t} x"),
+            &[],
+        )
+        .await;
+        all.push_str(&format!("{t}={} ", digest.unwrap_or_default()));
+    }
+    all
+}

@@ -423,32 +423,14 @@ async fn resume(
         }
         client
     };
-    complete_promotion(
-        cfg,
-        Completion {
-            how: How::Resumed,
-            position: probe.position(),
-            backlog: probe.backlog(),
-            resumed_pause,
-            returned,
-            wait,
-            down_servers: entry
-                .old_primary
-                .as_deref()
-                .map(|s| s.split(',').map(String::from).collect())
-                .unwrap_or_default(),
-            notes: Vec::new(),
-            warnings: Vec::new(),
-            down_check: Duration::ZERO,
-            promotion_took: promote_started.elapsed(),
-            started,
-            entry,
-            target,
-            client,
-        },
-    )
-    .await
-    .map_err(|e| unfinished(e.one_line()))
+    let mut completion = resumed_completion(entry, target, client, &probe, started);
+    completion.resumed_pause = resumed_pause;
+    completion.returned = returned;
+    completion.wait = wait;
+    completion.promotion_took = promote_started.elapsed();
+    complete_promotion(cfg, completion)
+        .await
+        .map_err(|e| unfinished(e.one_line()))
 }
 
 /// Give an unfinished promotion up (`why`): its entry marked abandoned, and the other
