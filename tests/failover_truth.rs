@@ -431,3 +431,33 @@ async fn a_daemon_winding_down_from_a_superseded_primary_writes_nothing_there() 
     );
     assert_eq!(c.pause_state(1).await, "not paused");
 }
+
+/// A daemon started while the primary is dead, with a `primary.dsn` that lists every
+/// server (two of them standbys that answer): it used to refuse to start (exit 3, "no
+/// usable primary: … is in recovery"), so no failover came from it. It now starts
+/// degraded and fails over (found by the soak).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_started_with_the_primary_dead_and_every_server_listed_fails_over() {
+    let c = Cluster::up("truth-listed-all", 2);
+    let init = c.write_config("init.toml", "");
+    c.init_ready(&init).await;
+    c.wait_caught_up(2).await;
+    let all = format!(
+        "host=127.0.0.1,127.0.0.1,127.0.0.1 port={},{},{} user=postgres dbname=app",
+        c.primary_port(),
+        c.replica_port(1),
+        c.replica_port(2)
+    );
+    let cfg = c.write_config("all.toml", &failover("2s", ""));
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replacen(&c.primary_dsn(), &all, 1);
+    std::fs::write(&cfg, text).unwrap();
+    kill_primary(&c);
+    let mut d = Daemon::start(&c, &cfg, 1);
+    wait_for("a replica promoted", Duration::from_secs(30), || async {
+        !in_recovery(&c.replica(1).await).await || !in_recovery(&c.replica(2).await).await
+    })
+    .await;
+    let _ = d.stop("TERM", Duration::from_secs(10)).await;
+}

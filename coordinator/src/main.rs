@@ -226,14 +226,18 @@ async fn promoted_replica(cfg: &pgmaint::config::Config) -> Option<String> {
     survey.promoted.map(|p| p.name)
 }
 
-/// No server of `primary.dsn` answers (not: one is fenced, several take writes, the
-/// promotions on this host cannot be read — those stop the daemon as every command).
+/// No server of `primary.dsn` takes writes: each is out of reach or a standby (a
+/// `primary.dsn` that lists every server, the primary dead). Not: one is fenced,
+/// several take writes, the promotions on this host cannot be read — those stop the
+/// daemon as every command.
 async fn none_answers(cfg: &pgmaint::config::Config) -> bool {
     match primary::survey(cfg, "pgmaint").await {
-        Ok((survey, _)) => survey
-            .servers
-            .iter()
-            .all(|(_, found)| matches!(found, primary::Found::Unreachable(_))),
+        Ok((survey, _)) => survey.servers.iter().all(|(_, found)| {
+            matches!(
+                found,
+                primary::Found::Unreachable(_) | primary::Found::Standby
+            )
+        }),
         Err(_) => false,
     }
 }
