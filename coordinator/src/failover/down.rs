@@ -20,11 +20,16 @@ use crate::failover::servers::{self as p, Seen};
 /// reach, an address not in the config — it counts.
 pub fn heard_from_a_primary(cfg: &Config, seen: &[Seen], window: Duration) -> Vec<String> {
     let in_use = crate::failover::primary::address(&cfg.primary);
+    // A configured replica seen in recovery in this look is a standby, whatever its
+    // address (even the first of a primary.dsn that lists every server): a receiver it
+    // feeds — a follower re-pointed at a candidate — says nothing of the old primary.
     let standbys: Vec<String> = seen
         .iter()
-        .filter(|s| s.state.is_ok())
-        .map(|s| crate::failover::primary::address(&s.config.dsn))
-        .filter(|a| *a != in_use)
+        .filter_map(|s| {
+            let (_, probe) = s.state.as_ref().ok()?;
+            let at = crate::failover::primary::address(&s.config.dsn);
+            (probe.in_recovery || at != in_use).then_some(at)
+        })
         .collect();
     seen.iter()
         .filter_map(|s| {
