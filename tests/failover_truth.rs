@@ -152,12 +152,7 @@ async fn sigterm_stops_a_failover_daemon_in_every_state() {
         .unwrap();
     kill_primary(&c);
     let cfg = c.write_config("locked.toml", &body("2s", ""));
-    let mut d = Daemon::start(&c, &cfg, 2);
-    wait_for("the lock refused", Duration::from_secs(20), || async {
-        d.log().contains("is held by someone-else-failing-over")
-    })
-    .await;
-    terminated_within(&c, &mut d, grace, "refused the failover lock").await;
+    sigterm_once_logged(&c, &cfg, 2, "is held by someone-else-failing-over", grace).await;
     drop(r1);
 
     // 3. During the down check; 4. during the fence hook (nothing promoted). One
@@ -179,12 +174,7 @@ async fn sigterm_stops_a_failover_daemon_in_every_state() {
         ),
     ] {
         let cfg = c.write_config(file, &body(down, hook));
-        let mut d = Daemon::start(&c, &cfg, n);
-        wait_for(logged, Duration::from_secs(20), || async {
-            d.log().contains(logged)
-        })
-        .await;
-        terminated_within(&c, &mut d, grace, logged).await;
+        sigterm_once_logged(&c, &cfg, n, logged, grace).await;
     }
     for i in [1, 2] {
         assert!(in_recovery(&c.replica(i).await).await, "nothing promoted");
@@ -192,12 +182,24 @@ async fn sigterm_stops_a_failover_daemon_in_every_state() {
 
     // 5. Right after the promotion, in the wind-down and the switch.
     let cfg = c.write_config("promoting.toml", &body("2s", ""));
-    let mut d = Daemon::start(&c, &cfg, 5);
-    wait_for("a promotion", Duration::from_secs(30), || async {
-        d.log().contains("promoted (this daemon)")
+    sigterm_once_logged(&c, &cfg, 5, "promoted (this daemon)", grace).await;
+}
+
+/// Start daemon `n` with `cfg`, wait (up to 30 s) until its log shows `logged` (the
+/// state to test), then SIGTERM it: exit 0 within `grace`, no replica left paused.
+async fn sigterm_once_logged(
+    c: &Cluster,
+    cfg: &std::path::Path,
+    n: usize,
+    logged: &str,
+    grace: Duration,
+) {
+    let mut d = Daemon::start(c, cfg, n);
+    wait_for(logged, Duration::from_secs(30), || async {
+        d.log().contains(logged)
     })
     .await;
-    terminated_within(&c, &mut d, grace, "after the promotion").await;
+    terminated_within(c, &mut d, grace, logged).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
